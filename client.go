@@ -1,0 +1,379 @@
+package amlpool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Client makes several endpoints look like one. It gives each endpoint as
+// many slots as its MaxConcurrentCalls, sends each call to a free slot, waits
+// in line when all are busy, and fails over when an endpoint is full.
+//
+// Client is safe for concurrent use by any number of goroutines. Build it
+// with New and Close it when done.
+type Client struct {
+	cfg       config
+	eps       []*endpoint
+	pool      *pool
+	http      *http.Client
+	ownsHTTP  bool
+	limiter   Limiter
+	limitIDs  []LimitedEndpoint // per endpoint, for the Limiter
+	observers []observer
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+	wg        sync.WaitGroup // background goroutines, stopped by Close
+}
+
+// observer hears of every attempt once its slot has been released. Endpoint
+// health, adaptive limits and metrics plug in here.
+type observer interface {
+	attemptDone(o *outcome)
+}
+
+// outcome is what one attempt came to.
+type outcome struct {
+	ep        *endpoint
+	err       error // nil on success
+	status    int   // HTTP status; 0 when no reply came
+	latency   time.Duration
+	throttled bool
+	verdict   verdict
+}
+
+// New returns a Client for endpoints. It validates every endpoint (see
+// Endpoint) and option and returns a *ConfigError naming the first problem; it
+// never panics on bad input. New starts no network activity.
+func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	eps, err := newEndpoints(endpoints, cfg.allowHTTP)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, eps: eps, limiter: cfg.limiter}
+	c.pool = newPool(eps, cfg.balancer, cfg.rand, cfg.clock)
+	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
+	if c.limiter != nil {
+		c.limitIDs = make([]LimitedEndpoint, len(eps))
+		for i, ep := range eps {
+			c.limitIDs[i] = LimitedEndpoint{ID: endpointID(ep.url), Name: ep.name, Limit: int(ep.max)}
+		}
+	}
+	return c, nil
+}
+
+// newHTTPClient returns the client calls go through: a copy of the user's
+// that never follows redirects, or our own, tuned for many calls per host.
+func newHTTPClient(user *http.Client, slots int) (*http.Client, bool) {
+	if user != nil {
+		hc := *user
+		hc.CheckRedirect = noRedirects
+		return &hc, false
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = max(slots, 100)
+	t.MaxIdleConnsPerHost = max(slots, 100)
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}, true
+}
+
+// noRedirects keeps a key from following a redirect to another URL. The 3xx
+// reply comes back as an *APIError.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// Do sends body, a JSON scoring request, to one endpoint and returns the
+// reply body of the first attempt that succeeds.
+//
+// Do blocks while every endpoint is full, in line with other waiting calls,
+// for up to the max wait (WithMaxWait) or until ctx ends. An endpoint that
+// answers 503 RequestThrottled is full, not broken: the call goes once more,
+// at once, to another endpoint with a free slot.
+//
+// Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
+// passes; ErrClosed after Close; an *APIError for a non-2xx reply
+// (errors.Is(err, ErrThrottled) for a throttle); a transport error otherwise.
+// A call that made several attempts returns a *CallError wrapping the last.
+func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
+	data, _, err := c.do(ctx, body)
+	return data, err
+}
+
+// do is Do, also returning the name of the endpoint that answered.
+func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
+	if c.closed.Load() {
+		return nil, "", ErrClosed
+	}
+	var cl call
+	maxWait := time.Duration(-1)
+	if c.cfg.maxWaitSet {
+		maxWait = c.cfg.maxWait
+	}
+	for {
+		if cl.attempts > 0 && c.closed.Load() {
+			return nil, "", c.callError(&cl, ErrClosed)
+		}
+		cl.exclude = cl.ntried > 0 && cl.ntried < len(c.eps)
+		ep, lease, err := c.acquire(ctx, &cl, maxWait)
+		if err != nil {
+			return nil, "", c.callError(&cl, err)
+		}
+		cl.attempts++
+		if !cl.tried.has(ep.idx) {
+			cl.tried.add(ep.idx)
+			cl.ntried++
+		}
+		if cl.attempts > 1 || cl.names != nil {
+			cl.names = append(cl.names, ep.name)
+		}
+		data, o := c.attempt(ctx, ep, lease, body)
+		if o.err == nil {
+			return data, ep.name, nil
+		}
+		if o.verdict != verdictFailover || cl.attempts >= 2 {
+			return nil, ep.name, c.callError(&cl, o.err)
+		}
+		if cl.names == nil {
+			cl.names = append(make([]string, 0, 4), ep.name)
+		}
+	}
+}
+
+// callError wraps the last error of a call with its attempt history when it
+// made more than one attempt.
+func (c *Client) callError(cl *call, err error) error {
+	if cl.attempts < 2 {
+		return err
+	}
+	return &CallError{Attempts: cl.attempts, Endpoints: cl.names, Err: err}
+}
+
+// acquire takes a slot for one attempt: one of ours, then, with a Limiter,
+// one of the fleet's.
+func (c *Client) acquire(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
+	ep, err := c.pool.acquire(ctx, cl, maxWait)
+	if err != nil || c.limiter == nil {
+		return ep, nil, err
+	}
+	return c.acquireShared(ctx, cl, ep)
+}
+
+// acquireShared asks the Limiter for a slot on ep or, failing that, on
+// another endpoint this process has a free slot for; the local slot follows
+// the Limiter's choice.
+func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*endpoint, Lease, error) {
+	cands := []LimitedEndpoint{c.limitIDs[ep.idx]}
+	idx := []*endpoint{ep}
+	for _, o := range c.eps {
+		if o != ep && c.pool.usable(cl, o) && o.inFlight.Load() < o.limit.Load() {
+			cands = append(cands, c.limitIDs[o.idx])
+			idx = append(idx, o)
+		}
+	}
+	lease, err := c.limiter.Acquire(ctx, cands)
+	if err != nil {
+		c.pool.release(ep)
+		return nil, nil, err
+	}
+	i := lease.Index()
+	if i == 0 {
+		return ep, lease, nil
+	}
+	if i < 0 || i >= len(idx) || !idx[i].take() {
+		// Our own slot there went meanwhile: keep the one we hold and wait
+		// for the Limiter's slot on it instead.
+		lease.Release()
+		lease, err = c.limiter.Acquire(ctx, cands[:1])
+		if err != nil {
+			c.pool.release(ep)
+			return nil, nil, err
+		}
+		return ep, lease, nil
+	}
+	c.pool.release(ep)
+	return idx[i], lease, nil
+}
+
+// attempt sends one request on a slot already held, gives the slot back
+// whatever happens, and reports the outcome to the observers.
+func (c *Client) attempt(ctx context.Context, ep *endpoint, lease Lease, body []byte) ([]byte, outcome) {
+	o := outcome{ep: ep}
+	data := c.sendAndRelease(ctx, ep, lease, body, &o)
+	o.verdict = classify(ctx, o.err)
+	ep.calls.Add(1)
+	if o.err != nil {
+		ep.failures.Add(1)
+		if o.throttled {
+			ep.throttles.Add(1)
+		}
+	}
+	for _, obs := range c.observers {
+		obs.attemptDone(&o)
+	}
+	return data, o
+}
+
+func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, body []byte, o *outcome) []byte {
+	defer func() {
+		if lease != nil {
+			lease.Release()
+		}
+		c.pool.release(ep)
+	}()
+	start := c.cfg.clock.Now()
+	data, err := c.send(ctx, ep, body, o)
+	o.latency = c.cfg.clock.Now().Sub(start)
+	if err != nil {
+		o.err = err
+		return nil
+	}
+	return data
+}
+
+var jsonContentType = []string{"application/json"}
+
+// maxErrorBody bounds how much of a non-2xx reply is read.
+const maxErrorBody = 64 << 10
+
+// send makes one POST to ep and reads its reply.
+func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome) ([]byte, error) {
+	actx, cancel := context.WithTimeout(ctx, c.cfg.attemptTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, ep.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
+	}
+	req.Header = http.Header{
+		"Authorization": ep.auth,
+		"Content-Type":  jsonContentType,
+		"Accept":        jsonContentType,
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() == nil && actx.Err() != nil {
+			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.name, c.cfg.attemptTimeout, err)
+		}
+		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
+	}
+	defer resp.Body.Close()
+	o.status = resp.StatusCode
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
+		if err != nil {
+			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.name, err)
+		}
+		return data, nil
+	}
+	data, err := readBody(resp.Body, -1, maxErrorBody)
+	if err != nil && !errors.Is(err, ErrResponseTooLarge) {
+		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.name, resp.StatusCode, err)
+	}
+	apiErr := parseAPIError(ep.name, resp.StatusCode, data)
+	o.throttled = apiErr.Throttled()
+	return nil, apiErr
+}
+
+// readBody reads at most limit bytes; a longer body is ErrResponseTooLarge.
+func readBody(r io.Reader, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrResponseTooLarge, size, limit)
+	}
+	n := int64(512)
+	if size >= 0 {
+		n = size + 1 // one more, so ReadFrom sees EOF without growing
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n))
+	if _, err := buf.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
+		return nil, err
+	}
+	if int64(buf.Len()) > limit {
+		return buf.Bytes()[:limit], fmt.Errorf("%w: over %d bytes", ErrResponseTooLarge, limit)
+	}
+	return buf.Bytes(), nil
+}
+
+// Score sends a typed classic request (see Request) and decodes the reply.
+// It behaves as Do for waiting, failover and errors; a reply that is not a
+// valid scoring response is an error naming the endpoint that sent it.
+func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
+	if req == nil {
+		return nil, errors.New("amlpool: Score: nil request")
+	}
+	body, err := encodeRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	data, name, err := c.do(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := decodeResponse(data)
+	if err != nil {
+		return nil, fmt.Errorf("amlpool: endpoint %s: %w", name, err)
+	}
+	return resp, nil
+}
+
+// Stats is a snapshot of a Client's endpoints and waiting calls.
+type Stats struct {
+	Endpoints []EndpointStats // in the order given to New
+	Waiting   int             // calls waiting for a free slot
+}
+
+// EndpointStats describes one endpoint at the moment Stats was called.
+type EndpointStats struct {
+	Name               string
+	MaxConcurrentCalls int   // the configured cap
+	Limit              int   // the cap in force now (lower under an adaptive limit)
+	InFlight           int   // calls in flight now
+	Calls              int64 // attempts made, each counted once it ended
+	Errors             int64 // attempts that failed, throttles included
+	Throttles          int64 // attempts the endpoint answered with a 503 throttle
+}
+
+// Stats returns a snapshot of the counters. It never blocks on calls and
+// never contains keys. Counters of different endpoints are read one after
+// another, not atomically together.
+func (c *Client) Stats() Stats {
+	s := Stats{Endpoints: make([]EndpointStats, len(c.eps)), Waiting: c.pool.waiting()}
+	for i, ep := range c.eps {
+		s.Endpoints[i] = EndpointStats{
+			Name:               ep.name,
+			MaxConcurrentCalls: int(ep.max),
+			Limit:              int(ep.limit.Load()),
+			InFlight:           int(ep.inFlight.Load()),
+			Calls:              ep.calls.Load(),
+			Errors:             ep.failures.Load(),
+			Throttles:          ep.throttles.Load(),
+		}
+	}
+	return s
+}
+
+// Close stops the Client: calls waiting for a slot return ErrClosed at once,
+// later calls return ErrClosed, and calls already sending finish their
+// current attempt. Close waits for the Client's background goroutines and
+// closes its idle connections. The first Close returns nil; later ones
+// return ErrClosed.
+func (c *Client) Close() error {
+	err := ErrClosed
+	c.closeOnce.Do(func() {
+		err = nil
+		c.closed.Store(true)
+		c.pool.close()
+		c.wg.Wait()
+		if c.ownsHTTP {
+			c.http.CloseIdleConnections()
+		}
+	})
+	return err
+}

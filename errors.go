@@ -1,0 +1,142 @@
+package amlpool
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Sentinel errors. Branch on them with errors.Is; the errors Client returns wrap
+// them with the endpoint and attempt details.
+var (
+	// ErrNoCapacity: no endpoint had a free slot within the call's max wait
+	// (WithMaxWait), or at once when the max wait is zero.
+	ErrNoCapacity = errors.New("amlpool: no endpoint has a free slot")
+	// ErrClosed: the Client was closed before or while the call waited.
+	ErrClosed = errors.New("amlpool: client closed")
+	// ErrThrottled matches an *APIError for a 503 RequestThrottled or
+	// TooManyConcurrentRequests reply: the endpoint was at its cap.
+	ErrThrottled = errors.New("amlpool: endpoint throttled the call")
+	// ErrInvalidConfig matches every *ConfigError New returns.
+	ErrInvalidConfig = errors.New("amlpool: invalid config")
+	// ErrResponseTooLarge: a reply was longer than WithMaxResponseBytes allows.
+	// The rest of it was not read.
+	ErrResponseTooLarge = errors.New("amlpool: response larger than the limit")
+	// ErrRetryBudgetExhausted: the call failed and could have been retried,
+	// but retries were already adding as much load as the retry budget allows.
+	ErrRetryBudgetExhausted = errors.New("amlpool: retry budget exhausted")
+)
+
+// APIError is a reply from an endpoint with a status other than 2xx. Code,
+// Message and Details come from the service's error body
+// ({"error":{"code","message","details":[...]}}) when it has one.
+//
+// errors.Is(err, ErrThrottled) is true when the reply says the endpoint was
+// full (503 RequestThrottled or TooManyConcurrentRequests).
+type APIError struct {
+	Endpoint   string        // the endpoint's Name
+	StatusCode int           // HTTP status
+	Code       string        // error.code: the class, e.g. "ServiceUnavailable"
+	Message    string        // error.message
+	Details    []ErrorDetail // error.details: the specific causes
+	RetryAfter time.Duration // the reply's Retry-After hint; zero when absent
+	// Body holds the start of a reply body that was not a service error body
+	// (at most 512 bytes), to help tell a proxy's error page from the service's.
+	Body string
+}
+
+// ErrorDetail is one entry of an Azure ML error body's details list.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Target  string `json:"target,omitempty"`
+	Message string `json:"message"`
+}
+
+// Error describes the reply: endpoint, status, codes and message.
+func (e *APIError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "amlpool: endpoint %s: HTTP %d", e.Endpoint, e.StatusCode)
+	if e.Code != "" {
+		b.WriteString(" " + e.Code)
+	}
+	if d := e.Detail(); d != "" {
+		b.WriteString("/" + d)
+	}
+	switch {
+	case len(e.Details) > 0 && e.Details[0].Message != "":
+		b.WriteString(": " + e.Details[0].Message)
+	case e.Message != "":
+		b.WriteString(": " + e.Message)
+	case e.Body != "":
+		fmt.Fprintf(&b, ": %q", e.Body)
+	}
+	return b.String()
+}
+
+// Detail returns the first detail code (the specific cause), or "".
+func (e *APIError) Detail() string {
+	if len(e.Details) == 0 {
+		return ""
+	}
+	return e.Details[0].Code
+}
+
+// Throttled reports whether the reply says the endpoint was at its cap.
+func (e *APIError) Throttled() bool {
+	if e.StatusCode != 503 {
+		return false
+	}
+	for _, d := range e.Details {
+		if strings.EqualFold(d.Code, "RequestThrottled") || strings.EqualFold(d.Code, "TooManyConcurrentRequests") {
+			return true
+		}
+	}
+	return false
+}
+
+// Is makes errors.Is(err, ErrThrottled) true for a throttle reply.
+func (e *APIError) Is(target error) bool { return target == ErrThrottled && e.Throttled() }
+
+const maxErrorBodySnippet = 512
+
+// parseAPIError builds the error for a non-2xx reply from its body. A body
+// that is not an Azure ML error body still gives an APIError with the status
+// and the start of the body.
+func parseAPIError(endpoint string, status int, body []byte) *APIError {
+	e := &APIError{Endpoint: endpoint, StatusCode: status}
+	var wire struct {
+		Error *struct {
+			Code    string        `json:"code"`
+			Message string        `json:"message"`
+			Details []ErrorDetail `json:"details"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &wire) == nil && wire.Error != nil {
+		e.Code, e.Message, e.Details = wire.Error.Code, wire.Error.Message, wire.Error.Details
+		return e
+	}
+	if len(body) > maxErrorBodySnippet {
+		body = body[:maxErrorBodySnippet]
+	}
+	e.Body = strings.ToValidUTF8(string(body), "\uFFFD")
+	return e
+}
+
+// CallError is the error of a call that made more than one attempt. It says
+// how many attempts were made and on which endpoints, and unwraps to the last
+// attempt's error, so errors.Is and errors.As reach its *APIError or
+// transport error.
+type CallError struct {
+	Attempts  int      // attempts made
+	Endpoints []string // the endpoint of each attempt, in order
+	Err       error    // the last attempt's error, or why no further attempt was made
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("%v (after %d attempts: %s)", e.Err, e.Attempts, strings.Join(e.Endpoints, ", "))
+}
+
+// Unwrap returns the last error.
+func (e *CallError) Unwrap() error { return e.Err }

@@ -1,0 +1,247 @@
+package amlpool
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// Limiter is a gate shared beyond one process: redislimit's, for example,
+// keeps each endpoint's slots in Redis so that many replicas together never
+// exceed its cap. A Client consults it after taking one of its own slots, so a
+// process never has more calls waiting at the Limiter than an endpoint's cap.
+//
+// Implementations must be safe for concurrent use.
+type Limiter interface {
+	// Acquire blocks until it holds a slot on one of candidates, preferring
+	// earlier ones, or until ctx ends (then it returns ctx's error, or another
+	// error when the Limiter cannot decide; the call then fails with it).
+	Acquire(ctx context.Context, candidates []LimitedEndpoint) (Lease, error)
+}
+
+// LimitedEndpoint names an endpoint to a Limiter.
+type LimitedEndpoint struct {
+	// ID is stable across processes that configure the same URL: the first
+	// 16 hex digits of the URL's SHA-256. It never contains the key.
+	ID    string
+	Name  string // the endpoint's Name, for logs
+	Limit int    // its configured MaxConcurrentCalls
+}
+
+// Lease is a slot held at a Limiter.
+type Lease interface {
+	// Index is the position, in the candidates given to Acquire, of the
+	// endpoint whose slot this is.
+	Index() int
+	// Release gives the slot back. It is called exactly once, must not block
+	// for long, and must be safe to call from any goroutine.
+	Release()
+}
+
+func endpointID(url string) string {
+	sum := sha256.Sum256([]byte(url))
+	return hex.EncodeToString(sum[:8])
+}
+
+// pool is the in-process gate: one slot counter per endpoint and one FIFO
+// line of calls waiting for any slot they may use.
+//
+// Taking a slot is lock-free (a CAS on the endpoint's in-flight count) while no
+// call waits. Once one waits, new calls queue behind it (no barging) and every
+// release hands its slot on under the lock.
+type pool struct {
+	eps   []*endpoint
+	cum   []int32 // cum[i]: sum of eps[:i+1] caps, for drawing a slot by cap
+	total int32   // cum[len-1]
+	bal   Balancer
+	rand  func() uint64
+	clock clock.Clock
+	done  chan struct{} // closed by close
+
+	// nwait counts calls in the waiters list or about to enter it. A release
+	// reads it after freeing its slot; a caller raises it before looking for a
+	// free slot under mu. So either the caller sees the free slot or the
+	// releaser sees the caller (both are sequentially consistent atomics).
+	nwait atomic.Int32
+
+	// mu guards waiters and closed.
+	mu      sync.Mutex
+	waiters list.List // of *waiter, oldest first
+	closed  bool
+}
+
+type waiter struct {
+	c     *call
+	elem  *list.Element
+	ready chan struct{} // closed once ep is set
+	ep    *endpoint
+}
+
+func newPool(eps []*endpoint, bal Balancer, rnd func() uint64, clk clock.Clock) *pool {
+	p := &pool{eps: eps, cum: make([]int32, len(eps)), bal: bal, rand: rnd, clock: clk, done: make(chan struct{})}
+	for i, ep := range eps {
+		p.total += ep.max
+		p.cum[i] = p.total
+	}
+	return p
+}
+
+// take claims one slot of e if it has one free.
+func (e *endpoint) take() bool {
+	for {
+		n := e.inFlight.Load()
+		if n >= e.limit.Load() {
+			return false
+		}
+		if e.inFlight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// usable reports whether call c may go to ep now. Endpoint health and
+// cool-downs join here.
+func (p *pool) usable(c *call, ep *endpoint) bool {
+	return !c.excluded(ep.idx)
+}
+
+// tryAcquire takes a slot on an endpoint the balancer picks, or returns nil
+// when no usable endpoint has one.
+func (p *pool) tryAcquire(c *call) *endpoint {
+	s := Candidates{p: p, c: c}
+	for range 4 {
+		i := p.bal.Pick(s)
+		if i < 0 || i >= len(p.eps) {
+			return nil
+		}
+		if ep := p.eps[i]; p.usable(c, ep) && ep.take() {
+			return ep
+		}
+	}
+	// The picks kept losing races for the slots they saw: take any.
+	for _, ep := range p.eps {
+		if p.usable(c, ep) && ep.take() {
+			return ep
+		}
+	}
+	return nil
+}
+
+// acquire takes a slot for c, waiting in line when none is free. maxWait < 0
+// means wait as long as ctx allows; 0 means do not wait.
+func (p *pool) acquire(ctx context.Context, c *call, maxWait time.Duration) (*endpoint, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if maxWait == 0 || p.nwait.Load() == 0 {
+		if ep := p.tryAcquire(c); ep != nil {
+			return ep, nil
+		}
+		if maxWait == 0 {
+			return nil, ErrNoCapacity
+		}
+	}
+
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	p.nwait.Add(1)
+	w := &waiter{c: c, ready: make(chan struct{})}
+	w.elem = p.waiters.PushBack(w)
+	p.grantLocked() // serves w at once if a slot it may use is free and no one ahead wants it
+	p.mu.Unlock()
+
+	var timeout <-chan time.Time
+	if maxWait > 0 {
+		t := p.clock.NewTimer(maxWait)
+		defer t.Stop()
+		timeout = t.C()
+	}
+	var err error
+	select {
+	case <-w.ready:
+		return w.ep, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timeout:
+		err = ErrNoCapacity
+	case <-p.done:
+		err = ErrClosed
+	}
+
+	p.mu.Lock()
+	select {
+	case <-w.ready:
+		// Granted while giving up. A late grant still serves a call whose
+		// only problem was the max wait; otherwise hand the slot on.
+		p.mu.Unlock()
+		if err == ErrNoCapacity {
+			return w.ep, nil
+		}
+		p.release(w.ep)
+		return nil, err
+	default:
+	}
+	p.waiters.Remove(w.elem)
+	p.nwait.Add(-1)
+	p.mu.Unlock()
+	return nil, err
+}
+
+// grantLocked gives free slots to waiting calls, oldest first. A waiter that
+// may use every endpoint and finds none free ends the pass: nobody behind it
+// can be served either.
+func (p *pool) grantLocked() {
+	for e := p.waiters.Front(); e != nil; {
+		next := e.Next()
+		w := e.Value.(*waiter)
+		if ep := p.tryAcquire(w.c); ep != nil {
+			w.ep = ep
+			close(w.ready)
+			p.waiters.Remove(e)
+			p.nwait.Add(-1)
+		} else if !w.c.restricted() {
+			return
+		}
+		e = next
+	}
+}
+
+// release gives back a slot taken by acquire and serves waiting calls.
+func (p *pool) release(ep *endpoint) {
+	if ep.inFlight.Add(-1) < 0 {
+		panic("amlpool: released more than held")
+	}
+	if p.nwait.Load() > 0 {
+		p.kick()
+	}
+}
+
+// kick serves waiting calls; call it whenever slots may have become usable
+// (a release, a higher limit, an endpoint back from ejection).
+func (p *pool) kick() {
+	p.mu.Lock()
+	p.grantLocked()
+	p.mu.Unlock()
+}
+
+// close fails every waiting and future acquire with ErrClosed.
+func (p *pool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.done)
+	}
+}
+
+// waiting returns how many calls wait for a slot.
+func (p *pool) waiting() int { return int(p.nwait.Load()) }

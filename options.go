@@ -1,0 +1,152 @@
+package amlpool
+
+import (
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// Defaults of the options below.
+const (
+	// DefaultMaxResponseBytes is the longest reply body read: room for the
+	// scored results of a 4 MB request (the service's payload limit) and more.
+	DefaultMaxResponseBytes = 32 << 20
+	// DefaultAttemptTimeout bounds one attempt: the service's own limit, after
+	// which it abandons a request (AZUREML.md §7.1).
+	DefaultAttemptTimeout = 100 * time.Second
+)
+
+// An Option configures a Client. Options are applied in order by New; a later
+// option of the same kind wins.
+type Option interface {
+	apply(*config)
+}
+
+// config is everything New needs; defaults come from defaultConfig.
+type config struct {
+	maxWait          time.Duration
+	maxWaitSet       bool // false: wait as long as the call's ctx allows
+	httpClient       *http.Client
+	maxResponseBytes int64
+	attemptTimeout   time.Duration
+	allowHTTP        bool
+	logger           *slog.Logger
+	limiter          Limiter
+	balancer         Balancer
+
+	// Test seams, set through export_test.go or internal packages.
+	clock clock.Clock
+	rand  func() uint64
+}
+
+func defaultConfig() config {
+	return config{
+		maxResponseBytes: DefaultMaxResponseBytes,
+		attemptTimeout:   DefaultAttemptTimeout,
+		logger:           slog.New(slog.DiscardHandler),
+		clock:            clock.Real,
+		rand:             rand.Uint64,
+	}
+}
+
+func buildConfig(opts []Option) (config, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o.apply(&cfg)
+		}
+	}
+	switch {
+	case cfg.maxWaitSet && cfg.maxWait < 0:
+		return cfg, &ConfigError{Field: "WithMaxWait", Problem: "negative"}
+	case cfg.maxResponseBytes <= 0:
+		return cfg, &ConfigError{Field: "WithMaxResponseBytes", Problem: "must be positive"}
+	case cfg.attemptTimeout <= 0:
+		return cfg, &ConfigError{Field: "WithAttemptTimeout", Problem: "must be positive"}
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.balancer == nil {
+		cfg.balancer = Random()
+	}
+	return cfg, nil
+}
+
+type maxWaitOption time.Duration
+
+func (o maxWaitOption) apply(c *config) { c.maxWait, c.maxWaitSet = time.Duration(o), true }
+
+// WithMaxWait bounds how long a call waits for a free slot when every
+// endpoint is full. After d the call fails with ErrNoCapacity. Zero means fail
+// fast: ErrNoCapacity at once when no slot is free.
+//
+// Default: no bound of its own; a call waits, in line with the others, for as
+// long as its ctx allows.
+func WithMaxWait(d time.Duration) Option { return maxWaitOption(d) }
+
+type httpClientOption struct{ hc *http.Client }
+
+func (o httpClientOption) apply(c *config) { c.httpClient = o.hc }
+
+// WithHTTPClient sends the calls through hc instead of the Client's own.
+// The Client uses a shallow copy that never follows redirects (a scoring
+// call carries a key, and the key goes to its endpoint's URL only); hc's
+// Transport, TLS settings, Jar and Timeout are kept.
+//
+// Default: a dedicated client with keep-alive connections enough for every
+// endpoint's cap, never http.DefaultClient.
+func WithHTTPClient(hc *http.Client) Option { return httpClientOption{hc} }
+
+type maxResponseBytesOption int64
+
+func (o maxResponseBytesOption) apply(c *config) { c.maxResponseBytes = int64(o) }
+
+// WithMaxResponseBytes bounds the reply body read from an endpoint; a longer
+// reply fails the attempt with ErrResponseTooLarge. Default:
+// DefaultMaxResponseBytes (32 MiB).
+func WithMaxResponseBytes(n int64) Option { return maxResponseBytesOption(n) }
+
+type attemptTimeoutOption time.Duration
+
+func (o attemptTimeoutOption) apply(c *config) { c.attemptTimeout = time.Duration(o) }
+
+// WithAttemptTimeout bounds each attempt, separately from the call's ctx,
+// which bounds all of them. Default: DefaultAttemptTimeout (100 s).
+func WithAttemptTimeout(d time.Duration) Option { return attemptTimeoutOption(d) }
+
+type insecureHTTPOption struct{}
+
+func (insecureHTTPOption) apply(c *config) { c.allowHTTP = true }
+
+// WithInsecureHTTP allows http:// endpoint URLs on non-loopback hosts, which
+// sends keys in clear text. Loopback hosts (127.0.0.1, ::1, localhost) are
+// allowed without it, for tests. Default: https required.
+func WithInsecureHTTP() Option { return insecureHTTPOption{} }
+
+type loggerOption struct{ l *slog.Logger }
+
+func (o loggerOption) apply(c *config) { c.logger = o.l }
+
+// WithLogger logs through l. Keys are never logged. Default: no logging.
+func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
+
+type limiterOption struct{ l Limiter }
+
+func (o limiterOption) apply(c *config) { c.limiter = o.l }
+
+// WithLimiter adds a Limiter shared beyond this process, such as
+// redislimit's, behind the Client's own per-endpoint slots. Default: none;
+// each Client enforces each endpoint's cap on its own.
+func WithLimiter(l Limiter) Option { return limiterOption{l} }
+
+type balancerOption struct{ b Balancer }
+
+func (o balancerOption) apply(c *config) { c.balancer = o.b }
+
+// WithBalancer chooses how a call picks among endpoints with a free slot.
+// Default: Random().
+func WithBalancer(b Balancer) Option { return balancerOption{b} }
