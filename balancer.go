@@ -14,7 +14,7 @@ type Balancer interface {
 // the i-th endpoint given to New. It is valid only during the Pick call.
 type Candidates struct {
 	p *pool
-	c *call
+	x exclusion
 }
 
 // Len returns the number of endpoints, usable or not.
@@ -24,7 +24,7 @@ func (s Candidates) Len() int { return len(s.p.eps) }
 // full or when this call may not use it (already tried, ejected, cooling down).
 func (s Candidates) Free(i int) int {
 	ep := s.p.eps[i]
-	if !s.p.usable(s.c, ep) {
+	if !s.p.usable(&s.x, ep) {
 		return 0
 	}
 	if f := ep.limit.Load() - ep.inFlight.Load(); f > 0 {

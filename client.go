@@ -122,14 +122,14 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 		if cl.attempts > 0 && c.closed.Load() {
 			return nil, "", c.callError(&cl, ErrClosed)
 		}
-		cl.exclude = cl.ntried > 0 && cl.ntried < len(c.eps)
+		cl.ex.on = cl.ntried > 0 && cl.ntried < len(c.eps)
 		ep, lease, err := c.acquire(ctx, &cl, maxWait)
 		if err != nil {
 			return nil, "", c.callError(&cl, err)
 		}
 		cl.attempts++
-		if !cl.tried.has(ep.idx) {
-			cl.tried.add(ep.idx)
+		if !cl.ex.tried.has(ep.idx) {
+			cl.ex.tried.add(ep.idx)
 			cl.ntried++
 		}
 		if cl.attempts > 1 || cl.names != nil {
@@ -160,7 +160,7 @@ func (c *Client) callError(cl *call, err error) error {
 // acquire takes a slot for one attempt: one of ours, then, with a Limiter,
 // one of the fleet's.
 func (c *Client) acquire(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
-	ep, err := c.pool.acquire(ctx, cl, maxWait)
+	ep, err := c.pool.acquire(ctx, &cl.ex, maxWait)
 	if err != nil || c.limiter == nil {
 		return ep, nil, err
 	}
@@ -174,7 +174,7 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 	cands := []LimitedEndpoint{c.limitIDs[ep.idx]}
 	idx := []*endpoint{ep}
 	for _, o := range c.eps {
-		if o != ep && c.pool.usable(cl, o) && o.inFlight.Load() < o.limit.Load() {
+		if o != ep && c.pool.usable(&cl.ex, o) && o.inFlight.Load() < o.limit.Load() {
 			cands = append(cands, c.limitIDs[o.idx])
 			idx = append(idx, o)
 		}

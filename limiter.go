@@ -74,10 +74,12 @@ type pool struct {
 	mu      sync.Mutex
 	waiters list.List // of *waiter, oldest first
 	closed  bool
+
+	onQueue func() // test hook: a call has joined the line
 }
 
 type waiter struct {
-	c     *call
+	ex    exclusion
 	elem  *list.Element
 	ready chan struct{} // closed once ep is set
 	ep    *endpoint
@@ -105,42 +107,43 @@ func (e *endpoint) take() bool {
 	}
 }
 
-// usable reports whether call c may go to ep now. Endpoint health and
-// cool-downs join here.
-func (p *pool) usable(c *call, ep *endpoint) bool {
-	return !c.excluded(ep.idx)
+// usable reports whether an attempt with exclusion x may go to ep now.
+// Endpoint health and cool-downs join here.
+func (p *pool) usable(x *exclusion, ep *endpoint) bool {
+	return !x.excluded(ep.idx)
 }
 
 // tryAcquire takes a slot on an endpoint the balancer picks, or returns nil
 // when no usable endpoint has one.
-func (p *pool) tryAcquire(c *call) *endpoint {
-	s := Candidates{p: p, c: c}
+func (p *pool) tryAcquire(x *exclusion) *endpoint {
+	s := Candidates{p: p, x: *x}
 	for range 4 {
 		i := p.bal.Pick(s)
 		if i < 0 || i >= len(p.eps) {
 			return nil
 		}
-		if ep := p.eps[i]; p.usable(c, ep) && ep.take() {
+		if ep := p.eps[i]; p.usable(x, ep) && ep.take() {
 			return ep
 		}
 	}
 	// The picks kept losing races for the slots they saw: take any.
 	for _, ep := range p.eps {
-		if p.usable(c, ep) && ep.take() {
+		if p.usable(x, ep) && ep.take() {
 			return ep
 		}
 	}
 	return nil
 }
 
-// acquire takes a slot for c, waiting in line when none is free. maxWait < 0
-// means wait as long as ctx allows; 0 means do not wait.
-func (p *pool) acquire(ctx context.Context, c *call, maxWait time.Duration) (*endpoint, error) {
+// acquire takes a slot for an attempt that may not use x, waiting in line
+// when none is free. maxWait < 0 means wait as long as ctx allows; 0 means do
+// not wait.
+func (p *pool) acquire(ctx context.Context, x *exclusion, maxWait time.Duration) (*endpoint, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if maxWait == 0 || p.nwait.Load() == 0 {
-		if ep := p.tryAcquire(c); ep != nil {
+		if ep := p.tryAcquire(x); ep != nil {
 			return ep, nil
 		}
 		if maxWait == 0 {
@@ -154,10 +157,13 @@ func (p *pool) acquire(ctx context.Context, c *call, maxWait time.Duration) (*en
 		return nil, ErrClosed
 	}
 	p.nwait.Add(1)
-	w := &waiter{c: c, ready: make(chan struct{})}
+	w := &waiter{ex: *x, ready: make(chan struct{})}
 	w.elem = p.waiters.PushBack(w)
 	p.grantLocked() // serves w at once if a slot it may use is free and no one ahead wants it
 	p.mu.Unlock()
+	if p.onQueue != nil {
+		p.onQueue()
+	}
 
 	var timeout <-chan time.Time
 	if maxWait > 0 {
@@ -203,12 +209,12 @@ func (p *pool) grantLocked() {
 	for e := p.waiters.Front(); e != nil; {
 		next := e.Next()
 		w := e.Value.(*waiter)
-		if ep := p.tryAcquire(w.c); ep != nil {
+		if ep := p.tryAcquire(&w.ex); ep != nil {
 			w.ep = ep
 			close(w.ready)
 			p.waiters.Remove(e)
 			p.nwait.Add(-1)
-		} else if !w.c.restricted() {
+		} else if !w.ex.restricted() {
 			return
 		}
 		e = next

@@ -67,16 +67,22 @@ func classifyStatus(e *APIError) verdict {
 type call struct {
 	attempts int
 	names    []string // the endpoint of each attempt, kept for the error
-	tried    bitset
 	ntried   int
-	exclude  bool // this attempt avoids endpoints already tried
+	ex       exclusion
+}
+
+// exclusion is what one attempt of a call may not use. It is passed by value
+// (into Candidates and waiters) so that a call never escapes to the heap.
+type exclusion struct {
+	on    bool   // this attempt avoids endpoints already tried
+	tried bitset // endpoints the call has tried
 }
 
 // excluded reports whether this attempt must avoid endpoint i.
-func (c *call) excluded(i int) bool { return c.exclude && c.tried.has(i) }
+func (x *exclusion) excluded(i int) bool { return x.on && x.tried.has(i) }
 
 // restricted reports whether this attempt may not use some endpoints.
-func (c *call) restricted() bool { return c.exclude }
+func (x *exclusion) restricted() bool { return x.on }
 
 // bitset is a set of small integers; the first 64 need no allocation.
 type bitset struct {
