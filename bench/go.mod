@@ -1,0 +1,23 @@
+module github.com/amlpool/amlpool/bench
+
+go 1.26.0
+
+require (
+	github.com/amlpool/amlpool v0.0.0
+	github.com/failsafe-go/failsafe-go v0.9.8
+	github.com/go-kit/kit v0.13.0
+	github.com/hashicorp/go-retryablehttp v0.7.8
+	go.uber.org/goleak v1.3.0
+)
+
+require (
+	github.com/bits-and-blooms/bitset v1.24.4 // indirect
+	github.com/go-kit/log v0.2.0 // indirect
+	github.com/go-logfmt/logfmt v0.5.1 // indirect
+	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20261019180522-ce908d29299b // indirect
+	google.golang.org/grpc v1.83.2 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace github.com/amlpool/amlpool => ../
