@@ -44,6 +44,7 @@ type outcome struct {
 	ep        *endpoint
 	err       error // nil on success
 	status    int   // HTTP status; 0 when no reply came
+	start     time.Time
 	latency   time.Duration
 	throttled bool
 	verdict   verdict
@@ -64,6 +65,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	c := &Client{cfg: cfg, eps: eps, limiter: cfg.limiter}
 	c.pool = newPool(eps, cfg.balancer, cfg.rand, cfg.clock)
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
+	c.observers = append(c.observers, latencyTracker{c.pool})
 	if c.limiter != nil {
 		c.limitIDs = make([]LimitedEndpoint, len(eps))
 		for i, ep := range eps {
@@ -229,9 +231,9 @@ func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, 
 		}
 		c.pool.release(ep)
 	}()
-	start := c.cfg.clock.Now()
+	o.start = c.cfg.clock.Now()
 	data, err := c.send(ctx, ep, body, o)
-	o.latency = c.cfg.clock.Now().Sub(start)
+	o.latency = c.cfg.clock.Now().Sub(o.start)
 	if err != nil {
 		o.err = err
 		return nil

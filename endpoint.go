@@ -122,6 +122,8 @@ type endpoint struct {
 	calls     atomic.Int64 // attempts that got a reply or an error
 	failures  atomic.Int64 // attempts that did not succeed, throttles included
 	throttles atomic.Int64 // attempts answered with a 503 throttle
+
+	lat peakEWMA // latency estimate, for LatencyAware (latency.go)
 }
 
 // newEndpoints validates the configured endpoints and builds their state.

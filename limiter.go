@@ -62,6 +62,7 @@ type pool struct {
 	bal   Balancer
 	rand  func() uint64
 	clock clock.Clock
+	epoch time.Time     // pool time zero, for nanotime
 	done  chan struct{} // closed by close
 
 	// nwait counts calls in the waiters list or about to enter it. A release
@@ -86,13 +87,20 @@ type waiter struct {
 }
 
 func newPool(eps []*endpoint, bal Balancer, rnd func() uint64, clk clock.Clock) *pool {
-	p := &pool{eps: eps, cum: make([]int32, len(eps)), bal: bal, rand: rnd, clock: clk, done: make(chan struct{})}
+	p := &pool{eps: eps, cum: make([]int32, len(eps)), bal: bal, rand: rnd, clock: clk, epoch: clk.Now(), done: make(chan struct{})}
 	for i, ep := range eps {
 		p.total += ep.max
 		p.cum[i] = p.total
 	}
 	return p
 }
+
+// nanotime returns the pool's monotonic time in nanoseconds: cheap to store
+// in an atomic, unlike a time.Time.
+func (p *pool) nanotime() int64 { return p.nanotimeAt(p.clock.Now()) }
+
+// nanotimeAt returns t in pool time.
+func (p *pool) nanotimeAt(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
 
 // take claims one slot of e if it has one free.
 func (e *endpoint) take() bool {
