@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,8 @@ type Client struct {
 	ownsHTTP  bool
 	limiter   Limiter
 	limitIDs  []LimitedEndpoint // per endpoint, for the Limiter
+	health    *health
+	budget    *retryBudget // nil without a retry budget
 	observers []observer
 
 	closeOnce sync.Once
@@ -39,15 +42,41 @@ type observer interface {
 	attemptDone(o *outcome)
 }
 
-// outcome is what one attempt came to.
+// outcome is what one attempt came to, and what the call does next.
 type outcome struct {
-	ep        *endpoint
-	err       error // nil on success
-	status    int   // HTTP status; 0 when no reply came
-	start     time.Time
-	latency   time.Duration
-	throttled bool
-	verdict   verdict
+	ep         *endpoint
+	attempt    int   // 1 for a call's first attempt
+	err        error // nil on success
+	status     int   // HTTP status; 0 when no reply came
+	start      time.Time
+	latency    time.Duration
+	throttled  bool          // the classifier said VerdictFull
+	verdict    Verdict       // the classifier's verdict on err
+	retryAfter time.Duration // the reply's delay hint, uncapped; 0 when none
+
+	// Health: set before the observers hear of the outcome.
+	probe      bool // the attempt probed an endpoint whose ejection ended
+	ejected    bool // its outcome ejected ep
+	readmitted bool // its outcome readmitted ep
+
+	// The call's decision after a failed attempt (decide).
+	final bool          // no further attempt
+	wait  time.Duration // the wait before the next attempt, when not final
+	stop  error         // why a retryable error ends the call (CallError.Stop)
+}
+
+// retryReason names, for metrics, why a failed attempt was worth retrying:
+// "throttled", "timeout", "transport" or the HTTP status.
+func (o *outcome) retryReason() string {
+	switch {
+	case o.verdict == VerdictFull:
+		return "throttled"
+	case o.status != 0:
+		return strconv.Itoa(o.status)
+	case errors.Is(o.err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "transport"
 }
 
 // New returns a Client for endpoints. It validates every endpoint (see
@@ -64,6 +93,16 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, eps: eps, limiter: cfg.limiter}
 	c.pool = newPool(eps, cfg.balancer, cfg.rand, cfg.clock)
+	c.health = newHealth(eps, c.pool, &c.cfg)
+	c.pool.health = c.health
+	if cfg.budget && cfg.maxAttempts > 1 {
+		c.budget = newRetryBudget(&c.cfg)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.health.run(c.pool.done)
+	}()
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
 	c.observers = append(c.observers, latencyTracker{c.pool})
 	if c.limiter != nil {
@@ -97,14 +136,19 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // reply body of the first attempt that succeeds.
 //
 // Do blocks while every endpoint is full, in line with other waiting calls,
-// for up to the max wait (WithMaxWait) or until ctx ends. An endpoint that
-// answers 503 RequestThrottled is full, not broken: the call goes once more,
-// at once, to another endpoint with a free slot.
+// for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
+// retried as its Verdict says (see Classify, WithClassifier): an endpoint
+// that answers 503 RequestThrottled is full, not broken, and the call goes at
+// once to another endpoint with a free slot; a transient failure is retried
+// after a backoff (WithBackoff) on an endpoint the call has not tried. A call
+// makes at most WithMaxAttempts attempts, within the retry budget
+// (WithRetryBudget), and never starts a wait that would pass ctx's deadline.
 //
 // Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
 // passes; ErrClosed after Close; an *APIError for a non-2xx reply
 // (errors.Is(err, ErrThrottled) for a throttle); a transport error otherwise.
-// A call that made several attempts returns a *CallError wrapping the last.
+// A call that made several attempts, or stopped retrying for a reason of its
+// own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
 	data, _, err := c.do(ctx, body)
 	return data, err
@@ -115,6 +159,9 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 	if c.closed.Load() {
 		return nil, "", ErrClosed
 	}
+	if c.budget != nil {
+		c.budget.deposit()
+	}
 	var cl call
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {
@@ -122,41 +169,32 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 	}
 	for {
 		if cl.attempts > 0 && c.closed.Load() {
-			return nil, "", c.callError(&cl, ErrClosed)
+			return nil, "", cl.result(ErrClosed)
 		}
-		cl.ex.on = cl.ntried > 0 && cl.ntried < len(c.eps)
+		// Avoid the endpoints tried so far while an untried one may take calls.
+		cl.ex.on = cl.ntried > 0 && c.usableOutside(&cl.ex.tried)
 		ep, lease, err := c.acquire(ctx, &cl, maxWait)
 		if err != nil {
-			return nil, "", c.callError(&cl, err)
+			return nil, "", cl.result(err)
 		}
-		cl.attempts++
-		if !cl.ex.tried.has(ep.idx) {
-			cl.ex.tried.add(ep.idx)
-			cl.ntried++
+		probe, ok := c.health.claim(ep.idx)
+		if !ok {
+			// Ejected or cooled down since it was picked: pick again.
+			c.releaseSlot(ep, lease)
+			continue
 		}
-		if cl.attempts > 1 || cl.names != nil {
-			cl.names = append(cl.names, ep.name)
-		}
-		data, o := c.attempt(ctx, ep, lease, body)
+		cl.started(ep)
+		data, o := c.attempt(ctx, &cl, ep, lease, body, probe)
 		if o.err == nil {
 			return data, ep.name, nil
 		}
-		if o.verdict != verdictFailover || cl.attempts >= 2 {
-			return nil, ep.name, c.callError(&cl, o.err)
+		if o.final {
+			return nil, ep.name, cl.result(o.stop)
 		}
-		if cl.names == nil {
-			cl.names = append(make([]string, 0, 4), ep.name)
+		if err := c.sleep(ctx, o.wait); err != nil {
+			return nil, ep.name, cl.result(err)
 		}
 	}
-}
-
-// callError wraps the last error of a call with its attempt history when it
-// made more than one attempt.
-func (c *Client) callError(cl *call, err error) error {
-	if cl.attempts < 2 {
-		return err
-	}
-	return &CallError{Attempts: cl.attempts, Endpoints: cl.names, Err: err}
 }
 
 // acquire takes a slot for one attempt: one of ours, then, with a Limiter,
@@ -205,18 +243,28 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 	return idx[i], lease, nil
 }
 
-// attempt sends one request on a slot already held, gives the slot back
-// whatever happens, and reports the outcome to the observers.
-func (c *Client) attempt(ctx context.Context, ep *endpoint, lease Lease, body []byte) ([]byte, outcome) {
-	o := outcome{ep: ep}
+// attempt sends one request on a slot already held and gives the slot back
+// whatever happens. After a failure it classifies the error, updates the
+// endpoint's health and decides what the call does next. Then it reports the
+// outcome to the observers.
+func (c *Client) attempt(ctx context.Context, cl *call, ep *endpoint, lease Lease, body []byte, probe bool) ([]byte, outcome) {
+	o := outcome{ep: ep, attempt: cl.attempts, probe: probe}
 	data := c.sendAndRelease(ctx, ep, lease, body, &o)
-	o.verdict = classify(ctx, o.err)
+	if o.err != nil {
+		o.verdict = c.classify(ctx, o.err)
+		o.throttled = o.verdict == VerdictFull
+	}
 	ep.calls.Add(1)
 	if o.err != nil {
 		ep.failures.Add(1)
 		if o.throttled {
 			ep.throttles.Add(1)
 		}
+	}
+	c.health.observe(&o, ctx.Err() != nil)
+	if o.err != nil {
+		cl.failed(&o)
+		c.decide(ctx, cl, &o)
 	}
 	for _, obs := range c.observers {
 		obs.attemptDone(&o)
@@ -225,12 +273,7 @@ func (c *Client) attempt(ctx context.Context, ep *endpoint, lease Lease, body []
 }
 
 func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, body []byte, o *outcome) []byte {
-	defer func() {
-		if lease != nil {
-			lease.Release()
-		}
-		c.pool.release(ep)
-	}()
+	defer c.releaseSlot(ep, lease)
 	o.start = c.cfg.clock.Now()
 	data, err := c.send(ctx, ep, body, o)
 	o.latency = c.cfg.clock.Now().Sub(o.start)
@@ -239,6 +282,14 @@ func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, 
 		return nil
 	}
 	return data
+}
+
+// releaseSlot gives back the slots an attempt held.
+func (c *Client) releaseSlot(ep *endpoint, lease Lease) {
+	if lease != nil {
+		lease.Release()
+	}
+	c.pool.release(ep)
 }
 
 var jsonContentType = []string{"application/json"}
@@ -280,7 +331,10 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.name, resp.StatusCode, err)
 	}
 	apiErr := parseAPIError(ep.name, resp.StatusCode, data)
-	o.throttled = apiErr.Throttled()
+	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
+	if c.cfg.maxRetryAfter > 0 {
+		o.retryAfter = apiErr.RetryAfter
+	}
 	return nil, apiErr
 }
 
@@ -339,7 +393,9 @@ type EndpointStats struct {
 	InFlight           int   // calls in flight now
 	Calls              int64 // attempts made, each counted once it ended
 	Errors             int64 // attempts that failed, throttles included
-	Throttles          int64 // attempts the endpoint answered with a 503 throttle
+	Throttles          int64 // attempts the endpoint answered as full (503 RequestThrottled by default)
+	Ejected            bool  // out of rotation after failures in a row (WithEjection)
+	Ejections          int64 // times it was ejected
 }
 
 // Stats returns a snapshot of the counters. It never blocks on calls and
@@ -348,7 +404,10 @@ type EndpointStats struct {
 func (c *Client) Stats() Stats {
 	s := Stats{Endpoints: make([]EndpointStats, len(c.eps)), Waiting: c.pool.waiting()}
 	for i, ep := range c.eps {
+		ejected, ejections := c.health.ejected(i)
 		s.Endpoints[i] = EndpointStats{
+			Ejected:            ejected,
+			Ejections:          ejections,
 			Name:               ep.name,
 			MaxConcurrentCalls: int(ep.max),
 			Limit:              int(ep.limit.Load()),

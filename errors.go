@@ -124,19 +124,43 @@ func parseAPIError(endpoint string, status int, body []byte) *APIError {
 	return e
 }
 
-// CallError is the error of a call that made more than one attempt. It says
-// how many attempts were made and on which endpoints, and unwraps to the last
-// attempt's error, so errors.Is and errors.As reach its *APIError or
-// transport error.
+// CallError is the error of a call that made more than one attempt, or
+// that stopped for a reason of its own (Stop) after a failed attempt. It
+// says how many attempts were made and on which endpoints. errors.Is and
+// errors.As reach both the last attempt's error (its *APIError or transport
+// error) and Stop: errors.Is(err, ErrRetryBudgetExhausted) tells a call the
+// budget cut short.
 type CallError struct {
-	Attempts  int      // attempts made
+	Attempts  int      // attempts made: requests sent
 	Endpoints []string // the endpoint of each attempt, in order
-	Err       error    // the last attempt's error, or why no further attempt was made
+	Err       error    // the last attempt's error
+	// Stop is why the call made no further attempt although Err was worth
+	// retrying, or nil when Err was not, or the attempts ran out:
+	// ErrRetryBudgetExhausted; an error matching context.DeadlineExceeded
+	// when the next wait would have passed the ctx deadline; the ctx's error
+	// when it ended during a wait or a later attempt's wait for a slot;
+	// ErrNoCapacity when that wait passed WithMaxWait; ErrClosed.
+	Stop error
 }
 
 func (e *CallError) Error() string {
-	return fmt.Sprintf("%v (after %d attempts: %s)", e.Err, e.Attempts, strings.Join(e.Endpoints, ", "))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v (after %d attempt", e.Err, e.Attempts)
+	if e.Attempts != 1 {
+		b.WriteByte('s')
+	}
+	b.WriteString(": " + strings.Join(e.Endpoints, ", "))
+	if e.Stop != nil {
+		fmt.Fprintf(&b, "; stopped: %v", e.Stop)
+	}
+	b.WriteByte(')')
+	return b.String()
 }
 
-// Unwrap returns the last error.
-func (e *CallError) Unwrap() error { return e.Err }
+// Unwrap returns the last attempt's error and, when set, Stop.
+func (e *CallError) Unwrap() []error {
+	if e.Stop == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Err, e.Stop}
+}

@@ -77,6 +77,8 @@ type pool struct {
 	closed  bool
 
 	onQueue func() // test hook: a call has joined the line
+
+	health *health // endpoint health, set by New; nil in tests of the pool alone
 }
 
 type waiter struct {
@@ -115,10 +117,11 @@ func (e *endpoint) take() bool {
 	}
 }
 
-// usable reports whether an attempt with exclusion x may go to ep now.
-// Endpoint health and cool-downs join here.
+// usable reports whether an attempt with exclusion x may go to ep now: not
+// an endpoint it avoids, not ejected (unless too many are: see
+// health.panicking), not cooling down.
 func (p *pool) usable(x *exclusion, ep *endpoint) bool {
-	return !x.excluded(ep.idx)
+	return !x.excluded(ep.idx) && (p.health == nil || p.health.admits(ep.idx))
 }
 
 // tryAcquire takes a slot on an endpoint the balancer picks, or returns nil

@@ -17,6 +17,37 @@ const (
 	// DefaultAttemptTimeout bounds one attempt: the service's own limit, after
 	// which it abandons a request (AZUREML.md §7.1).
 	DefaultAttemptTimeout = 100 * time.Second
+
+	// DefaultMaxAttempts is how many attempts a call makes at most: the first
+	// and 3 retries.
+	DefaultMaxAttempts = 4
+
+	// DefaultBackoffInitial, DefaultBackoffMultiplier, DefaultBackoffMax and
+	// DefaultBackoffJitter make the default backoff schedule (see Backoff),
+	// sized for a service that answers in 50–500 ms: the first retry comes
+	// about one call's time after the failure, and no wait passes 1.5 s.
+	DefaultBackoffInitial    = 50 * time.Millisecond
+	DefaultBackoffMultiplier = 2.0
+	DefaultBackoffMax        = time.Second
+	DefaultBackoffJitter     = 0.5
+
+	// DefaultMaxRetryAfter caps how long a Retry-After hint holds an
+	// endpoint back.
+	DefaultMaxRetryAfter = 30 * time.Second
+
+	// DefaultRetryBudgetRatio and DefaultRetryBudgetMinPerSecond make the
+	// default retry budget: retries may add 20 % to the calls made over
+	// RetryBudgetWindow, plus 10 per second at any load (Finagle's and
+	// Linkerd's defaults).
+	DefaultRetryBudgetRatio        = 0.2
+	DefaultRetryBudgetMinPerSecond = 10
+	// RetryBudgetWindow is the sliding window the retry budget counts over.
+	RetryBudgetWindow = 10 * time.Second
+
+	// DefaultEjectAfter is how many failures in a row eject an endpoint.
+	DefaultEjectAfter = 5
+	// DefaultEjectFor is how long a first ejection lasts (±20 %).
+	DefaultEjectFor = 30 * time.Second
 )
 
 // An Option configures a Client. Options are applied in order by New; a later
@@ -37,6 +68,18 @@ type config struct {
 	limiter          Limiter
 	balancer         Balancer
 
+	// Retries and health (retry.go, health.go).
+	maxAttempts        int
+	classifier         func(error) Verdict
+	backoff            Backoff
+	maxRetryAfter      time.Duration
+	budget             bool
+	budgetRatio        float64
+	budgetMinPerSecond int
+	ejectOff           bool
+	ejectAfter         int
+	ejectFor           time.Duration
+
 	// Test seams, set through export_test.go or internal packages.
 	clock clock.Clock
 	rand  func() uint64
@@ -49,6 +92,22 @@ func defaultConfig() config {
 		logger:           slog.New(slog.DiscardHandler),
 		clock:            clock.Real,
 		rand:             rand.Uint64,
+
+		// Retries and health.
+		maxAttempts: DefaultMaxAttempts,
+		classifier:  Classify,
+		backoff: Backoff{
+			Initial:    DefaultBackoffInitial,
+			Multiplier: DefaultBackoffMultiplier,
+			Max:        DefaultBackoffMax,
+			Jitter:     DefaultBackoffJitter,
+		},
+		maxRetryAfter:      DefaultMaxRetryAfter,
+		budget:             true,
+		budgetRatio:        DefaultRetryBudgetRatio,
+		budgetMinPerSecond: DefaultRetryBudgetMinPerSecond,
+		ejectAfter:         DefaultEjectAfter,
+		ejectFor:           DefaultEjectFor,
 	}
 }
 
@@ -66,6 +125,9 @@ func buildConfig(opts []Option) (config, error) {
 		return cfg, &ConfigError{Field: "WithMaxResponseBytes", Problem: "must be positive"}
 	case cfg.attemptTimeout <= 0:
 		return cfg, &ConfigError{Field: "WithAttemptTimeout", Problem: "must be positive"}
+	}
+	if err := cfg.checkRetries(); err != nil {
+		return cfg, err
 	}
 	if cfg.logger == nil {
 		cfg.logger = slog.New(slog.DiscardHandler)

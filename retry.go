@@ -2,73 +2,187 @@ package amlpool
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
 )
 
-// verdict is what a call does after an attempt.
-type verdict uint8
+// This file decides whether a call goes on after a failed attempt (the
+// Verdict), how long it waits first (backoff, Retry-After) and whether the
+// retry budget allows it. The loop itself is Client.do.
+
+// Verdict is what a call does after an attempt failed. A classifier (Classify
+// by default, or one given with WithClassifier) gives one per failed attempt.
+type Verdict uint8
 
 const (
-	verdictDone     verdict = iota // success, or an error not worth retrying
-	verdictFailover                // the endpoint was full: try another one at once
-	verdictBackoff                 // a transient failure: wait, then try another endpoint
+	// VerdictGiveUp: the error is permanent (bad input, bad key, a redirect,
+	// a body over the limit). The call returns it. The zero Verdict.
+	VerdictGiveUp Verdict = iota
+	// VerdictFull: the endpoint was at its cap, not broken. The call goes at
+	// once, with no backoff, to another endpoint with a free slot; it backs
+	// off only once every usable endpoint has answered it so. A full endpoint
+	// gets no health penalty.
+	VerdictFull
+	// VerdictRetry: a transient failure. The call waits out a backoff, then
+	// tries an endpoint it has not tried yet when one is usable. The attempt
+	// counts towards the endpoint's ejection (WithEjection).
+	VerdictRetry
 )
 
-// classify decides, after an attempt that returned err, whether the call
-// goes on. The table is AZUREML.md §6.2.
-func classify(ctx context.Context, err error) verdict {
-	if err == nil || ctx.Err() != nil {
-		return verdictDone
+// String returns "give up", "full" or "retry".
+func (v Verdict) String() string {
+	switch v {
+	case VerdictGiveUp:
+		return "give up"
+	case VerdictFull:
+		return "full"
+	case VerdictRetry:
+		return "retry"
+	}
+	return "Verdict(" + strconv.Itoa(int(v)) + ")"
+}
+
+// Classify is the default classifier: the Azure ML Classic table of
+// AZUREML.md §6.2. It sees the error of one failed attempt: an *APIError for
+// a non-2xx reply, a transport error otherwise.
+//
+//	VerdictFull    503 RequestThrottled, 503 TooManyConcurrentRequests
+//	VerdictRetry   408 (but RequestCanceled), 429, 500, 502, 503, 504;
+//	               connection refused or reset, EOF before the reply, the
+//	               attempt timeout (WithAttemptTimeout), a reply cut short
+//	VerdictGiveUp  400, 401, 403, 404, 413, 501, every other status;
+//	               TLS trust errors, ErrResponseTooLarge
+//
+// A call whose ctx is done never retries, whatever the classifier says, so a
+// classifier need not check for it. To treat another status as the endpoint
+// being full (Azure ML online endpoints answer 429 when full), wrap Classify:
+//
+//	amlpool.WithClassifier(func(err error) amlpool.Verdict {
+//		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {
+//			return amlpool.VerdictFull
+//		}
+//		return amlpool.Classify(err)
+//	})
+func Classify(err error) Verdict {
+	if err == nil {
+		return VerdictGiveUp
 	}
 	var apiErr *APIError
 	if errors.As(err, &apiErr) {
 		return classifyStatus(apiErr)
 	}
 	if errors.Is(err, ErrResponseTooLarge) {
-		return verdictDone
+		return VerdictGiveUp
 	}
-	var certErr *x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalidErr x509.CertificateInvalidError
-	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &invalidErr) {
-		return verdictDone // TLS trust problems do not heal by retrying
+	if isTLSTrustError(err) {
+		return VerdictGiveUp // TLS trust problems do not heal by retrying
 	}
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) && urlErr.Op != "Post" {
-		return verdictDone
+		return VerdictGiveUp // a bad URL, not a failed exchange
 	}
-	return verdictBackoff // refused, reset, EOF, attempt timeout
+	return VerdictRetry // refused, reset, EOF, attempt timeout, short read
 }
 
-func classifyStatus(e *APIError) verdict {
+func classifyStatus(e *APIError) Verdict {
 	switch {
 	case e.Throttled():
-		return verdictFailover
+		return VerdictFull
 	case e.StatusCode == http.StatusRequestTimeout:
 		if e.Detail() == "RequestCanceled" {
-			return verdictDone // the service says the client cancelled
+			return VerdictGiveUp // the service says the client cancelled
 		}
-		return verdictBackoff
+		return VerdictRetry
 	case e.StatusCode == http.StatusTooManyRequests,
 		e.StatusCode == http.StatusInternalServerError,
 		e.StatusCode == http.StatusBadGateway,
 		e.StatusCode == http.StatusServiceUnavailable,
 		e.StatusCode == http.StatusGatewayTimeout:
-		return verdictBackoff
+		return VerdictRetry
 	default:
-		return verdictDone // 4xx input and auth errors, 501, 3xx
+		return VerdictGiveUp // 4xx input and auth errors, 501, 3xx
 	}
+}
+
+func isTLSTrustError(err error) bool {
+	var verifyErr *tls.CertificateVerificationError
+	var authErr x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalidErr x509.CertificateInvalidError
+	return errors.As(err, &verifyErr) || errors.As(err, &authErr) ||
+		errors.As(err, &hostErr) || errors.As(err, &invalidErr)
+}
+
+// classify judges an attempt's error; a done ctx always gives up.
+func (c *Client) classify(ctx context.Context, err error) Verdict {
+	if ctx.Err() != nil {
+		return VerdictGiveUp
+	}
+	return c.cfg.classifier(err)
+}
+
+// retryAfter reads a reply's delay hint, in azcore's order: retry-after-ms,
+// x-ms-retry-after-ms, then Retry-After in whole seconds or as an HTTP date.
+// A header that cannot be read is skipped; a date in the past is no delay.
+// Huge values saturate instead of overflowing; the caller caps the result.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	if len(h) == 0 {
+		return 0
+	}
+	for _, name := range [...]string{"Retry-After-Ms", "X-Ms-Retry-After-Ms"} {
+		if d, ok := parseDelay(h.Get(name), time.Millisecond); ok {
+			return d
+		}
+	}
+	v := h.Get("Retry-After")
+	if d, ok := parseDelay(v, time.Second); ok {
+		return d
+	}
+	if t, err := http.ParseTime(strings.TrimSpace(v)); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// parseDelay reads a count of units made of ASCII digits only: no sign, no
+// fraction, no exponent (RFC 9110 delay-seconds).
+func parseDelay(v string, unit time.Duration) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n > uint64(math.MaxInt64/unit) {
+		return math.MaxInt64, true // only digits: too many of them
+	}
+	return time.Duration(n) * unit, true
 }
 
 // call is the state of one Do across its attempts.
 type call struct {
-	attempts int
-	names    []string // the endpoint of each attempt, kept for the error
-	ntried   int
-	ex       exclusion
+	attempts   int
+	names      []string // the endpoint of each failed attempt, kept for the error
+	last       error    // the last attempt's error
+	ntried     int
+	ex         exclusion
+	throttled  bitset // endpoints that answered this call VerdictFull
+	nthrottled int
+	backoff    *backoff.ExponentialBackOff // made at the call's first wait
 }
 
 // exclusion is what one attempt of a call may not use. It is passed by value
@@ -83,6 +197,132 @@ func (x *exclusion) excluded(i int) bool { return x.on && x.tried.has(i) }
 
 // restricted reports whether this attempt may not use some endpoints.
 func (x *exclusion) restricted() bool { return x.on }
+
+// started records an attempt on ep.
+func (c *call) started(ep *endpoint) {
+	c.attempts++
+	if !c.ex.tried.has(ep.idx) {
+		c.ex.tried.add(ep.idx)
+		c.ntried++
+	}
+}
+
+// failed records the failed attempt described by o.
+func (c *call) failed(o *outcome) {
+	c.last = o.err
+	if c.names == nil {
+		c.names = make([]string, 0, 4)
+	}
+	c.names = append(c.names, o.ep.name)
+	if o.verdict == VerdictFull && !c.throttled.has(o.ep.idx) {
+		c.throttled.add(o.ep.idx)
+		c.nthrottled++
+	}
+}
+
+// result is the call's error once it makes no further attempt. stop says
+// why, when the last attempt's error alone does not (see CallError.Stop).
+// A call that ends on its first attempt's own error returns that error
+// unwrapped; one that never got a slot returns why.
+func (c *call) result(stop error) error {
+	switch {
+	case c.attempts == 0:
+		return stop
+	case c.attempts == 1 && stop == nil:
+		return c.last
+	}
+	return &CallError{Attempts: c.attempts, Endpoints: c.names, Err: c.last, Stop: stop}
+}
+
+// nextBackoff returns the call's next backoff wait.
+func (c *call) nextBackoff(cfg *config) time.Duration {
+	if c.backoff == nil {
+		c.backoff = &backoff.ExponentialBackOff{
+			InitialInterval:     cfg.backoff.Initial,
+			RandomizationFactor: cfg.backoff.Jitter,
+			Multiplier:          cfg.backoff.Multiplier,
+			MaxInterval:         cfg.backoff.Max,
+			MaxElapsedTime:      0, // the attempt cap and the ctx bound a call
+			Stop:                backoff.Stop,
+			Clock:               cfg.clock,
+		}
+		c.backoff.Reset()
+	}
+	return c.backoff.NextBackOff()
+}
+
+// decide sets o.final, o.wait and o.stop: whether the call makes another
+// attempt after the failed one o describes, and after how long.
+func (c *Client) decide(ctx context.Context, cl *call, o *outcome) {
+	o.final = true
+	switch {
+	case o.verdict == VerdictGiveUp:
+		if err := ctx.Err(); err != nil && !errors.Is(o.err, err) {
+			o.stop = err
+		}
+		return
+	case cl.attempts >= c.cfg.maxAttempts:
+		return
+	case c.closed.Load():
+		o.stop = ErrClosed
+		return
+	}
+	var wait time.Duration
+	if o.verdict == VerdictRetry || !c.usableOutside(&cl.throttled) {
+		wait = cl.nextBackoff(&c.cfg)
+	}
+	if d := c.health.readyIn(); d > wait {
+		wait = d // nothing is usable before then: every endpoint is cooling down
+	}
+	if deadline, ok := ctx.Deadline(); ok && wait > 0 && time.Until(deadline) <= wait {
+		// ctx deadlines are on the wall clock, whatever clock we are given.
+		o.stop = &deadlineError{wait: wait}
+		return
+	}
+	if c.budget != nil && !c.budget.withdraw() {
+		o.stop = ErrRetryBudgetExhausted
+		return
+	}
+	o.final, o.wait = false, wait
+}
+
+// usableOutside reports whether an endpoint outside set may take calls now,
+// as far as health and cool-downs go.
+func (c *Client) usableOutside(set *bitset) bool {
+	for _, ep := range c.eps {
+		if !set.has(ep.idx) && c.health.admits(ep.idx) {
+			return true
+		}
+	}
+	return false
+}
+
+// deadlineError says a call stopped because its next wait would pass the
+// ctx deadline. It matches context.DeadlineExceeded.
+type deadlineError struct{ wait time.Duration }
+
+func (e *deadlineError) Error() string {
+	return fmt.Sprintf("amlpool: a retry after %v would pass the ctx deadline", e.wait)
+}
+
+func (e *deadlineError) Unwrap() error { return context.DeadlineExceeded }
+
+// sleep waits d before the call's next attempt, on the Client's clock.
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := c.cfg.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.pool.done:
+		return ErrClosed
+	}
+}
 
 // bitset is a set of small integers; the first 64 need no allocation.
 type bitset struct {
