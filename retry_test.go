@@ -1,0 +1,259 @@
+package amlpool
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+func apiErr(status int, code, detail string) *APIError {
+	e := &APIError{Endpoint: "e", StatusCode: status, Code: code}
+	if detail != "" {
+		e.Details = []ErrorDetail{{Code: detail}}
+	}
+	return e
+}
+
+func postErr(err error) error {
+	return fmt.Errorf("amlpool: endpoint e: %w", &url.Error{Op: "Post", URL: "https://h/x", Err: err})
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want Verdict
+	}{
+		{"nil", nil, VerdictGiveUp},
+		{"503 RequestThrottled", apiErr(503, "ServiceUnavailable", "RequestThrottled"), VerdictFull},
+		{"503 TooManyConcurrentRequests", apiErr(503, "ServiceUnavailable", "TooManyConcurrentRequests"), VerdictFull},
+		{"503 throttle detail in other case", apiErr(503, "ServiceUnavailable", "requestthrottled"), VerdictFull},
+		{"503 InitializingContainers", apiErr(503, "InitializingContainers", ""), VerdictRetry},
+		{"503 TooManyHostsBeingInitialized", apiErr(503, "ServiceUnavailable", "TooManyHostsBeingInitialized"), VerdictRetry},
+		{"503 NoMoreResources", apiErr(503, "ServiceUnavailable", "NoMoreResources"), VerdictRetry},
+		{"503 unparsed body", &APIError{StatusCode: 503, Body: "<html>"}, VerdictRetry},
+		{"408 ScoreRequestTimeout", apiErr(408, "RequestTimeout", "ScoreRequestTimeout"), VerdictRetry},
+		{"408 RequestCanceled", apiErr(408, "RequestTimeout", "RequestCanceled"), VerdictGiveUp},
+		{"429", apiErr(429, "TooManyRequests", ""), VerdictRetry},
+		{"500", apiErr(500, "InternalError", "ModuleExecutionFailed"), VerdictRetry},
+		{"502", apiErr(502, "", ""), VerdictRetry},
+		{"504", apiErr(504, "GatewayTimeout", "BackendScoreTimeout"), VerdictRetry},
+		{"400", apiErr(400, "BadArgument", "RequestBodyInvalid"), VerdictGiveUp},
+		{"401", apiErr(401, "Unauthorized", "ScoreRequestUnauthorized"), VerdictGiveUp},
+		{"403", apiErr(403, "", ""), VerdictGiveUp},
+		{"404", apiErr(404, "NotFound", "WebServiceNotFound"), VerdictGiveUp},
+		{"413", apiErr(413, "MemoryQuotaViolation", "OutOfMemoryLimit"), VerdictGiveUp},
+		{"422", apiErr(422, "", ""), VerdictGiveUp},
+		{"501", apiErr(501, "", ""), VerdictGiveUp},
+		{"302", apiErr(302, "", ""), VerdictGiveUp},
+		{"wrapped 500", fmt.Errorf("x: %w", apiErr(500, "", "")), VerdictRetry},
+		{"connection refused", postErr(syscall.ECONNREFUSED), VerdictRetry},
+		{"connection reset", postErr(syscall.ECONNRESET), VerdictRetry},
+		{"EOF before reply", postErr(io.EOF), VerdictRetry},
+		{"attempt timeout", fmt.Errorf("attempt timed out: %w", postErr(context.DeadlineExceeded)), VerdictRetry},
+		{"short read", fmt.Errorf("read reply: %w", io.ErrUnexpectedEOF), VerdictRetry},
+		{"response too large", fmt.Errorf("%w: over 10 bytes", ErrResponseTooLarge), VerdictGiveUp},
+		{"unknown authority", postErr(x509.UnknownAuthorityError{}), VerdictGiveUp},
+		{"hostname", postErr(x509.HostnameError{Host: "h"}), VerdictGiveUp},
+		{"invalid certificate", postErr(x509.CertificateInvalidError{}), VerdictGiveUp},
+		{"tls verification", postErr(&tls.CertificateVerificationError{Err: errors.New("x")}), VerdictGiveUp},
+		{"bad URL", &url.Error{Op: "parse", URL: "::", Err: errors.New("missing scheme")}, VerdictGiveUp},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, Classify(tt.err))
+		})
+	}
+}
+
+func TestClassifyNeverRetriesADoneCtx(t *testing.T) {
+	c := &Client{cfg: defaultConfig()}
+	c.cfg.classifier = func(error) Verdict { return VerdictRetry }
+	ctx, cancel := context.WithCancel(context.Background())
+	assert.Equal(t, VerdictRetry, c.classify(ctx, apiErr(500, "", "")))
+	cancel()
+	assert.Equal(t, VerdictGiveUp, c.classify(ctx, apiErr(500, "", "")))
+}
+
+func TestVerdictString(t *testing.T) {
+	assert.Equal(t, "give up", VerdictGiveUp.String())
+	assert.Equal(t, "full", VerdictFull.String())
+	assert.Equal(t, "retry", VerdictRetry.String())
+	assert.Equal(t, "Verdict(7)", Verdict(7).String())
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	h := func(kv ...string) http.Header {
+		out := http.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			out.Add(kv[i], kv[i+1])
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		h    http.Header
+		want time.Duration
+	}{
+		{"none", nil, 0},
+		{"seconds", h("Retry-After", "3"), 3 * time.Second},
+		{"seconds with spaces", h("Retry-After", " 3 "), 3 * time.Second},
+		{"zero", h("Retry-After", "0"), 0},
+		{"negative", h("Retry-After", "-3"), 0},
+		{"plus sign", h("Retry-After", "+3"), 0},
+		{"fraction", h("Retry-After", "1.5"), 0},
+		{"garbage", h("Retry-After", "soon"), 0},
+		{"HTTP date", h("Retry-After", now.Add(90*time.Second).Format(http.TimeFormat)), 90 * time.Second},
+		{"RFC 850 date", h("Retry-After", now.Add(time.Minute).Format(time.RFC850)), time.Minute},
+		{"date in the past", h("Retry-After", now.Add(-time.Minute).Format(http.TimeFormat)), 0},
+		{"huge seconds saturate", h("Retry-After", "99999999999999999999999"), math.MaxInt64},
+		{"seconds just past int64 nanoseconds", h("Retry-After", "9223372037"), math.MaxInt64},
+		{"retry-after-ms", h("retry-after-ms", "250"), 250 * time.Millisecond},
+		{"x-ms-retry-after-ms", h("x-ms-retry-after-ms", "40"), 40 * time.Millisecond},
+		{"retry-after-ms first", h("Retry-After", "9", "x-ms-retry-after-ms", "40", "retry-after-ms", "250"), 250 * time.Millisecond},
+		{"x-ms before Retry-After", h("Retry-After", "9", "x-ms-retry-after-ms", "40"), 40 * time.Millisecond},
+		{"bad ms header falls through", h("retry-after-ms", "x", "Retry-After", "2"), 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, retryAfter(tt.h, now))
+		})
+	}
+}
+
+func TestCallErrorReachesLastErrorAndStop(t *testing.T) {
+	last := apiErr(503, "ServiceUnavailable", "NoMoreResources")
+	err := error(&CallError{Attempts: 2, Endpoints: []string{"a", "b"}, Err: last, Stop: ErrRetryBudgetExhausted})
+	assert.ErrorIs(t, err, ErrRetryBudgetExhausted)
+	var got *APIError
+	require.ErrorAs(t, err, &got)
+	assert.Same(t, last, got)
+	assert.Equal(t, "amlpool: endpoint e: HTTP 503 ServiceUnavailable/NoMoreResources (after 2 attempts: a, b; stopped: amlpool: retry budget exhausted)", err.Error())
+
+	one := &CallError{Attempts: 1, Endpoints: []string{"a"}, Err: last, Stop: &deadlineError{wait: time.Second}}
+	assert.ErrorIs(t, one, context.DeadlineExceeded)
+	assert.Contains(t, one.Error(), "(after 1 attempt: a; stopped: amlpool: a retry after 1s would pass the ctx deadline)")
+
+	plain := &CallError{Attempts: 3, Endpoints: []string{"a", "b", "c"}, Err: last}
+	assert.NotErrorIs(t, plain, ErrRetryBudgetExhausted)
+	assert.Len(t, plain.Unwrap(), 1)
+}
+
+func TestCallResult(t *testing.T) {
+	last := errors.New("last")
+	var cl call
+	assert.Equal(t, ErrNoCapacity, cl.result(ErrNoCapacity), "no attempt: why")
+
+	cl.attempts, cl.last, cl.names = 1, last, []string{"a"}
+	assert.Equal(t, last, cl.result(nil), "one attempt, its own error: bare")
+	var ce *CallError
+	require.ErrorAs(t, cl.result(ErrRetryBudgetExhausted), &ce, "one attempt stopped by the budget")
+	assert.Equal(t, &CallError{Attempts: 1, Endpoints: []string{"a"}, Err: last, Stop: ErrRetryBudgetExhausted}, ce)
+
+	cl.attempts, cl.names = 2, []string{"a", "b"}
+	require.ErrorAs(t, cl.result(nil), &ce)
+	assert.Equal(t, &CallError{Attempts: 2, Endpoints: []string{"a", "b"}, Err: last}, ce)
+}
+
+// TestBackoffSchedule checks the documented default table: the k-th wait
+// lies within ±50 % of 50 ms × 2^(k−1), capped at 1 s before jitter.
+func TestBackoffSchedule(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.clock = clock.NewFake()
+	nominal := []time.Duration{50, 100, 200, 400, 800, 1000, 1000, 1000}
+	for range 200 {
+		var cl call
+		for k, n := range nominal {
+			n *= time.Millisecond
+			d := cl.nextBackoff(&cfg)
+			assert.GreaterOrEqual(t, d, n/2, "wait %d", k+1)
+			assert.LessOrEqual(t, d, n*3/2+1, "wait %d", k+1)
+		}
+	}
+}
+
+// TestBackoffFreshPerCall: one call's waits do not advance another's.
+func TestBackoffFreshPerCall(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.clock = clock.NewFake()
+	cfg.backoff = Backoff{Initial: time.Second, Multiplier: 10, Max: time.Hour, Jitter: 0.01}
+	var a, b call
+	a.nextBackoff(&cfg)
+	a.nextBackoff(&cfg)
+	assert.Less(t, b.nextBackoff(&cfg), 2*time.Second)
+	assert.Greater(t, a.nextBackoff(&cfg), 50*time.Second)
+}
+
+func TestRetryOptionsValidation(t *testing.T) {
+	tests := []struct {
+		name  string
+		opt   Option
+		field string
+	}{
+		{"zero attempts", WithMaxAttempts(0), "WithMaxAttempts"},
+		{"negative initial", WithBackoff(Backoff{Initial: -1}), "WithBackoff"},
+		{"max below initial", WithBackoff(Backoff{Initial: 2 * time.Second}), "WithBackoff"},
+		{"multiplier below 1", WithBackoff(Backoff{Multiplier: 0.5}), "WithBackoff"},
+		{"multiplier NaN", WithBackoff(Backoff{Multiplier: math.NaN()}), "WithBackoff"},
+		{"multiplier Inf", WithBackoff(Backoff{Multiplier: math.Inf(1)}), "WithBackoff"},
+		{"jitter above 1", WithBackoff(Backoff{Jitter: 1.5}), "WithBackoff"},
+		{"jitter negative", WithBackoff(Backoff{Jitter: -0.1}), "WithBackoff"},
+		{"negative retry-after cap", WithMaxRetryAfter(-time.Second), "WithMaxRetryAfter"},
+		{"negative budget ratio", WithRetryBudget(-0.1, 10), "WithRetryBudget"},
+		{"NaN budget ratio", WithRetryBudget(math.NaN(), 10), "WithRetryBudget"},
+		{"negative budget floor", WithRetryBudget(0.2, -1), "WithRetryBudget"},
+		{"zero failures to eject", WithEjection(0, time.Second), "WithEjection"},
+		{"zero ejection time", WithEjection(5, 0), "WithEjection"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := buildConfig([]Option{tt.opt})
+			var ce *ConfigError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tt.field, ce.Field)
+			assert.ErrorIs(t, err, ErrInvalidConfig)
+		})
+	}
+}
+
+func TestRetryOptionsApply(t *testing.T) {
+	cfg, err := buildConfig(nil)
+	require.NoError(t, err)
+	assert.Equal(t, DefaultMaxAttempts, cfg.maxAttempts)
+	assert.Equal(t, Backoff{Initial: 50 * time.Millisecond, Multiplier: 2, Max: time.Second, Jitter: 0.5}, cfg.backoff)
+	assert.True(t, cfg.budget)
+
+	cfg, err = buildConfig([]Option{
+		WithoutRetries, WithBackoff(Backoff{Max: 5 * time.Second}), WithoutRetryBudget,
+		WithoutEjection, WithClassifier(nil), WithMaxRetryAfter(0),
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 1, cfg.maxAttempts)
+	assert.Equal(t, Backoff{Initial: 50 * time.Millisecond, Multiplier: 2, Max: 5 * time.Second, Jitter: 0.5}, cfg.backoff)
+	assert.False(t, cfg.budget)
+	assert.True(t, cfg.ejectOff)
+	assert.Equal(t, VerdictFull, cfg.classifier(apiErr(503, "", "RequestThrottled")), "nil classifier means Classify")
+
+	cfg, err = buildConfig([]Option{WithMaxAttempts(3), WithRetryBudget(0.5, 1), WithEjection(2, time.Minute)})
+	require.NoError(t, err)
+	assert.Equal(t, 3, cfg.maxAttempts)
+	assert.Equal(t, 0.5, cfg.budgetRatio)
+	assert.Equal(t, 1, cfg.budgetMinPerSecond)
+	assert.Equal(t, 2, cfg.ejectAfter)
+	assert.Equal(t, time.Minute, cfg.ejectFor)
+}
