@@ -1,0 +1,51 @@
+// Package amltest provides a fake Azure ML Classic scoring endpoint for
+// tests, in the manner of net/http/httptest: each Server is one endpoint,
+// with its own URL, key and Max Concurrent Calls, on an httptest.Server.
+//
+// A Server follows the service contract in amlpool's AZUREML.md. It answers
+// only POST …/workspaces/{ws}/services/{Name}/execute?api-version=2.0, with
+// the key given as "Authorization: Bearer <key>" (scheme in any case), a
+// Content-Type of application/json and a body of at most 4 MB. It runs at
+// most MaxConcurrentCalls calls at once and answers the call beyond that with
+// the service's 503 ServiceUnavailable / RequestThrottled body. It honours
+// format=swagger (row objects in and out) and details=true (column names and
+// types in classic replies). Errors carry the service's error body,
+// {"error":{"code","message","details":[…]}}:
+//
+//	401 Unauthorized / ScoreRequestUnauthorized   missing or wrong key
+//	404 NotFound / WebServiceNotFound             other paths (WorkspaceNotFound for another workspace)
+//	405 MethodNotAllowed                          other methods on the scoring path
+//	400 BadArgument / BadVersionCall              api-version other than 2.0
+//	400 BadArgument / RequestBodyInvalid          not JSON, not application/json, over 4 MB, wrong form for the URL
+//	400 BadArgument / RequestIsEmpty              empty body
+//	400 BadArgument / MissingRequestInput         no Inputs, or a null one
+//	400 BadUserArgument / InputMismatchError      a classic input without ColumnNames
+//	400 BadUserArgument / InputParseError         a row whose cell count differs from ColumnNames
+//	400 LibraryExecutionError                     Config.Score returned an error
+//	503 ServiceUnavailable / RequestThrottled     over the cap
+//
+// The real service's reply to an oversized body and to a wrong Content-Type
+// is not documented; the fake uses the catalogued 400 RequestBodyInvalid for
+// both, which a client treats like any other bad request.
+//
+// The model is Config.Score, Echo by default. Latency, LatencyFunc, Fault and
+// Script add service time and failures: error statuses, Retry-After hints,
+// hangs, connection resets, slow and truncated bodies. Stats counts what the
+// server saw; PeakInFlight is the server-side witness that a client never
+// exceeded the cap, and WaitFor lets a test wait for a state without
+// sleeping.
+//
+// A typical test:
+//
+//	func TestScore(t *testing.T) {
+//		srv := amltest.NewServer(amltest.Config{MaxConcurrentCalls: 4})
+//		t.Cleanup(srv.Close)
+//		client, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()})
+//		require.NoError(t, err)
+//		t.Cleanup(func() { client.Close() })
+//		// … score through client …
+//		assert.LessOrEqual(t, srv.Stats().PeakInFlight, int64(4))
+//	}
+//
+// Every goroutine a Server's calls run on ends when Close returns.
+package amltest

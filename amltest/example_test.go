@@ -1,0 +1,103 @@
+package amltest_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// A fake endpoint answers a plain net/http client like the service does.
+func Example() {
+	srv := amltest.NewServer(amltest.Config{Key: "secret"})
+	defer srv.Close()
+
+	body := `{"Inputs":{"input1":{"ColumnNames":["cog_speed"],"Values":[["0"]]}},"GlobalParameters":{}}`
+	req, err := http.NewRequest(http.MethodPost, srv.URL(), strings.NewReader(body))
+	if err != nil {
+		panic(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer secret")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		panic(err)
+	}
+	defer resp.Body.Close()
+	reply, err := io.ReadAll(resp.Body)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(resp.Status)
+	fmt.Println(string(reply))
+	// Output:
+	// 200 OK
+	// {"Results":{"output1":{"type":"table","value":{"ColumnNames":["cog_speed","Scored Probabilities"],"ColumnTypes":["String","Double"],"Values":[["0","0.0311913508237368"]]}}}}
+}
+
+// An amlpool.Client scores through a fake endpoint; the endpoint's Stats
+// show what it saw.
+func ExampleServer_Endpoint() {
+	srv := amltest.NewServer(amltest.Config{MaxConcurrentCalls: 4})
+	defer srv.Close()
+
+	client, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()})
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+
+	resp, err := client.Score(context.Background(), &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"age", "sex"}, Values: [][]any{{39, "female"}, {52, "male"}}},
+	}})
+	if err != nil {
+		panic(err)
+	}
+	out := resp.Results["output1"].Value
+	fmt.Println(out.ColumnNames, out.ColumnTypes)
+	fmt.Println(out.NumRows(), out.Values[1][:2])
+	st := srv.Stats()
+	fmt.Println(st.Scored, st.Throttled, st.PeakInFlight)
+	// Output:
+	// [age sex Scored Probabilities] [Int32 String Double]
+	// 2 [52 male]
+	// 1 0 1
+}
+
+// Script injects faults into the next calls, here a throttle and then a
+// proxy's error page; the call after them is scored as usual.
+func ExampleServer_Script() {
+	srv := amltest.NewServer(amltest.Config{})
+	defer srv.Close()
+	srv.Script(
+		amltest.Fault{Status: 503, Code: "ServiceUnavailable", Detail: "RequestThrottled"},
+		amltest.Fault{Status: 502, Body: []byte("<html>Bad Gateway</html>"), Header: http.Header{"Content-Type": {"text/html"}}},
+	)
+
+	ep := srv.Endpoint()
+	for range 3 {
+		req, err := http.NewRequest(http.MethodPost, ep.URL, strings.NewReader(
+			`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`))
+		if err != nil {
+			panic(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+ep.APIKey)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			panic(err)
+		}
+		resp.Body.Close()
+		fmt.Println(resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	fmt.Println(srv.Stats().Faults)
+	// Output:
+	// 503 application/json; charset=utf-8
+	// 502 text/html
+	// 200 application/json; charset=utf-8
+	// 2
+}

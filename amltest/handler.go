@@ -1,0 +1,350 @@
+package amltest
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/amlpool/amlpool"
+)
+
+// call is one request in the handler. Its in-flight counts are released by
+// leave, exactly once: just before the reply's first byte is written, or
+// when the handler ends without a reply.
+type call struct {
+	s        *Server
+	w        http.ResponseWriter
+	r        *http.Request
+	admitted bool // counted in s.admitted
+	left     bool
+}
+
+func (c *call) leave() {
+	if c.left {
+		return
+	}
+	c.left = true
+	if c.admitted {
+		c.s.admitted.Add(-1)
+	}
+	c.s.inFlight.Add(-1)
+	c.s.notify()
+}
+
+// abort ends the call with no reply: the connection is closed. Used when the
+// client went away or the server is closing, so nobody reads a reply.
+func (c *call) abort() {
+	c.leave()
+	panic(http.ErrAbortHandler)
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	s.requests.Add(1)
+	raise(&s.peak, s.inFlight.Add(1))
+	s.notify()
+	c := &call{s: s, w: w, r: r}
+	defer c.leave()
+
+	// Routing, method, key and api-version come first and cost nothing: a
+	// call failing them is neither admitted nor counted against the cap.
+	if e := s.route(r); e != nil {
+		s.bump(&s.rejected)
+		c.reply(e.status, e.body(), Fault{})
+		return
+	}
+	if r.Method != http.MethodPost {
+		s.bump(&s.rejected)
+		w.Header().Set("Allow", http.MethodPost)
+		c.reply(http.StatusMethodNotAllowed, apiError{
+			status: http.StatusMethodNotAllowed, code: "MethodNotAllowed",
+			message: fmt.Sprintf("The requested resource does not support http method '%s'.", r.Method),
+		}.body(), Fault{})
+		return
+	}
+	key, isBearer := bearerKey(r.Header.Get("Authorization"))
+	if isBearer && key != "" {
+		s.recordKey(key)
+	}
+	if !isBearer || subtle.ConstantTimeCompare([]byte(key), []byte(s.key)) != 1 {
+		s.bump(&s.unauthorized)
+		c.reply(http.StatusUnauthorized, faultError(http.StatusUnauthorized, "", "", 0).body(), Fault{})
+		return
+	}
+	if v := r.URL.Query().Get("api-version"); v != "2.0" {
+		s.bump(&s.rejected)
+		c.reply(http.StatusBadRequest, apiError{
+			status: http.StatusBadRequest, code: "BadArgument", message: "Invalid argument provided.",
+			detail: "BadVersionCall", detailMessage: fmt.Sprintf("Unsupported api-version %q; use 2.0.", v),
+		}.body(), Fault{})
+		return
+	}
+
+	// The cap: count the call, then check the count it got, so that of two
+	// calls racing for the last slot exactly one wins.
+	c.admitted = true
+	n, limit := s.admitted.Add(1), s.mcc.Load()
+	if n > limit {
+		s.bump(&s.throttled)
+		c.reply(http.StatusServiceUnavailable, throttleError(limit).body(), Fault{})
+		return
+	}
+	raise(&s.peakAdmitted, n)
+	s.notify()
+
+	// Read the body before any wait: net/http notices a client that went
+	// away (and cancels r.Context()) only once the body has been read.
+	body, readErr := io.ReadAll(io.LimitReader(r.Body, MaxRequestBytes+1))
+	if readErr != nil {
+		c.abort()
+	}
+
+	f := s.nextFault()
+	if !f.isZero() {
+		s.bump(&s.faults)
+	}
+	if !s.wait(r.Context(), f.Delay) {
+		c.abort()
+	}
+	if f.Hang {
+		select {
+		case <-r.Context().Done():
+		case <-s.closed:
+		}
+		c.abort()
+	}
+	if f.Reset {
+		c.reset()
+		return
+	}
+	if f.Body != nil || (f.Status != 0 && !is2xx(f.Status)) {
+		status, out := f.Status, f.Body
+		if status == 0 {
+			status = http.StatusOK
+		}
+		if out == nil {
+			out = faultError(f.Status, f.Code, f.Detail, s.mcc.Load()).body()
+		}
+		c.reply(status, out, f)
+		return
+	}
+
+	status, out, e := s.scoreCall(c, body)
+	if e != nil {
+		s.bump(&s.rejected)
+		c.reply(e.status, e.body(), f)
+		return
+	}
+	if f.Status != 0 {
+		status = f.Status
+	}
+	if !f.Truncate {
+		s.bump(&s.scored)
+	}
+	c.reply(status, out, f)
+}
+
+// scoreCall checks and decodes the body, waits the service time, runs the
+// model and encodes its reply in the URL's format.
+func (s *Server) scoreCall(c *call, body []byte) (int, []byte, *apiError) {
+	if mt, _, err := mime.ParseMediaType(c.r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return 0, nil, badRequest("BadArgument", "RequestBodyInvalid",
+			fmt.Sprintf("Content-Type must be application/json, not %q.", c.r.Header.Get("Content-Type")))
+	}
+	if len(body) > MaxRequestBytes {
+		return 0, nil, badRequest("BadArgument", "RequestBodyInvalid",
+			fmt.Sprintf("The request body is larger than the %d-byte limit.", MaxRequestBytes))
+	}
+	q := c.r.URL.Query()
+	swagger := strings.EqualFold(q.Get("format"), "swagger")
+	details := strings.EqualFold(q.Get("details"), "true")
+	req, e := decodeRequest(body, swagger)
+	if e != nil {
+		return 0, nil, e
+	}
+	d := s.latency
+	if s.latencyFunc != nil {
+		d = s.latencyFunc()
+	}
+	if !s.wait(c.r.Context(), d) {
+		c.abort()
+	}
+	resp, err := s.score(req)
+	if err != nil {
+		return 0, nil, &apiError{
+			status: http.StatusBadRequest, code: "LibraryExecutionError",
+			message: "Module execution encountered an internal library error.",
+			detail:  "FailedToEvaluateRScript", target: "Score", detailMessage: err.Error(),
+		}
+	}
+	out, err := encodeResponse(resp, swagger, details)
+	if err != nil {
+		return 0, nil, &apiError{
+			status: http.StatusInternalServerError, code: "InternalError",
+			message: "Execution encountered an internal error.",
+			detail:  "UnexpectedScoreStatus", detailMessage: "amltest: the Score func's reply: " + err.Error(),
+		}
+	}
+	return http.StatusOK, out, nil
+}
+
+// decodeRequest decodes and checks a request body the way the service
+// would reject it: empty, not JSON, no inputs, the wrong form for the URL, or
+// rows that do not fit the column names.
+func decodeRequest(body []byte, swagger bool) (*amlpool.Request, *apiError) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, badRequest("BadArgument", "RequestIsEmpty", "The request body is empty.")
+	}
+	var req amlpool.Request
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	err := dec.Decode(&req)
+	if err == nil {
+		if _, tokErr := dec.Token(); tokErr != io.EOF {
+			err = fmt.Errorf("data after the JSON value at byte offset %d", dec.InputOffset())
+		}
+	}
+	if err != nil {
+		return nil, badRequest("BadArgument", "RequestBodyInvalid",
+			"No request body provided or error in deserializing the request body. "+err.Error())
+	}
+	if len(req.Inputs) == 0 {
+		return nil, badRequest("BadArgument", "MissingRequestInput", "The request has no Inputs.")
+	}
+	for name, t := range req.Inputs {
+		switch {
+		case t == nil:
+			return nil, badRequest("BadArgument", "MissingRequestInput", fmt.Sprintf("Input %q is null.", name))
+		case swagger && !isRows(t):
+			return nil, badRequest("BadArgument", "RequestBodyInvalid",
+				fmt.Sprintf("Input %q must be an array of row objects (format=swagger).", name))
+		case !swagger && t.Rows != nil:
+			return nil, badRequest("BadArgument", "RequestBodyInvalid",
+				fmt.Sprintf("Input %q must be an object with ColumnNames and Values (add format=swagger for row objects).", name))
+		case !swagger && t.ColumnNames == nil:
+			return nil, badRequest("BadUserArgument", "InputMismatchError",
+				fmt.Sprintf("Input data does not match input port schema: input %q has no ColumnNames.", name))
+		}
+		for i, row := range t.Values {
+			if len(row) != len(t.ColumnNames) {
+				return nil, badRequest("BadUserArgument", "InputParseError",
+					fmt.Sprintf("Input %q row %d has %d values for %d columns.", name, i, len(row), len(t.ColumnNames)))
+			}
+		}
+	}
+	return &req, nil
+}
+
+// route checks the path: /workspaces/{ws}/services/{Name}/execute.
+func (s *Server) route(r *http.Request) *apiError {
+	segs := strings.Split(strings.TrimPrefix(r.URL.EscapedPath(), "/"), "/")
+	if len(segs) != 5 || segs[0] != "workspaces" || segs[2] != "services" || segs[4] != "execute" {
+		return notFound("WebServiceNotFound", "No scoring service at this path.")
+	}
+	if ws, err := url.PathUnescape(segs[1]); err != nil || ws != s.workspace {
+		return notFound("WorkspaceNotFound", "The workspace was not found.")
+	}
+	if name, err := url.PathUnescape(segs[3]); err != nil || name != s.name {
+		return notFound("WebServiceNotFound", "The web service endpoint was not found.")
+	}
+	return nil
+}
+
+// bearerKey parses "Bearer <key>", the scheme in any case.
+func bearerKey(h string) (key string, ok bool) {
+	scheme, rest, found := strings.Cut(h, " ")
+	if !found || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimLeft(rest, " "), true
+}
+
+// reply writes a complete reply, shaped by the fault's delivery fields
+// (headers, Truncate, SlowBody). The call stops counting as in flight before
+// the first byte goes out.
+func (c *call) reply(status int, body []byte, f Fault) {
+	h := c.w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	if f.RetryAfter != "" {
+		h.Set("Retry-After", f.RetryAfter)
+	}
+	for k, vs := range f.Header {
+		h[http.CanonicalHeaderKey(k)] = append([]string(nil), vs...)
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body))) // after f.Header: it must be right
+	switch {
+	case f.Truncate:
+		c.truncate(status, body)
+	case f.SlowBody > 0:
+		c.slowWrite(status, body, f.SlowBody)
+	default:
+		c.leave()
+		c.w.WriteHeader(status)
+		_, _ = c.w.Write(body)
+	}
+}
+
+// slowPieces is how many writes SlowBody spreads a reply over.
+const slowPieces = 8
+
+func (c *call) slowWrite(status int, body []byte, over time.Duration) {
+	c.leave()
+	c.w.WriteHeader(status)
+	rc := http.NewResponseController(c.w)
+	_ = rc.Flush()
+	step := (len(body) + slowPieces - 1) / slowPieces
+	for len(body) > 0 {
+		if !c.s.wait(c.r.Context(), over/slowPieces) {
+			panic(http.ErrAbortHandler)
+		}
+		n := min(step, len(body))
+		if _, err := c.w.Write(body[:n]); err != nil {
+			return
+		}
+		_ = rc.Flush()
+		body = body[n:]
+	}
+}
+
+// truncate sends the status line and headers, announcing the whole body,
+// then half of it, then closes the connection.
+func (c *call) truncate(status int, body []byte) {
+	conn, bw, err := http.NewResponseController(c.w).Hijack()
+	if err != nil {
+		c.abort()
+	}
+	defer conn.Close()
+	c.leave()
+	h := c.w.Header().Clone()
+	h.Set("Content-Length", strconv.Itoa(max(len(body), 1)))
+	h.Set("Connection", "close")
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	_ = h.Write(bw)
+	_, _ = bw.WriteString("\r\n")
+	_, _ = bw.Write(body[:len(body)/2])
+	_ = bw.Flush()
+}
+
+// reset closes the connection with no reply; on TCP with an RST, so the
+// client sees "connection reset" (or EOF if it was not reading yet).
+func (c *call) reset() {
+	conn, _, err := http.NewResponseController(c.w).Hijack()
+	if err != nil {
+		c.abort()
+	}
+	c.leave()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
+
+func is2xx(status int) bool { return status >= 200 && status < 300 }

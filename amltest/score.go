@@ -1,0 +1,230 @@
+package amltest
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/amlpool/amlpool"
+)
+
+// ScoredProbabilities is the column Echo adds to every row.
+const ScoredProbabilities = "Scored Probabilities"
+
+// Echo is the default model. It returns each input table as an output
+// table, with the column "Scored Probabilities" added: inputs taken in order
+// of name length, then name ("input1" … "input10"), give "output1",
+// "output2", …. Cells become strings, as the service sends them (null stays
+// null; true is "true"), and the added cell is a number in [0, 1) that
+// depends only on the row's cells, printed with 15 significant digits, so
+// replies are repeatable. ColumnTypes are inferred from the first non-null
+// cell of each column: "String", "Boolean", "Int32", "Int64" or "Double",
+// and "Double" for the added column.
+//
+// Echo is safe for concurrent use and does not change in. Use it inside a
+// custom Config.Score to fail some calls and echo the rest.
+func Echo(in *amlpool.Request) (*amlpool.Response, error) {
+	names := slices.SortedFunc(maps.Keys(in.Inputs), func(a, b string) int {
+		return cmp.Or(cmp.Compare(len(a), len(b)), strings.Compare(a, b))
+	})
+	resp := &amlpool.Response{Results: make(map[string]*amlpool.Output, len(names))}
+	for i, name := range names {
+		t := in.Inputs[name]
+		if t == nil {
+			return nil, fmt.Errorf("input %q is null", name)
+		}
+		resp.Results["output"+strconv.Itoa(i+1)] = &amlpool.Output{Type: "table", Value: echoTable(t)}
+	}
+	return resp, nil
+}
+
+func echoTable(t *amlpool.Table) amlpool.Table {
+	if isRows(t) {
+		rows := make([]map[string]any, len(t.Rows))
+		for i, row := range t.Rows {
+			out := make(map[string]any, len(row)+1)
+			for k, v := range row {
+				out[k] = stringCell(v)
+			}
+			keys := slices.Sorted(maps.Keys(row))
+			cells := make([]any, len(keys))
+			for j, k := range keys {
+				cells[j] = k + "=" + cellText(row[k])
+			}
+			out[ScoredProbabilities] = probability(cells)
+			rows[i] = out
+		}
+		return amlpool.Table{Rows: rows}
+	}
+	out := amlpool.Table{Values: make([][]any, len(t.Values))}
+	if t.ColumnNames != nil { // without names, the rows stay unnamed
+		out.ColumnNames = append(slices.Clip(t.ColumnNames), ScoredProbabilities)
+		out.ColumnTypes = make([]string, 0, len(t.ColumnNames)+1)
+		for c := range t.ColumnNames {
+			out.ColumnTypes = append(out.ColumnTypes, columnType(t.Values, c))
+		}
+		out.ColumnTypes = append(out.ColumnTypes, "Double")
+	}
+	for i, row := range t.Values {
+		cells := make([]any, 0, len(row)+1)
+		for _, v := range row {
+			cells = append(cells, stringCell(v))
+		}
+		out.Values[i] = append(cells, probability(row))
+	}
+	return out
+}
+
+// probability maps a row to a repeatable number in [0, 1).
+func probability(cells []any) string {
+	h := fnv.New64a()
+	for _, v := range cells {
+		h.Write([]byte(cellText(v)))
+		h.Write([]byte{0})
+	}
+	p := float64(h.Sum64()>>11) / (1 << 53)
+	return strconv.FormatFloat(p, 'g', 15, 64)
+}
+
+// stringCell is a cell as the service sends it: a string, or nil.
+func stringCell(v any) any {
+	if v == nil {
+		return nil
+	}
+	return cellText(v)
+}
+
+func cellText(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case json.Number:
+		return v.String()
+	case bool:
+		return strconv.FormatBool(v)
+	case float64:
+		return strconv.FormatFloat(v, 'g', -1, 64)
+	case float32:
+		return strconv.FormatFloat(float64(v), 'g', -1, 32)
+	case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
+		return fmt.Sprint(v)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+// columnType infers a column's type from its first non-null cell.
+func columnType(values [][]any, c int) string {
+	for _, row := range values {
+		if c >= len(row) || row[c] == nil {
+			continue
+		}
+		switch v := row[c].(type) {
+		case bool:
+			return "Boolean"
+		case json.Number:
+			if n, err := v.Int64(); err == nil {
+				if n >= math.MinInt32 && n <= math.MaxInt32 {
+					return "Int32"
+				}
+				return "Int64"
+			}
+			return "Double"
+		case float32, float64:
+			return "Double"
+		case int, int8, int16, int32, uint8, uint16:
+			return "Int32"
+		case int64, uint, uint32, uint64:
+			return "Int64"
+		}
+		return "String"
+	}
+	return "String"
+}
+
+// isRows reports whether t is in the swagger (row objects) form.
+func isRows(t *amlpool.Table) bool {
+	return t.Rows != nil && t.ColumnNames == nil && t.ColumnTypes == nil && t.Values == nil
+}
+
+// encodeResponse shapes the model's reply for the URL, as the service does,
+// and encodes it. With format=swagger every output is a bare array of row
+// objects (classic tables are turned into rows by column name). Otherwise
+// every output is {"type","value"} with a classic table ("table" when the
+// model left Type empty; row objects become columns in name order), and
+// without details=true ColumnNames and ColumnTypes are dropped, as in the
+// reply captured in AZUREML.md §5.
+func encodeResponse(resp *amlpool.Response, swagger, details bool) ([]byte, error) {
+	out := amlpool.Response{Results: map[string]*amlpool.Output{}}
+	if resp != nil {
+		for name, o := range resp.Results {
+			if o == nil {
+				out.Results[name] = nil
+				continue
+			}
+			shaped, err := shapeOutput(o, swagger, details)
+			if err != nil {
+				return nil, fmt.Errorf("output %q: %w", name, err)
+			}
+			out.Results[name] = shaped
+		}
+	}
+	return marshalNoEscape(out)
+}
+
+func shapeOutput(o *amlpool.Output, swagger, details bool) (*amlpool.Output, error) {
+	t := o.Value
+	if t.Rows != nil && !isRows(&t) {
+		return nil, errors.New("table has both Rows and ColumnNames, ColumnTypes or Values")
+	}
+	if swagger {
+		if isRows(&t) {
+			return &amlpool.Output{Value: t}, nil
+		}
+		rows := make([]map[string]any, len(t.Values))
+		for i, row := range t.Values {
+			if len(row) != len(t.ColumnNames) {
+				return nil, fmt.Errorf("row %d has %d cells for %d column names", i, len(row), len(t.ColumnNames))
+			}
+			rows[i] = make(map[string]any, len(row))
+			for c, v := range row {
+				rows[i][t.ColumnNames[c]] = v
+			}
+		}
+		return &amlpool.Output{Value: amlpool.Table{Rows: rows}}, nil
+	}
+	typ := cmp.Or(o.Type, "table")
+	if isRows(&t) {
+		cols := map[string]bool{}
+		for _, row := range t.Rows {
+			for k := range row {
+				cols[k] = true
+			}
+		}
+		names := slices.Sorted(maps.Keys(cols))
+		values := make([][]any, len(t.Rows))
+		for i, row := range t.Rows {
+			values[i] = make([]any, len(names))
+			for c, n := range names {
+				values[i][c] = row[n]
+			}
+		}
+		t = amlpool.Table{ColumnNames: names, Values: values}
+	}
+	if !details {
+		t.ColumnNames, t.ColumnTypes = nil, nil
+	}
+	return &amlpool.Output{Type: typ, Value: t}, nil
+}

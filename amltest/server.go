@@ -1,0 +1,392 @@
+package amltest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/amlpool/amlpool"
+)
+
+const (
+	// DefaultMaxConcurrentCalls is the cap of a Server whose Config leaves
+	// MaxConcurrentCalls at zero: the service's own default.
+	DefaultMaxConcurrentCalls = 20
+	// MaxRequestBytes is the largest request body a Server accepts (the
+	// service's 4 MB payload limit). A larger one gets 400 BadArgument /
+	// RequestBodyInvalid.
+	MaxRequestBytes = 4 << 20
+	// maxKeysSeen bounds Stats.KeysSeen, so a test that sends many wrong keys
+	// cannot grow the server without end.
+	maxKeysSeen = 64
+)
+
+// ErrServerClosed is returned by WaitFor when the Server closes first.
+var ErrServerClosed = errors.New("amltest: server closed")
+
+// Config describes one fake endpoint. The zero Config is a working endpoint
+// with a random id and key, a cap of 20 calls, no latency and the Echo model.
+type Config struct {
+	// Name is the endpoint id in the URL path (…/services/{Name}/execute).
+	// Default: a random 32-digit hex id, like the service's.
+	Name string
+	// Key is the API key the endpoint accepts as "Authorization: Bearer <key>".
+	// Default: a random 88-character base64 key, like the service's.
+	Key string
+	// MaxConcurrentCalls is the endpoint's cap: a call that arrives while this
+	// many admitted calls are in flight gets 503 RequestThrottled. Zero or
+	// less means DefaultMaxConcurrentCalls (20).
+	MaxConcurrentCalls int
+	// Latency is the service time of each scored call. Default: none.
+	Latency time.Duration
+	// LatencyFunc, when set, is called once per scored call instead of using
+	// Latency, e.g. to draw from a distribution. It is called from many
+	// goroutines at once and must be safe for that.
+	LatencyFunc func() time.Duration
+	// Score is the model: it turns the decoded request into the reply. It is
+	// called from many goroutines at once and must be safe for that. A
+	// returned error becomes a 400 LibraryExecutionError reply carrying the
+	// error's text. Default: Echo.
+	Score func(in *amlpool.Request) (*amlpool.Response, error)
+	// Fault, when set, decides a fault for the n-th admitted call (1-based,
+	// counted from the server's start; ResetStats does not reset it). Calls
+	// answered with 401, 404, 405 or the throttle 503 are not admitted and do
+	// not count. Faults queued by Script go first: while one is queued, Fault
+	// is not called for that call, though n still counts it. A zero Fault
+	// means a normal reply. It is called from many goroutines at once and
+	// must be safe for that.
+	Fault func(n int64) Fault
+}
+
+// Server is a fake Azure ML Classic scoring endpoint on an httptest.Server.
+// It answers POST …/workspaces/{ws}/services/{Name}/execute like the service
+// (AZUREML.md): it checks the key, enforces its cap with 503
+// RequestThrottled, runs the model after the configured latency, and injects
+// the faults a test asks for. It counts what it saw in Stats, which tests use
+// as the server-side witness of the client's behaviour.
+//
+// Server is safe for concurrent use by multiple goroutines. Its methods may
+// be called while requests are in flight.
+type Server struct {
+	ts        *httptest.Server
+	name      string
+	key       string
+	workspace string
+
+	latency     time.Duration
+	latencyFunc func() time.Duration
+	score       func(*amlpool.Request) (*amlpool.Response, error)
+	faultFunc   func(int64) Fault
+
+	closed    chan struct{} // closed by Close; ends every wait
+	closeOnce sync.Once
+
+	mcc      atomic.Int64 // current cap
+	admitted atomic.Int64 // admitted calls in flight: what the cap is checked against
+	ordinal  atomic.Int64 // admitted calls since start: the n of Config.Fault
+
+	requests     atomic.Int64
+	scored       atomic.Int64
+	throttled    atomic.Int64
+	unauthorized atomic.Int64
+	rejected     atomic.Int64
+	faults       atomic.Int64
+	inFlight     atomic.Int64
+	peak         atomic.Int64
+	peakAdmitted atomic.Int64
+
+	// changed is closed and cleared whenever a counter changes while WaitFor
+	// is waiting; nil when nobody waits, so the hot path only loads it.
+	changed atomic.Pointer[chan struct{}]
+
+	mu     sync.Mutex // guards script and keys
+	script []Fault
+	keys   map[string]struct{}
+}
+
+// NewServer starts and returns a fake endpoint. The caller must Close it,
+// typically with t.Cleanup(s.Close).
+func NewServer(cfg Config) *Server {
+	s := NewUnstartedServer(cfg)
+	s.Start()
+	return s
+}
+
+// NewUnstartedServer returns a fake endpoint that is not yet listening.
+// Start or StartTLS it, then Close it.
+func NewUnstartedServer(cfg Config) *Server {
+	s := &Server{
+		name:        cfg.Name,
+		key:         cfg.Key,
+		workspace:   randomHex(16),
+		latency:     cfg.Latency,
+		latencyFunc: cfg.LatencyFunc,
+		score:       cfg.Score,
+		faultFunc:   cfg.Fault,
+		closed:      make(chan struct{}),
+		keys:        make(map[string]struct{}),
+	}
+	if s.name == "" {
+		s.name = randomHex(16)
+	}
+	if s.key == "" {
+		b := make([]byte, 64)
+		_, _ = rand.Read(b) // never fails (crypto/rand)
+		s.key = base64.StdEncoding.EncodeToString(b)
+	}
+	if s.score == nil {
+		s.score = Echo
+	}
+	s.SetMaxConcurrentCalls(cfg.MaxConcurrentCalls)
+	s.ts = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
+	return s
+}
+
+// Start starts a server from NewUnstartedServer.
+func (s *Server) Start() { s.ts.Start() }
+
+// StartTLS starts a server from NewUnstartedServer with TLS; use Client for
+// a client that trusts it.
+func (s *Server) StartTLS() { s.ts.StartTLS() }
+
+// Close ends every call in flight (hung and delayed calls give up at once,
+// and their clients see the connection close), shuts the server down and
+// waits for its handlers to return. Close is idempotent.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.notify()
+	})
+	s.ts.Close()
+}
+
+// CloseClientConnections closes every connection to the server, as
+// httptest.Server's does, to test network failures. Calls in flight end as
+// if their clients had gone away.
+func (s *Server) CloseClientConnections() { s.ts.CloseClientConnections() }
+
+// Client returns an *http.Client set up to trust the server (for StartTLS).
+func (s *Server) Client() *http.Client { return s.ts.Client() }
+
+// URL returns the endpoint's scoring URL, like the one on the service's API
+// help page: base + "/workspaces/{ws}/services/{Name}/execute?api-version=2.0&details=true".
+// Add "&format=swagger" for row objects; drop "&details=true" for replies
+// without column lists. It is valid once the server has started.
+func (s *Server) URL() string {
+	return s.ts.URL + "/workspaces/" + url.PathEscape(s.workspace) + "/services/" +
+		url.PathEscape(s.name) + "/execute?api-version=2.0&details=true"
+}
+
+// Endpoint returns the amlpool.Endpoint for this server: its Name, URL and
+// key, and its current cap.
+func (s *Server) Endpoint() amlpool.Endpoint {
+	return amlpool.Endpoint{
+		Name:               s.name,
+		URL:                s.URL(),
+		APIKey:             s.key,
+		MaxConcurrentCalls: int(s.mcc.Load()),
+	}
+}
+
+// Script queues faults: the next len(faults) admitted calls get them, in
+// order, before Config.Fault is consulted again. Calls to Script append to
+// the queue.
+func (s *Server) Script(faults ...Fault) {
+	s.mu.Lock()
+	s.script = append(s.script, faults...)
+	s.mu.Unlock()
+}
+
+// SetMaxConcurrentCalls changes the cap for calls that arrive from now on;
+// calls already admitted stay. n <= 0 means DefaultMaxConcurrentCalls.
+func (s *Server) SetMaxConcurrentCalls(n int) {
+	if n <= 0 {
+		n = DefaultMaxConcurrentCalls
+	}
+	s.mcc.Store(int64(n))
+}
+
+// Stats counts what the server saw since it started or since ResetStats.
+// Each field is read atomically, but the fields are not read at one instant.
+type Stats struct {
+	Requests     int64 // calls that reached the handler, whatever the reply
+	Scored       int64 // 2xx replies from the model that began to be sent whole (not raw Fault bodies, not Truncate)
+	Throttled    int64 // 503 RequestThrottled replies because the cap was reached
+	Unauthorized int64 // 401 replies: missing or wrong key
+	Rejected     int64 // other 4xx replies the server chose: routing, method, api-version, body, model errors
+	Faults       int64 // calls that got a non-zero Fault
+	InFlight     int64 // calls in the handler now, whatever their reply will be
+	// PeakInFlight is the most calls in the handler at once, whatever their
+	// reply: the witness that a client never had more than its cap in flight
+	// (a call over the cap counts too, then gets 503). A call stops counting
+	// just before its reply is written, so a client that sends its next call
+	// only after reading a reply never meets a stale count. A hung call counts
+	// until the server notices that its client has gone, which can be a
+	// little after the client gave up.
+	PeakInFlight int64
+	// PeakAdmitted is the most calls admitted at once: routed, authorized
+	// and within the cap. It never exceeds the cap in force when each call
+	// arrived.
+	PeakAdmitted int64
+	// KeysSeen holds the distinct bearer keys presented (the first 64),
+	// sorted: a test can check that each endpoint saw only its own key.
+	KeysSeen []string
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Requests:     s.requests.Load(),
+		Scored:       s.scored.Load(),
+		Throttled:    s.throttled.Load(),
+		Unauthorized: s.unauthorized.Load(),
+		Rejected:     s.rejected.Load(),
+		Faults:       s.faults.Load(),
+		InFlight:     s.inFlight.Load(),
+		PeakInFlight: s.peak.Load(),
+		PeakAdmitted: s.peakAdmitted.Load(),
+	}
+	s.mu.Lock()
+	st.KeysSeen = make([]string, 0, len(s.keys))
+	for k := range s.keys {
+		st.KeysSeen = append(st.KeysSeen, k)
+	}
+	s.mu.Unlock()
+	slices.Sort(st.KeysSeen)
+	return st
+}
+
+// ResetStats zeroes the counters and forgets the keys seen. InFlight is left
+// as it is; PeakInFlight and PeakAdmitted restart from the calls in flight
+// and admitted now. The fault queue and the n of
+// Config.Fault are not reset.
+func (s *Server) ResetStats() {
+	for _, c := range []*atomic.Int64{&s.requests, &s.scored, &s.throttled, &s.unauthorized, &s.rejected, &s.faults} {
+		c.Store(0)
+	}
+	s.peak.Store(s.inFlight.Load())
+	s.peakAdmitted.Store(s.admitted.Load())
+	s.mu.Lock()
+	clear(s.keys)
+	s.mu.Unlock()
+	s.notify()
+}
+
+// WaitFor blocks until cond holds for the server's Stats, and returns those
+// Stats. It returns ctx.Err() when ctx ends first and ErrServerClosed when
+// the server closes first, each with the last Stats it saw. cond is called
+// again after every change, from WaitFor's goroutine only. Tests use it
+// instead of sleeping, e.g. to wait until n calls are in flight.
+func (s *Server) WaitFor(ctx context.Context, cond func(Stats) bool) (Stats, error) {
+	for {
+		ch := s.changes()
+		st := s.Stats()
+		if cond(st) {
+			return st, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-s.closed:
+			return s.Stats(), ErrServerClosed
+		}
+	}
+}
+
+// changes returns a channel closed at the next counter change.
+func (s *Server) changes() <-chan struct{} {
+	for {
+		if p := s.changed.Load(); p != nil {
+			return *p
+		}
+		ch := make(chan struct{})
+		if s.changed.CompareAndSwap(nil, &ch) {
+			return ch
+		}
+	}
+}
+
+// notify wakes WaitFor after a counter change. The Load keeps it cheap when
+// nobody waits: a waiter that installs its channel after this Load reads the
+// counters after it too, so it cannot miss the change.
+func (s *Server) notify() {
+	if s.changed.Load() == nil {
+		return
+	}
+	if p := s.changed.Swap(nil); p != nil {
+		close(*p)
+	}
+}
+
+// recordKey remembers a presented key, up to maxKeysSeen distinct ones.
+func (s *Server) recordKey(key string) {
+	s.mu.Lock()
+	if _, ok := s.keys[key]; !ok && len(s.keys) < maxKeysSeen {
+		s.keys[key] = struct{}{}
+	}
+	s.mu.Unlock()
+}
+
+// nextFault returns the fault for the admitted call now starting.
+func (s *Server) nextFault() Fault {
+	n := s.ordinal.Add(1)
+	s.mu.Lock()
+	if len(s.script) > 0 {
+		f := s.script[0]
+		s.script[0] = Fault{} // drop references held by the backing array
+		s.script = s.script[1:]
+		s.mu.Unlock()
+		return f
+	}
+	s.mu.Unlock()
+	if s.faultFunc != nil {
+		return s.faultFunc(n)
+	}
+	return Fault{}
+}
+
+// wait waits d, and reports false when the call's context or the server
+// ended first.
+func (s *Server) wait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.closed:
+		return false
+	}
+}
+
+// bump counts one event and wakes WaitFor.
+func (s *Server) bump(c *atomic.Int64) {
+	c.Add(1)
+	s.notify()
+}
+
+// raise lifts p to at least n.
+func raise(p *atomic.Int64, n int64) {
+	for old := p.Load(); n > old && !p.CompareAndSwap(old, n); old = p.Load() {
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
