@@ -75,7 +75,8 @@ type Config struct {
 // as the server-side witness of the client's behaviour.
 //
 // Server is safe for concurrent use by multiple goroutines. Its methods may
-// be called while requests are in flight.
+// be called while requests are in flight. The zero Server is not usable: make
+// one with NewServer or NewUnstartedServer.
 type Server struct {
 	ts        *httptest.Server
 	name      string
@@ -222,7 +223,7 @@ type Stats struct {
 	Scored       int64 // 2xx replies from the model that began to be sent whole (not raw Fault bodies, not Truncate)
 	Throttled    int64 // 503 RequestThrottled replies because the cap was reached
 	Unauthorized int64 // 401 replies: missing or wrong key
-	Rejected     int64 // other 4xx replies the server chose: routing, method, api-version, body, model errors
+	Rejected     int64 // other error replies of the server's own: routing, method, api-version, body checks, Score errors (400) and malformed Score replies (500)
 	Faults       int64 // calls that got a non-zero Fault
 	InFlight     int64 // calls in the handler now, whatever their reply will be
 	// PeakInFlight is the most calls in the handler at once, whatever their
