@@ -15,3 +15,6 @@ type randOption struct{ r func() uint64 }
 func (o randOption) apply(c *config) { c.rand = o.r }
 
 func WithRand(r func() uint64) Option { return randOption{r} }
+
+// SetQueueHook makes c call f each time a call joins the line of waiting calls.
+func SetQueueHook(c *Client, f func()) { c.pool.onQueue = f }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+const demoHelp = `Usage: amlpool demo [flags]
+
+Starts fake Azure ML Classic endpoints in this process, drives a saturating
+closed-loop load through one amlpool Client, and prints each endpoint's share
+of the calls, the peak concurrency its server saw, its throttles, and the
+achieved rate beside the capacity formula's ceiling
+E x MCC x 1000 / latency_ms.
+
+Examples:
+  amlpool demo
+  amlpool demo -endpoints 3 -mcc 200 -latency 20ms -duration 10s
+
+Flags:
+`
+
+// demoConfig is what the demo's flags set.
+type demoConfig struct {
+	endpoints int
+	mcc       int
+	latency   time.Duration
+	duration  time.Duration
+	callers   int
+}
+
+func runDemo(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), demoHelp); fs.PrintDefaults() }
+	var cfg demoConfig
+	fs.IntVar(&cfg.endpoints, "endpoints", 5, "number of fake endpoints")
+	fs.IntVar(&cfg.mcc, "mcc", 20, "Max Concurrent Calls of each endpoint (1-200)")
+	fs.DurationVar(&cfg.latency, "latency", 50*time.Millisecond, "service time of each call")
+	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long to drive load")
+	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers (default 3x the total slots)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := demo(context.Background(), cfg, stdout); err != nil {
+		fmt.Fprintln(stderr, "amlpool demo:", err)
+		return 1
+	}
+	return 0
+}
+
+func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
+	switch {
+	case cfg.endpoints < 1:
+		return fmt.Errorf("-endpoints %d: need at least 1", cfg.endpoints)
+	case cfg.mcc < 1 || cfg.mcc > amlpool.MaxMaxConcurrentCalls:
+		return fmt.Errorf("-mcc %d: want 1 to %d", cfg.mcc, amlpool.MaxMaxConcurrentCalls)
+	case cfg.latency <= 0:
+		return fmt.Errorf("-latency %v: must be positive", cfg.latency)
+	case cfg.duration <= 0:
+		return fmt.Errorf("-duration %v: must be positive", cfg.duration)
+	}
+	slots := cfg.endpoints * cfg.mcc
+	if cfg.callers <= 0 {
+		cfg.callers = 3 * slots
+	}
+
+	servers := make([]*amltest.Server, cfg.endpoints)
+	endpoints := make([]amlpool.Endpoint, cfg.endpoints)
+	for i := range servers {
+		servers[i] = amltest.NewServer(amltest.Config{
+			Name:               fmt.Sprintf("endpoint%d", i+1),
+			MaxConcurrentCalls: cfg.mcc,
+			Latency:            cfg.latency,
+		})
+		defer servers[i].Close()
+		endpoints[i] = servers[i].Endpoint()
+	}
+	client, err := amlpool.New(endpoints)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	ceiling := float64(slots) * float64(time.Second) / float64(cfg.latency)
+	fmt.Fprintf(out, "amlpool demo: %d endpoints x %d slots, %v latency, %d callers for %v\n",
+		cfg.endpoints, cfg.mcc, cfg.latency, cfg.callers, cfg.duration)
+	fmt.Fprintf(out, "ceiling: %d x %d x 1000 / %v = %.0f calls/s\n\n", cfg.endpoints, cfg.mcc, cfg.latency.Milliseconds(), ceiling)
+
+	body := []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
+	runCtx, cancel := context.WithTimeout(ctx, cfg.duration)
+	defer cancel()
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range cfg.callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for runCtx.Err() == nil {
+				_, err := client.Do(runCtx, body)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case runCtx.Err() != nil:
+					return // the run is over; the call was cut short, not failed
+				default:
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	stats := client.Stats()
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "endpoint\tMCC\tcalls\tshare\tserver peak\tthrottles\t")
+	var total int64
+	for _, e := range stats.Endpoints {
+		total += e.Calls
+	}
+	for i, e := range stats.Endpoints {
+		s := servers[i].Stats()
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%d\t%d\t\n", e.Name, e.MaxConcurrentCalls, e.Calls,
+			100*float64(e.Calls)/float64(max(total, 1)), s.PeakInFlight, s.Throttled)
+	}
+	tw.Flush()
+	rate := float64(ok.Load()) / elapsed.Seconds()
+	fmt.Fprintf(out, "\nachieved: %.0f calls/s = %.1f%% of the ceiling (%d ok, %d failed)\n",
+		rate, 100*rate/ceiling, ok.Load(), failed.Load())
+	if err, _ := firstErr.Load().(error); err != nil {
+		fmt.Fprintln(out, "first error:", err)
+	}
+	return nil
+}
