@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"go.uber.org/goleak"
+)
+
+func TestDemoPrintsEveryEndpointWithoutThrottles(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var out, errOut bytes.Buffer
+	code := run([]string{"demo", "-endpoints", "3", "-mcc", "2", "-latency", "1ms", "-duration", "300ms"}, &out, &errOut)
+	assert.Equal(t, 0, code, errOut.String())
+	text := out.String()
+	for _, name := range []string{"endpoint1", "endpoint2", "endpoint3"} {
+		assert.Contains(t, text, name)
+	}
+	assert.Contains(t, text, "ceiling: 3 x 2 x 1000 / 1 = 6000 calls/s")
+	assert.Contains(t, text, "0 failed")
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "endpoint") && !strings.Contains(line, "throttles") {
+			fields := strings.Fields(line)
+			assert.Equal(t, "0", fields[len(fields)-1], "throttles in %q", line)
+		}
+	}
+}
+
+func TestDemoRejectsBadFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"demo", "-mcc", "201"}, 1, "-mcc 201"},
+		{[]string{"demo", "-endpoints", "0"}, 1, "-endpoints 0"},
+		{[]string{"demo", "-latency", "0s"}, 1, "-latency 0s"},
+		{[]string{"demo", "-nope"}, 2, "flag provided but not defined"},
+		{[]string{"nope"}, 2, `unknown command "nope"`},
+		{nil, 2, "Usage: amlpool"},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, tt.code, run(tt.args, &out, &errOut), tt.args)
+		assert.Contains(t, errOut.String(), tt.msg, tt.args)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 0, run([]string{"demo", "-h"}, &out, &errOut))
+	assert.Contains(t, errOut.String(), "Examples:")
+	assert.Equal(t, 0, run([]string{"help"}, &out, &errOut))
+	assert.Contains(t, out.String(), "demo")
+}
