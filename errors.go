@@ -164,3 +164,51 @@ func (e *CallError) Unwrap() []error {
 	}
 	return []error{e.Err, e.Stop}
 }
+
+// ErrRequestTooLarge: a single row makes a request body over the batch's
+// limit (BatchOptions.MaxChunkBytes; the service takes at most 4 MB).
+var ErrRequestTooLarge = errors.New("amlpool: request larger than the limit")
+
+// ChunkError reports rows of a batch that were not scored: the chunk's call
+// failed after retries, its reply did not match the request, or (wrapping a
+// *RowError) the source could not read the row. It unwraps to the cause, so
+// errors.Is and errors.As reach an *APIError or a *RowError inside.
+type ChunkError struct {
+	Seq      int    // chunk number, from 0
+	Start    int    // index of the first row, from 0
+	End      int    // index after the last row: the rows are input[Start:End]
+	Endpoint string // the endpoint that last answered for it; "" when none did
+	Err      error
+}
+
+// Error names the chunk and its rows counting from 1, as a person would:
+// "chunk 3 (rows 201-300)".
+func (e *ChunkError) Error() string {
+	rows := fmt.Sprintf("rows %d-%d", e.Start+1, e.End)
+	if e.End-e.Start == 1 {
+		rows = fmt.Sprintf("row %d", e.End)
+	}
+	return fmt.Sprintf("amlpool: chunk %d (%s): %v", e.Seq+1, rows, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *ChunkError) Unwrap() error { return e.Err }
+
+// RowError is one input row that a RowSource could not read, such as a CSV
+// line with too few fields or invalid UTF-8. A RowSource returns it from
+// Next and goes on with the next row.
+type RowError struct {
+	Line int   // line of the input where the row starts, from 1; 0 when unknown
+	Row  []any // what could be read of the row; may be nil or of the wrong width
+	Err  error
+}
+
+func (e *RowError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %v", e.Line, e.Err)
+	}
+	return e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *RowError) Unwrap() error { return e.Err }

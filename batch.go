@@ -1,0 +1,281 @@
+package amlpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// The engine of ScoreRows (table.go): a reader cutting the source into
+// chunks, workers on an errgroup, and an emitter putting results back in
+// input order.
+
+// batch is one run of ScoreRows.
+type batch struct {
+	c      *Client
+	src    RowSource
+	sink   func(*Chunk) error
+	o      BatchOptions
+	cols   []string
+	window int          // chunks read but not yet handed to the sink, at most
+	total  atomic.Int64 // rows in the source; -1 until known
+}
+
+func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOptions) (*batch, error) {
+	if src == nil || sink == nil {
+		return nil, errors.New("amlpool: ScoreRows: nil source or sink")
+	}
+	var o BatchOptions
+	if opts != nil {
+		o = *opts
+	}
+	switch {
+	case o.ChunkRows < 0:
+		return nil, &ConfigError{Field: "BatchOptions.ChunkRows", Problem: "negative"}
+	case o.MaxChunkBytes < 0:
+		return nil, &ConfigError{Field: "BatchOptions.MaxChunkBytes", Problem: "negative"}
+	case o.Parallelism < 0:
+		return nil, &ConfigError{Field: "BatchOptions.Parallelism", Problem: "negative"}
+	}
+	if o.Input == "" {
+		o.Input = "input1"
+	}
+	if o.ChunkRows == 0 {
+		o.ChunkRows = DefaultChunkRows
+	}
+	if o.MaxChunkBytes == 0 {
+		o.MaxChunkBytes = DefaultMaxChunkBytes
+	}
+	if o.Parallelism == 0 {
+		o.Parallelism = c.Capacity()
+	}
+	cols := src.Columns()
+	if len(cols) == 0 {
+		return nil, errors.New("amlpool: ScoreRows: the source has no columns")
+	}
+	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism}
+	b.total.Store(-1)
+	if o.TotalRows > 0 {
+		b.total.Store(int64(o.TotalRows))
+	}
+	return b, nil
+}
+
+// run reads chunks in this goroutine, scores them on an errgroup limited to
+// Parallelism, and hands them to the sink from an emitter goroutine that
+// puts them back in order. A token in window is held by every chunk from
+// when it is read until it leaves the sink; that bounds memory and keeps
+// the results channel from ever blocking a worker.
+func (b *batch) run(ctx context.Context) (BatchStats, error) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	window := make(chan struct{}, b.window)
+	results := make(chan []*Chunk, b.window)
+	var g errgroup.Group
+	g.SetLimit(b.o.Parallelism)
+
+	var stats BatchStats
+	var sinkErr error
+	emitted := make(chan struct{})
+	go func() {
+		defer close(emitted)
+		stats, sinkErr = b.emit(wctx, results, window, cancel)
+	}()
+
+	readErr := b.read(wctx, &g, window, results)
+	_ = g.Wait() // workers report failures in their chunks, never here
+	close(results)
+	<-emitted
+
+	switch {
+	case sinkErr != nil:
+		return stats, sinkErr
+	case readErr != nil:
+		return stats, readErr
+	case ctx.Err() != nil:
+		return stats, ctx.Err()
+	}
+	return stats, nil
+}
+
+// read cuts the source into chunks and starts a worker for each. A bad row
+// ends the chunk before it and travels alone, so that every row keeps its
+// place in the order. read returns the source's error, if any; it returns
+// nil when the source ends or ctx does.
+func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{}, results chan<- []*Chunk) error {
+	next := 0 // index of the next row
+	var bad *RowError
+	for seq := 0; ; seq++ {
+		select {
+		case window <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		if bad != nil {
+			ch := &Chunk{Seq: seq, Start: next, Input: [][]any{bad.Row}}
+			ch.Err = &ChunkError{Seq: seq, Start: next, End: next + 1, Err: bad}
+			results <- []*Chunk{ch}
+			next, bad = next+1, nil
+			continue
+		}
+		rows := make([][]any, 0, b.o.ChunkRows)
+		var err error
+		for len(rows) < b.o.ChunkRows {
+			var row []any
+			row, err = b.src.Next()
+			if err == nil && len(row) != len(b.cols) {
+				err = &RowError{Row: row, Err: fmt.Errorf("%d cells, want %d (one per column)", len(row), len(b.cols))}
+			}
+			if err != nil {
+				break
+			}
+			rows = append(rows, row)
+		}
+		if errors.As(err, &bad) {
+			err = nil
+		}
+		if len(rows) == 0 {
+			<-window
+			seq--
+		} else {
+			start := next
+			next += len(rows)
+			g.Go(func() error {
+				results <- b.score(ctx, seq, start, rows, nil)
+				return nil
+			})
+		}
+		if err == io.EOF {
+			b.total.Store(int64(next))
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("amlpool: read row %d: %w", next+1, err)
+		}
+	}
+}
+
+// score sends one chunk and checks the reply, splitting the chunk in halves
+// while its body is over MaxChunkBytes. It returns the chunk's parts,
+// appended to parts.
+func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts []*Chunk) []*Chunk {
+	ch := &Chunk{Seq: seq, Start: start, Input: rows}
+	fail := func(err error) []*Chunk {
+		ch.Err = &ChunkError{Seq: seq, Start: start, End: start + len(rows), Endpoint: ch.Endpoint, Err: err}
+		return append(parts, ch)
+	}
+	req := &Request{
+		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
+		GlobalParameters: b.o.GlobalParameters,
+	}
+	body, err := encodeRequest(req)
+	if err != nil {
+		return fail(err)
+	}
+	if len(body) > b.o.MaxChunkBytes {
+		if len(rows) == 1 {
+			return fail(fmt.Errorf("%w: one row makes a %d-byte request, over the limit of %d", ErrRequestTooLarge, len(body), b.o.MaxChunkBytes))
+		}
+		h := len(rows) / 2
+		parts = b.score(ctx, seq, start, rows[:h], parts)
+		return b.score(ctx, seq, start+h, rows[h:], parts)
+	}
+	t0 := b.c.cfg.clock.Now()
+	data, name, err := b.c.do(ctx, body)
+	ch.Elapsed, ch.Endpoint = b.c.cfg.clock.Now().Sub(t0), name
+	if err != nil {
+		return fail(err)
+	}
+	resp, err := decodeResponse(data)
+	if err != nil {
+		return fail(err)
+	}
+	out, err := b.output(resp)
+	if err != nil {
+		return fail(err)
+	}
+	if n := out.NumRows(); n != len(rows) {
+		return fail(fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows)))
+	}
+	ch.Output = out
+	return append(parts, ch)
+}
+
+// output picks the scores' table from a reply.
+func (b *batch) output(resp *Response) (*Table, error) {
+	name := b.o.Output
+	if name == "" {
+		name = "output1"
+		if len(resp.Results) == 1 {
+			for n := range resp.Results {
+				name = n
+			}
+		}
+	}
+	out := resp.Results[name]
+	if out == nil {
+		return nil, fmt.Errorf("the reply has no output %q", name)
+	}
+	if out.Value.isRows() {
+		return nil, fmt.Errorf("output %q is in the swagger form (row objects); batch scoring needs a URL without format=swagger", name)
+	}
+	return &out.Value, nil
+}
+
+// emit hands chunks to the sink in input order as they come back, and
+// returns what reached it. Once ctx has ended it stops at the first chunk
+// with an error, since that error may be the cancellation itself: the
+// chunk's rows stay unsettled for a later run. It always drains results.
+func (b *batch) emit(ctx context.Context, results <-chan []*Chunk, window <-chan struct{}, cancel context.CancelCauseFunc) (BatchStats, error) {
+	var st BatchStats
+	var err error
+	pending := make(map[int][]*Chunk, b.window)
+	next := 0
+	stopped := false
+	for parts := range results {
+		pending[parts[0].Seq] = parts
+		for !stopped {
+			p, ok := pending[next]
+			if !ok {
+				break
+			}
+			delete(pending, next)
+			next++
+			if ctx.Err() != nil && failed(p) {
+				stopped = true
+				break
+			}
+			for _, ch := range p {
+				if err = b.sink(ch); err != nil {
+					cancel(err)
+					stopped = true
+					break
+				}
+				st.Rows += len(ch.Input)
+				if ch.Err != nil {
+					st.Failed += len(ch.Input)
+				} else {
+					st.Scored += len(ch.Input)
+				}
+			}
+			<-window
+			if b.o.Progress != nil && !stopped {
+				b.o.Progress(st.Rows, int(b.total.Load()))
+			}
+		}
+	}
+	return st, err
+}
+
+func failed(parts []*Chunk) bool {
+	for _, ch := range parts {
+		if ch.Err != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,193 @@
+package amlpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// This file scores many rows: it cuts a stream of rows into chunks, sends
+// the chunks through the pool in parallel and hands the results on in input
+// order, without ever holding more than a window of chunks in memory.
+
+const (
+	// DefaultChunkRows is how many rows go in one request unless
+	// BatchOptions.ChunkRows says otherwise: small enough for a quick reply
+	// and an even spread, large enough that per-call overhead stays small.
+	DefaultChunkRows = 100
+	// DefaultMaxChunkBytes is the largest request body a batch sends: the
+	// service's 4 MB payload limit (AZUREML.md §7.1), in decimal megabytes to
+	// stay on the safe side of either reading.
+	DefaultMaxChunkBytes = 4_000_000
+)
+
+// RowSource yields the rows of a batch, one at a time, in input order.
+// ScoreRows calls its methods from one goroutine only.
+type RowSource interface {
+	// Columns returns the input column names. Every row has one cell per
+	// column, in this order.
+	Columns() []string
+	// Next returns the next row, or io.EOF after the last one. A *RowError
+	// reports one row that could not be read (a ragged CSV line, say):
+	// ScoreRows hands that row to the sink as failed and reads on. Any other
+	// error stops the batch.
+	Next() ([]any, error)
+}
+
+// BatchOptions tunes ScoreRows and ScoreTable. A nil *BatchOptions, like the
+// zero value, means every default.
+type BatchOptions struct {
+	// Input is the service's input port. Default: "input1".
+	Input string
+	// Output is the output port whose table holds the scores. Default: the
+	// reply's only port; "output1" when the reply has several.
+	Output string
+	// GlobalParameters go with every request. Default: none ({}).
+	GlobalParameters map[string]any
+	// ChunkRows is how many rows go in one request. Default:
+	// DefaultChunkRows.
+	ChunkRows int
+	// MaxChunkBytes bounds a request body. A chunk that encodes larger is
+	// split in halves until each part fits; a single row that does not fit
+	// fails with ErrRequestTooLarge. Default: DefaultMaxChunkBytes.
+	MaxChunkBytes int
+	// Parallelism is how many requests are in flight at most. Default: the
+	// Client's Capacity, which keeps every slot busy and none oversubscribed.
+	Parallelism int
+	// TotalRows is how many rows the source holds, when known, for
+	// Progress. Default: unknown until the source ends.
+	TotalRows int
+	// Progress, when set, is called after each chunk reaches the sink with
+	// the rows settled so far (scored or failed) and the total, or -1 while
+	// the total is unknown. It is called from one goroutine at a time.
+	Progress func(done, total int)
+}
+
+// Chunk is a run of consecutive input rows that went, or should have gone,
+// in one request, with its outcome. The sink of ScoreRows receives every
+// input row in exactly one Chunk, in input order.
+type Chunk struct {
+	Seq   int     // chunk number, from 0; the parts of a chunk split to fit MaxChunkBytes share it
+	Start int     // index of the chunk's first row in the input, from 0
+	Input [][]any // the input rows
+	// Output is the reply's table: one row per input row, in the same order.
+	// It is nil when Err is set.
+	Output *Table
+	// Endpoint is the name of the endpoint that answered; "" for a chunk
+	// that got no reply.
+	Endpoint string
+	// Elapsed is how long the call took, from asking for a slot to the end of
+	// the reply, retries included; 0 for rows never sent.
+	Elapsed time.Duration
+	// Err is a *ChunkError when these rows were not scored: the call failed
+	// after retries, the reply did not fit the request, or (wrapping a
+	// *RowError) the source could not read the row.
+	Err error
+}
+
+// BatchStats counts what a batch did with its rows.
+type BatchStats struct {
+	Rows   int // rows handed to the sink: Scored + Failed
+	Scored int // rows with an output row
+	Failed int // rows in failed chunks
+}
+
+// Capacity returns how many calls the Client's endpoints take at once: the
+// sum of their MaxConcurrentCalls.
+func (c *Client) Capacity() int { return int(c.pool.total) }
+
+// ScoreRows scores every row of src and hands the results to sink, in input
+// order. It reads src in chunks of ChunkRows rows, sends up to Parallelism
+// chunks at a time through the pool (so chunks wait for free slots like any
+// call, and fail over and retry like any call), and calls sink once per
+// chunk (or part of a split chunk), never concurrently, in input order.
+//
+// Memory stays flat however long src is: ScoreRows reads ahead at most twice
+// Parallelism chunks, and a chunk leaves memory once sink returns.
+//
+// A chunk that fails does not stop the batch: sink receives it with a
+// *ChunkError naming its rows, and the other chunks go on. The batch stops
+// early when ctx ends, when src returns an error other than *RowError, or
+// when sink returns an error (which is then the error returned). After a
+// source error, chunks already sent still reach the sink; after ctx ends,
+// chunks that were cut short do not, nor does anything after them. So the
+// rows that reached the sink are always a prefix of the input, counted in
+// the returned BatchStats, and a later run can resume after them.
+func (c *Client) ScoreRows(ctx context.Context, src RowSource, sink func(*Chunk) error, opts *BatchOptions) (BatchStats, error) {
+	b, err := c.newBatch(src, sink, opts)
+	if err != nil {
+		return BatchStats{}, err
+	}
+	return b.run(ctx)
+}
+
+// TableResult is what ScoreTable returns.
+type TableResult struct {
+	// Output has one row per input row, in input order: Output.Values[i]
+	// scores input row i, or is nil when row i is in a failed chunk. Its
+	// ColumnNames and ColumnTypes are those of the first reply that has them.
+	Output   *Table
+	Failures []*ChunkError // the failed chunks, in input order
+	Stats    BatchStats
+}
+
+// ScoreTable scores every row of in, a classic table (ColumnNames and
+// Values), as ScoreRows does, and gathers the results in memory: it is the
+// form for tables that fit in memory anyway. opts.TotalRows is ignored.
+//
+// Failed chunks do not make an error: they are listed in Failures and their
+// output rows are nil. The error is for an unusable table and for ctx
+// ending; in the latter case the result holds the rows done so far.
+func (c *Client) ScoreTable(ctx context.Context, in *Table, opts *BatchOptions) (*TableResult, error) {
+	switch {
+	case in == nil:
+		return nil, errors.New("amlpool: ScoreTable: nil table")
+	case in.isRows() || in.Rows != nil:
+		return nil, errors.New("amlpool: ScoreTable: the table must be classic (ColumnNames and Values), not row objects")
+	case len(in.ColumnNames) == 0:
+		return nil, errors.New("amlpool: ScoreTable: the table has no ColumnNames")
+	}
+	if err := in.checkShape(); err != nil {
+		return nil, fmt.Errorf("amlpool: ScoreTable: %w", err)
+	}
+	var o BatchOptions
+	if opts != nil {
+		o = *opts
+	}
+	o.TotalRows = len(in.Values)
+	res := &TableResult{Output: &Table{Values: make([][]any, len(in.Values))}}
+	sink := func(ch *Chunk) error {
+		if ch.Err != nil {
+			var ce *ChunkError
+			errors.As(ch.Err, &ce)
+			res.Failures = append(res.Failures, ce)
+			return nil
+		}
+		if res.Output.ColumnNames == nil {
+			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
+		}
+		copy(res.Output.Values[ch.Start:], ch.Output.Values)
+		return nil
+	}
+	st, err := c.ScoreRows(ctx, &tableSource{t: in}, sink, &o)
+	res.Stats = st
+	return res, err
+}
+
+// tableSource reads the rows of an in-memory table.
+type tableSource struct {
+	t    *Table
+	next int
+}
+
+func (s *tableSource) Columns() []string { return s.t.ColumnNames }
+
+func (s *tableSource) Next() ([]any, error) {
+	if s.next == len(s.t.Values) {
+		return nil, io.EOF
+	}
+	s.next++
+	return s.t.Values[s.next-1], nil
+}
