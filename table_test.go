@@ -1,0 +1,345 @@
+package amlpool_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+)
+
+// scorer is a fake endpoint for batch tests: it echoes each row's first cell
+// (an id) and adds "score" = id*2. hook, when set, may replace the reply.
+type scorer struct {
+	srv      *httptest.Server
+	hook     func(ids []int, w http.ResponseWriter, r *http.Request) bool // true: replied
+	maxBody  atomic.Int64
+	requests atomic.Int64
+	inFlight atomic.Int64
+	peak     atomic.Int64
+}
+
+func newScorer(t *testing.T, hook func(ids []int, w http.ResponseWriter, r *http.Request) bool) *scorer {
+	s := &scorer{hook: hook}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *scorer) serve(w http.ResponseWriter, r *http.Request) {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+	}
+	s.requests.Add(1)
+	body, _ := io.ReadAll(r.Body)
+	for m := s.maxBody.Load(); int64(len(body)) > m && !s.maxBody.CompareAndSwap(m, int64(len(body))); m = s.maxBody.Load() {
+	}
+	var req struct {
+		Inputs map[string]struct {
+			ColumnNames []string
+			Values      [][]any
+		}
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	in := req.Inputs["input1"]
+	ids := make([]int, len(in.Values))
+	for i, row := range in.Values {
+		ids[i], _ = strconv.Atoi(row[0].(string))
+	}
+	if s.hook != nil && s.hook(ids, w, r) {
+		return
+	}
+	writeScores(w, ids)
+}
+
+func writeScores(w http.ResponseWriter, ids []int) {
+	vals := make([][]any, len(ids))
+	for i, id := range ids {
+		vals[i] = []any{strconv.Itoa(id), strconv.Itoa(id * 2)}
+	}
+	json.NewEncoder(w).Encode(map[string]any{"Results": map[string]any{"output1": map[string]any{
+		"type": "table", "value": map[string]any{"ColumnNames": []string{"id", "score"}, "Values": vals}}}})
+}
+
+func (s *scorer) client(t *testing.T, mcc int) *amlpool.Client {
+	c, err := amlpool.New([]amlpool.Endpoint{{Name: "fake", URL: s.srv.URL + "/services/fake/execute", APIKey: "k", MaxConcurrentCalls: mcc}})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func idTable(n int) *amlpool.Table {
+	t := &amlpool.Table{ColumnNames: []string{"id", "pad"}, Values: make([][]any, n)}
+	for i := range t.Values {
+		t.Values[i] = []any{strconv.Itoa(i), "x"}
+	}
+	return t
+}
+
+func TestScoreTableInOrder(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 8)
+	var last atomic.Int64
+	res, err := c.ScoreTable(context.Background(), idTable(5003), &amlpool.BatchOptions{
+		ChunkRows: 7,
+		Progress: func(done, total int) {
+			assert.Equal(t, 5003, total)
+			assert.Greater(t, int64(done), last.Load(), "progress goes forward")
+			last.Store(int64(done))
+		},
+	})
+	require.NoError(t, err)
+	assert.Empty(t, res.Failures)
+	assert.Equal(t, amlpool.BatchStats{Rows: 5003, Scored: 5003}, res.Stats)
+	assert.EqualValues(t, 5003, last.Load())
+	assert.Equal(t, []string{"id", "score"}, res.Output.ColumnNames)
+	for i, row := range res.Output.Values {
+		require.Equal(t, []any{strconv.Itoa(i), strconv.Itoa(2 * i)}, row, "row %d", i)
+	}
+	assert.EqualValues(t, 715, s.requests.Load(), "ceil(5003/7) requests")
+	assert.LessOrEqual(t, s.peak.Load(), int64(8), "parallelism defaults to the pool's capacity")
+	assert.Equal(t, 8, c.Capacity())
+}
+
+func TestScoreTablePartialFailure(t *testing.T) {
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		switch ids[0] {
+		case 300: // a permanent error: the chunk fails, no retry
+			w.WriteHeader(400)
+			w.Write([]byte(`{"error":{"code":"BadUserArgument","message":"bad","details":[{"code":"InputParseError","message":"cannot parse"}]}}`))
+			return true
+		case 700: // one row short
+			writeScores(w, ids[1:])
+			return true
+		}
+		return false
+	})
+	c := s.client(t, 4)
+	res, err := c.ScoreTable(context.Background(), idTable(1000), &amlpool.BatchOptions{ChunkRows: 100})
+	require.NoError(t, err)
+	require.Len(t, res.Failures, 2)
+	assert.Equal(t, amlpool.BatchStats{Rows: 1000, Scored: 800, Failed: 200}, res.Stats)
+
+	f := res.Failures[0]
+	assert.Equal(t, [3]int{3, 300, 400}, [3]int{f.Seq, f.Start, f.End})
+	var apiErr *amlpool.APIError
+	require.ErrorAs(t, f, &apiErr)
+	assert.Equal(t, "InputParseError", apiErr.Detail())
+	assert.Contains(t, f.Error(), "amlpool: chunk 4 (rows 301-400): amlpool: endpoint fake: HTTP 400")
+
+	f = res.Failures[1]
+	assert.Equal(t, [3]int{7, 700, 800}, [3]int{f.Seq, f.Start, f.End})
+	assert.EqualError(t, f, "amlpool: chunk 8 (rows 701-800): the reply has 99 output rows for 100 input rows")
+	assert.Equal(t, "fake", f.Endpoint)
+
+	for i, row := range res.Output.Values {
+		if (i >= 300 && i < 400) || (i >= 700 && i < 800) {
+			assert.Nil(t, row, "row %d of a failed chunk", i)
+		} else {
+			assert.Equal(t, strconv.Itoa(i), row[0], "row %d", i)
+		}
+	}
+}
+
+func TestScoreRowsSplitsToFitTheLimit(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 4)
+	in := idTable(64)
+	in.Values[41][1] = string(make([]byte, 3000)) // too big to go at all
+	const limit = 2000
+	res, err := c.ScoreTable(context.Background(), in, &amlpool.BatchOptions{ChunkRows: 64, MaxChunkBytes: limit})
+	require.NoError(t, err)
+	assert.LessOrEqual(t, s.maxBody.Load(), int64(limit))
+	require.Len(t, res.Failures, 1)
+	f := res.Failures[0]
+	assert.Equal(t, [3]int{0, 41, 42}, [3]int{f.Seq, f.Start, f.End})
+	assert.ErrorIs(t, f, amlpool.ErrRequestTooLarge)
+	assert.Contains(t, f.Error(), "chunk 1 (row 42)")
+	assert.Equal(t, 63, res.Stats.Scored)
+	for i, row := range res.Output.Values {
+		if i != 41 {
+			assert.Equal(t, strconv.Itoa(2*i), row[1], "row %d", i)
+		}
+	}
+}
+
+// source yields n id rows; bad marks rows it reports as unreadable, and
+// fail, when >= 0, is where it fails for good.
+type source struct {
+	n, next, fail int
+	short         int // a row one cell short
+	bad           map[int]bool
+	onNext        func(i int)
+}
+
+func (s *source) Columns() []string { return []string{"id", "pad"} }
+
+func (s *source) Next() ([]any, error) {
+	i := s.next
+	if s.onNext != nil {
+		s.onNext(i)
+	}
+	switch {
+	case i == s.fail:
+		return nil, errors.New("disk on fire")
+	case i == s.n:
+		return nil, io.EOF
+	}
+	s.next++
+	if s.bad[i] {
+		return nil, &amlpool.RowError{Line: i + 2, Row: []any{strconv.Itoa(i)}, Err: errors.New("ragged")}
+	}
+	if i == s.short {
+		return []any{"13"}, nil // one cell short: the library catches it too
+	}
+	return []any{strconv.Itoa(i), "x"}, nil
+}
+
+// collect is a sink that checks every row comes once, in order.
+type collect struct {
+	t      *testing.T
+	next   int
+	failed []string
+	chunks atomic.Int64
+}
+
+func (c *collect) sink(ch *amlpool.Chunk) error {
+	require.Equal(c.t, c.next, ch.Start, "chunks arrive in input order, none skipped")
+	c.next += len(ch.Input)
+	c.chunks.Add(1)
+	if ch.Err != nil {
+		c.failed = append(c.failed, ch.Err.Error())
+		return nil
+	}
+	for i, row := range ch.Output.Values {
+		require.Equal(c.t, strconv.Itoa(ch.Start+i), row[0])
+	}
+	return nil
+}
+
+func TestScoreRowsBadRowsKeepTheirPlace(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 4)
+	src := &source{n: 100, fail: -1, short: 13, bad: map[int]bool{0: true, 5: true, 6: true, 99: true}}
+	col := &collect{t: t}
+	st, err := c.ScoreRows(context.Background(), src, col.sink, &amlpool.BatchOptions{ChunkRows: 10})
+	require.NoError(t, err)
+	assert.Equal(t, amlpool.BatchStats{Rows: 100, Scored: 95, Failed: 5}, st)
+	assert.Equal(t, []string{
+		"amlpool: chunk 1 (row 1): line 2: ragged",
+		"amlpool: chunk 3 (row 6): line 7: ragged",
+		"amlpool: chunk 4 (row 7): line 8: ragged",
+		"amlpool: chunk 6 (row 14): 1 cells, want 2 (one per column)",
+		"amlpool: chunk 16 (row 100): line 101: ragged",
+	}, col.failed)
+}
+
+func TestScoreRowsSourceErrorKeepsWhatWasSent(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 4)
+	col := &collect{t: t}
+	st, err := c.ScoreRows(context.Background(), &source{n: 100, fail: 55, short: -1}, col.sink, &amlpool.BatchOptions{ChunkRows: 10})
+	assert.EqualError(t, err, "amlpool: read row 56: disk on fire")
+	assert.Equal(t, 55, st.Rows, "rows read before the failure are scored and handed on")
+	assert.Equal(t, 55, col.next)
+}
+
+func TestScoreRowsSinkErrorStops(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 4)
+	boom := errors.New("disk full")
+	n := 0
+	st, err := c.ScoreRows(context.Background(), &source{n: 10000, fail: -1, short: -1}, func(ch *amlpool.Chunk) error {
+		if n++; n == 3 {
+			return boom
+		}
+		return nil
+	}, &amlpool.BatchOptions{ChunkRows: 10})
+	assert.ErrorIs(t, err, boom)
+	assert.Equal(t, 20, st.Rows)
+	assert.Less(t, s.requests.Load(), int64(1000), "the batch stopped early")
+}
+
+func TestScoreRowsCancelLeavesAPrefix(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Chunks from row 500 on wait for the end of ctx: they are cut short.
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		if ids[0] >= 500 {
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	})
+	c := s.client(t, 4)
+	col := &collect{t: t}
+	st, err := c.ScoreRows(ctx, &source{n: 100000, fail: -1, short: -1}, func(ch *amlpool.Chunk) error {
+		if err := col.sink(ch); err != nil {
+			return err
+		}
+		if ch.Start+len(ch.Input) == 500 {
+			cancel()
+		}
+		return nil
+	}, &amlpool.BatchOptions{ChunkRows: 10})
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, amlpool.BatchStats{Rows: 500, Scored: 500}, st, "the rows before the cut, all scored; none of the cut ones")
+	assert.Empty(t, col.failed, "cancelled chunks are not failures: a later run scores them")
+}
+
+func TestScoreRowsReadsAheadAWindowOnly(t *testing.T) {
+	const par, rowsPer = 4, 10
+	release := make(chan struct{})
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		if ids[0] == 0 {
+			<-release // the head of the line is slow
+		}
+		return false
+	})
+	c := s.client(t, par)
+	var emitted atomic.Int64
+	var once sync.Once
+	src := &source{n: 2000, fail: -1, short: -1, onNext: func(i int) {
+		chunk := int64(i / rowsPer)
+		// The reader may hold twice Parallelism chunks not yet handed on.
+		require.Less(t, chunk, emitted.Load()+2*par, "row %d read too far ahead", i)
+		if chunk == 2*par-1 {
+			once.Do(func() { close(release) })
+		}
+	}}
+	st, err := c.ScoreRows(context.Background(), src, func(ch *amlpool.Chunk) error {
+		emitted.Add(1)
+		return nil
+	}, &amlpool.BatchOptions{ChunkRows: rowsPer, Parallelism: par})
+	require.NoError(t, err)
+	assert.Equal(t, 2000, st.Scored)
+	assert.LessOrEqual(t, s.peak.Load(), int64(par))
+}
+
+func TestScoreRowsBadOptions(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 4)
+	for _, o := range []amlpool.BatchOptions{{ChunkRows: -1}, {MaxChunkBytes: -1}, {Parallelism: -1}} {
+		_, err := c.ScoreRows(context.Background(), &source{n: 1, fail: -1, short: -1}, func(*amlpool.Chunk) error { return nil }, &o)
+		assert.ErrorIs(t, err, amlpool.ErrInvalidConfig, fmt.Sprint(o))
+	}
+	_, err := c.ScoreTable(context.Background(), &amlpool.Table{Rows: []map[string]any{{}}}, nil)
+	assert.ErrorContains(t, err, "must be classic")
+	_, err = c.ScoreTable(context.Background(), &amlpool.Table{ColumnNames: []string{"a"}, Values: [][]any{{1, 2}}}, nil)
+	assert.ErrorContains(t, err, "row 1 (Values[0]) has 2 cells")
+}
