@@ -79,8 +79,8 @@ func (randomBalancer) Pick(s Candidates) int {
 	// Free(i) slots of endpoint i as the free ones. Accepted draws are then
 	// uniform over free slots.
 	for range rejectionDraws {
-		r := int32(p.rand() % uint64(p.total))
-		i := searchCum(p.cum, r)
+		r := int32(bounded(p.rand(), uint32(p.total)))
+		i := p.slotOwner(r)
 		if off := r - (p.cum[i] - p.eps[i].max); off < int32(s.Free(i)) {
 			return i
 		}
@@ -92,7 +92,7 @@ func (randomBalancer) Pick(s Candidates) int {
 	if total == 0 {
 		return -1
 	}
-	r := int(p.rand() % uint64(total))
+	r := int(bounded(p.rand(), uint32(total)))
 	last := -1
 	for i := range p.eps {
 		f := s.Free(i)
@@ -106,6 +106,19 @@ func (randomBalancer) Pick(s Candidates) int {
 		last = i
 	}
 	return last // slots were taken while counting; the last one seen free
+}
+
+// bounded maps a random 64-bit number to [0, n) with a multiply and a shift
+// instead of a division (Lemire's method; the bias for n < 2³¹ is below 2⁻³²).
+func bounded(r uint64, n uint32) uint32 { return uint32((r >> 32) * uint64(n) >> 32) }
+
+// slotOwner returns the endpoint that slot r of all configured slots belongs
+// to: a table lookup, or a binary search for pools too large for a table.
+func (p *pool) slotOwner(r int32) int {
+	if p.owner != nil {
+		return int(p.owner[r])
+	}
+	return searchCum(p.cum, r)
 }
 
 // searchCum returns the first i with cum[i] > r.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,8 +58,9 @@ func endpointID(url string) string {
 // release hands its slot on under the lock.
 type pool struct {
 	eps   []*endpoint
-	cum   []int32 // cum[i]: sum of eps[:i+1] caps, for drawing a slot by cap
-	total int32   // cum[len-1]
+	cum   []int32  // cum[i]: sum of eps[:i+1] caps, for drawing a slot by cap
+	owner []uint16 // owner[s]: the endpoint slot s belongs to; nil for huge pools
+	total int32    // cum[len-1]
 	bal   Balancer
 	rand  func() uint64
 	clock clock.Clock
@@ -88,11 +90,23 @@ type waiter struct {
 	ep    *endpoint
 }
 
+// maxOwnerTable bounds the slot-owner table: 2 MiB, enough for 5,000
+// endpoints of 200 slots.
+const maxOwnerTable = 1 << 20
+
 func newPool(eps []*endpoint, bal Balancer, rnd func() uint64, clk clock.Clock) *pool {
 	p := &pool{eps: eps, cum: make([]int32, len(eps)), bal: bal, rand: rnd, clock: clk, epoch: clk.Now(), done: make(chan struct{})}
 	for i, ep := range eps {
 		p.total += ep.max
 		p.cum[i] = p.total
+	}
+	if len(eps) <= math.MaxUint16+1 && p.total <= maxOwnerTable {
+		p.owner = make([]uint16, 0, p.total)
+		for i, ep := range eps {
+			for range ep.max {
+				p.owner = append(p.owner, uint16(i))
+			}
+		}
 	}
 	return p
 }
