@@ -185,7 +185,7 @@ func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts [
 		return b.score(ctx, seq, start+h, rows[h:], parts)
 	}
 	t0 := b.c.cfg.clock.Now()
-	data, name, err := b.c.do(ctx, body)
+	data, name, err := b.c.do(ctx, "amlpool.ScoreRows", body)
 	ch.Elapsed, ch.Endpoint = b.c.cfg.clock.Now().Sub(t0), name
 	if err != nil {
 		return fail(err)

@@ -11,6 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Client makes several endpoints look like one. It gives each endpoint as
@@ -30,6 +33,7 @@ type Client struct {
 	health    *health
 	budget    *retryBudget // nil without a retry budget
 	observers []observer
+	tel       *telemetry // metrics, traces and logs; nil when none is configured
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -53,6 +57,13 @@ type outcome struct {
 	throttled  bool          // the classifier said VerdictFull
 	verdict    Verdict       // the classifier's verdict on err
 	retryAfter time.Duration // the reply's delay hint, uncapped; 0 when none
+
+	// Telemetry: filled by attempt from the call (and set by hedging).
+	kind     outcomeKind   // success, throttled, client error, ... (see kindOf)
+	reason   string        // for a retry, the retryReason of the attempt before
+	hedge    bool          // an extra attempt racing one still in flight, not a retry
+	slotWait time.Duration // how long the attempt waited for its slot (measured only with telemetry)
+	span     trace.Span    // the attempt's span; nil without a TracerProvider
 
 	// Health: set before the observers hear of the outcome.
 	probe      bool // the attempt probed an endpoint whose ejection ended
@@ -105,6 +116,12 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	}()
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
 	c.observers = append(c.observers, latencyTracker{c.pool})
+	if c.tel, err = newTelemetry(&c.cfg, eps, c.pool); err != nil {
+		return nil, err
+	}
+	if c.tel != nil {
+		c.observers = append(c.observers, c.tel)
+	}
 	if c.limiter != nil {
 		c.limitIDs = make([]LimitedEndpoint, len(eps))
 		for i, ep := range eps {
@@ -150,19 +167,31 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // A call that made several attempts, or stopped retrying for a reason of its
 // own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
-	data, _, err := c.do(ctx, body)
+	data, _, err := c.do(ctx, "amlpool.Do", body)
 	return data, err
 }
 
-// do is Do, also returning the name of the endpoint that answered.
-func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
+// do is Do, also returning the name of the endpoint that answered. op names
+// the call's span.
+func (c *Client) do(ctx context.Context, op string, body []byte) ([]byte, string, error) {
+	var cl call
+	if c.tel == nil || c.tel.tracer == nil {
+		return c.run(ctx, &cl, body)
+	}
+	ctx, span := c.tel.startCall(ctx, op)
+	data, name, err := c.run(ctx, &cl, body)
+	c.tel.endCall(span, &cl, name, err)
+	return data, name, err
+}
+
+// run makes the attempts of one call.
+func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string, error) {
 	if c.closed.Load() {
 		return nil, "", ErrClosed
 	}
 	if c.budget != nil {
 		c.budget.deposit()
 	}
-	var cl call
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {
 		maxWait = c.cfg.maxWait
@@ -173,7 +202,7 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 		}
 		// Avoid the endpoints tried so far while an untried one may take calls.
 		cl.ex.on = cl.ntried > 0 && c.usableOutside(&cl.ex.tried)
-		ep, lease, err := c.acquire(ctx, &cl, maxWait)
+		ep, lease, err := c.acquire(ctx, cl, maxWait)
 		if err != nil {
 			return nil, "", cl.result(err)
 		}
@@ -184,7 +213,7 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 			continue
 		}
 		cl.started(ep)
-		data, o := c.attempt(ctx, &cl, ep, lease, body, probe)
+		data, o := c.attempt(ctx, cl, ep, lease, body, probe)
 		if o.err == nil {
 			return data, ep.name, nil
 		}
@@ -197,9 +226,22 @@ func (c *Client) do(ctx context.Context, body []byte) ([]byte, string, error) {
 	}
 }
 
-// acquire takes a slot for one attempt: one of ours, then, with a Limiter,
-// one of the fleet's.
+// acquire takes a slot for one attempt and, with telemetry, records how long
+// that took in cl.wait.
 func (c *Client) acquire(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
+	if c.tel == nil {
+		return c.acquireSlot(ctx, cl, maxWait)
+	}
+	start := c.cfg.clock.Now()
+	ep, lease, err := c.acquireSlot(ctx, cl, maxWait)
+	cl.wait = c.cfg.clock.Now().Sub(start)
+	c.tel.waited(cl.wait, err)
+	return ep, lease, err
+}
+
+// acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
+// fleet's.
+func (c *Client) acquireSlot(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
 	ep, err := c.pool.acquire(ctx, &cl.ex, maxWait)
 	if err != nil || c.limiter == nil {
 		return ep, nil, err
@@ -248,12 +290,16 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 // endpoint's health and decides what the call does next. Then it reports the
 // outcome to the observers.
 func (c *Client) attempt(ctx context.Context, cl *call, ep *endpoint, lease Lease, body []byte, probe bool) ([]byte, outcome) {
-	o := outcome{ep: ep, attempt: cl.attempts, probe: probe}
+	o := outcome{ep: ep, attempt: cl.attempts, probe: probe, reason: cl.reason, slotWait: cl.wait}
+	if c.tel != nil {
+		ctx = c.tel.startAttempt(ctx, &o)
+	}
 	data := c.sendAndRelease(ctx, ep, lease, body, &o)
 	if o.err != nil {
 		o.verdict = c.classify(ctx, o.err)
 		o.throttled = o.verdict == VerdictFull
 	}
+	o.kind = kindOf(ctx, &o)
 	ep.calls.Add(1)
 	if o.err != nil {
 		ep.failures.Add(1)
@@ -265,6 +311,9 @@ func (c *Client) attempt(ctx context.Context, cl *call, ep *endpoint, lease Leas
 	if o.err != nil {
 		cl.failed(&o)
 		c.decide(ctx, cl, &o)
+		if c.tel != nil && !o.final {
+			cl.reason = o.retryReason()
+		}
 	}
 	for _, obs := range c.observers {
 		obs.attemptDone(&o)
@@ -306,9 +355,12 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
 	}
 	req.Header = http.Header{
-		"Authorization": ep.auth,
+		"Authorization": *ep.auth,
 		"Content-Type":  jsonContentType,
 		"Accept":        jsonContentType,
+	}
+	if c.cfg.propagator != nil {
+		c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -368,7 +420,7 @@ func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, name, err := c.do(ctx, body)
+	data, name, err := c.do(ctx, "amlpool.Score", body)
 	if err != nil {
 		return nil, err
 	}
@@ -432,6 +484,7 @@ func (c *Client) Close() error {
 		c.closed.Store(true)
 		c.pool.close()
 		c.wg.Wait()
+		c.tel.close()
 		if c.ownsHTTP {
 			c.http.CloseIdleConnections()
 		}

@@ -3,6 +3,7 @@ package amlpool
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -59,6 +60,18 @@ func (e Endpoint) String() string {
 // GoString is String for the %#v verb.
 func (e Endpoint) GoString() string { return "amlpool.Endpoint" + e.String() }
 
+// Format prints String (GoString for %#v) whatever the verb, so that no verb,
+// %d or %x included, prints the fields one by one and shows the key.
+func (e Endpoint) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.String(), e.GoString()) }
+
+func formatRedacted(f fmt.State, verb rune, s, goSyntax string) {
+	if verb == 'v' && f.Flag('#') {
+		io.WriteString(f, goSyntax)
+		return
+	}
+	fmt.Fprintf(f, fmt.FormatString(f, verb), s)
+}
+
 // LogValue implements slog.LogValuer: the endpoint without its key.
 func (e Endpoint) LogValue() slog.Value {
 	return slog.GroupValue(
@@ -113,8 +126,12 @@ type endpoint struct {
 	idx  int
 	name string
 	url  string
-	auth []string // the Authorization header value; shared, never mutated
-	max  int32    // the configured MaxConcurrentCalls
+	// auth is the Authorization header value, shared and never mutated. It
+	// is behind a pointer because fmt prints an unexported field's value
+	// without calling its methods: a %s of a struct holding this endpoint
+	// then shows an address, never the key.
+	auth *[]string
+	max  int32 // the configured MaxConcurrentCalls
 
 	limit    atomic.Int32 // effective cap; max unless an adaptive limit lowers it
 	inFlight atomic.Int32 // slots held now
@@ -125,6 +142,14 @@ type endpoint struct {
 
 	lat peakEWMA // latency estimate, for LatencyAware (latency.go)
 }
+
+// Format prints the endpoint's name whatever the verb: never its key.
+func (e *endpoint) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, e.name, "endpoint("+e.name+")")
+}
+
+// LogValue implements slog.LogValuer: the endpoint's name.
+func (e *endpoint) LogValue() slog.Value { return slog.StringValue(e.name) }
 
 // newEndpoints validates the configured endpoints and builds their state.
 func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
@@ -169,7 +194,7 @@ func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
 		}
 		names[name] = true
 		urls[key] = name
-		ep := &endpoint{idx: i, name: name, url: key, auth: []string{"Bearer " + c.APIKey}, max: int32(mcc)}
+		ep := &endpoint{idx: i, name: name, url: key, auth: &[]string{"Bearer " + c.APIKey}, max: int32(mcc)}
 		ep.limit.Store(int32(mcc))
 		eps[i] = ep
 	}

@@ -6,6 +6,10 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/amlpool/amlpool/internal/clock"
 )
 
@@ -67,6 +71,9 @@ type config struct {
 	logger           *slog.Logger
 	limiter          Limiter
 	balancer         Balancer
+	meterProvider    metric.MeterProvider          // nil: no metrics
+	tracerProvider   trace.TracerProvider          // nil: no spans
+	propagator       propagation.TextMapPropagator // nil: no trace headers sent
 
 	// Retries and health (retry.go, health.go).
 	maxAttempts        int

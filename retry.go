@@ -183,6 +183,9 @@ type call struct {
 	throttled  bitset // endpoints that answered this call VerdictFull
 	nthrottled int
 	backoff    *backoff.ExponentialBackOff // made at the call's first wait
+
+	reason string        // why the next attempt is a retry (outcome.retryReason), with telemetry
+	wait   time.Duration // how long this attempt waited for its slot, with telemetry
 }
 
 // exclusion is what one attempt of a call may not use. It is passed by value

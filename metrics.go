@@ -1,0 +1,210 @@
+package amlpool
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+type meterProviderOption struct{ mp metric.MeterProvider }
+
+func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
+
+// WithMeterProvider records OpenTelemetry metrics through mp, on a Meter
+// named "github.com/amlpool/amlpool". Per endpoint (attribute
+// amlpool.endpoint, the endpoint's Name):
+//
+//	http.client.request.duration  histogram, s   each attempt's HTTP request, with the HTTP client
+//	                                             conventions' http.request.method, server.address,
+//	                                             server.port, http.response.status_code, error.type
+//	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
+//	                                             client_error, server_error, transport_error, cancelled
+//	amlpool.endpoint.in_flight    gauge          calls in flight now
+//	amlpool.endpoint.limit        gauge          the cap in force now
+//	amlpool.endpoint.ejections    counter        times the endpoint was taken out of rotation
+//
+// Per Client:
+//
+//	amlpool.slot.wait.duration        histogram, s  time each attempt waited for a slot (error.type
+//	                                                no_capacity, cancelled or closed when it got none)
+//	amlpool.slot.waiting              gauge         calls waiting for a slot now
+//	amlpool.retries                   counter       attempts after a call's first, by
+//	                                                amlpool.retry.reason (what the previous came to)
+//	amlpool.hedges                    counter       extra attempts raced against a slow one
+//	amlpool.retry_budget.rejections   counter       retries the retry budget refused
+//
+// The counters agree with Stats: per endpoint, the sum of
+// amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
+// Throttles, and all but its success part Errors.
+//
+// Two Clients on one MeterProvider report the same series for endpoints of
+// the same name; give them distinct names or distinct providers.
+//
+// Default: no metrics, and no cost for them on the call path. A nil mp means
+// the default.
+func WithMeterProvider(mp metric.MeterProvider) Option { return meterProviderOption{mp} }
+
+// metrics holds a Client's instruments and, per endpoint, the attribute sets
+// of the common measurements, built once so that recording them allocates
+// nothing.
+type metrics struct {
+	duration  metric.Float64Histogram
+	calls     metric.Int64Counter
+	ejections metric.Int64Counter
+	wait      metric.Float64Histogram
+	retries   metric.Int64Counter
+	hedges    metric.Int64Counter
+	budget    metric.Int64Counter
+	reg       metric.Registration // the gauges' callback
+
+	eps      []epMetrics // by endpoint index
+	waitErrs map[string][]metric.RecordOption
+}
+
+type epMetrics struct {
+	tel    *epTelemetry
+	calls  [numKinds][]metric.AddOption // amlpool.endpoint, amlpool.outcome=kind
+	ok     []metric.RecordOption        // request attributes with status 200
+	only   []metric.AddOption           // amlpool.endpoint alone
+	gauges metric.ObserveOption         // amlpool.endpoint alone
+}
+
+// durationBuckets are the conventions' advice for http.client.request.duration.
+var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// waitBuckets reach further: a call may wait for a slot up to its deadline.
+var waitBuckets = []float64{0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*metrics, error) {
+	var errs []error
+	check := func(err error) { errs = append(errs, err) }
+	x := &metrics{eps: make([]epMetrics, len(eps))}
+	var err error
+	x.duration, err = m.Float64Histogram("http.client.request.duration", metric.WithUnit("s"),
+		metric.WithDescription("Duration of HTTP client requests: one per attempt."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	check(err)
+	x.calls, err = m.Int64Counter("amlpool.endpoint.calls", metric.WithUnit("{call}"),
+		metric.WithDescription("Attempts an endpoint served, by outcome."))
+	check(err)
+	x.ejections, err = m.Int64Counter("amlpool.endpoint.ejections", metric.WithUnit("{ejection}"),
+		metric.WithDescription("Times an endpoint was taken out of rotation."))
+	check(err)
+	inFlight, err := m.Int64ObservableGauge("amlpool.endpoint.in_flight", metric.WithUnit("{call}"),
+		metric.WithDescription("Calls in flight to an endpoint."))
+	check(err)
+	limit, err := m.Int64ObservableGauge("amlpool.endpoint.limit", metric.WithUnit("{call}"),
+		metric.WithDescription("An endpoint's cap on calls in flight, as in force now."))
+	check(err)
+	x.wait, err = m.Float64Histogram("amlpool.slot.wait.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time an attempt waited for a free slot."),
+		metric.WithExplicitBucketBoundaries(waitBuckets...))
+	check(err)
+	waiting, err := m.Int64ObservableGauge("amlpool.slot.waiting", metric.WithUnit("{call}"),
+		metric.WithDescription("Calls waiting for a free slot."))
+	check(err)
+	x.retries, err = m.Int64Counter("amlpool.retries", metric.WithUnit("{attempt}"),
+		metric.WithDescription("Attempts after a call's first, by what the previous attempt came to."))
+	check(err)
+	x.hedges, err = m.Int64Counter("amlpool.hedges", metric.WithUnit("{attempt}"),
+		metric.WithDescription("Extra attempts raced against a slow one."))
+	check(err)
+	x.budget, err = m.Int64Counter("amlpool.retry_budget.rejections", metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the retry budget refused."))
+	check(err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	x.waitErrs = map[string][]metric.RecordOption{}
+	for _, s := range []string{"no_capacity", "cancelled", "closed", "_OTHER"} {
+		x.waitErrs[s] = recordOpts(keyErrorType.String(s))
+	}
+	for i := range eps {
+		e := &x.eps[i]
+		e.tel = &tels[i]
+		name := keyEndpoint.String(e.tel.name)
+		for k := kindSuccess; k < numKinds; k++ {
+			e.calls[k] = addOpts(name, keyOutcome.String(k.String()))
+		}
+		e.ok = recordOpts(append(slices.Clip(e.tel.attrs), keyStatus.Int(200))...)
+		e.only = addOpts(name)
+		e.gauges = metric.WithAttributeSet(attribute.NewSet(name))
+	}
+	x.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for i, ep := range eps {
+			o.ObserveInt64(inFlight, int64(ep.inFlight.Load()), x.eps[i].gauges)
+			o.ObserveInt64(limit, int64(ep.limit.Load()), x.eps[i].gauges)
+		}
+		o.ObserveInt64(waiting, int64(p.waiting()))
+		return nil
+	}, inFlight, limit, waiting)
+	if err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+func addOpts(kv ...attribute.KeyValue) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+func recordOpts(kv ...attribute.KeyValue) []metric.RecordOption {
+	return []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(kv...))}
+}
+
+// attemptDone records one attempt.
+func (x *metrics) attemptDone(o *outcome) {
+	ctx := context.Background()
+	e := &x.eps[o.ep.idx]
+	x.calls.Add(ctx, 1, e.calls[o.kind]...)
+	if o.kind == kindSuccess && o.status == 200 {
+		x.duration.Record(ctx, o.latency.Seconds(), e.ok...)
+	} else {
+		attrs := slices.Clip(e.tel.attrs)
+		if o.status != 0 {
+			attrs = append(attrs, keyStatus.Int(o.status))
+		}
+		if o.kind != kindSuccess {
+			attrs = append(attrs, keyErrorType.String(errorType(o)))
+		}
+		x.duration.Record(ctx, o.latency.Seconds(), recordOpts(attrs...)...)
+	}
+	switch {
+	case o.hedge:
+		x.hedges.Add(ctx, 1)
+	case o.attempt > 1:
+		x.retries.Add(ctx, 1, addOpts(keyRetryReason.String(o.reason))...)
+	}
+	if o.ejected {
+		x.ejections.Add(ctx, 1, e.only...)
+	}
+	if errors.Is(o.stop, ErrRetryBudgetExhausted) {
+		x.budget.Add(ctx, 1)
+	}
+}
+
+// waited records one wait for a slot.
+func (x *metrics) waited(d time.Duration, err error) {
+	var opts []metric.RecordOption
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNoCapacity):
+		opts = x.waitErrs["no_capacity"]
+	case errors.Is(err, ErrClosed):
+		opts = x.waitErrs["closed"]
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		opts = x.waitErrs["cancelled"]
+	default:
+		opts = x.waitErrs["_OTHER"]
+	}
+	x.wait.Record(context.Background(), d.Seconds(), opts...)
+}
+
+func (x *metrics) close() {
+	_ = x.reg.Unregister() // fails only if already unregistered
+}

@@ -1,0 +1,551 @@
+package amlpool
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+const throttleBody = `{"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.","details":[{"code":"RequestThrottled","message":"Request is throttled."}]}}`
+
+// fakeAML serves one endpoint whose n-th request (from 1) gets reply(n), a
+// status; 503 comes with a throttle body. It records every request's
+// traceparent header.
+type fakeAML struct {
+	*httptest.Server
+	n       atomic.Int64
+	parents chan string
+}
+
+func newFakeAML(t *testing.T, reply func(n int64) int) *fakeAML {
+	t.Helper()
+	f := &fakeAML{parents: make(chan string, 100)}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		f.parents <- r.Header.Get("traceparent")
+		w.Header().Set("Content-Type", "application/json")
+		switch st := reply(f.n.Add(1)); st {
+		case 200:
+			io.WriteString(w, `{"Results":{}}`)
+		case 503:
+			w.WriteHeader(st)
+			io.WriteString(w, throttleBody)
+		default:
+			w.WriteHeader(st)
+			io.WriteString(w, `{"error":{"code":"BadArgument","message":"bad input"}}`)
+		}
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func always(status int) func(int64) int { return func(int64) int { return status } }
+
+func (f *fakeAML) endpoint(name string, mcc int) Endpoint {
+	return Endpoint{Name: name, URL: f.URL + "/workspaces/w/services/" + name + "/execute", APIKey: secretKey, MaxConcurrentCalls: mcc}
+}
+
+// firstFree is a Balancer that always picks the first endpoint with a free
+// slot, so tests know where each attempt goes.
+type firstFree struct{}
+
+func (firstFree) Pick(s Candidates) int {
+	for i := range s.Len() {
+		if s.Free(i) > 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// observed is a Client with every kind of telemetry on, read back in memory.
+type observed struct {
+	*Client
+	reader *sdkmetric.ManualReader
+	spans  *tracetest.SpanRecorder
+	logs   *bytes.Buffer
+	clock  *clock.Fake
+}
+
+func newObserved(t *testing.T, eps []Endpoint, opts ...Option) *observed {
+	t.Helper()
+	o := &observed{reader: sdkmetric.NewManualReader(), spans: tracetest.NewSpanRecorder(), logs: &bytes.Buffer{}, clock: clock.NewFake()}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(o.reader))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(o.spans))
+	t.Cleanup(func() { mp.Shutdown(context.Background()); tp.Shutdown(context.Background()) })
+	log := slog.New(slog.NewJSONHandler(o.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	all := append([]Option{WithMeterProvider(mp), WithTracerProvider(tp), WithLogger(log),
+		WithClock(o.clock), WithBalancer(firstFree{})}, opts...)
+	c, err := New(eps, all...)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	o.Client = c
+	return o
+}
+
+// collect reads every metric now.
+func (o *observed) collect(t *testing.T) metricdata.ResourceMetrics {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, o.reader.Collect(context.Background(), &rm))
+	return rm
+}
+
+// logLines returns the logged records with the given message.
+func (o *observed) logLines(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for line := range strings.Lines(o.logs.String()) {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &m))
+		if m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func findMetric(rm metricdata.ResourceMetrics, name string) (metricdata.Metrics, bool) {
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == name {
+				return m, true
+			}
+		}
+	}
+	return metricdata.Metrics{}, false
+}
+
+func hasAll(set attribute.Set, want []attribute.KeyValue) bool {
+	for _, kv := range want {
+		if v, ok := set.Value(kv.Key); !ok || v != kv.Value {
+			return false
+		}
+	}
+	return true
+}
+
+// intValue adds up the points of an int64 sum or gauge that carry every
+// attribute of want.
+func intValue(t *testing.T, rm metricdata.ResourceMetrics, name string, want ...attribute.KeyValue) int64 {
+	t.Helper()
+	m, ok := findMetric(rm, name)
+	if !ok {
+		return 0
+	}
+	var pts []metricdata.DataPoint[int64]
+	switch d := m.Data.(type) {
+	case metricdata.Sum[int64]:
+		pts = d.DataPoints
+	case metricdata.Gauge[int64]:
+		pts = d.DataPoints
+	default:
+		t.Fatalf("%s is a %T", name, m.Data)
+	}
+	var n int64
+	for _, p := range pts {
+		if hasAll(p.Attributes, want) {
+			n += p.Value
+		}
+	}
+	return n
+}
+
+// histogram returns the count and sum of a histogram's points that carry
+// every attribute of want.
+func histogram(t *testing.T, rm metricdata.ResourceMetrics, name string, want ...attribute.KeyValue) (uint64, float64) {
+	t.Helper()
+	m, ok := findMetric(rm, name)
+	if !ok {
+		return 0, 0
+	}
+	h, ok := m.Data.(metricdata.Histogram[float64])
+	require.True(t, ok, "%s is a %T", name, m.Data)
+	var n uint64
+	var sum float64
+	for _, p := range h.DataPoints {
+		if hasAll(p.Attributes, want) {
+			n += p.Count
+			sum += p.Sum
+		}
+	}
+	return n, sum
+}
+
+// assertStatsAgree checks that Stats and the metrics tell the same story.
+func assertStatsAgree(t *testing.T, o *observed) {
+	t.Helper()
+	st := o.Stats()
+	rm := o.collect(t)
+	for _, e := range st.Endpoints {
+		ep := keyEndpoint.String(e.Name)
+		assert.Equal(t, e.Calls, intValue(t, rm, "amlpool.endpoint.calls", ep), "calls of %s", e.Name)
+		assert.Equal(t, e.Throttles, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("throttled")), "throttles of %s", e.Name)
+		assert.Equal(t, e.Errors, e.Calls-intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("success")), "errors of %s", e.Name)
+		assert.EqualValues(t, e.InFlight, intValue(t, rm, "amlpool.endpoint.in_flight", ep), "in flight at %s", e.Name)
+		assert.EqualValues(t, e.Limit, intValue(t, rm, "amlpool.endpoint.limit", ep), "limit of %s", e.Name)
+		n, _ := histogram(t, rm, "http.client.request.duration", ep)
+		assert.EqualValues(t, e.Calls, n, "requests timed at %s", e.Name)
+	}
+	assert.EqualValues(t, st.Waiting, intValue(t, rm, "amlpool.slot.waiting"))
+}
+
+func TestMetricsCountThrottlesAndFailovers(t *testing.T) {
+	busy := newFakeAML(t, always(503))
+	ok := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{busy.endpoint("busy", 2), ok.endpoint("ok", 3)})
+	const calls = 4
+	for range calls {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.NoError(t, err)
+	}
+
+	rm := o.collect(t)
+	busyEp, okEp := keyEndpoint.String("busy"), keyEndpoint.String("ok")
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.endpoint.calls", busyEp, keyOutcome.String("throttled")))
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.endpoint.calls", busyEp), "busy had only throttles")
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.endpoint.calls", okEp, keyOutcome.String("success")))
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.endpoint.calls", okEp), "ok had only successes")
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.retries", keyRetryReason.String("throttled")))
+	assert.EqualValues(t, calls, intValue(t, rm, "amlpool.retries"))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.hedges"))
+
+	n, _ := histogram(t, rm, "http.client.request.duration", busyEp, keyMethod.String("POST"),
+		keyServerAddr.String("127.0.0.1"), keyStatus.Int(503), keyErrorType.String("503"))
+	assert.EqualValues(t, calls, n, "throttled requests timed with status and error.type")
+	n, _ = histogram(t, rm, "http.client.request.duration", okEp, keyStatus.Int(200))
+	assert.EqualValues(t, calls, n)
+	n, sum := histogram(t, rm, "amlpool.slot.wait.duration")
+	assert.EqualValues(t, 2*calls, n, "one wait per attempt")
+	assert.Zero(t, sum, "no attempt waited: the fake clock did not move")
+
+	assert.EqualValues(t, 2, intValue(t, rm, "amlpool.endpoint.limit", busyEp))
+	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.limit", okEp))
+	assertStatsAgree(t, o)
+}
+
+func TestMetricsCountOutcomes(t *testing.T) {
+	srv := newFakeAML(t, func(n int64) int { return []int{200, 400, 500, 200}[(n-1)%4] })
+	o := newObserved(t, []Endpoint{srv.endpoint("only", 1)}, WithoutRetries)
+	for range 8 {
+		o.Do(t.Context(), []byte(`{}`))
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := o.Do(ctx, []byte(`{}`))
+	require.ErrorIs(t, err, context.Canceled) // never reaches an attempt
+
+	rm := o.collect(t)
+	ep := keyEndpoint.String("only")
+	for kind, want := range map[string]int64{"success": 4, "client_error": 2, "server_error": 2, "throttled": 0} {
+		assert.Equal(t, want, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String(kind)), kind)
+	}
+	n, _ := histogram(t, rm, "http.client.request.duration", ep, keyStatus.Int(500), keyErrorType.String("500"))
+	assert.EqualValues(t, 2, n)
+	n, _ = histogram(t, rm, "amlpool.slot.wait.duration", keyErrorType.String("cancelled"))
+	assert.EqualValues(t, 1, n, "a call whose ctx had ended got no slot")
+	n, _ = histogram(t, rm, "amlpool.slot.wait.duration")
+	assert.EqualValues(t, 9, n, "every attempt's wait")
+	assertStatsAgree(t, o)
+}
+
+func TestMetricsRecordSlotWaits(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			close(arrived)
+			<-release
+		}
+		io.WriteString(w, `{}`)
+	}))
+	defer srv.Close()
+	ep := Endpoint{Name: "one", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}
+	o := newObserved(t, []Endpoint{ep}, WithMaxWait(time.Minute))
+
+	done := make(chan error, 2)
+	go func() { _, err := o.Do(t.Context(), nil); done <- err }()
+	<-arrived
+	go func() { _, err := o.Do(t.Context(), nil); done <- err }()
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "second call waits with a max-wait timer")
+
+	rm := o.collect(t)
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.slot.waiting"), "live: one call waiting")
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.in_flight", keyEndpoint.String("one")), "live: one in flight")
+	assertStatsAgree(t, o)
+
+	o.clock.Advance(3 * time.Second)
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-done)
+
+	rm = o.collect(t)
+	count, sum := histogram(t, rm, "amlpool.slot.wait.duration")
+	assert.EqualValues(t, 2, count)
+	assert.Equal(t, 3.0, sum, "the second call waited the 3 s the first one held the slot")
+	_, sum = histogram(t, rm, "http.client.request.duration")
+	assert.Equal(t, 3.0, sum, "the first request took 3 s, the second none")
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.slot.waiting"))
+	assertStatsAgree(t, o)
+}
+
+func TestMetricsRecordFailedWaits(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+	}))
+	defer srv.Close()
+	o := newObserved(t, []Endpoint{{URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}}, WithMaxWait(0))
+	done := make(chan error)
+	go func() { _, err := o.Do(t.Context(), nil); done <- err }()
+	<-arrived
+	_, err := o.Do(t.Context(), nil)
+	require.ErrorIs(t, err, ErrNoCapacity)
+	close(release)
+	require.NoError(t, <-done)
+
+	n, _ := histogram(t, o.collect(t), "amlpool.slot.wait.duration", keyErrorType.String("no_capacity"))
+	assert.EqualValues(t, 1, n)
+}
+
+func TestMetricsOfRetriesAndEjections(t *testing.T) {
+	flaky := newFakeAML(t, always(500))
+	ok := newFakeAML(t, always(200))
+	eps := []Endpoint{flaky.endpoint("flaky", 1), ok.endpoint("ok1", 1), ok.endpoint("ok2", 1)}
+	// The real clock, for the backoff: waits of a millisecond or two.
+	o := newObserved(t, eps, WithClock(clock.Real), WithEjection(2, time.Hour),
+		WithBackoff(Backoff{Initial: time.Millisecond, Max: time.Millisecond}))
+	for range 3 {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	// Calls 1 and 2 fail on flaky, the second failure ejects it, and both
+	// retry on ok1; call 3 goes to ok1 at once.
+	rm := o.collect(t)
+	assert.EqualValues(t, 2, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("flaky"), keyOutcome.String("server_error")))
+	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("ok1"), keyOutcome.String("success")))
+	assert.EqualValues(t, 2, intValue(t, rm, "amlpool.retries", keyRetryReason.String("500")))
+	assert.EqualValues(t, 2, intValue(t, rm, "amlpool.retries"))
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.ejections", keyEndpoint.String("flaky")))
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.ejections"))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.retry_budget.rejections"))
+	assertStatsAgree(t, o)
+	assert.Len(t, o.logLines(t, "amlpool: endpoint ejected"), 1, "a warn line for the ejection")
+}
+
+func TestMetricsOfAnExhaustedRetryBudget(t *testing.T) {
+	flaky := newFakeAML(t, always(500))
+	ok := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{flaky.endpoint("flaky", 1), ok.endpoint("ok", 1)}, WithRetryBudget(0, 0))
+	for range 3 {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.ErrorIs(t, err, ErrRetryBudgetExhausted)
+	}
+	rm := o.collect(t)
+	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.retry_budget.rejections"))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.retries"))
+	assertStatsAgree(t, o)
+	assert.Len(t, o.logLines(t, "amlpool: retry budget exhausted; failed calls return without retrying"), 1,
+		"one warn line per spell of exhaustion")
+}
+
+func TestMetricsAndSpansOfAHedge(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)})
+	// What the hedging code reports: a second attempt marked as a hedge.
+	h := outcome{ep: o.eps[0], attempt: 2, hedge: true, status: 200, kind: kindSuccess}
+	o.tel.startAttempt(t.Context(), &h)
+	o.tel.attemptDone(&h)
+	rm := o.collect(t)
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.hedges"))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.retries"), "a hedge is not a retry")
+	spans := o.spans.Ended()
+	require.Len(t, spans, 1)
+	assert.Contains(t, spans[0].Attributes(), keyHedge.Bool(true))
+	assert.Equal(t, true, o.logLines(t, "amlpool: attempt")[0]["hedge"])
+}
+
+func spanAttrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range s.Attributes() {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+func TestTracesOfAFailover(t *testing.T) {
+	busy := newFakeAML(t, always(503))
+	ok := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{busy.endpoint("busy", 1), ok.endpoint("ok", 1)})
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.NoError(t, err)
+
+	spans := o.spans.Ended()
+	require.Len(t, spans, 3, "two attempts, then the call")
+	first, second, call := spans[0], spans[1], spans[2]
+	assert.Equal(t, "amlpool.Do", call.Name())
+	assert.Equal(t, trace.SpanKindInternal, call.SpanKind())
+	assert.Equal(t, codes.Unset, call.Status().Code)
+	assert.Equal(t, attribute.IntValue(2), spanAttrs(call)[keyAttempts])
+	assert.Equal(t, attribute.StringValue("ok"), spanAttrs(call)[keyEndpoint])
+
+	for _, s := range []sdktrace.ReadOnlySpan{first, second} {
+		assert.Equal(t, "POST", s.Name())
+		assert.Equal(t, trace.SpanKindClient, s.SpanKind())
+		assert.Equal(t, call.SpanContext().SpanID(), s.Parent().SpanID(), "attempts are children of the call")
+		assert.Equal(t, attribute.StringValue("POST"), spanAttrs(s)[keyMethod])
+		assert.Equal(t, attribute.StringValue("127.0.0.1"), spanAttrs(s)[keyServerAddr])
+	}
+	a := spanAttrs(first)
+	assert.Equal(t, attribute.StringValue("busy"), a[keyEndpoint])
+	assert.Equal(t, attribute.IntValue(503), a[keyStatus])
+	assert.Equal(t, attribute.StringValue("503"), a[keyErrorType])
+	assert.Equal(t, attribute.StringValue("throttled"), a[keyOutcome])
+	assert.NotContains(t, a, keyResendCount)
+	assert.NotContains(t, a, keyRetryReason)
+	assert.Equal(t, codes.Error, first.Status().Code)
+	assert.Contains(t, first.Status().Description, "RequestThrottled")
+
+	a = spanAttrs(second)
+	assert.Equal(t, attribute.StringValue("ok"), a[keyEndpoint])
+	assert.Equal(t, attribute.IntValue(200), a[keyStatus])
+	assert.Equal(t, attribute.StringValue("success"), a[keyOutcome])
+	assert.Equal(t, attribute.IntValue(1), a[keyResendCount])
+	assert.Equal(t, attribute.StringValue("throttled"), a[keyRetryReason])
+	assert.NotContains(t, a, keyErrorType)
+	assert.Equal(t, codes.Unset, second.Status().Code)
+
+	assert.Empty(t, <-busy.parents, "no trace context sent unless asked")
+	assert.Empty(t, <-ok.parents)
+}
+
+func TestTraceOfAFailedScore(t *testing.T) {
+	srv := newFakeAML(t, always(400))
+	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)})
+	_, err := o.Score(t.Context(), &Request{Inputs: map[string]*Table{"input1": {ColumnNames: []string{"x"}, Values: [][]any{{"1"}}}}})
+	require.Error(t, err)
+	spans := o.spans.Ended()
+	require.Len(t, spans, 2)
+	assert.Equal(t, "amlpool.Score", spans[1].Name())
+	assert.Equal(t, codes.Error, spans[1].Status().Code)
+	assert.Equal(t, attribute.StringValue("client_error"), spanAttrs(spans[0])[keyOutcome])
+}
+
+func TestTracePropagationOnlyWhenAsked(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)}, WithTracePropagation(propagation.TraceContext{}))
+	_, err := o.Do(t.Context(), nil)
+	require.NoError(t, err)
+	attempt := o.spans.Ended()[0]
+	got := <-srv.parents
+	want := "00-" + attempt.SpanContext().TraceID().String() + "-" + attempt.SpanContext().SpanID().String() + "-01"
+	assert.Equal(t, want, got, "the attempt's span is the service's parent")
+}
+
+func TestLogsOneDebugLinePerAttempt(t *testing.T) {
+	busy := newFakeAML(t, always(503))
+	ok := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{busy.endpoint("busy", 1), ok.endpoint("ok", 1)})
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.NoError(t, err)
+
+	lines := o.logLines(t, "amlpool: attempt")
+	require.Len(t, lines, 2)
+	assert.Equal(t, "DEBUG", lines[0]["level"])
+	assert.Equal(t, "busy", lines[0]["endpoint"])
+	assert.EqualValues(t, 1, lines[0]["attempt"])
+	assert.Equal(t, "throttled", lines[0]["outcome"])
+	assert.EqualValues(t, 503, lines[0]["status"])
+	assert.Contains(t, lines[0]["error"], "RequestThrottled")
+	assert.Equal(t, "ok", lines[1]["endpoint"])
+	assert.EqualValues(t, 2, lines[1]["attempt"])
+	assert.Equal(t, "success", lines[1]["outcome"])
+	assert.Equal(t, "throttled", lines[1]["retry_reason"])
+	assert.NotContains(t, lines[1], "error")
+}
+
+func TestLogsNothingAboveDebug(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	var buf bytes.Buffer
+	c, err := New([]Endpoint{srv.endpoint("a", 1)}, WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(t.Context(), nil)
+	require.NoError(t, err)
+	assert.Empty(t, buf.String())
+}
+
+func TestTelemetryOffCostsNothing(t *testing.T) {
+	for name, opts := range map[string][]Option{
+		"no options":       nil,
+		"discard logger":   {WithLogger(slog.New(slog.DiscardHandler))},
+		"nil logger":       {WithLogger(nil)},
+		"nil providers":    {WithMeterProvider(nil), WithTracerProvider(nil)},
+		"propagation only": {WithTracePropagation(propagation.TraceContext{})},
+	} {
+		c, err := New([]Endpoint{good(nil)}, opts...)
+		require.NoError(t, err)
+		assert.Nil(t, c.tel, name)
+		for _, obs := range c.observers {
+			assert.NotEqual(t, "*amlpool.telemetry", fmt.Sprintf("%T", obs), name)
+		}
+		c.Close()
+	}
+	var tel *telemetry
+	tel.close() // Close calls it whether or not there is telemetry
+}
+
+func TestMetricsCountTransportErrorsAndCancels(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			conn, _, err := w.(http.Hijacker).Hijack() // drop the connection: no reply at all
+			require.NoError(t, err)
+			conn.Close()
+			return
+		}
+		arrived <- struct{}{}
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	o := newObserved(t, []Endpoint{{Name: "a", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}}, WithoutRetries)
+	_, err := o.Do(t.Context(), nil)
+	require.Error(t, err)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-arrived; cancel() }()
+	_, err = o.Do(ctx, nil)
+	require.ErrorIs(t, err, context.Canceled)
+
+	rm := o.collect(t)
+	ep := keyEndpoint.String("a")
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("transport_error")))
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")))
+	c, _ := histogram(t, rm, "http.client.request.duration", ep, keyErrorType.String("cancelled"))
+	assert.EqualValues(t, 1, c)
+	assertStatsAgree(t, o)
+}
