@@ -1,6 +1,9 @@
 // Command amlpool drives a pool of Azure ML Classic endpoints.
 //
 //	amlpool demo     run a saturating load through fake endpoints and show the shares
+//	amlpool score    score every row of a CSV or JSON Lines file through the pool
+//	amlpool plan     how many endpoints a target rate needs, by the capacity formula
+//	amlpool bench    drive load at the pool's endpoints and compare with the formula
 //
 // Run "amlpool <command> -h" for a command's flags.
 package main
@@ -19,6 +22,9 @@ type command struct {
 
 var commands = []command{
 	{"demo", "run a saturating load through in-process fake endpoints and show the shares", runDemo},
+	{"score", "score every row of a CSV or JSON Lines file through the pool's endpoints", runScore},
+	{"plan", "how many endpoints a target rate needs, by the capacity formula", runPlan},
+	{"bench", "drive load at the pool's endpoints (or fakes) and compare with the formula", runBench},
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/internal/rows"
+)
+
+const benchHelp = `Usage: amlpool bench (--config pool.json --in rows.csv | --fake N) [flags]
+
+Drives a closed-loop load at the pool's endpoints for --duration: --callers
+goroutines (default: the pool's total slots, so every slot stays busy and
+no call waits) each send the same request again and again. Then prints each
+endpoint's share of the calls, its throttles and errors, the call latency
+p50/p99, and the achieved rate beside the capacity formula's ceiling,
+sum(MCC) x 1000 / latency_ms.
+
+With --config the requests go to real endpoints and carry the first
+--chunk-rows rows of --in; the ceiling uses the measured mean latency. With
+--fake N, N fake endpoints run in this process (--mcc slots, --latency each)
+and the ceiling uses --latency.
+
+Examples:
+  amlpool bench --config pool.json --in rows.csv --duration 30s
+  amlpool bench --fake 4 --mcc 20 --latency 50ms --duration 10s --stats bench.json
+
+Flags:
+`
+
+type benchOptions struct {
+	config, in, stats string
+	fake, mcc         int
+	latency, duration time.Duration
+	callers, chunk    int
+}
+
+func runBench(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), benchHelp); fs.PrintDefaults() }
+	var o benchOptions
+	fs.StringVar(&o.config, "config", "", "pool config file (JSON)")
+	fs.StringVar(&o.in, "in", "", "rows to send with --config, CSV or JSON Lines")
+	fs.StringVar(&o.stats, "stats", "", "write the run's statistics here, as JSON, for amlpool plan --from-stats")
+	fs.IntVar(&o.fake, "fake", 0, "run N fake endpoints in this process instead of --config")
+	fs.IntVar(&o.mcc, "mcc", amlpool.DefaultMaxConcurrentCalls, "with --fake: Max Concurrent Calls of each endpoint")
+	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "with --fake: service time of each call")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to drive load")
+	fs.IntVar(&o.callers, "callers", 0, "concurrent callers (default: the pool's total slots)")
+	fs.IntVar(&o.chunk, "chunk-rows", 1, "with --config: rows per request, from the start of --in")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := bench(ctx, o, stdout); err != nil {
+		fmt.Fprintln(stderr, "amlpool bench:", err)
+		if errors.As(err, new(usageError)) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+func bench(ctx context.Context, o benchOptions, out io.Writer) error {
+	switch {
+	case (o.config == "") == (o.fake == 0):
+		return usageError{errors.New("give --config (with --in) or --fake N")}
+	case o.duration <= 0:
+		return usageError{fmt.Errorf("--duration %v: must be positive", o.duration)}
+	case o.fake < 0 || o.callers < 0 || o.chunk < 1:
+		return usageError{errors.New("--fake, --callers and --chunk-rows must be positive")}
+	}
+	var client *amlpool.Client
+	var body []byte
+	var err error
+	ceilingLatency := time.Duration(0) // 0: use the measured mean
+	if o.fake > 0 {
+		if o.latency <= 0 || o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls {
+			return usageError{fmt.Errorf("--fake needs --latency > 0 and --mcc 1 to %d", amlpool.MaxMaxConcurrentCalls)}
+		}
+		eps := make([]amlpool.Endpoint, o.fake)
+		for i := range eps {
+			s := amltest.NewServer(amltest.Config{Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency})
+			defer s.Close()
+			eps[i] = s.Endpoint()
+		}
+		if client, err = amlpool.New(eps); err != nil {
+			return err
+		}
+		body = []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
+		ceilingLatency = o.latency
+	} else {
+		if o.in == "" {
+			return usageError{errors.New("--config needs --in: rows the service accepts, to send")}
+		}
+		cfg, eps, err := loadConfig(o.config, os.Getenv)
+		if err != nil {
+			return usageError{err}
+		}
+		if body, err = benchBody(o.in, o.chunk, cfg); err != nil {
+			return usageError{err}
+		}
+		if client, err = newClient(o.config, cfg, eps); err != nil {
+			return usageError{err}
+		}
+	}
+	defer client.Close()
+	if o.callers == 0 {
+		o.callers = client.Capacity()
+	}
+	fmt.Fprintf(out, "amlpool bench: %d endpoints, %d slots, %d callers for %v\n", len(client.Stats().Endpoints), client.Capacity(), o.callers, o.duration)
+
+	r := drive(ctx, client, body, o.callers, o.duration)
+	sum := r.lat.summary()
+	if ceilingLatency == 0 {
+		ceilingLatency = time.Duration(sum.Mean * float64(time.Millisecond))
+	}
+	st := client.Stats()
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "endpoint\tMCC\tcalls\tshare\tslot share\tthrottles\terrors\t")
+	var calls int64
+	for _, e := range st.Endpoints {
+		calls += e.Calls
+	}
+	for _, e := range st.Endpoints {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%.1f%%\t%d\t%d\t\n", e.Name, e.MaxConcurrentCalls, e.Calls,
+			100*float64(e.Calls)/float64(max(calls, 1)), 100*float64(e.MaxConcurrentCalls)/float64(client.Capacity()), e.Throttles, e.Errors)
+	}
+	tw.Flush()
+	rate := float64(r.ok) / r.elapsed.Seconds()
+	var ceiling float64
+	if ceilingLatency > 0 {
+		ceiling = float64(client.Capacity()) * float64(time.Second) / float64(ceilingLatency)
+	}
+	fmt.Fprintf(out, "\nlatency per call: p50 %.1f ms, p99 %.1f ms, mean %.1f ms\n", sum.P50, sum.P99, sum.Mean)
+	fmt.Fprintf(out, "achieved: %.0f calls/s; ceiling %d x 1000 / %.4g ms = %.0f calls/s (%s); %.1f%% of it\n",
+		rate, client.Capacity(), float64(ceilingLatency)/float64(time.Millisecond), ceiling,
+		map[bool]string{true: "the fakes' latency", false: "the measured mean latency"}[o.fake > 0], 100*rate/max(ceiling, 1e-9))
+	fmt.Fprintf(out, "calls: %d ok, %d failed (endpoint errors also count the calls cut short when the run ended)\n", r.ok, r.failed)
+	if r.firstErr != nil {
+		fmt.Fprintln(out, "first error:", r.firstErr)
+	}
+	if o.stats != "" {
+		rs := newRunStats(client, amlpool.BatchStats{}, r.elapsed, o.chunk, r.lat)
+		if err := writeJSON(o.stats, rs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchBody builds one request from the first n rows of a file.
+func benchBody(path string, n int, cfg *poolConfig) ([]byte, error) {
+	r, f, err := openInput(path, rows.FormatOf(path))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	t := &amlpool.Table{ColumnNames: r.Columns()}
+	for len(t.Values) < n {
+		row, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		t.Values = append(t.Values, row)
+	}
+	if len(t.Values) == 0 {
+		return nil, fmt.Errorf("%s: no rows to send", path)
+	}
+	req := amlpool.Request{Inputs: map[string]*amlpool.Table{cmpOr(cfg.Input, "input1"): t}, GlobalParameters: cfg.GlobalParameters}
+	return req.MarshalJSON()
+}
+
+type driveResult struct {
+	ok, failed int64
+	elapsed    time.Duration
+	lat        *latencies
+	firstErr   error
+}
+
+// drive sends body from callers goroutines until d passes or ctx ends.
+func drive(ctx context.Context, c *amlpool.Client, body []byte, callers int, d time.Duration) driveResult {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var mu sync.Mutex // guards r
+	r := driveResult{lat: newLatencies(100_000)}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				_, err := c.Do(ctx, body)
+				el := time.Since(t0)
+				if err != nil && ctx.Err() != nil {
+					return // cut short by the end of the run, not failed
+				}
+				mu.Lock()
+				r.lat.add(el)
+				if err == nil {
+					r.ok++
+				} else {
+					r.failed++
+					if r.firstErr == nil {
+						r.firstErr = err
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.elapsed = time.Since(start)
+	return r
+}

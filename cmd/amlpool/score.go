@@ -1,0 +1,441 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/internal/rows"
+)
+
+const scoreHelp = `Usage: amlpool score --config pool.json --in rows.csv --out scored.csv [flags]
+
+Scores every row of a file through the pool's endpoints, using all their
+slots at once, and writes the input columns plus the service's output
+columns, in input order. Rows go in chunks (--chunk-rows, default 100; a
+chunk over the service's 4 MB limit is split).
+
+Files are CSV with a header line, or JSON Lines (one object per line) when
+the name ends in .jsonl or .ndjson (--format overrides this for the input).
+Rows that cannot be scored, because the input row is malformed or its
+chunk failed after retries, go to the reject file with their line, row
+number and the error; nothing is dropped. The exit status is 0 when every
+row was scored, 1 when some were rejected or the run failed, 2 for bad
+flags, config or input, 130 when interrupted.
+
+Ctrl-C stops cleanly: the output holds every row up to some point (in the
+output or the reject file) and nothing after it. The same command with
+--resume goes on from there without scoring a row twice; so does a run
+killed outright.
+
+Each run writes statistics (rows, rate, request latency, per-endpoint calls)
+as JSON to --stats, for "amlpool plan --from-stats".
+
+The config file (keys come from the environment variables it names):
+
+  {"endpoints": [
+     {"name": "east", "url": "https://ussouthcentral.services.azureml.net/workspaces/WS/services/ID/execute?api-version=2.0&details=true",
+      "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20}],
+   "input": "input1", "output": "output1",
+   "inputColumns": ["age", "income"], "outputColumns": ["Scored Labels", "Scored Probabilities"],
+   "globalParameters": {}, "chunkRows": 100}
+
+Only "endpoints" is required. "inputColumns", when given, is checked against
+the input's header before anything is sent; "outputColumns" keeps only those
+of the service's columns.
+
+Examples:
+  amlpool score --config pool.json --in rows.csv --out scored.csv
+  amlpool score --config pool.json --in rows.jsonl --out scored.jsonl --chunk-rows 500
+  amlpool score --config pool.json --in rows.csv --out scored.csv --resume
+
+Flags:
+`
+
+type scoreOptions struct {
+	config, in, out, rejects, stats, format string
+	chunkRows, parallelism                  int
+	resume                                  bool
+	progress                                string
+	every                                   time.Duration
+}
+
+func runScore(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("score", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), scoreHelp); fs.PrintDefaults() }
+	var o scoreOptions
+	fs.StringVar(&o.config, "config", "", "pool config file (JSON; required)")
+	fs.StringVar(&o.in, "in", "", "input rows, CSV or JSON Lines (required)")
+	fs.StringVar(&o.out, "out", "", "scored output; its format follows its extension (required)")
+	fs.StringVar(&o.rejects, "rejects", "", "reject file (default: the output's name with .rejects before the extension)")
+	fs.StringVar(&o.stats, "stats", "", "run statistics, JSON (default: the output's name with .stats.json for the extension)")
+	fs.StringVar(&o.format, "format", "", "input format, csv or jsonl (default: from the input's extension)")
+	fs.IntVar(&o.chunkRows, "chunk-rows", 0, "rows per request (default: the config's chunkRows, else 100)")
+	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most (default: the pool's total slots)")
+	fs.BoolVar(&o.resume, "resume", false, "continue the output and reject files of an interrupted run")
+	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
+	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var missing []string
+	for _, f := range []struct{ name, v string }{{"--config", o.config}, {"--in", o.in}, {"--out", o.out}} {
+		if f.v == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "amlpool score: need %s (see amlpool score --help)\n", strings.Join(missing, ", "))
+		return 2
+	}
+	if !slices.Contains([]string{"auto", "bar", "lines", "none"}, o.progress) {
+		fmt.Fprintf(stderr, "amlpool score: --progress %q: want auto, bar, lines or none\n", o.progress)
+		return 2
+	}
+	ext := filepath.Ext(o.out)
+	if o.rejects == "" {
+		o.rejects = strings.TrimSuffix(o.out, ext) + ".rejects" + ext
+	}
+	if o.stats == "" {
+		o.stats = strings.TrimSuffix(o.out, ext) + ".stats.json"
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return score(ctx, o, stderr)
+}
+
+// usageError marks errors found before anything is sent: exit status 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func score(ctx context.Context, o scoreOptions, stderr io.Writer) int {
+	s, err := prepare(o)
+	if err != nil {
+		fmt.Fprintln(stderr, "amlpool score:", err)
+		if errors.As(err, new(usageError)) {
+			return 2
+		}
+		return 1
+	}
+	defer s.closeFiles()
+	return s.run(ctx, o, stderr)
+}
+
+// scoreRun is a prepared run: files open, input positioned after what an
+// earlier run settled.
+type scoreRun struct {
+	cfg      *poolConfig
+	client   *amlpool.Client
+	in       *os.File
+	src      *countingSource
+	w        *writer
+	total    int // rows in the input, -1 if unknown
+	base     int // rows settled by earlier runs
+	filesErr error
+}
+
+func prepare(o scoreOptions) (*scoreRun, error) {
+	cfg, eps, err := loadConfig(o.config, os.Getenv)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	inFormat := rows.FormatOf(o.in)
+	if o.format != "" {
+		if inFormat, err = rows.ParseFormat(o.format); err != nil {
+			return nil, usageError{fmt.Errorf("--format: %w", err)}
+		}
+	}
+	outFormat := rows.FormatOf(o.out)
+	r, in, err := openInput(o.in, inFormat)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	s := &scoreRun{cfg: cfg, in: in, total: -1}
+	fail := func(err error) (*scoreRun, error) { s.closeFiles(); return nil, err }
+	if cfg.InputColumns != nil {
+		if err := matchColumns(r.Columns(), cfg.InputColumns); err != nil {
+			return fail(usageError{fmt.Errorf("%s: line 1: the header does not match the service's input columns (%s \"inputColumns\"): %v", o.in, o.config, err)})
+		}
+	}
+	if s.total, err = countRows(o.in, inFormat); err != nil {
+		return fail(err)
+	}
+	w := &writer{inCols: r.Columns(), port: cmpOr(cfg.Output, "output1"), keep: cfg.OutputColumns, lines: &lineLog{}}
+	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
+		return fail(usageError{err})
+	}
+	s.w = w
+	if w.rej, err = openOut(o.rejects, outFormat, o.resume); err != nil {
+		return fail(usageError{err})
+	}
+	s.base = w.out.rows + w.rej.rows
+	w.base = s.base
+	for i := range s.base {
+		if _, err := r.Next(); err == io.EOF {
+			return fail(usageError{fmt.Errorf("cannot resume: %s and %s hold %d rows, but %s has only %d: not the same input?", o.out, o.rejects, s.base, o.in, i)})
+		} else if err != nil && !errors.As(err, new(*amlpool.RowError)) {
+			return fail(fmt.Errorf("%s: %w", o.in, err))
+		}
+	}
+	s.src = &countingSource{r: r, lines: w.lines}
+	if s.client, err = newClient(o.config, cfg, eps); err != nil {
+		return fail(usageError{err})
+	}
+	return s, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func openInput(path string, f rows.Format) (rows.Reader, *os.File, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := rows.NewReader(f, in)
+	if err != nil {
+		in.Close()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, in, nil
+}
+
+// countRows reads the input once to know its length, for the progress bar
+// and ETA. Malformed rows count: they go to the reject file.
+func countRows(path string, f rows.Format) (int, error) {
+	r, in, err := openInput(path, f)
+	if err != nil {
+		return -1, err
+	}
+	defer in.Close()
+	n := 0
+	for {
+		_, err := r.Next()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil && !errors.As(err, new(*amlpool.RowError)) {
+			return -1, fmt.Errorf("%s: %w", path, err)
+		}
+		n++
+	}
+}
+
+// matchColumns checks a header against the service's input columns, in any
+// order, and says what is missing and what is extra.
+func matchColumns(header, want []string) error {
+	var missing, extra []string
+	for _, c := range want {
+		if !slices.Contains(header, c) {
+			missing = append(missing, c)
+		}
+	}
+	for _, c := range header {
+		if !slices.Contains(want, c) {
+			extra = append(extra, c)
+		}
+	}
+	var parts []string
+	if missing != nil {
+		parts = append(parts, fmt.Sprintf("missing %q", missing))
+	}
+	if extra != nil {
+		parts = append(parts, fmt.Sprintf("not in the service's input %q", extra))
+	}
+	if parts == nil {
+		return nil
+	}
+	return errors.New(strings.Join(parts, "; "))
+}
+
+func (s *scoreRun) closeFiles() {
+	if s.client != nil {
+		s.client.Close()
+		s.client = nil
+	}
+	if s.in != nil {
+		s.in.Close()
+		s.in = nil
+	}
+	if s.w != nil {
+		for _, f := range []*outFile{s.w.out, s.w.rej} {
+			if f != nil {
+				s.filesErr = errors.Join(s.filesErr, f.close())
+			}
+		}
+		s.w = nil
+	}
+}
+
+func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) int {
+	todo := -1
+	if s.total >= 0 {
+		todo = s.total - s.base
+	}
+	p := newProgress(stderr, o.progress, o.every, s.base, s.total)
+	lat := newLatencies(100_000)
+	w := s.w
+	sink := func(ch *amlpool.Chunk) error {
+		if ch.Endpoint != "" {
+			lat.add(ch.Elapsed)
+		}
+		return w.sink(ch)
+	}
+	start := time.Now()
+	st, err := s.client.ScoreRows(ctx, s.src, sink, &amlpool.BatchOptions{
+		Input:            s.cfg.Input,
+		Output:           s.cfg.Output,
+		GlobalParameters: s.cfg.GlobalParameters,
+		ChunkRows:        cmpInt(o.chunkRows, s.cfg.ChunkRows),
+		Parallelism:      o.parallelism,
+		TotalRows:        todo,
+		Progress:         p.update,
+	})
+	elapsed := time.Since(start)
+	p.finish()
+	outPath, rejPath, scored, rejected := w.out.path, w.rej.path, w.out.rows, w.rej.rows
+	firstFail := w.first
+	rs := newRunStats(s.client, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
+	rs.Resumed, rs.Interrupted = s.base, ctx.Err() != nil
+	s.closeFiles()
+	if err == nil {
+		err = s.filesErr
+	}
+	if serr := writeJSON(o.stats, rs); serr != nil {
+		fmt.Fprintln(stderr, "amlpool score: writing statistics:", serr)
+	}
+
+	settled := s.base + st.Rows
+	of := ""
+	if s.total >= 0 {
+		of = fmt.Sprintf(" of %d", s.total)
+	}
+	where := fmt.Sprintf("%d scored in %s, %d rejected", scored, outPath, rejected)
+	if rejected > 0 {
+		where += " in " + rejPath
+	}
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintf(stderr, "amlpool score: interrupted after %d%s rows (%s); run the same command with --resume to go on\n", settled, of, where)
+		return 130
+	case err != nil:
+		fmt.Fprintf(stderr, "amlpool score: %v\namlpool score: stopped after %d%s rows (%s); fix the cause and run the same command with --resume to go on\n", err, settled, of, where)
+		return 1
+	}
+	fmt.Fprintf(stderr, "amlpool score: %d rows in %v (%.0f rows/s): %s\n", settled, elapsed.Round(time.Millisecond), rs.RowsPerSecond, where)
+	if firstFail != nil {
+		fmt.Fprintf(stderr, "amlpool score: first failure: %v\n", firstFail)
+		return 1
+	}
+	return 0
+}
+
+func cmpInt(a, b int) int {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// runStats is what a score or bench run writes to its --stats file, and
+// what "amlpool plan --from-stats" reads (latencyMs.mean).
+type runStats struct {
+	Rows          int             `json:"rows"`    // rows settled by this run
+	Scored        int             `json:"scored"`  // of which scored
+	Failed        int             `json:"failed"`  // of which rejected
+	Resumed       int             `json:"resumed"` // rows settled by earlier runs
+	Interrupted   bool            `json:"interrupted"`
+	Seconds       float64         `json:"seconds"`
+	RowsPerSecond float64         `json:"rowsPerSecond"`
+	ChunkRows     int             `json:"chunkRows"`
+	Requests      int             `json:"requests"`  // requests that got an answer (chunks sent)
+	LatencyMs     latencySummary  `json:"latencyMs"` // per request: slot wait, retries and service time
+	Endpoints     []endpointStats `json:"endpoints"`
+}
+
+type endpointStats struct {
+	Name               string `json:"name"`
+	MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
+	Calls              int64  `json:"calls"`
+	Errors             int64  `json:"errors"`
+	Throttles          int64  `json:"throttles"`
+}
+
+func newRunStats(c *amlpool.Client, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
+	rs := runStats{Rows: st.Rows, Scored: st.Scored, Failed: st.Failed, Seconds: elapsed.Seconds(),
+		RowsPerSecond: float64(st.Rows) / max(elapsed.Seconds(), 1e-9), ChunkRows: chunkRows,
+		Requests: lat.n, LatencyMs: lat.summary()}
+	for _, e := range c.Stats().Endpoints {
+		rs.Endpoints = append(rs.Endpoints, endpointStats{e.Name, e.MaxConcurrentCalls, e.Calls, e.Errors, e.Throttles})
+	}
+	return rs
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// latencies keeps a uniform sample of at most max durations (reservoir
+// sampling), so a run of any length summarizes in bounded memory.
+type latencies struct {
+	max, n int
+	sum    time.Duration
+	sample []time.Duration
+	rnd    *rand.Rand
+}
+
+func newLatencies(max int) *latencies {
+	return &latencies{max: max, rnd: rand.New(rand.NewPCG(1, 2))}
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.n++
+	l.sum += d
+	if len(l.sample) < l.max {
+		l.sample = append(l.sample, d)
+	} else if i := l.rnd.IntN(l.n); i < l.max {
+		l.sample[i] = d
+	}
+}
+
+type latencySummary struct {
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+}
+
+func (l *latencies) summary() latencySummary {
+	if l.n == 0 {
+		return latencySummary{}
+	}
+	s := slices.Clone(l.sample)
+	slices.Sort(s)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	q := func(p float64) float64 { return ms(s[min(int(p*float64(len(s))), len(s)-1)]) }
+	return latencySummary{Mean: ms(l.sum) / float64(l.n), P50: q(0.50), P99: q(0.99)}
+}

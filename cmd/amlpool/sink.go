@@ -1,0 +1,300 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/internal/rows"
+)
+
+// outFile is the scored output or the reject file of a run, opened for
+// appending after whatever complete records an earlier run left.
+type outFile struct {
+	path   string
+	format rows.Format
+	f      *os.File
+	w      rows.Writer
+	head   []string // the header on disk (CSV) or expected (JSONL); nil until written
+	rows   int      // complete records after the header
+}
+
+// openOut opens path for a run. Without resume the file must not hold
+// records already (so that a run never clobbers another's work). With
+// resume, a record cut short by a kill is cut off, and the complete ones
+// are counted.
+func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	o := &outFile{path: path, format: format, f: f}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.Size() > 0 && !resume {
+		f.Close()
+		return nil, fmt.Errorf("%s already exists and is not empty: add --resume to continue it, or remove it", path)
+	}
+	head, n, end, err := rows.Scan(format, f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: cannot resume: %w", path, err)
+	}
+	if err := f.Truncate(end); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := f.Seek(end, 0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	o.head, o.rows = head, n
+	if format == rows.JSONL && n > 0 {
+		o.head = []string{} // JSONL has no header line; the first record stands for it
+	}
+	return o, nil
+}
+
+// start makes the writer for records with cols, writing the header line if
+// the file has none yet. A resumed file must have been written with the
+// same columns.
+func (o *outFile) start(cols []string) error {
+	if o.w != nil {
+		return nil
+	}
+	if o.head != nil && o.format == rows.CSV && !slices.Equal(o.head, cols) {
+		return fmt.Errorf("%s: cannot resume: its header %q differs from this run's %q", o.path, o.head, cols)
+	}
+	w, err := rows.NewWriter(o.format, o.f, cols, o.head == nil)
+	if err != nil {
+		return err
+	}
+	o.w, o.head = w, cols
+	return nil
+}
+
+func (o *outFile) flush() error {
+	if o.w == nil {
+		return nil
+	}
+	return o.w.Flush()
+}
+
+// close flushes and closes the file, removing it when it stayed empty (a
+// run without rejects leaves no reject file).
+func (o *outFile) close() error {
+	err := o.flush()
+	st, serr := o.f.Stat()
+	err = errors.Join(err, o.f.Close())
+	if serr == nil && st.Size() == 0 {
+		os.Remove(o.path)
+	}
+	return err
+}
+
+// writer is the sink of a score run: scored rows to out, failed rows to
+// rejects, in input order. Whenever it switches from one file to the other
+// it flushes the one it leaves, so that whatever a kill leaves on disk is
+// an input prefix: every row up to some point is in one file or the other,
+// and no later row is in either. A resumed run counts both files' records
+// and skips that many input rows.
+type writer struct {
+	out, rej *outFile
+	inCols   []string
+	port     string   // output port, for naming clashing columns
+	keep     []string // service columns to keep; nil keeps all
+	lines    *lineLog
+	base     int // rows an earlier run settled: row numbers count them too
+
+	outCols []string // output columns, set by the first scored chunk
+	pick    []int    // index in the reply of each kept column
+	width   int      // columns of the first reply
+	last    *outFile // the file written last
+	first   error    // the first failure, for the summary
+}
+
+// switchTo flushes the file written last when the next record goes to the
+// other one.
+func (w *writer) switchTo(o *outFile) error {
+	if w.last != nil && w.last != o {
+		if err := w.last.flush(); err != nil {
+			return err
+		}
+	}
+	w.last = o
+	return nil
+}
+
+func (w *writer) sink(ch *amlpool.Chunk) error {
+	if ch.Err == nil {
+		if err := w.columns(ch.Output); err != nil {
+			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, Start: ch.Start, End: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
+		}
+	}
+	if ch.Err != nil {
+		return w.reject(ch)
+	}
+	if err := w.switchTo(w.out); err != nil {
+		return err
+	}
+	if err := w.out.start(append(slices.Clip(w.inCols), w.outCols...)); err != nil {
+		return err
+	}
+	rec := make([]any, 0, len(w.inCols)+len(w.pick))
+	for i, in := range ch.Input {
+		rec = append(rec[:0], in...)
+		for _, j := range w.pick {
+			rec = append(rec, ch.Output.Values[i][j])
+		}
+		if err := w.out.w.Write(rec); err != nil {
+			return err
+		}
+	}
+	w.out.rows += len(ch.Input)
+	w.lines.forget(ch.Start + len(ch.Input))
+	return nil
+}
+
+// columns works out the output columns from the first reply and checks
+// later replies against them.
+func (w *writer) columns(t *amlpool.Table) error {
+	width := len(t.ColumnNames)
+	if t.ColumnNames == nil && len(t.Values) > 0 {
+		width = len(t.Values[0])
+	}
+	if w.outCols == nil {
+		names := t.ColumnNames
+		if names == nil { // a reply without details=true names no columns
+			for i := range width {
+				names = append(names, w.port+"."+strconv.Itoa(i+1))
+			}
+		}
+		if w.keep != nil {
+			for _, k := range w.keep {
+				j := slices.Index(names, k)
+				if j < 0 {
+					return fmt.Errorf("the reply has no column %q (config outputColumns); it has %q", k, names)
+				}
+				w.pick = append(w.pick, j)
+			}
+		} else {
+			for j := range names {
+				w.pick = append(w.pick, j)
+			}
+		}
+		for _, j := range w.pick {
+			name := names[j]
+			if slices.Contains(w.inCols, name) {
+				name = w.port + "." + name // the service echoes an input column
+			}
+			w.outCols = append(w.outCols, name)
+		}
+		w.width = width
+	}
+	if width != w.width {
+		return fmt.Errorf("the reply has %d columns, earlier replies had %d", width, w.width)
+	}
+	return nil
+}
+
+// reject writes the rows of a failed chunk with their input line and row
+// number and the error.
+func (w *writer) reject(ch *amlpool.Chunk) error {
+	if w.first == nil {
+		w.first = ch.Err
+	}
+	if err := w.switchTo(w.rej); err != nil {
+		return err
+	}
+	if err := w.rej.start(append([]string{"line", "row", "error"}, w.inCols...)); err != nil {
+		return err
+	}
+	var rowErr *amlpool.RowError
+	isRowErr := errors.As(ch.Err, &rowErr)
+	msg := ch.Err.Error()
+	for i, in := range ch.Input {
+		idx := ch.Start + i
+		line := w.lines.line(idx)
+		if isRowErr {
+			line, msg = rowErr.Line, rowErr.Err.Error()
+		}
+		rec := append([]any{line, w.base + idx + 1, msg}, in...)
+		if w.rej.format == rows.JSONL && len(in) != len(w.inCols) {
+			rec = append(rec[:3], make([]any, len(w.inCols))...) // JSONL keys need a full row
+		}
+		if err := w.rej.w.Write(rec); err != nil {
+			return err
+		}
+	}
+	w.rej.rows += len(ch.Input)
+	if err := w.rej.flush(); err != nil { // rejects are rare: flush at once
+		return err
+	}
+	w.lines.forget(ch.Start + len(ch.Input))
+	return nil
+}
+
+// lineLog remembers the input line of each row between reading it and
+// writing it, for the reject file. Rows are noted and forgotten in order, so
+// it is a queue; it holds at most the batch's read-ahead.
+type lineLog struct {
+	mu    sync.Mutex // guards first and lines
+	first int        // index of the row of lines[0]
+	lines []int
+}
+
+func (l *lineLog) note(idx, line int) {
+	l.mu.Lock()
+	if len(l.lines) == 0 {
+		l.first = idx
+	}
+	l.lines = append(l.lines, line)
+	l.mu.Unlock()
+}
+
+func (l *lineLog) line(idx int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i := idx - l.first; i >= 0 && i < len(l.lines) {
+		return l.lines[i]
+	}
+	return 0
+}
+
+// forget drops the lines of rows before end.
+func (l *lineLog) forget(end int) {
+	l.mu.Lock()
+	n := min(max(end-l.first, 0), len(l.lines))
+	l.lines, l.first = l.lines[n:], l.first+n
+	if cap(l.lines) > 4096 && len(l.lines) < cap(l.lines)/4 {
+		l.lines = slices.Clone(l.lines) // let the dropped front go
+	}
+	l.mu.Unlock()
+}
+
+// countingSource is the input reader, skipping rows a resumed run already
+// settled and noting each row's line.
+type countingSource struct {
+	r     rows.Reader
+	next  int // index of the next row, as ScoreRows counts
+	lines *lineLog
+}
+
+func (s *countingSource) Columns() []string { return s.r.Columns() }
+
+func (s *countingSource) Next() ([]any, error) {
+	row, err := s.r.Next()
+	var re *amlpool.RowError
+	if err == nil || errors.As(err, &re) {
+		s.lines.note(s.next, s.r.Line())
+		s.next++
+	}
+	return row, err
+}
