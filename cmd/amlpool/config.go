@@ -128,7 +128,7 @@ func jsonError(data []byte, err error) error {
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		off = se.Offset
+		off = se.Offset - 1 // the offending byte is the last one read
 	case errors.As(err, &te):
 		off = te.Offset
 		err = fmt.Errorf("%q: want %v, not a JSON %s", te.Field, te.Type, te.Value)

@@ -1,0 +1,416 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// End-to-end tests of the built command against amltest servers.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	binDir    string
+	buildErr  error
+)
+
+// binary builds the command once per test run.
+func binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "amlpool-e2e")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "amlpool")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, buildErr)
+	return binPath
+}
+
+// fakePool starts n amltest servers and writes a config file naming them,
+// with their keys in environment variables for the command.
+type fakePool struct {
+	servers []*amltest.Server
+	config  string
+	env     []string
+}
+
+func newFakePool(t testing.TB, dir string, cfgs []amltest.Config, extra string) *fakePool {
+	p := &fakePool{config: filepath.Join(dir, "pool.json")}
+	var eps []string
+	for i, c := range cfgs {
+		if c.Name == "" {
+			c.Name = "ep" + strconv.Itoa(i+1)
+		}
+		s := amltest.NewServer(c)
+		t.Cleanup(s.Close)
+		p.servers = append(p.servers, s)
+		e := s.Endpoint()
+		env := "AMLPOOL_TEST_KEY_" + strconv.Itoa(i+1)
+		p.env = append(p.env, env+"="+e.APIKey)
+		eps = append(eps, fmt.Sprintf(`{"name":%q,"url":%q,"apiKeyEnv":%q,"maxConcurrentCalls":%d}`, e.Name, e.URL, env, e.MaxConcurrentCalls))
+	}
+	cfg := `{"endpoints":[` + strings.Join(eps, ",") + `]` + extra + `}`
+	require.NoError(t, os.WriteFile(p.config, []byte(cfg), 0o644))
+	return p
+}
+
+// command returns the command for args, with the pool's keys in its
+// environment.
+func (p *fakePool) command(t testing.TB, args ...string) *exec.Cmd {
+	cmd := exec.Command(binary(t), args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	return cmd
+}
+
+// runCmd runs a command and returns its exit status and stderr.
+func runCmd(t testing.TB, cmd *exec.Cmd) (int, string) {
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), stderr.String()
+	}
+	require.NoError(t, err)
+	return 0, stderr.String()
+}
+
+// writeIDs writes a CSV of n rows: id (0..n-1) and a name.
+func writeIDs(t testing.TB, path string, n int) {
+	var b strings.Builder
+	b.WriteString("id,name\n")
+	for i := range n {
+		fmt.Fprintf(&b, "%d,name %d\n", i, i)
+	}
+	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o644))
+}
+
+func readCSV(t testing.TB, path string) [][]string {
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	recs, err := r.ReadAll()
+	require.NoError(t, err)
+	return recs
+}
+
+// checkOnce checks that out (scored, id in column 0) and rej (rejects, id
+// in column 3) together hold ids 0..n-1 exactly once, out in order.
+func checkOnce(t *testing.T, out, rej [][]string, n int) (scored, rejected int) {
+	t.Helper()
+	seen := make([]int, n)
+	last := -1
+	for _, rec := range out[1:] {
+		id, err := strconv.Atoi(rec[0])
+		require.NoError(t, err)
+		require.Greater(t, id, last, "output in input order")
+		last = id
+		seen[id]++
+	}
+	if len(rej) > 0 {
+		require.Equal(t, []string{"line", "row", "error", "id", "name"}, rej[0])
+		for _, rec := range rej[1:] {
+			id, err := strconv.Atoi(rec[3])
+			require.NoError(t, err)
+			assert.Equal(t, strconv.Itoa(id+2), rec[0], "line of id %d", id)
+			assert.Equal(t, strconv.Itoa(id+1), rec[1], "row number of id %d", id)
+			seen[id]++
+		}
+	}
+	for id, k := range seen {
+		require.Equal(t, 1, k, "id %d appears %d times in output plus rejects", id, k)
+	}
+	return len(out) - 1, max(len(rej)-1, 0)
+}
+
+func TestScore100kRowsInOrder(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 50}, {MaxConcurrentCalls: 50}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 100_000
+	writeIDs(t, in, n)
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stderr, "amlpool score: 100000 rows in")
+
+	recs := readCSV(t, out)
+	require.Len(t, recs, n+1)
+	assert.Equal(t, []string{"id", "name", "output1.id", "output1.name", amltest.ScoredProbabilities}, recs[0])
+	for i, rec := range recs[1:] {
+		require.Equal(t, []string{strconv.Itoa(i), "name " + strconv.Itoa(i)}, rec[:2], "row %d", i)
+		require.Equal(t, rec[:2], rec[2:4], "row %d: the service's echo is the same row", i)
+	}
+	assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"), "no rejects, no reject file")
+	st, err := readStats(filepath.Join(dir, "scored.stats.json"))
+	require.NoError(t, err)
+	assert.Equal(t, n, st.Scored)
+	assert.Equal(t, 1000, st.Requests)
+	for _, s := range p.servers {
+		assert.LessOrEqual(t, s.Stats().PeakInFlight, int64(50))
+	}
+}
+
+// failEvery50th makes an endpoint answer every 50th call it admits with a
+// permanent 400, which is not retried: the chunk goes to the reject file.
+func failEvery50th(n int64) amltest.Fault {
+	if n%50 == 0 {
+		return amltest.Fault{Status: 400, Code: "BadUserArgument", Detail: "InputParseError"}
+	}
+	return amltest.Fault{}
+}
+
+func TestScoreFailingEndpointLosesNoRow(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 20, Fault: failEvery50th}, {MaxConcurrentCalls: 20}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 50_000
+	writeIDs(t, in, n)
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	assert.Equal(t, 1, code, "rows failed: exit status 1")
+	assert.Contains(t, stderr, "rejected in "+filepath.Join(dir, "scored.rejects.csv"))
+	assert.Contains(t, stderr, "first failure: amlpool: chunk ")
+	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+	scored, rejected := checkOnce(t, readCSV(t, out), rej, n)
+	assert.Equal(t, n, scored+rejected)
+	failedCalls := int(p.servers[0].Stats().Faults)
+	assert.Equal(t, failedCalls*100, rejected, "each failed call rejects its chunk of 100 rows, no more")
+	assert.Positive(t, failedCalls)
+	assert.Contains(t, rej[1][2], "HTTP 400 BadUserArgument/InputParseError")
+}
+
+// reference scores rows into a fresh file and returns its content.
+func reference(t *testing.T, p *fakePool, in, dir string, args ...string) []byte {
+	out := filepath.Join(dir, "reference.csv")
+	code, stderr := runCmd(t, p.command(t, append([]string{"score", "--config", p.config, "--in", in, "--out", out}, args...)...))
+	require.Equal(t, 0, code, stderr)
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	return b
+}
+
+// startUntil starts cmd and returns once the pool's servers have scored
+// calls requests, without sleeping: WaitFor wakes on the servers' counters.
+func startUntil(t *testing.T, p *fakePool, cmd *exec.Cmd, calls int64) {
+	require.NoError(t, cmd.Start())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base := p.servers[0].Stats().Scored
+	_, err := p.servers[0].WaitFor(ctx, func(s amltest.Stats) bool { return s.Scored-base >= calls })
+	require.NoError(t, err)
+}
+
+func TestScoreResumeAfterKill(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Latency: time.Millisecond}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 20_000
+	writeIDs(t, in, n)
+	want := reference(t, p, in, dir, "--chunk-rows", "5")
+
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5"}
+	cmd := p.command(t, args...)
+	startUntil(t, p, cmd, 1000)
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	cut, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Less(t, len(cut), len(want), "killed mid-run")
+
+	code, stderr := runCmd(t, p.command(t, append(args, "--resume")...))
+	require.Equal(t, 0, code, stderr)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(want, got), "the resumed output is the uninterrupted one (got %d bytes, want %d)", len(got), len(want))
+}
+
+func TestScoreInterruptThenResumeWithRejects(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Latency: time.Millisecond, Fault: failEvery50th}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 20_000
+	writeIDs(t, in, n)
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5"}
+
+	cmd := p.command(t, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	startUntil(t, p, cmd, 1000)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	err := cmd.Wait()
+	ee, ok := err.(*exec.ExitError)
+	require.True(t, ok, "interrupted: non-zero exit, got %v", err)
+	assert.Equal(t, 130, ee.ExitCode())
+	assert.Regexp(t, `interrupted after \d+ of 20000 rows \(\d+ scored in .*scored.csv, \d+ rejected in .*; run the same command with --resume`, stderr.String())
+
+	code, errText := runCmd(t, p.command(t, append(args, "--resume")...))
+	assert.Equal(t, 1, code, errText)
+	scored, rejected := checkOnce(t, readCSV(t, out), readCSV(t, filepath.Join(dir, "scored.rejects.csv")), n)
+	assert.Equal(t, n, scored+rejected)
+	assert.Positive(t, rejected)
+
+	code, errText = runCmd(t, p.command(t, args...))
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errText, "already exists and is not empty: add --resume")
+}
+
+func TestScoreJSONLines(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 8}}, `,"outputColumns":["Scored Probabilities"]`)
+	in, out := filepath.Join(dir, "rows.jsonl"), filepath.Join(dir, "scored.jsonl")
+	require.NoError(t, os.WriteFile(in, []byte(`{"id":1,"name":"a"}`+"\n"+`{"name":"b","id":2}`+"\n"+`{"id":3}`+"\n"), 0o644))
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	assert.Equal(t, 1, code, stderr)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	require.Len(t, lines, 2)
+	assert.Regexp(t, `^\{"id":1,"name":"a","Scored Probabilities":"0\.\d+"\}$`, lines[0])
+	assert.Regexp(t, `^\{"id":2,"name":"b","Scored Probabilities":"0\.\d+"\}$`, lines[1])
+	rej, err := os.ReadFile(filepath.Join(dir, "scored.rejects.jsonl"))
+	require.NoError(t, err)
+	assert.Equal(t, `{"line":3,"row":3,"error":"no key \"name\" (every row needs every column)","id":null,"name":null}`+"\n", string(rej))
+}
+
+func TestScoreBadInput(t *testing.T) {
+	// The service rejects a header it does not know; and one endpoint
+	// replies with a row too few for chunks starting at row 1.
+	strict := func(req *amlpool.Request) (*amlpool.Response, error) {
+		if req.Inputs["input1"].Column("id") < 0 {
+			return nil, fmt.Errorf("column id is missing")
+		}
+		resp, err := amltest.Echo(req)
+		if err == nil && req.Inputs["input1"].Values[0][0] == "short" {
+			v := &resp.Results["output1"].Value
+			v.Values = v.Values[1:]
+		}
+		return resp, err
+	}
+	tests := []struct {
+		name   string
+		input  string
+		extra  string
+		code   int
+		stderr string
+		rejErr []string // the error column of each reject
+	}{
+		{"ragged rows", "id,name\n1,a\n2\n3,c,x\n4,d\n", "", 1, "2 scored",
+			[]string{"1 fields, but the header has 2", "3 fields, but the header has 2"}},
+		{"bad quoting", "id,name\n1,a\n2,b\"b\n3,c\n", "", 1, "2 scored", []string{`bare " in non-quoted-field`}},
+		{"invalid utf-8", "id,name\n1,\xff\n2,b\n", "", 1, "1 scored", []string{"field 2 (name) is not valid UTF-8; the file must be UTF-8"}},
+		{"empty file", "", "", 2, "rows.csv: empty file: want a header line of column names", nil},
+		{"header unlike the config's columns", "ident,name\n1,a\n", `,"inputColumns":["id","name"]`, 2,
+			`rows.csv: line 1: the header does not match the service's input columns (` + "POOL" + ` "inputColumns"): missing ["id"]; not in the service's input ["ident"]`, nil},
+		{"header the service rejects", "ident,name\n1,a\n2,b\n", "", 1, "0 scored",
+			[]string{"chunk 1 (rows 1-2): amlpool: endpoint ep1: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: column id is missing"}},
+		{"reply with a row too few", "id,name\nshort,a\n2,b\n", "", 1, "0 scored",
+			[]string{"chunk 1 (rows 1-2): the reply has 1 output rows for 2 input rows"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Score: strict}}, tt.extra)
+			in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+			require.NoError(t, os.WriteFile(in, []byte(tt.input), 0o644))
+			code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+			assert.Equal(t, tt.code, code, stderr)
+			assert.Contains(t, stderr, strings.ReplaceAll(tt.stderr, "POOL", p.config))
+			if tt.rejErr == nil {
+				assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
+				return
+			}
+			rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+			var errs []string
+			for _, rec := range rej[1:] {
+				errs = append(errs, rec[2])
+			}
+			errs = compact(errs)
+			for i := range errs {
+				if i < len(tt.rejErr) {
+					assert.Contains(t, errs[i], tt.rejErr[i])
+				}
+			}
+			assert.Len(t, errs, len(tt.rejErr), "distinct reject errors: %q", errs)
+			recs := 0
+			if _, err := os.Stat(out); err == nil {
+				recs = len(readCSV(t, out)) - 1
+			}
+			lines := strings.Count(tt.input, "\n") - 1
+			assert.Equal(t, lines, recs+len(rej)-1, "every input row once, in the output or the rejects")
+		})
+	}
+}
+
+// compact drops consecutive repeats.
+func compact(s []string) []string {
+	var out []string
+	for _, v := range s {
+		if len(out) == 0 || out[len(out)-1] != v {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func TestScoreConfigErrors(t *testing.T) {
+	tests := []struct {
+		name, cfg, want string
+	}{
+		{"key variable unset", `{"endpoints":[{"name":"east","url":"https://x/services/a/execute","apiKeyEnv":"AMLPOOL_TEST_UNSET"}]}`,
+			`endpoints[0] (east): "apiKeyEnv": environment variable AMLPOOL_TEST_UNSET is not set or empty`},
+		{"key in the file", `{"endpoints":[{"name":"east","url":"https://x","apiKey":"secret"}]}`,
+			`endpoints[0] (east): "apiKey": keys do not go in the file`},
+		{"bad url", `{"endpoints":[{"name":"west","url":"ftp://x","apiKeyEnv":"AMLPOOL_TEST_KEY"}]}`,
+			`endpoints[0] (west): "url": "ftp://x": scheme "ftp" is not http or https`},
+		{"bad mcc", `{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"AMLPOOL_TEST_KEY","maxConcurrentCalls":500}]}`,
+			`endpoints[0]: "maxConcurrentCalls": 500 is out of range`},
+		{"unknown field", `{"endpoints":[],"chunks":5}`, `unknown field "chunks"`},
+		{"syntax", "{\"endpoints\":\n[}", "line 2, column 2: invalid character '}'"},
+		{"no endpoints", `{}`, `"endpoints": none given`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg, in := filepath.Join(dir, "pool.json"), filepath.Join(dir, "rows.csv")
+			require.NoError(t, os.WriteFile(cfg, []byte(tt.cfg), 0o644))
+			writeIDs(t, in, 1)
+			cmd := exec.Command(binary(t), "score", "--config", cfg, "--in", in, "--out", filepath.Join(dir, "o.csv"))
+			cmd.Env = append(os.Environ(), "AMLPOOL_TEST_KEY=k")
+			code, stderr := runCmd(t, cmd)
+			assert.Equal(t, 2, code)
+			assert.Contains(t, stderr, cfg+": "+tt.want)
+			assert.NotContains(t, stderr, "secret")
+		})
+	}
+}
+
+func TestHelpForEveryCommand(t *testing.T) {
+	for _, c := range commands {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 0, run([]string{c.name, "--help"}, &out, &errOut), c.name)
+		assert.Contains(t, errOut.String(), "Examples:\n  amlpool "+c.name, c.name)
+	}
+}
