@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -20,14 +21,15 @@ type progress struct {
 	every    time.Duration
 	start    time.Time
 	lastLine time.Time
-	base     int // rows settled by an earlier run
-	total    int // -1 while unknown
+	base     int           // rows settled by an earlier run
+	total    *atomic.Int64 // rows in the input; -1 until counted
+	barMax   bool          // the bar knows the total
 
 	mu   sync.Mutex // guards done, for the final line from another goroutine
 	done int
 }
 
-func newProgress(w io.Writer, mode string, every time.Duration, base, total int) *progress {
+func newProgress(w io.Writer, mode string, every time.Duration, base int, total *atomic.Int64) *progress {
 	p := &progress{w: w, every: every, start: time.Now(), base: base, total: total}
 	p.lastLine = p.start
 	if mode == "auto" {
@@ -38,7 +40,7 @@ func newProgress(w io.Writer, mode string, every time.Duration, base, total int)
 	}
 	switch mode {
 	case "bar":
-		p.bar = progressbar.NewOptions64(int64(total),
+		p.bar = progressbar.NewOptions64(-1, // spinner until the rows are counted
 			progressbar.OptionSetWriter(w),
 			progressbar.OptionSetDescription("scoring"),
 			progressbar.OptionShowCount(),
@@ -66,6 +68,10 @@ func (p *progress) update(done, total int) {
 		return
 	}
 	if p.bar != nil {
+		if n := p.total.Load(); n >= 0 && !p.barMax {
+			p.bar.ChangeMax64(n)
+			p.barMax = true
+		}
 		p.bar.Set64(int64(p.base + done))
 		return
 	}
@@ -85,15 +91,16 @@ func (p *progress) line(now time.Time) string {
 	p.mu.Unlock()
 	el := now.Sub(p.start)
 	rate := float64(done) / max(el.Seconds(), 1e-9)
+	total := int(p.total.Load())
 	s := fmt.Sprintf("amlpool score: %d", p.base+done)
-	if p.total >= 0 {
-		s += fmt.Sprintf("/%d rows (%.1f%%)", p.total, 100*float64(p.base+done)/float64(max(p.total, 1)))
+	if total >= 0 {
+		s += fmt.Sprintf("/%d rows (%.1f%%)", total, 100*float64(p.base+done)/float64(max(total, 1)))
 	} else {
 		s += " rows"
 	}
 	s += fmt.Sprintf(", %.0f rows/s", rate)
-	if p.total >= 0 && rate > 0 {
-		eta := time.Duration(float64(p.total-p.base-done) / rate * float64(time.Second))
+	if total >= 0 && rate > 0 {
+		eta := time.Duration(float64(total-p.base-done) / rate * float64(time.Second))
 		s += ", ETA " + eta.Round(time.Second).String()
 	}
 	return s

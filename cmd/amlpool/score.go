@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,8 +147,9 @@ type scoreRun struct {
 	in       *os.File
 	src      *countingSource
 	w        *writer
-	total    int // rows in the input, -1 if unknown
-	base     int // rows settled by earlier runs
+	total    atomic.Int64  // rows in the input, -1 until counted
+	counted  chan struct{} // closed once total is known (or cannot be)
+	base     int           // rows settled by earlier runs
 	filesErr error
 }
 
@@ -167,16 +169,23 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	s := &scoreRun{cfg: cfg, in: in, total: -1}
+	s := &scoreRun{cfg: cfg, in: in}
+	s.total.Store(-1)
 	fail := func(err error) (*scoreRun, error) { s.closeFiles(); return nil, err }
 	if cfg.InputColumns != nil {
 		if err := matchColumns(r.Columns(), cfg.InputColumns); err != nil {
 			return fail(usageError{fmt.Errorf("%s: line 1: the header does not match the service's input columns (%s \"inputColumns\"): %v", o.in, o.config, err)})
 		}
 	}
-	if s.total, err = countRows(o.in, inFormat); err != nil {
-		return fail(err)
-	}
+	// The rows are counted, for the progress bar, beside the scoring rather
+	// than before it: counting a large file takes a while.
+	s.counted = make(chan struct{})
+	go func() {
+		defer close(s.counted)
+		if n, err := countRows(o.in, inFormat); err == nil {
+			s.total.Store(int64(n))
+		}
+	}()
 	w := &writer{inCols: r.Columns(), port: cmpOr(cfg.Output, "output1"), keep: cfg.OutputColumns, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
@@ -270,6 +279,10 @@ func matchColumns(header, want []string) error {
 }
 
 func (s *scoreRun) closeFiles() {
+	if s.counted != nil {
+		<-s.counted
+		s.counted = nil
+	}
 	if s.client != nil {
 		s.client.Close()
 		s.client = nil
@@ -289,11 +302,7 @@ func (s *scoreRun) closeFiles() {
 }
 
 func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) int {
-	todo := -1
-	if s.total >= 0 {
-		todo = s.total - s.base
-	}
-	p := newProgress(stderr, o.progress, o.every, s.base, s.total)
+	p := newProgress(stderr, o.progress, o.every, s.base, &s.total)
 	lat := newLatencies(100_000)
 	w := s.w
 	sink := func(ch *amlpool.Chunk) error {
@@ -309,7 +318,6 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		GlobalParameters: s.cfg.GlobalParameters,
 		ChunkRows:        cmpInt(o.chunkRows, s.cfg.ChunkRows),
 		Parallelism:      o.parallelism,
-		TotalRows:        todo,
 		Progress:         p.update,
 	})
 	elapsed := time.Since(start)
@@ -328,8 +336,8 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 
 	settled := s.base + st.Rows
 	of := ""
-	if s.total >= 0 {
-		of = fmt.Sprintf(" of %d", s.total)
+	if n := s.total.Load(); n >= 0 {
+		of = fmt.Sprintf(" of %d", n)
 	}
 	where := fmt.Sprintf("%d scored in %s, %d rejected", scored, outPath, rejected)
 	if rejected > 0 {
