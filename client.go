@@ -74,6 +74,8 @@ type outcome struct {
 	final bool          // no further attempt
 	wait  time.Duration // the wait before the next attempt, when not final
 	stop  error         // why a retryable error ends the call (CallError.Stop)
+
+	newLimit int32 // the endpoint's limit, when this outcome moved it (adaptive.go); else 0
 }
 
 // retryReason names, for metrics, why a failed attempt was worth retrying:
@@ -115,6 +117,11 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 		c.health.run(c.pool.done)
 	}()
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
+	// The adaptive limit goes first so that later observers (metrics) see
+	// the limit it set in outcome.newLimit.
+	if cfg.adaptive {
+		c.observers = append(c.observers, newAdaptive(c.pool))
+	}
 	c.observers = append(c.observers, latencyTracker{c.pool})
 	if c.tel, err = newTelemetry(&c.cfg, eps, c.pool); err != nil {
 		return nil, err

@@ -74,6 +74,7 @@ type config struct {
 	meterProvider    metric.MeterProvider          // nil: no metrics
 	tracerProvider   trace.TracerProvider          // nil: no spans
 	propagator       propagation.TextMapPropagator // nil: no trace headers sent
+	adaptive         bool
 
 	// Retries and health (retry.go, health.go).
 	maxAttempts        int
@@ -219,3 +220,18 @@ func (o balancerOption) apply(c *config) { c.balancer = o.b }
 // WithBalancer chooses how a call picks among endpoints with a free slot.
 // Default: Random().
 func WithBalancer(b Balancer) Option { return balancerOption{b} }
+
+type adaptiveLimitOption struct{}
+
+func (adaptiveLimitOption) apply(c *config) { c.adaptive = true }
+
+// WithAdaptiveLimit lets each endpoint's limit move between 1 and its
+// MaxConcurrentCalls by AIMD: a 503 throttle halves it (once per round trip),
+// and each success while at least half of it is in use adds a fiftieth of a
+// slot. Use it when other clients (replicas of your service, say) share the
+// endpoints: each then settles on a share that keeps the endpoint just under
+// its cap, without coordination, and throttles become rare. EndpointStats.Limit
+// shows the limit in force.
+//
+// Default: off; each endpoint's limit is its MaxConcurrentCalls.
+func WithAdaptiveLimit() Option { return adaptiveLimitOption{} }
