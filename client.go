@@ -34,6 +34,7 @@ type Client struct {
 	budget    *retryBudget // nil without a retry budget
 	observers []observer
 	tel       *telemetry // metrics, traces and logs; nil when none is configured
+	hedge     *hedger    // nil unless WithHedging or WithHedgingQuantile
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -59,11 +60,12 @@ type outcome struct {
 	retryAfter time.Duration // the reply's delay hint, uncapped; 0 when none
 
 	// Telemetry: filled by attempt from the call (and set by hedging).
-	kind     outcomeKind   // success, throttled, client error, ... (see kindOf)
-	reason   string        // for a retry, the retryReason of the attempt before
-	hedge    bool          // an extra attempt racing one still in flight, not a retry
-	slotWait time.Duration // how long the attempt waited for its slot (measured only with telemetry)
-	span     trace.Span    // the attempt's span; nil without a TracerProvider
+	kind      outcomeKind   // success, throttled, client error, ... (see kindOf)
+	reason    string        // for a retry, the retryReason of the attempt before
+	hedge     bool          // an extra attempt racing one still in flight, not a retry
+	abandoned bool          // a copy cancelled because the other one answered first; not a failure
+	slotWait  time.Duration // how long the attempt waited for its slot (measured only with telemetry)
+	span      trace.Span    // the attempt's span; nil without a TracerProvider
 
 	// Health: set before the observers hear of the outcome.
 	probe      bool // the attempt probed an endpoint whose ejection ended
@@ -123,6 +125,13 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 		c.observers = append(c.observers, newAdaptive(c.pool))
 	}
 	c.observers = append(c.observers, latencyTracker{c.pool})
+	if h := cfg.hedge; h != nil && h.byQuantile {
+		w := newLatencyWindow(h.q)
+		c.hedge = &hedger{window: w}
+		c.observers = append(c.observers, latencyWindowObserver{c.pool, w})
+	} else if h != nil {
+		c.hedge = &hedger{delay: h.delay}
+	}
 	if c.tel, err = newTelemetry(&c.cfg, eps, c.pool); err != nil {
 		return nil, err
 	}
@@ -220,9 +229,9 @@ func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string
 			continue
 		}
 		cl.started(ep)
-		data, o := c.attempt(ctx, cl, ep, lease, body, probe)
+		data, o := c.attemptHedged(ctx, cl, ep, lease, body, probe)
 		if o.err == nil {
-			return data, ep.name, nil
+			return data, o.ep.name, nil // a hedge's endpoint, maybe
 		}
 		if o.final {
 			return nil, ep.name, cl.result(o.stop)
@@ -298,34 +307,56 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 // outcome to the observers.
 func (c *Client) attempt(ctx context.Context, cl *call, ep *endpoint, lease Lease, body []byte, probe bool) ([]byte, outcome) {
 	o := outcome{ep: ep, attempt: cl.attempts, probe: probe, reason: cl.reason, slotWait: cl.wait}
+	data := c.exchange(ctx, &o, lease, body)
+	c.conclude(ctx, cl, &o)
+	return data, o
+}
+
+// exchange is the part of an attempt that touches no call state, so that two
+// copies of one attempt can run it at once (hedge.go): it sends the request
+// on o.ep's slot, gives the slot back whatever happens, classifies a failure,
+// and updates the endpoint's counters and health.
+func (c *Client) exchange(ctx context.Context, o *outcome, lease Lease, body []byte) []byte {
+	ep := o.ep
 	if c.tel != nil {
-		ctx = c.tel.startAttempt(ctx, &o)
+		ctx = c.tel.startAttempt(ctx, o)
 	}
-	data := c.sendAndRelease(ctx, ep, lease, body, &o)
+	data := c.sendAndRelease(ctx, ep, lease, body, o)
 	if o.err != nil {
 		o.verdict = c.classify(ctx, o.err)
 		o.throttled = o.verdict == VerdictFull
+		o.abandoned = context.Cause(ctx) == errAbandoned
 	}
-	o.kind = kindOf(ctx, &o)
+	o.kind = kindOf(ctx, o)
 	ep.calls.Add(1)
-	if o.err != nil {
+	if o.err != nil && !o.abandoned {
 		ep.failures.Add(1)
 		if o.throttled {
 			ep.throttles.Add(1)
 		}
 	}
-	c.health.observe(&o, ctx.Err() != nil)
+	c.health.observe(o, ctx.Err() != nil)
+	return data
+}
+
+// conclude records a failed attempt in its call, decides what the call does
+// next, and reports the outcome to the observers.
+func (c *Client) conclude(ctx context.Context, cl *call, o *outcome) {
 	if o.err != nil {
-		cl.failed(&o)
-		c.decide(ctx, cl, &o)
+		cl.failed(o)
+		c.decide(ctx, cl, o)
 		if c.tel != nil && !o.final {
 			cl.reason = o.retryReason()
 		}
 	}
+	c.notify(o)
+}
+
+// notify reports an outcome to the observers.
+func (c *Client) notify(o *outcome) {
 	for _, obs := range c.observers {
-		obs.attemptDone(&o)
+		obs.attemptDone(o)
 	}
-	return data, o
 }
 
 func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, body []byte, o *outcome) []byte {

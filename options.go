@@ -1,6 +1,7 @@
 package amlpool
 
 import (
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -75,6 +76,7 @@ type config struct {
 	tracerProvider   trace.TracerProvider          // nil: no spans
 	propagator       propagation.TextMapPropagator // nil: no trace headers sent
 	adaptive         bool
+	hedge            *hedgingOption // nil: no hedging
 
 	// Retries and health (retry.go, health.go).
 	maxAttempts        int
@@ -133,6 +135,10 @@ func buildConfig(opts []Option) (config, error) {
 		return cfg, &ConfigError{Field: "WithMaxResponseBytes", Problem: "must be positive"}
 	case cfg.attemptTimeout <= 0:
 		return cfg, &ConfigError{Field: "WithAttemptTimeout", Problem: "must be positive"}
+	case cfg.hedge != nil && !cfg.hedge.byQuantile && cfg.hedge.delay <= 0:
+		return cfg, &ConfigError{Field: "WithHedging", Problem: fmt.Sprintf("delay %v is not positive", cfg.hedge.delay)}
+	case cfg.hedge != nil && cfg.hedge.byQuantile && !(cfg.hedge.q > 0 && cfg.hedge.q < 1):
+		return cfg, &ConfigError{Field: "WithHedgingQuantile", Problem: fmt.Sprintf("%v is not strictly between 0 and 1", cfg.hedge.q)}
 	}
 	if err := cfg.checkRetries(); err != nil {
 		return cfg, err
@@ -235,3 +241,29 @@ func (adaptiveLimitOption) apply(c *config) { c.adaptive = true }
 //
 // Default: off; each endpoint's limit is its MaxConcurrentCalls.
 func WithAdaptiveLimit() Option { return adaptiveLimitOption{} }
+
+type hedgingOption struct {
+	byQuantile bool
+	delay      time.Duration // unless byQuantile
+	q          float64       // if byQuantile
+}
+
+func (o hedgingOption) apply(c *config) { c.hedge = &o }
+
+// WithHedging sends a second copy of an attempt that has had no reply after
+// delay to another endpoint, if one has a free slot and no call is waiting
+// for a slot. The first success wins; the other copy is cancelled and its slot
+// released at once. A call makes at most one copy per attempt, copies never
+// exceed an endpoint's limit, and they spend the retry budget as retries do.
+// Hedging cuts the tail latency that one stalling endpoint causes, at the
+// price of extra calls. Only hedge calls that are safe to run twice: scoring
+// is, unless the model has side effects.
+//
+// Default: off. A later WithHedging or WithHedgingQuantile replaces this one.
+func WithHedging(delay time.Duration) Option { return hedgingOption{delay: delay} }
+
+// WithHedgingQuantile is WithHedging with a delay that follows the q-quantile
+// (0 < q < 1; 0.95 is a good start) of the latencies of the pool's successful
+// attempts over the last 10 to 20 seconds. No attempt is hedged until the
+// window holds 10 / (1 − q) replies (200 for 0.95).
+func WithHedgingQuantile(q float64) Option { return hedgingOption{byQuantile: true, q: q} }
