@@ -42,14 +42,48 @@
 // fails with [ErrNoCapacity]. WithMaxWait(0) fails at once instead of waiting.
 // Waiting costs no CPU: a release hands its slot to the oldest waiting call.
 //
-// # Failures
+// # Retries
 //
-// A 503 RequestThrottled reply means the endpoint was full (another client
-// shares it, or its cap is set lower than configured): the call goes, at
-// once, to another endpoint with a free slot. Other errors are returned as
-// they are: an [*APIError] for a non-2xx reply, with the service's error code
-// and details; a transport error otherwise. errors.Is(err, [ErrThrottled])
-// tells a throttle. Keys never appear in errors, logs or [Stats].
+// Each failed attempt gets a [Verdict] from [Classify], the service's error
+// table, or from a classifier of your own ([WithClassifier]):
+//
+//   - Full (503 RequestThrottled, TooManyConcurrentRequests): the endpoint was
+//     at its cap, not broken. The call goes at once to another endpoint with a
+//     free slot, and backs off only once every endpoint has answered it so.
+//   - Retry (other 503s, 408, 429, 500, 502, 504, refused or dropped
+//     connections, the attempt timeout): the call backs off ([Backoff]: 50 ms,
+//     doubling, at most 1 s, ±50 %), then tries an endpoint it has not tried.
+//   - Give up (400, 401, 403, 404, 413, 501 and other 4xx, a done ctx): the
+//     error is returned.
+//
+// A call makes at most 4 attempts ([WithMaxAttempts], [WithoutRetries]) and
+// never starts a wait that would pass its ctx deadline. Retries may add at
+// most 20 % to the calls made over 10 s, plus 10 a second ([WithRetryBudget]):
+// past that, a failed call returns at once with an error matching
+// [ErrRetryBudgetExhausted] rather than pile load on a struggling service.
+// A Retry-After, retry-after-ms or x-ms-retry-after-ms hint holds its endpoint
+// back for that long (at most 30 s, [WithMaxRetryAfter]) while calls go to the
+// others. Each attempt is bounded by [WithAttemptTimeout] (100 s).
+//
+// # Endpoint health
+//
+// An endpoint that fails 5 attempts in a row with retryable errors (not
+// throttles, not cancelled calls) is ejected for 30 s, then one call probes it:
+// success readmits it, failure ejects it again for twice as long, up to 5 min
+// ([WithEjection], [WithoutEjection]). Waiting calls do not count an ejected
+// endpoint's slots. When half or more of the endpoints are ejected, ejection is
+// ignored and all of them take calls. [Stats] shows which endpoints are out;
+// ejections and readmissions are logged at Warn ([WithLogger]).
+//
+// # Errors
+//
+// An [*APIError] is a non-2xx reply, with the service's error code and
+// details; errors.Is(err, [ErrThrottled]) tells a throttle. Other errors are
+// transport errors, ctx's error, [ErrNoCapacity] or [ErrClosed]. A call that
+// made several attempts, or stopped retrying early, returns a [*CallError]
+// naming the endpoints it tried; errors.Is and errors.As see through it to the
+// last attempt's error and to why the call stopped. Keys never appear in
+// errors, logs or [Stats].
 //
 // # Concurrency
 //

@@ -29,8 +29,9 @@ func (o classifierOption) apply(c *config) { c.classifier = o }
 // WithClassifier decides with f which failed attempts are retried and how
 // (see Verdict). f gets the attempt's error: an *APIError for a non-2xx
 // reply, a transport error otherwise; it is never called for a call whose
-// ctx is done. f must be safe for concurrent use and should return fast.
-// nil means Classify. Default: Classify, the Azure ML Classic table.
+// ctx is done. A Verdict other than the three constants means VerdictGiveUp.
+// f must be safe for concurrent use and should return fast. nil means
+// Classify. Default: Classify, the Azure ML Classic table.
 func WithClassifier(f func(err error) Verdict) Option { return classifierOption(f) }
 
 // Backoff is the schedule of waits before retries after a VerdictRetry

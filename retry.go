@@ -123,12 +123,16 @@ func isTLSTrustError(err error) bool {
 		errors.As(err, &hostErr) || errors.As(err, &invalidErr)
 }
 
-// classify judges an attempt's error; a done ctx always gives up.
+// classify judges an attempt's error; a done ctx always gives up, and so
+// does a verdict the classifier made up.
 func (c *Client) classify(ctx context.Context, err error) Verdict {
 	if ctx.Err() != nil {
 		return VerdictGiveUp
 	}
-	return c.cfg.classifier(err)
+	if v := c.cfg.classifier(err); v <= VerdictRetry {
+		return v
+	}
+	return VerdictGiveUp
 }
 
 // retryAfter reads a reply's delay hint, in azcore's order: retry-after-ms,

@@ -87,6 +87,9 @@ func TestClassifyNeverRetriesADoneCtx(t *testing.T) {
 	assert.Equal(t, VerdictRetry, c.classify(ctx, apiErr(500, "", "")))
 	cancel()
 	assert.Equal(t, VerdictGiveUp, c.classify(ctx, apiErr(500, "", "")))
+
+	c.cfg.classifier = func(error) Verdict { return 9 }
+	assert.Equal(t, VerdictGiveUp, c.classify(context.Background(), apiErr(500, "", "")), "an unknown verdict gives up")
 }
 
 func TestVerdictString(t *testing.T) {
