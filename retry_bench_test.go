@@ -1,0 +1,113 @@
+package amlpool_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// cannedTransport answers every request at once, in process, with a fixed
+// scoring reply: what is left of a call is amlpool's own cost.
+type cannedTransport struct{}
+
+var cannedReply = []byte(`{"Results":{"output1":{"type":"table","value":{"ColumnNames":["a"],"Values":[["1"]]}}}}`)
+
+func (cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	return &http.Response{
+		StatusCode:    200,
+		Header:        http.Header{"Content-Type": {"application/json"}},
+		Body:          io.NopCloser(bytes.NewReader(cannedReply)),
+		ContentLength: int64(len(cannedReply)),
+		Request:       r,
+	}, nil
+}
+
+// BenchmarkHappyPathRetries measures the cost per successful call with
+// retries, the retry budget and ejection on (the defaults) beside all of
+// them off, in the same run. The "interleaved" cases alternate the two
+// clients call by call and report on/off, the ratio of their mean times:
+//
+//	go test -run '^$' -bench HappyPathRetries -benchmem -count 5 .
+func BenchmarkHappyPathRetries(b *testing.B) {
+	modes := []struct {
+		name string
+		opts []amlpool.Option
+	}{
+		{"retries=on", nil},
+		{"retries=off", []amlpool.Option{amlpool.WithoutRetries, amlpool.WithoutEjection}},
+	}
+	transports := []struct {
+		name string
+		eps  func(b *testing.B) ([]amlpool.Endpoint, []amlpool.Option)
+	}{
+		{"inproc", func(*testing.B) ([]amlpool.Endpoint, []amlpool.Option) {
+			eps := make([]amlpool.Endpoint, 5)
+			for i := range eps {
+				eps[i] = amlpool.Endpoint{Name: fmt.Sprintf("e%d", i), URL: fmt.Sprintf("http://127.0.0.1:1/workspaces/w/services/e%d/execute", i), APIKey: "k"}
+			}
+			return eps, []amlpool.Option{amlpool.WithHTTPClient(&http.Client{Transport: cannedTransport{}})}
+		}},
+		{"loopback", func(b *testing.B) ([]amlpool.Endpoint, []amlpool.Option) {
+			eps := make([]amlpool.Endpoint, 5)
+			for i := range eps {
+				s := amltest.NewServer(amltest.Config{})
+				b.Cleanup(s.Close)
+				eps[i] = s.Endpoint()
+			}
+			return eps, nil
+		}},
+	}
+	ctx := context.Background()
+	for _, tr := range transports {
+		clients := make([]*amlpool.Client, len(modes))
+		newClients := func(b *testing.B) {
+			eps, opts := tr.eps(b)
+			for i, m := range modes {
+				c, err := amlpool.New(eps, append(append([]amlpool.Option(nil), opts...), m.opts...)...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { c.Close() })
+				clients[i] = c
+			}
+		}
+		for i, m := range modes {
+			b.Run(tr.name+"/"+m.name, func(b *testing.B) {
+				newClients(b)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := clients[i].Do(ctx, scoreBody); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		b.Run(tr.name+"/interleaved", func(b *testing.B) {
+			newClients(b)
+			var spent [2]time.Duration
+			for b.Loop() {
+				for i, c := range clients {
+					start := time.Now()
+					if _, err := c.Do(ctx, scoreBody); err != nil {
+						b.Fatal(err)
+					}
+					spent[i] += time.Since(start)
+				}
+			}
+			b.ReportMetric(float64(spent[0])/float64(b.N), "ns/call-on")
+			b.ReportMetric(float64(spent[1])/float64(b.N), "ns/call-off")
+			b.ReportMetric(float64(spent[0])/float64(spent[1]), "on/off")
+		})
+	}
+}
