@@ -87,14 +87,6 @@ func endpoints(srvs []*amltest.Server) []amlpool.Endpoint {
 	return eps
 }
 
-func newClient(t *testing.T, eps []amlpool.Endpoint, opts ...amlpool.Option) *amlpool.Client {
-	t.Helper()
-	c, err := amlpool.New(eps, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 func requests(srvs []*amltest.Server) []int64 {
 	out := make([]int64, len(srvs))
 	for i, s := range srvs {
