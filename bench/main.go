@@ -214,5 +214,6 @@ func median(rs []summary) summary {
 		p50:        dur(func(s summary) time.Duration { return s.p50 }),
 		p99:        dur(func(s summary) time.Duration { return s.p99 }),
 		cpuPerCall: dur(func(s summary) time.Duration { return s.cpuPerCall }),
+		allocs:     pick(func(s summary) float64 { return s.allocs }),
 	}
 }

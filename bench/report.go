@@ -33,7 +33,7 @@ type row struct {
 // table returns the section's header and cells.
 func (s section) table() (header []string, cells [][]string) {
 	if s.w.overhead {
-		header = []string{"system", "calls/s", "CPU per call", "× bare net/http", "errors", "p50", "p99"}
+		header = []string{"system", "calls/s", "CPU per call", "× bare net/http", "allocs per call", "errors", "p50", "p99"}
 		var bare time.Duration
 		for _, r := range s.rows {
 			if r.sys.overheadOnly {
@@ -46,7 +46,7 @@ func (s section) table() (header []string, cells [][]string) {
 				ratio = fmt.Sprintf("%.2f", float64(r.r.cpuPerCall)/float64(bare))
 			}
 			cells = append(cells, []string{
-				r.sys.name, fmt.Sprintf("%.0f", r.r.goodput), fmtDur(r.r.cpuPerCall), ratio,
+				r.sys.name, fmt.Sprintf("%.0f", r.r.goodput), fmtDur(r.r.cpuPerCall), ratio, fmt.Sprintf("%.0f", r.r.allocs),
 				fmtPct(r.r.errRate), fmtDur(r.r.p50), fmtDur(r.r.p99),
 			})
 		}

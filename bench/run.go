@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/metrics"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -101,6 +102,7 @@ type result struct {
 	throttled  int64 // 503 throttles the servers sent
 	p50, p99   time.Duration
 	cpu        time.Duration // user+sys of this process over the window
+	allocs     uint64        // heap objects this process allocated over the window
 }
 
 func (r result) goodput() float64 { return float64(r.ok) / r.window.Seconds() }
@@ -112,6 +114,7 @@ type summary struct {
 	throttles  int64
 	p50, p99   time.Duration
 	cpuPerCall time.Duration // per successful call
+	allocs     float64       // heap allocations per successful call
 }
 
 func (r result) summary() summary {
@@ -121,6 +124,7 @@ func (r result) summary() summary {
 	}
 	if r.ok > 0 {
 		s.cpuPerCall = r.cpu / time.Duration(r.ok)
+		s.allocs = float64(r.allocs) / float64(r.ok)
 	}
 	return s
 }
@@ -227,13 +231,13 @@ func drive(ctx context.Context, c caller, callers int, t timing, throttled func(
 		wg.Wait()
 		return result{}, ctx.Err()
 	}
-	th0, cpu0 := throttled(), cpuTime()
+	th0, cpu0, al0 := throttled(), cpuTime(), heapAllocs()
 	start := time.Now()
 	measuring.Store(true)
 	sleep(ctx, t.window)
 	measuring.Store(false)
 	window := time.Since(start)
-	th1, cpu1 := throttled(), cpuTime()
+	th1, cpu1, al1 := throttled(), cpuTime(), heapAllocs()
 	cancel()
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -249,6 +253,7 @@ func drive(ctx context.Context, c caller, callers int, t timing, throttled func(
 		p50:       quantile(lats, 0.50),
 		p99:       quantile(lats, 0.99),
 		cpu:       cpu1 - cpu0,
+		allocs:    al1 - al0,
 	}, nil
 }
 
@@ -271,6 +276,16 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	}
 	i := int(q*float64(len(sorted))+0.999999) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// heapAllocs returns how many heap objects this process has allocated.
+func heapAllocs() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:objects"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // cpuTime returns the user+sys CPU time this process has used.
