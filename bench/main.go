@@ -167,17 +167,29 @@ func run(ctx context.Context, cfg config, serve overheadServer, log io.Writer) (
 				syss = append(syss, sys)
 			}
 		}
+		sums := make([][]summary, len(syss))
+		if w.overhead {
+			rs, err := runInterleaved(ctx, w, syss, cfg.timing, cfg.runs, serve)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", w.name, err)
+			}
+			for j, r := range rs {
+				logResult(log, w, syss[j], 0, r)
+				sums[j] = []summary{r.summary()}
+			}
+		}
 		// Runs go round the systems, so that a change in the machine's load
 		// during the workload falls on all of them alike.
-		sums := make([][]summary, len(syss))
 		for i := range cfg.runs {
 			for j, sys := range syss {
+				if w.overhead {
+					break
+				}
 				r, err := runOne(ctx, w, sys, cfg.timing, serve)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %s: %w", w.name, sys.name, err)
 				}
-				fmt.Fprintf(log, "%-13s %-26s run %d: %7.0f ok/s  %d errors  %d throttles  p99 %v\n",
-					w.name, sys.name, i+1, r.goodput(), r.failed, r.throttled, r.p99.Round(time.Microsecond))
+				logResult(log, w, sys, i+1, r)
 				sums[j] = append(sums[j], r.summary())
 			}
 		}
@@ -189,6 +201,19 @@ func run(ctx context.Context, cfg config, serve overheadServer, log io.Writer) (
 	}
 	rep.loadAfter = loadAvg()
 	return rep, nil
+}
+
+func logResult(log io.Writer, w workload, sys system, run int, r result) {
+	what := "all runs"
+	if run > 0 {
+		what = fmt.Sprintf("run %d", run)
+	}
+	fmt.Fprintf(log, "%-13s %-24s %-8s %7.0f ok/s  %d errors  %d throttles  p99 %v",
+		w.name, sys.name, what, r.goodput(), r.failed, r.throttled, r.summary().p99.Round(time.Microsecond))
+	if w.overhead && r.ok > 0 {
+		fmt.Fprintf(log, "  CPU %v/call", (r.cpu / time.Duration(r.ok)).Round(100*time.Nanosecond))
+	}
+	fmt.Fprintln(log)
 }
 
 // median returns, field by field, the median of rs.

@@ -99,13 +99,24 @@ func workloads(p params) []workload {
 type result struct {
 	ok, failed int64
 	window     time.Duration
-	throttled  int64 // 503 throttles the servers sent
-	p50, p99   time.Duration
-	cpu        time.Duration // user+sys of this process over the window
-	allocs     uint64        // heap objects this process allocated over the window
+	throttled  int64           // 503 throttles the servers sent
+	lats       []time.Duration // of successful calls
+	cpu        time.Duration   // user+sys of this process over the window
+	allocs     uint64          // heap objects this process allocated over the window
 }
 
 func (r result) goodput() float64 { return float64(r.ok) / r.window.Seconds() }
+
+// add folds o, measured in another window, into r.
+func (r *result) add(o result) {
+	r.ok += o.ok
+	r.failed += o.failed
+	r.window += o.window
+	r.throttled += o.throttled
+	r.lats = append(r.lats, o.lats...)
+	r.cpu += o.cpu
+	r.allocs += o.allocs
+}
 
 // summary is a result as the tables show it.
 type summary struct {
@@ -118,7 +129,8 @@ type summary struct {
 }
 
 func (r result) summary() summary {
-	s := summary{goodput: r.goodput(), throttles: r.throttled, p50: r.p50, p99: r.p99}
+	slices.Sort(r.lats)
+	s := summary{goodput: r.goodput(), throttles: r.throttled, p50: quantile(r.lats, 0.50), p99: quantile(r.lats, 0.99)}
 	if n := r.ok + r.failed; n > 0 {
 		s.errRate = float64(r.failed) / float64(n)
 	}
@@ -138,50 +150,114 @@ type timing struct {
 var body = []byte(`{"Inputs":{"input1":{"ColumnNames":["age","workclass","education"],` +
 	`"Values":[["39","State-gov","Bachelors"]]}},"GlobalParameters":{}}`)
 
-// runOne starts w's endpoints, builds sys on them and drives it.
-func runOne(ctx context.Context, w workload, sys system, t timing, serveOverhead overheadServer) (result, error) {
-	var srvs []server
-	defer func() {
-		for _, s := range srvs {
-			s.close()
-		}
-	}()
+// endpoints are a workload's running servers.
+type endpoints struct {
+	srvs []server
+	eps  []amlpool.Endpoint
+}
+
+// startEndpoints starts w's servers; the overhead workload's one comes
+// from serve.
+func startEndpoints(w workload, serve overheadServer) (*endpoints, error) {
+	e := &endpoints{}
 	if w.overhead {
-		s, err := serveOverhead()
+		s, err := serve()
 		if err != nil {
-			return result{}, err
+			return nil, err
 		}
-		srvs = append(srvs, s)
-	} else {
-		for i, spec := range w.endpoints {
-			s, err := startServer(fmt.Sprintf("ep%d", i+1), spec)
-			if err != nil {
-				return result{}, err
-			}
-			srvs = append(srvs, s)
-		}
+		ep := s.endpoint()
+		// The child serves up to 200 at once; clients get the default cap,
+		// which the callers never reach.
+		ep.MaxConcurrentCalls = amlpool.DefaultMaxConcurrentCalls
+		e.srvs, e.eps = []server{s}, []amlpool.Endpoint{ep}
+		return e, nil
 	}
-	eps := make([]amlpool.Endpoint, len(srvs))
-	for i, s := range srvs {
-		eps[i] = s.endpoint()
-		if w.overhead {
-			// The child serves up to 200 at once; the client is given the
-			// default cap, which the callers never reach.
-			eps[i].MaxConcurrentCalls = 20
+	for i, spec := range w.endpoints {
+		s, err := startServer(fmt.Sprintf("ep%d", i+1), spec)
+		if err != nil {
+			e.close()
+			return nil, err
 		}
+		e.srvs = append(e.srvs, s)
+		e.eps = append(e.eps, s.endpoint())
 	}
-	c, err := sys.new(setup{eps: eps, callers: w.callers})
+	return e, nil
+}
+
+func (e *endpoints) throttled() int64 {
+	var n int64
+	for _, s := range e.srvs {
+		n += s.throttled()
+	}
+	return n
+}
+
+func (e *endpoints) close() {
+	for _, s := range e.srvs {
+		s.close()
+	}
+}
+
+// runOne starts w's endpoints, builds sys on them and drives it.
+func runOne(ctx context.Context, w workload, sys system, t timing, serve overheadServer) (result, error) {
+	e, err := startEndpoints(w, serve)
+	if err != nil {
+		return result{}, err
+	}
+	defer e.close()
+	c, err := sys.new(setup{eps: e.eps, callers: w.callers})
 	if err != nil {
 		return result{}, fmt.Errorf("%s: %w", sys.name, err)
 	}
 	defer c.close()
-	return drive(ctx, c, w.callers, t, func() int64 {
-		var n int64
-		for _, s := range srvs {
-			n += s.throttled()
+	return drive(ctx, c, w.callers, t, e.throttled)
+}
+
+// overheadSlice is how long each system runs at a time in an interleaved
+// measurement.
+const overheadSlice = 200 * time.Millisecond
+
+// runInterleaved measures syss on one set of w's endpoints, taking turns in
+// short slices until each has run for runs × t.window, and adds up each
+// one's slices. CPU per call differs by a few percent between systems, less
+// than the machine's load drifts in a second; turns this short make the
+// drift fall on every system alike.
+func runInterleaved(ctx context.Context, w workload, syss []system, t timing, runs int, serve overheadServer) ([]result, error) {
+	e, err := startEndpoints(w, serve)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	cs := make([]caller, len(syss))
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.close()
+			}
 		}
-		return n
-	})
+	}()
+	for i, sys := range syss {
+		if cs[i], err = sys.new(setup{eps: e.eps, callers: w.callers}); err != nil {
+			return nil, fmt.Errorf("%s: %w", sys.name, err)
+		}
+	}
+	total := t.window * time.Duration(runs)
+	n := max(int((total+overheadSlice/2)/overheadSlice), 1)
+	rs := make([]result, len(syss))
+	for k := range n {
+		for i, c := range cs {
+			st := timing{window: total / time.Duration(n)}
+			if k == 0 {
+				st.warmup = t.warmup
+			}
+			r, err := drive(ctx, c, w.callers, st, e.throttled)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", syss[i].name, err)
+			}
+			rs[i].add(r)
+		}
+	}
+	return rs, nil
 }
 
 // drive runs callers goroutines in a closed loop on c for t.warmup, then
@@ -244,14 +320,12 @@ func drive(ctx context.Context, c caller, callers int, t timing, throttled func(
 		return result{}, err
 	}
 
-	slices.Sort(lats)
 	return result{
 		ok:        ok,
 		failed:    failed,
 		window:    window,
 		throttled: th1 - th0,
-		p50:       quantile(lats, 0.50),
-		p99:       quantile(lats, 0.99),
+		lats:      lats,
 		cpu:       cpu1 - cpu0,
 		allocs:    al1 - al0,
 	}, nil

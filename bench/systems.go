@@ -58,6 +58,16 @@ func systems() []system {
 			new:   newAmlpool(nil),
 		},
 		{
+			name:  "amlpool LeastLoaded",
+			about: "amlpool.New(eps, amlpool.WithBalancer(amlpool.LeastLoaded())): P2C on in-flight ÷ limit",
+			new:   newAmlpool(amlpool.LeastLoaded),
+		},
+		{
+			name:  "amlpool LatencyAware",
+			about: "amlpool.New(eps, amlpool.WithBalancer(amlpool.LatencyAware())): P2C on Peak-EWMA latency × load",
+			new:   newAmlpool(amlpool.LatencyAware),
+		},
+		{
 			name:  "failsafe-go",
 			about: fmt.Sprintf("retrypolicy.NewWithDefaults (%d attempts, no delay) around a random endpoint's bulkhead.New(MCC) with WithMaxWaitTime(%v)", peerAttempts, bulkheadMaxWait),
 			new:   newFailsafe,
