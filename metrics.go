@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -22,7 +23,8 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	                                             conventions' http.request.method, server.address,
 //	                                             server.port, http.response.status_code, error.type
 //	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
-//	                                             client_error, server_error, transport_error, cancelled
+//	                                             client_error, server_error, transport_error,
+//	                                             cancelled, abandoned (a hedge's slower copy)
 //	amlpool.endpoint.in_flight    gauge          calls in flight now
 //	amlpool.endpoint.limit        gauge          the cap in force now
 //	amlpool.endpoint.ejections    counter        times the endpoint was taken out of rotation
@@ -39,7 +41,7 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //
 // The counters agree with Stats: per endpoint, the sum of
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
-// Throttles, and all but its success part Errors.
+// Throttles, and all but its success and abandoned parts Errors.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
@@ -51,9 +53,13 @@ func WithMeterProvider(mp metric.MeterProvider) Option { return meterProviderOpt
 // metrics holds a Client's instruments and, per endpoint, the attribute sets
 // of the common measurements, built once so that recording them allocates
 // nothing.
+//
+// What can be counted on the hot path with an atomic is: amlpool.endpoint.calls
+// and the gauges are observed from atomics when the reader collects, so an
+// attempt pays for its two histograms and one atomic add, not for an SDK
+// counter too (which costs about as much as a histogram).
 type metrics struct {
 	duration  metric.Float64Histogram
-	calls     metric.Int64Counter
 	ejections metric.Int64Counter
 	wait      metric.Float64Histogram
 	retries   metric.Int64Counter
@@ -67,10 +73,11 @@ type metrics struct {
 
 type epMetrics struct {
 	tel    *epTelemetry
-	calls  [numKinds][]metric.AddOption // amlpool.endpoint, amlpool.outcome=kind
-	ok     []metric.RecordOption        // request attributes with status 200
-	only   []metric.AddOption           // amlpool.endpoint alone
-	gauges metric.ObserveOption         // amlpool.endpoint alone
+	kinds  [numKinds]atomic.Int64         // attempts by outcome kind
+	calls  [numKinds]metric.ObserveOption // amlpool.endpoint, amlpool.outcome=kind
+	ok     []metric.RecordOption          // request attributes with status 200
+	only   []metric.AddOption             // amlpool.endpoint alone
+	gauges metric.ObserveOption           // amlpool.endpoint alone
 }
 
 // durationBuckets are the conventions' advice for http.client.request.duration.
@@ -88,7 +95,7 @@ func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*
 		metric.WithDescription("Duration of HTTP client requests: one per attempt."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
 	check(err)
-	x.calls, err = m.Int64Counter("amlpool.endpoint.calls", metric.WithUnit("{call}"),
+	calls, err := m.Int64ObservableCounter("amlpool.endpoint.calls", metric.WithUnit("{call}"),
 		metric.WithDescription("Attempts an endpoint served, by outcome."))
 	check(err)
 	x.ejections, err = m.Int64Counter("amlpool.endpoint.ejections", metric.WithUnit("{ejection}"),
@@ -129,7 +136,7 @@ func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*
 		e.tel = &tels[i]
 		name := keyEndpoint.String(e.tel.name)
 		for k := kindSuccess; k < numKinds; k++ {
-			e.calls[k] = addOpts(name, keyOutcome.String(k.String()))
+			e.calls[k] = metric.WithAttributeSet(attribute.NewSet(name, keyOutcome.String(k.String())))
 		}
 		e.ok = recordOpts(append(slices.Clip(e.tel.attrs), keyStatus.Int(200))...)
 		e.only = addOpts(name)
@@ -137,12 +144,16 @@ func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*
 	}
 	x.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for i, ep := range eps {
-			o.ObserveInt64(inFlight, int64(ep.inFlight.Load()), x.eps[i].gauges)
-			o.ObserveInt64(limit, int64(ep.limit.Load()), x.eps[i].gauges)
+			e := &x.eps[i]
+			o.ObserveInt64(inFlight, int64(ep.inFlight.Load()), e.gauges)
+			o.ObserveInt64(limit, int64(ep.limit.Load()), e.gauges)
+			for k := kindSuccess; k < numKinds; k++ {
+				o.ObserveInt64(calls, e.kinds[k].Load(), e.calls[k])
+			}
 		}
 		o.ObserveInt64(waiting, int64(p.waiting()))
 		return nil
-	}, inFlight, limit, waiting)
+	}, inFlight, limit, waiting, calls)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +172,7 @@ func recordOpts(kv ...attribute.KeyValue) []metric.RecordOption {
 func (x *metrics) attemptDone(o *outcome) {
 	ctx := context.Background()
 	e := &x.eps[o.ep.idx]
-	x.calls.Add(ctx, 1, e.calls[o.kind]...)
+	e.kinds[o.kind].Add(1)
 	if o.kind == kindSuccess && o.status == 200 {
 		x.duration.Record(ctx, o.latency.Seconds(), e.ok...)
 	} else {
@@ -188,7 +199,7 @@ func (x *metrics) attemptDone(o *outcome) {
 	}
 }
 
-// waited records one wait for a slot.
+// waited records a wait for a slot that ended with err (nil: a slot).
 func (x *metrics) waited(d time.Duration, err error) {
 	var opts []metric.RecordOption
 	switch {

@@ -116,10 +116,11 @@ const (
 	kindServerError                       // another 5xx reply
 	kindTransportError                    // no usable reply: refused, reset, timed out, body unreadable or too large
 	kindCancelled                         // the call's ctx ended before a reply came
+	kindAbandoned                         // a hedged copy cancelled because the other copy answered first
 	numKinds
 )
 
-var kindNames = [numKinds]string{"", "success", "throttled", "client_error", "server_error", "transport_error", "cancelled"}
+var kindNames = [numKinds]string{"", "success", "throttled", "client_error", "server_error", "transport_error", "cancelled", "abandoned"}
 
 func (k outcomeKind) String() string { return kindNames[k] }
 
@@ -128,6 +129,8 @@ func kindOf(ctx context.Context, o *outcome) outcomeKind {
 	switch {
 	case o.err == nil:
 		return kindSuccess
+	case o.abandoned:
+		return kindAbandoned
 	case o.throttled:
 		return kindThrottled
 	case o.status >= 500:

@@ -203,7 +203,8 @@ func assertStatsAgree(t *testing.T, o *observed) {
 		ep := keyEndpoint.String(e.Name)
 		assert.Equal(t, e.Calls, intValue(t, rm, "amlpool.endpoint.calls", ep), "calls of %s", e.Name)
 		assert.Equal(t, e.Throttles, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("throttled")), "throttles of %s", e.Name)
-		assert.Equal(t, e.Errors, e.Calls-intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("success")), "errors of %s", e.Name)
+		assert.Equal(t, e.Errors, e.Calls-intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("success"))-
+			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("abandoned")), "errors of %s", e.Name)
 		assert.EqualValues(t, e.InFlight, intValue(t, rm, "amlpool.endpoint.in_flight", ep), "in flight at %s", e.Name)
 		assert.EqualValues(t, e.Limit, intValue(t, rm, "amlpool.endpoint.limit", ep), "limit of %s", e.Name)
 		n, _ := histogram(t, rm, "http.client.request.duration", ep)
@@ -373,19 +374,45 @@ func TestMetricsOfAnExhaustedRetryBudget(t *testing.T) {
 }
 
 func TestMetricsAndSpansOfAHedge(t *testing.T) {
-	srv := newFakeAML(t, always(200))
-	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)})
-	// What the hedging code reports: a second attempt marked as a hedge.
-	h := outcome{ep: o.eps[0], attempt: 2, hedge: true, status: 200, kind: kindSuccess}
-	o.tel.startAttempt(t.Context(), &h)
-	o.tel.attemptDone(&h)
+	slowArrived := make(chan struct{}, 1)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // so that the server notices the client going away
+		slowArrived <- struct{}{}
+		<-r.Context().Done() // answers only by being abandoned
+	}))
+	defer slow.Close()
+	fast := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		fast.endpoint("fast", 1)}, WithHedging(time.Second))
+	done := make(chan error)
+	go func() { _, err := o.Do(t.Context(), []byte(`{}`)); done <- err }()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	o.clock.Advance(time.Second)
+	require.NoError(t, <-done)
+
 	rm := o.collect(t)
 	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.hedges"))
 	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.retries"), "a hedge is not a retry")
-	spans := o.spans.Ended()
-	require.Len(t, spans, 1)
-	assert.Contains(t, spans[0].Attributes(), keyHedge.Bool(true))
-	assert.Equal(t, true, o.logLines(t, "amlpool: attempt")[0]["hedge"])
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("slow"), keyOutcome.String("abandoned")))
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("fast"), keyOutcome.String("success")))
+	assertStatsAgree(t, o)
+
+	var hedges int
+	for _, s := range o.spans.Ended() {
+		if spanAttrs(s)[keyHedge] == attribute.BoolValue(true) {
+			hedges++
+			assert.Equal(t, attribute.StringValue("fast"), spanAttrs(s)[keyEndpoint])
+		}
+	}
+	assert.Equal(t, 1, hedges, "one attempt span marked as the hedge")
+	var hedgeLines int
+	for _, l := range o.logLines(t, "amlpool: attempt") {
+		if l["hedge"] == true {
+			hedgeLines++
+		}
+	}
+	assert.Equal(t, 1, hedgeLines)
 }
 
 func spanAttrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
@@ -528,6 +555,7 @@ func TestMetricsCountTransportErrorsAndCancels(t *testing.T) {
 			conn.Close()
 			return
 		}
+		io.Copy(io.Discard, r.Body)
 		arrived <- struct{}{}
 		<-r.Context().Done()
 	}))

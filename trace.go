@@ -70,7 +70,7 @@ func (t *telemetry) startAttempt(ctx context.Context, o *outcome) context.Contex
 	e := &t.eps[o.ep.idx]
 	attrs := make([]attribute.KeyValue, 0, len(e.attrs)+5)
 	attrs = append(attrs, e.attrs...)
-	attrs = append(attrs, keyURL.String(o.ep.url), keyWait.Float64(o.slotWait.Seconds()))
+	attrs = append(attrs, keyURL.String(o.ep.url))
 	if o.attempt > 1 {
 		attrs = append(attrs, keyResendCount.Int(o.attempt-1))
 	}
@@ -86,7 +86,7 @@ func (t *telemetry) startAttempt(ctx context.Context, o *outcome) context.Contex
 
 // endAttempt ends the span of attempt o.
 func endAttempt(o *outcome) {
-	o.span.SetAttributes(keyOutcome.String(o.kind.String()))
+	o.span.SetAttributes(keyOutcome.String(o.kind.String()), keyWait.Float64(o.slotWait.Seconds()))
 	if o.status != 0 {
 		o.span.SetAttributes(keyStatus.Int(o.status))
 	}
