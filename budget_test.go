@@ -39,15 +39,15 @@ func TestRetryBudgetFloor(t *testing.T) {
 }
 
 func TestRetryBudgetRatio(t *testing.T) {
-	b, _, logs := testBudget(0.2, 0)
+	b, clk, logs := testBudget(0.2, 0)
 	for range 1000 {
-		b.deposit()
+		b.deposit(clk.Now())
 	}
 	assert.Equal(t, 200, withdrawAll(b))
 	assert.False(t, b.withdraw())
 	assert.Equal(t, 1, strings.Count(logs.String(), "retry budget exhausted"), "logged once per spell: %s", logs)
 
-	b.deposit() // 1001 calls: 200.2 allowed
+	b.deposit(clk.Now()) // 1001 calls: 200.2 allowed
 	assert.True(t, b.withdraw())
 	assert.False(t, b.withdraw())
 	assert.Equal(t, 2, strings.Count(logs.String(), "retry budget exhausted"), "a new spell is logged again")
@@ -58,13 +58,13 @@ func TestRetryBudgetRatio(t *testing.T) {
 func TestRetryBudgetSlides(t *testing.T) {
 	b, clk, _ := testBudget(0.5, 0)
 	for range 100 {
-		b.deposit()
+		b.deposit(clk.Now())
 	}
 	assert.Equal(t, 50, withdrawAll(b))
 
 	clk.Advance(RetryBudgetWindow / 2)
 	for range 100 {
-		b.deposit()
+		b.deposit(clk.Now())
 	}
 	assert.Equal(t, 50, withdrawAll(b), "200 calls, 50 retries spent: 50 more")
 
@@ -72,14 +72,14 @@ func TestRetryBudgetSlides(t *testing.T) {
 	// The first 100 calls and their 50 retries have left the window.
 	assert.Equal(t, 0, withdrawAll(b), "100 calls, 50 retries in the window")
 	for range 100 {
-		b.deposit()
+		b.deposit(clk.Now())
 	}
 	assert.Equal(t, 50, withdrawAll(b))
 
 	clk.Advance(3 * RetryBudgetWindow)
 	assert.Equal(t, 0, withdrawAll(b), "an idle window holds nothing")
-	b.deposit()
-	b.deposit()
+	b.deposit(clk.Now())
+	b.deposit(clk.Now())
 	assert.Equal(t, 1, withdrawAll(b))
 }
 
@@ -88,7 +88,7 @@ func TestRetryBudgetBoundsRetriesOverTime(t *testing.T) {
 	calls, retries := 0, 0
 	for range 300 { // 30 s in 100 ms steps, 20 calls per step, each wanting 3 retries
 		for range 20 {
-			b.deposit()
+			b.deposit(clk.Now())
 			calls++
 			for range 3 {
 				if b.withdraw() {

@@ -110,7 +110,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	c.pool = newPool(eps, cfg.balancer, cfg.rand, cfg.clock)
 	c.health = newHealth(eps, c.pool, &c.cfg)
 	c.pool.health = c.health
-	if cfg.budget && cfg.maxAttempts > 1 {
+	if cfg.budget {
 		c.budget = newRetryBudget(&c.cfg)
 	}
 	c.wg.Add(1)
@@ -204,9 +204,6 @@ func (c *Client) do(ctx context.Context, op string, body []byte) ([]byte, string
 func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string, error) {
 	if c.closed.Load() {
 		return nil, "", ErrClosed
-	}
-	if c.budget != nil {
-		c.budget.deposit()
 	}
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {
@@ -342,6 +339,9 @@ func (c *Client) exchange(ctx context.Context, o *outcome, lease Lease, body []b
 // conclude records a failed attempt in its call, decides what the call does
 // next, and reports the outcome to the observers.
 func (c *Client) conclude(ctx context.Context, cl *call, o *outcome) {
+	if o.attempt == 1 && c.budget != nil {
+		c.budget.deposit(o.start) // each call counts once, when it first sends
+	}
 	if o.err != nil {
 		cl.failed(o)
 		c.decide(ctx, cl, o)
