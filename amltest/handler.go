@@ -24,7 +24,8 @@ type call struct {
 	s        *Server
 	w        http.ResponseWriter
 	r        *http.Request
-	admitted bool // counted in s.admitted
+	stop     <-chan struct{} // closed when the server stops (Close, Restart)
+	admitted bool            // counted in s.admitted
 	left     bool
 }
 
@@ -47,11 +48,11 @@ func (c *call) abort() {
 	panic(http.ErrAbortHandler)
 }
 
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
 	s.requests.Add(1)
 	raise(&s.peak, s.inFlight.Add(1))
 	s.notify()
-	c := &call{s: s, w: w, r: r}
+	c := &call{s: s, w: w, r: r, stop: stop}
 	defer c.leave()
 
 	// Routing, method, key and api-version come first and cost nothing: a
@@ -111,13 +112,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !f.isZero() {
 		s.bump(&s.faults)
 	}
-	if !s.wait(r.Context(), f.Delay) {
+	if !c.wait(f.Delay) {
 		c.abort()
 	}
 	if f.Hang {
 		select {
 		case <-r.Context().Done():
-		case <-s.closed:
+		case <-c.stop:
 		}
 		c.abort()
 	}
@@ -174,7 +175,7 @@ func (s *Server) scoreCall(c *call, body []byte) (int, []byte, *apiError) {
 	if s.latencyFunc != nil {
 		d = s.latencyFunc()
 	}
-	if !s.wait(c.r.Context(), d) {
+	if !c.wait(d) {
 		c.abort()
 	}
 	resp, err := s.score(req)
@@ -302,7 +303,7 @@ func (c *call) slowWrite(status int, body []byte, over time.Duration) {
 	_ = rc.Flush()
 	step := (len(body) + slowPieces - 1) / slowPieces
 	for len(body) > 0 {
-		if !c.s.wait(c.r.Context(), over/slowPieces) {
+		if !c.wait(over / slowPieces) {
 			panic(http.ErrAbortHandler)
 		}
 		n := min(step, len(body))

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -78,7 +79,14 @@ type Config struct {
 // be called while requests are in flight. The zero Server is not usable: make
 // one with NewServer or NewUnstartedServer.
 type Server struct {
-	ts        *httptest.Server
+	// genMu guards the current generation: ts, stop and tls. Restart
+	// replaces them; handlers hold their own generation's stop.
+	genMu sync.Mutex
+	ts    *httptest.Server
+	stop  chan struct{}          // closed when this generation stops: ends its waits
+	tls   bool                   // started with StartTLS, so restarts too
+	base  atomic.Pointer[string] // ts.URL, the same across restarts
+
 	name      string
 	key       string
 	workspace string
@@ -88,7 +96,7 @@ type Server struct {
 	score       func(*amlpool.Request) (*amlpool.Response, error)
 	faultFunc   func(int64) Fault
 
-	closed    chan struct{} // closed by Close; ends every wait
+	closed    chan struct{} // closed by Close; ends WaitFor and Restart
 	closeOnce sync.Once
 
 	mcc      atomic.Int64 // current cap
@@ -134,6 +142,7 @@ func NewUnstartedServer(cfg Config) *Server {
 		score:       cfg.Score,
 		faultFunc:   cfg.Fault,
 		closed:      make(chan struct{}),
+		stop:        make(chan struct{}),
 		keys:        make(map[string]struct{}),
 	}
 	if s.name == "" {
@@ -148,16 +157,33 @@ func NewUnstartedServer(cfg Config) *Server {
 		s.score = Echo
 	}
 	s.SetMaxConcurrentCalls(cfg.MaxConcurrentCalls)
-	s.ts = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
+	s.ts = httptest.NewUnstartedServer(s.handler(s.stop))
 	return s
 }
 
+// handler serves one generation of the server: its waits end when stop
+// closes.
+func (s *Server) handler(stop chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveHTTP(w, r, stop) })
+}
+
 // Start starts a server from NewUnstartedServer.
-func (s *Server) Start() { s.ts.Start() }
+func (s *Server) Start() {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	s.ts.Start()
+	s.base.Store(&s.ts.URL)
+}
 
 // StartTLS starts a server from NewUnstartedServer with TLS; use Client for
 // a client that trusts it.
-func (s *Server) StartTLS() { s.ts.StartTLS() }
+func (s *Server) StartTLS() {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	s.tls = true
+	s.ts.StartTLS()
+	s.base.Store(&s.ts.URL)
+}
 
 // Close ends every call in flight (hung and delayed calls give up at once,
 // and their clients see the connection close), shuts the server down and
@@ -167,23 +193,100 @@ func (s *Server) Close() {
 		close(s.closed)
 		s.notify()
 	})
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	s.stopLocked()
+}
+
+// stopLocked ends the current generation: its calls end at once, its
+// connections close and its handlers return. Idempotent.
+func (s *Server) stopLocked() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
 	s.ts.Close()
+}
+
+// Restart stops the server as a process restart would and starts it again
+// on the same address: calls in flight end at once and their clients see
+// the connection close, as with Close; connections are refused for down;
+// then the server listens again with the same URL, key, cap, model and
+// faults, TLS included. Stats and the n of Config.Fault carry on across the
+// restart; InFlight is zero when the server listens again. Restart blocks
+// until the server listens again, or until Close, after which the server
+// stays closed. It panics, as httptest does, when the address cannot be
+// listened on again within a second (another process took the port).
+func (s *Server) Restart(down time.Duration) {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	if s.base.Load() == nil {
+		panic("amltest: Restart of a server that was never started")
+	}
+	addr := s.ts.Listener.Addr().String()
+	s.stopLocked()
+	t := time.NewTimer(down)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.closed:
+		return
+	}
+	l := listenAgain(addr)
+	s.stop = make(chan struct{})
+	s.ts = httptest.NewUnstartedServer(s.handler(s.stop))
+	_ = s.ts.Listener.Close() // the random port it was given
+	s.ts.Listener = l
+	if s.tls {
+		s.ts.StartTLS()
+	} else {
+		s.ts.Start()
+	}
+}
+
+// listenAgain listens on addr, retrying for a second: the port of a closed
+// listener is free at once (Go sets SO_REUSEADDR), unless a client's
+// outgoing connection happens to hold it as its own port.
+func listenAgain(addr string) net.Listener {
+	var err error
+	for range 100 {
+		var l net.Listener
+		if l, err = net.Listen("tcp", addr); err == nil {
+			return l
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	panic("amltest: Restart: listen again on " + addr + ": " + err.Error())
 }
 
 // CloseClientConnections closes every connection to the server, as
 // httptest.Server's does, to test network failures. Calls in flight end as
 // if their clients had gone away.
-func (s *Server) CloseClientConnections() { s.ts.CloseClientConnections() }
+func (s *Server) CloseClientConnections() {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	s.ts.CloseClientConnections()
+}
 
 // Client returns an *http.Client set up to trust the server (for StartTLS).
-func (s *Server) Client() *http.Client { return s.ts.Client() }
+// It waits while a Restart is under way.
+func (s *Server) Client() *http.Client {
+	s.genMu.Lock()
+	defer s.genMu.Unlock()
+	return s.ts.Client()
+}
 
 // URL returns the endpoint's scoring URL, like the one on the service's API
 // help page: base + "/workspaces/{ws}/services/{Name}/execute?api-version=2.0&details=true".
 // Add "&format=swagger" for row objects; drop "&details=true" for replies
 // without column lists. It is valid once the server has started.
 func (s *Server) URL() string {
-	return s.ts.URL + "/workspaces/" + url.PathEscape(s.workspace) + "/services/" +
+	base := ""
+	if p := s.base.Load(); p != nil {
+		base = *p
+	}
+	return base + "/workspaces/" + url.PathEscape(s.workspace) + "/services/" +
 		url.PathEscape(s.name) + "/execute?api-version=2.0&details=true"
 }
 
@@ -356,9 +459,9 @@ func (s *Server) nextFault() Fault {
 	return Fault{}
 }
 
-// wait waits d, and reports false when the call's context or the server
-// ended first.
-func (s *Server) wait(ctx context.Context, d time.Duration) bool {
+// wait waits d, and reports false when the call's client went away or its
+// server stopped first.
+func (c *call) wait(d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
@@ -367,9 +470,9 @@ func (s *Server) wait(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-ctx.Done():
+	case <-c.r.Context().Done():
 		return false
-	case <-s.closed:
+	case <-c.stop:
 		return false
 	}
 }

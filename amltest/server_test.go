@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -402,4 +403,51 @@ func TestStartTLS(t *testing.T) {
 	defer srv.Close()
 	assert.True(t, strings.HasPrefix(srv.URL(), "https://127.0.0.1:"))
 	assert.Equal(t, http.StatusOK, score(t, srv).status)
+}
+
+// Restart ends the calls in flight, then serves the same URL and key again,
+// its stats carrying on.
+func TestRestart(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http", true: "https"}[tls], func(t *testing.T) {
+			srv := amltest.NewUnstartedServer(amltest.Config{})
+			if tls {
+				srv.StartTLS()
+			} else {
+				srv.Start()
+			}
+			t.Cleanup(srv.Close)
+			url := srv.URL()
+			srv.Script(amltest.Fault{Hang: true})
+			hung := make(chan error, 1)
+			go func() {
+				resp, err := do(context.Background(), srv, url, srv.Endpoint().APIKey, classicBody)
+				if err == nil {
+					resp.Body.Close()
+				}
+				hung <- err
+			}()
+			_, err := srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.InFlight == 1 })
+			require.NoError(t, err)
+
+			srv.Restart(0)
+			require.Error(t, <-hung, "a hung call ends when its server restarts")
+			assert.Equal(t, url, srv.URL())
+			assert.Equal(t, http.StatusOK, score(t, srv).status)
+			st := srv.Stats()
+			assert.EqualValues(t, 2, st.Requests, "stats carry on across a restart")
+			assert.Zero(t, st.InFlight)
+		})
+	}
+}
+
+// Close during a Restart's down time leaves the server closed.
+func TestCloseDuringRestart(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{})
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Restart(time.Hour) }()
+	srv.Close()
+	<-done
+	_, err := do(t.Context(), srv, srv.URL(), srv.Endpoint().APIKey, classicBody)
+	assert.Error(t, err, "the port stays closed")
 }
