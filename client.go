@@ -179,8 +179,11 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 //
 // Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
 // passes; ErrClosed after Close; an *APIError for a non-2xx reply
-// (errors.Is(err, ErrThrottled) for a throttle); a transport error otherwise.
-// A call that made several attempts, or stopped retrying for a reason of its
+// (errors.Is(err, ErrThrottled) for a throttle); ErrResponseTooLarge for a
+// reply over WithMaxResponseBytes; ErrMalformedResponse for a 2xx reply that
+// is not JSON or is the service's error body (Do checks that much of the
+// reply, and no more: its shape is the caller's business); a transport error
+// otherwise. A call that made several attempts, or stopped retrying for a reason of its
 // own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
 	data, _, err := c.do(ctx, "amlpool.Do", body)
@@ -417,7 +420,13 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {
+			if isDecodeError(err) {
+				err = &malformedError{err}
+			}
 			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.name, err)
+		}
+		if err := checkReply(data, resp.Header.Get("Content-Type"), ep.key()); err != nil {
+			return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
 		}
 		return data, nil
 	}
@@ -425,7 +434,7 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 	if err != nil && !errors.Is(err, ErrResponseTooLarge) {
 		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.name, resp.StatusCode, err)
 	}
-	apiErr := parseAPIError(ep.name, resp.StatusCode, data)
+	apiErr := parseAPIError(ep.name, resp.StatusCode, scrubKey(data, ep.key()))
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	if c.cfg.maxRetryAfter > 0 {
 		o.retryAfter = apiErr.RetryAfter
@@ -468,7 +477,9 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 
 // Score sends a typed classic request (see Request) and decodes the reply.
 // It behaves as Do for waiting, failover and errors; a reply that is not a
-// valid scoring response is an error naming the endpoint that sent it.
+// valid scoring response is an error naming the endpoint that sent it and
+// matching ErrMalformedResponse. Such a reply is not retried: it is the
+// model's answer, and every endpoint would give the same.
 func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errors.New("amlpool: Score: nil request")

@@ -226,11 +226,12 @@ func TestScoreRoundTrip(t *testing.T) {
 func TestScoreNamesTheEndpointOfABadReply(t *testing.T) {
 	srv := amltest.NewServer(amltest.Config{})
 	defer srv.Close()
-	srv.Script(amltest.Fault{Body: []byte(`{"Results":`)})
+	srv.Script(amltest.Fault{Body: []byte(`{"Results":[]}`)}) // JSON, but not a scoring reply
 	c := newClient(t, []amlpool.Endpoint{srv.Endpoint()})
 	_, err := c.Score(context.Background(), &amlpool.Request{Inputs: map[string]*amlpool.Table{"input1": {ColumnNames: []string{"a"}, Values: [][]any{{"1"}}}}})
-	require.Error(t, err)
+	require.ErrorIs(t, err, amlpool.ErrMalformedResponse)
 	assert.Contains(t, err.Error(), srv.Endpoint().Name)
+	assert.EqualValues(t, 1, srv.Stats().Requests, "the model's answer is not retried")
 }
 
 // A call cancelled while its request is in flight returns ctx's error and

@@ -24,6 +24,13 @@ var (
 	// ErrResponseTooLarge: a reply was longer than WithMaxResponseBytes allows.
 	// The rest of it was not read.
 	ErrResponseTooLarge = errors.New("amlpool: response larger than the limit")
+	// ErrMalformedResponse: a 2xx reply that is not what the service sends:
+	// not JSON (a proxy's page, a garbled or mis-encoded body), the service's
+	// error body, or, for Score and ScoreRows, JSON that is not a scoring
+	// response. The error names the endpoint and quotes the start of the
+	// reply. Do retries the first two kinds on another endpoint (see
+	// Classify); a reply Score cannot decode is not retried.
+	ErrMalformedResponse = errors.New("amlpool: malformed response")
 	// ErrRetryBudgetExhausted: the call failed and could have been retried,
 	// but retries were already adding as much load as the retry budget allows.
 	ErrRetryBudgetExhausted = errors.New("amlpool: retry budget exhausted")

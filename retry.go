@@ -59,7 +59,9 @@ func (v Verdict) String() string {
 //	VerdictFull    503 RequestThrottled, 503 TooManyConcurrentRequests
 //	VerdictRetry   408 (but RequestCanceled), 429, 500, 502, 503, 504;
 //	               connection refused or reset, EOF before the reply, the
-//	               attempt timeout (WithAttemptTimeout), a reply cut short
+//	               attempt timeout (WithAttemptTimeout), a reply cut short,
+//	               a 2xx reply that is not JSON or is an error body
+//	               (ErrMalformedResponse)
 //	VerdictGiveUp  400, 401, 403, 404, 413, 501, every other status;
 //	               TLS trust errors, ErrResponseTooLarge
 //
@@ -91,7 +93,7 @@ func Classify(err error) Verdict {
 	if errors.As(err, &urlErr) && urlErr.Op != "Post" {
 		return VerdictGiveUp // a bad URL, not a failed exchange
 	}
-	return VerdictRetry // refused, reset, EOF, attempt timeout, short read
+	return VerdictRetry // refused, reset, EOF, attempt timeout, short read, malformed 2xx
 }
 
 func classifyStatus(e *APIError) Verdict {

@@ -236,7 +236,18 @@ func encodeRequest(r *Request) ([]byte, error) {
 // naming the byte offset, a body without Results is an error, and so is an
 // output table whose rows do not each have one cell per column name (the
 // error names the output and the row).
+//
+// Every error it returns matches ErrMalformedResponse.
 func decodeResponse(body []byte) (*Response, error) {
+	resp, err := decodeResults(body)
+	if err != nil {
+		return nil, &malformedError{err}
+	}
+	return resp, nil
+}
+
+// decodeResults is decodeResponse without the ErrMalformedResponse mark.
+func decodeResults(body []byte) (*Response, error) {
 	var wire struct {
 		Results map[string]json.RawMessage `json:"Results"`
 	}

@@ -1,0 +1,103 @@
+package amlpool
+
+import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"strings"
+)
+
+// This file decides what a reply that is not a clean scoring result comes to.
+// The choices, for a 2xx reply (non-2xx replies are *APIErrors, errors.go):
+//
+//	empty                               Do returns it; Score fails (no Results)
+//	not JSON (a proxy's HTML page, a cut or garbled body, gzip bytes
+//	without Content-Encoding)           ErrMalformedResponse, retried (VerdictRetry)
+//	JSON, but the service's error body  ErrMalformedResponse, retried
+//	Content-Type not application/json   not checked: the body decides
+//	Content-Encoding gzip, body not     ErrMalformedResponse, retried
+//	cut short (Content-Length not met)  a transport error, retried
+//	longer than WithMaxResponseBytes    ErrResponseTooLarge, not retried
+//	JSON, but not a scoring response    Do returns it; Score and ScoreRows fail
+//	                                    with ErrMalformedResponse, not retried
+//
+// A garbled reply is retried because it came through something other than the
+// service, and another endpoint may answer; one that keeps coming counts
+// towards the endpoint's ejection. A reply that is JSON but not the shape
+// Score expects is the model's answer, the same on every endpoint, so
+// retrying it would only spend the budget.
+
+// malformedError marks err as a malformed reply: errors.Is(err,
+// ErrMalformedResponse) holds, and the message is err's.
+type malformedError struct{ err error }
+
+func (e *malformedError) Error() string   { return e.err.Error() }
+func (e *malformedError) Unwrap() []error { return []error{e.err, ErrMalformedResponse} }
+
+// snippetLen bounds how much of a bad reply an error quotes.
+const snippetLen = 64
+
+// checkReply checks a 2xx reply body before Do returns it: it must be empty
+// or one JSON value, and not the service's error body. key is scrubbed from the
+// part of the body the error quotes.
+func checkReply(data []byte, contentType, key string) error {
+	if len(data) == 0 {
+		return nil // nothing to misread; Score reports the missing Results
+	}
+	if !json.Valid(data) {
+		return &malformedError{fmt.Errorf("reply is not JSON%s: %s", describeType(contentType), quote(data, key))}
+	}
+	if firstByte(data) == '{' && bytes.Contains(data, []byte(`"error"`)) {
+		var wire struct {
+			Error   json.RawMessage `json:"error"`
+			Results json.RawMessage `json:"Results"`
+		}
+		if json.Unmarshal(data, &wire) == nil && firstByte(wire.Error) == '{' && wire.Results == nil {
+			apiErr := parseAPIError("", 200, scrubKey(data, key))
+			return &malformedError{fmt.Errorf("2xx reply is an error body: %s: %s", apiErr.Code, apiErr.Message)}
+		}
+	}
+	return nil
+}
+
+// describeType notes a Content-Type that is not JSON, for an error message.
+func describeType(ct string) string {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+		return ""
+	}
+	return fmt.Sprintf(" (Content-Type %q)", ct)
+}
+
+// quote returns the start of a bad reply for an error message, key scrubbed.
+func quote(data []byte, key string) string {
+	data = scrubKey(data, key)
+	if len(data) > snippetLen {
+		return fmt.Sprintf("%q…", strings.ToValidUTF8(string(data[:snippetLen]), "\uFFFD"))
+	}
+	return fmt.Sprintf("%q", strings.ToValidUTF8(string(data), "\uFFFD"))
+}
+
+// scrubKey replaces every copy of key in a reply with [REDACTED], so that a
+// server or proxy echoing the request's headers cannot put the key into an
+// error. It copies data only when the key is there.
+func scrubKey(data []byte, key string) []byte {
+	if key == "" || !bytes.Contains(data, []byte(key)) {
+		return data
+	}
+	return bytes.ReplaceAll(data, []byte(key), []byte(redacted))
+}
+
+// key returns the endpoint's API key, for scrubbing replies.
+func (e *endpoint) key() string { return strings.TrimPrefix((*e.auth)[0], "Bearer ") }
+
+// isDecodeError reports whether reading a body failed in undoing its
+// Content-Encoding (a reply marked gzip that is not), not on the network.
+func isDecodeError(err error) bool {
+	var corrupt flate.CorruptInputError
+	return errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum) || errors.As(err, &corrupt)
+}
