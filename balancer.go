@@ -73,18 +73,21 @@ var _ Balancer = randomBalancer{}
 // one is almost always free.
 const rejectionDraws = 3
 
-func (randomBalancer) Pick(s Candidates) int {
-	p := s.p
+func (randomBalancer) Pick(s Candidates) int { return s.p.pickRandom(&s.x) }
+
+// pickRandom is Random's pick; the pool calls it directly, without building
+// Candidates, on its hot path.
+func (p *pool) pickRandom(x *exclusion) int {
 	// Draw a slot uniformly among all configured slots; treat the first
-	// Free(i) slots of endpoint i as the free ones. Accepted draws are then
+	// free(i) slots of endpoint i as the free ones. Accepted draws are then
 	// uniform over free slots.
 	for range rejectionDraws {
-		r := int32(bounded(p.rand(), uint32(p.total)))
-		i := p.slotOwner(r)
-		if off := r - (p.cum[i] - p.eps[i].max); off < int32(s.Free(i)) {
+		i, off := p.slot(bounded(p.rand(), uint32(p.total)))
+		if ep := p.eps[i]; off < ep.limit.Load()-ep.inFlight.Load() && p.usable(x, ep) {
 			return i
 		}
 	}
+	s := Candidates{p: p, x: *x}
 	total := 0
 	for i := range p.eps {
 		total += s.Free(i)
@@ -112,13 +115,16 @@ func (randomBalancer) Pick(s Candidates) int {
 // instead of a division (Lemire's method; the bias for n < 2³¹ is below 2⁻³²).
 func bounded(r uint64, n uint32) uint32 { return uint32((r >> 32) * uint64(n) >> 32) }
 
-// slotOwner returns the endpoint that slot r of all configured slots belongs
-// to: a table lookup, or a binary search for pools too large for a table.
-func (p *pool) slotOwner(r int32) int {
-	if p.owner != nil {
-		return int(p.owner[r])
+// slot returns the endpoint that slot r of all configured slots belongs to
+// and r's offset among that endpoint's slots: a table lookup, or a binary
+// search for pools too large for a table.
+func (p *pool) slot(r uint32) (int, int32) {
+	if p.slots != nil {
+		s := p.slots[r]
+		return int(s >> 8), int32(s & 0xff)
 	}
-	return searchCum(p.cum, r)
+	i := searchCum(p.cum, int32(r))
+	return i, int32(r) - (p.cum[i] - p.eps[i].max)
 }
 
 // searchCum returns the first i with cum[i] > r.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,9 +58,13 @@ func endpointID(url string) string {
 type pool struct {
 	eps   []*endpoint
 	cum   []int32  // cum[i]: sum of eps[:i+1] caps, for drawing a slot by cap
-	owner []uint16 // owner[s]: the endpoint slot s belongs to; nil for huge pools
+	slots []uint32 // slots[s]: endpoint<<8 | offset of slot s in it; nil for huge pools
 	total int32    // cum[len-1]
 	bal   Balancer
+	// builtin: bal is one of ours, whose picks are usable by construction,
+	// so tryAcquire need not check them again.
+	builtin bool
+	random  bool // bal is Random(): tryAcquire calls pickRandom directly
 	rand  func() uint64
 	clock clock.Clock
 	epoch time.Time     // pool time zero, for nanotime
@@ -90,21 +93,27 @@ type waiter struct {
 	ep    *endpoint
 }
 
-// maxOwnerTable bounds the slot-owner table: 2 MiB, enough for 5,000
-// endpoints of 200 slots.
-const maxOwnerTable = 1 << 20
+// maxSlotTable bounds the slot table: 4 MiB, enough for 5,000 endpoints of
+// 200 slots.
+const maxSlotTable = 1 << 20
 
 func newPool(eps []*endpoint, bal Balancer, rnd func() uint64, clk clock.Clock) *pool {
 	p := &pool{eps: eps, cum: make([]int32, len(eps)), bal: bal, rand: rnd, clock: clk, epoch: clk.Now(), done: make(chan struct{})}
+	switch bal.(type) {
+	case randomBalancer:
+		p.builtin, p.random = true, true
+	case leastLoaded, latencyAware:
+		p.builtin = true
+	}
 	for i, ep := range eps {
 		p.total += ep.max
 		p.cum[i] = p.total
 	}
-	if len(eps) <= math.MaxUint16+1 && p.total <= maxOwnerTable {
-		p.owner = make([]uint16, 0, p.total)
+	if p.total <= maxSlotTable {
+		p.slots = make([]uint32, 0, p.total)
 		for i, ep := range eps {
-			for range ep.max {
-				p.owner = append(p.owner, uint16(i))
+			for off := range uint32(ep.max) {
+				p.slots = append(p.slots, uint32(i)<<8|off)
 			}
 		}
 	}
@@ -141,13 +150,17 @@ func (p *pool) usable(x *exclusion, ep *endpoint) bool {
 // tryAcquire takes a slot on an endpoint the balancer picks, or returns nil
 // when no usable endpoint has one.
 func (p *pool) tryAcquire(x *exclusion) *endpoint {
-	s := Candidates{p: p, x: *x}
 	for range 4 {
-		i := p.bal.Pick(s)
+		var i int
+		if p.random {
+			i = p.pickRandom(x)
+		} else {
+			i = p.bal.Pick(Candidates{p: p, x: *x})
+		}
 		if i < 0 || i >= len(p.eps) {
 			return nil
 		}
-		if ep := p.eps[i]; p.usable(x, ep) && ep.take() {
+		if ep := p.eps[i]; (p.builtin || p.usable(x, ep)) && ep.take() {
 			return ep
 		}
 	}
