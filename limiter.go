@@ -65,10 +65,10 @@ type pool struct {
 	// so tryAcquire need not check them again.
 	builtin bool
 	random  bool // bal is Random(): tryAcquire calls pickRandom directly
-	rand  func() uint64
-	clock clock.Clock
-	epoch time.Time     // pool time zero, for nanotime
-	done  chan struct{} // closed by close
+	rand    func() uint64
+	clock   clock.Clock
+	epoch   time.Time     // pool time zero, for nanotime
+	done    chan struct{} // closed by close
 
 	// nwait counts calls in the waiters list or about to enter it. A release
 	// reads it after freeing its slot; a caller raises it before looking for a
