@@ -21,7 +21,8 @@ Starts fake Azure ML Classic endpoints in this process, drives a saturating
 closed-loop load through one amlpool Client, and prints each endpoint's share
 of the calls, the peak concurrency its server saw, its throttles, and the
 achieved rate beside the capacity formula's ceiling
-E x MCC x 1000 / latency_ms.
+E x MCC x 1000 / latency_ms. While it runs it shows, every -every, each
+endpoint's calls in flight against its limit, calls per second and throttles.
 
 Examples:
   amlpool demo
@@ -37,6 +38,7 @@ type demoConfig struct {
 	latency   time.Duration
 	duration  time.Duration
 	callers   int
+	every     time.Duration // live picture interval; 0: none
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
@@ -49,6 +51,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.latency, "latency", 50*time.Millisecond, "service time of each call")
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long to drive load")
 	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers (default 3x the total slots)")
+	fs.DurationVar(&cfg.every, "every", time.Second, "how often to show the live per-endpoint picture (0: never)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -72,6 +75,8 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		return fmt.Errorf("-latency %v: must be positive", cfg.latency)
 	case cfg.duration <= 0:
 		return fmt.Errorf("-duration %v: must be positive", cfg.duration)
+	case cfg.every < 0:
+		return fmt.Errorf("-every %v: must not be negative", cfg.every)
 	}
 	slots := cfg.endpoints * cfg.mcc
 	if cfg.callers <= 0 {
@@ -125,8 +130,18 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 			}
 		}()
 	}
+	stopLive := func() {}
+	if cfg.every > 0 {
+		stop, stopped := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(stopped)
+			newLive(out, client).run(cfg.every, stop)
+		}()
+		stopLive = func() { close(stop); <-stopped; fmt.Fprintln(out) }
+	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	stopLive()
 
 	stats := client.Stats()
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -28,6 +28,19 @@ func TestDemoPrintsEveryEndpointWithoutThrottles(t *testing.T) {
 	}
 }
 
+func TestDemoShowsTheLivePicture(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var out, errOut bytes.Buffer
+	code := run([]string{"demo", "-endpoints", "2", "-mcc", "3", "-latency", "1ms", "-duration", "400ms", "-every", "100ms"}, &out, &errOut)
+	assert.Equal(t, 0, code, errOut.String())
+	text := out.String()
+	assert.Contains(t, text, "live ")
+	assert.Contains(t, text, "waiting for a slot:")
+	for _, name := range []string{"endpoint1", "endpoint2"} {
+		assert.Regexp(t, name+`\s+in flight [0-3]/3\s+\d+ calls/s\s+throttles 0`, text)
+	}
+}
+
 func TestDemoRejectsBadFlags(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -37,6 +50,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{[]string{"demo", "-mcc", "201"}, 1, "-mcc 201"},
 		{[]string{"demo", "-endpoints", "0"}, 1, "-endpoints 0"},
 		{[]string{"demo", "-latency", "0s"}, 1, "-latency 0s"},
+		{[]string{"demo", "-every", "-1s"}, 1, "-every -1s"},
 		{[]string{"demo", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{nil, 2, "Usage: amlpool"},
