@@ -15,13 +15,15 @@ import (
 	"github.com/amlpool/amlpool/amltest"
 )
 
-var seedDuration = flag.Duration("seed.duration", 3*time.Second, "how long each side of BenchmarkSeedWorkload drives load")
+var seedDuration = flag.Duration("seed.duration", 4*time.Second, "how long each side of BenchmarkSeedWorkload drives load, in alternating turns")
 
 // BenchmarkSeedWorkload drives the seed workload — 5 endpoints × 20 slots,
 // 50 ms latency, on loopback fakes — through the pool with 3× more callers
 // than slots, and, in the same run, through a perfect client: one goroutine
 // per slot, pinned to its endpoint, plain net/http. It reports both rates,
-// their ratio (goal ≥ 0.99) and the throttles the servers saw (goal 0):
+// their ratio (goal ≥ 0.99) and the throttles the servers saw (goal 0). The
+// two sides run in alternating 500 ms turns, so that other load on the
+// machine weighs on both alike:
 //
 //	go test -run '^$' -bench SeedWorkload -benchtime 1x .
 func BenchmarkSeedWorkload(b *testing.B) {
@@ -41,46 +43,65 @@ func BenchmarkSeedWorkload(b *testing.B) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: mcc}}
 	defer hc.CloseIdleConnections()
 
-	var perfect, pooled float64
+	perfectCall := func(ctx context.Context, i int) error {
+		ep := eps[i%endpoints]
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader([]byte(body)))
+		req.Header.Set("Authorization", "Bearer "+ep.APIKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	poolCall := func(ctx context.Context, _ int) error {
+		_, err := c.Do(ctx, []byte(body))
+		return err
+	}
+	const turn = 500 * time.Millisecond
+	var perfectOK, poolOK int64
+	var perfectTime, poolTime time.Duration
 	var throttles int64
 	for b.Loop() {
-		perfect = closedLoop(*seedDuration, endpoints*mcc, func(ctx context.Context, i int) error {
-			ep := eps[i%endpoints]
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader([]byte(body)))
-			req.Header.Set("Authorization", "Bearer "+ep.APIKey)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := hc.Do(req)
-			if err != nil {
-				return err
+		for range max(1, int(*seedDuration/turn)) {
+			n, d := closedLoop(turn, endpoints*mcc, perfectCall)
+			perfectOK, perfectTime = perfectOK+n, perfectTime+d
+			drain(b, servers) // calls cut short at the turn's end leave the servers first
+			n, d = closedLoop(turn, 3*endpoints*mcc, poolCall)
+			poolOK, poolTime = poolOK+n, poolTime+d
+			for _, s := range servers {
+				throttles += s.Stats().Throttled
 			}
-			defer resp.Body.Close()
-			_, err = io.Copy(io.Discard, resp.Body)
-			if resp.StatusCode != http.StatusOK {
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		})
-		for _, s := range servers {
-			s.ResetStats()
-		}
-		pooled = closedLoop(*seedDuration, 3*endpoints*mcc, func(ctx context.Context, _ int) error {
-			_, err := c.Do(ctx, []byte(body))
-			return err
-		})
-		for _, s := range servers {
-			throttles += s.Stats().Throttled
+			drain(b, servers)
 		}
 	}
+	perfect := float64(perfectOK) / perfectTime.Seconds()
+	pooled := float64(poolOK) / poolTime.Seconds()
 	b.ReportMetric(perfect, "perfect-calls/s")
 	b.ReportMetric(pooled, "pool-calls/s")
 	b.ReportMetric(pooled/perfect, "pool/perfect")
 	b.ReportMetric(float64(throttles), "throttles")
 }
 
+// drain waits until no call is in any server, then zeroes their counters.
+func drain(b *testing.B, servers []*amltest.Server) {
+	for _, s := range servers {
+		if _, err := s.WaitFor(context.Background(), func(st amltest.Stats) bool { return st.InFlight == 0 }); err != nil {
+			b.Fatal(err)
+		}
+		s.ResetStats()
+	}
+}
+
 // closedLoop runs callers goroutines calling f back to back for d and
-// returns the rate of successful calls. Calls cut short by the end of the run
-// do not count.
-func closedLoop(d time.Duration, callers int, f func(ctx context.Context, caller int) error) float64 {
+// returns how many calls succeeded and how long the run took. Calls cut short
+// by the end of the run do not count.
+func closedLoop(d time.Duration, callers int, f func(ctx context.Context, caller int) error) (int64, time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var ok atomic.Int64
@@ -98,5 +119,5 @@ func closedLoop(d time.Duration, callers int, f func(ctx context.Context, caller
 		}()
 	}
 	wg.Wait()
-	return float64(ok.Load()) / time.Since(start).Seconds()
+	return ok.Load(), time.Since(start)
 }
