@@ -84,7 +84,7 @@ type epMetrics struct {
 var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
 
 // waitBuckets reach further: a call may wait for a slot up to its deadline.
-var waitBuckets = []float64{0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+var waitBuckets = []float64{0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
 func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*metrics, error) {
 	var errs []error
