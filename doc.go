@@ -85,6 +85,18 @@
 // last attempt's error and to why the call stopped. Keys never appear in
 // errors, logs or [Stats].
 //
+// # Observability
+//
+// [WithMeterProvider] records OpenTelemetry metrics: per endpoint, request
+// durations (http.client.request.duration, after the HTTP client semantic
+// conventions), attempts by outcome, calls in flight, the limit in force and
+// ejections; per Client, slot waits, calls waiting, retries, hedges and
+// retry-budget refusals. [WithTracerProvider] makes a span per call and a
+// client span per attempt; [WithTracePropagation] sends an attempt's trace
+// context to the service, which is not done otherwise. [WithLogger] gets a
+// Debug line per attempt. With none of them, a call does no telemetry work.
+// [Client.Stats] is the dependency-free snapshot of the same counters.
+//
 // # Concurrency
 //
 // A Client is safe for use by any number of goroutines; create one per set of

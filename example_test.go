@@ -5,7 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"sort"
+	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
@@ -87,4 +93,50 @@ func ExampleClient_Do() {
 	}
 	// Output:
 	// true
+}
+
+// Metrics go to any OpenTelemetry MeterProvider; here the SDK's with a
+// manual reader, read back after two calls, the first of which was throttled
+// once and retried.
+func ExampleWithMeterProvider() {
+	east := amltest.NewServer(amltest.Config{Name: "east"})
+	defer east.Close()
+	east.Script(amltest.Fault{Status: 503, Detail: "RequestThrottled"})
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	c, err := amlpool.New([]amlpool.Endpoint{east.Endpoint()}, amlpool.WithMeterProvider(mp))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	body := []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}}}`)
+	for range 2 {
+		if _, err := c.Do(context.Background(), body); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range rm.ScopeMetrics[0].Metrics {
+		if m.Name != "amlpool.endpoint.calls" && m.Name != "amlpool.retries" {
+			continue
+		}
+		var lines []string
+		for _, p := range m.Data.(metricdata.Sum[int64]).DataPoints {
+			if p.Value > 0 {
+				lines = append(lines, fmt.Sprintf("%s %s = %d", m.Name, p.Attributes.Encoded(attribute.DefaultEncoder()), p.Value))
+			}
+		}
+		sort.Strings(lines)
+		fmt.Println(strings.Join(lines, "\n"))
+	}
+	// Output:
+	// amlpool.endpoint.calls amlpool.endpoint=east,amlpool.outcome=success = 2
+	// amlpool.endpoint.calls amlpool.endpoint=east,amlpool.outcome=throttled = 1
+	// amlpool.retries amlpool.retry.reason=throttled = 1
 }

@@ -207,7 +207,10 @@ type loggerOption struct{ l *slog.Logger }
 
 func (o loggerOption) apply(c *config) { c.logger = o.l }
 
-// WithLogger logs through l. Keys are never logged. Default: no logging.
+// WithLogger logs through l: one Debug line per attempt ("amlpool: attempt",
+// with its endpoint, outcome, status, latency and wait), and Warn lines when
+// an endpoint is ejected or readmitted and when the retry budget runs out.
+// Keys are never logged. Default: no logging; a nil l means the default.
 func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 type limiterOption struct{ l Limiter }
