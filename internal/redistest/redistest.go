@@ -1,0 +1,189 @@
+// Package redistest runs a real redis-server for tests: its own process on a
+// free loopback port, never the machine's packaged service.
+//
+// Tests that need it call Start; when the redis-server binary is not on PATH
+// the test is skipped with a message saying how to get it, unless
+// AMLPOOL_REQUIRE_REDIS=1 (which .ci/run sets), when it fails instead.
+package redistest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RequireEnv makes a missing redis-server a failure instead of a skip.
+const RequireEnv = "AMLPOOL_REQUIRE_REDIS"
+
+// TB is the part of testing.TB that Start uses, so benchmarks can use it too.
+type TB interface {
+	Helper()
+	Skip(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
+var _ TB = (testing.TB)(nil)
+
+// Server is one redis-server process.
+type Server struct {
+	Addr string // 127.0.0.1:port
+	bin  string
+	dir  string
+
+	// mu guards cmd, exited and log.
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+	log    *bytes.Buffer
+}
+
+// Binary returns the path of redis-server, or "" when there is none.
+func Binary() string {
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// Start starts a redis-server on a free loopback port and stops it when the
+// test ends. Without persistence: a restart starts empty.
+func Start(t TB) *Server {
+	t.Helper()
+	bin := Binary()
+	if bin == "" {
+		if os.Getenv(RequireEnv) == "1" {
+			t.Fatalf("redis-server not found on PATH and %s=1: install the Debian package redis-server", RequireEnv)
+		}
+		t.Skip("redis-server not found on PATH: skipping the real-Redis test (apt-get install redis-server; set " + RequireEnv + "=1 to fail instead)")
+	}
+	s := &Server{bin: bin, dir: t.TempDir()}
+	var err error
+	for range 5 { // a free port can be taken between probe and bind
+		s.Addr = freeAddr(t)
+		if err = s.start(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func freeAddr(t TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (s *Server) start() error {
+	_, port, _ := net.SplitHostPort(s.Addr)
+	cmd := exec.Command(s.bin,
+		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.dir, "--loglevel", "warning")
+	log := new(bytes.Buffer)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: 100 * time.Millisecond, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server on %s exited: %s", s.Addr, log)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-exited
+			return fmt.Errorf("redis-server on %s did not answer PING: %w", s.Addr, err)
+		}
+	}
+	s.mu.Lock()
+	s.cmd, s.exited, s.log = cmd, exited, log
+	s.mu.Unlock()
+	return nil
+}
+
+// Client returns a client tuned as redislimit recommends, closed when the
+// test ends.
+func (s *Server) Client(t TB) *redis.Client {
+	c := redis.NewClient(Options(s.Addr))
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Options are the client settings redislimit recommends, for addr.
+func Options(addr string) *redis.Options {
+	return &redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,
+		DialTimeout:           250 * time.Millisecond,
+		ReadTimeout:           100 * time.Millisecond,
+		WriteTimeout:          100 * time.Millisecond,
+		MaxRetries:            1,
+	}
+}
+
+// Kill stops the server with SIGKILL, as a crash would.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.exited
+	s.cmd = nil
+}
+
+// Restart kills the server and starts an empty one on the same port.
+func (s *Server) Restart(t TB) {
+	t.Helper()
+	s.Kill()
+	var err error
+	for range 50 { // the port may linger a moment
+		if err = s.start(); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("redistest: restart: %v", err)
+}
+
+// Stop kills the server if it runs.
+func (s *Server) Stop() { s.Kill() }
+
+// Port returns the server's port.
+func (s *Server) Port() int {
+	_, p, _ := net.SplitHostPort(s.Addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}

@@ -1,0 +1,17 @@
+package redislimit
+
+import "github.com/amlpool/amlpool/internal/clock"
+
+// Test-only options: a fake clock and a deterministic random source.
+
+type clockOption struct{ c clock.Clock }
+
+func (o clockOption) apply(c *config) { c.clock = o.c }
+
+func WithClock(c clock.Clock) Option { return clockOption{c} }
+
+type randOption struct{ r func() uint64 }
+
+func (o randOption) apply(c *config) { c.rand = o.r }
+
+func WithRand(r func() uint64) Option { return randOption{r} }

@@ -1,0 +1,233 @@
+package redislimit
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The keeper is one goroutine per Limiter that runs a tick every renew
+// interval (or every probe interval in fallback). A tick is one script: the
+// process's heartbeat (which gives the replica count), its limits (so
+// disagreeing replicas show up) and the renewal of leases of calls that run
+// long. In fallback a tick is the probe: when it succeeds, every lease still
+// held (those taken locally included) is registered in Redis, even past the
+// limit, before the Limiter goes back to Redis. The fleet then counts every
+// call really in flight, and new acquires wait until the count drains.
+
+func (l *Limiter) keep() {
+	defer l.wg.Done()
+	d := time.Duration(0) // first tick at once: learn the replica count
+	for {
+		t := l.cfg.clock.NewTimer(d)
+		select {
+		case <-l.done:
+			t.Stop()
+			return
+		case <-l.retry:
+			t.Stop()
+			d = l.cfg.probe
+			continue
+		case <-t.C():
+		}
+		l.tick()
+		d = l.cfg.renew
+		if l.inFallback() {
+			d = l.cfg.probe
+		}
+	}
+}
+
+func (l *Limiter) inFallback() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fallback
+}
+
+// tick runs the tick script once and applies its reply.
+func (l *Limiter) tick() {
+	now := l.cfg.clock.Now()
+	keys := []string{l.keys.members, l.keys.limits}
+	args := []any{l.proc, l.cfg.ttl.Milliseconds(), l.memberTTL().Milliseconds()}
+
+	l.mu.Lock()
+	recovering := l.fallback
+	eps := slices.SortedFunc(maps.Values(l.eps), func(a, b *endpoint) int { return cmpString(a.id, b.id) })
+	args = append(args, len(eps))
+	for _, ep := range eps {
+		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
+	}
+	var batch []*lease
+	for _, ep := range eps {
+		var ids []any
+		for _, ls := range ep.held {
+			// A lease renewed half a tick ago or more would not survive two
+			// missed ticks without this one.
+			if recovering || !ls.remote || now.Sub(ls.renewed) >= l.cfg.renew/2 {
+				ids = append(ids, ls.id)
+				batch = append(batch, ls)
+			}
+		}
+		if len(ids) > 0 {
+			keys = append(keys, ep.key)
+			args = append(append(args, len(ids)), ids...)
+		}
+	}
+	l.mu.Unlock()
+
+	res, err := l.eval(l.bg, tickScript, keys, args)
+	if err != nil {
+		if l.bg.Err() == nil {
+			l.trip(err)
+		}
+		return
+	}
+	replicas, limits, missing, err := parseTick(res)
+	if err != nil {
+		l.trip(err)
+		return
+	}
+
+	var stale []removal
+	var mismatches []string
+	l.mu.Lock()
+	l.replicas = max(1, replicas)
+	for _, ls := range batch {
+		if ls.released {
+			// Released while the tick ran: the tick may have added it back.
+			stale = append(stale, removal{ls.ep.key, ls.id})
+			continue
+		}
+		if missing[ls.id] && ls.remote && !ls.lost {
+			ls.lost = true
+			l.lost.Add(1)
+		}
+		if ls.remote {
+			l.renewals.Add(1)
+		}
+		ls.remote, ls.renewed = true, now
+	}
+	seen := limitsByEndpoint(limits)
+	for _, ep := range eps {
+		s := seen[ep.id]
+		if len(s) < 2 {
+			s = nil
+		}
+		if !slices.Equal(s, ep.seen) {
+			ep.seen = s
+			if s != nil {
+				mismatches = append(mismatches, ep.name, fmt.Sprint(s))
+			}
+		}
+	}
+	if recovering {
+		stale = append(stale, l.pending...)
+		l.pending = nil
+		l.fallback = false
+	}
+	l.mu.Unlock()
+
+	for i := 0; i < len(mismatches); i += 2 {
+		l.mismatches.Add(1)
+		l.cfg.logger.Warn("redislimit: replicas disagree on an endpoint's MaxConcurrentCalls",
+			"pool", l.cfg.pool, "endpoint", mismatches[i], "limits", mismatches[i+1])
+	}
+	if len(stale) > 0 {
+		l.removeAll(l.bg, stale)
+	}
+	if recovering {
+		l.cfg.logger.Info("redislimit: Redis is back; caps are shared again", "pool", l.cfg.pool)
+		l.kick()
+	}
+}
+
+// memberTTL is how long a heartbeat counts: three ticks.
+func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
+
+func parseTick(res any) (replicas int, limits []string, missing map[string]bool, err error) {
+	r, ok := res.([]any)
+	if !ok || len(r) != 3 {
+		return 0, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	}
+	n, ok1 := r[0].(int64)
+	ls, ok2 := r[1].([]any)
+	ms, ok3 := r[2].([]any)
+	if !ok1 || !ok2 || !ok3 {
+		return 0, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	}
+	for _, v := range ls {
+		if s, ok := v.(string); ok {
+			limits = append(limits, s)
+		}
+	}
+	missing = make(map[string]bool, len(ms))
+	for _, v := range ms {
+		if s, ok := v.(string); ok {
+			missing[s] = true
+		}
+	}
+	return int(n), limits, missing, nil
+}
+
+// limitsByEndpoint groups the announced limits: endpoint id -> sorted
+// distinct limits.
+func limitsByEndpoint(members []string) map[string][]int {
+	out := make(map[string][]int)
+	for _, m := range members {
+		id, n, ok := parseLimitMember(m)
+		if ok && !slices.Contains(out[id], n) {
+			out[id] = append(out[id], n)
+		}
+	}
+	for _, s := range out {
+		slices.Sort(s)
+	}
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// trip switches to the failure mode after a Redis error.
+func (l *Limiter) trip(err error) {
+	l.mu.Lock()
+	if l.fallback || l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.fallback = true
+	replicas := l.replicas
+	l.mu.Unlock()
+	l.fallbacks.Add(1)
+	l.cfg.logger.Warn("redislimit: Redis unavailable; caps fall back to the failure mode",
+		"pool", l.cfg.pool, "mode", l.cfg.mode.String(), "replicas", replicas, "err", err)
+	select {
+	case l.retry <- struct{}{}:
+	default:
+	}
+	l.kick()
+}
+
+// removeAll deletes leases from Redis in one pipeline, best effort: what
+// fails expires within the TTL.
+func (l *Limiter) removeAll(ctx context.Context, rs []removal) {
+	_, _ = l.exec(ctx, func(ctx context.Context) (any, error) {
+		return l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, r := range rs {
+				p.ZRem(ctx, r.key, r.id)
+			}
+			return nil
+		})
+	})
+}

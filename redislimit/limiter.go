@@ -1,0 +1,488 @@
+package redislimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/amlpool/amlpool"
+)
+
+// Limiter is an amlpool.Limiter whose slots live in Redis: every process
+// that shares a Redis and a pool name (WithPool) shares each endpoint's
+// MaxConcurrentCalls, so the fleet together never sends an endpoint more
+// calls than its cap. Plug it into a Client with amlpool.WithLimiter.
+//
+// A slot is a lease: a member of a sorted set per endpoint, scored by its
+// expiry on the Redis server's clock. Acquire takes one in one round trip
+// (one Lua script), Release gives it back with one command in the
+// background, and leases of calls still running are renewed before they
+// expire, so a crashed process's slots come back within the TTL while a long
+// call keeps its own.
+//
+// Limiter is safe for concurrent use. Close it after the Clients that use it.
+type Limiter struct {
+	rdb      redis.UniversalClient
+	cfg      config
+	keys     keyspace
+	proc     string // this process's id in Redis
+	ctxAware bool   // the client's socket I/O honours ctx deadlines
+	seq      atomic.Uint64
+
+	wake  chan struct{} // buffered(1): the pump has work
+	retry chan struct{} // buffered(1): the keeper must reschedule (fallback began)
+	done  chan struct{} // closed by Close
+	bg    context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup // every goroutine the Limiter starts
+	pubsub *redis.PubSub
+
+	// counters for Stats
+	acquired, renewals, lost, fallbacks, failures, mismatches atomic.Int64
+	rtt                                           atomic.Int64 // moving average, ns
+
+	// mu guards everything below.
+	mu       sync.Mutex
+	eps      map[string]*endpoint // by LimitedEndpoint.ID
+	waiters  []*waiter            // oldest first
+	held     int
+	fallback bool
+	replicas int       // last seen in Redis, or the expected number
+	pending  []removal // leases to delete from Redis once it is back
+	closed   bool
+}
+
+// endpoint is what the Limiter knows of one endpoint.
+type endpoint struct {
+	id, name, key string
+	limit         atomic.Int64       // as configured in this process
+	held          map[string]*lease  // by lease id; guarded by Limiter.mu
+	seen          []int              // limits the fleet announces, when they disagree; guarded by Limiter.mu
+}
+
+// lease is one slot held by this process.
+type lease struct {
+	l   *Limiter
+	ep  *endpoint
+	idx int
+	id  string
+
+	// Guarded by Limiter.mu.
+	remote   bool      // Redis has it, as far as we know
+	renewed  time.Time // when Redis last got its expiry
+	lost     bool      // counted in Stats.Lost already
+	released bool
+}
+
+type removal struct{ key, id string }
+
+// New returns a Limiter that keeps its slots in Redis through client: a
+// *redis.Client, a Sentinel failover client, a *redis.ClusterClient or a
+// *redis.Ring. The Limiter never closes client.
+//
+// Every Redis round trip is bounded by WithTimeout (100 ms), whatever the
+// client's own timeouts. Still, set the client up for a limiter: go-redis's
+// defaults wait 5 s on a socket and retry three times. Recommended:
+//
+//	redis.Options{ContextTimeoutEnabled: true, DialTimeout: 250 * time.Millisecond,
+//		ReadTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond, MaxRetries: 1}
+//
+// Without ContextTimeoutEnabled a Redis call that times out is abandoned,
+// not cancelled: its goroutine and connection stay busy until the client's
+// ReadTimeout.
+//
+// New starts the Limiter's background work (heartbeat and renewal, the
+// waiting pump, the release subscription) and returns at once; it does not
+// wait for Redis. It returns an *amlpool.ConfigError for a bad option.
+func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
+	if client == nil {
+		return nil, &amlpool.ConfigError{Field: "redislimit.New", Problem: "nil Redis client"}
+	}
+	cfg, err := buildConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	l := &Limiter{
+		rdb:      client,
+		cfg:      cfg,
+		keys:     newKeyspace(cfg.pool),
+		proc:     strconv.FormatUint(cfg.rand(), 16),
+		ctxAware: honoursContext(client),
+		wake:     make(chan struct{}, 1),
+		retry:    make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		eps:      make(map[string]*endpoint),
+		replicas: cfg.replicas,
+	}
+	l.bg, l.stop = context.WithCancel(context.Background())
+	if cfg.notify {
+		l.pubsub = client.Subscribe(l.bg, l.keys.freed)
+		l.wg.Add(1)
+		go l.listen(l.pubsub.Channel())
+	}
+	l.wg.Add(2)
+	go l.pump()
+	go l.keep()
+	return l, nil
+}
+
+// honoursContext reports whether client passes ctx deadlines to its sockets.
+func honoursContext(c redis.UniversalClient) bool {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return false
+}
+
+// Acquire implements amlpool.Limiter. It takes a lease on the first of
+// candidates with room fleet-wide, in one Redis round trip. When all are
+// full, the call waits in line behind this process's earlier waiting calls
+// until a slot frees, ctx ends (ctx's error) or the Limiter is closed
+// (amlpool.ErrClosed).
+//
+// When Redis fails, Acquire does not fail the call: the failure mode applies
+// (FailStatic by default) until Redis is back. Under FailClosed the error
+// wraps amlpool.ErrNoCapacity.
+func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(candidates) == 0 {
+		return nil, errors.New("redislimit: Acquire: no candidate endpoints")
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, amlpool.ErrClosed
+	}
+	cands := l.endpointsLocked(candidates)
+	queued := len(l.waiters) > 0
+	l.mu.Unlock()
+
+	if !queued {
+		ls, err := l.try(ctx, cands)
+		if err != nil {
+			return nil, err
+		}
+		if ls != nil {
+			return ls, nil
+		}
+	}
+
+	w := &waiter{cands: cands, ready: make(chan struct{})}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, amlpool.ErrClosed
+	}
+	l.waiters = append(l.waiters, w)
+	l.mu.Unlock()
+	l.kick()
+
+	var err error
+	select {
+	case <-w.ready:
+		return w.result()
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-l.done:
+		err = amlpool.ErrClosed
+	}
+	l.mu.Lock()
+	select {
+	case <-w.ready:
+		// Served while giving up: hand the lease back.
+		l.mu.Unlock()
+		if w.lease != nil {
+			w.lease.Release()
+		}
+		return nil, err
+	default:
+	}
+	l.removeWaiterLocked(w)
+	l.mu.Unlock()
+	return nil, err
+}
+
+// endpointsLocked returns the Limiter's record of each candidate, adding
+// the ones it has not seen.
+func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
+	out := make([]*endpoint, len(cands))
+	for i, c := range cands {
+		ep := l.eps[c.ID]
+		if ep == nil {
+			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), held: make(map[string]*lease)}
+			l.eps[c.ID] = ep
+		}
+		ep.limit.Store(int64(c.Limit))
+		out[i] = ep
+	}
+	return out
+}
+
+// try takes a lease on one of cands if one is free now, in Redis or, in
+// fallback, locally. It returns nil, nil when all are full.
+func (l *Limiter) try(ctx context.Context, cands []*endpoint) (*lease, error) {
+	l.mu.Lock()
+	fallback := l.fallback
+	l.mu.Unlock()
+	if !fallback {
+		ls, err := l.tryRedis(ctx, cands)
+		if err == nil {
+			return ls, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		l.trip(err)
+	}
+	return l.tryLocal(cands)
+}
+
+// tryRedis runs the acquire script once.
+func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint) (*lease, error) {
+	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
+	keys := make([]string, len(cands))
+	args := make([]any, 0, 2+len(cands))
+	args = append(args, id, l.cfg.ttl.Milliseconds())
+	for i, ep := range cands {
+		keys[i] = ep.key
+		args = append(args, ep.limit.Load())
+	}
+	res, err := l.eval(ctx, acquireScript, keys, args)
+	if err != nil {
+		// The script may have run with its reply lost: delete the lease
+		// once Redis answers again, or let it expire.
+		l.mu.Lock()
+		for _, k := range keys {
+			l.pending = appendPending(l.pending, removal{k, id})
+		}
+		l.mu.Unlock()
+		return nil, err
+	}
+	reply, ok := res.([]any)
+	if !ok || len(reply) == 0 {
+		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
+	}
+	i, ok := reply[0].(int64)
+	if !ok || i < 0 || int(i) > len(cands) {
+		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
+	}
+	if i == 0 {
+		return nil, nil
+	}
+	ls := &lease{l: l, ep: cands[i-1], idx: int(i - 1), id: id, remote: true, renewed: l.cfg.clock.Now()}
+	l.mu.Lock()
+	l.addLocked(ls)
+	l.mu.Unlock()
+	return ls, nil
+}
+
+// tryLocal grants a lease from this process's share of a cap, for use while
+// Redis is unreachable.
+func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cfg.mode == FailClosed {
+		return nil, errUnavailable
+	}
+	for i, ep := range cands {
+		if len(ep.held) < l.shareLocked(ep) {
+			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)}
+			l.addLocked(ls)
+			return ls, nil
+		}
+	}
+	return nil, nil
+}
+
+var errUnavailable = fmt.Errorf("redislimit: Redis unavailable and the failure mode is closed: %w", amlpool.ErrNoCapacity)
+
+// shareLocked is what this process may hold of ep's cap in fallback.
+func (l *Limiter) shareLocked(ep *endpoint) int {
+	if l.cfg.mode == FailOpen {
+		return int(ep.limit.Load())
+	}
+	return (int(ep.limit.Load()) + l.replicas - 1) / l.replicas
+}
+
+func (l *Limiter) addLocked(ls *lease) {
+	ls.ep.held[ls.id] = ls
+	l.held++
+	l.acquired.Add(1)
+}
+
+func appendPending(p []removal, r removal) []removal {
+	const maxPending = 10000 // past this, leases just expire
+	if len(p) >= maxPending {
+		return p
+	}
+	return append(p, r)
+}
+
+// Index implements amlpool.Lease.
+func (ls *lease) Index() int { return ls.idx }
+
+// Release implements amlpool.Lease: it forgets the lease at once and deletes
+// it from Redis in the background. A lease Redis no longer had counts as
+// lost.
+func (ls *lease) Release() {
+	l := ls.l
+	l.mu.Lock()
+	if ls.released {
+		l.mu.Unlock()
+		return
+	}
+	ls.released = true
+	delete(ls.ep.held, ls.id)
+	l.held--
+	remote := ls.remote && !l.closed
+	if remote && l.fallback {
+		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
+		remote = false
+	}
+	if remote {
+		l.wg.Add(1) // under mu, so never after Close began waiting
+	}
+	l.mu.Unlock()
+	if !remote {
+		l.kick()
+		return
+	}
+	go func() {
+		defer l.wg.Done()
+		removed, err := l.remove(ls)
+		switch {
+		case err != nil:
+			if l.bg.Err() == nil {
+				l.trip(err)
+			}
+		case !removed:
+			l.mu.Lock()
+			if !ls.lost {
+				ls.lost = true
+				l.lost.Add(1)
+			}
+			l.mu.Unlock()
+		}
+		l.kick()
+	}()
+}
+
+// remove deletes a lease from Redis: the release script when other
+// processes may be waiting for notifications, a plain ZREM otherwise.
+func (l *Limiter) remove(ls *lease) (bool, error) {
+	if l.cfg.notify {
+		res, err := l.eval(l.bg, releaseScript, []string{ls.ep.key}, []any{ls.id, ls.ep.limit.Load(), l.keys.freed})
+		n, _ := res.(int64)
+		return n == 1, err
+	}
+	res, err := l.exec(l.bg, func(ctx context.Context) (any, error) {
+		return l.rdb.ZRem(ctx, ls.ep.key, ls.id).Result()
+	})
+	n, _ := res.(int64)
+	return n == 1, err
+}
+
+// eval runs a script within the Limiter's timeout.
+func (l *Limiter) eval(ctx context.Context, s *redis.Script, keys []string, args []any) (any, error) {
+	return l.exec(ctx, func(ctx context.Context) (any, error) {
+		return s.Run(ctx, l.rdb, keys, args...).Result()
+	})
+}
+
+// exec runs one Redis operation bounded by the Limiter's timeout. With a
+// client that ignores ctx deadlines on its sockets, the operation runs in
+// its own goroutine and is abandoned, not cancelled, on timeout.
+func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error)) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
+	defer cancel()
+	start := l.cfg.clock.Now()
+	var res any
+	var err error
+	if l.ctxAware {
+		res, err = op(ctx)
+	} else {
+		res, err = l.detached(ctx, op)
+	}
+	if err != nil {
+		l.failures.Add(1)
+		return nil, err
+	}
+	d := int64(l.cfg.clock.Now().Sub(start))
+	for {
+		old := l.rtt.Load()
+		next := d
+		if old != 0 {
+			next = old + (d-old)/8
+		}
+		if l.rtt.CompareAndSwap(old, next) {
+			break
+		}
+	}
+	return res, nil
+}
+
+func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, error)) (any, error) {
+	type result struct {
+		v   any
+		err error
+	}
+	ch := make(chan result, 1)
+	l.mu.Lock()
+	if l.closed && l.bg.Err() != nil {
+		l.mu.Unlock()
+		return nil, amlpool.ErrClosed
+	}
+	l.wg.Add(1)
+	l.mu.Unlock()
+	go func() {
+		defer l.wg.Done()
+		v, err := op(ctx)
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// kick wakes the pump.
+func (l *Limiter) kick() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// listen wakes the pump whenever another process frees a slot on a full
+// endpoint.
+func (l *Limiter) listen(ch <-chan *redis.Message) {
+	defer l.wg.Done()
+	for {
+		select {
+		case <-l.done:
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+			l.kick()
+		}
+	}
+}
+
+var errClosedAgain = amlpool.ErrClosed

@@ -1,0 +1,457 @@
+package redislimit
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// testTimeout bounds every wait in these tests; none should come near it.
+const testTimeout = 10 * time.Second
+
+func eps(limits ...int) []amlpool.LimitedEndpoint {
+	out := make([]amlpool.LimitedEndpoint, len(limits))
+	for i, n := range limits {
+		out[i] = amlpool.LimitedEndpoint{ID: string(rune('a' + i)), Name: "ep" + string(rune('a'+i)), Limit: n}
+	}
+	return out
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// fixture is miniredis plus a fake clock driving both the Limiters' timers
+// and the server's TIME and TTLs.
+type fixture struct {
+	m   *miniredis.Miniredis
+	rdb *redis.Client
+	clk *clock.Fake
+}
+
+func newFixture(t *testing.T) *fixture {
+	m := miniredis.RunT(t)
+	clk := clock.NewFake()
+	m.SetTime(clk.Now())
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return &fixture{m: m, rdb: rdb, clk: clk}
+}
+
+// advance moves every clock by d.
+func (f *fixture) advance(d time.Duration) {
+	f.m.SetTime(f.clk.Now().Add(d))
+	f.m.FastForward(d)
+	f.clk.Advance(d)
+}
+
+func (f *fixture) limiter(t *testing.T, opts ...Option) *Limiter {
+	opts = append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(time.Second)}, opts...)
+	l, err := New(f.rdb, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// settle waits until n keepers sleep again, which each does only after its
+// tick. Tests that call it keep no call waiting, so no pump timer counts.
+func (f *fixture) settle(t *testing.T, n int) {
+	t.Helper()
+	require.True(t, f.clk.WaitTimers(n, testCtx(t).Done()), "keepers never went back to sleep")
+}
+
+func TestAcquireAndRelease(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	ctx := testCtx(t)
+	a, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	b, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	assert.Equal(t, 0, a.Index())
+	assert.EqualValues(t, 2, f.rdb.ZCard(ctx, "amlpool:{t}:ep:a").Val())
+	assert.Equal(t, 2, l.Stats().Held)
+
+	a.Release()
+	a.Release() // idempotent
+	b.Release()
+	require.Eventually(t, func() bool { return !f.m.Exists("amlpool:{t}:ep:a") }, testTimeout, time.Millisecond,
+		"released leases still in Redis")
+	assert.Equal(t, 0, l.Stats().Held)
+	assert.Zero(t, l.Stats().Lost)
+}
+
+func TestAcquireTakesFirstCandidateWithRoom(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	ctx := testCtx(t)
+	cands := eps(1, 1)
+	a, err := l.Acquire(ctx, cands)
+	require.NoError(t, err)
+	b, err := l.Acquire(ctx, cands)
+	require.NoError(t, err)
+	assert.Equal(t, 0, a.Index())
+	assert.Equal(t, 1, b.Index())
+}
+
+func TestReplicasShareTheCap(t *testing.T) {
+	f := newFixture(t)
+	l1, l2 := f.limiter(t), f.limiter(t)
+	ctx := testCtx(t)
+	a, err := l1.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	_, err = l2.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+
+	// The cap of 2 is used up across both: l2's next call waits until l1
+	// releases.
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l2.Acquire(ctx, eps(2))
+		if err == nil {
+			ls.Release()
+		}
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return l2.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	select {
+	case err := <-got:
+		t.Fatalf("Acquire past the fleet's cap returned %v", err)
+	default:
+	}
+	a.Release()
+	require.NoError(t, <-got, "a release in one replica must let the other's waiting call in")
+}
+
+func TestWaitingCallsAreServedInOrder(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	ctx := testCtx(t)
+	first, err := l.Acquire(ctx, eps(1))
+	require.NoError(t, err)
+
+	const n = 5
+	order := make(chan int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ls, err := l.Acquire(ctx, eps(1))
+			if !assert.NoError(t, err) {
+				return
+			}
+			order <- i
+			ls.Release()
+		}()
+		// Queue them one at a time so their order is known.
+		require.Eventually(t, func() bool { return l.Stats().Waiting == i+1 }, testTimeout, time.Millisecond)
+	}
+	first.Release()
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	assert.Equal(t, []int{0, 1, 2, 3, 4}, got)
+}
+
+func TestCancelWhileWaiting(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	held, err := l.Acquire(testCtx(t), eps(1))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.Acquire(ctx, eps(1))
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	cancel()
+	assert.ErrorIs(t, <-got, context.Canceled)
+	held.Release()
+	assert.Eventually(t, func() bool { s := l.Stats(); return s.Held == 0 && s.Waiting == 0 }, testTimeout, time.Millisecond)
+	assert.Eventually(t, func() bool { return !f.m.Exists("amlpool:{t}:ep:a") }, testTimeout, time.Millisecond,
+		"a cancelled wait left a lease behind")
+}
+
+func TestCloseEndsWaitsAndLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	ctx := testCtx(t)
+	held, err := l.Acquire(ctx, eps(1))
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.Acquire(ctx, eps(1))
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	f.settle(t, 1) // the first heartbeat is in
+
+	require.NoError(t, l.Close())
+	assert.ErrorIs(t, <-got, amlpool.ErrClosed)
+	assert.ErrorIs(t, l.Close(), amlpool.ErrClosed)
+	_, err = l.Acquire(ctx, eps(1))
+	assert.ErrorIs(t, err, amlpool.ErrClosed)
+	held.Release() // after Close: a no-op
+	assert.Empty(t, f.m.Keys(), "keys left after Close")
+}
+
+func TestRenewalKeepsLongCallsLeases(t *testing.T) {
+	f := newFixture(t)
+	ttl := 3 * time.Second
+	l := f.limiter(t, WithTTL(ttl), WithRenewInterval(time.Second))
+	ls, err := l.Acquire(testCtx(t), eps(1))
+	require.NoError(t, err)
+	f.settle(t, 1)
+	for range 10 { // ten seconds: three TTLs
+		f.advance(time.Second)
+		f.settle(t, 1)
+	}
+	s := l.Stats()
+	assert.Zero(t, s.Lost)
+	assert.GreaterOrEqual(t, s.Renewals, int64(5))
+	assert.True(t, f.m.Exists("amlpool:{t}:ep:a"))
+	// Another replica still finds the endpoint full.
+	other := f.limiter(t)
+	ctx, cancel := context.WithTimeout(testCtx(t), 50*time.Millisecond)
+	defer cancel()
+	_, err = other.Acquire(ctx, eps(1))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	ls.Release()
+}
+
+func TestExpiredLeaseCountsAsLost(t *testing.T) {
+	f := newFixture(t)
+	// A renew interval far past the TTL cannot be set; stop the keeper's
+	// renewals by never advancing its clock, and age only Redis.
+	l := f.limiter(t, WithTTL(2*time.Second), WithRenewInterval(500*time.Millisecond))
+	ls, err := l.Acquire(testCtx(t), eps(1))
+	require.NoError(t, err)
+	f.settle(t, 1)
+	f.m.SetTime(f.clk.Now().Add(3 * time.Second))
+	f.m.FastForward(3 * time.Second)
+	ls.Release()
+	assert.Eventually(t, func() bool { return l.Stats().Lost == 1 }, testTimeout, time.Millisecond)
+}
+
+func TestLostLeasesAreReregistered(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t, WithTTL(3*time.Second), WithRenewInterval(time.Second))
+	ls, err := l.Acquire(testCtx(t), eps(1))
+	require.NoError(t, err)
+	f.settle(t, 1)
+	f.m.FlushAll() // a restart without persistence, a failover to a stale replica
+	f.advance(time.Second)
+	f.settle(t, 1)
+	assert.True(t, f.m.Exists("amlpool:{t}:ep:a"), "a lease in flight was not registered again")
+	assert.EqualValues(t, 1, l.Stats().Lost)
+	ls.Release()
+}
+
+func TestMismatchedLimitsAreReported(t *testing.T) {
+	f := newFixture(t)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	l1 := f.limiter(t, WithLogger(log))
+	l2 := f.limiter(t)
+	ctx := testCtx(t)
+	a, err := l1.Acquire(ctx, eps(4))
+	require.NoError(t, err)
+	b, err := l2.Acquire(ctx, eps(6))
+	require.NoError(t, err)
+	f.settle(t, 2)
+	f.advance(DefaultTTL / 3)
+	f.settle(t, 2)
+	f.advance(DefaultTTL / 3)
+	f.settle(t, 2)
+	assert.Eventually(t, func() bool { return l1.Stats().Mismatches > 0 }, testTimeout, time.Millisecond)
+	s := l1.Stats()
+	require.Len(t, s.Endpoints, 1)
+	assert.Equal(t, []int{4, 6}, s.Endpoints[0].Limits)
+	mu.Lock()
+	assert.Contains(t, buf.String(), "disagree")
+	mu.Unlock()
+	a.Release()
+	b.Release()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
+
+func TestFailureModes(t *testing.T) {
+	tests := []struct {
+		name  string
+		mode  FailureMode
+		grant int // leases one process gets of a cap of 5 with 2 replicas
+	}{
+		{"static", FailStatic, 3},
+		{"open", FailOpen, 5},
+		{"closed", FailClosed, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			l := f.limiter(t, WithFailureMode(tt.mode))
+			_ = f.limiter(t) // a second replica
+			f.settle(t, 2)
+			f.advance(DefaultTTL / 3) // both heartbeats seen
+			f.settle(t, 2)
+			require.Equal(t, 2, l.Stats().Replicas)
+
+			f.m.SetError("LOADING Redis is loading the dataset in memory")
+			var leases []amlpool.Lease
+			for range 5 {
+				ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Millisecond)
+				ls, err := l.Acquire(ctx, eps(5))
+				cancel()
+				if err != nil {
+					if tt.mode == FailClosed {
+						assert.ErrorIs(t, err, amlpool.ErrNoCapacity)
+					} else {
+						assert.ErrorIs(t, err, context.DeadlineExceeded)
+					}
+					continue
+				}
+				leases = append(leases, ls)
+			}
+			assert.Len(t, leases, tt.grant)
+			s := l.Stats()
+			assert.True(t, s.Fallback)
+			assert.EqualValues(t, 1, s.Fallbacks)
+
+			// Redis is back: the next probe ends the fallback and registers
+			// the leases taken meanwhile.
+			f.m.SetError("")
+			f.advance(DefaultProbeInterval)
+			f.settle(t, 2)
+			assert.Eventually(t, func() bool { return !l.Stats().Fallback }, testTimeout, time.Millisecond)
+			if tt.grant > 0 {
+				assert.EqualValues(t, tt.grant, f.rdb.ZCard(testCtx(t), "amlpool:{t}:ep:a").Val())
+			}
+			for _, ls := range leases {
+				ls.Release()
+			}
+		})
+	}
+}
+
+// blackHole accepts connections and never answers: Redis hung.
+func blackHole(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().String()
+}
+
+func TestTimeoutBoundsAHungRedisWhateverTheClient(t *testing.T) {
+	tests := []struct {
+		name string
+		opts redis.Options
+	}{
+		// go-redis defaults but a 1 s read timeout, so the abandoned call
+		// ends soon after the test.
+		{"ctx ignored", redis.Options{ReadTimeout: time.Second, MaxRetries: -1}},
+		{"ctx honoured", redis.Options{ReadTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := tt.opts
+			o.Addr = blackHole(t)
+			rdb := redis.NewClient(&o)
+			defer rdb.Close()
+			l, err := New(rdb, WithPool("t"), WithoutReleaseNotify(), WithTimeout(50*time.Millisecond))
+			require.NoError(t, err)
+			defer l.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			// Well before ctx's 500 ms and the client's 1 s: the 50 ms
+			// timeout fails the round trip and the fallback grants.
+			ls, err := l.Acquire(ctx, eps(4))
+			require.NoError(t, err, "a hung Redis must not hold the call past the limiter's timeout")
+			assert.True(t, l.Stats().Fallback)
+			ls.Release()
+		})
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	tests := []struct {
+		name  string
+		opt   Option
+		field string
+	}{
+		{"empty pool", WithPool(""), "redislimit.WithPool"},
+		{"brace in pool", WithPool("a}b"), "redislimit.WithPool"},
+		{"tiny ttl", WithTTL(time.Millisecond), "redislimit.WithTTL"},
+		{"renew past ttl", WithRenewInterval(time.Minute), "redislimit.WithRenewInterval"},
+		{"zero timeout", WithTimeout(0), "redislimit.WithTimeout"},
+		{"zero probe", WithProbeInterval(0), "redislimit.WithProbeInterval"},
+		{"bad mode", WithFailureMode(7), "redislimit.WithFailureMode"},
+		{"no replicas", WithExpectedReplicas(0), "redislimit.WithExpectedReplicas"},
+		{"backoff inverted", WithBackoff(time.Second, time.Millisecond), "redislimit.WithBackoff"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(rdb, tt.opt)
+			var ce *amlpool.ConfigError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tt.field, ce.Field)
+			assert.ErrorIs(t, err, amlpool.ErrInvalidConfig)
+		})
+	}
+	_, err := New(nil)
+	assert.ErrorIs(t, err, amlpool.ErrInvalidConfig)
+}

@@ -1,0 +1,250 @@
+package redislimit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/internal/redistest"
+)
+
+// backend is one Redis the script tests run on: miniredis (fast, time under
+// control) and a real redis-server (the truth for timing and Lua).
+type backend struct {
+	rdb *redis.Client
+	// advance lets d pass on the server's clock and its key TTLs.
+	advance func(d time.Duration)
+	mini    *miniredis.Miniredis // nil on the real server
+}
+
+func forEachBackend(t *testing.T, f func(t *testing.T, b *backend)) {
+	t.Run("miniredis", func(t *testing.T) {
+		m := miniredis.RunT(t)
+		now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+		m.SetTime(now)
+		rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+		t.Cleanup(func() { _ = rdb.Close() })
+		f(t, &backend{rdb: rdb, mini: m, advance: func(d time.Duration) {
+			// miniredis needs both: TIME follows SetTime, TTLs FastForward.
+			now = now.Add(d)
+			m.SetTime(now)
+			m.FastForward(d)
+		}})
+	})
+	t.Run("redis-server", func(t *testing.T) {
+		s := redistest.Start(t)
+		f(t, &backend{rdb: s.Client(t), advance: func(d time.Duration) { time.Sleep(d) }})
+	})
+}
+
+func acquire(t *testing.T, b *backend, id string, ttl time.Duration, keys []string, limits ...int) []int64 {
+	t.Helper()
+	args := []any{id, ttl.Milliseconds()}
+	for _, n := range limits {
+		args = append(args, n)
+	}
+	res, err := acquireScript.Run(context.Background(), b.rdb, keys, args...).Int64Slice()
+	require.NoError(t, err)
+	return res
+}
+
+func TestAcquireScriptEnforcesLimit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		k := []string{"amlpool:{t}:ep:a"}
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k, 2))
+		assert.Equal(t, []int64{1, 2}, acquire(t, b, "p:2", time.Minute, k, 2))
+		assert.Equal(t, []int64{0}, acquire(t, b, "p:3", time.Minute, k, 2), "third lease on a cap of 2")
+		assert.EqualValues(t, 2, b.rdb.ZCard(context.Background(), k[0]).Val())
+	})
+}
+
+func TestAcquireScriptIsIdempotentPerLeaseID(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		k := []string{"amlpool:{t}:ep:a"}
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k, 1))
+		// A retried acquire of the same lease (go-redis retries) is granted
+		// again without taking a second slot, even at the limit.
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k, 1))
+		assert.EqualValues(t, 1, b.rdb.ZCard(context.Background(), k[0]).Val())
+	})
+}
+
+func TestAcquireScriptTakesFirstCandidateWithRoom(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		k := []string{"amlpool:{t}:ep:a", "amlpool:{t}:ep:b", "amlpool:{t}:ep:c"}
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k[:1], 1))
+		assert.Equal(t, []int64{2, 1}, acquire(t, b, "p:2", time.Minute, k, 1, 2, 2))
+		assert.Equal(t, []int64{2, 2}, acquire(t, b, "p:3", time.Minute, k, 1, 2, 2))
+		assert.Equal(t, []int64{3, 1}, acquire(t, b, "p:4", time.Minute, k, 1, 2, 2))
+	})
+}
+
+func TestAcquireScriptExpiresLeasesAndKeys(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		ttl := 300 * time.Millisecond
+		acquire(t, b, "p:1", ttl, k, 2)
+		acquire(t, b, "p:2", ttl, k, 2)
+		pttl := b.rdb.PTTL(ctx, k[0]).Val()
+		assert.Greater(t, pttl, time.Duration(0), "the lease set must carry a TTL")
+		assert.LessOrEqual(t, pttl, ttl)
+		assert.Equal(t, []int64{0}, acquire(t, b, "p:3", ttl, k, 2))
+
+		b.advance(ttl + 50*time.Millisecond)
+		// Both leases expired: the key went with them, and a new lease finds
+		// the whole cap free.
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k[0]).Val(), "lease set outlived its leases")
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:3", ttl, k, 2))
+	})
+}
+
+func TestAcquireScriptPurgesExpiredLeasesOfALiveKey(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		acquire(t, b, "p:short", 200*time.Millisecond, k, 2)
+		acquire(t, b, "p:long", time.Minute, k, 2)
+		b.advance(300 * time.Millisecond)
+		// p:short expired, p:long keeps the key alive: the purge must count
+		// only p:long.
+		assert.Equal(t, []int64{1, 2}, acquire(t, b, "p:new", time.Minute, k, 2))
+		assert.Greater(t, b.rdb.PTTL(ctx, k[0]).Val(), 50*time.Second, "a short lease shortened the key's life")
+	})
+}
+
+func TestAcquireScriptGivesImmortalKeysATTL(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := "amlpool:{t}:ep:a"
+		// A lease set written by hand (or by an old version) without a TTL.
+		require.NoError(t, b.rdb.ZAdd(ctx, k, redis.Z{Score: 1e15, Member: "x:1"}).Err())
+		require.Equal(t, time.Duration(-1), b.rdb.PTTL(ctx, k).Val())
+		acquire(t, b, "p:1", time.Second, []string{k}, 5)
+		assert.Greater(t, b.rdb.PTTL(ctx, k).Val(), time.Duration(0))
+	})
+}
+
+func TestReleaseScript(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := "amlpool:{t}:ep:a"
+		ch := "amlpool:{t}:freed"
+		sub := b.rdb.Subscribe(ctx, ch)
+		defer sub.Close()
+		_, err := sub.Receive(ctx) // the subscription confirmation
+		require.NoError(t, err)
+
+		acquire(t, b, "p:1", time.Minute, []string{k}, 2)
+		acquire(t, b, "p:2", time.Minute, []string{k}, 2)
+		release := func(id string) int64 {
+			n, err := releaseScript.Run(ctx, b.rdb, []string{k}, id, 2, ch).Int64()
+			require.NoError(t, err)
+			return n
+		}
+		assert.EqualValues(t, 1, release("p:1"), "release of a held lease")
+		msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+		require.NoError(t, err, "a release on a full endpoint must publish")
+		assert.Equal(t, k, msg.(*redis.Message).Payload)
+
+		assert.EqualValues(t, 0, release("p:1"), "a lease released twice is not there")
+		assert.EqualValues(t, 1, release("p:2"))
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k).Val())
+		// p:2's release found the endpoint not full: no message.
+		_, err = sub.ReceiveTimeout(ctx, 100*time.Millisecond)
+		assert.Error(t, err, "release on an endpoint with room published")
+	})
+}
+
+func TestTickScript(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		ep := ks.endpoint("a")
+		ttl, mttl := time.Second, 3*time.Second
+		tick := func(proc string, limits []string, ids ...string) (int, []string, map[string]bool) {
+			keys := []string{ks.members, ks.limits}
+			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), len(limits)}
+			for _, l := range limits {
+				args = append(args, l)
+			}
+			if len(ids) > 0 {
+				keys = append(keys, ep)
+				args = append(args, len(ids))
+				for _, id := range ids {
+					args = append(args, id)
+				}
+			}
+			res, err := tickScript.Run(ctx, b.rdb, keys, args...).Result()
+			require.NoError(t, err)
+			n, lim, miss, err := parseTick(res)
+			require.NoError(t, err)
+			return n, lim, miss
+		}
+
+		n, _, _ := tick("p1", []string{limitMember("a", 2, "p1")})
+		assert.Equal(t, 1, n)
+		n, lim, _ := tick("p2", []string{limitMember("a", 3, "p2")})
+		assert.Equal(t, 2, n, "two processes heard from")
+		assert.Equal(t, map[string][]int{"a": {2, 3}}, limitsByEndpoint(lim), "disagreeing limits")
+
+		// Renewal: p1:1 is in Redis and gets a later expiry; p1:2 is not
+		// (expired, or lost in a restart) and is added back, past the limit.
+		acquire(t, b, "p1:1", ttl, []string{ep}, 1)
+		b.advance(ttl / 2)
+		_, _, miss := tick("p1", nil, "p1:1", "p1:2")
+		assert.Equal(t, map[string]bool{"p1:2": true}, miss)
+		assert.EqualValues(t, 2, b.rdb.ZCard(ctx, ep).Val(), "missing lease not re-registered")
+		assert.Equal(t, []int64{0}, acquire(t, b, "p2:1", ttl, []string{ep}, 1), "re-registered leases must block new ones")
+		b.advance(ttl * 3 / 4)
+		// Past the first expiry: the renewed leases are still there.
+		assert.EqualValues(t, 2, b.rdb.ZCount(ctx, ep, "-inf", "+inf").Val())
+		assert.Greater(t, b.rdb.PTTL(ctx, ep).Val(), time.Duration(0))
+
+		// Members expire: after mttl without a heartbeat, only the ticking
+		// process counts.
+		b.advance(mttl)
+		n, lim, _ = tick("p1", []string{limitMember("a", 2, "p1")})
+		assert.Equal(t, 1, n)
+		assert.Equal(t, map[string][]int{"a": {2}}, limitsByEndpoint(lim))
+		for _, k := range []string{ks.members, ks.limits} {
+			assert.Greater(t, b.rdb.PTTL(ctx, k).Val(), time.Duration(0), "%s has no TTL", k)
+		}
+	})
+}
+
+func TestScriptsSurviveScriptFlush(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		acquire(t, b, "p:1", time.Minute, k, 5)
+		require.NoError(t, b.rdb.ScriptFlush(ctx).Err())
+		// EVALSHA now answers NOSCRIPT; Script.Run falls back to EVAL.
+		assert.Equal(t, []int64{1, 2}, acquire(t, b, "p:2", time.Minute, k, 5))
+	})
+}
+
+func TestScriptErrorIsReturned(t *testing.T) {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	m.SetError("LOADING Redis is loading the dataset in memory")
+	err := acquireScript.Run(context.Background(), rdb, []string{"k"}, "p:1", 1000, 1).Err()
+	assert.ErrorContains(t, err, "LOADING")
+}
+
+func TestLimitMemberRoundTrip(t *testing.T) {
+	id, n, ok := parseLimitMember(limitMember("0123abcd", 20, "ff"))
+	assert.True(t, ok)
+	assert.Equal(t, "0123abcd", id)
+	assert.Equal(t, 20, n)
+	for _, bad := range []string{"", "x", "a:b:c", ":1:p", "a:1"} {
+		_, _, ok := parseLimitMember(bad)
+		assert.False(t, ok, bad)
+	}
+}

@@ -1,0 +1,109 @@
+package redislimit
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// Stats is a snapshot of a Limiter's state and counters. It never contains
+// URLs or keys: endpoints appear by the ID and Name the Client gave them.
+type Stats struct {
+	Held      int   // leases this process holds now, in Redis or in fallback
+	Waiting   int   // Acquire calls waiting for a slot
+	Acquired  int64 // leases granted since New
+	Renewals  int64 // lease renewals written to Redis
+	Lost      int64 // leases Redis no longer had while their call still ran (expired, or lost with a restart or failover)
+	Fallback  bool  // the failure mode applies now: Redis failed and no probe has succeeded since
+	Fallbacks int64 // switches to the failure mode since New
+	Errors    int64 // Redis operations that failed or timed out
+	// Mismatches counts the times replicas were found to disagree on an
+	// endpoint's limit; see EndpointStats.Limits.
+	Mismatches int64
+	Replicas   int           // processes sharing the pool, as last seen in Redis (WithExpectedReplicas before that)
+	RoundTrip  time.Duration // moving average of successful Redis round trips
+	Endpoints  []EndpointStats
+}
+
+// EndpointStats describes one endpoint the Limiter has been asked about.
+type EndpointStats struct {
+	ID    string
+	Name  string
+	Limit int // the cap this process passes to Redis
+	Held  int // leases this process holds on it
+	Share int // what this process may hold in fallback
+	// Limits lists the distinct caps the fleet announced for this endpoint
+	// when they disagree; nil when every replica agrees.
+	Limits []int
+}
+
+// Stats returns a snapshot of the Limiter. It never blocks on Redis.
+func (l *Limiter) Stats() Stats {
+	l.mu.Lock()
+	s := Stats{
+		Held:     l.held,
+		Waiting:  len(l.waiters),
+		Fallback: l.fallback,
+		Replicas: l.replicas,
+	}
+	for _, ep := range l.eps {
+		s.Endpoints = append(s.Endpoints, EndpointStats{
+			ID: ep.id, Name: ep.name, Limit: int(ep.limit.Load()), Held: len(ep.held),
+			Share: l.shareLocked(ep), Limits: slices.Clone(ep.seen),
+		})
+	}
+	l.mu.Unlock()
+	slices.SortFunc(s.Endpoints, func(a, b EndpointStats) int { return cmpString(a.Name+a.ID, b.Name+b.ID) })
+	s.Acquired = l.acquired.Load()
+	s.Renewals = l.renewals.Load()
+	s.Lost = l.lost.Load()
+	s.Fallbacks = l.fallbacks.Load()
+	s.Errors = l.failures.Load()
+	s.Mismatches = l.mismatches.Load()
+	s.RoundTrip = time.Duration(l.rtt.Load())
+	return s
+}
+
+// Close stops the Limiter: waiting Acquire calls and later ones return
+// amlpool.ErrClosed, leases still held are deleted from Redis (their calls,
+// if still running, are no longer counted fleet-wide), the process leaves
+// the replica count, and the background goroutines end. Close waits at most
+// about two timeouts for Redis. The first Close returns nil; later ones
+// return amlpool.ErrClosed.
+func (l *Limiter) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return errClosedAgain
+	}
+	l.closed = true
+	var rs []removal
+	for _, ep := range l.eps {
+		for _, ls := range ep.held {
+			ls.released = true
+			if ls.remote {
+				rs = append(rs, removal{ep.key, ls.id})
+			}
+		}
+		rs = append(rs, removal{l.keys.limits, limitMember(ep.id, int(ep.limit.Load()), l.proc)})
+		clear(ep.held)
+	}
+	l.held = 0
+	rs = append(rs, removal{l.keys.members, l.proc})
+	rs = append(rs, l.pending...)
+	l.pending = nil
+	l.mu.Unlock()
+
+	close(l.done)
+	// Goodbye to Redis, with a context of its own: bg is cancelled next.
+	l.removeAll(context.Background(), rs)
+
+	l.mu.Lock()
+	l.stop()
+	l.mu.Unlock()
+	if l.pubsub != nil {
+		_ = l.pubsub.Close()
+	}
+	l.wg.Wait()
+	return nil
+}
