@@ -35,17 +35,17 @@ type Limiter struct {
 	ctxAware bool   // the client's socket I/O honours ctx deadlines
 	seq      atomic.Uint64
 
-	wake  chan struct{} // buffered(1): the pump has work
-	retry chan struct{} // buffered(1): the keeper must reschedule (fallback began)
-	done  chan struct{} // closed by Close
-	bg    context.Context
-	stop  context.CancelFunc
-	wg    sync.WaitGroup // every goroutine the Limiter starts
+	wake   chan struct{} // buffered(1): the pump has work
+	retry  chan struct{} // buffered(1): the keeper must reschedule (fallback began)
+	done   chan struct{} // closed by Close
+	bg     context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the Limiter starts
 	pubsub *redis.PubSub
 
 	// counters for Stats
 	acquired, renewals, lost, fallbacks, failures, mismatches atomic.Int64
-	rtt                                           atomic.Int64 // moving average, ns
+	rtt                                                       atomic.Int64 // moving average, ns
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -61,9 +61,9 @@ type Limiter struct {
 // endpoint is what the Limiter knows of one endpoint.
 type endpoint struct {
 	id, name, key string
-	limit         atomic.Int64       // as configured in this process
-	held          map[string]*lease  // by lease id; guarded by Limiter.mu
-	seen          []int              // limits the fleet announces, when they disagree; guarded by Limiter.mu
+	limit         atomic.Int64      // as configured in this process
+	held          map[string]*lease // by lease id; guarded by Limiter.mu
+	seen          []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
 }
 
 // lease is one slot held by this process.
