@@ -245,6 +245,9 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint) (*lease, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if errors.Is(err, amlpool.ErrClosed) {
+			return nil, err
+		}
 		l.trip(err)
 	}
 	return l.tryLocal(cands)
@@ -347,8 +350,9 @@ func (ls *lease) Release() {
 	ls.released = true
 	delete(ls.ep.held, ls.id)
 	l.held--
-	remote := ls.remote && !l.closed
-	if remote && l.fallback {
+	remote := ls.remote
+	if remote && (l.fallback || l.closed) {
+		// Deleted once Redis is back, or by Close.
 		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 		remote = false
 	}
@@ -441,7 +445,7 @@ func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, e
 	}
 	ch := make(chan result, 1)
 	l.mu.Lock()
-	if l.closed && l.bg.Err() != nil {
+	if l.closed {
 		l.mu.Unlock()
 		return nil, amlpool.ErrClosed
 	}
@@ -484,5 +488,3 @@ func (l *Limiter) listen(ch <-chan *redis.Message) {
 		}
 	}
 }
-
-var errClosedAgain = amlpool.ErrClosed

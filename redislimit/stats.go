@@ -4,6 +4,10 @@ import (
 	"context"
 	"slices"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/amlpool/amlpool"
 )
 
 // Stats is a snapshot of a Limiter's state and counters. It never contains
@@ -65,19 +69,30 @@ func (l *Limiter) Stats() Stats {
 }
 
 // Close stops the Limiter: waiting Acquire calls and later ones return
-// amlpool.ErrClosed, leases still held are deleted from Redis (their calls,
-// if still running, are no longer counted fleet-wide), the process leaves
-// the replica count, and the background goroutines end. Close waits at most
-// about two timeouts for Redis. The first Close returns nil; later ones
-// return amlpool.ErrClosed.
+// amlpool.ErrClosed, the background goroutines end, and then leases still
+// held are deleted from Redis (their calls, if still running, are no longer
+// counted fleet-wide) and the process leaves the replica count. Close waits
+// for Redis at most the Limiter's timeout, or the client's own timeouts when
+// it ignores contexts. The first Close returns nil; later ones return
+// amlpool.ErrClosed.
 func (l *Limiter) Close() error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return errClosedAgain
+		return amlpool.ErrClosed
 	}
 	l.closed = true
-	var rs []removal
+	l.stop()
+	l.mu.Unlock()
+	close(l.done)
+	if l.pubsub != nil {
+		_ = l.pubsub.Close()
+	}
+	l.wg.Wait()
+
+	l.mu.Lock()
+	rs := l.pending
+	l.pending = nil
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
 			ls.released = true
@@ -85,25 +100,21 @@ func (l *Limiter) Close() error {
 				rs = append(rs, removal{ep.key, ls.id})
 			}
 		}
-		rs = append(rs, removal{l.keys.limits, limitMember(ep.id, int(ep.limit.Load()), l.proc)})
 		clear(ep.held)
+		rs = append(rs, removal{l.keys.limits, limitMember(ep.id, int(ep.limit.Load()), l.proc)})
 	}
 	l.held = 0
 	rs = append(rs, removal{l.keys.members, l.proc})
-	rs = append(rs, l.pending...)
-	l.pending = nil
 	l.mu.Unlock()
 
-	close(l.done)
-	// Goodbye to Redis, with a context of its own: bg is cancelled next.
-	l.removeAll(context.Background(), rs)
-
-	l.mu.Lock()
-	l.stop()
-	l.mu.Unlock()
-	if l.pubsub != nil {
-		_ = l.pubsub.Close()
-	}
-	l.wg.Wait()
+	// Nothing else runs now: say goodbye to Redis on this goroutine.
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
+	defer cancel()
+	_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, r := range rs {
+			p.ZRem(ctx, r.key, r.id)
+		}
+		return nil
+	})
 	return nil
 }
