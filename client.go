@@ -262,6 +262,16 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, maxWait time.Duratio
 	if err != nil || c.limiter == nil {
 		return ep, nil, err
 	}
+	if maxWait > 0 {
+		// The max wait covers the wait at the Limiter too.
+		lctx, cancel := context.WithTimeout(ctx, maxWait)
+		defer cancel()
+		ep, lease, err := c.acquireShared(lctx, cl, ep)
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = ErrNoCapacity
+		}
+		return ep, lease, err
+	}
 	return c.acquireShared(ctx, cl, ep)
 }
 

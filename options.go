@@ -218,8 +218,10 @@ type limiterOption struct{ l Limiter }
 func (o limiterOption) apply(c *config) { c.limiter = o.l }
 
 // WithLimiter adds a Limiter shared beyond this process, such as
-// redislimit's, behind the Client's own per-endpoint slots. Default: none;
-// each Client enforces each endpoint's cap on its own.
+// redislimit's, behind the Client's own per-endpoint slots. A call first
+// takes one of the Client's slots, then a Limiter lease; WithMaxWait, when
+// positive, bounds each of the two waits. Default: none; each Client
+// enforces each endpoint's cap on its own.
 func WithLimiter(l Limiter) Option { return limiterOption{l} }
 
 type balancerOption struct{ b Balancer }

@@ -1,0 +1,117 @@
+package amlpool_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// stubLimiter grants what pick says, or blocks until ctx ends when pick
+// returns -1, and records what it was asked.
+type stubLimiter struct {
+	pick func(cands []amlpool.LimitedEndpoint) int
+	err  error
+
+	mu       sync.Mutex
+	asked    [][]amlpool.LimitedEndpoint
+	held     int
+	released int
+}
+
+func (s *stubLimiter) Acquire(ctx context.Context, cands []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
+	s.mu.Lock()
+	s.asked = append(s.asked, cands)
+	s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	i := s.pick(cands)
+	if i < 0 {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	s.mu.Lock()
+	s.held++
+	s.mu.Unlock()
+	return stubLease{s, i}, nil
+}
+
+type stubLease struct {
+	s *stubLimiter
+	i int
+}
+
+func (l stubLease) Index() int { return l.i }
+func (l stubLease) Release() {
+	l.s.mu.Lock()
+	l.s.held--
+	l.s.released++
+	l.s.mu.Unlock()
+}
+
+func TestClientFollowsTheLimitersChoice(t *testing.T) {
+	a := amltest.NewServer(amltest.Config{Name: "a"})
+	b := amltest.NewServer(amltest.Config{Name: "b"})
+	defer a.Close()
+	defer b.Close()
+	lim := &stubLimiter{pick: func(cands []amlpool.LimitedEndpoint) int {
+		for i, c := range cands {
+			if c.Name == "b" {
+				return i
+			}
+		}
+		return -1
+	}}
+	c, err := amlpool.New([]amlpool.Endpoint{a.Endpoint(), b.Endpoint()}, amlpool.WithLimiter(lim))
+	require.NoError(t, err)
+	defer c.Close()
+	for range 10 {
+		_, err := c.Do(context.Background(), scoreBody)
+		require.NoError(t, err)
+	}
+	assert.Zero(t, a.Stats().Requests, "the Limiter granted b only")
+	assert.EqualValues(t, 10, b.Stats().Scored)
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	assert.Zero(t, lim.held, "every lease released")
+	for _, cands := range lim.asked {
+		require.Len(t, cands, 2, "both endpoints had free local slots")
+		assert.NotEqual(t, cands[0].ID, cands[1].ID)
+		assert.Equal(t, cands[0].Limit, amltest.DefaultMaxConcurrentCalls)
+	}
+}
+
+func TestMaxWaitBoundsTheWaitAtTheLimiter(t *testing.T) {
+	a := amltest.NewServer(amltest.Config{Name: "a"})
+	defer a.Close()
+	lim := &stubLimiter{pick: func([]amlpool.LimitedEndpoint) int { return -1 }} // fleet full
+	c, err := amlpool.New([]amlpool.Endpoint{a.Endpoint()}, amlpool.WithLimiter(lim), amlpool.WithMaxWait(10*time.Millisecond))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(context.Background(), scoreBody)
+	assert.ErrorIs(t, err, amlpool.ErrNoCapacity)
+	assert.Zero(t, c.Stats().Endpoints[0].InFlight, "the local slot was not given back")
+}
+
+func TestLimiterErrorFailsTheCall(t *testing.T) {
+	a := amltest.NewServer(amltest.Config{Name: "a"})
+	defer a.Close()
+	boom := errors.New("limiter broke")
+	c, err := amlpool.New([]amlpool.Endpoint{a.Endpoint()}, amlpool.WithLimiter(&stubLimiter{err: boom}))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(context.Background(), scoreBody)
+	assert.ErrorIs(t, err, boom)
+	assert.Zero(t, a.Stats().Requests)
+	assert.Zero(t, c.Stats().Endpoints[0].InFlight)
+}
+
+var scoreBody = []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
