@@ -82,13 +82,13 @@ func (l *Limiter) tick() {
 	res, err := l.eval(l.bg, tickScript, keys, args)
 	if err != nil {
 		if l.bg.Err() == nil {
-			l.trip(err)
+			l.failed(err)
 		}
 		return
 	}
 	replicas, limits, missing, err := parseTick(res)
 	if err != nil {
-		l.trip(err)
+		l.failed(err)
 		return
 	}
 
@@ -141,8 +141,27 @@ func (l *Limiter) tick() {
 	}
 	if recovering {
 		l.cfg.logger.Info("redislimit: Redis is back; caps are shared again", "pool", l.cfg.pool)
-		l.kick()
+		if l.unregistered() {
+			// Leases taken locally after this tick read the held ones:
+			// register them now, not a renew interval later.
+			l.tick()
+		}
+		l.kickAll()
 	}
+}
+
+// unregistered reports whether a held lease is not in Redis yet.
+func (l *Limiter) unregistered() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ep := range l.eps {
+		for _, ls := range ep.held {
+			if !ls.remote {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // memberTTL is how long a heartbeat counts: three ticks.
@@ -199,7 +218,26 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// trip switches to the failure mode after a Redis error.
+// The Limiter gives up on Redis when at least tripAfter round trips in a
+// row have failed over at least tripAfter-1 timeouts. One slow reply on a
+// loaded host is not an outage, nor is a burst of calls that all time out at
+// once while their connections are dialled; a real outage meets both bounds
+// within about three timeouts.
+const tripAfter = 3
+
+// failed counts a failed Redis round trip and reports whether the Limiter
+// is in fallback now.
+func (l *Limiter) failed(err error) bool {
+	now := l.cfg.clock.Now().UnixNano()
+	l.failingSince.CompareAndSwap(0, now)
+	since := l.failingSince.Load()
+	if l.streak.Add(1) >= tripAfter && since != 0 && time.Duration(now-since) >= (tripAfter-1)*l.cfg.timeout {
+		l.trip(err)
+	}
+	return l.inFallback()
+}
+
+// trip switches to the failure mode.
 func (l *Limiter) trip(err error) {
 	l.mu.Lock()
 	if l.fallback || l.closed {
@@ -216,13 +254,13 @@ func (l *Limiter) trip(err error) {
 	case l.retry <- struct{}{}:
 	default:
 	}
-	l.kick()
+	l.kickAll()
 }
 
 // removeAll deletes leases from Redis in one pipeline, best effort: what
 // fails expires within the TTL.
 func (l *Limiter) removeAll(ctx context.Context, rs []removal) {
-	_, _ = l.exec(ctx, func(ctx context.Context) (any, error) {
+	_, err := l.exec(ctx, func(ctx context.Context) (any, error) {
 		return l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, r := range rs {
 				p.ZRem(ctx, r.key, r.id)
@@ -230,4 +268,12 @@ func (l *Limiter) removeAll(ctx context.Context, rs []removal) {
 			return nil
 		})
 	})
+	if err != nil {
+		// Try again once Redis is back, or at Close.
+		l.mu.Lock()
+		for _, r := range rs {
+			l.pending = appendPending(l.pending, r)
+		}
+		l.mu.Unlock()
+	}
 }

@@ -46,11 +46,16 @@ type Limiter struct {
 	// counters for Stats
 	acquired, renewals, lost, fallbacks, failures, mismatches atomic.Int64
 	rtt                                                       atomic.Int64 // moving average, ns
+	streak                                                    atomic.Int64 // Redis failures since the last success
+	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none
 
 	// mu guards everything below.
 	mu       sync.Mutex
 	eps      map[string]*endpoint // by LimitedEndpoint.ID
+	byKey    map[string]*endpoint // by lease-set key, for release notifications
 	waiters  []*waiter            // oldest first
+	hints    map[*endpoint]bool   // endpoints that may have room since the pump's last pass
+	hintAll  bool                 // every waiter is worth a try
 	held     int
 	fallback bool
 	replicas int       // last seen in Redis, or the expected number
@@ -118,6 +123,8 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 		retry:    make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		eps:      make(map[string]*endpoint),
+		byKey:    make(map[string]*endpoint),
+		hints:    make(map[*endpoint]bool),
 		replicas: cfg.replicas,
 	}
 	l.bg, l.stop = context.WithCancel(context.Background())
@@ -187,8 +194,13 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 		return nil, amlpool.ErrClosed
 	}
 	l.waiters = append(l.waiters, w)
+	first := len(l.waiters) == 1
 	l.mu.Unlock()
-	l.kick()
+	if first {
+		// A release may have come between the try above and now, and the
+		// pump has no timer while nobody waits: start it.
+		l.kickAll()
+	}
 
 	var err error
 	select {
@@ -224,6 +236,7 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 		if ep == nil {
 			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), held: make(map[string]*lease)}
 			l.eps[c.ID] = ep
+			l.byKey[ep.key] = ep
 		}
 		ep.limit.Store(int64(c.Limit))
 		out[i] = ep
@@ -248,7 +261,9 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint) (*lease, error) {
 		if errors.Is(err, amlpool.ErrClosed) {
 			return nil, err
 		}
-		l.trip(err)
+		if !l.failed(err) {
+			return nil, nil // not given up on Redis yet: wait and try again
+		}
 	}
 	return l.tryLocal(cands)
 }
@@ -361,26 +376,26 @@ func (ls *lease) Release() {
 	}
 	l.mu.Unlock()
 	if !remote {
-		l.kick()
+		l.kick(ls.ep)
 		return
 	}
 	go func() {
 		defer l.wg.Done()
 		removed, err := l.remove(ls)
+		l.mu.Lock()
 		switch {
 		case err != nil:
-			if l.bg.Err() == nil {
-				l.trip(err)
-			}
-		case !removed:
-			l.mu.Lock()
-			if !ls.lost {
-				ls.lost = true
-				l.lost.Add(1)
-			}
-			l.mu.Unlock()
+			// Delete it once Redis is back, or at Close.
+			l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
+		case !removed && !ls.lost:
+			ls.lost = true
+			l.lost.Add(1)
 		}
-		l.kick()
+		l.mu.Unlock()
+		if err != nil && l.bg.Err() == nil {
+			l.failed(err)
+		}
+		l.kick(ls.ep)
 	}()
 }
 
@@ -424,6 +439,8 @@ func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error
 		l.failures.Add(1)
 		return nil, err
 	}
+	l.streak.Store(0)
+	l.failingSince.Store(0)
 	d := int64(l.cfg.clock.Now().Sub(start))
 	for {
 		old := l.rtt.Load()
@@ -464,8 +481,23 @@ func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, e
 	}
 }
 
-// kick wakes the pump.
-func (l *Limiter) kick() {
+// kick wakes the pump for the calls that may use ep, which may have room.
+func (l *Limiter) kick(ep *endpoint) {
+	l.mu.Lock()
+	l.hints[ep] = true
+	l.mu.Unlock()
+	l.signal()
+}
+
+// kickAll wakes the pump for every waiting call.
+func (l *Limiter) kickAll() {
+	l.mu.Lock()
+	l.hintAll = true
+	l.mu.Unlock()
+	l.signal()
+}
+
+func (l *Limiter) signal() {
 	select {
 	case l.wake <- struct{}{}:
 	default:
@@ -480,11 +512,16 @@ func (l *Limiter) listen(ch <-chan *redis.Message) {
 		select {
 		case <-l.done:
 			return
-		case _, ok := <-ch:
+		case m, ok := <-ch:
 			if !ok {
 				return
 			}
-			l.kick()
+			l.mu.Lock()
+			ep := l.byKey[m.Payload]
+			l.mu.Unlock()
+			if ep != nil {
+				l.kick(ep)
+			}
 		}
 	}
 }

@@ -29,13 +29,18 @@ func (w *waiter) result() (*lease, error) {
 	return w.lease, nil
 }
 
-// pump serves waiting calls until Close.
+// pump serves waiting calls until Close. A wake-up for some endpoints (a
+// release here or elsewhere) tries only the calls that may use them; the
+// backoff timer, armed while calls wait, tries them all. Wake-ups do not
+// postpone the timer, so a slot freed by an expiry, which nobody announces,
+// is found within the backoff.
 func (l *Limiter) pump() {
 	defer l.wg.Done()
 	var t clock.Timer
 	var tc <-chan time.Time
 	step := 0
 	for {
+		all := false
 		select {
 		case <-l.done:
 			if t != nil {
@@ -44,23 +49,26 @@ func (l *Limiter) pump() {
 			return
 		case <-l.wake:
 		case <-tc:
+			t, tc, all = nil, nil, true
 		}
-		if t != nil {
-			t.Stop()
-			t, tc = nil, nil
-		}
-		granted, waiting := l.serve()
+		granted, waiting := l.serve(all)
 		switch {
 		case !waiting:
 			step = 0
+			if t != nil {
+				t.Stop()
+				t, tc = nil, nil
+			}
 			continue
 		case granted:
 			step = 0
-		case step < 16:
+		case all && step < 16:
 			step++
 		}
-		t = l.cfg.clock.NewTimer(l.backoff(step))
-		tc = t.C()
+		if t == nil {
+			t = l.cfg.clock.NewTimer(l.backoff(step))
+			tc = t.C()
+		}
 	}
 }
 
@@ -81,13 +89,16 @@ func (l *Limiter) backoff(step int) time.Duration {
 // pass, so a pass costs at most one script per endpoint plus one per grant,
 // and a later call passes an earlier one only when it may use an endpoint
 // the earlier one may not.
-func (l *Limiter) serve() (granted, waiting bool) {
+func (l *Limiter) serve(all bool) (granted, waiting bool) {
 	l.mu.Lock()
 	ws := slices.Clone(l.waiters)
+	hints := l.hints
+	all = all || l.hintAll
+	l.hints, l.hintAll = make(map[*endpoint]bool), false
 	l.mu.Unlock()
 	full := make(map[*endpoint]bool)
 	for _, w := range ws {
-		if allFull(w.cands, full) {
+		if allFull(w.cands, full) || (!all && !hinted(w.cands, hints)) {
 			continue
 		}
 		ls, err := l.try(l.bg, w.cands)
@@ -110,6 +121,15 @@ func (l *Limiter) serve() (granted, waiting bool) {
 	waiting = len(l.waiters) > 0
 	l.mu.Unlock()
 	return granted, waiting
+}
+
+func hinted(cands []*endpoint, hints map[*endpoint]bool) bool {
+	for _, ep := range cands {
+		if hints[ep] {
+			return true
+		}
+	}
+	return false
 }
 
 func allFull(cands []*endpoint, full map[*endpoint]bool) bool {

@@ -1,3 +1,0 @@
-package redislimit
-
-func runWorker() bool { return false }
