@@ -113,5 +113,3 @@ func TestLimiterErrorFailsTheCall(t *testing.T) {
 	assert.Zero(t, a.Stats().Requests)
 	assert.Zero(t, c.Stats().Endpoints[0].InFlight)
 }
-
-var scoreBody = []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
