@@ -174,6 +174,10 @@ func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
 		if strings.ContainsAny(c.APIKey, "\r\n") {
 			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: "contains a line break"}
 		}
+		if i := strings.IndexFunc(c.APIKey, isControl); i >= 0 {
+			// net/http would refuse it on every call; say so once, here.
+			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: fmt.Sprintf("contains a control character at byte %d", i)}
+		}
 		mcc := c.MaxConcurrentCalls
 		switch {
 		case mcc == 0:
@@ -212,7 +216,7 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 		return nil, fmt.Errorf("not a URL")
 	}
 	if !u.IsAbs() || u.Host == "" {
-		return nil, fmt.Errorf("%q is not absolute; want https://host/...", redactURL(raw))
+		return nil, fmt.Errorf("%q is not absolute; want https://host/…", redactURL(raw))
 	}
 	if u.User != nil {
 		return nil, fmt.Errorf("has user info; put the key in APIKey instead")
@@ -229,6 +233,9 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	u.Fragment = ""
 	return u, nil
 }
+
+// isControl reports whether r may not appear in a header value.
+func isControl(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
 
 func isLoopback(host string) bool {
 	if host == "localhost" {

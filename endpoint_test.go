@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"testing"
 	"time"
 
@@ -44,6 +45,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "unparsable URL", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "https://h/%zz" })}, field: "URL", endpoint: "east"},
 		{name: "empty key", endpoints: []Endpoint{good(func(e *Endpoint) { e.APIKey = "" })}, field: "APIKey", endpoint: "east"},
 		{name: "key with newline", endpoints: []Endpoint{good(func(e *Endpoint) { e.APIKey = secretKey + "\r\nX: y" })}, field: "APIKey", endpoint: "east"},
+		{name: "key with NUL", endpoints: []Endpoint{good(func(e *Endpoint) { e.APIKey = secretKey + "\x00" })}, field: "APIKey", endpoint: "east"},
+		{name: "key with DEL", endpoints: []Endpoint{good(func(e *Endpoint) { e.APIKey = "\x7f" + secretKey })}, field: "APIKey", endpoint: "east"},
 		{name: "negative MCC", endpoints: []Endpoint{good(func(e *Endpoint) { e.MaxConcurrentCalls = -1 })}, field: "MaxConcurrentCalls", endpoint: "east"},
 		{name: "MCC over 200", endpoints: []Endpoint{good(func(e *Endpoint) { e.MaxConcurrentCalls = 201 })}, field: "MaxConcurrentCalls", endpoint: "east"},
 		{name: "unnamed endpoint is named by index", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) { e.Name = ""; e.APIKey = "" })}, field: "APIKey", endpoint: "endpoints[1]"},
@@ -52,6 +55,26 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "negative max wait", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxWait(-time.Second)}, field: "WithMaxWait"},
 		{name: "zero response cap", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxResponseBytes(0)}, field: "WithMaxResponseBytes"},
 		{name: "zero attempt timeout", endpoints: []Endpoint{good(nil)}, opts: []Option{WithAttemptTimeout(0)}, field: "WithAttemptTimeout"},
+		{name: "negative response cap", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxResponseBytes(-1)}, field: "WithMaxResponseBytes"},
+		{name: "negative attempt timeout", endpoints: []Endpoint{good(nil)}, opts: []Option{WithAttemptTimeout(-time.Second)}, field: "WithAttemptTimeout"},
+		{name: "http to a loopback look-alike", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://localhost.example.com/x" })}, field: "URL", endpoint: "east"},
+		{name: "http to 0.0.0.0", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://0.0.0.0:80/x" })}, field: "URL", endpoint: "east"},
+		{name: "http with loopback user info", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://127.0.0.1@example.com/x" })}, field: "URL", endpoint: "east"},
+		{name: "scheme-relative URL", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "//example.com/x" })}, field: "URL", endpoint: "east"},
+		{name: "zero max attempts", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxAttempts(0)}, field: "WithMaxAttempts"},
+		{name: "negative backoff", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Initial: -time.Second})}, field: "WithBackoff"},
+		{name: "backoff max below initial", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Initial: time.Second, Max: time.Millisecond})}, field: "WithBackoff"},
+		{name: "backoff multiplier below 1", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Multiplier: 0.5})}, field: "WithBackoff"},
+		{name: "backoff jitter over 1", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Jitter: 2})}, field: "WithBackoff"},
+		{name: "negative max retry-after", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxRetryAfter(-time.Second)}, field: "WithMaxRetryAfter"},
+		{name: "negative retry budget ratio", endpoints: []Endpoint{good(nil)}, opts: []Option{WithRetryBudget(-0.1, 10)}, field: "WithRetryBudget"},
+		{name: "NaN retry budget ratio", endpoints: []Endpoint{good(nil)}, opts: []Option{WithRetryBudget(math.NaN(), 10)}, field: "WithRetryBudget"},
+		{name: "negative retry budget floor", endpoints: []Endpoint{good(nil)}, opts: []Option{WithRetryBudget(0.2, -1)}, field: "WithRetryBudget"},
+		{name: "zero ejection failures", endpoints: []Endpoint{good(nil)}, opts: []Option{WithEjection(0, time.Second)}, field: "WithEjection"},
+		{name: "zero ejection time", endpoints: []Endpoint{good(nil)}, opts: []Option{WithEjection(5, 0)}, field: "WithEjection"},
+		{name: "zero hedging delay", endpoints: []Endpoint{good(nil)}, opts: []Option{WithHedging(0)}, field: "WithHedging"},
+		{name: "hedging quantile 1", endpoints: []Endpoint{good(nil)}, opts: []Option{WithHedgingQuantile(1)}, field: "WithHedgingQuantile"},
+		{name: "hedging quantile NaN", endpoints: []Endpoint{good(nil)}, opts: []Option{WithHedgingQuantile(math.NaN())}, field: "WithHedgingQuantile"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -49,7 +49,7 @@ func checkReply(data []byte, contentType, key string) error {
 		return nil // nothing to misread; Score reports the missing Results
 	}
 	if !json.Valid(data) {
-		return &malformedError{fmt.Errorf("reply is not JSON%s: %s", describeType(contentType), quote(data, key))}
+		return &malformedError{fmt.Errorf("reply is not JSON%s: %s", describeType(string(scrubKey([]byte(contentType), key))), quote(data, key))}
 	}
 	if firstByte(data) == '{' && bytes.Contains(data, []byte(`"error"`)) {
 		var wire struct {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+)
+
+// FuzzParseConfig feeds the pool file parser arbitrary files. The bar: no
+// panic; no key in any error, the parser's or New's; every endpoint it
+// accepts carries the key of the variable it names.
+func FuzzParseConfig(f *testing.F) {
+	const key = "env-held-key-0123456789"
+	for _, seed := range []string{
+		`{"endpoints":[{"name":"east","url":"https://h/workspaces/w/services/e/execute?api-version=2.0","apiKeyEnv":"K","maxConcurrentCalls":20}]}`,
+		`{"endpoints":[{"url":"http://127.0.0.1:1/x","apiKeyEnv":"K"}],"chunkRows":-1}`,
+		`{"endpoints":[{"url":"http://example.com/x","apiKeyEnv":"K","maxConcurrentCalls":999}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKey":"` + key + `"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"NOPE"}]}`,
+		`{"endpoints":[]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}]} {}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","extra":1}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"globalParameters":{"a":[1,{"b":null}]}}`,
+		`[`, ``, `null`,
+	} {
+		f.Add([]byte(seed))
+	}
+	getenv := func(name string) string {
+		if name == "K" {
+			return key
+		}
+		return ""
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, eps, err := parseConfig(data, getenv)
+		if err != nil {
+			require.NotContains(t, err.Error(), key)
+			return
+		}
+		require.Len(t, eps, len(cfg.Endpoints))
+		for _, e := range eps {
+			require.Equal(t, key, e.APIKey)
+		}
+		c, err := amlpool.New(eps)
+		if err != nil {
+			require.True(t, errors.Is(err, amlpool.ErrInvalidConfig), "New: %v", err)
+			require.NotContains(t, err.Error(), key)
+			return
+		}
+		require.NoError(t, c.Close())
+	})
+}

@@ -1,0 +1,48 @@
+package amlpool
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// FuzzCheckReply feeds the 2xx reply check arbitrary bodies and content
+// types. The bar: no panic; a body it accepts is empty or valid JSON; a body
+// it rejects gives ErrMalformedResponse; the key never shows in the error,
+// whole or cut by the quote.
+func FuzzCheckReply(f *testing.F) {
+	const key = "fuzz-key-0123456789"
+	for _, seed := range [][2]string{
+		{`{"Results":{}}`, "application/json"},
+		{`{"Results":`, "application/json; charset=utf-8"},
+		{`<html>` + key + `</html>`, "text/html"},
+		{`{"error":{"code":"X","message":"` + key + `"}}`, ""},
+		{`{"error":{"code":"X"},"Results":{}}`, "application/json"},
+		{`{"error":"text"}`, "application/json"},
+		{"\x1f\x8b\x08\x00", "application/octet-stream"},
+		{"", ""},
+		{" ", "text/plain"},
+		{`"` + strings.Repeat("x", 60) + key + `"x`, "application/problem+json"},
+	} {
+		f.Add([]byte(seed[0]), seed[1])
+	}
+	f.Fuzz(func(t *testing.T, data []byte, contentType string) {
+		err := checkReply(data, contentType, key)
+		if err == nil {
+			require.True(t, len(data) == 0 || json.Valid(data), "accepted a body that is not JSON")
+			return
+		}
+		require.True(t, errors.Is(err, ErrMalformedResponse), "error %v is not ErrMalformedResponse", err)
+		msg := err.Error()
+		require.NotContains(t, msg, key)
+		// Half a key in the message must come from half a key in the reply,
+		// never from a whole one cut by the quote.
+		rest := strings.ReplaceAll(string(data)+contentType, key, "")
+		if !strings.Contains(rest, key[:10]) && !strings.Contains(strings.ToValidUTF8(rest, "\uFFFD"), key[:10]) {
+			require.NotContains(t, msg, key[:10], "a cut key")
+		}
+	})
+}
