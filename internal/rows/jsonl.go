@@ -117,7 +117,6 @@ func (j *JSONLReader) readLine() ([]byte, error) {
 	for {
 		frag, err := j.r.ReadSlice('\n')
 		if len(line)+len(frag) > MaxLineBytes {
-			line = line[:0]
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = j.r.ReadSlice('\n')
 			}
