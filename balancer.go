@@ -148,7 +148,8 @@ func searchCum(cum []int32, r int32) int {
 // least_request and Finagle's default. Compared with Random it evens out load
 // across endpoints of different speeds or caps, without ever looking at more
 // than two of them: a pick is O(1) whatever the number of endpoints. Only when
-// several draws in a row find both endpoints unusable does it scan them all.
+// three draws in a row find both endpoints unusable (most are full or
+// excluded) does it scan, from a random start, for the first two usable ones.
 func LeastLoaded() Balancer { return leastLoaded{} }
 
 // LatencyAware returns a Balancer that uses P2C on the expected cost of a
@@ -210,20 +211,28 @@ func pickP2C(s Candidates, better func(s Candidates, a, b int) bool) int {
 			return j
 		}
 	}
-	// Mostly full or excluded: the best usable one, scanning from a random
-	// start so ties do not always go to the same endpoint.
-	best := -1
+	// Mostly full or excluded: the better of the first two usable ones from
+	// a random start, which costs about n ÷ usable steps, or the only one.
+	first := -1
 	start := int(s.Rand() % uint64(n))
 	for k := range n {
 		i := start + k
 		if i >= n {
 			i -= n
 		}
-		if s.Free(i) > 0 && (best < 0 || better(s, i, best)) {
-			best = i
+		if s.Free(i) == 0 {
+			continue
 		}
+		if first < 0 {
+			first = i
+			continue
+		}
+		if better(s, i, first) {
+			return i
+		}
+		return first
 	}
-	return best
+	return first
 }
 
 // lessLoaded reports whether a has a lower share of its limit in flight than
@@ -235,23 +244,25 @@ func lessLoaded(s Candidates, a, b int) bool {
 // lessCostly reports whether a call is expected to finish sooner on a than on
 // b; equal costs (both idle and never measured, say) go by load.
 func lessCostly(s Candidates, a, b int) bool {
-	ca, cb := latencyCost(s, a), latencyCost(s, b)
+	now := s.p.nanotime()
+	ca, cb := latencyCost(s, a, now), latencyCost(s, b, now)
 	if ca != cb {
 		return ca < cb
 	}
 	return lessLoaded(s, a, b)
 }
 
-// latencyCost is Peak-EWMA's cost: latency × (in-flight + 1). An endpoint
-// with no estimate costs nothing while idle, so it gets a first call, and
-// costs the most while that call is out, so it does not get a hundred.
-func latencyCost(s Candidates, i int) float64 {
-	lat, n := s.Latency(i), s.InFlight(i)
+// latencyCost is Peak-EWMA's cost at pool time now: latency × (in-flight +
+// 1), as Candidates.Latency and InFlight give them. An endpoint with no
+// estimate costs nothing while idle, so it gets a first call, and costs the
+// most while that call is out, so it does not get a hundred.
+func latencyCost(s Candidates, i int, now int64) float64 {
+	lat, n := s.p.eps[i].lat.at(now), s.InFlight(i)
 	if lat == 0 {
 		if n == 0 {
 			return 0
 		}
 		return math.Inf(1)
 	}
-	return float64(lat) * float64(n+1)
+	return lat * float64(n+1)
 }
