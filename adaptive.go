@@ -6,27 +6,34 @@ import (
 )
 
 // The adaptive limit's constants. They are not options: the simulation in
-// internal/sim (10 replicas sharing 5 endpoints) is what chose them, and a
-// knob nobody can tune without such a simulation is not a help.
+// sim_test.go (10 replicas sharing 5 endpoints of 20 slots) is what chose
+// them, and a knob nobody can tune without such a simulation helps nobody.
+//
+// With N clients sharing an endpoint of cap C, each settles near C/N and
+// the sum of their limits saws up and down just below C. Throttles per call
+// then come to about N·increase / ((1 − backoff)·C): the increase sets how
+// fast the sum climbs back into the cap, the backoff how far one throttle
+// sends it down. Goodput loses about (1 − backoff) / 2N. The simulation at
+// N = 10, C = 20 gives 0.5 % throttles and 93 % of capacity with these
+// values, against 1.4 % and 90 % with (0.5, 1/64), and 3 % with Netflix's
+// 0.9 backoff.
 const (
-	// adaptiveBackoff multiplies an endpoint's limit on a throttle. Halving,
-	// as TCP does, rather than Netflix's 0.9: with N clients sharing a cap C,
-	// the throttles per call in steady state grow as N·increase / ((1 −
-	// backoff)·C), so a deep cut buys a low throttle rate.
-	adaptiveBackoff = 0.5
+	// adaptiveBackoff multiplies an endpoint's limit on a throttle.
+	adaptiveBackoff = 0.7
 	// adaptiveIncrease is added to an endpoint's limit on each success while
-	// its limit is in use: one more slot per 32 successes (a power of two,
-	// so the sums are exact), so an endpoint back from a halving at 20
-	// slots regains them in about 320 calls.
-	adaptiveIncrease = 1.0 / 32
+	// its limit is in use (a power of two, so sums stay exact). Growth is
+	// thus exponential in time, e-folding every 256 calls' latencies: a
+	// lone client cut from 20 to 14 slots regains them in about 4.5 s at
+	// 50 ms a call.
+	adaptiveIncrease = 1.0 / 256
 )
 
 // adaptive keeps every endpoint's limit between 1 and its configured cap by
-// AIMD: a 503 throttle halves the limit (the endpoint was full although this
-// Client had a free slot there, so others share it); each success while at
-// least half the limit is in use adds a fiftieth of a slot. Clients sharing
-// endpoints thus settle on shares whose sum sits just under each endpoint's
-// cap, without talking to each other.
+// AIMD: a 503 throttle cuts the limit by 30 % (the endpoint was full
+// although this Client had a free slot there, so others share it); each
+// success while at least half the limit is in use adds 1/256 of a slot.
+// Clients sharing endpoints thus settle on shares whose sum sits just under
+// each endpoint's cap, without talking to each other.
 type adaptive struct {
 	p      *pool
 	limits []aimdLimit // one per endpoint

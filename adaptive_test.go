@@ -39,7 +39,7 @@ func (f *aimdFixture) done(i int, start time.Time, throttled bool) *outcome {
 
 func (f *aimdFixture) limit(i int) int { return int(f.p.eps[i].limit.Load()) }
 
-func TestAdaptiveHalvesOnThrottleOncePerRoundTrip(t *testing.T) {
+func TestAdaptiveCutsOnThrottleOncePerRoundTrip(t *testing.T) {
 	f := newAIMDFixture(t, 20)
 	sentEarly := f.clk.Now()
 	f.clk.Advance(time.Millisecond)
@@ -47,19 +47,19 @@ func TestAdaptiveHalvesOnThrottleOncePerRoundTrip(t *testing.T) {
 	f.clk.Advance(time.Millisecond)
 
 	o := f.done(0, sentLater, true)
-	assert.Equal(t, 10, f.limit(0))
-	assert.EqualValues(t, 10, o.newLimit)
+	assert.Equal(t, 14, f.limit(0), "20 × 0.7")
+	assert.EqualValues(t, 14, o.newLimit)
 
 	// Sent before that throttle came back: it tells of the old limit.
 	o = f.done(0, sentEarly, true)
-	assert.Equal(t, 10, f.limit(0))
+	assert.Equal(t, 14, f.limit(0))
 	assert.Zero(t, o.newLimit)
 
-	// Sent after: the endpoint is still full at 10.
+	// Sent after: the endpoint is still full at 14.
 	next := f.clk.Now()
 	f.clk.Advance(time.Millisecond)
 	f.done(0, next, true)
-	assert.Equal(t, 5, f.limit(0))
+	assert.Equal(t, 9, f.limit(0), "14 × 0.7 = 9.8")
 }
 
 func TestAdaptiveNeverBelowOne(t *testing.T) {
@@ -77,16 +77,17 @@ func TestAdaptiveGrowsOnlyWhileInUse(t *testing.T) {
 	start := f.clk.Now()
 	f.clk.Advance(time.Millisecond)
 	f.done(0, start, true)
-	require.Equal(t, 10, f.limit(0))
+	require.Equal(t, 14, f.limit(0))
 
-	// Idle: 1 of 10 in use once this one ended. No growth.
-	for range 200 {
+	// Idle: 1 of 14 in use once this one ended. No growth.
+	for range 1000 {
 		f.done(0, f.clk.Now(), false)
 	}
-	assert.Equal(t, 10, f.limit(0))
+	assert.Equal(t, 14, f.limit(0))
 
-	// Busy: 6 of 10 in flight. One slot per 1/adaptiveIncrease successes.
-	f.p.eps[0].inFlight.Store(6)
+	// Busy: 8 in use with this one, half of 16. One slot per
+	// 1/adaptiveIncrease successes.
+	f.p.eps[0].inFlight.Store(7)
 	perSlot := int(1 / adaptiveIncrease)
 	var raised []int32
 	for range 2 * perSlot {
@@ -94,8 +95,8 @@ func TestAdaptiveGrowsOnlyWhileInUse(t *testing.T) {
 			raised = append(raised, o.newLimit)
 		}
 	}
-	assert.Equal(t, []int32{11, 12}, raised)
-	assert.Equal(t, 12, f.limit(0))
+	assert.Equal(t, []int32{15, 16}, raised)
+	assert.Equal(t, 16, f.limit(0))
 
 	// Never above the configured cap.
 	f.p.eps[0].inFlight.Store(19)
@@ -112,7 +113,7 @@ func TestAdaptiveRaiseServesWaiter(t *testing.T) {
 	start := f.clk.Now()
 	f.clk.Advance(time.Millisecond)
 	f.done(0, start, true)
-	require.Equal(t, 1, f.limit(0))
+	require.Equal(t, 1, f.limit(0), "2 × 0.7")
 	held, err := f.p.acquire(context.Background(), &exclusion{}, 0)
 	require.NoError(t, err)
 
@@ -153,7 +154,7 @@ func TestClientAdaptiveLimitOnThrottles(t *testing.T) {
 		want int
 	}{
 		{"without", []Option{WithoutRetries}, 16},
-		{"with", []Option{WithoutRetries, WithAdaptiveLimit()}, 8},
+		{"with", []Option{WithoutRetries, WithAdaptiveLimit()}, 11}, // 16 × 0.7
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := New([]Endpoint{ep}, tt.opts...)
