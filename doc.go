@@ -30,10 +30,34 @@
 //
 // # Load balancing
 //
-// A call goes to a free slot drawn at random from all free slots, so each
-// endpoint's share follows its free capacity: equal caps get equal shares, a
-// 200-slot endpoint gets ten times a 20-slot one's. Other strategies plug in
-// with [WithBalancer].
+// By default ([Random]) a call goes to a free slot drawn at random from all
+// free slots, so each endpoint's share follows its free capacity: equal caps
+// get equal shares, a 200-slot endpoint gets ten times a 20-slot one's. That
+// is the service's own advice, but it sends a slow endpoint as many calls as
+// a fast one. [WithBalancer] chooses another [Balancer]:
+//
+//   - [LeastLoaded]: power of two choices on in-flight ÷ limit (Envoy's
+//     least_request). Evens out load over endpoints of different caps or
+//     speeds.
+//   - [LatencyAware]: power of two choices on each endpoint's Peak-EWMA
+//     latency × (in-flight + 1) (Finagle, Linkerd). Steers calls away from a
+//     slow endpoint, and probes it again as its estimate decays, so it wins
+//     back its share once it has recovered. In simulation, with one endpoint
+//     of five ten times slower, it keeps p99 at the healthy endpoints' p99
+//     where Random and LeastLoaded sit at the slow one's.
+//
+// Every balancer only considers endpoints with a free slot that the call may
+// use (not ejected, not cooling down, not already tried when another is
+// left), and a pick costs no allocation.
+//
+// [WithAdaptiveLimit] lets each endpoint's limit sink below its cap when it
+// throttles (another client shares it) and grow back on successes, so that
+// replicas sharing endpoints stop throttling each other without
+// coordination. [WithHedging] and [WithHedgingQuantile] send a second copy of
+// a call that has had no reply for a while to another endpoint with a free
+// slot, cutting the tail latency a stalling endpoint causes; the first
+// success wins and the other copy is cancelled. Hedges never exceed caps and
+// spend the retry budget.
 //
 // # When every slot is busy
 //
