@@ -227,10 +227,10 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 	rs := redistest.Start(t)
 	const (
 		procs      = 4
-		goroutines = 24 // per process: well past the 18 slots of the whole fleet
-		latency    = 100 * time.Millisecond
+		goroutines = 12 // per process: 48 in all, well past the fleet's 18 slots
+		latency    = 200 * time.Millisecond
 		warmup     = 500 * time.Millisecond
-		window     = 3 * time.Second
+		window     = 4 * time.Second
 	)
 	mccs := []int{4, 6, 8}
 	srvs, eps := fleetEndpoints(t, latency, mccs...)
