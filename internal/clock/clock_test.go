@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/amlpool/amlpool/internal/clock"
 )
@@ -61,3 +62,5 @@ func TestRealTimerFires(t *testing.T) {
 	assert.False(t, tm.Stop())
 	assert.False(t, clock.Real.Now().IsZero())
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
