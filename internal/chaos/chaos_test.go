@@ -113,6 +113,8 @@ type tally struct {
 	outcomes  map[string]int64
 	untyped   []error    // errors that match no typed error (want none)
 	late      []lateCall // the calls that returned more than a tick late
+	keys      []string   // the endpoints' keys, set before the run
+	leaks     []string   // errors that showed a key (want none)
 	maxLate   time.Duration
 	timerLate time.Duration // the latest a plain 1 ms timer fired
 }
@@ -122,6 +124,11 @@ func (t *tally) record(kind string, err error, late time.Duration, how string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.outcomes[kind]++
+	for _, k := range t.keys {
+		if err != nil && len(t.leaks) < 10 && (strings.Contains(err.Error(), k) || strings.Contains(fmt.Sprintf("%+v", err), k)) {
+			t.leaks = append(t.leaks, err.Error())
+		}
+	}
 	if kind == "" && len(t.untyped) < 10 {
 		t.untyped = append(t.untyped, err)
 	}
@@ -193,7 +200,7 @@ var scoreRequest = &amlpool.Request{Inputs: map[string]*amlpool.Table{
 }}
 
 // runChaos runs cfg and checks the invariants; it returns the tally.
-func runChaos(t *testing.T, cfg chaosConfig, seed uint64) *tally {
+func runChaos(t testing.TB, cfg chaosConfig, seed uint64) *tally {
 	tl := &tally{faults: make([]atomic.Int64, len(kinds)), outcomes: map[string]int64{}}
 	servers := make([]*amltest.Server, len(cfg.caps))
 	eps := make([]amlpool.Endpoint, len(cfg.caps))
@@ -216,6 +223,7 @@ func runChaos(t *testing.T, cfg chaosConfig, seed uint64) *tally {
 			},
 		})
 		eps[i] = servers[i].Endpoint()
+		tl.keys = append(tl.keys, eps[i].APIKey)
 	}
 	defer func() {
 		for _, s := range servers {
@@ -324,6 +332,7 @@ func runChaos(t *testing.T, cfg chaosConfig, seed uint64) *tally {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	assert.Empty(t, tl.untyped, "calls that ended with an error no caller can branch on")
+	assert.Empty(t, tl.leaks, "errors that show an endpoint's key")
 	// A call returns once its goroutine runs after the deadline's timer
 	// fired and the transport let go: two scheduling delays. The probe
 	// measures one under the run's own load (and whatever else the machine
@@ -410,7 +419,7 @@ func TestChaos(t *testing.T) {
 }
 
 // report logs a run's totals.
-func report(t *testing.T, tl *tally) {
+func report(t testing.TB, tl *tally) {
 	var faults []string
 	var injected int64
 	for i, k := range kinds {
