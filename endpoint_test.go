@@ -157,3 +157,16 @@ func TestClientCloseIsIdempotent(t *testing.T) {
 	_, err = c.Do(t.Context(), []byte(`{}`))
 	assert.ErrorIs(t, err, ErrClosed)
 }
+
+// take never goes past the limit, even when asked directly: the balancers
+// only pick endpoints with a free slot, so only this catches an off-by-one.
+func TestTakeStopsAtTheLimit(t *testing.T) {
+	var e endpoint
+	e.limit.Store(2)
+	assert.True(t, e.take())
+	assert.True(t, e.take())
+	assert.False(t, e.take(), "a third slot of two")
+	assert.EqualValues(t, 2, e.inFlight.Load())
+	e.limit.Store(1) // an adaptive limit came down
+	assert.False(t, e.take())
+}
