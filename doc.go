@@ -121,6 +121,13 @@
 // Debug line per attempt. With none of them, a call does no telemetry work.
 // [Client.Stats] is the dependency-free snapshot of the same counters.
 //
+// # Sharing caps across replicas
+//
+// A Client enforces each endpoint's cap within its own process. When several
+// replicas of a service share endpoints, give each Client the same
+// [Limiter] through [WithLimiter]: package redislimit provides one that
+// keeps the slots in Redis, so that the whole fleet stays within each cap.
+//
 // # Concurrency
 //
 // A Client is safe for use by any number of goroutines; create one per set of

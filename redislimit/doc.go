@@ -1,0 +1,87 @@
+// Package redislimit shares each endpoint's MaxConcurrentCalls across the
+// replicas of a service through Redis.
+//
+// Each amlpool.Client enforces each endpoint's cap on its own, so ten
+// replicas can send ten times the cap and be throttled. A Limiter keeps the
+// slots in Redis instead, where every replica sees them:
+//
+//	rdb := redis.NewClient(&redis.Options{
+//		Addr:                  addr,
+//		ContextTimeoutEnabled: true, // let deadlines reach the socket
+//		DialTimeout:           250 * time.Millisecond,
+//		ReadTimeout:           100 * time.Millisecond,
+//		WriteTimeout:          100 * time.Millisecond,
+//		MaxRetries:            1,
+//	})
+//	lim, err := redislimit.New(rdb, redislimit.WithPool("scoring"))
+//	if err != nil {
+//		return err
+//	}
+//	defer lim.Close() // after the Client
+//	c, err := amlpool.New(endpoints, amlpool.WithLimiter(lim))
+//
+// Every replica that uses the same Redis and pool name shares the caps of
+// the endpoints it has in common with the others; endpoints are matched by
+// URL (a hash of it: keys and URLs never reach Redis). New accepts any
+// redis.UniversalClient: single node, Sentinel, Cluster or Ring. All of a
+// pool's keys share the hash tag {pool}, so each script runs in one Cluster
+// slot.
+//
+// # How a slot is held
+//
+// A slot is a lease: a member of one sorted set per endpoint, scored by its
+// expiry on the Redis server's clock (replicas' clocks never matter). A call
+// first takes one of its own Client's slots, then asks the Limiter, which
+// runs one Lua script, one round trip: drop expired leases, then add a lease
+// on the first candidate endpoint with room. Release is one command, sent in
+// the background. A lease lives WithTTL (10 s) unless renewed; once per
+// renew interval (TTL ÷ 3) each process renews, in one round trip, the
+// leases of its calls still running, so a long call keeps its slot while a
+// crashed replica's slots come back within the TTL. A lease that Redis no
+// longer has while its call runs (it expired, or Redis restarted empty) is
+// counted in Stats.Lost and registered again.
+//
+// # When the fleet is full
+//
+// Calls wait in this process, first come first served. One goroutine tries
+// for the oldest ones: at once when a slot frees here or, through a pub/sub
+// notification, anywhere in the fleet; otherwise after a jittered backoff
+// from 5 to 50 ms (WithBackoff). A full fleet costs each process at most
+// one script per endpoint per backoff, never a hot loop.
+//
+// # When Redis fails
+//
+// Every Redis round trip is bounded by WithTimeout (100 ms), even with a
+// client that ignores contexts. After three failed round trips spread over
+// at least two timeouts the Limiter switches to its failure mode
+// (WithFailureMode) and logs it:
+//
+//   - FailStatic (default): each process may hold ⌈cap ÷ replicas⌉ of each
+//     endpoint, replicas as last counted in Redis. The fleet stays within cap +
+//     replicas − 1 once the calls admitted before the outage have ended.
+//   - FailOpen: each process uses the whole cap, as without a Limiter.
+//   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.
+//
+// A probe every WithProbeInterval (1 s) tries Redis again. When one succeeds,
+// every lease still held, those taken in fallback included, is written back
+// to Redis, even past the cap, so that new calls wait until the real number
+// in flight drains; then the Limiter logs the switch back and uses Redis
+// again.
+//
+// # Replicas that disagree
+//
+// Each process announces the cap it uses for each endpoint. When replicas
+// announce different caps for the same endpoint (a config rolled out to some
+// replicas only), each logs a warning and Stats shows the caps seen
+// (EndpointStats.Limits); each replica still passes its own cap to Redis.
+//
+// # Timeouts of the Redis client
+//
+// go-redis's defaults suit a cache, not a limiter on every call: a 5 s
+// socket timeout, three retries, and ContextTimeoutEnabled false, with which
+// a caller's deadline does not reach the socket. The Limiter bounds each
+// round trip by WithTimeout whatever the client does, but with
+// ContextTimeoutEnabled false a timed-out call is only abandoned: its
+// goroutine and connection stay busy until the client's own ReadTimeout.
+// Use the settings above.
+package redislimit
