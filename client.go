@@ -339,7 +339,11 @@ func (c *Client) exchange(ctx context.Context, o *outcome, lease Lease, body []b
 	}
 	o.kind = kindOf(ctx, o)
 	ep.calls.Add(1)
-	if o.err != nil && !o.abandoned {
+	switch o.kind {
+	case kindSuccess, kindAbandoned:
+	case kindCancelled:
+		ep.cancelled.Add(1) // the caller gave up: no fault of the endpoint's
+	default:
 		ep.failures.Add(1)
 		if o.throttled {
 			ep.throttles.Add(1)
@@ -522,7 +526,8 @@ type EndpointStats struct {
 	Limit              int   // the cap in force now (lower under an adaptive limit)
 	InFlight           int   // calls in flight now
 	Calls              int64 // attempts made, each counted once it ended
-	Errors             int64 // attempts that failed, throttles included
+	Errors             int64 // attempts that failed, throttles included; not cancelled ones
+	Cancelled          int64 // attempts cut short because the call's ctx ended
 	Throttles          int64 // attempts the endpoint answered as full (503 RequestThrottled by default)
 	Ejected            bool  // out of rotation after failures in a row (WithEjection)
 	Ejections          int64 // times it was ejected
@@ -544,6 +549,7 @@ func (c *Client) Stats() Stats {
 			InFlight:           int(ep.inFlight.Load()),
 			Calls:              ep.calls.Load(),
 			Errors:             ep.failures.Load(),
+			Cancelled:          ep.cancelled.Load(),
 			Throttles:          ep.throttles.Load(),
 		}
 	}

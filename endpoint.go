@@ -137,7 +137,8 @@ type endpoint struct {
 	inFlight atomic.Int32 // slots held now
 
 	calls     atomic.Int64 // attempts that got a reply or an error
-	failures  atomic.Int64 // attempts that did not succeed, throttles included
+	failures  atomic.Int64 // attempts that did not succeed, throttles included, cancelled ones not
+	cancelled atomic.Int64 // attempts whose call's ctx ended first
 	throttles atomic.Int64 // attempts answered with a 503 throttle
 
 	lat peakEWMA // latency estimate, for LatencyAware (latency.go)

@@ -196,16 +196,10 @@ func (p *pool) acquire(ctx context.Context, x *exclusion, maxWait time.Duration)
 		}
 	}
 
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
+	w, err := p.enqueue(x)
+	if err != nil {
+		return nil, err
 	}
-	p.nwait.Add(1)
-	w := &waiter{ex: *x, ready: make(chan struct{})}
-	w.elem = p.waiters.PushBack(w)
-	p.grantLocked() // serves w at once if a slot it may use is free and no one ahead wants it
-	p.mu.Unlock()
 	if p.onQueue != nil {
 		p.onQueue()
 	}
@@ -216,7 +210,6 @@ func (p *pool) acquire(ctx context.Context, x *exclusion, maxWait time.Duration)
 		defer t.Stop()
 		timeout = t.C()
 	}
-	var err error
 	select {
 	case <-w.ready:
 		return w.ep, nil
@@ -245,6 +238,35 @@ func (p *pool) acquire(ctx context.Context, x *exclusion, maxWait time.Duration)
 	p.nwait.Add(-1)
 	p.mu.Unlock()
 	return nil, err
+}
+
+// enqueue puts a call at the end of the line and serves the line, which
+// serves the call at once if a slot it may use is free and no one ahead wants
+// it. The lock is released even if a Balancer panics; the call then leaves
+// the line (with any slot it was granted) before the panic goes on.
+func (p *pool) enqueue(x *exclusion) (w *waiter, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	p.nwait.Add(1)
+	w = &waiter{ex: *x, ready: make(chan struct{})}
+	w.elem = p.waiters.PushBack(w)
+	defer func() {
+		if r := recover(); r != nil {
+			select {
+			case <-w.ready:
+				w.ep.inFlight.Add(-1)
+			default:
+				p.waiters.Remove(w.elem)
+				p.nwait.Add(-1)
+			}
+			panic(r)
+		}
+	}()
+	p.grantLocked()
+	return w, nil
 }
 
 // grantLocked gives free slots to waiting calls, oldest first. A waiter that
@@ -280,8 +302,8 @@ func (p *pool) release(ep *endpoint) {
 // (a release, a higher limit, an endpoint back from ejection).
 func (p *pool) kick() {
 	p.mu.Lock()
+	defer p.mu.Unlock() // also when a Balancer panics
 	p.grantLocked()
-	p.mu.Unlock()
 }
 
 // close fails every waiting and future acquire with ErrClosed.

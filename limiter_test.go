@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,4 +243,39 @@ func TestPoolNeverExceedsLimitUnderContention(t *testing.T) {
 	}
 	assert.Equal(t, []int{0, 0, 0}, inFlight(p))
 	assert.Equal(t, 0, p.waiting())
+}
+
+type panicky struct{ armed *atomic.Bool }
+
+func (b panicky) Pick(s Candidates) int {
+	if b.armed.Load() {
+		panic("balancer bug")
+	}
+	return Random().Pick(s)
+}
+
+// A Balancer that panics must not leave the line locked or a slot held:
+// once it behaves again, calls go through.
+func TestPoolSurvivesAPanickingBalancer(t *testing.T) {
+	p := testPool(t, 1)
+	var armed atomic.Bool
+	p.bal, p.builtin, p.random = panicky{&armed}, false, false
+	held, err := p.acquire(context.Background(), &exclusion{}, 0)
+	require.NoError(t, err)
+
+	// A call joining the line while the balancer panics leaves the line.
+	armed.Store(true)
+	assert.PanicsWithValue(t, "balancer bug", func() { _, _ = p.acquire(context.Background(), &exclusion{}, -1) })
+	assert.Equal(t, 0, p.waiting())
+
+	// A release that serves the line while it panics frees its slot and
+	// the lock; the waiting call is served at the next chance.
+	armed.Store(false)
+	got, _ := queueN(t, p, []context.Context{context.Background()})
+	armed.Store(true)
+	assert.PanicsWithValue(t, "balancer bug", func() { p.release(held) })
+	assert.Equal(t, []int{0}, inFlight(p))
+	armed.Store(false)
+	p.kick()
+	assert.Equal(t, 0, <-got)
 }

@@ -204,7 +204,9 @@ func assertStatsAgree(t *testing.T, o *observed) {
 		assert.Equal(t, e.Calls, intValue(t, rm, "amlpool.endpoint.calls", ep), "calls of %s", e.Name)
 		assert.Equal(t, e.Throttles, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("throttled")), "throttles of %s", e.Name)
 		assert.Equal(t, e.Errors, e.Calls-intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("success"))-
-			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("abandoned")), "errors of %s", e.Name)
+			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("abandoned"))-
+			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")), "errors of %s", e.Name)
+		assert.Equal(t, e.Cancelled, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")), "cancelled at %s", e.Name)
 		assert.EqualValues(t, e.InFlight, intValue(t, rm, "amlpool.endpoint.in_flight", ep), "in flight at %s", e.Name)
 		assert.EqualValues(t, e.Limit, intValue(t, rm, "amlpool.endpoint.limit", ep), "limit of %s", e.Name)
 		n, _ := histogram(t, rm, "http.client.request.duration", ep)
