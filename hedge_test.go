@@ -38,8 +38,9 @@ func newHedgeRig(t *testing.T, mcc int, handle func(n int32, name string, w http
 			// Read the body, so the server notices a client that gives up
 			// (it watches the connection only once the body is consumed).
 			io.Copy(io.Discard, r.Body)
+			k := n.Add(1) // before the test hears of it: arrival order
 			rig.arrived <- name
-			handle(n.Add(1), name, w, r)
+			handle(k, name, w, r)
 		}))
 		t.Cleanup(srv.Close)
 		eps = append(eps, Endpoint{Name: name, URL: srv.URL, APIKey: "k", MaxConcurrentCalls: mcc})
@@ -184,8 +185,9 @@ func TestHedgeEndpointCountsAsTried(t *testing.T) {
 	for _, name := range []string{"a", "b", "c"} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
+			k := n.Add(1)
 			arrived <- name
-			switch n.Add(1) {
+			switch k {
 			case 1:
 				<-releaseFirst
 				w.WriteHeader(http.StatusInternalServerError)
@@ -339,4 +341,66 @@ func TestHedgeOptionsValidated(t *testing.T) {
 	require.NoError(t, err, "the later option wins")
 	assert.NotNil(t, c.hedge.window)
 	c.Close()
+}
+
+// fleetLimiter grants the first n acquisitions at once and blocks the rest
+// until their ctx ends; it counts leases held.
+type fleetLimiter struct {
+	n      atomic.Int32
+	grant  int32
+	held   atomic.Int32
+	denied chan struct{} // gets a value each time an acquisition gives up
+}
+
+func (l *fleetLimiter) Acquire(ctx context.Context, _ []LimitedEndpoint) (Lease, error) {
+	if l.n.Add(1) > l.grant {
+		<-ctx.Done()
+		l.denied <- struct{}{}
+		return nil, ctx.Err()
+	}
+	l.held.Add(1)
+	return fleetLease{l}, nil
+}
+
+type fleetLease struct{ l *fleetLimiter }
+
+func (fleetLease) Index() int { return 0 }
+func (f fleetLease) Release() { f.l.held.Add(-1) }
+
+// With a Limiter, a hedge also needs the fleet's slot: it waits for one
+// until the first copy answers, and holds none afterwards.
+func TestHedgeWithLimiter(t *testing.T) {
+	t.Run("fleet slot free", func(t *testing.T) {
+		lim := &fleetLimiter{grant: 2, denied: make(chan struct{}, 1)}
+		cancelled := make(chan string, 1)
+		rig := newHedgeRig(t, 2, hangFirst(cancelled), WithHedging(100*time.Millisecond), WithLimiter(lim))
+		res := rig.do(context.Background())
+		first := <-rig.arrived
+		require.True(t, rig.clk.WaitTimers(1, t.Context().Done()))
+		rig.clk.Advance(100 * time.Millisecond)
+		assert.NotEqual(t, first, <-rig.arrived)
+		require.NoError(t, (<-res).err)
+		assert.Equal(t, first, <-cancelled)
+		assert.Zero(t, lim.held.Load(), "leases released")
+	})
+	t.Run("fleet full", func(t *testing.T) {
+		lim := &fleetLimiter{grant: 1, denied: make(chan struct{}, 1)}
+		release := make(chan struct{})
+		rig := newHedgeRig(t, 2, func(_ int32, name string, w http.ResponseWriter, _ *http.Request) {
+			<-release
+			fmt.Fprint(w, `{}`)
+		}, WithHedging(100*time.Millisecond), WithLimiter(lim))
+		res := rig.do(context.Background())
+		<-rig.arrived
+		require.True(t, rig.clk.WaitTimers(1, t.Context().Done()))
+		rig.clk.Advance(100 * time.Millisecond)
+		close(release) // the first copy answers while the hedge waits at the Limiter
+		require.NoError(t, (<-res).err)
+		<-lim.denied
+		assert.Empty(t, rig.arrived, "the hedge was never sent")
+		assert.Zero(t, lim.held.Load(), "leases released")
+		for _, e := range rig.c.Stats().Endpoints {
+			assert.Zero(t, e.InFlight, e.Name)
+		}
+	})
 }
