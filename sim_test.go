@@ -43,14 +43,18 @@ func seeded(seed uint64) func() uint64 {
 
 // TestSimSlowEndpoint: five endpoints, one ten times slower, at 60 % of the
 // healthy endpoints' capacity. Latency-aware keeps p99 within 1.5× of the
-// healthy endpoints' p99; random does not.
+// healthy endpoints' p99; random does not. Hedging on top trims p99.9.
 func TestSimSlowEndpoint(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := sim.SlowEndpoint{Endpoints: 5, MCC: 20, Healthy: 50 * time.Millisecond, Slowdown: 10,
 			Rate: 1000, Duration: simDuration(10*time.Second, 120*time.Second), RTT: time.Millisecond, Seed: 1}
-		order := []string{"Random", "LeastLoaded", "LatencyAware"}
-		bals := map[string]amlpool.Balancer{"Random": amlpool.Random(), "LeastLoaded": amlpool.LeastLoaded(), "LatencyAware": amlpool.LatencyAware()}
-		reps := sc.Run(bals, order, amlpool.WithRand(seeded(1)))
+		reps := sc.Run([]sim.Variant{
+			{Name: "Random", Opts: []amlpool.Option{amlpool.WithBalancer(amlpool.Random())}},
+			{Name: "LeastLoaded", Opts: []amlpool.Option{amlpool.WithBalancer(amlpool.LeastLoaded())}},
+			{Name: "LatencyAware", Opts: []amlpool.Option{amlpool.WithBalancer(amlpool.LatencyAware())}},
+			{Name: "LatencyAware, hedging after p95", Opts: []amlpool.Option{amlpool.WithBalancer(amlpool.LatencyAware()),
+				amlpool.WithHedgingQuantile(0.95)}},
+		}, amlpool.WithRand(seeded(1)))
 		var rows [][]string
 		for _, r := range reps {
 			rows = append(rows, []string{r.Balancer, fmt.Sprintf("%.0f/s", r.Goodput), fmt.Sprint(r.Failed),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,18 +73,24 @@ type SlowReport struct {
 	HealthyP99     time.Duration // p99 of the healthy endpoints' service time plus the RTT
 }
 
-// Run runs the scenario once per balancer, on fresh endpoints seeded alike.
+// Variant is one Client configuration to run a scenario with.
+type Variant struct {
+	Name string
+	Opts []amlpool.Option
+}
+
+// Run runs the scenario once per variant, on fresh endpoints seeded alike.
 // opts are added to every Client's options.
-func (sc SlowEndpoint) Run(balancers map[string]amlpool.Balancer, order []string, opts ...amlpool.Option) []SlowReport {
+func (sc SlowEndpoint) Run(variants []Variant, opts ...amlpool.Option) []SlowReport {
 	var out []SlowReport
-	for _, name := range order {
+	for _, v := range variants {
 		s, eps, cfgs := Pool(sc.Endpoints, sc.MCC, sc.RTT, sc.Seed, func(i int) func(int64, *rand.Rand) time.Duration {
 			if i == 0 {
 				return Latency(time.Duration(float64(sc.Healthy) * sc.Slowdown))
 			}
 			return Latency(sc.Healthy)
 		})
-		c := newClient(s, cfgs, append(opts, amlpool.WithBalancer(balancers[name])))
+		c := newClient(s, cfgs, append(slices.Clip(opts), v.Opts...))
 		res := OpenLoop(context.Background(), sc.Rate, sc.Duration, rand.New(rand.NewPCG(sc.Seed, 99)), do(c))
 		c.Close()
 		var healthy []time.Duration
@@ -95,7 +102,7 @@ func (sc SlowEndpoint) Run(balancers map[string]amlpool.Balancer, order []string
 			total += ep.Stats().Requests
 		}
 		out = append(out, SlowReport{
-			Balancer:   name,
+			Balancer:   v.Name,
 			Goodput:    res.Goodput(),
 			Failed:     res.Failed(),
 			P50:        res.Quantile(0.5),
