@@ -194,10 +194,10 @@ func pickP2C(s Candidates, better func(s Candidates, a, b int) bool) int {
 	}
 	for range p2cDraws {
 		r := s.Rand()
-		// Two different indexes from one draw: i uniform over n, j uniform
-		// over the n−1 others. (The modulo bias is below n/2³², nothing.)
-		i := int(uint32(r) % uint32(n))
-		j := int((r >> 32) % uint64(n-1))
+		// Two different indexes from one draw: i uniform over n from its
+		// low half, j uniform over the n−1 others from its high half.
+		i := int(bounded(r<<32, uint32(n)))
+		j := int(bounded(r, uint32(n-1)))
 		if j >= i {
 			j++
 		}
@@ -216,7 +216,7 @@ func pickP2C(s Candidates, better func(s Candidates, a, b int) bool) int {
 	// Mostly full or excluded: the better of the first two usable ones from
 	// a random start, which costs about n ÷ usable steps, or the only one.
 	first := -1
-	start := int(s.Rand() % uint64(n))
+	start := int(bounded(s.Rand(), uint32(n)))
 	for k := range n {
 		i := start + k
 		if i >= n {
