@@ -228,9 +228,9 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 	const (
 		procs      = 4
 		goroutines = 12 // per process: 48 in all, well past the fleet's 18 slots
-		latency    = 200 * time.Millisecond
+		latency    = 400 * time.Millisecond
 		warmup     = 500 * time.Millisecond
-		window     = 4 * time.Second
+		window     = 4 * time.Second // ten calls per slot
 	)
 	mccs := []int{4, 6, 8}
 	srvs, eps := fleetEndpoints(t, latency, mccs...)
