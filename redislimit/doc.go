@@ -57,7 +57,8 @@
 // (WithFailureMode) and logs it:
 //
 //   - FailStatic (default): each process may hold ⌈cap ÷ replicas⌉ of each
-//     endpoint, replicas as last counted in Redis. The fleet stays within cap +
+//     endpoint, replicas as last counted in Redis and at least
+//     WithExpectedReplicas. The fleet stays within cap +
 //     replicas − 1 once the calls admitted before the outage have ended.
 //   - FailOpen: each process uses the whole cap, as without a Limiter.
 //   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.

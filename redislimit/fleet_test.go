@@ -294,7 +294,7 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 	ttl := time.Second
 	srvs, eps := fleetEndpoints(t, time.Minute, mcc) // calls that outlive the test
 	w := startWorker(t, workerConfig{Mode: "hold", Redis: rs.Addr, Endpoints: eps, Goroutines: mcc,
-		Stop: time.Now().Add(time.Minute), TTL: ttl, Timeout: DefaultTimeout})
+		Stop: time.Now().Add(time.Minute), TTL: ttl, Timeout: ttl / 2})
 	require.True(t, w.out.Scan(), "worker never held its slots: %s", w.stderr.String())
 	require.Equal(t, "holding", w.out.Text())
 
@@ -304,7 +304,14 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 	require.EqualValues(t, mcc, rdb.ZCard(ctx, key).Val())
 
 	// Another process finds the endpoint full.
-	lim, err := New(rdb, WithPool("fleet"), WithTTL(ttl))
+	// Timeouts of half the TTL, here and in the worker: on a loaded CI host a
+	// 100 ms timeout can trip the fallback, which is not what this test is
+	// about.
+	opts := redistest.Options(rs.Addr)
+	opts.ReadTimeout, opts.WriteTimeout = ttl/2, ttl/2
+	rdb = redis.NewClient(opts)
+	defer rdb.Close()
+	lim, err := New(rdb, WithPool("fleet"), WithTTL(ttl), WithTimeout(ttl/2))
 	require.NoError(t, err)
 	defer lim.Close()
 	cand := []amlpool.LimitedEndpoint{{ID: endpointID(eps[0].URL), Name: "ep0", Limit: mcc}}
@@ -317,7 +324,9 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 	require.NoError(t, w.cmd.Process.Signal(syscall.SIGKILL))
 	_ = w.cmd.Wait()
 	// The dead process renewed its leases at most one tick before it died.
-	deadline := killed.Add(ttl + ttl/3 + 500*time.Millisecond)
+	// A second of slack for a starved host; without expiry they would never
+	// come back.
+	deadline := killed.Add(ttl + ttl/3 + time.Second)
 	var held []amlpool.Lease
 	for len(held) < mcc {
 		ctx, cancel := context.WithDeadline(ctx, deadline)

@@ -332,7 +332,8 @@ func (l *Limiter) shareLocked(ep *endpoint) int {
 	if l.cfg.mode == FailOpen {
 		return int(ep.limit.Load())
 	}
-	return (int(ep.limit.Load()) + l.replicas - 1) / l.replicas
+	k := max(l.replicas, l.cfg.replicas)
+	return (int(ep.limit.Load()) + k - 1) / k
 }
 
 func (l *Limiter) addLocked(ls *lease) {

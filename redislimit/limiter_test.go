@@ -307,18 +307,20 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 
 func TestFailureModes(t *testing.T) {
 	tests := []struct {
-		name  string
-		mode  FailureMode
-		grant int // leases one process gets of a cap of 5 with 2 replicas
+		name     string
+		mode     FailureMode
+		expected int // WithExpectedReplicas
+		grant    int // leases one process gets of a cap of 5 with 2 replicas seen
 	}{
-		{"static", FailStatic, 3},
-		{"open", FailOpen, 5},
-		{"closed", FailClosed, 0},
+		{"static", FailStatic, 1, 3},
+		{"static, 4 replicas expected", FailStatic, 4, 2},
+		{"open", FailOpen, 1, 5},
+		{"closed", FailClosed, 1, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
-			l := f.limiter(t, WithFailureMode(tt.mode))
+			l := f.limiter(t, WithFailureMode(tt.mode), WithExpectedReplicas(tt.expected))
 			_ = f.limiter(t) // a second replica
 			f.settle(t, 2)
 			f.advance(DefaultTTL / 3) // both heartbeats seen

@@ -38,8 +38,8 @@ type FailureMode int
 
 const (
 	// FailStatic gives each process a share of each endpoint's cap:
-	// ⌈MaxConcurrentCalls ÷ replicas⌉, with replicas as last seen in Redis
-	// (or WithExpectedReplicas before that). The fleet stays within
+	// ⌈MaxConcurrentCalls ÷ replicas⌉, with replicas as last seen in Redis,
+	// and at least WithExpectedReplicas. The fleet stays within
 	// MaxConcurrentCalls + replicas − 1. The default.
 	FailStatic FailureMode = iota
 	// FailOpen lets each process use each endpoint's full cap, as if it were
@@ -201,10 +201,12 @@ type replicasOption int
 
 func (o replicasOption) apply(c *config) { c.replicas = int(o) }
 
-// WithExpectedReplicas sets the replica count FailStatic divides by until
-// the Limiter has seen the real one in Redis (when Redis is down from the
-// start). Default: 1, which lets a process that never reached Redis use
-// whole caps.
+// WithExpectedReplicas sets the fewest replicas FailStatic assumes: it
+// divides each cap by the larger of n and the replica count last seen in
+// Redis. Set it to the fleet's usual size, so that replicas that fall back
+// before they have seen each other (Redis down from the start, or all
+// starting at once) still stay within the caps. Default: 1, which lets a
+// process that has seen no other use whole caps.
 func WithExpectedReplicas(n int) Option { return replicasOption(n) }
 
 type backoffOption struct{ min, max time.Duration }

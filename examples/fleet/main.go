@@ -37,7 +37,7 @@ func main() {
 	addr := flag.String("redis", "", "Redis address (host:port); empty runs an in-memory Redis")
 	d := flag.Duration("duration", 3*time.Second, "how long the replicas send calls")
 	flag.Parse()
-	if err := run(context.Background(), os.Stdout, *addr, *d); err != nil {
+	if err := run(context.Background(), os.Stdout, *addr, *d, redislimit.DefaultTimeout); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -50,18 +50,21 @@ type replica struct {
 }
 
 // newReplica builds one process's Client. The Redis client is set up for a
-// limiter: short timeouts that honour the context, one retry at most
-// (go-redis's defaults wait 5 s on a socket).
-func newReplica(redisAddr string, eps []amlpool.Endpoint) (*replica, error) {
+// limiter: short timeouts (100 ms) that honour the context, one retry at
+// most (go-redis's defaults wait 5 s on a socket). The Limiter knows the
+// fleet has two replicas, so that if Redis fails before they have seen each
+// other, each still takes only half of each cap.
+func newReplica(redisAddr string, eps []amlpool.Endpoint, timeout time.Duration) (*replica, error) {
 	rdb := redis.NewClient(&redis.Options{
 		Addr:                  redisAddr,
 		ContextTimeoutEnabled: true,
 		DialTimeout:           250 * time.Millisecond,
-		ReadTimeout:           100 * time.Millisecond,
-		WriteTimeout:          100 * time.Millisecond,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
 		MaxRetries:            1,
 	})
-	lim, err := redislimit.New(rdb, redislimit.WithPool("fleet-example"))
+	lim, err := redislimit.New(rdb, redislimit.WithPool("fleet-example"),
+		redislimit.WithTimeout(timeout), redislimit.WithExpectedReplicas(2))
 	if err != nil {
 		rdb.Close()
 		return nil, err
@@ -82,7 +85,7 @@ func (r *replica) Close() {
 	r.rdb.Close()
 }
 
-func run(ctx context.Context, out io.Writer, redisAddr string, d time.Duration) error {
+func run(ctx context.Context, out io.Writer, redisAddr string, d, timeout time.Duration) error {
 	if redisAddr == "" {
 		m, err := miniredis.Run()
 		if err != nil {
@@ -109,7 +112,7 @@ func run(ctx context.Context, out io.Writer, redisAddr string, d time.Duration) 
 	var mu sync.Mutex
 	var replicas []*replica
 	for i := range 2 {
-		r, err := newReplica(redisAddr, eps)
+		r, err := newReplica(redisAddr, eps, timeout)
 		if err != nil {
 			return err
 		}
