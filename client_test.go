@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,7 +259,21 @@ func TestCancelWhileSendingReleasesTheSlot(t *testing.T) {
 // Many calls cancelled while waiting or sending leave every slot usable:
 // afterwards the pool still reaches full concurrency.
 func TestManyCancelledCallsLeakNoSlot(t *testing.T) {
-	servers, eps := fakes(t, time.Millisecond, 3, 3)
+	// Once hang is set, every call the servers take hangs until its client
+	// goes. (A script of hangs would not do: requests of cancelled calls can
+	// still reach a server after their calls returned, and use it up.)
+	var hang atomic.Bool
+	fault := func(int64) amltest.Fault { return amltest.Fault{Hang: hang.Load()} }
+	servers := make([]*amltest.Server, 2)
+	eps := make([]amlpool.Endpoint, 2)
+	for i := range servers {
+		// The servers allow more than the client's cap of 3, so that a late
+		// request of a cancelled call cannot get a real one throttled.
+		servers[i] = amltest.NewServer(amltest.Config{MaxConcurrentCalls: 100, Latency: time.Millisecond, Fault: fault})
+		t.Cleanup(servers[i].Close)
+		eps[i] = servers[i].Endpoint()
+		eps[i].MaxConcurrentCalls = 3
+	}
 	c := newClient(t, eps)
 	var wg sync.WaitGroup
 	for i := range 300 {
@@ -277,20 +292,23 @@ func TestManyCancelledCallsLeakNoSlot(t *testing.T) {
 	assert.Zero(t, st.Endpoints[1].InFlight)
 
 	// Hold every slot at once with hung calls: all 6 must get in.
-	for _, s := range servers {
-		_, err := s.WaitFor(context.Background(), func(st amltest.Stats) bool { return st.InFlight == 0 })
-		require.NoError(t, err)
-		s.Script(amltest.Fault{Hang: true}, amltest.Fault{Hang: true}, amltest.Fault{Hang: true})
-	}
+	hang.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	var hung sync.WaitGroup
 	for range 6 {
 		hung.Add(1)
 		go func() { defer hung.Done(); _, _ = c.Do(ctx, []byte(body)) }()
 	}
+	bound, stop := context.WithTimeout(context.Background(), time.Minute) // a bound, not a timing
+	defer stop()
 	for _, s := range servers {
-		_, err := s.WaitFor(context.Background(), func(st amltest.Stats) bool { return st.InFlight == 3 })
-		require.NoError(t, err)
+		// Every request reaches a server after its call took the slot, so
+		// the servers' changes are the moments to look at the client.
+		_, err := s.WaitFor(bound, func(st amltest.Stats) bool {
+			cs := c.Stats()
+			return st.InFlight >= 3 && cs.Endpoints[0].InFlight == 3 && cs.Endpoints[1].InFlight == 3
+		})
+		require.NoError(t, err, "client stats %+v", c.Stats())
 	}
 	cancel()
 	hung.Wait()
