@@ -14,7 +14,10 @@ import (
 func BenchmarkCall(b *testing.B) {
 	for _, sys := range systems() {
 		b.Run(sys.name, func(b *testing.B) {
-			srv := newFakeServer("ep1", endpointSpec{mcc: 200})
+			srv, err := startServer("ep1", endpointSpec{mcc: 200})
+			if err != nil {
+				b.Fatal(err)
+			}
 			defer srv.close()
 			c, err := sys.new(setup{eps: []amlpool.Endpoint{srv.endpoint()}, callers: 4})
 			if err != nil {

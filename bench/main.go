@@ -62,8 +62,7 @@ func main() {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	serve := func() (server, error) { return startChild(exe) }
-	rep, err := run(ctx, cfg, serve, os.Stderr)
+	rep, err := run(ctx, cfg, childLauncher(exe), os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -155,7 +154,7 @@ func selected(list []string, name string) bool {
 
 // run measures every selected system in every selected workload, cfg.runs
 // times, logging progress to log.
-func run(ctx context.Context, cfg config, serve overheadServer, log io.Writer) (*report, error) {
+func run(ctx context.Context, cfg config, launch launcher, log io.Writer) (*report, error) {
 	rep := &report{cfg: cfg, started: time.Now(), loadBefore: loadAvg()}
 	for _, w := range workloads(cfg.params) {
 		if len(cfg.workloads) > 0 && !slices.Contains(cfg.workloads, w.name) {
@@ -169,7 +168,7 @@ func run(ctx context.Context, cfg config, serve overheadServer, log io.Writer) (
 		}
 		sums := make([][]summary, len(syss))
 		if w.overhead {
-			rs, err := runInterleaved(ctx, w, syss, cfg.timing, cfg.runs, serve)
+			rs, err := runInterleaved(ctx, w, syss, cfg.timing, cfg.runs, launch)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", w.name, err)
 			}
@@ -185,7 +184,7 @@ func run(ctx context.Context, cfg config, serve overheadServer, log io.Writer) (
 				if w.overhead {
 					break
 				}
-				r, err := runOne(ctx, w, sys, cfg.timing, serve)
+				r, err := runOne(ctx, w, sys, cfg.timing, launch)
 				if err != nil {
 					return nil, fmt.Errorf("%s, %s: %w", w.name, sys.name, err)
 				}

@@ -34,7 +34,7 @@ func TestRunSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := run(context.Background(), cfg, func() (server, error) { return startChild(exe) }, io.Discard)
+	rep, err := run(context.Background(), cfg, childLauncher(exe), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,11 @@ func TestSelectWorkloadsAndSystems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := run(context.Background(), cfg, nil, io.Discard)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := run(context.Background(), cfg, childLauncher(exe), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

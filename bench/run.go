@@ -1,8 +1,8 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"runtime/metrics"
 	"slices"
@@ -86,7 +86,7 @@ func workloads(p params) []workload {
 		},
 		{
 			name: "overhead",
-			about: fmt.Sprintf("1 endpoint, 0 ms latency, served by a child process; %d callers; CPU = user+sys of the client process per successful call",
+			about: fmt.Sprintf("1 endpoint, 0 ms latency; %d callers; CPU = user+sys of the client process per successful call",
 				p.overheadCallers),
 			endpoints: []endpointSpec{{mcc: amlpool.MaxMaxConcurrentCalls}},
 			callers:   p.overheadCallers,
@@ -150,57 +150,23 @@ type timing struct {
 var body = []byte(`{"Inputs":{"input1":{"ColumnNames":["age","workclass","education"],` +
 	`"Values":[["39","State-gov","Bachelors"]]}},"GlobalParameters":{}}`)
 
-// endpoints are a workload's running servers.
-type endpoints struct {
-	srvs []server
-	eps  []amlpool.Endpoint
-}
-
-// startEndpoints starts w's servers; the overhead workload's one comes
-// from serve.
-func startEndpoints(w workload, serve overheadServer) (*endpoints, error) {
-	e := &endpoints{}
-	if w.overhead {
-		s, err := serve()
-		if err != nil {
-			return nil, err
-		}
-		ep := s.endpoint()
-		// The child serves up to 200 at once; clients get the default cap,
-		// which the callers never reach.
-		ep.MaxConcurrentCalls = amlpool.DefaultMaxConcurrentCalls
-		e.srvs, e.eps = []server{s}, []amlpool.Endpoint{ep}
-		return e, nil
+// startEndpoints starts w's endpoints with launch.
+func startEndpoints(w workload, launch launcher) (*endpoints, error) {
+	e, err := launch(w.endpoints)
+	if err != nil {
+		return nil, err
 	}
-	for i, spec := range w.endpoints {
-		s, err := startServer(fmt.Sprintf("ep%d", i+1), spec)
-		if err != nil {
-			e.close()
-			return nil, err
-		}
-		e.srvs = append(e.srvs, s)
-		e.eps = append(e.eps, s.endpoint())
+	if w.overhead {
+		// The endpoint serves up to 200 at once; clients get the default
+		// cap, which the callers never reach.
+		e.eps[0].MaxConcurrentCalls = amlpool.DefaultMaxConcurrentCalls
 	}
 	return e, nil
 }
 
-func (e *endpoints) throttled() int64 {
-	var n int64
-	for _, s := range e.srvs {
-		n += s.throttled()
-	}
-	return n
-}
-
-func (e *endpoints) close() {
-	for _, s := range e.srvs {
-		s.close()
-	}
-}
-
 // runOne starts w's endpoints, builds sys on them and drives it.
-func runOne(ctx context.Context, w workload, sys system, t timing, serve overheadServer) (result, error) {
-	e, err := startEndpoints(w, serve)
+func runOne(ctx context.Context, w workload, sys system, t timing, launch launcher) (result, error) {
+	e, err := startEndpoints(w, launch)
 	if err != nil {
 		return result{}, err
 	}
@@ -222,8 +188,8 @@ const overheadSlice = 200 * time.Millisecond
 // one's slices. CPU per call differs by a few percent between systems, less
 // than the machine's load drifts in a second; turns this short make the
 // drift fall on every system alike.
-func runInterleaved(ctx context.Context, w workload, syss []system, t timing, runs int, serve overheadServer) ([]result, error) {
-	e, err := startEndpoints(w, serve)
+func runInterleaved(ctx context.Context, w workload, syss []system, t timing, runs int, launch launcher) ([]result, error) {
+	e, err := startEndpoints(w, launch)
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +228,7 @@ func runInterleaved(ctx context.Context, w workload, syss []system, t timing, ru
 
 // drive runs callers goroutines in a closed loop on c for t.warmup, then
 // measures for t.window. Calls that end outside the window are not counted.
-func drive(ctx context.Context, c caller, callers int, t timing, throttled func() int64) (result, error) {
+func drive(ctx context.Context, c caller, callers int, t timing, throttled func() (int64, error)) (result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -307,16 +273,18 @@ func drive(ctx context.Context, c caller, callers int, t timing, throttled func(
 		wg.Wait()
 		return result{}, ctx.Err()
 	}
-	th0, cpu0, al0 := throttled(), cpuTime(), heapAllocs()
+	th0, err0 := throttled()
+	cpu0, al0 := cpuTime(), heapAllocs()
 	start := time.Now()
 	measuring.Store(true)
 	sleep(ctx, t.window)
 	measuring.Store(false)
 	window := time.Since(start)
-	th1, cpu1, al1 := throttled(), cpuTime(), heapAllocs()
+	cpu1, al1 := cpuTime(), heapAllocs()
+	th1, err1 := throttled()
 	cancel()
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := cmp.Or(err0, err1); err != nil {
 		return result{}, err
 	}
 

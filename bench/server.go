@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
 )
 
 // endpointSpec describes one endpoint of a workload.
@@ -30,66 +28,20 @@ func startServer(name string, spec endpointSpec) (server, error) {
 	if spec.down {
 		return newRefusingServer(name, spec.mcc)
 	}
-	return newFakeServer(name, spec), nil
+	return fakeServer{amltest.NewServer(amltest.Config{
+		Name:               name,
+		MaxConcurrentCalls: spec.mcc,
+		Latency:            spec.latency,
+	})}, nil
 }
 
-// fakeServer is a minimal Azure ML Classic endpoint: at most mcc calls at
-// once, each held for latency, 503 RequestThrottled beyond that.
-type fakeServer struct {
-	ts        *httptest.Server
-	name      string
-	mcc       int64
-	latency   time.Duration
-	inFlight  atomic.Int64
-	nThrottle atomic.Int64
-}
+// fakeServer is an amltest endpoint: at most mcc calls at once, each held
+// for latency, 503 RequestThrottled beyond that, like the service.
+type fakeServer struct{ s *amltest.Server }
 
-const throttleBody = `{"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.",` +
-	`"details":[{"code":"RequestThrottled","message":"Request was throttled."}]}}`
-
-const scoreBody = `{"Results":{"output1":{"type":"table","value":{"ColumnNames":["Scored Labels"],` +
-	`"ColumnTypes":["Double"],"Values":[["0.5"]]}}}}`
-
-func newFakeServer(name string, spec endpointSpec) *fakeServer {
-	s := &fakeServer{name: name, mcc: int64(spec.mcc), latency: spec.latency}
-	s.ts = httptest.NewServer(http.HandlerFunc(s.serve))
-	return s
-}
-
-func (s *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	if s.inFlight.Add(1) > s.mcc {
-		s.inFlight.Add(-1)
-		s.nThrottle.Add(1)
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(throttleBody))
-		return
-	}
-	if s.latency > 0 {
-		t := time.NewTimer(s.latency)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-		}
-	}
-	// Free the slot before the reply leaves, as the service does: a client
-	// that reuses the slot at once must not be throttled.
-	s.inFlight.Add(-1)
-	w.Write([]byte(scoreBody))
-}
-
-func (s *fakeServer) endpoint() amlpool.Endpoint {
-	return amlpool.Endpoint{
-		Name:               s.name,
-		URL:                s.ts.URL + "/workspaces/bench/services/" + s.name + "/execute?api-version=2.0&details=true",
-		APIKey:             "key-" + s.name,
-		MaxConcurrentCalls: int(s.mcc),
-	}
-}
-
-func (s *fakeServer) throttled() int64 { return s.nThrottle.Load() }
-func (s *fakeServer) close()           { s.ts.Close() }
+func (f fakeServer) endpoint() amlpool.Endpoint { return f.s.Endpoint() }
+func (f fakeServer) throttled() int64           { return f.s.Stats().Throttled }
+func (f fakeServer) close()                     { f.s.Close() }
 
 // refusingServer holds a loopback port bound but not listening, so every
 // connection to it is refused and no other process can take the port.
