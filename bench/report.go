@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -97,7 +98,11 @@ func (rep *report) settings() string {
 // markdown writes the report as Markdown tables.
 func (rep *report) markdown(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %s.  \n", rep.machine())
-	fmt.Fprintf(w, "Settings: %s.\n", rep.settings())
+	fmt.Fprintf(w, "Settings: %s.\n\n", rep.settings())
+	fmt.Fprintf(w, "| system | set up as |\n|---|---|\n")
+	for _, sys := range rep.systems() {
+		fmt.Fprintf(w, "| %s | %s |\n", sys.name, sys.about)
+	}
 	for _, s := range rep.sections {
 		fmt.Fprintf(w, "\n**%s** — %s.\n\n", s.w.name, s.w.about)
 		header, cells := s.table()
@@ -112,6 +117,20 @@ func (rep *report) markdown(w io.Writer) {
 			fmt.Fprintf(w, "| %s |\n", strings.Join(c, " | "))
 		}
 	}
+}
+
+// systems returns the systems that appear in the report, in table order.
+func (rep *report) systems() []system {
+	var out []system
+	for _, sys := range systems() {
+		for _, s := range rep.sections {
+			if slices.ContainsFunc(s.rows, func(r row) bool { return r.sys.name == sys.name }) {
+				out = append(out, sys)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // text writes the report as aligned plain-text tables.

@@ -54,42 +54,42 @@ func systems() []system {
 	return []system{
 		{
 			name:  "amlpool Random (default)",
-			about: "amlpool.New(eps): slots per endpoint, random over free slots, FIFO wait",
+			about: "`amlpool.New(eps)`: a slot gate per endpoint, random over free slots, FIFO wait, its default retries and ejection",
 			new:   newAmlpool(nil),
 		},
 		{
 			name:  "amlpool LeastLoaded",
-			about: "amlpool.New(eps, amlpool.WithBalancer(amlpool.LeastLoaded())): P2C on in-flight ÷ limit",
+			about: "`amlpool.New(eps, amlpool.WithBalancer(amlpool.LeastLoaded()))`: as the default, but P2C on in-flight ÷ limit",
 			new:   newAmlpool(amlpool.LeastLoaded),
 		},
 		{
 			name:  "amlpool LatencyAware",
-			about: "amlpool.New(eps, amlpool.WithBalancer(amlpool.LatencyAware())): P2C on Peak-EWMA latency × load",
+			about: "`amlpool.New(eps, amlpool.WithBalancer(amlpool.LatencyAware()))`: as the default, but P2C on Peak-EWMA latency × load",
 			new:   newAmlpool(amlpool.LatencyAware),
 		},
 		{
 			name:  "failsafe-go",
-			about: fmt.Sprintf("retrypolicy.NewWithDefaults (%d attempts, no delay) around a random endpoint's bulkhead.New(MCC) with WithMaxWaitTime(%v)", peerAttempts, bulkheadMaxWait),
+			about: fmt.Sprintf("`retrypolicy.NewWithDefaults()` (%d attempts, no delay) around a random endpoint's `bulkhead.NewBuilder(MCC).WithMaxWaitTime(%v)`", peerAttempts, bulkheadMaxWait),
 			new:   newFailsafe,
 		},
 		{
 			name:  "go-retryablehttp",
-			about: "retryablehttp.NewClient() defaults (4 retries, 1 s–30 s backoff) to a random endpoint",
+			about: "`retryablehttp.NewClient()` defaults (4 retries, 1 s–30 s backoff without jitter) to a random endpoint; retries go to the same endpoint",
 			new:   newRetryable,
 		},
 		{
 			name:  "go-kit lb",
-			about: fmt.Sprintf("lb.Retry(%d, %v, lb.NewRandom(...)) behind a mutex (NewRandom is not safe for concurrent use)", peerAttempts, gokitTimeout),
+			about: fmt.Sprintf("`lb.Retry(%d, %v, lb.NewRandom(…))`: a new random endpoint per attempt, no backoff; NewRandom behind a mutex, as it is not safe for concurrent use", peerAttempts, gokitTimeout),
 			new:   newGokit,
 		},
 		{
 			name:  "naive",
-			about: "random endpoint, no limiter, no retry",
+			about: "a random endpoint per call, no limiter, no retry",
 			new:   newNaive,
 		},
 		{
 			name:         "net/http bare",
-			about:        "http.Client POST loop to the one endpoint: the baseline of the overhead workload",
+			about:        "an `http.Client` POST loop to the one endpoint: the overhead workload's baseline",
 			new:          newBare,
 			overheadOnly: true,
 		},
