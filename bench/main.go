@@ -162,7 +162,7 @@ func run(ctx context.Context, cfg config, launch launcher, log io.Writer) (*repo
 		}
 		var syss []system
 		for _, sys := range systems() {
-			if (!sys.overheadOnly || w.overhead) && selected(cfg.systems, sys.name) {
+			if sys.runsIn(w) && selected(cfg.systems, sys.name) {
 				syss = append(syss, sys)
 			}
 		}

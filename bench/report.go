@@ -37,7 +37,7 @@ func (s section) table() (header []string, cells [][]string) {
 		header = []string{"system", "calls/s", "CPU per call", "× bare net/http", "allocs per call", "errors", "p50", "p99"}
 		var bare time.Duration
 		for _, r := range s.rows {
-			if r.sys.overheadOnly {
+			if r.sys.isBaseline() {
 				bare = r.r.cpuPerCall
 			}
 		}

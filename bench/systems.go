@@ -27,9 +27,16 @@ type system struct {
 	name  string
 	about string // how it is set up, for the README
 	new   func(s setup) (caller, error)
-	// overheadOnly systems run only in the overhead workload.
-	overheadOnly bool
+	// only, when set, names the one workload the system runs in: the
+	// references each workload measures the others against.
+	only string
 }
+
+// runsIn reports whether sys takes part in workload w.
+func (sys system) runsIn(w workload) bool { return sys.only == "" || sys.only == w.name }
+
+// isBaseline reports whether sys is the overhead workload's baseline.
+func (sys system) isBaseline() bool { return sys.only == "overhead" }
 
 // setup is what a system is built from.
 type setup struct {
@@ -83,15 +90,21 @@ func systems() []system {
 			new:   newGokit,
 		},
 		{
+			name:  "ideal pool",
+			about: "reference, not a library: every slot a token in one channel; a call takes any token, calls its endpoint, puts it back. No code is leaner, so its goodput is what these fakes allow",
+			new:   newIdeal,
+			only:  "saturation",
+		},
+		{
 			name:  "naive",
 			about: "a random endpoint per call, no limiter, no retry",
 			new:   newNaive,
 		},
 		{
-			name:         "net/http bare",
-			about:        "an `http.Client` POST loop to the one endpoint: the overhead workload's baseline",
-			new:          newBare,
-			overheadOnly: true,
+			name:  "net/http bare",
+			about: "an `http.Client` POST loop to the one endpoint: the overhead workload's baseline",
+			new:   newBare,
+			only:  "overhead",
 		},
 	}
 }
@@ -208,6 +221,42 @@ func (b *bareCaller) do(ctx context.Context, body []byte) error {
 }
 
 func (b *bareCaller) close() { b.hc.CloseIdleConnections() }
+
+// ideal: one channel holding a token per slot.
+
+type idealCaller struct {
+	hc     *http.Client
+	eps    []amlpool.Endpoint
+	tokens chan int // endpoint index per free slot
+}
+
+func newIdeal(s setup) (caller, error) {
+	slots := 0
+	for _, ep := range s.eps {
+		slots += ep.MaxConcurrentCalls
+	}
+	c := &idealCaller{hc: &http.Client{Transport: newTransport(s)}, eps: s.eps, tokens: make(chan int, slots)}
+	for i, ep := range s.eps {
+		for range ep.MaxConcurrentCalls {
+			c.tokens <- i
+		}
+	}
+	return c, nil
+}
+
+func (c *idealCaller) do(ctx context.Context, body []byte) error {
+	var i int
+	select {
+	case i = <-c.tokens:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { c.tokens <- i }()
+	_, err := post(ctx, c.hc, &c.eps[i], body)
+	return err
+}
+
+func (c *idealCaller) close() { c.hc.CloseIdleConnections() }
 
 // failsafe-go: a retry policy around a bulkhead per endpoint; each attempt
 // goes to a random endpoint and waits at its bulkhead.
