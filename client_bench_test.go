@@ -15,14 +15,16 @@ import (
 	"github.com/amlpool/amlpool/amltest"
 )
 
-var seedDuration = flag.Duration("seed.duration", 4*time.Second, "how long each side of BenchmarkSeedWorkload drives load, in alternating turns")
+var seedCallers = flag.Int("seed.callers", 3, "callers per slot on the pool's side")
+
+var seedDuration = flag.Duration("seed.duration", 8*time.Second, "how long each side of BenchmarkSeedWorkload drives load, in alternating turns")
 
 // BenchmarkSeedWorkload drives the seed workload — 5 endpoints × 20 slots,
 // 50 ms latency, on loopback fakes — through the pool with 3× more callers
 // than slots, and, in the same run, through a perfect client: one goroutine
 // per slot, pinned to its endpoint, plain net/http. It reports both rates,
 // their ratio (goal ≥ 0.99) and the throttles the servers saw (goal 0). The
-// two sides run in alternating 500 ms turns, so that other load on the
+// two sides run in alternating 2 s turns, so that other load on the
 // machine weighs on both alike:
 //
 //	go test -run '^$' -bench SeedWorkload -benchtime 1x .
@@ -63,7 +65,7 @@ func BenchmarkSeedWorkload(b *testing.B) {
 		_, err := c.Do(ctx, []byte(body))
 		return err
 	}
-	const turn = 500 * time.Millisecond
+	const turn = 2 * time.Second
 	var perfectOK, poolOK int64
 	var perfectTime, poolTime time.Duration
 	var throttles int64
@@ -72,7 +74,7 @@ func BenchmarkSeedWorkload(b *testing.B) {
 			n, d := closedLoop(turn, endpoints*mcc, perfectCall)
 			perfectOK, perfectTime = perfectOK+n, perfectTime+d
 			drain(b, servers) // calls cut short at the turn's end leave the servers first
-			n, d = closedLoop(turn, 3*endpoints*mcc, poolCall)
+			n, d = closedLoop(turn, *seedCallers*endpoints*mcc, poolCall)
 			poolOK, poolTime = poolOK+n, poolTime+d
 			for _, s := range servers {
 				throttles += s.Stats().Throttled
