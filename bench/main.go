@@ -22,6 +22,8 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -156,6 +158,7 @@ func selected(list []string, name string) bool {
 // times, logging progress to log.
 func run(ctx context.Context, cfg config, launch launcher, log io.Writer) (*report, error) {
 	rep := &report{cfg: cfg, started: time.Now(), loadBefore: loadAvg()}
+	rep.timerLate = timerLateness(ctx, cfg.params.latency)
 	for _, w := range workloads(cfg.params) {
 		if len(cfg.workloads) > 0 && !slices.Contains(cfg.workloads, w.name) {
 			continue
@@ -213,6 +216,30 @@ func logResult(log io.Writer, w workload, sys system, run int, r result) {
 		fmt.Fprintf(log, "  CPU %v/call", (r.cpu / time.Duration(r.ok)).Round(100*time.Nanosecond))
 	}
 	fmt.Fprintln(log)
+}
+
+// timerLateness returns how late, on average, timers of d fire for 100
+// goroutines at once: the fakes hold each call that much longer than their
+// latency, which no client can win back.
+func timerLateness(ctx context.Context, d time.Duration) time.Duration {
+	const goroutines, rounds = 100, 10
+	var (
+		wg   sync.WaitGroup
+		late atomic.Int64
+	)
+	for range goroutines {
+		wg.Go(func() {
+			for range rounds {
+				start := time.Now()
+				if !sleep(ctx, d) {
+					return
+				}
+				late.Add(int64(time.Since(start) - d))
+			}
+		})
+	}
+	wg.Wait()
+	return time.Duration(late.Load() / (goroutines * rounds))
 }
 
 // median returns, field by field, the median of rs.

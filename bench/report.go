@@ -17,6 +17,7 @@ type report struct {
 	cfg                   config
 	started               time.Time
 	loadBefore, loadAfter string
+	timerLate             time.Duration // mean lateness of a latency-long timer
 	sections              []section
 }
 
@@ -91,8 +92,9 @@ func (rep *report) machine() string {
 
 func (rep *report) settings() string {
 	t := rep.cfg.timing
-	return fmt.Sprintf("window %v after %v warm-up, %d run(s) per row (median); load average %s before, %s after",
-		t.window, t.warmup, rep.cfg.runs, rep.loadBefore, rep.loadAfter)
+	return fmt.Sprintf("window %v after %v warm-up, %d run(s) per row (median); load average %s before, %s after; "+
+		"a %v timer fires %v late on average",
+		t.window, t.warmup, rep.cfg.runs, rep.loadBefore, rep.loadAfter, rep.cfg.params.latency, fmtDur(rep.timerLate))
 }
 
 // markdown writes the report as Markdown tables.
