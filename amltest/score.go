@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/internal/rows"
 )
 
 // ScoredProbabilities is the column Echo adds to every row.
@@ -101,29 +102,8 @@ func stringCell(v any) any {
 	return cellText(v)
 }
 
-func cellText(v any) string {
-	switch v := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return v
-	case json.Number:
-		return v.String()
-	case bool:
-		return strconv.FormatBool(v)
-	case float64:
-		return strconv.FormatFloat(v, 'g', -1, 64)
-	case float32:
-		return strconv.FormatFloat(float64(v), 'g', -1, 32)
-	case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64:
-		return fmt.Sprint(v)
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Sprint(v)
-	}
-	return string(b)
-}
+// cellText is a cell as text, the way the command's CSV output writes it.
+func cellText(v any) string { return rows.Text(v) }
 
 // columnType infers a column's type from its first non-null cell.
 func columnType(values [][]any, c int) string {
