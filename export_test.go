@@ -18,3 +18,7 @@ func WithRand(r func() uint64) Option { return randOption{r} }
 
 // SetQueueHook makes c call f each time a call joins the line of waiting calls.
 func SetQueueHook(c *Client, f func()) { c.pool.onQueue = f }
+
+// ReplyTransport answers every request in memory with a scoring reply, for
+// benchmarks of amlpool's own cost from the external test package.
+type ReplyTransport = replyTransport

@@ -1,10 +1,8 @@
 package amlpool_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"testing"
@@ -13,26 +11,6 @@ import (
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
 )
-
-// cannedTransport answers every request at once, in process, with a fixed
-// scoring reply: what is left of a call is amlpool's own cost.
-type cannedTransport struct{}
-
-var cannedReply = []byte(`{"Results":{"output1":{"type":"table","value":{"ColumnNames":["a"],"Values":[["1"]]}}}}`)
-
-func (cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Body != nil {
-		_, _ = io.Copy(io.Discard, r.Body)
-		r.Body.Close()
-	}
-	return &http.Response{
-		StatusCode:    200,
-		Header:        http.Header{"Content-Type": {"application/json"}},
-		Body:          io.NopCloser(bytes.NewReader(cannedReply)),
-		ContentLength: int64(len(cannedReply)),
-		Request:       r,
-	}, nil
-}
 
 // BenchmarkHappyPathRetries measures the cost per successful call with
 // retries, the retry budget and ejection on (the defaults) beside all of
@@ -58,7 +36,7 @@ func BenchmarkHappyPathRetries(b *testing.B) {
 			for i := range eps {
 				eps[i] = amlpool.Endpoint{Name: fmt.Sprintf("e%d", i), URL: fmt.Sprintf("http://127.0.0.1:1/workspaces/w/services/e%d/execute", i), APIKey: "k"}
 			}
-			return eps, []amlpool.Option{amlpool.WithHTTPClient(&http.Client{Transport: cannedTransport{}})}
+			return eps, []amlpool.Option{amlpool.WithHTTPClient(&http.Client{Transport: amlpool.ReplyTransport{}})}
 		}},
 		{"loopback", func(b *testing.B) ([]amlpool.Endpoint, []amlpool.Option) {
 			eps := make([]amlpool.Endpoint, 5)
