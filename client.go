@@ -448,7 +448,7 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 	if err != nil && !errors.Is(err, ErrResponseTooLarge) {
 		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.name, resp.StatusCode, err)
 	}
-	apiErr := parseAPIError(ep.name, resp.StatusCode, scrubKey(data, ep.key()))
+	apiErr := parseAPIError(ep.name, resp.StatusCode, data, ep.key())
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	if c.cfg.maxRetryAfter > 0 {
 		o.retryAfter = apiErr.RetryAfter

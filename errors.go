@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -52,6 +53,8 @@ type APIError struct {
 	// Body holds the start of a reply body that was not a service error body
 	// (at most 512 bytes), to help tell a proxy's error page from the service's.
 	Body string
+
+	quoted string // Body quoted for Error, key scrubbed; set by parseAPIError
 }
 
 // ErrorDetail is one entry of an Azure ML error body's details list.
@@ -76,6 +79,8 @@ func (e *APIError) Error() string {
 		b.WriteString(": " + e.Details[0].Message)
 	case e.Message != "":
 		b.WriteString(": " + e.Message)
+	case e.quoted != "":
+		b.WriteString(": " + e.quoted)
 	case e.Body != "":
 		fmt.Fprintf(&b, ": %q", e.Body)
 	}
@@ -111,8 +116,9 @@ const maxErrorBodySnippet = 512
 // parseAPIError builds the error for a non-2xx reply from its body. A body
 // that is not an Azure ML error body still gives an APIError with the status
 // and the start of the body.
-func parseAPIError(endpoint string, status int, body []byte) *APIError {
+func parseAPIError(endpoint string, status int, body []byte, key string) *APIError {
 	e := &APIError{Endpoint: endpoint, StatusCode: status}
+	body = scrubKey(body, key)
 	var wire struct {
 		Error *struct {
 			Code    string        `json:"code"`
@@ -121,13 +127,25 @@ func parseAPIError(endpoint string, status int, body []byte) *APIError {
 		} `json:"error"`
 	}
 	if json.Unmarshal(body, &wire) == nil && wire.Error != nil {
-		e.Code, e.Message, e.Details = wire.Error.Code, wire.Error.Message, wire.Error.Details
+		// The raw body was scrubbed, but a JSON escape ("\/", "\u0041")
+		// can spell the key only once decoded: scrub what was decoded too.
+		e.Code, e.Message = scrubString(wire.Error.Code, key), scrubString(wire.Error.Message, key)
+		e.Details = wire.Error.Details
+		for i := range e.Details {
+			d := &e.Details[i]
+			d.Code, d.Target, d.Message = scrubString(d.Code, key), scrubString(d.Target, key), scrubString(d.Message, key)
+		}
 		return e
 	}
 	if len(body) > maxErrorBodySnippet {
 		body = body[:maxErrorBodySnippet]
 	}
 	e.Body = strings.ToValidUTF8(string(body), "\uFFFD")
+	// Quoting adds escapes, and one ("\x7f" before "uzz…") can complete a
+	// key the body only half holds: scrub the quoted form as well.
+	if e.Body != "" {
+		e.quoted = scrubString(strconv.Quote(e.Body), key)
+	}
 	return e
 }
 

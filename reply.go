@@ -49,7 +49,10 @@ func checkReply(data []byte, contentType, key string) error {
 		return nil // nothing to misread; Score reports the missing Results
 	}
 	if !json.Valid(data) {
-		return &malformedError{fmt.Errorf("reply is not JSON%s: %s", describeType(string(scrubKey([]byte(contentType), key))), quote(data, key))}
+		// Scrub the message as well as the body: an escape the quote adds
+		// ("\x7f" before "uzz…") can complete a key the body only half holds.
+		msg := fmt.Sprintf("reply is not JSON%s: %s", describeType(string(scrubKey([]byte(contentType), key))), quote(data, key))
+		return &malformedError{errors.New(scrubString(msg, key))}
 	}
 	if firstByte(data) == '{' && bytes.Contains(data, []byte(`"error"`)) {
 		var wire struct {
@@ -57,7 +60,7 @@ func checkReply(data []byte, contentType, key string) error {
 			Results json.RawMessage `json:"Results"`
 		}
 		if json.Unmarshal(data, &wire) == nil && firstByte(wire.Error) == '{' && wire.Results == nil {
-			apiErr := parseAPIError("", 200, scrubKey(data, key))
+			apiErr := parseAPIError("", 200, data, key)
 			return &malformedError{fmt.Errorf("2xx reply is an error body: %s: %s", apiErr.Code, apiErr.Message)}
 		}
 	}
@@ -90,6 +93,14 @@ func scrubKey(data []byte, key string) []byte {
 		return data
 	}
 	return bytes.ReplaceAll(data, []byte(key), []byte(redacted))
+}
+
+// scrubString is scrubKey for text already decoded or formatted.
+func scrubString(s, key string) string {
+	if key == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, key, redacted)
 }
 
 // key returns the endpoint's API key, for scrubbing replies.

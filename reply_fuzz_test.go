@@ -3,6 +3,7 @@ package amlpool
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -24,6 +25,8 @@ func FuzzCheckReply(f *testing.F) {
 		{`{"error":"text"}`, "application/json"},
 		{"\x1f\x8b\x08\x00", "application/octet-stream"},
 		{"", ""},
+		{"\x7fuzz-key-0123456789", "0"},
+		{"\x7fuzz-key-0", "0"},
 		{" ", "text/plain"},
 		{`"` + strings.Repeat("x", 60) + key + `"x`, "application/problem+json"},
 	} {
@@ -38,10 +41,11 @@ func FuzzCheckReply(f *testing.F) {
 		require.True(t, errors.Is(err, ErrMalformedResponse), "error %v is not ErrMalformedResponse", err)
 		msg := err.Error()
 		require.NotContains(t, msg, key)
-		// Half a key in the message must come from half a key in the reply,
+		// Half a key in the message must come from half a key in the reply
+		// (as the quote shows it: "\x7f" before "uzz…" spells "fuzz…"),
 		// never from a whole one cut by the quote.
-		rest := strings.ReplaceAll(string(data)+contentType, key, "")
-		if !strings.Contains(rest, key[:10]) && !strings.Contains(strings.ToValidUTF8(rest, "\uFFFD"), key[:10]) {
+		rest := strings.ToValidUTF8(strings.ReplaceAll(string(data)+contentType, key, ""), "\uFFFD")
+		if !strings.Contains(rest, key[:10]) && !strings.Contains(strconv.Quote(rest), key[:10]) {
 			require.NotContains(t, msg, key[:10], "a cut key")
 		}
 	})

@@ -64,8 +64,8 @@ func FuzzRetryAfter(f *testing.F) {
 
 // FuzzParseAPIError feeds the error-body parser arbitrary replies. The bar:
 // no panic; status and endpoint kept; either the service's fields or a
-// short, valid UTF-8 snippet of the body; an Error string that names both;
-// and a classification.
+// short, valid UTF-8 snippet of the body; an Error string that names both
+// and never shows the key, however the body spells it; and a classification.
 func FuzzParseAPIError(f *testing.F) {
 	for _, seed := range []struct {
 		status int
@@ -83,11 +83,16 @@ func FuzzParseAPIError(f *testing.F) {
 		{503, "\xff\xfe\xfd"},
 		{0, `{}`},
 		{-1, `[]`},
+		{500, `{"error":{"code":"E","message":"fuzz\/key-0123456789"}}`},
+		{500, `{"error":{"details":[{"code":"\u0066uzz/key-0123456789","target":"fuzz/key-0123456789"}]}}`},
+		{502, "\x7fuzz/key-0123456789"},
+		{502, "<p>fuzz/key-0123456789</p>"},
 	} {
 		f.Add(seed.status, []byte(seed.body))
 	}
+	const key = "fuzz/key-0123456789"
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		e := parseAPIError("ep", status, body)
+		e := parseAPIError("ep", status, body, key)
 		require.Equal(t, "ep", e.Endpoint)
 		require.Equal(t, status, e.StatusCode)
 		require.True(t, utf8.ValidString(e.Body))
@@ -98,6 +103,7 @@ func FuzzParseAPIError(f *testing.F) {
 		}
 		msg := e.Error()
 		require.True(t, strings.HasPrefix(msg, "amlpool: endpoint ep: HTTP "+strconv.Itoa(status)), msg)
+		require.NotContains(t, msg, key, "the key, from the body or a JSON escape")
 		require.Equal(t, e.Throttled(), errors.Is(e, ErrThrottled))
 		if e.Throttled() {
 			require.Equal(t, 503, status)
