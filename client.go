@@ -412,15 +412,24 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 		actx, cancel = context.WithTimeout(ctx, c.cfg.attemptTimeout)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(actx, http.MethodPost, ep.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
 	}
-	req.Header["Authorization"] = *ep.auth
-	req.Header["Content-Type"] = jsonContentType
-	req.Header["Accept"] = jsonContentType
-	if c.cfg.propagator != nil {
-		c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	// The URL and, through our own http.Client, the headers are the
+	// endpoint's, shared by every request: net/http only reads them. A
+	// user's RoundTripper or a propagator may write headers, so they get a
+	// copy. Building them anew cost about 10 % of the in-process path.
+	req.URL, req.Host = ep.u, ep.host
+	if c.ownsHTTP && c.cfg.propagator == nil {
+		req.Header = *ep.header
+	} else {
+		for k, v := range *ep.header {
+			req.Header[k] = v // the values are shared: no one may write into a value's slice
+		}
+		if c.cfg.propagator != nil {
+			c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
+		}
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
