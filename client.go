@@ -258,27 +258,47 @@ func (c *Client) acquire(ctx context.Context, cl *call, maxWait time.Duration) (
 // acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
 // fleet's.
 func (c *Client) acquireSlot(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
+	var start time.Time
+	if c.limiter != nil && maxWait > 0 {
+		start = c.cfg.clock.Now()
+	}
 	ep, err := c.pool.acquire(ctx, &cl.ex, maxWait)
 	if err != nil || c.limiter == nil {
 		return ep, nil, err
 	}
+	// The max wait covers both waits: what the local one left is the
+	// Limiter's.
+	left := maxWait
 	if maxWait > 0 {
-		// The max wait covers the wait at the Limiter too.
-		lctx, cancel := context.WithTimeout(ctx, maxWait)
+		left -= c.cfg.clock.Now().Sub(start)
+	}
+	acquire := c.limiter.Acquire
+	switch t, ok := c.limiter.(TryAcquirer); {
+	case maxWait >= 0 && left <= 0 && ok:
+		// Fail fast at the Limiter too: one try.
+		acquire = func(ctx context.Context, cands []LimitedEndpoint) (Lease, error) {
+			lease, err := t.TryAcquire(ctx, cands)
+			if err == nil && lease == nil {
+				err = ErrNoCapacity
+			}
+			return lease, err
+		}
+	case maxWait > 0:
+		lctx, cancel := context.WithTimeout(ctx, left)
 		defer cancel()
-		ep, lease, err := c.acquireShared(lctx, cl, ep)
+		ep, lease, err := c.acquireShared(lctx, cl, ep, acquire)
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			err = ErrNoCapacity
 		}
 		return ep, lease, err
 	}
-	return c.acquireShared(ctx, cl, ep)
+	return c.acquireShared(ctx, cl, ep, acquire)
 }
 
-// acquireShared asks the Limiter for a slot on ep or, failing that, on
-// another endpoint this process has a free slot for; the local slot follows
-// the Limiter's choice.
-func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*endpoint, Lease, error) {
+// acquireShared asks the Limiter, through acquire, for a slot on ep or,
+// failing that, on another endpoint this process has a free slot for; the
+// local slot follows the Limiter's choice.
+func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint, acquire func(context.Context, []LimitedEndpoint) (Lease, error)) (*endpoint, Lease, error) {
 	cands := []LimitedEndpoint{c.limitIDs[ep.idx]}
 	idx := []*endpoint{ep}
 	for _, o := range c.eps {
@@ -287,7 +307,7 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 			idx = append(idx, o)
 		}
 	}
-	lease, err := c.limiter.Acquire(ctx, cands)
+	lease, err := acquire(ctx, cands)
 	if err != nil {
 		c.pool.release(ep)
 		return nil, nil, err
@@ -300,7 +320,7 @@ func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint) (*en
 		// Our own slot there went meanwhile: keep the one we hold and wait
 		// for the Limiter's slot on it instead.
 		lease.Release()
-		lease, err = c.limiter.Acquire(ctx, cands[:1])
+		lease, err = acquire(ctx, cands[:1])
 		if err != nil {
 			c.pool.release(ep)
 			return nil, nil, err

@@ -64,6 +64,8 @@
 // The call waits, first come first served, until a slot frees on any endpoint
 // it may use, its ctx ends, or the max wait ([WithMaxWait]) passes, when it
 // fails with [ErrNoCapacity]. WithMaxWait(0) fails at once instead of waiting.
+// With a [Limiter] the max wait covers the wait there too, and WithMaxWait(0)
+// makes one try at it when it implements [TryAcquirer] (redislimit's does).
 // Waiting costs no CPU: a release hands its slot to the oldest waiting call.
 //
 // # Retries

@@ -138,7 +138,7 @@ func (c *Client) startHedge(ctx context.Context, cl *call, ep *endpoint, body []
 		if c.limiter != nil {
 			var err error
 			hcl := call{ex: hx}
-			if ep, lease, err = c.acquireShared(ctx, &hcl, hep); err != nil {
+			if ep, lease, err = c.acquireShared(ctx, &hcl, hep, c.limiter.Acquire); err != nil {
 				results <- copyResult{hedge: true}
 				return
 			}

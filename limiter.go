@@ -25,6 +25,16 @@ type Limiter interface {
 	Acquire(ctx context.Context, candidates []LimitedEndpoint) (Lease, error)
 }
 
+// TryAcquirer is implemented by a Limiter that can take a slot without
+// waiting. A Client with WithMaxWait(0) (fail fast) calls TryAcquire instead
+// of Acquire, and fails with ErrNoCapacity when it returns no lease; a
+// Limiter without it makes such a Client wait at Acquire as long as ctx allows.
+type TryAcquirer interface {
+	// TryAcquire takes a slot on the first of candidates with room now, as
+	// Acquire would, or returns nil, nil at once when all are full.
+	TryAcquire(ctx context.Context, candidates []LimitedEndpoint) (Lease, error)
+}
+
 // LimitedEndpoint names an endpoint to a Limiter.
 type LimitedEndpoint struct {
 	// ID is stable across processes that configure the same URL: the first

@@ -113,3 +113,52 @@ func TestLimiterErrorFailsTheCall(t *testing.T) {
 	assert.Zero(t, a.Stats().Requests)
 	assert.Zero(t, c.Stats().Endpoints[0].InFlight)
 }
+
+// tryStubLimiter is a stubLimiter that can also try without waiting.
+type tryStubLimiter struct {
+	stubLimiter
+	tries int
+}
+
+func (s *tryStubLimiter) TryAcquire(ctx context.Context, cands []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
+	s.mu.Lock()
+	s.tries++
+	s.mu.Unlock()
+	if s.pick(cands) < 0 {
+		return nil, nil
+	}
+	return s.Acquire(ctx, cands)
+}
+
+// With WithMaxWait(0) a full fleet fails the call at once: the Client tries
+// the Limiter instead of waiting at it. (A Client that waited would end with
+// the safety net's DeadlineExceeded, not ErrNoCapacity.)
+func TestMaxWaitZeroTriesTheLimiter(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := amltest.NewServer(amltest.Config{Name: "a"})
+	defer a.Close()
+	full := true
+	lim := &tryStubLimiter{stubLimiter: stubLimiter{pick: func([]amlpool.LimitedEndpoint) int {
+		if full {
+			return -1
+		}
+		return 0
+	}}}
+	c, err := amlpool.New([]amlpool.Endpoint{a.Endpoint()}, amlpool.WithLimiter(lim), amlpool.WithMaxWait(0))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(ctx, scoreBody)
+	assert.ErrorIs(t, err, amlpool.ErrNoCapacity)
+	assert.Zero(t, c.Stats().Endpoints[0].InFlight, "the local slot was not given back")
+	assert.Zero(t, a.Stats().Requests)
+
+	full = false
+	_, err = c.Do(ctx, scoreBody)
+	require.NoError(t, err)
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	assert.Equal(t, 2, lim.tries)
+	assert.Len(t, lim.asked, 1, "Acquire only through TryAcquire")
+	assert.Zero(t, lim.held)
+}

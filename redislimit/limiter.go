@@ -227,6 +227,35 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 	return nil, err
 }
 
+// TryAcquire implements amlpool.TryAcquirer, for a Client that fails fast
+// (amlpool.WithMaxWait(0)): it tries as Acquire does first, in one round
+// trip, and returns nil, nil when every candidate is full fleet-wide or when
+// calls of this process already wait in line (it never jumps the line).
+func (l *Limiter) TryAcquire(ctx context.Context, candidates []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(candidates) == 0 {
+		return nil, errors.New("redislimit: TryAcquire: no candidate endpoints")
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, amlpool.ErrClosed
+	}
+	cands := l.endpointsLocked(candidates)
+	queued := len(l.waiters) > 0
+	l.mu.Unlock()
+	if queued {
+		return nil, nil
+	}
+	ls, err := l.try(ctx, cands)
+	if err != nil || ls == nil {
+		return nil, err // never a typed nil in the interface
+	}
+	return ls, nil
+}
+
 // endpointsLocked returns the Limiter's record of each candidate, adding
 // the ones it has not seen.
 func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {

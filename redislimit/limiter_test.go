@@ -137,6 +137,46 @@ func TestReplicasShareTheCap(t *testing.T) {
 	require.NoError(t, <-got, "a release in one replica must let the other's waiting call in")
 }
 
+func TestTryAcquireNeverWaits(t *testing.T) {
+	f := newFixture(t)
+	l1, l2 := f.limiter(t), f.limiter(t)
+	var _ amlpool.TryAcquirer = l1
+	ctx := testCtx(t)
+	a, err := l1.TryAcquire(ctx, eps(1, 1))
+	require.NoError(t, err)
+	b, err := l2.TryAcquire(ctx, eps(1, 1))
+	require.NoError(t, err)
+	assert.Equal(t, 0, a.Index())
+	assert.Equal(t, 1, b.Index(), "the first candidate with room, fleet-wide")
+
+	// Full across both replicas: no lease, no error, and nothing waits.
+	ls, err := l2.TryAcquire(ctx, eps(1, 1))
+	require.NoError(t, err)
+	assert.Nil(t, ls)
+	assert.Zero(t, l2.Stats().Waiting)
+
+	// A call waiting in line keeps its place: a try does not jump it.
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l2.Acquire(ctx, eps(1))
+		if err == nil {
+			ls.Release()
+		}
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return l2.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	b.Release()
+	ls, err = l2.TryAcquire(ctx, eps(1, 1))
+	require.NoError(t, err)
+	assert.Nil(t, ls, "a try took a slot while a call of this process waited")
+	a.Release()
+	require.NoError(t, <-got)
+
+	require.NoError(t, l1.Close())
+	_, err = l1.TryAcquire(ctx, eps(1))
+	assert.ErrorIs(t, err, amlpool.ErrClosed)
+}
+
 func TestWaitingCallsAreServedInOrder(t *testing.T) {
 	f := newFixture(t)
 	l := f.limiter(t)
