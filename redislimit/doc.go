@@ -47,7 +47,9 @@
 // for the oldest ones: at once when a slot frees here or, through a pub/sub
 // notification, anywhere in the fleet; otherwise after a jittered backoff
 // from 5 to 50 ms (WithBackoff). A full fleet costs each process at most
-// one script per endpoint per backoff, never a hot loop.
+// one script per endpoint per backoff, never a hot loop. A Client that fails
+// fast (amlpool.WithMaxWait(0)) does not wait: it makes one try
+// (Limiter.TryAcquire) and gets amlpool.ErrNoCapacity when the fleet is full.
 //
 // # When Redis fails
 //
