@@ -254,6 +254,32 @@ func TestCloseEndsWaitsAndLeavesNothing(t *testing.T) {
 	assert.Empty(t, f.m.Keys(), "keys left after Close")
 }
 
+// Close deletes every lease of its process, also one Redis holds without the
+// Limiter knowing (an acquire that ran there with its reply lost), and
+// nothing of another process's.
+func TestCloseDeletesLeasesItDoesNotKnowOf(t *testing.T) {
+	f := newFixture(t)
+	l, other := f.limiter(t), f.limiter(t)
+	ctx := testCtx(t)
+	_, err := l.Acquire(ctx, eps(3))
+	require.NoError(t, err)
+	theirs, err := other.Acquire(ctx, eps(3))
+	require.NoError(t, err)
+	key := "amlpool:{t}:ep:a"
+	orphan := l.proc + ":lost-reply"
+	_, err = f.m.ZAdd(key, float64(f.clk.Now().Add(time.Minute).UnixMilli()), orphan)
+	require.NoError(t, err)
+	f.settle(t, 2) // both heartbeats are in
+
+	require.NoError(t, l.Close())
+	members, err := f.m.ZMembers(key)
+	require.NoError(t, err)
+	assert.Equal(t, []string{theirs.(*lease).id}, members, "the closed process left a lease, or took another's")
+	procs, err := f.m.ZMembers("amlpool:{t}:members")
+	require.NoError(t, err)
+	assert.Equal(t, []string{other.proc}, procs)
+}
+
 func TestRenewalKeepsLongCallsLeases(t *testing.T) {
 	f := newFixture(t)
 	ttl := 3 * time.Second

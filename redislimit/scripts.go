@@ -150,3 +150,24 @@ for k = 3, #KEYS do
 end
 return {replicas, limits, missing}
 `)
+
+// goodbyeScript is a closing process's last round trip: it deletes every
+// lease of the process, the ones it knows it holds and any it does not (an
+// acquire or a tick that ran in Redis with its reply lost), and the process's
+// limit announcements and membership.
+//
+// KEYS: the lease sets of every endpoint the process has seen, then the
+// limits set, then the members set.
+// ARGV: process id, then the process's limit members.
+// Lease ids are "<process id>:<sequence>", and process ids hold no ':'.
+var goodbyeScript = redis.NewScript(`
+local prefix = ARGV[1] .. ':'
+for k = 1, #KEYS - 2 do
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do
+    if string.sub(id, 1, #prefix) == prefix then redis.call('ZREM', KEYS[k], id) end
+  end
+end
+for i = 2, #ARGV do redis.call('ZREM', KEYS[#KEYS - 1], ARGV[i]) end
+redis.call('ZREM', KEYS[#KEYS], ARGV[1])
+return 1
+`)

@@ -218,6 +218,29 @@ func TestTickScript(t *testing.T) {
 	})
 }
 
+func TestGoodbyeScript(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		a, c := ks.endpoint("a"), ks.endpoint("c")
+		for _, id := range []string{"p1:1", "p1:2", "p12:1", "p2:1"} {
+			acquire(t, b, id, time.Minute, []string{a}, 10)
+		}
+		acquire(t, b, "p1:3", time.Minute, []string{c}, 10)
+		require.NoError(t, b.rdb.ZAdd(ctx, ks.limits, redis.Z{Score: 1e15, Member: limitMember("a", 10, "p1")},
+			redis.Z{Score: 1e15, Member: limitMember("a", 10, "p2")}).Err())
+		require.NoError(t, b.rdb.ZAdd(ctx, ks.members, redis.Z{Score: 1e15, Member: "p1"}, redis.Z{Score: 1e15, Member: "p2"}).Err())
+
+		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.limits, ks.members},
+			"p1", limitMember("a", 10, "p1"), limitMember("c", 10, "p1")).Err()
+		require.NoError(t, err)
+		assert.ElementsMatch(t, []string{"p12:1", "p2:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val(), "p1's leases only")
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
+		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
+		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
+	})
+}
+
 func TestScriptsSurviveScriptFlush(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		ctx := context.Background()

@@ -5,8 +5,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/amlpool/amlpool"
 )
 
@@ -69,9 +67,11 @@ func (l *Limiter) Stats() Stats {
 }
 
 // Close stops the Limiter: waiting Acquire calls and later ones return
-// amlpool.ErrClosed, the background goroutines end, and then leases still
-// held are deleted from Redis (their calls, if still running, are no longer
-// counted fleet-wide) and the process leaves the replica count. Close waits
+// amlpool.ErrClosed, the background goroutines end, and then, in one
+// script, every lease of this process is deleted from Redis (calls still
+// running are no longer counted fleet-wide; a lease Redis took from an
+// acquire whose reply was lost goes too) and the process leaves the replica
+// count. Close waits
 // for Redis at most the Limiter's timeout, or the client's own timeouts when
 // it ignores contexts. The first Close returns nil; later ones return
 // amlpool.ErrClosed.
@@ -91,30 +91,27 @@ func (l *Limiter) Close() error {
 	l.wg.Wait()
 
 	l.mu.Lock()
-	rs := l.pending
-	l.pending = nil
+	l.pending = nil // the goodbye script deletes these with the rest
+	keys := make([]string, 0, len(l.eps)+2)
+	args := []any{l.proc}
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
 			ls.released = true
-			if ls.remote {
-				rs = append(rs, removal{ep.key, ls.id})
-			}
 		}
 		clear(ep.held)
-		rs = append(rs, removal{l.keys.limits, limitMember(ep.id, int(ep.limit.Load()), l.proc)})
+		keys = append(keys, ep.key)
+		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
 	}
 	l.held = 0
-	rs = append(rs, removal{l.keys.members, l.proc})
+	keys = append(keys, l.keys.limits, l.keys.members)
 	l.mu.Unlock()
 
-	// Nothing else runs now: say goodbye to Redis on this goroutine.
+	// Nothing else runs now: say goodbye to Redis on this goroutine. Every
+	// lease of this process goes, also one Redis holds without our knowing
+	// (an acquire or a tick that ran there with its reply lost), so its
+	// slots come back now, not a TTL later.
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
 	defer cancel()
-	_, _ = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, r := range rs {
-			p.ZRem(ctx, r.key, r.id)
-		}
-		return nil
-	})
+	_ = goodbyeScript.Run(ctx, l.rdb, keys, args...).Err()
 	return nil
 }
