@@ -162,21 +162,10 @@ func honoursContext(c redis.UniversalClient) bool {
 // (FailStatic by default) until Redis is back. Under FailClosed the error
 // wraps amlpool.ErrNoCapacity.
 func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
-	if err := ctx.Err(); err != nil {
+	cands, queued, err := l.begin(ctx, "Acquire", candidates)
+	if err != nil {
 		return nil, err
 	}
-	if len(candidates) == 0 {
-		return nil, errors.New("redislimit: Acquire: no candidate endpoints")
-	}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return nil, amlpool.ErrClosed
-	}
-	cands := l.endpointsLocked(candidates)
-	queued := len(l.waiters) > 0
-	l.mu.Unlock()
-
 	if !queued {
 		ls, err := l.try(ctx, cands)
 		if err != nil {
@@ -202,7 +191,6 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 		l.kickAll()
 	}
 
-	var err error
 	select {
 	case <-w.ready:
 		return w.result()
@@ -232,28 +220,32 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 // trip, and returns nil, nil when every candidate is full fleet-wide or when
 // calls of this process already wait in line (it never jumps the line).
 func (l *Limiter) TryAcquire(ctx context.Context, candidates []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
-	if err := ctx.Err(); err != nil {
+	cands, queued, err := l.begin(ctx, "TryAcquire", candidates)
+	if err != nil || queued {
 		return nil, err
-	}
-	if len(candidates) == 0 {
-		return nil, errors.New("redislimit: TryAcquire: no candidate endpoints")
-	}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return nil, amlpool.ErrClosed
-	}
-	cands := l.endpointsLocked(candidates)
-	queued := len(l.waiters) > 0
-	l.mu.Unlock()
-	if queued {
-		return nil, nil
 	}
 	ls, err := l.try(ctx, cands)
 	if err != nil || ls == nil {
 		return nil, err // never a typed nil in the interface
 	}
 	return ls, nil
+}
+
+// begin checks an acquisition named op and returns the Limiter's record of
+// each candidate and whether calls of this process already wait in line.
+func (l *Limiter) begin(ctx context.Context, op string, candidates []amlpool.LimitedEndpoint) ([]*endpoint, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	if len(candidates) == 0 {
+		return nil, false, errors.New("redislimit: " + op + ": no candidate endpoints")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, false, amlpool.ErrClosed
+	}
+	return l.endpointsLocked(candidates), len(l.waiters) > 0, nil
 }
 
 // endpointsLocked returns the Limiter's record of each candidate, adding

@@ -74,6 +74,23 @@ func (f *fixture) settle(t *testing.T, n int) {
 	require.True(t, f.clk.WaitTimers(n, testCtx(t).Done()), "keepers never went back to sleep")
 }
 
+// acquireWaiting starts an Acquire that must wait in l's line, returns once
+// it does, and sends the Acquire's error when it ends; a lease it gets is
+// released at once.
+func acquireWaiting(t *testing.T, ctx context.Context, l *Limiter, cands []amlpool.LimitedEndpoint) <-chan error {
+	t.Helper()
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l.Acquire(ctx, cands)
+		if err == nil {
+			ls.Release()
+		}
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	return got
+}
+
 func TestAcquireAndRelease(t *testing.T) {
 	f := newFixture(t)
 	l := f.limiter(t)
@@ -119,15 +136,7 @@ func TestReplicasShareTheCap(t *testing.T) {
 
 	// The cap of 2 is used up across both: l2's next call waits until l1
 	// releases.
-	got := make(chan error, 1)
-	go func() {
-		ls, err := l2.Acquire(ctx, eps(2))
-		if err == nil {
-			ls.Release()
-		}
-		got <- err
-	}()
-	require.Eventually(t, func() bool { return l2.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	got := acquireWaiting(t, ctx, l2, eps(2))
 	select {
 	case err := <-got:
 		t.Fatalf("Acquire past the fleet's cap returned %v", err)
@@ -156,15 +165,7 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	assert.Zero(t, l2.Stats().Waiting)
 
 	// A call waiting in line keeps its place: a try does not jump it.
-	got := make(chan error, 1)
-	go func() {
-		ls, err := l2.Acquire(ctx, eps(1))
-		if err == nil {
-			ls.Release()
-		}
-		got <- err
-	}()
-	require.Eventually(t, func() bool { return l2.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	got := acquireWaiting(t, ctx, l2, eps(1))
 	b.Release()
 	ls, err = l2.TryAcquire(ctx, eps(1, 1))
 	require.NoError(t, err)
@@ -217,12 +218,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 	held, err := l.Acquire(testCtx(t), eps(1))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(testCtx(t))
-	got := make(chan error, 1)
-	go func() {
-		_, err := l.Acquire(ctx, eps(1))
-		got <- err
-	}()
-	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	got := acquireWaiting(t, ctx, l, eps(1))
 	cancel()
 	assert.ErrorIs(t, <-got, context.Canceled)
 	held.Release()
@@ -237,12 +233,7 @@ func TestCloseEndsWaitsAndLeavesNothing(t *testing.T) {
 	ctx := testCtx(t)
 	held, err := l.Acquire(ctx, eps(1))
 	require.NoError(t, err)
-	got := make(chan error, 1)
-	go func() {
-		_, err := l.Acquire(ctx, eps(1))
-		got <- err
-	}()
-	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	got := acquireWaiting(t, ctx, l, eps(1))
 	f.settle(t, 1) // the first heartbeat is in
 
 	require.NoError(t, l.Close())
