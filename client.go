@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // Client makes several endpoints look like one. It gives each endpoint as
@@ -23,76 +24,29 @@ import (
 // Client is safe for concurrent use by any number of goroutines. Build it
 // with New and Close it when done.
 type Client struct {
-	cfg       config
-	eps       []*endpoint
-	pool      *pool
-	http      *http.Client
-	ownsHTTP  bool
-	limiter   Limiter
-	limitIDs  []LimitedEndpoint // per endpoint, for the Limiter
-	health    *health
-	budget    *retryBudget // nil without a retry budget
-	observers []observer
-	tel       *telemetry // metrics, traces and logs; nil when none is configured
-	hedge     *hedger    // nil unless WithHedging or WithHedgingQuantile
+	cfg      config
+	pool     *pool.Pool
+	http     *http.Client
+	ownsHTTP bool
+	limiter  Limiter
+	budget   *retryBudget // nil without a retry budget
+	tel      *telemetry   // metrics, traces and logs; nil when none is configured
+	hedge    *hedger      // nil unless WithHedging or WithHedgingQuantile
 
+	update    sync.Mutex // serialises SetEndpoints
 	closeOnce sync.Once
 	closed    atomic.Bool
 	wg        sync.WaitGroup // background goroutines, stopped by Close
 }
 
-// observer hears of every attempt once its slot has been released. Endpoint
-// health, adaptive limits and metrics plug in here.
-type observer interface {
-	attemptDone(o *outcome)
+// epExt is what the Client keeps beside the pool's state of one endpoint.
+type epExt struct {
+	id  string      // LimitedEndpoint.ID
+	tel *epTelemetry // its name and attributes, for metrics, spans and logs
 }
 
-// outcome is what one attempt came to, and what the call does next.
-type outcome struct {
-	ep         *endpoint
-	attempt    int   // 1 for a call's first attempt
-	err        error // nil on success
-	status     int   // HTTP status; 0 when no reply came
-	start      time.Time
-	latency    time.Duration
-	throttled  bool          // the classifier said VerdictFull
-	verdict    Verdict       // the classifier's verdict on err
-	retryAfter time.Duration // the reply's delay hint, uncapped; 0 when none
-
-	// Telemetry: filled by attempt from the call (and set by hedging).
-	kind      outcomeKind   // success, throttled, client error, ... (see kindOf)
-	reason    string        // for a retry, the retryReason of the attempt before
-	hedge     bool          // an extra attempt racing one still in flight, not a retry
-	abandoned bool          // a copy cancelled because the other one answered first; not a failure
-	slotWait  time.Duration // how long the attempt waited for its slot (measured only with telemetry)
-	span      trace.Span    // the attempt's span; nil without a TracerProvider
-
-	// Health: set before the observers hear of the outcome.
-	probe      bool // the attempt probed an endpoint whose ejection ended
-	ejected    bool // its outcome ejected ep
-	readmitted bool // its outcome readmitted ep
-
-	// The call's decision after a failed attempt (decide).
-	final bool          // no further attempt
-	wait  time.Duration // the wait before the next attempt, when not final
-	stop  error         // why a retryable error ends the call (CallError.Stop)
-
-	newLimit int32 // the endpoint's limit, when this outcome moved it (adaptive.go); else 0
-}
-
-// retryReason names, for metrics, why a failed attempt was worth retrying:
-// "throttled", "timeout", "transport" or the HTTP status.
-func (o *outcome) retryReason() string {
-	switch {
-	case o.verdict == VerdictFull:
-		return "throttled"
-	case o.status != 0:
-		return strconv.Itoa(o.status)
-	case errors.Is(o.err, context.DeadlineExceeded):
-		return "timeout"
-	}
-	return "transport"
-}
+// extOf returns the Client's data for e.
+func extOf(e *pool.Endpoint) *epExt { return e.Ext().(*epExt) }
 
 // New returns a Client for endpoints. It validates every endpoint (see
 // Endpoint) and option and returns a *ConfigError naming the first problem; it
@@ -102,49 +56,85 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	eps, err := newEndpoints(endpoints, cfg.allowHTTP)
+	specs, err := newSpecs(endpoints, cfg.allowHTTP)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, eps: eps, limiter: cfg.limiter}
-	c.pool = newPool(eps, cfg.balancer, cfg.rand, cfg.clock)
-	c.health = newHealth(eps, c.pool, &c.cfg)
-	c.pool.health = c.health
+	c := &Client{cfg: cfg, limiter: cfg.limiter}
+	if c.tel, err = newTelemetry(&c.cfg); err != nil {
+		return nil, err
+	}
+	c.addExt(specs)
+	pick, builtin := picker(cfg.balancer)
+	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Pick: pick, Builtin: builtin,
+		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive}
+	if !cfg.ejectOff {
+		pcfg.EjectAfter = cfg.ejectAfter
+	}
+	c.pool = pool.New(pcfg, specs)
+	if err := c.tel.start(c.pool); err != nil {
+		return nil, err
+	}
 	if cfg.budget {
 		c.budget = newRetryBudget(&c.cfg)
 	}
+	if h := cfg.hedge; h != nil {
+		c.hedge = newHedger(h)
+	}
+	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, c.pool.Set().Total())
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.health.run(c.pool.done)
+		c.pool.Run()
 	}()
-	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, int(c.pool.total))
-	// The adaptive limit goes first so that later observers (metrics) see
-	// the limit it set in outcome.newLimit.
-	if cfg.adaptive {
-		c.observers = append(c.observers, newAdaptive(c.pool))
-	}
-	c.observers = append(c.observers, latencyTracker{c.pool})
-	if h := cfg.hedge; h != nil && h.byQuantile {
-		w := newLatencyWindow(h.q)
-		c.hedge = &hedger{window: w}
-		c.observers = append(c.observers, latencyWindowObserver{c.pool, w})
-	} else if h != nil {
-		c.hedge = &hedger{delay: h.delay}
-	}
-	if c.tel, err = newTelemetry(&c.cfg, eps, c.pool); err != nil {
-		return nil, err
-	}
-	if c.tel != nil {
-		c.observers = append(c.observers, c.tel)
-	}
-	if c.limiter != nil {
-		c.limitIDs = make([]LimitedEndpoint, len(eps))
-		for i, ep := range eps {
-			c.limitIDs[i] = LimitedEndpoint{ID: endpointID(ep.url), Name: ep.name, Limit: int(ep.max)}
-		}
-	}
 	return c, nil
+}
+
+// addExt gives each spec the Client's data for its endpoint.
+func (c *Client) addExt(specs []pool.Spec) {
+	for i := range specs {
+		s := &specs[i]
+		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL)}
+	}
+}
+
+// SetEndpoints replaces the Client's endpoints while calls run. The set is
+// validated as New validates it; a bad set is refused whole, with a
+// *ConfigError, and the endpoints in use go on unchanged. After Close it
+// returns ErrClosed.
+//
+// Endpoints are matched by Name (as New derives it when empty):
+//
+//   - a kept endpoint (same Name, same URL) keeps its state: calls in
+//     flight, health, latency estimate, adaptive limit and counters. Its
+//     new keys and cap apply from the next attempt: a lower cap admits no
+//     new attempt until fewer calls are in flight, a higher one serves
+//     waiting calls at once. New keys also end an ejection for an endpoint
+//     fault, such as the rejected key they replace: the next call probes it;
+//   - an added endpoint takes calls at once, waiting ones included;
+//   - a removed endpoint, or a kept Name with another URL, takes no new
+//     attempt once SetEndpoints has returned. Its calls in flight finish
+//     and their replies are returned; Stats lists it, as Removed, until the
+//     last one has.
+//
+// Every attempt that takes its slot after SetEndpoints returns uses the new
+// set and keys. SetEndpoints is safe beside any number of calls; concurrent
+// SetEndpoints are serialised and the last one wins.
+func (c *Client) SetEndpoints(endpoints []Endpoint) error {
+	c.update.Lock()
+	defer c.update.Unlock()
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	specs, err := newSpecs(endpoints, c.cfg.allowHTTP)
+	if err != nil {
+		return err
+	}
+	c.addExt(specs)
+	for _, ch := range c.pool.Update(specs) {
+		c.tel.changed(ch)
+	}
+	return nil
 }
 
 // newHTTPClient returns the client calls go through: a copy of the user's
@@ -172,10 +162,12 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
 // retried as its Verdict says (see Classify, WithClassifier): an endpoint
 // that answers 503 RequestThrottled is full, not broken, and the call goes at
-// once to another endpoint with a free slot; a transient failure is retried
-// after a backoff (WithBackoff) on an endpoint the call has not tried. A call
-// makes at most WithMaxAttempts attempts, within the retry budget
-// (WithRetryBudget), and never starts a wait that would pass ctx's deadline.
+// once to another endpoint with a free slot; an endpoint that cannot serve
+// anyone (401, 403, 404) leaves rotation and the call goes at once to
+// another; a transient failure is retried after a backoff (WithBackoff) on an
+// endpoint the call has not tried. A call makes at most WithMaxAttempts
+// attempts, within the retry budget (WithRetryBudget), and never starts a
+// wait that would pass ctx's deadline.
 //
 // Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
 // passes; ErrClosed after Close; an *APIError for a non-2xx reply
@@ -203,68 +195,113 @@ func (c *Client) do(ctx context.Context, op string, body []byte) ([]byte, string
 	return data, name, err
 }
 
-// run makes the attempts of one call.
+// run makes the attempts of one call: acquire a slot, send, conclude, and
+// again while the conclusion says so.
 func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string, error) {
 	if c.closed.Load() {
 		return nil, "", ErrClosed
-	}
-	maxWait := time.Duration(-1)
-	if c.cfg.maxWaitSet {
-		maxWait = c.cfg.maxWait
 	}
 	for {
 		if cl.attempts > 0 && c.closed.Load() {
 			return nil, "", cl.result(ErrClosed)
 		}
-		// Avoid the endpoints tried so far while an untried one may take calls.
-		cl.ex.on = cl.ntried > 0 && c.usableOutside(&cl.ex.tried)
-		ep, lease, err := c.acquire(ctx, cl, maxWait)
+		a, err := c.acquire(ctx, cl)
 		if err != nil {
 			return nil, "", cl.result(err)
 		}
-		probe, ok := c.health.claim(ep.idx)
-		if !ok {
-			// Ejected or cooled down since it was picked: pick again.
-			c.releaseSlot(ep, lease)
-			continue
+		cl.started(a)
+		a = c.attempt(ctx, cl, a, body) // a hedge, maybe
+		name := a.slot.Ep.Name()
+		if a.err == nil {
+			return a.data, name, nil
 		}
-		cl.started(ep)
-		data, o := c.attemptHedged(ctx, cl, ep, lease, body, probe)
-		if o.err == nil {
-			return data, o.ep.name, nil // a hedge's endpoint, maybe
+		if a.final {
+			return nil, name, cl.result(a.stop)
 		}
-		if o.final {
-			return nil, ep.name, cl.result(o.stop)
-		}
-		if err := c.sleep(ctx, o.wait); err != nil {
-			return nil, ep.name, cl.result(err)
+		if err := c.sleep(ctx, a.wait); err != nil {
+			return nil, name, cl.result(err)
 		}
 	}
 }
 
-// acquire takes a slot for one attempt and, with telemetry, records how long
-// that took in cl.wait.
-func (c *Client) acquire(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
+// attempt is one request of a call: the slot it went on, what came of it,
+// and what the call does next. Only the call's own path writes it; the
+// telemetry reads it once it is concluded.
+type attempt struct {
+	n     int       // 1 for a call's first attempt
+	slot  pool.Slot // the endpoint, and whether this attempt probes it
+	lease Lease     // the Limiter's slot, or nil
+	// slotWait is how long the attempt waited for its slot, with telemetry.
+	slotWait time.Duration
+	hedge    bool // an extra copy racing one still in flight, not a retry
+	// reason says, with telemetry, why this attempt is a retry: what the
+	// attempt before came to (retryReason).
+	reason string
+	span   trace.Span // nil without a TracerProvider
+
+	// What the exchange came to.
+	auth       *pool.Auth
+	key        int // the index of the key sent, in auth
+	start      time.Time
+	latency    time.Duration
+	data       []byte
+	err        error         // nil on success
+	status     int           // HTTP status; 0 when no reply came
+	retryAfter time.Duration // the reply's delay hint, capped; 0 when none or ignored
+	verdict    Verdict       // the classifier's verdict on err
+	result     pool.Result
+	kind       outcomeKind  // for telemetry (kindOf)
+	fx         pool.Effects // what the release changed: an ejection, a new limit
+
+	// The call's decision after a failed attempt (decide).
+	final bool          // no further attempt
+	wait  time.Duration // the wait before the next attempt, when not final
+	stop  error         // why a retryable error ends the call (CallError.Stop)
+}
+
+// acquire takes a slot for the call's next attempt and, with telemetry,
+// records how long that took.
+func (c *Client) acquire(ctx context.Context, cl *call) (*attempt, error) {
 	if c.tel == nil {
-		return c.acquireSlot(ctx, cl, maxWait)
+		return c.acquireSlot(ctx, cl)
 	}
 	start := c.cfg.clock.Now()
-	ep, lease, err := c.acquireSlot(ctx, cl, maxWait)
-	cl.wait = c.cfg.clock.Now().Sub(start)
-	c.tel.waited(cl.wait, err)
-	return ep, lease, err
+	a, err := c.acquireSlot(ctx, cl)
+	d := c.cfg.clock.Now().Sub(start)
+	c.tel.waited(d, err)
+	if a != nil {
+		a.slotWait = d
+	}
+	return a, err
 }
 
 // acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
-// fleet's.
-func (c *Client) acquireSlot(ctx context.Context, cl *call, maxWait time.Duration) (*endpoint, Lease, error) {
+// fleet's. A call whose last attempt met a replaced key goes back to the
+// same endpoint if it has a free slot; otherwise an attempt avoids the
+// endpoints the call tried while an untried one may take calls.
+func (c *Client) acquireSlot(ctx context.Context, cl *call) (*attempt, error) {
+	maxWait := time.Duration(-1)
+	if c.cfg.maxWaitSet {
+		maxWait = c.cfg.maxWait
+	}
 	var start time.Time
 	if c.limiter != nil && maxWait > 0 {
 		start = c.cfg.clock.Now()
 	}
-	ep, err := c.pool.acquire(ctx, &cl.ex, maxWait)
-	if err != nil || c.limiter == nil {
-		return ep, nil, err
+	slot, ok := pool.Slot{}, false
+	if cl.pin != nil {
+		slot, ok = c.pool.TryTake(cl.pin)
+		cl.pin = nil
+	}
+	if !ok {
+		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
+		var err error
+		if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
+			return nil, err
+		}
+	}
+	if c.limiter == nil {
+		return &attempt{slot: slot}, nil
 	}
 	// The max wait covers both waits: what the local one left is the
 	// Limiter's.
@@ -286,134 +323,148 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, maxWait time.Duratio
 	case maxWait > 0:
 		lctx, cancel := context.WithTimeout(ctx, left)
 		defer cancel()
-		ep, lease, err := c.acquireShared(lctx, cl, ep, acquire)
+		a, err := c.acquireShared(lctx, &cl.ex, slot, acquire)
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			err = ErrNoCapacity
 		}
-		return ep, lease, err
+		return a, err
 	}
-	return c.acquireShared(ctx, cl, ep, acquire)
+	return c.acquireShared(ctx, &cl.ex, slot, acquire)
 }
 
-// acquireShared asks the Limiter, through acquire, for a slot on ep or,
-// failing that, on another endpoint this process has a free slot for; the
-// local slot follows the Limiter's choice.
-func (c *Client) acquireShared(ctx context.Context, cl *call, ep *endpoint, acquire func(context.Context, []LimitedEndpoint) (Lease, error)) (*endpoint, Lease, error) {
-	cands := []LimitedEndpoint{c.limitIDs[ep.idx]}
-	idx := []*endpoint{ep}
-	for _, o := range c.eps {
-		if o != ep && c.pool.usable(&cl.ex, o) && o.inFlight.Load() < o.limit.Load() {
-			cands = append(cands, c.limitIDs[o.idx])
-			idx = append(idx, o)
+// limited names e to a Limiter.
+func limited(e *pool.Endpoint) LimitedEndpoint {
+	return LimitedEndpoint{ID: extOf(e).id, Name: e.Name(), Limit: e.Max()}
+}
+
+// acquireShared asks the Limiter, through acquire, for a slot on slot's
+// endpoint or, failing that, on another endpoint this process has a free
+// slot for; the local slot follows the Limiter's choice.
+func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool.Slot, acquire func(context.Context, []LimitedEndpoint) (Lease, error)) (*attempt, error) {
+	cands := []LimitedEndpoint{limited(slot.Ep)}
+	eps := []*pool.Endpoint{slot.Ep}
+	set := c.pool.Set()
+	for _, o := range set.Eps {
+		if o != slot.Ep && set.Usable(x, o) && o.Free() > 0 {
+			cands = append(cands, limited(o))
+			eps = append(eps, o)
 		}
 	}
 	lease, err := acquire(ctx, cands)
 	if err != nil {
-		c.pool.release(ep)
-		return nil, nil, err
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		return nil, err
 	}
 	i := lease.Index()
 	if i == 0 {
-		return ep, lease, nil
+		return &attempt{slot: slot, lease: lease}, nil
 	}
-	if i < 0 || i >= len(idx) || !idx[i].take() {
-		// Our own slot there went meanwhile: keep the one we hold and wait
-		// for the Limiter's slot on it instead.
-		lease.Release()
-		lease, err = acquire(ctx, cands[:1])
-		if err != nil {
-			c.pool.release(ep)
-			return nil, nil, err
+	if i > 0 && i < len(eps) {
+		if other, ok := c.pool.TryTake(eps[i]); ok {
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+			return &attempt{slot: other, lease: lease}, nil
 		}
-		return ep, lease, nil
 	}
-	c.pool.release(ep)
-	return idx[i], lease, nil
+	// Our own slot there went meanwhile: keep the one we hold and wait for
+	// the Limiter's slot on it instead.
+	lease.Release()
+	if lease, err = acquire(ctx, cands[:1]); err != nil {
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		return nil, err
+	}
+	return &attempt{slot: slot, lease: lease}, nil
 }
 
-// attempt sends one request on a slot already held and gives the slot back
-// whatever happens. After a failure it classifies the error, updates the
-// endpoint's health and decides what the call does next. Then it reports the
-// outcome to the observers.
-func (c *Client) attempt(ctx context.Context, cl *call, ep *endpoint, lease Lease, body []byte, probe bool) ([]byte, outcome) {
-	o := outcome{ep: ep, attempt: cl.attempts, probe: probe, reason: cl.reason, slotWait: cl.wait}
-	data := c.exchange(ctx, &o, lease, body)
-	c.conclude(ctx, cl, &o)
-	return data, o
+// attempt sends attempt a of cl, hedged when hedging is on, and concludes
+// it: the call's bookkeeping, the decision on what comes next, telemetry.
+// It returns the attempt that counts: a, or its hedge when that won.
+func (c *Client) attempt(ctx context.Context, cl *call, a *attempt, body []byte) *attempt {
+	if c.hedge != nil {
+		if delay, ok := c.hedge.after(); ok && len(c.pool.Set().Eps) > 1 {
+			return c.attemptHedged(ctx, cl, a, body, delay)
+		}
+	}
+	c.exchange(ctx, a, body)
+	c.conclude(ctx, cl, a)
+	return a
 }
 
 // exchange is the part of an attempt that touches no call state, so that two
 // copies of one attempt can run it at once (hedge.go): it sends the request
-// on o.ep's slot, gives the slot back whatever happens, classifies a failure,
-// and updates the endpoint's counters and health.
-func (c *Client) exchange(ctx context.Context, o *outcome, lease Lease, body []byte) []byte {
-	ep := o.ep
+// on a's slot, judges what came back, and gives the slot back.
+func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 	if c.tel != nil {
-		ctx = c.tel.startAttempt(ctx, o)
+		ctx = c.tel.startAttempt(ctx, a)
 	}
-	data := c.sendAndRelease(ctx, ep, lease, body, o)
-	if o.err != nil {
-		o.verdict = c.classify(ctx, o.err)
-		o.throttled = o.verdict == VerdictFull
-		o.abandoned = context.Cause(ctx) == errAbandoned
+	a.auth, a.key = a.slot.Ep.Key()
+	a.start = c.cfg.clock.Now()
+	a.data, a.err = c.send(ctx, a, body)
+	a.latency = c.cfg.clock.Now().Sub(a.start)
+	c.judge(ctx, a)
+	if a.lease != nil {
+		a.lease.Release()
 	}
-	o.kind = kindOf(ctx, o)
-	ep.calls.Add(1)
-	switch o.kind {
-	case kindSuccess, kindAbandoned:
-	case kindCancelled:
-		ep.cancelled.Add(1) // the caller gave up: no fault of the endpoint's
+	a.fx = c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter})
+}
+
+// judge sorts what an attempt made under ctx came to: its verdict, its
+// result for the endpoint's state, and its kind for telemetry.
+func (c *Client) judge(ctx context.Context, a *attempt) {
+	ep := a.slot.Ep
+	switch {
+	case a.err == nil:
+		a.result = pool.OK
+	case context.Cause(ctx) == errAbandoned:
+		a.result = pool.Abandoned
+	case ctx.Err() != nil:
+		a.result = pool.Cancelled
 	default:
-		ep.failures.Add(1)
-		if o.throttled {
-			ep.throttles.Add(1)
+		a.verdict = c.classify(a.err)
+		switch a.verdict {
+		case VerdictFull:
+			a.result = pool.Full
+		case VerdictRetry:
+			a.result = pool.Failed
+		case VerdictEndpointFault:
+			a.result = pool.Fault
+			if a.status == http.StatusUnauthorized && ep.Unauthorized(a.auth, a.key) {
+				a.result = pool.KeyRejected
+			}
+		default:
+			a.result = pool.Rejected
 		}
 	}
-	c.health.observe(o, ctx.Err() != nil)
-	return data
+	if a.status != 0 && a.status != http.StatusUnauthorized {
+		ep.Authorized(a.auth, a.key)
+	}
+	a.kind = kindOf(a)
 }
 
 // conclude records a failed attempt in its call, decides what the call does
-// next, and reports the outcome to the observers.
-func (c *Client) conclude(ctx context.Context, cl *call, o *outcome) {
-	if o.attempt == 1 && c.budget != nil {
-		c.budget.deposit(o.start) // each call counts once, when it first sends
+// next, and tells the telemetry.
+func (c *Client) conclude(ctx context.Context, cl *call, a *attempt) {
+	if a.n == 1 && c.budget != nil {
+		c.budget.deposit(a.start) // each call counts once, when it first sends
 	}
-	if o.err != nil {
-		cl.failed(o)
-		c.decide(ctx, cl, o)
-		if c.tel != nil && !o.final {
-			cl.reason = o.retryReason()
+	if a.err != nil {
+		cl.failed(a)
+		c.decide(ctx, cl, a)
+			if c.tel != nil && !a.final {
+			cl.reason = retryReason(a)
 		}
 	}
-	c.notify(o)
+	c.done(a)
 }
 
-// notify reports an outcome to the observers.
-func (c *Client) notify(o *outcome) {
-	for _, obs := range c.observers {
-		obs.attemptDone(o)
+// done hears of every attempt sent, once it is concluded: the hedging
+// quantile learns from successful ones, and the telemetry from all.
+func (c *Client) done(a *attempt) {
+	if a.err == nil && c.hedge != nil && c.hedge.window != nil {
+		c.hedge.window.add(c.pool.NanotimeAt(a.start.Add(a.latency)), int64(a.latency))
 	}
-}
-
-func (c *Client) sendAndRelease(ctx context.Context, ep *endpoint, lease Lease, body []byte, o *outcome) []byte {
-	defer c.releaseSlot(ep, lease)
-	o.start = c.cfg.clock.Now()
-	data, err := c.send(ctx, ep, body, o)
-	o.latency = c.cfg.clock.Now().Sub(o.start)
-	if err != nil {
-		o.err = err
-		return nil
+	if c.tel != nil {
+		c.tel.attemptDone(a)
 	}
-	return data
-}
-
-// releaseSlot gives back the slots an attempt held.
-func (c *Client) releaseSlot(ep *endpoint, lease Lease) {
-	if lease != nil {
-		lease.Release()
-	}
-	c.pool.release(ep)
 }
 
 var jsonContentType = []string{"application/json"}
@@ -421,8 +472,10 @@ var jsonContentType = []string{"application/json"}
 // maxErrorBody bounds how much of a non-2xx reply is read.
 const maxErrorBody = 64 << 10
 
-// send makes one POST to ep and reads its reply.
-func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome) ([]byte, error) {
+// send makes one POST on a's slot with a's key and reads its reply. It
+// sets a.status and, for a reply with a delay hint, a.retryAfter.
+func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, error) {
+	ep := a.slot.Ep
 	actx := ctx
 	if d, ok := ctx.Deadline(); !ok || time.Until(d) > c.cfg.attemptTimeout {
 		// Only when ctx would not end the attempt first (ctx deadlines are
@@ -434,17 +487,18 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 	}
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {
-		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
+		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 	}
 	// The URL and, through our own http.Client, the headers are the
 	// endpoint's, shared by every request: net/http only reads them. A
 	// user's RoundTripper or a propagator may write headers, so they get a
 	// copy. Building them anew cost about 10 % of the in-process path.
-	req.URL, req.Host = ep.u, ep.host
+	req.URL, req.Host = ep.URL(), ep.Host()
+	header := a.auth.Header(a.key)
 	if c.ownsHTTP && c.cfg.propagator == nil {
-		req.Header = *ep.header
+		req.Header = header
 	} else {
-		for k, v := range *ep.header {
+		for k, v := range header {
 			req.Header[k] = v // the values are shared: no one may write into a value's slice
 		}
 		if c.cfg.propagator != nil {
@@ -454,34 +508,33 @@ func (c *Client) send(ctx context.Context, ep *endpoint, body []byte, o *outcome
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() == nil && actx.Err() != nil {
-			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.name, c.cfg.attemptTimeout, err)
+			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.Name(), c.cfg.attemptTimeout, err)
 		}
-		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
+		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 	}
 	defer resp.Body.Close()
-	o.status = resp.StatusCode
+	a.status = resp.StatusCode
+	keys := a.auth.Keys()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {
 			if isDecodeError(err) {
 				err = &malformedError{err}
 			}
-			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.name, err)
+			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.Name(), err)
 		}
-		if err := checkReply(data, resp.Header.Get("Content-Type"), ep.key()); err != nil {
-			return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.name, err)
+		if err := checkReply(data, resp.Header.Get("Content-Type"), keys); err != nil {
+			return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 		}
 		return data, nil
 	}
 	data, err := readBody(resp.Body, -1, maxErrorBody)
 	if err != nil && !errors.Is(err, ErrResponseTooLarge) {
-		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.name, resp.StatusCode, err)
+		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.Name(), resp.StatusCode, err)
 	}
-	apiErr := parseAPIError(ep.name, resp.StatusCode, data, ep.key())
+	apiErr := parseAPIError(ep.Name(), resp.StatusCode, data, keys)
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
-	if c.cfg.maxRetryAfter > 0 {
-		o.retryAfter = apiErr.RetryAfter
-	}
+	a.retryAfter = min(apiErr.RetryAfter, c.cfg.maxRetryAfter)
 	return nil, apiErr
 }
 
@@ -544,8 +597,10 @@ func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 
 // Stats is a snapshot of a Client's endpoints and waiting calls.
 type Stats struct {
-	Endpoints []EndpointStats // in the order given to New
-	Waiting   int             // calls waiting for a free slot
+	// Endpoints are the live endpoints, in the order given to New or to the
+	// last SetEndpoints, then removed ones whose calls are still in flight.
+	Endpoints []EndpointStats
+	Waiting   int // calls waiting for a free slot
 }
 
 // EndpointStats describes one endpoint at the moment Stats was called.
@@ -555,31 +610,37 @@ type EndpointStats struct {
 	Limit              int   // the cap in force now (lower under an adaptive limit)
 	InFlight           int   // calls in flight now
 	Calls              int64 // attempts made, each counted once it ended
-	Errors             int64 // attempts that failed, throttles included; not cancelled ones
+	Errors             int64 // attempts that failed, throttles and faults included; not cancelled ones
 	Cancelled          int64 // attempts cut short because the call's ctx ended
 	Throttles          int64 // attempts the endpoint answered as full (503 RequestThrottled by default)
-	Ejected            bool  // out of rotation after failures in a row (WithEjection)
+	Faults             int64 // attempts the endpoint answered as unable to serve anyone (401, 403, 404 by default)
+	Ejected            bool  // out of rotation after failures in a row or a fault (WithEjection)
 	Ejections          int64 // times it was ejected
+	Removed            bool  // taken out by SetEndpoints; listed until its calls in flight end
 }
 
 // Stats returns a snapshot of the counters. It never blocks on calls and
 // never contains keys. Counters of different endpoints are read one after
 // another, not atomically together.
 func (c *Client) Stats() Stats {
-	s := Stats{Endpoints: make([]EndpointStats, len(c.eps)), Waiting: c.pool.waiting()}
-	for i, ep := range c.eps {
-		ejected, ejections := c.health.ejected(i)
+	eps := c.pool.Endpoints()
+	s := Stats{Endpoints: make([]EndpointStats, len(eps)), Waiting: c.pool.Waiting()}
+	for i, e := range eps {
+		ejected, ejections := c.pool.Ejected(e)
+		n := e.Counters()
 		s.Endpoints[i] = EndpointStats{
+			Name:               e.Name(),
+			MaxConcurrentCalls: e.Max(),
+			Limit:              e.Limit(),
+			InFlight:           e.InFlight(),
+			Calls:              n.Calls,
+			Errors:             n.Failures,
+			Cancelled:          n.Cancelled,
+			Throttles:          n.Throttles,
+			Faults:             n.Faults,
 			Ejected:            ejected,
 			Ejections:          ejections,
-			Name:               ep.name,
-			MaxConcurrentCalls: int(ep.max),
-			Limit:              int(ep.limit.Load()),
-			InFlight:           int(ep.inFlight.Load()),
-			Calls:              ep.calls.Load(),
-			Errors:             ep.failures.Load(),
-			Cancelled:          ep.cancelled.Load(),
-			Throttles:          ep.throttles.Load(),
+			Removed:            e.Removed(),
 		}
 	}
 	return s
@@ -594,8 +655,10 @@ func (c *Client) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
 		err = nil
+		c.update.Lock()
 		c.closed.Store(true)
-		c.pool.close()
+		c.update.Unlock()
+		c.pool.Close()
 		c.wg.Wait()
 		c.tel.close()
 		if c.ownsHTTP {

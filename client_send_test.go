@@ -28,7 +28,7 @@ func hangingServer(t *testing.T) *httptest.Server {
 func TestAttemptTimeoutWithoutCallerDeadline(t *testing.T) {
 	srv := hangingServer(t)
 	c, err := New([]Endpoint{{URL: srv.URL + "/services/a/execute", APIKey: "k"}},
-		WithAttemptTimeout(20*time.Millisecond), WithoutRetries)
+		WithAttemptTimeout(20*time.Millisecond), WithoutRetries())
 	require.NoError(t, err)
 	defer c.Close()
 
@@ -40,7 +40,7 @@ func TestAttemptTimeoutWithoutCallerDeadline(t *testing.T) {
 
 func TestCallerDeadlineBeforeAttemptTimeout(t *testing.T) {
 	srv := hangingServer(t)
-	c, err := New([]Endpoint{{URL: srv.URL + "/services/a/execute", APIKey: "k"}}, WithoutRetries)
+	c, err := New([]Endpoint{{URL: srv.URL + "/services/a/execute", APIKey: "k"}}, WithoutRetries())
 	require.NoError(t, err)
 	defer c.Close()
 

@@ -10,7 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // Endpoint describes one Azure ML Classic scoring endpoint: where it is, the
@@ -20,7 +21,7 @@ import (
 // and key (AZUREML.md §2). The zero Endpoint is not valid: New needs at least a
 // URL and a key.
 //
-// An Endpoint's String, GoString, LogValue and MarshalJSON never show the key,
+// An Endpoint's String, GoString, LogValue and MarshalJSON never show its keys,
 // so an Endpoint can be printed or logged as it is.
 type Endpoint struct {
 	// Name labels the endpoint in logs, stats and errors. When empty it is
@@ -37,6 +38,13 @@ type Endpoint struct {
 	// MaxConcurrentCalls is the endpoint's cap on calls in flight: 1 to 200.
 	// Zero means DefaultMaxConcurrentCalls (20), the service's default.
 	MaxConcurrentCalls int
+	// SecondaryKey is the endpoint's second key, optional. The service
+	// gives every endpoint two so that keys can be rotated without
+	// downtime: after a 401 with one key, the endpoint is tried at once
+	// with the other, and keeps the key that worked until it fails. Only
+	// when both are refused is the endpoint taken out of rotation. It is a
+	// secret like APIKey, under every rule that holds for it.
+	SecondaryKey string
 }
 
 const (
@@ -49,13 +57,18 @@ const (
 
 const redacted = "[REDACTED]"
 
+// redact returns "" for "" and [REDACTED] for anything else.
+func redact(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	return redacted
+}
+
 // String describes the endpoint with its key redacted.
 func (e Endpoint) String() string {
-	key := ""
-	if e.APIKey != "" {
-		key = redacted
-	}
-	return fmt.Sprintf("{Name:%s URL:%s APIKey:%s MaxConcurrentCalls:%d}", e.Name, redactURL(e.URL), key, e.MaxConcurrentCalls)
+	return fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d}",
+		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
 }
 
 // GoString is String for the %#v verb.
@@ -87,9 +100,7 @@ func (e Endpoint) LogValue() slog.Value {
 func (e Endpoint) MarshalJSON() ([]byte, error) {
 	type plain Endpoint
 	p := plain(e)
-	if p.APIKey != "" {
-		p.APIKey = redacted
-	}
+	p.APIKey, p.SecondaryKey = redact(p.APIKey), redact(p.SecondaryKey)
 	p.URL = redactURL(p.URL)
 	return json.Marshal(p)
 }
@@ -103,8 +114,8 @@ func redactURL(raw string) string {
 	return u.Redacted()
 }
 
-// ConfigError reports an invalid Endpoint or option given to New. It never
-// contains an API key. errors.Is(err, ErrInvalidConfig) is true for it.
+// ConfigError reports an invalid Endpoint or option given to New, or an
+// invalid endpoint set given to SetEndpoints. It never contains a key. errors.Is(err, ErrInvalidConfig) is true for it.
 type ConfigError struct {
 	Endpoint string // the endpoint's name, or "endpoints[i]" when it has none yet; empty for pool-wide problems
 	Field    string // the field or option at fault, e.g. "URL" or "WithMaxWait"
@@ -121,53 +132,13 @@ func (e *ConfigError) Error() string {
 // Is makes errors.Is(err, ErrInvalidConfig) true.
 func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
 
-// endpoint is the run-time state of one configured endpoint. Its fields after
-// the first group never change after New; the atomics are the hot counters.
-type endpoint struct {
-	idx  int
-	name string
-	url  string
-	// u is url parsed, shared by every request to the endpoint and never
-	// mutated (a RoundTripper must not modify its request): parsing the URL
-	// again on every call cost about 2 % of a call's CPU.
-	u    *url.URL
-	host string // u.Host without an empty port, the requests' Host
-	// auth is the Authorization header value, shared and never mutated. It
-	// is behind a pointer because fmt prints an unexported field's value
-	// without calling its methods: a %s of a struct holding this endpoint
-	// then shows an address, never the key.
-	auth *[]string
-	// header holds every header of a request to the endpoint, shared and
-	// never mutated, for an http.Client of our own (see Client.send); behind
-	// a pointer for the reason auth is.
-	header *http.Header
-	max    int32 // the configured MaxConcurrentCalls
-
-	limit    atomic.Int32 // effective cap; max unless an adaptive limit lowers it
-	inFlight atomic.Int32 // slots held now
-
-	calls     atomic.Int64 // attempts that got a reply or an error
-	failures  atomic.Int64 // attempts that did not succeed, throttles included, cancelled ones not
-	cancelled atomic.Int64 // attempts whose call's ctx ended first
-	throttles atomic.Int64 // attempts answered with a 503 throttle
-
-	lat peakEWMA // latency estimate, for LatencyAware (latency.go)
-}
-
-// Format prints the endpoint's name whatever the verb: never its key.
-func (e *endpoint) Format(f fmt.State, verb rune) {
-	formatRedacted(f, verb, e.name, "endpoint("+e.name+")")
-}
-
-// LogValue implements slog.LogValuer: the endpoint's name.
-func (e *endpoint) LogValue() slog.Value { return slog.StringValue(e.name) }
-
-// newEndpoints validates the configured endpoints and builds their state.
-func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
+// newSpecs validates the configured endpoints, as New and SetEndpoints do,
+// and describes them to the pool. Ext is left for the Client to fill.
+func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 	if len(cfgs) == 0 {
 		return nil, &ConfigError{Field: "endpoints", Problem: "none given; need at least one"}
 	}
-	eps := make([]*endpoint, len(cfgs))
+	specs := make([]pool.Spec, len(cfgs))
 	urls := make(map[string]string, len(cfgs))
 	names := make(map[string]bool, len(cfgs))
 	for i, c := range cfgs {
@@ -182,12 +153,14 @@ func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
 		if c.APIKey == "" {
 			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: "empty"}
 		}
-		if strings.ContainsAny(c.APIKey, "\r\n") {
-			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: "contains a line break"}
+		keys := []string{c.APIKey}
+		if c.SecondaryKey != "" {
+			keys = append(keys, c.SecondaryKey)
 		}
-		if i := strings.IndexFunc(c.APIKey, isControl); i >= 0 {
-			// net/http would refuse it on every call; say so once, here.
-			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: fmt.Sprintf("contains a control character at byte %d", i)}
+		for k, field := range []string{"APIKey", "SecondaryKey"}[:len(keys)] {
+			if problem := checkKey(keys[k]); problem != "" {
+				return nil, &ConfigError{Endpoint: label, Field: field, Problem: problem}
+			}
 		}
 		mcc := c.MaxConcurrentCalls
 		switch {
@@ -209,14 +182,25 @@ func newEndpoints(cfgs []Endpoint, allowHTTP bool) ([]*endpoint, error) {
 		}
 		names[name] = true
 		urls[key] = name
-		auth := []string{"Bearer " + c.APIKey}
-		header := http.Header{"Authorization": auth, "Content-Type": jsonContentType, "Accept": jsonContentType}
-		ep := &endpoint{idx: i, name: name, url: key, u: u, host: strings.TrimSuffix(u.Host, ":"),
-			auth: &auth, header: &header, max: int32(mcc)}
-		ep.limit.Store(int32(mcc))
-		eps[i] = ep
+		headers := make([]http.Header, len(keys))
+		for k, key := range keys {
+			headers[k] = http.Header{"Authorization": {"Bearer " + key}, "Content-Type": jsonContentType, "Accept": jsonContentType}
+		}
+		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Auth: pool.NewAuth(keys, headers)}
 	}
-	return eps, nil
+	return specs, nil
+}
+
+// checkKey returns what is wrong with a key, or "".
+func checkKey(key string) string {
+	if strings.ContainsAny(key, "\r\n") {
+		return "contains a line break"
+	}
+	if i := strings.IndexFunc(key, isControl); i >= 0 {
+		// net/http would refuse it on every call; say so once, here.
+		return fmt.Sprintf("contains a control character at byte %d", i)
+	}
+	return ""
 }
 
 // checkURL parses an endpoint URL and enforces https for non-loopback hosts.

@@ -13,13 +13,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const secretKey = "s3cr3t-key-value"
+const (
+	secretKey    = "s3cr3t-key-value"
+	secondaryKey = "s3c0nd-key-value"
+)
+
+// secrets are every secret an endpoint of these tests holds.
+var secrets = []string{secretKey, secondaryKey}
 
 func good(mod func(*Endpoint)) Endpoint {
 	e := Endpoint{
-		Name:   "east",
-		URL:    "https://ussouthcentral.services.azureml.net/workspaces/w/services/abc/execute?api-version=2.0&details=true",
-		APIKey: secretKey,
+		Name:         "east",
+		URL:          "https://ussouthcentral.services.azureml.net/workspaces/w/services/abc/execute?api-version=2.0&details=true",
+		APIKey:       secretKey,
+		SecondaryKey: secondaryKey,
 	}
 	if mod != nil {
 		mod(&e)
@@ -156,17 +163,4 @@ func TestClientCloseIsIdempotent(t *testing.T) {
 	assert.ErrorIs(t, c.Close(), ErrClosed)
 	_, err = c.Do(t.Context(), []byte(`{}`))
 	assert.ErrorIs(t, err, ErrClosed)
-}
-
-// take never goes past the limit, even when asked directly: the balancers
-// only pick endpoints with a free slot, so only this catches an off-by-one.
-func TestTakeStopsAtTheLimit(t *testing.T) {
-	var e endpoint
-	e.limit.Store(2)
-	assert.True(t, e.take())
-	assert.True(t, e.take())
-	assert.False(t, e.take(), "a third slot of two")
-	assert.EqualValues(t, 2, e.inFlight.Load())
-	e.limit.Store(1) // an adaptive limit came down
-	assert.False(t, e.take())
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // Sentinel errors. Branch on them with errors.Is; the errors Client returns wrap
@@ -14,9 +16,9 @@ import (
 var (
 	// ErrNoCapacity: no endpoint had a free slot within the call's max wait
 	// (WithMaxWait), or at once when the max wait is zero.
-	ErrNoCapacity = errors.New("amlpool: no endpoint has a free slot")
+	ErrNoCapacity = pool.ErrNoCapacity
 	// ErrClosed: the Client was closed before or while the call waited.
-	ErrClosed = errors.New("amlpool: client closed")
+	ErrClosed = pool.ErrClosed
 	// ErrThrottled matches an *APIError for a 503 RequestThrottled or
 	// TooManyConcurrentRequests reply: the endpoint was at its cap.
 	ErrThrottled = errors.New("amlpool: endpoint throttled the call")
@@ -116,9 +118,9 @@ const maxErrorBodySnippet = 512
 // parseAPIError builds the error for a non-2xx reply from its body. A body
 // that is not an Azure ML error body still gives an APIError with the status
 // and the start of the body.
-func parseAPIError(endpoint string, status int, body []byte, key string) *APIError {
+func parseAPIError(endpoint string, status int, body []byte, keys []string) *APIError {
 	e := &APIError{Endpoint: endpoint, StatusCode: status}
-	body = scrubKey(body, key)
+	body = scrubKey(body, keys)
 	var wire struct {
 		Error *struct {
 			Code    string        `json:"code"`
@@ -129,11 +131,11 @@ func parseAPIError(endpoint string, status int, body []byte, key string) *APIErr
 	if json.Unmarshal(body, &wire) == nil && wire.Error != nil {
 		// The raw body was scrubbed, but a JSON escape ("\/", "\u0041")
 		// can spell the key only once decoded: scrub what was decoded too.
-		e.Code, e.Message = scrubString(wire.Error.Code, key), scrubString(wire.Error.Message, key)
+		e.Code, e.Message = scrubString(wire.Error.Code, keys), scrubString(wire.Error.Message, keys)
 		e.Details = wire.Error.Details
 		for i := range e.Details {
 			d := &e.Details[i]
-			d.Code, d.Target, d.Message = scrubString(d.Code, key), scrubString(d.Target, key), scrubString(d.Message, key)
+			d.Code, d.Target, d.Message = scrubString(d.Code, keys), scrubString(d.Target, keys), scrubString(d.Message, keys)
 		}
 		return e
 	}
@@ -144,7 +146,7 @@ func parseAPIError(endpoint string, status int, body []byte, key string) *APIErr
 	// Quoting adds escapes, and one ("\x7f" before "uzz…") can complete a
 	// key the body only half holds: scrub the quoted form as well.
 	if e.Body != "" {
-		e.quoted = scrubString(strconv.Quote(e.Body), key)
+		e.quoted = scrubString(strconv.Quote(e.Body), keys)
 	}
 	return e
 }

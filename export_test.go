@@ -17,7 +17,7 @@ func (o randOption) apply(c *config) { c.rand = o.r }
 func WithRand(r func() uint64) Option { return randOption{r} }
 
 // SetQueueHook makes c call f each time a call joins the line of waiting calls.
-func SetQueueHook(c *Client, f func()) { c.pool.onQueue = f }
+func SetQueueHook(c *Client, f func()) { c.pool.OnQueue = f }
 
 // ReplyTransport answers every request in memory with a scoring reply, for
 // benchmarks of amlpool's own cost from the external test package.

@@ -85,7 +85,7 @@ func TestMalformedReplies(t *testing.T) {
 					assert.EqualValues(t, 2, requests)
 					// Without a second attempt, the first one's error shows.
 					srv.Script(tt.fault)
-					c1 := newClient(t, []amlpool.Endpoint{srv.Endpoint()}, amlpool.WithoutRetries)
+					c1 := newClient(t, []amlpool.Endpoint{srv.Endpoint()}, amlpool.WithoutRetries())
 					if viaScore {
 						_, err = c1.Score(t.Context(), &amlpool.Request{Inputs: map[string]*amlpool.Table{"input1": {ColumnNames: []string{"x"}, Values: [][]any{{"1"}}}}})
 					} else {
@@ -179,7 +179,7 @@ func TestOversizedRepliesKeepMemoryBounded(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(tt.handler)
 			defer srv.Close()
-			c := newClient(t, []amlpool.Endpoint{{URL: srv.URL + "/x", APIKey: "k"}}, amlpool.WithMaxResponseBytes(limit), amlpool.WithoutRetries)
+			c := newClient(t, []amlpool.Endpoint{{URL: srv.URL + "/x", APIKey: "k"}}, amlpool.WithMaxResponseBytes(limit), amlpool.WithoutRetries())
 			var err error
 			grew := heapGrowth(func() { _, err = c.Do(t.Context(), []byte(body)) })
 			require.Error(t, err)

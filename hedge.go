@@ -3,8 +3,9 @@ package amlpool
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // errAbandoned is the cause given to the copy of an attempt that lost the
@@ -18,6 +19,13 @@ type hedger struct {
 	window *latencyWindow // the pool's latency quantile, when the delay follows it
 }
 
+func newHedger(o *hedgingOption) *hedger {
+	if o.byQuantile {
+		return &hedger{window: newLatencyWindow(o.q)}
+	}
+	return &hedger{delay: o.delay}
+}
+
 // after returns how long an attempt may go without a reply before it is
 // hedged, or false for no hedge (the quantile is not known yet).
 func (h *hedger) after() (time.Duration, bool) {
@@ -28,141 +36,100 @@ func (h *hedger) after() (time.Duration, bool) {
 	return d, d > 0
 }
 
-// copyResult is what one copy of an attempt came to.
-type copyResult struct {
-	hedge bool // the second copy, not the first
-	sent  bool // false when the second copy got no slot in the end
-	data  []byte
-	o     outcome
-}
-
-// attemptHedged is attempt, plus hedging when it is on: once the attempt on
-// ep has had no reply for the hedge delay, a second copy goes to another
-// endpoint with a free slot. The first success wins; the other copy is
-// cancelled, its slot released, and its outcome marked abandoned. When both
-// fail, the first copy's outcome is the attempt's: the call records and
-// decides on it alone. The hedge is part of the attempt, not one more: it
-// does not count towards the attempt cap, but its endpoint is marked tried
-// so that a retry goes elsewhere. attemptHedged returns only once both copies
-// have ended, so no goroutine or slot outlives the attempt; the observers
-// hear of both copies then, from the calling goroutine.
-func (c *Client) attemptHedged(ctx context.Context, cl *call, ep *endpoint, lease Lease, body []byte, probe bool) ([]byte, outcome) {
-	if c.hedge == nil || len(c.eps) < 2 {
-		return c.attempt(ctx, cl, ep, lease, body, probe)
-	}
-	delay, ok := c.hedge.after()
-	if !ok {
-		return c.attempt(ctx, cl, ep, lease, body, probe)
-	}
-
-	results := make(chan copyResult, 2)
+// attemptHedged is attempt with hedging: once the attempt a has had no reply
+// for delay, a second copy goes to another endpoint with a free slot. The
+// first success wins; the other copy is cancelled, its slot released, and
+// it counts as abandoned. When both fail, the first copy is the attempt:
+// the call records and decides on it alone. The hedge is part of the
+// attempt, not one more: it does not count towards the attempt cap, but its
+// endpoint is marked tried so that a retry goes elsewhere. attemptHedged
+// returns only once both copies have ended, so no goroutine or slot
+// outlives the attempt; the telemetry hears of both then, from the calling
+// goroutine.
+func (c *Client) attemptHedged(ctx context.Context, cl *call, a *attempt, body []byte, delay time.Duration) *attempt {
+	copies := make(chan *attempt, 2)
 	firstCtx, cancelFirst := context.WithCancelCause(ctx)
 	defer cancelFirst(nil)
-	first := outcome{ep: ep, attempt: cl.attempts, probe: probe, reason: cl.reason, slotWait: cl.wait}
 	go func() {
-		o := first
-		data := c.exchange(firstCtx, &o, lease, body)
-		results <- copyResult{sent: true, data: data, o: o}
+		c.exchange(firstCtx, a, body)
+		copies <- a
 	}()
 
 	t := c.cfg.clock.NewTimer(delay)
 	select {
-	case r := <-results:
+	case <-copies:
 		t.Stop()
-		c.conclude(ctx, cl, &r.o)
-		return r.data, r.o
+		c.conclude(ctx, cl, a)
+		return a
 	case <-t.C():
 	}
 	hedgeCtx, cancelHedge := context.WithCancelCause(ctx)
 	defer cancelHedge(nil)
-	if !c.startHedge(hedgeCtx, cl, ep, body, results) {
-		r := <-results
-		c.conclude(ctx, cl, &r.o)
-		return r.data, r.o
+	h := c.startHedge(hedgeCtx, cl, a, body, copies)
+	if h == nil {
+		<-copies
+		c.conclude(ctx, cl, a)
+		return a
 	}
 
-	var firstRes, hedgeRes copyResult
-	won, hedgeWon := false, false
+	var winner *attempt
 	for range 2 {
-		r := <-results
-		if r.hedge {
-			hedgeRes = r
-		} else {
-			firstRes = r
-		}
-		if !won && r.sent && r.o.err == nil {
+		r := <-copies
+		if winner == nil && r.slot.Ep != nil && r.err == nil {
 			// The first success wins: the other copy is abandoned.
-			won, hedgeWon = true, r.hedge
+			winner = r
 			cancelFirst(errAbandoned)
 			cancelHedge(errAbandoned)
 		}
 	}
-	if hedgeRes.sent && !cl.ex.tried.has(hedgeRes.o.ep.idx) {
-		cl.ex.tried.add(hedgeRes.o.ep.idx)
-		cl.ntried++
+	ret, other := a, h
+	if winner == h {
+		ret, other = h, a
 	}
-	ret, other := &firstRes, &hedgeRes
-	if hedgeWon {
-		ret, other = &hedgeRes, &firstRes
+	if h.slot.Ep != nil {
+		cl.ex.Tried.Add(h.slot.Ep)
+		c.done(other)
 	}
-	if other.sent {
-		c.notify(&other.o)
-	}
-	c.conclude(ctx, cl, &ret.o)
-	return ret.data, ret.o
+	c.conclude(ctx, cl, ret)
+	return ret
 }
 
-// startHedge sends the second copy of an attempt on ep, in a goroutine that
-// reports to results, and reports whether it did. The copy goes to an
+// startHedge sends the second copy of attempt a in a goroutine that reports
+// to copies, and returns it; nil when it sends none. The copy goes to an
 // endpoint the call has not tried with a free slot; it is not sent while
 // calls wait for slots (they come first) or when the retry budget is spent.
 // With a Limiter, the copy waits for the fleet's slot until ctx ends, that
-// is until the first copy answers.
-func (c *Client) startHedge(ctx context.Context, cl *call, ep *endpoint, body []byte, results chan<- copyResult) bool {
-	if c.pool.nwait.Load() > 0 {
-		return false
+// is until the first copy answers; a copy that gets no slot in the end
+// reports with no endpoint.
+func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
+	if c.pool.Waiting() > 0 {
+		return nil
 	}
-	hx := exclusion{on: true, tried: cl.ex.tried.clone()}
-	hx.tried.add(ep.idx)
-	hep := c.pool.tryAcquire(&hx)
-	if hep == nil {
-		return false
+	hx := pool.Exclusion{On: true, Tried: cl.ex.Tried.Clone()}
+	hx.Tried.Add(a.slot.Ep)
+	slot, ok := c.pool.TryAcquire(&hx)
+	if !ok {
+		return nil
 	}
-	if !c.hedgeAllowed() {
-		c.pool.release(hep)
-		return false
+	if c.budget != nil && !c.budget.withdraw() {
+		// Hedges and retries share the budget, so together they add at
+		// most its share of extra load.
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		return nil
 	}
-	attempt := cl.attempts
+	h := &attempt{n: a.n, hedge: true}
 	go func() {
-		ep, lease := hep, Lease(nil)
+		hedged := &attempt{slot: slot}
 		if c.limiter != nil {
 			var err error
-			hcl := call{ex: hx}
-			if ep, lease, err = c.acquireShared(ctx, &hcl, hep, c.limiter.Acquire); err != nil {
-				results <- copyResult{hedge: true}
+			if hedged, err = c.acquireShared(ctx, &hx, slot, c.limiter.Acquire); err != nil {
+				copies <- h
 				return
 			}
 		}
-		probe, ok := c.health.claim(ep.idx)
-		if !ok {
-			c.releaseSlot(ep, lease)
-			results <- copyResult{hedge: true}
-			return
-		}
-		o := outcome{ep: ep, attempt: attempt, probe: probe, hedge: true}
-		data := c.exchange(ctx, &o, lease, body)
-		results <- copyResult{hedge: true, sent: true, data: data, o: o}
+		h.slot, h.lease = hedged.slot, hedged.lease
+		c.exchange(ctx, h, body)
+		copies <- h
 	}()
-	return true
-}
-
-// hedgeAllowed spends one retry from the retry budget, when there is one, and
-// reports whether it could: hedges and retries share the budget, so together
-// they add at most its share of extra load.
-func (c *Client) hedgeAllowed() bool { return c.budget == nil || c.budget.withdraw() }
-
-// clone returns a copy of b that shares no memory with it.
-func (b bitset) clone() bitset {
-	b.hi = slices.Clone(b.hi)
-	return b
+	return h
 }

@@ -32,8 +32,9 @@ func TestNoKeyInAnyOutput(t *testing.T) {
 		"Endpoint":          good(nil),
 		"*Endpoint":         &[]Endpoint{good(nil)}[0],
 		"[]Endpoint":        []Endpoint{good(nil)},
-		"*endpoint":         o.eps[0],
-		"[]*endpoint":       o.eps,
+		"*pool.Endpoint":    o.pool.Endpoints()[0],
+		"[]*pool.Endpoint":  o.pool.Endpoints(),
+		"*pool.Set":         o.pool.Set(),
 		"*Client":           o.Client,
 		"config":            o.cfg,
 		"*telemetry":        o.tel,
@@ -41,25 +42,29 @@ func TestNoKeyInAnyOutput(t *testing.T) {
 		"*CallError":        callErr,
 		"*APIError":         apiErr,
 		"*ConfigError":      cfgErr,
-		"[]LimitedEndpoint": []LimitedEndpoint{{ID: endpointID(o.eps[0].url), Name: "busy", Limit: 1}},
+		"[]LimitedEndpoint": []LimitedEndpoint{limited(o.pool.Endpoints()[0])},
 	}
 	for name, v := range values {
-		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
-			s := fmt.Sprintf(verb, v)
-			assert.NotContains(t, s, secretKey, "%s printed with %s", name, verb)
-			assert.NotContains(t, s, fmt.Sprintf("%x", secretKey), "%s printed with %s", name, verb)
+		for _, key := range secrets {
+			for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
+				s := fmt.Sprintf(verb, v)
+				assert.NotContains(t, s, key, "%s printed with %s", name, verb)
+				assert.NotContains(t, s, fmt.Sprintf("%x", key), "%s printed with %s", name, verb)
+			}
+			if js, err := json.Marshal(v); err == nil {
+				assert.NotContains(t, string(js), key, "%s as JSON", name)
+			}
+			var buf bytes.Buffer
+			slog.New(slog.NewTextHandler(&buf, nil)).Info("value", "v", v)
+			slog.New(slog.NewJSONHandler(&buf, nil)).Info("value", "v", v)
+			assert.NotContains(t, buf.String(), key, "%s logged", name)
 		}
-		if js, err := json.Marshal(v); err == nil {
-			assert.NotContains(t, string(js), secretKey, "%s as JSON", name)
-		}
-		var buf bytes.Buffer
-		slog.New(slog.NewTextHandler(&buf, nil)).Info("value", "v", v)
-		slog.New(slog.NewJSONHandler(&buf, nil)).Info("value", "v", v)
-		assert.NotContains(t, buf.String(), secretKey, "%s logged", name)
 	}
 
 	// Everything the Client's own telemetry produced.
-	assert.NotContains(t, o.logs.String(), secretKey, "log lines")
+	for _, key := range secrets {
+		assert.NotContains(t, o.logs.String(), key, "log lines")
+	}
 	assert.NotEmpty(t, o.logLines(t, "amlpool: attempt"))
 	spans := o.spans.Ended()
 	require.NotEmpty(t, spans)
@@ -68,16 +73,20 @@ func TestNoKeyInAnyOutput(t *testing.T) {
 		for _, e := range s.Events() {
 			kvs = append(kvs, e.Attributes...)
 		}
-		for _, kv := range kvs {
-			assert.NotContains(t, kv.Value.String(), secretKey, "span %s attribute %s", s.Name(), kv.Key)
+		for _, key := range secrets {
+			for _, kv := range kvs {
+				assert.NotContains(t, kv.Value.String(), key, "span %s attribute %s", s.Name(), kv.Key)
+			}
+			assert.NotContains(t, s.Status().Description, key, "span %s status", s.Name())
 		}
-		assert.NotContains(t, s.Status().Description, secretKey, "span %s status", s.Name())
 	}
 	rm := o.collect(t)
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			for _, set := range pointAttrs(m.Data) {
-				assert.NotContains(t, set.Encoded(attribute.DefaultEncoder()), secretKey, m.Name)
+				for _, key := range secrets {
+					assert.NotContains(t, set.Encoded(attribute.DefaultEncoder()), key, m.Name)
+				}
 			}
 		}
 	}

@@ -9,6 +9,8 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 type meterProviderOption struct{ mp metric.MeterProvider }
@@ -23,8 +25,9 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	                                             conventions' http.request.method, server.address,
 //	                                             server.port, http.response.status_code, error.type
 //	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
-//	                                             client_error, server_error, transport_error,
-//	                                             cancelled, abandoned (a hedge's slower copy)
+//	                                             endpoint_fault (401, 403, 404), client_error,
+//	                                             server_error, transport_error, cancelled,
+//	                                             abandoned (a hedge's slower copy)
 //	amlpool.endpoint.in_flight    gauge          calls in flight now
 //	amlpool.endpoint.limit        gauge          the cap in force now
 //	amlpool.endpoint.ejections    counter        times the endpoint was taken out of rotation
@@ -41,7 +44,10 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //
 // The counters agree with Stats: per endpoint, the sum of
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
-// Throttles, and all but its success and abandoned parts Errors.
+// Throttles, its endpoint_fault part Faults, and all but its success,
+// abandoned and cancelled parts Errors. The per-endpoint series follow the
+// live endpoints: after SetEndpoints, an added endpoint's appear and a
+// removed one's stop.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
@@ -67,17 +73,28 @@ type metrics struct {
 	budget    metric.Int64Counter
 	reg       metric.Registration // the gauges' callback
 
-	eps      []epMetrics // by endpoint index
 	waitErrs map[string][]metric.RecordOption
 }
 
+// epMetrics is one endpoint's part of the metrics: its counts by outcome
+// and the attribute sets of its common measurements.
 type epMetrics struct {
-	tel    *epTelemetry
 	kinds  [numKinds]atomic.Int64         // attempts by outcome kind
 	calls  [numKinds]metric.ObserveOption // amlpool.endpoint, amlpool.outcome=kind
 	ok     []metric.RecordOption          // request attributes with status 200
 	only   []metric.AddOption             // amlpool.endpoint alone
 	gauges metric.ObserveOption           // amlpool.endpoint alone
+}
+
+// init builds the attribute sets of t's endpoint.
+func (e *epMetrics) init(t *epTelemetry) {
+	name := keyEndpoint.String(t.name)
+	for k := kindSuccess; k < numKinds; k++ {
+		e.calls[k] = metric.WithAttributeSet(attribute.NewSet(name, keyOutcome.String(k.String())))
+	}
+	e.ok = recordOpts(append(slices.Clip(t.attrs), keyStatus.Int(200))...)
+	e.only = addOpts(name)
+	e.gauges = metric.WithAttributeSet(attribute.NewSet(name))
 }
 
 // durationBuckets are the conventions' advice for http.client.request.duration.
@@ -86,10 +103,10 @@ var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
 // waitBuckets reach further: a call may wait for a slot up to its deadline.
 var waitBuckets = []float64{0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*metrics, error) {
+func newMetrics(m metric.Meter, p *pool.Pool) (*metrics, error) {
 	var errs []error
 	check := func(err error) { errs = append(errs, err) }
-	x := &metrics{eps: make([]epMetrics, len(eps))}
+	x := &metrics{}
 	var err error
 	x.duration, err = m.Float64Histogram("http.client.request.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of HTTP client requests: one per attempt."),
@@ -131,27 +148,16 @@ func newMetrics(m metric.Meter, tels []epTelemetry, eps []*endpoint, p *pool) (*
 	for _, s := range []string{"no_capacity", "cancelled", "closed", "_OTHER"} {
 		x.waitErrs[s] = recordOpts(keyErrorType.String(s))
 	}
-	for i := range eps {
-		e := &x.eps[i]
-		e.tel = &tels[i]
-		name := keyEndpoint.String(e.tel.name)
-		for k := kindSuccess; k < numKinds; k++ {
-			e.calls[k] = metric.WithAttributeSet(attribute.NewSet(name, keyOutcome.String(k.String())))
-		}
-		e.ok = recordOpts(append(slices.Clip(e.tel.attrs), keyStatus.Int(200))...)
-		e.only = addOpts(name)
-		e.gauges = metric.WithAttributeSet(attribute.NewSet(name))
-	}
 	x.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		for i, ep := range eps {
-			e := &x.eps[i]
-			o.ObserveInt64(inFlight, int64(ep.inFlight.Load()), e.gauges)
-			o.ObserveInt64(limit, int64(ep.limit.Load()), e.gauges)
+		for _, ep := range p.Set().Eps {
+			e := &extOf(ep).tel.m
+			o.ObserveInt64(inFlight, int64(ep.InFlight()), e.gauges)
+			o.ObserveInt64(limit, int64(ep.Limit()), e.gauges)
 			for k := kindSuccess; k < numKinds; k++ {
 				o.ObserveInt64(calls, e.kinds[k].Load(), e.calls[k])
 			}
 		}
-		o.ObserveInt64(waiting, int64(p.waiting()))
+		o.ObserveInt64(waiting, int64(p.Waiting()))
 		return nil
 	}, inFlight, limit, waiting, calls)
 	if err != nil {
@@ -169,32 +175,33 @@ func recordOpts(kv ...attribute.KeyValue) []metric.RecordOption {
 }
 
 // attemptDone records one attempt.
-func (x *metrics) attemptDone(o *outcome) {
+func (x *metrics) attemptDone(a *attempt) {
 	ctx := context.Background()
-	e := &x.eps[o.ep.idx]
-	e.kinds[o.kind].Add(1)
-	if o.kind == kindSuccess && o.status == 200 {
-		x.duration.Record(ctx, o.latency.Seconds(), e.ok...)
+	t := extOf(a.slot.Ep).tel
+	e := &t.m
+	e.kinds[a.kind].Add(1)
+	if a.kind == kindSuccess && a.status == 200 {
+		x.duration.Record(ctx, a.latency.Seconds(), e.ok...)
 	} else {
-		attrs := slices.Clip(e.tel.attrs)
-		if o.status != 0 {
-			attrs = append(attrs, keyStatus.Int(o.status))
+		attrs := slices.Clip(t.attrs)
+		if a.status != 0 {
+			attrs = append(attrs, keyStatus.Int(a.status))
 		}
-		if o.kind != kindSuccess {
-			attrs = append(attrs, keyErrorType.String(errorType(o)))
+		if a.kind != kindSuccess {
+			attrs = append(attrs, keyErrorType.String(errorType(a)))
 		}
-		x.duration.Record(ctx, o.latency.Seconds(), recordOpts(attrs...)...)
+		x.duration.Record(ctx, a.latency.Seconds(), recordOpts(attrs...)...)
 	}
 	switch {
-	case o.hedge:
+	case a.hedge:
 		x.hedges.Add(ctx, 1)
-	case o.attempt > 1:
-		x.retries.Add(ctx, 1, addOpts(keyRetryReason.String(o.reason))...)
+	case a.n > 1:
+		x.retries.Add(ctx, 1, addOpts(keyRetryReason.String(a.reason))...)
 	}
-	if o.ejected {
+	if a.fx.Ejected > 0 {
 		x.ejections.Add(ctx, 1, e.only...)
 	}
-	if errors.Is(o.stop, ErrRetryBudgetExhausted) {
+	if errors.Is(a.stop, ErrRetryBudgetExhausted) {
 		x.budget.Add(ctx, 1)
 	}
 }

@@ -20,7 +20,7 @@ func WithMaxAttempts(n int) Option { return maxAttemptsOption(n) }
 
 // WithoutRetries makes every call a single attempt: its error is returned as
 // it is, a throttle included. It is WithMaxAttempts(1).
-var WithoutRetries Option = maxAttemptsOption(1)
+func WithoutRetries() Option { return maxAttemptsOption(1) }
 
 type classifierOption func(error) Verdict
 
@@ -123,7 +123,7 @@ func WithRetryBudget(ratio float64, minPerSecond int) Option {
 
 // WithoutRetryBudget lets every call make all its attempts whatever the load
 // retries add.
-var WithoutRetryBudget Option = retryBudgetOption{on: false}
+func WithoutRetryBudget() Option { return retryBudgetOption{on: false} }
 
 type ejectionOption struct {
 	off   bool
@@ -138,21 +138,28 @@ func (o ejectionOption) apply(c *config) {
 // WithEjection takes an endpoint out of rotation after failures in a row
 // that are worth retrying (VerdictRetry: 5xx, timeouts, refused or dropped
 // connections; throttles and cancelled calls count neither way, any other
-// reply resets the count). The first ejection lasts base, each one in a row
+// reply resets the count), and at once after an endpoint fault
+// (VerdictEndpointFault: 401, 403, 404), which is logged at Warn with the
+// endpoint's name and the status. The first ejection lasts base, each one in a row
 // twice the last, up to 10 × base, each ±20 %; then one call probes the
 // endpoint and its outcome readmits it or ejects it again. Calls waiting for
 // a slot do not wait for an ejected endpoint's. When half or more of the
 // endpoints are out, ejection is ignored and every endpoint takes calls (the
-// panic threshold). failures must be at least 1 and base positive. Default:
+// panic threshold); an endpoint out for a fault is not counted and stays
+// out, unless every endpoint is, when calls go to them and fail at once
+// with the endpoint's error. failures must be at least 1 and base positive. Default:
 // DefaultEjectAfter (5) and DefaultEjectFor (30 s: 30 s, 1 min, 2 min,
 // 4 min, 5 min, 5 min ...).
 func WithEjection(failures int, base time.Duration) Option {
 	return ejectionOption{after: failures, base: base}
 }
 
-// WithoutEjection keeps every endpoint in rotation however it fails.
+// WithoutEjection keeps every endpoint in rotation however it fails, an
+// endpoint fault included (the call still fails over from it at once).
 // Retry-After cool-downs still apply.
-var WithoutEjection Option = ejectionOption{off: true, after: DefaultEjectAfter, base: DefaultEjectFor}
+func WithoutEjection() Option {
+	return ejectionOption{off: true, after: DefaultEjectAfter, base: DefaultEjectFor}
+}
 
 // checkRetries validates the options above.
 func (cfg *config) checkRetries() error {

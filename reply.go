@@ -42,17 +42,17 @@ func (e *malformedError) Unwrap() []error { return []error{e.err, ErrMalformedRe
 const snippetLen = 64
 
 // checkReply checks a 2xx reply body before Do returns it: it must be empty
-// or one JSON value, and not the service's error body. key is scrubbed from the
-// part of the body the error quotes.
-func checkReply(data []byte, contentType, key string) error {
+// or one JSON value, and not the service's error body. keys are scrubbed from
+// the part of the body the error quotes.
+func checkReply(data []byte, contentType string, keys []string) error {
 	if len(data) == 0 {
 		return nil // nothing to misread; Score reports the missing Results
 	}
 	if !json.Valid(data) {
 		// Scrub the message as well as the body: an escape the quote adds
 		// ("\x7f" before "uzz…") can complete a key the body only half holds.
-		msg := fmt.Sprintf("reply is not JSON%s: %s", describeType(string(scrubKey([]byte(contentType), key))), quote(data, key))
-		return &malformedError{errors.New(scrubString(msg, key))}
+		msg := fmt.Sprintf("reply is not JSON%s: %s", describeType(string(scrubKey([]byte(contentType), keys))), quote(data, keys))
+		return &malformedError{errors.New(scrubString(msg, keys))}
 	}
 	if firstByte(data) == '{' && bytes.Contains(data, []byte(`"error"`)) {
 		var wire struct {
@@ -60,7 +60,7 @@ func checkReply(data []byte, contentType, key string) error {
 			Results json.RawMessage `json:"Results"`
 		}
 		if json.Unmarshal(data, &wire) == nil && firstByte(wire.Error) == '{' && wire.Results == nil {
-			apiErr := parseAPIError("", 200, data, key)
+			apiErr := parseAPIError("", 200, data, keys)
 			return &malformedError{fmt.Errorf("2xx reply is an error body: %s: %s", apiErr.Code, apiErr.Message)}
 		}
 	}
@@ -76,35 +76,36 @@ func describeType(ct string) string {
 	return fmt.Sprintf(" (Content-Type %q)", ct)
 }
 
-// quote returns the start of a bad reply for an error message, key scrubbed.
-func quote(data []byte, key string) string {
-	data = scrubKey(data, key)
+// quote returns the start of a bad reply for an error message, keys scrubbed.
+func quote(data []byte, keys []string) string {
+	data = scrubKey(data, keys)
 	if len(data) > snippetLen {
 		return fmt.Sprintf("%q…", strings.ToValidUTF8(string(data[:snippetLen]), "\uFFFD"))
 	}
 	return fmt.Sprintf("%q", strings.ToValidUTF8(string(data), "\uFFFD"))
 }
 
-// scrubKey replaces every copy of key in a reply with [REDACTED], so that a
-// server or proxy echoing the request's headers cannot put the key into an
-// error. It copies data only when the key is there.
-func scrubKey(data []byte, key string) []byte {
-	if key == "" || !bytes.Contains(data, []byte(key)) {
-		return data
+// scrubKey replaces every copy of each key in a reply with [REDACTED], so
+// that a server or proxy echoing the request's headers cannot put a key into
+// an error. It copies data only when a key is there.
+func scrubKey(data []byte, keys []string) []byte {
+	for _, key := range keys {
+		if key != "" && bytes.Contains(data, []byte(key)) {
+			data = bytes.ReplaceAll(data, []byte(key), []byte(redacted))
+		}
 	}
-	return bytes.ReplaceAll(data, []byte(key), []byte(redacted))
+	return data
 }
 
 // scrubString is scrubKey for text already decoded or formatted.
-func scrubString(s, key string) string {
-	if key == "" {
-		return s
+func scrubString(s string, keys []string) string {
+	for _, key := range keys {
+		if key != "" {
+			s = strings.ReplaceAll(s, key, redacted)
+		}
 	}
-	return strings.ReplaceAll(s, key, redacted)
+	return s
 }
-
-// key returns the endpoint's API key, for scrubbing replies.
-func (e *endpoint) key() string { return strings.TrimPrefix((*e.auth)[0], "Bearer ") }
 
 // isDecodeError reports whether reading a body failed in undoing its
 // Content-Encoding (a reply marked gzip that is not), not on the network.

@@ -33,7 +33,7 @@ func FuzzCheckReply(f *testing.F) {
 		f.Add([]byte(seed[0]), seed[1])
 	}
 	f.Fuzz(func(t *testing.T, data []byte, contentType string) {
-		err := checkReply(data, contentType, key)
+		err := checkReply(data, contentType, []string{key})
 		if err == nil {
 			require.True(t, len(data) == 0 || json.Valid(data), "accepted a body that is not JSON")
 			return

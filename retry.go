@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // This file decides whether a call goes on after a failed attempt (the
@@ -37,9 +39,17 @@ const (
 	// tries an endpoint it has not tried yet when one is usable. The attempt
 	// counts towards the endpoint's ejection (WithEjection).
 	VerdictRetry
+	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
+	// regenerated or is wrong, access was revoked, it was deleted), not the
+	// request is bad. The endpoint leaves rotation at once (WithEjection's
+	// back-off and probe) and the call goes at once, with no backoff, to an
+	// endpoint it has not tried; when none is left, the call returns the
+	// error. After a 401, an endpoint with a second key (SecondaryKey) is
+	// first tried again at once with the other key.
+	VerdictEndpointFault
 )
 
-// String returns "give up", "full" or "retry".
+// String returns "give up", "full", "retry" or "endpoint fault".
 func (v Verdict) String() string {
 	switch v {
 	case VerdictGiveUp:
@@ -48,6 +58,8 @@ func (v Verdict) String() string {
 		return "full"
 	case VerdictRetry:
 		return "retry"
+	case VerdictEndpointFault:
+		return "endpoint fault"
 	}
 	return "Verdict(" + strconv.Itoa(int(v)) + ")"
 }
@@ -56,14 +68,16 @@ func (v Verdict) String() string {
 // AZUREML.md §6.2. It sees the error of one failed attempt: an *APIError for
 // a non-2xx reply, a transport error otherwise.
 //
-//	VerdictFull    503 RequestThrottled, 503 TooManyConcurrentRequests
-//	VerdictRetry   408 (but RequestCanceled), 429, 500, 502, 503, 504;
-//	               connection refused or reset, EOF before the reply, the
-//	               attempt timeout (WithAttemptTimeout), a reply cut short,
-//	               a 2xx reply that is not JSON or is an error body
-//	               (ErrMalformedResponse)
-//	VerdictGiveUp  400, 401, 403, 404, 413, 501, every other status;
-//	               TLS trust errors, ErrResponseTooLarge
+//	VerdictFull           503 RequestThrottled, 503 TooManyConcurrentRequests
+//	VerdictRetry          408 (but RequestCanceled), 429, 500, 502, 503, 504;
+//	                      connection refused or reset, EOF before the reply,
+//	                      the attempt timeout (WithAttemptTimeout), a reply
+//	                      cut short, a 2xx reply that is not JSON or is an
+//	                      error body (ErrMalformedResponse)
+//	VerdictEndpointFault  401, 403, 404: the endpoint, not the request, is
+//	                      at fault
+//	VerdictGiveUp         400, 413, 501, every other status; TLS trust
+//	                      errors, ErrResponseTooLarge
 //
 // A call whose ctx is done never retries, whatever the classifier says, so a
 // classifier need not check for it. To treat another status as the endpoint
@@ -105,6 +119,10 @@ func classifyStatus(e *APIError) Verdict {
 			return VerdictGiveUp // the service says the client cancelled
 		}
 		return VerdictRetry
+	case e.StatusCode == http.StatusUnauthorized,
+		e.StatusCode == http.StatusForbidden,
+		e.StatusCode == http.StatusNotFound:
+		return VerdictEndpointFault
 	case e.StatusCode == http.StatusTooManyRequests,
 		e.StatusCode == http.StatusInternalServerError,
 		e.StatusCode == http.StatusBadGateway,
@@ -112,7 +130,7 @@ func classifyStatus(e *APIError) Verdict {
 		e.StatusCode == http.StatusGatewayTimeout:
 		return VerdictRetry
 	default:
-		return VerdictGiveUp // 4xx input and auth errors, 501, 3xx
+		return VerdictGiveUp // 4xx input errors, 501, 3xx
 	}
 }
 
@@ -125,13 +143,11 @@ func isTLSTrustError(err error) bool {
 		errors.As(err, &hostErr) || errors.As(err, &invalidErr)
 }
 
-// classify judges an attempt's error; a done ctx always gives up, and so
-// does a verdict the classifier made up.
-func (c *Client) classify(ctx context.Context, err error) Verdict {
-	if ctx.Err() != nil {
-		return VerdictGiveUp
-	}
-	if v := c.cfg.classifier(err); v <= VerdictRetry {
+// classify judges an attempt's error with the classifier; a verdict the
+// classifier made up gives up. (An attempt whose ctx is done is never
+// classified: it gives up.)
+func (c *Client) classify(err error) Verdict {
+	if v := c.cfg.classifier(err); v <= VerdictEndpointFault {
 		return v
 	}
 	return VerdictGiveUp
@@ -181,51 +197,33 @@ func parseDelay(v string, unit time.Duration) (time.Duration, bool) {
 
 // call is the state of one Do across its attempts.
 type call struct {
-	attempts   int
-	names      []string // the endpoint of each failed attempt, kept for the error
-	last       error    // the last attempt's error
-	ntried     int
-	ex         exclusion
-	throttled  bitset // endpoints that answered this call VerdictFull
-	nthrottled int
-	backoff    *backoff.ExponentialBackOff // made at the call's first wait
+	attempts  int
+	names     []string       // the endpoint of each failed attempt, kept for the error
+	last      error          // the last attempt's error
+	ex        pool.Exclusion // what the next attempt avoids: the endpoints tried
+	throttled pool.Endpoints // endpoints that answered this call VerdictFull
+	pin       *pool.Endpoint // the endpoint the next attempt goes back to, if free
+	backoff   *backoff.ExponentialBackOff // made at the call's first wait
 
-	reason string        // why the next attempt is a retry (outcome.retryReason), with telemetry
-	wait   time.Duration // how long this attempt waited for its slot, with telemetry
+	reason string // why the next attempt is a retry (retryReason), with telemetry
 }
 
-// exclusion is what one attempt of a call may not use. It is passed by value
-// (into Candidates and waiters) so that a call never escapes to the heap.
-type exclusion struct {
-	on    bool   // this attempt avoids endpoints already tried
-	tried bitset // endpoints the call has tried
-}
-
-// excluded reports whether this attempt must avoid endpoint i.
-func (x *exclusion) excluded(i int) bool { return x.on && x.tried.has(i) }
-
-// restricted reports whether this attempt may not use some endpoints.
-func (x *exclusion) restricted() bool { return x.on }
-
-// started records an attempt on ep.
-func (c *call) started(ep *endpoint) {
+// started records that the call's next attempt, a, has its slot.
+func (c *call) started(a *attempt) {
 	c.attempts++
-	if !c.ex.tried.has(ep.idx) {
-		c.ex.tried.add(ep.idx)
-		c.ntried++
-	}
+	a.n, a.reason = c.attempts, c.reason
+	c.ex.Tried.Add(a.slot.Ep)
 }
 
-// failed records the failed attempt described by o.
-func (c *call) failed(o *outcome) {
-	c.last = o.err
+// failed records the failed attempt a.
+func (c *call) failed(a *attempt) {
+	c.last = a.err
 	if c.names == nil {
 		c.names = make([]string, 0, 4)
 	}
-	c.names = append(c.names, o.ep.name)
-	if o.verdict == VerdictFull && !c.throttled.has(o.ep.idx) {
-		c.throttled.add(o.ep.idx)
-		c.nthrottled++
+	c.names = append(c.names, a.slot.Ep.Name())
+	if a.verdict == VerdictFull {
+		c.throttled.Add(a.slot.Ep)
 	}
 }
 
@@ -260,46 +258,57 @@ func (c *call) nextBackoff(cfg *config) time.Duration {
 	return c.backoff.NextBackOff()
 }
 
-// decide sets o.final, o.wait and o.stop: whether the call makes another
-// attempt after the failed one o describes, and after how long.
-func (c *Client) decide(ctx context.Context, cl *call, o *outcome) {
-	o.final = true
+// decide sets a.final, a.wait and a.stop: whether the call makes another
+// attempt after the failed one a, and after how long.
+func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
+	a.final = true
 	switch {
-	case o.verdict == VerdictGiveUp:
-		if err := ctx.Err(); err != nil && !errors.Is(o.err, err) {
-			o.stop = err
+	case a.verdict == VerdictGiveUp:
+		if err := ctx.Err(); err != nil && !errors.Is(a.err, err) {
+			a.stop = err
 		}
 		return
 	case cl.attempts >= c.cfg.maxAttempts:
 		return
 	case c.closed.Load():
-		o.stop = ErrClosed
+		a.stop = ErrClosed
 		return
 	}
 	var wait time.Duration
-	if o.verdict == VerdictRetry || !c.usableOutside(&cl.throttled) {
+	switch {
+	case a.verdict == VerdictRetry:
 		wait = cl.nextBackoff(&c.cfg)
+	case a.verdict == VerdictFull:
+		if !c.usableOutside(&cl.throttled) {
+			wait = cl.nextBackoff(&c.cfg) // every endpoint throttled the call
+		}
+	case a.result == pool.KeyRejected:
+		cl.pin = a.slot.Ep // the endpoint's other key, at once
+	case !c.usableOutside(&cl.ex.Tried):
+		return // an endpoint fault, and no endpoint left to try
 	}
-	if d := c.health.readyIn(); d > wait {
+	if d := c.pool.ReadyIn(); d > wait {
 		wait = d // nothing is usable before then: every endpoint is cooling down
 	}
 	if deadline, ok := ctx.Deadline(); ok && wait > 0 && time.Until(deadline) <= wait {
 		// ctx deadlines are on the wall clock, whatever clock we are given.
-		o.stop = &deadlineError{wait: wait}
+		a.stop = &deadlineError{wait: wait}
 		return
 	}
 	if c.budget != nil && !c.budget.withdraw() {
-		o.stop = ErrRetryBudgetExhausted
+		a.stop = ErrRetryBudgetExhausted
 		return
 	}
-	o.final, o.wait = false, wait
+	a.final, a.wait = false, wait
 }
 
 // usableOutside reports whether an endpoint outside set may take calls now,
 // as far as health and cool-downs go.
-func (c *Client) usableOutside(set *bitset) bool {
-	for _, ep := range c.eps {
-		if !set.has(ep.idx) && c.health.admits(ep.idx) {
+func (c *Client) usableOutside(set *pool.Endpoints) bool {
+	s := c.pool.Set()
+	x := pool.Exclusion{}
+	for _, e := range s.Eps {
+		if !set.Has(e) && s.Usable(&x, e) {
 			return true
 		}
 	}
@@ -328,33 +337,7 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-c.pool.done:
+	case <-c.pool.Done():
 		return ErrClosed
 	}
-}
-
-// bitset is a set of small integers; the first 64 need no allocation.
-type bitset struct {
-	lo uint64
-	hi []uint64
-}
-
-func (b *bitset) has(i int) bool {
-	if i < 64 {
-		return b.lo&(1<<uint(i)) != 0
-	}
-	j := i/64 - 1
-	return j < len(b.hi) && b.hi[j]&(1<<uint(i%64)) != 0
-}
-
-func (b *bitset) add(i int) {
-	if i < 64 {
-		b.lo |= 1 << uint(i)
-		return
-	}
-	j := i/64 - 1
-	for len(b.hi) <= j {
-		b.hi = append(b.hi, 0)
-	}
-	b.hi[j] |= 1 << uint(i%64)
 }

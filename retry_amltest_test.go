@@ -175,15 +175,18 @@ func TestRetryClasses(t *testing.T) {
 			want{requests: []int64{1, 1, 1}, waits: 1}},
 		{"400: never retried", [3][]amltest.Fault{f(retryAt(400, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 400}},
 		{"400 LibraryExecutionError", [3][]amltest.Fault{f(retryAt(400, "LibraryExecutionError", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 400}},
-		{"401", [3][]amltest.Fault{f(retryAt(401, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 401}},
-		{"403", [3][]amltest.Fault{f(retryAt(403, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 403}},
-		{"404", [3][]amltest.Fault{f(retryAt(404, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 404}},
+		{"401: an endpoint fault, another endpoint at once", [3][]amltest.Fault{f(retryAt(401, "", ""))}, nil, want{requests: []int64{1, 1, 0}}},
+		{"403: an endpoint fault, another endpoint at once", [3][]amltest.Fault{f(retryAt(403, "", ""))}, nil, want{requests: []int64{1, 1, 0}}},
+		{"404: an endpoint fault, another endpoint at once", [3][]amltest.Fault{f(retryAt(404, "", ""))}, nil, want{requests: []int64{1, 1, 0}}},
+		{"endpoint faults everywhere: each endpoint once, then the fault",
+			[3][]amltest.Fault{f(retryAt(401, "", "")), f(retryAt(403, "", "")), f(retryAt(404, "", ""))}, nil,
+			want{requests: []int64{1, 1, 1}, endpoints: []string{"s0", "s1", "s2"}, status: 404}},
 		{"408 RequestCanceled", [3][]amltest.Fault{f(retryAt(408, "RequestTimeout", "RequestCanceled"))}, nil, want{requests: []int64{1, 0, 0}, status: 408}},
 		{"413", [3][]amltest.Fault{f(retryAt(413, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 413}},
 		{"422", [3][]amltest.Fault{f(retryAt(422, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 422}},
 		{"501", [3][]amltest.Fault{f(retryAt(501, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 501}},
 		{"WithoutRetries: a throttle is returned",
-			[3][]amltest.Fault{f(throttle())}, []amlpool.Option{amlpool.WithoutRetries},
+			[3][]amltest.Fault{f(throttle())}, []amlpool.Option{amlpool.WithoutRetries()},
 			want{requests: []int64{1, 0, 0}, status: 503, errIs: amlpool.ErrThrottled}},
 		{"WithMaxAttempts(2)",
 			[3][]amltest.Fault{f(retryAt(500, "", "")), f(retryAt(500, "", ""))}, []amlpool.Option{amlpool.WithMaxAttempts(2)},
@@ -531,7 +534,7 @@ func Test503Storm(t *testing.T) {
 	})
 	t.Run("without a budget", func(t *testing.T) {
 		const calls = 200
-		requests, stops := run(t, calls, amlpool.WithoutRetryBudget)
+		requests, stops := run(t, calls, amlpool.WithoutRetryBudget())
 		assert.EqualValues(t, amlpool.DefaultMaxAttempts*calls, requests, "every call makes all its attempts")
 		assert.Zero(t, stops)
 	})

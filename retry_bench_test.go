@@ -25,7 +25,7 @@ func BenchmarkHappyPathRetries(b *testing.B) {
 		opts []amlpool.Option
 	}{
 		{"retries=on", nil},
-		{"retries=off", []amlpool.Option{amlpool.WithoutRetries, amlpool.WithoutRetryBudget, amlpool.WithoutEjection}},
+		{"retries=off", []amlpool.Option{amlpool.WithoutRetries(), amlpool.WithoutRetryBudget(), amlpool.WithoutEjection()}},
 	}
 	transports := []struct {
 		name string

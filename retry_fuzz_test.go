@@ -92,7 +92,7 @@ func FuzzParseAPIError(f *testing.F) {
 	}
 	const key = "fuzz/key-0123456789"
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		e := parseAPIError("ep", status, body, key)
+		e := parseAPIError("ep", status, body, []string{key})
 		require.Equal(t, "ep", e.Endpoint)
 		require.Equal(t, status, e.StatusCode)
 		require.True(t, utf8.ValidString(e.Body))
@@ -109,6 +109,6 @@ func FuzzParseAPIError(f *testing.F) {
 			require.Equal(t, 503, status)
 			require.Equal(t, VerdictFull, Classify(e))
 		}
-		require.LessOrEqual(t, Classify(e), VerdictRetry)
+		require.LessOrEqual(t, Classify(e), VerdictEndpointFault)
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool/internal/clock"
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 func apiErr(status int, code, detail string) *APIError {
@@ -53,9 +54,9 @@ func TestClassify(t *testing.T) {
 		{"502", apiErr(502, "", ""), VerdictRetry},
 		{"504", apiErr(504, "GatewayTimeout", "BackendScoreTimeout"), VerdictRetry},
 		{"400", apiErr(400, "BadArgument", "RequestBodyInvalid"), VerdictGiveUp},
-		{"401", apiErr(401, "Unauthorized", "ScoreRequestUnauthorized"), VerdictGiveUp},
-		{"403", apiErr(403, "", ""), VerdictGiveUp},
-		{"404", apiErr(404, "NotFound", "WebServiceNotFound"), VerdictGiveUp},
+		{"401", apiErr(401, "Unauthorized", "ScoreRequestUnauthorized"), VerdictEndpointFault},
+		{"403", apiErr(403, "", ""), VerdictEndpointFault},
+		{"404", apiErr(404, "NotFound", "WebServiceNotFound"), VerdictEndpointFault},
 		{"413", apiErr(413, "MemoryQuotaViolation", "OutOfMemoryLimit"), VerdictGiveUp},
 		{"422", apiErr(422, "", ""), VerdictGiveUp},
 		{"501", apiErr(501, "", ""), VerdictGiveUp},
@@ -83,13 +84,34 @@ func TestClassify(t *testing.T) {
 func TestClassifyNeverRetriesADoneCtx(t *testing.T) {
 	c := &Client{cfg: defaultConfig()}
 	c.cfg.classifier = func(error) Verdict { return VerdictRetry }
+	ep := pool.New(pool.Config{Clock: clock.NewFake()}, testSpecs(t, 1)).Set().Eps[0]
+	judged := func(ctx context.Context) *attempt {
+		a := &attempt{slot: pool.Slot{Ep: ep}, err: apiErr(500, "", ""), status: 500}
+		a.auth, a.key = ep.Key()
+		c.judge(ctx, a)
+		return a
+	}
+	assert.Equal(t, VerdictRetry, judged(context.Background()).verdict)
 	ctx, cancel := context.WithCancel(context.Background())
-	assert.Equal(t, VerdictRetry, c.classify(ctx, apiErr(500, "", "")))
 	cancel()
-	assert.Equal(t, VerdictGiveUp, c.classify(ctx, apiErr(500, "", "")))
+	a := judged(ctx)
+	assert.Equal(t, VerdictGiveUp, a.verdict, "the classifier is not asked once ctx is done")
+	assert.Equal(t, pool.Cancelled, a.result)
 
 	c.cfg.classifier = func(error) Verdict { return 9 }
-	assert.Equal(t, VerdictGiveUp, c.classify(context.Background(), apiErr(500, "", "")), "an unknown verdict gives up")
+	assert.Equal(t, VerdictGiveUp, c.classify(apiErr(500, "", "")), "an unknown verdict gives up")
+}
+
+// testSpecs returns the specs of n endpoints of one slot each.
+func testSpecs(t *testing.T, n int) []pool.Spec {
+	t.Helper()
+	eps := make([]Endpoint, n)
+	for i := range eps {
+		eps[i] = Endpoint{URL: fmt.Sprintf("https://h/workspaces/w/services/e%d/execute", i), APIKey: "k", MaxConcurrentCalls: 1}
+	}
+	specs, err := newSpecs(eps, false)
+	require.NoError(t, err)
+	return specs
 }
 
 func TestVerdictString(t *testing.T) {
@@ -242,8 +264,8 @@ func TestRetryOptionsApply(t *testing.T) {
 	assert.True(t, cfg.budget)
 
 	cfg, err = buildConfig([]Option{
-		WithoutRetries, WithBackoff(Backoff{Max: 5 * time.Second}), WithoutRetryBudget,
-		WithoutEjection, WithClassifier(nil), WithMaxRetryAfter(0),
+		WithoutRetries(), WithBackoff(Backoff{Max: 5 * time.Second}), WithoutRetryBudget(),
+		WithoutEjection(), WithClassifier(nil), WithMaxRetryAfter(0),
 	})
 	require.NoError(t, err)
 	assert.Equal(t, 1, cfg.maxAttempts)

@@ -96,7 +96,7 @@ type BatchStats struct {
 
 // Capacity returns how many calls the Client's endpoints take at once: the
 // sum of their MaxConcurrentCalls.
-func (c *Client) Capacity() int { return int(c.pool.total) }
+func (c *Client) Capacity() int { return c.pool.Set().Total() }
 
 // ScoreRows scores every row of src and hands the results to sink, in input
 // order. It reads src in chunks of ChunkRows rows, sends up to Parallelism

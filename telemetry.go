@@ -2,13 +2,17 @@ package amlpool
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/url"
 	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/amlpool/amlpool/internal/pool"
 )
 
 // telemetry turns what a Client does into metrics (metrics.go), spans
@@ -16,25 +20,27 @@ import (
 // TracerProvider or logger is configured; then nothing below runs, and the
 // call path pays one nil check per hook.
 //
-// The Client calls it at four points: around the wait for a slot (waited),
-// at the start of an attempt (startAttempt), as an observer when the attempt
-// is done (attemptDone), and around the whole call (startCall, endCall).
-// Everything else it learns from the outcome: the retry and health code mark
-// ejections (outcome.ejected) and budget refusals (outcome.stop), and the
-// hedging code marks hedges (outcome.hedge). The warn lines for ejection,
-// readmission and an exhausted retry budget are health.go's and budget.go's.
+// The Client calls it at a few points: around the wait for a slot (waited),
+// at the start of an attempt (startAttempt), once an attempt is concluded
+// (attemptDone), around the whole call (startCall, endCall), and for each
+// change SetEndpoints makes (changed). It only reads: everything it learns
+// of an attempt is in the attempt's value, the effects of its release
+// (attempt.fx: an ejection, a readmission, a new limit) and the call's
+// decision (attempt.stop) included. The warn line for an exhausted retry
+// budget is budget.go's.
 type telemetry struct {
 	log     *slog.Logger // nil: no log lines
+	warn    *slog.Logger // the configured logger, for warnings; never nil
 	metrics *metrics     // nil: no MeterProvider
 	tracer  trace.Tracer // nil: no TracerProvider
-
-	eps []epTelemetry // by endpoint index
+	meter   metric.Meter // nil: no MeterProvider
 }
 
 // epTelemetry is what telemetry knows of one endpoint.
 type epTelemetry struct {
 	name  string
 	attrs []attribute.KeyValue // semantic-convention attributes of every request to it
+	m     epMetrics            // its instruments' attributes and counts, with metrics
 }
 
 // scopeName names amlpool's Meter and Tracer.
@@ -60,35 +66,51 @@ const (
 )
 
 // newTelemetry returns the Client's telemetry, or nil when cfg asks for none.
-func newTelemetry(cfg *config, eps []*endpoint, p *pool) (*telemetry, error) {
-	t := &telemetry{}
+// Its metrics start with start, once the pool exists.
+func newTelemetry(cfg *config) (*telemetry, error) {
+	t := &telemetry{warn: cfg.logger}
 	if cfg.logger.Handler() != slog.DiscardHandler {
 		t.log = cfg.logger
 	}
 	if cfg.tracerProvider != nil {
 		t.tracer = cfg.tracerProvider.Tracer(scopeName)
 	}
-	if t.log == nil && t.tracer == nil && cfg.meterProvider == nil {
-		return nil, nil
-	}
-	t.eps = make([]epTelemetry, len(eps))
-	for i, ep := range eps {
-		t.eps[i] = epTelemetry{name: ep.name, attrs: endpointAttrs(ep)}
-	}
 	if cfg.meterProvider != nil {
-		m, err := newMetrics(cfg.meterProvider.Meter(scopeName), t.eps, eps, p)
-		if err != nil {
-			return nil, &ConfigError{Field: "WithMeterProvider", Problem: err.Error()}
-		}
-		t.metrics = m
+		t.meter = cfg.meterProvider.Meter(scopeName)
+	}
+	if t.log == nil && t.tracer == nil && t.meter == nil {
+		return nil, nil
 	}
 	return t, nil
 }
 
-// endpointAttrs are the attributes of every request to ep. The URL carries
-// no key (keys go in a header), so url.full is safe to record.
-func endpointAttrs(ep *endpoint) []attribute.KeyValue {
-	u, _ := url.Parse(ep.url) // parsed once already by New
+// start registers the metrics, which read the pool's live endpoints. It is
+// safe on a nil *telemetry.
+func (t *telemetry) start(p *pool.Pool) error {
+	if t == nil || t.meter == nil {
+		return nil
+	}
+	m, err := newMetrics(t.meter, p)
+	if err != nil {
+		return &ConfigError{Field: "WithMeterProvider", Problem: err.Error()}
+	}
+	t.metrics = m
+	return nil
+}
+
+// newEpTelemetry returns what telemetry keeps of the endpoint named name at
+// u. The attributes are built once here, so that recording allocates
+// nothing.
+func newEpTelemetry(name string, u *url.URL) *epTelemetry {
+	t := &epTelemetry{name: name, attrs: endpointAttrs(name, u)}
+	t.m.init(t)
+	return t
+}
+
+// endpointAttrs are the attributes of every request to the endpoint named
+// name at u. The URL carries no key (keys go in a header), so url.full is
+// safe to record.
+func endpointAttrs(name string, u *url.URL) []attribute.KeyValue {
 	port := u.Port()
 	if port == "" {
 		port = "443"
@@ -101,7 +123,7 @@ func endpointAttrs(ep *endpoint) []attribute.KeyValue {
 		keyMethod.String("POST"),
 		keyServerAddr.String(u.Hostname()),
 		keyServerPort.Int(n),
-		keyEndpoint.String(ep.name),
+		keyEndpoint.String(name),
 	}
 }
 
@@ -117,27 +139,30 @@ const (
 	kindTransportError                    // no usable reply: refused, reset, timed out, body unreadable or too large
 	kindCancelled                         // the call's ctx ended before a reply came
 	kindAbandoned                         // a hedged copy cancelled because the other copy answered first
+	kindEndpointFault                     // the endpoint cannot serve anyone (401, 403, 404 by default)
 	numKinds
 )
 
-var kindNames = [numKinds]string{"", "success", "throttled", "client_error", "server_error", "transport_error", "cancelled", "abandoned"}
+var kindNames = [numKinds]string{"", "success", "throttled", "client_error", "server_error", "transport_error", "cancelled", "abandoned", "endpoint_fault"}
 
 func (k outcomeKind) String() string { return kindNames[k] }
 
-// kindOf sorts the outcome of an attempt made under ctx.
-func kindOf(ctx context.Context, o *outcome) outcomeKind {
+// kindOf sorts an attempt, once judged.
+func kindOf(a *attempt) outcomeKind {
 	switch {
-	case o.err == nil:
+	case a.err == nil:
 		return kindSuccess
-	case o.abandoned:
+	case a.result == pool.Abandoned:
 		return kindAbandoned
-	case o.throttled:
+	case a.result == pool.Full:
 		return kindThrottled
-	case o.status >= 500:
+	case a.result == pool.Fault:
+		return kindEndpointFault
+	case a.status >= 500:
 		return kindServerError
-	case o.status >= 300:
+	case a.status >= 300:
 		return kindClientError
-	case ctx.Err() != nil:
+	case a.result == pool.Cancelled:
 		return kindCancelled
 	default:
 		return kindTransportError
@@ -146,11 +171,25 @@ func kindOf(ctx context.Context, o *outcome) outcomeKind {
 
 // errorType is the error.type attribute of a failed attempt: the status code
 // when a reply came, as the conventions ask, else the outcome's kind.
-func errorType(o *outcome) string {
-	if o.status != 0 {
-		return strconv.Itoa(o.status)
+func errorType(a *attempt) string {
+	if a.status != 0 {
+		return strconv.Itoa(a.status)
 	}
-	return o.kind.String()
+	return a.kind.String()
+}
+
+// retryReason names, for metrics, why a failed attempt was worth retrying:
+// "throttled", "timeout", "transport" or the HTTP status.
+func retryReason(a *attempt) string {
+	switch {
+	case a.verdict == VerdictFull:
+		return "throttled"
+	case a.status != 0:
+		return strconv.Itoa(a.status)
+	case errors.Is(a.err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "transport"
 }
 
 // waited records a wait for a slot that ended with err (nil: a slot).
@@ -160,18 +199,19 @@ func (t *telemetry) waited(d time.Duration, err error) {
 	}
 }
 
-// attemptDone is telemetry's observer: the attempt's metrics, the end of its
-// span and its debug line.
-func (t *telemetry) attemptDone(o *outcome) {
+// attemptDone records a concluded attempt: its metrics, the end of its
+// span, its debug line, and the warnings its effects call for.
+func (t *telemetry) attemptDone(a *attempt) {
 	if t.metrics != nil {
-		t.metrics.attemptDone(o)
+		t.metrics.attemptDone(a)
 	}
-	if o.span != nil {
-		endAttempt(o)
+	if a.span != nil {
+		endAttempt(a)
 	}
 	if t.log != nil {
-		t.logAttempt(o)
+		t.logAttempt(a)
 	}
+	t.logEffects(a)
 }
 
 // close stops the metrics' callbacks. It is safe on a nil *telemetry.

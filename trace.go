@@ -61,38 +61,38 @@ func (t *telemetry) endCall(span trace.Span, cl *call, name string, err error) {
 	span.End()
 }
 
-// startAttempt starts the span of attempt o, when tracing, and returns the
+// startAttempt starts the span of attempt a, when tracing, and returns the
 // context the request is made in.
-func (t *telemetry) startAttempt(ctx context.Context, o *outcome) context.Context {
+func (t *telemetry) startAttempt(ctx context.Context, a *attempt) context.Context {
 	if t.tracer == nil {
 		return ctx
 	}
-	e := &t.eps[o.ep.idx]
+	e := extOf(a.slot.Ep).tel
 	attrs := make([]attribute.KeyValue, 0, len(e.attrs)+5)
 	attrs = append(attrs, e.attrs...)
-	attrs = append(attrs, keyURL.String(o.ep.url))
-	if o.attempt > 1 {
-		attrs = append(attrs, keyResendCount.Int(o.attempt-1))
+	attrs = append(attrs, keyURL.String(a.slot.Ep.RawURL()))
+	if a.n > 1 {
+		attrs = append(attrs, keyResendCount.Int(a.n-1))
 	}
 	switch {
-	case o.hedge:
+	case a.hedge:
 		attrs = append(attrs, keyHedge.Bool(true))
-	case o.reason != "":
-		attrs = append(attrs, keyRetryReason.String(o.reason))
+	case a.reason != "":
+		attrs = append(attrs, keyRetryReason.String(a.reason))
 	}
-	ctx, o.span = t.tracer.Start(ctx, "POST", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	ctx, a.span = t.tracer.Start(ctx, "POST", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	return ctx
 }
 
-// endAttempt ends the span of attempt o.
-func endAttempt(o *outcome) {
-	o.span.SetAttributes(keyOutcome.String(o.kind.String()), keyWait.Float64(o.slotWait.Seconds()))
-	if o.status != 0 {
-		o.span.SetAttributes(keyStatus.Int(o.status))
+// endAttempt ends the span of attempt a.
+func endAttempt(a *attempt) {
+	a.span.SetAttributes(keyOutcome.String(a.kind.String()), keyWait.Float64(a.slotWait.Seconds()))
+	if a.status != 0 {
+		a.span.SetAttributes(keyStatus.Int(a.status))
 	}
-	if o.err != nil {
-		o.span.SetAttributes(keyErrorType.String(errorType(o)))
-		o.span.SetStatus(codes.Error, o.err.Error())
+	if a.err != nil {
+		a.span.SetAttributes(keyErrorType.String(errorType(a)))
+		a.span.SetStatus(codes.Error, a.err.Error())
 	}
-	o.span.End()
+	a.span.End()
 }

@@ -1,0 +1,242 @@
+package pool
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+)
+
+// Endpoint is everything known of one endpoint while it is live or
+// draining. Its identity (name and URL) never changes; its cap and keys may,
+// through Update, and the rest is state that only this package writes.
+//
+// Endpoint's Format prints its name whatever the verb, so no verb can
+// reach its keys.
+type Endpoint struct {
+	name string
+	url  string   // canonical URL: the endpoint's identity, with name
+	u    *url.URL // url parsed, shared by every request and never mutated
+	host string   // u.Host without an empty port, the requests' Host
+	ext  any      // the caller's data for this endpoint (Spec.Ext), fixed
+
+	max      atomic.Int32 // the configured cap
+	limit    atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
+	inFlight atomic.Int32 // slots held now
+	removed  atomic.Bool  // no longer in the Set: takes no new attempt
+
+	auth atomic.Pointer[Auth]
+	// keys holds the index of the key in use (bit 0) and, in bits 1 and 2, a
+	// mark for each key that got a 401 since it last worked.
+	keys atomic.Uint32
+
+	calls     atomic.Int64 // attempts that ended
+	failures  atomic.Int64 // attempts that did not succeed, throttles included, cancelled ones not
+	cancelled atomic.Int64 // attempts whose call's ctx ended first
+	throttles atomic.Int64 // attempts answered as full
+	faults    atomic.Int64 // attempts answered with an endpoint fault (bad key, no access, gone)
+
+	health health   // health.go
+	lat    peakEWMA // latency.go
+	aimd   aimd     // adaptive.go
+}
+
+// Spec describes an endpoint to New and Update.
+type Spec struct {
+	Name string
+	URL  *url.URL // parsed and checked; its String is the endpoint's identity
+	Max  int      // the cap, ≥ 1
+	Auth *Auth
+	Ext  any // kept by a new endpoint (Endpoint.Ext); ignored for a kept one
+}
+
+func newEndpoint(s *Spec) *Endpoint {
+	e := &Endpoint{name: s.Name, url: s.URL.String(), u: s.URL, host: strings.TrimSuffix(s.URL.Host, ":"), ext: s.Ext}
+	e.max.Store(int32(s.Max))
+	e.limit.Store(int32(s.Max))
+	e.aimd.cur = float64(s.Max)
+	e.auth.Store(s.Auth)
+	return e
+}
+
+// Name returns the endpoint's name.
+func (e *Endpoint) Name() string { return e.name }
+
+// URL returns the endpoint's URL, shared: the caller must not modify it.
+func (e *Endpoint) URL() *url.URL { return e.u }
+
+// RawURL returns the endpoint's URL as text.
+func (e *Endpoint) RawURL() string { return e.url }
+
+// Host returns the Host of requests to the endpoint.
+func (e *Endpoint) Host() string { return e.host }
+
+// Ext returns the caller's data given in the endpoint's first Spec.
+func (e *Endpoint) Ext() any { return e.ext }
+
+// Max returns the configured cap.
+func (e *Endpoint) Max() int { return int(e.max.Load()) }
+
+// Limit returns the cap in force.
+func (e *Endpoint) Limit() int { return int(e.limit.Load()) }
+
+// InFlight returns the slots held now.
+func (e *Endpoint) InFlight() int { return int(e.inFlight.Load()) }
+
+// Free returns how many more slots could be taken now.
+func (e *Endpoint) Free() int { return max(int(e.limit.Load()-e.inFlight.Load()), 0) }
+
+// Removed reports whether Update took the endpoint out of the Set.
+func (e *Endpoint) Removed() bool { return e.removed.Load() }
+
+// Counters is a snapshot of an endpoint's counters.
+type Counters struct {
+	Calls, Failures, Cancelled, Throttles, Faults int64
+}
+
+// Counters returns the endpoint's counters, read one after another.
+func (e *Endpoint) Counters() Counters {
+	return Counters{
+		Calls:     e.calls.Load(),
+		Failures:  e.failures.Load(),
+		Cancelled: e.cancelled.Load(),
+		Throttles: e.throttles.Load(),
+		Faults:    e.faults.Load(),
+	}
+}
+
+// Format prints the endpoint's name whatever the verb: never its keys.
+func (e *Endpoint) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		io.WriteString(f, "endpoint("+e.name+")")
+		return
+	}
+	fmt.Fprintf(f, fmt.FormatString(f, verb), e.name)
+}
+
+// take claims one slot if one is free under the limit in force.
+func (e *Endpoint) take() bool {
+	for {
+		n := e.inFlight.Load()
+		if n >= e.limit.Load() {
+			return false
+		}
+		if e.inFlight.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// count adds an attempt's result to the counters.
+func (e *Endpoint) count(r Result) {
+	e.calls.Add(1)
+	switch r {
+	case OK, Abandoned:
+	case Cancelled:
+		e.cancelled.Add(1) // the caller gave up: no fault of the endpoint's
+	default:
+		e.failures.Add(1)
+		switch r {
+		case Full:
+			e.throttles.Add(1)
+		case Fault:
+			e.faults.Add(1)
+		}
+	}
+}
+
+// Auth is an endpoint's keys and, for each, the headers of a request that
+// carries it. Both are shared by every request to the endpoint and never
+// written after NewAuth: a request may use the headers as they are.
+type Auth struct {
+	keys    []string
+	headers []http.Header
+}
+
+// NewAuth returns the Auth of keys (one or two), whose requests carry
+// headers[i] for keys[i].
+func NewAuth(keys []string, headers []http.Header) *Auth {
+	if len(keys) == 0 || len(keys) > 2 || len(keys) != len(headers) {
+		panic("pool: NewAuth: want one or two keys, each with its headers")
+	}
+	return &Auth{keys: keys, headers: headers}
+}
+
+// Keys returns every key, for scrubbing replies.
+func (a *Auth) Keys() []string { return a.keys }
+
+// Header returns the headers of a request with key k.
+func (a *Auth) Header(k int) http.Header { return a.headers[k] }
+
+func (a *Auth) sameKeys(b *Auth) bool {
+	if len(a.keys) != len(b.keys) {
+		return false
+	}
+	for i := range a.keys {
+		if a.keys[i] != b.keys[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Key returns the endpoint's keys and the index of the one an attempt
+// should use now.
+func (e *Endpoint) Key() (*Auth, int) {
+	// Load the keys' state before the Auth: an Update stores the Auth,
+	// then resets the state, so a new Auth is never paired with the old
+	// state's second key unless that Auth has one.
+	k := int(e.keys.Load() & 1)
+	a := e.auth.Load()
+	if k >= len(a.keys) {
+		k = 0
+	}
+	return a, k
+}
+
+// Unauthorized records that key k of a answered 401 and reports whether
+// the endpoint has a key worth trying at once instead: the other key, or
+// a key Update gave it since. It reports false when every key has failed:
+// the endpoint cannot serve calls until its keys change or one of them
+// works again. Concurrent 401s for one key switch keys once.
+func (e *Endpoint) Unauthorized(a *Auth, k int) bool {
+	if e.auth.Load() != a {
+		return true // the keys changed since the attempt took them
+	}
+	if len(a.keys) < 2 {
+		return false
+	}
+	for {
+		s := e.keys.Load()
+		cur, failed := int(s&1), s>>1
+		if cur != k {
+			return true // another call already switched keys
+		}
+		other := 1 - k
+		if failed&(1<<other) != 0 {
+			// Both keys failed. Forget it, so that the endpoint's probe
+			// tries them afresh after its ejection.
+			e.keys.CompareAndSwap(s, uint32(cur))
+			return false
+		}
+		if e.keys.CompareAndSwap(s, uint32(other)|(failed|1<<k)<<1) {
+			return true
+		}
+	}
+}
+
+// Authorized records that key k of a was accepted: a reply other than
+// 401 came back with it.
+func (e *Endpoint) Authorized(a *Auth, k int) {
+	for {
+		s := e.keys.Load()
+		if s&(2<<k) == 0 || e.auth.Load() != a {
+			return
+		}
+		if e.keys.CompareAndSwap(s, s&^(2<<k)) {
+			return
+		}
+	}
+}

@@ -1,0 +1,223 @@
+package pool
+
+import (
+	"context"
+	"time"
+)
+
+// The line of calls waiting for a slot: one FIFO per Pool, served by
+// releases. Taking a slot is lock-free (a CAS on the endpoint's in-flight
+// count) while no call waits. Once one waits, new calls queue behind it (no
+// barging) and every release hands its slot on under the lock.
+
+// Slot is a slot held on an endpoint: the right to send it one request.
+type Slot struct {
+	Ep *Endpoint
+	// Probe: this attempt probes an endpoint whose ejection ended; its
+	// outcome readmits the endpoint or ejects it again.
+	Probe bool
+}
+
+type waiter struct {
+	x     Exclusion
+	ready chan struct{} // closed once slot is set
+	slot  Slot
+	prev  *waiter
+	next  *waiter
+}
+
+// TryAcquire takes a slot on an endpoint the Picker picks for an attempt
+// with exclusion x, or reports false when no usable endpoint has one free.
+func (p *Pool) TryAcquire(x *Exclusion) (Slot, bool) {
+	s := p.set.Load()
+	for range 4 {
+		i := p.cfg.Pick(s, x)
+		if i < 0 || i >= len(s.Eps) {
+			return Slot{}, false
+		}
+		if e := s.Eps[i]; p.cfg.Builtin || s.usable(x, e) {
+			if slot, ok := p.takeOn(s, e); ok {
+				return slot, true
+			}
+		}
+	}
+	// The picks kept losing races for the slots they saw: take any.
+	for _, e := range s.Eps {
+		if s.usable(x, e) {
+			if slot, ok := p.takeOn(s, e); ok {
+				return slot, true
+			}
+		}
+	}
+	return Slot{}, false
+}
+
+// TryTake takes a slot on e itself, if e is live, usable as far as health
+// goes and has one free.
+func (p *Pool) TryTake(e *Endpoint) (Slot, bool) {
+	s := p.set.Load()
+	if !s.admits(e) {
+		return Slot{}, false
+	}
+	return p.takeOn(s, e)
+}
+
+// takeOn takes a slot on e, picked from s, and claims it: e must still be
+// live (a removed endpoint takes no new attempt once Update has returned)
+// and its health must still let the call in.
+func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
+	if !e.take() {
+		return Slot{}, false
+	}
+	// After the take: Update marks an endpoint removed before it returns,
+	// so a take that comes after that sees the mark here.
+	if e.removed.Load() {
+		p.giveBack(e)
+		return Slot{}, false
+	}
+	probe, ok := p.claim(s, e)
+	if !ok {
+		p.giveBack(e)
+		return Slot{}, false
+	}
+	return Slot{Ep: e, Probe: probe}, true
+}
+
+// Acquire takes a slot for an attempt with exclusion x, waiting in line
+// when none is free. maxWait < 0 means wait as long as ctx allows; 0 means
+// do not wait. It returns ctx's error, ErrNoCapacity when maxWait passes,
+// or ErrClosed.
+func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration) (Slot, error) {
+	if err := ctx.Err(); err != nil {
+		return Slot{}, err
+	}
+	if maxWait == 0 || p.nwait.Load() == 0 {
+		if slot, ok := p.TryAcquire(x); ok {
+			return slot, nil
+		}
+		if maxWait == 0 {
+			return Slot{}, ErrNoCapacity
+		}
+	}
+
+	w, err := p.enqueue(x)
+	if err != nil {
+		return Slot{}, err
+	}
+	if p.OnQueue != nil {
+		p.OnQueue()
+	}
+
+	var timeout <-chan time.Time
+	if maxWait > 0 {
+		t := p.cfg.Clock.NewTimer(maxWait)
+		defer t.Stop()
+		timeout = t.C()
+	}
+	select {
+	case <-w.ready:
+		return w.slot, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timeout:
+		err = ErrNoCapacity
+	case <-p.done:
+		err = ErrClosed
+	}
+
+	p.mu.Lock()
+	select {
+	case <-w.ready:
+		// Granted while giving up. A late grant still serves a call whose
+		// only problem was the max wait; otherwise hand the slot on.
+		p.mu.Unlock()
+		if err == ErrNoCapacity {
+			return w.slot, nil
+		}
+		p.Release(w.slot, &Report{Result: Unsent})
+		return Slot{}, err
+	default:
+	}
+	p.removeLocked(w)
+	p.mu.Unlock()
+	return Slot{}, err
+}
+
+// enqueue puts a call at the end of the line and serves the line, which
+// serves the call at once if a slot it may use is free and no one ahead
+// wants it. The lock is released even if a Picker panics; the call then
+// leaves the line (with any slot it was granted) before the panic goes on.
+func (p *Pool) enqueue(x *Exclusion) (w *waiter, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	w = &waiter{x: *x, ready: make(chan struct{})}
+	p.pushLocked(w)
+	defer func() {
+		if r := recover(); r != nil {
+			select {
+			case <-w.ready:
+				p.unsend(w.slot)
+			default:
+				p.removeLocked(w)
+			}
+			panic(r)
+		}
+	}()
+	p.grantLocked()
+	return w, nil
+}
+
+func (p *Pool) pushLocked(w *waiter) {
+	p.nwait.Add(1)
+	if p.tail == nil {
+		p.head, p.tail = w, w
+		return
+	}
+	w.prev, p.tail.next, p.tail = p.tail, w, w
+}
+
+func (p *Pool) removeLocked(w *waiter) {
+	p.nwait.Add(-1)
+	if w.prev == nil {
+		p.head = w.next
+	} else {
+		w.prev.next = w.next
+	}
+	if w.next == nil {
+		p.tail = w.prev
+	} else {
+		w.next.prev = w.prev
+	}
+	w.prev, w.next = nil, nil
+}
+
+// grantLocked gives free slots to waiting calls, oldest first. A waiter that
+// may use every endpoint and finds none free ends the pass: nobody behind it
+// can be served either.
+func (p *Pool) grantLocked() {
+	for w := p.head; w != nil; {
+		next := w.next
+		if slot, ok := p.TryAcquire(&w.x); ok {
+			w.slot = slot
+			p.removeLocked(w)
+			close(w.ready)
+		} else if !w.x.On {
+			return
+		}
+		w = next
+	}
+}
+
+// kick serves waiting calls; call it whenever slots may have become usable
+// (a release, a higher limit, an endpoint back from ejection, a new Set).
+func (p *Pool) kick() {
+	p.mu.Lock()
+	defer p.mu.Unlock() // also when a Picker panics
+	p.grantLocked()
+}
+
+// Waiting returns how many calls wait for a slot.
+func (p *Pool) Waiting() int { return int(p.nwait.Load()) }

@@ -1,0 +1,306 @@
+package pool
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// The errors Acquire returns; the root package exports them as its own.
+var (
+	ErrNoCapacity = errors.New("amlpool: no endpoint has a free slot")
+	ErrClosed     = errors.New("amlpool: client closed")
+)
+
+// Config is a Pool's settings, fixed at New.
+type Config struct {
+	Clock clock.Clock
+	Rand  func() uint64 // safe for concurrent use
+	// Pick chooses among the Set's endpoints; nil means PickRandom.
+	Pick Picker
+	// Builtin says Pick's choices are usable by construction (this
+	// package's pickers), so that they need not be checked again.
+	Builtin bool
+	// EjectAfter is how many failures in a row eject an endpoint; 0 turns
+	// ejection off (endpoint faults then eject nothing either).
+	EjectAfter int
+	// EjectFor is how long a first ejection lasts.
+	EjectFor time.Duration
+	// Adaptive lets each endpoint's limit move between 1 and its cap (aimd).
+	Adaptive bool
+}
+
+// Pool is the live endpoints, those draining, and the line of calls
+// waiting for a slot. It is safe for concurrent use.
+type Pool struct {
+	cfg   Config
+	set   atomic.Pointer[Set]
+	epoch time.Time     // pool time zero, for Nanotime
+	done  chan struct{} // closed by Close
+	wake  chan struct{} // tells Run that a deadline was set
+
+	// nwait counts calls in the line or about to enter it. A release reads
+	// it after freeing its slot; a caller raises it before looking for a
+	// free slot under mu. So either the caller sees the free slot or the
+	// releaser sees the caller (both are sequentially consistent atomics).
+	nwait atomic.Int32
+
+	// mu guards the line (head, tail and the waiters' links) and closed.
+	mu         sync.Mutex
+	head, tail *waiter // oldest first
+	closed     bool
+
+	// smu guards what spans endpoints or fields: every endpoint's health
+	// record and phase changes with the current Set's counts, Set swaps,
+	// and draining. When both are held, mu is taken first.
+	smu      sync.Mutex
+	draining []*Endpoint // removed endpoints with calls in flight
+
+	// OnQueue, when set, is called each time a call joins the line (a test
+	// hook).
+	OnQueue func()
+}
+
+// New returns a Pool of the endpoints specs describes. The caller has
+// checked the specs (names unique, caps positive). Run must be started for
+// ejections and cool-downs to end.
+func New(cfg Config, specs []Spec) *Pool {
+	if cfg.Pick == nil {
+		cfg.Pick, cfg.Builtin = PickRandom, true
+	}
+	p := &Pool{cfg: cfg, epoch: cfg.Clock.Now(), done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	eps := make([]*Endpoint, len(specs))
+	for i := range specs {
+		eps[i] = newEndpoint(&specs[i])
+	}
+	p.set.Store(p.newSet(eps))
+	return p
+}
+
+// Set returns the live endpoints.
+func (p *Pool) Set() *Set { return p.set.Load() }
+
+// Endpoints returns the live endpoints, in order, then the draining ones.
+func (p *Pool) Endpoints() []*Endpoint {
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	return append(slices.Clip(p.set.Load().Eps), p.draining...)
+}
+
+// Nanotime returns the pool's monotonic time in nanoseconds: cheap to store
+// in an atomic, unlike a time.Time. LatencyAware reads it on every pick, so
+// with the real clock it reads only the monotonic clock (time.Since), which
+// costs a quarter of time.Now.
+func (p *Pool) Nanotime() int64 {
+	if p.cfg.Clock == clock.Real {
+		return int64(time.Since(p.epoch))
+	}
+	return p.NanotimeAt(p.cfg.Clock.Now())
+}
+
+// NanotimeAt returns t in pool time.
+func (p *Pool) NanotimeAt(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
+
+// Change is what Update did to one endpoint.
+type Change struct {
+	Name   string
+	Kind   ChangeKind
+	OldMax int // for Recapped
+	NewMax int
+}
+
+// ChangeKind is the kind of a Change.
+type ChangeKind uint8
+
+const (
+	Added ChangeKind = iota
+	Removed
+	Recapped // a new cap
+	Rekeyed  // new keys
+)
+
+// Update replaces the live endpoints with those specs describes, as one
+// atomic change, and returns what changed. Endpoints are matched by name: a
+// kept endpoint (same name, same URL) keeps its state, calls in flight
+// included, and takes its new cap and keys; a name with another URL is a
+// new endpoint, and the old one drains. A removed endpoint takes no new
+// attempt once Update has returned; its calls in flight finish, and it
+// stays in Endpoints until the last one has. Calls waiting in line see the
+// new Set at once. Concurrent Updates are serialised; the last one wins.
+func (p *Pool) Update(specs []Spec) []Change {
+	p.smu.Lock()
+	old := p.set.Load()
+	byName := make(map[string]*Endpoint, len(old.Eps))
+	for _, e := range old.Eps {
+		byName[e.name] = e
+	}
+	var changes []Change
+	eps := make([]*Endpoint, len(specs))
+	for i := range specs {
+		sp := &specs[i]
+		e := byName[sp.Name]
+		if e == nil || e.url != sp.URL.String() {
+			eps[i] = newEndpoint(sp)
+			changes = append(changes, Change{Name: sp.Name, Kind: Added, NewMax: sp.Max})
+			continue
+		}
+		delete(byName, sp.Name)
+		eps[i] = e
+		if old := e.Max(); old != sp.Max {
+			e.setMax(int32(sp.Max), p.cfg.Adaptive)
+			changes = append(changes, Change{Name: sp.Name, Kind: Recapped, OldMax: old, NewMax: sp.Max})
+		}
+		a := e.auth.Load()
+		e.auth.Store(sp.Auth)
+		if !a.sameKeys(sp.Auth) {
+			p.forgiveLocked(e)
+			changes = append(changes, Change{Name: sp.Name, Kind: Rekeyed})
+		}
+	}
+	for _, e := range old.Eps {
+		if byName[e.name] != e {
+			continue // kept
+		}
+		e.removed.Store(true)
+		// After the mark: a release that brings in-flight to zero and
+		// sees the mark takes the endpoint out of draining, under smu.
+		if e.inFlight.Load() > 0 {
+			p.draining = append(p.draining, e)
+		}
+		changes = append(changes, Change{Name: e.name, Kind: Removed, OldMax: e.Max()})
+	}
+	p.set.Store(p.newSet(eps))
+	p.smu.Unlock()
+	p.signal() // new endpoints' deadlines, if any, and a forgiven one's
+	p.kick()   // new endpoints and higher caps serve waiting calls at once
+	return changes
+}
+
+// Result sorts what an attempt came to, as far as its endpoint's state
+// cares.
+type Result uint8
+
+const (
+	// OK: the endpoint answered as it should.
+	OK Result = iota
+	// Rejected: the endpoint answered, and the request was at fault (a
+	// 400, say): the endpoint is alive.
+	Rejected
+	// Full: the endpoint was at its cap (a throttle).
+	Full
+	// Failed: a transient failure, which counts towards ejection.
+	Failed
+	// Fault: the endpoint cannot serve anyone (a rejected key, no access,
+	// no such endpoint): ejected at once.
+	Fault
+	// KeyRejected: a 401 for a key the endpoint has since replaced or has
+	// a second one for: it says nothing of the endpoint's health.
+	KeyRejected
+	// Cancelled: the call's ctx ended first.
+	Cancelled
+	// Abandoned: a hedged copy cancelled because the other answered first.
+	Abandoned
+	// Unsent: the slot was given back without sending anything.
+	Unsent
+)
+
+// Report is what one attempt came to.
+type Report struct {
+	Result   Result
+	Start    time.Time     // when the request was sent
+	Latency  time.Duration // until its reply ended or it failed
+	CoolDown time.Duration // hold the endpoint back this long (a capped Retry-After); 0: no
+}
+
+// Effects is what a Report changed.
+type Effects struct {
+	// Ejected is how long the report ejected the endpoint for; 0 if it did
+	// not. Ejections is then its ejections in a row.
+	Ejected   time.Duration
+	Ejections int
+	// Panic: the ejection left half or more of the endpoints out, so all
+	// of them take calls again; Out of Of are out.
+	Panic   bool
+	Out, Of int
+	// Readmitted: the report, a probe's, put the endpoint back in rotation.
+	Readmitted bool
+	// Limit is the endpoint's new limit, when the report moved it; else 0.
+	Limit int32
+}
+
+// Release gives slot back once its attempt has ended as r says, updates the
+// endpoint's counters, latency estimate, adaptive limit and health, serves
+// waiting calls, and returns what changed. Call it exactly once per slot.
+func (p *Pool) Release(slot Slot, r *Report) Effects {
+	e := slot.Ep
+	var fx Effects
+	kick := false
+	if r.Result == Unsent {
+		p.unsend(slot)
+		kick = true
+	} else {
+		e.count(r.Result)
+		end := p.NanotimeAt(r.Start.Add(r.Latency))
+		e.lat.observe(end, float64(r.Latency), r.Result != OK)
+		if p.cfg.Adaptive {
+			if fx.Limit = e.adapt(r.Result, r.Start, r.Latency); fx.Limit != 0 && r.Result == OK {
+				kick = true // the new slot may serve a waiting call
+			}
+		}
+		kick = p.observe(e, r, slot.Probe, &fx) || kick
+	}
+	if r.Result != Unsent {
+		p.giveBack(e)
+	}
+	if kick || p.nwait.Load() > 0 {
+		p.kick()
+	}
+	return fx
+}
+
+// unsend gives back a slot whose attempt was never sent. When it was the
+// endpoint's probe, the next call probes instead. Like giveBack, it does
+// not serve waiting calls.
+func (p *Pool) unsend(slot Slot) {
+	if e := slot.Ep; slot.Probe {
+		p.smu.Lock()
+		if !e.removed.Load() {
+			p.setPhaseLocked(e, phaseProbeReady, e.health.state.Load()&faultBit != 0)
+		}
+		p.smu.Unlock()
+	}
+	p.giveBack(slot.Ep)
+}
+
+// giveBack returns a slot of e. It does not serve waiting calls: its
+// callers do, or hold the line's lock already.
+func (p *Pool) giveBack(e *Endpoint) {
+	n := e.inFlight.Add(-1)
+	if n < 0 {
+		panic("amlpool: released more than held")
+	}
+	if n == 0 && e.removed.Load() {
+		p.smu.Lock()
+		if i := slices.Index(p.draining, e); i >= 0 {
+			p.draining = slices.Delete(p.draining, i, i+1)
+		}
+		p.smu.Unlock()
+	}
+}
+
+// Close fails every waiting and future Acquire with ErrClosed and stops Run.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
+		close(p.done)
+	}
+}
+
+// Done is closed by Close.
+func (p *Pool) Done() <-chan struct{} { return p.done }
