@@ -121,7 +121,7 @@ func TestWrongKeyIsAnAPIErrorWithoutAnyKey(t *testing.T) {
 	srv := amltest.NewServer(amltest.Config{})
 	defer srv.Close()
 	ep := srv.Endpoint()
-	ep.APIKey = "wrong-" + ep.APIKey
+	ep.APIKey, ep.SecondaryKey = "wrong-"+ep.APIKey, ""
 	c := newClient(t, []amlpool.Endpoint{ep})
 	_, err := c.Do(context.Background(), []byte(body))
 	var apiErr *amlpool.APIError

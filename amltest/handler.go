@@ -2,7 +2,6 @@ package amltest
 
 import (
 	"bytes"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -75,7 +74,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	if isBearer && key != "" {
 		s.recordKey(key)
 	}
-	if !isBearer || subtle.ConstantTimeCompare([]byte(key), []byte(s.key)) != 1 {
+	if !isBearer || !s.accepts(key) {
 		s.bump(&s.unauthorized)
 		c.reply(http.StatusUnauthorized, faultError(http.StatusUnauthorized, "", "", 0).body(), Fault{})
 		return

@@ -3,6 +3,7 @@ package amltest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -43,6 +44,9 @@ type Config struct {
 	// Key is the API key the endpoint accepts as "Authorization: Bearer <key>".
 	// Default: a random 88-character base64 key, like the service's.
 	Key string
+	// SecondaryKey is a second key the endpoint accepts, as the service
+	// gives every endpoint two. Default: a random key like Key's.
+	SecondaryKey string
 	// MaxConcurrentCalls is the endpoint's cap: a call that arrives while this
 	// many admitted calls are in flight gets 503 RequestThrottled. Zero or
 	// less means DefaultMaxConcurrentCalls (20).
@@ -88,7 +92,7 @@ type Server struct {
 	base  atomic.Pointer[string] // ts.URL, the same across restarts
 
 	name      string
-	key       string
+	keys2     atomic.Pointer[[2]string] // the primary and secondary keys accepted now
 	workspace string
 
 	latency     time.Duration
@@ -119,7 +123,7 @@ type Server struct {
 
 	mu     sync.Mutex // guards script and keys
 	script []Fault
-	keys   map[string]struct{}
+	keys   map[string]struct{} // the keys presented, for Stats.KeysSeen
 }
 
 // NewServer starts and returns a fake endpoint. The caller must Close it,
@@ -135,7 +139,6 @@ func NewServer(cfg Config) *Server {
 func NewUnstartedServer(cfg Config) *Server {
 	s := &Server{
 		name:        cfg.Name,
-		key:         cfg.Key,
 		workspace:   randomHex(16),
 		latency:     cfg.Latency,
 		latencyFunc: cfg.LatencyFunc,
@@ -148,11 +151,7 @@ func NewUnstartedServer(cfg Config) *Server {
 	if s.name == "" {
 		s.name = randomHex(16)
 	}
-	if s.key == "" {
-		b := make([]byte, 64)
-		_, _ = rand.Read(b) // never fails (crypto/rand)
-		s.key = base64.StdEncoding.EncodeToString(b)
-	}
+	s.SetKeys(cfg.Key, cfg.SecondaryKey)
 	if s.score == nil {
 		s.score = Echo
 	}
@@ -290,15 +289,46 @@ func (s *Server) URL() string {
 		url.PathEscape(s.name) + "/execute?api-version=2.0&details=true"
 }
 
-// Endpoint returns the amlpool.Endpoint for this server: its Name, URL and
-// key, and its current cap.
+// Endpoint returns the amlpool.Endpoint for this server: its Name, URL,
+// keys, and its current cap.
 func (s *Server) Endpoint() amlpool.Endpoint {
+	keys := s.keys2.Load()
 	return amlpool.Endpoint{
 		Name:               s.name,
 		URL:                s.URL(),
-		APIKey:             s.key,
+		APIKey:             keys[0],
+		SecondaryKey:       keys[1],
 		MaxConcurrentCalls: int(s.mcc.Load()),
 	}
+}
+
+// SetKeys replaces the keys the endpoint accepts, as regenerating a key on
+// the service does: calls that present another key from now on get 401.
+// An empty key is replaced by a random one.
+func (s *Server) SetKeys(primary, secondary string) {
+	if primary == "" {
+		primary = randomKey()
+	}
+	if secondary == "" {
+		secondary = randomKey()
+	}
+	s.keys2.Store(&[2]string{primary, secondary})
+}
+
+// accepts reports whether key is one of the endpoint's keys now.
+func (s *Server) accepts(key string) bool {
+	keys := s.keys2.Load()
+	// Both compared, so that the time taken does not tell which matched.
+	a := subtle.ConstantTimeCompare([]byte(key), []byte(keys[0]))
+	b := subtle.ConstantTimeCompare([]byte(key), []byte(keys[1]))
+	return a|b == 1
+}
+
+// randomKey returns an 88-character base64 key, like the service's.
+func randomKey() string {
+	b := make([]byte, 64)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // Script queues faults: the next len(faults) admitted calls get them, in

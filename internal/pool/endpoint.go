@@ -116,15 +116,16 @@ func (e *Endpoint) Format(f fmt.State, verb rune) {
 	fmt.Fprintf(f, fmt.FormatString(f, verb), e.name)
 }
 
-// take claims one slot if one is free under the limit in force.
-func (e *Endpoint) take() bool {
+// take claims one slot if one is free under the limit in force, and
+// returns the slots held with it.
+func (e *Endpoint) take() (int32, bool) {
 	for {
 		n := e.inFlight.Load()
 		if n >= e.limit.Load() {
-			return false
+			return n, false
 		}
 		if e.inFlight.CompareAndSwap(n, n+1) {
-			return true
+			return n + 1, true
 		}
 	}
 }

@@ -66,12 +66,14 @@ func (p *Pool) TryTake(e *Endpoint) (Slot, bool) {
 // live (a removed endpoint takes no new attempt once Update has returned)
 // and its health must still let the call in.
 func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
-	if !e.take() {
+	n, ok := e.take()
+	if !ok {
 		return Slot{}, false
 	}
-	// After the take: Update marks an endpoint removed before it returns,
-	// so a take that comes after that sees the mark here.
-	if e.removed.Load() {
+	// After the take: Update marks an endpoint removed, and stores a lower
+	// cap, before it returns, so a take that comes after that sees the
+	// mark or the cap here, even one that read the old cap before its swap.
+	if e.removed.Load() || n > e.limit.Load() {
 		p.giveBack(e)
 		return Slot{}, false
 	}

@@ -144,7 +144,10 @@ func (p *Pool) Update(specs []Spec) []Change {
 		sp := &specs[i]
 		e := byName[sp.Name]
 		if e == nil || e.url != sp.URL.String() {
-			eps[i] = newEndpoint(sp)
+			if e = p.reviveLocked(sp); e == nil {
+				e = newEndpoint(sp)
+			}
+			eps[i] = e
 			changes = append(changes, Change{Name: sp.Name, Kind: Added, NewMax: sp.Max})
 			continue
 		}
@@ -175,9 +178,30 @@ func (p *Pool) Update(specs []Spec) []Change {
 	}
 	p.set.Store(p.newSet(eps))
 	p.smu.Unlock()
-	p.signal() // new endpoints' deadlines, if any, and a forgiven one's
+	p.signal() // a forgiven endpoint's probe, if any
 	p.kick()   // new endpoints and higher caps serve waiting calls at once
 	return changes
+}
+
+// reviveLocked returns the draining endpoint sp describes (same name, same
+// URL), live again with sp's cap and keys, or nil when none is draining. A
+// second endpoint for the same URL beside the draining one would let both
+// fill its cap at once.
+func (p *Pool) reviveLocked(sp *Spec) *Endpoint {
+	i := slices.IndexFunc(p.draining, func(e *Endpoint) bool { return e.name == sp.Name && e.url == sp.URL.String() })
+	if i < 0 {
+		return nil
+	}
+	e := p.draining[i]
+	p.draining = slices.Delete(p.draining, i, i+1)
+	e.removed.Store(false)
+	if e.Max() != sp.Max {
+		e.setMax(int32(sp.Max), p.cfg.Adaptive)
+	}
+	if a := e.auth.Swap(sp.Auth); !a.sameKeys(sp.Auth) {
+		p.forgiveLocked(e)
+	}
+	return e
 }
 
 // Result sorts what an attempt came to, as far as its endpoint's state
