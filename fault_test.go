@@ -21,8 +21,8 @@ import (
 // calls that were on their way before its first answer came back.
 func TestEndpointFaultIsRoutedAround(t *testing.T) {
 	tests := []struct {
-		name   string
-		status int
+		name    string
+		status  int
 		breakIt func(ep *amlpool.Endpoint, s *amltest.Server)
 	}{
 		{"401: a wrong key", http.StatusUnauthorized, func(ep *amlpool.Endpoint, _ *amltest.Server) {
