@@ -123,3 +123,86 @@ func closedLoop(d time.Duration, callers int, f func(ctx context.Context, caller
 	wg.Wait()
 	return ok.Load(), time.Since(start)
 }
+
+// BenchmarkSetEndpointsUnderLoad drives the seed workload through one
+// Client in alternating 2 s turns: one turn steady, the next with a
+// SetEndpoints every 50 ms that rotates one endpoint's key (between its
+// primary and secondary, both of which the fake accepts). It reports the
+// goodput of the changing turns over the steady ones (goal ≥ 0.99), the
+// calls that failed in either (goal 0) and the throttles the servers saw
+// (goal 0):
+//
+//	go test -run '^$' -bench SetEndpointsUnderLoad -benchtime 1x .
+func BenchmarkSetEndpointsUnderLoad(b *testing.B) {
+	const endpoints, mcc, latency = 5, 20, 50 * time.Millisecond
+	servers := make([]*amltest.Server, endpoints)
+	eps := make([]amlpool.Endpoint, endpoints)
+	for i := range servers {
+		servers[i] = amltest.NewServer(amltest.Config{MaxConcurrentCalls: mcc, Latency: latency})
+		defer servers[i].Close()
+		eps[i] = servers[i].Endpoint()
+	}
+	c, err := amlpool.New(eps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var failed atomic.Int64
+	call := func(ctx context.Context, _ int) error {
+		_, err := c.Do(ctx, []byte(body))
+		if err != nil && ctx.Err() == nil {
+			failed.Add(1)
+		}
+		return err
+	}
+	const turn = 2 * time.Second
+	var steadyOK, changingOK, changes, throttles int64
+	var steadyTime, changingTime time.Duration
+	for b.Loop() {
+		for range max(1, int(*seedDuration/turn)) {
+			n, d := closedLoop(turn, *seedCallers*endpoints*mcc, call)
+			steadyOK, steadyTime = steadyOK+n, steadyTime+d
+			for _, s := range servers {
+				throttles += s.Stats().Throttled
+			}
+			drain(b, servers)
+
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				t := time.NewTicker(50 * time.Millisecond)
+				defer t.Stop()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+					}
+					e := &eps[i%endpoints]
+					e.APIKey, e.SecondaryKey = e.SecondaryKey, e.APIKey
+					if err := c.SetEndpoints(eps); err != nil {
+						b.Error(err)
+					}
+					changes++
+				}
+			}()
+			n, d = closedLoop(turn, *seedCallers*endpoints*mcc, call)
+			close(stop)
+			<-done
+			changingOK, changingTime = changingOK+n, changingTime+d
+			for _, s := range servers {
+				throttles += s.Stats().Throttled
+			}
+			drain(b, servers)
+		}
+	}
+	steady := float64(steadyOK) / steadyTime.Seconds()
+	changing := float64(changingOK) / changingTime.Seconds()
+	b.ReportMetric(steady, "steady-calls/s")
+	b.ReportMetric(changing, "changing-calls/s")
+	b.ReportMetric(changing/steady, "changing/steady")
+	b.ReportMetric(float64(changes), "changes")
+	b.ReportMetric(float64(failed.Load()), "failed")
+	b.ReportMetric(float64(throttles), "throttles")
+}
