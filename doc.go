@@ -79,8 +79,14 @@
 //   - Retry (other 503s, 408, 429, 500, 502, 504, refused or dropped
 //     connections, the attempt timeout): the call backs off ([Backoff]: 50 ms,
 //     doubling, at most 1 s, ±50 %), then tries an endpoint it has not tried.
-//   - Give up (400, 401, 403, 404, 413, 501 and other 4xx, a done ctx): the
-//     error is returned.
+//   - Endpoint fault (401, 403, 404): the endpoint cannot serve anyone — its
+//     key was regenerated or is wrong, access was revoked, it was deleted.
+//     It leaves rotation at once, and the call goes at once to an endpoint
+//     it has not tried; only when every endpoint answers so does the call
+//     return the error. After a 401, an endpoint with a second key
+//     ([Endpoint].SecondaryKey) is first tried again with the other key.
+//   - Give up (400, 413, 501 and other 4xx, a done ctx): the request is at
+//     fault, and the error is returned.
 //
 // A call makes at most 4 attempts ([WithMaxAttempts], [WithoutRetries]) and
 // never starts a wait that would pass its ctx deadline. Retries may add at
@@ -94,12 +100,30 @@
 // # Endpoint health
 //
 // An endpoint that fails 5 attempts in a row with retryable errors (not
-// throttles, not cancelled calls) is ejected for 30 s, then one call probes it:
-// success readmits it, failure ejects it again for twice as long, up to 5 min
-// ([WithEjection], [WithoutEjection]). Waiting calls do not count an ejected
-// endpoint's slots. When half or more of the endpoints are ejected, ejection is
-// ignored and all of them take calls. [Stats] shows which endpoints are out;
-// ejections and readmissions are logged at Warn ([WithLogger]).
+// throttles, not cancelled calls), or once with an endpoint fault, is ejected
+// for 30 s, then one call probes it: success readmits it, failure ejects it
+// again for twice as long, up to 5 min ([WithEjection], [WithoutEjection]).
+// Waiting calls do not count an ejected endpoint's slots. When half or more
+// of the endpoints are ejected for failures, ejection is ignored and all of
+// them take calls; an endpoint out for a fault stays out. [Stats] shows which
+// endpoints are out; ejections and readmissions are logged at Warn
+// ([WithLogger]).
+//
+// # Changing endpoints while running
+//
+// [Client.SetEndpoints] replaces the endpoints while calls run: add one for
+// more capacity, retire one, change a cap, rotate a key. Endpoints are
+// matched by Name; one that stays keeps its calls in flight, health, latency
+// estimate and counters, and takes its new cap and keys from its next
+// attempt. A removed endpoint takes no new attempt once SetEndpoints returns;
+// its calls in flight finish and return their replies. An added endpoint
+// serves calls at once, those already waiting included. A bad set is refused
+// whole and the old one goes on.
+//
+// To rotate a key without a failed call, give each endpoint both of the
+// service's keys (APIKey and SecondaryKey): regenerate one in the portal,
+// then pass the new pair to SetEndpoints; calls in between use the key that
+// still works.
 //
 // # Errors
 //

@@ -140,3 +140,48 @@ func ExampleWithMeterProvider() {
 	// amlpool.endpoint.calls amlpool.endpoint=east,amlpool.outcome=throttled = 1
 	// amlpool.retries amlpool.retry.reason=throttled = 1
 }
+
+// Endpoints can be added, retired, re-capped and re-keyed while calls run.
+// Here a second endpoint is added for more capacity, then the first one's
+// key is rotated: the service accepts its secondary key while the primary
+// is regenerated, so no call fails on the way.
+func ExampleClient_SetEndpoints() {
+	east := amltest.NewServer(amltest.Config{Name: "east", Key: "east-primary", SecondaryKey: "east-secondary"})
+	defer east.Close()
+	west := amltest.NewServer(amltest.Config{Name: "west"})
+	defer west.Close()
+
+	c, err := amlpool.New([]amlpool.Endpoint{east.Endpoint()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// More capacity: add west. Calls waiting for a slot take its slots at once.
+	if err := c.SetEndpoints([]amlpool.Endpoint{east.Endpoint(), west.Endpoint()}); err != nil {
+		log.Fatal(err)
+	}
+
+	// Rotate east's primary key: it is regenerated in the portal, and the
+	// new pair is given to the Client. Until then, a call that meets a 401
+	// with the old primary goes on at once with the secondary.
+	east.SetKeys("east-primary-2", "east-secondary")
+	if _, err := c.Do(context.Background(), []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)); err != nil {
+		log.Fatal(err)
+	}
+	rotated := east.Endpoint() // APIKey "east-primary-2", SecondaryKey "east-secondary"
+	if err := c.SetEndpoints([]amlpool.Endpoint{rotated, west.Endpoint()}); err != nil {
+		log.Fatal(err)
+	}
+
+	// A bad set is refused whole; the endpoints in use go on.
+	err = c.SetEndpoints([]amlpool.Endpoint{{Name: "north", URL: "not a url", APIKey: "k"}})
+	fmt.Println(errors.Is(err, amlpool.ErrInvalidConfig))
+	for _, e := range c.Stats().Endpoints {
+		fmt.Println(e.Name)
+	}
+	// Output:
+	// true
+	// east
+	// west
+}
