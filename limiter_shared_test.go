@@ -162,3 +162,51 @@ func TestMaxWaitZeroTriesTheLimiter(t *testing.T) {
 	assert.Len(t, lim.asked, 1, "Acquire only through TryAcquire")
 	assert.Zero(t, lim.held)
 }
+
+// A Limiter follows the live set: an endpoint added by SetEndpoints is
+// among its candidates, with its cap; a removed one is not, and its lease
+// is released when its call ends.
+func TestLimiterFollowsSetEndpoints(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := amltest.NewServer(amltest.Config{Name: "slow", Score: func(in *amlpool.Request) (*amlpool.Response, error) {
+		arrived <- struct{}{}
+		<-release
+		return amltest.Echo(in)
+	}})
+	defer slow.Close()
+	added := amltest.NewServer(amltest.Config{Name: "added", MaxConcurrentCalls: 7})
+	defer added.Close()
+	lim := &stubLimiter{pick: func(cands []amlpool.LimitedEndpoint) int {
+		for i, c := range cands {
+			if c.Name == "added" {
+				return i
+			}
+		}
+		return 0
+	}}
+	c, err := amlpool.New([]amlpool.Endpoint{slow.Endpoint()}, amlpool.WithLimiter(lim))
+	require.NoError(t, err)
+	defer c.Close()
+
+	done := make(chan error)
+	go func() { _, err := c.Do(context.Background(), scoreBody); done <- err }()
+	<-arrived // a call holds a lease on slow
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{added.Endpoint()}))
+	_, err = c.Do(context.Background(), scoreBody)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, added.Stats().Scored, "the added endpoint, granted by the Limiter")
+
+	lim.mu.Lock()
+	last := lim.asked[len(lim.asked)-1]
+	lim.mu.Unlock()
+	require.Len(t, last, 1, "only the live endpoint is a candidate")
+	assert.Equal(t, "added", last[0].Name)
+	assert.Equal(t, 7, last[0].Limit)
+
+	close(release)
+	require.NoError(t, <-done, "the call on the removed endpoint finishes and returns its reply")
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	assert.Zero(t, lim.held, "every lease released, the removed endpoint's included")
+	assert.Equal(t, 2, lim.released)
+}

@@ -206,6 +206,7 @@ func assertStatsAgree(t *testing.T, o *observed) {
 			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("abandoned"))-
 			intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")), "errors of %s", e.Name)
 		assert.Equal(t, e.Cancelled, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")), "cancelled at %s", e.Name)
+		assert.Equal(t, e.Faults, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("endpoint_fault")), "faults of %s", e.Name)
 		assert.EqualValues(t, e.InFlight, intValue(t, rm, "amlpool.endpoint.in_flight", ep), "in flight at %s", e.Name)
 		assert.EqualValues(t, e.Limit, intValue(t, rm, "amlpool.endpoint.limit", ep), "limit of %s", e.Name)
 		n, _ := histogram(t, rm, "http.client.request.duration", ep)
@@ -573,5 +574,34 @@ func TestMetricsCountTransportErrorsAndCancels(t *testing.T) {
 	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")))
 	c, _ := histogram(t, rm, "http.client.request.duration", ep, keyErrorType.String("cancelled"))
 	assert.EqualValues(t, 1, c)
+	assertStatsAgree(t, o)
+}
+
+// The per-endpoint series follow the live set: an added endpoint's appear,
+// a removed one's stop, and an endpoint fault is counted as one.
+func TestMetricsFollowSetEndpoints(t *testing.T) {
+	a, b := newFakeAML(t, always(200)), newFakeAML(t, always(401))
+	c := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{b.endpoint("b", 1), a.endpoint("a", 1)}, WithRand(func() uint64 { return 0 }))
+	_, err := o.Do(t.Context(), []byte(`{}`)) // b answers 401: a fault; then a
+	require.NoError(t, err)
+	rm := o.collect(t)
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("b"), keyOutcome.String("endpoint_fault")))
+	assertStatsAgree(t, o)
+
+	require.NoError(t, o.SetEndpoints([]Endpoint{a.endpoint("a", 1), c.endpoint("c", 3)}))
+	rm = o.collect(t)
+	for _, name := range []string{"amlpool.endpoint.in_flight", "amlpool.endpoint.limit", "amlpool.endpoint.calls"} {
+		m, ok := findMetric(rm, name)
+		require.True(t, ok, name)
+		var endpoints []string
+		for _, set := range pointAttrs(m.Data) {
+			v, _ := set.Value(keyEndpoint)
+			endpoints = append(endpoints, v.AsString())
+		}
+		assert.NotContains(t, endpoints, "b", "%s of a removed endpoint", name)
+		assert.Contains(t, endpoints, "c", "%s of an added endpoint", name)
+	}
+	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.limit", keyEndpoint.String("c")))
 	assertStatsAgree(t, o)
 }
