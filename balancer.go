@@ -91,17 +91,16 @@ func (randomBalancer) Pick(s Candidates) int { return pool.PickRandom(s.s, &s.x)
 func (leastLoaded) Pick(s Candidates) int    { return pool.PickLeastLoaded(s.s, &s.x) }
 func (latencyAware) Pick(s Candidates) int   { return pool.PickLatency(s.s, &s.x) }
 
-// picker returns the pool's Picker for b, and whether its picks are usable
-// by construction. The built-in balancers' picks run directly, without
-// building Candidates or calling through the interface.
-func picker(b Balancer) (pool.Picker, bool) {
+// picker returns how the pool picks for b. The built-in balancers' picks run
+// directly, without building Candidates or calling through the interface.
+func picker(b Balancer) (pool.Balance, pool.Picker) {
 	switch b.(type) {
 	case randomBalancer:
-		return pool.PickRandom, true
+		return pool.Random, nil
 	case leastLoaded:
-		return pool.PickLeastLoaded, true
+		return pool.LeastLoaded, nil
 	case latencyAware:
-		return pool.PickLatency, true
+		return pool.Latency, nil
 	}
-	return func(s *pool.Set, x *pool.Exclusion) int { return b.Pick(Candidates{s: s, x: *x}) }, false
+	return pool.Custom, func(s *pool.Set, x pool.Exclusion) int { return b.Pick(Candidates{s: s, x: x}) }
 }

@@ -65,8 +65,8 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	c.addExt(specs)
-	pick, builtin := picker(cfg.balancer)
-	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Pick: pick, Builtin: builtin,
+	balance, pick := picker(cfg.balancer)
+	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Balance: balance, Pick: pick,
 		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive}
 	if !cfg.ejectOff {
 		pcfg.EjectAfter = cfg.ejectAfter
@@ -205,12 +205,12 @@ func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string
 		if cl.attempts > 0 && c.closed.Load() {
 			return nil, "", cl.result(ErrClosed)
 		}
-		a, err := c.acquire(ctx, cl)
-		if err != nil {
+		var next attempt // on the stack: an attempt costs no allocation of its own
+		if err := c.acquire(ctx, cl, &next); err != nil {
 			return nil, "", cl.result(err)
 		}
-		cl.started(a)
-		a = c.attempt(ctx, cl, a, body) // a hedge, maybe
+		cl.started(&next)
+		a := c.attempt(ctx, cl, &next, body) // a hedge, maybe
 		name := a.slot.Ep.Name()
 		if a.err == nil {
 			return a.data, name, nil
@@ -259,27 +259,24 @@ type attempt struct {
 	stop  error         // why a retryable error ends the call (CallError.Stop)
 }
 
-// acquire takes a slot for the call's next attempt and, with telemetry,
-// records how long that took.
-func (c *Client) acquire(ctx context.Context, cl *call) (*attempt, error) {
+// acquire takes a slot for the call's next attempt, a, and, with
+// telemetry, records how long that took.
+func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	if c.tel == nil {
-		return c.acquireSlot(ctx, cl)
+		return c.acquireSlot(ctx, cl, a)
 	}
 	start := c.cfg.clock.Now()
-	a, err := c.acquireSlot(ctx, cl)
-	d := c.cfg.clock.Now().Sub(start)
-	c.tel.waited(d, err)
-	if a != nil {
-		a.slotWait = d
-	}
-	return a, err
+	err := c.acquireSlot(ctx, cl, a)
+	a.slotWait = c.cfg.clock.Now().Sub(start)
+	c.tel.waited(a.slotWait, err)
+	return err
 }
 
 // acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
 // fleet's. A call whose last attempt met a replaced key goes back to the
 // same endpoint if it has a free slot; otherwise an attempt avoids the
 // endpoints the call tried while an untried one may take calls.
-func (c *Client) acquireSlot(ctx context.Context, cl *call) (*attempt, error) {
+func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {
 		maxWait = c.cfg.maxWait
@@ -297,11 +294,12 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call) (*attempt, error) {
 		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
 		var err error
 		if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if c.limiter == nil {
-		return &attempt{slot: slot}, nil
+		a.slot = slot
+		return nil
 	}
 	// The max wait covers both waits: what the local one left is the
 	// Limiter's.
@@ -323,13 +321,13 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call) (*attempt, error) {
 	case maxWait > 0:
 		lctx, cancel := context.WithTimeout(ctx, left)
 		defer cancel()
-		a, err := c.acquireShared(lctx, &cl.ex, slot, acquire)
+		err := c.acquireShared(lctx, &cl.ex, slot, acquire, a)
 		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			err = ErrNoCapacity
 		}
-		return a, err
+		return err
 	}
-	return c.acquireShared(ctx, &cl.ex, slot, acquire)
+	return c.acquireShared(ctx, &cl.ex, slot, acquire, a)
 }
 
 // limited names e to a Limiter.
@@ -339,8 +337,9 @@ func limited(e *pool.Endpoint) LimitedEndpoint {
 
 // acquireShared asks the Limiter, through acquire, for a slot on slot's
 // endpoint or, failing that, on another endpoint this process has a free
-// slot for; the local slot follows the Limiter's choice.
-func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool.Slot, acquire func(context.Context, []LimitedEndpoint) (Lease, error)) (*attempt, error) {
+// slot for; the local slot follows the Limiter's choice. It gives a the
+// slot and the lease it ends with.
+func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool.Slot, acquire func(context.Context, []LimitedEndpoint) (Lease, error), a *attempt) error {
 	cands := []LimitedEndpoint{limited(slot.Ep)}
 	eps := []*pool.Endpoint{slot.Ep}
 	set := c.pool.Set()
@@ -353,26 +352,26 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	lease, err := acquire(ctx, cands)
 	if err != nil {
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
-		return nil, err
+		return err
 	}
-	i := lease.Index()
-	if i == 0 {
-		return &attempt{slot: slot, lease: lease}, nil
-	}
-	if i > 0 && i < len(eps) {
+	if i := lease.Index(); i > 0 && i < len(eps) {
 		if other, ok := c.pool.TryTake(eps[i]); ok {
 			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
-			return &attempt{slot: other, lease: lease}, nil
+			a.slot, a.lease = other, lease
+			return nil
 		}
 	}
-	// Our own slot there went meanwhile: keep the one we hold and wait for
-	// the Limiter's slot on it instead.
-	lease.Release()
-	if lease, err = acquire(ctx, cands[:1]); err != nil {
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
-		return nil, err
+	if lease.Index() != 0 {
+		// Our own slot there went meanwhile: keep the one we hold and wait
+		// for the Limiter's slot on it instead.
+		lease.Release()
+		if lease, err = acquire(ctx, cands[:1]); err != nil {
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+			return err
+		}
 	}
-	return &attempt{slot: slot, lease: lease}, nil
+	a.slot, a.lease = slot, lease
+	return nil
 }
 
 // attempt sends attempt a of cl, hedged when hedging is on, and concludes

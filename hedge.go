@@ -46,7 +46,11 @@ func (h *hedger) after() (time.Duration, bool) {
 // returns only once both copies have ended, so no goroutine or slot
 // outlives the attempt; the telemetry hears of both then, from the calling
 // goroutine.
-func (c *Client) attemptHedged(ctx context.Context, cl *call, a *attempt, body []byte, delay time.Duration) *attempt {
+func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, body []byte, delay time.Duration) *attempt {
+	// The copies go to goroutines: they live on the heap, so that the
+	// caller's attempt need not.
+	a := new(attempt)
+	*a = *first
 	copies := make(chan *attempt, 2)
 	firstCtx, cancelFirst := context.WithCancelCause(ctx)
 	defer cancelFirst(nil)
@@ -119,15 +123,14 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 	}
 	h := &attempt{n: a.n, hedge: true}
 	go func() {
-		hedged := &attempt{slot: slot}
+		got := attempt{slot: slot}
 		if c.limiter != nil {
-			var err error
-			if hedged, err = c.acquireShared(ctx, &hx, slot, c.limiter.Acquire); err != nil {
+			if err := c.acquireShared(ctx, &hx, slot, c.limiter.Acquire, &got); err != nil {
 				copies <- h
 				return
 			}
 		}
-		h.slot, h.lease = hedged.slot, hedged.lease
+		h.slot, h.lease = got.slot, got.lease
 		c.exchange(ctx, h, body)
 		copies <- h
 	}()

@@ -31,11 +31,12 @@ type waiter struct {
 func (p *Pool) TryAcquire(x *Exclusion) (Slot, bool) {
 	s := p.set.Load()
 	for range 4 {
-		i := p.cfg.Pick(s, x)
+		i := p.pick(s, x)
 		if i < 0 || i >= len(s.Eps) {
 			return Slot{}, false
 		}
-		if e := s.Eps[i]; p.cfg.Builtin || s.usable(x, e) {
+		// This package's pickers pick usable endpoints by construction.
+		if e := s.Eps[i]; p.cfg.Balance != Custom || s.usable(x, e) {
 			if slot, ok := p.takeOn(s, e); ok {
 				return slot, true
 			}

@@ -20,11 +20,10 @@ var (
 type Config struct {
 	Clock clock.Clock
 	Rand  func() uint64 // safe for concurrent use
-	// Pick chooses among the Set's endpoints; nil means PickRandom.
-	Pick Picker
-	// Builtin says Pick's choices are usable by construction (this
-	// package's pickers), so that they need not be checked again.
-	Builtin bool
+	// Balance says how a pick chooses among the Set's endpoints; for
+	// Custom, Pick does.
+	Balance Balance
+	Pick    Picker
 	// EjectAfter is how many failures in a row eject an endpoint; 0 turns
 	// ejection off (endpoint faults then eject nothing either).
 	EjectAfter int
@@ -69,8 +68,8 @@ type Pool struct {
 // checked the specs (names unique, caps positive). Run must be started for
 // ejections and cool-downs to end.
 func New(cfg Config, specs []Spec) *Pool {
-	if cfg.Pick == nil {
-		cfg.Pick, cfg.Builtin = PickRandom, true
+	if cfg.Balance == Custom && cfg.Pick == nil {
+		cfg.Balance = Random
 	}
 	p := &Pool{cfg: cfg, epoch: cfg.Clock.Now(), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	eps := make([]*Endpoint, len(specs))

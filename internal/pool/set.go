@@ -133,8 +133,33 @@ func (s Endpoints) Clone() Endpoints {
 
 // A Picker chooses, for an attempt with exclusion x, the index in s.Eps of
 // an endpoint with a free slot that the attempt may use, or -1. It must not
-// block and must be safe for concurrent use.
-type Picker func(s *Set, x *Exclusion) int
+// block and must be safe for concurrent use. x comes by value: an attempt's
+// exclusion must not escape through a call the compiler cannot see into.
+type Picker func(s *Set, x Exclusion) int
+
+// Balance names how picks choose: one of this package's pickers, called
+// directly, or a Picker of the caller's.
+type Balance uint8
+
+const (
+	Random      Balance = iota // PickRandom
+	LeastLoaded                // PickLeastLoaded
+	Latency                    // PickLatency
+	Custom                     // Config.Pick
+)
+
+// pick chooses an endpoint of s for an attempt with exclusion x.
+func (p *Pool) pick(s *Set, x *Exclusion) int {
+	switch p.cfg.Balance {
+	case Random:
+		return PickRandom(s, x)
+	case LeastLoaded:
+		return PickLeastLoaded(s, x)
+	case Latency:
+		return PickLatency(s, x)
+	}
+	return p.cfg.Pick(s, *x)
+}
 
 // rejectionDraws is how many slots PickRandom draws by cap before it counts
 // the free slots of every endpoint. Each draw costs one table lookup; at
