@@ -144,24 +144,40 @@ func TestSetEndpointsLowersAndRaisesACap(t *testing.T) {
 	tr := startTraffic(c, 30)
 	waitScored(t, srvs[0], 20)
 
-	// Lower: the client first, then the server. No attempt may start
-	// until fewer than 2 calls are in flight, so the server, at its new cap
-	// while the 8 calls of the old one drain, throttles nothing.
+	// Lower: the client first. Calls in flight finish, and no attempt may
+	// start until fewer than 2 are in flight; from then on, never more
+	// than 2. Each release follows a server's reply, so the server's
+	// changes are the moments to look at the client.
 	eps[0].MaxConcurrentCalls = 2
 	require.NoError(t, c.SetEndpoints(eps))
-	srvs[0].SetMaxConcurrentCalls(2)
-	waitScored(t, srvs[0], 50)
-	assert.Zero(t, srvs[0].Stats().Throttled, "an attempt started past the lowered cap")
 	assert.Equal(t, 2, c.Stats().Endpoints[0].MaxConcurrentCalls)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := srvs[0].WaitFor(ctx, func(amltest.Stats) bool { n, _ := inFlight(c, "ep0"); return n <= 2 })
+	require.NoError(t, err, "the calls of the old cap never drained")
+	// Then the server, whose new cap would throttle a call of the old one
+	// that was still on its way.
+	srvs[0].SetMaxConcurrentCalls(2)
+	var most atomic.Int64
+	from := srvs[0].Stats().Scored
+	_, err = srvs[0].WaitFor(ctx, func(st amltest.Stats) bool {
+		n, _ := inFlight(c, "ep0")
+		if n > most.Load() {
+			most.Store(n)
+		}
+		return st.Scored >= from+50
+	})
+	require.NoError(t, err)
+	assert.LessOrEqual(t, most.Load(), int64(2), "calls in flight past the lowered cap")
+	assert.Zero(t, srvs[0].Stats().Throttled, "an attempt started past the lowered cap")
 
 	// Raise: the server first, then the client, whose waiting calls use
 	// the new slots at once.
 	srvs[0].SetMaxConcurrentCalls(12)
 	eps[0].MaxConcurrentCalls = 12
 	require.NoError(t, c.SetEndpoints(eps))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	_, err := srvs[0].WaitFor(ctx, func(st amltest.Stats) bool { return st.PeakAdmitted > 2 })
+	srvs[0].ResetStats()
+	_, err = srvs[0].WaitFor(ctx, func(st amltest.Stats) bool { return st.PeakAdmitted > 2 })
 	require.NoError(t, err, "the raised cap was never used")
 	_, errs := tr.Stop()
 	assert.Empty(t, errs)
