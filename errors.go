@@ -225,6 +225,11 @@ func (e *ChunkError) Unwrap() error { return e.Err }
 type RowError struct {
 	Line int   // line of the input where the row starts, from 1; 0 when unknown
 	Row  []any // what could be read of the row; may be nil or of the wrong width
+	// Text is the row as it stands in the input, without its line end, when
+	// the source could not split it into cells reliably (a quoting error, a
+	// JSON Lines line that is not an object with the columns' keys), so
+	// that a reject file can keep it; "" otherwise.
+	Text string
 	Err  error
 }
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 const benchHelp = `Usage: amlpool bench (--config pool.json --in rows.csv | --fake N) [flags]

@@ -292,7 +292,7 @@ func TestScoreJSONLines(t *testing.T) {
 	assert.Regexp(t, `^\{"id":2,"name":"b","Scored Probabilities":"0\.\d+"\}$`, lines[1])
 	rej, err := os.ReadFile(filepath.Join(dir, "scored.rejects.jsonl"))
 	require.NoError(t, err)
-	assert.Equal(t, `{"line":3,"row":3,"error":"no key \"name\" (every row needs every column)","id":null,"name":null}`+"\n", string(rej))
+	assert.Equal(t, `{"line":3,"row":3,"error":"no key \"name\" (every row needs every column)","id":3,"name":null}`+"\n", string(rej))
 }
 
 func TestScoreBadInput(t *testing.T) {

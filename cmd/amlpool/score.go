@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 const scoreHelp = `Usage: amlpool score --config pool.json --in rows.csv --out scored.csv [flags]

@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // outFile is the scored output or the reject file of a run, opened for
