@@ -135,7 +135,7 @@ func (w *writer) switchTo(o *outFile) error {
 func (w *writer) sink(ch *amlpool.Chunk) error {
 	if ch.Err == nil {
 		if err := w.columns(ch.Output); err != nil {
-			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, Start: ch.Start, End: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
+			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, FirstRow: ch.Start + 1, LastRow: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
 		}
 	}
 	if ch.Err != nil {
