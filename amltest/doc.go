@@ -2,7 +2,7 @@
 // tests, in the manner of net/http/httptest: each Server is one endpoint,
 // with its own URL, key and Max Concurrent Calls, on an httptest.Server.
 //
-// A Server follows the service contract in amlpool's AZUREML.md. It answers
+// A Server follows the service contract in amlpool's docs/azureml.md. It answers
 // only POST …/workspaces/{ws}/services/{Name}/execute?api-version=2.0, with
 // the key given as "Authorization: Bearer <key>" (scheme in any case), a
 // Content-Type of application/json and a body of at most 4 MB. It runs at
