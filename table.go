@@ -144,8 +144,10 @@ type TableResult struct {
 	// Output has one row per input row, in input order: Output.Values[i]
 	// scores input row i, or is nil when row i is in a failed chunk. Its
 	// ColumnNames and ColumnTypes are those of the first reply that has them.
-	Output   *Table
-	Failures []*ChunkError // the failed chunks, in input order
+	Output *Table
+	// Failures are the failed chunks, in input order. Their rows are
+	// numbered from 1: Output.Values[f.FirstRow-1 : f.LastRow] are nil.
+	Failures []*ChunkError
 	Stats    BatchStats
 }
 
