@@ -278,14 +278,15 @@ func TestCSVUnclosedQuoteLosesNoRow(t *testing.T) {
 // open after MaxRowBytes is its line's error, a line longer than that is
 // one bad row, and blank lines do not count; reading goes on after each.
 func TestCSVRowLimits(t *testing.T) {
-	many := strings.Repeat("7,8\n", rows.MaxRowBytes/4+10)
+	const lines = rows.MaxRowBytes/1000 + 10 // of 1,000 bytes: more than the limit together
+	many := strings.Repeat("7,"+strings.Repeat("8", 997)+"\n", lines)
 	tests := []struct {
 		name string
 		in   string
 		good int
 		bad  []string
 	}{
-		{"open quote over the limit", "a,b\n1,\"x\n" + many + "9,9\n", rows.MaxRowBytes/4 + 11,
+		{"open quote over the limit", "a,b\n1,\"x\n" + many + "9,9\n", lines + 1,
 			[]string{"line 2: a quoted field opens on this line and is still open after 4000000 bytes; the line is rejected alone and reading goes on with line 3"}},
 		{"line over the limit", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes) + "\n5,6\n", 2,
 			[]string{"line 3: line longer than 4000000 bytes"}},
