@@ -249,6 +249,7 @@ type RowError struct {
 	Err  error
 }
 
+// Error returns the cause, after "line N: " when the line is known.
 func (e *RowError) Error() string {
 	if e.Line > 0 {
 		return fmt.Sprintf("line %d: %v", e.Line, e.Err)

@@ -61,6 +61,7 @@ func NewJSONLReader(r io.Reader) (*JSONLReader, error) {
 	}
 }
 
+// Columns returns the first object's keys, in order.
 func (j *JSONLReader) Columns() []string { return j.cols }
 
 // Line returns the line of the last row read.

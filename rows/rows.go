@@ -44,6 +44,7 @@ const (
 	JSONL               // JSON Lines: one object per line, column name to cell
 )
 
+// String returns "csv" or "jsonl".
 func (f Format) String() string {
 	if f == JSONL {
 		return "jsonl"
