@@ -30,8 +30,9 @@
 //
 // The model is Config.Score, Echo by default. Latency, LatencyFunc, Fault and
 // Script add service time and failures: error statuses, Retry-After hints,
-// hangs, connection resets, slow and truncated bodies; Restart stops the
-// server and starts it again on the same port. Stats counts what the
+// hangs, connection resets, slow and truncated bodies (Throttle, ModelError
+// and Fault.WithRetryAfter make the common ones); Restart stops the server
+// and starts it again on the same port. Stats counts what the
 // server saw; PeakInFlight is the server-side witness that a client never
 // exceeded the cap, and WaitFor lets a test wait for a state without
 // sleeping.
