@@ -23,6 +23,9 @@ type batch struct {
 	cols   []string
 	window int          // chunks read but not yet handed to the sink, at most
 	total  atomic.Int64 // rows in the source; -1 until known
+
+	requests atomic.Int64 // requests sent
+	split    splitState   // isolating bad rows (split.go)
 }
 
 func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOptions) (*batch, error) {
@@ -58,6 +61,7 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 		return nil, errors.New("amlpool: ScoreRows: the source has no columns")
 	}
 	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism}
+	b.split.init(o)
 	b.total.Store(-1)
 	if o.TotalRows > 0 {
 		b.total.Store(int64(o.TotalRows))
@@ -90,6 +94,7 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 	_ = g.Wait() // workers report failures in their chunks, never here
 	close(results)
 	<-emitted
+	stats.Requests, stats.SplitRequests = int(b.requests.Load()), int(b.split.requests.Load())
 
 	switch {
 	case sinkErr != nil:
@@ -116,9 +121,7 @@ func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{
 			return nil
 		}
 		if bad != nil {
-			ch := &Chunk{Seq: seq, Start: next, Input: [][]any{bad.Row}}
-			ch.Err = &ChunkError{Seq: seq, Start: next, End: next + 1, Err: bad}
-			results <- []*Chunk{ch}
+			results <- []*Chunk{b.failed(seq, next, [][]any{bad.Row}, "", bad)}
 			next, bad = next+1, nil
 			continue
 		}
@@ -160,49 +163,71 @@ func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{
 }
 
 // score sends one chunk and checks the reply, splitting the chunk in halves
-// while its body is over MaxChunkBytes. It returns the chunk's parts,
-// appended to parts.
+// while its body is over MaxChunkBytes, and isolating its bad rows when the
+// service blames the input (split.go). It returns the chunk's parts, in
+// input order, appended to parts.
 func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts []*Chunk) []*Chunk {
-	ch := &Chunk{Seq: seq, Start: start, Input: rows}
-	fail := func(err error) []*Chunk {
-		ch.Err = &ChunkError{Seq: seq, Start: start, End: start + len(rows), Endpoint: ch.Endpoint, Err: err}
-		return append(parts, ch)
-	}
-	req := &Request{
-		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
-		GlobalParameters: b.o.GlobalParameters,
-	}
-	body, err := encodeRequest(req)
+	body, err := b.encode(rows)
 	if err != nil {
-		return fail(err)
+		return append(parts, b.failed(seq, start, rows, "", err))
 	}
 	if len(body) > b.o.MaxChunkBytes {
 		if len(rows) == 1 {
-			return fail(fmt.Errorf("%w: one row makes a %d-byte request, over the limit of %d", ErrRequestTooLarge, len(body), b.o.MaxChunkBytes))
+			return append(parts, b.failed(seq, start, rows, "", fmt.Errorf("%w: one row makes a %d-byte request, over the limit of %d", ErrRequestTooLarge, len(body), b.o.MaxChunkBytes)))
 		}
 		h := len(rows) / 2
 		parts = b.score(ctx, seq, start, rows[:h], parts)
 		return b.score(ctx, seq, start+h, rows[h:], parts)
 	}
+	ch := b.send(ctx, seq, start, rows, body)
+	if ch.Err != nil && len(rows) > 1 && !b.split.off && inputFault(ch.Err) {
+		return b.isolate(ctx, ch, parts)
+	}
+	return append(parts, ch)
+}
+
+func (b *batch) encode(rows [][]any) ([]byte, error) {
+	return encodeRequest(&Request{
+		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
+		GlobalParameters: b.o.GlobalParameters,
+	})
+}
+
+// send makes one request of rows (body, when not nil, is their encoding)
+// and returns the chunk with its output or its error.
+func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []byte) *Chunk {
+	if body == nil {
+		var err error
+		if body, err = b.encode(rows); err != nil {
+			return b.failed(seq, start, rows, "", err)
+		}
+	}
 	t0 := b.c.cfg.clock.Now()
 	data, name, err := b.c.do(ctx, "amlpool.ScoreRows", body)
-	ch.Elapsed, ch.Endpoint = b.c.cfg.clock.Now().Sub(t0), name
-	if err != nil {
-		return fail(err)
+	b.requests.Add(1)
+	elapsed := b.c.cfg.clock.Now().Sub(t0)
+	if err == nil {
+		var resp *Response
+		if resp, err = decodeResponse(data); err == nil {
+			var out *Table
+			if out, err = b.output(resp); err == nil {
+				if n := out.NumRows(); n != len(rows) {
+					err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
+				} else {
+					return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed}
+				}
+			}
+		}
 	}
-	resp, err := decodeResponse(data)
-	if err != nil {
-		return fail(err)
-	}
-	out, err := b.output(resp)
-	if err != nil {
-		return fail(err)
-	}
-	if n := out.NumRows(); n != len(rows) {
-		return fail(fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows)))
-	}
-	ch.Output = out
-	return append(parts, ch)
+	ch := b.failed(seq, start, rows, name, err)
+	ch.Elapsed = elapsed
+	return ch
+}
+
+// failed returns the chunk of rows, not scored for err.
+func (b *batch) failed(seq, start int, rows [][]any, endpoint string, err error) *Chunk {
+	return &Chunk{Seq: seq, Start: start, Input: rows, Endpoint: endpoint,
+		Err: &ChunkError{Seq: seq, FirstRow: start + 1, LastRow: start + len(rows), Endpoint: endpoint, Err: err}}
 }
 
 // output picks the scores' table from a reply.

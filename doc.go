@@ -154,6 +154,17 @@
 // [Limiter] through [WithLimiter]: package redislimit provides one that
 // keeps the slots in Redis, so that the whole fleet stays within each cap.
 //
+// # Scoring many rows
+//
+// [Client.ScoreRows] scores every row of a [RowSource] through all the
+// pool's slots at once, in chunks, and hands the results to a sink in input
+// order, with flat memory; [Client.ScoreTable] does the same for a table in
+// memory. Package rows reads CSV and JSON Lines files as a RowSource. Every
+// input row reaches the sink exactly once: a row the source cannot read
+// fails alone, and a chunk the service blames (HTTP 400) is split until each
+// bad row stands alone, so that the others are scored (see
+// [BatchOptions.NoSplit]).
+//
 // # Concurrency
 //
 // A Client is safe for use by any number of goroutines; create one per set of

@@ -18,7 +18,7 @@ import (
 // key it takes, and how many calls it accepts at once.
 //
 // Every endpoint of a web service, the default one included, has its own URL
-// and key (AZUREML.md §2). The zero Endpoint is not valid: New needs at least a
+// and key (docs/azureml.md). The zero Endpoint is not valid: New needs at least a
 // URL and a key.
 //
 // An Endpoint's String, GoString, LogValue and MarshalJSON never show its keys,
@@ -244,7 +244,7 @@ func isLoopback(host string) bool {
 }
 
 // deriveName labels an endpoint by the id after "services/" in its path (the
-// endpoint id, AZUREML.md §2), else by host and port.
+// endpoint id, docs/azureml.md), else by host and port.
 func deriveName(u *url.URL) string {
 	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
 	for i := 0; i+1 < len(parts); i++ {

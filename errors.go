@@ -41,7 +41,10 @@ var (
 
 // APIError is a reply from an endpoint with a status other than 2xx. Code,
 // Message and Details come from the service's error body
-// ({"error":{"code","message","details":[...]}}) when it has one.
+// ({"error":{"code","message","details":[...]}}) when it has one. Message
+// is often the class's generic text ("Module execution encountered an
+// internal library error.") while a detail holds the cause in the model's
+// own words: Reason returns the most specific of them, and Error shows it.
 //
 // errors.Is(err, ErrThrottled) is true when the reply says the endpoint was
 // full (503 RequestThrottled or TooManyConcurrentRequests).
@@ -49,7 +52,7 @@ type APIError struct {
 	Endpoint   string        // the endpoint's Name
 	StatusCode int           // HTTP status
 	Code       string        // error.code: the class, e.g. "ServiceUnavailable"
-	Message    string        // error.message
+	Message    string        // error.message: the class's text, often generic
 	Details    []ErrorDetail // error.details: the specific causes
 	RetryAfter time.Duration // the reply's Retry-After hint; zero when absent
 	// Body holds the start of a reply body that was not a service error body
@@ -66,7 +69,8 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 }
 
-// Error describes the reply: endpoint, status, codes and message.
+// Error describes the reply: endpoint, status, codes and the most specific
+// message (Reason), or the start of a body that was not the service's.
 func (e *APIError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "amlpool: endpoint %s: HTTP %d", e.Endpoint, e.StatusCode)
@@ -76,17 +80,27 @@ func (e *APIError) Error() string {
 	if d := e.Detail(); d != "" {
 		b.WriteString("/" + d)
 	}
-	switch {
-	case len(e.Details) > 0 && e.Details[0].Message != "":
-		b.WriteString(": " + e.Details[0].Message)
-	case e.Message != "":
-		b.WriteString(": " + e.Message)
+	switch r := e.Reason(); {
+	case r != "":
+		b.WriteString(": " + r)
 	case e.quoted != "":
 		b.WriteString(": " + e.quoted)
 	case e.Body != "":
 		fmt.Fprintf(&b, ": %q", e.Body)
 	}
 	return b.String()
+}
+
+// Reason returns the most specific message the service gave: the first
+// detail message that is not empty, else Message; "" when the reply had no
+// service error body. Like every field of APIError, it holds no key.
+func (e *APIError) Reason() string {
+	for _, d := range e.Details {
+		if d.Message != "" {
+			return d.Message
+		}
+	}
+	return e.Message
 }
 
 // Detail returns the first detail code (the specific cause), or "".
@@ -200,22 +214,24 @@ var ErrRequestTooLarge = errors.New("amlpool: request larger than the limit")
 // failed after retries, its reply did not match the request, or (wrapping a
 // *RowError) the source could not read the row. It unwraps to the cause, so
 // errors.Is and errors.As reach an *APIError or a *RowError inside.
+//
+// Rows are numbered from 1, in the fields as in the message: FirstRow 4201
+// and LastRow 4300 are the hundred rows at input indexes 4200 to 4299.
 type ChunkError struct {
-	Seq      int    // chunk number, from 0
-	Start    int    // index of the first row, from 0
-	End      int    // index after the last row: the rows are input[Start:End]
+	Seq      int    // chunk number, from 0, as Chunk.Seq
+	FirstRow int    // number of the first row, from 1
+	LastRow  int    // number of the last row: the rows are FirstRow to LastRow, inclusive
 	Endpoint string // the endpoint that last answered for it; "" when none did
 	Err      error
 }
 
-// Error names the chunk and its rows counting from 1, as a person would:
-// "chunk 3 (rows 201-300)".
+// Error names the rows, as a person counts them, and the cause:
+// "amlpool: rows 201-300: …", or "amlpool: row 245: …" for one row.
 func (e *ChunkError) Error() string {
-	rows := fmt.Sprintf("rows %d-%d", e.Start+1, e.End)
-	if e.End-e.Start == 1 {
-		rows = fmt.Sprintf("row %d", e.End)
+	if e.FirstRow == e.LastRow {
+		return fmt.Sprintf("amlpool: row %d: %v", e.FirstRow, e.Err)
 	}
-	return fmt.Sprintf("amlpool: chunk %d (%s): %v", e.Seq+1, rows, e.Err)
+	return fmt.Sprintf("amlpool: rows %d-%d: %v", e.FirstRow, e.LastRow, e.Err)
 }
 
 // Unwrap returns the cause.
@@ -227,9 +243,15 @@ func (e *ChunkError) Unwrap() error { return e.Err }
 type RowError struct {
 	Line int   // line of the input where the row starts, from 1; 0 when unknown
 	Row  []any // what could be read of the row; may be nil or of the wrong width
+	// Text is the row as it stands in the input, without its line end, when
+	// the source could not split it into cells reliably (a quoting error, a
+	// JSON Lines line that is not an object with the columns' keys), so
+	// that a reject file can keep it; "" otherwise.
+	Text string
 	Err  error
 }
 
+// Error returns the cause, after "line N: " when the line is known.
 func (e *RowError) Error() string {
 	if e.Line > 0 {
 		return fmt.Sprintf("line %d: %v", e.Line, e.Err)

@@ -20,7 +20,7 @@ const (
 	// scored results of a 4 MB request (the service's payload limit) and more.
 	DefaultMaxResponseBytes = 32 << 20
 	// DefaultAttemptTimeout bounds one attempt: the service's own limit, after
-	// which it abandons a request (AZUREML.md §7.1).
+	// which it abandons a request (docs/azureml.md).
 	DefaultAttemptTimeout = 100 * time.Second
 
 	// DefaultMaxAttempts is how many attempts a call makes at most: the first

@@ -65,7 +65,7 @@ func (v Verdict) String() string {
 }
 
 // Classify is the default classifier: the Azure ML Classic table of
-// AZUREML.md §6.2. It sees the error of one failed attempt: an *APIError for
+// docs/azureml.md. It sees the error of one failed attempt: an *APIError for
 // a non-2xx reply, a transport error otherwise.
 //
 //	VerdictFull           503 RequestThrottled, 503 TooManyConcurrentRequests

@@ -110,7 +110,7 @@ func throttle() amltest.Fault {
 	return amltest.Fault{Status: 503, Code: "ServiceUnavailable", Detail: "RequestThrottled"}
 }
 
-// TestRetryClasses drives every class of AZUREML.md §6.2 through scripted
+// TestRetryClasses drives every class of docs/azureml.md through scripted
 // faults on three fakes. Attempts go to s0, then s1, then s2 (firstFree), so
 // each case can say which endpoint each attempt reached.
 func TestRetryClasses(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 )
 
 // This file holds the Azure ML Classic Request-Response Service (RRS) bodies
-// (AZUREML.md §4 and §5) and their codec. Decoding is tolerant of what real
+// (docs/azureml.md) and their codec. Decoding is tolerant of what real
 // services and old docs vary on (missing ColumnNames/ColumnTypes, "table" or
 // "DataTable", unknown fields, null cells, either output form) and strict
 // where a caller would otherwise lose data without noticing (rows whose cell

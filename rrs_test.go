@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// rrsFixture returns a body quoted in AZUREML.md §4–§6, kept in testdata/rrs.
+// rrsFixture returns one of the service's bodies, kept in testdata/rrs.
 func rrsFixture(tb testing.TB, name string) []byte {
 	tb.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "rrs", name))
@@ -332,7 +332,7 @@ func TestEncodeRequest(t *testing.T) {
 	}
 }
 
-// TestEncodeRequestFixtures decodes the request bodies quoted in AZUREML.md §4
+// TestEncodeRequestFixtures decodes the request bodies of testdata/rrs
 // and checks that encoding gives the same JSON back.
 func TestEncodeRequestFixtures(t *testing.T) {
 	for _, name := range []string{"request_classic.json", "request_typed.json", "request_swagger.json"} {

@@ -18,7 +18,7 @@ const (
 	// and an even spread, large enough that per-call overhead stays small.
 	DefaultChunkRows = 100
 	// DefaultMaxChunkBytes is the largest request body a batch sends: the
-	// service's 4 MB payload limit (AZUREML.md §7.1), in decimal megabytes to
+	// service's 4 MB payload limit (docs/azureml.md), in decimal megabytes to
 	// stay on the safe side of either reading.
 	DefaultMaxChunkBytes = 4_000_000
 )
@@ -56,6 +56,18 @@ type BatchOptions struct {
 	// Parallelism is how many requests are in flight at most. Default: the
 	// Client's Capacity, which keeps every slot busy and none oversubscribed.
 	Parallelism int
+	// NoSplit turns off the isolation of bad rows. By default a chunk whose
+	// request fails with the input's fault (HTTP 400: one row the model
+	// cannot take fails the whole request) is split, and halves of it are
+	// sent until each bad row stands alone: the good rows are scored, and
+	// each bad row fails alone with the service's message for it. A chunk
+	// with one bad row costs at most ⌈log2 ChunkRows⌉ + 2 extra requests,
+	// which go through the pool like any call (slots, retries, retry
+	// budget, the ctx's priority). Splitting stops for the rest of the batch
+	// when its first split requests all fail: the input is then wrong as a
+	// whole (a column the model lacks, say), not single rows. With NoSplit,
+	// such a chunk fails whole.
+	NoSplit bool
 	// TotalRows is how many rows the source holds, when known, for
 	// Progress. Default: unknown until the source ends.
 	TotalRows int
@@ -69,7 +81,7 @@ type BatchOptions struct {
 // in one request, with its outcome. The sink of ScoreRows receives every
 // input row in exactly one Chunk, in input order.
 type Chunk struct {
-	Seq   int     // chunk number, from 0; the parts of a chunk split to fit MaxChunkBytes share it
+	Seq   int     // chunk number, from 0; the parts of a chunk split to fit MaxChunkBytes or to isolate bad rows share it
 	Start int     // index of the chunk's first row in the input, from 0
 	Input [][]any // the input rows
 	// Output is the reply's table: one row per input row, in the same order.
@@ -82,16 +94,20 @@ type Chunk struct {
 	// the reply, retries included; 0 for rows never sent.
 	Elapsed time.Duration
 	// Err is a *ChunkError when these rows were not scored: the call failed
-	// after retries, the reply did not fit the request, or (wrapping a
-	// *RowError) the source could not read the row.
+	// after retries, the reply did not fit the request, the service blamed
+	// these rows (a bad row isolated, see BatchOptions.NoSplit), or
+	// (wrapping a *RowError) the source could not read the row.
 	Err error
 }
 
-// BatchStats counts what a batch did with its rows.
+// BatchStats counts what a batch did with its rows, and the requests it
+// made for them.
 type BatchStats struct {
-	Rows   int // rows handed to the sink: Scored + Failed
-	Scored int // rows with an output row
-	Failed int // rows in failed chunks
+	Rows          int // rows handed to the sink: Scored + Failed
+	Scored        int // rows with an output row
+	Failed        int // rows in failed chunks
+	Requests      int // requests sent (each may have made several attempts), SplitRequests included
+	SplitRequests int // requests sent to isolate bad rows (see BatchOptions.NoSplit)
 }
 
 // Capacity returns how many calls the Client's endpoints take at once: the
@@ -128,8 +144,10 @@ type TableResult struct {
 	// Output has one row per input row, in input order: Output.Values[i]
 	// scores input row i, or is nil when row i is in a failed chunk. Its
 	// ColumnNames and ColumnTypes are those of the first reply that has them.
-	Output   *Table
-	Failures []*ChunkError // the failed chunks, in input order
+	Output *Table
+	// Failures are the failed chunks, in input order. Their rows are
+	// numbered from 1: Output.Values[f.FirstRow-1 : f.LastRow] are nil.
+	Failures []*ChunkError
 	Stats    BatchStats
 }
 

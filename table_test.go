@@ -105,7 +105,7 @@ func TestScoreTableInOrder(t *testing.T) {
 	})
 	require.NoError(t, err)
 	assert.Empty(t, res.Failures)
-	assert.Equal(t, amlpool.BatchStats{Rows: 5003, Scored: 5003}, res.Stats)
+	assert.Equal(t, amlpool.BatchStats{Rows: 5003, Scored: 5003, Requests: 715}, res.Stats)
 	assert.EqualValues(t, 5003, last.Load())
 	assert.Equal(t, []string{"id", "score"}, res.Output.ColumnNames)
 	for i, row := range res.Output.Values {
@@ -130,21 +130,23 @@ func TestScoreTablePartialFailure(t *testing.T) {
 		return false
 	})
 	c := s.client(t, 4)
-	res, err := c.ScoreTable(context.Background(), idTable(1000), &amlpool.BatchOptions{ChunkRows: 100})
+	// NoSplit: a chunk the service blames fails whole (split_test.go has
+	// the default, which isolates the bad rows).
+	res, err := c.ScoreTable(context.Background(), idTable(1000), &amlpool.BatchOptions{ChunkRows: 100, NoSplit: true})
 	require.NoError(t, err)
 	require.Len(t, res.Failures, 2)
-	assert.Equal(t, amlpool.BatchStats{Rows: 1000, Scored: 800, Failed: 200}, res.Stats)
+	assert.Equal(t, amlpool.BatchStats{Rows: 1000, Scored: 800, Failed: 200, Requests: 10}, res.Stats)
 
 	f := res.Failures[0]
-	assert.Equal(t, [3]int{3, 300, 400}, [3]int{f.Seq, f.Start, f.End})
+	assert.Equal(t, [3]int{3, 301, 400}, [3]int{f.Seq, f.FirstRow, f.LastRow}, "rows 301 to 400, numbered from 1: indexes 300 to 399")
 	var apiErr *amlpool.APIError
 	require.ErrorAs(t, f, &apiErr)
 	assert.Equal(t, "InputParseError", apiErr.Detail())
-	assert.Contains(t, f.Error(), "amlpool: chunk 4 (rows 301-400): amlpool: endpoint fake: HTTP 400")
+	assert.EqualError(t, f, "amlpool: rows 301-400: amlpool: endpoint fake: HTTP 400 BadUserArgument/InputParseError: cannot parse")
 
 	f = res.Failures[1]
-	assert.Equal(t, [3]int{7, 700, 800}, [3]int{f.Seq, f.Start, f.End})
-	assert.EqualError(t, f, "amlpool: chunk 8 (rows 701-800): the reply has 99 output rows for 100 input rows")
+	assert.Equal(t, [3]int{7, 701, 800}, [3]int{f.Seq, f.FirstRow, f.LastRow})
+	assert.EqualError(t, f, "amlpool: rows 701-800: the reply has 99 output rows for 100 input rows")
 	assert.Equal(t, "fake", f.Endpoint)
 
 	for i, row := range res.Output.Values {
@@ -167,9 +169,9 @@ func TestScoreRowsSplitsToFitTheLimit(t *testing.T) {
 	assert.LessOrEqual(t, s.maxBody.Load(), int64(limit))
 	require.Len(t, res.Failures, 1)
 	f := res.Failures[0]
-	assert.Equal(t, [3]int{0, 41, 42}, [3]int{f.Seq, f.Start, f.End})
+	assert.Equal(t, [3]int{0, 42, 42}, [3]int{f.Seq, f.FirstRow, f.LastRow})
 	assert.ErrorIs(t, f, amlpool.ErrRequestTooLarge)
-	assert.Contains(t, f.Error(), "chunk 1 (row 42)")
+	assert.Contains(t, f.Error(), "amlpool: row 42: ")
 	assert.Equal(t, 63, res.Stats.Scored)
 	for i, row := range res.Output.Values {
 		if i != 41 {
@@ -239,13 +241,13 @@ func TestScoreRowsBadRowsKeepTheirPlace(t *testing.T) {
 	col := &collect{t: t}
 	st, err := c.ScoreRows(context.Background(), src, col.sink, &amlpool.BatchOptions{ChunkRows: 10})
 	require.NoError(t, err)
-	assert.Equal(t, amlpool.BatchStats{Rows: 100, Scored: 95, Failed: 5}, st)
+	assert.Equal(t, amlpool.BatchStats{Rows: 100, Scored: 95, Failed: 5, Requests: 11}, st)
 	assert.Equal(t, []string{
-		"amlpool: chunk 1 (row 1): line 2: ragged",
-		"amlpool: chunk 3 (row 6): line 7: ragged",
-		"amlpool: chunk 4 (row 7): line 8: ragged",
-		"amlpool: chunk 6 (row 14): 1 cells, want 2 (one per column)",
-		"amlpool: chunk 16 (row 100): line 101: ragged",
+		"amlpool: row 1: line 2: ragged",
+		"amlpool: row 6: line 7: ragged",
+		"amlpool: row 7: line 8: ragged",
+		"amlpool: row 14: 1 cells, want 2 (one per column)",
+		"amlpool: row 100: line 101: ragged",
 	}, col.failed)
 }
 
@@ -298,7 +300,8 @@ func TestScoreRowsCancelLeavesAPrefix(t *testing.T) {
 		return nil
 	}, &amlpool.BatchOptions{ChunkRows: 10})
 	assert.ErrorIs(t, err, context.Canceled)
-	assert.Equal(t, amlpool.BatchStats{Rows: 500, Scored: 500}, st, "the rows before the cut, all scored; none of the cut ones")
+	assert.Equal(t, 500, st.Rows, "the rows before the cut, all scored; none of the cut ones")
+	assert.Equal(t, 500, st.Scored)
 	assert.Empty(t, col.failed, "cancelled chunks are not failures: a later run scores them")
 }
 

@@ -2,7 +2,7 @@
 // tests, in the manner of net/http/httptest: each Server is one endpoint,
 // with its own URL, key and Max Concurrent Calls, on an httptest.Server.
 //
-// A Server follows the service contract in amlpool's AZUREML.md. It answers
+// A Server follows the service contract in amlpool's docs/azureml.md. It answers
 // only POST …/workspaces/{ws}/services/{Name}/execute?api-version=2.0, with
 // the key given as "Authorization: Bearer <key>" (scheme in any case), a
 // Content-Type of application/json and a body of at most 4 MB. It runs at
@@ -30,8 +30,9 @@
 //
 // The model is Config.Score, Echo by default. Latency, LatencyFunc, Fault and
 // Script add service time and failures: error statuses, Retry-After hints,
-// hangs, connection resets, slow and truncated bodies; Restart stops the
-// server and starts it again on the same port. Stats counts what the
+// hangs, connection resets, slow and truncated bodies (Throttle, ModelError
+// and Fault.WithRetryAfter make the common ones); Restart stops the server
+// and starts it again on the same port. Stats counts what the
 // server saw; PeakInFlight is the server-side witness that a client never
 // exceeded the cap, and WaitFor lets a test wait for a state without
 // sleeping.

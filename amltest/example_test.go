@@ -74,7 +74,7 @@ func ExampleServer_Script() {
 	srv := amltest.NewServer(amltest.Config{})
 	defer srv.Close()
 	srv.Script(
-		amltest.Fault{Status: 503, Code: "ServiceUnavailable", Detail: "RequestThrottled"},
+		amltest.Throttle(),
 		amltest.Fault{Status: 502, Body: []byte("<html>Bad Gateway</html>"), Header: http.Header{"Content-Type": {"text/html"}}},
 	)
 

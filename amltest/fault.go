@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -14,8 +15,11 @@ import (
 // Status is not 2xx or Body is set, the model's otherwise), sent with Header
 // and RetryAfter, and delivered by Truncate or SlowBody when set.
 //
-// Without Code and Detail, Status gets the catalogued pair below (AZUREML.md
-// §6.2) and its message:
+// Throttle, ModelError and WithRetryAfter make the common faults, so that a
+// test reads as what it means.
+//
+// Without Code and Detail, Status gets the catalogued pair below (the
+// service's error catalogue, docs/azureml.md) and its message:
 //
 //	400 BadArgument / RequestBodyInvalid
 //	401 Unauthorized / ScoreRequestUnauthorized
@@ -25,8 +29,8 @@ import (
 //	413 MemoryQuotaViolation / OutOfMemoryLimit
 //	429 TooManyRequests (not in the classic catalogue; the successor service's overload reply)
 //	500 InternalError / ModuleExecutionFailed
-//	503 InitializingContainers (transient, retried; not the cap: use Code
-//	    "ServiceUnavailable" and Detail "RequestThrottled" for an injected throttle)
+//	503 InitializingContainers (transient, retried; not the cap: use
+//	    Throttle() for an injected throttle)
 //	504 GatewayTimeout / BackendScoreTimeout
 //
 // Other statuses get the status text, without spaces, as Code. A Code given
@@ -67,13 +71,40 @@ type Fault struct {
 	Truncate bool
 }
 
+// Throttle is the reply of an endpoint at its cap: 503 ServiceUnavailable /
+// RequestThrottled, the very reply a Server sends by itself to a call over
+// its MaxConcurrentCalls, naming its cap. A client takes it as "full" and
+// goes to another endpoint at once.
+func Throttle() Fault {
+	return Fault{Status: http.StatusServiceUnavailable, Code: "ServiceUnavailable", Detail: "RequestThrottled"}
+}
+
+// ModelError is the reply to a request the model cannot score: 400
+// LibraryExecutionError / FailedToEvaluateRScript, with message, the
+// model's own words, as details[0].message under the service's generic
+// error.message. A Config.Score that returns an error gets the same reply.
+// A client takes it as the input's fault: not retried.
+func ModelError(message string) Fault {
+	e := badRequest("LibraryExecutionError", "FailedToEvaluateRScript", message)
+	e.target = "Score"
+	return Fault{Status: e.status, Body: e.body()}
+}
+
+// WithRetryAfter returns f with a Retry-After header asking the client to
+// wait d, in whole seconds rounded up as the header's seconds form has it:
+// Throttle().WithRetryAfter(2*time.Second), or Fault{Status: 429}.WithRetryAfter(time.Second).
+func (f Fault) WithRetryAfter(d time.Duration) Fault {
+	f.RetryAfter = strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10)
+	return f
+}
+
 func (f *Fault) isZero() bool {
 	return f.Status == 0 && f.Code == "" && f.Detail == "" && f.RetryAfter == "" &&
 		f.Header == nil && f.Body == nil && !f.Hang && f.Delay == 0 && !f.Reset &&
 		f.SlowBody == 0 && !f.Truncate
 }
 
-// apiError is one Azure ML error reply (AZUREML.md §6.1):
+// apiError is one Azure ML error reply (docs/azureml.md):
 // {"error":{"code","message","details":[{"code","target","message"}]}}.
 type apiError struct {
 	status        int
@@ -186,8 +217,8 @@ func faultError(status int, code, detail string, mcc int64) apiError {
 	return apiError{status: status, code: code, message: msg, detail: detail, detailMessage: detailMessages[detail]}
 }
 
-// throttleError is the reply to a call over the cap, as quoted in
-// AZUREML.md §6.1. "{0} endpoint" is filled with "default", as there.
+// throttleError is the reply to a call over the cap: the catalogue's
+// RequestThrottled message, its "{0} endpoint" filled with "default".
 func throttleError(mcc int64) apiError {
 	return apiError{
 		status: http.StatusServiceUnavailable, code: "ServiceUnavailable",

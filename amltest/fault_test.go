@@ -26,7 +26,7 @@ func TestScriptedErrorReplies(t *testing.T) {
 		wantHeader http.Header
 	}{
 		{
-			name: "injected throttle has the exact body", fault: amltest.Fault{Status: 503, Code: "ServiceUnavailable", Detail: "RequestThrottled"},
+			name: "injected throttle has the exact body", fault: amltest.Throttle(),
 			wantStatus: 503, wantBody: throttleBody20,
 		},
 		{

@@ -18,14 +18,14 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// The exact bodies the service contract (AZUREML.md §6) asks for.
+// The exact error bodies of the service contract (docs/azureml.md).
 const (
 	throttleBody20 = `{"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.","details":[{"code":"RequestThrottled","message":"Request was throttled for default endpoint. The maximum concurrency for the endpoint is 20."}]}}`
 	throttleBody3  = `{"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.","details":[{"code":"RequestThrottled","message":"Request was throttled for default endpoint. The maximum concurrency for the endpoint is 3."}]}}`
 	unauthorized   = `{"error":{"code":"Unauthorized","message":"Authorization failed.","details":[{"code":"ScoreRequestUnauthorized","message":"Invalid credentials provided."}]}}`
 )
 
-// classicBody is the request quoted in AZUREML.md §4.
+// classicBody is a classic request, in the form docs/azureml.md shows.
 const classicBody = `{"Inputs": {"input1": {"ColumnNames": ["cog_speed"], "Values": [["0"], ["1"]]}}, "GlobalParameters": {}}`
 
 // newServer starts a fake endpoint closed when the test ends.
@@ -96,7 +96,7 @@ func errorCodes(t *testing.T, body []byte) (code, detail string) {
 	return e.Error.Code, detail
 }
 
-// fixture reads a body quoted in AZUREML.md from the root package's testdata.
+// fixture reads one of the service's bodies from the root package's testdata.
 func fixture(t *testing.T, name string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "testdata", "rrs", name))

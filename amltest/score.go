@@ -145,7 +145,7 @@ func isRows(t *amlpool.Table) bool {
 // every output is {"type","value"} with a classic table ("table" when the
 // model left Type empty; row objects become columns in name order), and
 // without details=true ColumnNames and ColumnTypes are dropped, as in the
-// reply captured in AZUREML.md §5.
+// replies the service sends without it (docs/azureml.md).
 func encodeResponse(resp *amlpool.Response, swagger, details bool) ([]byte, error) {
 	out := amlpool.Response{Results: map[string]*amlpool.Output{}}
 	if resp != nil {

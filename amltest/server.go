@@ -74,7 +74,7 @@ type Config struct {
 
 // Server is a fake Azure ML Classic scoring endpoint on an httptest.Server.
 // It answers POST …/workspaces/{ws}/services/{Name}/execute like the service
-// (AZUREML.md): it checks the key, enforces its cap with 503
+// (docs/azureml.md): it checks the key, enforces its cap with 503
 // RequestThrottled, runs the model after the configured latency, and injects
 // the faults a test asks for. It counts what it saw in Stats, which tests use
 // as the server-side witness of the client's behaviour.

@@ -8,13 +8,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 const benchHelp = `Usage: amlpool bench (--config pool.json --in rows.csv | --fake N) [flags]
@@ -132,17 +133,7 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		ceilingLatency = time.Duration(sum.Mean * float64(time.Millisecond))
 	}
 	st := client.Stats()
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "endpoint\tMCC\tcalls\tshare\tslot share\tthrottles\terrors\t")
-	var calls int64
-	for _, e := range st.Endpoints {
-		calls += e.Calls
-	}
-	for _, e := range st.Endpoints {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%.1f%%\t%d\t%d\t\n", e.Name, e.MaxConcurrentCalls, e.Calls,
-			100*float64(e.Calls)/float64(max(calls, 1)), 100*float64(e.MaxConcurrentCalls)/float64(client.Capacity()), e.Throttles, e.Errors)
-	}
-	tw.Flush()
+	fmt.Fprint(out, benchTable(st, client.Capacity()))
 	rate := float64(r.ok) / r.elapsed.Seconds()
 	var ceiling float64
 	if ceilingLatency > 0 {
@@ -152,17 +143,47 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	fmt.Fprintf(out, "achieved: %.0f calls/s; ceiling %d x 1000 / %.4g ms = %.0f calls/s (%s); %.1f%% of it\n",
 		rate, client.Capacity(), float64(ceilingLatency)/float64(time.Millisecond), ceiling,
 		map[bool]string{true: "the fakes' latency", false: "the measured mean latency"}[o.fake > 0], 100*rate/max(ceiling, 1e-9))
-	fmt.Fprintf(out, "calls: %d ok, %d failed (endpoint errors also count the calls cut short when the run ended)\n", r.ok, r.failed)
+	fmt.Fprintf(out, "calls: %d ok, %d failed, %d cut short by the end of the run\n", r.ok, r.failed, r.cut)
 	if r.firstErr != nil {
 		fmt.Fprintln(out, "first error:", r.firstErr)
 	}
 	if o.stats != "" {
-		rs := newRunStats(client, amlpool.BatchStats{}, r.elapsed, o.chunk, r.lat)
+		rs := newRunStats(client, amlpool.BatchStats{Requests: int(r.ok + r.failed)}, r.elapsed, o.chunk, r.lat)
 		if err := writeJSON(o.stats, rs); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// benchTable is each endpoint's attempts, by outcome, and their sum. An
+// attempt is one request: a call makes one per try, so the ok column adds
+// up to the calls that succeeded, while throttles and errors count tries
+// that were retried as well as those that failed their call.
+func benchTable(st amlpool.Stats, capacity int) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "endpoint\tMCC\tattempts\tok\tthrottled\terrors\tcancelled\tshare\tslot share\t")
+	var sum amlpool.EndpointStats
+	for _, e := range st.Endpoints {
+		sum.MaxConcurrentCalls += e.MaxConcurrentCalls
+		sum.Calls += e.Calls
+		sum.Throttles += e.Throttles
+		sum.Errors += e.Errors
+		sum.Cancelled += e.Cancelled
+	}
+	row := func(name string, e amlpool.EndpointStats) {
+		// Errors include throttles; the columns show them apart.
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f%%\t%.1f%%\t\n", name, e.MaxConcurrentCalls, e.Calls,
+			e.Calls-e.Errors-e.Cancelled, e.Throttles, e.Errors-e.Throttles, e.Cancelled,
+			100*float64(e.Calls)/float64(max(sum.Calls, 1)), 100*float64(e.MaxConcurrentCalls)/float64(max(capacity, 1)))
+	}
+	for _, e := range st.Endpoints {
+		row(e.Name, e)
+	}
+	row("total", sum)
+	tw.Flush()
+	return b.String()
 }
 
 // benchBody builds one request from the first n rows of a file.
@@ -192,6 +213,7 @@ func benchBody(path string, n int, cfg *poolConfig) ([]byte, error) {
 
 type driveResult struct {
 	ok, failed int64
+	cut        int64 // calls the end of the run cut short
 	elapsed    time.Duration
 	lat        *latencies
 	firstErr   error
@@ -214,7 +236,10 @@ func drive(ctx context.Context, c *amlpool.Client, body []byte, callers int, d t
 				_, err := c.Do(ctx, body)
 				el := time.Since(t0)
 				if err != nil && ctx.Err() != nil {
-					return // cut short by the end of the run, not failed
+					mu.Lock()
+					r.cut++ // cut short by the end of the run, not failed
+					mu.Unlock()
+					return
 				}
 				mu.Lock()
 				r.lat.add(el)

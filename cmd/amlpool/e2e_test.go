@@ -175,10 +175,11 @@ func TestScore100kRowsInOrder(t *testing.T) {
 }
 
 // failEvery50th makes an endpoint answer every 50th call it admits with a
-// permanent 400, which is not retried: the chunk goes to the reject file.
+// permanent error that does not blame the rows (409), which is neither
+// retried nor split: the chunk goes to the reject file whole.
 func failEvery50th(n int64) amltest.Fault {
 	if n%50 == 0 {
-		return amltest.Fault{Status: 400, Code: "BadUserArgument", Detail: "InputParseError"}
+		return amltest.Fault{Status: 409}
 	}
 	return amltest.Fault{}
 }
@@ -192,14 +193,14 @@ func TestScoreFailingEndpointLosesNoRow(t *testing.T) {
 	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
 	assert.Equal(t, 1, code, "rows failed: exit status 1")
 	assert.Contains(t, stderr, "rejected in "+filepath.Join(dir, "scored.rejects.csv"))
-	assert.Contains(t, stderr, "first failure: amlpool: chunk ")
+	assert.Regexp(t, `first failure: line \d+ \(row \d+\): amlpool: endpoint ep1: HTTP 409 Conflict/ModelOutputMetadataMismatch`, stderr)
 	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
 	scored, rejected := checkOnce(t, readCSV(t, out), rej, n)
 	assert.Equal(t, n, scored+rejected)
 	failedCalls := int(p.servers[0].Stats().Faults)
 	assert.Equal(t, failedCalls*100, rejected, "each failed call rejects its chunk of 100 rows, no more")
 	assert.Positive(t, failedCalls)
-	assert.Contains(t, rej[1][2], "HTTP 400 BadUserArgument/InputParseError")
+	assert.Equal(t, "amlpool: endpoint ep1: HTTP 409 Conflict/ModelOutputMetadataMismatch: Model output metadata mismatch.", rej[1][2])
 }
 
 // reference scores rows into a fresh file and returns its content.
@@ -292,7 +293,7 @@ func TestScoreJSONLines(t *testing.T) {
 	assert.Regexp(t, `^\{"id":2,"name":"b","Scored Probabilities":"0\.\d+"\}$`, lines[1])
 	rej, err := os.ReadFile(filepath.Join(dir, "scored.rejects.jsonl"))
 	require.NoError(t, err)
-	assert.Equal(t, `{"line":3,"row":3,"error":"no key \"name\" (every row needs every column)","id":null,"name":null}`+"\n", string(rej))
+	assert.Equal(t, `{"line":3,"row":3,"error":"no key \"name\" (every row needs every column)","text":"{\"id\":3}","id":3,"name":null}`+"\n", string(rej))
 }
 
 func TestScoreBadInput(t *testing.T) {
@@ -325,9 +326,9 @@ func TestScoreBadInput(t *testing.T) {
 		{"header unlike the config's columns", "ident,name\n1,a\n", `,"inputColumns":["id","name"]`, 2,
 			`rows.csv: line 1: the header does not match the service's input columns (` + "POOL" + ` "inputColumns"): missing ["id"]; not in the service's input ["ident"]`, nil},
 		{"header the service rejects", "ident,name\n1,a\n2,b\n", "", 1, "0 scored",
-			[]string{"chunk 1 (rows 1-2): amlpool: endpoint ep1: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: column id is missing"}},
+			[]string{"amlpool: endpoint ep1: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: column id is missing"}},
 		{"reply with a row too few", "id,name\nshort,a\n2,b\n", "", 1, "0 scored",
-			[]string{"chunk 1 (rows 1-2): the reply has 1 output rows for 2 input rows"}},
+			[]string{"the reply has 1 output rows for 2 input rows"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@
 //	amlpool score    score every row of a CSV or JSON Lines file through the pool
 //	amlpool plan     how many endpoints a target rate needs, by the capacity formula
 //	amlpool bench    drive load at the pool's endpoints and compare with the formula
+//	amlpool fake     serve fake endpoints on loopback, with a config to try the others on
 //
 // Run "amlpool <command> -h" for a command's flags.
 package main
@@ -25,6 +26,7 @@ var commands = []command{
 	{"score", "score every row of a CSV or JSON Lines file through the pool's endpoints", runScore},
 	{"plan", "how many endpoints a target rate needs, by the capacity formula", runPlan},
 	{"bench", "drive load at the pool's endpoints (or fakes) and compare with the formula", runBench},
+	{"fake", "serve fake endpoints on this machine and write a config to try the other commands on", runFake},
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

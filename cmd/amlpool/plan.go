@@ -8,27 +8,33 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/amlpool/amlpool"
 )
 
-const planHelp = `Usage: amlpool plan --rps N (--latency D | --from-stats FILE) [--mcc N] [--headroom F]
+const planHelp = `Usage: amlpool plan (--rps N | --rows-per-second N) (--latency D | --from-stats FILE) [flags]
 
 Says how many endpoints a target rate needs, by the service's capacity
 formula: one endpoint serves MCC x 1000 / latency_ms calls per second
-(20 slots at 50 ms = 400 calls/s). The target is raised by the headroom
-(default 25%) so the pool is not run at its very edge, where any latency
-spike turns into waiting.
+(20 slots at 50 ms = 400 calls/s). A call is one request, which may carry
+many rows: "amlpool score" sends --chunk-rows rows per call (100 by
+default). Give the target in calls (--rps) or in rows (--rows-per-second,
+turned into calls with the rows per call). The target is raised by the
+headroom (default 25%) so the pool is not run at its very edge, where any
+latency spike turns into waiting.
 
 --from-stats takes the latency from a run instead: the mean request
 latency that "amlpool score" or "amlpool bench" wrote to its --stats file,
+for requests of that run's chunk size, which is then the rows per call;
 and the endpoints' MCC when they all share one and --mcc is not given.
 
 Examples:
   amlpool plan --rps 4000 --latency 50ms
   amlpool plan --rps 4000 --latency 50ms --mcc 200
-  amlpool plan --rps 300 --from-stats scored.stats.json
+  amlpool plan --rows-per-second 40000 --chunk-rows 100 --latency 120ms
+  amlpool plan --rows-per-second 4000 --from-stats scored.stats.json
 
 Flags:
 `
@@ -37,57 +43,79 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), planHelp); fs.PrintDefaults() }
-	rps := fs.Float64("rps", 0, "target calls per second (required)")
+	rps := fs.Float64("rps", 0, "target calls (requests) per second")
+	rowsPS := fs.Float64("rows-per-second", 0, "target rows per second, instead of --rps")
+	chunk := fs.Int("chunk-rows", 0, "rows per call, for --rows-per-second (default: the --from-stats run's, else 100)")
 	latency := fs.Duration("latency", 0, "service latency of one call, e.g. 50ms")
 	mcc := fs.Int("mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200)")
 	headroom := fs.Float64("headroom", 0.25, "spare capacity to plan for, as a fraction of the target")
-	fromStats := fs.String("from-stats", "", "take the latency (and MCC) from a run's --stats file")
+	fromStats := fs.String("from-stats", "", "take the latency, rows per call (and MCC) from a run's --stats file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	mccSet := false
-	fs.Visit(func(f *flag.Flag) { mccSet = mccSet || f.Name == "mcc" })
-	source := "--latency"
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fail := func(msg string) int { fmt.Fprintln(stderr, "amlpool plan:", msg); return 2 }
+	if set["rps"] && set["rows-per-second"] {
+		return fail("give --rps (calls) or --rows-per-second (rows), not both")
+	}
+	if *chunk < 0 {
+		return fail(fmt.Sprintf("--chunk-rows %d: must be positive", *chunk))
+	}
+	p := plan{rps: *rps, latency: *latency, mcc: *mcc, headroom: *headroom, rows: *chunk, latencySource: "--latency"}
 	if *fromStats != "" {
 		if *latency != 0 {
-			fmt.Fprintln(stderr, "amlpool plan: give --latency or --from-stats, not both")
-			return 2
+			return fail("give --latency or --from-stats, not both")
 		}
 		st, err := readStats(*fromStats)
 		if err != nil {
-			fmt.Fprintln(stderr, "amlpool plan:", err)
-			return 2
+			return fail(err.Error())
 		}
-		*latency = time.Duration(st.LatencyMs.Mean * float64(time.Millisecond))
-		source = fmt.Sprintf("mean of %d requests measured in %s", st.Requests, *fromStats)
-		if m := commonMCC(st.Endpoints); m > 0 && !mccSet {
-			*mcc = m
+		p.latency = time.Duration(st.LatencyMs.Mean * float64(time.Millisecond))
+		p.latencySource = fmt.Sprintf("mean of %d requests measured in %s", st.Requests, *fromStats)
+		if m := commonMCC(st.Endpoints); m > 0 && !set["mcc"] {
+			p.mcc = m
+		}
+		if p.rows == 0 {
+			p.rows, p.rowsSource = max(st.ChunkRows, 1), "the chunk size of "+*fromStats
 		}
 	}
-	p := plan{rps: *rps, latency: *latency, mcc: *mcc, headroom: *headroom}
+	if p.rows == 0 {
+		p.rows, p.rowsSource = amlpool.DefaultChunkRows, "amlpool score's default chunk size"
+	}
+	if p.rowsSource == "" {
+		p.rowsSource = "--chunk-rows"
+	}
+	if set["rows-per-second"] {
+		p.targetRows = *rowsPS
+		p.rps = *rowsPS / float64(p.rows)
+	}
 	if err := p.check(); err != nil {
-		fmt.Fprintln(stderr, "amlpool plan:", err)
-		return 2
+		return fail(err.Error())
 	}
-	p.print(stdout, source)
+	p.print(stdout)
 	return 0
 }
 
 // plan is the capacity formula applied to a target.
 type plan struct {
-	rps      float64
-	latency  time.Duration
-	mcc      int
-	headroom float64
+	rps           float64 // target calls/s
+	targetRows    float64 // target rows/s when the target was given in rows; 0 otherwise
+	rows          int     // rows per call
+	latency       time.Duration
+	mcc           int
+	headroom      float64
+	latencySource string
+	rowsSource    string
 }
 
 func (p plan) check() error {
 	switch {
 	case p.rps <= 0:
-		return errors.New("--rps: need a target rate above 0 calls/s")
+		return errors.New("--rps or --rows-per-second: need a target rate above 0")
 	case p.latency <= 0:
 		return errors.New("--latency: need a latency above 0 (or --from-stats with a run that made requests)")
 	case p.mcc < 1 || p.mcc > amlpool.MaxMaxConcurrentCalls:
@@ -109,13 +137,19 @@ func (p plan) endpoints(mcc int) int {
 	return int(math.Ceil(p.rps * (1 + p.headroom) / p.perEndpoint(mcc) * (1 - 1e-12)))
 }
 
-func (p plan) print(w io.Writer, source string) {
+func (p plan) print(w io.Writer) {
 	ms := float64(p.latency) / float64(time.Millisecond)
 	per := p.perEndpoint(p.mcc)
 	n := p.endpoints(p.mcc)
-	fmt.Fprintf(w, "latency: %.4g ms (%s)\n", ms, source)
-	fmt.Fprintf(w, "capacity per endpoint: %d slots x 1000 / %.4g ms = %.0f calls/s\n", p.mcc, ms, per)
-	fmt.Fprintf(w, "target: %.0f calls/s + %.0f%% headroom = %.0f calls/s\n", p.rps, 100*p.headroom, p.rps*(1+p.headroom))
+	if p.targetRows > 0 {
+		fmt.Fprintf(w, "planning for rows: %s rows/s = %s calls/s of %d rows (%s)\n", num(p.targetRows), num(p.rps), p.rows, p.rowsSource)
+	} else {
+		fmt.Fprintf(w, "planning for calls: %s calls/s; at %d rows per call (%s) that is %s rows/s; use --rows-per-second to plan for rows\n",
+			num(p.rps), p.rows, p.rowsSource, num(p.rps*float64(p.rows)))
+	}
+	fmt.Fprintf(w, "latency: %.4g ms per call (%s)\n", ms, p.latencySource)
+	fmt.Fprintf(w, "capacity per endpoint: %d slots x 1000 / %.4g ms = %.0f calls/s (%.0f rows/s)\n", p.mcc, ms, per, per*float64(p.rows))
+	fmt.Fprintf(w, "target: %s calls/s + %.0f%% headroom = %s calls/s\n", num(p.rps), 100*p.headroom, num(p.rps*(1+p.headroom)))
 	fmt.Fprintf(w, "endpoints needed: %d at MCC %d (%.0f calls/s; %.0f%% busy at the target)\n",
 		n, p.mcc, float64(n)*per, 100*p.rps/(float64(n)*per))
 	if p.mcc < amlpool.MaxMaxConcurrentCalls {
@@ -123,6 +157,14 @@ func (p plan) print(w io.Writer, source string) {
 		fmt.Fprintf(w, "  or %d at MCC %d (%.0f calls/s), where the service allows it\n",
 			m, amlpool.MaxMaxConcurrentCalls, float64(m)*p.perEndpoint(amlpool.MaxMaxConcurrentCalls))
 	}
+}
+
+// num writes a rate: whole numbers as they are, others to one decimal.
+func num(f float64) string {
+	if f == math.Trunc(f) {
+		return strconv.FormatFloat(f, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(f, 'f', 1, 64)
 }
 
 func readStats(path string) (*runStats, error) {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -37,15 +40,46 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestPlanFromStats is the case: a run with 10-row chunks, and a
+// target of 4000 rows/s. The plan says which it plans for and uses the
+// run's chunk size; a target in calls says what it means in rows.
 func TestPlanFromStats(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run.stats.json")
-	require.NoError(t, writeJSON(path, runStats{Requests: 10, LatencyMs: latencySummary{Mean: 100},
-		Endpoints: []endpointStats{{Name: "a", MaxConcurrentCalls: 50}, {Name: "b", MaxConcurrentCalls: 50}}}))
+	require.NoError(t, writeJSON(path, runStats{Requests: 400, ChunkRows: 10, LatencyMs: latencySummary{Mean: 50},
+		Endpoints: []endpointStats{{Name: "a", MaxConcurrentCalls: 20}, {Name: "b", MaxConcurrentCalls: 20}}}))
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"rows", []string{"--rows-per-second", "4000"}, []string{
+			"planning for rows: 4000 rows/s = 400 calls/s of 10 rows (the chunk size of " + path + ")",
+			"latency: 50 ms per call (mean of 400 requests measured in " + path + ")",
+			"capacity per endpoint: 20 slots x 1000 / 50 ms = 400 calls/s (4000 rows/s)",
+			"target: 400 calls/s + 25% headroom = 500 calls/s",
+			"endpoints needed: 2 at MCC 20 (800 calls/s; 50% busy at the target)",
+		}},
+		{"calls", []string{"--rps", "4000"}, []string{
+			"planning for calls: 4000 calls/s; at 10 rows per call (the chunk size of " + path + ") that is 40000 rows/s; use --rows-per-second to plan for rows",
+			"endpoints needed: 13 at MCC 20",
+		}},
+		{"rows per call given", []string{"--rows-per-second", "4000", "--chunk-rows", "100"}, []string{
+			"planning for rows: 4000 rows/s = 40 calls/s of 100 rows (--chunk-rows)",
+			"endpoints needed: 1 at MCC 20",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			require.Equal(t, 0, run(append([]string{"plan", "--from-stats", path}, tt.args...), &out, &errOut), errOut.String())
+			for _, w := range tt.want {
+				assert.Contains(t, out.String(), w)
+			}
+		})
+	}
 	var out, errOut bytes.Buffer
-	require.Equal(t, 0, run([]string{"plan", "--rps", "1000", "--from-stats", path}, &out, &errOut), errOut.String())
-	assert.Contains(t, out.String(), "latency: 100 ms (mean of 10 requests measured in "+path+")")
-	assert.Contains(t, out.String(), "capacity per endpoint: 50 slots x 1000 / 100 ms = 500 calls/s")
-	assert.Contains(t, out.String(), "endpoints needed: 3 at MCC 50")
+	require.Equal(t, 0, run([]string{"plan", "--rows-per-second", "4000", "--latency", "50ms"}, &out, &errOut))
+	assert.Contains(t, out.String(), "planning for rows: 4000 rows/s = 40 calls/s of 100 rows (amlpool score's default chunk size)")
 }
 
 func TestPlanBadFlags(t *testing.T) {
@@ -55,7 +89,9 @@ func TestPlanBadFlags(t *testing.T) {
 		args []string
 		msg  string
 	}{
-		{[]string{"--latency", "50ms"}, "--rps: need a target rate"},
+		{[]string{"--latency", "50ms"}, "--rps or --rows-per-second: need a target rate"},
+		{[]string{"--rps", "1", "--rows-per-second", "10", "--latency", "50ms"}, "not both"},
+		{[]string{"--rows-per-second", "10", "--latency", "50ms", "--chunk-rows", "-1"}, "--chunk-rows -1: must be positive"},
 		{[]string{"--rps", "10"}, "--latency: need a latency"},
 		{[]string{"--rps", "10", "--latency", "1s", "--mcc", "0"}, "--mcc 0: want 1 to 200"},
 		{[]string{"--rps", "10", "--from-stats", empty}, "the run measured no request latency"},
@@ -67,14 +103,47 @@ func TestPlanBadFlags(t *testing.T) {
 	}
 }
 
+// TestBenchFake checks that bench's figures add up: per endpoint, attempts
+// are ok + throttled + errors + cancelled; the total row is the sum; and
+// the calls that succeeded are the ok attempts.
 func TestBenchFake(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bench.json")
 	var out, errOut bytes.Buffer
 	code := run([]string{"bench", "--fake", "2", "--mcc", "2", "--latency", "1ms", "--duration", "200ms", "--stats", path}, &out, &errOut)
 	require.Equal(t, 0, code, errOut.String())
-	for _, w := range []string{"fake1", "fake2", "share", "throttles", "latency per call: p50", "ceiling 4 x 1000 / 1 ms = 4000 calls/s (the fakes' latency)", "0 failed"} {
+	for _, w := range []string{"latency per call: p50", "ceiling 4 x 1000 / 1 ms = 4000 calls/s (the fakes' latency)", " 0 failed, "} {
 		assert.Contains(t, out.String(), w)
 	}
+	var sum [5]int64
+	var total [5]int64
+	var okCalls int64
+	for _, line := range strings.Split(out.String(), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 9 && (f[0] == "fake1" || f[0] == "fake2" || f[0] == "total"):
+			var n [5]int64
+			for i := range n {
+				v, err := strconv.ParseInt(f[2+i], 10, 64)
+				require.NoError(t, err, line)
+				n[i] = v
+			}
+			assert.Equal(t, n[0], n[1]+n[2]+n[3]+n[4], "attempts = ok + throttled + errors + cancelled: %s", line)
+			if f[0] == "total" {
+				total = n
+			} else {
+				for i := range n {
+					sum[i] += n[i]
+				}
+			}
+		case strings.HasPrefix(line, "calls: "):
+			_, err := fmt.Sscanf(line, "calls: %d ok", &okCalls)
+			require.NoError(t, err)
+		}
+	}
+	assert.Equal(t, sum, total, "the total row is the sum of the endpoints'")
+	assert.Positive(t, okCalls)
+	assert.Equal(t, okCalls, total[1], "the calls that succeeded are the ok attempts")
+
 	st, err := readStats(path)
 	require.NoError(t, err)
 	assert.Positive(t, st.Requests)

@@ -4,34 +4,42 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
 
-// progress shows how a score run goes: a bar with rate and ETA on a
+// progress shows how a score run goes: a bar redrawn in place on a
 // terminal, a plain line every interval otherwise (logs, CI), nothing when
-// quiet. Its methods are called from one goroutine at a time.
+// quiet. The figures cover the whole input, rows settled by an earlier run
+// included, while the rate and the ETA count only this run's work: a
+// resumed run does not claim the earlier run's rows as its own speed.
+//
+// update is called from one goroutine at a time; finish after the last
+// update.
 type progress struct {
-	w        io.Writer
-	bar      *progressbar.ProgressBar
-	every    time.Duration
-	start    time.Time
-	lastLine time.Time
-	base     int           // rows settled by an earlier run
-	total    *atomic.Int64 // rows in the input; -1 until counted
-	barMax   bool          // the bar knows the total
+	w     io.Writer // nil: quiet
+	bar   bool      // redraw one line in place
+	every time.Duration
+	now   func() time.Time
+	start time.Time
+	last  time.Time     // when the last bar or line was written
+	base  int           // rows settled by an earlier run
+	total *atomic.Int64 // rows in the input; -1 while unknown
 
-	mu   sync.Mutex // guards done, for the final line from another goroutine
-	done int
+	mu   sync.Mutex // guards done
+	done int        // rows settled by this run
 }
 
-func newProgress(w io.Writer, mode string, every time.Duration, base int, total *atomic.Int64) *progress {
-	p := &progress{w: w, every: every, start: time.Now(), base: base, total: total}
-	p.lastLine = p.start
+// barEvery is how often the bar is redrawn at most.
+const barEvery = 100 * time.Millisecond
+
+func newProgress(w io.Writer, mode string, every time.Duration, base int, total *atomic.Int64, now func() time.Time) *progress {
+	p := &progress{w: w, every: every, now: now, start: now(), base: base, total: total}
+	p.last = p.start // the first line after one interval
 	if mode == "auto" {
 		mode = "lines"
 		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -40,75 +48,75 @@ func newProgress(w io.Writer, mode string, every time.Duration, base int, total 
 	}
 	switch mode {
 	case "bar":
-		p.bar = progressbar.NewOptions64(-1, // spinner until the rows are counted
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription("scoring"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionShowIts(),
-			progressbar.OptionSetItsString("rows"),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionClearOnFinish(),
-		)
-		if base > 0 {
-			p.bar.Set64(int64(base))
-		}
+		p.bar, p.every = true, barEvery
 	case "none":
 		p.w = nil
 	}
 	return p
 }
 
-// update is the batch's Progress callback: done rows of this run.
-func (p *progress) update(done, total int) {
+// update is the batch's Progress callback: done rows settled by this run.
+func (p *progress) update(done, _ int) {
 	p.mu.Lock()
 	p.done = done
 	p.mu.Unlock()
 	if p.w == nil {
 		return
 	}
-	if p.bar != nil {
-		if n := p.total.Load(); n >= 0 && !p.barMax {
-			p.bar.ChangeMax64(n)
-			p.barMax = true
-		}
-		p.bar.Set64(int64(p.base + done))
+	now := p.now()
+	if now.Sub(p.last) < p.every {
 		return
 	}
-	now := time.Now()
-	if now.Sub(p.lastLine) < p.every {
+	p.last = now
+	p.write(now)
+}
+
+func (p *progress) write(now time.Time) {
+	if p.bar {
+		fmt.Fprintf(p.w, "\r%s\x1b[K", p.line(now))
 		return
 	}
-	p.lastLine = now
 	fmt.Fprintln(p.w, p.line(now))
 }
 
-// line describes the progress so far: "scored 45000/100000 rows (45.0%),
-// 12000 rows/s, ETA 5s".
+// line describes the progress as of now: "amlpool score: 2700/5000 rows
+// (54.0%), 450 rows/s, ETA 5s", with a bar in front in bar mode.
 func (p *progress) line(now time.Time) string {
 	p.mu.Lock()
 	done := p.done
 	p.mu.Unlock()
-	el := now.Sub(p.start)
-	rate := float64(done) / max(el.Seconds(), 1e-9)
+	settled := p.base + done
 	total := int(p.total.Load())
-	s := fmt.Sprintf("amlpool score: %d", p.base+done)
+	rate := 0.0
+	if el := now.Sub(p.start).Seconds(); el > 0 {
+		rate = float64(done) / el
+	}
+	var b strings.Builder
+	b.WriteString("amlpool score: ")
 	if total >= 0 {
-		s += fmt.Sprintf("/%d rows (%.1f%%)", total, 100*float64(p.base+done)/float64(max(total, 1)))
+		frac := float64(settled) / float64(max(total, 1))
+		if p.bar {
+			const width = 20
+			full := min(int(frac*width), width)
+			fmt.Fprintf(&b, "[%s%s] ", strings.Repeat("#", full), strings.Repeat("-", width-full))
+		}
+		fmt.Fprintf(&b, "%d/%d rows (%.1f%%)", settled, total, 100*frac)
 	} else {
-		s += " rows"
+		fmt.Fprintf(&b, "%d rows", settled)
 	}
-	s += fmt.Sprintf(", %.0f rows/s", rate)
+	fmt.Fprintf(&b, ", %.0f rows/s", rate)
 	if total >= 0 && rate > 0 {
-		eta := time.Duration(float64(total-p.base-done) / rate * float64(time.Second))
-		s += ", ETA " + eta.Round(time.Second).String()
+		eta := time.Duration(float64(total-settled) / rate * float64(time.Second))
+		b.WriteString(", ETA " + max(eta, 0).Round(time.Second).String())
 	}
-	return s
+	return b.String()
 }
 
-// finish ends the bar, so that the summary starts on a clean line.
+// finish draws the bar's final state and ends its line, so that the
+// summary starts on a line of its own.
 func (p *progress) finish() {
-	if p.bar != nil {
-		p.bar.Exit()
+	if p.w != nil && p.bar {
+		p.write(p.now())
+		fmt.Fprintln(p.w)
 	}
 }

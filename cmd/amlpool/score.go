@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 const scoreHelp = `Usage: amlpool score --config pool.json --in rows.csv --out scored.csv [flags]
@@ -32,9 +32,14 @@ Files are CSV with a header line, or JSON Lines (one object per line) when
 the name ends in .jsonl or .ndjson (--format overrides this for the input).
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
-number and the error; nothing is dropped. The exit status is 0 when every
-row was scored, 1 when some were rejected or the run failed, 2 for bad
-flags, config or input, 130 when interrupted.
+number and the error; nothing is dropped. A quote left open in a CSV is
+the error of the line where it opens, and the lines after it are read as
+rows. When the service blames a chunk's input (HTTP 400), the chunk is
+split until each bad row stands alone: the other rows are scored, and each
+bad row is rejected with the service's message for it (--no-split turns
+this off). The exit status is 0 when every row was scored, 1 when some
+were rejected or the run failed, 2 for bad flags, config or input, 130 when
+interrupted.
 
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
@@ -68,7 +73,7 @@ Flags:
 type scoreOptions struct {
 	config, in, out, rejects, stats, format string
 	chunkRows, parallelism                  int
-	resume                                  bool
+	resume, noSplit                         bool
 	progress                                string
 	every                                   time.Duration
 }
@@ -87,6 +92,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.chunkRows, "chunk-rows", 0, "rows per request (default: the config's chunkRows, else 100)")
 	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most (default: the pool's total slots)")
 	fs.BoolVar(&o.resume, "resume", false, "continue the output and reject files of an interrupted run")
+	fs.BoolVar(&o.noSplit, "no-split", false, "reject a chunk the service blames (HTTP 400) whole, instead of splitting it to find its bad rows")
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
 	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal")
 	if err := fs.Parse(args); err != nil {
@@ -177,15 +183,21 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 			return fail(usageError{fmt.Errorf("%s: line 1: the header does not match the service's input columns (%s \"inputColumns\"): %v", o.in, o.config, err)})
 		}
 	}
-	// The rows are counted, for the progress bar, beside the scoring rather
-	// than before it: counting a large file takes a while.
+	// The rows are counted, for the progress figures, beside the scoring
+	// rather than before it: counting a large file takes a while. Only a
+	// regular file can be read a second time: opening a pipe again would
+	// take rows away from the scoring.
 	s.counted = make(chan struct{})
-	go func() {
-		defer close(s.counted)
-		if n, err := countRows(o.in, inFormat); err == nil {
-			s.total.Store(int64(n))
-		}
-	}()
+	if st, err := in.Stat(); err == nil && st.Mode().IsRegular() {
+		go func() {
+			defer close(s.counted)
+			if n, err := countRows(o.in, inFormat); err == nil {
+				s.total.Store(int64(n))
+			}
+		}()
+	} else {
+		close(s.counted)
+	}
 	w := &writer{inCols: r.Columns(), port: cmpOr(cfg.Output, "output1"), keep: cfg.OutputColumns, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
@@ -302,7 +314,7 @@ func (s *scoreRun) closeFiles() {
 }
 
 func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) int {
-	p := newProgress(stderr, o.progress, o.every, s.base, &s.total)
+	p := newProgress(stderr, o.progress, o.every, s.base, &s.total, time.Now)
 	lat := newLatencies(100_000)
 	w := s.w
 	sink := func(ch *amlpool.Chunk) error {
@@ -318,6 +330,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		GlobalParameters: s.cfg.GlobalParameters,
 		ChunkRows:        cmpInt(o.chunkRows, s.cfg.ChunkRows),
 		Parallelism:      o.parallelism,
+		NoSplit:          o.noSplit,
 		Progress:         p.update,
 	})
 	elapsed := time.Since(start)
@@ -376,9 +389,10 @@ type runStats struct {
 	Interrupted   bool            `json:"interrupted"`
 	Seconds       float64         `json:"seconds"`
 	RowsPerSecond float64         `json:"rowsPerSecond"`
-	ChunkRows     int             `json:"chunkRows"`
-	Requests      int             `json:"requests"`  // requests that got an answer (chunks sent)
-	LatencyMs     latencySummary  `json:"latencyMs"` // per request: slot wait, retries and service time
+	ChunkRows     int             `json:"chunkRows"`     // rows per request (fewer in a file's last chunk and in split chunks)
+	Requests      int             `json:"requests"`      // requests sent, split requests included
+	SplitRequests int             `json:"splitRequests"` // requests sent to isolate bad rows
+	LatencyMs     latencySummary  `json:"latencyMs"`     // per answered request: slot wait, retries and service time
 	Endpoints     []endpointStats `json:"endpoints"`
 }
 
@@ -393,7 +407,7 @@ type endpointStats struct {
 func newRunStats(c *amlpool.Client, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
 	rs := runStats{Rows: st.Rows, Scored: st.Scored, Failed: st.Failed, Seconds: elapsed.Seconds(),
 		RowsPerSecond: float64(st.Rows) / max(elapsed.Seconds(), 1e-9), ChunkRows: chunkRows,
-		Requests: lat.n, LatencyMs: lat.summary()}
+		Requests: st.Requests, SplitRequests: st.SplitRequests, LatencyMs: lat.summary()}
 	for _, e := range c.Stats().Endpoints {
 		rs.Endpoints = append(rs.Endpoints, endpointStats{e.Name, e.MaxConcurrentCalls, e.Calls, e.Errors, e.Throttles})
 	}

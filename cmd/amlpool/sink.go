@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // outFile is the scored output or the reject file of a run, opened for
@@ -117,7 +117,7 @@ type writer struct {
 	pick    []int    // index in the reply of each kept column
 	width   int      // columns of the first reply
 	last    *outFile // the file written last
-	first   error    // the first failure, for the summary
+	first   *firstFailure
 }
 
 // switchTo flushes the file written last when the next record goes to the
@@ -135,7 +135,7 @@ func (w *writer) switchTo(o *outFile) error {
 func (w *writer) sink(ch *amlpool.Chunk) error {
 	if ch.Err == nil {
 		if err := w.columns(ch.Output); err != nil {
-			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, Start: ch.Start, End: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
+			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, FirstRow: ch.Start + 1, LastRow: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
 		}
 	}
 	if ch.Err != nil {
@@ -204,32 +204,69 @@ func (w *writer) columns(t *amlpool.Table) error {
 	return nil
 }
 
+// rejectColumns returns the reject file's columns: line, row and error (and,
+// in JSON Lines, the text of a line that could not be read as a row), then
+// the input's. A name the input uses already gets a leading underscore.
+func rejectColumns(format rows.Format, inCols []string) []string {
+	meta := []string{"line", "row", "error"}
+	if format == rows.JSONL {
+		meta = append(meta, "text")
+	}
+	for i, m := range meta {
+		for slices.Contains(inCols, m) {
+			m = "_" + m
+		}
+		meta[i] = m
+	}
+	return append(meta, inCols...)
+}
+
 // reject writes the rows of a failed chunk with their input line and row
-// number and the error.
+// number and the error. The line and row are columns of their own, so the
+// error is the cause without the row numbers ScoreRows counts (which start
+// again at 1 in a resumed run).
 func (w *writer) reject(ch *amlpool.Chunk) error {
+	var rowErr *amlpool.RowError
+	isRowErr := errors.As(ch.Err, &rowErr)
+	cause := ch.Err
+	if ce, ok := errors.AsType[*amlpool.ChunkError](ch.Err); ok {
+		cause = ce.Err
+	}
+	msg := cause.Error()
+	if isRowErr {
+		msg = rowErr.Err.Error()
+	}
 	if w.first == nil {
-		w.first = ch.Err
+		w.first = &firstFailure{line: w.lines.line(ch.Start), row: w.base + ch.Start + 1, err: msg}
+		if isRowErr {
+			w.first.line = rowErr.Line
+		}
 	}
 	if err := w.switchTo(w.rej); err != nil {
 		return err
 	}
-	if err := w.rej.start(append([]string{"line", "row", "error"}, w.inCols...)); err != nil {
+	cols := rejectColumns(w.rej.format, w.inCols)
+	if err := w.rej.start(cols); err != nil {
 		return err
 	}
-	var rowErr *amlpool.RowError
-	isRowErr := errors.As(ch.Err, &rowErr)
-	msg := ch.Err.Error()
 	for i, in := range ch.Input {
 		idx := ch.Start + i
 		line := w.lines.line(idx)
 		if isRowErr {
-			line, msg = rowErr.Line, rowErr.Err.Error()
+			line = rowErr.Line
 		}
-		rec := append([]any{line, w.base + idx + 1, msg}, in...)
-		if w.rej.format == rows.JSONL && len(in) != len(w.inCols) {
-			rec = append(rec[:3], make([]any, len(w.inCols))...) // JSONL keys need a full row
+		rec := []any{line, w.base + idx + 1, msg}
+		if w.rej.format == rows.JSONL {
+			var text any // null unless the row could not be read
+			if isRowErr && rowErr.Text != "" {
+				text = rowErr.Text
+			}
+			rec = append(rec, text)
+			if len(in) != len(w.inCols) {
+				in = make([]any, len(w.inCols)) // JSON Lines keys need a full row
+			}
 		}
-		if err := w.rej.w.Write(rec); err != nil {
+		if err := w.rej.w.Write(append(rec, in...)); err != nil {
 			return err
 		}
 	}
@@ -239,6 +276,19 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 	}
 	w.lines.forget(ch.Start + len(ch.Input))
 	return nil
+}
+
+// firstFailure is the first row rejected, for the run's summary.
+type firstFailure struct {
+	line, row int
+	err       string
+}
+
+func (f *firstFailure) String() string {
+	if f.line > 0 {
+		return fmt.Sprintf("line %d (row %d): %s", f.line, f.row, f.err)
+	}
+	return fmt.Sprintf("row %d: %s", f.row, f.err)
 }
 
 // lineLog remembers the input line of each row between reading it and

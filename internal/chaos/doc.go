@@ -2,7 +2,7 @@
 // call through a pool of amltest endpoints that throttle, stall, reset
 // connections, send truncated, slow, malformed and huge replies, answer 5xx
 // and restart, while the callers cancel at random. Afterwards the suite
-// checks DESIGN.md's invariants: every slot free and nobody waiting (Stats),
+// checks amlpool's invariants (docs/hardening.md): every slot free and nobody waiting (Stats),
 // no goroutine left (goleak), no endpoint ever saw more calls in flight than
 // its cap (the servers' PeakInFlight), every call ended with success or a
 // typed error before its deadline plus a scheduling tick, and no panic.

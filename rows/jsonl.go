@@ -13,14 +13,15 @@ import (
 	"github.com/amlpool/amlpool"
 )
 
-// MaxLineBytes bounds a JSON Lines line: a row longer than the service's
-// whole request limit could never be sent.
-const MaxLineBytes = amlpool.DefaultMaxChunkBytes
-
 // JSONLReader reads JSON Lines rows. The first object's keys, in order,
 // are the columns; every later object must have the same keys, in any
 // order. Blank lines are skipped. Cells keep their JSON type (numbers as
 // json.Number).
+//
+// Every line is a row of its own, so a bad line (not JSON, not an object,
+// keys unlike the columns', invalid UTF-8, longer than MaxRowBytes) is an
+// *amlpool.RowError naming its line, with the line's text, and reading goes
+// on with the next line.
 type JSONLReader struct {
 	r     *bufio.Reader
 	cols  []string
@@ -60,6 +61,7 @@ func NewJSONLReader(r io.Reader) (*JSONLReader, error) {
 	}
 }
 
+// Columns returns the first object's keys, in order.
 func (j *JSONLReader) Columns() []string { return j.cols }
 
 // Line returns the line of the last row read.
@@ -80,7 +82,7 @@ func (j *JSONLReader) Next() ([]any, error) {
 		}
 		j.start = j.line
 		if errors.Is(err, errLongLine) {
-			return nil, &amlpool.RowError{Line: j.line, Err: err}
+			return nil, &amlpool.RowError{Line: j.line, Err: err} // too long to keep its text
 		}
 		if err != nil {
 			return nil, err
@@ -90,25 +92,34 @@ func (j *JSONLReader) Next() ([]any, error) {
 		}
 		keys, vals, err := parseObject(b)
 		if err != nil {
-			return nil, &amlpool.RowError{Line: j.line, Err: err}
+			return nil, &amlpool.RowError{Line: j.line, Text: string(b), Err: err}
 		}
+		// A row in column order; on a key error, the cells of the keys
+		// that are columns, so that a reject file shows them.
 		row := make([]any, len(j.cols))
 		set := make([]bool, len(j.cols))
+		var bad error
 		for i, k := range keys {
 			c, ok := j.index[k]
 			if !ok {
-				return nil, &amlpool.RowError{Line: j.line, Row: vals, Err: fmt.Errorf("key %q is not a column (columns come from the first row)", k)}
+				if bad == nil {
+					bad = fmt.Errorf("key %q is not a column (columns come from the first row)", k)
+				}
+				continue
 			}
 			row[c], set[c] = vals[i], true
 		}
-		if i := slices.Index(set, false); i >= 0 {
-			return nil, &amlpool.RowError{Line: j.line, Row: vals, Err: fmt.Errorf("no key %q (every row needs every column)", j.cols[i])}
+		if i := slices.Index(set, false); i >= 0 && bad == nil {
+			bad = fmt.Errorf("no key %q (every row needs every column)", j.cols[i])
+		}
+		if bad != nil {
+			return nil, &amlpool.RowError{Line: j.line, Row: row, Text: string(b), Err: bad}
 		}
 		return row, nil
 	}
 }
 
-var errLongLine = fmt.Errorf("line longer than %d bytes", MaxLineBytes)
+var errLongLine = fmt.Errorf("line longer than %d bytes", MaxRowBytes)
 
 // readLine returns the next line without its end, or errLongLine after
 // skipping a line that is too long.
@@ -116,7 +127,7 @@ func (j *JSONLReader) readLine() ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := j.r.ReadSlice('\n')
-		if len(line)+len(frag) > MaxLineBytes {
+		if len(line)+len(frag) > MaxRowBytes {
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = j.r.ReadSlice('\n')
 			}

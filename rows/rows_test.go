@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // readAll reads every row of in, returning the good rows and, for bad ones,
@@ -50,8 +53,16 @@ func TestCSVReader(t *testing.T) {
 		{"ragged", "a,b\n1\n1,2,3\n5,6\n", [][]any{{"5", "6"}},
 			[]string{"line 2: 1 fields, but the header has 2", "line 3: 3 fields, but the header has 2"}},
 		{"bare quote", "a,b\n1,x\"y\n5,6\n", [][]any{{"5", "6"}}, []string{`line 2: bare " in non-quoted-field`}},
-		{"unterminated quote eats the rest", "a,b\n1,2\n\"3,4\n5,6\n", [][]any{{"1", "2"}},
+		{"unterminated quote on the last line", "a,b\n1,2\n3,\"4\n", [][]any{{"1", "2"}},
 			[]string{`line 3: extraneous or missing " in quoted-field`}},
+		{"unterminated quote is its line's error only", "a,b\n1,2\n\"3,4\n5,6\n7,8\n", [][]any{{"1", "2"}, {"5", "6"}, {"7", "8"}},
+			[]string{"line 3: a quoted field opens on this line and is never closed: the input ends inside it; the line is rejected alone and reading goes on with line 4"}},
+		{"quoted field that breaks later", "a,b\n1,\"a\n2,b\n3,\"x\"y\n4,d\n", [][]any{{"2", "b"}, {"4", "d"}},
+			[]string{
+				`line 2: a quoted field opens on this line and its record breaks on line 4, column 3 (extraneous or missing " in quoted-field); the line is rejected alone and reading goes on with line 3`,
+				`line 4: extraneous or missing " in quoted-field`,
+			}},
+		{"multi-line field that closes is one row", "a,b\n1,\"x\n\n\"\"y\"\"\"\n2,3\n", [][]any{{"1", "x\n\n\"y\""}, {"2", "3"}}, nil},
 		{"invalid utf-8", "a,b\n1,\xff\n", nil, []string{"line 2: field 2 (b) is not valid UTF-8; the file must be UTF-8"}},
 		{"header only", "a,b\n", nil, nil},
 	}
@@ -119,7 +130,7 @@ not json
 }
 
 func TestJSONLLongLine(t *testing.T) {
-	long := `{"a":"` + strings.Repeat("x", rows.MaxLineBytes) + `"}`
+	long := `{"a":"` + strings.Repeat("x", rows.MaxRowBytes) + `"}`
 	good, bad := readAll(t, rows.JSONL, "{\"a\":1}\n"+long+"\n{\"a\":2}\n")
 	assert.Equal(t, [][]any{{json.Number("1")}, {json.Number("2")}}, good)
 	assert.Equal(t, []string{"line 2: line longer than 4000000 bytes"}, bad)
@@ -207,4 +218,109 @@ func TestParseFormat(t *testing.T) {
 	assert.Equal(t, rows.JSONL, rows.FormatOf("x.jsonl"))
 	assert.Equal(t, rows.CSV, rows.FormatOf("x.txt"))
 	assert.False(t, errors.Is(err, io.EOF))
+}
+
+// readers yield the same input whole, one byte at a time and in halves, so
+// that the CSV reader's rereading is checked across every read boundary.
+var readers = map[string]func(string) io.Reader{
+	"whole":    func(s string) io.Reader { return strings.NewReader(s) },
+	"one byte": func(s string) io.Reader { return iotest.OneByteReader(strings.NewReader(s)) },
+	"halves":   func(s string) io.Reader { return iotest.HalfReader(strings.NewReader(s)) },
+}
+
+// TestCSVUnclosedQuoteLosesNoRow is the issue's case: a quote opened on line
+// 22 of 5,000 rows and never closed. Every other row is read, in order, and
+// line 22 is the one bad row, whatever the reads look like.
+func TestCSVUnclosedQuoteLosesNoRow(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("id,name\n")
+	for i := range 5000 {
+		if i == 20 { // line 22
+			fmt.Fprintf(&b, "%d,\"name %d\n", i, i)
+			continue
+		}
+		fmt.Fprintf(&b, "%d,name %d\n", i, i)
+	}
+	for name, rd := range readers {
+		t.Run(name, func(t *testing.T) {
+			r, err := rows.NewCSVReader(rd(b.String()))
+			require.NoError(t, err)
+			var ids []int
+			for {
+				row, err := r.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					var re *amlpool.RowError
+					require.ErrorAs(t, err, &re)
+					assert.Equal(t, 22, re.Line)
+					assert.Equal(t, `20,"name 20`, re.Text)
+					assert.Equal(t, []any{"20", "name 20"}, re.Row, "the line's cells, read loosely")
+					assert.Contains(t, re.Error(), "line 22: a quoted field opens on this line and is never closed")
+					ids = append(ids, 20)
+					continue
+				}
+				id, err := strconv.Atoi(row[0].(string))
+				require.NoError(t, err)
+				assert.Equal(t, id+2, r.Line(), "line of id %d", id)
+				ids = append(ids, id)
+			}
+			require.Len(t, ids, 5000)
+			for i, id := range ids {
+				require.Equal(t, i, id, "every row once, in order")
+			}
+		})
+	}
+}
+
+// TestCSVRowLimits checks what the reader keeps in memory: a quote still
+// open after MaxRowBytes is its line's error, a line longer than that is
+// one bad row, and blank lines do not count; reading goes on after each.
+func TestCSVRowLimits(t *testing.T) {
+	const lines = rows.MaxRowBytes/1000 + 10 // of 1,000 bytes: more than the limit together
+	many := strings.Repeat("7,"+strings.Repeat("8", 997)+"\n", lines)
+	tests := []struct {
+		name string
+		in   string
+		good int
+		bad  []string
+	}{
+		{"open quote over the limit", "a,b\n1,\"x\n" + many + "9,9\n", lines + 1,
+			[]string{"line 2: a quoted field opens on this line and is still open after 4000000 bytes; the line is rejected alone and reading goes on with line 3"}},
+		{"line over the limit", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes) + "\n5,6\n", 2,
+			[]string{"line 3: line longer than 4000000 bytes"}},
+		{"long last line without its end", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes), 1,
+			[]string{"line 3: line longer than 4000000 bytes"}},
+		{"row of exactly the limit", "a,b\n" + "1," + strings.Repeat("x", rows.MaxRowBytes-3) + "\n2,3\n", 2, nil},
+		{"blank lines are not a row", "a,b\n" + strings.Repeat("\r\n", rows.MaxRowBytes) + "1,2\n", 1, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			good, bad := readAll(t, rows.CSV, tt.in)
+			assert.Len(t, good, tt.good)
+			assert.Equal(t, tt.bad, bad)
+		})
+	}
+}
+
+// TestCSVLinesOfRows checks that each row's Line is where it starts, across
+// multi-line fields, blank lines, CRLF and rereading after a broken quote.
+func TestCSVLinesOfRows(t *testing.T) {
+	in := "a,b\r\n\r\n1,\"x\r\ny\"\r\n2,\"open\r\n\r\n3,4\r\n5,\"p\"\"q\"\r\n"
+	for name, rd := range readers {
+		t.Run(name, func(t *testing.T) {
+			r, err := rows.NewCSVReader(rd(in))
+			require.NoError(t, err)
+			var lines []int
+			for {
+				_, err := r.Next()
+				if err == io.EOF {
+					break
+				}
+				lines = append(lines, r.Line())
+			}
+			assert.Equal(t, []int{3, 5, 7, 8}, lines)
+		})
+	}
 }

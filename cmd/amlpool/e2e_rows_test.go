@@ -1,0 +1,240 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// End-to-end tests of the built command on the issue's cases: no row lost
+// to bad input, a bad row costing only itself, progress after --resume,
+// and the fake endpoints a newcomer tries it all on.
+
+// poison is a model that cannot score a row whose first cell is bad, and
+// fails the whole request for it, as a real model does.
+func poison(bad string) func(*amlpool.Request) (*amlpool.Response, error) {
+	return func(req *amlpool.Request) (*amlpool.Response, error) {
+		for i, row := range req.Inputs["input1"].Values {
+			if fmt.Sprint(row[0]) == bad {
+				return nil, fmt.Errorf("row %d of the request: id %s cannot be scored", i+1, bad)
+			}
+		}
+		return amltest.Echo(req)
+	}
+}
+
+// TestScoreUnclosedQuoteLosesNoRow is the issue's case: line 22 of 5,000
+// rows opens a quote that is never closed. Output and rejects hold all
+// 5,000 rows, once each, line 22 alone rejected; from a file, and from a
+// pipe, which cannot be read twice.
+func TestScoreUnclosedQuoteLosesNoRow(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("id,name\n")
+	for i := range 5000 {
+		if i == 20 {
+			fmt.Fprintf(&b, "%d,\"name %d\n", i, i) // line 22
+		} else {
+			fmt.Fprintf(&b, "%d,name %d\n", i, i)
+		}
+	}
+	for _, pipe := range []bool{false, true} {
+		t.Run(map[bool]string{false: "file", true: "pipe"}[pipe], func(t *testing.T) {
+			dir := t.TempDir()
+			p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 8}}, `,"outputColumns":["Scored Probabilities"]`)
+			in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+			require.NoError(t, os.WriteFile(in, []byte(b.String()), 0o644))
+			cmd := p.command(t, "score", "--config", p.config, "--in", in, "--out", out)
+			if pipe {
+				cmd = p.command(t, "score", "--config", p.config, "--in", "/dev/stdin", "--out", out)
+				cmd.Stdin = strings.NewReader(b.String()) // not an *os.File: exec makes a pipe
+			}
+			code, stderr := runCmd(t, cmd)
+			assert.Equal(t, 1, code, stderr)
+			assert.Contains(t, stderr, "4999 scored in "+out+", 1 rejected in ")
+			rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+			scored, rejected := checkOnce(t, readCSV(t, out), rej, 5000)
+			assert.Equal(t, [2]int{4999, 1}, [2]int{scored, rejected})
+			assert.Equal(t, []string{"22", "21"}, rej[1][:2], "line and row")
+			assert.Contains(t, rej[1][2], "a quoted field opens on this line and is never closed: the input ends inside it; the line is rejected alone and reading goes on with line 23")
+			assert.Equal(t, []string{"20", "name 20"}, rej[1][3:], "the line's cells")
+		})
+	}
+}
+
+// TestScorePoisonRow is the issue's case: one row the model cannot score
+// among 1,000 costs only itself, in CSV and in JSON Lines: 999 scored, 1
+// rejected with its line and the model's message for it.
+func TestScorePoisonRow(t *testing.T) {
+	for _, format := range []string{"csv", "jsonl"} {
+		t.Run(format, func(t *testing.T) {
+			dir := t.TempDir()
+			p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Score: poison("437")}, {MaxConcurrentCalls: 4, Score: poison("437")}},
+				`,"outputColumns":["Scored Probabilities"]`)
+			in, out := filepath.Join(dir, "rows."+format), filepath.Join(dir, "scored."+format)
+			var b strings.Builder
+			if format == "csv" {
+				b.WriteString("id,name\n")
+			}
+			for i := range 1000 {
+				if format == "csv" {
+					fmt.Fprintf(&b, "%d,name %d\n", i, i)
+				} else {
+					fmt.Fprintf(&b, "{\"id\":\"%d\",\"name\":\"name %d\"}\n", i, i)
+				}
+			}
+			require.NoError(t, os.WriteFile(in, []byte(b.String()), 0o644))
+			code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+			assert.Equal(t, 1, code, stderr)
+			line := 437 + 1 // JSON Lines has no header line
+			if format == "csv" {
+				line++
+			}
+			assert.Contains(t, stderr, "999 scored in "+out+", 1 rejected in ")
+			assert.Contains(t, stderr, fmt.Sprintf("first failure: line %d (row 438): amlpool: endpoint ep", line))
+			assert.Contains(t, stderr, "HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: row 1 of the request: id 437 cannot be scored")
+
+			rejPath := filepath.Join(dir, "scored.rejects."+format)
+			if format == "csv" {
+				rej := readCSV(t, rejPath)
+				scored, rejected := checkOnce(t, readCSV(t, out), rej, 1000)
+				assert.Equal(t, [2]int{999, 1}, [2]int{scored, rejected})
+				assert.Regexp(t, `^amlpool: endpoint ep\d: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: row 1 of the request: id 437 cannot be scored$`, rej[1][2])
+			} else {
+				recs := readJSONL(t, out)
+				require.Len(t, recs, 999)
+				for i, r := range recs {
+					id := i
+					if i >= 437 {
+						id++
+					}
+					require.Equal(t, strconv.Itoa(id), r["id"], "output in input order, without row 437")
+				}
+				rej := readJSONL(t, rejPath)
+				require.Len(t, rej, 1)
+				assert.Equal(t, map[string]any{"line": float64(line), "row": float64(438), "text": nil, "id": "437", "name": "name 437",
+					"error": rej[0]["error"]}, rej[0])
+				assert.Contains(t, rej[0]["error"], "id 437 cannot be scored")
+			}
+			st, err := readStats(filepath.Join(dir, "scored.stats.json"))
+			require.NoError(t, err)
+			assert.Equal(t, 10+st.SplitRequests, st.Requests)
+			assert.LessOrEqual(t, st.SplitRequests, 9, "at most ceil(log2 100) + 2 extra requests")
+		})
+	}
+}
+
+// TestScoreJSONLinesSettlesEveryLine: a JSON Lines file with lines of every
+// kind of fault; every line that is not blank is one record, in the output
+// or the rejects, and a rejected line keeps its text.
+func TestScoreJSONLinesSettlesEveryLine(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Score: poison("6")}}, `,"outputColumns":["Scored Probabilities"]`)
+	in, out := filepath.Join(dir, "rows.jsonl"), filepath.Join(dir, "scored.jsonl")
+	input := []string{
+		`{"id":"1","name":"a"}`,
+		`{"id":"2","name":"b`, // a string never closed: this line only
+		``,
+		`{"id":"3",`, // an object over several lines: each line is bad alone
+		`"name":"c"}`,
+		`not json`,
+		`{"id":"4"}`,
+		`{"id":"5","name":"e","x":1}`,
+		`{"id":"6","name":"f"}`, // the model cannot score it
+		`{"name":"g","id":"7"}`,
+	}
+	require.NoError(t, os.WriteFile(in, []byte(strings.Join(input, "\n")+"\n"), 0o644))
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	assert.Equal(t, 1, code, stderr)
+	var scored []string
+	for _, r := range readJSONL(t, out) {
+		scored = append(scored, r["id"].(string))
+	}
+	assert.Equal(t, []string{"1", "7"}, scored)
+	type reject struct {
+		Line float64
+		Text any
+	}
+	var rejects []reject
+	for _, r := range readJSONL(t, filepath.Join(dir, "scored.rejects.jsonl")) {
+		rejects = append(rejects, reject{r["line"].(float64), r["text"]})
+	}
+	assert.Equal(t, []reject{
+		{2, `{"id":"2","name":"b`}, {4, `{"id":"3",`}, {5, `"name":"c"}`}, {6, "not json"},
+		{7, `{"id":"4"}`}, {8, `{"id":"5","name":"e","x":1}`}, {9, nil},
+	}, rejects, "each bad line once, with its text; the row the model failed, read fine, has none")
+}
+
+func readJSONL(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var recs []map[string]any
+	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		var r map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &r), l)
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// TestScoreResumeProgress checks the progress lines of a resumed run: the
+// first one already counts the rows settled before; the percentage is of
+// the whole file; the rate counts only this run's rows, so it never passes
+// what the endpoints can do (the earlier run's rows, counted as this run's
+// work, would put it far above).
+func TestScoreResumeProgress(t *testing.T) {
+	dir := t.TempDir()
+	const mcc, latency, chunk = 2, 5 * time.Millisecond, 10
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: mcc, Latency: latency}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 3000
+	writeIDs(t, in, n)
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", strconv.Itoa(chunk)}
+	cmd := p.command(t, args...)
+	startUntil(t, p, cmd, 100) // 1000 rows
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	_ = cmd.Wait()
+	base := len(readCSV(t, out)) - 1
+	require.Positive(t, base)
+	require.Less(t, base, n)
+
+	code, stderr := runCmd(t, p.command(t, append(args, "--resume", "--progress", "lines", "--progress-every", "1ns")...))
+	require.Equal(t, 0, code, stderr)
+	ceiling := float64(mcc*chunk) / latency.Seconds() // rows/s the endpoint can do: 4000
+	re := regexp.MustCompile(`^amlpool score: (\d+)/3000 rows \((\d+\.\d)%\), (\d+) rows/s, ETA (\S+)$`)
+	var settled []int
+	for _, l := range strings.Split(stderr, "\n") {
+		if !strings.HasPrefix(l, "amlpool score: ") || strings.Contains(l, " in ") {
+			continue // the summary
+		}
+		m := re.FindStringSubmatch(l)
+		require.NotNil(t, m, "progress line %q", l)
+		done, _ := strconv.Atoi(m[1])
+		rate, _ := strconv.ParseFloat(m[3], 64)
+		assert.Greater(t, done, base, "the earlier run's rows count from the first line: %q", l)
+		assert.Equal(t, fmt.Sprintf("%.1f", 100*float64(done)/n), m[2], "percentage of the whole file: %q", l)
+		assert.LessOrEqual(t, rate, ceiling, "this run's rate cannot pass the endpoint's capacity: %q", l)
+		_, err := time.ParseDuration(m[4])
+		assert.NoError(t, err, "ETA: %q", l)
+		settled = append(settled, done)
+	}
+	require.NotEmpty(t, settled, stderr)
+	assert.True(t, slices.IsSorted(settled), "progress goes forward: %v", settled)
+	assert.Contains(t, stderr, fmt.Sprintf("amlpool score: %d rows in ", n))
+	scored, _ := checkOnce(t, readCSV(t, out), nil, n)
+	assert.Equal(t, n, scored)
+}

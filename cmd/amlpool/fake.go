@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+const fakeHelp = `Usage: amlpool fake [flags]
+
+Serves fake Azure ML Classic endpoints on this machine (127.0.0.1) until
+interrupted, so that score, bench and your own programs can be tried
+without Azure. It writes, in --dir:
+
+  pool.json  a config naming the endpoints, for --config
+  keys.env   their keys as environment variables: run ". DIR/keys.env"
+  rows.csv   --sample-rows rows to score (id, age, income)
+
+The fakes behave like the service: each runs at most --mcc calls at once
+and throttles the next with 503 RequestThrottled, takes --latency per call,
+and checks the key. Their model echoes each row and adds a "Scored
+Probabilities" column; a request holding a cell equal to --poison fails with
+HTTP 400 LibraryExecutionError, as a real model's error does. One row of
+rows.csv is such a row, to show how a bad row is isolated: scoring the file
+puts it alone in the reject file and scores all the others.
+
+Examples:
+  amlpool fake --dir /tmp/amlfake
+  amlpool fake --endpoints 2 --mcc 4 --latency 200ms --dir /tmp/amlfake
+  # then, in another shell:
+  . /tmp/amlfake/keys.env
+  amlpool score --config /tmp/amlfake/pool.json --in /tmp/amlfake/rows.csv --out scored.csv
+
+Flags:
+`
+
+type fakeOptions struct {
+	dir        string
+	endpoints  int
+	mcc        int
+	latency    time.Duration
+	sampleRows int
+	poison     string
+}
+
+func runFake(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fake", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), fakeHelp); fs.PrintDefaults() }
+	var o fakeOptions
+	fs.StringVar(&o.dir, "dir", "amlpool-fake", "where to write pool.json, keys.env and rows.csv")
+	fs.IntVar(&o.endpoints, "endpoints", 3, "number of fake endpoints")
+	fs.IntVar(&o.mcc, "mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200)")
+	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "service time of each call")
+	fs.IntVar(&o.sampleRows, "sample-rows", 1000, "rows to write to rows.csv (0: none)")
+	fs.StringVar(&o.poison, "poison", "poison", "a cell the fake model cannot score")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "amlpool fake: unexpected argument %q (see amlpool fake --help)\n", fs.Arg(0))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := fake(ctx, o, stdout); err != nil {
+		fmt.Fprintln(stderr, "amlpool fake:", err)
+		if errors.As(err, new(usageError)) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// fake starts the endpoints, writes the files and serves until ctx ends.
+func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
+	switch {
+	case o.endpoints < 1:
+		return usageError{fmt.Errorf("--endpoints %d: want at least 1", o.endpoints)}
+	case o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls:
+		return usageError{fmt.Errorf("--mcc %d: want 1 to %d", o.mcc, amlpool.MaxMaxConcurrentCalls)}
+	case o.latency < 0 || o.sampleRows < 0:
+		return usageError{errors.New("--latency and --sample-rows must not be negative")}
+	case o.poison == "":
+		return usageError{errors.New("--poison: want a cell value")}
+	}
+	if err := os.MkdirAll(o.dir, 0o755); err != nil {
+		return err
+	}
+	model := poisonModel(o.poison)
+	type endpoint struct {
+		Name               string `json:"name"`
+		URL                string `json:"url"`
+		APIKeyEnv          string `json:"apiKeyEnv"`
+		MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
+	}
+	var cfg struct { // the fields of poolConfig this config sets
+		Endpoints     []endpoint `json:"endpoints"`
+		OutputColumns []string   `json:"outputColumns"`
+	}
+	cfg.OutputColumns = []string{amltest.ScoredProbabilities}
+	var keys strings.Builder
+	keys.WriteString("# Keys of the endpoints of amlpool fake; read them with: . " + filepath.Join(o.dir, "keys.env") + "\n")
+	for i := range o.endpoints {
+		s := amltest.NewServer(amltest.Config{
+			Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency, Score: model,
+		})
+		defer s.Close()
+		e := s.Endpoint()
+		env := fmt.Sprintf("AMLPOOL_FAKE_KEY_%d", i+1)
+		cfg.Endpoints = append(cfg.Endpoints, endpoint{Name: e.Name, URL: e.URL, APIKeyEnv: env, MaxConcurrentCalls: o.mcc})
+		fmt.Fprintf(&keys, "export %s='%s'\n", env, e.APIKey) // base64: no quote inside
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // the URLs' "&" as it is
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(cfg); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.dir, "pool.json"), b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.dir, "keys.env"), []byte(keys.String()), 0o600); err != nil {
+		return err
+	}
+	if o.sampleRows > 0 {
+		if err := os.WriteFile(filepath.Join(o.dir, "rows.csv"), sampleRows(o.sampleRows, o.poison), 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "amlpool fake: %d endpoints of %d slots at %v on 127.0.0.1; wrote %s, %s",
+		o.endpoints, o.mcc, o.latency, filepath.Join(o.dir, "pool.json"), filepath.Join(o.dir, "keys.env"))
+	if o.sampleRows > 0 {
+		fmt.Fprintf(stdout, " and %s", filepath.Join(o.dir, "rows.csv"))
+	}
+	fmt.Fprintf(stdout, "\namlpool fake: ready; in another shell:\n  . %s\n  amlpool score --config %s --in %s --out scored.csv\namlpool fake: serving until interrupted (Ctrl-C)\n",
+		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), filepath.Join(o.dir, "rows.csv"))
+	<-ctx.Done()
+	return nil
+}
+
+// poisonModel is amltest's Echo model, failing a request that holds a cell
+// equal to poison, with a message naming the row, as a model's error does.
+func poisonModel(poison string) func(*amlpool.Request) (*amlpool.Response, error) {
+	return func(req *amlpool.Request) (*amlpool.Response, error) {
+		for _, t := range req.Inputs {
+			for i, row := range t.Values {
+				for j, v := range row {
+					if s, ok := v.(string); ok && s == poison {
+						col := ""
+						if j < len(t.ColumnNames) {
+							col = t.ColumnNames[j]
+						}
+						return nil, fmt.Errorf("row %d of the request: column %s: cannot score %q", i+1, col, s)
+					}
+				}
+			}
+		}
+		return amltest.Echo(req)
+	}
+}
+
+// sampleRows is a CSV of n rows; the middle one holds poison.
+func sampleRows(n int, poison string) []byte {
+	var b strings.Builder
+	b.WriteString("id,age,income\n")
+	for i := range n {
+		age := fmt.Sprint(18 + i*7%60)
+		if i == n/2 {
+			age = poison
+		}
+		fmt.Fprintf(&b, "%d,%s,%d\n", i+1, age, 20000+i*37%80000)
+	}
+	return []byte(b.String())
+}

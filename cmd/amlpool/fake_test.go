@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// TestFakeCommand is the quick start: amlpool fake, then score its sample
+// file with its config and keys; the sample's one poison row is isolated.
+func TestFakeCommand(t *testing.T) {
+	dir := t.TempDir()
+	fake := exec.Command(binary(t), "fake", "--dir", dir, "--endpoints", "2", "--mcc", "4", "--latency", "1ms")
+	stdout, err := fake.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, fake.Start())
+	t.Cleanup(func() { fake.Process.Kill(); fake.Wait() })
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "amlpool fake: ready") {
+				ready <- nil
+				go io.Copy(io.Discard, stdout)
+				return
+			}
+		}
+		ready <- fmt.Errorf("fake ended before it was ready: %v", sc.Err())
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	select {
+	case err := <-ready:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("fake not ready within a minute")
+	}
+
+	keys, err := os.ReadFile(filepath.Join(dir, "keys.env"))
+	require.NoError(t, err)
+	env := os.Environ()
+	for _, l := range strings.Split(string(keys), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(l, "export "), "="); ok && !strings.HasPrefix(l, "#") {
+			env = append(env, k+"="+strings.Trim(v, "'"))
+		}
+	}
+	out := filepath.Join(t.TempDir(), "scored.csv")
+	score := exec.Command(binary(t), "score", "--config", filepath.Join(dir, "pool.json"), "--in", filepath.Join(dir, "rows.csv"), "--out", out)
+	score.Env = env
+	code, stderr := runCmd(t, score)
+	assert.Equal(t, 1, code, stderr)
+	assert.Contains(t, stderr, "amlpool score: 1000 rows in ")
+	assert.Contains(t, stderr, "999 scored in "+out+", 1 rejected in ")
+	assert.Contains(t, stderr, `first failure: line 502 (row 501): amlpool: endpoint fake`)
+	assert.Contains(t, stderr, `cannot score "poison"`)
+	assert.Equal(t, []string{"id", "age", "income", amltest.ScoredProbabilities}, readCSV(t, out)[0])
+
+	require.NoError(t, fake.Process.Signal(syscall.SIGINT))
+	assert.NoError(t, fake.Wait(), "fake stops cleanly when interrupted")
+	assert.NotContains(t, string(mustRead(t, filepath.Join(dir, "pool.json"))), "apiKey\"", "the config names variables, holds no key")
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return bytes.TrimSpace(b)
+}
+
+func TestFakeBadFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--endpoints", "0"}, "--endpoints 0: want at least 1"},
+		{[]string{"--mcc", "201"}, "--mcc 201: want 1 to 200"},
+		{[]string{"--sample-rows", "-1"}, "must not be negative"},
+		{[]string{"--poison", ""}, "--poison: want a cell value"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, run(append([]string{"fake", "--dir", t.TempDir()}, tt.args...), &out, &errOut), tt.args)
+		assert.Contains(t, errOut.String(), tt.msg, tt.args)
+	}
+}

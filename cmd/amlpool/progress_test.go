@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct{ t time.Time }
+
+func newClock() *fakeClock               { return &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)} }
+func (c *fakeClock) now() time.Time      { return c.t }
+func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
+
+func total(n int64) *atomic.Int64 {
+	var a atomic.Int64
+	a.Store(n)
+	return &a
+}
+
+func lines(b *bytes.Buffer) []string {
+	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+}
+
+// TestProgressAfterResume is the case: a run resumed after 2,250
+// of 5,000 rows. The figures cover the whole file from the first line on,
+// while the rate and the ETA count only this run's rows and time.
+func TestProgressAfterResume(t *testing.T) {
+	clk := newClock()
+	var out bytes.Buffer
+	p := newProgress(&out, "lines", time.Second, 2250, total(5000), clk.now)
+	p.update(100, -1)
+	assert.Empty(t, out.String(), "nothing before the first interval")
+	clk.add(time.Second)
+	p.update(450, -1)
+	clk.add(time.Second)
+	p.update(1350, -1)
+	clk.add(500 * time.Millisecond)
+	p.update(1400, -1) // within the interval: no line
+	clk.add(1500 * time.Millisecond)
+	p.update(2750, -1)
+	p.finish()
+	assert.Equal(t, []string{
+		"amlpool score: 2700/5000 rows (54.0%), 450 rows/s, ETA 5s",
+		"amlpool score: 3600/5000 rows (72.0%), 675 rows/s, ETA 2s",
+		"amlpool score: 5000/5000 rows (100.0%), 688 rows/s, ETA 0s",
+	}, lines(&out))
+}
+
+// TestProgressBar checks the bar redraws one line in place and ends it, so
+// that the summary starts on a line of its own.
+func TestProgressBar(t *testing.T) {
+	clk := newClock()
+	var out bytes.Buffer
+	p := newProgress(&out, "bar", 0, 2250, total(5000), clk.now)
+	clk.add(50 * time.Millisecond)
+	p.update(50, -1) // before the first redraw
+	clk.add(50 * time.Millisecond)
+	p.update(100, -1)
+	clk.add(900 * time.Millisecond)
+	p.update(700, -1)
+	p.update(750, -1) // at the same instant: no redraw
+	p.finish()
+	assert.Equal(t, "\ramlpool score: [#########-----------] 2350/5000 rows (47.0%), 1000 rows/s, ETA 3s\x1b[K"+
+		"\ramlpool score: [###########---------] 2950/5000 rows (59.0%), 700 rows/s, ETA 3s\x1b[K"+
+		"\ramlpool score: [############--------] 3000/5000 rows (60.0%), 750 rows/s, ETA 3s\x1b[K\n", out.String())
+}
+
+func TestProgressUnknownTotalAndQuiet(t *testing.T) {
+	clk := newClock()
+	var out bytes.Buffer
+	p := newProgress(&out, "lines", time.Second, 0, total(-1), clk.now)
+	clk.add(2 * time.Second)
+	p.update(900, -1)
+	assert.Equal(t, "amlpool score: 900 rows, 450 rows/s\n", out.String())
+
+	out.Reset()
+	q := newProgress(&out, "none", time.Second, 0, total(10), clk.now)
+	clk.add(2 * time.Second)
+	q.update(5, -1)
+	q.finish()
+	assert.Empty(t, out.String())
+}

@@ -1,0 +1,158 @@
+package docs_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/redislimit"
+	"github.com/amlpool/amlpool/rows"
+)
+
+// The code of the docs. The body of every func named snippet… is a ```go
+// block of README.md or of a page in this directory, character for
+// character once unindented, and every such block is the body of one of
+// them (docs_test.go checks both). So every snippet compiles as it stands,
+// with the func's parameters as the names it takes from its context; the
+// tests below also run each one against amltest endpoints.
+
+func snippetQuickStart(ctx context.Context, eastURL, westURL string) {
+	c, err := amlpool.New([]amlpool.Endpoint{
+		{Name: "east", URL: eastURL, APIKey: os.Getenv("AML_KEY_EAST"), MaxConcurrentCalls: 20},
+		{Name: "west", URL: westURL, APIKey: os.Getenv("AML_KEY_WEST"), MaxConcurrentCalls: 200},
+	})
+	if err != nil {
+		log.Fatal(err) // a *ConfigError naming the endpoint and field, never the key
+	}
+	defer c.Close()
+	resp, err := c.Score(ctx, &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"age", "income"}, Values: [][]any{{"39", "52000"}}},
+	}})
+	if err != nil {
+		log.Fatal(err) // an *APIError with the service's message, or a *CallError after several attempts
+	}
+	fmt.Println(resp.Results["output1"].Value.Values)
+}
+
+func snippetTesting(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{MaxConcurrentCalls: 4})
+	t.Cleanup(srv.Close)
+	srv.Script(amltest.Throttle()) // the next call is answered as by a full endpoint
+	c, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_, err = c.Score(t.Context(), &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"age"}, Values: [][]any{{"39"}}},
+	}})
+	if err != nil {
+		t.Fatal(err) // not expected: the throttled attempt is tried again
+	}
+	if st := srv.Stats(); st.Faults != 1 || st.Scored != 1 {
+		t.Errorf("want the throttle, then one call scored; got %+v", st)
+	}
+}
+
+func snippetScoreRows(ctx context.Context, c *amlpool.Client) {
+	f, err := os.Open("rows.csv")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	src, err := rows.NewCSVReader(f)
+	if err != nil {
+		log.Fatal(err) // an empty file or an unusable header, naming the line
+	}
+	stats, err := c.ScoreRows(ctx, src, func(ch *amlpool.Chunk) error {
+		if ch.Err != nil { // these rows were not scored; ch.Err is a *amlpool.ChunkError
+			log.Printf("rows %d-%d: %v", ch.Start+1, ch.Start+len(ch.Input), ch.Err)
+			return nil
+		}
+		for i, out := range ch.Output.Values { // one output row per input row
+			fmt.Println(ch.Input[i], out)
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("%d rows: %d scored, %d failed", stats.Rows, stats.Scored, stats.Failed)
+}
+
+func snippetBalancing(endpoints []amlpool.Endpoint) {
+	c, err := amlpool.New(endpoints,
+		amlpool.WithBalancer(amlpool.LatencyAware()), // steer calls away from a slow endpoint
+		amlpool.WithHedgingQuantile(0.95),            // a second copy of a call slower than the pool's p95
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
+
+func snippetObservability(ctx context.Context, endpoints []amlpool.Endpoint) {
+	reader := sdkmetric.NewManualReader() // or a Prometheus or OTLP exporter
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(ctx)
+	c, err := amlpool.New(endpoints,
+		amlpool.WithMeterProvider(mp),
+		amlpool.WithTracerProvider(otel.GetTracerProvider()),
+		amlpool.WithLogger(slog.Default()),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
+
+func snippetFleet(ctx context.Context, addr string, endpoints []amlpool.Endpoint, body []byte) {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,                   // deadlines reach the socket
+		DialTimeout:           250 * time.Millisecond, // go-redis defaults: 5 s and 3 retries,
+		ReadTimeout:           100 * time.Millisecond, // too slow for a gate on every call
+		WriteTimeout:          100 * time.Millisecond,
+		MaxRetries:            1,
+	})
+	defer rdb.Close()
+	lim, err := redislimit.New(rdb, redislimit.WithPool("scoring")) // any redis.UniversalClient
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer lim.Close() // runs after c.Close below: deferred calls run last first
+	c, err := amlpool.New(endpoints, amlpool.WithLimiter(lim))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	reply, err := c.Do(ctx, body) // each endpoint's cap holds across every replica
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s\n", reply)
+}
+
+func snippetOnlineEndpoints(endpoints []amlpool.Endpoint) {
+	c, err := amlpool.New(endpoints, amlpool.WithClassifier(func(err error) amlpool.Verdict {
+		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {
+			return amlpool.VerdictFull // too many pending requests: another endpoint, at once
+		}
+		return amlpool.Classify(err)
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}

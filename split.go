@@ -1,0 +1,137 @@
+package amlpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/http"
+	"sync/atomic"
+)
+
+// This file isolates the bad rows of a batch. One row the model cannot
+// score makes the service answer 400 for its whole request, so without
+// this a single bad row would cost every row of its chunk. A chunk that
+// fails with the input's fault is searched for the row to blame: halves of
+// the part known to hold it are sent until it stands alone, the good rows
+// before it are scored on the way, and the rows after it go together in one
+// request afterwards, which starts the search again if it fails too. A chunk
+// of n rows with one bad row costs at most ⌈log2 n⌉ + 2 extra requests.
+//
+// The search assumes the fault is the rows' own: a part whose request
+// succeeded holds no bad row. When that is wrong (the fault is transient, or
+// comes from rows together), a row found alone is sent alone, and scored
+// if it passes.
+
+// inputFault reports whether err says the request's rows were at fault, so
+// that splitting the request would find rows that can be scored: a 400 from
+// the service (the model or the service could not take the input). Every
+// other failure (throttles, 5xx, timeouts, a bad key) says nothing about the
+// rows and is not split.
+func inputFault(err error) bool {
+	var apiErr *APIError
+	return errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusBadRequest
+}
+
+// splitState is what a batch knows about its splitting. When the first
+// requests of the search all fail, the input is at fault as a whole (a
+// column the model lacks, say) rather than single rows: splitting stops for
+// the rest of the batch, so that such an input costs a bounded number of
+// extra requests, not several per row.
+type splitState struct {
+	off      bool         // BatchOptions.NoSplit
+	limit    int64        // failed split requests, none succeeding, that stop the search
+	ok, fail atomic.Int64 // split requests that succeeded and failed
+	requests atomic.Int64 // split requests sent
+}
+
+func (s *splitState) init(o BatchOptions) {
+	s.off = o.NoSplit
+	// Enough for one chunk whose first three rows are bad: each search
+	// fails about log2(rows)+1 times before a request succeeds.
+	s.limit = 3 * int64(bits.Len(uint(o.ChunkRows))+1)
+}
+
+// stopped returns why no more split requests should be sent, or nil.
+func (s *splitState) stopped(ctx context.Context) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case s.ok.Load() == 0 && s.fail.Load() >= s.limit:
+		return fmt.Errorf("not split further: the first %d requests that split failed chunks all failed too, so the input seems at fault as a whole, not single rows", s.limit)
+	}
+	return nil
+}
+
+// note counts one split request.
+func (s *splitState) note(ch *Chunk) {
+	s.requests.Add(1)
+	if ch.Err == nil {
+		s.ok.Add(1)
+	} else {
+		s.fail.Add(1)
+	}
+}
+
+// isolate settles the rows of failed, a chunk whose request failed with the
+// input's fault, and returns its parts in input order, appended to parts:
+// the bad rows each alone with the error of their own request, the good
+// rows scored.
+func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*Chunk {
+	for failed != nil {
+		seq, start, rows := failed.Seq, failed.Start, failed.Input
+		// rows[:lo] are settled; rows[lo:hi] hold a bad row, as the
+		// request of last (or of a part of it, with the rest scored)
+		// failed; rows[hi:] have not been sent on their own.
+		lo, hi, last := 0, len(rows), failed
+		for hi-lo > 1 {
+			if why := b.split.stopped(ctx); why != nil {
+				return append(parts, b.unsplit(last, start+lo, rows[lo:], why))
+			}
+			mid := lo + (hi-lo)/2
+			ch := b.send(ctx, seq, start+lo, rows[lo:mid], nil)
+			b.split.note(ch)
+			switch {
+			case ch.Err != nil && inputFault(ch.Err):
+				hi, last = mid, ch
+			default: // scored, or failed for a reason that is not the rows'
+				parts = append(parts, ch)
+				lo = mid
+			}
+		}
+		if last.Start != start+lo || len(last.Input) != 1 {
+			// Found by elimination: send it alone for its own verdict.
+			if why := b.split.stopped(ctx); why != nil {
+				return append(parts, b.unsplit(last, start+lo, rows[lo:], why))
+			}
+			last = b.send(ctx, seq, start+lo, rows[lo:lo+1], nil)
+			b.split.note(last)
+		}
+		parts = append(parts, last)
+		failed = nil
+		if rest := rows[lo+1:]; len(rest) > 0 {
+			if why := b.split.stopped(ctx); why != nil {
+				return append(parts, b.unsplit(last, start+lo+1, rest, why))
+			}
+			ch := b.send(ctx, seq, start+lo+1, rest, nil)
+			b.split.note(ch)
+			if ch.Err != nil && len(rest) > 1 && inputFault(ch.Err) {
+				failed = ch
+			} else {
+				parts = append(parts, ch)
+			}
+		}
+	}
+	return parts
+}
+
+// unsplit fails rows together, with the error of last, the latest request
+// that failed for them, and why they were not split further.
+func (b *batch) unsplit(last *Chunk, start int, rows [][]any, why error) *Chunk {
+	var ce *ChunkError
+	err := last.Err
+	if errors.As(err, &ce) {
+		err = ce.Err
+	}
+	return b.failed(last.Seq, start, rows, last.Endpoint, fmt.Errorf("%w (%v)", err, why))
+}
