@@ -41,7 +41,7 @@ type Client struct {
 
 // epExt is what the Client keeps beside the pool's state of one endpoint.
 type epExt struct {
-	id  string      // LimitedEndpoint.ID
+	id  string       // LimitedEndpoint.ID
 	tel *epTelemetry // its name and attributes, for metrics, spans and logs
 }
 
@@ -449,7 +449,7 @@ func (c *Client) conclude(ctx context.Context, cl *call, a *attempt) {
 	if a.err != nil {
 		cl.failed(a)
 		c.decide(ctx, cl, a)
-			if c.tel != nil && !a.final {
+		if c.tel != nil && !a.final {
 			cl.reason = retryReason(a)
 		}
 	}

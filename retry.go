@@ -198,11 +198,11 @@ func parseDelay(v string, unit time.Duration) (time.Duration, bool) {
 // call is the state of one Do across its attempts.
 type call struct {
 	attempts  int
-	names     []string       // the endpoint of each failed attempt, kept for the error
-	last      error          // the last attempt's error
-	ex        pool.Exclusion // what the next attempt avoids: the endpoints tried
-	throttled pool.Endpoints // endpoints that answered this call VerdictFull
-	pin       *pool.Endpoint // the endpoint the next attempt goes back to, if free
+	names     []string                    // the endpoint of each failed attempt, kept for the error
+	last      error                       // the last attempt's error
+	ex        pool.Exclusion              // what the next attempt avoids: the endpoints tried
+	throttled pool.Endpoints              // endpoints that answered this call VerdictFull
+	pin       *pool.Endpoint              // the endpoint the next attempt goes back to, if free
 	backoff   *backoff.ExponentialBackOff // made at the call's first wait
 
 	reason string // why the next attempt is a retry (retryReason), with telemetry
