@@ -87,9 +87,9 @@ var (
 	_ Balancer = latencyAware{}
 )
 
-func (randomBalancer) Pick(s Candidates) int { return pool.PickRandom(s.s, &s.x) }
-func (leastLoaded) Pick(s Candidates) int    { return pool.PickLeastLoaded(s.s, &s.x) }
-func (latencyAware) Pick(s Candidates) int   { return pool.PickLatency(s.s, &s.x) }
+func (randomBalancer) Pick(s Candidates) int { return pool.PickRandom(s.s, s.x) }
+func (leastLoaded) Pick(s Candidates) int    { return pool.PickLeastLoaded(s.s, s.x) }
+func (latencyAware) Pick(s Candidates) int   { return pool.PickLatency(s.s, s.x) }
 
 // picker returns the pool's Picker for b, and whether its picks are usable
 // by construction. The built-in balancers' picks run directly, without
@@ -103,5 +103,5 @@ func picker(b Balancer) (pool.Picker, bool) {
 	case latencyAware:
 		return pool.PickLatency, true
 	}
-	return func(s *pool.Set, x *pool.Exclusion) int { return b.Pick(Candidates{s: s, x: *x}) }, false
+	return func(s *pool.Set, x pool.Exclusion) int { return b.Pick(Candidates{s: s, x: x}) }, false
 }

@@ -92,7 +92,7 @@ func BenchmarkPick(b *testing.B) {
 					b.RunParallel(func(pb *testing.PB) {
 						var x Exclusion
 						for pb.Next() {
-							if pick(s, &x) < 0 {
+							if pick(s, x) < 0 {
 								b.Fatal("no pick")
 							}
 						}

@@ -31,7 +31,7 @@ type waiter struct {
 func (p *Pool) TryAcquire(x *Exclusion) (Slot, bool) {
 	s := p.set.Load()
 	for range 4 {
-		i := p.cfg.Pick(s, x)
+		i := p.cfg.Pick(s, *x)
 		if i < 0 || i >= len(s.Eps) {
 			return Slot{}, false
 		}

@@ -226,7 +226,7 @@ func TestPoolLateGrantServesAMaxWait(t *testing.T) {
 
 // panicky is a Picker that panics while armed.
 func panicky(armed *atomic.Bool) Picker {
-	return func(s *Set, x *Exclusion) int {
+	return func(s *Set, x Exclusion) int {
 		if armed.Load() {
 			panic("picker bug")
 		}
@@ -260,4 +260,25 @@ func TestPoolSurvivesAPanickingPicker(t *testing.T) {
 	armed.Store(false)
 	p.kick()
 	assert.Equal(t, 0, <-got)
+}
+
+// A call's Exclusion stays where its caller keeps it (a Client keeps it in
+// the call, on the stack of Do): taking and giving back a slot allocates
+// nothing, whatever the Picker.
+func TestAcquireReleaseNoAllocs(t *testing.T) {
+	// Not parallel: AllocsPerRun counts every goroutine's allocations.
+	for name, pick := range pickers {
+		t.Run(name, func(t *testing.T) {
+			p, clk := newTestPool(t, Config{Pick: pick}, testSpecs(20, 20, 20))
+			r := &Report{Result: OK, Start: clk.Now(), Latency: time.Millisecond}
+			allocs := testing.AllocsPerRun(1000, func() {
+				var x Exclusion
+				slot, err := p.Acquire(context.Background(), &x, -1)
+				if err == nil {
+					p.Release(slot, r)
+				}
+			})
+			assert.Zero(t, allocs)
+		})
+	}
 }

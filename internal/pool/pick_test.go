@@ -90,12 +90,12 @@ func TestRandomNeverPicksFullOrExcludedEndpoints(t *testing.T) {
 	require.True(t, s.Eps[1].take())
 	x := excluding(p, 2)
 	for range 1000 {
-		i := PickRandom(s, x)
+		i := PickRandom(s, *x)
 		require.Contains(t, []int{0, 3}, i)
 	}
 	require.True(t, s.Eps[0].take())
 	require.True(t, s.Eps[3].take())
-	assert.Equal(t, -1, PickRandom(s, x))
+	assert.Equal(t, -1, PickRandom(s, *x))
 }
 
 // pickers is every built-in Picker; the suite below runs against each.
@@ -118,7 +118,7 @@ func picks(p *Pool, pick Picker, x *Exclusion, n int) []int {
 	s := p.Set()
 	counts := make([]int, len(s.Eps)+1)
 	for range n {
-		i := pick(s, x)
+		i := pick(s, *x)
 		if i < 0 {
 			counts[len(s.Eps)]++
 		} else {
@@ -199,7 +199,7 @@ func TestPickerNeverFullOrExcluded(t *testing.T) {
 							e.lat.observe(p.Nanotime(), float64(r.IntN(500)+1)*1e6, false)
 						}
 					}
-					got := pick(s, x)
+					got := pick(s, *x)
 					if usable == 0 {
 						require.Equal(t, -1, got, "n=%d: nothing usable", n)
 						continue

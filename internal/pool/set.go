@@ -75,8 +75,8 @@ func (s *Set) Rand() uint64 { return s.p.cfg.Rand() }
 func (s *Set) Latency(i int) float64 { return s.Eps[i].lat.at(s.p.Nanotime()) }
 
 // Exclusion is what one attempt of a call may not use. It is passed by
-// value (into Candidates and waiters) so that a call never escapes to the
-// heap.
+// value (into Pickers, Candidates and waiters) so that a call never
+// escapes to the heap.
 type Exclusion struct {
 	On    bool      // this attempt avoids Tried
 	Tried Endpoints // endpoints the call has tried
@@ -133,8 +133,10 @@ func (s Endpoints) Clone() Endpoints {
 
 // A Picker chooses, for an attempt with exclusion x, the index in s.Eps of
 // an endpoint with a free slot that the attempt may use, or -1. It must not
-// block and must be safe for concurrent use.
-type Picker func(s *Set, x *Exclusion) int
+// block and must be safe for concurrent use. x comes by value: a pointer
+// passed to a func value escapes, and would move every call's Exclusion,
+// and the call holding it, to the heap.
+type Picker func(s *Set, x Exclusion) int
 
 // rejectionDraws is how many slots PickRandom draws by cap before it counts
 // the free slots of every endpoint. Each draw costs one table lookup; at
@@ -146,19 +148,19 @@ const rejectionDraws = 8
 // PickRandom picks a free slot drawn uniformly from all free slots the
 // attempt may use, so an endpoint's chance is proportional to its free
 // slots.
-func PickRandom(s *Set, x *Exclusion) int {
+func PickRandom(s *Set, x Exclusion) int {
 	// Draw a slot uniformly among all configured slots; treat the first
 	// free(i) slots of endpoint i as the free ones. Accepted draws are then
 	// uniform over free slots.
 	for range rejectionDraws {
 		i, off := s.slot(Bounded(s.p.cfg.Rand(), uint32(s.total)))
-		if e := s.Eps[i]; off < e.limit.Load()-e.inFlight.Load() && s.usable(x, e) {
+		if e := s.Eps[i]; off < e.limit.Load()-e.inFlight.Load() && s.usable(&x, e) {
 			return i
 		}
 	}
 	total := 0
 	for i := range s.Eps {
-		total += s.Free(x, i)
+		total += s.Free(&x, i)
 	}
 	if total == 0 {
 		return -1
@@ -166,7 +168,7 @@ func PickRandom(s *Set, x *Exclusion) int {
 	r := int(Bounded(s.p.cfg.Rand(), uint32(total)))
 	last := -1
 	for i := range s.Eps {
-		f := s.Free(x, i)
+		f := s.Free(&x, i)
 		if f == 0 {
 			continue
 		}
@@ -219,11 +221,11 @@ const p2cDraws = 3
 
 // PickLeastLoaded is P2C on the share of the limit in use: of two
 // endpoints drawn at random, the one with the lower in-flight ÷ limit.
-func PickLeastLoaded(s *Set, x *Exclusion) int { return pickP2C(s, x, lessLoaded) }
+func PickLeastLoaded(s *Set, x Exclusion) int { return pickP2C(s, &x, lessLoaded) }
 
 // PickLatency is P2C on Peak-EWMA's expected cost: latency × (in-flight +
 // 1).
-func PickLatency(s *Set, x *Exclusion) int { return pickP2C(s, x, lessCostly) }
+func PickLatency(s *Set, x Exclusion) int { return pickP2C(s, &x, lessCostly) }
 
 // pickP2C draws two different endpoints and returns the usable one, or the
 // better of two usable ones by better(s, a, b) (a beats b); after p2cDraws
