@@ -178,3 +178,26 @@ func TestUnauthorizedAfterNewKeys(t *testing.T) {
 		})
 	}
 }
+
+// An Update that gives an endpoint the keys it has (a new Auth, the same
+// keys) changes nothing of them: a 401 in flight for one of them still
+// counts, and the key in use and the marks stay.
+func TestUpdateWithTheSameKeys(t *testing.T) {
+	t.Parallel()
+	for _, keys := range [][]string{{"k1"}, {"k1", "k2"}} {
+		t.Run(fmt.Sprint(len(keys), " keys"), func(t *testing.T) {
+			t.Parallel()
+			p, _ := newTestPool(t, Config{}, []Spec{testSpec("e", 1, keys...)})
+			e := p.Set().Eps[0]
+			a, _ := e.Key()
+			if len(keys) == 2 {
+				require.True(t, e.Unauthorized(a, 0)) // now on k2, k1 marked
+			}
+			assert.Empty(t, p.Update([]Spec{testSpec("e", 1, keys...)}))
+			got, k := e.Key()
+			assert.Same(t, a, got)
+			assert.Equal(t, len(keys)-1, k)
+			assert.False(t, e.Unauthorized(a, k), "every key has failed")
+		})
+	}
+}

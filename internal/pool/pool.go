@@ -154,9 +154,10 @@ func (p *Pool) Update(specs []Spec) []Change {
 			e.setMax(int32(sp.Max), p.cfg.Adaptive)
 			changes = append(changes, Change{Name: sp.Name, Kind: Recapped, OldMax: old, NewMax: sp.Max})
 		}
-		a := e.auth.Load()
-		e.auth.Store(sp.Auth)
-		if !a.sameKeys(sp.Auth) {
+		// The same keys keep their Auth: a 401 in flight for one of them
+		// must still count (Unauthorized compares Auths).
+		if !e.auth.Load().sameKeys(sp.Auth) {
+			e.auth.Store(sp.Auth)
 			p.forgiveLocked(e)
 			changes = append(changes, Change{Name: sp.Name, Kind: Rekeyed})
 		}
