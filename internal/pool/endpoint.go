@@ -171,7 +171,11 @@ func (a *Auth) Keys() []string { return a.keys }
 // Header returns the headers of a request with key k.
 func (a *Auth) Header(k int) http.Header { return a.headers[k] }
 
+// sameKeys reports whether a and b hold the same keys, in the same order.
 func (a *Auth) sameKeys(b *Auth) bool {
+	if a == b {
+		return true
+	}
 	if len(a.keys) != len(b.keys) {
 		return false
 	}
@@ -203,7 +207,7 @@ func (e *Endpoint) Key() (*Auth, int) {
 // the endpoint cannot serve calls until its keys change or one of them
 // works again. Concurrent 401s for one key switch keys once.
 func (e *Endpoint) Unauthorized(a *Auth, k int) bool {
-	if e.auth.Load() != a {
+	if !e.auth.Load().sameKeys(a) {
 		return true // the keys changed since the attempt took them
 	}
 	if len(a.keys) < 2 {
@@ -233,7 +237,7 @@ func (e *Endpoint) Unauthorized(a *Auth, k int) bool {
 func (e *Endpoint) Authorized(a *Auth, k int) {
 	for {
 		s := e.keys.Load()
-		if s&(2<<k) == 0 || e.auth.Load() != a {
+		if s&(2<<k) == 0 || !e.auth.Load().sameKeys(a) {
 			return
 		}
 		if e.keys.CompareAndSwap(s, s&^(2<<k)) {

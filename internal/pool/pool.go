@@ -156,9 +156,10 @@ func (p *Pool) Update(specs []Spec) []Change {
 			e.setMax(int32(sp.Max), p.cfg.Adaptive)
 			changes = append(changes, Change{Name: sp.Name, Kind: Recapped, OldMax: old, NewMax: sp.Max})
 		}
-		a := e.auth.Load()
-		e.auth.Store(sp.Auth)
-		if !a.sameKeys(sp.Auth) {
+		// The new Auth always (its headers may differ); but the same keys
+		// keep their state, so that a 401 in flight for one of them still
+		// counts (Unauthorized compares keys).
+		if a := e.auth.Swap(sp.Auth); !a.sameKeys(sp.Auth) {
 			p.forgiveLocked(e)
 			changes = append(changes, Change{Name: sp.Name, Kind: Rekeyed})
 		}

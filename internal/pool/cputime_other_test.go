@@ -1,6 +1,6 @@
 //go:build !unix
 
-package amlpool
+package pool
 
 import "time"
 

@@ -1,0 +1,237 @@
+package amlpool
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/internal/clock"
+	"github.com/amlpool/amlpool/internal/pool"
+)
+
+// The built-in pickers' own tests (shares, P2C, latency, allocations) are
+// internal/pool's. These run Balancers as a Client does: through picker
+// and Candidates.
+
+// balancerPool returns the pool a Client with Balancer b would have over
+// endpoints with the given caps, on a fake clock, ejecting after one
+// failure.
+func balancerPool(t *testing.T, b Balancer, caps ...int) *pool.Pool {
+	t.Helper()
+	eps := make([]Endpoint, len(caps))
+	for i, n := range caps {
+		eps[i] = Endpoint{URL: fmt.Sprintf("https://h/workspaces/w/services/e%d/execute", i), APIKey: "k", MaxConcurrentCalls: n}
+	}
+	specs, err := newSpecs(eps, false)
+	require.NoError(t, err)
+	balance, pick := picker(b)
+	r := rand.New(rand.NewPCG(1, 2))
+	p := pool.New(pool.Config{Clock: clock.NewFake(), Rand: r.Uint64, Balance: balance, Pick: pick,
+		EjectAfter: 1, EjectFor: time.Minute}, specs)
+	t.Cleanup(p.Close)
+	return p
+}
+
+var balancers = map[string]func() Balancer{
+	"Random":       Random,
+	"LeastLoaded":  LeastLoaded,
+	"LatencyAware": LatencyAware,
+}
+
+func TestBuiltinBalancersRunTheirPickers(t *testing.T) {
+	t.Parallel()
+	for name, newBal := range balancers {
+		balance, _ := picker(newBal())
+		assert.NotEqual(t, pool.Custom, balance, name)
+	}
+	balance, pick := picker(firstFree{})
+	assert.Equal(t, pool.Custom, balance, "a user's Balancer is checked")
+	assert.NotNil(t, pick)
+}
+
+// TestBalancerNeverFullOrExcluded runs every built-in Balancer through
+// Candidates, in random states, and checks each answer: a usable endpoint,
+// or -1 only when none is.
+func TestBalancerNeverFullOrExcluded(t *testing.T) {
+	t.Parallel()
+	for name, newBal := range balancers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := newBal()
+			p := balancerPool(t, b, 1, 4, 7, 10, 13, 16, 19, 1, 4, 7)
+			s := p.Set()
+			p.Release(take(t, p, s.Eps[9]), &pool.Report{Result: pool.Failed}) // ejected
+			r := rand.New(rand.NewPCG(3, 7))
+			for range 2000 {
+				x := pool.Exclusion{On: r.IntN(2) == 0}
+				var held []pool.Slot
+				usable := 0
+				for _, e := range s.Eps[:9] {
+					for range r.IntN(e.Max() + 1) {
+						held = append(held, take(t, p, e))
+					}
+					if r.IntN(4) == 0 {
+						x.Tried.Add(e)
+					}
+					if !x.Excludes(e) && e.Free() > 0 {
+						usable++
+					}
+				}
+				got := b.Pick(Candidates{s: s, x: x})
+				if usable == 0 {
+					require.Equal(t, -1, got, "nothing usable")
+				} else {
+					require.GreaterOrEqual(t, got, 0, "%d usable, none picked", usable)
+					require.Less(t, got, 9, "picked the ejected endpoint")
+					require.False(t, x.Excludes(s.Eps[got]), "picked excluded %d", got)
+					require.Positive(t, s.Eps[got].Free(), "picked full %d", got)
+				}
+				for _, slot := range held {
+					p.Release(slot, &pool.Report{Result: pool.Unsent})
+				}
+			}
+		})
+	}
+}
+
+// take takes a slot on e; there must be one.
+func take(t *testing.T, p *pool.Pool, e *pool.Endpoint) pool.Slot {
+	t.Helper()
+	slot, ok := p.TryTake(e)
+	require.True(t, ok, "no slot on %v", e)
+	return slot
+}
+
+// TestCandidates: what a user's Balancer sees of the endpoints.
+func TestCandidates(t *testing.T) {
+	t.Parallel()
+	p := balancerPool(t, Random(), 3, 3, 3, 3)
+	s := p.Set()
+	clk := clock.NewFake()
+	held := []pool.Slot{take(t, p, s.Eps[0]), take(t, p, s.Eps[1]), take(t, p, s.Eps[1]), take(t, p, s.Eps[1])}
+	p.Release(take(t, p, s.Eps[2]), &pool.Report{Result: pool.Failed, Start: clk.Now(), Latency: 40 * time.Millisecond}) // ejected
+	x := pool.Exclusion{On: true}
+	x.Tried.Add(s.Eps[3])
+	c := Candidates{s: s, x: x}
+
+	assert.Equal(t, 4, c.Len())
+	for i, want := range []struct{ free, inFlight, limit int }{
+		{2, 1, 3}, // in use
+		{0, 3, 3}, // full
+		{0, 0, 3}, // ejected
+		{0, 0, 3}, // tried by the call
+	} {
+		assert.Equal(t, want.free, c.Free(i), "Free(%d)", i)
+		assert.Equal(t, want.inFlight, c.InFlight(i), "InFlight(%d)", i)
+		assert.Equal(t, want.limit, c.Limit(i), "Limit(%d)", i)
+	}
+	assert.Equal(t, 3, Candidates{s: s}.Free(3), "free for a call that has not tried it")
+	assert.Zero(t, c.Latency(0), "no attempt yet")
+	assert.Positive(t, c.Latency(2), "a failure's latency is a lower bound")
+	assert.NotEqual(t, c.Rand(), c.Rand())
+	for _, slot := range held {
+		p.Release(slot, &pool.Report{Result: pool.Unsent})
+	}
+}
+
+// wrongBalancer picks whatever index it is told to.
+type wrongBalancer struct{ i *atomic.Int32 }
+
+func (b wrongBalancer) Pick(Candidates) int { return int(b.i.Load()) }
+
+// A user's Balancer may pick an endpoint the call may not use: the pool
+// does not take it, and takes a usable one instead if there is one.
+func TestBalancerPicksAreChecked(t *testing.T) {
+	t.Parallel()
+	var i atomic.Int32
+	p := balancerPool(t, wrongBalancer{&i}, 1, 1, 1, 1)
+	s := p.Set()
+	held := take(t, p, s.Eps[0])
+	p.Release(take(t, p, s.Eps[1]), &pool.Report{Result: pool.Failed}) // ejected
+	x := pool.Exclusion{On: true}
+	x.Tried.Add(s.Eps[2])
+	for _, tt := range []struct {
+		name string
+		i    int32
+		ok   bool // a slot on the one usable endpoint, 3
+	}{
+		{"full", 0, true}, {"ejected", 1, true}, {"excluded", 2, true}, {"usable", 3, true},
+		{"out of range", 4, false}, {"none", -1, false},
+	} {
+		i.Store(tt.i)
+		slot, ok := p.TryAcquire(&x)
+		if assert.Equal(t, tt.ok, ok, tt.name) && ok {
+			assert.Same(t, s.Eps[3], slot.Ep, tt.name)
+			p.Release(slot, &pool.Report{Result: pool.Unsent})
+		}
+	}
+	p.Release(held, &pool.Report{Result: pool.Unsent})
+}
+
+type panicky struct{ armed *atomic.Bool }
+
+func (b panicky) Pick(s Candidates) int {
+	if b.armed.Load() {
+		panic("balancer bug")
+	}
+	return Random().Pick(s)
+}
+
+// A Balancer that panics must not leave the line locked or a slot held:
+// once it behaves again, calls go through.
+func TestPoolSurvivesAPanickingBalancer(t *testing.T) {
+	t.Parallel()
+	var armed atomic.Bool
+	p := balancerPool(t, panicky{&armed}, 2)
+	e := p.Set().Eps[0]
+	held := []pool.Slot{take(t, p, e), take(t, p, e)}
+	queued := make(chan struct{})
+	p.OnQueue = func() { close(queued) }
+	got := make(chan pool.Slot)
+	go func() {
+		slot, err := p.Acquire(context.Background(), &pool.Exclusion{}, -1)
+		assert.NoError(t, err)
+		got <- slot
+	}()
+	<-queued
+
+	// A call that panics looking for a free slot, at once or joining the
+	// line behind the waiting one, leaves the line.
+	armed.Store(true)
+	for _, maxWait := range []time.Duration{0, -1} {
+		assert.PanicsWithValue(t, "balancer bug", func() { _, _ = p.Acquire(context.Background(), &pool.Exclusion{}, maxWait) })
+		assert.Equal(t, 1, p.Waiting(), "the call waiting before")
+	}
+
+	// A release that serves the line while it panics frees its slot and
+	// the lock; the waiting call is served at the next chance.
+	assert.PanicsWithValue(t, "balancer bug", func() { p.Release(held[0], &pool.Report{Result: pool.OK}) })
+	assert.Equal(t, 1, e.InFlight())
+	assert.Equal(t, 1, p.Waiting())
+	armed.Store(false)
+	p.Release(held[1], &pool.Report{Result: pool.OK}) // the next chance
+	slot := <-got
+	assert.Same(t, e, slot.Ep)
+	p.Release(slot, &pool.Report{Result: pool.OK})
+	assert.Zero(t, e.InFlight())
+}
+
+// TestBalancerPickNoAllocs: a built-in Balancer's pick through Candidates
+// allocates nothing.
+func TestBalancerPickNoAllocs(t *testing.T) {
+	// Not parallel: AllocsPerRun counts every goroutine's allocations.
+	for name, newBal := range balancers {
+		t.Run(name, func(t *testing.T) {
+			b := newBal()
+			p := balancerPool(t, b, 20, 20, 20, 20)
+			c := Candidates{s: p.Set()}
+			assert.Zero(t, testing.AllocsPerRun(1000, func() { b.Pick(c) }))
+		})
+	}
+}

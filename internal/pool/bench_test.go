@@ -1,0 +1,121 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// BenchmarkAcquireRelease measures the pool's hot path — pick an endpoint,
+// take its slot, give it back — beside a bare x/sync semaphore doing only
+// Acquire+Release, in the same run:
+//
+//	go test -run '^$' -bench 'AcquireRelease' -benchmem -count 5 ./internal/pool
+func BenchmarkAcquireRelease(b *testing.B) {
+	ctx := context.Background()
+	for _, n := range []int{1, 10, 100, 1000} {
+		b.Run(fmt.Sprintf("semaphore/endpoints=%d/serial", n), func(b *testing.B) {
+			s := semaphore.NewWeighted(int64(20 * n))
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = s.Acquire(ctx, 1)
+				s.Release(1)
+			}
+		})
+		b.Run(fmt.Sprintf("pool/endpoints=%d/serial", n), func(b *testing.B) {
+			p, r := benchPool(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				var x Exclusion
+				slot, _ := p.Acquire(ctx, &x, -1)
+				p.Release(slot, r)
+			}
+		})
+		b.Run(fmt.Sprintf("semaphore/endpoints=%d/parallel", n), func(b *testing.B) {
+			s := semaphore.NewWeighted(int64(20 * n))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					_ = s.Acquire(ctx, 1)
+					s.Release(1)
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("pool/endpoints=%d/parallel", n), func(b *testing.B) {
+			p, r := benchPool(b, n)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var x Exclusion
+					slot, _ := p.Acquire(ctx, &x, -1)
+					p.Release(slot, r)
+				}
+			})
+		})
+	}
+}
+
+// benchPool returns a pool of n endpoints of 20 slots, as a Client with
+// the default options has it (PickRandom, the real lock-free random
+// source, ejection after 5 failures), and the report of a successful
+// attempt of 1 ms.
+func benchPool(b *testing.B, n int) (*Pool, *Report) {
+	clk := clock.NewFake()
+	p, _ := newTestPool(b, Config{Clock: clk, Rand: rand.Uint64, EjectAfter: 5, EjectFor: 30 * time.Second}, testSpecs(equalCaps(n, 20)...))
+	return p, &Report{Result: OK, Start: clk.Now(), Latency: time.Millisecond}
+}
+
+// BenchmarkPick measures one pick by each built-in Picker, from all Ps at
+// once, at 10, 100 and 1000 endpoints of 20 slots, with the Client's own
+// random source and clock. "some busy": every endpoint has a random 0 to 19
+// calls in flight; "90% full": nine endpoints in ten have none free, so P2C
+// draws miss and PickRandom rejects more often. Besides ns/op (wall time,
+// which depends on what else the machine runs) it reports cpu-ns/op: the
+// process's CPU time per pick. The README's table comes from:
+//
+//	go test -run '^$' -bench BenchmarkPick -benchmem -cpu 2 -count 3 ./internal/pool
+func BenchmarkPick(b *testing.B) {
+	for _, state := range []string{"some busy", "90% full"} {
+		for _, name := range []string{"Random", "LeastLoaded", "LatencyAware"} {
+			for _, n := range []int{10, 100, 1000} {
+				b.Run(fmt.Sprintf("%s/%s/%d", state, name, n), func(b *testing.B) {
+					s, pick := pickSet(b, n, state == "90% full"), pickers[name]
+					b.ReportAllocs()
+					b.ResetTimer() // the pool's setup allocates; picks must not
+					cpu0, ok := cpuTime()
+					b.RunParallel(func(pb *testing.PB) {
+						var x Exclusion
+						for pb.Next() {
+							if pick(s, &x) < 0 {
+								b.Fatal("no pick")
+							}
+						}
+					})
+					if cpu1, _ := cpuTime(); ok {
+						b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+					}
+				})
+			}
+		}
+	}
+}
+
+func pickSet(b *testing.B, n int, mostlyFull bool) *Set {
+	r := rand.New(rand.NewPCG(4, 2))
+	p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(equalCaps(n, 20)...))
+	s := p.Set()
+	for i, e := range s.Eps {
+		e.inFlight.Store(r.Int32N(20))
+		if mostlyFull && i%10 != 0 {
+			e.inFlight.Store(20)
+		}
+		e.lat.observe(p.Nanotime(), float64(20+r.IntN(80))*1e6, false)
+	}
+	return s
+}

@@ -1,0 +1,284 @@
+package pool
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPoolFillsEverySlotThenFailsFast(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 2, 3)
+	var got []Slot
+	for range 5 {
+		got = append(got, acquire(t, p))
+	}
+	assert.Equal(t, []int{2, 3}, inFlight(p))
+	_, err := p.Acquire(context.Background(), &Exclusion{}, 0)
+	assert.ErrorIs(t, err, ErrNoCapacity)
+	_, ok := p.TryAcquire(&Exclusion{})
+	assert.False(t, ok)
+	for _, slot := range got {
+		release(p, slot)
+	}
+	assert.Equal(t, []int{0, 0}, inFlight(p))
+}
+
+func TestPoolReleaseMoreThanHeldPanics(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1)
+	e := p.Set().Eps[0]
+	for _, r := range []Result{OK, Unsent} {
+		assert.PanicsWithValue(t, "amlpool: released more than held", func() { p.Release(Slot{Ep: e}, &Report{Result: r}) }, "%v", r)
+		e.inFlight.Store(0)
+	}
+}
+
+func TestPoolServesWaitersFirstComeFirstServed(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1, 1)
+	a, b := acquire(t, p), acquire(t, p)
+
+	ctxs := make([]context.Context, 8)
+	for i := range ctxs {
+		ctxs[i] = context.Background()
+	}
+	order, _ := queueN(t, p, ctxs)
+	require.Equal(t, 8, p.Waiting())
+
+	// Each waiter releases its slot as soon as it has it, so the line drains
+	// through one slot; the other stays held.
+	release(p, a)
+	var got []int
+	for range 8 {
+		got = append(got, <-order)
+	}
+	assert.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7}, got)
+	release(p, b)
+	assert.Equal(t, 0, p.Waiting())
+	assert.Equal(t, []int{0, 0}, inFlight(p))
+}
+
+func TestPoolCancelWhileWaitingLeaksNoSlot(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1)
+	held := acquire(t, p)
+
+	// 50 waiters; cancel every one but the last.
+	ctxs := make([]context.Context, 50)
+	cancels := make([]context.CancelFunc, 50)
+	for i := range ctxs {
+		ctxs[i], cancels[i] = context.WithCancel(context.Background())
+	}
+	order, errs := queueN(t, p, ctxs)
+	for i := range 49 {
+		cancels[i]()
+	}
+	for range 49 {
+		assert.ErrorIs(t, <-errs, context.Canceled)
+	}
+	require.Equal(t, 1, p.Waiting())
+	release(p, held)
+	assert.Equal(t, 49, <-order)
+	cancels[49]()
+	assert.Equal(t, []int{0}, inFlight(p))
+
+	// The slot is whole again: it can be taken, and only once.
+	slot := acquire(t, p)
+	_, err := p.Acquire(context.Background(), &Exclusion{}, 0)
+	assert.ErrorIs(t, err, ErrNoCapacity)
+	release(p, slot)
+}
+
+func TestPoolMaxWaitEndsWithErrNoCapacity(t *testing.T) {
+	t.Parallel()
+	p, clk := newTestPool(t, Config{}, testSpecs(1))
+	held := acquire(t, p)
+	done := make(chan error)
+	go func() {
+		_, err := p.Acquire(context.Background(), &Exclusion{}, time.Second)
+		done <- err
+	}()
+	require.True(t, clk.WaitTimers(1, nil))
+	clk.Advance(999 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("returned before the max wait: %v", err)
+	default:
+	}
+	clk.Advance(time.Millisecond)
+	assert.ErrorIs(t, <-done, ErrNoCapacity)
+	assert.Equal(t, 0, p.Waiting())
+	release(p, held)
+}
+
+func TestPoolDoneContextFailsEvenWithFreeSlots(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 5)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := p.Acquire(ctx, &Exclusion{}, -1)
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, []int{0}, inFlight(p))
+}
+
+func TestPoolCloseReleasesWaiters(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1)
+	held := acquire(t, p)
+	_, errs := queueN(t, p, []context.Context{context.Background(), context.Background()})
+	p.Close()
+	assert.ErrorIs(t, <-errs, ErrClosed)
+	assert.ErrorIs(t, <-errs, ErrClosed)
+	_, err := p.Acquire(context.Background(), &Exclusion{}, -1)
+	assert.ErrorIs(t, err, ErrClosed)
+	release(p, held)
+}
+
+// A waiter that may not use the only free endpoint must not block the waiter
+// behind it that may.
+func TestPoolRestrictedWaiterDoesNotBlockOthers(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1, 1)
+	a, b := acquire(t, p), acquire(t, p)
+
+	restricted := &Exclusion{On: true}
+	restricted.Tried.Add(a.Ep)
+	queued := make(chan struct{}, 2)
+	p.OnQueue = func() { queued <- struct{}{} }
+	got := make(chan Slot, 2)
+	go func() { slot, _ := p.Acquire(context.Background(), restricted, -1); got <- slot }()
+	<-queued
+	go func() { slot, _ := p.Acquire(context.Background(), &Exclusion{}, -1); got <- slot }()
+	<-queued
+
+	release(p, a) // only the second waiter may use a
+	sa := <-got
+	assert.Same(t, a.Ep, sa.Ep)
+	release(p, b) // the restricted one takes b
+	sb := <-got
+	assert.Same(t, b.Ep, sb.Ep)
+	release(p, sa)
+	release(p, sb)
+}
+
+func TestPoolNeverExceedsLimitUnderContention(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 3, 5, 7)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	peak := make([]int, 3)
+	for range 64 {
+		wg.Go(func() {
+			for range 300 {
+				slot, err := p.Acquire(context.Background(), &Exclusion{}, -1)
+				if !assert.NoError(t, err) {
+					return
+				}
+				n, i := slot.Ep.InFlight(), index(p, slot.Ep)
+				mu.Lock()
+				peak[i] = max(peak[i], n)
+				mu.Unlock()
+				release(p, slot)
+			}
+		})
+	}
+	wg.Wait()
+	for i, e := range p.Set().Eps {
+		assert.LessOrEqual(t, peak[i], e.Max(), e.Name())
+	}
+	assert.Equal(t, []int{0, 0, 0}, inFlight(p))
+	assert.Equal(t, 0, p.Waiting())
+}
+
+// A call whose max wait ends as it is granted a slot keeps the slot: its
+// only problem was the wait.
+func TestPoolLateGrantServesAMaxWait(t *testing.T) {
+	t.Parallel()
+	p, clk := newTestPool(t, Config{}, testSpecs(1))
+	held := acquire(t, p)
+	queued := make(chan struct{}, 1)
+	p.OnQueue = func() { queued <- struct{}{} }
+	res := make(chan error)
+	go func() {
+		slot, err := p.Acquire(context.Background(), &Exclusion{}, time.Second)
+		if err == nil {
+			release(p, slot)
+		}
+		res <- err
+	}()
+	<-queued
+	require.True(t, clk.WaitTimers(1, nil))
+	// The grant and the timeout come together: the call is served.
+	p.mu.Lock()
+	p.giveBack(held.Ep)
+	p.grantLocked()
+	clk.Advance(time.Second)
+	p.mu.Unlock()
+	assert.NoError(t, <-res)
+	assert.Equal(t, []int{0}, inFlight(p))
+}
+
+// panicky is a Picker that panics while armed.
+func panicky(armed *atomic.Bool) Picker {
+	return func(s *Set, x Exclusion) int {
+		if armed.Load() {
+			panic("picker bug")
+		}
+		return PickRandom(s, &x)
+	}
+}
+
+// A Picker that panics must not leave the line locked or a slot held: once
+// it behaves again, calls go through. (The root package runs the same
+// through a Balancer.)
+func TestPoolSurvivesAPanickingPicker(t *testing.T) {
+	t.Parallel()
+	var armed atomic.Bool
+	p, _ := newTestPool(t, Config{Balance: Custom, Pick: panicky(&armed)}, testSpecs(1))
+	held := acquire(t, p)
+	got, _ := queueN(t, p, []context.Context{context.Background()})
+
+	// A call that panics looking for a free slot, at once or joining the
+	// line behind the waiting one, leaves the line.
+	armed.Store(true)
+	for _, maxWait := range []time.Duration{0, -1} {
+		assert.PanicsWithValue(t, "picker bug", func() { _, _ = p.Acquire(context.Background(), &Exclusion{}, maxWait) })
+		assert.Equal(t, 1, p.Waiting(), "the call waiting before")
+	}
+
+	// A release that serves the line while it panics frees its slot and
+	// the lock; the waiting call is served at the next chance.
+	assert.PanicsWithValue(t, "picker bug", func() { release(p, held) })
+	assert.Equal(t, []int{0}, inFlight(p))
+	assert.Equal(t, 1, p.Waiting())
+	armed.Store(false)
+	p.kick()
+	assert.Equal(t, 0, <-got)
+}
+
+// A call's Exclusion stays where its caller keeps it (a Client keeps it in
+// the call, on the stack of Do): taking and giving back a slot allocates
+// nothing, whatever the Picker.
+func TestAcquireReleaseNoAllocs(t *testing.T) {
+	// Not parallel: AllocsPerRun counts every goroutine's allocations.
+	for name, balance := range balances {
+		t.Run(name, func(t *testing.T) {
+			p, clk := newTestPool(t, Config{Balance: balance, Pick: custom(balance)}, testSpecs(20, 20, 20))
+			r := &Report{Result: OK, Start: clk.Now(), Latency: time.Millisecond}
+			allocs := testing.AllocsPerRun(1000, func() {
+				var x Exclusion
+				slot, err := p.Acquire(context.Background(), &x, -1)
+				if err == nil {
+					p.Release(slot, r)
+				}
+			})
+			assert.Zero(t, allocs)
+		})
+	}
+}
