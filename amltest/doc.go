@@ -2,7 +2,7 @@
 // tests, in the manner of net/http/httptest: each Server is one endpoint,
 // with its own URL, key and Max Concurrent Calls, on an httptest.Server.
 //
-// A Server follows the service contract in amlpool's AZUREML.md. It answers
+// A Server follows the service's documented contract. It answers
 // only POST …/workspaces/{ws}/services/{Name}/execute?api-version=2.0, with
 // the key given as "Authorization: Bearer <key>" (scheme in any case), a
 // Content-Type of application/json and a body of at most 4 MB. It runs at
@@ -27,6 +27,12 @@
 // The real service's reply to an oversized body and to a wrong Content-Type
 // is not documented; the fake uses the catalogued 400 RequestBodyInvalid for
 // both, which a client treats like any other bad request.
+//
+// A Server reads requests and writes replies with a codec of its own,
+// independent of amlpool's: amlpool's types are used only to call
+// Config.Score, filled and read field by field. A bug in amlpool's JSON
+// handling therefore cannot hide in the witness; tests read the service's
+// sample bodies with both codecs and compare.
 //
 // The model is Config.Score, Echo by default. Latency, LatencyFunc, Fault and
 // Script add service time and failures: error statuses, Retry-After hints,
