@@ -374,7 +374,7 @@ func checkRun(t testing.TB, c *amlpool.Client, servers []*amltest.Server, eps []
 		if serverCaps {
 			assert.LessOrEqual(t, sst.PeakInFlight, int64(caps[i]), "server %s saw more than its cap in flight", eps[i].Name)
 		}
-		assert.Equal(t, []string{eps[i].APIKey}, sst.KeysSeen, "server %s saw another key", eps[i].Name)
+		assert.Subset(t, []string{eps[i].APIKey}, sst.KeysSeen, "server %s saw another key", eps[i].Name)
 		t.Logf("%s: cap %d, peak on the wire %d, at the server %d, requests %d, scored %d, throttled %d, faults %d; client: calls %d, errors %d, throttles %d, ejections %d",
 			eps[i].Name, caps[i], wire.peak(host), sst.PeakInFlight, sst.Requests, sst.Scored, sst.Throttled, sst.Faults,
 			st.Endpoints[i].Calls, st.Endpoints[i].Errors, st.Endpoints[i].Throttles, st.Endpoints[i].Ejections)
