@@ -137,24 +137,6 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	return nil
 }
 
-// newHTTPClient returns the client calls go through: a copy of the user's
-// that never follows redirects, or our own, tuned for many calls per host.
-func newHTTPClient(user *http.Client, slots int) (*http.Client, bool) {
-	if user != nil {
-		hc := *user
-		hc.CheckRedirect = noRedirects
-		return &hc, false
-	}
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConns = max(slots, 100)
-	t.MaxIdleConnsPerHost = max(slots, 100)
-	return &http.Client{Transport: t, CheckRedirect: noRedirects}, true
-}
-
-// noRedirects keeps a key from following a redirect to another URL. The 3xx
-// reply comes back as an *APIError.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-
 // Do sends body, a JSON scoring request, to one endpoint and returns the
 // reply body of the first attempt that succeeds.
 //

@@ -28,6 +28,12 @@
 // is not documented; the fake uses the catalogued 400 RequestBodyInvalid for
 // both, which a client treats like any other bad request.
 //
+// A Server reads requests and writes replies with a codec of its own,
+// independent of amlpool's: amlpool's types are used only to call
+// Config.Score, filled and read field by field. A bug in amlpool's JSON
+// handling therefore cannot hide in the witness; tests read the service's
+// sample bodies with both codecs and compare.
+//
 // The model is Config.Score, Echo by default. Latency, LatencyFunc, Fault and
 // Script add service time and failures: error statuses, Retry-After hints,
 // hangs, connection resets, slow and truncated bodies (Throttle, ModelError

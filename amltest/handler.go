@@ -1,8 +1,6 @@
 package amltest
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
@@ -12,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/amlpool/amlpool"
 )
 
 // call is one request in the handler. Its in-flight counts are released by
@@ -194,53 +190,6 @@ func (s *Server) scoreCall(c *call, body []byte) (int, []byte, *apiError) {
 		}
 	}
 	return http.StatusOK, out, nil
-}
-
-// decodeRequest decodes and checks a request body the way the service
-// would reject it: empty, not JSON, no inputs, the wrong form for the URL, or
-// rows that do not fit the column names.
-func decodeRequest(body []byte, swagger bool) (*amlpool.Request, *apiError) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, badRequest("BadArgument", "RequestIsEmpty", "The request body is empty.")
-	}
-	var req amlpool.Request
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	err := dec.Decode(&req)
-	if err == nil {
-		if _, tokErr := dec.Token(); tokErr != io.EOF {
-			err = fmt.Errorf("data after the JSON value at byte offset %d", dec.InputOffset())
-		}
-	}
-	if err != nil {
-		return nil, badRequest("BadArgument", "RequestBodyInvalid",
-			"No request body provided or error in deserializing the request body. "+err.Error())
-	}
-	if len(req.Inputs) == 0 {
-		return nil, badRequest("BadArgument", "MissingRequestInput", "The request has no Inputs.")
-	}
-	for name, t := range req.Inputs {
-		switch {
-		case t == nil:
-			return nil, badRequest("BadArgument", "MissingRequestInput", fmt.Sprintf("Input %q is null.", name))
-		case swagger && !isRows(t):
-			return nil, badRequest("BadArgument", "RequestBodyInvalid",
-				fmt.Sprintf("Input %q must be an array of row objects (format=swagger).", name))
-		case !swagger && t.Rows != nil:
-			return nil, badRequest("BadArgument", "RequestBodyInvalid",
-				fmt.Sprintf("Input %q must be an object with ColumnNames and Values (add format=swagger for row objects).", name))
-		case !swagger && t.ColumnNames == nil:
-			return nil, badRequest("BadUserArgument", "InputMismatchError",
-				fmt.Sprintf("Input data does not match input port schema: input %q has no ColumnNames.", name))
-		}
-		for i, row := range t.Values {
-			if len(row) != len(t.ColumnNames) {
-				return nil, badRequest("BadUserArgument", "InputParseError",
-					fmt.Sprintf("Input %q row %d has %d values for %d columns.", name, i, len(row), len(t.ColumnNames)))
-			}
-		}
-	}
-	return &req, nil
 }
 
 // route checks the path: /workspaces/{ws}/services/{Name}/execute.

@@ -3,7 +3,6 @@ package amltest
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"maps"
@@ -13,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/amlpool/amlpool"
-	"github.com/amlpool/amlpool/internal/rows"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // ScoredProbabilities is the column Echo adds to every row.
@@ -137,74 +136,4 @@ func columnType(values [][]any, c int) string {
 // isRows reports whether t is in the swagger (row objects) form.
 func isRows(t *amlpool.Table) bool {
 	return t.Rows != nil && t.ColumnNames == nil && t.ColumnTypes == nil && t.Values == nil
-}
-
-// encodeResponse shapes the model's reply for the URL, as the service does,
-// and encodes it. With format=swagger every output is a bare array of row
-// objects (classic tables are turned into rows by column name). Otherwise
-// every output is {"type","value"} with a classic table ("table" when the
-// model left Type empty; row objects become columns in name order), and
-// without details=true ColumnNames and ColumnTypes are dropped, as in the
-// replies the service sends without it (docs/azureml.md).
-func encodeResponse(resp *amlpool.Response, swagger, details bool) ([]byte, error) {
-	out := amlpool.Response{Results: map[string]*amlpool.Output{}}
-	if resp != nil {
-		for name, o := range resp.Results {
-			if o == nil {
-				out.Results[name] = nil
-				continue
-			}
-			shaped, err := shapeOutput(o, swagger, details)
-			if err != nil {
-				return nil, fmt.Errorf("output %q: %w", name, err)
-			}
-			out.Results[name] = shaped
-		}
-	}
-	return marshalNoEscape(out)
-}
-
-func shapeOutput(o *amlpool.Output, swagger, details bool) (*amlpool.Output, error) {
-	t := o.Value
-	if t.Rows != nil && !isRows(&t) {
-		return nil, errors.New("table has both Rows and ColumnNames, ColumnTypes or Values")
-	}
-	if swagger {
-		if isRows(&t) {
-			return &amlpool.Output{Value: t}, nil
-		}
-		rows := make([]map[string]any, len(t.Values))
-		for i, row := range t.Values {
-			if len(row) != len(t.ColumnNames) {
-				return nil, fmt.Errorf("row %d has %d cells for %d column names", i, len(row), len(t.ColumnNames))
-			}
-			rows[i] = make(map[string]any, len(row))
-			for c, v := range row {
-				rows[i][t.ColumnNames[c]] = v
-			}
-		}
-		return &amlpool.Output{Value: amlpool.Table{Rows: rows}}, nil
-	}
-	typ := cmp.Or(o.Type, "table")
-	if isRows(&t) {
-		cols := map[string]bool{}
-		for _, row := range t.Rows {
-			for k := range row {
-				cols[k] = true
-			}
-		}
-		names := slices.Sorted(maps.Keys(cols))
-		values := make([][]any, len(t.Rows))
-		for i, row := range t.Rows {
-			values[i] = make([]any, len(names))
-			for c, n := range names {
-				values[i][c] = row[n]
-			}
-		}
-		t = amlpool.Table{ColumnNames: names, Values: values}
-	}
-	if !details {
-		t.ColumnNames, t.ColumnTypes = nil, nil
-	}
-	return &amlpool.Output{Type: typ, Value: t}, nil
 }

@@ -166,15 +166,17 @@ func parseObject(b []byte) ([]string, []any, error) {
 	}
 	var keys []string
 	var vals []any
+	seen := make(map[string]struct{}) // not slices.Contains: a line of n keys would cost n² compares
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
 			return nil, nil, fmt.Errorf("not JSON: %w", err)
 		}
 		k := t.(string) // object keys are strings once Token succeeds
-		if slices.Contains(keys, k) {
+		if _, dup := seen[k]; dup {
 			return nil, nil, fmt.Errorf("key %q appears twice", k)
 		}
+		seen[k] = struct{}{}
 		var v any
 		if err := dec.Decode(&v); err != nil {
 			return nil, nil, fmt.Errorf("not JSON: %w", err)

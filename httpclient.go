@@ -1,0 +1,54 @@
+package amlpool
+
+import (
+	"net"
+	"net/http"
+	"time"
+)
+
+// newHTTPClient returns the client calls go through: a copy of the user's
+// that never follows redirects, or our own, tuned for many calls per host.
+// The bool reports whether the client is our own (Close then closes its idle
+// connections).
+func newHTTPClient(user *http.Client, slots int) (*http.Client, bool) {
+	if user != nil {
+		hc := *user
+		hc.CheckRedirect = noRedirects
+		return &hc, false
+	}
+	t := newTransport()
+	t.MaxIdleConns = max(slots, 100)
+	t.MaxIdleConnsPerHost = max(slots, 100)
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}, true
+}
+
+// newTransport returns a transport of our own with net/http's default
+// settings: a clone of http.DefaultTransport when that is an
+// *http.Transport. An application may have replaced it with a wrapper (an
+// OpenTelemetry otelhttp.Transport, a logging RoundTripper), whose settings
+// cannot be read and whose connection pool, sized for two idle connections
+// per host, would be shared with the rest of the application; then the
+// transport is a new one set up as net/http sets up DefaultTransport. A
+// caller who wants the wrapper on the scoring calls passes a client that
+// uses it with WithHTTPClient.
+func newTransport() *http.Transport {
+	if t, ok := http.DefaultTransport.(*http.Transport); ok && t != nil {
+		return t.Clone()
+	}
+	// The values of net/http's DefaultTransport (transport.go); a test
+	// compares them with the real one.
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: 1 * time.Second,
+	}
+}
+
+// noRedirects keeps a key from following a redirect to another URL. The 3xx
+// reply comes back as an *APIError.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
