@@ -159,6 +159,7 @@ func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bo
 		}
 	default:
 		h.fails.Store(0)
+		fx.Recovered = true
 	}
 	return false
 }

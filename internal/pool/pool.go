@@ -252,6 +252,9 @@ type Effects struct {
 	Out, Of int
 	// Readmitted: the report, a probe's, put the endpoint back in rotation.
 	Readmitted bool
+	// Recovered: the report proved the endpoint alive after failures, and
+	// its count of failures in a row started again.
+	Recovered bool
 	// Limit is the endpoint's new limit, when the report moved it; else 0.
 	Limit int32
 }
