@@ -33,6 +33,10 @@ type Client struct {
 	tel      *telemetry   // metrics, traces and logs; nil when none is configured
 	hedge    *hedger      // nil unless WithHedging or WithHedgingQuantile
 
+	// With a Limiter (health_shared.go):
+	health HealthLink                 // its shared health; nil without any
+	gen    atomic.Pointer[generation] // ended by SetEndpoints and Close
+
 	update    sync.Mutex // serialises SetEndpoints
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -82,6 +86,10 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 		c.hedge = newHedger(h)
 	}
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, c.pool.Set().Total())
+	if c.limiter != nil {
+		c.nextGeneration()
+		c.shareHealth()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -133,6 +141,12 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	c.addExt(specs)
 	for _, ch := range c.pool.Update(specs) {
 		c.tel.changed(ch)
+	}
+	if c.limiter != nil {
+		c.nextGeneration() // calls waiting at the Limiter choose again
+		if c.health != nil {
+			c.health.SetEndpoints(c.limitedAll())
+		}
 	}
 	return nil
 }
@@ -267,22 +281,36 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	if c.limiter != nil && maxWait > 0 {
 		start = c.cfg.clock.Now()
 	}
-	slot, ok := pool.Slot{}, false
-	if cl.pin != nil {
-		slot, ok = c.pool.TryTake(cl.pin)
-		cl.pin = nil
-	}
-	if !ok {
-		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
-		var err error
-		if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
+	for {
+		slot, ok := pool.Slot{}, false
+		if cl.pin != nil {
+			slot, ok = c.pool.TryTake(cl.pin)
+			cl.pin = nil
+		}
+		if !ok {
+			cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
+			var err error
+			if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
+				return err
+			}
+		}
+		if c.limiter == nil {
+			a.slot = slot
+			return nil
+		}
+		// SetEndpoints while the call waited at the Limiter: choose again.
+		if err := c.acquireLease(ctx, cl, slot, maxWait, start, a); err != errEndpointsChanged {
 			return err
 		}
+		if c.closed.Load() {
+			return ErrClosed // Close ended the wait
+		}
 	}
-	if c.limiter == nil {
-		a.slot = slot
-		return nil
-	}
+}
+
+// acquireLease takes the Limiter's lease for a call that holds slot, within
+// what is left of the max wait since start.
+func (c *Client) acquireLease(ctx context.Context, cl *call, slot pool.Slot, maxWait time.Duration, start time.Time, a *attempt) error {
 	// The max wait covers both waits: what the local one left is the
 	// Limiter's.
 	left := maxWait
@@ -331,10 +359,12 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 			eps = append(eps, o)
 		}
 	}
-	lease, err := acquire(ctx, cands)
+	wctx, done := c.untilEndpointsChange(ctx)
+	defer done()
+	lease, err := acquire(wctx, cands)
 	if err != nil {
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
-		return err
+		return staleWait(ctx, wctx, err)
 	}
 	if i := lease.Index(); i > 0 && i < len(eps) {
 		if other, ok := c.pool.TryTake(eps[i]); ok {
@@ -347,13 +377,29 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 		// Our own slot there went meanwhile: keep the one we hold and wait
 		// for the Limiter's slot on it instead.
 		lease.Release()
-		if lease, err = acquire(ctx, cands[:1]); err != nil {
+		if lease, err = acquire(wctx, cands[:1]); err != nil {
 			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
-			return err
+			return staleWait(ctx, wctx, err)
 		}
+	}
+	if slot.Ep.Removed() {
+		// Removed while the call waited: no attempt starts there now.
+		lease.Release()
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		return errEndpointsChanged
 	}
 	a.slot, a.lease = slot, lease
 	return nil
+}
+
+// staleWait returns errEndpointsChanged for a wait at the Limiter that
+// SetEndpoints cut short (wctx, from untilEndpointsChange, under ctx), err
+// otherwise.
+func staleWait(ctx, wctx context.Context, err error) error {
+	if ctx.Err() == nil && context.Cause(wctx) == errEndpointsChanged {
+		return errEndpointsChanged
+	}
+	return err
 }
 
 // attempt sends attempt a of cl, hedged when hedging is on, and concludes
@@ -386,6 +432,9 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 		a.lease.Release()
 	}
 	a.fx = c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter})
+	if c.health != nil {
+		c.reportHealth(a)
+	}
 }
 
 // judge sorts what an attempt made under ctx came to: its verdict, its
@@ -639,7 +688,13 @@ func (c *Client) Close() error {
 		c.update.Lock()
 		c.closed.Store(true)
 		c.update.Unlock()
+		if c.health != nil {
+			c.health.Close()
+		}
 		c.pool.Close()
+		if c.limiter != nil {
+			c.nextGeneration() // calls waiting at the Limiter see ErrClosed
+		}
 		c.wg.Wait()
 		c.tel.close()
 		if c.ownsHTTP {

@@ -14,7 +14,12 @@ import (
 // The candidates follow the Client's live endpoints: after SetEndpoints, an
 // added endpoint appears among them, a removed one no longer does, and
 // LimitedEndpoint.Limit carries an endpoint's new cap. Leases on a removed
-// endpoint are released as usual when their calls end.
+// endpoint are released as usual when their calls end, and a call waiting
+// at the Limiter when SetEndpoints changes the set gives up its wait (its
+// ctx ends) and chooses again among the new endpoints.
+//
+// A Limiter may also share endpoints' health across replicas: see
+// HealthSharer.
 //
 // Implementations must be safe for concurrent use.
 type Limiter interface {

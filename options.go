@@ -220,8 +220,9 @@ func (o limiterOption) apply(c *config) { c.limiter = o.l }
 // WithLimiter adds a Limiter shared beyond this process, such as
 // redislimit's, behind the Client's own per-endpoint slots. A call first
 // takes one of the Client's slots, then a Limiter lease; WithMaxWait, when
-// positive, bounds each of the two waits. Default: none; each Client
-// enforces each endpoint's cap on its own.
+// positive, bounds the two waits together. A Limiter that is also a
+// HealthSharer carries the endpoints' health between the replicas too.
+// Default: none; each Client enforces each endpoint's cap on its own.
 func WithLimiter(l Limiter) Option { return limiterOption{l} }
 
 type balancerOption struct{ b Balancer }

@@ -1,0 +1,276 @@
+package amlpool_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/internal/clock"
+)
+
+// healthStub is a Limiter that grants every candidate's first slot at
+// once and shares health: it records what the Client reports and lets the
+// test play the other replicas.
+type healthStub struct {
+	stubLimiter
+
+	hmu       sync.Mutex
+	apply     func(amlpool.HealthEvent)
+	endpoints [][]amlpool.LimitedEndpoint // what ShareHealth and SetEndpoints were told
+	reports   []amlpool.HealthEvent
+	closed    int
+}
+
+func newHealthStub() *healthStub {
+	return &healthStub{stubLimiter: stubLimiter{pick: func([]amlpool.LimitedEndpoint) int { return 0 }}}
+}
+
+func (h *healthStub) ShareHealth(eps []amlpool.LimitedEndpoint, apply func(amlpool.HealthEvent)) amlpool.HealthLink {
+	h.hmu.Lock()
+	defer h.hmu.Unlock()
+	h.apply = apply
+	h.endpoints = append(h.endpoints, eps)
+	return (*healthLink)(h)
+}
+
+type healthLink healthStub
+
+func (l *healthLink) Report(ev amlpool.HealthEvent) {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	l.reports = append(l.reports, ev)
+}
+
+func (l *healthLink) SetEndpoints(eps []amlpool.LimitedEndpoint) {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	l.endpoints = append(l.endpoints, eps)
+}
+
+func (l *healthLink) Close() {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	l.closed++
+}
+
+// takeReports returns the reports so far and forgets them.
+func (h *healthStub) takeReports() []amlpool.HealthEvent {
+	h.hmu.Lock()
+	defer h.hmu.Unlock()
+	r := h.reports
+	h.reports = nil
+	return r
+}
+
+// send plays another replica's report.
+func (h *healthStub) send(ev amlpool.HealthEvent) {
+	h.hmu.Lock()
+	apply := h.apply
+	h.hmu.Unlock()
+	apply(ev)
+}
+
+// idOf returns the LimitedEndpoint.ID the stub was told for the endpoint
+// named name.
+func (h *healthStub) idOf(t *testing.T, name string) string {
+	t.Helper()
+	h.hmu.Lock()
+	defer h.hmu.Unlock()
+	eps := h.endpoints[len(h.endpoints)-1]
+	i := slices.IndexFunc(eps, func(e amlpool.LimitedEndpoint) bool { return e.Name == name })
+	require.GreaterOrEqual(t, i, 0, "no endpoint %s", name)
+	return eps[i].ID
+}
+
+func doOnce(t *testing.T, c *amlpool.Client) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.Do(ctx, scoreBody)
+	return err
+}
+
+// A Client reports what its attempts show: a delay hint, failures that
+// count towards ejection, a reply that proves the endpoint alive again, an
+// ejection, and the readmission after a good probe.
+func TestClientReportsHealthToTheFleet(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{Name: "a"})
+	defer srv.Close()
+	lim := newHealthStub()
+	clk := clock.NewFake()
+	c := newClient(t, []amlpool.Endpoint{srv.Endpoint()}, amlpool.WithLimiter(lim), amlpool.WithClock(clk),
+		amlpool.WithRand(func() uint64 { return 1 << 63 }), amlpool.WithoutRetries(),
+		amlpool.WithEjection(2, time.Minute))
+	id := lim.idOf(t, "a")
+
+	srv.Script(amltest.Fault{Status: 503}.WithRetryAfter(3 * time.Second)) // InitializingContainers: transient
+	require.Error(t, doOnce(t, c))
+	assert.Equal(t, []amlpool.HealthEvent{
+		{ID: id, Kind: amlpool.HealthCoolDown, For: 3 * time.Second},
+		{ID: id, Kind: amlpool.HealthFailed, Failures: 1},
+	}, lim.takeReports())
+
+	require.True(t, clk.WaitTimers(1, nil))
+	clk.Advance(3 * time.Second) // the cool-down ends
+	require.Eventually(t, func() bool { return doOnce(t, c) == nil }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, []amlpool.HealthEvent{{ID: id, Kind: amlpool.HealthRecovered}}, lim.takeReports())
+	require.NoError(t, doOnce(t, c))
+	assert.Empty(t, lim.takeReports(), "a success with no failure before tells nothing")
+
+	srv.Script(amltest.Fault{Status: 500}, amltest.Fault{Status: 500})
+	require.Error(t, doOnce(t, c))
+	require.Error(t, doOnce(t, c))
+	assert.Equal(t, []amlpool.HealthEvent{
+		{ID: id, Kind: amlpool.HealthFailed, Failures: 1},
+		{ID: id, Kind: amlpool.HealthEjected, For: time.Minute},
+	}, lim.takeReports())
+
+	require.True(t, clk.WaitTimers(1, nil))
+	clk.Advance(time.Minute) // the ejection ends: the next call probes
+	var reports []amlpool.HealthEvent
+	require.Eventually(t, func() bool {
+		// Calls go there before Run has seen the ejection end too (it is
+		// the only endpoint: panic), but only the probe readmits.
+		require.NoError(t, doOnce(t, c))
+		reports = append(reports, lim.takeReports()...)
+		return len(reports) > 0
+	}, 10*time.Second, time.Millisecond)
+	assert.Equal(t, []amlpool.HealthEvent{{ID: id, Kind: amlpool.HealthReadmitted}}, reports)
+}
+
+func TestClientReportsAnEndpointFault(t *testing.T) {
+	srvs := servers(t, 2, 2)
+	lim := newHealthStub()
+	eps := endpoints(srvs)
+	eps[0].APIKey, eps[0].SecondaryKey = "wrong", ""
+	c := newClient(t, eps, amlpool.WithLimiter(lim), amlpool.WithRand(firstFree),
+		amlpool.WithEjection(5, time.Minute))
+	require.NoError(t, doOnce(t, c))
+	reports := lim.takeReports()
+	require.Len(t, reports, 1)
+	assert.Equal(t, lim.idOf(t, "s0"), reports[0].ID)
+	assert.Equal(t, amlpool.HealthEjected, reports[0].Kind)
+	assert.True(t, reports[0].Fault)
+	assert.Positive(t, reports[0].For)
+}
+
+// What other replicas report is applied, and none of it is reported back:
+// news does not go round the fleet.
+func TestClientAppliesTheFleetsHealth(t *testing.T) {
+	srvs := servers(t, 3, 20)
+	lim := newHealthStub()
+	c := newClient(t, endpoints(srvs), amlpool.WithLimiter(lim), amlpool.WithEjection(3, time.Minute))
+	a, b := lim.idOf(t, "s0"), lim.idOf(t, "s1")
+
+	lim.send(amlpool.HealthEvent{ID: a, Kind: amlpool.HealthCoolDown, For: time.Hour})
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthEjected, For: time.Hour})
+	lim.send(amlpool.HealthEvent{ID: "not-ours", Kind: amlpool.HealthEjected, For: time.Hour})
+	for range 30 {
+		require.NoError(t, doOnce(t, c))
+	}
+	assert.Equal(t, []int64{0, 0, 30}, requests(srvs), "s0 cools down, s1 is out: another replica said so")
+	st := c.Stats().Endpoints
+	assert.False(t, st[0].Ejected)
+	assert.True(t, st[1].Ejected)
+	assert.EqualValues(t, 1, st[1].Ejections)
+	assert.Empty(t, lim.takeReports(), "nothing received is reported back")
+
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthReadmitted})
+	assert.False(t, c.Stats().Endpoints[1].Ejected)
+	assert.Empty(t, lim.takeReports())
+
+	// Failures seen elsewhere count with ours: this replica ejects, and
+	// says so, once, as its own decision.
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthFailed, Failures: 2})
+	assert.False(t, c.Stats().Endpoints[1].Ejected)
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthRecovered})
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthFailed, Failures: 2})
+	assert.False(t, c.Stats().Endpoints[1].Ejected, "the count started again")
+	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthFailed, Failures: 1})
+	assert.True(t, c.Stats().Endpoints[1].Ejected)
+	reports := lim.takeReports()
+	require.Len(t, reports, 1)
+	assert.Equal(t, b, reports[0].ID)
+	assert.Equal(t, amlpool.HealthEjected, reports[0].Kind)
+	assert.False(t, reports[0].Fault)
+}
+
+func TestFleetHintsAreCappedAsOurOwn(t *testing.T) {
+	srvs := servers(t, 2, 20)
+	lim := newHealthStub()
+	c := newClient(t, endpoints(srvs), amlpool.WithLimiter(lim), amlpool.WithMaxRetryAfter(0))
+	lim.send(amlpool.HealthEvent{ID: lim.idOf(t, "s0"), Kind: amlpool.HealthCoolDown, For: time.Hour})
+	for range 40 {
+		require.NoError(t, doOnce(t, c))
+	}
+	assert.Positive(t, srvs[0].Stats().Requests, "hints are ignored here, the fleet's too")
+}
+
+// The link follows the Client: its live endpoints at New and after each
+// SetEndpoints, and Close.
+func TestHealthLinkFollowsTheClient(t *testing.T) {
+	srvs := servers(t, 3, 20)
+	lim := newHealthStub()
+	c, err := amlpool.New(endpoints(srvs[:2]), amlpool.WithLimiter(lim))
+	require.NoError(t, err)
+	require.NoError(t, c.SetEndpoints(endpoints(srvs[1:])))
+	require.NoError(t, c.Close())
+	lim.hmu.Lock()
+	defer lim.hmu.Unlock()
+	require.Len(t, lim.endpoints, 2)
+	names := func(eps []amlpool.LimitedEndpoint) (out []string) {
+		for _, e := range eps {
+			out = append(out, e.Name)
+		}
+		return out
+	}
+	assert.Equal(t, []string{"s0", "s1"}, names(lim.endpoints[0]))
+	assert.Equal(t, []string{"s1", "s2"}, names(lim.endpoints[1]))
+	assert.Equal(t, lim.endpoints[0][1], lim.endpoints[1][0], "the same endpoint, the same ID")
+	assert.Equal(t, 1, lim.closed)
+}
+
+// A call waiting at the Limiter for an endpoint that SetEndpoints removes
+// chooses again among the new endpoints: no attempt starts on the removed
+// one, and the added one serves it.
+func TestSetEndpointsEndsAWaitAtTheLimiter(t *testing.T) {
+	srvs := servers(t, 2, 20)
+	lim := &stubLimiter{pick: func(cands []amlpool.LimitedEndpoint) int {
+		return slices.IndexFunc(cands, func(e amlpool.LimitedEndpoint) bool { return e.Name == "s1" })
+	}} // the fleet is full on s0 for as long as the test runs
+	c := newClient(t, endpoints(srvs[:1]), amlpool.WithLimiter(lim))
+	done := make(chan error, 1)
+	go func() { done <- doOnce(t, c) }()
+	require.Eventually(t, func() bool { lim.mu.Lock(); defer lim.mu.Unlock(); return len(lim.asked) == 1 },
+		10*time.Second, time.Millisecond, "the call waits at the Limiter")
+
+	require.NoError(t, c.SetEndpoints(endpoints(srvs[1:])))
+	require.NoError(t, <-done)
+	assert.Equal(t, []int64{0, 1}, requests(srvs))
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	assert.Zero(t, lim.held)
+	assert.Zero(t, c.Stats().Endpoints[0].InFlight)
+}
+
+// Close ends a wait at the Limiter with ErrClosed, as it ends a wait for
+// the Client's own slots.
+func TestCloseEndsAWaitAtTheLimiter(t *testing.T) {
+	srvs := servers(t, 1, 20)
+	lim := &stubLimiter{pick: func([]amlpool.LimitedEndpoint) int { return -1 }}
+	c, err := amlpool.New(endpoints(srvs), amlpool.WithLimiter(lim))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- doOnce(t, c) }()
+	require.Eventually(t, func() bool { lim.mu.Lock(); defer lim.mu.Unlock(); return len(lim.asked) == 1 },
+		10*time.Second, time.Millisecond, "the call waits at the Limiter")
+	require.NoError(t, c.Close())
+	assert.ErrorIs(t, <-done, amlpool.ErrClosed)
+}
