@@ -39,6 +39,7 @@ type workerConfig struct {
 	Endpoints  []workerEndpoint
 	Goroutines int
 	Start      time.Time
+	Measure    time.Time // calls that end after it count in workerResult.Window
 	Stop       time.Time
 	TTL        time.Duration
 	// Timeout bounds each Redis round trip. The steady-state proof uses 1 s,
@@ -58,6 +59,7 @@ type workerEndpoint struct {
 // workerResult is a worker's last line on stdout.
 type workerResult struct {
 	Calls, Errors int64
+	Window        int64 // calls that ended after Measure
 	FirstError    string
 	Limiter       Stats
 }
@@ -132,6 +134,9 @@ func work(cfg workerConfig) error {
 				switch {
 				case err == nil:
 					res.Calls++
+					if !cfg.Measure.IsZero() && time.Now().After(cfg.Measure) {
+						res.Window++
+					}
 				case ctx.Err() == nil:
 					res.Errors++
 					if res.FirstError == "" {
@@ -172,7 +177,7 @@ func (b *lockedBuffer) String() string {
 	return string(b.buf)
 }
 
-func startWorker(t *testing.T, cfg workerConfig) *worker {
+func startWorker(t testing.TB, cfg workerConfig) *worker {
 	t.Helper()
 	raw, err := json.Marshal(cfg)
 	require.NoError(t, err)
@@ -191,7 +196,7 @@ func startWorker(t *testing.T, cfg workerConfig) *worker {
 }
 
 // result waits for the worker to exit and returns its report.
-func (w *worker) result(t *testing.T) workerResult {
+func (w *worker) result(t testing.TB) workerResult {
 	t.Helper()
 	var last string
 	for w.out.Scan() {
@@ -204,7 +209,7 @@ func (w *worker) result(t *testing.T) workerResult {
 	return res
 }
 
-func fleetEndpoints(t *testing.T, latency time.Duration, mccs ...int) ([]*amltest.Server, []workerEndpoint) {
+func fleetEndpoints(t testing.TB, latency time.Duration, mccs ...int) ([]*amltest.Server, []workerEndpoint) {
 	var srvs []*amltest.Server
 	var eps []workerEndpoint
 	for i, n := range mccs {

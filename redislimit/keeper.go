@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,7 +52,7 @@ func (l *Limiter) inFallback() bool {
 // tick runs the tick script once and applies its reply.
 func (l *Limiter) tick() {
 	now := l.cfg.clock.Now()
-	keys := []string{l.keys.members, l.keys.limits}
+	keys := []string{l.keys.members, l.keys.limits, l.keys.grants}
 	args := []any{l.proc, l.cfg.ttl.Milliseconds(), l.memberTTL().Milliseconds()}
 
 	l.mu.Lock()
@@ -86,16 +87,24 @@ func (l *Limiter) tick() {
 		}
 		return
 	}
-	replicas, limits, missing, err := parseTick(res)
+	replicas, limits, missing, grants, err := parseTick(res)
 	if err != nil {
 		l.failed(err)
 		return
+	}
+	// Grants whose announcement this process missed (a dropped
+	// subscription): taken now, once.
+	for _, g := range grants {
+		if key, id, ok := strings.Cut(g, "|"); ok {
+			l.granted(key, id)
+		}
 	}
 
 	var stale []removal
 	var mismatches []string
 	l.mu.Lock()
 	l.replicas = max(1, replicas)
+	l.forgetSeenLocked(now)
 	for _, ls := range batch {
 		if ls.released {
 			// Released while the tick ran: the tick may have added it back.
@@ -167,16 +176,22 @@ func (l *Limiter) unregistered() bool {
 // memberTTL is how long a heartbeat counts: three ticks.
 func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
 
-func parseTick(res any) (replicas int, limits []string, missing map[string]bool, err error) {
+func parseTick(res any) (replicas int, limits []string, missing map[string]bool, grants []string, err error) {
 	r, ok := res.([]any)
-	if !ok || len(r) != 3 {
-		return 0, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	if !ok || len(r) != 4 {
+		return 0, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
 	n, ok1 := r[0].(int64)
 	ls, ok2 := r[1].([]any)
 	ms, ok3 := r[2].([]any)
-	if !ok1 || !ok2 || !ok3 {
-		return 0, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	gs, ok4 := r[3].([]any)
+	if !ok1 || !ok2 || !ok3 || !ok4 {
+		return 0, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	}
+	for _, v := range gs {
+		if s, ok := v.(string); ok {
+			grants = append(grants, s)
+		}
 	}
 	for _, v := range ls {
 		if s, ok := v.(string); ok {
@@ -189,7 +204,7 @@ func parseTick(res any) (replicas int, limits []string, missing map[string]bool,
 			missing[s] = true
 		}
 	}
-	return int(n), limits, missing, nil
+	return int(n), limits, missing, grants, nil
 }
 
 // limitsByEndpoint groups the announced limits: endpoint id -> sorted

@@ -45,6 +45,7 @@ type Limiter struct {
 
 	// counters for Stats
 	acquired, renewals, lost, fallbacks, failures, mismatches atomic.Int64
+	roundTrips, handoffs, grants                              atomic.Int64
 	rtt                                                       atomic.Int64 // moving average, ns
 	streak                                                    atomic.Int64 // Redis failures since the last success
 	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none
@@ -52,13 +53,14 @@ type Limiter struct {
 	// mu guards everything below.
 	mu       sync.Mutex
 	eps      map[string]*endpoint // by LimitedEndpoint.ID
-	byKey    map[string]*endpoint // by lease-set key, for release notifications
+	byKey    map[string]*endpoint // by lease-set key, for grants
+	seen     map[string]time.Time // ids of leases granted to us, when heard of: each is taken once
 	waiters  []*waiter            // oldest first
 	hints    map[*endpoint]bool   // endpoints that may have room since the pump's last pass
 	hintAll  bool                 // every waiter is worth a try
 	held     int
 	fallback bool
-	replicas int       // last seen in Redis, or the expected number
+	replicas int       // last seen in Redis; 0 until then
 	pending  []removal // leases to delete from Redis once it is back
 	closed   bool
 }
@@ -66,6 +68,7 @@ type Limiter struct {
 // endpoint is what the Limiter knows of one endpoint.
 type endpoint struct {
 	id, name, key string
+	want          string            // its want set's key
 	limit         atomic.Int64      // as configured in this process
 	held          map[string]*lease // by lease id; guarded by Limiter.mu
 	seen          []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
@@ -83,6 +86,11 @@ type lease struct {
 	renewed  time.Time // when Redis last got its expiry
 	lost     bool      // counted in Stats.Lost already
 	released bool
+	// handoffs counts the calls of this process the lease went to in a
+	// row without a round trip (handoff); limit is its endpoint's limit
+	// when Redis granted it.
+	handoffs int
+	limit    int64
 }
 
 type removal struct{ key, id string }
@@ -124,12 +132,12 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 		done:     make(chan struct{}),
 		eps:      make(map[string]*endpoint),
 		byKey:    make(map[string]*endpoint),
+		seen:     make(map[string]time.Time),
 		hints:    make(map[*endpoint]bool),
-		replicas: cfg.replicas,
 	}
 	l.bg, l.stop = context.WithCancel(context.Background())
 	if cfg.notify {
-		l.pubsub = client.Subscribe(l.bg, l.keys.freed)
+		l.pubsub = client.Subscribe(l.bg, l.keys.grant)
 		l.wg.Add(1)
 		go l.listen(l.pubsub.Channel())
 	}
@@ -167,7 +175,7 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 		return nil, err
 	}
 	if !queued {
-		ls, err := l.try(ctx, cands)
+		ls, err := l.try(ctx, cands, true)
 		if err != nil {
 			return nil, err
 		}
@@ -224,7 +232,7 @@ func (l *Limiter) TryAcquire(ctx context.Context, candidates []amlpool.LimitedEn
 	if err != nil || queued {
 		return nil, err
 	}
-	ls, err := l.try(ctx, cands)
+	ls, err := l.try(ctx, cands, false)
 	if err != nil || ls == nil {
 		return nil, err // never a typed nil in the interface
 	}
@@ -255,7 +263,7 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 	for i, c := range cands {
 		ep := l.eps[c.ID]
 		if ep == nil {
-			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), held: make(map[string]*lease)}
+			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), want: l.keys.want(c.ID), held: make(map[string]*lease)}
 			l.eps[c.ID] = ep
 			l.byKey[ep.key] = ep
 		}
@@ -266,13 +274,15 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 }
 
 // try takes a lease on one of cands if one is free now, in Redis or, in
-// fallback, locally. It returns nil, nil when all are full.
-func (l *Limiter) try(ctx context.Context, cands []*endpoint) (*lease, error) {
+// fallback, locally. It returns nil, nil when all are full; wait says that
+// the caller will then wait, and Redis records that this process wants a
+// slot on them.
+func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
 	l.mu.Lock()
 	fallback := l.fallback
 	l.mu.Unlock()
 	if !fallback {
-		ls, err := l.tryRedis(ctx, cands)
+		ls, err := l.tryRedis(ctx, cands, wait)
 		if err == nil {
 			return ls, nil
 		}
@@ -290,41 +300,54 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint) (*lease, error) {
 }
 
 // tryRedis runs the acquire script once.
-func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint) (*lease, error) {
+func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
 	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
-	keys := make([]string, len(cands))
-	args := make([]any, 0, 2+len(cands))
+	keys := make([]string, 2*len(cands)+1)
+	args := make([]any, 0, 4+len(cands))
 	args = append(args, id, l.cfg.ttl.Milliseconds())
 	for i, ep := range cands {
-		keys[i] = ep.key
+		keys[i], keys[len(cands)+i] = ep.key, ep.want
 		args = append(args, ep.limit.Load())
 	}
+	keys[2*len(cands)] = l.keys.members
+	wantTTL := int64(0)
+	if wait && l.cfg.notify {
+		wantTTL = l.wantTTL().Milliseconds()
+	}
+	args = append(args, l.proc, wantTTL)
 	res, err := l.eval(ctx, acquireScript, keys, args)
 	if err != nil {
 		// The script may have run with its reply lost: delete the lease
 		// once Redis answers again, or let it expire.
 		l.mu.Lock()
-		for _, k := range keys {
-			l.pending = appendPending(l.pending, removal{k, id})
+		for _, ep := range cands {
+			l.pending = appendPending(l.pending, removal{ep.key, id})
 		}
 		l.mu.Unlock()
 		return nil, err
 	}
 	reply, ok := res.([]any)
-	if !ok || len(reply) == 0 {
+	if !ok || len(reply) != 3 {
 		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
 	}
-	i, ok := reply[0].(int64)
-	if !ok || i < 0 || int(i) > len(cands) {
+	i, ok1 := reply[0].(int64)
+	replicas, ok2 := reply[2].(int64)
+	if !ok1 || !ok2 || i < 0 || int(i) > len(cands) {
 		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if replicas > 0 {
+		// Every acquire refreshes the count, not only the tick: replicas
+		// that start together see each other within a round trip.
+		l.replicas = int(replicas)
 	}
 	if i == 0 {
 		return nil, nil
 	}
-	ls := &lease{l: l, ep: cands[i-1], idx: int(i - 1), id: id, remote: true, renewed: l.cfg.clock.Now()}
-	l.mu.Lock()
+	ep := cands[i-1]
+	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: l.cfg.clock.Now(), limit: ep.limit.Load()}
 	l.addLocked(ls)
-	l.mu.Unlock()
 	return ls, nil
 }
 
@@ -338,7 +361,7 @@ func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
 	}
 	for i, ep := range cands {
 		if len(ep.held) < l.shareLocked(ep) {
-			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)}
+			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36), limit: ep.limit.Load()}
 			l.addLocked(ls)
 			return ls, nil
 		}
@@ -354,6 +377,12 @@ func (l *Limiter) shareLocked(ep *endpoint) int {
 		return int(ep.limit.Load())
 	}
 	k := max(l.replicas, l.cfg.replicas)
+	if k == 0 {
+		// The fleet's size was never seen (Redis unreachable since New) and
+		// WithExpectedReplicas was not given: any share could overload an
+		// endpoint, so there is none until Redis answers.
+		return 0
+	}
 	return (int(ep.limit.Load()) + k - 1) / k
 }
 
@@ -374,9 +403,10 @@ func appendPending(p []removal, r removal) []removal {
 // Index implements amlpool.Lease.
 func (ls *lease) Index() int { return ls.idx }
 
-// Release implements amlpool.Lease: it forgets the lease at once and deletes
-// it from Redis in the background. A lease Redis no longer had counts as
-// lost.
+// Release implements amlpool.Lease: it hands the lease to a call of this
+// process waiting for its endpoint (handoff) or forgets it at once and
+// deletes it from Redis in the background. A lease Redis no longer had
+// counts as lost.
 func (ls *lease) Release() {
 	l := ls.l
 	l.mu.Lock()
@@ -385,6 +415,10 @@ func (ls *lease) Release() {
 		return
 	}
 	ls.released = true
+	if l.handoffLocked(ls) {
+		l.mu.Unlock()
+		return
+	}
 	delete(ls.ep.held, ls.id)
 	l.held--
 	remote := ls.remote
@@ -393,6 +427,10 @@ func (ls *lease) Release() {
 		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 		remote = false
 	}
+	// A lease handed on as often as it may goes back to Redis, which keeps
+	// it for the calls waiting here unless another process that wants the
+	// endpoint holds fewer of its leases.
+	keep := remote && l.cfg.handoff > 0 && l.cfg.notify && !l.closed && l.wantedLocked(ls.ep)
 	if remote {
 		l.wg.Add(1) // under mu, so never after Close began waiting
 	}
@@ -403,7 +441,7 @@ func (ls *lease) Release() {
 	}
 	go func() {
 		defer l.wg.Done()
-		removed, err := l.remove(ls)
+		removed, outcome, err := l.remove(ls, keep)
 		l.mu.Lock()
 		switch {
 		case err != nil:
@@ -416,6 +454,10 @@ func (ls *lease) Release() {
 		l.mu.Unlock()
 		if err != nil && l.bg.Err() == nil {
 			l.failed(err)
+		}
+		if err == nil && outcome == kept {
+			l.adopt(ls.ep, ls.id, false)
+			return
 		}
 		l.kick(ls.ep)
 	}()

@@ -478,7 +478,8 @@ func TestTimeoutBoundsAHungRedisWhateverTheClient(t *testing.T) {
 			o.Addr = blackHole(t)
 			rdb := redis.NewClient(&o)
 			defer rdb.Close()
-			l, err := New(rdb, WithPool("t"), WithoutReleaseNotify(), WithTimeout(50*time.Millisecond))
+			l, err := New(rdb, WithPool("t"), WithoutReleaseNotify(), WithTimeout(50*time.Millisecond),
+				WithExpectedReplicas(1))
 			require.NoError(t, err)
 			defer l.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -489,6 +490,51 @@ func TestTimeoutBoundsAHungRedisWhateverTheClient(t *testing.T) {
 			require.NoError(t, err, "a hung Redis must not hold the call past the limiter's timeout")
 			assert.True(t, l.Stats().Fallback)
 			ls.Release()
+		})
+	}
+}
+
+// A replica that has never reached Redis does not know how many others
+// share the caps: FailStatic gives it no share unless WithExpectedReplicas
+// says how many to count on, since any share, taken by enough replicas,
+// could overload an endpoint.
+func TestFailStaticNeverSeenTheFleet(t *testing.T) {
+	tests := []struct {
+		name  string
+		opts  []Option
+		grant int // of a cap of 8
+	}{
+		{"size unknown", nil, 0},
+		{"4 expected", []Option{WithExpectedReplicas(4)}, 2},
+		{"open", []Option{WithFailureMode(FailOpen)}, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rdb := redis.NewClient(&redis.Options{Addr: blackHole(t), ReadTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
+			defer rdb.Close()
+			l, err := New(rdb, append([]Option{WithPool("t"), WithoutReleaseNotify(), WithTimeout(20 * time.Millisecond)}, tt.opts...)...)
+			require.NoError(t, err)
+			defer l.Close()
+			var held []amlpool.Lease
+			for range 8 {
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				ls, err := l.Acquire(ctx, eps(8))
+				cancel()
+				if err != nil {
+					assert.ErrorIs(t, err, context.DeadlineExceeded, "no share: the call waits")
+					break
+				}
+				held = append(held, ls)
+			}
+			assert.Len(t, held, tt.grant)
+			s := l.Stats()
+			assert.True(t, s.Fallback)
+			assert.Zero(t, s.Replicas, "never seen")
+			require.Len(t, s.Endpoints, 1)
+			assert.Equal(t, tt.grant, s.Endpoints[0].Share)
+			for _, ls := range held {
+				ls.Release()
+			}
 		})
 	}
 }
@@ -510,6 +556,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"bad mode", WithFailureMode(7), "redislimit.WithFailureMode"},
 		{"no replicas", WithExpectedReplicas(0), "redislimit.WithExpectedReplicas"},
 		{"backoff inverted", WithBackoff(time.Second, time.Millisecond), "redislimit.WithBackoff"},
+		{"no handoff", WithHandoff(0), "redislimit.WithHandoff"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -31,6 +31,9 @@ const (
 	// wait short.
 	DefaultMinBackoff = 5 * time.Millisecond
 	DefaultMaxBackoff = 50 * time.Millisecond
+	// DefaultHandoff is how many calls of one process in a row a lease may
+	// go to without a round trip (WithHandoff).
+	DefaultHandoff = 16
 )
 
 // FailureMode says what a Limiter does while Redis is unreachable or slow.
@@ -80,6 +83,7 @@ type config struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	notify     bool
+	handoff    int // 0: off
 	logger     *slog.Logger
 
 	// Test seams, set through export_test.go.
@@ -94,10 +98,10 @@ func defaultConfig() config {
 		timeout:    DefaultTimeout,
 		probe:      DefaultProbeInterval,
 		mode:       FailStatic,
-		replicas:   1,
 		minBackoff: DefaultMinBackoff,
 		maxBackoff: DefaultMaxBackoff,
 		notify:     true,
+		handoff:    DefaultHandoff,
 		logger:     slog.New(slog.DiscardHandler),
 		clock:      clock.Real,
 		rand:       rand.Uint64,
@@ -132,10 +136,12 @@ func buildConfig(opts []Option) (config, error) {
 		return bad("WithProbeInterval", "must be positive")
 	case cfg.mode < FailStatic || cfg.mode > FailClosed:
 		return bad("WithFailureMode", "unknown mode "+cfg.mode.String())
-	case cfg.replicas < 1:
+	case cfg.replicas < 0:
 		return bad("WithExpectedReplicas", "must be at least 1")
 	case cfg.minBackoff <= 0 || cfg.maxBackoff < cfg.minBackoff:
 		return bad("WithBackoff", "need 0 < min <= max")
+	case cfg.handoff < 0:
+		return bad("WithHandoff", "must be at least 1 (WithoutHandoff to turn it off)")
 	}
 	if cfg.logger == nil {
 		cfg.logger = slog.New(slog.DiscardHandler)
@@ -199,14 +205,21 @@ func WithFailureMode(m FailureMode) Option { return modeOption(m) }
 
 type replicasOption int
 
-func (o replicasOption) apply(c *config) { c.replicas = int(o) }
+func (o replicasOption) apply(c *config) {
+	c.replicas = int(o)
+	if o < 1 {
+		c.replicas = -1 // refused by buildConfig
+	}
+}
 
 // WithExpectedReplicas sets the fewest replicas FailStatic assumes: it
 // divides each cap by the larger of n and the replica count last seen in
-// Redis. Set it to the fleet's usual size, so that replicas that fall back
-// before they have seen each other (Redis down from the start, or all
-// starting at once) still stay within the caps. Default: 1, which lets a
-// process that has seen no other use whole caps.
+// Redis. Set it to the fleet's usual size, so that a replica that has never
+// reached Redis (Redis down from the start) still serves calls, within its
+// share. Default: none, and then a replica that has never seen the fleet's
+// size in Redis takes no slot in fallback: its calls wait until Redis
+// answers, since any share it took could, with enough replicas doing the
+// same, overload an endpoint.
 func WithExpectedReplicas(n int) Option { return replicasOption(n) }
 
 type backoffOption struct{ min, max time.Duration }
@@ -218,6 +231,31 @@ func (o backoffOption) apply(c *config) { c.minBackoff, c.maxBackoff = o.min, o.
 // while tries fail. Default: DefaultMinBackoff (5 ms) to DefaultMaxBackoff
 // (50 ms).
 func WithBackoff(min, max time.Duration) Option { return backoffOption{min, max} }
+
+type handoffOption int
+
+func (o handoffOption) apply(c *config) {
+	c.handoff = int(o)
+	if o < 1 {
+		c.handoff = -1 // refused by buildConfig
+	}
+}
+
+// WithHandoff sets how many calls of this process in a row one lease may go
+// to: a lease freed while calls here wait for its endpoint goes straight to
+// the oldest of them, with no Redis round trip, up to n times; then it goes
+// back to Redis, where every waiting replica competes for it. Higher n
+// means fewer round trips per call; lower n means a replica that joins a
+// busy fleet gets its share sooner. Default: DefaultHandoff (16).
+func WithHandoff(n int) Option { return handoffOption(n) }
+
+// WithoutHandoff turns handoff off: every lease goes back to Redis when its
+// call ends, one round trip each way per call.
+func WithoutHandoff() Option { return handoffOffOption{} }
+
+type handoffOffOption struct{}
+
+func (handoffOffOption) apply(c *config) { c.handoff = 0 }
 
 type notifyOption bool
 

@@ -101,7 +101,7 @@ func (l *Limiter) serve(all bool) (granted, waiting bool) {
 		if allFull(w.cands, full) || (!all && !hinted(w.cands, hints)) {
 			continue
 		}
-		ls, err := l.try(l.bg, w.cands)
+		ls, err := l.try(l.bg, w.cands, true)
 		if err != nil && l.bg.Err() != nil {
 			break // closing
 		}

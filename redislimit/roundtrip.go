@@ -2,6 +2,9 @@ package redislimit
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -11,19 +14,39 @@ import (
 // Round trips to Redis, each bounded by the Limiter's timeout, and the
 // wake-ups of the pump they lead to.
 
-// remove deletes a lease from Redis: the release script when other
-// processes may be waiting for notifications, a plain ZREM otherwise.
-func (l *Limiter) remove(ls *lease) (bool, error) {
-	if l.cfg.notify {
-		res, err := l.eval(l.bg, releaseScript, []string{ls.ep.key}, []any{ls.id, ls.ep.limit.Load(), l.keys.freed})
-		n, _ := res.(int64)
-		return n == 1, err
+// What a release did with the slot (releaseScript's outcome).
+const (
+	freed   = 0 // set free
+	kept    = 1 // kept for this process, under the same lease id
+	granted = 2 // granted to another process that wanted it
+)
+
+// remove ends a lease in Redis: it frees its slot, or grants it to another
+// process that wants it, or, with keep, keeps it for this process unless
+// another one holds fewer of the endpoint's leases. It reports whether
+// Redis still had the lease.
+func (l *Limiter) remove(ls *lease, keep bool) (removed bool, outcome int64, err error) {
+	ep := ls.ep
+	keepArg, grantArg := 0, 0
+	if keep {
+		keepArg = 1
 	}
-	res, err := l.exec(l.bg, func(ctx context.Context) (any, error) {
-		return l.rdb.ZRem(ctx, ls.ep.key, ls.id).Result()
-	})
-	n, _ := res.(int64)
-	return n == 1, err
+	if l.cfg.notify {
+		grantArg = 1 // without the channel a grant would go unheard
+	}
+	gid := l.proc + "." + strconv.FormatUint(l.seq.Add(1), 36)
+	res, err := l.eval(l.bg, releaseScript, []string{ep.key, ep.want, l.keys.grants},
+		[]any{ls.id, ep.limit.Load(), l.proc, l.cfg.ttl.Milliseconds(), keepArg, grantArg, l.keys.grant, gid})
+	if err != nil {
+		return false, freed, err
+	}
+	r, ok := res.([]any)
+	if !ok || len(r) != 2 {
+		return false, freed, fmt.Errorf("redislimit: release script: unexpected reply %v", res)
+	}
+	n, _ := r[0].(int64)
+	outcome, _ = r[1].(int64)
+	return n == 1, outcome, nil
 }
 
 // eval runs a script within the Limiter's timeout.
@@ -39,6 +62,7 @@ func (l *Limiter) eval(ctx context.Context, s *redis.Script, keys []string, args
 func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error)) (any, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
 	defer cancel()
+	l.roundTrips.Add(1)
 	start := l.cfg.clock.Now()
 	var res any
 	var err error
@@ -116,8 +140,7 @@ func (l *Limiter) signal() {
 	}
 }
 
-// listen wakes the pump whenever another process frees a slot on a full
-// endpoint.
+// listen takes the leases other processes grant this one.
 func (l *Limiter) listen(ch <-chan *redis.Message) {
 	defer l.wg.Done()
 	for {
@@ -128,11 +151,13 @@ func (l *Limiter) listen(ch <-chan *redis.Message) {
 			if !ok {
 				return
 			}
-			l.mu.Lock()
-			ep := l.byKey[m.Payload]
-			l.mu.Unlock()
-			if ep != nil {
-				l.kick(ep)
+			// "g|<process id>|<lease set>|<lease id>"
+			rest, ok := strings.CutPrefix(m.Payload, "g|"+l.proc+"|")
+			if !ok {
+				continue // another process's
+			}
+			if key, id, ok := strings.Cut(rest, "|"); ok {
+				l.granted(key, id)
 			}
 		}
 	}

@@ -10,10 +10,12 @@ import (
 // Key layout. Every key of a pool shares the hash tag {pool}, so the scripts,
 // which touch several keys at once, stay in one Redis Cluster slot.
 //
-//	amlpool:{pool}:ep:<id>  ZSET  lease id -> expiry (ms, Redis clock); one per endpoint
-//	amlpool:{pool}:members  ZSET  process id -> expiry; its size is the replica count
-//	amlpool:{pool}:limits   ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
-//	amlpool:{pool}:freed    pub/sub channel; a release on a full endpoint publishes its key
+//	amlpool:{pool}:ep:<id>    ZSET  lease id -> expiry (ms, Redis clock); one per endpoint
+//	amlpool:{pool}:want:<id>  ZSET  process id -> expiry: processes with calls waiting for the endpoint
+//	amlpool:{pool}:grants     ZSET  "<process id>|<lease set>|<lease id>" -> expiry: leases granted to a waiting process
+//	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
+//	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
+//	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //
 // Endpoint ids are amlpool's LimitedEndpoint.ID (a hash of the URL), so no key
 // name ever carries an API key or a URL.
@@ -21,15 +23,18 @@ type keyspace struct {
 	prefix  string // "amlpool:{pool}:"
 	members string
 	limits  string
-	freed   string
+	grants  string
+	grant   string // channel
 }
 
 func newKeyspace(pool string) keyspace {
 	p := "amlpool:{" + pool + "}:"
-	return keyspace{prefix: p, members: p + "members", limits: p + "limits", freed: p + "freed"}
+	return keyspace{prefix: p, members: p + "members", limits: p + "limits", grants: p + "grants", grant: p + "grant"}
 }
 
 func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
+
+func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 
 // limitMember is what one process writes to the limits set for one endpoint.
 func limitMember(epID string, limit int, proc string) string {
@@ -64,56 +69,119 @@ local function extend(k, d)
 end
 `
 
-// acquireScript grants one lease on the first candidate with room.
+// acquireScript grants one lease on the first candidate with room, or, when
+// every candidate is full, records that the process wants one.
 //
-// KEYS: one lease set per candidate endpoint, most preferred first.
-// ARGV: lease id, TTL in ms, then one limit per key.
-// Reply: {i, n}: the lease is on KEYS[i] (1-based), which now holds n
-// leases; {0} when every candidate is full.
+// KEYS: n lease sets, one per candidate endpoint, most preferred first; then
+// the n want sets of the same endpoints; then the members set.
+// ARGV: lease id, TTL in ms, n limits, process id, want TTL in ms (0: the
+// process will not wait, do not record it).
+// Reply: {i, c, r}: the lease is on KEYS[i] (1-based), which now holds c
+// leases; i and c are 0 when every candidate is full. r is the number of
+// live replicas (members), so that every acquire keeps the count fresh.
 //
 // A lease id already in a set is a retry of the same acquire (go-redis
 // retries on some errors): it is refreshed and granted again, never counted
 // twice.
 var acquireScript = redis.NewScript(scriptNow + `
+local n = (#KEYS - 1) / 2
 local id, ttl = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS do
+local proc, wttl = ARGV[3 + n], tonumber(ARGV[4 + n])
+local replicas = redis.call('ZCOUNT', KEYS[#KEYS], now, '+inf')
+for i = 1, n do
   local k, limit = KEYS[i], tonumber(ARGV[2 + i])
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-  local n = redis.call('ZCARD', k)
+  local c = redis.call('ZCARD', k)
   local held = redis.call('ZSCORE', k, id)
-  if held or n < limit then
+  if held or c < limit then
     redis.call('ZADD', k, now + ttl, id)
     extend(k, ttl)
-    if not held then n = n + 1 end
-    return {i, n}
+    if not held then c = c + 1 end
+    return {i, c, replicas}
   end
 end
-return {0}
+if wttl > 0 then
+  for i = n + 1, 2 * n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZADD', KEYS[i], now + wttl, proc)
+    extend(KEYS[i], wttl)
+  end
+end
+return {0, 0, replicas}
 `)
 
-// releaseScript removes one lease and, when its endpoint was full, tells
-// waiting processes that a slot is free.
+// releaseScript ends one lease and, when another process wants a slot on
+// its endpoint, grants the slot to it at once: a new lease, in that
+// process's name, announced on the grant channel. So a slot passes from
+// one replica to another in one round trip, and only the one it goes to
+// wakes. Of the processes that want the endpoint, the one holding the fewest
+// of its leases gets it; a releasing process that has calls waiting for the
+// endpoint itself (keep) keeps the slot unless another holds fewer leases
+// than it does.
 //
-// KEYS[1]: the lease set. ARGV: lease id, the endpoint's limit, channel.
-// Reply: 1 if the lease was there, 0 if it had expired or been lost.
-var releaseScript = redis.NewScript(`
-local n = redis.call('ZCARD', KEYS[1])
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 and n >= tonumber(ARGV[2]) then
-  redis.call('PUBLISH', ARGV[3], KEYS[1])
+// KEYS: the lease set, its endpoint's want set, the grants set.
+// ARGV: lease id, the endpoint's limit, process id, TTL in ms, keep (0/1),
+// grant (0/1: 0 never grants), channel, a suffix unique to this release.
+// Reply: {removed, outcome}: removed is 1 if the lease was there (0: it had
+// expired or been lost); outcome is 0 for a slot set free, 1 for one kept
+// (the same lease id, renewed), 2 for one granted to another process.
+var releaseScript = redis.NewScript(scriptNow + `
+local k, want, grants = KEYS[1], KEYS[2], KEYS[3]
+local id, limit, proc, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local keep, grant = ARGV[5] == '1', ARGV[6] == '1'
+local removed = redis.call('ZREM', k, id)
+redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+if redis.call('ZCARD', k) >= limit then
+  return {removed, 0} -- no room: the lease had expired and its slot was taken
 end
-return removed
+if grant then
+  redis.call('ZREMRANGEBYSCORE', want, '-inf', now)
+  local ws = redis.call('ZRANGE', want, 0, -1)
+  if #ws > 1 or (#ws == 1 and ws[1] ~= proc) then
+    local held = {}
+    for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+      local p = string.match(m, '^([^:]+):')
+      if p then held[p] = (held[p] or 0) + 1 end
+    end
+    local best, fewest = nil, nil
+    for _, w in ipairs(ws) do
+      local c = held[w] or 0
+      if w ~= proc and (fewest == nil or c < fewest) then best, fewest = w, c end
+    end
+    if not keep or fewest < (held[proc] or 0) then
+      local gid = best .. ':g' .. ARGV[8]
+      redis.call('ZADD', k, now + ttl, gid)
+      extend(k, ttl)
+      redis.call('ZREMRANGEBYSCORE', grants, '-inf', now)
+      redis.call('ZADD', grants, now + ttl, best .. '|' .. k .. '|' .. gid)
+      extend(grants, ttl)
+      -- It must say again that it wants more: grants go round.
+      redis.call('ZREM', want, best)
+      redis.call('PUBLISH', ARGV[7], 'g|' .. best .. '|' .. k .. '|' .. gid)
+      return {removed, 2}
+    end
+  end
+end
+if keep then
+  redis.call('ZADD', k, now + ttl, id)
+  extend(k, ttl)
+  return {removed, 1}
+end
+return {removed, 0}
 `)
 
 // tickScript is one process's periodic round trip: heartbeat, limit
-// announcement and lease renewal. After an outage it also re-registers every
-// lease still in flight.
+// announcement, lease renewal, and the leases granted to it whose
+// announcement it may have missed. After an outage it also re-registers
+// every lease still in flight.
 //
-// KEYS: members set, limits set, then the lease sets that have leases to
-// renew.
+// KEYS: members set, limits set, grants set, then the lease sets that have
+// leases to renew.
 // ARGV: process id, lease TTL ms, member TTL ms, count L, L limit members,
 // then for each lease set: count M, M lease ids.
-// Reply: {replicas, {live limit members}, {ids that were missing}}.
+// Reply: {replicas, {live limit members}, {ids that were missing},
+// {"<lease set>|<lease id>" granted to the process}}. The grants returned are
+// taken out of the grants set.
 //
 // A missing lease (expired, or lost with a Redis restart or failover) is
 // added back even past the limit: its call is still running, and counting it
@@ -133,9 +201,19 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local limits = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #limits > 0 then extend(KEYS[2], mttl) end
 
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local granted = {}
+local prefix = proc .. '|'
+for _, g in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if string.sub(g, 1, #prefix) == prefix then
+    granted[#granted + 1] = string.sub(g, #prefix + 1)
+    redis.call('ZREM', KEYS[3], g)
+  end
+end
+
 local a = 5 + nlim
 local missing = {}
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   local key = KEYS[k]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local m = tonumber(ARGV[a])
@@ -148,24 +226,30 @@ for k = 3, #KEYS do
   end
   extend(key, ttl)
 end
-return {replicas, limits, missing}
+return {replicas, limits, missing, granted}
 `)
 
 // goodbyeScript is a closing process's last round trip: it deletes every
 // lease of the process, the ones it knows it holds and any it does not (an
-// acquire or a tick that ran in Redis with its reply lost), and the process's
-// limit announcements and membership.
+// acquire or a tick that ran in Redis with its reply lost, a grant it never
+// heard of), its wish for more, and its limit announcements and membership.
 //
-// KEYS: the lease sets of every endpoint the process has seen, then the
-// limits set, then the members set.
+// KEYS: the lease sets of every endpoint the process has seen, then their
+// want sets, then the grants set, the limits set and the members set.
 // ARGV: process id, then the process's limit members.
-// Lease ids are "<process id>:<sequence>", and process ids hold no ':'.
+// Lease ids are "<process id>:<suffix>", and process ids hold no ':'.
 var goodbyeScript = redis.NewScript(`
 local prefix = ARGV[1] .. ':'
-for k = 1, #KEYS - 2 do
+local n = (#KEYS - 3) / 2
+for k = 1, n do
   for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do
     if string.sub(id, 1, #prefix) == prefix then redis.call('ZREM', KEYS[k], id) end
   end
+  redis.call('ZREM', KEYS[n + k], ARGV[1])
+end
+local gprefix = ARGV[1] .. '|'
+for _, g in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 2], 0, -1)) do
+  if string.sub(g, 1, #gprefix) == gprefix then redis.call('ZREM', KEYS[#KEYS - 2], g) end
 end
 for i = 2, #ARGV do redis.call('ZREM', KEYS[#KEYS - 1], ARGV[i]) end
 redis.call('ZREM', KEYS[#KEYS], ARGV[1])

@@ -2,6 +2,9 @@ package redislimit
 
 import (
 	"context"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,15 +45,74 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b *backend)) {
 	})
 }
 
+// acquire runs the acquire script for process p (the lease id's prefix)
+// on the lease sets keys, without recording a want; it returns {i, c}.
 func acquire(t *testing.T, b *backend, id string, ttl time.Duration, keys []string, limits ...int) []int64 {
 	t.Helper()
+	return acquireWanting(t, b, id, 0, ttl, keys, limits...)[:2]
+}
+
+// acquireWanting is acquire recording, when every candidate is full, that
+// the process wants one for wttl; it returns the whole reply.
+func acquireWanting(t *testing.T, b *backend, id string, wttl, ttl time.Duration, keys []string, limits ...int) []int64 {
+	t.Helper()
+	proc, _, _ := strings.Cut(id, ":")
 	args := []any{id, ttl.Milliseconds()}
 	for _, n := range limits {
 		args = append(args, n)
 	}
-	res, err := acquireScript.Run(context.Background(), b.rdb, keys, args...).Int64Slice()
+	args = append(args, proc, wttl.Milliseconds())
+	all := slices.Clone(keys)
+	for _, k := range keys {
+		all = append(all, strings.Replace(k, ":ep:", ":want:", 1))
+	}
+	all = append(all, "amlpool:{t}:members")
+	res, err := acquireScript.Run(context.Background(), b.rdb, all, args...).Int64Slice()
 	require.NoError(t, err)
+	require.Len(t, res, 3)
 	return res
+}
+
+func TestAcquireScriptCountsReplicas(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		assert.Equal(t, []int64{1, 1, 0}, acquireWanting(t, b, "p:1", 0, time.Minute, k, 1), "no heartbeat yet")
+		now := b.rdb.Time(ctx).Val().UnixMilli()
+		require.NoError(t, b.rdb.ZAdd(ctx, "amlpool:{t}:members", redis.Z{Score: float64(now + 60000), Member: "p"},
+			redis.Z{Score: float64(now + 60000), Member: "q"}, redis.Z{Score: float64(now - 1), Member: "gone"}).Err())
+		assert.Equal(t, []int64{1, 1, 2}, acquireWanting(t, b, "p:1", 0, time.Minute, k, 1),
+			"two live replicas, the one whose heartbeat expired not counted")
+		assert.Equal(t, []int64{0, 0, 2}, acquireWanting(t, b, "p:2", 0, time.Minute, k, 1), "full, and still the count")
+	})
+}
+
+// A try that finds every candidate full records, for each of them, that
+// the process wants a slot, for the time asked; one that does not wait
+// (want TTL 0) records nothing.
+func TestAcquireScriptRecordsWants(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a", "amlpool:{t}:ep:b"}
+		wa, wb := "amlpool:{t}:want:a", "amlpool:{t}:want:b"
+		acquire(t, b, "p:1", time.Minute, k[:1], 1)
+		acquire(t, b, "p:2", time.Minute, k[1:], 1)
+		acquireWanting(t, b, "q:1", 0, time.Minute, k, 1, 1)
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val(), "a try that will not wait wants nothing")
+		assert.Equal(t, []int64{0, 0, 0}, acquireWanting(t, b, "q:2", 400*time.Millisecond, time.Minute, k, 1, 1))
+		for _, w := range []string{wa, wb} {
+			assert.Equal(t, []string{"q"}, b.rdb.ZRange(ctx, w, 0, -1).Val())
+			pttl := b.rdb.PTTL(ctx, w).Val()
+			assert.Greater(t, pttl, time.Duration(0))
+			assert.LessOrEqual(t, pttl, 400*time.Millisecond)
+		}
+		b.advance(500 * time.Millisecond)
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val(), "a want lasts its TTL")
+		// A try with room takes the slot and records nothing.
+		b.rdb.Del(ctx, k[1])
+		assert.Equal(t, []int64{2, 1, 0}, acquireWanting(t, b, "q:3", time.Second, time.Minute, k, 1, 1))
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val())
+	})
 }
 
 func TestAcquireScriptEnforcesLimit(t *testing.T) {
@@ -58,7 +120,7 @@ func TestAcquireScriptEnforcesLimit(t *testing.T) {
 		k := []string{"amlpool:{t}:ep:a"}
 		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k, 2))
 		assert.Equal(t, []int64{1, 2}, acquire(t, b, "p:2", time.Minute, k, 2))
-		assert.Equal(t, []int64{0}, acquire(t, b, "p:3", time.Minute, k, 2), "third lease on a cap of 2")
+		assert.Equal(t, []int64{0, 0}, acquire(t, b, "p:3", time.Minute, k, 2), "third lease on a cap of 2")
 		assert.EqualValues(t, 2, b.rdb.ZCard(context.Background(), k[0]).Val())
 	})
 }
@@ -94,7 +156,7 @@ func TestAcquireScriptExpiresLeasesAndKeys(t *testing.T) {
 		pttl := b.rdb.PTTL(ctx, k[0]).Val()
 		assert.Greater(t, pttl, time.Duration(0), "the lease set must carry a TTL")
 		assert.LessOrEqual(t, pttl, ttl)
-		assert.Equal(t, []int64{0}, acquire(t, b, "p:3", ttl, k, 2))
+		assert.Equal(t, []int64{0, 0}, acquire(t, b, "p:3", ttl, k, 2))
 
 		b.advance(ttl + 50*time.Millisecond)
 		// Both leases expired: the key went with them, and a new lease finds
@@ -130,34 +192,113 @@ func TestAcquireScriptGivesImmortalKeysATTL(t *testing.T) {
 	})
 }
 
-func TestReleaseScript(t *testing.T) {
+// releaser runs the release script as process proc on endpoint "a" of
+// pool "t", with keep, grants on; it returns {removed, outcome}.
+func releaser(t *testing.T, b *backend, limit int) func(id string, keep bool) []int64 {
+	ks := newKeyspace("t")
+	seq := 0
+	return func(id string, keep bool) []int64 {
+		t.Helper()
+		proc, _, _ := strings.Cut(id, ":")
+		seq++
+		k := 0
+		if keep {
+			k = 1
+		}
+		res, err := releaseScript.Run(context.Background(), b.rdb, []string{ks.endpoint("a"), ks.want("a"), ks.grants},
+			id, limit, proc, time.Minute.Milliseconds(), k, 1, ks.grant, proc+"."+strconv.Itoa(seq)).Int64Slice()
+		require.NoError(t, err)
+		return res
+	}
+}
+
+func TestReleaseScriptFreesTheSlot(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		ctx := context.Background()
-		k := "amlpool:{t}:ep:a"
-		ch := "amlpool:{t}:freed"
-		sub := b.rdb.Subscribe(ctx, ch)
+		k := []string{"amlpool:{t}:ep:a"}
+		release := releaser(t, b, 2)
+		acquire(t, b, "p:1", time.Minute, k, 2)
+		acquire(t, b, "p:2", time.Minute, k, 2)
+		assert.Equal(t, []int64{1, freed}, release("p:1", false), "release of a held lease")
+		assert.Equal(t, []int64{0, freed}, release("p:1", false), "a lease released twice is not there")
+		assert.Equal(t, []int64{1, kept}, release("p:2", true), "keep, and nobody else wants it")
+		assert.Equal(t, []string{"p:2"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val(), "kept, the same lease")
+	})
+}
+
+func TestReleaseScriptKeepsTheSlot(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		release := releaser(t, b, 1)
+		acquire(t, b, "p:1", time.Second, k, 1)
+		b.advance(500 * time.Millisecond)
+		assert.Equal(t, []int64{1, kept}, release("p:1", true))
+		assert.Equal(t, []string{"p:1"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val(), "kept, the same lease")
+		assert.Greater(t, b.rdb.PTTL(ctx, k[0]).Val(), 50*time.Second, "and renewed")
+	})
+}
+
+// A release grants the slot to the process that wants it and holds the
+// fewest of the endpoint's leases, tells it alone, and drops its want: it
+// must ask again for more. A releasing process that wants the slot itself
+// keeps it unless the other holds fewer than it would.
+func TestReleaseScriptGrantsTheSlot(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		k := []string{ks.endpoint("a")}
+		sub := b.rdb.Subscribe(ctx, ks.grant)
 		defer sub.Close()
 		_, err := sub.Receive(ctx) // the subscription confirmation
 		require.NoError(t, err)
+		release := releaser(t, b, 4)
 
-		acquire(t, b, "p:1", time.Minute, []string{k}, 2)
-		acquire(t, b, "p:2", time.Minute, []string{k}, 2)
-		release := func(id string) int64 {
-			n, err := releaseScript.Run(ctx, b.rdb, []string{k}, id, 2, ch).Int64()
-			require.NoError(t, err)
-			return n
+		for _, id := range []string{"p:1", "p:2", "p:3", "q:1"} {
+			acquire(t, b, id, time.Minute, k, 4)
 		}
-		assert.EqualValues(t, 1, release("p:1"), "release of a held lease")
-		msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
-		require.NoError(t, err, "a release on a full endpoint must publish")
-		assert.Equal(t, k, msg.(*redis.Message).Payload)
+		acquireWanting(t, b, "q:2", time.Minute, time.Minute, k, 4)
+		acquireWanting(t, b, "r:1", time.Minute, time.Minute, k, 4)
+		assert.ElementsMatch(t, []string{"q", "r"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val())
 
-		assert.EqualValues(t, 0, release("p:1"), "a lease released twice is not there")
-		assert.EqualValues(t, 1, release("p:2"))
-		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k).Val())
-		// p:2's release found the endpoint not full: no message.
-		_, err = sub.ReceiveTimeout(ctx, 100*time.Millisecond)
-		assert.Error(t, err, "release on an endpoint with room published")
+		// p holds 3, q 1, r none: r gets p's slot.
+		assert.Equal(t, []int64{1, granted}, release("p:1", false))
+		msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+		require.NoError(t, err)
+		payload := msg.(*redis.Message).Payload
+		assert.Equal(t, "g|r|"+k[0]+"|r:gp.1", payload)
+		assert.ElementsMatch(t, []string{"p:2", "p:3", "q:1", "r:gp.1"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val())
+		assert.Equal(t, []string{"q"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val(), "r must ask again")
+		assert.Equal(t, []string{"r|" + k[0] + "|r:gp.1"}, b.rdb.ZRange(ctx, ks.grants, 0, -1).Val())
+
+		// p wants it itself and would hold 1 without it; q holds 1, no fewer:
+		// p keeps it.
+		assert.Equal(t, []int64{1, kept}, release("p:2", true))
+		// r wants it and would hold none; q holds 1: r keeps it. When r does
+		// not want it, q gets it.
+		assert.Equal(t, []int64{1, kept}, release("r:gp.1", true))
+		assert.Equal(t, []int64{1, granted}, release("r:gp.1", false))
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.want("a")).Val(), "q got one: nobody wants more")
+		assert.Equal(t, []int64{1, freed}, release("p:3", false), "nobody wants it: set free")
+		for _, key := range []string{k[0], ks.grants} {
+			assert.Greater(t, b.rdb.PTTL(ctx, key).Val(), time.Duration(0), "%s has no TTL", key)
+		}
+	})
+}
+
+// An expired lease whose slot was taken since is not there to keep or
+// grant.
+func TestReleaseScriptOfALeaseWhoseSlotWasTaken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		k := []string{"amlpool:{t}:ep:a"}
+		release := releaser(t, b, 1)
+		acquire(t, b, "p:1", 200*time.Millisecond, k, 1)
+		b.advance(300 * time.Millisecond)
+		acquire(t, b, "q:1", time.Minute, k, 1)
+		acquireWanting(t, b, "r:1", time.Minute, time.Minute, k, 1)
+		assert.Equal(t, []int64{0, freed}, release("p:1", true))
+		assert.Equal(t, []string{"q:1"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val())
 	})
 }
 
@@ -168,7 +309,7 @@ func TestTickScript(t *testing.T) {
 		ep := ks.endpoint("a")
 		ttl, mttl := time.Second, 3*time.Second
 		tick := func(proc string, limits []string, ids ...string) (int, []string, map[string]bool) {
-			keys := []string{ks.members, ks.limits}
+			keys := []string{ks.members, ks.limits, ks.grants}
 			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), len(limits)}
 			for _, l := range limits {
 				args = append(args, l)
@@ -182,7 +323,7 @@ func TestTickScript(t *testing.T) {
 			}
 			res, err := tickScript.Run(ctx, b.rdb, keys, args...).Result()
 			require.NoError(t, err)
-			n, lim, miss, err := parseTick(res)
+			n, lim, miss, _, err := parseTick(res)
 			require.NoError(t, err)
 			return n, lim, miss
 		}
@@ -200,7 +341,7 @@ func TestTickScript(t *testing.T) {
 		_, _, miss := tick("p1", nil, "p1:1", "p1:2")
 		assert.Equal(t, map[string]bool{"p1:2": true}, miss)
 		assert.EqualValues(t, 2, b.rdb.ZCard(ctx, ep).Val(), "missing lease not re-registered")
-		assert.Equal(t, []int64{0}, acquire(t, b, "p2:1", ttl, []string{ep}, 1), "re-registered leases must block new ones")
+		assert.Equal(t, []int64{0, 0}, acquire(t, b, "p2:1", ttl, []string{ep}, 1), "re-registered leases must block new ones")
 		b.advance(ttl * 3 / 4)
 		// Past the first expiry: the renewed leases are still there.
 		assert.EqualValues(t, 2, b.rdb.ZCount(ctx, ep, "-inf", "+inf").Val())
@@ -231,10 +372,17 @@ func TestGoodbyeScript(t *testing.T) {
 			redis.Z{Score: 1e15, Member: limitMember("a", 10, "p2")}).Err())
 		require.NoError(t, b.rdb.ZAdd(ctx, ks.members, redis.Z{Score: 1e15, Member: "p1"}, redis.Z{Score: 1e15, Member: "p2"}).Err())
 
-		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.limits, ks.members},
+		for _, p := range []string{"p1", "p2"} {
+			require.NoError(t, b.rdb.ZAdd(ctx, ks.want("a"), redis.Z{Score: 1e15, Member: p}).Err())
+			require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: p + "|" + a + "|" + p + ":gx.1"}).Err())
+		}
+
+		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.want("a"), ks.want("c"), ks.grants, ks.limits, ks.members},
 			"p1", limitMember("a", 10, "p1"), limitMember("c", 10, "p1")).Err()
 		require.NoError(t, err)
 		assert.ElementsMatch(t, []string{"p12:1", "p2:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val(), "p1's leases only")
+		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val())
+		assert.Equal(t, []string{"p2|" + a + "|p2:gx.1"}, b.rdb.ZRange(ctx, ks.grants, 0, -1).Val())
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
 		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
@@ -257,7 +405,7 @@ func TestScriptErrorIsReturned(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: -1})
 	defer rdb.Close()
 	m.SetError("LOADING Redis is loading the dataset in memory")
-	err := acquireScript.Run(context.Background(), rdb, []string{"k"}, "p:1", 1000, 1).Err()
+	err := acquireScript.Run(context.Background(), rdb, []string{"k", "w", "m"}, "p:1", 1000, 1, "p", 0).Err()
 	assert.ErrorContains(t, err, "LOADING")
 }
 

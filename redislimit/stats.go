@@ -13,16 +13,21 @@ import (
 type Stats struct {
 	Held      int   // leases this process holds now, in Redis or in fallback
 	Waiting   int   // Acquire calls waiting for a slot
-	Acquired  int64 // leases granted since New
+	Acquired  int64 // leases granted since New, handoffs included
+	Handoffs  int64 // leases handed from one call of this process to the next without a round trip
+	Grants    int64 // leases other processes granted this one as they released them
 	Renewals  int64 // lease renewals written to Redis
 	Lost      int64 // leases Redis no longer had while their call still ran (expired, or lost with a restart or failover)
 	Fallback  bool  // the failure mode applies now: Redis failed and no probe has succeeded since
 	Fallbacks int64 // switches to the failure mode since New
 	Errors    int64 // Redis operations that failed or timed out
+	// RoundTrips counts Redis operations (scripts, commands, pipelines)
+	// since New: per call, the cost of sharing.
+	RoundTrips int64
 	// Mismatches counts the times replicas were found to disagree on an
 	// endpoint's limit; see EndpointStats.Limits.
 	Mismatches int64
-	Replicas   int           // processes sharing the pool, as last seen in Redis (WithExpectedReplicas before that)
+	Replicas   int           // processes sharing the pool, as last seen in Redis; 0 until Redis has answered
 	RoundTrip  time.Duration // moving average of successful Redis round trips
 	Endpoints  []EndpointStats
 }
@@ -57,10 +62,13 @@ func (l *Limiter) Stats() Stats {
 	l.mu.Unlock()
 	slices.SortFunc(s.Endpoints, func(a, b EndpointStats) int { return cmpString(a.Name+a.ID, b.Name+b.ID) })
 	s.Acquired = l.acquired.Load()
+	s.Handoffs = l.handoffs.Load()
+	s.Grants = l.grants.Load()
 	s.Renewals = l.renewals.Load()
 	s.Lost = l.lost.Load()
 	s.Fallbacks = l.fallbacks.Load()
 	s.Errors = l.failures.Load()
+	s.RoundTrips = l.roundTrips.Load()
 	s.Mismatches = l.mismatches.Load()
 	s.RoundTrip = time.Duration(l.rtt.Load())
 	return s
@@ -92,7 +100,8 @@ func (l *Limiter) Close() error {
 
 	l.mu.Lock()
 	l.pending = nil // the goodbye script deletes these with the rest
-	keys := make([]string, 0, len(l.eps)+2)
+	keys := make([]string, 0, 2*len(l.eps)+3)
+	var wants []string
 	args := []any{l.proc}
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
@@ -100,10 +109,11 @@ func (l *Limiter) Close() error {
 		}
 		clear(ep.held)
 		keys = append(keys, ep.key)
+		wants = append(wants, ep.want)
 		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
 	}
 	l.held = 0
-	keys = append(keys, l.keys.limits, l.keys.members)
+	keys = append(append(keys, wants...), l.keys.grants, l.keys.limits, l.keys.members)
 	l.mu.Unlock()
 
 	// Nothing else runs now: say goodbye to Redis on this goroutine. Every
