@@ -18,11 +18,11 @@ import "time"
 // in the same round trip, and tells only that process (the grant channel),
 // which gives it to its oldest waiting call.
 //
-// A lease goes to at most WithHandoff calls in a row; then it goes back to
-// Redis, which keeps it for this process's waiting calls (still no gap)
-// unless a process that wants the endpoint holds fewer of its leases: so
-// replicas with calls waiting converge to equal shares, and a replica that
-// joins a busy fleet gets slots within that many calls.
+// A lease is handed on for at most WithHandoff's time (500 ms); then it goes
+// back to Redis, which keeps it for this process's waiting calls (still no
+// gap) unless a process that wants the endpoint holds fewer of its leases:
+// so replicas with calls waiting converge to equal shares, and a replica
+// that joins a busy fleet gets its share within about that time.
 //
 // Without them, every slot that changed hands cost a release round trip, a
 // notification to every process and an acquire round trip from each of
@@ -32,7 +32,7 @@ import "time"
 // handoffLocked gives ls, just released, to a waiting call that may use its
 // endpoint and reports whether it did.
 func (l *Limiter) handoffLocked(ls *lease) bool {
-	if ls.handoffs >= l.cfg.handoff || l.closed || len(l.waiters) == 0 {
+	if l.cfg.handoff == 0 || l.closed || len(l.waiters) == 0 || l.cfg.clock.Now().Sub(ls.since) >= l.cfg.handoff {
 		return false
 	}
 	ep := ls.ep
@@ -44,7 +44,7 @@ func (l *Limiter) handoffLocked(ls *lease) bool {
 		return false
 	}
 	next := &lease{l: l, ep: ep, idx: idx, id: ls.id, remote: ls.remote, renewed: ls.renewed,
-		lost: ls.lost, handoffs: ls.handoffs + 1, limit: ls.limit}
+		lost: ls.lost, since: ls.since, limit: ls.limit}
 	ep.held[ls.id] = next
 	l.serveLocked(w, next)
 	l.handoffs.Add(1)
@@ -119,7 +119,8 @@ func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 		l.mu.Unlock() // Close deletes it from Redis
 		return
 	}
-	ls := &lease{l: l, ep: ep, id: id, remote: true, renewed: l.cfg.clock.Now(), limit: ep.limit.Load()}
+	now := l.cfg.clock.Now()
+	ls := &lease{l: l, ep: ep, id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
 	ep.held[id] = ls
 	l.held++
 	if grant {

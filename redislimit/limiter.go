@@ -86,11 +86,11 @@ type lease struct {
 	renewed  time.Time // when Redis last got its expiry
 	lost     bool      // counted in Stats.Lost already
 	released bool
-	// handoffs counts the calls of this process the lease went to in a
-	// row without a round trip (handoff); limit is its endpoint's limit
-	// when Redis granted it.
-	handoffs int
-	limit    int64
+	// since is when Redis granted the lease to this process (acquired,
+	// kept or granted): handoffs go on until WithHandoff's time has passed.
+	// limit is its endpoint's limit then.
+	since time.Time
+	limit int64
 }
 
 type removal struct{ key, id string }
@@ -346,7 +346,8 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		return nil, nil
 	}
 	ep := cands[i-1]
-	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: l.cfg.clock.Now(), limit: ep.limit.Load()}
+	now := l.cfg.clock.Now()
+	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
 	l.addLocked(ls)
 	return ls, nil
 }
@@ -361,7 +362,8 @@ func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
 	}
 	for i, ep := range cands {
 		if len(ep.held) < l.shareLocked(ep) {
-			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36), limit: ep.limit.Load()}
+			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36),
+				since: l.cfg.clock.Now(), limit: ep.limit.Load()}
 			l.addLocked(ls)
 			return ls, nil
 		}

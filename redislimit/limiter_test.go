@@ -557,6 +557,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"no replicas", WithExpectedReplicas(0), "redislimit.WithExpectedReplicas"},
 		{"backoff inverted", WithBackoff(time.Second, time.Millisecond), "redislimit.WithBackoff"},
 		{"no handoff", WithHandoff(0), "redislimit.WithHandoff"},
+		{"negative handoff", WithHandoff(-time.Second), "redislimit.WithHandoff"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

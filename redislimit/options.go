@@ -31,9 +31,9 @@ const (
 	// wait short.
 	DefaultMinBackoff = 5 * time.Millisecond
 	DefaultMaxBackoff = 50 * time.Millisecond
-	// DefaultHandoff is how many calls of one process in a row a lease may
-	// go to without a round trip (WithHandoff).
-	DefaultHandoff = 16
+	// DefaultHandoff is how long a lease may go from call to call of one
+	// process without a round trip (WithHandoff).
+	DefaultHandoff = 500 * time.Millisecond
 )
 
 // FailureMode says what a Limiter does while Redis is unreachable or slow.
@@ -83,7 +83,7 @@ type config struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	notify     bool
-	handoff    int // 0: off
+	handoff    time.Duration // 0: off
 	logger     *slog.Logger
 
 	// Test seams, set through export_test.go.
@@ -141,7 +141,7 @@ func buildConfig(opts []Option) (config, error) {
 	case cfg.minBackoff <= 0 || cfg.maxBackoff < cfg.minBackoff:
 		return bad("WithBackoff", "need 0 < min <= max")
 	case cfg.handoff < 0:
-		return bad("WithHandoff", "must be at least 1 (WithoutHandoff to turn it off)")
+		return bad("WithHandoff", "must be positive (WithoutHandoff to turn it off)")
 	}
 	if cfg.logger == nil {
 		cfg.logger = slog.New(slog.DiscardHandler)
@@ -232,25 +232,26 @@ func (o backoffOption) apply(c *config) { c.minBackoff, c.maxBackoff = o.min, o.
 // (50 ms).
 func WithBackoff(min, max time.Duration) Option { return backoffOption{min, max} }
 
-type handoffOption int
+type handoffOption time.Duration
 
 func (o handoffOption) apply(c *config) {
-	c.handoff = int(o)
-	if o < 1 {
+	c.handoff = time.Duration(o)
+	if o <= 0 {
 		c.handoff = -1 // refused by buildConfig
 	}
 }
 
-// WithHandoff sets how many calls of this process in a row one lease may go
-// to: a lease freed while calls here wait for its endpoint goes straight to
-// the oldest of them, with no Redis round trip, up to n times; then it goes
-// back to Redis, where every waiting replica competes for it. Higher n
-// means fewer round trips per call; lower n means a replica that joins a
-// busy fleet gets its share sooner. Default: DefaultHandoff (16).
-func WithHandoff(n int) Option { return handoffOption(n) }
+// WithHandoff sets how long a lease may stay with this process without a
+// round trip: a lease freed while calls here wait for its endpoint goes
+// straight to the oldest of them, for up to d after Redis granted it; then
+// it goes back to Redis, which keeps it for this process unless another
+// replica that waits for the endpoint holds fewer of its leases. Longer d
+// means fewer round trips per call; shorter d means a replica that joins a
+// busy fleet gets its share sooner. Default: DefaultHandoff (500 ms).
+func WithHandoff(d time.Duration) Option { return handoffOption(d) }
 
 // WithoutHandoff turns handoff off: every lease goes back to Redis when its
-// call ends, one round trip each way per call.
+// call ends, a round trip each way per call.
 func WithoutHandoff() Option { return handoffOffOption{} }
 
 type handoffOffOption struct{}
