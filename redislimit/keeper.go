@@ -58,6 +58,15 @@ func (l *Limiter) tick() {
 	l.mu.Lock()
 	recovering := l.fallback
 	eps := slices.SortedFunc(maps.Values(l.eps), func(a, b *endpoint) int { return cmpString(a.id, b.id) })
+	if l.cfg.health {
+		args = append(args, len(eps))
+		for _, ep := range eps {
+			keys = append(keys, ep.health)
+			args = append(args, ep.id)
+		}
+	} else {
+		args = append(args, 0)
+	}
 	args = append(args, len(eps))
 	for _, ep := range eps {
 		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
@@ -66,12 +75,11 @@ func (l *Limiter) tick() {
 	for _, ep := range eps {
 		var ids []any
 		for _, ls := range ep.held {
-			// A lease renewed half a tick ago or more would not survive two
-			// missed ticks without this one.
-			if recovering || !ls.remote || now.Sub(ls.renewed) >= l.cfg.renew/2 {
-				ids = append(ids, ls.id)
-				batch = append(batch, ls)
-			}
+			// Every lease, however recent: one that a failover to a replica
+			// lost (written to the old primary, not yet copied) is back
+			// within a tick.
+			ids = append(ids, ls.id)
+			batch = append(batch, ls)
 		}
 		if len(ids) > 0 {
 			keys = append(keys, ep.key)
@@ -87,11 +95,13 @@ func (l *Limiter) tick() {
 		}
 		return
 	}
-	replicas, limits, missing, grants, err := parseTick(res)
+	replicas, limits, missing, grants, health, err := parseTick(res)
 	if err != nil {
 		l.failed(err)
 		return
 	}
+	// Health news this process may have missed.
+	l.caughtUp(health)
 	// Grants whose announcement this process missed (a dropped
 	// subscription): taken now, once.
 	for _, g := range grants {
@@ -176,17 +186,18 @@ func (l *Limiter) unregistered() bool {
 // memberTTL is how long a heartbeat counts: three ticks.
 func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
 
-func parseTick(res any) (replicas int, limits []string, missing map[string]bool, grants []string, err error) {
+func parseTick(res any) (replicas int, limits []string, missing map[string]bool, grants []string, health []any, err error) {
 	r, ok := res.([]any)
-	if !ok || len(r) != 4 {
-		return 0, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	if !ok || len(r) != 5 {
+		return 0, nil, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
 	n, ok1 := r[0].(int64)
 	ls, ok2 := r[1].([]any)
 	ms, ok3 := r[2].([]any)
 	gs, ok4 := r[3].([]any)
-	if !ok1 || !ok2 || !ok3 || !ok4 {
-		return 0, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	health, ok5 := r[4].([]any)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+		return 0, nil, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
 	for _, v := range gs {
 		if s, ok := v.(string); ok {
@@ -204,7 +215,7 @@ func parseTick(res any) (replicas int, limits []string, missing map[string]bool,
 			missing[s] = true
 		}
 	}
-	return int(n), limits, missing, grants, nil
+	return int(n), limits, missing, grants, health, nil
 }
 
 // limitsByEndpoint groups the announced limits: endpoint id -> sorted

@@ -36,6 +36,7 @@ type Limiter struct {
 	seq      atomic.Uint64
 
 	wake   chan struct{} // buffered(1): the pump has work
+	hwake  chan struct{} // buffered(1): health reports wait to be written
 	retry  chan struct{} // buffered(1): the keeper must reschedule (fallback began)
 	done   chan struct{} // closed by Close
 	bg     context.Context
@@ -49,6 +50,12 @@ type Limiter struct {
 	rtt                                                       atomic.Int64 // moving average, ns
 	streak                                                    atomic.Int64 // Redis failures since the last success
 	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none
+
+	// hmu guards the Clients' health links and the reports waiting to be
+	// written (health.go). When both are held, mu is taken first.
+	hmu   sync.Mutex
+	links []*healthLink
+	hq    []healthReport
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -69,6 +76,8 @@ type Limiter struct {
 type endpoint struct {
 	id, name, key string
 	want          string            // its want set's key
+	health        string            // its health hash's key
+	applied       int64             // the version of its shared health applied last; guarded by Limiter.mu
 	limit         atomic.Int64      // as configured in this process
 	held          map[string]*lease // by lease id; guarded by Limiter.mu
 	seen          []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
@@ -111,8 +120,9 @@ type removal struct{ key, id string }
 // ReadTimeout.
 //
 // New starts the Limiter's background work (heartbeat and renewal, the
-// waiting pump, the release subscription) and returns at once; it does not
-// wait for Redis. It returns an *amlpool.ConfigError for a bad option.
+// waiting pump, the subscription to grants and health news, the writer of
+// health reports) and returns at once; it does not wait for Redis. It
+// returns an *amlpool.ConfigError for a bad option.
 func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 	if client == nil {
 		return nil, &amlpool.ConfigError{Field: "redislimit.New", Problem: "nil Redis client"}
@@ -128,6 +138,7 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 		proc:     strconv.FormatUint(cfg.rand(), 16),
 		ctxAware: honoursContext(client),
 		wake:     make(chan struct{}, 1),
+		hwake:    make(chan struct{}, 1),
 		retry:    make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		eps:      make(map[string]*endpoint),
@@ -136,8 +147,17 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 		hints:    make(map[*endpoint]bool),
 	}
 	l.bg, l.stop = context.WithCancel(context.Background())
+	var channels []string
 	if cfg.notify {
-		l.pubsub = client.Subscribe(l.bg, l.keys.grant)
+		channels = append(channels, l.keys.grant)
+	}
+	if cfg.health {
+		channels = append(channels, l.keys.health)
+		l.wg.Add(1)
+		go l.writeHealth()
+	}
+	if len(channels) > 0 {
+		l.pubsub = client.Subscribe(l.bg, channels...)
 		l.wg.Add(1)
 		go l.listen(l.pubsub.Channel())
 	}
@@ -263,7 +283,8 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 	for i, c := range cands {
 		ep := l.eps[c.ID]
 		if ep == nil {
-			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), want: l.keys.want(c.ID), held: make(map[string]*lease)}
+			ep = &endpoint{id: c.ID, name: c.Name, key: l.keys.endpoint(c.ID), want: l.keys.want(c.ID),
+				health: l.keys.endpointHealth(c.ID), held: make(map[string]*lease)}
 			l.eps[c.ID] = ep
 			l.byKey[ep.key] = ep
 		}

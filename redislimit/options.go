@@ -84,6 +84,7 @@ type config struct {
 	maxBackoff time.Duration
 	notify     bool
 	handoff    time.Duration // 0: off
+	health     bool
 	logger     *slog.Logger
 
 	// Test seams, set through export_test.go.
@@ -102,6 +103,7 @@ func defaultConfig() config {
 		maxBackoff: DefaultMaxBackoff,
 		notify:     true,
 		handoff:    DefaultHandoff,
+		health:     true,
 		logger:     slog.New(slog.DiscardHandler),
 		clock:      clock.Real,
 		rand:       rand.Uint64,
@@ -258,15 +260,27 @@ type handoffOffOption struct{}
 
 func (handoffOffOption) apply(c *config) { c.handoff = 0 }
 
+type healthOption bool
+
+func (o healthOption) apply(c *config) { c.health = bool(o) }
+
+// WithoutHealth turns off health sharing: the Limiter still shares caps,
+// but each replica's Client judges endpoints' health on its own. By default
+// a Limiter is an amlpool.HealthSharer: a cool-down (Retry-After), failures,
+// an ejection or a readmission that one replica sees reach every replica
+// within one notification, and at the latest one tick.
+func WithoutHealth() Option { return healthOption(false) }
+
 type notifyOption bool
 
 func (o notifyOption) apply(c *config) { c.notify = bool(o) }
 
-// WithoutReleaseNotify turns off release notifications. By default a release
-// on a full endpoint publishes on a pub/sub channel, and every process with
-// waiting calls tries again at once instead of at its next backoff; each
-// process then holds one subscribed connection. Without it, waiting relies
-// on the backoff alone.
+// WithoutReleaseNotify turns off grants between processes. By default a
+// process whose calls wait for a full endpoint says so in Redis, and a
+// release anywhere in the fleet grants the slot to it at once, announced on
+// a pub/sub channel to which each process holds one subscribed connection.
+// Without it, a freed slot waits for the next try of a waiting process, at
+// its backoff.
 func WithoutReleaseNotify() Option { return notifyOption(false) }
 
 type loggerOption struct{ l *slog.Logger }

@@ -140,7 +140,8 @@ func (l *Limiter) signal() {
 	}
 }
 
-// listen takes the leases other processes grant this one.
+// listen takes the leases other processes grant this one, and their news
+// of the endpoints' health.
 func (l *Limiter) listen(ch <-chan *redis.Message) {
 	defer l.wg.Done()
 	for {
@@ -150,6 +151,10 @@ func (l *Limiter) listen(ch <-chan *redis.Message) {
 		case m, ok := <-ch:
 			if !ok {
 				return
+			}
+			if m.Channel == l.keys.health {
+				l.heard(m.Payload)
+				continue
 			}
 			// "g|<process id>|<lease set>|<lease id>"
 			rest, ok := strings.CutPrefix(m.Payload, "g|"+l.proc+"|")

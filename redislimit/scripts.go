@@ -15,7 +15,9 @@ import (
 //	amlpool:{pool}:grants     ZSET  "<process id>|<lease set>|<lease id>" -> expiry: leases granted to a waiting process
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
+//	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
+//	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
 // Endpoint ids are amlpool's LimitedEndpoint.ID (a hash of the URL), so no key
 // name ever carries an API key or a URL.
@@ -25,12 +27,17 @@ type keyspace struct {
 	limits  string
 	grants  string
 	grant   string // channel
+	health  string // channel
 }
 
 func newKeyspace(pool string) keyspace {
 	p := "amlpool:{" + pool + "}:"
-	return keyspace{prefix: p, members: p + "members", limits: p + "limits", grants: p + "grants", grant: p + "grant"}
+	return keyspace{prefix: p, members: p + "members", limits: p + "limits", grants: p + "grants", grant: p + "grant",
+		health: p + "health"}
 }
+
+// endpointHealth is the key of endpoint id's health hash.
+func (k keyspace) endpointHealth(id string) string { return k.prefix + "health:" + id }
 
 func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
 
@@ -171,17 +178,20 @@ return {removed, 0}
 `)
 
 // tickScript is one process's periodic round trip: heartbeat, limit
-// announcement, lease renewal, and the leases granted to it whose
-// announcement it may have missed. After an outage it also re-registers
-// every lease still in flight.
+// announcement, lease renewal, the leases granted to it whose announcement
+// it may have missed, and its endpoints' shared health. After an outage it
+// also re-registers every lease still in flight.
 //
-// KEYS: members set, limits set, grants set, then the lease sets that have
-// leases to renew.
-// ARGV: process id, lease TTL ms, member TTL ms, count L, L limit members,
-// then for each lease set: count M, M lease ids.
+// KEYS: members set, limits set, grants set, H health hashes, then the lease
+// sets that have leases to renew.
+// ARGV: process id, lease TTL ms, member TTL ms, H, the H endpoint ids of
+// the health hashes, count L, L limit members, then for each lease set:
+// count M, M lease ids.
 // Reply: {replicas, {live limit members}, {ids that were missing},
-// {"<lease set>|<lease id>" granted to the process}}. The grants returned are
-// taken out of the grants set.
+// {"<lease set>|<lease id>" granted to the process}, {health records}}. The
+// grants returned are taken out of the grants set. A health record is
+// {endpoint id, version, cool-down ms left, ejection ms left, fault, owner,
+// last kind}, for each hash that exists.
 //
 // A missing lease (expired, or lost with a Redis restart or failover) is
 // added back even past the limit: its call is still running, and counting it
@@ -193,13 +203,25 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 extend(KEYS[1], mttl)
 local replicas = redis.call('ZCARD', KEYS[1])
 
-local nlim = tonumber(ARGV[4])
+local nh = tonumber(ARGV[4])
+local health = {}
+for i = 1, nh do
+  local h = redis.call('HMGET', KEYS[3 + i], 'v', 'cool', 'ej', 'fault', 'owner', 'last')
+  if h[1] then
+    health[#health + 1] = {ARGV[4 + i], tonumber(h[1]), math.max(0, (tonumber(h[2]) or 0) - now),
+      math.max(0, (tonumber(h[3]) or 0) - now), tonumber(h[4]) or 0, h[5] or '', h[6] or ''}
+  end
+end
+
+local a = 5 + nh
+local nlim = tonumber(ARGV[a])
 for i = 1, nlim do
-  redis.call('ZADD', KEYS[2], now + mttl, ARGV[4 + i])
+  redis.call('ZADD', KEYS[2], now + mttl, ARGV[a + i])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local limits = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #limits > 0 then extend(KEYS[2], mttl) end
+a = a + nlim + 1
 
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local granted = {}
@@ -211,9 +233,8 @@ for _, g in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   end
 end
 
-local a = 5 + nlim
 local missing = {}
-for k = 4, #KEYS do
+for k = 4 + nh, #KEYS do
   local key = KEYS[k]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local m = tonumber(ARGV[a])
@@ -226,7 +247,59 @@ for k = 4, #KEYS do
   end
   extend(key, ttl)
 end
-return {replicas, limits, missing, granted}
+return {replicas, limits, missing, granted, health}
+`)
+
+// healthScript writes what one process saw of an endpoint's health and
+// announces it on the health channel.
+//
+// KEYS[1]: the endpoint's health hash.
+// ARGV: process id, kind (f failed, r recovered, c cool-down, e ejected, a
+// readmitted), endpoint id, n (failures for f, ms for c and e), fault (0/1),
+// channel, how long the hash outlives its state (ms).
+// Reply: {version, ms left of the ejection, owner}; version 0 when nothing
+// was written. Failures and recoveries are announced, not written. An
+// ejection while another process's is still running is not written (that
+// one stands, and its owner probes), except to mark it a fault; the reply
+// names its owner.
+var healthScript = redis.NewScript(scriptNow + `
+local k = KEYS[1]
+local proc, kind, id, n, fault, ch, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
+if kind == 'f' or kind == 'r' then
+  redis.call('PUBLISH', ch, proc .. '|' .. kind .. '|' .. id .. '|' .. string.format('%d', n) .. '|0|0')
+  return {0, 0, ''}
+end
+local h = redis.call('HMGET', k, 'v', 'cool', 'ej', 'fault', 'owner')
+local cool, ej = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+local f, owner = h[4] or '0', h[5] or ''
+local out = 0
+if kind == 'c' then
+  cool = math.max(cool, now + n)
+  out = cool - now
+elseif kind == 'e' then
+  if ej > now and owner ~= '' and owner ~= proc then
+    if fault ~= '1' or f == '1' then return {0, ej - now, owner} end
+    f = '1'
+  else
+    ej, owner, f = now + n, proc, fault
+  end
+  out = ej - now
+elseif kind == 'a' then
+  ej, owner, f = 0, '', '0'
+else
+  return redis.error_reply('unknown health kind ' .. kind)
+end
+-- A version above the last, and above the clock in µs, so that one written
+-- after the hash expired is still newer.
+local v = math.max((tonumber(h[1]) or 0) + 1, now * 1000)
+local vs = string.format('%d', v)
+redis.call('HSET', k, 'v', vs, 'cool', string.format('%d', cool), 'ej', string.format('%d', ej),
+  'fault', f, 'owner', owner, 'last', kind)
+redis.call('PEXPIRE', k, math.max(cool - now, ej - now, 0) + keep)
+redis.call('PUBLISH', ch, proc .. '|' .. kind .. '|' .. id .. '|' .. string.format('%d', out) .. '|' .. f .. '|' .. vs)
+local left = 0
+if ej > now then left = ej - now end
+return {v, left, owner}
 `)
 
 // goodbyeScript is a closing process's last round trip: it deletes every
@@ -235,7 +308,8 @@ return {replicas, limits, missing, granted}
 // heard of), its wish for more, and its limit announcements and membership.
 //
 // KEYS: the lease sets of every endpoint the process has seen, then their
-// want sets, then the grants set, the limits set and the members set.
+// want sets, then the grants set, the limits set and the members set. (Its
+// health writes stay: they are the fleet's, not the process's.)
 // ARGV: process id, then the process's limit members.
 // Lease ids are "<process id>:<suffix>", and process ids hold no ':'.
 var goodbyeScript = redis.NewScript(`

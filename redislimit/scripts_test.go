@@ -310,7 +310,7 @@ func TestTickScript(t *testing.T) {
 		ttl, mttl := time.Second, 3*time.Second
 		tick := func(proc string, limits []string, ids ...string) (int, []string, map[string]bool) {
 			keys := []string{ks.members, ks.limits, ks.grants}
-			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), len(limits)}
+			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), 0, len(limits)}
 			for _, l := range limits {
 				args = append(args, l)
 			}
@@ -323,7 +323,7 @@ func TestTickScript(t *testing.T) {
 			}
 			res, err := tickScript.Run(ctx, b.rdb, keys, args...).Result()
 			require.NoError(t, err)
-			n, lim, miss, _, err := parseTick(res)
+			n, lim, miss, _, _, err := parseTick(res)
 			require.NoError(t, err)
 			return n, lim, miss
 		}
@@ -356,6 +356,135 @@ func TestTickScript(t *testing.T) {
 		for _, k := range []string{ks.members, ks.limits} {
 			assert.Greater(t, b.rdb.PTTL(ctx, k).Val(), time.Duration(0), "%s has no TTL", k)
 		}
+	})
+}
+
+// The tick hands a process the grants made to it, once, and reads its
+// endpoints' health hashes.
+func TestTickScriptGrantsAndHealth(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		for _, g := range []string{"p|k1|p:g1", "q|k1|q:g2", "p|k2|p:g3"} {
+			require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: g}).Err())
+		}
+		health(t, b, "q", wireEjected, "a", 30000, 1)
+		tick := func() ([]string, []any) {
+			keys := []string{ks.members, ks.limits, ks.grants, ks.endpointHealth("a"), ks.endpointHealth("b")}
+			res, err := tickScript.Run(ctx, b.rdb, keys, "p", 1000, 3000, 2, "a", "b", 0).Result()
+			require.NoError(t, err)
+			_, _, _, grants, health, err := parseTick(res)
+			require.NoError(t, err)
+			return grants, health
+		}
+		grants, records := tick()
+		assert.ElementsMatch(t, []string{"k1|p:g1", "k2|p:g3"}, grants)
+		require.Len(t, records, 1, "b has no health hash")
+		r := records[0].([]any)
+		assert.Equal(t, "a", r[0])
+		assert.Positive(t, r[1].(int64), "version")
+		assert.InDelta(t, 30000, r[3].(int64), 1000, "ejection ms left")
+		assert.Equal(t, []any{int64(0), int64(1), "q", wireEjected}, []any{r[2], r[4], r[5], r[6]})
+		grants, _ = tick()
+		assert.Empty(t, grants, "taken once")
+		assert.Equal(t, []string{"q|k1|q:g2"}, b.rdb.ZRange(ctx, ks.grants, 0, -1).Val())
+	})
+}
+
+// health runs the health script as process proc and returns its reply.
+func health(t *testing.T, b *backend, proc, kind, id string, n int64, fault int) (v, left int64, owner string) {
+	t.Helper()
+	return healthKeep(t, b, 5*time.Second, proc, kind, id, n, fault)
+}
+
+// healthKeep is health with the hash kept keep past its state.
+func healthKeep(t *testing.T, b *backend, keep time.Duration, proc, kind, id string, n int64, fault int) (v, left int64, owner string) {
+	t.Helper()
+	ks := newKeyspace("t")
+	res, err := healthScript.Run(context.Background(), b.rdb, []string{ks.endpointHealth(id)},
+		proc, kind, id, n, fault, ks.health, keep.Milliseconds()).Result()
+	require.NoError(t, err)
+	v, left, owner, ok := parseHealthReply(res)
+	require.True(t, ok, "%v", res)
+	return v, left, owner
+}
+
+func TestHealthScript(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		key := ks.endpointHealth("a")
+		sub := b.rdb.Subscribe(ctx, ks.health)
+		defer sub.Close()
+		_, err := sub.Receive(ctx)
+		require.NoError(t, err)
+		next := func() []string {
+			t.Helper()
+			msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+			require.NoError(t, err)
+			return strings.Split(msg.(*redis.Message).Payload, "|")
+		}
+
+		// Failures are announced, not stored.
+		v, _, _ := health(t, b, "p", wireFailed, "a", 3, 0)
+		assert.Zero(t, v)
+		assert.Equal(t, []string{"p", "f", "a", "3", "0", "0"}, next())
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, key).Val())
+
+		// A cool-down is stored and announced with a version above the
+		// clock in µs; a shorter one never shortens it.
+		now := b.rdb.Time(ctx).Val()
+		v1, _, _ := health(t, b, "p", wireCoolDown, "a", 5000, 0)
+		assert.GreaterOrEqual(t, v1, now.UnixMicro()-1000)
+		msg := next()
+		assert.Equal(t, []string{"p", "c", "a", "5000", "0", strconv.FormatInt(v1, 10)}, msg)
+		v2, _, _ := health(t, b, "q", wireCoolDown, "a", 1000, 0)
+		assert.Greater(t, v2, v1)
+		left, err := strconv.Atoi(next()[3])
+		require.NoError(t, err)
+		assert.InDelta(t, 5000, left, 1000, "the longer cool-down stands")
+		pttl := b.rdb.PTTL(ctx, key).Val()
+		assert.Greater(t, pttl, 9*time.Second, "it outlives its state by the time asked")
+		assert.LessOrEqual(t, pttl, 10*time.Second)
+
+		// The first ejection owns the probe; a second replica's does not
+		// replace it, and learns its owner and what is left of it.
+		_, ejLeft, owner := health(t, b, "p", wireEjected, "a", 30000, 0)
+		assert.Equal(t, int64(30000), ejLeft)
+		assert.Equal(t, "p", owner)
+		assert.Equal(t, []string{"p", "e", "a", "30000", "0"}, next()[:5])
+		v3, ejLeft, owner := health(t, b, "q", wireEjected, "a", 60000, 0)
+		assert.Zero(t, v3, "not written")
+		assert.Equal(t, "p", owner)
+		assert.InDelta(t, 30000, ejLeft, 1000)
+		// ... unless it was for a fault, which marks the ejection.
+		v4, _, owner := health(t, b, "q", wireEjected, "a", 60000, 1)
+		assert.Positive(t, v4)
+		assert.Equal(t, "p", owner)
+		assert.Equal(t, []string{"q", "e", "a"}, next()[:3])
+		assert.Equal(t, "1", b.rdb.HGet(ctx, key, "fault").Val())
+		// The owner's probe failed: it ejects again, for longer.
+		_, ejLeft, owner = health(t, b, "p", wireEjected, "a", 120000, 0)
+		assert.Equal(t, int64(120000), ejLeft)
+		assert.Equal(t, "p", owner)
+		next()
+
+		// A readmission ends it, whoever sees it, and is kept for the tick.
+		v5, ejLeft, _ := health(t, b, "q", wireReadmitted, "a", 0, 0)
+		assert.Positive(t, v5)
+		assert.Zero(t, ejLeft)
+		assert.Equal(t, []string{"q", "a", "a", "0", "0", strconv.FormatInt(v5, 10)}, next())
+		assert.Equal(t, []any{"0", "", "a"}, b.rdb.HMGet(ctx, key, "ej", "owner", "last").Val())
+		assert.Greater(t, b.rdb.PTTL(ctx, key).Val(), time.Duration(0))
+
+		// After the hash expired, a new write still gets a newer version.
+		kb := ks.endpointHealth("b")
+		v6, _, _ := healthKeep(t, b, 200*time.Millisecond, "p", wireCoolDown, "b", 100, 0)
+		next()
+		b.advance(400 * time.Millisecond)
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, kb).Val(), "the hash outlived its state and keep")
+		v7, _, _ := healthKeep(t, b, 200*time.Millisecond, "p", wireCoolDown, "b", 100, 0)
+		assert.Greater(t, v7, v6)
 	})
 }
 
