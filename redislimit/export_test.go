@@ -15,3 +15,11 @@ type randOption struct{ r func() uint64 }
 func (o randOption) apply(c *config) { c.rand = o.r }
 
 func WithRand(r func() uint64) Option { return randOption{r} }
+
+type onTickOption struct{ f func(bool) }
+
+func (o onTickOption) apply(c *config) { c.onTick = o.f }
+
+// WithOnTick makes every tick that reaches Redis call f(false) between its
+// round trip and the use of its reply, and f(true) when it is over.
+func WithOnTick(f func(done bool)) Option { return onTickOption{f} }

@@ -115,6 +115,7 @@ func (l *Limiter) granted(key, id string) {
 // use ep, or releases it when none may any more.
 func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	l.mu.Lock()
+	delete(l.releasing, id)
 	if l.closed || ep.held[id] != nil {
 		l.mu.Unlock() // Close deletes it from Redis
 		return

@@ -191,3 +191,53 @@ func receive(t *testing.T, got <-chan amlpool.Lease) amlpool.Lease {
 		return nil
 	}
 }
+
+// A lease handed on, or kept, while a tick is under way is the next call's:
+// the tick must not delete it as one released (the fleet would count a
+// slot less than it uses, and another replica would take it).
+func TestTickLeavesALeaseHandedOnMeanwhile(t *testing.T) {
+	for _, handoff := range []bool{true, false} {
+		name := "kept"
+		if handoff {
+			name = "handed on"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			var during func()
+			ticks := make(chan struct{}, 4) // ticks over
+			opts := []Option{WithOnTick(func(done bool) {
+				switch {
+				case done:
+					ticks <- struct{}{}
+				case during != nil:
+					during()
+					during = nil
+				}
+			})}
+			if !handoff {
+				opts = append(opts, WithHandoff(time.Millisecond))
+			}
+			l := f.limiter(t, opts...)
+			<-ticks // the first, at New
+			ctx := testCtx(t)
+			a, err := l.Acquire(ctx, eps(1))
+			require.NoError(t, err)
+			ids := f.leases(t, "a")
+			got := f.waitFor(t, ctx, l, 2, eps(1))
+			var b amlpool.Lease
+			during = func() {
+				a.Release()
+				b = receive(t, got)
+			}
+			f.advance(l.cfg.renew)
+			select {
+			case <-ticks: // the tick is over, its clean-up included
+			case <-time.After(testTimeout):
+				t.Fatal("the tick never ended")
+			}
+			require.NotNil(t, b)
+			assert.Equal(t, ids, f.leases(t, "a"), "the lease in use was deleted")
+			b.Release()
+		})
+	}
+}

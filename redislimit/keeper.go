@@ -57,6 +57,7 @@ func (l *Limiter) tick() {
 
 	l.mu.Lock()
 	recovering := l.fallback
+	l.forgetLocked(now)
 	eps := slices.SortedFunc(maps.Values(l.eps), func(a, b *endpoint) int { return cmpString(a.id, b.id) })
 	if l.cfg.health {
 		args = append(args, len(eps))
@@ -95,6 +96,10 @@ func (l *Limiter) tick() {
 		}
 		return
 	}
+	if l.cfg.onTick != nil {
+		l.cfg.onTick(false)
+		defer l.cfg.onTick(true)
+	}
 	replicas, limits, missing, grants, health, err := parseTick(res)
 	if err != nil {
 		l.failed(err)
@@ -117,9 +122,18 @@ func (l *Limiter) tick() {
 	l.forgetSeenLocked(now)
 	for _, ls := range batch {
 		if ls.released {
-			// Released while the tick ran: the tick may have added it back.
-			stale = append(stale, removal{ls.ep.key, ls.id})
-			continue
+			// Released while the tick ran. Handed on, or kept and taken
+			// again: the same lease, now another call's. Being released:
+			// that round trip decides. Else the tick may have added it
+			// back: delete it.
+			cur := ls.ep.held[ls.id]
+			if cur == nil {
+				if !l.releasing[ls.id] {
+					stale = append(stale, removal{ls.ep.key, ls.id})
+				}
+				continue
+			}
+			ls = cur
 		}
 		if missing[ls.id] && ls.remote && !ls.lost {
 			ls.lost = true
@@ -167,6 +181,34 @@ func (l *Limiter) tick() {
 		}
 		l.kickAll()
 	}
+}
+
+// forgetLocked drops the endpoints this process no longer uses: no lease
+// held, no call waiting for one, no Client's live endpoint (SetEndpoints
+// removed it), not asked for in three ticks. Its limit is no longer
+// announced and its health no longer read; a call that asks for it again
+// brings it back.
+func (l *Limiter) forgetLocked(now time.Time) {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	for id, ep := range l.eps {
+		if len(ep.held) > 0 || now.Sub(ep.used) < l.memberTTL() || l.linkedLocked(ep) || l.awaitedLocked(ep) {
+			continue
+		}
+		delete(l.eps, id)
+		delete(l.byKey, ep.key)
+		delete(l.hints, ep)
+	}
+}
+
+// awaitedLocked reports whether a waiting call may use ep.
+func (l *Limiter) awaitedLocked(ep *endpoint) bool {
+	for _, w := range l.waiters {
+		if slices.Contains(w.cands, ep) {
+			return true
+		}
+	}
+	return false
 }
 
 // unregistered reports whether a held lease is not in Redis yet.

@@ -58,18 +58,21 @@ type Limiter struct {
 	hq    []healthReport
 
 	// mu guards everything below.
-	mu       sync.Mutex
-	eps      map[string]*endpoint // by LimitedEndpoint.ID
-	byKey    map[string]*endpoint // by lease-set key, for grants
-	seen     map[string]time.Time // ids of leases granted to us, when heard of: each is taken once
-	waiters  []*waiter            // oldest first
-	hints    map[*endpoint]bool   // endpoints that may have room since the pump's last pass
-	hintAll  bool                 // every waiter is worth a try
-	held     int
-	fallback bool
-	replicas int       // last seen in Redis; 0 until then
-	pending  []removal // leases to delete from Redis once it is back
-	closed   bool
+	mu    sync.Mutex
+	eps   map[string]*endpoint // by LimitedEndpoint.ID
+	byKey map[string]*endpoint // by lease-set key, for grants
+	seen  map[string]time.Time // ids of leases granted to us, when heard of: each is taken once
+	// releasing holds the ids of leases whose release round trip is under
+	// way: a tick must not delete them, since the release may keep them.
+	releasing map[string]bool
+	waiters   []*waiter          // oldest first
+	hints     map[*endpoint]bool // endpoints that may have room since the pump's last pass
+	hintAll   bool               // every waiter is worth a try
+	held      int
+	fallback  bool
+	replicas  int       // last seen in Redis; 0 until then
+	pending   []removal // leases to delete from Redis once it is back
+	closed    bool
 }
 
 // endpoint is what the Limiter knows of one endpoint.
@@ -78,6 +81,7 @@ type endpoint struct {
 	want          string            // its want set's key
 	health        string            // its health hash's key
 	applied       int64             // the version of its shared health applied last; guarded by Limiter.mu
+	used          time.Time         // when a call last asked for it; guarded by Limiter.mu
 	limit         atomic.Int64      // as configured in this process
 	held          map[string]*lease // by lease id; guarded by Limiter.mu
 	seen          []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
@@ -132,19 +136,20 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 		return nil, err
 	}
 	l := &Limiter{
-		rdb:      client,
-		cfg:      cfg,
-		keys:     newKeyspace(cfg.pool),
-		proc:     strconv.FormatUint(cfg.rand(), 16),
-		ctxAware: honoursContext(client),
-		wake:     make(chan struct{}, 1),
-		hwake:    make(chan struct{}, 1),
-		retry:    make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		eps:      make(map[string]*endpoint),
-		byKey:    make(map[string]*endpoint),
-		seen:     make(map[string]time.Time),
-		hints:    make(map[*endpoint]bool),
+		rdb:       client,
+		cfg:       cfg,
+		keys:      newKeyspace(cfg.pool),
+		proc:      strconv.FormatUint(cfg.rand(), 16),
+		ctxAware:  honoursContext(client),
+		wake:      make(chan struct{}, 1),
+		hwake:     make(chan struct{}, 1),
+		retry:     make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		eps:       make(map[string]*endpoint),
+		byKey:     make(map[string]*endpoint),
+		seen:      make(map[string]time.Time),
+		releasing: make(map[string]bool),
+		hints:     make(map[*endpoint]bool),
 	}
 	l.bg, l.stop = context.WithCancel(context.Background())
 	var channels []string
@@ -289,6 +294,7 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 			l.byKey[ep.key] = ep
 		}
 		ep.limit.Store(int64(c.Limit))
+		ep.used = l.cfg.clock.Now()
 		out[i] = ep
 	}
 	return out
@@ -456,6 +462,7 @@ func (ls *lease) Release() {
 	keep := remote && l.cfg.handoff > 0 && l.cfg.notify && !l.closed && l.wantedLocked(ls.ep)
 	if remote {
 		l.wg.Add(1) // under mu, so never after Close began waiting
+		l.releasing[ls.id] = true
 	}
 	l.mu.Unlock()
 	if !remote {
@@ -466,6 +473,9 @@ func (ls *lease) Release() {
 		defer l.wg.Done()
 		removed, outcome, err := l.remove(ls, keep)
 		l.mu.Lock()
+		if err != nil || outcome != kept {
+			delete(l.releasing, ls.id) // else adopt does, as it takes the lease
+		}
 		switch {
 		case err != nil:
 			// Delete it once Redis is back, or at Close.

@@ -88,8 +88,9 @@ type config struct {
 	logger     *slog.Logger
 
 	// Test seams, set through export_test.go.
-	clock clock.Clock
-	rand  func() uint64
+	clock  clock.Clock
+	rand   func() uint64
+	onTick func(done bool) // called between a tick's round trip and the use of its reply, and when it is over
 }
 
 func defaultConfig() config {
