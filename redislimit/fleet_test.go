@@ -48,6 +48,11 @@ type workerConfig struct {
 	// and that stall is not the outage this run is about (the fault tests
 	// cover the fallback with the default).
 	Timeout time.Duration
+	// Health: NoHealth turns sharing off (WithoutHealth); EjectAfter and
+	// EjectFor, when set, are the Client's WithEjection.
+	NoHealth   bool
+	EjectAfter int
+	EjectFor   time.Duration
 }
 
 // workerEndpoint carries the key, which amlpool.Endpoint's JSON redacts.
@@ -62,6 +67,7 @@ type workerResult struct {
 	Window        int64 // calls that ended after Measure
 	FirstError    string
 	Limiter       Stats
+	Client        amlpool.Stats
 }
 
 var body = []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
@@ -91,7 +97,11 @@ func work(cfg workerConfig) error {
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	lim, err := New(rdb, WithPool("fleet"), WithTTL(cfg.TTL), WithTimeout(cfg.Timeout), WithLogger(log))
+	lopts := []Option{WithPool("fleet"), WithTTL(cfg.TTL), WithTimeout(cfg.Timeout), WithLogger(log)}
+	if cfg.NoHealth {
+		lopts = append(lopts, WithoutHealth())
+	}
+	lim, err := New(rdb, lopts...)
 	if err != nil {
 		return err
 	}
@@ -100,7 +110,11 @@ func work(cfg workerConfig) error {
 	for i, e := range cfg.Endpoints {
 		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: e.Key, MaxConcurrentCalls: e.MCC}
 	}
-	c, err := amlpool.New(eps, amlpool.WithLimiter(lim))
+	copts := []amlpool.Option{amlpool.WithLimiter(lim)}
+	if cfg.EjectAfter > 0 {
+		copts = append(copts, amlpool.WithEjection(cfg.EjectAfter, cfg.EjectFor))
+	}
+	c, err := amlpool.New(eps, copts...)
 	if err != nil {
 		return err
 	}
@@ -149,6 +163,7 @@ func work(cfg workerConfig) error {
 	}
 	wg.Wait()
 	res.Limiter = lim.Stats()
+	res.Client = c.Stats()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
