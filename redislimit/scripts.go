@@ -85,7 +85,8 @@ end
 // process will not wait, do not record it).
 // Reply: {i, c, r}: the lease is on KEYS[i] (1-based), which now holds c
 // leases; i and c are 0 when every candidate is full. r is the number of
-// live replicas (members), so that every acquire keeps the count fresh.
+// live replicas (members, and this process if its heartbeat is not in yet),
+// so that every acquire keeps the count fresh.
 //
 // A lease id already in a set is a retry of the same acquire (go-redis
 // retries on some errors): it is refreshed and granted again, never counted
@@ -95,6 +96,8 @@ local n = (#KEYS - 1) / 2
 local id, ttl = ARGV[1], tonumber(ARGV[2])
 local proc, wttl = ARGV[3 + n], tonumber(ARGV[4 + n])
 local replicas = redis.call('ZCOUNT', KEYS[#KEYS], now, '+inf')
+local beat = redis.call('ZSCORE', KEYS[#KEYS], proc)
+if not beat or tonumber(beat) < now then replicas = replicas + 1 end -- itself, before its first heartbeat
 for i = 1, n do
   local k, limit = KEYS[i], tonumber(ARGV[2 + i])
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)

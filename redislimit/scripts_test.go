@@ -77,13 +77,14 @@ func TestAcquireScriptCountsReplicas(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		ctx := context.Background()
 		k := []string{"amlpool:{t}:ep:a"}
-		assert.Equal(t, []int64{1, 1, 0}, acquireWanting(t, b, "p:1", 0, time.Minute, k, 1), "no heartbeat yet")
+		assert.Equal(t, []int64{1, 1, 1}, acquireWanting(t, b, "p:1", 0, time.Minute, k, 1), "no heartbeat yet: itself")
 		now := b.rdb.Time(ctx).Val().UnixMilli()
 		require.NoError(t, b.rdb.ZAdd(ctx, "amlpool:{t}:members", redis.Z{Score: float64(now + 60000), Member: "p"},
 			redis.Z{Score: float64(now + 60000), Member: "q"}, redis.Z{Score: float64(now - 1), Member: "gone"}).Err())
 		assert.Equal(t, []int64{1, 1, 2}, acquireWanting(t, b, "p:1", 0, time.Minute, k, 1),
-			"two live replicas, the one whose heartbeat expired not counted")
-		assert.Equal(t, []int64{0, 0, 2}, acquireWanting(t, b, "p:2", 0, time.Minute, k, 1), "full, and still the count")
+			"two live replicas, itself one; the one whose heartbeat expired not counted")
+		assert.Equal(t, []int64{0, 0, 3}, acquireWanting(t, b, "r:1", 0, time.Minute, k, 1), "full, and still the count, r included")
+		assert.Equal(t, []int64{0, 0, 3}, acquireWanting(t, b, "gone:1", 0, time.Minute, k, 1), "one whose heartbeat expired counts itself")
 	})
 }
 
@@ -99,7 +100,7 @@ func TestAcquireScriptRecordsWants(t *testing.T) {
 		acquire(t, b, "p:2", time.Minute, k[1:], 1)
 		acquireWanting(t, b, "q:1", 0, time.Minute, k, 1, 1)
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val(), "a try that will not wait wants nothing")
-		assert.Equal(t, []int64{0, 0, 0}, acquireWanting(t, b, "q:2", 400*time.Millisecond, time.Minute, k, 1, 1))
+		assert.Equal(t, []int64{0, 0, 1}, acquireWanting(t, b, "q:2", 400*time.Millisecond, time.Minute, k, 1, 1))
 		for _, w := range []string{wa, wb} {
 			assert.Equal(t, []string{"q"}, b.rdb.ZRange(ctx, w, 0, -1).Val())
 			pttl := b.rdb.PTTL(ctx, w).Val()
@@ -110,7 +111,7 @@ func TestAcquireScriptRecordsWants(t *testing.T) {
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val(), "a want lasts its TTL")
 		// A try with room takes the slot and records nothing.
 		b.rdb.Del(ctx, k[1])
-		assert.Equal(t, []int64{2, 1, 0}, acquireWanting(t, b, "q:3", time.Second, time.Minute, k, 1, 1))
+		assert.Equal(t, []int64{2, 1, 1}, acquireWanting(t, b, "q:3", time.Second, time.Minute, k, 1, 1))
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, wa, wb).Val())
 	})
 }

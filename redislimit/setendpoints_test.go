@@ -2,6 +2,7 @@ package redislimit
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -46,18 +47,23 @@ type traffic struct {
 	errs []error
 }
 
-func startCalls(c *amlpool.Client, callers int) *traffic {
+func startCalls(t *testing.T, c *amlpool.Client, callers int) *traffic {
 	ctx, stop := context.WithCancel(context.Background())
 	tr := &traffic{stop: stop}
+	t.Cleanup(func() { tr.end() }) // before the Client's Close: cleanups run last first
 	for range callers {
 		tr.wg.Add(1)
 		go func() {
 			defer tr.wg.Done()
 			for ctx.Err() == nil {
-				if _, err := c.Do(ctx, body); err != nil && ctx.Err() == nil {
+				_, err := c.Do(ctx, body)
+				if err != nil && ctx.Err() == nil {
 					tr.mu.Lock()
 					tr.errs = append(tr.errs, err)
 					tr.mu.Unlock()
+				}
+				if errors.Is(err, amlpool.ErrClosed) {
+					return // the test ended early
 				}
 			}
 		}()
@@ -98,7 +104,7 @@ func TestSetEndpointsWithSharedCaps(t *testing.T) {
 		t.Cleanup(func() { _ = rdb.Close() })
 		r := newReplica(t, rdb, all[:2], opts...)
 		reps = append(reps, r)
-		trs = append(trs, startCalls(r.c, 12)) // 24 callers for 8, then 12, slots
+		trs = append(trs, startCalls(t, r.c, 12)) // 24 callers for 8, then 12, slots
 	}
 	ctx := testCtx(t)
 	_, err := srvs[0].WaitFor(ctx, func(s amltest.Stats) bool { return s.Scored > 20 })

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -36,11 +37,13 @@ type TB interface {
 
 var _ TB = (testing.TB)(nil)
 
-// Server is one redis-server process.
+// Server is one redis-server (or redis-sentinel) process.
 type Server struct {
-	Addr string // 127.0.0.1:port
-	bin  string
-	dir  string
+	Addr  string // 127.0.0.1:port
+	bin   string
+	dir   string
+	extra []string // arguments after the common ones
+	ready func(c *redis.Client, ctx context.Context) error
 
 	// mu guards cmd, exited and log.
 	mu     sync.Mutex
@@ -62,17 +65,35 @@ func Binary() string {
 // test ends. Without persistence: a restart starts empty.
 func Start(t TB) *Server {
 	t.Helper()
-	bin := Binary()
-	if bin == "" {
-		if os.Getenv(RequireEnv) == "1" {
-			t.Fatalf("redis-server not found on PATH and %s=1: install the Debian package redis-server", RequireEnv)
-		}
-		t.Skip("redis-server not found on PATH: skipping the real-Redis test (apt-get install redis-server; set " + RequireEnv + "=1 to fail instead)")
+	return startServer(t, &Server{bin: need(t, "redis-server", "redis-server")}, freeAddr)
+}
+
+// need returns the path of the command name, from the Debian package pkg,
+// or skips the test (fails it under RequireEnv) when it is not on PATH.
+func need(t TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
 	}
-	s := &Server{bin: bin, dir: t.TempDir()}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("%s not found on PATH and %s=1: install the Debian package %s", name, RequireEnv, pkg)
+	}
+	t.Skip(name + " not found on PATH: skipping the real-Redis test (apt-get install " + pkg + "; set " + RequireEnv + "=1 to fail instead)")
+	return ""
+}
+
+// startServer starts s (its bin, extra arguments and ready check set) on an
+// address from addr, in a directory of its own, and stops it when the test
+// ends.
+func startServer(t TB, s *Server, addr func(TB) string) *Server {
+	t.Helper()
+	if s.dir == "" {
+		s.dir = t.TempDir()
+	}
 	var err error
 	for range 5 { // a free port can be taken between probe and bind
-		s.Addr = freeAddr(t)
+		s.Addr = addr(t)
 		if err = s.start(); err == nil {
 			break
 		}
@@ -95,9 +116,15 @@ func freeAddr(t TB) string {
 
 func (s *Server) start() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command(s.bin,
-		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--dir", s.dir, "--loglevel", "warning")
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.dir, "--loglevel", "warning"}
+	if len(s.extra) > 0 && !strings.HasPrefix(s.extra[0], "--") {
+		// A config file first (redis-sentinel needs one), then the rest.
+		args = append([]string{s.extra[0]}, append(args, s.extra[1:]...)...)
+	} else {
+		args = append(args, s.extra...)
+	}
+	cmd := exec.Command(s.bin, args...)
 	log := new(bytes.Buffer)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -111,6 +138,9 @@ func (s *Server) start() error {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		err := c.Ping(ctx).Err()
+		if err == nil && s.ready != nil {
+			err = s.ready(c, ctx)
+		}
 		cancel()
 		if err == nil {
 			break
