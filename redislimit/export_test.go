@@ -23,3 +23,11 @@ func (o onTickOption) apply(c *config) { c.onTick = o.f }
 // WithOnTick makes every tick that reaches Redis call f(false) between its
 // round trip and the use of its reply, and f(true) when it is over.
 func WithOnTick(f func(done bool)) Option { return onTickOption{f} }
+
+type onReleasedOption struct{ f func() }
+
+func (o onReleasedOption) apply(c *config) { c.onReleased = o.f }
+
+// WithOnReleased makes every release that reaches Redis call f after its
+// round trip, before its reply is used.
+func WithOnReleased(f func()) Option { return onReleasedOption{f} }

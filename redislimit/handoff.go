@@ -18,11 +18,15 @@ import "time"
 // in the same round trip, and tells only that process (the grant channel),
 // which gives it to its oldest waiting call.
 //
-// A lease is handed on for at most WithHandoff's time (500 ms); then it goes
-// back to Redis, which keeps it for this process's waiting calls (still no
-// gap) unless a process that wants the endpoint holds fewer of its leases:
-// so replicas with calls waiting converge to equal shares, and a replica
-// that joins a busy fleet gets its share within about that time.
+// Every WithHandoff (500 ms) a process that keeps handing a lease on asks
+// Redis, in the background, whether a process that wants the endpoint holds
+// fewer of its leases than it would after giving one up; its calls go on
+// meanwhile. If so, its next lease released on the endpoint goes back to
+// Redis, which grants it to the process that holds the fewest. So replicas
+// with calls waiting converge to equal shares, a replica that joins a busy
+// fleet gets its share within about that time, and a slot changes hands
+// with a gap (one round trip and a notification) only when it changes
+// process.
 //
 // Without them, every slot that changed hands cost a release round trip, a
 // notification to every process and an acquire round trip from each of
@@ -32,23 +36,51 @@ import "time"
 // handoffLocked gives ls, just released, to a waiting call that may use its
 // endpoint and reports whether it did.
 func (l *Limiter) handoffLocked(ls *lease) bool {
-	if l.cfg.handoff == 0 || l.closed || len(l.waiters) == 0 || l.cfg.clock.Now().Sub(ls.since) >= l.cfg.handoff {
+	if l.cfg.handoff == 0 || l.closed || len(l.waiters) == 0 {
 		return false
 	}
 	ep := ls.ep
-	if ep.limit.Load() < ls.limit {
-		return false // the cap went down: let Redis count again
+	if ep.limit.Load() < ls.limit || ep.owed > 0 {
+		return false // the cap went down, or another process is owed a slot
 	}
 	w, idx := l.nextWaiterLocked(ep)
 	if w == nil {
 		return false
 	}
+	since := ls.since
+	if now := l.cfg.clock.Now(); now.Sub(since) >= l.cfg.handoff && ls.remote && l.cfg.notify {
+		since = now
+		l.askLocked(ep)
+	}
 	next := &lease{l: l, ep: ep, idx: idx, id: ls.id, remote: ls.remote, renewed: ls.renewed,
-		lost: ls.lost, since: ls.since, limit: ls.limit}
+		lost: ls.lost, since: since, limit: ls.limit}
 	ep.held[ls.id] = next
 	l.serveLocked(w, next)
 	l.handoffs.Add(1)
 	return true
+}
+
+// askLocked asks Redis, in the background, whether this process should give
+// up one of ep's slots (yieldScript), unless it is asking already.
+func (l *Limiter) askLocked(ep *endpoint) {
+	if ep.asking || l.closed {
+		return
+	}
+	ep.asking = true
+	l.wg.Add(1) // under mu and not closed: never after Close began waiting
+	go func() {
+		defer l.wg.Done()
+		res, err := l.eval(l.bg, yieldScript, []string{ep.key, ep.want}, []any{l.proc})
+		l.mu.Lock()
+		ep.asking = false
+		if n, _ := res.(int64); err == nil && n == 1 && ep.owed < len(ep.held) {
+			ep.owed++
+		}
+		l.mu.Unlock()
+		if err != nil && l.bg.Err() == nil {
+			l.failed(err)
+		}
+	}()
 }
 
 // serveLocked gives ls to the waiting call w.

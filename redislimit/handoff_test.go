@@ -64,10 +64,10 @@ func TestHandoffNeedsNoRoundTrip(t *testing.T) {
 	assert.Zero(t, l.Stats().Held)
 }
 
-// Past WithHandoff's time a lease goes back to Redis; with nobody else
-// waiting for its endpoint, Redis keeps it for this process, in one round
-// trip, and the waiting call gets it.
-func TestHandoffEndsAfterItsTime(t *testing.T) {
+// Past WithHandoff's time a lease is still handed on at once, and Redis is
+// asked in the background whether another process should have a slot; with
+// nobody else waiting, it should not.
+func TestHandoffAsksInTheBackground(t *testing.T) {
 	f := newFixture(t)
 	l := f.limiter(t, WithHandoff(time.Second))
 	ctx := testCtx(t)
@@ -81,11 +81,57 @@ func TestHandoffEndsAfterItsTime(t *testing.T) {
 	trips := l.Stats().RoundTrips
 	a.Release()
 	b := receive(t, got)
-	s := l.Stats()
-	assert.Equal(t, trips+1, s.RoundTrips, "the release, which kept the slot")
-	assert.Zero(t, s.Handoffs)
-	assert.Equal(t, ids, f.leases(t, "a"), "kept: the same lease")
+	assert.EqualValues(t, 1, l.Stats().Handoffs, "handed on: the call did not wait for Redis")
+	assert.Equal(t, ids, f.leases(t, "a"), "the same lease")
+	require.Eventually(t, func() bool { return l.Stats().RoundTrips == trips+1 }, testTimeout, time.Millisecond,
+		"the question to Redis")
+	l.mu.Lock()
+	owed := l.eps["a"].owed
+	l.mu.Unlock()
+	assert.Zero(t, owed, "nobody else wants a slot")
 	b.Release()
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
+}
+
+// A process that keeps handing its leases on gives one up, when its time is
+// up, to a process that waits for the endpoint and holds at least two
+// fewer: shares even out.
+func TestHandoffGivesWayToAProcessWithFewer(t *testing.T) {
+	f := newFixture(t)
+	l1, l2 := f.limiter(t, WithHandoff(time.Second)), f.limiter(t)
+	ctx := testCtx(t)
+	var held []amlpool.Lease
+	for range 2 {
+		ls, err := l1.Acquire(ctx, eps(2))
+		require.NoError(t, err)
+		held = append(held, ls)
+	}
+	w1 := f.waitFor(t, ctx, l1, 3, eps(2))
+	w2 := f.waitFor(t, ctx, l2, 4, eps(2))
+	w3 := f.waitFor(t, ctx, l1, 4, eps(2))
+	f.advance(time.Second) // the handoff time is up
+	f.settle(t, 4)
+
+	held[0].Release() // handed on to l1's waiting call, and l1 asks
+	held = append(held, receive(t, w1))
+	require.Eventually(t, func() bool {
+		l1.mu.Lock()
+		defer l1.mu.Unlock()
+		return l1.eps["a"].owed == 1
+	}, testTimeout, time.Millisecond, "l1 holds 2, l2 none: l1 owes one")
+	held[1].Release() // goes to l2, not to l1's second waiting call
+	b := receive(t, w2)
+	assert.EqualValues(t, 1, l2.Stats().Grants)
+	select {
+	case <-w3:
+		t.Fatal("l1 kept the slot it owed")
+	default:
+	}
+	held[2].Release() // now l1's
+	held = append(held, b, receive(t, w3))
+	for _, ls := range held[3:] {
+		ls.Release()
+	}
 	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
 }
 
@@ -196,16 +242,24 @@ func receive(t *testing.T, got <-chan amlpool.Lease) amlpool.Lease {
 // the tick must not delete it as one released (the fleet would count a
 // slot less than it uses, and another replica would take it).
 func TestTickLeavesALeaseHandedOnMeanwhile(t *testing.T) {
-	for _, handoff := range []bool{true, false} {
-		name := "kept"
-		if handoff {
-			name = "handed on"
-		}
-		t.Run(name, func(t *testing.T) {
+	tests := []struct {
+		name    string
+		held    int // the lease's cap
+		waiting int // the cap the waiting call asks with
+	}{
+		{"handed on", 1, 1},
+		// A lower cap: not handed on, but kept for the waiting call by the
+		// release's round trip.
+		{"kept", 2, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
 			var during func()
 			ticks := make(chan struct{}, 4) // ticks over
-			opts := []Option{WithOnTick(func(done bool) {
+			hold := make(chan struct{})     // holds a release between its round trip and the use of its reply
+			close(hold)
+			l := f.limiter(t, WithOnTick(func(done bool) {
 				switch {
 				case done:
 					ticks <- struct{}{}
@@ -213,21 +267,21 @@ func TestTickLeavesALeaseHandedOnMeanwhile(t *testing.T) {
 					during()
 					during = nil
 				}
-			})}
-			if !handoff {
-				opts = append(opts, WithHandoff(time.Millisecond))
-			}
-			l := f.limiter(t, opts...)
+			}), WithOnReleased(func() { <-hold }))
 			<-ticks // the first, at New
 			ctx := testCtx(t)
-			a, err := l.Acquire(ctx, eps(1))
+			a, err := l.Acquire(ctx, eps(tt.held))
 			require.NoError(t, err)
 			ids := f.leases(t, "a")
-			got := f.waitFor(t, ctx, l, 2, eps(1))
-			var b amlpool.Lease
+			got := f.waitFor(t, ctx, l, 2, eps(tt.waiting))
+			hold = make(chan struct{})
 			during = func() {
 				a.Release()
-				b = receive(t, got)
+				if tt.name == "handed on" {
+					close(hold)
+				}
+				// Kept: the release's round trip is done (the lease kept in
+				// Redis), its reply waits until the tick is over.
 			}
 			f.advance(l.cfg.renew)
 			select {
@@ -235,7 +289,10 @@ func TestTickLeavesALeaseHandedOnMeanwhile(t *testing.T) {
 			case <-time.After(testTimeout):
 				t.Fatal("the tick never ended")
 			}
-			require.NotNil(t, b)
+			if tt.name == "kept" {
+				close(hold)
+			}
+			b := receive(t, got)
 			assert.Equal(t, ids, f.leases(t, "a"), "the lease in use was deleted")
 			b.Release()
 		})

@@ -78,13 +78,18 @@ type Limiter struct {
 // endpoint is what the Limiter knows of one endpoint.
 type endpoint struct {
 	id, name, key string
-	want          string            // its want set's key
-	health        string            // its health hash's key
-	applied       int64             // the version of its shared health applied last; guarded by Limiter.mu
-	used          time.Time         // when a call last asked for it; guarded by Limiter.mu
-	limit         atomic.Int64      // as configured in this process
-	held          map[string]*lease // by lease id; guarded by Limiter.mu
-	seen          []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
+	want          string    // its want set's key
+	health        string    // its health hash's key
+	applied       int64     // the version of its shared health applied last; guarded by Limiter.mu
+	used          time.Time // when a call last asked for it; guarded by Limiter.mu
+	// owed counts slots this process should give up to processes that
+	// hold fewer (handoff.go); asking says whether it is asking Redis.
+	// Guarded by Limiter.mu.
+	owed   int
+	asking bool
+	limit  atomic.Int64      // as configured in this process
+	held   map[string]*lease // by lease id; guarded by Limiter.mu
+	seen   []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
 }
 
 // lease is one slot held by this process.
@@ -456,10 +461,14 @@ func (ls *lease) Release() {
 		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 		remote = false
 	}
-	// A lease handed on as often as it may goes back to Redis, which keeps
-	// it for the calls waiting here unless another process that wants the
-	// endpoint holds fewer of its leases.
+	// A lease not handed on while calls here want it (its endpoint's cap
+	// went down) goes back to Redis, which keeps it for them unless
+	// another process that wants the endpoint holds fewer of its leases.
 	keep := remote && l.cfg.handoff > 0 && l.cfg.notify && !l.closed && l.wantedLocked(ls.ep)
+	if ls.ep.owed > 0 {
+		ls.ep.owed-- // this one goes to a process that holds fewer
+		keep = false
+	}
 	if remote {
 		l.wg.Add(1) // under mu, so never after Close began waiting
 		l.releasing[ls.id] = true
@@ -472,6 +481,9 @@ func (ls *lease) Release() {
 	go func() {
 		defer l.wg.Done()
 		removed, outcome, err := l.remove(ls, keep)
+		if l.cfg.onReleased != nil {
+			l.cfg.onReleased()
+		}
 		l.mu.Lock()
 		if err != nil || outcome != kept {
 			delete(l.releasing, ls.id) // else adopt does, as it takes the lease

@@ -88,9 +88,10 @@ type config struct {
 	logger     *slog.Logger
 
 	// Test seams, set through export_test.go.
-	clock  clock.Clock
-	rand   func() uint64
-	onTick func(done bool) // called between a tick's round trip and the use of its reply, and when it is over
+	clock      clock.Clock
+	rand       func() uint64
+	onTick     func(done bool) // called between a tick's round trip and the use of its reply, and when it is over
+	onReleased func()          // called after a release's round trip, before its reply is used
 }
 
 func defaultConfig() config {

@@ -180,6 +180,30 @@ end
 return {removed, 0}
 `)
 
+// yieldScript tells a process that keeps handing a lease on whether it
+// should give one of the endpoint's slots up: whether a process that wants
+// the endpoint holds at least two fewer of its leases than it does (one
+// fewer than it would after giving one up, as releaseScript grants).
+//
+// KEYS: the lease set, its want set. ARGV: process id.
+// Reply: 1 to give one up, 0 not to.
+var yieldScript = redis.NewScript(scriptNow + `
+local k, want, proc = KEYS[1], KEYS[2], ARGV[1]
+redis.call('ZREMRANGEBYSCORE', want, '-inf', now)
+local ws = redis.call('ZRANGE', want, 0, -1)
+if #ws == 0 or (#ws == 1 and ws[1] == proc) then return 0 end
+local held = {}
+for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+  local p = string.match(m, '^([^:]+):')
+  if p then held[p] = (held[p] or 0) + 1 end
+end
+local mine = held[proc] or 0
+for _, w in ipairs(ws) do
+  if w ~= proc and (held[w] or 0) < mine - 1 then return 1 end
+end
+return 0
+`)
+
 // tickScript is one process's periodic round trip: heartbeat, limit
 // announcement, lease renewal, the leases granted to it whose announcement
 // it may have missed, and its endpoints' shared health. After an outage it
