@@ -144,6 +144,25 @@ func snippetFleet(ctx context.Context, addr string, endpoints []amlpool.Endpoint
 	fmt.Printf("%s\n", reply)
 }
 
+func snippetFleetSentinel(sentinels []string) {
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            "scoring",
+		SentinelAddrs:         sentinels, // the Sentinels find the primary, and the next one
+		ContextTimeoutEnabled: true,
+		DialTimeout:           250 * time.Millisecond,
+		ReadTimeout:           100 * time.Millisecond,
+		WriteTimeout:          100 * time.Millisecond,
+		MaxRetries:            1,
+	})
+	defer rdb.Close()
+	lim, err := redislimit.New(rdb, redislimit.WithPool("scoring"),
+		redislimit.WithExpectedReplicas(10)) // the fleet's usual size: a share even if Redis is down at start
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer lim.Close()
+}
+
 func snippetOnlineEndpoints(endpoints []amlpool.Endpoint) {
 	c, err := amlpool.New(endpoints, amlpool.WithClassifier(func(err error) amlpool.Verdict {
 		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {

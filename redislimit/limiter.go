@@ -21,10 +21,14 @@ import (
 //
 // A slot is a lease: a member of a sorted set per endpoint, scored by its
 // expiry on the Redis server's clock. Acquire takes one in one round trip
-// (one Lua script), Release gives it back with one command in the
-// background, and leases of calls still running are renewed before they
-// expire, so a crashed process's slots come back within the TTL while a long
-// call keeps its own.
+// (one Lua script); Release hands it to a call of this process that waits
+// for its endpoint, without a round trip, or gives it back in the
+// background, to the process that waits for it and holds the fewest; leases
+// of calls still running are renewed before they expire, so a crashed
+// process's slots come back within the TTL while a long call keeps its own.
+//
+// A Limiter also shares the endpoints' health between the replicas'
+// Clients (amlpool.HealthSharer; WithoutHealth turns it off).
 //
 // Limiter is safe for concurrent use. Close it after the Clients that use it.
 type Limiter struct {
