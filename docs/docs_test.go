@@ -20,6 +20,7 @@ import (
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/internal/redistest"
 )
 
 // Tests of the docs themselves: README.md and the pages of this directory.
@@ -129,6 +130,10 @@ func TestSnippetsRun(t *testing.T) {
 		rdb := miniredis.RunT(t)
 		body := []byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`)
 		snippetFleet(t.Context(), rdb.Addr(), pool(t, 2), body)
+	})
+	t.Run("fleet on Sentinel", func(t *testing.T) {
+		s := redistest.StartSentinel(t)
+		snippetFleetSentinel([]string{s.Sentinel.Addr})
 	})
 }
 

@@ -146,7 +146,7 @@ func snippetFleet(ctx context.Context, addr string, endpoints []amlpool.Endpoint
 
 func snippetFleetSentinel(sentinels []string) {
 	rdb := redis.NewFailoverClient(&redis.FailoverOptions{
-		MasterName:            "scoring",
+		MasterName:            "amlpool", // as the Sentinels name the primary
 		SentinelAddrs:         sentinels, // the Sentinels find the primary, and the next one
 		ContextTimeoutEnabled: true,
 		DialTimeout:           250 * time.Millisecond,
