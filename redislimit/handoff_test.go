@@ -99,6 +99,7 @@ func TestHandoffAsksInTheBackground(t *testing.T) {
 func TestHandoffGivesWayToAProcessWithFewer(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t, WithHandoff(time.Second)), f.limiter(t)
+	f.subscribed(t, l1.keys.grant, 2)
 	ctx := testCtx(t)
 	var held []amlpool.Lease
 	for range 2 {
@@ -154,6 +155,7 @@ func TestWithoutHandoff(t *testing.T) {
 func TestGrantGoesToTheWaitingProcess(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
+	f.subscribed(t, l1.keys.grant, 2)
 	ctx := testCtx(t)
 	a, err := l1.Acquire(ctx, eps(1))
 	require.NoError(t, err)

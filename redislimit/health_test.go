@@ -41,6 +41,16 @@ func (c *collector) none(t *testing.T) {
 	}
 }
 
+// subscribed waits until n Limiters of pool "t" listen on channel: a
+// message published before a Limiter's subscription is in place reaches it
+// only with its next tick.
+func (f *fixture) subscribed(t *testing.T, channel string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		return f.rdb.PubSubNumSub(testCtx(t), channel).Val()[channel] >= int64(n)
+	}, testTimeout, time.Millisecond, "subscriptions")
+}
+
 // link connects a collector to l for the endpoints of eps(1, 1).
 func link(t *testing.T, l *Limiter) (amlpool.HealthLink, *collector) {
 	c := newCollector()
@@ -55,6 +65,7 @@ func link(t *testing.T, l *Limiter) (amlpool.HealthLink, *collector) {
 func TestHealthReachesOtherReplicasInOneNotification(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
+	f.subscribed(t, l1.keys.health, 2)
 	r1, c1 := link(t, l1)
 	_, c2 := link(t, l2)
 	grace := l2.probeGrace()
@@ -79,6 +90,7 @@ func TestHealthReachesOtherReplicasInOneNotification(t *testing.T) {
 func TestHealthEjectionHasOneOwner(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
+	f.subscribed(t, l1.keys.health, 2)
 	r1, _ := link(t, l1)
 	r2, c2 := link(t, l2)
 	grace := l2.probeGrace()
@@ -150,6 +162,7 @@ func TestHealthOlderNewsIsIgnored(t *testing.T) {
 func TestHealthLinkClosed(t *testing.T) {
 	f := newFixture(t)
 	l1, l2, l3 := f.limiter(t), f.limiter(t), f.limiter(t)
+	f.subscribed(t, l1.keys.health, 3)
 	r1, _ := link(t, l1)
 	r2, c2 := link(t, l2)
 	_, c3 := link(t, l3)
@@ -166,6 +179,7 @@ func TestWithoutHealth(t *testing.T) {
 	r1, c1 := link(t, l1)
 	r2, _ := link(t, f.limiter(t))
 	_, c3 := link(t, f.limiter(t))
+	f.subscribed(t, l1.keys.health, 2)
 	r1.Report(amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthCoolDown, For: time.Second})
 	r2.Report(amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthCoolDown, For: 2 * time.Second})
 	assert.Equal(t, 2*time.Second, c3.next(t).For, "l1 sent nothing")

@@ -128,6 +128,7 @@ func TestAcquireTakesFirstCandidateWithRoom(t *testing.T) {
 func TestReplicasShareTheCap(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
+	f.subscribed(t, l1.keys.grant, 2) // l2 hears of the grant below
 	ctx := testCtx(t)
 	a, err := l1.Acquire(ctx, eps(2))
 	require.NoError(t, err)
@@ -150,6 +151,7 @@ func TestTryAcquireNeverWaits(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
 	var _ amlpool.TryAcquirer = l1
+	f.subscribed(t, l1.keys.grant, 2) // l2 hears of the grant below
 	ctx := testCtx(t)
 	a, err := l1.TryAcquire(ctx, eps(1, 1))
 	require.NoError(t, err)
