@@ -1,7 +1,9 @@
 package amlpool_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -166,7 +168,9 @@ func TestClientReportsAnEndpointFault(t *testing.T) {
 func TestClientAppliesTheFleetsHealth(t *testing.T) {
 	srvs := servers(t, 3, 20)
 	lim := newHealthStub()
-	c := newClient(t, endpoints(srvs), amlpool.WithLimiter(lim), amlpool.WithEjection(3, time.Minute))
+	var logs bytes.Buffer
+	c := newClient(t, endpoints(srvs), amlpool.WithLimiter(lim), amlpool.WithEjection(3, time.Minute),
+		amlpool.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	a, b := lim.idOf(t, "s0"), lim.idOf(t, "s1")
 
 	lim.send(amlpool.HealthEvent{ID: a, Kind: amlpool.HealthCoolDown, For: time.Hour})
@@ -181,10 +185,12 @@ func TestClientAppliesTheFleetsHealth(t *testing.T) {
 	assert.True(t, st[1].Ejected)
 	assert.EqualValues(t, 1, st[1].Ejections)
 	assert.Empty(t, lim.takeReports(), "nothing received is reported back")
+	assert.Contains(t, logs.String(), `msg="amlpool: endpoint ejected by another replica" endpoint=s1 for=1h0m0s`)
 
 	lim.send(amlpool.HealthEvent{ID: b, Kind: amlpool.HealthReadmitted})
 	assert.False(t, c.Stats().Endpoints[1].Ejected)
 	assert.Empty(t, lim.takeReports())
+	assert.Contains(t, logs.String(), `msg="amlpool: endpoint readmitted by another replica" endpoint=s1`)
 
 	// Failures seen elsewhere count with ours: this replica ejects, and
 	// says so, once, as its own decision.

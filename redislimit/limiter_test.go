@@ -147,6 +147,22 @@ func TestReplicasShareTheCap(t *testing.T) {
 	require.NoError(t, <-got, "a release in one replica must let the other's waiting call in")
 }
 
+// The replica count is as fresh as the last round trip, not the last tick:
+// a replica that ticked before another started sees it at its next acquire.
+func TestReplicaCountIsFresh(t *testing.T) {
+	f := newFixture(t)
+	l1 := f.limiter(t)
+	f.settle(t, 1)
+	require.Equal(t, 1, l1.Stats().Replicas)
+	f.limiter(t)
+	f.settle(t, 2)
+	assert.Equal(t, 1, l1.Stats().Replicas, "no tick of l1's since")
+	ls, err := l1.TryAcquire(testCtx(t), eps(1))
+	require.NoError(t, err)
+	assert.Equal(t, 2, l1.Stats().Replicas)
+	ls.Release()
+}
+
 func TestTryAcquireNeverWaits(t *testing.T) {
 	f := newFixture(t)
 	l1, l2 := f.limiter(t), f.limiter(t)
