@@ -117,12 +117,14 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	smp.enter("switch")
 	killed := time.Now()
 	s.Primary.Kill()
+	pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	for {
-		a, err := s.PrimaryAddr(ctx)
+		a, err := s.PrimaryAddr(pctx)
 		if err == nil && a == s.Replica.Addr {
 			break
 		}
-		require.NoError(t, ctx.Err(), "the replica was never promoted")
+		require.NoError(t, pctx.Err(), "the replica was never promoted")
 		time.Sleep(10 * time.Millisecond)
 	}
 	promoted := time.Since(killed)

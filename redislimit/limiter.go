@@ -51,6 +51,7 @@ type Limiter struct {
 	// counters for Stats
 	acquired, renewals, lost, fallbacks, failures, mismatches atomic.Int64
 	roundTrips, handoffs, grants                              atomic.Int64
+	subscribed                                                atomic.Bool  // grants can reach this process
 	rtt                                                       atomic.Int64 // moving average, ns
 	streak                                                    atomic.Int64 // Redis failures since the last success
 	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none
@@ -173,7 +174,7 @@ func New(client redis.UniversalClient, opts ...Option) (*Limiter, error) {
 	if len(channels) > 0 {
 		l.pubsub = client.Subscribe(l.bg, channels...)
 		l.wg.Add(1)
-		go l.listen(l.pubsub.Channel())
+		go l.listen(l.pubsub)
 	}
 	l.wg.Add(2)
 	go l.pump()
@@ -347,7 +348,9 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 	}
 	keys[2*len(cands)] = l.keys.members
 	wantTTL := int64(0)
-	if wait && l.cfg.notify {
+	if wait && l.subscribed.Load() {
+		// Only once a grant can reach us: one sent earlier would hold its
+		// slot unused until the next tick.
 		wantTTL = l.wantTTL().Milliseconds()
 	}
 	args = append(args, l.proc, wantTTL)

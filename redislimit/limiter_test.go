@@ -60,7 +60,9 @@ func (f *fixture) advance(d time.Duration) {
 }
 
 func (f *fixture) limiter(t *testing.T, opts ...Option) *Limiter {
-	opts = append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(time.Second)}, opts...)
+	// A long timeout: a loaded host must not fail a round trip here, whose
+	// retry would wait for the fake clock.
+	opts = append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(5 * time.Second)}, opts...)
 	l, err := New(f.rdb, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
@@ -292,7 +294,7 @@ func TestCloseDeletesLeasesItDoesNotKnowOf(t *testing.T) {
 func TestRenewalKeepsLongCallsLeases(t *testing.T) {
 	f := newFixture(t)
 	ttl := 3 * time.Second
-	l := f.limiter(t, WithTTL(ttl), WithRenewInterval(time.Second))
+	l := f.limiter(t, WithTTL(ttl), WithRenewInterval(time.Second), WithTimeout(time.Second))
 	ls, err := l.Acquire(testCtx(t), eps(1))
 	require.NoError(t, err)
 	f.settle(t, 1)
@@ -317,7 +319,7 @@ func TestExpiredLeaseCountsAsLost(t *testing.T) {
 	f := newFixture(t)
 	// A renew interval far past the TTL cannot be set; stop the keeper's
 	// renewals by never advancing its clock, and age only Redis.
-	l := f.limiter(t, WithTTL(2*time.Second), WithRenewInterval(500*time.Millisecond))
+	l := f.limiter(t, WithTTL(2*time.Second), WithRenewInterval(500*time.Millisecond), WithTimeout(time.Second))
 	ls, err := l.Acquire(testCtx(t), eps(1))
 	require.NoError(t, err)
 	f.settle(t, 1)
@@ -329,7 +331,7 @@ func TestExpiredLeaseCountsAsLost(t *testing.T) {
 
 func TestLostLeasesAreReregistered(t *testing.T) {
 	f := newFixture(t)
-	l := f.limiter(t, WithTTL(3*time.Second), WithRenewInterval(time.Second))
+	l := f.limiter(t, WithTTL(3*time.Second), WithRenewInterval(time.Second), WithTimeout(time.Second))
 	ls, err := l.Acquire(testCtx(t), eps(1))
 	require.NoError(t, err)
 	f.settle(t, 1)

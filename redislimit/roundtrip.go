@@ -142,8 +142,24 @@ func (l *Limiter) signal() {
 
 // listen takes the leases other processes grant this one, and their news
 // of the endpoints' health.
-func (l *Limiter) listen(ch <-chan *redis.Message) {
+func (l *Limiter) listen(ps *redis.PubSub) {
 	defer l.wg.Done()
+	// The subscription's confirmation first: only then can a grant reach
+	// this process, and only then may it say that it wants one.
+	for {
+		if _, err := ps.Receive(l.bg); err == nil {
+			break
+		}
+		t := l.cfg.clock.NewTimer(l.cfg.probe) // Redis down: try again
+		select {
+		case <-l.done:
+			t.Stop()
+			return
+		case <-t.C():
+		}
+	}
+	l.subscribed.Store(l.cfg.notify)
+	ch := ps.Channel()
 	for {
 		select {
 		case <-l.done:
