@@ -259,10 +259,10 @@ type attempt struct {
 // telemetry, records how long that took.
 func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	if c.tel == nil {
-		return c.acquireSlot(ctx, cl, a)
+		return c.takeSlot(ctx, cl, a)
 	}
 	start := c.cfg.clock.Now()
-	err := c.acquireSlot(ctx, cl, a)
+	err := c.takeSlot(ctx, cl, a)
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
 	return err
@@ -281,36 +281,22 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	if c.limiter != nil && maxWait > 0 {
 		start = c.cfg.clock.Now()
 	}
-	for {
-		slot, ok := pool.Slot{}, false
-		if cl.pin != nil {
-			slot, ok = c.pool.TryTake(cl.pin)
-			cl.pin = nil
-		}
-		if !ok {
-			cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
-			var err error
-			if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
-				return err
-			}
-		}
-		if c.limiter == nil {
-			a.slot = slot
-			return nil
-		}
-		// SetEndpoints while the call waited at the Limiter: choose again.
-		if err := c.acquireLease(ctx, cl, slot, maxWait, start, a); err != errEndpointsChanged {
+	slot, ok := pool.Slot{}, false
+	if cl.pin != nil {
+		slot, ok = c.pool.TryTake(cl.pin)
+		cl.pin = nil
+	}
+	if !ok {
+		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
+		var err error
+		if slot, err = c.pool.Acquire(ctx, &cl.ex, maxWait); err != nil {
 			return err
 		}
-		if c.closed.Load() {
-			return ErrClosed // Close ended the wait
-		}
 	}
-}
-
-// acquireLease takes the Limiter's lease for a call that holds slot, within
-// what is left of the max wait since start.
-func (c *Client) acquireLease(ctx context.Context, cl *call, slot pool.Slot, maxWait time.Duration, start time.Time, a *attempt) error {
+	if c.limiter == nil {
+		a.slot = slot
+		return nil
+	}
 	// The max wait covers both waits: what the local one left is the
 	// Limiter's.
 	left := maxWait
@@ -390,16 +376,6 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	}
 	a.slot, a.lease = slot, lease
 	return nil
-}
-
-// staleWait returns errEndpointsChanged for a wait at the Limiter that
-// SetEndpoints cut short (wctx, from untilEndpointsChange, under ctx), err
-// otherwise.
-func staleWait(ctx, wctx context.Context, err error) error {
-	if ctx.Err() == nil && context.Cause(wctx) == errEndpointsChanged {
-		return errEndpointsChanged
-	}
-	return err
 }
 
 // attempt sends attempt a of cl, hedged when hedging is on, and concludes

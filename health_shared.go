@@ -198,6 +198,21 @@ func (t *telemetry) remoteHealth(e *pool.Endpoint, msg string, fx pool.Effects) 
 	}
 }
 
+// takeSlot is acquireSlot, again when SetEndpoints cut its wait at the
+// Limiter short: the call chooses among the new endpoints, with a max wait
+// of its own. Close ends such a wait with ErrClosed.
+func (c *Client) takeSlot(ctx context.Context, cl *call, a *attempt) error {
+	for {
+		err := c.acquireSlot(ctx, cl, a)
+		if err != errEndpointsChanged {
+			return err
+		}
+		if c.closed.Load() {
+			return ErrClosed
+		}
+	}
+}
+
 // errEndpointsChanged ends a wait at the Limiter that SetEndpoints made
 // stale: the attempt takes a slot again, among the new endpoints.
 var errEndpointsChanged = errors.New("amlpool: endpoints changed while waiting at the Limiter")
@@ -228,4 +243,14 @@ func (c *Client) untilEndpointsChange(ctx context.Context) (context.Context, fun
 	lctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(g.ctx, func() { cancel(errEndpointsChanged) })
 	return lctx, func() { stop(); cancel(nil) }
+}
+
+// staleWait returns errEndpointsChanged for a wait at the Limiter that
+// SetEndpoints cut short (wctx, from untilEndpointsChange, under ctx), err
+// otherwise.
+func staleWait(ctx, wctx context.Context, err error) error {
+	if ctx.Err() == nil && context.Cause(wctx) == errEndpointsChanged {
+		return errEndpointsChanged
+	}
+	return err
 }
