@@ -37,13 +37,13 @@ func BenchmarkFleetSeed(b *testing.B) {
 	rs := redistest.Start(b)
 	for b.Loop() {
 		srvs, eps := fleetEndpoints(b, latency, 20, 20, 20, 20, 20)
-		start := time.Now().Add(2 * time.Second) // time for every worker to start
 		cfg := workerConfig{Mode: "run", Redis: rs.Addr, Endpoints: eps, Goroutines: callers,
-			Start: start, Measure: start.Add(warmup), Stop: start.Add(warmup + window), TTL: DefaultTTL, Timeout: time.Second}
+			Warmup: warmup, Run: warmup + window, TTL: DefaultTTL, Timeout: time.Second}
 		var ws []*worker
 		for range replicas {
 			ws = append(ws, startWorker(b, cfg))
 		}
+		start := launch(b, ws)
 		time.Sleep(time.Until(start.Add(warmup)))
 		var samples, busy int64
 		for end := time.Now().Add(window); time.Now().Before(end); time.Sleep(time.Millisecond) {

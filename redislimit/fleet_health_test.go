@@ -45,8 +45,9 @@ func newWitness(t *testing.T, name string, mcc int, latency time.Duration) *witn
 	return w
 }
 
-// fleetOf starts procs workers running cfg against srvs and returns them.
-func fleetOf(t *testing.T, procs int, cfg workerConfig, srvs ...*witness) []*worker {
+// fleetOf starts procs workers running cfg against srvs and returns them
+// and when they start calling.
+func fleetOf(t *testing.T, procs int, cfg workerConfig, srvs ...*witness) ([]*worker, time.Time) {
 	t.Helper()
 	cfg.NoHealth = os.Getenv(noHealthEnv) == "1"
 	for _, s := range srvs {
@@ -57,7 +58,7 @@ func fleetOf(t *testing.T, procs int, cfg workerConfig, srvs ...*witness) []*wor
 	for range procs {
 		ws = append(ws, startWorker(t, cfg))
 	}
-	return ws
+	return ws, launch(t, ws)
 }
 
 // A Retry-After cool-down that one replica meets holds every replica back:
@@ -73,9 +74,8 @@ func TestFleetSharesACoolDown(t *testing.T) {
 	const procs = 4
 	a, b, c := newWitness(t, "ep0", 8, 20*time.Millisecond), newWitness(t, "ep1", 8, 20*time.Millisecond),
 		newWitness(t, "ep2", 8, 20*time.Millisecond)
-	start := time.Now().Add(2 * time.Second) // time for every worker to start
-	ws := fleetOf(t, procs, workerConfig{Mode: "run", Redis: rs.Addr, Goroutines: 8, Start: start,
-		Stop: start.Add(4 * time.Second), TTL: DefaultTTL, Timeout: time.Second}, a, b, c)
+	ws, start := fleetOf(t, procs, workerConfig{Mode: "run", Redis: rs.Addr, Goroutines: 8,
+		Run: 4 * time.Second, TTL: DefaultTTL, Timeout: time.Second}, a, b, c)
 
 	time.Sleep(time.Until(start.Add(500 * time.Millisecond)))
 	require.Positive(t, a.Stats().Scored, "the fleet is not calling ep0")
@@ -120,9 +120,8 @@ func TestFleetSharesAnEjection(t *testing.T) {
 	)
 	a, b, c := newWitness(t, "ep0", 8, 20*time.Millisecond), newWitness(t, "ep1", 8, 20*time.Millisecond),
 		newWitness(t, "ep2", 8, 20*time.Millisecond)
-	start := time.Now().Add(2 * time.Second)
-	ws := fleetOf(t, procs, workerConfig{Mode: "run", Redis: rs.Addr, Goroutines: 6, Start: start,
-		Stop: start.Add(2500 * time.Millisecond), TTL: DefaultTTL, Timeout: time.Second,
+	ws, start := fleetOf(t, procs, workerConfig{Mode: "run", Redis: rs.Addr, Goroutines: 6,
+		Run: 2500 * time.Millisecond, TTL: DefaultTTL, Timeout: time.Second,
 		EjectAfter: ejectAfter, EjectFor: time.Minute}, a, b, c)
 
 	time.Sleep(time.Until(start.Add(500 * time.Millisecond)))

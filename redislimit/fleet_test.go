@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -34,13 +35,15 @@ const workerEnv = "AMLPOOL_FLEET_WORKER" // its value is the worker's JSON confi
 
 // workerConfig is what the parent tells a worker.
 type workerConfig struct {
-	Mode       string // "run": call until Stop; "hold": take Goroutines slots, say so, then block
+	// Mode "run": say "ready", wait for the parent's go (launch), then call
+	// for Run; "hold": take Goroutines slots, say "holding", then block
+	// for Run.
+	Mode       string
 	Redis      string
 	Endpoints  []workerEndpoint
 	Goroutines int
-	Start      time.Time
-	Measure    time.Time // calls that end after it count in workerResult.Window
-	Stop       time.Time
+	Run        time.Duration
+	Warmup     time.Duration // calls that end later than this after the go count in workerResult.Window
 	TTL        time.Duration
 	// Timeout bounds each Redis round trip. The steady-state proof uses 1 s,
 	// not the 100 ms default: CI runs it beside other packages' race-enabled
@@ -123,9 +126,9 @@ func work(cfg workerConfig) error {
 	}
 	defer c.Close()
 
-	ctx, cancel := context.WithDeadline(context.Background(), cfg.Stop)
-	defer cancel()
 	if cfg.Mode == "hold" {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Run)
+		defer cancel()
 		for range cfg.Goroutines {
 			go func() { _, _ = c.Do(ctx, body) }()
 		}
@@ -137,7 +140,18 @@ func work(cfg workerConfig) error {
 		return nil
 	}
 
-	time.Sleep(time.Until(cfg.Start))
+	// Every worker is ready before any starts: a loaded host can take
+	// seconds to start a process.
+	fmt.Println("ready")
+	var startNs int64
+	if _, err := fmt.Fscanf(os.Stdin, "go %d\n", &startNs); err != nil {
+		return fmt.Errorf("no go from the parent: %w", err)
+	}
+	start := time.Unix(0, startNs)
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(cfg.Run))
+	defer cancel()
+	measure := start.Add(cfg.Warmup)
+	time.Sleep(time.Until(start))
 	var res workerResult
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -165,7 +179,7 @@ func work(cfg workerConfig) error {
 				switch {
 				case err == nil:
 					res.Calls++
-					if !cfg.Measure.IsZero() && time.Now().After(cfg.Measure) {
+					if time.Now().After(measure) {
 						res.Window++
 					}
 				case ctx.Err() == nil:
@@ -188,6 +202,7 @@ func work(cfg workerConfig) error {
 type worker struct {
 	cmd    *exec.Cmd
 	out    *bufio.Scanner
+	in     io.WriteCloser
 	stderr *lockedBuffer
 }
 
@@ -217,7 +232,9 @@ func startWorker(t testing.TB, cfg workerConfig) *worker {
 	cmd.Env = append(os.Environ(), workerEnv+"="+string(raw))
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	w := &worker{cmd: cmd, out: bufio.NewScanner(stdout), stderr: &lockedBuffer{}}
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	w := &worker{cmd: cmd, out: bufio.NewScanner(stdout), in: stdin, stderr: &lockedBuffer{}}
 	cmd.Stderr = w.stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
@@ -225,6 +242,28 @@ func startWorker(t testing.TB, cfg workerConfig) *worker {
 		_ = cmd.Wait()
 	})
 	return w
+}
+
+// launch waits until every worker of mode "run" is ready, then starts them
+// all at once, shortly after, and returns when they start.
+func launch(t testing.TB, ws []*worker) time.Time {
+	t.Helper()
+	for i, w := range ws {
+		ready := make(chan bool, 1)
+		go func() { ready <- w.out.Scan() && w.out.Text() == "ready" }()
+		select {
+		case ok := <-ready:
+			require.True(t, ok, "worker %d did not get ready: %s", i, w.stderr.String())
+		case <-time.After(time.Minute):
+			t.Fatalf("worker %d did not get ready within a minute: %s", i, w.stderr.String())
+		}
+	}
+	start := time.Now().Add(100 * time.Millisecond)
+	for _, w := range ws {
+		_, err := fmt.Fprintf(w.in, "go %d\n", start.UnixNano())
+		require.NoError(t, err)
+	}
+	return start
 }
 
 // result waits for the worker to exit and returns its report.
@@ -271,13 +310,13 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 	)
 	mccs := []int{4, 6, 8}
 	srvs, eps := fleetEndpoints(t, latency, mccs...)
-	start := time.Now().Add(2 * time.Second) // time for every worker to start
 	cfg := workerConfig{Mode: "run", Redis: rs.Addr, Endpoints: eps, Goroutines: goroutines,
-		Start: start, Stop: start.Add(warmup + window + warmup), TTL: DefaultTTL, Timeout: time.Second}
+		Run: warmup + window + warmup, TTL: DefaultTTL, Timeout: time.Second}
 	var ws []*worker
 	for range procs {
 		ws = append(ws, startWorker(t, cfg))
 	}
+	start := launch(t, ws)
 
 	// Utilization as the endpoints see it: calls in their handlers, sampled
 	// through the window, over the caps.
@@ -331,7 +370,7 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 	ttl := time.Second
 	srvs, eps := fleetEndpoints(t, time.Minute, mcc) // calls that outlive the test
 	w := startWorker(t, workerConfig{Mode: "hold", Redis: rs.Addr, Endpoints: eps, Goroutines: mcc,
-		Stop: time.Now().Add(time.Minute), TTL: ttl, Timeout: ttl / 2})
+		Run: time.Minute, TTL: ttl, Timeout: ttl / 2})
 	require.True(t, w.out.Scan(), "worker never held its slots: %s", w.stderr.String())
 	require.Equal(t, "holding", w.out.Text())
 
