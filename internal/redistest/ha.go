@@ -72,14 +72,19 @@ func StartSentinel(t TB) *Sentinel {
 }
 
 // FailoverClient returns a client that finds the primary through the
-// Sentinel, with the settings Options recommends, closed when the test ends.
-func (s *Sentinel) FailoverClient(t TB) *redis.Client {
+// Sentinel, with the settings Options recommends as mods change them,
+// closed when the test ends.
+func (s *Sentinel) FailoverClient(t TB, mods ...func(*redis.FailoverOptions)) *redis.Client {
 	o := Options("")
-	c := redis.NewFailoverClient(&redis.FailoverOptions{
+	fo := &redis.FailoverOptions{
 		MasterName: MasterName, SentinelAddrs: []string{s.Sentinel.Addr},
 		ContextTimeoutEnabled: o.ContextTimeoutEnabled, DialTimeout: o.DialTimeout,
 		ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: o.MaxRetries,
-	})
+	}
+	for _, m := range mods {
+		m(fo)
+	}
+	c := redis.NewFailoverClient(fo)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -140,18 +145,22 @@ func StartCluster(t TB, n int) *Cluster {
 	return c
 }
 
-// Client returns a cluster client with the settings Options recommends,
-// closed when the test ends.
-func (c *Cluster) Client(t TB) *redis.ClusterClient {
+// Client returns a cluster client with the settings Options recommends as
+// mods change them, closed when the test ends.
+func (c *Cluster) Client(t TB, mods ...func(*redis.ClusterOptions)) *redis.ClusterClient {
 	o := Options("")
 	var addrs []string
 	for _, s := range c.Nodes {
 		addrs = append(addrs, s.Addr)
 	}
-	cc := redis.NewClusterClient(&redis.ClusterOptions{
+	co := &redis.ClusterOptions{
 		Addrs: addrs, ContextTimeoutEnabled: o.ContextTimeoutEnabled, DialTimeout: o.DialTimeout,
 		ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, MaxRetries: o.MaxRetries,
-	})
+	}
+	for _, m := range mods {
+		m(co)
+	}
+	cc := redis.NewClusterClient(co)
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc
 }
