@@ -153,6 +153,9 @@
 // replicas of a service share endpoints, give each Client the same
 // [Limiter] through [WithLimiter]: package redislimit provides one that
 // keeps the slots in Redis, so that the whole fleet stays within each cap.
+// A Limiter that is also a [HealthSharer], as redislimit's is, carries the
+// endpoints' health between the replicas too: a cool-down, an ejection or a
+// readmission that one replica sees holds for all of them.
 //
 // # Scoring many rows
 //
