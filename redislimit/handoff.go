@@ -40,8 +40,10 @@ func (l *Limiter) handoffLocked(ls *lease) bool {
 		return false
 	}
 	ep := ls.ep
-	if ep.limit.Load() < ls.limit || ep.owed > 0 {
-		return false // the cap went down, or another process is owed a slot
+	if ep.limit.Load() < ls.limit || ep.owed > 0 || ep.over {
+		// The cap went down, another process is owed a slot, or the fleet
+		// holds more leases than the cap: let Redis count again.
+		return false
 	}
 	w, idx := l.nextWaiterLocked(ep)
 	if w == nil {

@@ -300,3 +300,40 @@ func TestTickLeavesALeaseHandedOnMeanwhile(t *testing.T) {
 		})
 	}
 }
+
+// Leases past the cap (written back after an outage or a failover) are not
+// handed on: each one freed goes back to Redis until the count is down, so
+// the over-cap ends with the calls that made it.
+func TestHandoffStopsWhileTheFleetIsOverTheCap(t *testing.T) {
+	f := newFixture(t)
+	l := f.limiter(t)
+	ctx := testCtx(t)
+	a, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	b, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	// Another process's lease, written back past the cap of 2.
+	require.NoError(t, f.rdb.ZAdd(ctx, "amlpool:{t}:ep:a", redisZ(f.clk.Now().UnixMilli()+60000, "other:1")).Err())
+	got := f.waitFor(t, ctx, l, 2, eps(2))
+	f.advance(l.cfg.renew) // the tick sees 3 leases for a cap of 2
+	f.settle(t, 2)
+
+	a.Release()
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 2 }, testTimeout, time.Millisecond,
+		"the lease went back to Redis")
+	select {
+	case <-got:
+		t.Fatal("a lease past the cap was handed on")
+	default:
+	}
+	assert.Zero(t, l.Stats().Handoffs)
+
+	// Down to the cap (b and the other's): the next tick lets handoffs go
+	// on.
+	f.advance(l.cfg.renew)
+	f.settle(t, 2)
+	b.Release()
+	c := receive(t, got)
+	assert.EqualValues(t, 1, l.Stats().Handoffs)
+	c.Release()
+}

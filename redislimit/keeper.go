@@ -73,6 +73,7 @@ func (l *Limiter) tick() {
 		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
 	}
 	var batch []*lease
+	var renewed []*endpoint // those whose lease sets the tick renews, in order
 	for _, ep := range eps {
 		var ids []any
 		for _, ls := range ep.held {
@@ -85,6 +86,7 @@ func (l *Limiter) tick() {
 		if len(ids) > 0 {
 			keys = append(keys, ep.key)
 			args = append(append(args, len(ids)), ids...)
+			renewed = append(renewed, ep)
 		}
 	}
 	l.mu.Unlock()
@@ -100,16 +102,17 @@ func (l *Limiter) tick() {
 		l.cfg.onTick(false)
 		defer l.cfg.onTick(true)
 	}
-	replicas, limits, missing, grants, health, err := parseTick(res)
+	reply, err := parseTick(res)
 	if err != nil {
 		l.failed(err)
 		return
 	}
+	replicas, limits, missing := reply.replicas, reply.limits, reply.missing
 	// Health news this process may have missed.
-	l.caughtUp(health)
+	l.caughtUp(reply.health)
 	// Grants whose announcement this process missed (a dropped
 	// subscription): taken now, once.
-	for _, g := range grants {
+	for _, g := range reply.grants {
 		if key, id, ok := strings.Cut(g, "|"); ok {
 			l.granted(key, id)
 		}
@@ -120,6 +123,14 @@ func (l *Limiter) tick() {
 	l.mu.Lock()
 	l.replicas = max(1, replicas)
 	l.forgetSeenLocked(now)
+	// An endpoint with more leases than its cap (leases written back after
+	// an outage or a failover, lost ones re-registered) takes no handoff
+	// until the count is down: each lease freed goes back to Redis.
+	for i, ep := range renewed {
+		if i < len(reply.counts) {
+			ep.over = reply.counts[i] > ep.limit.Load()
+		}
+	}
 	for _, ls := range batch {
 		if ls.released {
 			// Released while the tick ran. Handed on, or kept and taken
@@ -228,36 +239,55 @@ func (l *Limiter) unregistered() bool {
 // memberTTL is how long a heartbeat counts: three ticks.
 func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
 
-func parseTick(res any) (replicas int, limits []string, missing map[string]bool, grants []string, health []any, err error) {
+// tickReply is what the tick script answered.
+type tickReply struct {
+	replicas int
+	limits   []string
+	missing  map[string]bool
+	grants   []string
+	health   []any
+	counts   []int64 // leases in each lease set renewed, in the order sent
+}
+
+func parseTick(res any) (tickReply, error) {
+	var t tickReply
 	r, ok := res.([]any)
-	if !ok || len(r) != 5 {
-		return 0, nil, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	if !ok || len(r) != 6 {
+		return t, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
 	n, ok1 := r[0].(int64)
 	ls, ok2 := r[1].([]any)
 	ms, ok3 := r[2].([]any)
 	gs, ok4 := r[3].([]any)
 	health, ok5 := r[4].([]any)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return 0, nil, nil, nil, nil, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
+	cs, ok6 := r[5].([]any)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 {
+		return t, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
+	t.replicas, t.health = int(n), health
+	for _, v := range cs {
+		c, _ := v.(int64)
+		t.counts = append(t.counts, c)
+	}
+	var grants []string
 	for _, v := range gs {
 		if s, ok := v.(string); ok {
 			grants = append(grants, s)
 		}
 	}
+	t.grants = grants
 	for _, v := range ls {
 		if s, ok := v.(string); ok {
-			limits = append(limits, s)
+			t.limits = append(t.limits, s)
 		}
 	}
-	missing = make(map[string]bool, len(ms))
+	t.missing = make(map[string]bool, len(ms))
 	for _, v := range ms {
 		if s, ok := v.(string); ok {
-			missing[s] = true
+			t.missing[s] = true
 		}
 	}
-	return int(n), limits, missing, grants, health, nil
+	return t, nil
 }
 
 // limitsByEndpoint groups the announced limits: endpoint id -> sorted

@@ -92,6 +92,7 @@ type endpoint struct {
 	// Guarded by Limiter.mu.
 	owed   int
 	asking bool
+	over   bool              // more leases in Redis than the cap, at the last tick
 	limit  atomic.Int64      // as configured in this process
 	held   map[string]*lease // by lease id; guarded by Limiter.mu
 	seen   []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu

@@ -215,10 +215,11 @@ return 0
 // the health hashes, count L, L limit members, then for each lease set:
 // count M, M lease ids.
 // Reply: {replicas, {live limit members}, {ids that were missing},
-// {"<lease set>|<lease id>" granted to the process}, {health records}}. The
-// grants returned are taken out of the grants set. A health record is
-// {endpoint id, version, cool-down ms left, ejection ms left, fault, owner,
-// last kind}, for each hash that exists.
+// {"<lease set>|<lease id>" granted to the process}, {health records},
+// {leases in each lease set renewed, after the renewal}}. The grants
+// returned are taken out of the grants set. A health record is {endpoint
+// id, version, cool-down ms left, ejection ms left, fault, owner, last
+// kind}, for each hash that exists.
 //
 // A missing lease (expired, or lost with a Redis restart or failover) is
 // added back even past the limit: its call is still running, and counting it
@@ -260,7 +261,7 @@ for _, g in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   end
 end
 
-local missing = {}
+local missing, counts = {}, {}
 for k = 4 + nh, #KEYS do
   local key = KEYS[k]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -273,8 +274,9 @@ for k = 4 + nh, #KEYS do
     redis.call('ZADD', key, now + ttl, id)
   end
   extend(key, ttl)
+  counts[#counts + 1] = redis.call('ZCARD', key)
 end
-return {replicas, limits, missing, granted, health}
+return {replicas, limits, missing, granted, health, counts}
 `)
 
 // healthScript writes what one process saw of an endpoint's health and

@@ -324,9 +324,13 @@ func TestTickScript(t *testing.T) {
 			}
 			res, err := tickScript.Run(ctx, b.rdb, keys, args...).Result()
 			require.NoError(t, err)
-			n, lim, miss, _, _, err := parseTick(res)
+			r, err := parseTick(res)
 			require.NoError(t, err)
-			return n, lim, miss
+			if len(ids) > 0 {
+				require.Len(t, r.counts, 1)
+				assert.Equal(t, b.rdb.ZCard(ctx, ep).Val(), r.counts[0], "the count after the renewal")
+			}
+			return r.replicas, r.limits, r.missing
 		}
 
 		n, _, _ := tick("p1", []string{limitMember("a", 2, "p1")})
@@ -374,9 +378,9 @@ func TestTickScriptGrantsAndHealth(t *testing.T) {
 			keys := []string{ks.members, ks.limits, ks.grants, ks.endpointHealth("a"), ks.endpointHealth("b")}
 			res, err := tickScript.Run(ctx, b.rdb, keys, "p", 1000, 3000, 2, "a", "b", 0).Result()
 			require.NoError(t, err)
-			_, _, _, grants, health, err := parseTick(res)
+			r, err := parseTick(res)
 			require.NoError(t, err)
-			return grants, health
+			return r.grants, r.health
 		}
 		grants, records := tick()
 		assert.ElementsMatch(t, []string{"k1|p:g1", "k2|p:g3"}, grants)
