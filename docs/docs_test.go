@@ -125,6 +125,25 @@ func TestSnippetsRun(t *testing.T) {
 	t.Run("balancing", func(t *testing.T) { snippetBalancing(pool(t, 2)) })
 	t.Run("observability", func(t *testing.T) { snippetObservability(t.Context(), pool(t, 1)) })
 	t.Run("online endpoints", func(t *testing.T) { snippetOnlineEndpoints(pool(t, 1)) })
+	t.Run("SetEndpoints", func(t *testing.T) {
+		east := amltest.NewServer(amltest.Config{Name: "east", Key: "old-primary", SecondaryKey: "secondary"})
+		t.Cleanup(east.Close)
+		north := amltest.NewServer(amltest.Config{Name: "north"})
+		t.Cleanup(north.Close)
+		eps := []amlpool.Endpoint{east.Endpoint()}
+		c, err := amlpool.New(eps)
+		require.NoError(t, err)
+		defer c.Close()
+		east.SetKeys("new-primary", "secondary") // regenerated in the portal
+		snippetSetEndpoints(c, eps, north.URL(), north.Endpoint().APIKey, "new-primary", "secondary")
+		var names []string
+		for _, e := range c.Stats().Endpoints {
+			names = append(names, e.Name)
+		}
+		assert.Equal(t, []string{"east", "north"}, names)
+		_, err = c.Do(t.Context(), []byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`))
+		require.NoError(t, err)
+	})
 	t.Run("fleet", func(t *testing.T) {
 		rdb := miniredis.RunT(t)
 		body := []byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`)

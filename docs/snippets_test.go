@@ -144,6 +144,26 @@ func snippetFleet(ctx context.Context, addr string, endpoints []amlpool.Endpoint
 	fmt.Printf("%s\n", reply)
 }
 
+func snippetSetEndpoints(c *amlpool.Client, eps []amlpool.Endpoint, northURL, northKey, newPrimary, secondary string) {
+	// More capacity: a third endpoint, added while calls run. Calls already
+	// waiting for a slot take its slots at once.
+	eps = append(eps, amlpool.Endpoint{
+		Name: "north", URL: northURL, APIKey: northKey, MaxConcurrentCalls: 20,
+	})
+	if err := c.SetEndpoints(eps); err != nil {
+		log.Fatal(err) // a *ConfigError; the endpoints in use go on unchanged
+	}
+
+	// Rotating east's keys without a failed call. Azure gives every endpoint
+	// two keys: with both configured, a call that meets a 401 with one key goes
+	// on at once with the other. Regenerate the primary in the portal, then
+	// give the Client the new pair.
+	eps[0].APIKey, eps[0].SecondaryKey = newPrimary, secondary
+	if err := c.SetEndpoints(eps); err != nil {
+		log.Fatal(err)
+	}
+}
+
 func snippetOnlineEndpoints(endpoints []amlpool.Endpoint) {
 	c, err := amlpool.New(endpoints, amlpool.WithClassifier(func(err error) amlpool.Verdict {
 		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {
