@@ -110,7 +110,7 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		if o.in == "" {
 			return usageError{errors.New("--config needs --in: rows the service accepts, to send")}
 		}
-		cfg, eps, err := loadConfig(o.config, os.Getenv)
+		cfg, eps, err := loadConfig(o.config, osKeys)
 		if err != nil {
 			return usageError{err}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -11,7 +12,7 @@ import (
 
 // FuzzParseConfig feeds the pool file parser arbitrary files. The bar: no
 // panic; no key in any error, the parser's or New's; every endpoint it
-// accepts carries the key of the variable it names.
+// accepts carries the key of the variable or file it names.
 func FuzzParseConfig(f *testing.F) {
 	const key = "env-held-key-0123456789"
 	for _, seed := range []string{
@@ -22,20 +23,31 @@ func FuzzParseConfig(f *testing.F) {
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"NOPE"}]}`,
 		`{"endpoints":[]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}]} {}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"k.txt","secondaryKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"k.txt","apiKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"missing.txt"}]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","extra":1}]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"globalParameters":{"a":[1,{"b":null}]}}`,
 		`[`, ``, `null`,
 	} {
 		f.Add([]byte(seed))
 	}
-	getenv := func(name string) string {
-		if name == "K" {
-			return key
-		}
-		return ""
+	keys := keySource{
+		getenv: func(name string) string {
+			if name == "K" {
+				return key
+			}
+			return ""
+		},
+		readFile: func(name string) ([]byte, error) {
+			if name == "k.txt" {
+				return []byte(" " + key + "\n"), nil
+			}
+			return nil, os.ErrNotExist
+		},
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, eps, err := parseConfig(data, getenv)
+		cfg, eps, err := parseConfig(data, keys)
 		if err != nil {
 			require.NotContains(t, err.Error(), key)
 			return
@@ -43,6 +55,7 @@ func FuzzParseConfig(f *testing.F) {
 		require.Len(t, eps, len(cfg.Endpoints))
 		for _, e := range eps {
 			require.Equal(t, key, e.APIKey)
+			require.Contains(t, []string{"", key}, e.SecondaryKey)
 		}
 		c, err := amlpool.New(eps)
 		if err != nil {
