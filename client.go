@@ -67,7 +67,10 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	c.addExt(specs)
 	balance, pick := picker(cfg.balancer)
 	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Balance: balance, Pick: pick,
-		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive}
+		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive,
+		// Only LatencyAware and a Balancer of the user's (Candidates.Latency)
+		// read the latency estimate: the others do not pay for keeping it.
+		TrackLatency: balance == pool.Latency || balance == pool.Custom}
 	if !cfg.ejectOff {
 		pcfg.EjectAfter = cfg.ejectAfter
 	}

@@ -353,3 +353,29 @@ func TestCloseReleasesWaitingCalls(t *testing.T) {
 	assert.ErrorIs(t, <-waiting, amlpool.ErrClosed)
 	cancel()
 }
+
+// latencySeer is a Balancer that records the latency estimates it sees.
+type latencySeer struct{ seen *atomic.Int64 }
+
+func (b latencySeer) Pick(s amlpool.Candidates) int {
+	for i := range s.Len() {
+		b.seen.Store(max(b.seen.Load(), int64(s.Latency(i))))
+		if s.Free(i) > 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// A Balancer of the user's sees each endpoint's latency estimate, kept from
+// the replies: Candidates.Latency is part of its contract.
+func TestCustomBalancerSeesLatencies(t *testing.T) {
+	_, eps := fakes(t, 2*time.Millisecond, 2)
+	var seen atomic.Int64
+	c := newClient(t, eps, amlpool.WithBalancer(latencySeer{&seen}))
+	for range 3 {
+		_, err := c.Do(context.Background(), []byte(body))
+		require.NoError(t, err)
+	}
+	assert.GreaterOrEqual(t, time.Duration(seen.Load()), 2*time.Millisecond)
+}
