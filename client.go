@@ -25,6 +25,7 @@ import (
 // with New and Close it when done.
 type Client struct {
 	cfg      config
+	kind     Kind // of every endpoint, fixed at New
 	pool     *pool.Pool
 	http     *http.Client
 	ownsHTTP bool
@@ -60,7 +61,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, limiter: cfg.limiter}
+	c := &Client{cfg: cfg, kind: endpoints[0].Kind, limiter: cfg.limiter}
 	if c.tel, err = newTelemetry(&c.cfg); err != nil {
 		return nil, err
 	}
@@ -129,6 +130,10 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	specs, err := newSpecs(endpoints, c.cfg.allowHTTP)
 	if err != nil {
 		return err
+	}
+	if k := endpoints[0].Kind; k != c.kind {
+		return &ConfigError{Endpoint: labelOf(endpoints, 0), Field: "Kind",
+			Problem: fmt.Sprintf("%s, but the Client's endpoints are %s; SetEndpoints keeps the Kind given to New", k, c.kind)}
 	}
 	c.addExt(specs)
 	for _, ch := range c.pool.Update(specs) {
@@ -223,7 +228,9 @@ type attempt struct {
 
 	// What the exchange came to.
 	auth       *pool.Auth
-	key        int // the index of the key sent, in auth
+	key        int    // the index of the key sent, in auth
+	tok        string // the token sent, when auth has a Credential; a secret
+	reasked    bool   // tok was asked for after a 401 to a token (pool's Reasked)
 	start      time.Time
 	latency    time.Duration
 	data       []byte
@@ -378,8 +385,17 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 		ctx = c.tel.startAttempt(ctx, a)
 	}
 	a.auth, a.key = a.slot.Ep.Key()
+	a.tok = ""
+	var credErr error
+	if cred := a.auth.Credential(); cred != nil {
+		credErr = a.token(ctx, cred)
+	}
 	a.start = c.cfg.clock.Now()
-	a.data, a.err = c.send(ctx, a, body)
+	if credErr != nil {
+		a.data, a.err = nil, credErr // nothing sent
+	} else {
+		a.data, a.err = c.send(ctx, a, body)
+	}
 	a.latency = c.cfg.clock.Now().Sub(a.start)
 	c.judge(ctx, a)
 	if a.lease != nil {
@@ -408,7 +424,7 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 			a.result = pool.Failed
 		case VerdictEndpointFault:
 			a.result = pool.Fault
-			if a.status == http.StatusUnauthorized && ep.Unauthorized(a.auth, a.key) {
+			if a.status == http.StatusUnauthorized && c.unauthorized(a) {
 				a.result = pool.KeyRejected
 			}
 		default:
@@ -419,6 +435,18 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 		ep.Authorized(a.auth, a.key)
 	}
 	a.kind = kindOf(a)
+}
+
+// unauthorized records a 401 to a's key or token and reports whether the
+// endpoint is worth trying again at once: with its other key, or with a
+// fresh token from its Credential, which hears that this one was refused.
+func (c *Client) unauthorized(a *attempt) bool {
+	ep := a.slot.Ep
+	if a.tok == "" {
+		return ep.Unauthorized(a.auth, a.key)
+	}
+	invalidate(a.auth.Credential(), a.tok)
+	return ep.TokenRejected(a.auth, a.reasked)
 }
 
 // conclude records a failed attempt in its call, decides what the call does
@@ -475,7 +503,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	// user's RoundTripper or a propagator may write headers, so they get a
 	// copy. Building them anew cost about 10 % of the in-process path.
 	req.URL, req.Host = ep.URL(), ep.Host()
-	header := a.auth.Header(a.key)
+	header := a.header()
 	if c.ownsHTTP && c.cfg.propagator == nil {
 		req.Header = header
 	} else {
@@ -495,7 +523,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	}
 	defer resp.Body.Close()
 	a.status = resp.StatusCode
-	keys := a.auth.Keys()
+	keys := a.secrets()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {
@@ -514,6 +542,9 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.Name(), resp.StatusCode, err)
 	}
 	apiErr := parseAPIError(ep.Name(), resp.StatusCode, data, keys)
+	if c.kind == Online {
+		parseOnlineError(apiErr, resp.Header, keys)
+	}
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	a.retryAfter = min(apiErr.RetryAfter, c.cfg.maxRetryAfter)
 	return nil, apiErr
@@ -560,6 +591,9 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errors.New("amlpool: Score: nil request")
+	}
+	if c.kind == Online {
+		return nil, errScoreOnline
 	}
 	body, err := encodeRequest(req)
 	if err != nil {
