@@ -65,6 +65,12 @@ func (e *CredentialError) Error() string {
 // Unwrap returns the Credential's error.
 func (e *CredentialError) Unwrap() error { return e.Err }
 
+// Format prints Error whatever the verb, so that no verb (%#v, %d) prints
+// the fields of the Credential's error one by one.
+func (e *CredentialError) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, e.Error(), "&amlpool.CredentialError{"+e.Error()+"}")
+}
+
 // token takes a's bearer token from its endpoint's Credential, and
 // remembers whether it was asked for after a rejection (pool's Reasked).
 // The error is a *CredentialError, the token's text in none of it.
@@ -76,7 +82,7 @@ func (a *attempt) token(ctx context.Context, cred Credential) error {
 	case err != nil:
 		// The Credential's error might quote its token: scrub it anyway.
 		if tok != "" {
-			err = scrubbedError{err, []string{tok}}
+			err = &scrubbedError{err: err, msg: scrubString(err.Error(), []string{tok})}
 		}
 		return &CredentialError{Endpoint: ep.Name(), Err: err}
 	case tok == "":
@@ -123,15 +129,18 @@ func invalidate(cred Credential, tok string) {
 	}
 }
 
-// scrubbedError is an error whose text is scrubbed of secrets; errors.Is
-// and errors.As still reach it.
+// scrubbedError is an error whose text was scrubbed of a secret; errors.Is
+// and errors.As still reach it. It holds no secret of its own.
 type scrubbedError struct {
-	err     error
-	secrets []string
+	err error
+	msg string // err's text, scrubbed
 }
 
-func (e scrubbedError) Error() string { return scrubString(e.err.Error(), e.secrets) }
-func (e scrubbedError) Unwrap() error { return e.err }
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// Format prints Error whatever the verb.
+func (e *scrubbedError) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.msg, e.msg) }
 
 // credentialName describes a Credential for printed Endpoints: its type,
 // never its value (whose own String might show a token).
