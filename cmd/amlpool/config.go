@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -25,7 +26,17 @@ import (
 //	}
 //
 // Keys never go in the file: each endpoint names the environment variable
-// that holds its key.
+// that holds its key. An online endpoint ("kind": "online", whose
+// "maxConcurrentCalls" is required) may take a token instead, from
+// "tokenEnv", "tokenFile" or "tokenCommand" (token.go), and "header" adds
+// request headers, such as the deployment to pin:
+//
+//	{"name": "blue", "url": "https://churn.westeurope.inference.ml.azure.com/score",
+//	 "kind": "online", "maxConcurrentCalls": 24, "tokenFile": "/run/aml/token",
+//	 "header": {"azureml-model-deployment": "blue"}}
+//
+// Batch scoring of online endpoints sends the MLflow input_data form;
+// "input", "output" and "globalParameters" are then unused.
 type poolConfig struct {
 	Endpoints        []endpointConfig `json:"endpoints"`
 	Input            string           `json:"input"`            // input port; default input1
@@ -37,11 +48,18 @@ type poolConfig struct {
 }
 
 type endpointConfig struct {
-	Name               string `json:"name"`
-	URL                string `json:"url"`
-	APIKeyEnv          string `json:"apiKeyEnv"`
-	MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
-	APIKey             any    `json:"apiKey"` // refused: keys come from the environment
+	Name               string            `json:"name"`
+	URL                string            `json:"url"`
+	APIKeyEnv          string            `json:"apiKeyEnv"`
+	MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
+	Kind               amlpool.Kind      `json:"kind"`         // "classic" (default) or "online"
+	Header             map[string]string `json:"header"`       // extra request headers
+	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
+	TokenFile          string            `json:"tokenFile"`    // a token in this file, read again when it changes
+	TokenCommand       []string          `json:"tokenCommand"` // a command that prints a token
+	TokenTTL           string            `json:"tokenTTL"`     // how long a command's token is used; default 10m
+	APIKey             any               `json:"apiKey"`       // refused: keys come from the environment
+	Token              any               `json:"token"`        // refused: tokens too
 }
 
 // loadConfig reads and checks a pool file and resolves each endpoint's key
@@ -78,15 +96,20 @@ func parseConfig(data []byte, getenv func(string) string) (*poolConfig, []amlpoo
 	eps := make([]amlpool.Endpoint, len(cfg.Endpoints))
 	for i, e := range cfg.Endpoints {
 		label := epLabel(i, e.Name)
-		switch {
-		case e.APIKey != nil:
-			return nil, nil, fmt.Errorf(`%s: "apiKey": keys do not go in the file; put the key in an environment variable and name it in "apiKeyEnv"`, label)
-		case e.APIKeyEnv == "":
-			return nil, nil, fmt.Errorf(`%s: "apiKeyEnv": missing; name the environment variable that holds this endpoint's key`, label)
-		case getenv(e.APIKeyEnv) == "":
-			return nil, nil, fmt.Errorf(`%s: "apiKeyEnv": environment variable %s is not set or empty`, label, e.APIKeyEnv)
+		cred, err := e.credential(label, getenv)
+		if err != nil {
+			return nil, nil, err
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: getenv(e.APIKeyEnv), MaxConcurrentCalls: e.MaxConcurrentCalls}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred}
+		if cred == nil {
+			eps[i].APIKey = getenv(e.APIKeyEnv)
+		}
+		if e.Header != nil {
+			eps[i].Header = make(http.Header, len(e.Header))
+			for k, v := range e.Header {
+				eps[i].Header[k] = []string{v}
+			}
+		}
 	}
 	return &cfg, eps, nil
 }
@@ -99,7 +122,8 @@ func epLabel(i int, name string) string {
 }
 
 // fileField maps the Endpoint fields that amlpool.New names to the file's.
-var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name"}
+var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name",
+	"Kind": "kind", "Header": "header"}
 
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {
@@ -134,7 +158,8 @@ func jsonError(data []byte, err error) error {
 		err = fmt.Errorf("%q: want %v, not a JSON %s", te.Field, te.Type, te.Value)
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; per endpoint: name, url, apiKeyEnv, maxConcurrentCalls)",
+		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
+			"per endpoint: name, url, kind, maxConcurrentCalls, apiKeyEnv or tokenEnv, tokenFile, tokenCommand (with tokenTTL), header)",
 			strings.TrimPrefix(msg, "json: unknown field "))
 	}
 	if off < 0 {
