@@ -148,8 +148,9 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // Do blocks while every endpoint is full, in line with other waiting calls,
 // for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
 // retried as its Verdict says (see Classify, WithClassifier): an endpoint
-// that answers 503 RequestThrottled is full, not broken, and the call goes at
-// once to another endpoint with a free slot; an endpoint that cannot serve
+// that answers 503 RequestThrottled (online: 429 Too many pending requests)
+// is full, not broken, and the call goes at once to another endpoint with a
+// free slot; an endpoint that cannot serve
 // anyone (401, 403, 404) leaves rotation and the call goes at once to
 // another; a transient failure is retried after a backoff (WithBackoff) on an
 // endpoint the call has not tried. A call makes at most WithMaxAttempts
@@ -161,7 +162,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // (errors.Is(err, ErrThrottled) for a throttle); ErrResponseTooLarge for a
 // reply over WithMaxResponseBytes; ErrMalformedResponse for a 2xx reply that
 // is not JSON or is the service's error body (Do checks that much of the
-// reply, and no more: its shape is the caller's business); a transport error
+// reply, and no more: its shape is the caller's business); a *CredentialError
+// when the endpoint's Credential gave no token; a transport error
 // otherwise. A call that made several attempts, or stopped retrying for a reason of its
 // own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
@@ -587,7 +589,9 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 // It behaves as Do for waiting, failover and errors; a reply that is not a
 // valid scoring response is an error naming the endpoint that sent it and
 // matching ErrMalformedResponse. Such a reply is not retried: it is the
-// model's answer, and every endpoint would give the same.
+// model's answer, and every endpoint would give the same. On a Client of
+// online endpoints Score sends nothing and returns an error: their bodies
+// are the deployment's own, for Do (or ScoreRows, for MLflow models).
 func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errors.New("amlpool: Score: nil request")

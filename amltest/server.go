@@ -353,7 +353,8 @@ func (s *Server) Endpoint() amlpool.Endpoint {
 		Kind:               s.kind,
 	}
 	if s.kind == amlpool.Online && s.deployment != "" {
-		e.Header = http.Header{DeploymentHeader: {s.deployment}}
+		e.Header = http.Header{}
+		e.Header.Set(DeploymentHeader, s.deployment)
 	}
 	return e
 }
