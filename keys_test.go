@@ -83,7 +83,7 @@ func TestNoTokenOrHeaderInAnyOutput(t *testing.T) {
 			Header: http.Header{"X-Tenant": {tenant}, "Azureml-Model-Deployment": {deployment}}}
 	}
 	eps := []Endpoint{ep("full", echo(429)), ep("model", echo(424)), ep("denied", echo(401)), ep("garbled", echo(200))}
-	o := newObserved(t, eps, WithMaxAttempts(3)) // no backoff: its clock is fake
+	o := newObserved(t, eps, WithMaxAttempts(3))  // no backoff: its clock is fake
 	_, callErr := o.Do(t.Context(), []byte(`{}`)) // 429, then 424 (the model's 400): a *CallError around an *APIError
 	require.Error(t, callErr)
 	var apiErr *APIError
