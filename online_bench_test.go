@@ -97,3 +97,31 @@ func seedWorkloadOnline(b *testing.B, token bool) {
 	b.ReportMetric(pooled/perfect, "pool/perfect")
 	b.ReportMetric(float64(throttles), "429s")
 }
+
+// BenchmarkAuthPath measures a call's cost, in process (no network), with
+// a key (the headers built once per endpoint, shared by every request) and
+// with a Credential's token (the headers built per attempt):
+//
+//	go test -run '^$' -bench AuthPath -benchmem -count 5 .
+func BenchmarkAuthPath(b *testing.B) {
+	for _, auth := range []string{"key", "token"} {
+		b.Run(auth, func(b *testing.B) {
+			ep := amlpool.Endpoint{Name: "e", URL: "http://127.0.0.1:1/score", Kind: amlpool.Online, MaxConcurrentCalls: 20, APIKey: "k"}
+			if auth == "token" {
+				ep.APIKey = ""
+				ep.Credential = amlpool.CredentialFunc(func(context.Context) (string, error) { return "token", nil })
+			}
+			c, err := amlpool.New([]amlpool.Endpoint{ep}, amlpool.WithHTTPClient(&http.Client{Transport: amlpool.ReplyTransport{}}))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Do(context.Background(), scoreBody); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
