@@ -107,7 +107,11 @@ func parseConfig(data []byte, getenv func(string) string) (*poolConfig, []amlpoo
 		if e.Header != nil {
 			eps[i].Header = make(http.Header, len(e.Header))
 			for k, v := range e.Header {
-				eps[i].Header[k] = []string{v}
+				canon := http.CanonicalHeaderKey(k)
+				if _, dup := eps[i].Header[canon]; dup {
+					return nil, nil, fmt.Errorf(`%s: "header": %s given twice, in different cases`, label, canon)
+				}
+				eps[i].Header[canon] = []string{v}
 			}
 		}
 	}

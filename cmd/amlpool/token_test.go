@@ -109,7 +109,7 @@ func TestParseConfigOnline(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, eps, 4)
 	assert.Equal(t, amlpool.Online, eps[0].Kind)
-	assert.Equal(t, []string{"blue"}, eps[0].Header["azureml-model-deployment"], "as written: New checks and canonicalizes")
+	assert.Equal(t, "blue", eps[0].Header.Get("azureml-model-deployment"))
 	tok, err := eps[0].Credential.Token(t.Context())
 	require.NoError(t, err)
 	assert.Equal(t, "token-value", tok)
@@ -131,6 +131,7 @@ func TestParseConfigOnline(t *testing.T) {
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"T","tokenTTL":"1m"}]}`, `"tokenTTL": only for "tokenCommand"`},
 		{`{"endpoints":[{"url":"https://e/score","token":"token-value"}]}`, `"token": tokens do not go in the file`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"batch","apiKeyEnv":"K"}]}`, `unknown Kind "batch"; want classic or online`},
+		{`{"endpoints":[{"url":"https://e/score","apiKeyEnv":"K","header":{"x-a":"1","X-A":"2"}}]}`, `"header": X-A given twice`},
 	} {
 		_, _, err := parseConfig([]byte(tt.file), getenv)
 		require.Error(t, err, tt.file)
