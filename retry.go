@@ -103,16 +103,16 @@ func Classify(err error) Verdict {
 	if err == nil {
 		return VerdictGiveUp
 	}
+	var credErr *CredentialError
+	if errors.As(err, &credErr) {
+		return VerdictRetry // nothing was sent, whatever the Credential met; bounded by the attempts
+	}
 	var apiErr *APIError
 	if errors.As(err, &apiErr) {
 		if apiErr.Kind == Online {
 			return classifyOnline(apiErr)
 		}
 		return classifyStatus(apiErr)
-	}
-	var credErr *CredentialError
-	if errors.As(err, &credErr) {
-		return VerdictRetry // nothing was sent; bounded by the attempts
 	}
 	if errors.Is(err, ErrResponseTooLarge) {
 		return VerdictGiveUp
