@@ -100,8 +100,9 @@ func (c *Client) addExt(specs []pool.Spec) {
 }
 
 // SetEndpoints replaces the Client's endpoints while calls run. The set is
-// validated as New validates it; a bad set is refused whole, with a
-// *ConfigError, and the endpoints in use go on unchanged. After Close it
+// validated as New validates it, and must be of the Kind given to New; a
+// bad set is refused whole, with a *ConfigError, and the endpoints in use
+// go on unchanged. After Close it
 // returns ErrClosed.
 //
 // Endpoints are matched by Name (as New derives it when empty):
@@ -110,8 +111,9 @@ func (c *Client) addExt(specs []pool.Spec) {
 //     flight, health, latency estimate, adaptive limit and counters. Its
 //     new keys and cap apply from the next attempt: a lower cap admits no
 //     new attempt until fewer calls are in flight, a higher one serves
-//     waiting calls at once. New keys also end an ejection for an endpoint
-//     fault, such as the rejected key they replace: the next call probes it;
+//     waiting calls at once. New keys (or a new Credential) also end an
+//     ejection for an endpoint fault, such as the rejected key they
+//     replace: the next call probes it;
 //   - an added endpoint takes calls at once, waiting ones included;
 //   - a removed endpoint, or a kept Name with another URL, takes no new
 //     attempt once SetEndpoints has returned. Its calls in flight finish
