@@ -55,7 +55,7 @@ type Endpoint struct {
 	// Kind is Classic (the zero value) or Online. All endpoints of one
 	// Client are of one Kind, and SetEndpoints keeps it: their bodies
 	// differ.
-	Kind Kind
+	Kind Kind `json:",omitzero"`
 	// Header holds extra request headers for this endpoint only, e.g.
 	// "azureml-model-deployment: blue" to pin an online endpoint's
 	// deployment. Authorization, Content-Type, Content-Length, Host,
@@ -87,19 +87,21 @@ func redact(secret string) string {
 }
 
 // String describes the endpoint with its keys redacted, its Header's
-// values too, and its Credential by type.
+// values too, and its Credential by type. Kind, Header and Credential are
+// shown only when set.
 func (e Endpoint) String() string {
-	return fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d Kind:%s Header:%s Credential:%s}",
-		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls,
-		e.Kind, redactHeader(e.Header), credentialName(e.Credential))
-}
-
-// redactHeader shows a header's names, sorted, each value redacted.
-func redactHeader(h http.Header) string {
-	if h == nil {
-		return "map[]"
+	s := fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d",
+		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
+	if e.Kind != Classic {
+		s += " Kind:" + e.Kind.String()
 	}
-	return fmt.Sprint(redactedHeader(h))
+	if e.Header != nil {
+		s += fmt.Sprint(" Header:", redactedHeader(e.Header)) // names sorted
+	}
+	if e.Credential != nil {
+		s += " Credential:" + credentialName(e.Credential)
+	}
+	return s + "}"
 }
 
 // redactedHeader is h with every value [REDACTED]: header values are no
