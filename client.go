@@ -536,7 +536,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 			}
 			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.Name(), err)
 		}
-		if err := checkReply(data, resp.Header.Get("Content-Type"), keys); err != nil {
+		if err := checkReply(data, resp.Header.Get("Content-Type"), keys); err != nil && (c.kind == Classic || !isErrorBody(err)) {
 			return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 		}
 		return data, nil

@@ -295,3 +295,18 @@ func TestOnlineHeaders(t *testing.T) {
 		assert.Contains(t, ce.Problem, tt.want, tt.name)
 	}
 }
+
+// TestOnlineReplyIsTheDeployments: a 2xx body shaped like the Classic
+// service's error body is an online deployment's answer, returned as it
+// is; a 2xx body that is not JSON is still malformed.
+func TestOnlineReplyIsTheDeployments(t *testing.T) {
+	srv := onlineServers(t, 1, 4)[0]
+	body := `{"error": {"code": "Rejected", "message": "the applicant is under 18"}}`
+	srv.Script(amltest.Fault{Status: 200, Body: []byte(body)}, amltest.Fault{Status: 200, Body: []byte("<html>")})
+	c := newClient(t, endpoints([]*amltest.Server{srv}), amlpool.WithoutRetries())
+	reply, err := c.Do(t.Context(), onlineBody)
+	require.NoError(t, err)
+	assert.JSONEq(t, body, string(reply))
+	_, err = c.Do(t.Context(), onlineBody)
+	require.ErrorIs(t, err, amlpool.ErrMalformedResponse)
+}
