@@ -135,12 +135,15 @@ func formatRedacted(f fmt.State, verb rune, s, goSyntax string) {
 
 // LogValue implements slog.LogValuer: the endpoint without its key.
 func (e Endpoint) LogValue() slog.Value {
-	return slog.GroupValue(
+	attrs := []slog.Attr{
 		slog.String("name", e.Name),
 		slog.String("url", redactURL(e.URL)),
 		slog.Int("max_concurrent_calls", e.MaxConcurrentCalls),
-		slog.String("kind", e.Kind.String()),
-	)
+	}
+	if e.Kind != Classic {
+		attrs = append(attrs, slog.String("kind", e.Kind.String()))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // MarshalJSON encodes the endpoint with its key redacted. (Decoding is the
