@@ -46,6 +46,12 @@ func newClient(t *testing.T, eps []amlpool.Endpoint, opts ...amlpool.Option) *am
 // errors they met.
 func hammer(t *testing.T, c *amlpool.Client, callers, calls int) []error {
 	t.Helper()
+	return hammerWith(t, c, []byte(body), callers, calls)
+}
+
+// hammerWith is hammer with another request body.
+func hammerWith(t *testing.T, c *amlpool.Client, body []byte, callers, calls int) []error {
+	t.Helper()
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
@@ -54,7 +60,7 @@ func hammer(t *testing.T, c *amlpool.Client, callers, calls int) []error {
 		go func() {
 			defer wg.Done()
 			for range calls {
-				if _, err := c.Do(context.Background(), []byte(body)); err != nil {
+				if _, err := c.Do(context.Background(), body); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()

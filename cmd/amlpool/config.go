@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -29,7 +30,18 @@ import (
 // Keys never go in the file: each endpoint names the environment variable
 // or the file that holds its key, and may name its second key the same
 // way. A key file is read again when amlpool score reloads the config
-// (SIGHUP), so a rotated key can be put in place while a run goes on.
+// (SIGHUP), so a rotated key can be put in place while a run goes on. An
+// online endpoint ("kind": "online", whose "maxConcurrentCalls" is
+// required) may take a token instead, from "tokenEnv", "tokenFile" or
+// "tokenCommand" (token.go), and "header" adds request headers, such as the
+// deployment to pin:
+//
+//	{"name": "blue", "url": "https://churn.westeurope.inference.ml.azure.com/score",
+//	 "kind": "online", "maxConcurrentCalls": 24, "tokenFile": "/run/aml/token",
+//	 "header": {"azureml-model-deployment": "blue"}}
+//
+// Batch scoring of online endpoints sends the MLflow input_data form;
+// "input", "output" and "globalParameters" are then unused.
 type poolConfig struct {
 	Endpoints        []endpointConfig `json:"endpoints"`
 	Input            string           `json:"input"`            // input port; default input1
@@ -41,14 +53,21 @@ type poolConfig struct {
 }
 
 type endpointConfig struct {
-	Name               string `json:"name"`
-	URL                string `json:"url"`
-	APIKeyEnv          string `json:"apiKeyEnv"`
-	APIKeyFile         string `json:"apiKeyFile"`
-	SecondaryKeyEnv    string `json:"secondaryKeyEnv"`
-	SecondaryKeyFile   string `json:"secondaryKeyFile"`
-	MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
-	APIKey             any    `json:"apiKey"` // refused: keys come from the environment or a file
+	Name               string            `json:"name"`
+	URL                string            `json:"url"`
+	APIKeyEnv          string            `json:"apiKeyEnv"`
+	APIKeyFile         string            `json:"apiKeyFile"`
+	SecondaryKeyEnv    string            `json:"secondaryKeyEnv"`
+	SecondaryKeyFile   string            `json:"secondaryKeyFile"`
+	MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
+	Kind               amlpool.Kind      `json:"kind"`         // "classic" (default) or "online"
+	Header             map[string]string `json:"header"`       // extra request headers
+	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
+	TokenFile          string            `json:"tokenFile"`    // a token in this file, read again when it changes
+	TokenCommand       []string          `json:"tokenCommand"` // a command that prints a token
+	TokenTTL           string            `json:"tokenTTL"`     // how long a command's token is used; default 10m
+	APIKey             any               `json:"apiKey"`       // refused: keys come from the environment or a file
+	Token              any               `json:"token"`        // refused: tokens too
 }
 
 // keySource is where a config's keys come from: environment variables and
@@ -94,18 +113,29 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 	eps := make([]amlpool.Endpoint, len(cfg.Endpoints))
 	for i, e := range cfg.Endpoints {
 		label := epLabel(i, e.Name)
-		if e.APIKey != nil {
-			return nil, nil, fmt.Errorf(`%s: "apiKey": keys do not go in the file; put the key in an environment variable or a file and name it in "apiKeyEnv" or "apiKeyFile"`, label)
-		}
-		primary, err := keys.resolve("apiKey", e.APIKeyEnv, e.APIKeyFile, true)
+		cred, err := e.credential(label, keys)
 		if err != nil {
+			return nil, nil, err
+		}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred}
+		if cred == nil {
+			if eps[i].APIKey, err = keys.resolve("apiKey", e.APIKeyEnv, e.APIKeyFile, true); err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", label, err)
+			}
+		}
+		if eps[i].SecondaryKey, err = keys.resolve("secondaryKey", e.SecondaryKeyEnv, e.SecondaryKeyFile, false); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", label, err)
 		}
-		secondary, err := keys.resolve("secondaryKey", e.SecondaryKeyEnv, e.SecondaryKeyFile, false)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", label, err)
+		if e.Header != nil {
+			eps[i].Header = make(http.Header, len(e.Header))
+			for k, v := range e.Header {
+				canon := http.CanonicalHeaderKey(k)
+				if _, dup := eps[i].Header[canon]; dup {
+					return nil, nil, fmt.Errorf(`%s: "header": %s given twice, in different cases`, label, canon)
+				}
+				eps[i].Header[canon] = []string{v}
+			}
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: primary, SecondaryKey: secondary, MaxConcurrentCalls: e.MaxConcurrentCalls}
 	}
 	return &cfg, eps, nil
 }
@@ -148,7 +178,8 @@ func epLabel(i int, name string) string {
 }
 
 // fileField maps the Endpoint fields that amlpool.New names to the file's.
-var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "SecondaryKey": "secondaryKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name"}
+var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "SecondaryKey": "secondaryKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name",
+	"Kind": "kind", "Header": "header"}
 
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {
@@ -169,7 +200,8 @@ func jsonError(data []byte, err error) error {
 		err = fmt.Errorf("%q: want %v, not a JSON %s", te.Field, te.Type, te.Value)
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; per endpoint: name, url, apiKeyEnv, apiKeyFile, secondaryKeyEnv, secondaryKeyFile, maxConcurrentCalls)",
+		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
+			"per endpoint: name, url, kind, maxConcurrentCalls, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header)",
 			strings.TrimPrefix(msg, "json: unknown field "))
 	}
 	if off < 0 {

@@ -206,7 +206,13 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	} else {
 		close(s.counted)
 	}
-	w := &writer{inCols: r.Columns(), port: cmpOr(cfg.Output, "output1"), keep: cfg.OutputColumns, lines: &lineLog{}}
+	// The prefix of an output column that clashes with an input column:
+	// the Classic output port, or for an online endpoint (no ports) "output".
+	port := cmpOr(cfg.Output, "output1")
+	if len(eps) > 0 && eps[0].Kind == amlpool.Online {
+		port = cmpOr(cfg.Output, "output")
+	}
+	w := &writer{inCols: r.Columns(), port: port, keep: cfg.OutputColumns, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
 	}
