@@ -183,6 +183,11 @@ func (c *Credential) tryEarly(now time.Time) bool {
 // one GetToken, under ctx's values but not its end, for at most a minute.
 func (c *Credential) get(ctx context.Context) func() (any, error) {
 	return func() (any, error) {
+		// A caller that found no fresh token may join only after the fetch
+		// that made one ended: the token is here, fetch none.
+		if t := c.cur.Load(); t != nil && c.now().Before(t.refreshAt) {
+			return t, nil
+		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		at, err := c.cred.GetToken(fctx, c.opts)

@@ -42,7 +42,7 @@ func TestScoreOnline(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	recs := readCSV(t, out)
 	require.Len(t, recs, n+1)
-	assert.Equal(t, []string{"id", "name", amltest.ScoredProbabilities, "output1.id", "output1.name"}, recs[0])
+	assert.Equal(t, []string{"id", "name", amltest.ScoredProbabilities, "output.id", "output.name"}, recs[0])
 	for i, rec := range recs[1:] {
 		require.Equal(t, strconv.Itoa(i), rec[0], "row %d", i)
 		require.Equal(t, rec[0], rec[3], "row %d: the model's echo is the same row", i)
