@@ -514,7 +514,7 @@ func TestChaos(t *testing.T) {
 				churn:    strings.Contains(run.name, "changing"),
 			}, seed)
 			report(t, tl)
-			require.NoError(t, goleak.Find(before, ignoreToxiproxy), "goroutines left after the run")
+			require.NoError(t, goleak.Find(before, ignoreToxiproxy, ignoreToxiproxyWriter), "goroutines left after the run")
 		})
 	}
 }
