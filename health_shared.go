@@ -120,8 +120,14 @@ func (c *Client) shareHealth() {
 
 // reportHealth tells the fleet what attempt a showed of its endpoint:
 // its delay hint, and the ejection, readmission, failure or recovery its
-// release brought.
+// release brought. An attempt whose Credential gave no token sent nothing:
+// it shows nothing of the endpoint, only of this replica's Credential, and
+// the fleet hears nothing of it, not even the ejection that such failures
+// bring here.
 func (c *Client) reportHealth(a *attempt) {
+	if a.tok == "" && a.auth.Credential() != nil {
+		return
+	}
 	id := extOf(a.slot.Ep).id
 	if a.retryAfter > 0 {
 		c.health.Report(HealthEvent{ID: id, Kind: HealthCoolDown, For: a.retryAfter})

@@ -3,6 +3,7 @@ package amlpool_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -161,6 +162,62 @@ func TestClientReportsAnEndpointFault(t *testing.T) {
 	assert.Equal(t, amlpool.HealthEjected, reports[0].Kind)
 	assert.True(t, reports[0].Fault)
 	assert.Positive(t, reports[0].For)
+}
+
+// Online endpoints share their health as Classic ones do: a 429
+// Rate-limited with Retry-After is a cool-down for the fleet, and a token
+// refused twice (the second one asked for after the first was refused) an
+// ejection for an endpoint fault.
+func TestOnlineHealthIsShared(t *testing.T) {
+	srvs := onlineServers(t, 2, 4, func(c *amltest.Config) {
+		c.AcceptToken = func(tok string) bool { return tok != "refused" }
+	})
+	lim := newHealthStub()
+	eps := tokenEndpoints(srvs, amlpool.CredentialFunc(func(context.Context) (string, error) { return "refused", nil }))
+	eps[1].Credential = amlpool.CredentialFunc(func(context.Context) (string, error) { return "aad-token", nil })
+	c := newClient(t, eps, amlpool.WithLimiter(lim), amlpool.WithRand(firstFree), amlpool.WithoutRetries(),
+		amlpool.WithEjection(5, time.Minute))
+	o0, o1 := lim.idOf(t, "o0"), lim.idOf(t, "o1")
+
+	srvs[1].Script(amltest.RateLimited().WithRetryAfter(30 * time.Second))
+	lim.send(amlpool.HealthEvent{ID: o0, Kind: amlpool.HealthCoolDown, For: time.Hour}) // o1 first
+	_, err := c.Do(t.Context(), onlineBody)
+	require.Error(t, err)
+	assert.Equal(t, []amlpool.HealthEvent{
+		{ID: o1, Kind: amlpool.HealthCoolDown, For: 30 * time.Second},
+		{ID: o1, Kind: amlpool.HealthFailed, Failures: 1},
+	}, lim.takeReports())
+
+	c2 := newClient(t, eps, amlpool.WithLimiter(lim), amlpool.WithRand(firstFree),
+		amlpool.WithEjection(5, time.Minute))
+	o0 = lim.idOf(t, "o0")
+	_, err = c2.Do(t.Context(), onlineBody) // o0 refuses its token, then the fresh one; o1 serves
+	require.NoError(t, err)
+	reports := lim.takeReports()
+	require.Len(t, reports, 1, "%v", reports)
+	assert.Equal(t, o0, reports[0].ID)
+	assert.Equal(t, amlpool.HealthEjected, reports[0].Kind)
+	assert.True(t, reports[0].Fault)
+	assert.Equal(t, []int64{2, 2}, requests(srvs))
+}
+
+// An attempt whose Credential gave no token sent nothing: the fleet hears
+// nothing of it, neither the failures nor the ejection they bring here.
+func TestACredentialErrorIsNotShared(t *testing.T) {
+	srvs := onlineServers(t, 2, 4)
+	lim := newHealthStub()
+	eps := tokenEndpoints(srvs, amlpool.CredentialFunc(func(context.Context) (string, error) {
+		return "", errors.New("AADSTS700016: application not found")
+	}))
+	c := newClient(t, eps, amlpool.WithLimiter(lim), amlpool.WithRand(firstFree), amlpool.WithoutRetries(),
+		amlpool.WithEjection(2, time.Minute))
+	for range 2 {
+		_, err := c.Do(t.Context(), onlineBody)
+		require.ErrorAs(t, err, new(*amlpool.CredentialError))
+	}
+	assert.True(t, c.Stats().Endpoints[0].Ejected, "ejected here, after two failures")
+	assert.Equal(t, []int64{0, 0}, requests(srvs))
+	assert.Empty(t, lim.takeReports())
 }
 
 // What other replicas report is applied, and none of it is reported back:
