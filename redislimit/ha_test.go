@@ -117,14 +117,18 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 	smp.enter("switch")
 	killed := time.Now()
 	s.Primary.Kill()
-	pctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Long enough for a Sentinel that a starved host put in TILT mode (its
+	// timer late by 2 s: no failover for 30 s) and for a failover retried
+	// after its failover-timeout; promoted in about 1.7 s otherwise.
+	pctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
 		a, err := s.PrimaryAddr(pctx)
 		if err == nil && a == s.Replica.Addr {
 			break
 		}
-		require.NoError(t, pctx.Err(), "the replica was never promoted")
+		require.NoError(t, pctx.Err(), "the replica was never promoted; the Sentinel's log:\n%s\nthe replica's:\n%s",
+			s.Sentinel.Log(), s.Replica.Log())
 		time.Sleep(10 * time.Millisecond)
 	}
 	promoted := time.Since(killed)

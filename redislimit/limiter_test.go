@@ -535,9 +535,19 @@ func TestFailStaticNeverSeenTheFleet(t *testing.T) {
 			l, err := New(rdb, append([]Option{WithPool("t"), WithoutReleaseNotify(), WithTimeout(20 * time.Millisecond)}, tt.opts...)...)
 			require.NoError(t, err)
 			defer l.Close()
+			// Into the fallback first, however long a loaded host takes to
+			// fail three round trips.
+			waitFor(t, "the fallback", func() bool {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				if ls, err := l.Acquire(ctx, eps(8)); err == nil {
+					ls.Release()
+				}
+				return l.Stats().Fallback
+			})
 			var held []amlpool.Lease
 			for range 8 {
-				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 				ls, err := l.Acquire(ctx, eps(8))
 				cancel()
 				if err != nil {

@@ -49,7 +49,37 @@ type Server struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
-	log    *bytes.Buffer
+	log    *logBuffer
+}
+
+// logBuffer is a process's output, written by exec's copying goroutine
+// while a test may read it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Log returns what the server (of its last start) has logged so far, at
+// level warning: for a Sentinel, its events (+sdown, +failover-…).
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil {
+		return ""
+	}
+	return s.log.String()
 }
 
 // Binary returns the path of redis-server, or "" when there is none.
@@ -125,7 +155,7 @@ func (s *Server) start() error {
 		args = append(args, s.extra...)
 	}
 	cmd := exec.Command(s.bin, args...)
-	log := new(bytes.Buffer)
+	log := new(logBuffer)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
