@@ -21,6 +21,7 @@ type batch struct {
 	sink   func(*Chunk) error
 	o      BatchOptions
 	cols   []string
+	enc    *chunkEncoder
 	window int          // chunks read but not yet handed to the sink, at most
 	total  atomic.Int64 // rows in the source; -1 until known
 
@@ -61,7 +62,8 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	if len(cols) == 0 {
 		return nil, errors.New("amlpool: ScoreRows: the source has no columns")
 	}
-	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism}
+	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism,
+		enc: newChunkEncoder(c.kind == Online, o.Input, cols, o.GlobalParameters)}
 	b.split.init(o)
 	b.total.Store(-1)
 	if o.TotalRows > 0 {
@@ -190,13 +192,7 @@ func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts [
 // encode returns the request of rows, from input index start on: the
 // Classic form, or for online endpoints the MLflow one (mlflow.go).
 func (b *batch) encode(start int, rows [][]any) ([]byte, error) {
-	if b.c.kind == Online {
-		return encodeOnline(b.cols, start, rows)
-	}
-	return encodeRequest(&Request{
-		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
-		GlobalParameters: b.o.GlobalParameters,
-	})
+	return b.enc.encode(start, rows)
 }
 
 // send makes one request of rows (body, when not nil, is their encoding)

@@ -247,7 +247,27 @@ func decodeResponse(body []byte) (*Response, error) {
 }
 
 // decodeResults is decodeResponse without the ErrMalformedResponse mark.
+// The fast path (jsonscan.go) decodes the usual reply; what it declines,
+// encoding/json decodes and words the errors of.
 func decodeResults(body []byte) (*Response, error) {
+	resp, ok := scanResults(body)
+	if !ok {
+		return decodeResultsStd(body)
+	}
+	// As decodeResultsStd, sorted, so that of several bad outputs the same
+	// one is always named.
+	for _, name := range slices.Sorted(maps.Keys(resp.Results)) {
+		if out := resp.Results[name]; out != nil {
+			if err := out.Value.checkShape(); err != nil {
+				return nil, fmt.Errorf("amlpool: decode response: output %q: %w", name, err)
+			}
+		}
+	}
+	return resp, nil
+}
+
+// decodeResultsStd is decodeResults with encoding/json.
+func decodeResultsStd(body []byte) (*Response, error) {
 	var wire struct {
 		Results map[string]json.RawMessage `json:"Results"`
 	}
