@@ -39,12 +39,15 @@ func scoreOnce(b *testing.B, p *fakePool, bin, in, dir string) runCost {
 
 // benchBinaries returns the commands to measure: the one built from this
 // tree, named "" (no sub-benchmark), or, when AMLPOOL_BENCH_BINS is set to
-// name=path,name=path…, each of those, as sub-benchmarks bin=name. With
-// -count, the sub-benchmarks take turns, so that several builds (the one
-// before a change and the one after, say) are compared in one run:
+// name=path,name=path…, each of those, one after the other, as
+// sub-benchmarks bin=name, so that several builds (the one before a change
+// and the one after, say) are compared in one run. (-count repeats each
+// sub-benchmark before the next: for rounds in turn, loop in the shell.)
 //
-//	AMLPOOL_BENCH_BINS=old=/tmp/old/amlpool,new=/tmp/new/amlpool \
-//	  go test -run '^$' -bench ScoreFile -benchtime 3x -count 5 ./cmd/amlpool
+//	for i in 1 2 3 4 5; do
+//	  AMLPOOL_BENCH_BINS=old=/tmp/old/amlpool,new=/tmp/new/amlpool \
+//	    go test -run '^$' -bench ScoreFile -benchtime 3x ./cmd/amlpool
+//	done
 func benchBinaries(b *testing.B) [][2]string {
 	spec := os.Getenv("AMLPOOL_BENCH_BINS")
 	if spec == "" {
