@@ -70,7 +70,7 @@ func countCSV(r io.Reader) (int, error) {
 			line = bytes.TrimPrefix(line, bom)
 		}
 		if bytes.IndexByte(line, '"') >= 0 {
-			return countCSVFrom(io.MultiReader(bytes.NewReader(frag), br), head, n)
+			return countCSVFrom(io.MultiReader(bytes.NewReader(frag), br), head, blank, n)
 		}
 		kept = kept[:0]
 		if content := bytes.TrimSuffix(line, []byte("\n")); len(content) > 0 && !(len(content) == 1 && content[0] == '\r') {
@@ -100,15 +100,17 @@ func countCSV(r io.Reader) (int, error) {
 
 // countCSVFrom counts the rows of r, which starts at a line start, with a
 // CSVReader, after the n rows before it. Without head, r starts with the
-// header (and the input's byte-order mark, if any).
-func countCSVFrom(r io.Reader, head bool, n int) (int, error) {
+// header, after blank empty lines (and the input's byte-order mark, if
+// any), which count for the line numbers of its errors.
+func countCSVFrom(r io.Reader, head bool, blank, n int) (int, error) {
 	var c *CSVReader
 	if head {
 		c = &CSVReader{rec: &recorder{src: bufio.NewReaderSize(r, 64<<10), line: 1}}
 		c.restart(0, 1)
 	} else {
 		var err error
-		if c, err = NewCSVReader(r); err != nil {
+		pre := strings.NewReader(strings.Repeat("\n", blank))
+		if c, err = NewCSVReader(io.MultiReader(pre, r)); err != nil {
 			return 0, err
 		}
 	}
