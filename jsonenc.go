@@ -147,10 +147,21 @@ func appendCell(b []byte, v any) ([]byte, bool) {
 	return append(b, cell...), true
 }
 
+// badByte is how encoding/json writes a byte of invalid UTF-8 in a string:
+// U+FFFD, escaped as \ufffd by some Go releases and as it is by others.
+var badByte = func() string {
+	b, err := marshalNoEscape("\xff")
+	if err != nil || len(b) < 2 {
+		return `\ufffd`
+	}
+	return string(b[1 : len(b)-1])
+}()
+
 // appendString appends s quoted, as encoding/json does without HTML
 // escaping: \" and \\ for quote and backslash, \b \f \n \r \t, \u00XX for
-// other control characters, \u2028 and \u2029, and \ufffd for each byte
-// of invalid UTF-8.
+// other control characters, \u2028 and \u2029, and for each byte of
+// invalid UTF-8 the replacement character as encoding/json writes it
+// (badByte).
 func appendString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
@@ -186,7 +197,7 @@ func appendString(b []byte, s string) []byte {
 		switch {
 		case r == utf8.RuneError && n == 1:
 			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
+			b = append(b, badByte...)
 		case r == '\u2028' || r == '\u2029':
 			b = append(b, s[start:i]...)
 			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
