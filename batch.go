@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // The engine of ScoreRows (table.go): a reader cutting the source into
-// chunks, workers on an errgroup, and an emitter putting results back in
+// chunks, workers scoring them, and an emitter putting results back in
 // input order.
 
 // batch is one run of ScoreRows.
@@ -72,8 +71,8 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	return b, nil
 }
 
-// run reads chunks in this goroutine, scores them on an errgroup limited to
-// Parallelism, and hands them to the sink from an emitter goroutine that
+// run reads chunks in this goroutine, scores them on at most Parallelism
+// workers, and hands them to the sink from an emitter goroutine that
 // puts them back in order. A token in window is held by every chunk from
 // when it is read until it leaves the sink; that bounds memory and keeps
 // the results channel from ever blocking a worker.
@@ -82,8 +81,7 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 	defer cancel(nil)
 	window := make(chan struct{}, b.window)
 	results := make(chan []*Chunk, b.window)
-	var g errgroup.Group
-	g.SetLimit(b.o.Parallelism)
+	w := &workers{limit: b.o.Parallelism, jobs: make(chan func())}
 
 	var stats BatchStats
 	var sinkErr error
@@ -93,8 +91,8 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 		stats, sinkErr = b.emit(wctx, results, window, cancel)
 	}()
 
-	readErr := b.read(wctx, &g, window, results)
-	_ = g.Wait() // workers report failures in their chunks, never here
+	readErr := b.read(wctx, w, window, results)
+	w.wait() // workers report failures in their chunks
 	close(results)
 	<-emitted
 	stats.Requests, stats.SplitRequests = int(b.requests.Load()), int(b.split.requests.Load())
@@ -114,7 +112,7 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 // ends the chunk before it and travels alone, so that every row keeps its
 // place in the order. read returns the source's error, if any; it returns
 // nil when the source ends or ctx does.
-func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{}, results chan<- []*Chunk) error {
+func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, results chan<- []*Chunk) error {
 	next := 0 // index of the next row
 	var bad *RowError
 	for seq := 0; ; seq++ {
@@ -150,10 +148,7 @@ func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{
 		} else {
 			start := next
 			next += len(rows)
-			g.Go(func() error {
-				results <- b.score(ctx, seq, start, rows, nil)
-				return nil
-			})
+			w.run(func() { results <- b.score(ctx, seq, start, rows, nil) })
 		}
 		if err == io.EOF {
 			b.total.Store(int64(next))
@@ -315,4 +310,42 @@ func failed(parts []*Chunk) bool {
 		}
 	}
 	return false
+}
+
+// workers runs jobs on at most limit goroutines, started as jobs come and
+// kept for the next jobs: a chunk's call goes deep enough to grow a fresh
+// goroutine's stack several times, which a kept goroutine has done once.
+// run and wait are called from one goroutine only.
+type workers struct {
+	limit   int
+	started int
+	jobs    chan func()
+	wg      sync.WaitGroup
+}
+
+// run hands job to an idle worker, to a new one while there are fewer than
+// limit, or else waits for one to be idle.
+func (w *workers) run(job func()) {
+	select {
+	case w.jobs <- job:
+		return
+	default:
+	}
+	if w.started < w.limit {
+		w.started++
+		w.wg.Go(func() {
+			job()
+			for job := range w.jobs {
+				job()
+			}
+		})
+		return
+	}
+	w.jobs <- job
+}
+
+// wait lets the workers finish their jobs and end.
+func (w *workers) wait() {
+	close(w.jobs)
+	w.wg.Wait()
 }
