@@ -205,7 +205,7 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 	elapsed := b.c.cfg.clock.Now().Sub(t0)
 	if err == nil {
 		var out *Table
-		if out, err = b.decode(data); err == nil {
+		if out, err = b.decode(data, len(rows)); err == nil {
 			if n := out.NumRows(); n != len(rows) {
 				err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
 			} else {
@@ -224,12 +224,12 @@ func (b *batch) failed(seq, start int, rows [][]any, endpoint string, err error)
 		Err: &ChunkError{Seq: seq, FirstRow: start + 1, LastRow: start + len(rows), Endpoint: endpoint, Err: err}}
 }
 
-// decode reads the scores' table from a reply.
-func (b *batch) decode(data []byte) (*Table, error) {
+// decode reads the scores' table from a reply to n rows.
+func (b *batch) decode(data []byte, n int) (*Table, error) {
 	if b.c.kind == Online {
 		return decodeOnline(data)
 	}
-	resp, err := decodeResponse(data)
+	resp, err := decodeBatchResponse(data, n)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // This file is the fast path of the codec of rrs.go and mlflow.go: a strict
@@ -27,10 +28,20 @@ type scanner struct {
 	// allocation for many rows instead of one per row.
 	slab []any
 	prev []any // the row read last
+	// want, when over 0, is how many rows a table is expected to hold
+	// (a batch knows how many it sent), and left how many of them are
+	// still to come: the table and its slab are sized for them.
+	want, left int
 }
 
 func newScanner(b []byte) *scanner {
 	return &scanner{b: b, s: string(b)}
+}
+
+// newScannerOwned is newScanner for a body that is never changed after: its
+// strings share its bytes instead of a copy.
+func newScannerOwned(b []byte) *scanner {
+	return &scanner{b: b, s: unsafe.String(unsafe.SliceData(b), len(b))}
 }
 
 // maxScanDepth bounds the nesting the fast path follows; deeper values are
@@ -424,7 +435,14 @@ func (s *scanner) row() ([]any, bool) {
 		return nil, s.literal("null")
 	}
 	if s.slab == nil || cap(s.slab)-len(s.slab) < 8 {
-		s.slab = make([]any, 0, max(256, 2*cap(s.slab)))
+		size := max(256, 2*cap(s.slab))
+		switch {
+		case s.left > 0 && len(s.prev) > 0:
+			size = s.left*len(s.prev) + 8 // the rows to come, as wide as the last
+		case s.left > 0:
+			size = 16 // the first row says how wide the others are
+		}
+		s.slab = make([]any, 0, size)
 	}
 	start := len(s.slab)
 	ok := s.array(func() bool {
@@ -469,7 +487,11 @@ func (s *scanner) cell(k int) (any, bool) {
 // scanResults is the fast path of decodeResults: it decodes a classic
 // reply, or declines it (ok false). It does not check the tables' shapes.
 func scanResults(body []byte) (resp *Response, ok bool) {
-	s := newScanner(body)
+	return scanResultsWith(newScanner(body))
+}
+
+// scanResultsWith is scanResults with a scanner set up by the caller.
+func scanResultsWith(s *scanner) (resp *Response, ok bool) {
 	ok = s.object(func(key string) bool {
 		match, ok := field(key, "Results")
 		switch {
@@ -602,10 +624,16 @@ func (s *scanner) rows() ([][]any, bool) {
 	if s.ws() == 'n' {
 		return nil, s.literal("null")
 	}
-	vals := make([][]any, 0, 64)
+	n := s.want
+	if n <= 0 {
+		n = 64
+	}
+	vals := make([][]any, 0, n)
+	s.left = s.want
 	ok := s.array(func() bool {
 		r, ok := s.row()
 		vals = append(vals, r)
+		s.left--
 		return ok
 	})
 	return vals, ok

@@ -43,24 +43,32 @@ var fastResponseSeeds = []string{
 
 // FuzzDecodeResponseFast checks the fast path of decodeResponse against
 // encoding/json: for any body, decodeResults and decodeResultsStd give the
-// same value, or the same error.
+// same value, or the same error; and so does decodeBatchResponse, told to
+// expect any number of rows, the right one or not.
 func FuzzDecodeResponseFast(f *testing.F) {
 	for _, name := range rrsResponseFixtures {
-		f.Add(rrsFixture(f, name))
+		f.Add(rrsFixture(f, name), uint8(0))
+		f.Add(rrsFixture(f, name), uint8(2))
 	}
-	for _, body := range fastResponseSeeds {
-		f.Add([]byte(body))
+	for i, body := range fastResponseSeeds {
+		f.Add([]byte(body), uint8(i%4))
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		got, err := decodeResults(body)
+	f.Fuzz(func(t *testing.T, body []byte, rows uint8) {
 		want, wantErr := decodeResultsStd(body)
+		got, err := decodeResults(body)
+		// The batch's scanner shares body's bytes, which body then keeps.
+		gotBatch, errBatch := decodeBatchResponse(append([]byte(nil), body...), int(rows))
 		if wantErr != nil {
 			require.EqualError(t, err, wantErr.Error())
 			require.Nil(t, got)
+			require.EqualError(t, errBatch, wantErr.Error(), "batch, %d rows", rows)
+			require.Nil(t, gotBatch)
 			return
 		}
 		require.NoError(t, err)
 		require.Equal(t, want, got)
+		require.NoError(t, errBatch, "batch, %d rows", rows)
+		require.Equal(t, want, gotBatch, "batch, %d rows", rows)
 	})
 }
 

@@ -23,22 +23,51 @@ import (
 // BenchmarkScoreFile runs such a build, and passes the variable on, when
 // AMLPOOL_BENCH_BINS names it (score_bench_test.go).
 //
+// AMLPOOL_MEMPROFILE names, likewise, a file for the profile of what the run
+// allocated (go tool pprof -sample_index=alloc_space), written as it ends.
+//
 // The command as shipped is built without the tag and has no such hook.
 func init() {
-	path := os.Getenv("AMLPOOL_CPUPROFILE")
-	if path == "" {
-		return
+	var stops []func()
+	if path := os.Getenv("AMLPOOL_CPUPROFILE"); path != "" {
+		f := create("AMLPOOL_CPUPROFILE", path)
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail("AMLPOOL_CPUPROFILE", err)
+		}
+		stops = append(stops, func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
 	}
+	if path := os.Getenv("AMLPOOL_MEMPROFILE"); path != "" {
+		f := create("AMLPOOL_MEMPROFILE", path)
+		stops = append(stops, func() {
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintln(os.Stderr, "amlpool: AMLPOOL_MEMPROFILE:", err)
+			}
+			f.Close()
+		})
+	}
+	if stops != nil {
+		stopProfile = func() {
+			for _, stop := range stops {
+				stop()
+			}
+		}
+	}
+}
+
+// create creates the profile file path names ("%p" becoming the process
+// id), or ends the run.
+func create(env, path string) *os.File {
 	f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
-	if err == nil {
-		err = pprof.StartCPUProfile(f)
-	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "amlpool: AMLPOOL_CPUPROFILE:", err)
-		os.Exit(2)
+		fail(env, err)
 	}
-	stopProfile = func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}
+	return f
+}
+
+func fail(env string, err error) {
+	fmt.Fprintf(os.Stderr, "amlpool: %s: %v\n", env, err)
+	os.Exit(2)
 }
