@@ -66,7 +66,7 @@ func countCSV(r io.Reader) (int, error) {
 			return 0, err
 		}
 		line := frag
-		if !head {
+		if !head && blank == 0 { // the first line: a byte-order mark is no content
 			line = bytes.TrimPrefix(line, bom)
 		}
 		if bytes.IndexByte(line, '"') >= 0 {
@@ -78,7 +78,7 @@ func countCSV(r io.Reader) (int, error) {
 				// The header: NewCSVReader says whether it will do, naming
 				// its line.
 				pre := strings.NewReader(strings.Repeat("\n", blank))
-				if _, err := NewCSVReader(io.MultiReader(pre, bytes.NewReader(line))); err != nil {
+				if _, err := NewCSVReader(io.MultiReader(pre, bytes.NewReader(frag))); err != nil {
 					return 0, err
 				}
 				head = true
