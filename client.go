@@ -237,7 +237,7 @@ type attempt struct {
 	auth       *pool.Auth
 	key        int    // the index of the key sent, in auth
 	tok        string // the token sent, when auth has a Credential; a secret
-	reasked    bool   // tok was asked for after a 401 to a token (pool's Reasked)
+	refused    string // the token the endpoint refused the call before, when tok was asked for since; a secret
 	start      time.Time
 	latency    time.Duration
 	data       []byte
@@ -284,7 +284,10 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	slot, ok := pool.Slot{}, false
 	if cl.pin != nil {
 		slot, ok = c.pool.TryTake(cl.pin)
-		cl.pin = nil
+		if ok {
+			a.refused = cl.refused
+		}
+		cl.pin, cl.refused = nil, ""
 	}
 	if !ok {
 		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
@@ -431,8 +434,8 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 			a.result = pool.Failed
 		case VerdictEndpointFault:
 			a.result = pool.Fault
-			if a.status == http.StatusUnauthorized && c.unauthorized(a) {
-				a.result = pool.KeyRejected
+			if a.status == http.StatusUnauthorized {
+				a.result = c.unauthorized(a)
 			}
 		default:
 			a.result = pool.Rejected
@@ -444,16 +447,30 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 	a.kind = kindOf(a)
 }
 
-// unauthorized records a 401 to a's key or token and reports whether the
-// endpoint is worth trying again at once: with its other key, or with a
-// fresh token from its Credential, which hears that this one was refused.
-func (c *Client) unauthorized(a *attempt) bool {
+// unauthorized records a 401 to a's key or token and says what it means.
+// KeyRejected: the endpoint is worth trying again at once, with its other
+// key or with a fresh token from its Credential, which hears that this one
+// was refused. Fault: the endpoint cannot serve anyone (its keys are both
+// refused, or its Credential, told of a refused token, gave the same one
+// again). Failed: a fresh token, a new one, was refused too; a caching
+// Credential may have handed out one it held from before a revocation,
+// so the endpoint is not out at once, but a run of these ejects it.
+func (c *Client) unauthorized(a *attempt) pool.Result {
 	ep := a.slot.Ep
 	if a.tok == "" {
-		return ep.Unauthorized(a.auth, a.key)
+		if ep.Unauthorized(a.auth, a.key) {
+			return pool.KeyRejected
+		}
+		return pool.Fault
 	}
 	invalidate(a.auth.Credential(), a.tok)
-	return ep.TokenRejected(a.auth, a.reasked)
+	switch {
+	case ep.TokenRejected(a.auth, a.refused != ""):
+		return pool.KeyRejected
+	case a.tok == a.refused:
+		return pool.Fault
+	}
+	return pool.Failed
 }
 
 // conclude records a failed attempt in its call, decides what the call does
