@@ -67,7 +67,10 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	c.addExt(specs)
 	balance, pick := picker(cfg.balancer)
 	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Balance: balance, Pick: pick,
-		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive}
+		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive, Aging: cfg.priorityAging}
+	if cfg.maxWaitingSet {
+		pcfg.MaxWaiting = cfg.maxWaiting
+	}
 	if !cfg.ejectOff {
 		pcfg.EjectAfter = cfg.ejectAfter
 	}
@@ -251,6 +254,9 @@ func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	err := c.acquireSlot(ctx, cl, a)
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
+	if err != nil && errors.Is(err, ErrShed) {
+		c.tel.shed(Priority(pool.PriorityOf(ctx)), c.pool.ShedSpells(), c.cfg.maxWaiting)
+	}
 	return err
 }
 
@@ -325,10 +331,12 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	cands := []LimitedEndpoint{limited(slot.Ep)}
 	eps := []*pool.Endpoint{slot.Ep}
 	set := c.pool.Set()
-	for _, o := range set.Eps {
-		if o != slot.Ep && set.Usable(x, o) && o.Free() > 0 {
-			cands = append(cands, limited(o))
-			eps = append(eps, o)
+	for _, t := range set.Tiers() { // lowest tier first: the Limiter prefers earlier candidates
+		for _, o := range t.Eps {
+			if o != slot.Ep && set.Usable(x, o) && o.Free() > 0 {
+				cands = append(cands, limited(o))
+				eps = append(eps, o)
+			}
 		}
 	}
 	lease, err := acquire(ctx, cands)
@@ -582,11 +590,17 @@ type Stats struct {
 	// last SetEndpoints, then removed ones whose calls are still in flight.
 	Endpoints []EndpointStats
 	Waiting   int // calls waiting for a free slot
+	// Shed counts the calls turned away because the line of waiting calls
+	// was full (WithMaxWaiting), by the priority they had: on arrival, or
+	// from the line for a call of higher priority. Priorities with none
+	// are left out; it is nil while no call was shed.
+	Shed map[Priority]int64
 }
 
 // EndpointStats describes one endpoint at the moment Stats was called.
 type EndpointStats struct {
 	Name               string
+	Tier               int   // the configured tier (Endpoint.Tier)
 	MaxConcurrentCalls int   // the configured cap
 	Limit              int   // the cap in force now (lower under an adaptive limit)
 	InFlight           int   // calls in flight now
@@ -611,6 +625,7 @@ func (c *Client) Stats() Stats {
 		n := e.Counters()
 		s.Endpoints[i] = EndpointStats{
 			Name:               e.Name(),
+			Tier:               e.Tier(),
 			MaxConcurrentCalls: e.Max(),
 			Limit:              e.Limit(),
 			InFlight:           e.InFlight(),
@@ -622,6 +637,14 @@ func (c *Client) Stats() Stats {
 			Ejected:            ejected,
 			Ejections:          ejections,
 			Removed:            e.Removed(),
+		}
+	}
+	for p := PriorityLow; p <= PriorityHigh; p++ {
+		if n := c.pool.Shed(int8(p)); n > 0 {
+			if s.Shed == nil {
+				s.Shed = make(map[Priority]int64, 3)
+			}
+			s.Shed[p] = n
 		}
 	}
 	return s

@@ -45,6 +45,13 @@ type Endpoint struct {
 	// when both are refused is the endpoint taken out of rotation. It is a
 	// secret like APIKey, under every rule that holds for it.
 	SecondaryKey string
+	// Tier orders endpoints for the calls they take: 0 (the default) first,
+	// up to MaxTier. A call goes to the lowest tier that has a free slot it
+	// may use, so a higher tier takes only the overflow: the calls for which
+	// every endpoint of the lower tiers is full, ejected, cooling down or
+	// already tried by the call. Within a tier the Balancer chooses. Use it
+	// for endpoints to prefer, nearby or paid for, before others.
+	Tier int
 }
 
 const (
@@ -53,6 +60,8 @@ const (
 	DefaultMaxConcurrentCalls = 20
 	// MaxMaxConcurrentCalls is the highest cap the service allows.
 	MaxMaxConcurrentCalls = 200
+	// MaxTier is the highest Tier an endpoint may have.
+	MaxTier = 9
 )
 
 const redacted = "[REDACTED]"
@@ -170,6 +179,10 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 			return nil, &ConfigError{Endpoint: label, Field: "MaxConcurrentCalls",
 				Problem: fmt.Sprintf("%d is out of range; want 1 to %d, or 0 for %d", mcc, MaxMaxConcurrentCalls, DefaultMaxConcurrentCalls)}
 		}
+		if c.Tier < 0 || c.Tier > MaxTier {
+			return nil, &ConfigError{Endpoint: label, Field: "Tier",
+				Problem: fmt.Sprintf("%d is out of range; want 0 (first) to %d", c.Tier, MaxTier)}
+		}
 		key := u.String()
 		if other, dup := urls[key]; dup {
 			return nil, &ConfigError{Endpoint: label, Field: "URL", Problem: "same URL as endpoint " + other}
@@ -186,7 +199,7 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		for k, key := range keys {
 			headers[k] = http.Header{"Authorization": {"Bearer " + key}, "Content-Type": jsonContentType, "Accept": jsonContentType}
 		}
-		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Auth: pool.NewAuth(keys, headers)}
+		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Tier: c.Tier, Auth: pool.NewAuth(keys, headers)}
 	}
 	return specs, nil
 }
