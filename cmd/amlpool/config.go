@@ -17,7 +17,7 @@ import (
 //	{
 //	  "endpoints": [
 //	    {"name": "east", "url": "https://…/execute?api-version=2.0&details=true",
-//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20}
+//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20, "tier": 0}
 //	  ],
 //	  "input": "input1", "output": "output1",
 //	  "inputColumns": ["age", "income"], "outputColumns": ["Scored Labels"],
@@ -41,6 +41,7 @@ type endpointConfig struct {
 	URL                string `json:"url"`
 	APIKeyEnv          string `json:"apiKeyEnv"`
 	MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
+	Tier               int    `json:"tier"`   // 0 first; higher tiers take only the overflow
 	APIKey             any    `json:"apiKey"` // refused: keys come from the environment
 }
 
@@ -86,7 +87,7 @@ func parseConfig(data []byte, getenv func(string) string) (*poolConfig, []amlpoo
 		case getenv(e.APIKeyEnv) == "":
 			return nil, nil, fmt.Errorf(`%s: "apiKeyEnv": environment variable %s is not set or empty`, label, e.APIKeyEnv)
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: getenv(e.APIKeyEnv), MaxConcurrentCalls: e.MaxConcurrentCalls}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: getenv(e.APIKeyEnv), MaxConcurrentCalls: e.MaxConcurrentCalls, Tier: e.Tier}
 	}
 	return &cfg, eps, nil
 }
@@ -99,7 +100,7 @@ func epLabel(i int, name string) string {
 }
 
 // fileField maps the Endpoint fields that amlpool.New names to the file's.
-var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name"}
+var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name", "Tier": "tier"}
 
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {
