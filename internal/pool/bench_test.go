@@ -14,7 +14,9 @@ import (
 
 // BenchmarkAcquireRelease measures the pool's hot path — pick an endpoint,
 // take its slot, give it back — beside a bare x/sync semaphore doing only
-// Acquire+Release, in the same run:
+// Acquire+Release, in the same run. The tiers=2 cases put every other
+// endpoint in tier 1 (which never gets a call here: tier 0 has room) and
+// give each call a priority, for the cost of tiers and priorities in use:
 //
 //	go test -run '^$' -bench 'AcquireRelease' -benchmem -count 5 ./internal/pool
 func BenchmarkAcquireRelease(b *testing.B) {
@@ -59,6 +61,41 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			})
 		})
 	}
+	for _, n := range []int{10, 100} {
+		b.Run(fmt.Sprintf("pool/endpoints=%d/tiers=2/serial", n), func(b *testing.B) {
+			p, r := tieredBenchPool(b, n)
+			ctx := WithPriority(ctx, High)
+			b.ReportAllocs()
+			for b.Loop() {
+				var x Exclusion
+				slot, _ := p.Acquire(ctx, &x, -1)
+				p.Release(slot, r)
+			}
+		})
+		b.Run(fmt.Sprintf("pool/endpoints=%d/tiers=2/parallel", n), func(b *testing.B) {
+			p, r := tieredBenchPool(b, n)
+			ctx := WithPriority(ctx, High)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var x Exclusion
+					slot, _ := p.Acquire(ctx, &x, -1)
+					p.Release(slot, r)
+				}
+			})
+		})
+	}
+}
+
+// tieredBenchPool is benchPool with every other endpoint in tier 1.
+func tieredBenchPool(b *testing.B, n int) (*Pool, *Report) {
+	p, r := benchPool(b, n)
+	specs := testSpecs(equalCaps(n, 20)...)
+	for i := range specs {
+		specs[i].Tier = i % 2
+	}
+	p.Update(specs)
+	return p, r
 }
 
 // benchPool returns a pool of n endpoints of 20 slots, as a Client with
@@ -118,4 +155,52 @@ func pickSet(b *testing.B, n int, mostlyFull bool) *Set {
 		e.lat.observe(p.Nanotime(), float64(20+r.IntN(80))*1e6, false)
 	}
 	return s
+}
+
+// BenchmarkLine measures calls that wait: four goroutines per P take turns
+// on two slots, so most calls join the line and are handed a slot by a
+// release:
+//
+//	go test -run '^$' -bench 'Line|Grant' -benchmem -count 5 ./internal/pool
+func BenchmarkLine(b *testing.B) {
+	p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(2))
+	r := &Report{Result: OK, Start: time.Now(), Latency: time.Millisecond}
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			var x Exclusion
+			slot, _ := p.Acquire(context.Background(), &x, -1)
+			p.Release(slot, r)
+		}
+	})
+}
+
+// BenchmarkGrant measures one pass of the line that finds no free slot,
+// the work a release does while calls wait, with three calls waiting: of
+// one priority (as when none is set), or one of each, when the pass ranks
+// the fronts of three queues and reads the clock for their ages.
+func BenchmarkGrant(b *testing.B) {
+	for name, pris := range map[string][]int8{"one priority": {Normal, Normal, Normal}, "three priorities": {Low, Normal, High}} {
+		b.Run(name, func(b *testing.B) {
+			p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(1))
+			held, ok := p.TryAcquire(&Exclusion{})
+			if !ok {
+				b.Fatal("no slot")
+			}
+			defer p.Release(held, &Report{Result: Unsent})
+			p.mu.Lock()
+			for _, pri := range pris {
+				p.arrivals++
+				p.pushLocked(&waiter{ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: p.Nanotime()})
+			}
+			p.mu.Unlock()
+			b.ReportAllocs()
+			for b.Loop() {
+				p.mu.Lock()
+				p.grantLocked()
+				p.mu.Unlock()
+			}
+		})
+	}
 }
