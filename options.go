@@ -217,7 +217,8 @@ func (o loggerOption) apply(c *config) { c.logger = o.l }
 
 // WithLogger logs through l: one Debug line per attempt ("amlpool: attempt",
 // with its endpoint, outcome, status, latency and wait), and Warn lines when
-// an endpoint is ejected or readmitted and when the retry budget runs out.
+// an endpoint is ejected or readmitted, when the retry budget runs out, and
+// when a full line starts shedding calls (WithMaxWaiting).
 // Keys are never logged. Default: no logging; a nil l means the default.
 func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
