@@ -169,3 +169,30 @@ func TestEndpointTierIsChecked(t *testing.T) {
 	c := newClient(t, []amlpool.Endpoint{e})
 	assert.Equal(t, amlpool.MaxTier, c.Stats().Endpoints[0].Tier)
 }
+
+// A Limiter is offered the endpoint the call picked, then the others
+// lowest tier first, so that its preference for earlier candidates keeps
+// tier order across the fleet.
+func TestLimiterCandidatesGoLowestTierFirst(t *testing.T) {
+	var eps []amlpool.Endpoint
+	for _, e := range []struct {
+		name string
+		tier int
+	}{{"c", 2}, {"a", 0}, {"b", 1}, {"d", 0}} {
+		s := amltest.NewServer(amltest.Config{Name: e.name})
+		t.Cleanup(s.Close)
+		ep := s.Endpoint()
+		ep.Tier = e.tier
+		eps = append(eps, ep)
+	}
+	lim := &stubLimiter{pick: func([]amlpool.LimitedEndpoint) int { return 0 }}
+	c := newClient(t, eps, amlpool.WithLimiter(lim), amlpool.WithBalancer(firstWithRoom{}))
+	_, err := c.Do(context.Background(), scoreBody)
+	require.NoError(t, err)
+	require.Len(t, lim.asked, 1)
+	var names []string
+	for _, cand := range lim.asked[0] {
+		names = append(names, cand.Name)
+	}
+	assert.Equal(t, []string{"a", "d", "b", "c"}, names)
+}
