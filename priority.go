@@ -21,8 +21,8 @@ import (
 // No call waits forever behind a steady stream of higher ones: a waiting
 // call ranks one priority higher for each WithPriorityAging (1 s by
 // default) it has waited, up to PriorityHigh, and equal ranks go first come,
-// first served. A PriorityLow call thus waits at most 2 s longer than it
-// would at PriorityHigh, and then goes before every call that came after it.
+// first served. So after 2 s in line a PriorityLow call ranks with
+// PriorityHigh ones, and goes before every call that came after it.
 type Priority int8
 
 // The priorities, lowest first. Values outside them are clamped by
