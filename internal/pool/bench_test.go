@@ -16,7 +16,8 @@ import (
 // take its slot, give it back — beside a bare x/sync semaphore doing only
 // Acquire+Release, in the same run. The tiers=2 cases put every other
 // endpoint in tier 1 (which never gets a call here: tier 0 has room) and
-// give each call a priority, for the cost of tiers and priorities in use:
+// give each call a priority, for the cost of tiers and priorities in use.
+// Besides ns/op, each reports cpu-ns/op (cpuMeter):
 //
 //	go test -run '^$' -bench 'AcquireRelease' -benchmem -count 5 ./internal/pool
 func BenchmarkAcquireRelease(b *testing.B) {
@@ -25,6 +26,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("semaphore/endpoints=%d/serial", n), func(b *testing.B) {
 			s := semaphore.NewWeighted(int64(20 * n))
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				_ = s.Acquire(ctx, 1)
 				s.Release(1)
@@ -33,6 +35,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("pool/endpoints=%d/serial", n), func(b *testing.B) {
 			p, r := benchPool(b, n)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				var x Exclusion
 				slot, _ := p.Acquire(ctx, &x, -1)
@@ -42,6 +45,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("semaphore/endpoints=%d/parallel", n), func(b *testing.B) {
 			s := semaphore.NewWeighted(int64(20 * n))
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					_ = s.Acquire(ctx, 1)
@@ -52,6 +56,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("pool/endpoints=%d/parallel", n), func(b *testing.B) {
 			p, r := benchPool(b, n)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					var x Exclusion
@@ -66,6 +71,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			p, r := tieredBenchPool(b, n)
 			ctx := WithPriority(ctx, High)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				var x Exclusion
 				slot, _ := p.Acquire(ctx, &x, -1)
@@ -76,6 +82,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			p, r := tieredBenchPool(b, n)
 			ctx := WithPriority(ctx, High)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					var x Exclusion
@@ -96,6 +103,18 @@ func tieredBenchPool(b *testing.B, n int) (*Pool, *Report) {
 	}
 	p.Update(specs)
 	return p, r
+}
+
+// cpuMeter starts counting the process's CPU time; the func it returns
+// reports it per op as cpu-ns/op, which a shared, loaded machine disturbs
+// far less than the wall time of ns/op.
+func cpuMeter(b *testing.B) func() {
+	cpu0, ok := cpuTime()
+	return func() {
+		if cpu1, _ := cpuTime(); ok {
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+		}
+	}
 }
 
 // benchPool returns a pool of n endpoints of 20 slots, as a Client with
@@ -167,6 +186,7 @@ func BenchmarkLine(b *testing.B) {
 	r := &Report{Result: OK, Start: time.Now(), Latency: time.Millisecond}
 	b.ReportAllocs()
 	b.SetParallelism(4)
+	defer cpuMeter(b)()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			var x Exclusion
@@ -196,6 +216,7 @@ func BenchmarkGrant(b *testing.B) {
 			}
 			p.mu.Unlock()
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				p.mu.Lock()
 				p.grantLocked()

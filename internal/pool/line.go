@@ -21,14 +21,23 @@ type Slot struct {
 
 type waiter struct {
 	x     Exclusion
-	ready chan struct{} // closed once slot or err is set
+	ready chan struct{} // closed once slot is set, or once shed
 	slot  Slot
-	err   error // set when the call was shed instead
-	pri   int8  // its queue: priority − Low
-	seq   uint64
-	since int64 // pool time it joined the line
+	shed  bool   // taken out of the line for a call of higher priority (errOutranked)
+	pri   int8   // its queue: priority − Low
+	seq   uint64 // its arrival: the order of ties
+	since int64  // pool time it joined the line
 	prev  *waiter
 	next  *waiter
+}
+
+// err returns the error of a waiter whose ready channel is closed: nil
+// when it was granted a slot.
+func (w *waiter) err() error {
+	if w.shed {
+		return errOutranked
+	}
+	return nil
 }
 
 // TryAcquire takes a slot on an endpoint the Picker picks for an attempt
@@ -131,7 +140,7 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 	}
 	select {
 	case <-w.ready:
-		return w.slot, w.err
+		return w.slot, w.err()
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timeout:
@@ -147,8 +156,8 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 		// call whose only problem was the max wait; otherwise hand the
 		// slot on.
 		p.mu.Unlock()
-		if w.err != nil {
-			return Slot{}, w.err
+		if w.shed {
+			return Slot{}, errOutranked
 		}
 		if err == ErrNoCapacity {
 			return w.slot, nil

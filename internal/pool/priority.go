@@ -121,7 +121,7 @@ func (p *Pool) shedLocked(w *waiter) error {
 		if v == w {
 			return ErrShed
 		}
-		v.err = errOutranked
+		v.shed = true
 		close(v.ready)
 		return nil
 	}
