@@ -12,20 +12,24 @@ import (
 )
 
 // stepServer is an endpoint whose calls each wait for a value on step
-// (or for their client to go), after saying on arrived that they came.
+// (or for their client to go, or the test to end), after saying on
+// arrived that they came.
 func stepServer(t *testing.T) (srv *httptest.Server, arrived, step chan struct{}) {
 	arrived, step = make(chan struct{}, 10), make(chan struct{})
+	quit := make(chan struct{})
 	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		arrived <- struct{}{}
 		select {
 		case <-step:
 		case <-r.Context().Done():
+		case <-quit:
 		}
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"Results":{}}`)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(quit) }) // first, should the test stop early: Close waits for the handlers
 	return srv, arrived, step
 }
 

@@ -160,7 +160,7 @@ func TestTierWaiterTakesFirstFreeSlotOnAnyTier(t *testing.T) {
 	t.Parallel()
 	p, _ := newTestPool(t, Config{}, tieredSpecs([]int{1, 1}, []int{0, 1}))
 	held := holdN(t, p, 2)
-	got := make(chan Slot)
+	got := make(chan Slot, 1)
 	queued := make(chan struct{})
 	p.OnQueue = func() { close(queued) }
 	go func() {
@@ -169,7 +169,8 @@ func TestTierWaiterTakesFirstFreeSlotOnAnyTier(t *testing.T) {
 		got <- slot
 	}()
 	<-queued
-	release(p, held[1]) // tier 1's
+	release(p, held[1]) // tier 1's: the release serves the line before it returns
+	require.Equal(t, 0, p.Waiting(), "the waiter did not take tier 1's slot")
 	slot := <-got
 	assert.Equal(t, "e1", slot.Ep.Name())
 	release(p, slot)
