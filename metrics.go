@@ -50,9 +50,8 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
 // Throttles, its endpoint_fault part Faults, and all but its success,
 // abandoned and cancelled parts Errors; amlpool.slot.shed is Stats.Shed.
-// The per-endpoint series follow the
-// live endpoints: after SetEndpoints, an added endpoint's appear and a
-// removed one's stop.
+// The per-endpoint series follow the live endpoints: after SetEndpoints, an
+// added endpoint's appear and a removed one's stop.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
