@@ -32,7 +32,7 @@ func balancerPool(t *testing.T, b Balancer, caps ...int) *pool.Pool {
 	require.NoError(t, err)
 	balance, pick := picker(b)
 	r := rand.New(rand.NewPCG(1, 2))
-	p := pool.New(pool.Config{Clock: clock.NewFake(), Rand: r.Uint64, Balance: balance, Pick: pick,
+	p := pool.New(pool.Config{Clock: clock.NewFake(), Rand: r.Uint64, Balance: balance, Pick: pick, TrackLatency: true,
 		EjectAfter: 1, EjectFor: time.Minute}, specs)
 	t.Cleanup(p.Close)
 	return p

@@ -26,6 +26,7 @@ type batch struct {
 
 	requests atomic.Int64 // requests sent
 	split    splitState   // isolating bad rows (split.go)
+	outCols  []string     // online: the output columns so far, in order (align)
 }
 
 func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOptions) (*batch, error) {
@@ -167,7 +168,7 @@ func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{
 // service blames the input (split.go). It returns the chunk's parts, in
 // input order, appended to parts.
 func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts []*Chunk) []*Chunk {
-	body, err := b.encode(rows)
+	body, err := b.encode(start, rows)
 	if err != nil {
 		return append(parts, b.failed(seq, start, rows, "", err))
 	}
@@ -186,7 +187,12 @@ func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts [
 	return append(parts, ch)
 }
 
-func (b *batch) encode(rows [][]any) ([]byte, error) {
+// encode returns the request of rows, from input index start on: the
+// Classic form, or for online endpoints the MLflow one (mlflow.go).
+func (b *batch) encode(start int, rows [][]any) ([]byte, error) {
+	if b.c.kind == Online {
+		return encodeOnline(b.cols, start, rows)
+	}
 	return encodeRequest(&Request{
 		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
 		GlobalParameters: b.o.GlobalParameters,
@@ -198,7 +204,7 @@ func (b *batch) encode(rows [][]any) ([]byte, error) {
 func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []byte) *Chunk {
 	if body == nil {
 		var err error
-		if body, err = b.encode(rows); err != nil {
+		if body, err = b.encode(start, rows); err != nil {
 			return b.failed(seq, start, rows, "", err)
 		}
 	}
@@ -207,15 +213,12 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 	b.requests.Add(1)
 	elapsed := b.c.cfg.clock.Now().Sub(t0)
 	if err == nil {
-		var resp *Response
-		if resp, err = decodeResponse(data); err == nil {
-			var out *Table
-			if out, err = b.output(resp); err == nil {
-				if n := out.NumRows(); n != len(rows) {
-					err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
-				} else {
-					return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed}
-				}
+		var out *Table
+		if out, err = b.decode(data); err == nil {
+			if n := out.NumRows(); n != len(rows) {
+				err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
+			} else {
+				return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed}
 			}
 		}
 	}
@@ -228,6 +231,18 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 func (b *batch) failed(seq, start int, rows [][]any, endpoint string, err error) *Chunk {
 	return &Chunk{Seq: seq, Start: start, Input: rows, Endpoint: endpoint,
 		Err: &ChunkError{Seq: seq, FirstRow: start + 1, LastRow: start + len(rows), Endpoint: endpoint, Err: err}}
+}
+
+// decode reads the scores' table from a reply.
+func (b *batch) decode(data []byte) (*Table, error) {
+	if b.c.kind == Online {
+		return decodeOnline(data)
+	}
+	resp, err := decodeResponse(data)
+	if err != nil {
+		return nil, err
+	}
+	return b.output(resp)
 }
 
 // output picks the scores' table from a reply.
@@ -275,6 +290,7 @@ func (b *batch) emit(ctx context.Context, results <-chan []*Chunk, window <-chan
 				break
 			}
 			for _, ch := range p {
+				b.align(ch)
 				if err = b.sink(ch); err != nil {
 					cancel(err)
 					stopped = true

@@ -25,6 +25,7 @@ import (
 // with New and Close it when done.
 type Client struct {
 	cfg      config
+	kind     Kind // of every endpoint, fixed at New
 	pool     *pool.Pool
 	http     *http.Client
 	ownsHTTP bool
@@ -60,14 +61,17 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, limiter: cfg.limiter}
+	c := &Client{cfg: cfg, kind: endpoints[0].Kind, limiter: cfg.limiter}
 	if c.tel, err = newTelemetry(&c.cfg); err != nil {
 		return nil, err
 	}
 	c.addExt(specs)
 	balance, pick := picker(cfg.balancer)
 	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Balance: balance, Pick: pick,
-		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive, Aging: cfg.priorityAging}
+		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive, Aging: cfg.priorityAging,
+		// Only LatencyAware and a Balancer of the user's (Candidates.Latency)
+		// read the latency estimate: the others do not pay for keeping it.
+		TrackLatency: balance == pool.Latency || balance == pool.Custom}
 	if cfg.maxWaitingSet {
 		pcfg.MaxWaiting = cfg.maxWaiting
 	}
@@ -102,8 +106,9 @@ func (c *Client) addExt(specs []pool.Spec) {
 }
 
 // SetEndpoints replaces the Client's endpoints while calls run. The set is
-// validated as New validates it; a bad set is refused whole, with a
-// *ConfigError, and the endpoints in use go on unchanged. After Close it
+// validated as New validates it, and must be of the Kind given to New; a
+// bad set is refused whole, with a *ConfigError, and the endpoints in use
+// go on unchanged. After Close it
 // returns ErrClosed.
 //
 // Endpoints are matched by Name (as New derives it when empty):
@@ -112,8 +117,9 @@ func (c *Client) addExt(specs []pool.Spec) {
 //     flight, health, latency estimate, adaptive limit and counters. Its
 //     new keys and cap apply from the next attempt: a lower cap admits no
 //     new attempt until fewer calls are in flight, a higher one serves
-//     waiting calls at once. New keys also end an ejection for an endpoint
-//     fault, such as the rejected key they replace: the next call probes it;
+//     waiting calls at once. New keys (or a new Credential) also end an
+//     ejection for an endpoint fault, such as the rejected key they
+//     replace: the next call probes it;
 //   - an added endpoint takes calls at once, waiting ones included;
 //   - a removed endpoint, or a kept Name with another URL, takes no new
 //     attempt once SetEndpoints has returned. Its calls in flight finish
@@ -133,6 +139,10 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	if err != nil {
 		return err
 	}
+	if k := endpoints[0].Kind; k != c.kind {
+		return &ConfigError{Endpoint: labelOf(endpoints, 0), Field: "Kind",
+			Problem: fmt.Sprintf("%s, but the Client's endpoints are %s; SetEndpoints keeps the Kind given to New", k, c.kind)}
+	}
 	c.addExt(specs)
 	for _, ch := range c.pool.Update(specs) {
 		c.tel.changed(ch)
@@ -146,8 +156,9 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // Do blocks while every endpoint is full, in line with other waiting calls,
 // for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
 // retried as its Verdict says (see Classify, WithClassifier): an endpoint
-// that answers 503 RequestThrottled is full, not broken, and the call goes at
-// once to another endpoint with a free slot; an endpoint that cannot serve
+// that answers 503 RequestThrottled (online: 429 Too many pending requests)
+// is full, not broken, and the call goes at once to another endpoint with a
+// free slot; an endpoint that cannot serve
 // anyone (401, 403, 404) leaves rotation and the call goes at once to
 // another; a transient failure is retried after a backoff (WithBackoff) on an
 // endpoint the call has not tried. A call makes at most WithMaxAttempts
@@ -159,7 +170,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // (errors.Is(err, ErrThrottled) for a throttle); ErrResponseTooLarge for a
 // reply over WithMaxResponseBytes; ErrMalformedResponse for a 2xx reply that
 // is not JSON or is the service's error body (Do checks that much of the
-// reply, and no more: its shape is the caller's business); a transport error
+// reply, and no more: its shape is the caller's business); a *CredentialError
+// when the endpoint's Credential gave no token; a transport error
 // otherwise. A call that made several attempts, or stopped retrying for a reason of its
 // own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
@@ -226,7 +238,9 @@ type attempt struct {
 
 	// What the exchange came to.
 	auth       *pool.Auth
-	key        int // the index of the key sent, in auth
+	key        int    // the index of the key sent, in auth
+	tok        string // the token sent, when auth has a Credential; a secret
+	reasked    bool   // tok was asked for after a 401 to a token (pool's Reasked)
 	start      time.Time
 	latency    time.Duration
 	data       []byte
@@ -386,8 +400,17 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 		ctx = c.tel.startAttempt(ctx, a)
 	}
 	a.auth, a.key = a.slot.Ep.Key()
+	a.tok = ""
+	var credErr error
+	if cred := a.auth.Credential(); cred != nil {
+		credErr = a.token(ctx, cred)
+	}
 	a.start = c.cfg.clock.Now()
-	a.data, a.err = c.send(ctx, a, body)
+	if credErr != nil {
+		a.data, a.err = nil, credErr // nothing sent
+	} else {
+		a.data, a.err = c.send(ctx, a, body)
+	}
 	a.latency = c.cfg.clock.Now().Sub(a.start)
 	c.judge(ctx, a)
 	if a.lease != nil {
@@ -416,7 +439,7 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 			a.result = pool.Failed
 		case VerdictEndpointFault:
 			a.result = pool.Fault
-			if a.status == http.StatusUnauthorized && ep.Unauthorized(a.auth, a.key) {
+			if a.status == http.StatusUnauthorized && c.unauthorized(a) {
 				a.result = pool.KeyRejected
 			}
 		default:
@@ -427,6 +450,18 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 		ep.Authorized(a.auth, a.key)
 	}
 	a.kind = kindOf(a)
+}
+
+// unauthorized records a 401 to a's key or token and reports whether the
+// endpoint is worth trying again at once: with its other key, or with a
+// fresh token from its Credential, which hears that this one was refused.
+func (c *Client) unauthorized(a *attempt) bool {
+	ep := a.slot.Ep
+	if a.tok == "" {
+		return ep.Unauthorized(a.auth, a.key)
+	}
+	invalidate(a.auth.Credential(), a.tok)
+	return ep.TokenRejected(a.auth, a.reasked)
 }
 
 // conclude records a failed attempt in its call, decides what the call does
@@ -483,7 +518,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	// user's RoundTripper or a propagator may write headers, so they get a
 	// copy. Building them anew cost about 10 % of the in-process path.
 	req.URL, req.Host = ep.URL(), ep.Host()
-	header := a.auth.Header(a.key)
+	header := a.header()
 	if c.ownsHTTP && c.cfg.propagator == nil {
 		req.Header = header
 	} else {
@@ -503,7 +538,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	}
 	defer resp.Body.Close()
 	a.status = resp.StatusCode
-	keys := a.auth.Keys()
+	keys := a.secrets()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {
@@ -512,7 +547,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 			}
 			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.Name(), err)
 		}
-		if err := checkReply(data, resp.Header.Get("Content-Type"), keys); err != nil {
+		if err := checkReply(data, resp.Header.Get("Content-Type"), keys); err != nil && (c.kind == Classic || !isErrorBody(err)) {
 			return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 		}
 		return data, nil
@@ -522,6 +557,9 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.Name(), resp.StatusCode, err)
 	}
 	apiErr := parseAPIError(ep.Name(), resp.StatusCode, data, keys)
+	if c.kind == Online {
+		parseOnlineError(apiErr, resp.Header, keys)
+	}
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	a.retryAfter = min(apiErr.RetryAfter, c.cfg.maxRetryAfter)
 	return nil, apiErr
@@ -564,10 +602,15 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 // It behaves as Do for waiting, failover and errors; a reply that is not a
 // valid scoring response is an error naming the endpoint that sent it and
 // matching ErrMalformedResponse. Such a reply is not retried: it is the
-// model's answer, and every endpoint would give the same.
+// model's answer, and every endpoint would give the same. On a Client of
+// online endpoints Score sends nothing and returns an error: their bodies
+// are the deployment's own, for Do (or ScoreRows, for MLflow models).
 func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if req == nil {
 		return nil, errors.New("amlpool: Score: nil request")
+	}
+	if c.kind == Online {
+		return nil, errScoreOnline
 	}
 	body, err := encodeRequest(req)
 	if err != nil {

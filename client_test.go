@@ -46,6 +46,12 @@ func newClient(t *testing.T, eps []amlpool.Endpoint, opts ...amlpool.Option) *am
 // errors they met.
 func hammer(t *testing.T, c *amlpool.Client, callers, calls int) []error {
 	t.Helper()
+	return hammerWith(t, c, []byte(body), callers, calls)
+}
+
+// hammerWith is hammer with another request body.
+func hammerWith(t *testing.T, c *amlpool.Client, body []byte, callers, calls int) []error {
+	t.Helper()
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
@@ -54,7 +60,7 @@ func hammer(t *testing.T, c *amlpool.Client, callers, calls int) []error {
 		go func() {
 			defer wg.Done()
 			for range calls {
-				if _, err := c.Do(context.Background(), []byte(body)); err != nil {
+				if _, err := c.Do(context.Background(), body); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
@@ -352,4 +358,30 @@ func TestCloseReleasesWaitingCalls(t *testing.T) {
 	require.NoError(t, c.Close())
 	assert.ErrorIs(t, <-waiting, amlpool.ErrClosed)
 	cancel()
+}
+
+// latencySeer is a Balancer that records the latency estimates it sees.
+type latencySeer struct{ seen *atomic.Int64 }
+
+func (b latencySeer) Pick(s amlpool.Candidates) int {
+	for i := range s.Len() {
+		b.seen.Store(max(b.seen.Load(), int64(s.Latency(i))))
+		if s.Free(i) > 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// A Balancer of the user's sees each endpoint's latency estimate, kept from
+// the replies: Candidates.Latency is part of its contract.
+func TestCustomBalancerSeesLatencies(t *testing.T) {
+	_, eps := fakes(t, 2*time.Millisecond, 2)
+	var seen atomic.Int64
+	c := newClient(t, eps, amlpool.WithBalancer(latencySeer{&seen}))
+	for range 3 {
+		_, err := c.Do(context.Background(), []byte(body))
+		require.NoError(t, err)
+	}
+	assert.GreaterOrEqual(t, time.Duration(seen.Load()), 2*time.Millisecond)
 }

@@ -1,6 +1,7 @@
 // Package amlpool makes several Azure Machine Learning Classic scoring
 // endpoints look like one, and gets from them all the throughput they can
-// give without ever being throttled.
+// give without ever being throttled. Azure ML online endpoints, Classic's
+// successor, are pooled the same way (see Online endpoints).
 //
 // # Capacity
 //
@@ -168,6 +169,24 @@
 // [Limiter] through [WithLimiter]: package redislimit provides one that
 // keeps the slots in Redis, so that the whole fleet stays within each cap.
 //
+// # Online endpoints
+//
+// An [Endpoint] of [Kind] [Online] is an Azure ML managed (or Kubernetes)
+// online endpoint, POST https://{endpoint}.{region}.inference.ml.azure.com/score.
+// Its cap, required, is 2 × max_concurrent_requests_per_instance ×
+// instance_count (1 to 10,000), past which it answers 429 Too many pending
+// requests, which [Classify] takes as full; 429 Rate-limited, 408, 500, 502,
+// 503 and 504 are retried; a 424 carries the model's own status
+// ([APIError].ModelStatusCode): a 4xx is the input's fault and is not
+// retried, a 5xx is. [Endpoint].Header adds headers for one endpoint, such
+// as azureml-model-deployment to pin a deployment, and [Endpoint].Credential
+// gives each attempt a token instead of a key (module
+// github.com/amlpool/amlpool/azureauth makes one from an Azure SDK
+// credential); a 401 to a token asks the [Credential] once more. The bodies
+// are the deployment's: send them with [Client.Do]; [Client.ScoreRows] and
+// [Client.ScoreTable] send the MLflow input_data form. All endpoints of one
+// Client are of one Kind.
+//
 // # Scoring many rows
 //
 // [Client.ScoreRows] scores every row of a [RowSource] through all the
@@ -175,8 +194,9 @@
 // order, with flat memory; [Client.ScoreTable] does the same for a table in
 // memory. Package rows reads CSV and JSON Lines files as a RowSource. Every
 // input row reaches the sink exactly once: a row the source cannot read
-// fails alone, and a chunk the service blames (HTTP 400) is split until each
-// bad row stands alone, so that the others are scored (see
+// fails alone, and a chunk the service blames (HTTP 400; an online
+// endpoint's 424 for the model's 4xx) is split until each bad row stands
+// alone, so that the others are scored (see
 // [BatchOptions.NoSplit]).
 //
 // # Concurrency
@@ -186,5 +206,5 @@
 // Client's background work.
 //
 // For tests, package amltest serves fake endpoints that behave like the real
-// service, caps and throttles included.
+// service, caps and throttles included, Classic or online.
 package amlpool

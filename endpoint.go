@@ -8,21 +8,24 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/amlpool/amlpool/internal/pool"
 )
 
-// Endpoint describes one Azure ML Classic scoring endpoint: where it is, the
-// key it takes, and how many calls it accepts at once.
+// Endpoint describes one Azure ML scoring endpoint: where it is, the key or
+// token it takes, and how many calls it accepts at once. It is a Classic
+// web-service endpoint unless Kind says Online.
 //
 // Every endpoint of a web service, the default one included, has its own URL
 // and key (docs/azureml.md). The zero Endpoint is not valid: New needs at least a
-// URL and a key.
+// URL and a key (or a Credential).
 //
-// An Endpoint's String, GoString, LogValue and MarshalJSON never show its keys,
-// so an Endpoint can be printed or logged as it is.
+// An Endpoint's String, GoString, LogValue and MarshalJSON never show its
+// keys, nor the values of its Header (names only), nor its Credential's
+// (its type only), so an Endpoint can be printed or logged as it is.
 type Endpoint struct {
 	// Name labels the endpoint in logs, stats and errors. When empty it is
 	// derived from the URL: the endpoint id after "services/", or the host.
@@ -35,8 +38,12 @@ type Endpoint struct {
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
 	// only. Redirects are never followed, so the key goes nowhere else.
 	APIKey string
-	// MaxConcurrentCalls is the endpoint's cap on calls in flight: 1 to 200.
-	// Zero means DefaultMaxConcurrentCalls (20), the service's default.
+	// MaxConcurrentCalls is the endpoint's cap on calls in flight. Classic:
+	// 1 to 200, zero meaning DefaultMaxConcurrentCalls (20), the service's
+	// default. Online: required, 1 to MaxOnlineConcurrentCalls (10,000);
+	// set it to 2 × max_concurrent_requests_per_instance × instance_count of
+	// the deployment (summed over the deployments that take traffic), the
+	// point past which the endpoint answers 429 Too many pending requests.
 	MaxConcurrentCalls int
 	// SecondaryKey is the endpoint's second key, optional. The service
 	// gives every endpoint two so that keys can be rotated without
@@ -45,13 +52,27 @@ type Endpoint struct {
 	// when both are refused is the endpoint taken out of rotation. It is a
 	// secret like APIKey, under every rule that holds for it.
 	SecondaryKey string
+	// Kind is Classic (the zero value) or Online. All endpoints of one
+	// Client are of one Kind, and SetEndpoints keeps it: their bodies
+	// differ.
+	Kind Kind `json:",omitzero"`
+	// Header holds extra request headers for this endpoint only, e.g.
+	// "azureml-model-deployment: blue" to pin an online endpoint's
+	// deployment. Authorization, Content-Type, Content-Length, Host,
+	// Connection and Transfer-Encoding cannot be set this way. Its values
+	// are not treated as secrets, but printed Endpoints show only its names.
+	Header http.Header
+	// Credential, when set instead of APIKey, gives each attempt's bearer
+	// token (see Credential). A token is a secret under every rule that
+	// holds for keys.
+	Credential Credential
 	// Tier orders endpoints for the calls they take: 0 (the default) first,
 	// up to MaxTier. A call goes to the lowest tier that has a free slot it
 	// may use, so a higher tier takes only the overflow: the calls for which
 	// every endpoint of the lower tiers is full, ejected, cooling down or
 	// already tried by the call. Within a tier the Balancer chooses. Use it
 	// for endpoints to prefer, nearby or paid for, before others.
-	Tier int
+	Tier int `json:",omitzero"`
 }
 
 const (
@@ -74,10 +95,39 @@ func redact(secret string) string {
 	return redacted
 }
 
-// String describes the endpoint with its key redacted.
+// String describes the endpoint with its keys redacted, its Header's
+// values too, and its Credential by type. Kind, Header, Credential and Tier
+// are shown only when set.
 func (e Endpoint) String() string {
-	return fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d}",
+	s := fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d",
 		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
+	if e.Kind != Classic {
+		s += " Kind:" + e.Kind.String()
+	}
+	if e.Header != nil {
+		s += fmt.Sprint(" Header:", redactedHeader(e.Header)) // names sorted
+	}
+	if e.Credential != nil {
+		s += " Credential:" + credentialName(e.Credential)
+	}
+	if e.Tier != 0 {
+		s += " Tier:" + strconv.Itoa(e.Tier)
+	}
+	return s + "}"
+}
+
+// redactedHeader is h with every value [REDACTED]: header values are no
+// secret by purpose, but one may still carry a tenant or a deployment name
+// someone would rather not log, and the names say enough.
+func redactedHeader(h http.Header) map[string]string {
+	if h == nil {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k := range h {
+		out[k] = redacted
+	}
+	return out
 }
 
 // GoString is String for the %#v verb.
@@ -97,20 +147,32 @@ func formatRedacted(f fmt.State, verb rune, s, goSyntax string) {
 
 // LogValue implements slog.LogValuer: the endpoint without its key.
 func (e Endpoint) LogValue() slog.Value {
-	return slog.GroupValue(
+	attrs := []slog.Attr{
 		slog.String("name", e.Name),
 		slog.String("url", redactURL(e.URL)),
 		slog.Int("max_concurrent_calls", e.MaxConcurrentCalls),
-	)
+	}
+	if e.Kind != Classic {
+		attrs = append(attrs, slog.String("kind", e.Kind.String()))
+	}
+	if e.Tier != 0 {
+		attrs = append(attrs, slog.Int("tier", e.Tier))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // MarshalJSON encodes the endpoint with its key redacted. (Decoding is the
 // default one, so a config file can still carry a key.)
 func (e Endpoint) MarshalJSON() ([]byte, error) {
 	type plain Endpoint
-	p := plain(e)
+	p := struct {
+		plain
+		Header     map[string]string `json:",omitempty"`
+		Credential string            `json:",omitempty"` // its type, never its value
+	}{plain: plain(e), Header: redactedHeader(e.Header), Credential: credentialName(e.Credential)}
 	p.APIKey, p.SecondaryKey = redact(p.APIKey), redact(p.SecondaryKey)
 	p.URL = redactURL(p.URL)
+	p.plain.Header, p.plain.Credential = nil, nil
 	return json.Marshal(p)
 }
 
@@ -159,25 +221,27 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		if err != nil {
 			return nil, &ConfigError{Endpoint: label, Field: "URL", Problem: err.Error()}
 		}
-		if c.APIKey == "" {
-			return nil, &ConfigError{Endpoint: label, Field: "APIKey", Problem: "empty"}
+		if c.Kind > Online {
+			return nil, &ConfigError{Endpoint: label, Field: "Kind", Problem: fmt.Sprintf("unknown Kind %d; want Classic or Online", c.Kind)}
 		}
-		keys := []string{c.APIKey}
-		if c.SecondaryKey != "" {
-			keys = append(keys, c.SecondaryKey)
+		if c.Kind != cfgs[0].Kind {
+			return nil, &ConfigError{Endpoint: label, Field: "Kind", Problem: fmt.Sprintf(
+				"%s, but endpoint %s is %s; the endpoints of one Client are all of one Kind (their bodies differ)", c.Kind, labelOf(cfgs, 0), cfgs[0].Kind)}
 		}
-		for k, field := range []string{"APIKey", "SecondaryKey"}[:len(keys)] {
-			if problem := checkKey(keys[k]); problem != "" {
-				return nil, &ConfigError{Endpoint: label, Field: field, Problem: problem}
-			}
+		keys, problem := endpointKeys(c)
+		if problem != nil {
+			problem.Endpoint = label
+			return nil, problem
 		}
-		mcc := c.MaxConcurrentCalls
-		switch {
-		case mcc == 0:
-			mcc = DefaultMaxConcurrentCalls
-		case mcc < 0 || mcc > MaxMaxConcurrentCalls:
-			return nil, &ConfigError{Endpoint: label, Field: "MaxConcurrentCalls",
-				Problem: fmt.Sprintf("%d is out of range; want 1 to %d, or 0 for %d", mcc, MaxMaxConcurrentCalls, DefaultMaxConcurrentCalls)}
+		mcc, problem := endpointCap(c)
+		if problem != nil {
+			problem.Endpoint = label
+			return nil, problem
+		}
+		extra, problem := checkHeader(c.Header)
+		if problem != nil {
+			problem.Endpoint = label
+			return nil, problem
 		}
 		if c.Tier < 0 || c.Tier > MaxTier {
 			return nil, &ConfigError{Endpoint: label, Field: "Tier",
@@ -195,13 +259,147 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		}
 		names[name] = true
 		urls[key] = name
-		headers := make([]http.Header, len(keys))
-		for k, key := range keys {
-			headers[k] = http.Header{"Authorization": {"Bearer " + key}, "Content-Type": jsonContentType, "Accept": jsonContentType}
-		}
-		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Tier: c.Tier, Auth: pool.NewAuth(keys, headers)}
+		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Tier: c.Tier, Auth: newAuth(c.Credential, keys, extra)}
 	}
 	return specs, nil
+}
+
+// labelOf names cfgs[i] in an error, as newSpecs does.
+func labelOf(cfgs []Endpoint, i int) string {
+	if cfgs[i].Name != "" {
+		return cfgs[i].Name
+	}
+	return "endpoints[" + strconv.Itoa(i) + "]"
+}
+
+// endpointKeys checks c's keys and Credential, and returns its keys (none
+// with a Credential).
+func endpointKeys(c Endpoint) ([]string, *ConfigError) {
+	if c.Credential != nil {
+		switch {
+		case c.APIKey != "":
+			return nil, &ConfigError{Field: "Credential", Problem: "set together with APIKey; give one of them"}
+		case c.SecondaryKey != "":
+			return nil, &ConfigError{Field: "SecondaryKey", Problem: "set with a Credential, which gives the tokens; drop it"}
+		}
+		return nil, nil
+	}
+	if c.APIKey == "" {
+		return nil, &ConfigError{Field: "APIKey", Problem: "empty"}
+	}
+	keys := []string{c.APIKey}
+	if c.SecondaryKey != "" {
+		keys = append(keys, c.SecondaryKey)
+	}
+	for k, field := range []string{"APIKey", "SecondaryKey"}[:len(keys)] {
+		if problem := checkKey(keys[k]); problem != "" {
+			return nil, &ConfigError{Field: field, Problem: problem}
+		}
+	}
+	return keys, nil
+}
+
+// endpointCap checks c's MaxConcurrentCalls and returns the cap in force.
+func endpointCap(c Endpoint) (int, *ConfigError) {
+	mcc := c.MaxConcurrentCalls
+	if c.Kind == Online {
+		switch {
+		case mcc == 0:
+			return 0, &ConfigError{Field: "MaxConcurrentCalls", Problem: "required for an online endpoint: set it to " +
+				"2 × max_concurrent_requests_per_instance × instance_count of its deployment (summed over the deployments " +
+				"that take traffic), the number of requests past which it answers 429 Too many pending requests"}
+		case mcc < 0 || mcc > MaxOnlineConcurrentCalls:
+			return 0, &ConfigError{Field: "MaxConcurrentCalls",
+				Problem: fmt.Sprintf("%d is out of range; want 1 to %d for an online endpoint", mcc, MaxOnlineConcurrentCalls)}
+		}
+		return mcc, nil
+	}
+	switch {
+	case mcc == 0:
+		mcc = DefaultMaxConcurrentCalls
+	case mcc < 0 || mcc > MaxMaxConcurrentCalls:
+		return 0, &ConfigError{Field: "MaxConcurrentCalls",
+			Problem: fmt.Sprintf("%d is out of range; want 1 to %d, or 0 for %d", mcc, MaxMaxConcurrentCalls, DefaultMaxConcurrentCalls)}
+	}
+	return mcc, nil
+}
+
+// newAuth builds an endpoint's Auth: its requests' headers, built once and
+// shared by every request, with each key's Authorization, or without one
+// for a Credential's tokens.
+func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
+	base := func() http.Header {
+		h := make(http.Header, len(extra)+3)
+		for k, v := range extra {
+			h[k] = v
+		}
+		h["Content-Type"], h["Accept"] = jsonContentType, jsonContentType
+		return h
+	}
+	if cred != nil {
+		return pool.NewTokenAuth(cred, base())
+	}
+	headers := make([]http.Header, len(keys))
+	for k, key := range keys {
+		headers[k] = base()
+		headers[k]["Authorization"] = []string{"Bearer " + key}
+	}
+	return pool.NewAuth(keys, headers)
+}
+
+// reservedHeaders are the headers Endpoint.Header cannot set: amlpool's
+// own (the key or token, the body's type and length, the host the URL
+// names) and net/http's framing.
+var reservedHeaders = []string{"Authorization", "Content-Type", "Content-Length", "Host", "Connection", "Transfer-Encoding"}
+
+// checkHeader checks an Endpoint's Header and returns a copy of it with
+// canonical names, never aliasing the caller's map or slices.
+func checkHeader(h http.Header) (http.Header, *ConfigError) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	out := make(http.Header, len(h))
+	for name, vs := range h {
+		if problem := checkHeaderName(name); problem != "" {
+			return nil, &ConfigError{Field: "Header", Problem: problem}
+		}
+		canon := http.CanonicalHeaderKey(name)
+		if slices.Contains(reservedHeaders, canon) {
+			return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("%s cannot be set through Header (amlpool sets it)", canon)}
+		}
+		if _, dup := out[canon]; dup {
+			return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("%s given twice, in different cases", canon)}
+		}
+		if len(vs) == 0 {
+			return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("%s has no value", canon)}
+		}
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("the value of %s contains a line break", canon)}
+			}
+			if i := strings.IndexFunc(v, isControl); i >= 0 {
+				return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("the value of %s contains a control character at byte %d", canon, i)}
+			}
+		}
+		out[canon] = slices.Clone(vs)
+	}
+	return out, nil
+}
+
+// checkHeaderName returns what is wrong with a header name, or "": it must
+// be an RFC 9110 token.
+func checkHeaderName(name string) string {
+	if name == "" {
+		return "a header with an empty name"
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return fmt.Sprintf("header name %q has a character a header name cannot have, at byte %d", name, i)
+	}
+	return ""
 }
 
 // checkKey returns what is wrong with a key, or "".

@@ -26,7 +26,8 @@ var (
 	// ErrClosed: the Client was closed before or while the call waited.
 	ErrClosed = pool.ErrClosed
 	// ErrThrottled matches an *APIError for a 503 RequestThrottled or
-	// TooManyConcurrentRequests reply: the endpoint was at its cap.
+	// TooManyConcurrentRequests reply (an online endpoint's 429 Too many
+	// pending requests): the endpoint was at its cap.
 	ErrThrottled = errors.New("amlpool: endpoint throttled the call")
 	// ErrInvalidConfig matches every *ConfigError New returns.
 	ErrInvalidConfig = errors.New("amlpool: invalid config")
@@ -53,7 +54,12 @@ var (
 // own words: Reason returns the most specific of them, and Error shows it.
 //
 // errors.Is(err, ErrThrottled) is true when the reply says the endpoint was
-// full (503 RequestThrottled or TooManyConcurrentRequests).
+// full (503 RequestThrottled or TooManyConcurrentRequests; an online
+// endpoint's 429 Too many pending requests).
+//
+// An online endpoint's reply (Kind Online) has no such body as a rule: its
+// {"message": "…"} becomes Message, and a 424 carries the model
+// container's own status and reason in ModelStatusCode and ModelReason.
 type APIError struct {
 	Endpoint   string        // the endpoint's Name
 	StatusCode int           // HTTP status
@@ -64,6 +70,15 @@ type APIError struct {
 	// Body holds the start of a reply body that was not a service error body
 	// (at most 512 bytes), to help tell a proxy's error page from the service's.
 	Body string
+	// Kind is the kind of the endpoint that answered.
+	Kind Kind
+	// ModelStatusCode is, for an online endpoint's 424, the status the
+	// model container answered with (the ms-azureml-model-error-statuscode
+	// header); 0 when absent or not a status. A 4xx is the input's fault.
+	ModelStatusCode int
+	// ModelReason is, for an online endpoint's 424, the model's reason
+	// (the ms-azureml-model-error-reason header), at most 512 bytes.
+	ModelReason string
 
 	quoted string // Body quoted for Error, key scrubbed; set by parseAPIError
 }
@@ -86,6 +101,9 @@ func (e *APIError) Error() string {
 	if d := e.Detail(); d != "" {
 		b.WriteString("/" + d)
 	}
+	if e.ModelStatusCode != 0 {
+		fmt.Fprintf(&b, " (model HTTP %d)", e.ModelStatusCode)
+	}
 	switch r := e.Reason(); {
 	case r != "":
 		b.WriteString(": " + r)
@@ -98,13 +116,17 @@ func (e *APIError) Error() string {
 }
 
 // Reason returns the most specific message the service gave: the first
-// detail message that is not empty, else Message; "" when the reply had no
-// service error body. Like every field of APIError, it holds no key.
+// detail message that is not empty, else the model's reason (ModelReason),
+// else Message; "" when the reply had none. Like every field of APIError,
+// it holds no key or token.
 func (e *APIError) Reason() string {
 	for _, d := range e.Details {
 		if d.Message != "" {
 			return d.Message
 		}
+	}
+	if e.ModelReason != "" {
+		return e.ModelReason
 	}
 	return e.Message
 }
@@ -119,6 +141,9 @@ func (e *APIError) Detail() string {
 
 // Throttled reports whether the reply says the endpoint was at its cap.
 func (e *APIError) Throttled() bool {
+	if e.Kind == Online {
+		return e.StatusCode == 429 && !e.rateLimited()
+	}
 	if e.StatusCode != 503 {
 		return false
 	}

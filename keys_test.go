@@ -2,9 +2,15 @@ package amlpool
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -44,6 +50,88 @@ func TestNoKeyInAnyOutput(t *testing.T) {
 		"*ConfigError":      cfgErr,
 		"[]LimitedEndpoint": []LimitedEndpoint{limited(o.pool.Endpoints()[0])},
 	}
+	assertNoSecret(t, o, values, secrets)
+}
+
+// TestNoTokenOrHeaderInAnyOutput is TestNoKeyInAnyOutput for online
+// endpoints whose tokens come from a Credential and which carry extra
+// headers: servers echo the token back in every reply (errors, a 2xx that
+// is not JSON, the model's reason of a 424), and neither the token nor the
+// headers' values show anywhere.
+func TestNoTokenOrHeaderInAnyOutput(t *testing.T) {
+	const token, tenant, deployment = "eyJ0eXAi.s3cr3t-token", "tenant-s3cr3t", "deploy-s3cr3t"
+	echo := func(status int) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			auth := r.Header.Get("Authorization")
+			w.Header().Set("ms-azureml-model-error-statuscode", "400")
+			w.Header().Set("ms-azureml-model-error-reason", "rejected "+auth)
+			w.WriteHeader(status)
+			if status == http.StatusOK {
+				io.WriteString(w, `<html>`+auth) // not JSON: ErrMalformedResponse quotes it
+				return
+			}
+			io.WriteString(w, `{"message":"Too many pending requests for `+auth+`"}`)
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	var fresh atomic.Int64
+	cred := CredentialFunc(func(context.Context) (string, error) { fresh.Add(1); return token, nil })
+	ep := func(name string, srv *httptest.Server) Endpoint {
+		return Endpoint{Name: name, URL: srv.URL + "/score", Kind: Online, MaxConcurrentCalls: 1, Credential: cred,
+			Header: http.Header{"X-Tenant": {tenant}, "Azureml-Model-Deployment": {deployment}}}
+	}
+	eps := []Endpoint{ep("full", echo(429)), ep("model", echo(424)), ep("denied", echo(401)), ep("garbled", echo(200))}
+	o := newObserved(t, eps, WithMaxAttempts(3))  // no backoff: its clock is fake
+	_, callErr := o.Do(t.Context(), []byte(`{}`)) // 429, then 424 (the model's 400): a *CallError around an *APIError
+	require.Error(t, callErr)
+	var apiErr *APIError
+	require.ErrorAs(t, callErr, &apiErr)
+	require.Equal(t, 424, apiErr.StatusCode)
+	require.NotEmpty(t, apiErr.ModelReason)
+	o.SetEndpoints(eps[2:])
+	_, deniedErr := o.Do(t.Context(), []byte(`{}`)) // 401 twice (a fresh token), then a 2xx that is not JSON
+	require.Error(t, deniedErr)
+	require.ErrorIs(t, deniedErr, ErrMalformedResponse)
+	credErrFunc := CredentialFunc(func(context.Context) (string, error) { return token, errors.New("expired: " + token) })
+	e := ep("broken", echo(200))
+	e.Credential = credErrFunc
+	broken := newObserved(t, []Endpoint{e}, WithoutRetries())
+	_, credErr := broken.Do(t.Context(), []byte(`{}`))
+	require.ErrorAs(t, credErr, new(*CredentialError))
+	_, cfgErr := New([]Endpoint{func() Endpoint { e := eps[0]; e.APIKey = token; return e }()})
+	require.ErrorIs(t, cfgErr, ErrInvalidConfig)
+
+	values := map[string]any{
+		"Endpoint":         eps[0],
+		"*Endpoint":        &eps[0],
+		"[]Endpoint":       eps,
+		"*pool.Endpoint":   o.pool.Endpoints()[0],
+		"[]*pool.Endpoint": o.pool.Endpoints(),
+		"*pool.Set":        o.pool.Set(),
+		"*Client":          o.Client,
+		"config":           o.cfg,
+		"Stats":            o.Stats(),
+		"*CallError":       callErr,
+		"*APIError":        apiErr,
+		"denied":           deniedErr,
+		"*CredentialError": credErr,
+		"*ConfigError":     cfgErr,
+	}
+	assertNoSecret(t, o, values, []string{token, tenant, deployment})
+	assertNoSecret(t, broken, map[string]any{"*CredentialError": credErr}, []string{token})
+	assert.Contains(t, fmt.Sprint(eps[0]), "X-Tenant:[REDACTED]", "header names are shown")
+	for _, err := range []error{callErr, deniedErr, credErr} {
+		assert.Contains(t, err.Error(), redacted, "the echoed token is scrubbed, not dropped: %v", err)
+	}
+}
+
+// assertNoSecret prints, encodes and logs each of values in every way a
+// user might, and reads back every span, log line and metric o produced:
+// none may contain any of secrets, nor its hex form.
+func assertNoSecret(t *testing.T, o *observed, values map[string]any, secrets []string) {
+	t.Helper()
 	for name, v := range values {
 		for _, key := range secrets {
 			for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {

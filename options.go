@@ -181,6 +181,14 @@ func (o httpClientOption) apply(c *config) { c.httpClient = o.hc }
 // call carries a key, and the key goes to its endpoint's URL only); hc's
 // Transport, TLS settings, Jar and Timeout are kept.
 //
+// Size hc's transport for the calls in flight: an *http.Transport keeps
+// only MaxIdleConnsPerHost idle connections per host, 2 when it is zero (as
+// in http.DefaultTransport), so at 20 calls in flight to one host most
+// connections are closed after each reply and dialled again (with TLS) for
+// the next. Set MaxIdleConnsPerHost to at least the sum of the caps of the
+// endpoints on one host; all the endpoints of a Classic web service share
+// their region's host.
+//
 // Default: a dedicated client with keep-alive connections enough for every
 // endpoint's cap, never http.DefaultClient.
 func WithHTTPClient(hc *http.Client) Option { return httpClientOption{hc} }

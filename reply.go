@@ -61,10 +61,25 @@ func checkReply(data []byte, contentType string, keys []string) error {
 		}
 		if json.Unmarshal(data, &wire) == nil && firstByte(wire.Error) == '{' && wire.Results == nil {
 			apiErr := parseAPIError("", 200, data, keys)
-			return &malformedError{fmt.Errorf("2xx reply is an error body: %s: %s", apiErr.Code, apiErr.Message)}
+			return &malformedError{&errorBodyError{apiErr}}
 		}
 	}
 	return nil
+}
+
+// errorBodyError is checkReply's complaint about a 2xx reply that is the
+// Classic service's error body. An online endpoint's reply is whatever its
+// deployment returns, so such a body is not refused there (isErrorBody).
+type errorBodyError struct{ e *APIError }
+
+func (e *errorBodyError) Error() string {
+	return fmt.Sprintf("2xx reply is an error body: %s: %s", e.e.Code, e.e.Message)
+}
+
+// isErrorBody reports whether checkReply's err is about an error body.
+func isErrorBody(err error) bool {
+	_, ok := errors.AsType[*errorBodyError](err)
+	return ok
 }
 
 // describeType notes a Content-Type that is not JSON, for an error message.

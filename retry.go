@@ -64,28 +64,38 @@ func (v Verdict) String() string {
 	return "Verdict(" + strconv.Itoa(int(v)) + ")"
 }
 
-// Classify is the default classifier: the Azure ML Classic table of
-// docs/azureml.md. It sees the error of one failed attempt: an *APIError for
-// a non-2xx reply, a transport error otherwise.
+// Classify is the default classifier: the tables of docs/azureml.md, one
+// for each Kind of endpoint. It sees the error of one failed attempt: an
+// *APIError for a non-2xx reply (its Kind says which table applies), a
+// *CredentialError when the endpoint's Credential gave no token, a
+// transport error otherwise.
 //
-//	VerdictFull           503 RequestThrottled, 503 TooManyConcurrentRequests
-//	VerdictRetry          408 (but RequestCanceled), 429, 500, 502, 503, 504;
-//	                      connection refused or reset, EOF before the reply,
-//	                      the attempt timeout (WithAttemptTimeout), a reply
-//	                      cut short, a 2xx reply that is not JSON or is an
-//	                      error body (ErrMalformedResponse)
-//	VerdictEndpointFault  401, 403, 404: the endpoint, not the request, is
-//	                      at fault
-//	VerdictGiveUp         400, 413, 501, every other status; TLS trust
-//	                      errors, ErrResponseTooLarge
+//	                      Classic                    Online
+//	VerdictFull           503 RequestThrottled,      429 Too many pending
+//	                      503 TooManyConcurrent-     requests
+//	                      Requests
+//	VerdictRetry          408 (but RequestCanceled), 408, 429 Rate-limited
+//	                      429, 500, 502, 503, 504    (its Retry-After cools
+//	                                                 the endpoint), 424 with
+//	                                                 a model 5xx, 408 or 429,
+//	                                                 500, 502, 503, 504
+//	VerdictEndpointFault  401, 403, 404              401, 403, 404
+//	VerdictGiveUp         400, 413, 501, every       400, 424 with a model
+//	                      other status               4xx (the input's fault),
+//	                                                 every other status
+//
+// For both kinds: a transport error (connection refused or reset, EOF
+// before the reply, the attempt timeout of WithAttemptTimeout, a reply cut
+// short), a 2xx reply that is not JSON or is an error body
+// (ErrMalformedResponse), and a *CredentialError are VerdictRetry; TLS
+// trust errors and ErrResponseTooLarge are VerdictGiveUp.
 //
 // A call whose ctx is done never retries, whatever the classifier says, so a
-// classifier need not check for it. To treat another status as the endpoint
-// being full (Azure ML online endpoints answer 429 when full), wrap Classify:
+// classifier need not check for it. To change one entry, wrap Classify:
 //
 //	amlpool.WithClassifier(func(err error) amlpool.Verdict {
-//		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {
-//			return amlpool.VerdictFull
+//		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 409 {
+//			return amlpool.VerdictRetry // a Kubernetes endpoint's conflict, retried
 //		}
 //		return amlpool.Classify(err)
 //	})
@@ -93,8 +103,15 @@ func Classify(err error) Verdict {
 	if err == nil {
 		return VerdictGiveUp
 	}
+	var credErr *CredentialError
+	if errors.As(err, &credErr) {
+		return VerdictRetry // nothing was sent, whatever the Credential met; bounded by the attempts
+	}
 	var apiErr *APIError
 	if errors.As(err, &apiErr) {
+		if apiErr.Kind == Online {
+			return classifyOnline(apiErr)
+		}
 		return classifyStatus(apiErr)
 	}
 	if errors.Is(err, ErrResponseTooLarge) {

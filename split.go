@@ -25,12 +25,13 @@ import (
 
 // inputFault reports whether err says the request's rows were at fault, so
 // that splitting the request would find rows that can be scored: a 400 from
-// the service (the model or the service could not take the input). Every
-// other failure (throttles, 5xx, timeouts, a bad key) says nothing about the
-// rows and is not split.
+// the service (the model or the service could not take the input), or an
+// online endpoint's 424 for a 4xx from the model (APIError.ModelInputFault).
+// Every other failure (throttles, 5xx, timeouts, a bad key) says nothing
+// about the rows and is not split.
 func inputFault(err error) bool {
 	var apiErr *APIError
-	return errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusBadRequest
+	return errors.As(err, &apiErr) && (apiErr.StatusCode == http.StatusBadRequest || apiErr.ModelInputFault())
 }
 
 // splitState is what a batch knows about its splitting. When the first

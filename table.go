@@ -186,15 +186,30 @@ func (c *Client) ScoreTable(ctx context.Context, in *Table, opts *BatchOptions) 
 			res.Failures = append(res.Failures, ce)
 			return nil
 		}
-		if res.Output.ColumnNames == nil {
+		switch {
+		case res.Output.ColumnNames == nil:
 			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
+		case len(ch.Output.ColumnNames) > len(res.Output.ColumnNames):
+			// An online batch's later chunk added columns (align).
+			res.Output.ColumnNames = ch.Output.ColumnNames
 		}
 		copy(res.Output.Values[ch.Start:], ch.Output.Values)
 		return nil
 	}
 	st, err := c.ScoreRows(ctx, &tableSource{t: in}, sink, &o)
 	res.Stats = st
+	res.Output.pad()
 	return res, err
+}
+
+// pad gives every row that is not nil one cell per column name: rows
+// scored before an online batch's later chunks added columns lack them.
+func (t *Table) pad() {
+	for i, row := range t.Values {
+		if row != nil && len(row) < len(t.ColumnNames) {
+			t.Values[i] = append(row, make([]any, len(t.ColumnNames)-len(row))...)
+		}
+	}
 }
 
 // tableSource reads the rows of an in-memory table.

@@ -1,8 +1,11 @@
 package amlpool_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -195,4 +198,26 @@ func TestLimiterCandidatesGoLowestTierFirst(t *testing.T) {
 		names = append(names, cand.Name)
 	}
 	assert.Equal(t, []string{"a", "d", "b", "c"}, names)
+}
+
+// An Endpoint shows its Tier when it has one, and prints, logs and encodes
+// as before when it has none.
+func TestEndpointShowsItsTierWhenSet(t *testing.T) {
+	shown := func(e amlpool.Endpoint) (s, js, logged string) {
+		b, err := json.Marshal(e)
+		require.NoError(t, err)
+		var buf bytes.Buffer
+		slog.New(slog.NewJSONHandler(&buf, nil)).Info("endpoint", "ep", e)
+		return e.String(), string(b), buf.String()
+	}
+	e := amlpool.Endpoint{Name: "far", URL: "https://h/x", APIKey: "k", Tier: 2}
+	s, js, logged := shown(e)
+	assert.Contains(t, s, " Tier:2}")
+	assert.Contains(t, js, `"Tier":2`)
+	assert.Contains(t, logged, `"tier":2`)
+	e.Tier = 0
+	s, js, logged = shown(e)
+	assert.NotContains(t, s, "Tier")
+	assert.NotContains(t, js, "Tier")
+	assert.NotContains(t, logged, "tier")
 }

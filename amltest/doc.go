@@ -1,5 +1,5 @@
-// Package amltest provides a fake Azure ML Classic scoring endpoint for
-// tests, in the manner of net/http/httptest: each Server is one endpoint,
+// Package amltest provides a fake Azure ML Classic (or online) scoring
+// endpoint for tests, in the manner of net/http/httptest: each Server is one endpoint,
 // with its own URL, key and Max Concurrent Calls, on an httptest.Server.
 //
 // A Server follows the service contract in amlpool's docs/azureml.md. It answers
@@ -42,6 +42,20 @@
 // server saw; PeakInFlight is the server-side witness that a client never
 // exceeded the cap, and WaitFor lets a test wait for a state without
 // sleeping.
+//
+// With Config.Kind amlpool.Online a Server is an Azure ML online endpoint
+// serving an MLflow model instead: it answers POST /score with the key or a
+// token (Config.AcceptToken) as a bearer value, takes
+// {"input_data": {"columns", "index", "data"}}, replies with a JSON array of
+// predictions (Config.Predict, OnlineEcho by default; {"predictions": [...]}
+// with Config.PredictionsObject), answers the call over its cap with 429 Too
+// many pending requests, a request for another deployment than
+// Config.Deployment with 404, and a model error with 424 carrying the
+// model's status and reason in the ms-azureml-model-error-statuscode and
+// -reason headers. Pending, RateLimited and ModelFailure make its faults;
+// Fault.Status gives any other status with a {"message": "…"} body.
+// Stats.HeadersSeen shows the values of the headers Config.RecordHeaders
+// names, so that a test can check which endpoint got which header.
 //
 // A typical test:
 //

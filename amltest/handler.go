@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/amlpool/amlpool"
 )
 
 // call is one request in the handler. Its in-flight counts are released by
@@ -50,9 +52,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	c := &call{s: s, w: w, r: r, stop: stop}
 	defer c.leave()
 
+	online := s.kind == amlpool.Online
+	s.recordHeaders(r.Header)
 	// Routing, method, key and api-version come first and cost nothing: a
 	// call failing them is neither admitted nor counted against the cap.
-	if e := s.route(r); e != nil {
+	if online {
+		if body := s.onlineRoute(r); body != nil {
+			s.bump(&s.rejected)
+			c.reply(http.StatusNotFound, body, Fault{})
+			return
+		}
+	} else if e := s.route(r); e != nil {
 		s.bump(&s.rejected)
 		c.reply(e.status, e.body(), Fault{})
 		return
@@ -72,10 +82,14 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	}
 	if !isBearer || !s.accepts(key) {
 		s.bump(&s.unauthorized)
-		c.reply(http.StatusUnauthorized, faultError(http.StatusUnauthorized, "", "", 0).body(), Fault{})
+		body := faultError(http.StatusUnauthorized, "", "", 0).body()
+		if online {
+			body = onlineFault(http.StatusUnauthorized)
+		}
+		c.reply(http.StatusUnauthorized, body, Fault{})
 		return
 	}
-	if v := r.URL.Query().Get("api-version"); v != "2.0" {
+	if v := r.URL.Query().Get("api-version"); !online && v != "2.0" {
 		s.bump(&s.rejected)
 		c.reply(http.StatusBadRequest, apiError{
 			status: http.StatusBadRequest, code: "BadArgument", message: "Invalid argument provided.",
@@ -90,6 +104,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	n, limit := s.admitted.Add(1), s.mcc.Load()
 	if n > limit {
 		s.bump(&s.throttled)
+		if online {
+			c.reply(http.StatusTooManyRequests, onlineBody(PendingMessage), Fault{})
+			return
+		}
 		c.reply(http.StatusServiceUnavailable, throttleError(limit).body(), Fault{})
 		return
 	}
@@ -128,6 +146,27 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 		}
 		if out == nil {
 			out = faultError(f.Status, f.Code, f.Detail, s.mcc.Load()).body()
+			if online && f.Code == "" && f.Detail == "" {
+				out = onlineFault(f.Status)
+			}
+		}
+		c.reply(status, out, f)
+		return
+	}
+	if online {
+		status, out, mf := s.onlineScore(c, body)
+		if mf != nil {
+			s.bump(&s.rejected)
+			mf.Header = mergeHeader(f.Header, mf.Header)
+			mf.RetryAfter, mf.Truncate, mf.SlowBody = f.RetryAfter, f.Truncate, f.SlowBody
+			c.reply(mf.Status, mf.Body, *mf)
+			return
+		}
+		if f.Status != 0 {
+			status = f.Status
+		}
+		if !f.Truncate {
+			s.bump(&s.scored)
 		}
 		c.reply(status, out, f)
 		return
@@ -294,6 +333,18 @@ func (c *call) reset() {
 		_ = tc.SetLinger(0)
 	}
 	_ = conn.Close()
+}
+
+// mergeHeader returns a's entries overlaid with b's.
+func mergeHeader(a, b http.Header) http.Header {
+	out := make(http.Header, len(a)+len(b))
+	for k, v := range a {
+		out[http.CanonicalHeaderKey(k)] = v
+	}
+	for k, v := range b {
+		out[http.CanonicalHeaderKey(k)] = v
+	}
+	return out
 }
 
 func is2xx(status int) bool { return status >= 200 && status < 300 }

@@ -70,6 +70,31 @@ type Config struct {
 	// means a normal reply. It is called from many goroutines at once and
 	// must be safe for that.
 	Fault func(n int64) Fault
+
+	// Kind amlpool.Online makes the server an online endpoint serving an
+	// MLflow model (see Pending): it answers POST /score, and a call over
+	// MaxConcurrentCalls gets 429 Too many pending requests. Score is not
+	// used; Predict is the model. Default: amlpool.Classic.
+	Kind amlpool.Kind
+	// Predict is an online server's model: one prediction per row of the
+	// request's input_data. An error becomes the model's 400, sent as a 424
+	// with the model's status and reason headers. It is called from many
+	// goroutines at once and must be safe for that. Default: OnlineEcho.
+	Predict func(columns []string, rows [][]any) ([]any, error)
+	// PredictionsObject makes an online server reply {"predictions": [...]}
+	// instead of a bare array, as some MLflow servers do.
+	PredictionsObject bool
+	// Deployment is an online server's deployment name: a request whose
+	// azureml-model-deployment header names another gets 404. Default: any.
+	Deployment string
+	// AcceptToken, when set, decides whether a bearer value that is not
+	// one of the keys is a valid token (Azure AD or aml_token): tests of a
+	// Credential use it to expire and rotate tokens. It is called from many
+	// goroutines at once and must be safe for that.
+	AcceptToken func(token string) bool
+	// RecordHeaders names request headers whose values Stats.HeadersSeen
+	// keeps, e.g. DeploymentHeader.
+	RecordHeaders []string
 }
 
 // Server is a fake Azure ML Classic scoring endpoint on an httptest.Server.
@@ -100,6 +125,13 @@ type Server struct {
 	score       func(*amlpool.Request) (*amlpool.Response, error)
 	faultFunc   func(int64) Fault
 
+	kind              amlpool.Kind
+	predict           func([]string, [][]any) ([]any, error)
+	predictionsObject bool
+	deployment        string
+	acceptToken       func(string) bool
+	recorded          []string // Config.RecordHeaders, canonical
+
 	closed    chan struct{} // closed by Close; ends WaitFor and Restart
 	closeOnce sync.Once
 
@@ -121,9 +153,10 @@ type Server struct {
 	// is waiting; nil when nobody waits, so the hot path only loads it.
 	changed atomic.Pointer[chan struct{}]
 
-	mu     sync.Mutex // guards script and keys
-	script []Fault
-	keys   map[string]struct{} // the keys presented, for Stats.KeysSeen
+	mu      sync.Mutex // guards script, keys and headers
+	script  []Fault
+	keys    map[string]struct{} // the keys presented, for Stats.KeysSeen
+	headers map[string][]string // values of the recorded headers, for Stats.HeadersSeen
 }
 
 // NewServer starts and returns a fake endpoint. The caller must Close it,
@@ -147,6 +180,19 @@ func NewUnstartedServer(cfg Config) *Server {
 		closed:      make(chan struct{}),
 		stop:        make(chan struct{}),
 		keys:        make(map[string]struct{}),
+		headers:     make(map[string][]string),
+
+		kind:              cfg.Kind,
+		predict:           cfg.Predict,
+		predictionsObject: cfg.PredictionsObject,
+		deployment:        cfg.Deployment,
+		acceptToken:       cfg.AcceptToken,
+	}
+	for _, h := range cfg.RecordHeaders {
+		s.recorded = append(s.recorded, http.CanonicalHeaderKey(h))
+	}
+	if s.predict == nil {
+		s.predict = OnlineEcho
 	}
 	if s.name == "" {
 		s.name = randomHex(16)
@@ -277,7 +323,8 @@ func (s *Server) Client() *http.Client {
 }
 
 // URL returns the endpoint's scoring URL, like the one on the service's API
-// help page: base + "/workspaces/{ws}/services/{Name}/execute?api-version=2.0&details=true".
+// help page: base + "/workspaces/{ws}/services/{Name}/execute?api-version=2.0&details=true";
+// for an online server, base + "/score".
 // Add "&format=swagger" for row objects; drop "&details=true" for replies
 // without column lists. It is valid once the server has started.
 func (s *Server) URL() string {
@@ -285,21 +332,31 @@ func (s *Server) URL() string {
 	if p := s.base.Load(); p != nil {
 		base = *p
 	}
+	if s.kind == amlpool.Online {
+		return base + "/score"
+	}
 	return base + "/workspaces/" + url.PathEscape(s.workspace) + "/services/" +
 		url.PathEscape(s.name) + "/execute?api-version=2.0&details=true"
 }
 
 // Endpoint returns the amlpool.Endpoint for this server: its Name, URL,
-// keys, and its current cap.
+// keys, its current cap and its Kind. For an online server with a
+// Deployment, its Header pins that deployment.
 func (s *Server) Endpoint() amlpool.Endpoint {
 	keys := s.keys2.Load()
-	return amlpool.Endpoint{
+	e := amlpool.Endpoint{
 		Name:               s.name,
 		URL:                s.URL(),
 		APIKey:             keys[0],
 		SecondaryKey:       keys[1],
 		MaxConcurrentCalls: int(s.mcc.Load()),
+		Kind:               s.kind,
 	}
+	if s.kind == amlpool.Online && s.deployment != "" {
+		e.Header = http.Header{}
+		e.Header.Set(DeploymentHeader, s.deployment)
+	}
+	return e
 }
 
 // SetKeys replaces the keys the endpoint accepts, as regenerating a key on
@@ -315,13 +372,14 @@ func (s *Server) SetKeys(primary, secondary string) {
 	s.keys2.Store(&[2]string{primary, secondary})
 }
 
-// accepts reports whether key is one of the endpoint's keys now.
+// accepts reports whether key is one of the endpoint's keys now, or a
+// token Config.AcceptToken accepts.
 func (s *Server) accepts(key string) bool {
 	keys := s.keys2.Load()
 	// Both compared, so that the time taken does not tell which matched.
 	a := subtle.ConstantTimeCompare([]byte(key), []byte(keys[0]))
 	b := subtle.ConstantTimeCompare([]byte(key), []byte(keys[1]))
-	return a|b == 1
+	return a|b == 1 || s.acceptToken != nil && s.acceptToken(key)
 }
 
 // randomKey returns an 88-character base64 key, like the service's.
@@ -354,8 +412,8 @@ func (s *Server) SetMaxConcurrentCalls(n int) {
 type Stats struct {
 	Requests     int64 // calls that reached the handler, whatever the reply
 	Scored       int64 // 2xx replies from the model that began to be sent whole (not raw Fault bodies, not Truncate)
-	Throttled    int64 // 503 RequestThrottled replies because the cap was reached
-	Unauthorized int64 // 401 replies: missing or wrong key
+	Throttled    int64 // 503 RequestThrottled (online: 429 Too many pending requests) replies because the cap was reached
+	Unauthorized int64 // 401 replies: missing or wrong key or token
 	Rejected     int64 // other error replies of the server's own: routing, method, api-version, body checks, Score errors (400) and malformed Score replies (500)
 	Faults       int64 // calls that got a non-zero Fault
 	InFlight     int64 // calls in the handler now, whatever their reply will be
@@ -371,9 +429,14 @@ type Stats struct {
 	// and within the cap. It never exceeds the cap in force when each call
 	// arrived.
 	PeakAdmitted int64
-	// KeysSeen holds the distinct bearer keys presented (the first 64),
-	// sorted: a test can check that each endpoint saw only its own key.
+	// KeysSeen holds the distinct bearer keys and tokens presented (the
+	// first 64), sorted: a test can check that each endpoint saw only its
+	// own key.
 	KeysSeen []string
+	// HeadersSeen holds, for each header Config.RecordHeaders names (in
+	// canonical form), the distinct values presented (the first 64 of
+	// each), in the order first seen.
+	HeadersSeen http.Header
 }
 
 // Stats returns a snapshot of the counters.
@@ -394,6 +457,12 @@ func (s *Server) Stats() Stats {
 	for k := range s.keys {
 		st.KeysSeen = append(st.KeysSeen, k)
 	}
+	if len(s.recorded) > 0 {
+		st.HeadersSeen = make(http.Header, len(s.headers))
+		for k, v := range s.headers {
+			st.HeadersSeen[k] = slices.Clone(v)
+		}
+	}
 	s.mu.Unlock()
 	slices.Sort(st.KeysSeen)
 	return st
@@ -411,6 +480,7 @@ func (s *Server) ResetStats() {
 	s.peakAdmitted.Store(s.admitted.Load())
 	s.mu.Lock()
 	clear(s.keys)
+	clear(s.headers)
 	s.mu.Unlock()
 	s.notify()
 }

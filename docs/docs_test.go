@@ -2,6 +2,7 @@ package docs_test
 
 import (
 	"bytes"
+	"context"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -141,7 +142,42 @@ func TestSnippetsRun(t *testing.T) {
 		assert.Equal(t, 2, scored)
 	})
 	t.Run("observability", func(t *testing.T) { snippetObservability(t.Context(), pool(t, 1)) })
-	t.Run("online endpoints", func(t *testing.T) { snippetOnlineEndpoints(pool(t, 1)) })
+	t.Run("online quick start", func(t *testing.T) {
+		blue := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 24, Deployment: "blue"})
+		t.Cleanup(blue.Close)
+		green := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 300})
+		t.Cleanup(green.Close)
+		t.Setenv("AML_KEY_BLUE", blue.Endpoint().APIKey)
+		t.Setenv("AML_KEY_GREEN", green.Endpoint().APIKey)
+		snippetOnlineQuickStart(t.Context(), blue.URL(), green.URL())
+		assert.Equal(t, int64(1), blue.Stats().Scored+green.Stats().Scored)
+	})
+	t.Run("online endpoints", func(t *testing.T) {
+		srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 24, Deployment: "blue",
+			AcceptToken: func(tok string) bool { return tok == "aad-token" }})
+		t.Cleanup(srv.Close)
+		snippetOnlineEndpoints(t.Context(), srv.URL(), amlpool.CredentialFunc(func(context.Context) (string, error) { return "aad-token", nil }))
+		assert.Equal(t, int64(1), srv.Stats().Scored)
+	})
+	t.Run("SetEndpoints", func(t *testing.T) {
+		east := amltest.NewServer(amltest.Config{Name: "east", Key: "old-primary", SecondaryKey: "secondary"})
+		t.Cleanup(east.Close)
+		north := amltest.NewServer(amltest.Config{Name: "north"})
+		t.Cleanup(north.Close)
+		eps := []amlpool.Endpoint{east.Endpoint()}
+		c, err := amlpool.New(eps)
+		require.NoError(t, err)
+		defer c.Close()
+		east.SetKeys("new-primary", "secondary") // regenerated in the portal
+		snippetSetEndpoints(c, eps, north.URL(), north.Endpoint().APIKey, "new-primary", "secondary")
+		var names []string
+		for _, e := range c.Stats().Endpoints {
+			names = append(names, e.Name)
+		}
+		assert.Equal(t, []string{"east", "north"}, names)
+		_, err = c.Do(t.Context(), []byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`))
+		require.NoError(t, err)
+	})
 	t.Run("fleet", func(t *testing.T) {
 		rdb := miniredis.RunT(t)
 		body := []byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -171,15 +172,65 @@ func snippetFleet(ctx context.Context, addr string, endpoints []amlpool.Endpoint
 	fmt.Printf("%s\n", reply)
 }
 
-func snippetOnlineEndpoints(endpoints []amlpool.Endpoint) {
-	c, err := amlpool.New(endpoints, amlpool.WithClassifier(func(err error) amlpool.Verdict {
-		if apiErr, ok := errors.AsType[*amlpool.APIError](err); ok && apiErr.StatusCode == 429 {
-			return amlpool.VerdictFull // too many pending requests: another endpoint, at once
-		}
-		return amlpool.Classify(err)
-	}))
+func snippetSetEndpoints(c *amlpool.Client, eps []amlpool.Endpoint, northURL, northKey, newPrimary, secondary string) {
+	// More capacity: a third endpoint, added while calls run. Calls already
+	// waiting for a slot take its slots at once.
+	eps = append(eps, amlpool.Endpoint{
+		Name: "north", URL: northURL, APIKey: northKey, MaxConcurrentCalls: 20,
+	})
+	if err := c.SetEndpoints(eps); err != nil {
+		log.Fatal(err) // a *ConfigError; the endpoints in use go on unchanged
+	}
+
+	// Rotating east's keys without a failed call. Azure gives every endpoint
+	// two keys: with both configured, a call that meets a 401 with one key goes
+	// on at once with the other. Regenerate the primary in the portal, then
+	// give the Client the new pair.
+	eps[0].APIKey, eps[0].SecondaryKey = newPrimary, secondary
+	if err := c.SetEndpoints(eps); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func snippetOnlineQuickStart(ctx context.Context, blueURL, greenURL string) {
+	c, err := amlpool.New([]amlpool.Endpoint{
+		{Name: "blue", URL: blueURL, Kind: amlpool.Online, APIKey: os.Getenv("AML_KEY_BLUE"),
+			MaxConcurrentCalls: 24,                                                 // 2 × max_concurrent_requests_per_instance (4) × instance_count (3)
+			Header:             http.Header{"azureml-model-deployment": {"blue"}}}, // this deployment only
+		{Name: "green", URL: greenURL, Kind: amlpool.Online, APIKey: os.Getenv("AML_KEY_GREEN"),
+			MaxConcurrentCalls: 300},
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
+	reply, err := c.Do(ctx, []byte(`{"input_data": {"columns": ["age", "income"], "data": [[39, 52000]]}}`))
+	if err != nil {
+		log.Fatal(err) // an *APIError; for a 424, ModelStatusCode and ModelReason are the model's own
+	}
+	fmt.Printf("%s\n", reply) // the deployment's reply, e.g. [0.82]
+}
+
+func snippetOnlineEndpoints(ctx context.Context, scoringURI string, cred amlpool.Credential) {
+	c, err := amlpool.New([]amlpool.Endpoint{{
+		Name:               "blue",
+		URL:                scoringURI, // https://{endpoint}.{region}.inference.ml.azure.com/score
+		Kind:               amlpool.Online,
+		MaxConcurrentCalls: 24,   // 2 × max_concurrent_requests_per_instance × instance_count
+		Credential:         cred, // or APIKey
+		Header:             http.Header{"azureml-model-deployment": {"blue"}},
+	}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	reply, err := c.Do(ctx, []byte(`{"input_data": {"columns": ["age"], "data": [[39]]}}`))
+	var apiErr *amlpool.APIError
+	if errors.As(err, &apiErr) && apiErr.ModelInputFault() {
+		log.Fatalf("the model refused the input: %s", apiErr.ModelReason)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s\n", reply)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -104,13 +105,13 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		if client, err = amlpool.New(eps); err != nil {
 			return err
 		}
-		body = []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
+		body = sampleBody(amlpool.Classic)
 		ceilingLatency = o.latency
 	} else {
 		if o.in == "" {
 			return usageError{errors.New("--config needs --in: rows the service accepts, to send")}
 		}
-		cfg, eps, err := loadConfig(o.config, os.Getenv)
+		cfg, eps, err := loadConfig(o.config, osKeys)
 		if err != nil {
 			return usageError{err}
 		}
@@ -206,6 +207,9 @@ func benchBody(path string, n int, cfg *poolConfig) ([]byte, error) {
 	}
 	if len(t.Values) == 0 {
 		return nil, fmt.Errorf("%s: no rows to send", path)
+	}
+	if cfg.Endpoints[0].Kind == amlpool.Online { // the MLflow form
+		return json.Marshal(map[string]any{"input_data": map[string]any{"columns": t.ColumnNames, "data": t.Values}})
 	}
 	req := amlpool.Request{Inputs: map[string]*amlpool.Table{cmpOr(cfg.Input, "input1"): t}, GlobalParameters: cfg.GlobalParameters}
 	return req.MarshalJSON()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -17,7 +18,9 @@ import (
 //	{
 //	  "endpoints": [
 //	    {"name": "east", "url": "https://…/execute?api-version=2.0&details=true",
-//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20, "tier": 0}
+//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20, "tier": 0},
+//	    {"name": "west", "url": "https://…", "apiKeyFile": "/run/secrets/west",
+//	     "secondaryKeyFile": "/run/secrets/west2", "tier": 1}
 //	  ],
 //	  "input": "input1", "output": "output1",
 //	  "inputColumns": ["age", "income"], "outputColumns": ["Scored Labels"],
@@ -25,7 +28,20 @@ import (
 //	}
 //
 // Keys never go in the file: each endpoint names the environment variable
-// that holds its key.
+// or the file that holds its key, and may name its second key the same
+// way. A key file is read again when amlpool score reloads the config
+// (SIGHUP), so a rotated key can be put in place while a run goes on. An
+// online endpoint ("kind": "online", whose "maxConcurrentCalls" is
+// required) may take a token instead, from "tokenEnv", "tokenFile" or
+// "tokenCommand" (token.go), and "header" adds request headers, such as the
+// deployment to pin:
+//
+//	{"name": "blue", "url": "https://churn.westeurope.inference.ml.azure.com/score",
+//	 "kind": "online", "maxConcurrentCalls": 24, "tokenFile": "/run/aml/token",
+//	 "header": {"azureml-model-deployment": "blue"}}
+//
+// Batch scoring of online endpoints sends the MLflow input_data form;
+// "input", "output" and "globalParameters" are then unused.
 type poolConfig struct {
 	Endpoints        []endpointConfig `json:"endpoints"`
 	Input            string           `json:"input"`            // input port; default input1
@@ -37,30 +53,49 @@ type poolConfig struct {
 }
 
 type endpointConfig struct {
-	Name               string `json:"name"`
-	URL                string `json:"url"`
-	APIKeyEnv          string `json:"apiKeyEnv"`
-	MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
-	Tier               int    `json:"tier"`   // 0 first; higher tiers take only the overflow
-	APIKey             any    `json:"apiKey"` // refused: keys come from the environment
+	Name               string            `json:"name"`
+	URL                string            `json:"url"`
+	APIKeyEnv          string            `json:"apiKeyEnv"`
+	APIKeyFile         string            `json:"apiKeyFile"`
+	SecondaryKeyEnv    string            `json:"secondaryKeyEnv"`
+	SecondaryKeyFile   string            `json:"secondaryKeyFile"`
+	MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
+	Tier               int               `json:"tier"`         // 0 first; higher tiers take only the overflow
+	Kind               amlpool.Kind      `json:"kind"`         // "classic" (default) or "online"
+	Header             map[string]string `json:"header"`       // extra request headers
+	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
+	TokenFile          string            `json:"tokenFile"`    // a token in this file, read again when it changes
+	TokenCommand       []string          `json:"tokenCommand"` // a command that prints a token
+	TokenTTL           string            `json:"tokenTTL"`     // how long a command's token is used; default 10m
+	APIKey             any               `json:"apiKey"`       // refused: keys come from the environment or a file
+	Token              any               `json:"token"`        // refused: tokens too
 }
 
-// loadConfig reads and checks a pool file and resolves each endpoint's key
-// from the environment (getenv). Errors name the file, the endpoint and the
-// field, never a key.
-func loadConfig(path string, getenv func(string) string) (*poolConfig, []amlpool.Endpoint, error) {
+// keySource is where a config's keys come from: environment variables and
+// files.
+type keySource struct {
+	getenv   func(string) string
+	readFile func(string) ([]byte, error)
+}
+
+// osKeys reads the process's environment and files.
+var osKeys = keySource{getenv: os.Getenv, readFile: os.ReadFile}
+
+// loadConfig reads and checks a pool file and resolves each endpoint's
+// keys. Errors name the file, the endpoint and the field, never a key.
+func loadConfig(path string, keys keySource) (*poolConfig, []amlpool.Endpoint, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, eps, err := parseConfig(data, getenv)
+	cfg, eps, err := parseConfig(data, keys)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, eps, nil
 }
 
-func parseConfig(data []byte, getenv func(string) string) (*poolConfig, []amlpool.Endpoint, error) {
+func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var cfg poolConfig
@@ -79,17 +114,61 @@ func parseConfig(data []byte, getenv func(string) string) (*poolConfig, []amlpoo
 	eps := make([]amlpool.Endpoint, len(cfg.Endpoints))
 	for i, e := range cfg.Endpoints {
 		label := epLabel(i, e.Name)
-		switch {
-		case e.APIKey != nil:
-			return nil, nil, fmt.Errorf(`%s: "apiKey": keys do not go in the file; put the key in an environment variable and name it in "apiKeyEnv"`, label)
-		case e.APIKeyEnv == "":
-			return nil, nil, fmt.Errorf(`%s: "apiKeyEnv": missing; name the environment variable that holds this endpoint's key`, label)
-		case getenv(e.APIKeyEnv) == "":
-			return nil, nil, fmt.Errorf(`%s: "apiKeyEnv": environment variable %s is not set or empty`, label, e.APIKeyEnv)
+		cred, err := e.credential(label, keys)
+		if err != nil {
+			return nil, nil, err
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, APIKey: getenv(e.APIKeyEnv), MaxConcurrentCalls: e.MaxConcurrentCalls, Tier: e.Tier}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred, Tier: e.Tier}
+		if cred == nil {
+			if eps[i].APIKey, err = keys.resolve("apiKey", e.APIKeyEnv, e.APIKeyFile, true); err != nil {
+				return nil, nil, fmt.Errorf("%s: %w", label, err)
+			}
+		}
+		if eps[i].SecondaryKey, err = keys.resolve("secondaryKey", e.SecondaryKeyEnv, e.SecondaryKeyFile, false); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", label, err)
+		}
+		if e.Header != nil {
+			eps[i].Header = make(http.Header, len(e.Header))
+			for k, v := range e.Header {
+				canon := http.CanonicalHeaderKey(k)
+				if _, dup := eps[i].Header[canon]; dup {
+					return nil, nil, fmt.Errorf(`%s: "header": %s given twice, in different cases`, label, canon)
+				}
+				eps[i].Header[canon] = []string{v}
+			}
+		}
 	}
 	return &cfg, eps, nil
+}
+
+// resolve reads the key that an endpoint's "<field>Env" or "<field>File"
+// names; exactly one of them for a required key, at most one otherwise.
+// A key file holds the key alone; spaces and line breaks around it are
+// dropped. Errors never show a key.
+func (s keySource) resolve(field, env, file string, required bool) (string, error) {
+	switch {
+	case env != "" && file != "":
+		return "", fmt.Errorf(`"%sEnv" and "%sFile": give one, not both`, field, field)
+	case env != "":
+		k := s.getenv(env)
+		if k == "" {
+			return "", fmt.Errorf(`"%sEnv": environment variable %s is not set or empty`, field, env)
+		}
+		return k, nil
+	case file != "":
+		b, err := s.readFile(file)
+		if err != nil {
+			return "", fmt.Errorf(`"%sFile": %w`, field, err)
+		}
+		k := strings.TrimSpace(string(b))
+		if k == "" {
+			return "", fmt.Errorf(`"%sFile": %s is empty`, field, file)
+		}
+		return k, nil
+	case required:
+		return "", fmt.Errorf(`"%sEnv": missing; name the environment variable (or with "%sFile", the file) that holds this endpoint's key`, field, field)
+	}
+	return "", nil
 }
 
 func epLabel(i int, name string) string {
@@ -100,26 +179,13 @@ func epLabel(i int, name string) string {
 }
 
 // fileField maps the Endpoint fields that amlpool.New names to the file's.
-var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name", "Tier": "tier"}
+var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "SecondaryKey": "secondaryKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name",
+	"Kind": "kind", "Header": "header", "Tier": "tier"}
 
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {
 	c, err := amlpool.New(eps)
-	var ce *amlpool.ConfigError
-	if errors.As(err, &ce) {
-		label := ce.Endpoint
-		for i, e := range cfg.Endpoints {
-			if e.Name == ce.Endpoint || "endpoints["+strconv.Itoa(i)+"]" == ce.Endpoint {
-				label = epLabel(i, e.Name)
-			}
-		}
-		field := ce.Field
-		if f, ok := fileField[field]; ok {
-			field = f
-		}
-		return nil, fmt.Errorf("%s: %s: %q: %s", path, label, field, ce.Problem)
-	}
-	return c, err
+	return c, fileError(path, cfg, err)
 }
 
 // jsonError adds the line and column to a JSON decoding error.
@@ -135,7 +201,8 @@ func jsonError(data []byte, err error) error {
 		err = fmt.Errorf("%q: want %v, not a JSON %s", te.Field, te.Type, te.Value)
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; per endpoint: name, url, apiKeyEnv, maxConcurrentCalls)",
+		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
+			"per endpoint: name, url, kind, maxConcurrentCalls, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header)",
 			strings.TrimPrefix(msg, "json: unknown field "))
 	}
 	if off < 0 {

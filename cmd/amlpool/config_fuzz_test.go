@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -10,8 +11,9 @@ import (
 )
 
 // FuzzParseConfig feeds the pool file parser arbitrary files. The bar: no
-// panic; no key in any error, the parser's or New's; every endpoint it
-// accepts carries the key of the variable it names.
+// panic; no key or token in any error, the parser's or New's; every
+// endpoint it accepts carries the key of the variable or file it names, or
+// a token source.
 func FuzzParseConfig(f *testing.F) {
 	const key = "env-held-key-0123456789"
 	for _, seed := range []string{
@@ -22,27 +24,56 @@ func FuzzParseConfig(f *testing.F) {
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"NOPE"}]}`,
 		`{"endpoints":[]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}]} {}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"k.txt","secondaryKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"k.txt","apiKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyFile":"missing.txt"}]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","extra":1}]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"globalParameters":{"a":[1,{"b":null}]}}`,
 		`[`, ``, `null`,
+		`{"endpoints":[{"url":"https://e.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":300,"tokenEnv":"K","header":{"azureml-model-deployment":"blue"}}]}`,
+		`{"endpoints":[{"url":"https://e/score","kind":"online","apiKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://e/score","kind":"Online","maxConcurrentCalls":1,"tokenCommand":["true"],"tokenTTL":"1m"}]}`,
+		`{"endpoints":[{"url":"https://e/score","kind":"batch","tokenEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://e/score","kind":"online","maxConcurrentCalls":1,"tokenFile":"/nonexistent","apiKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://e/score","token":"` + key + `"}]}`,
+		`{"endpoints":[{"url":"https://e/score","apiKeyEnv":"K","header":{"Authorization":"Bearer ` + key + `"}}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"},{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"K"}]}`,
 	} {
 		f.Add([]byte(seed))
 	}
-	getenv := func(name string) string {
-		if name == "K" {
-			return key
-		}
-		return ""
+	keys := keySource{
+		getenv: func(name string) string {
+			if name == "K" {
+				return key
+			}
+			return ""
+		},
+		readFile: func(name string) ([]byte, error) {
+			if name == "k.txt" {
+				return []byte(" " + key + "\n"), nil
+			}
+			return nil, os.ErrNotExist
+		},
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, eps, err := parseConfig(data, getenv)
+		cfg, eps, err := parseConfig(data, keys)
 		if err != nil {
 			require.NotContains(t, err.Error(), key)
 			return
 		}
 		require.Len(t, eps, len(cfg.Endpoints))
-		for _, e := range eps {
-			require.Equal(t, key, e.APIKey)
+		for i, e := range eps {
+			require.Contains(t, []string{"", key}, e.SecondaryKey)
+			if e.Credential == nil {
+				require.Equal(t, key, e.APIKey)
+			} else {
+				require.Empty(t, e.APIKey)
+				if cfg.Endpoints[i].TokenEnv != "" {
+					tok, err := e.Credential.Token(t.Context())
+					require.NoError(t, err)
+					require.Equal(t, key, tok)
+				}
+			}
 		}
 		c, err := amlpool.New(eps)
 		if err != nil {

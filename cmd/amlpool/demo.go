@@ -17,7 +17,8 @@ import (
 
 const demoHelp = `Usage: amlpool demo [flags]
 
-Starts fake Azure ML Classic endpoints in this process, drives a saturating
+Starts fake Azure ML Classic endpoints (or, with -kind online, fake online
+endpoints that answer 429 past their cap) in this process, drives a saturating
 closed-loop load through one amlpool Client, and prints each endpoint's share
 of the calls, the peak concurrency its server saw, its throttles, and the
 achieved rate beside the capacity formula's ceiling
@@ -27,6 +28,7 @@ endpoint's calls in flight against its limit, calls per second and throttles.
 Examples:
   amlpool demo
   amlpool demo -endpoints 3 -mcc 200 -latency 20ms -duration 10s
+  amlpool demo -kind online -endpoints 2 -mcc 400
 
 Flags:
 `
@@ -39,6 +41,7 @@ type demoConfig struct {
 	duration  time.Duration
 	callers   int
 	every     time.Duration // live picture interval; 0: none
+	kind      amlpool.Kind
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
@@ -47,7 +50,8 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(fs.Output(), demoHelp); fs.PrintDefaults() }
 	var cfg demoConfig
 	fs.IntVar(&cfg.endpoints, "endpoints", 5, "number of fake endpoints")
-	fs.IntVar(&cfg.mcc, "mcc", 20, "Max Concurrent Calls of each endpoint (1-200)")
+	fs.IntVar(&cfg.mcc, "mcc", 20, "Max Concurrent Calls of each endpoint (1-200; online: 1-10000)")
+	fs.TextVar(&cfg.kind, "kind", amlpool.Classic, "kind of the fake endpoints: classic or online")
 	fs.DurationVar(&cfg.latency, "latency", 50*time.Millisecond, "service time of each call")
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long to drive load")
 	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers (default 3x the total slots)")
@@ -69,8 +73,8 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	switch {
 	case cfg.endpoints < 1:
 		return fmt.Errorf("-endpoints %d: need at least 1", cfg.endpoints)
-	case cfg.mcc < 1 || cfg.mcc > amlpool.MaxMaxConcurrentCalls:
-		return fmt.Errorf("-mcc %d: want 1 to %d", cfg.mcc, amlpool.MaxMaxConcurrentCalls)
+	case cfg.mcc < 1 || cfg.mcc > maxMCC(cfg.kind):
+		return fmt.Errorf("-mcc %d: want 1 to %d for %s endpoints", cfg.mcc, maxMCC(cfg.kind), cfg.kind)
 	case cfg.latency <= 0:
 		return fmt.Errorf("-latency %v: must be positive", cfg.latency)
 	case cfg.duration <= 0:
@@ -90,6 +94,7 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 			Name:               fmt.Sprintf("endpoint%d", i+1),
 			MaxConcurrentCalls: cfg.mcc,
 			Latency:            cfg.latency,
+			Kind:               cfg.kind,
 		})
 		defer servers[i].Close()
 		endpoints[i] = servers[i].Endpoint()
@@ -101,11 +106,11 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	defer client.Close()
 
 	ceiling := float64(slots) * float64(time.Second) / float64(cfg.latency)
-	fmt.Fprintf(out, "amlpool demo: %d endpoints x %d slots, %v latency, %d callers for %v\n",
-		cfg.endpoints, cfg.mcc, cfg.latency, cfg.callers, cfg.duration)
+	fmt.Fprintf(out, "amlpool demo: %d %s endpoints x %d slots, %v latency, %d callers for %v\n",
+		cfg.endpoints, cfg.kind, cfg.mcc, cfg.latency, cfg.callers, cfg.duration)
 	fmt.Fprintf(out, "ceiling: %d x %d x 1000 / %v = %.0f calls/s\n\n", cfg.endpoints, cfg.mcc, cfg.latency.Milliseconds(), ceiling)
 
-	body := []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
+	body := sampleBody(cfg.kind)
 	runCtx, cancel := context.WithTimeout(ctx, cfg.duration)
 	defer cancel()
 	var ok, failed atomic.Int64
@@ -163,4 +168,20 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		fmt.Fprintln(out, "first error:", err)
 	}
 	return nil
+}
+
+// maxMCC is the highest cap an endpoint of kind may have.
+func maxMCC(kind amlpool.Kind) int {
+	if kind == amlpool.Online {
+		return amlpool.MaxOnlineConcurrentCalls
+	}
+	return amlpool.MaxMaxConcurrentCalls
+}
+
+// sampleBody is a one-row request the fake endpoints of kind score.
+func sampleBody(kind amlpool.Kind) []byte {
+	if kind == amlpool.Online {
+		return []byte(`{"input_data":{"columns":["x"],"index":[0],"data":[["1"]]}}`)
+	}
+	return []byte(`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`)
 }

@@ -412,7 +412,7 @@ func TestScoreConfigErrors(t *testing.T) {
 
 func TestConfigTier(t *testing.T) {
 	_, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"a","url":"https://x/services/a/execute","apiKeyEnv":"K"},`+
-		`{"name":"b","url":"https://x/services/b/execute","apiKeyEnv":"K","tier":2}]}`), func(string) string { return "k" })
+		`{"name":"b","url":"https://x/services/b/execute","apiKeyEnv":"K","tier":2}]}`), keySource{getenv: func(string) string { return "k" }})
 	require.NoError(t, err)
 	assert.Equal(t, []int{0, 2}, []int{eps[0].Tier, eps[1].Tier})
 }

@@ -37,8 +37,15 @@ HTTP 400 LibraryExecutionError, as a real model's error does. One row of
 rows.csv is such a row, to show how a bad row is isolated: scoring the file
 puts it alone in the reject file and scores all the others.
 
+With --kind online the fakes are Azure ML online endpoints serving an
+MLflow model: they answer POST /score, take the input_data form, answer 429
+Too many pending requests past --mcc (up to 10000), and fail a request with
+the poison cell with 424 and the model's 400 in its headers. pool.json then
+names their kind and pins their deployment with a header.
+
 Examples:
   amlpool fake --dir /tmp/amlfake
+  amlpool fake --kind online --mcc 300 --dir /tmp/amlfake
   amlpool fake --endpoints 2 --mcc 4 --latency 200ms --dir /tmp/amlfake
   # then, in another shell:
   . /tmp/amlfake/keys.env
@@ -54,6 +61,7 @@ type fakeOptions struct {
 	latency    time.Duration
 	sampleRows int
 	poison     string
+	kind       amlpool.Kind
 }
 
 func runFake(args []string, stdout, stderr io.Writer) int {
@@ -63,7 +71,8 @@ func runFake(args []string, stdout, stderr io.Writer) int {
 	var o fakeOptions
 	fs.StringVar(&o.dir, "dir", "amlpool-fake", "where to write pool.json, keys.env and rows.csv")
 	fs.IntVar(&o.endpoints, "endpoints", 3, "number of fake endpoints")
-	fs.IntVar(&o.mcc, "mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200)")
+	fs.IntVar(&o.mcc, "mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200; online: 1-10000)")
+	fs.TextVar(&o.kind, "kind", amlpool.Classic, "kind of the fake endpoints: classic or online")
 	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "service time of each call")
 	fs.IntVar(&o.sampleRows, "sample-rows", 1000, "rows to write to rows.csv (0: none)")
 	fs.StringVar(&o.poison, "poison", "poison", "a cell the fake model cannot score")
@@ -94,8 +103,8 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	switch {
 	case o.endpoints < 1:
 		return usageError{fmt.Errorf("--endpoints %d: want at least 1", o.endpoints)}
-	case o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls:
-		return usageError{fmt.Errorf("--mcc %d: want 1 to %d", o.mcc, amlpool.MaxMaxConcurrentCalls)}
+	case o.mcc < 1 || o.mcc > maxMCC(o.kind):
+		return usageError{fmt.Errorf("--mcc %d: want 1 to %d for %s endpoints", o.mcc, maxMCC(o.kind), o.kind)}
 	case o.latency < 0 || o.sampleRows < 0:
 		return usageError{errors.New("--latency and --sample-rows must not be negative")}
 	case o.poison == "":
@@ -106,10 +115,12 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	}
 	model := poisonModel(o.poison)
 	type endpoint struct {
-		Name               string `json:"name"`
-		URL                string `json:"url"`
-		APIKeyEnv          string `json:"apiKeyEnv"`
-		MaxConcurrentCalls int    `json:"maxConcurrentCalls"`
+		Name               string            `json:"name"`
+		URL                string            `json:"url"`
+		Kind               string            `json:"kind,omitempty"`
+		APIKeyEnv          string            `json:"apiKeyEnv"`
+		MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
+		Header             map[string]string `json:"header,omitempty"`
 	}
 	var cfg struct { // the fields of poolConfig this config sets
 		Endpoints     []endpoint `json:"endpoints"`
@@ -119,13 +130,21 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	var keys strings.Builder
 	keys.WriteString("# Keys of the endpoints of amlpool fake; read them with: . " + filepath.Join(o.dir, "keys.env") + "\n")
 	for i := range o.endpoints {
-		s := amltest.NewServer(amltest.Config{
+		sc := amltest.Config{
 			Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency, Score: model,
-		})
+		}
+		if o.kind == amlpool.Online {
+			sc.Kind, sc.Predict, sc.Deployment = amlpool.Online, poisonPredict(o.poison), "blue"
+		}
+		s := amltest.NewServer(sc)
 		defer s.Close()
 		e := s.Endpoint()
 		env := fmt.Sprintf("AMLPOOL_FAKE_KEY_%d", i+1)
-		cfg.Endpoints = append(cfg.Endpoints, endpoint{Name: e.Name, URL: e.URL, APIKeyEnv: env, MaxConcurrentCalls: o.mcc})
+		ep := endpoint{Name: e.Name, URL: e.URL, APIKeyEnv: env, MaxConcurrentCalls: o.mcc}
+		if o.kind == amlpool.Online {
+			ep.Kind, ep.Header = "online", map[string]string{amltest.DeploymentHeader: sc.Deployment}
+		}
+		cfg.Endpoints = append(cfg.Endpoints, ep)
 		fmt.Fprintf(&keys, "export %s='%s'\n", env, e.APIKey) // base64: no quote inside
 	}
 	var b bytes.Buffer
@@ -175,6 +194,21 @@ func poisonModel(poison string) func(*amlpool.Request) (*amlpool.Response, error
 			}
 		}
 		return amltest.Echo(req)
+	}
+}
+
+// poisonPredict is amltest's OnlineEcho, failing a request that holds a
+// cell equal to poison: the model's 400, which the endpoint answers as 424.
+func poisonPredict(poison string) func([]string, [][]any) ([]any, error) {
+	return func(cols []string, rows [][]any) ([]any, error) {
+		for i, row := range rows {
+			for j, v := range row {
+				if s, ok := v.(string); ok && s == poison {
+					return nil, fmt.Errorf("row %d of the request: column %s: cannot score %q", i+1, cols[j], s)
+				}
+			}
+		}
+		return amltest.OnlineEcho(cols, rows)
 	}
 }
 

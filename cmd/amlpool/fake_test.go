@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,9 +23,16 @@ import (
 
 // TestFakeCommand is the quick start: amlpool fake, then score its sample
 // file with its config and keys; the sample's one poison row is isolated.
+// The same with fake online endpoints: a cap over 200, the MLflow form,
+// the model's 400 behind a 424.
 func TestFakeCommand(t *testing.T) {
+	t.Run("classic", func(t *testing.T) { testFakeCommand(t, "--mcc", "4") })
+	t.Run("online", func(t *testing.T) { testFakeCommand(t, "--kind", "online", "--mcc", "300") })
+}
+
+func testFakeCommand(t *testing.T, args ...string) {
 	dir := t.TempDir()
-	fake := exec.Command(binary(t), "fake", "--dir", dir, "--endpoints", "2", "--mcc", "4", "--latency", "1ms")
+	fake := exec.Command(binary(t), append([]string{"fake", "--dir", dir, "--endpoints", "2", "--latency", "1ms"}, args...)...)
 	stdout, err := fake.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, fake.Start())
@@ -71,7 +79,12 @@ func TestFakeCommand(t *testing.T) {
 
 	require.NoError(t, fake.Process.Signal(syscall.SIGINT))
 	assert.NoError(t, fake.Wait(), "fake stops cleanly when interrupted")
-	assert.NotContains(t, string(mustRead(t, filepath.Join(dir, "pool.json"))), "apiKey\"", "the config names variables, holds no key")
+	pool := string(mustRead(t, filepath.Join(dir, "pool.json")))
+	assert.NotContains(t, pool, "apiKey\"", "the config names variables, holds no key")
+	if slices.Contains(args, "online") {
+		assert.Contains(t, pool, `"kind": "online"`)
+		assert.Contains(t, pool, `"azureml-model-deployment": "blue"`)
+	}
 }
 
 func mustRead(t *testing.T, path string) []byte {

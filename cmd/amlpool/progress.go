@@ -19,8 +19,9 @@ import (
 // resumed run does not claim the earlier run's rows as its own speed.
 //
 // update is called from one goroutine at a time; finish after the last
-// update.
+// update; say from any goroutine.
 type progress struct {
+	out   io.Writer // where messages go, quiet or not
 	w     io.Writer // nil: quiet
 	bar   bool      // redraw one line in place
 	every time.Duration
@@ -32,13 +33,17 @@ type progress struct {
 
 	mu   sync.Mutex // guards done
 	done int        // rows settled by this run
+
+	wmu sync.Mutex // guards writing to out and w, and drawn
+	// drawn: a bar is on the terminal's last line, not ended by a newline.
+	drawn bool
 }
 
 // barEvery is how often the bar is redrawn at most.
 const barEvery = 100 * time.Millisecond
 
 func newProgress(w io.Writer, mode string, every time.Duration, base int, total *atomic.Int64, now func() time.Time) *progress {
-	p := &progress{w: w, every: every, now: now, start: now(), base: base, total: total}
+	p := &progress{out: w, w: w, every: every, now: now, start: now(), base: base, total: total}
 	p.last = p.start // the first line after one interval
 	if mode == "auto" {
 		mode = "lines"
@@ -72,11 +77,26 @@ func (p *progress) update(done, _ int) {
 }
 
 func (p *progress) write(now time.Time) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
 	if p.bar {
 		fmt.Fprintf(p.w, "\r%s\x1b[K", p.line(now))
+		p.drawn = true
 		return
 	}
 	fmt.Fprintln(p.w, p.line(now))
+}
+
+// say prints msg on a line of its own, over the bar when one is drawn (the
+// next update draws it again below).
+func (p *progress) say(msg string) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if p.drawn {
+		fmt.Fprint(p.out, "\r\x1b[K")
+		p.drawn = false
+	}
+	fmt.Fprintln(p.out, msg)
 }
 
 // line describes the progress as of now: "amlpool score: 2700/5000 rows
@@ -117,6 +137,9 @@ func (p *progress) line(now time.Time) string {
 func (p *progress) finish() {
 	if p.w != nil && p.bar {
 		p.write(p.now())
+		p.wmu.Lock()
 		fmt.Fprintln(p.w)
+		p.drawn = false
+		p.wmu.Unlock()
 	}
 }

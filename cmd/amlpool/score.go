@@ -44,6 +44,12 @@ interrupted.
 Requests wait for free slots at --priority, low by default: batch work,
 which calls of higher priority on the same Client pass in line.
 
+SIGHUP reloads the config's endpoints while the run goes on: added ones
+take calls at once, removed ones finish their calls in flight, new caps and
+keys apply to the next call (a key named by "apiKeyFile" is read again). The
+change is printed; a config that fails to load or check is reported and
+the endpoints in use go on.
+
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
 --resume goes on from there without scoring a row twice; so does a run
@@ -52,7 +58,8 @@ killed outright.
 Each run writes statistics (rows, rate, request latency, per-endpoint calls)
 as JSON to --stats, for "amlpool plan --from-stats".
 
-The config file (keys come from the environment variables it names):
+The config file (keys come from the environment variables or files it
+names):
 
   {"endpoints": [
      {"name": "east", "url": "https://ussouthcentral.services.azureml.net/workspaces/WS/services/ID/execute?api-version=2.0&details=true",
@@ -161,6 +168,7 @@ func score(ctx context.Context, o scoreOptions, stderr io.Writer) int {
 // earlier run settled.
 type scoreRun struct {
 	cfg      *poolConfig
+	eps      []amlpool.Endpoint // the config's endpoints, keys resolved
 	client   *amlpool.Client
 	in       *os.File
 	src      *countingSource
@@ -172,7 +180,7 @@ type scoreRun struct {
 }
 
 func prepare(o scoreOptions) (*scoreRun, error) {
-	cfg, eps, err := loadConfig(o.config, os.Getenv)
+	cfg, eps, err := loadConfig(o.config, osKeys)
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -187,7 +195,7 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	s := &scoreRun{cfg: cfg, in: in}
+	s := &scoreRun{cfg: cfg, eps: eps, in: in}
 	s.total.Store(-1)
 	fail := func(err error) (*scoreRun, error) { s.closeFiles(); return nil, err }
 	if cfg.InputColumns != nil {
@@ -210,7 +218,13 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	} else {
 		close(s.counted)
 	}
-	w := &writer{inCols: r.Columns(), port: cmpOr(cfg.Output, "output1"), keep: cfg.OutputColumns, lines: &lineLog{}}
+	// The prefix of an output column that clashes with an input column:
+	// the Classic output port, or for an online endpoint (no ports) "output".
+	port := cmpOr(cfg.Output, "output1")
+	if len(eps) > 0 && eps[0].Kind == amlpool.Online {
+		port = cmpOr(cfg.Output, "output")
+	}
+	w := &writer{inCols: r.Columns(), port: port, keep: cfg.OutputColumns, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
 	}
@@ -345,6 +359,10 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		}
 		return w.sink(ch)
 	}
+	// SIGHUP gives the run the config's endpoints as they are now.
+	stopReload := make(chan struct{})
+	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps}
+	reloadDone := r.watch(stopReload)
 	start := time.Now()
 	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
 		Input:            s.cfg.Input,
@@ -356,6 +374,8 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		Progress:         p.update,
 	})
 	elapsed := time.Since(start)
+	close(stopReload)
+	<-reloadDone
 	p.finish()
 	outPath, rejPath, scored, rejected := w.out.path, w.rej.path, w.out.rows, w.rej.rows
 	firstFail := w.first

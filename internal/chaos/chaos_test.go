@@ -119,12 +119,32 @@ type tally struct {
 
 	mu        sync.Mutex
 	outcomes  map[string]int64
-	untyped   []error    // errors that match no typed error (want none)
-	late      []lateCall // the calls that returned more than a tick late
-	keys      []string   // the endpoints' keys, set before the run
-	leaks     []string   // errors that showed a key (want none)
+	untyped   []error             // errors that match no typed error (want none)
+	late      []lateCall          // the calls that returned more than a tick late
+	keys      []string            // every key an endpoint was given, before the run or by churn
+	rotated   map[string][]string // keys given by churn, by endpoint name
+	leaks     []string            // errors that showed a key (want none)
 	maxLate   time.Duration
 	timerLate time.Duration // the latest a plain 1 ms timer fired
+}
+
+// addKey records a key churn gives the endpoint named name.
+func (t *tally) addKey(name, key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.keys = append(t.keys, key)
+	if t.rotated == nil {
+		t.rotated = map[string][]string{}
+	}
+	t.rotated[name] = append(t.rotated[name], key)
+}
+
+// keysOf returns every key the endpoint named name was given: first, then
+// by churn.
+func (t *tally) keysOf(name, first string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string{first}, t.rotated[name]...)
 }
 
 func (t *tally) record(kind string, err error, late time.Duration, how string) {
@@ -204,6 +224,11 @@ type chaosConfig struct {
 	// bandwidth limit, slow close, a data limit that cuts replies (with a
 	// reset on half the endpoints) and, with abandon, a black hole.
 	network bool
+	// churn: every 20 to 100 ms, SetEndpoints changes the live set: an
+	// endpoint removed or added back, a cap lowered or raised (never above
+	// the server's), or an endpoint's key rotated (the server accepts the
+	// new key before the change and drops the old one after it).
+	churn bool
 }
 
 const classicBody = `{"Inputs":{"input1":{"ColumnNames":["x","y"],"Values":[["1","a"],["2","b"]]}},"GlobalParameters":{}}`
@@ -288,6 +313,11 @@ func runChaos(t testing.TB, cfg chaosConfig, seed uint64) *tally {
 	})
 	stopProbe := startProbe(tl)
 
+	stopChurn := func() {}
+	if cfg.churn {
+		stopChurn = startChurn(c, servers, eps, cfg.caps, tl, seed)
+	}
+
 	// Callers: each call has a deadline of 5 to 400 ms, and one in four is
 	// cancelled at a random moment before it. Half go through Do, half
 	// through Score. At the end the client closes under them.
@@ -308,6 +338,7 @@ func runChaos(t testing.TB, cfg chaosConfig, seed uint64) *tally {
 	callers.Wait()
 	close(stopRestarts)
 	restarter.Wait()
+	stopChurn()
 	stopProbe()
 
 	// No endpoint ever had more than its cap in flight: on the wire, as
@@ -374,10 +405,16 @@ func checkRun(t testing.TB, c *amlpool.Client, servers []*amltest.Server, eps []
 		if serverCaps {
 			assert.LessOrEqual(t, sst.PeakInFlight, int64(caps[i]), "server %s saw more than its cap in flight", eps[i].Name)
 		}
-		assert.Subset(t, []string{eps[i].APIKey}, sst.KeysSeen, "server %s saw another key", eps[i].Name)
+		assert.Subset(t, tl.keysOf(eps[i].Name, eps[i].APIKey), sst.KeysSeen, "server %s saw a key it was never given", eps[i].Name)
+		var ce amlpool.EndpointStats
+		for _, e := range st.Endpoints {
+			if e.Name == eps[i].Name {
+				ce = e
+			}
+		}
 		t.Logf("%s: cap %d, peak on the wire %d, at the server %d, requests %d, scored %d, throttled %d, faults %d; client: calls %d, errors %d, throttles %d, ejections %d",
 			eps[i].Name, caps[i], wire.peak(host), sst.PeakInFlight, sst.Requests, sst.Scored, sst.Throttled, sst.Faults,
-			st.Endpoints[i].Calls, st.Endpoints[i].Errors, st.Endpoints[i].Throttles, st.Endpoints[i].Ejections)
+			ce.Calls, ce.Errors, ce.Throttles, ce.Ejections)
 	}
 	// Every call ended with success or a typed error, in time.
 	tl.mu.Lock()
@@ -462,6 +499,7 @@ func TestChaos(t *testing.T) {
 		{"LeastLoaded+AdaptiveLimit", true, []amlpool.Option{amlpool.WithBalancer(amlpool.LeastLoaded()), amlpool.WithAdaptiveLimit()}},
 		{"LatencyAware+Hedging", true, []amlpool.Option{amlpool.WithBalancer(amlpool.LatencyAware()), amlpool.WithHedging(5 * time.Millisecond)}},
 		{"Random,nothing abandoned", false, []amlpool.Option{amlpool.WithBalancer(amlpool.Random())}},
+		{"Random,endpoints changing", true, []amlpool.Option{amlpool.WithBalancer(amlpool.Random())}},
 	}
 	for _, run := range runs {
 		t.Run(run.name, func(t *testing.T) {
@@ -473,9 +511,10 @@ func TestChaos(t *testing.T) {
 				opts:     run.opts,
 				abandon:  run.abandon,
 				network:  true,
+				churn:    strings.Contains(run.name, "changing"),
 			}, seed)
 			report(t, tl)
-			require.NoError(t, goleak.Find(before, ignoreToxiproxy), "goroutines left after the run")
+			require.NoError(t, goleak.Find(before, ignoreToxiproxy, ignoreToxiproxyWriter), "goroutines left after the run")
 		})
 	}
 }

@@ -121,7 +121,7 @@ func TestNetworkFaults(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			before := goleak.IgnoreCurrent()
 			runNetScenario(t, sc, d, seed)
-			require.NoError(t, goleak.Find(before, ignoreToxiproxy), "goroutines left after the run")
+			require.NoError(t, goleak.Find(before, ignoreToxiproxy, ignoreToxiproxyWriter), "goroutines left after the run")
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -155,12 +156,19 @@ func (e *Endpoint) count(r Result) {
 	}
 }
 
-// Auth is an endpoint's keys and, for each, the headers of a request that
-// carries it. Both are shared by every request to the endpoint and never
-// written after NewAuth: a request may use the headers as they are.
+// Auth is an endpoint's keys, or its token source, and the headers of a
+// request that carries each key. Both are shared by every request to the
+// endpoint and never written after NewAuth or NewTokenAuth: a request may
+// use the headers as they are.
 type Auth struct {
 	keys    []string
 	headers []http.Header
+	cred    Credential // nil for keys
+}
+
+// Credential is a source of bearer tokens (the root package's Credential).
+type Credential interface {
+	Token(ctx context.Context) (string, error)
 }
 
 // NewAuth returns the Auth of keys (one or two), whose requests carry
@@ -172,18 +180,32 @@ func NewAuth(keys []string, headers []http.Header) *Auth {
 	return &Auth{keys: keys, headers: headers}
 }
 
-// Keys returns every key, for scrubbing replies.
+// NewTokenAuth returns the Auth of an endpoint whose tokens come from cred:
+// its requests carry header plus, each, an Authorization of its own.
+func NewTokenAuth(cred Credential, header http.Header) *Auth {
+	if cred == nil {
+		panic("pool: NewTokenAuth: nil Credential")
+	}
+	return &Auth{headers: []http.Header{header}, cred: cred}
+}
+
+// Keys returns every key, for scrubbing replies; none for a token source.
 func (a *Auth) Keys() []string { return a.keys }
 
-// Header returns the headers of a request with key k.
+// Credential returns the token source, or nil for keys.
+func (a *Auth) Credential() Credential { return a.cred }
+
+// Header returns the headers of a request with key k. For a token source
+// (k is 0) they lack the Authorization, which each request adds.
 func (a *Auth) Header(k int) http.Header { return a.headers[k] }
 
-// sameKeys reports whether a and b hold the same keys, in the same order.
+// sameKeys reports whether a and b hold the same keys, in the same order,
+// or the same token source.
 func (a *Auth) sameKeys(b *Auth) bool {
 	if a == b {
 		return true
 	}
-	if len(a.keys) != len(b.keys) {
+	if len(a.keys) != len(b.keys) || !sameCred(a.cred, b.cred) {
 		return false
 	}
 	for i := range a.keys {
@@ -192,6 +214,17 @@ func (a *Auth) sameKeys(b *Auth) bool {
 		}
 	}
 	return true
+}
+
+// sameCred reports whether a and b are the same token source. Values of
+// a type that cannot be compared (a func, say) are never the same.
+func sameCred(a, b Credential) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // Key returns the endpoint's keys and the index of the one an attempt
@@ -251,4 +284,32 @@ func (e *Endpoint) Authorized(a *Auth, k int) {
 			return
 		}
 	}
+}
+
+// Reasked reports whether a token of the endpoint's Credential was
+// rejected (401) since a reply last accepted one: a token taken now was
+// asked for after that rejection. Read it before taking the token.
+func (e *Endpoint) Reasked() bool { return e.keys.Load()&2 != 0 }
+
+// TokenRejected records that a token of a answered 401; reasked is
+// Reasked as read before that token was taken. It reports whether the
+// endpoint is worth trying again at once with a fresh token: yes for a
+// token taken before any rejection was known (it may have expired, or been
+// replaced, since), or when a has been replaced since the attempt; no for
+// a token asked for after a rejection and rejected too, after which the
+// endpoint cannot serve calls until its Credential changes or a token
+// works again. Many 401s for tokens of one generation, from calls in
+// flight together, each get their one fresh try.
+func (e *Endpoint) TokenRejected(a *Auth, reasked bool) bool {
+	if !e.auth.Load().sameKeys(a) {
+		return true
+	}
+	if reasked {
+		// Forget it, so that the endpoint's probe asks afresh after its
+		// ejection.
+		e.keys.And(^uint32(2))
+		return false
+	}
+	e.keys.Or(2)
+	return true
 }

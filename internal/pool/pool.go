@@ -31,6 +31,10 @@ type Config struct {
 	EjectFor time.Duration
 	// Adaptive lets each endpoint's limit move between 1 and its cap (aimd).
 	Adaptive bool
+	// TrackLatency keeps each endpoint's latency estimate (peakEWMA), which
+	// PickLatency and a custom Picker's Set.Latency read. Without it the
+	// estimate stays zero and a release does not pay for it.
+	TrackLatency bool
 	// MaxWaiting bounds the line: at most this many calls wait, and a call
 	// that finds it full sheds one of lower priority or fails with ErrShed
 	// (priority.go). 0: no bound.
@@ -295,8 +299,10 @@ func (p *Pool) Release(slot Slot, r *Report) Effects {
 		kick = true
 	} else {
 		e.count(r.Result)
-		end := p.NanotimeAt(r.Start.Add(r.Latency))
-		e.lat.observe(end, float64(r.Latency), r.Result != OK)
+		if p.cfg.TrackLatency {
+			end := p.NanotimeAt(r.Start.Add(r.Latency))
+			e.lat.observe(end, float64(r.Latency), r.Result != OK)
+		}
 		if p.cfg.Adaptive {
 			if fx.Limit = e.adapt(r.Result, r.Start, r.Latency); fx.Limit != 0 && r.Result == OK {
 				kick = true // the new slot may serve a waiting call

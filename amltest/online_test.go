@@ -1,0 +1,173 @@
+package amltest_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+const mlflowBody = `{"input_data": {"columns": ["id", "x"], "index": [0, 1], "data": [[1, "a"], [2, null]]}}`
+
+func onlineServer(t *testing.T, cfg amltest.Config) *amltest.Server {
+	t.Helper()
+	cfg.Kind = amlpool.Online
+	return newServer(t, cfg)
+}
+
+func message(t *testing.T, body []byte) string {
+	t.Helper()
+	var m struct{ Message string }
+	require.NoError(t, json.Unmarshal(body, &m), "body %s", body)
+	return m.Message
+}
+
+// TestOnlineScores: POST /score with the key and an MLflow body gets one
+// prediction per row, as a bare array or under "predictions".
+func TestOnlineScores(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{Name: "blue"})
+	ep := srv.Endpoint()
+	assert.Equal(t, amlpool.Online, ep.Kind)
+	assert.Regexp(t, `^http://127\.0\.0\.1:\d+/score$`, ep.URL)
+	r := send(t, srv, ep.URL, ep.APIKey, mlflowBody)
+	require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+	var preds []map[string]any
+	require.NoError(t, json.Unmarshal(r.body, &preds))
+	require.Len(t, preds, 2)
+	assert.Equal(t, float64(1), preds[0]["id"])
+	assert.Equal(t, "a", preds[0]["x"])
+	assert.Contains(t, preds[1], "x")
+	assert.Contains(t, preds[0], amltest.ScoredProbabilities)
+
+	obj := onlineServer(t, amltest.Config{PredictionsObject: true, Predict: func(_ []string, rows [][]any) ([]any, error) {
+		out := make([]any, len(rows))
+		for i := range rows {
+			out[i] = i
+		}
+		return out, nil
+	}})
+	r = send(t, obj, obj.URL(), obj.Endpoint().APIKey, mlflowBody)
+	assert.JSONEq(t, `{"predictions": [0, 1]}`, string(r.body))
+	assert.Equal(t, int64(1), obj.Stats().Scored)
+}
+
+// TestOnlineRejects: the fake's own refusals, each with its status and a
+// {"message"} body: key, path, deployment, and a body the model cannot
+// take (424 with the model's 400 in the headers).
+func TestOnlineRejects(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{Deployment: "blue", Predict: func(_ []string, rows [][]any) ([]any, error) {
+		return nil, fmt.Errorf("cannot score %d rows", len(rows))
+	}})
+	ep := srv.Endpoint()
+	assert.Equal(t, []string{"blue"}, ep.Header.Values(amltest.DeploymentHeader))
+	for _, tt := range []struct {
+		name, url, key, body string
+		mods                 []func(*http.Request)
+		status               int
+		modelStatus          string
+		msg                  string
+	}{
+		{"wrong key", ep.URL, "nope", mlflowBody, nil, 401, "", "Unauthorized"},
+		{"classic path", srv.URL() + "/execute", ep.APIKey, mlflowBody, nil, 404, "", "/score"},
+		{"another deployment", ep.URL, ep.APIKey, mlflowBody, []func(*http.Request){setHeader(amltest.DeploymentHeader, "green")}, 404, "", `No deployment "green"`},
+		{"the model's error", ep.URL, ep.APIKey, mlflowBody, nil, 424, "400", "The model failed"},
+		{"no input_data", ep.URL, ep.APIKey, `{"Inputs": {}}`, nil, 424, "400", "The model failed"},
+		{"ragged row", ep.URL, ep.APIKey, `{"input_data": {"columns": ["a"], "data": [[1, 2]]}}`, nil, 424, "400", "The model failed"},
+		{"not JSON", ep.URL, ep.APIKey, `{`, nil, 424, "400", "The model failed"},
+		{"text/plain", ep.URL, ep.APIKey, mlflowBody, []func(*http.Request){setHeader("Content-Type", "text/plain")}, 424, "400", "The model failed"},
+	} {
+		r := send(t, srv, tt.url, tt.key, tt.body, tt.mods...)
+		assert.Equal(t, tt.status, r.status, tt.name)
+		assert.Contains(t, message(t, r.body), tt.msg, tt.name)
+		assert.Equal(t, tt.modelStatus, r.header.Get(amltest.ModelStatusHeader), tt.name)
+		if tt.modelStatus != "" {
+			assert.NotEmpty(t, r.header.Get(amltest.ModelReasonHeader), tt.name)
+		}
+	}
+	r := send(t, srv, ep.URL, ep.APIKey, mlflowBody)
+	assert.Equal(t, "cannot score 2 rows", r.header.Get(amltest.ModelReasonHeader))
+}
+
+// TestOnlineCap: calls over the cap get 429 Too many pending requests at
+// once; the admitted ones are not disturbed.
+func TestOnlineCap(t *testing.T) {
+	release := make(chan struct{})
+	srv := onlineServer(t, amltest.Config{MaxConcurrentCalls: 3, LatencyFunc: func() time.Duration { <-release; return 0 }})
+	ep := srv.Endpoint()
+	var wg sync.WaitGroup
+	statuses := make(chan int, 3)
+	for range 3 {
+		wg.Go(func() { statuses <- send(t, srv, ep.URL, ep.APIKey, mlflowBody).status })
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := srv.WaitFor(ctx, func(s amltest.Stats) bool { return s.InFlight == 3 })
+	require.NoError(t, err)
+	r := send(t, srv, ep.URL, ep.APIKey, mlflowBody)
+	assert.Equal(t, http.StatusTooManyRequests, r.status)
+	assert.Equal(t, amltest.PendingMessage, message(t, r.body))
+	close(release)
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		assert.Equal(t, http.StatusOK, s)
+	}
+	st := srv.Stats()
+	assert.Equal(t, int64(1), st.Throttled)
+	assert.Equal(t, int64(3), st.PeakAdmitted)
+}
+
+// TestOnlineFaults: the online fault helpers and a plain status give the
+// online endpoint's replies.
+func TestOnlineFaults(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{})
+	ep := srv.Endpoint()
+	srv.Script(amltest.Pending(), amltest.RateLimited().WithRetryAfter(2*time.Second), amltest.ModelFailure(503, "warming up"),
+		amltest.Fault{Status: 408}, amltest.Fault{Status: 404}, amltest.Fault{Status: 502})
+	for _, want := range []struct {
+		status int
+		msg    string
+		header [2]string
+	}{
+		{429, amltest.PendingMessage, [2]string{}},
+		{429, amltest.RateLimitedMessage, [2]string{"Retry-After", "2"}},
+		{424, "The model failed", [2]string{amltest.ModelStatusHeader, "503"}},
+		{408, "request_timeout_ms", [2]string{}},
+		{404, "No valid deployments", [2]string{}},
+		{502, "scoring script crashed", [2]string{}},
+	} {
+		r := send(t, srv, ep.URL, ep.APIKey, mlflowBody)
+		assert.Equal(t, want.status, r.status)
+		assert.Contains(t, message(t, r.body), want.msg)
+		if want.header[0] != "" {
+			assert.Equal(t, want.header[1], r.header.Get(want.header[0]))
+		}
+	}
+	assert.Equal(t, int64(6), srv.Stats().Faults)
+}
+
+// TestOnlineTokensAndHeaders: AcceptToken admits tokens beside the keys;
+// KeysSeen lists what was presented and HeadersSeen the recorded headers.
+func TestOnlineTokensAndHeaders(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{AcceptToken: func(tok string) bool { return tok == "good-token" },
+		RecordHeaders: []string{"x-tenant"}})
+	ep := srv.Endpoint()
+	assert.Equal(t, 200, send(t, srv, ep.URL, "good-token", mlflowBody, setHeader("X-Tenant", "a")).status)
+	assert.Equal(t, 401, send(t, srv, ep.URL, "bad-token", mlflowBody, setHeader("X-Tenant", "b")).status)
+	assert.Equal(t, 200, send(t, srv, ep.URL, ep.APIKey, mlflowBody, setHeader("X-Tenant", "a")).status)
+	st := srv.Stats()
+	assert.ElementsMatch(t, []string{"good-token", "bad-token", ep.APIKey}, st.KeysSeen)
+	assert.Equal(t, []string{"a", "b"}, st.HeadersSeen.Values("X-Tenant"))
+	assert.Equal(t, int64(1), st.Unauthorized)
+	srv.ResetStats()
+	assert.Empty(t, srv.Stats().HeadersSeen.Values("X-Tenant"))
+}

@@ -1,0 +1,232 @@
+// Package azureauth gives amlpool endpoints Azure AD tokens: it turns an
+// Azure SDK credential (azcore.TokenCredential, such as azidentity's
+// DefaultAzureCredential or ManagedIdentityCredential) into an
+// amlpool.Credential for online endpoints in aad_token mode.
+//
+// It is a module of its own, so that amlpool itself does not depend on the
+// Azure SDK.
+//
+//	cred, err := azidentity.NewDefaultAzureCredential(nil)
+//	…
+//	ep := amlpool.Endpoint{
+//		URL:                "https://my-endpoint.westeurope.inference.ml.azure.com/score",
+//		Kind:               amlpool.Online,
+//		MaxConcurrentCalls: 8,
+//		Credential:         azureauth.New(cred),
+//	}
+//
+// A Credential caches the token and hands it to every attempt without
+// asking Azure AD; it fetches a new one shortly before the old one
+// expires, once for any number of callers.
+package azureauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/amlpool/amlpool"
+)
+
+const (
+	// Scope is the scope of Azure ML online endpoints' tokens (audience
+	// https://ml.azure.com).
+	Scope = "https://ml.azure.com/.default"
+	// DefaultRefreshBefore is how long before a token expires a new one is
+	// fetched, when Azure AD suggests no refresh time of its own
+	// (AccessToken.RefreshOn): azcore's own figure.
+	DefaultRefreshBefore = 5 * time.Minute
+	// expiryMargin is how long before its expiry a token is no longer
+	// handed out: time for the request it goes with to reach the endpoint,
+	// and for clocks that differ.
+	expiryMargin = 30 * time.Second
+	// retryAfterFailure is how long a failed early refresh waits before
+	// the next one, while the cached token is still good.
+	retryAfterFailure = 30 * time.Second
+	// fetchTimeout bounds one GetToken.
+	fetchTimeout = time.Minute
+)
+
+// Credential is an amlpool.Credential (and amlpool.TokenInvalidator) whose
+// tokens come from an Azure SDK credential. Build it with New. It is safe
+// for concurrent use.
+//
+// Token returns the cached token while it is fresh. Once it is due for
+// refresh (at AccessToken.RefreshOn, else DefaultRefreshBefore before it
+// expires, or halfway through a shorter life), one caller fetches a new
+// token while the others go on with the cached one; should that fetch
+// fail, the next try is 30 seconds later. Once the token is about to
+// expire (30 seconds before ExpiresOn), or was rejected (Invalidate),
+// callers wait for one fetch, which they share; each stops waiting when its
+// own ctx ends. A fetch runs for at most a minute and is not cut short by
+// the ctx of the caller that started it, so that the callers waiting with
+// it still get its token.
+type Credential struct {
+	cred   azcore.TokenCredential
+	opts   policy.TokenRequestOptions
+	before time.Duration
+	now    func() time.Time
+
+	cur   atomic.Pointer[token] // nil until the first fetch, or after Invalidate
+	fetch singleflight.Group
+
+	mu      sync.Mutex // guards nextTry
+	nextTry time.Time  // no early refresh before then, after one failed
+}
+
+// token is a fetched token and when to refresh it.
+type token struct {
+	azcore.AccessToken
+	refreshAt time.Time
+}
+
+var (
+	_ amlpool.Credential       = (*Credential)(nil)
+	_ amlpool.TokenInvalidator = (*Credential)(nil)
+)
+
+// Option configures New.
+type Option interface{ apply(*Credential) }
+
+type scopesOption []string
+
+func (o scopesOption) apply(c *Credential) { c.opts.Scopes = append([]string(nil), o...) }
+
+// WithScopes asks for tokens of these scopes instead of Scope.
+func WithScopes(scopes ...string) Option { return scopesOption(scopes) }
+
+type tenantOption string
+
+func (o tenantOption) apply(c *Credential) { c.opts.TenantID = string(o) }
+
+// WithTenantID asks for tokens of this Azure AD tenant instead of the
+// credential's own.
+func WithTenantID(id string) Option { return tenantOption(id) }
+
+type refreshBeforeOption time.Duration
+
+func (o refreshBeforeOption) apply(c *Credential) { c.before = time.Duration(o) }
+
+// WithRefreshBefore fetches a new token this long before the cached one
+// expires, when Azure AD suggests no time of its own. Default:
+// DefaultRefreshBefore.
+func WithRefreshBefore(d time.Duration) Option { return refreshBeforeOption(d) }
+
+// New returns a Credential that takes tokens for Scope from cred. It
+// fetches nothing until the first Token. It panics if cred is nil.
+func New(cred azcore.TokenCredential, opts ...Option) *Credential {
+	if cred == nil {
+		panic("azureauth: New: nil TokenCredential")
+	}
+	c := &Credential{cred: cred, opts: policy.TokenRequestOptions{Scopes: []string{Scope}}, before: DefaultRefreshBefore, now: time.Now}
+	for _, o := range opts {
+		o.apply(c)
+	}
+	if c.before <= 0 {
+		c.before = DefaultRefreshBefore
+	}
+	return c
+}
+
+// String describes the Credential without its token.
+func (c *Credential) String() string {
+	return fmt.Sprintf("azureauth.Credential{Scopes:%v}", c.opts.Scopes)
+}
+
+// Token returns a token for the scope: the cached one while it is fresh,
+// else a new one (see Credential). Its error wraps cred's.
+func (c *Credential) Token(ctx context.Context) (string, error) {
+	now := c.now()
+	t := c.cur.Load()
+	if t != nil && now.Before(t.refreshAt) {
+		return t.Token, nil // fresh: the path of nearly every call
+	}
+	if t != nil && now.Before(t.ExpiresOn.Add(-expiryMargin)) {
+		// Due for refresh, still good: one caller refreshes, no one waits.
+		if c.tryEarly(now) {
+			c.fetch.DoChan("token", c.get(ctx))
+		}
+		return t.Token, nil
+	}
+	ch := c.fetch.DoChan("token", c.get(ctx))
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(*token).Token, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// tryEarly reports whether an early refresh may start now: none failed in
+// the last 30 seconds.
+func (c *Credential) tryEarly(now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Before(c.nextTry) {
+		return false
+	}
+	c.nextTry = now.Add(retryAfterFailure) // until this fetch ends: no second one
+	return true
+}
+
+// get returns the fetch that singleflight runs, on a goroutine of its own:
+// one GetToken, under ctx's values but not its end, for at most a minute.
+func (c *Credential) get(ctx context.Context) func() (any, error) {
+	return func() (any, error) {
+		// A caller that found no fresh token may join only after the fetch
+		// that made one ended: the token is here, fetch none.
+		if t := c.cur.Load(); t != nil && c.now().Before(t.refreshAt) {
+			return t, nil
+		}
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		at, err := c.cred.GetToken(fctx, c.opts)
+		now := c.now()
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)
+		case at.Token == "":
+			return nil, errors.New("azureauth: the credential gave an empty token")
+		case !at.ExpiresOn.After(now.Add(expiryMargin)):
+			return nil, fmt.Errorf("azureauth: the credential gave a token that expires at %v, within %v", at.ExpiresOn.UTC(), expiryMargin)
+		}
+		t := &token{AccessToken: at, refreshAt: c.refreshAt(at, now)}
+		c.cur.Store(t)
+		c.mu.Lock()
+		c.nextTry = time.Time{}
+		c.mu.Unlock()
+		return t, nil
+	}
+}
+
+// refreshAt is when to fetch a token after at, fetched at now.
+func (c *Credential) refreshAt(at azcore.AccessToken, now time.Time) time.Time {
+	if !at.RefreshOn.IsZero() && at.RefreshOn.Before(at.ExpiresOn) {
+		return at.RefreshOn
+	}
+	life := at.ExpiresOn.Sub(now)
+	if life < 2*c.before {
+		return now.Add(life / 2)
+	}
+	return at.ExpiresOn.Add(-c.before)
+}
+
+// Invalidate forgets tok when it is the cached token, so that the next
+// Token fetches a new one: amlpool calls it when an endpoint answers 401.
+// Azure SDK credentials keep tokens of their own, though, and may give the
+// same token again until it expires.
+func (c *Credential) Invalidate(tok string) {
+	if t := c.cur.Load(); t != nil && t.Token == tok {
+		c.cur.CompareAndSwap(t, nil)
+	}
+}

@@ -1,0 +1,350 @@
+package azureauth
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeClock is a settable time.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// fakeCred is an azcore.TokenCredential issuing "t1", "t2", … that live
+// for life. While gate is set, GetToken waits for it to close; err, when
+// set, is its error.
+type fakeCred struct {
+	clock *fakeClock
+	life  time.Duration
+
+	mu        sync.Mutex // guards the fields below
+	gate      chan struct{}
+	err       error
+	refreshOn time.Duration // from issue; 0: none
+	scopes    []string
+
+	calls   atomic.Int64
+	entered chan struct{} // a value per GetToken entered
+}
+
+func newFake(clock *fakeClock, life time.Duration) *fakeCred {
+	return &fakeCred{clock: clock, life: life, entered: make(chan struct{}, 1000)}
+}
+
+func (f *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	n := f.calls.Add(1)
+	f.entered <- struct{}{}
+	f.mu.Lock()
+	gate, err, refreshOn := f.gate, f.err, f.refreshOn
+	f.scopes = opts.Scopes
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return azcore.AccessToken{}, ctx.Err()
+		}
+	}
+	if err != nil {
+		return azcore.AccessToken{}, err
+	}
+	now := f.clock.Now()
+	at := azcore.AccessToken{Token: "t" + strconv.FormatInt(n, 10), ExpiresOn: now.Add(f.life)}
+	if refreshOn > 0 {
+		at.RefreshOn = now.Add(refreshOn)
+	}
+	return at, nil
+}
+
+func (f *fakeCred) set(mod func(f *fakeCred)) {
+	f.mu.Lock()
+	mod(f)
+	f.mu.Unlock()
+}
+
+// settle waits for c's fetch in flight, if any, to end, its token stored:
+// a call joining a flight returns once the flight's function has.
+func settle(c *Credential) {
+	<-c.fetch.DoChan("token", func() (any, error) { return nil, nil })
+}
+
+func newTest(t *testing.T, life time.Duration, opts ...Option) (*Credential, *fakeCred, *fakeClock) {
+	t.Helper()
+	clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	f := newFake(clock, life)
+	c := New(f, opts...)
+	c.now = clock.Now
+	return c, f, clock
+}
+
+func tokenOf(t *testing.T, c *Credential) string {
+	t.Helper()
+	tok, err := c.Token(context.Background())
+	require.NoError(t, err)
+	return tok
+}
+
+// TestCachesUntilDue: one fetch serves every call until the token is due
+// for refresh, for the ml.azure.com scope.
+func TestCachesUntilDue(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	for range 100 {
+		assert.Equal(t, "t1", tokenOf(t, c))
+	}
+	clock.Advance(time.Hour - DefaultRefreshBefore - time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	assert.Equal(t, int64(1), f.calls.Load())
+	assert.Equal(t, []string{Scope}, f.scopes)
+}
+
+// TestEarlyRefresh: once due (5 minutes before expiry), the cached token
+// is still handed out at once while one fetch, started by the first
+// caller, gets the next; later calls get that one.
+func TestEarlyRefresh(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate = gate })
+	clock.Advance(time.Hour - DefaultRefreshBefore + time.Second)
+	for range 50 {
+		assert.Equal(t, "t1", tokenOf(t, c), "nobody waits for the refresh")
+	}
+	close(gate)
+	settle(c)
+	assert.Equal(t, "t2", tokenOf(t, c))
+	assert.Equal(t, int64(2), f.calls.Load(), "one refresh for 50 callers")
+}
+
+// TestRefreshOn: Azure AD's suggested refresh time wins; a short-lived
+// token is refreshed halfway through its life.
+func TestRefreshOn(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	f.set(func(f *fakeCred) { f.refreshOn = 10 * time.Minute })
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	clock.Advance(10*time.Minute - time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	assert.Equal(t, int64(1), f.calls.Load())
+	clock.Advance(2 * time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	assert.Equal(t, "t2", tokenOf(t, c))
+
+	c, f, clock = newTest(t, 4*time.Minute) // under 2 × DefaultRefreshBefore
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	clock.Advance(2*time.Minute - time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	assert.Equal(t, int64(1), f.calls.Load())
+}
+
+// TestExpiredWaits: a token about to expire is not handed out: callers
+// wait for the new one.
+func TestExpiredWaits(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate = gate })
+	clock.Advance(time.Hour - expiryMargin)
+	got := make(chan string, 1)
+	go func() { got <- tokenOf(t, c) }()
+	<-f.entered // t1's
+	<-f.entered // the caller waits in t2's fetch
+	select {
+	case tok := <-got:
+		t.Fatalf("got %q before the fetch ended", tok)
+	default:
+	}
+	close(gate)
+	assert.Equal(t, "t2", <-got)
+}
+
+// TestManyCallersOneFetch: 200 callers without a token share one fetch.
+func TestManyCallersOneFetch(t *testing.T) {
+	c, f, _ := newTest(t, time.Hour)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate = gate })
+	const callers = 200
+	var wg sync.WaitGroup
+	toks := make(chan string, callers)
+	for range callers {
+		wg.Go(func() {
+			tok, err := c.Token(context.Background())
+			assert.NoError(t, err)
+			toks <- tok
+		})
+	}
+	<-f.entered
+	close(gate)
+	wg.Wait()
+	close(toks)
+	for tok := range toks {
+		assert.Equal(t, "t1", tok)
+	}
+	assert.Equal(t, int64(1), f.calls.Load())
+}
+
+// TestErrors: the credential's error reaches the caller, wrapped; an empty
+// or expired token is an error; a failed fetch is tried again by the next
+// caller.
+func TestErrors(t *testing.T) {
+	errAAD := errors.New("AADSTS7000215: invalid client secret")
+	c, f, _ := newTest(t, time.Hour)
+	f.set(func(f *fakeCred) { f.err = errAAD })
+	_, err := c.Token(context.Background())
+	require.ErrorIs(t, err, errAAD)
+	assert.Contains(t, err.Error(), Scope)
+	f.set(func(f *fakeCred) { f.err = nil })
+	assert.Equal(t, "t2", tokenOf(t, c))
+
+	c, _, _ = newTest(t, 10*time.Second) // expires within the margin
+	_, err = c.Token(context.Background())
+	require.ErrorContains(t, err, "expires")
+
+	empty := New(credFunc(func() (azcore.AccessToken, error) {
+		return azcore.AccessToken{ExpiresOn: time.Now().Add(time.Hour)}, nil
+	}))
+	_, err = empty.Token(context.Background())
+	require.ErrorContains(t, err, "empty token")
+}
+
+type credFunc func() (azcore.AccessToken, error)
+
+func (f credFunc) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return f()
+}
+
+// TestEarlyRefreshFailure: a failed early refresh keeps the cached token
+// in use and is not tried again for 30 seconds.
+func TestEarlyRefreshFailure(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	f.set(func(f *fakeCred) { f.err = errors.New("AAD is down") })
+	clock.Advance(time.Hour - DefaultRefreshBefore)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	for range 10 {
+		assert.Equal(t, "t1", tokenOf(t, c))
+		settle(c) // a refresh this call started, if any, has ended
+	}
+	assert.Equal(t, int64(2), f.calls.Load(), "no second try within 30 s")
+	f.set(func(f *fakeCred) { f.err = nil })
+	clock.Advance(retryAfterFailure)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	assert.Equal(t, "t3", tokenOf(t, c))
+}
+
+// TestCallerGivesUp: a caller whose ctx ends stops waiting; the fetch it
+// started goes on for the others.
+func TestCallerGivesUp(t *testing.T) {
+	c, f, _ := newTest(t, time.Hour)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate = gate })
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		_, err := c.Token(ctx)
+		errs <- err
+	}()
+	<-f.entered
+	other := make(chan string, 1)
+	go func() { other <- tokenOf(t, c) }()
+	cancel()
+	require.ErrorIs(t, <-errs, context.Canceled)
+	close(gate)
+	assert.Equal(t, "t1", <-other)
+	assert.Equal(t, int64(1), f.calls.Load())
+}
+
+// TestInvalidate: a rejected token is not handed out again; invalidating
+// another token changes nothing.
+func TestInvalidate(t *testing.T) {
+	c, f, _ := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	c.Invalidate("t0")
+	assert.Equal(t, "t1", tokenOf(t, c))
+	c.Invalidate("t1")
+	c.Invalidate("t1")
+	assert.Equal(t, "t2", tokenOf(t, c))
+	assert.Equal(t, int64(2), f.calls.Load())
+}
+
+// TestOptions: scopes and tenant go to GetToken.
+func TestOptions(t *testing.T) {
+	var got policy.TokenRequestOptions
+	c := New(optsCred(func(o policy.TokenRequestOptions) { got = o }), WithScopes("api://x/.default"), WithTenantID("tenant"))
+	_, err := c.Token(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"api://x/.default"}, got.Scopes)
+	assert.Equal(t, "tenant", got.TenantID)
+	assert.Equal(t, "azureauth.Credential{Scopes:[api://x/.default]}", c.String())
+	assert.Panics(t, func() { New(nil) })
+}
+
+type optsCred func(policy.TokenRequestOptions)
+
+func (f optsCred) GetToken(_ context.Context, o policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	f(o)
+	return azcore.AccessToken{Token: "x", ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+// TestWithAmlpool: an amlpool Client scores on an online fake with the
+// Credential's tokens; a revoked token is replaced after one 401.
+func TestWithAmlpool(t *testing.T) {
+	c, f, _ := newTest(t, time.Hour)
+	var valid atomic.Pointer[string]
+	srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 4,
+		AcceptToken: func(tok string) bool { v := valid.Load(); return v != nil && *v == tok }})
+	t.Cleanup(srv.Close)
+	ep := srv.Endpoint()
+	ep.APIKey, ep.SecondaryKey, ep.Credential = "", "", c
+	client, err := amlpool.New([]amlpool.Endpoint{ep})
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	body := []byte(`{"input_data":{"columns":["a"],"data":[[1]]}}`)
+
+	t1 := "t1"
+	valid.Store(&t1)
+	_, err = client.Do(context.Background(), body)
+	require.NoError(t, err)
+	t2 := "t2"
+	valid.Store(&t2) // t1 revoked
+	_, err = client.Do(context.Background(), body)
+	require.NoError(t, err)
+	st := srv.Stats()
+	assert.Equal(t, int64(1), st.Unauthorized)
+	assert.Equal(t, []string{"t1", "t2"}, st.KeysSeen)
+	assert.Equal(t, int64(2), f.calls.Load())
+}

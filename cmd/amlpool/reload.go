@@ -1,0 +1,147 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/amlpool/amlpool"
+)
+
+// reloader applies the config file to a running Client on SIGHUP, so that a
+// long run can take another endpoint, a new key or a new cap without
+// stopping. Only the endpoints change: the ports, columns, chunk size and
+// global parameters of a run stay those it started with.
+type reloader struct {
+	path   string
+	keys   keySource
+	client *amlpool.Client
+	say    func(string) // prints a line of its own, even under a progress bar
+
+	cfg *poolConfig        // the config in force
+	eps []amlpool.Endpoint // its endpoints, keys resolved
+}
+
+// watch reloads on every SIGHUP until stop is closed, and returns once it
+// has stopped listening.
+func (r *reloader) watch(stop <-chan struct{}) (done <-chan struct{}) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	d := make(chan struct{})
+	go func() {
+		defer close(d)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-hup:
+				r.reload()
+			}
+		}
+	}()
+	return d
+}
+
+// reload reads the config again and gives its endpoints to the Client. A
+// config that fails to load or check changes nothing: the endpoints in use
+// go on, and the error is said.
+func (r *reloader) reload() {
+	cfg, eps, err := loadConfig(r.path, r.keys)
+	if err == nil {
+		err = fileError(r.path, cfg, r.client.SetEndpoints(eps))
+	}
+	if err != nil {
+		r.say(fmt.Sprintf("amlpool score: SIGHUP: %v; the endpoints in use go on", err))
+		return
+	}
+	msg := "amlpool score: SIGHUP: " + r.path + ": " + describeChanges(r.eps, eps)
+	if !sameRunSettings(r.cfg, cfg) {
+		msg += " (only endpoints change during a run: the other settings apply to the next)"
+	}
+	r.say(msg)
+	r.cfg, r.eps = cfg, eps
+}
+
+// describeChanges says what a new set of endpoints changes, by name (the
+// URL for an endpoint without one): added, removed, re-capped, re-keyed or
+// moved to another URL. It never shows a key.
+func describeChanges(old, next []amlpool.Endpoint) string {
+	id := func(e amlpool.Endpoint) string { return cmpOr(e.Name, e.URL) }
+	before := make(map[string]amlpool.Endpoint, len(old))
+	for _, e := range old {
+		before[id(e)] = e
+	}
+	var parts []string
+	for _, e := range next {
+		o, ok := before[id(e)]
+		delete(before, id(e))
+		switch {
+		case !ok:
+			parts = append(parts, "added "+id(e)+" ("+capOf(e)+")")
+			continue
+		case o.URL != e.URL:
+			parts = append(parts, id(e)+": another URL")
+		}
+		if capOf(o) != capOf(e) {
+			parts = append(parts, id(e)+": cap "+capOf(o)+" → "+capOf(e))
+		}
+		if o.APIKey != e.APIKey || o.SecondaryKey != e.SecondaryKey {
+			parts = append(parts, id(e)+": new key")
+		}
+	}
+	for _, e := range old {
+		if _, gone := before[id(e)]; gone {
+			parts = append(parts, "removed "+id(e))
+		}
+	}
+	if len(parts) == 0 {
+		return "no change to the endpoints"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// capOf describes an endpoint's cap as the Client reads it.
+func capOf(e amlpool.Endpoint) string {
+	n := e.MaxConcurrentCalls
+	if n == 0 {
+		n = amlpool.DefaultMaxConcurrentCalls
+	}
+	return strconv.Itoa(n) + " slots"
+}
+
+// sameRunSettings reports whether two configs agree on everything but
+// their endpoints.
+func sameRunSettings(a, b *poolConfig) bool {
+	x, y := *a, *b
+	x.Endpoints, y.Endpoints = nil, nil
+	return reflect.DeepEqual(x, y)
+}
+
+// fileError names the file's own fields in a *ConfigError from the
+// library; other errors pass as they are.
+func fileError(path string, cfg *poolConfig, err error) error {
+	var ce *amlpool.ConfigError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	label := ce.Endpoint
+	for i, e := range cfg.Endpoints {
+		if e.Name == ce.Endpoint || "endpoints["+strconv.Itoa(i)+"]" == ce.Endpoint {
+			label = epLabel(i, e.Name)
+		}
+	}
+	field := ce.Field
+	if f, ok := fileField[field]; ok {
+		field = f
+	}
+	if label == "" {
+		return fmt.Errorf("%s: %q: %s", path, field, ce.Problem)
+	}
+	return fmt.Errorf("%s: %s: %q: %s", path, label, field, ce.Problem)
+}

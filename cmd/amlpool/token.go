@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/amlpool/amlpool"
+)
+
+// The token sources of a pool file's endpoint: where an online endpoint's
+// bearer token (an aml_token, or an Azure AD token for aad_token mode)
+// comes from. Never the file itself.
+//
+//	"tokenEnv": "AML_TOKEN"        an environment variable, read once
+//	"tokenFile": "/run/aml/token"  a file, read again whenever it changes
+//	                               (another process keeps it fresh)
+//	"tokenCommand": ["az", "account", "get-access-token", "--resource",
+//	                 "https://ml.azure.com", "--query", "accessToken", "-o", "tsv"]
+//	                               a command printing the token, run again
+//	                               after "tokenTTL" (default 10m) or a 401
+
+// defaultTokenTTL is how long a token from a command is used.
+const defaultTokenTTL = 10 * time.Minute
+
+// staticToken is a token read once, from the environment.
+type staticToken string
+
+func (t staticToken) Token(context.Context) (string, error) { return string(t), nil }
+
+// fileToken reads its token from a file, again whenever the file's size or
+// time changes, or after a 401.
+type fileToken struct {
+	path string
+
+	mu    sync.Mutex // guards the fields below
+	tok   string
+	mtime time.Time
+	size  int64
+}
+
+func (f *fileToken) Token(context.Context) (string, error) {
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tok != "" && fi.ModTime().Equal(f.mtime) && fi.Size() == f.size {
+		return f.tok, nil
+	}
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", f.path)
+	}
+	f.tok, f.mtime, f.size = tok, fi.ModTime(), fi.Size()
+	return tok, nil
+}
+
+// Invalidate makes the next Token read the file again.
+func (f *fileToken) Invalidate(tok string) {
+	f.mu.Lock()
+	if f.tok == tok {
+		f.tok = ""
+	}
+	f.mu.Unlock()
+}
+
+// commandToken runs a command for its token, one run for any number of
+// callers, and keeps the token for ttl or until a 401.
+type commandToken struct {
+	argv []string
+	ttl  time.Duration
+	now  func() time.Time
+	run  singleflight.Group
+
+	mu      sync.Mutex // guards tok and expires
+	tok     string
+	expires time.Time
+}
+
+func (c *commandToken) Token(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	tok, fresh := c.tok, c.now().Before(c.expires)
+	c.mu.Unlock()
+	if tok != "" && fresh {
+		return tok, nil
+	}
+	ch := c.run.DoChan("", func() (any, error) {
+		// Not cut short by the ctx of the caller that started it: others
+		// may wait for it too. A minute at most.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("token command %s: %w%s", c.argv[0], err, lastLine(stderr.String()))
+		}
+		tok := strings.TrimSpace(stdout.String())
+		if tok == "" || strings.ContainsAny(tok, "\r\n") {
+			return nil, fmt.Errorf("token command %s: want one line holding the token, got %d lines", c.argv[0], strings.Count(tok, "\n")+min(len(tok), 1))
+		}
+		c.mu.Lock()
+		c.tok, c.expires = tok, c.now().Add(c.ttl)
+		c.mu.Unlock()
+		return tok, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Invalidate makes the next Token run the command again.
+func (c *commandToken) Invalidate(tok string) {
+	c.mu.Lock()
+	if c.tok == tok {
+		c.tok = ""
+	}
+	c.mu.Unlock()
+}
+
+// lastLine is ": " and the last line of a command's stderr, at most 200
+// bytes, for an error; "" when it wrote nothing.
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	if s == "" {
+		return ""
+	}
+	return ": " + strings.ToValidUTF8(s, "?")
+}
+
+// credential returns the endpoint's token source, nil when it takes a
+// key; it fails when no source or several are given, naming the fields.
+// The key itself is read by keySource.resolve.
+func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Credential, error) {
+	var given []string
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{{e.APIKeyEnv != "", "apiKeyEnv"}, {e.APIKeyFile != "", "apiKeyFile"}, {e.TokenEnv != "", "tokenEnv"}, {e.TokenFile != "", "tokenFile"}, {e.TokenCommand != nil, "tokenCommand"}} {
+		if f.set {
+			given = append(given, `"`+f.name+`"`)
+		}
+	}
+	token := e.TokenEnv != "" || e.TokenFile != "" || e.TokenCommand != nil
+	switch {
+	case e.APIKey != nil:
+		return nil, fmt.Errorf(`%s: "apiKey": keys do not go in the file; put the key in an environment variable or a file and name it in "apiKeyEnv" or "apiKeyFile"`, label)
+	case e.Token != nil:
+		return nil, fmt.Errorf(`%s: "token": tokens do not go in the file; name where it is: "tokenEnv", "tokenFile" or "tokenCommand"`, label)
+	case len(given) == 0:
+		return nil, fmt.Errorf(`%s: "apiKeyEnv": missing; name the environment variable (or with "apiKeyFile", the file) that holds this endpoint's key, or give a token source: "tokenEnv", "tokenFile" or "tokenCommand"`, label)
+	case len(given) > 1:
+		return nil, fmt.Errorf("%s: %s: give one of them", label, strings.Join(given, " and "))
+	case e.TokenTTL != "" && e.TokenCommand == nil:
+		return nil, fmt.Errorf(`%s: "tokenTTL": only for "tokenCommand"`, label)
+	case token && (e.SecondaryKeyEnv != "" || e.SecondaryKeyFile != ""):
+		return nil, fmt.Errorf(`%s: a second key goes with a key, not with a token source`, label)
+	}
+	switch {
+	case !token:
+		return nil, nil
+	case e.TokenEnv != "":
+		tok := keys.getenv(e.TokenEnv)
+		if tok == "" {
+			return nil, fmt.Errorf(`%s: "tokenEnv": environment variable %s is not set or empty`, label, e.TokenEnv)
+		}
+		return staticToken(tok), nil
+	case e.TokenFile != "":
+		if _, err := os.Stat(e.TokenFile); err != nil {
+			return nil, fmt.Errorf(`%s: "tokenFile": %w`, label, err)
+		}
+		return &fileToken{path: e.TokenFile}, nil
+	}
+	if len(e.TokenCommand) == 0 || e.TokenCommand[0] == "" {
+		return nil, fmt.Errorf(`%s: "tokenCommand": want the command and its arguments, e.g. ["az", "account", "get-access-token", ...]`, label)
+	}
+	ttl := defaultTokenTTL
+	if e.TokenTTL != "" {
+		d, err := time.ParseDuration(e.TokenTTL)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf(`%s: "tokenTTL": %q is not a positive duration such as "10m"`, label, e.TokenTTL)
+		}
+		ttl = d
+	}
+	return &commandToken{argv: append([]string(nil), e.TokenCommand...), ttl: ttl, now: time.Now}, nil
+}

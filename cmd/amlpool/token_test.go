@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+)
+
+func TestFileToken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(path, []byte("tok-1\n"), 0o600))
+	f := &fileToken{path: path}
+	tok, err := f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-1", tok)
+
+	require.NoError(t, os.WriteFile(path, []byte("tok-22\n"), 0o600)) // another size: read again
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-22", tok)
+
+	require.NoError(t, os.WriteFile(path, []byte("tok-33\n"), 0o600))
+	require.NoError(t, os.Chtimes(path, time.Time{}, time.Unix(1, 0))) // the same size: the time tells
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-33", tok)
+
+	require.NoError(t, os.WriteFile(path, []byte("tok-44\n"), 0o600))
+	require.NoError(t, os.Chtimes(path, time.Time{}, time.Unix(1, 0))) // neither: cached
+	tok, _ = f.Token(t.Context())
+	assert.Equal(t, "tok-33", tok)
+	f.Invalidate("tok-33") // a 401: read again
+	tok, _ = f.Token(t.Context())
+	assert.Equal(t, "tok-44", tok)
+
+	require.NoError(t, os.WriteFile(path, []byte(" \n"), 0o600))
+	_, err = f.Token(t.Context())
+	require.ErrorContains(t, err, "is empty")
+	require.NoError(t, os.Remove(path))
+	_, err = f.Token(t.Context())
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestCommandToken: one run for many callers, kept for its TTL, run again
+// after it or after a 401; a failing command's error says why, with no token.
+func TestCommandToken(t *testing.T) {
+	dir := t.TempDir()
+	script := `n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; sleep 0.05; echo tok-$n`
+	now := time.Unix(0, 0)
+	var mu sync.Mutex
+	c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: time.Minute,
+		now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			tok, err := c.Token(context.Background())
+			assert.NoError(t, err)
+			assert.Equal(t, "tok-1", tok)
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	now = now.Add(time.Minute - time.Second)
+	mu.Unlock()
+	tok, _ := c.Token(t.Context())
+	assert.Equal(t, "tok-1", tok, "within its TTL")
+	mu.Lock()
+	now = now.Add(time.Second)
+	mu.Unlock()
+	tok, _ = c.Token(t.Context())
+	assert.Equal(t, "tok-2", tok, "past its TTL")
+	c.Invalidate("tok-1")
+	tok, _ = c.Token(t.Context())
+	assert.Equal(t, "tok-2", tok, "another token's 401 changes nothing")
+	c.Invalidate("tok-2")
+	tok, _ = c.Token(t.Context())
+	assert.Equal(t, "tok-3", tok, "a 401 runs it again")
+
+	bad := &commandToken{argv: []string{"sh", "-c", "echo secret-partial; echo 'ERROR: Please run az login' >&2; exit 1"}, ttl: time.Minute, now: time.Now}
+	_, err := bad.Token(t.Context())
+	require.ErrorContains(t, err, "token command sh: exit status 1: ERROR: Please run az login")
+	assert.NotContains(t, err.Error(), "secret-partial")
+	two := &commandToken{argv: []string{"sh", "-c", "echo a; echo b"}, ttl: time.Minute, now: time.Now}
+	_, err = two.Token(t.Context())
+	require.ErrorContains(t, err, "want one line")
+	assert.NotContains(t, err.Error(), "a\nb")
+}
+
+func TestParseConfigOnline(t *testing.T) {
+	getenv := func(name string) string {
+		return map[string]string{"K": "key-value", "T": "token-value"}[name]
+	}
+	tokFile := filepath.Join(t.TempDir(), "tok")
+	require.NoError(t, os.WriteFile(tokFile, []byte("t"), 0o600))
+	_, eps, err := parseConfig([]byte(`{"endpoints":[
+		{"name":"blue","url":"https://e.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":300,
+		 "tokenEnv":"T","header":{"azureml-model-deployment":"blue"}},
+		{"name":"green","url":"https://f.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":8,"tokenFile":"`+tokFile+`"},
+		{"name":"red","url":"https://g.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":8,"tokenCommand":["az","account","get-access-token"],"tokenTTL":"5m"},
+		{"name":"keyed","url":"https://h.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":8,"apiKeyEnv":"K"}]}`), keySource{getenv: getenv, readFile: os.ReadFile})
+	require.NoError(t, err)
+	require.Len(t, eps, 4)
+	assert.Equal(t, amlpool.Online, eps[0].Kind)
+	assert.Equal(t, "blue", eps[0].Header.Get("azureml-model-deployment"))
+	tok, err := eps[0].Credential.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "token-value", tok)
+	assert.Empty(t, eps[0].APIKey)
+	assert.IsType(t, &fileToken{}, eps[1].Credential)
+	assert.Equal(t, 5*time.Minute, eps[2].Credential.(*commandToken).ttl)
+	assert.Equal(t, "key-value", eps[3].APIKey)
+	assert.Nil(t, eps[3].Credential)
+	c, err := amlpool.New(eps)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	for _, tt := range []struct{ file, want string }{
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","apiKeyEnv":"K","tokenEnv":"T"}]}`, `"apiKeyEnv" and "tokenEnv": give one of them`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"NONE"}]}`, `"tokenEnv": environment variable NONE is not set`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenFile":"/nonexistent/tok"}]}`, `"tokenFile": stat /nonexistent/tok`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenCommand":[]}]}`, `"tokenCommand": want the command`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenCommand":["az"],"tokenTTL":"soon"}]}`, `"tokenTTL": "soon" is not a positive duration`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"T","tokenTTL":"1m"}]}`, `"tokenTTL": only for "tokenCommand"`},
+		{`{"endpoints":[{"url":"https://e/score","token":"token-value"}]}`, `"token": tokens do not go in the file`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"batch","apiKeyEnv":"K"}]}`, `unknown Kind "batch"; want classic or online`},
+		{`{"endpoints":[{"url":"https://e/score","apiKeyEnv":"K","header":{"x-a":"1","X-A":"2"}}]}`, `"header": X-A given twice`},
+	} {
+		_, _, err := parseConfig([]byte(tt.file), keySource{getenv: getenv, readFile: os.ReadFile})
+		require.Error(t, err, tt.file)
+		assert.Contains(t, err.Error(), tt.want, tt.file)
+		assert.NotContains(t, err.Error(), "token-value")
+	}
+
+	cfg, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"blue","url":"https://e/score","kind":"online","tokenEnv":"T","header":{"Host":"x"}}]}`), keySource{getenv: getenv, readFile: os.ReadFile})
+	require.NoError(t, err)
+	_, err = newClient("pool.json", cfg, eps)
+	require.ErrorContains(t, err, `pool.json: endpoints[0] (blue): "maxConcurrentCalls": required for an online endpoint`)
+	eps[0].MaxConcurrentCalls = 4
+	_, err = newClient("pool.json", cfg, eps)
+	require.ErrorContains(t, err, `pool.json: endpoints[0] (blue): "header": Host cannot be set`)
+}

@@ -1,0 +1,152 @@
+package amlpool
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+)
+
+// Credential is a source of bearer tokens for an endpoint (Endpoint.
+// Credential), used instead of a static APIKey: Azure AD tokens for online
+// endpoints in aad_token mode, aml_tokens, or keys kept in a vault and
+// rotated there. The module github.com/amlpool/amlpool/azureauth turns an
+// Azure SDK credential into one.
+//
+// Token is called once per attempt, on the attempt's path, so it should
+// return a cached token at once and fetch a new one only when that one is
+// about to expire. It must be safe for concurrent use. A token is a secret
+// under every rule that holds for keys: it goes to its endpoint's host
+// only, and appears in no error, log, span, Stats or printed value.
+//
+// When Token fails, the attempt fails without sending anything, with a
+// *CredentialError wrapping Token's error. Classify retries it as
+// VerdictRetry: after a backoff, on another endpoint when one is usable,
+// within WithMaxAttempts; an endpoint whose token fails on every attempt
+// is ejected as any failing endpoint is (WithEjection).
+//
+// When an endpoint answers 401 to a token, the call asks the Credential
+// once more and tries the same endpoint again at once (a token may expire
+// or be revoked while cached); a Credential that caches should implement
+// TokenInvalidator to learn of the rejection and fetch afresh. Only when
+// the token it gives after the rejection is refused too does the endpoint
+// leave rotation, as for a rejected key.
+type Credential interface {
+	Token(ctx context.Context) (string, error)
+}
+
+// TokenInvalidator is implemented by a Credential that caches its token,
+// to hear that an endpoint answered 401 to token: the next Token should not
+// return it again. Invalidate may be called for one token by many calls at
+// once, and for a token the Credential has already replaced; it must be
+// safe for concurrent use, return fast, and never block on the network.
+type TokenInvalidator interface {
+	Invalidate(token string)
+}
+
+// CredentialFunc adapts a function to Credential, e.g. for a token read
+// from a file or a secret store.
+type CredentialFunc func(ctx context.Context) (string, error)
+
+// Token returns f(ctx).
+func (f CredentialFunc) Token(ctx context.Context) (string, error) { return f(ctx) }
+
+// CredentialError is the error of an attempt whose Credential gave no
+// usable token: nothing was sent. errors.Is and errors.As reach the
+// Credential's own error through it. Its text never holds a token.
+type CredentialError struct {
+	Endpoint string // the endpoint's Name
+	Err      error  // the Credential's error, or what was wrong with its token
+}
+
+func (e *CredentialError) Error() string {
+	return fmt.Sprintf("amlpool: endpoint %s: credential: %v", e.Endpoint, e.Err)
+}
+
+// Unwrap returns the Credential's error.
+func (e *CredentialError) Unwrap() error { return e.Err }
+
+// Format prints Error whatever the verb, so that no verb (%#v, %d) prints
+// the fields of the Credential's error one by one.
+func (e *CredentialError) Format(f fmt.State, verb rune) {
+	formatRedacted(f, verb, e.Error(), "&amlpool.CredentialError{"+e.Error()+"}")
+}
+
+// token takes a's bearer token from its endpoint's Credential, and
+// remembers whether it was asked for after a rejection (pool's Reasked).
+// The error is a *CredentialError, the token's text in none of it.
+func (a *attempt) token(ctx context.Context, cred Credential) error {
+	ep := a.slot.Ep
+	a.reasked = ep.Reasked()
+	tok, err := cred.Token(ctx)
+	switch {
+	case err != nil:
+		// The Credential's error might quote its token: scrub it anyway.
+		if tok != "" {
+			err = &scrubbedError{err: err, msg: scrubString(err.Error(), []string{tok})}
+		}
+		return &CredentialError{Endpoint: ep.Name(), Err: err}
+	case tok == "":
+		return &CredentialError{Endpoint: ep.Name(), Err: errEmptyToken}
+	}
+	if problem := checkKey(tok); problem != "" {
+		return &CredentialError{Endpoint: ep.Name(), Err: fmt.Errorf("the token %s", problem)}
+	}
+	a.tok = tok
+	return nil
+}
+
+var errEmptyToken = fmt.Errorf("the token is empty")
+
+// header returns the headers of a's request: the endpoint's shared ones
+// for a key, or, for a token, a copy of them with its Authorization.
+func (a *attempt) header() http.Header {
+	base := a.auth.Header(a.key)
+	if a.tok == "" {
+		return base
+	}
+	h := make(http.Header, len(base)+1)
+	for k, v := range base {
+		h[k] = v // the values are shared: no one may write into a value's slice
+	}
+	h["Authorization"] = []string{"Bearer " + a.tok}
+	return h
+}
+
+// secrets returns what must not leave a's reply: the endpoint's keys, or
+// the token sent.
+func (a *attempt) secrets() []string {
+	if a.tok == "" {
+		return a.auth.Keys()
+	}
+	return []string{a.tok}
+}
+
+// invalidate tells a Credential that implements TokenInvalidator that
+// its token tok was rejected.
+func invalidate(cred Credential, tok string) {
+	if inv, ok := cred.(TokenInvalidator); ok {
+		inv.Invalidate(tok)
+	}
+}
+
+// scrubbedError is an error whose text was scrubbed of a secret; errors.Is
+// and errors.As still reach it. It holds no secret of its own.
+type scrubbedError struct {
+	err error
+	msg string // err's text, scrubbed
+}
+
+func (e *scrubbedError) Error() string { return e.msg }
+func (e *scrubbedError) Unwrap() error { return e.err }
+
+// Format prints Error whatever the verb.
+func (e *scrubbedError) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.msg, e.msg) }
+
+// credentialName describes a Credential for printed Endpoints: its type,
+// never its value (whose own String might show a token).
+func credentialName(c Credential) string {
+	if c == nil {
+		return ""
+	}
+	return fmt.Sprintf("%T", c)
+}
