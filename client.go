@@ -153,8 +153,9 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // Do sends body, a JSON scoring request, to one endpoint and returns the
 // reply body of the first attempt that succeeds.
 //
-// Do blocks while every endpoint is full, in line with other waiting calls,
-// for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
+// Do blocks while every endpoint is full, in line with other waiting calls
+// (higher priorities first: WithPriority), for up to the max wait
+// (WithMaxWait) or until ctx ends. A failed attempt is
 // retried as its Verdict says (see Classify, WithClassifier): an endpoint
 // that answers 503 RequestThrottled (online: 429 Too many pending requests)
 // is full, not broken, and the call goes at once to another endpoint with a
@@ -166,7 +167,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // wait that would pass ctx's deadline.
 //
 // Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
-// passes; ErrClosed after Close; an *APIError for a non-2xx reply
+// passes, or ErrShed (an ErrNoCapacity) when the line is full
+// (WithMaxWaiting); ErrClosed after Close; an *APIError for a non-2xx reply
 // (errors.Is(err, ErrThrottled) for a throttle); ErrResponseTooLarge for a
 // reply over WithMaxResponseBytes; ErrMalformedResponse for a 2xx reply that
 // is not JSON or is the service's error body (Do checks that much of the
