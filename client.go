@@ -33,6 +33,7 @@ type Client struct {
 	budget   *retryBudget // nil without a retry budget
 	tel      *telemetry   // metrics, traces and logs; nil when none is configured
 	hedge    *hedger      // nil unless WithHedging or WithHedgingQuantile
+	attempts *deadlines   // ends attempts at WithAttemptTimeout
 
 	update    sync.Mutex // serialises SetEndpoints
 	closeOnce sync.Once
@@ -61,7 +62,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, kind: endpoints[0].Kind, limiter: cfg.limiter}
+	c := &Client{cfg: cfg, kind: endpoints[0].Kind, limiter: cfg.limiter, attempts: newDeadlines(cfg.attemptTimeout)}
 	if c.tel, err = newTelemetry(&c.cfg); err != nil {
 		return nil, err
 	}
@@ -242,7 +243,7 @@ type attempt struct {
 	auth       *pool.Auth
 	key        int    // the index of the key sent, in auth
 	tok        string // the token sent, when auth has a Credential; a secret
-	reasked    bool   // tok was asked for after a 401 to a token (pool's Reasked)
+	refused    string // the token the endpoint refused the call before, when tok was asked for since; a secret
 	start      time.Time
 	latency    time.Duration
 	data       []byte
@@ -292,7 +293,10 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	slot, ok := pool.Slot{}, false
 	if cl.pin != nil {
 		slot, ok = c.pool.TryTake(cl.pin)
-		cl.pin = nil
+		if ok {
+			a.refused = cl.refused
+		}
+		cl.pin, cl.refused = nil, ""
 	}
 	if !ok {
 		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
@@ -441,8 +445,8 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 			a.result = pool.Failed
 		case VerdictEndpointFault:
 			a.result = pool.Fault
-			if a.status == http.StatusUnauthorized && c.unauthorized(a) {
-				a.result = pool.KeyRejected
+			if a.status == http.StatusUnauthorized {
+				a.result = c.unauthorized(a)
 			}
 		default:
 			a.result = pool.Rejected
@@ -454,16 +458,30 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 	a.kind = kindOf(a)
 }
 
-// unauthorized records a 401 to a's key or token and reports whether the
-// endpoint is worth trying again at once: with its other key, or with a
-// fresh token from its Credential, which hears that this one was refused.
-func (c *Client) unauthorized(a *attempt) bool {
+// unauthorized records a 401 to a's key or token and says what it means.
+// KeyRejected: the endpoint is worth trying again at once, with its other
+// key or with a fresh token from its Credential, which hears that this one
+// was refused. Fault: the endpoint cannot serve anyone (its keys are both
+// refused, or its Credential, told of a refused token, gave the same one
+// again). Failed: a fresh token, a new one, was refused too; a caching
+// Credential may have handed out one it held from before a revocation,
+// so the endpoint is not out at once, but a run of these ejects it.
+func (c *Client) unauthorized(a *attempt) pool.Result {
 	ep := a.slot.Ep
 	if a.tok == "" {
-		return ep.Unauthorized(a.auth, a.key)
+		if ep.Unauthorized(a.auth, a.key) {
+			return pool.KeyRejected
+		}
+		return pool.Fault
 	}
 	invalidate(a.auth.Credential(), a.tok)
-	return ep.TokenRejected(a.auth, a.reasked)
+	switch {
+	case ep.TokenRejected(a.auth, a.refused != ""):
+		return pool.KeyRejected
+	case a.tok == a.refused:
+		return pool.Fault
+	}
+	return pool.Failed
 }
 
 // conclude records a failed attempt in its call, decides what the call does
@@ -505,11 +523,10 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	actx := ctx
 	if d, ok := ctx.Deadline(); !ok || time.Until(d) > c.cfg.attemptTimeout {
 		// Only when ctx would not end the attempt first (ctx deadlines are
-		// in real time): the timer and its context cost seven allocations,
-		// about a twentieth of an attempt's CPU.
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, c.cfg.attemptTimeout)
-		defer cancel()
+		// in real time); a context of its own from the pool (deadline.go).
+		a := c.attempts.start(ctx)
+		defer c.attempts.finish(a)
+		actx = a
 	}
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {
@@ -534,7 +551,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() == nil && actx.Err() != nil {
-			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.Name(), c.cfg.attemptTimeout, err)
+			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.Name(), c.cfg.attemptTimeout, timedOut(err))
 		}
 		return nil, fmt.Errorf("amlpool: endpoint %s: %w", ep.Name(), err)
 	}
@@ -546,6 +563,9 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		if err != nil {
 			if isDecodeError(err) {
 				err = &malformedError{err}
+			}
+			if ctx.Err() == nil && actx.Err() != nil {
+				return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v reading the reply: %w", ep.Name(), c.cfg.attemptTimeout, timedOut(err))
 			}
 			return nil, fmt.Errorf("amlpool: endpoint %s: read reply: %w", ep.Name(), err)
 		}

@@ -3,6 +3,7 @@ package amlpool
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -100,4 +101,47 @@ func TestReadBodyKnownSizeAllocatesOnce(t *testing.T) {
 		}
 	})
 	assert.Equal(t, 1.0, allocs)
+}
+
+// TestAttemptTimeoutWithCancellableCaller: a ctx that can be cancelled but
+// has no deadline (an http.Request's) is followed, and the timeout still
+// ends the attempt.
+func TestAttemptTimeoutWithCancellableCaller(t *testing.T) {
+	srv := hangingServer(t)
+	c, err := New([]Endpoint{{URL: srv.URL + "/services/a/execute", APIKey: "k"}},
+		WithAttemptTimeout(20*time.Millisecond), WithoutRetries())
+	require.NoError(t, err)
+	defer c.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err = c.Do(ctx, []byte(`{}`))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "attempt timed out after 20ms")
+	assert.NoError(t, ctx.Err())
+}
+
+// TestCallerCancelEndsAttempt: cancelling the caller's ctx ends the
+// attempt in flight at once, with the caller's cause.
+func TestCallerCancelEndsAttempt(t *testing.T) {
+	arrived := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		close(arrived)
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New([]Endpoint{{URL: srv.URL + "/services/a/execute", APIKey: "k"}}, WithoutRetries())
+	require.NoError(t, err)
+	defer c.Close()
+
+	errGone := errors.New("caller gone")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go func() {
+		<-arrived
+		cancel(errGone)
+	}()
+	_, err = c.Do(ctx, []byte(`{}`))
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, 0, c.Stats().Endpoints[0].InFlight, "slot released")
 }

@@ -71,12 +71,10 @@ func (e *CredentialError) Format(f fmt.State, verb rune) {
 	formatRedacted(f, verb, e.Error(), "&amlpool.CredentialError{"+e.Error()+"}")
 }
 
-// token takes a's bearer token from its endpoint's Credential, and
-// remembers whether it was asked for after a rejection (pool's Reasked).
-// The error is a *CredentialError, the token's text in none of it.
+// token takes a's bearer token from its endpoint's Credential. The error
+// is a *CredentialError, the token's text in none of it.
 func (a *attempt) token(ctx context.Context, cred Credential) error {
 	ep := a.slot.Ep
-	a.reasked = ep.Reasked()
 	tok, err := cred.Token(ctx)
 	switch {
 	case err != nil:

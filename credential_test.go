@@ -229,3 +229,50 @@ func TestCredentialConfig(t *testing.T) {
 	require.NoError(t, c.Close())
 	assert.Equal(t, "amlpool.CredentialFunc", fmt.Sprint(e)[strings.LastIndex(fmt.Sprint(e), "Credential:")+len("Credential:"):len(fmt.Sprint(e))-1])
 }
+
+// staleCache is a caching Credential that, told its token was refused,
+// hands out the next of its tokens: ones it fetched before a revocation
+// first, then a good one.
+type staleCache struct {
+	mu     sync.Mutex // guards tokens
+	tokens []string
+}
+
+func (s *staleCache) Token(context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tokens[0], nil
+}
+
+func (s *staleCache) Invalidate(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.tokens) > 1 && s.tokens[0] == token {
+		s.tokens = s.tokens[1:]
+	}
+}
+
+// TestCredentialStaleFreshToken: a fresh token that is refused too, but is
+// not the one refused before, is a failure of the endpoint, not proof
+// that it cannot serve anyone: the call goes elsewhere, the endpoint stays
+// in rotation, and its next call's token works.
+func TestCredentialStaleFreshToken(t *testing.T) {
+	srvs := onlineServers(t, 2, 4, func(c *amltest.Config) {
+		c.AcceptToken = func(tok string) bool { return tok == "good" }
+	})
+	cred := &staleCache{tokens: []string{"revoked-1", "revoked-2", "good"}}
+	clk := newStepClock(2 * time.Second)
+	c := newClient(t, tokenEndpoints(srvs, cred), amlpool.WithClock(clk), amlpool.WithRand(firstFree))
+
+	_, err := c.Do(t.Context(), onlineBody)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), srvs[0].Stats().Unauthorized, "the token, then a fresh one refused too")
+	assert.Equal(t, int64(1), srvs[1].Stats().Scored, "the call went elsewhere")
+	st := c.Stats().Endpoints[0]
+	assert.False(t, st.Ejected, "o0 stays in rotation")
+	assert.Zero(t, st.Faults)
+
+	_, err = c.Do(t.Context(), onlineBody)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), srvs[0].Stats().Scored, "o0 serves the next call with the good token")
+}

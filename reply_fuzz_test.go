@@ -39,6 +39,9 @@ func FuzzCheckReply(f *testing.F) {
 			return
 		}
 		require.True(t, errors.Is(err, ErrMalformedResponse), "error %v is not ErrMalformedResponse", err)
+		if json.Valid(data) {
+			require.ErrorAs(t, err, new(*errorBodyError), "refused JSON as not JSON")
+		}
 		msg := err.Error()
 		require.NotContains(t, msg, key)
 		// Half a key in the message must come from half a key in the reply
@@ -49,4 +52,32 @@ func FuzzCheckReply(f *testing.F) {
 			require.NotContains(t, msg, key[:10], "a cut key")
 		}
 	})
+}
+
+// FuzzReplyValidator holds checkReply's JSON validator to encoding/json's:
+// the same bodies valid, the same invalid, deep nesting included.
+func FuzzReplyValidator(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `[]`, `{"a":1}`, ` {"a":[1,2,{"b":null}]} `, `01`, `1.`, `-`, `-0.0E+1`, `1e5`,
+		`"\u00"`, "\"\x01\"", "\"\xff\"", `"\/"`, `[1,]`, `{"a"}`, `tru`, `nul`, `{"a":1}{}`,
+		strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
+		strings.Repeat("[", 10001) + strings.Repeat("]", 10001),
+		strings.Repeat("[{\"a\":", 5000) + "1" + strings.Repeat("}]", 5000),
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		require.Equal(t, json.Valid(data), validJSON(data), "%q", data)
+	})
+}
+
+// A reply nested millions deep is refused, not a stack overflow that
+// kills the process: the validator recurses per level only within
+// encoding/json's depth limit.
+func TestValidJSONDeepNesting(t *testing.T) {
+	deep := []byte(strings.Repeat("[", 30<<20))
+	require.False(t, validJSON(deep))
+	require.ErrorIs(t, checkReply(deep, "application/json", nil), ErrMalformedResponse)
+	ok := []byte(strings.Repeat("[", 10000) + strings.Repeat("]", 10000))
+	require.True(t, validJSON(ok))
 }

@@ -220,6 +220,7 @@ type call struct {
 	ex        pool.Exclusion              // what the next attempt avoids: the endpoints tried
 	throttled pool.Endpoints              // endpoints that answered this call VerdictFull
 	pin       *pool.Endpoint              // the endpoint the next attempt goes back to, if free
+	refused   string                      // the token pin refused: the next attempt's is asked for afresh; a secret
 	backoff   *backoff.ExponentialBackOff // made at the call's first wait
 
 	reason string // why the next attempt is a retry (retryReason), with telemetry
@@ -300,7 +301,8 @@ func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
 			wait = cl.nextBackoff(&c.cfg) // every endpoint throttled the call
 		}
 	case a.result == pool.KeyRejected:
-		cl.pin = a.slot.Ep // the endpoint's other key, at once
+		// The endpoint's other key, or a fresh token, at once.
+		cl.pin, cl.refused = a.slot.Ep, a.tok
 	case !c.usableOutside(&cl.ex.Tried):
 		return // an endpoint fault, and no endpoint left to try
 	}

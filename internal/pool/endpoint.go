@@ -286,30 +286,13 @@ func (e *Endpoint) Authorized(a *Auth, k int) {
 	}
 }
 
-// Reasked reports whether a token of the endpoint's Credential was
-// rejected (401) since a reply last accepted one: a token taken now was
-// asked for after that rejection. Read it before taking the token.
-func (e *Endpoint) Reasked() bool { return e.keys.Load()&2 != 0 }
-
-// TokenRejected records that a token of a answered 401; reasked is
-// Reasked as read before that token was taken. It reports whether the
-// endpoint is worth trying again at once with a fresh token: yes for a
-// token taken before any rejection was known (it may have expired, or been
-// replaced, since), or when a has been replaced since the attempt; no for
-// a token asked for after a rejection and rejected too, after which the
-// endpoint cannot serve calls until its Credential changes or a token
-// works again. Many 401s for tokens of one generation, from calls in
-// flight together, each get their one fresh try.
+// TokenRejected reports whether a 401 to a token of a is worth a fresh
+// try at once: always, unless the attempt's token was already the fresh
+// one its call asked for after a 401 (reasked). A 401 for a token of a
+// Credential that Update has replaced since says nothing of the new one.
+// The re-ask is the call's, not the endpoint's: tokens of one generation
+// refused together, from calls in flight together, each get their fresh
+// try, and one stale token of another call's proves nothing.
 func (e *Endpoint) TokenRejected(a *Auth, reasked bool) bool {
-	if !e.auth.Load().sameKeys(a) {
-		return true
-	}
-	if reasked {
-		// Forget it, so that the endpoint's probe asks afresh after its
-		// ejection.
-		e.keys.And(^uint32(2))
-		return false
-	}
-	e.keys.Or(2)
-	return true
+	return !e.auth.Load().sameKeys(a) || !reasked
 }
