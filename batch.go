@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // The engine of ScoreRows (table.go): a reader cutting the source into
-// chunks, workers on an errgroup, and an emitter putting results back in
+// chunks, workers scoring them, and an emitter putting results back in
 // input order.
 
 // batch is one run of ScoreRows.
@@ -21,6 +20,7 @@ type batch struct {
 	sink   func(*Chunk) error
 	o      BatchOptions
 	cols   []string
+	enc    *chunkEncoder
 	window int          // chunks read but not yet handed to the sink, at most
 	total  atomic.Int64 // rows in the source; -1 until known
 
@@ -61,7 +61,8 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	if len(cols) == 0 {
 		return nil, errors.New("amlpool: ScoreRows: the source has no columns")
 	}
-	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism}
+	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism,
+		enc: newChunkEncoder(c.kind == Online, o.Input, cols, o.GlobalParameters)}
 	b.split.init(o)
 	b.total.Store(-1)
 	if o.TotalRows > 0 {
@@ -70,8 +71,8 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	return b, nil
 }
 
-// run reads chunks in this goroutine, scores them on an errgroup limited to
-// Parallelism, and hands them to the sink from an emitter goroutine that
+// run reads chunks in this goroutine, scores them on at most Parallelism
+// workers, and hands them to the sink from an emitter goroutine that
 // puts them back in order. A token in window is held by every chunk from
 // when it is read until it leaves the sink; that bounds memory and keeps
 // the results channel from ever blocking a worker.
@@ -80,8 +81,7 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 	defer cancel(nil)
 	window := make(chan struct{}, b.window)
 	results := make(chan []*Chunk, b.window)
-	var g errgroup.Group
-	g.SetLimit(b.o.Parallelism)
+	w := &workers{limit: b.o.Parallelism, jobs: make(chan func())}
 
 	var stats BatchStats
 	var sinkErr error
@@ -91,8 +91,8 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 		stats, sinkErr = b.emit(wctx, results, window, cancel)
 	}()
 
-	readErr := b.read(wctx, &g, window, results)
-	_ = g.Wait() // workers report failures in their chunks, never here
+	readErr := b.read(wctx, w, window, results)
+	w.wait() // workers report failures in their chunks
 	close(results)
 	<-emitted
 	stats.Requests, stats.SplitRequests = int(b.requests.Load()), int(b.split.requests.Load())
@@ -112,7 +112,7 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 // ends the chunk before it and travels alone, so that every row keeps its
 // place in the order. read returns the source's error, if any; it returns
 // nil when the source ends or ctx does.
-func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{}, results chan<- []*Chunk) error {
+func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, results chan<- []*Chunk) error {
 	next := 0 // index of the next row
 	var bad *RowError
 	for seq := 0; ; seq++ {
@@ -148,10 +148,7 @@ func (b *batch) read(ctx context.Context, g *errgroup.Group, window chan struct{
 		} else {
 			start := next
 			next += len(rows)
-			g.Go(func() error {
-				results <- b.score(ctx, seq, start, rows, nil)
-				return nil
-			})
+			w.run(func() { results <- b.score(ctx, seq, start, rows, nil) })
 		}
 		if err == io.EOF {
 			b.total.Store(int64(next))
@@ -190,13 +187,7 @@ func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts [
 // encode returns the request of rows, from input index start on: the
 // Classic form, or for online endpoints the MLflow one (mlflow.go).
 func (b *batch) encode(start int, rows [][]any) ([]byte, error) {
-	if b.c.kind == Online {
-		return encodeOnline(b.cols, start, rows)
-	}
-	return encodeRequest(&Request{
-		Inputs:           map[string]*Table{b.o.Input: {ColumnNames: b.cols, Values: rows}},
-		GlobalParameters: b.o.GlobalParameters,
-	})
+	return b.enc.encode(start, rows)
 }
 
 // send makes one request of rows (body, when not nil, is their encoding)
@@ -214,7 +205,7 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 	elapsed := b.c.cfg.clock.Now().Sub(t0)
 	if err == nil {
 		var out *Table
-		if out, err = b.decode(data); err == nil {
+		if out, err = b.decode(data, len(rows)); err == nil {
 			if n := out.NumRows(); n != len(rows) {
 				err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
 			} else {
@@ -233,12 +224,12 @@ func (b *batch) failed(seq, start int, rows [][]any, endpoint string, err error)
 		Err: &ChunkError{Seq: seq, FirstRow: start + 1, LastRow: start + len(rows), Endpoint: endpoint, Err: err}}
 }
 
-// decode reads the scores' table from a reply.
-func (b *batch) decode(data []byte) (*Table, error) {
+// decode reads the scores' table from a reply to n rows.
+func (b *batch) decode(data []byte, n int) (*Table, error) {
 	if b.c.kind == Online {
 		return decodeOnline(data)
 	}
-	resp, err := decodeResponse(data)
+	resp, err := decodeBatchResponse(data, n)
 	if err != nil {
 		return nil, err
 	}
@@ -319,4 +310,42 @@ func failed(parts []*Chunk) bool {
 		}
 	}
 	return false
+}
+
+// workers runs jobs on at most limit goroutines, started as jobs come and
+// kept for the next jobs: a chunk's call goes deep enough to grow a fresh
+// goroutine's stack several times, which a kept goroutine has done once.
+// run and wait are called from one goroutine only.
+type workers struct {
+	limit   int
+	started int
+	jobs    chan func()
+	wg      sync.WaitGroup
+}
+
+// run hands job to an idle worker, to a new one while there are fewer than
+// limit, or else waits for one to be idle.
+func (w *workers) run(job func()) {
+	select {
+	case w.jobs <- job:
+		return
+	default:
+	}
+	if w.started < w.limit {
+		w.started++
+		w.wg.Go(func() {
+			job()
+			for job := range w.jobs {
+				job()
+			}
+		})
+		return
+	}
+	w.jobs <- job
+}
+
+// wait lets the workers finish their jobs and end.
+func (w *workers) wait() {
+	close(w.jobs)
+	w.wg.Wait()
 }

@@ -246,8 +246,46 @@ func decodeResponse(body []byte) (*Response, error) {
 	return resp, nil
 }
 
+// decodeBatchResponse is decodeResponse for batch scoring, which knows how
+// many rows each table should hold and never changes body after: the fast
+// path sizes the tables for them, and its strings share body's bytes.
+func decodeBatchResponse(body []byte, rows int) (*Response, error) {
+	s := newScannerOwned(body)
+	s.want = rows
+	resp, err := decodeResultsWith(body, s)
+	if err != nil {
+		return nil, &malformedError{err}
+	}
+	return resp, nil
+}
+
 // decodeResults is decodeResponse without the ErrMalformedResponse mark.
+// The fast path (jsonscan.go) decodes the usual reply; what it declines,
+// encoding/json decodes and words the errors of.
 func decodeResults(body []byte) (*Response, error) {
+	return decodeResultsWith(body, newScanner(body))
+}
+
+// decodeResultsWith is decodeResults with the fast path's scanner s of body.
+func decodeResultsWith(body []byte, s *scanner) (*Response, error) {
+	resp, ok := scanResultsWith(s)
+	if !ok {
+		return decodeResultsStd(body)
+	}
+	// As decodeResultsStd, sorted, so that of several bad outputs the same
+	// one is always named.
+	for _, name := range slices.Sorted(maps.Keys(resp.Results)) {
+		if out := resp.Results[name]; out != nil {
+			if err := out.Value.checkShape(); err != nil {
+				return nil, fmt.Errorf("amlpool: decode response: output %q: %w", name, err)
+			}
+		}
+	}
+	return resp, nil
+}
+
+// decodeResultsStd is decodeResults with encoding/json.
+func decodeResultsStd(body []byte) (*Response, error) {
 	var wire struct {
 		Results map[string]json.RawMessage `json:"Results"`
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -332,6 +333,36 @@ func TestScoreRowsReadsAheadAWindowOnly(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2000, st.Scored)
 	assert.LessOrEqual(t, s.peak.Load(), int64(par))
+}
+
+// TestScoreRowsFillsParallelism holds every call until Parallelism of them
+// are in flight at once: a batch that scores fewer chunks at a time never
+// gets there, and fails on the guard's deadline instead of scoring.
+func TestScoreRowsFillsParallelism(t *testing.T) {
+	const par, rowsPer = 6, 5
+	var held atomic.Int64
+	full := make(chan struct{})
+	var once sync.Once
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		if held.Add(1) == par {
+			once.Do(func() { close(full) })
+		}
+		select {
+		case <-full:
+		case <-r.Context().Done():
+		}
+		return false
+	})
+	c := s.client(t, par)
+	// A deadlock guard, not a timing assertion: a batch that never has par
+	// calls in flight waits here until it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := c.ScoreRows(ctx, &source{n: 10 * par * rowsPer, fail: -1, short: -1}, func(*amlpool.Chunk) error { return nil },
+		&amlpool.BatchOptions{ChunkRows: rowsPer, Parallelism: par})
+	require.NoError(t, err, "never %d calls in flight at once", par)
+	assert.Equal(t, 10*par*rowsPer, st.Scored)
+	assert.Equal(t, int64(par), s.peak.Load(), "in flight at most")
 }
 
 func TestScoreRowsBadOptions(t *testing.T) {

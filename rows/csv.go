@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -40,6 +41,7 @@ type CSVReader struct {
 	line   int   // line where the last row read starts
 	seg    int   // r's line n is input line seg+n
 	segOff int64 // input offset where r started
+	slab   []any // cells of the rows to come (cells)
 }
 
 // NewCSVReader reads the header line of r. It fails, naming the line, for
@@ -71,7 +73,7 @@ func NewCSVReader(r io.Reader) (*CSVReader, error) {
 		return nil, fmt.Errorf("line %d: header: %w", line, err)
 	}
 	c.rec.forget(c.segOff + c.r.InputOffset())
-	c.cols, c.line = head, line
+	c.cols, c.line = slices.Clone(head), line // the csv.Reader reuses head
 	return c, nil
 }
 
@@ -84,7 +86,11 @@ func (c *CSVReader) Line() int { return c.line }
 // Next returns the next row, an *amlpool.RowError for a malformed one, or
 // io.EOF after the last row. Any other error is the input's own (a failed
 // read) and ends the rows.
-func (c *CSVReader) Next() ([]any, error) {
+func (c *CSVReader) Next() ([]any, error) { return c.next(true) }
+
+// next is Next; without build, a good row comes back as nil cells, unread
+// (Count).
+func (c *CSVReader) next(build bool) ([]any, error) {
 	for {
 		rec, err := c.r.Read()
 		var pe *csv.ParseError
@@ -93,6 +99,9 @@ func (c *CSVReader) Next() ([]any, error) {
 			line, _ := c.r.FieldPos(0)
 			c.line = c.seg + line
 			c.rec.forget(c.segOff + c.r.InputOffset())
+			if !build {
+				return nil, nil
+			}
 			return c.row(rec)
 		case err == io.EOF:
 			return nil, io.EOF
@@ -155,12 +164,13 @@ func (c *CSVReader) restart(off int64, line int) {
 	c.rec.rewind(off, line)
 	c.r = csv.NewReader(c.rec)
 	c.r.FieldsPerRecord = -1 // checked in row, to say which line and how
+	c.r.ReuseRecord = true   // row copies the fields out
 	c.seg, c.segOff = line-1, off
 }
 
 // row checks a record read without a parse error.
 func (c *CSVReader) row(rec []string) ([]any, error) {
-	row := cells(rec)
+	row := c.cells(rec)
 	if len(rec) != len(c.cols) {
 		return nil, &amlpool.RowError{Line: c.line, Row: row,
 			Err: fmt.Errorf("%d fields, but the header has %d", len(rec), len(c.cols))}
@@ -172,6 +182,19 @@ func (c *CSVReader) row(rec []string) ([]any, error) {
 		}
 	}
 	return row, nil
+}
+
+// cells returns a record's fields as a row. Rows are cut from a slab, one
+// allocation for many rows, and cannot grow into each other.
+func (c *CSVReader) cells(rec []string) []any {
+	if len(rec) > cap(c.slab)-len(c.slab) {
+		c.slab = make([]any, 0, max(512, 4*len(rec)))
+	}
+	start := len(c.slab)
+	for _, f := range rec {
+		c.slab = append(c.slab, f)
+	}
+	return c.slab[start:len(c.slab):len(c.slab)]
 }
 
 func cells(rec []string) []any {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/rows"
 )
@@ -134,5 +136,53 @@ func FuzzScan(f *testing.F) {
 		if err == nil && (n < 0 || end < 0 || end > int64(len(data))) {
 			t.Fatalf("n=%d end=%d for %d bytes", n, end, len(data))
 		}
+	})
+}
+
+// readCount counts the rows of data as a Reader gives them.
+func readCount(f rows.Format, data []byte) (int, error) {
+	r, err := rows.NewReader(f, bytes.NewReader(data))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		_, err := r.Next()
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil && !errors.As(err, new(*amlpool.RowError)) {
+			return 0, err
+		}
+		n++
+	}
+}
+
+// FuzzCount checks Count against reading: as many rows as Next returns,
+// good and bad, or the same error.
+func FuzzCount(f *testing.F) {
+	for _, s := range []string{
+		"a,b\n1,2\n", "\xEF\xBB\xBFa,b\r\n1,2\r\n", "a,b\n\"x\ny\",2\n", "a,b\n1\n1,2,3\n",
+		"a,b\n1,x\"y\n", "a,b\n\"3,4\n5,6\n", "a,b\n1,\xff\n", "", "a,,a\n", "a\n\"\"\"\"\n",
+		"a,b\n1,\"a\n2,b\n3,\"x\"y\n4,d\n", "\xEF\xBB\xBF\n00", "a,b\r\n\r\n1,\"x\r\ny\"\r\n2,\"open\r\n\r\n3,4\r\n",
+		"\n\r\n\"a\",b\n1,2\n", "\n\na,a\n", "a\n\r\n\r\r\n \n\r", "a\n1\n2\n3", "a\n1\n\r", "\xEF\xBB\xBF", "\n\n",
+		"{\"a\":1,\"b\":\"x\"}\n{\"b\":\"y\",\"a\":2}\n", "{\"a\":null}\n\n{\"a\":[1,{}]}\n", "{}\n", "[1]\n",
+	} {
+		f.Add([]byte(s), true)
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, csv bool) {
+		format := rows.JSONL
+		if csv {
+			format = rows.CSV
+		}
+		want, wantErr := readCount(format, data)
+		got, err := rows.Count(format, bytes.NewReader(data))
+		if wantErr != nil {
+			require.EqualError(t, err, wantErr.Error())
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, want, got)
 	})
 }

@@ -69,7 +69,11 @@ func (j *JSONLReader) Line() int { return j.start }
 
 // Next returns the next row, an *amlpool.RowError for a line that is not an
 // object with the columns' keys, or io.EOF.
-func (j *JSONLReader) Next() ([]any, error) {
+func (j *JSONLReader) Next() ([]any, error) { return j.next(true) }
+
+// next is Next; without build, a line that is not blank comes back as nil
+// cells, unread (Count).
+func (j *JSONLReader) next(build bool) ([]any, error) {
 	if j.first != nil {
 		row := j.first
 		j.first = nil
@@ -89,6 +93,9 @@ func (j *JSONLReader) Next() ([]any, error) {
 		}
 		if len(bytes.TrimSpace(b)) == 0 {
 			continue
+		}
+		if !build {
+			return nil, nil
 		}
 		keys, vals, err := parseObject(b)
 		if err != nil {

@@ -324,3 +324,43 @@ func TestCSVLinesOfRows(t *testing.T) {
 		})
 	}
 }
+
+// TestCountLongLines counts lines longer than Count's buffer and than
+// MaxRowBytes, with and without quotes, as reading does.
+func TestCountLongLines(t *testing.T) {
+	long := strings.Repeat("x", 100<<10)
+	huge := strings.Repeat("y", rows.MaxRowBytes+10)
+	for name, data := range map[string]string{
+		"long":              "a,b\n" + long + ",1\n1,2\n",
+		"long, quote after": "a,b\n" + long + ",1\n\"1\",2\n3,4\n",
+		"long with a quote": "a,b\n" + long + ",\"1\"\n1,2\n",
+		"long header":       long + ",b\n1,2\n",
+		"over MaxRowBytes":  "a,b\n" + huge + "\n1,2\n" + huge,
+		"long, no line end": "a,b\n1,2\n" + long,
+	} {
+		t.Run(name, func(t *testing.T) {
+			want, err := readCount(rows.CSV, []byte(data))
+			require.NoError(t, err)
+			got, err := rows.Count(rows.CSV, strings.NewReader(data))
+			require.NoError(t, err)
+			assert.Equal(t, want, got)
+		})
+	}
+}
+
+// TestCountWithoutQuotesBuildsNothing checks that Count counts a CSV
+// without quotes by its lines, not by reading rows: its allocations do not
+// grow with the rows.
+func TestCountWithoutQuotesBuildsNothing(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("id,name\n")
+	for i := range 10_000 {
+		fmt.Fprintf(&b, "%d,name %d\n", i, i)
+	}
+	data := b.String()
+	n, err := rows.Count(rows.CSV, strings.NewReader(data))
+	require.NoError(t, err)
+	require.Equal(t, 10_000, n)
+	allocs := testing.AllocsPerRun(3, func() { _, _ = rows.Count(rows.CSV, strings.NewReader(data)) })
+	assert.Less(t, allocs, 100.0, "allocations counting 10,000 rows")
+}

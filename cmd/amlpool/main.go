@@ -29,7 +29,17 @@ var commands = []command{
 	{"fake", "serve fake endpoints on this machine and write a config to try the other commands on", runFake},
 }
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+// stopProfile, when set, ends the CPU profile that a build with the tag
+// amlpoolprof started (prof.go); the command as shipped has none.
+var stopProfile func()
+
+func main() {
+	code := run(os.Args[1:], os.Stdout, os.Stderr)
+	if stopProfile != nil {
+		stopProfile()
+	}
+	os.Exit(code)
+}
 
 // run dispatches to a subcommand and returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {

@@ -281,22 +281,16 @@ func openInput(path string, f rows.Format) (rows.Reader, *os.File, error) {
 // countRows reads the input once to know its length, for the progress bar
 // and ETA. Malformed rows count: they go to the reject file.
 func countRows(path string, f rows.Format) (int, error) {
-	r, in, err := openInput(path, f)
+	in, err := os.Open(path)
 	if err != nil {
 		return -1, err
 	}
 	defer in.Close()
-	n := 0
-	for {
-		_, err := r.Next()
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil && !errors.As(err, new(*amlpool.RowError)) {
-			return -1, fmt.Errorf("%s: %w", path, err)
-		}
-		n++
+	n, err := rows.Count(f, in)
+	if err != nil {
+		return -1, fmt.Errorf("%s: %w", path, err)
 	}
+	return n, nil
 }
 
 // matchColumns checks a header against the service's input columns, in any

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,28 +16,117 @@ import (
 	"github.com/amlpool/amlpool/amltest"
 )
 
-// scoreOnce runs the built command on in and returns the wall time and the
-// process's peak resident memory.
-func scoreOnce(b *testing.B, p *fakePool, in, dir string) (time.Duration, int64) {
+// runCost is what one run of the command cost.
+type runCost struct {
+	wall time.Duration
+	cpu  time.Duration // the command's user + system CPU
+	rss  int64         // the command's peak resident memory, in bytes
+}
+
+// scoreOnce runs the command bin on in and returns what it cost.
+func scoreOnce(b *testing.B, p *fakePool, bin, in, dir string) runCost {
 	out := filepath.Join(dir, "scored.csv")
 	os.Remove(out)
-	cmd := p.command(b, "score", "--config", p.config, "--in", in, "--out", out, "--progress", "none")
+	cmd := exec.Command(bin, "score", "--config", p.config, "--in", in, "--out", out, "--progress", "none")
+	cmd.Env = append(os.Environ(), p.env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
 	start := time.Now()
-	if code, stderr := runCmd(b, cmd); code != 0 {
-		b.Fatalf("exit %d: %s", code, stderr)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
 	}
+	done := make(chan struct{})
+	peak := make(chan int64)
+	go func() { peak <- watchPeakRSS(cmd.Process.Pid, done) }()
+	err := cmd.Wait()
 	el := time.Since(start)
+	close(done)
+	rss := <-peak
+	if err != nil {
+		b.Fatalf("%v: %s", err, stderr.String())
+	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return el, ru.Maxrss * 1024 // Linux reports KiB
+	cpu := time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
+	return runCost{wall: el, cpu: cpu, rss: rss}
+}
+
+// watchPeakRSS reads the high-water mark of process pid's resident memory
+// (VmHWM in /proc/pid/status) every few milliseconds until done is closed,
+// and returns the last it read. The rusage of a finished child is no use
+// here: Linux counts in its ru_maxrss the memory of the parent it was
+// started from (os/exec starts it sharing the parent's memory until it
+// execs), so every command would seem as large as the benchmark process.
+// The last few milliseconds of a run, writing out and exiting, are missed.
+func watchPeakRSS(pid int, done <-chan struct{}) int64 {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	var peak int64
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if status, err := os.ReadFile(path); err == nil {
+			for line := range strings.Lines(string(status)) {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+					peak = max(peak, kb*1024)
+				}
+			}
+		}
+		select {
+		case <-done:
+			return peak
+		case <-tick.C:
+		}
+	}
+}
+
+// benchBinaries returns the commands to measure: the one built from this
+// tree, named "" (no sub-benchmark), or, when AMLPOOL_BENCH_BINS is set to
+// name=path,name=path…, each of those, one after the other, as
+// sub-benchmarks bin=name, so that several builds (the one before a change
+// and the one after, say) are compared in one run. (-count repeats each
+// sub-benchmark before the next: for rounds in turn, loop in the shell.)
+//
+//	for i in 1 2 3 4 5; do
+//	  AMLPOOL_BENCH_BINS=old=/tmp/old/amlpool,new=/tmp/new/amlpool \
+//	    go test -run '^$' -bench ScoreFile -benchtime 3x ./cmd/amlpool
+//	done
+func benchBinaries(b *testing.B) [][2]string {
+	spec := os.Getenv("AMLPOOL_BENCH_BINS")
+	if spec == "" {
+		return [][2]string{{"", binary(b)}}
+	}
+	var bins [][2]string
+	for _, nv := range strings.Split(spec, ",") {
+		name, path, ok := strings.Cut(nv, "=")
+		if !ok || name == "" || path == "" {
+			b.Fatalf("AMLPOOL_BENCH_BINS: %q is not name=path", nv)
+		}
+		bins = append(bins, [2]string{name, path})
+	}
+	return bins
+}
+
+// eachBinary runs f once per command to measure, as a sub-benchmark when
+// there are several.
+func eachBinary(b *testing.B, f func(b *testing.B, bin string)) {
+	bins := benchBinaries(b)
+	if len(bins) == 1 && bins[0][0] == "" {
+		f(b, bins[0][1])
+		return
+	}
+	for _, nb := range bins {
+		b.Run("bin="+nb[0], func(b *testing.B) { f(b, nb[1]) })
+	}
 }
 
 // BenchmarkScoreFile scores a 100,000-row file with the built command on a
 // fake pool of 2 endpoints x 20 slots at 100 ms, whose formula ceiling is
 // 40 x 1000 / 100 = 400 calls/s = 40,000 rows/s at 100 rows per call, and
-// reports the rate beside it. The whole command counts: start-up, reading,
-// scoring, writing. (The fake servers run in the benchmark process, on the
-// same cores as the command: at lower latencies their JSON work, not the
-// pool, sets the pace on a small machine.)
+// reports the rate beside it, and the command's CPU time per row. The whole
+// command counts: start-up, reading, scoring, writing. (The fake servers run
+// in the benchmark process, on the same cores as the command: at lower
+// latencies their JSON work, not the pool, sets the pace on a small
+// machine.)
 func BenchmarkScoreFile(b *testing.B) {
 	const n, mcc, eps, latency, chunk = 100_000, 20, 2, 100 * time.Millisecond, 100
 	dir := b.TempDir()
@@ -51,42 +144,46 @@ func BenchmarkScoreFile(b *testing.B) {
 	p := newFakePool(b, dir, []amltest.Config{cfg, cfg}, "")
 	in := filepath.Join(dir, "rows.csv")
 	writeIDs(b, in, n)
-	binary(b)
 	ceiling := float64(eps*mcc) * float64(time.Second) / float64(latency) * chunk
-	var total time.Duration
-	var peak int64
-	b.ResetTimer()
-	for b.Loop() {
-		el, rss := scoreOnce(b, p, in, dir)
-		total += el
-		peak = max(peak, rss)
-	}
-	rate := float64(n) * float64(b.N) / total.Seconds()
-	b.ReportMetric(rate, "rows/s")
-	b.ReportMetric(ceiling, "ceiling-rows/s")
-	b.ReportMetric(100*rate/ceiling, "%-of-ceiling")
-	b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
+	eachBinary(b, func(b *testing.B, bin string) {
+		var wall, cpu time.Duration
+		var peak int64
+		b.ResetTimer()
+		for b.Loop() {
+			r := scoreOnce(b, p, bin, in, dir)
+			wall += r.wall
+			cpu += r.cpu
+			peak = max(peak, r.rss)
+		}
+		rate := float64(n) * float64(b.N) / wall.Seconds()
+		b.ReportMetric(rate, "rows/s")
+		b.ReportMetric(ceiling, "ceiling-rows/s")
+		b.ReportMetric(100*rate/ceiling, "%-of-ceiling")
+		b.ReportMetric(float64(cpu.Microseconds())/float64(n*b.N), "cpu-µs/row")
+		b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
+	})
 }
 
-// BenchmarkScorePeakMemory scores files of 10,000 and 1,000,000 rows on a
+// BenchmarkScorePeakMemory scores files of 100,000 and 1,000,000 rows on a
 // fast fake pool and reports each run's peak resident memory: the command
-// streams, so the larger file should not need more.
+// streams, so the larger file should not need more. (A smaller file ends
+// before the read-ahead window first fills, and so needs less.)
 func BenchmarkScorePeakMemory(b *testing.B) {
+	const small, large = 100_000, 1_000_000
 	dir := b.TempDir()
 	p := newFakePool(b, dir, []amltest.Config{{MaxConcurrentCalls: 100}, {MaxConcurrentCalls: 100}}, "")
-	binary(b)
-	rss := map[int]int64{}
-	for _, n := range []int{10_000, 1_000_000} {
-		in := filepath.Join(dir, fmt.Sprintf("rows%d.csv", n))
-		writeIDs(b, in, n)
-		_, rss[n] = scoreOnce(b, p, in, dir)
+	file := func(n int) string { return filepath.Join(dir, fmt.Sprintf("rows%d.csv", n)) }
+	for _, n := range []int{small, large} {
+		writeIDs(b, file(n), n)
 	}
-	b.ResetTimer()
-	for b.Loop() {
-		_, r := scoreOnce(b, p, filepath.Join(dir, "rows10000.csv"), dir)
-		rss[10_000] = max(rss[10_000], r)
-	}
-	b.ReportMetric(float64(rss[10_000])/(1<<20), "peak-RSS-MiB-10k-rows")
-	b.ReportMetric(float64(rss[1_000_000])/(1<<20), "peak-RSS-MiB-1M-rows")
-	b.ReportMetric(float64(rss[1_000_000])/float64(rss[10_000]), "RSS-ratio-1M/10k")
+	eachBinary(b, func(b *testing.B, bin string) {
+		rss := map[int]int64{large: scoreOnce(b, p, bin, file(large), dir).rss}
+		b.ResetTimer()
+		for b.Loop() {
+			rss[small] = max(rss[small], scoreOnce(b, p, bin, file(small), dir).rss)
+		}
+		b.ReportMetric(float64(rss[small])/(1<<20), "peak-RSS-MiB-100k-rows")
+		b.ReportMetric(float64(rss[large])/(1<<20), "peak-RSS-MiB-1M-rows")
+		b.ReportMetric(float64(rss[large])/float64(rss[small]), "RSS-ratio-1M/100k")
+	})
 }

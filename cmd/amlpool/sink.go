@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 
@@ -293,38 +294,56 @@ func (f *firstFailure) String() string {
 
 // lineLog remembers the input line of each row between reading it and
 // writing it, for the reject file. Rows are noted and forgotten in order, so
-// it is a queue; it holds at most the batch's read-ahead.
+// it is a queue; it holds at most the batch's read-ahead. Rows mostly sit on
+// consecutive lines, so it keeps runs: a run says on which line a row is,
+// and each row after it, up to the next run, on the line after. note is
+// called from the reader's goroutine only, and takes the lock only to start
+// a run; line and forget are called from the sink's.
 type lineLog struct {
-	mu    sync.Mutex // guards first and lines
-	first int        // index of the row of lines[0]
-	lines []int
+	mu    sync.Mutex // guards first and runs
+	first int        // rows before it are forgotten
+	runs  []lineRun  // in row order; runs[0] may start before first
+
+	// The reader's own: the row and line that would extend the last run.
+	next, nextLine int
+	any            bool // a row was noted
 }
+
+type lineRun struct{ row, line int }
 
 func (l *lineLog) note(idx, line int) {
-	l.mu.Lock()
-	if len(l.lines) == 0 {
-		l.first = idx
+	if !l.any || idx != l.next || line != l.nextLine {
+		l.mu.Lock()
+		l.runs = append(l.runs, lineRun{idx, line})
+		l.mu.Unlock()
+		l.any = true
 	}
-	l.lines = append(l.lines, line)
-	l.mu.Unlock()
+	l.next, l.nextLine = idx+1, line+1
 }
 
+// line returns the line of row idx, noted and not forgotten; 0 for a row
+// forgotten.
 func (l *lineLog) line(idx int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if i := idx - l.first; i >= 0 && i < len(l.lines) {
-		return l.lines[i]
+	i := sort.Search(len(l.runs), func(i int) bool { return l.runs[i].row > idx }) - 1
+	if idx < l.first || i < 0 {
+		return 0
 	}
-	return 0
+	return l.runs[i].line + idx - l.runs[i].row
 }
 
 // forget drops the lines of rows before end.
 func (l *lineLog) forget(end int) {
 	l.mu.Lock()
-	n := min(max(end-l.first, 0), len(l.lines))
-	l.lines, l.first = l.lines[n:], l.first+n
-	if cap(l.lines) > 4096 && len(l.lines) < cap(l.lines)/4 {
-		l.lines = slices.Clone(l.lines) // let the dropped front go
+	l.first = max(l.first, end)
+	k := 0
+	for k+1 < len(l.runs) && l.runs[k+1].row <= l.first {
+		k++
+	}
+	l.runs = l.runs[k:]
+	if cap(l.runs) > 4096 && len(l.runs) < cap(l.runs)/4 {
+		l.runs = slices.Clone(l.runs) // let the dropped front go
 	}
 	l.mu.Unlock()
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool/rows"
 )
@@ -12,4 +13,39 @@ func TestRejectColumnsAvoidTheInputs(t *testing.T) {
 	assert.Equal(t, []string{"line", "row", "error", "id"}, rejectColumns(rows.CSV, []string{"id"}))
 	assert.Equal(t, []string{"_line", "row", "__error", "text", "line", "error", "_error"},
 		rejectColumns(rows.JSONL, []string{"line", "error", "_error"}), "no name twice: a JSON Lines object could not be read back")
+}
+
+// TestLineLog notes rows on lines with gaps (blank lines, records over
+// several lines, bad rows) and forgets them as a run does, checking each
+// row's line against a plain list.
+func TestLineLog(t *testing.T) {
+	var l lineLog
+	want := map[int]int{}
+	line := 2
+	for idx := range 1000 {
+		switch {
+		case idx%97 == 0:
+			line += 3 // a record over lines, or blank lines before it
+		case idx%13 == 0:
+			line += 1
+		}
+		l.note(idx, line)
+		want[idx] = line
+		line++
+		if idx%10 == 9 {
+			end := idx - 30
+			for i := max(end-10, 0); i < idx; i++ {
+				if i < end {
+					continue
+				}
+				require.Equal(t, want[i], l.line(i), "row %d before forgetting up to %d", i, end)
+			}
+			l.forget(end)
+			if end > 0 {
+				assert.Equal(t, 0, l.line(end-1), "a forgotten row")
+			}
+			assert.Equal(t, want[max(end, 0)], l.line(max(end, 0)))
+		}
+	}
+	assert.Less(t, len(l.runs), 10, "runs kept")
 }
