@@ -8,7 +8,10 @@ import (
 
 // Balancer chooses the endpoint for each attempt of a call, among those the
 // call may use that have a free slot. The Client then takes that slot; if
-// another call took it first, the Client asks again.
+// another call took it first, the Client asks again. With endpoints in
+// several tiers (Endpoint.Tier) it chooses within one tier at a time,
+// lowest first: a higher tier is asked only when the lower ones have no
+// free slot for the call, or when Pick answers -1 for them.
 //
 // Pick must not block or do I/O, and must be safe for concurrent use. It
 // returns an index into the Candidates, or -1 when none has a free slot.
@@ -16,16 +19,21 @@ type Balancer interface {
 	Pick(s Candidates) int
 }
 
-// Candidates is a Balancer's view of the live endpoints for one attempt.
-// Index i is the i-th endpoint given to New, or to the last SetEndpoints.
-// It is valid only during the Pick call.
+// Candidates is a Balancer's view of the live endpoints of one tier for one
+// attempt. Index i is the i-th endpoint of that tier in the order given to
+// New, or to the last SetEndpoints; with every endpoint in one tier (all
+// Tier 0, the default), the i-th endpoint given. It is valid only during
+// the Pick call.
 type Candidates struct {
 	s *pool.Set
 	x pool.Exclusion
 }
 
-// Len returns the number of endpoints, usable or not.
+// Len returns the number of endpoints of the tier, usable or not.
 func (s Candidates) Len() int { return len(s.s.Eps) }
+
+// Tier returns the tier of the endpoints (Endpoint.Tier).
+func (s Candidates) Tier() int { return s.s.Tier() }
 
 // Free returns how many calls endpoint i could take now: zero when it is
 // full or when this call may not use it (already tried, ejected, cooling down).

@@ -73,10 +73,13 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	c.addExt(specs)
 	balance, pick := picker(cfg.balancer)
 	pcfg := pool.Config{Clock: cfg.clock, Rand: cfg.rand, Balance: balance, Pick: pick,
-		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive,
+		EjectFor: cfg.ejectFor, Adaptive: cfg.adaptive, Aging: cfg.priorityAging,
 		// Only LatencyAware and a Balancer of the user's (Candidates.Latency)
 		// read the latency estimate: the others do not pay for keeping it.
 		TrackLatency: balance == pool.Latency || balance == pool.Custom}
+	if cfg.maxWaitingSet {
+		pcfg.MaxWaiting = cfg.maxWaiting
+	}
 	if !cfg.ejectOff {
 		pcfg.EjectAfter = cfg.ejectAfter
 	}
@@ -165,8 +168,9 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // Do sends body, a JSON scoring request, to one endpoint and returns the
 // reply body of the first attempt that succeeds.
 //
-// Do blocks while every endpoint is full, in line with other waiting calls,
-// for up to the max wait (WithMaxWait) or until ctx ends. A failed attempt is
+// Do blocks while every endpoint is full, in line with other waiting calls
+// (higher priorities first: WithPriority), for up to the max wait
+// (WithMaxWait) or until ctx ends. A failed attempt is
 // retried as its Verdict says (see Classify, WithClassifier): an endpoint
 // that answers 503 RequestThrottled (online: 429 Too many pending requests)
 // is full, not broken, and the call goes at once to another endpoint with a
@@ -178,7 +182,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // wait that would pass ctx's deadline.
 //
 // Errors: ctx's error when it ends first; ErrNoCapacity when the max wait
-// passes; ErrClosed after Close; an *APIError for a non-2xx reply
+// passes, or ErrShed (an ErrNoCapacity) when the line is full
+// (WithMaxWaiting); ErrClosed after Close; an *APIError for a non-2xx reply
 // (errors.Is(err, ErrThrottled) for a throttle); ErrResponseTooLarge for a
 // reply over WithMaxResponseBytes; ErrMalformedResponse for a 2xx reply that
 // is not JSON or is the service's error body (Do checks that much of the
@@ -280,6 +285,9 @@ func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	err := c.takeSlot(ctx, cl, a)
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
+	if err != nil && errors.Is(err, ErrShed) {
+		c.tel.shed(Priority(pool.PriorityOf(ctx)), c.pool.ShedSpells(), c.cfg.maxWaiting)
+	}
 	return err
 }
 
@@ -357,10 +365,12 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	cands := []LimitedEndpoint{limited(slot.Ep)}
 	eps := []*pool.Endpoint{slot.Ep}
 	set := c.pool.Set()
-	for _, o := range set.Eps {
-		if o != slot.Ep && set.Usable(x, o) && o.Free() > 0 {
-			cands = append(cands, limited(o))
-			eps = append(eps, o)
+	for _, t := range set.Tiers() { // lowest tier first: the Limiter prefers earlier candidates
+		for _, o := range t.Eps {
+			if o != slot.Ep && set.Usable(x, o) && o.Free() > 0 {
+				cands = append(cands, limited(o))
+				eps = append(eps, o)
+			}
 		}
 	}
 	wctx, done := c.untilEndpointsChange(ctx)
@@ -670,11 +680,17 @@ type Stats struct {
 	// last SetEndpoints, then removed ones whose calls are still in flight.
 	Endpoints []EndpointStats
 	Waiting   int // calls waiting for a free slot
+	// Shed counts the calls turned away because the line of waiting calls
+	// was full (WithMaxWaiting), by the priority they had: on arrival, or
+	// from the line for a call of higher priority. Priorities with none
+	// are left out; it is nil while no call was shed.
+	Shed map[Priority]int64
 }
 
 // EndpointStats describes one endpoint at the moment Stats was called.
 type EndpointStats struct {
 	Name               string
+	Tier               int   // the configured tier (Endpoint.Tier)
 	MaxConcurrentCalls int   // the configured cap
 	Limit              int   // the cap in force now (lower under an adaptive limit)
 	InFlight           int   // calls in flight now
@@ -699,6 +715,7 @@ func (c *Client) Stats() Stats {
 		n := e.Counters()
 		s.Endpoints[i] = EndpointStats{
 			Name:               e.Name(),
+			Tier:               e.Tier(),
 			MaxConcurrentCalls: e.Max(),
 			Limit:              e.Limit(),
 			InFlight:           e.InFlight(),
@@ -710,6 +727,14 @@ func (c *Client) Stats() Stats {
 			Ejected:            ejected,
 			Ejections:          ejections,
 			Removed:            e.Removed(),
+		}
+	}
+	for p := PriorityLow; p <= PriorityHigh; p++ {
+		if n := c.pool.Shed(int8(p)); n > 0 {
+			if s.Shed == nil {
+				s.Shed = make(map[Priority]int64, 3)
+			}
+			s.Shed[p] = n
 		}
 	}
 	return s

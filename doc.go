@@ -51,6 +51,11 @@
 // use (not ejected, not cooling down, not already tried when another is
 // left), and a pick costs no allocation.
 //
+// Endpoints may be given tiers ([Endpoint].Tier): a call takes a slot on the
+// lowest tier with a free slot it may use, so a higher tier takes only the
+// overflow, and the share of a lower tier's ejected or cooling endpoints. The
+// balancer chooses within a tier.
+//
 // [WithAdaptiveLimit] lets each endpoint's limit sink below its cap when it
 // throttles (another client shares it) and grow back on successes, so that
 // replicas sharing endpoints stop throttling each other without
@@ -62,12 +67,21 @@
 //
 // # When every slot is busy
 //
-// The call waits, first come first served, until a slot frees on any endpoint
-// it may use, its ctx ends, or the max wait ([WithMaxWait]) passes, when it
-// fails with [ErrNoCapacity]. WithMaxWait(0) fails at once instead of waiting.
-// With a [Limiter] the max wait covers the wait there too, and WithMaxWait(0)
-// makes one try at it when it implements [TryAcquirer] (redislimit's does).
-// Waiting costs no CPU: a release hands its slot to the oldest waiting call.
+// The call waits until a slot frees on any endpoint it may use, its ctx
+// ends, or the max wait ([WithMaxWait]) passes, when it fails with
+// [ErrNoCapacity]. WithMaxWait(0) fails at once instead of waiting. With a
+// [Limiter] the max wait covers the wait there too, and WithMaxWait(0) makes
+// one try at it when it implements [TryAcquirer] (redislimit's does).
+// Waiting costs no CPU: a release hands its slot to the first waiting call.
+//
+// The first is the one of highest [Priority] ([WithPriority]), and among
+// equals the one that has waited longest; a waiting call ranks one priority
+// higher for each second it has waited ([WithPriorityAging]), so none waits
+// forever behind a stream of higher ones. Run batch work under
+// WithPriority(ctx, PriorityLow) and calls a person waits for under
+// PriorityHigh, and the batch uses every slot they leave. [WithMaxWaiting]
+// bounds the line: past it, the call of lowest priority fails at once with
+// [ErrShed].
 //
 // # Retries
 //

@@ -66,6 +66,13 @@ type Endpoint struct {
 	// token (see Credential). A token is a secret under every rule that
 	// holds for keys.
 	Credential Credential
+	// Tier orders endpoints for the calls they take: 0 (the default) first,
+	// up to MaxTier. A call goes to the lowest tier that has a free slot it
+	// may use, so a higher tier takes only the overflow: the calls for which
+	// every endpoint of the lower tiers is full, ejected, cooling down or
+	// already tried by the call. Within a tier the Balancer chooses. Use it
+	// for endpoints to prefer, nearby or paid for, before others.
+	Tier int `json:",omitzero"`
 }
 
 const (
@@ -74,6 +81,8 @@ const (
 	DefaultMaxConcurrentCalls = 20
 	// MaxMaxConcurrentCalls is the highest cap the service allows.
 	MaxMaxConcurrentCalls = 200
+	// MaxTier is the highest Tier an endpoint may have.
+	MaxTier = 9
 )
 
 const redacted = "[REDACTED]"
@@ -87,8 +96,8 @@ func redact(secret string) string {
 }
 
 // String describes the endpoint with its keys redacted, its Header's
-// values too, and its Credential by type. Kind, Header and Credential are
-// shown only when set.
+// values too, and its Credential by type. Kind, Header, Credential and Tier
+// are shown only when set.
 func (e Endpoint) String() string {
 	s := fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d",
 		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
@@ -100,6 +109,9 @@ func (e Endpoint) String() string {
 	}
 	if e.Credential != nil {
 		s += " Credential:" + credentialName(e.Credential)
+	}
+	if e.Tier != 0 {
+		s += " Tier:" + strconv.Itoa(e.Tier)
 	}
 	return s + "}"
 }
@@ -142,6 +154,9 @@ func (e Endpoint) LogValue() slog.Value {
 	}
 	if e.Kind != Classic {
 		attrs = append(attrs, slog.String("kind", e.Kind.String()))
+	}
+	if e.Tier != 0 {
+		attrs = append(attrs, slog.Int("tier", e.Tier))
 	}
 	return slog.GroupValue(attrs...)
 }
@@ -228,6 +243,10 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 			problem.Endpoint = label
 			return nil, problem
 		}
+		if c.Tier < 0 || c.Tier > MaxTier {
+			return nil, &ConfigError{Endpoint: label, Field: "Tier",
+				Problem: fmt.Sprintf("%d is out of range; want 0 (first) to %d", c.Tier, MaxTier)}
+		}
 		key := u.String()
 		if other, dup := urls[key]; dup {
 			return nil, &ConfigError{Endpoint: label, Field: "URL", Problem: "same URL as endpoint " + other}
@@ -240,7 +259,7 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		}
 		names[name] = true
 		urls[key] = name
-		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Auth: newAuth(c.Credential, keys, extra)}
+		specs[i] = pool.Spec{Name: name, URL: u, Max: mcc, Tier: c.Tier, Auth: newAuth(c.Credential, keys, extra)}
 	}
 	return specs, nil
 }

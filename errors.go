@@ -15,8 +15,14 @@ import (
 // them with the endpoint and attempt details.
 var (
 	// ErrNoCapacity: no endpoint had a free slot within the call's max wait
-	// (WithMaxWait), or at once when the max wait is zero.
+	// (WithMaxWait), or at once when the max wait is zero, or the call was
+	// shed (ErrShed).
 	ErrNoCapacity = pool.ErrNoCapacity
+	// ErrShed: every slot was busy and the line of waiting calls full
+	// (WithMaxWaiting), so the call failed at once, or it waited and was
+	// shed from the line to make room for a call of higher priority (its
+	// error says so). errors.Is(err, ErrNoCapacity) holds for it too.
+	ErrShed = pool.ErrShed
 	// ErrClosed: the Client was closed before or while the call waited.
 	ErrClosed = pool.ErrClosed
 	// ErrThrottled matches an *APIError for a 503 RequestThrottled or

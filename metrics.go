@@ -30,13 +30,17 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	                                             abandoned (a hedge's slower copy)
 //	amlpool.endpoint.in_flight    gauge          calls in flight now
 //	amlpool.endpoint.limit        gauge          the cap in force now
+//	amlpool.endpoint.tier         gauge          its tier (Endpoint.Tier)
 //	amlpool.endpoint.ejections    counter        times the endpoint was taken out of rotation
 //
 // Per Client:
 //
 //	amlpool.slot.wait.duration        histogram, s  time each attempt waited for a slot (error.type
-//	                                                no_capacity, cancelled or closed when it got none)
+//	                                                no_capacity, shed, cancelled or closed when it
+//	                                                got none)
 //	amlpool.slot.waiting              gauge         calls waiting for a slot now
+//	amlpool.slot.shed                 counter       calls turned away by a full line (WithMaxWaiting),
+//	                                                by amlpool.priority: low, normal, high
 //	amlpool.retries                   counter       attempts after a call's first, by
 //	                                                amlpool.retry.reason (what the previous came to)
 //	amlpool.hedges                    counter       extra attempts raced against a slow one
@@ -45,9 +49,9 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // The counters agree with Stats: per endpoint, the sum of
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
 // Throttles, its endpoint_fault part Faults, and all but its success,
-// abandoned and cancelled parts Errors. The per-endpoint series follow the
-// live endpoints: after SetEndpoints, an added endpoint's appear and a
-// removed one's stop.
+// abandoned and cancelled parts Errors; amlpool.slot.shed is Stats.Shed.
+// The per-endpoint series follow the live endpoints: after SetEndpoints, an
+// added endpoint's appear and a removed one's stop.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
@@ -74,6 +78,7 @@ type metrics struct {
 	reg       metric.Registration // the gauges' callback
 
 	waitErrs map[string][]metric.RecordOption
+	shedBy   [3]metric.ObserveOption // amlpool.priority, by priority − PriorityLow
 }
 
 // epMetrics is one endpoint's part of the metrics: its counts by outcome
@@ -131,6 +136,12 @@ func newMetrics(m metric.Meter, p *pool.Pool) (*metrics, error) {
 	waiting, err := m.Int64ObservableGauge("amlpool.slot.waiting", metric.WithUnit("{call}"),
 		metric.WithDescription("Calls waiting for a free slot."))
 	check(err)
+	tier, err := m.Int64ObservableGauge("amlpool.endpoint.tier", metric.WithUnit("{tier}"),
+		metric.WithDescription("An endpoint's tier: 0 takes calls first, higher tiers the overflow."))
+	check(err)
+	shed, err := m.Int64ObservableCounter("amlpool.slot.shed", metric.WithUnit("{call}"),
+		metric.WithDescription("Calls turned away because the line of waiting calls was full, by priority."))
+	check(err)
 	x.retries, err = m.Int64Counter("amlpool.retries", metric.WithUnit("{attempt}"),
 		metric.WithDescription("Attempts after a call's first, by what the previous attempt came to."))
 	check(err)
@@ -145,21 +156,28 @@ func newMetrics(m metric.Meter, p *pool.Pool) (*metrics, error) {
 	}
 
 	x.waitErrs = map[string][]metric.RecordOption{}
-	for _, s := range []string{"no_capacity", "cancelled", "closed", "_OTHER"} {
+	for _, s := range []string{"no_capacity", "shed", "cancelled", "closed", "_OTHER"} {
 		x.waitErrs[s] = recordOpts(keyErrorType.String(s))
+	}
+	for pri := PriorityLow; pri <= PriorityHigh; pri++ {
+		x.shedBy[pri-PriorityLow] = metric.WithAttributeSet(attribute.NewSet(keyPriority.String(pri.String())))
 	}
 	x.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for _, ep := range p.Set().Eps {
 			e := &extOf(ep).tel.m
 			o.ObserveInt64(inFlight, int64(ep.InFlight()), e.gauges)
 			o.ObserveInt64(limit, int64(ep.Limit()), e.gauges)
+			o.ObserveInt64(tier, int64(ep.Tier()), e.gauges)
 			for k := kindSuccess; k < numKinds; k++ {
 				o.ObserveInt64(calls, e.kinds[k].Load(), e.calls[k])
 			}
 		}
 		o.ObserveInt64(waiting, int64(p.Waiting()))
+		for pri := PriorityLow; pri <= PriorityHigh; pri++ {
+			o.ObserveInt64(shed, p.Shed(int8(pri)), x.shedBy[pri-PriorityLow])
+		}
 		return nil
-	}, inFlight, limit, waiting, calls)
+	}, inFlight, limit, waiting, calls, tier, shed)
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +229,8 @@ func (x *metrics) waited(d time.Duration, err error) {
 	var opts []metric.RecordOption
 	switch {
 	case err == nil:
+	case errors.Is(err, ErrShed):
+		opts = x.waitErrs["shed"]
 	case errors.Is(err, ErrNoCapacity):
 		opts = x.waitErrs["no_capacity"]
 	case errors.Is(err, ErrClosed):

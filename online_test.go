@@ -193,8 +193,11 @@ func TestOnlineCaps(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	st, err := srv.WaitFor(ctx, func(s amltest.Stats) bool { return s.InFlight >= limit })
-	require.NoError(t, err, "calls in flight: %d", st.InFlight)
+	// Admitted, not only in the handler: a call counted in InFlight may
+	// not have passed the cap check yet, and would then be admitted only
+	// after the release let others go.
+	st, err := srv.WaitFor(ctx, func(s amltest.Stats) bool { return s.PeakAdmitted >= limit })
+	require.NoError(t, err, "calls admitted at once: %d", st.PeakAdmitted)
 	close(release)
 	for range callers {
 		require.NoError(t, <-errs)
@@ -309,4 +312,26 @@ func TestOnlineReplyIsTheDeployments(t *testing.T) {
 	assert.JSONEq(t, body, string(reply))
 	_, err = c.Do(t.Context(), onlineBody)
 	require.ErrorIs(t, err, amlpool.ErrMalformedResponse)
+}
+
+// TestOnlineTiers: online endpoints in tiers. A tier-0 endpoint that
+// answers 429 Too many pending requests is full, not broken: the call goes
+// at once to tier 1, and the calls after it go back to tier 0. The tier-1
+// endpoint comes first in the list, where firstFree would pick it without
+// tiers.
+func TestOnlineTiers(t *testing.T) {
+	srvs := onlineServers(t, 2, 4)
+	eps := endpoints(srvs)
+	eps[0].Tier = 1
+	srvs[1].Script(amltest.Pending())
+	c := newClient(t, eps, amlpool.WithRand(firstFree))
+	for range 5 {
+		_, err := c.Do(t.Context(), onlineBody)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []int64{1, 5}, requests(srvs), "tier 1 takes only the call tier 0 was full for")
+	st := c.Stats()
+	assert.Equal(t, []int{1, 0}, []int{st.Endpoints[0].Tier, st.Endpoints[1].Tier})
+	assert.Zero(t, st.Endpoints[1].Faults, "full, not broken")
+	assert.False(t, st.Endpoints[1].Ejected)
 }

@@ -77,6 +77,9 @@ type config struct {
 	propagator       propagation.TextMapPropagator // nil: no trace headers sent
 	adaptive         bool
 	hedge            *hedgingOption // nil: no hedging
+	maxWaiting       int            // with maxWaitingSet (priority.go)
+	maxWaitingSet    bool           // false: no bound on the line
+	priorityAging    time.Duration
 
 	// Retries and health (retry.go, health.go).
 	maxAttempts        int
@@ -99,6 +102,7 @@ func defaultConfig() config {
 	return config{
 		maxResponseBytes: DefaultMaxResponseBytes,
 		attemptTimeout:   DefaultAttemptTimeout,
+		priorityAging:    DefaultPriorityAging,
 		logger:           slog.New(slog.DiscardHandler),
 		clock:            clock.Real,
 		rand:             rand.Uint64,
@@ -135,6 +139,10 @@ func buildConfig(opts []Option) (config, error) {
 		return cfg, &ConfigError{Field: "WithMaxResponseBytes", Problem: "must be positive"}
 	case cfg.attemptTimeout <= 0:
 		return cfg, &ConfigError{Field: "WithAttemptTimeout", Problem: "must be positive"}
+	case cfg.maxWaitingSet && cfg.maxWaiting < 1:
+		return cfg, &ConfigError{Field: "WithMaxWaiting", Problem: fmt.Sprintf("%d is not positive; want 1 or more calls", cfg.maxWaiting)}
+	case cfg.priorityAging <= 0:
+		return cfg, &ConfigError{Field: "WithPriorityAging", Problem: fmt.Sprintf("%v is not positive", cfg.priorityAging)}
 	case cfg.hedge != nil && !cfg.hedge.byQuantile && cfg.hedge.delay <= 0:
 		return cfg, &ConfigError{Field: "WithHedging", Problem: fmt.Sprintf("delay %v is not positive", cfg.hedge.delay)}
 	case cfg.hedge != nil && cfg.hedge.byQuantile && !(cfg.hedge.q > 0 && cfg.hedge.q < 1):
@@ -217,7 +225,8 @@ func (o loggerOption) apply(c *config) { c.logger = o.l }
 
 // WithLogger logs through l: one Debug line per attempt ("amlpool: attempt",
 // with its endpoint, outcome, status, latency and wait), and Warn lines when
-// an endpoint is ejected or readmitted and when the retry budget runs out.
+// an endpoint is ejected or readmitted, when the retry budget runs out, and
+// when a full line starts shedding calls (WithMaxWaiting).
 // Keys are never logged. Default: no logging; a nil l means the default.
 func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 

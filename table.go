@@ -119,6 +119,9 @@ func (c *Client) Capacity() int { return c.pool.Set().Total() }
 // chunks at a time through the pool (so chunks wait for free slots like any
 // call, and fail over and retry like any call), and calls sink once per
 // chunk (or part of a split chunk), never concurrently, in input order.
+// Its requests wait for slots at ctx's priority (WithPriority): run a batch
+// under WithPriority(ctx, PriorityLow) and the Client's other calls go
+// before its waiting chunks, while it still uses every slot they leave.
 //
 // Memory stays flat however long src is: ScoreRows reads ahead at most twice
 // Parallelism chunks, and a chunk leaves memory once sink returns.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -34,6 +35,8 @@ type telemetry struct {
 	metrics *metrics     // nil: no MeterProvider
 	tracer  trace.Tracer // nil: no TracerProvider
 	meter   metric.Meter // nil: no MeterProvider
+
+	shedSpell atomic.Uint64 // the last spell of shedding logged (log.go)
 }
 
 // epTelemetry is what telemetry knows of one endpoint.
@@ -61,6 +64,7 @@ const (
 	keyOutcome     = attribute.Key("amlpool.outcome")      // an outcomeKind
 	keyRetryReason = attribute.Key("amlpool.retry.reason") // outcome.retryReason of the attempt before
 	keyHedge       = attribute.Key("amlpool.hedge")
+	keyPriority    = attribute.Key("amlpool.priority") // a Priority's String
 	keyAttempts    = attribute.Key("amlpool.attempts")
 	keyWait        = attribute.Key("amlpool.slot.wait") // seconds
 )

@@ -209,10 +209,14 @@ func assertStatsAgree(t *testing.T, o *observed) {
 		assert.Equal(t, e.Faults, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("endpoint_fault")), "faults of %s", e.Name)
 		assert.EqualValues(t, e.InFlight, intValue(t, rm, "amlpool.endpoint.in_flight", ep), "in flight at %s", e.Name)
 		assert.EqualValues(t, e.Limit, intValue(t, rm, "amlpool.endpoint.limit", ep), "limit of %s", e.Name)
+		assert.EqualValues(t, e.Tier, intValue(t, rm, "amlpool.endpoint.tier", ep), "tier of %s", e.Name)
 		n, _ := histogram(t, rm, "http.client.request.duration", ep)
 		assert.EqualValues(t, e.Calls, n, "requests timed at %s", e.Name)
 	}
 	assert.EqualValues(t, st.Waiting, intValue(t, rm, "amlpool.slot.waiting"))
+	for p := PriorityLow; p <= PriorityHigh; p++ {
+		assert.Equal(t, st.Shed[p], intValue(t, rm, "amlpool.slot.shed", keyPriority.String(p.String())), "shed at %v", p)
+	}
 }
 
 func TestMetricsCountThrottlesAndFailovers(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
 	"github.com/amlpool/amlpool/internal/redistest"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // Tests of the docs themselves: README.md and the pages of this directory.
@@ -125,6 +126,22 @@ func TestSnippetsRun(t *testing.T) {
 		snippetScoreRows(t.Context(), c)
 	})
 	t.Run("balancing", func(t *testing.T) { snippetBalancing(pool(t, 2)) })
+	t.Run("who goes first", func(t *testing.T) {
+		eps := pool(t, 2)
+		t.Setenv("AML_KEY_NEAR", eps[0].APIKey)
+		t.Setenv("AML_KEY_FAR", eps[1].APIKey)
+		src, err := rows.NewCSVReader(strings.NewReader("age\n39\n52\n"))
+		require.NoError(t, err)
+		scored := 0
+		sink := func(ch *amlpool.Chunk) error {
+			require.NoError(t, ch.Err)
+			scored += len(ch.Input)
+			return nil
+		}
+		snippetWhoGoesFirst(t.Context(), eps[0].URL, eps[1].URL, src, sink,
+			[]byte(`{"Inputs":{"input1":{"ColumnNames":["age"],"Values":[["39"]]}},"GlobalParameters":{}}`))
+		assert.Equal(t, 2, scored)
+	})
 	t.Run("observability", func(t *testing.T) { snippetObservability(t.Context(), pool(t, 1)) })
 	t.Run("online quick start", func(t *testing.T) {
 		blue := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 24, Deployment: "blue"})

@@ -103,6 +103,33 @@ func snippetBalancing(endpoints []amlpool.Endpoint) {
 	defer c.Close()
 }
 
+func snippetWhoGoesFirst(ctx context.Context, nearURL, farURL string, src amlpool.RowSource, sink func(*amlpool.Chunk) error, body []byte) {
+	c, err := amlpool.New([]amlpool.Endpoint{
+		{Name: "near", URL: nearURL, APIKey: os.Getenv("AML_KEY_NEAR")},       // tier 0: takes calls first
+		{Name: "far", URL: farURL, APIKey: os.Getenv("AML_KEY_FAR"), Tier: 1}, // takes only the overflow
+	}, amlpool.WithMaxWaiting(1000)) // past 1,000 waiting calls, the least important are shed
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// Batch work at PriorityLow: its chunks wait behind every other call.
+	if _, err := c.ScoreRows(amlpool.WithPriority(ctx, amlpool.PriorityLow), src, sink, nil); err != nil {
+		log.Print(err)
+	}
+
+	// A call a person waits for (in a request handler, say, while a batch runs).
+	reply, err := c.Do(amlpool.WithPriority(ctx, amlpool.PriorityHigh), body)
+	switch {
+	case errors.Is(err, amlpool.ErrShed):
+		log.Print("busy: every slot taken and the line full of calls as important")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Printf("%s\n", reply)
+	}
+}
+
 func snippetObservability(ctx context.Context, endpoints []amlpool.Endpoint) {
 	reader := sdkmetric.NewManualReader() // or a Prometheus or OTLP exporter
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))

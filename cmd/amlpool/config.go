@@ -18,9 +18,9 @@ import (
 //	{
 //	  "endpoints": [
 //	    {"name": "east", "url": "https://…/execute?api-version=2.0&details=true",
-//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20},
+//	     "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20, "tier": 0},
 //	    {"name": "west", "url": "https://…", "apiKeyFile": "/run/secrets/west",
-//	     "secondaryKeyFile": "/run/secrets/west2"}
+//	     "secondaryKeyFile": "/run/secrets/west2", "tier": 1}
 //	  ],
 //	  "input": "input1", "output": "output1",
 //	  "inputColumns": ["age", "income"], "outputColumns": ["Scored Labels"],
@@ -60,6 +60,7 @@ type endpointConfig struct {
 	SecondaryKeyEnv    string            `json:"secondaryKeyEnv"`
 	SecondaryKeyFile   string            `json:"secondaryKeyFile"`
 	MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
+	Tier               int               `json:"tier"`         // 0 first; higher tiers take only the overflow
 	Kind               amlpool.Kind      `json:"kind"`         // "classic" (default) or "online"
 	Header             map[string]string `json:"header"`       // extra request headers
 	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
@@ -117,7 +118,7 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 		if err != nil {
 			return nil, nil, err
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred, Tier: e.Tier}
 		if cred == nil {
 			if eps[i].APIKey, err = keys.resolve("apiKey", e.APIKeyEnv, e.APIKeyFile, true); err != nil {
 				return nil, nil, fmt.Errorf("%s: %w", label, err)
@@ -179,7 +180,7 @@ func epLabel(i int, name string) string {
 
 // fileField maps the Endpoint fields that amlpool.New names to the file's.
 var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "SecondaryKey": "secondaryKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name",
-	"Kind": "kind", "Header": "header"}
+	"Kind": "kind", "Header": "header", "Tier": "tier"}
 
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {

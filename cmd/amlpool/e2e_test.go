@@ -388,6 +388,8 @@ func TestScoreConfigErrors(t *testing.T) {
 			`endpoints[0] (west): "url": "ftp://x": scheme "ftp" is not http or https`},
 		{"bad mcc", `{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"AMLPOOL_TEST_KEY","maxConcurrentCalls":500}]}`,
 			`endpoints[0]: "maxConcurrentCalls": 500 is out of range`},
+		{"bad tier", `{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"AMLPOOL_TEST_KEY","tier":-1}]}`,
+			`endpoints[0]: "tier": -1 is out of range`},
 		{"unknown field", `{"endpoints":[],"chunks":5}`, `unknown field "chunks"`},
 		{"syntax", "{\"endpoints\":\n[}", "line 2, column 2: invalid character '}'"},
 		{"no endpoints", `{}`, `"endpoints": none given`},
@@ -406,6 +408,33 @@ func TestScoreConfigErrors(t *testing.T) {
 			assert.NotContains(t, stderr, "secret")
 		})
 	}
+}
+
+func TestConfigTier(t *testing.T) {
+	_, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"a","url":"https://x/services/a/execute","apiKeyEnv":"K"},`+
+		`{"name":"b","url":"https://x/services/b/execute","apiKeyEnv":"K","tier":2}]}`), keySource{getenv: func(string) string { return "k" }})
+	require.NoError(t, err)
+	assert.Equal(t, []int{0, 2}, []int{eps[0].Tier, eps[1].Tier})
+}
+
+// score takes --priority by name, low by default, and refuses others
+// before reading anything.
+func TestScorePriorityFlag(t *testing.T) {
+	for _, tt := range []struct {
+		arg  string
+		want amlpool.Priority
+		ok   bool
+	}{{"low", amlpool.PriorityLow, true}, {"normal", amlpool.PriorityNormal, true}, {"high", amlpool.PriorityHigh, true},
+		{"urgent", 0, false}, {"High", 0, false}, {"", 0, false}} {
+		p, ok := parsePriority(tt.arg)
+		assert.Equal(t, tt.ok, ok, tt.arg)
+		assert.Equal(t, tt.want, p, tt.arg)
+	}
+	var out, errOut bytes.Buffer
+	code := run([]string{"score", "--config", "nowhere.json", "--in", "x.csv", "--out", "y.csv", "--priority", "urgent"}, &out, &errOut)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut.String(), `--priority "urgent": want low, normal or high`)
+	assert.Contains(t, scoreHelp, "--priority, low by default")
 }
 
 func TestHelpForEveryCommand(t *testing.T) {

@@ -69,8 +69,8 @@ func (r *reloader) reload() {
 }
 
 // describeChanges says what a new set of endpoints changes, by name (the
-// URL for an endpoint without one): added, removed, re-capped, re-keyed or
-// moved to another URL. It never shows a key.
+// URL for an endpoint without one): added, removed, re-capped, re-keyed,
+// moved to another URL or to another tier. It never shows a key.
 func describeChanges(old, next []amlpool.Endpoint) string {
 	id := func(e amlpool.Endpoint) string { return cmpOr(e.Name, e.URL) }
 	before := make(map[string]amlpool.Endpoint, len(old))
@@ -83,13 +83,20 @@ func describeChanges(old, next []amlpool.Endpoint) string {
 		delete(before, id(e))
 		switch {
 		case !ok:
-			parts = append(parts, "added "+id(e)+" ("+capOf(e)+")")
+			added := "added " + id(e) + " (" + capOf(e)
+			if e.Tier != 0 {
+				added += ", tier " + strconv.Itoa(e.Tier)
+			}
+			parts = append(parts, added+")")
 			continue
 		case o.URL != e.URL:
 			parts = append(parts, id(e)+": another URL")
 		}
 		if capOf(o) != capOf(e) {
 			parts = append(parts, id(e)+": cap "+capOf(o)+" → "+capOf(e))
+		}
+		if o.Tier != e.Tier {
+			parts = append(parts, id(e)+": tier "+strconv.Itoa(o.Tier)+" → "+strconv.Itoa(e.Tier))
 		}
 		if o.APIKey != e.APIKey || o.SecondaryKey != e.SecondaryKey {
 			parts = append(parts, id(e)+": new key")

@@ -149,6 +149,8 @@ func TestDescribeChanges(t *testing.T) {
 		{"removed", []amlpool.Endpoint{a, b}, []amlpool.Endpoint{b}, "removed a"},
 		{"recapped", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.MaxConcurrentCalls = 40 })}, "a: cap 20 slots → 40 slots"},
 		{"rekeyed", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.SecondaryKey = "k2" })}, "a: new key"},
+		{"added in a tier", []amlpool.Endpoint{a}, []amlpool.Endpoint{a, with(b, func(e *amlpool.Endpoint) { e.Tier = 1 })}, "added b (20 slots, tier 1)"},
+		{"retiered", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Tier = 2 })}, "a: tier 0 → 2"},
 		{"moved", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.URL = "https://a2" })}, "a: another URL"},
 		{"unnamed, by URL", []amlpool.Endpoint{{URL: "https://u", APIKey: "k"}}, nil, "removed https://u"},
 	}

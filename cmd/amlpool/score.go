@@ -41,11 +41,14 @@ this off). The exit status is 0 when every row was scored, 1 when some
 were rejected or the run failed, 2 for bad flags, config or input, 130 when
 interrupted.
 
+Requests wait for free slots at --priority, low by default: batch work,
+which calls of higher priority on the same Client pass in line.
+
 SIGHUP reloads the config's endpoints while the run goes on: added ones
-take calls at once, removed ones finish their calls in flight, new caps and
-keys apply to the next call (a key named by "apiKeyFile" is read again). The
-change is printed; a config that fails to load or check is reported and
-the endpoints in use go on.
+take calls at once, removed ones finish their calls in flight, new caps,
+keys and tiers apply to the next call (a key named by "apiKeyFile" is read
+again). The change is printed; a config that fails to load or check is
+reported and the endpoints in use go on.
 
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
@@ -60,12 +63,14 @@ names):
 
   {"endpoints": [
      {"name": "east", "url": "https://ussouthcentral.services.azureml.net/workspaces/WS/services/ID/execute?api-version=2.0&details=true",
-      "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20}],
+      "apiKeyEnv": "AML_KEY_EAST", "maxConcurrentCalls": 20, "tier": 0}],
    "input": "input1", "output": "output1",
    "inputColumns": ["age", "income"], "outputColumns": ["Scored Labels", "Scored Probabilities"],
    "globalParameters": {}, "chunkRows": 100}
 
-Only "endpoints" is required. "inputColumns", when given, is checked against
+Only "endpoints" is required. An endpoint's "tier" (default 0) orders the
+endpoints: requests go to the lowest tier with a free slot, so a higher
+tier takes only the overflow. "inputColumns", when given, is checked against
 the input's header before anything is sent; "outputColumns" keeps only those
 of the service's columns.
 
@@ -83,6 +88,7 @@ type scoreOptions struct {
 	resume, noSplit                         bool
 	progress                                string
 	every                                   time.Duration
+	priority                                amlpool.Priority
 }
 
 func runScore(args []string, stdout, stderr io.Writer) int {
@@ -102,6 +108,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.noSplit, "no-split", false, "reject a chunk the service blames (HTTP 400) whole, instead of splitting it to find its bad rows")
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
 	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal")
+	priority := fs.String("priority", "low", "the priority at which requests wait for a free slot: low, normal or high")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -120,6 +127,11 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	}
 	if !slices.Contains([]string{"auto", "bar", "lines", "none"}, o.progress) {
 		fmt.Fprintf(stderr, "amlpool score: --progress %q: want auto, bar, lines or none\n", o.progress)
+		return 2
+	}
+	var ok bool
+	if o.priority, ok = parsePriority(*priority); !ok {
+		fmt.Fprintf(stderr, "amlpool score: --priority %q: want low, normal or high\n", *priority)
 		return 2
 	}
 	ext := filepath.Ext(o.out)
@@ -236,6 +248,16 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	return s, nil
 }
 
+// parsePriority reads a Priority by its String.
+func parsePriority(s string) (amlpool.Priority, bool) {
+	for p := amlpool.PriorityLow; p <= amlpool.PriorityHigh; p++ {
+		if s == p.String() {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
 func cmpOr(s, def string) string {
 	if s == "" {
 		return def
@@ -336,7 +358,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps}
 	reloadDone := r.watch(stopReload)
 	start := time.Now()
-	st, err := s.client.ScoreRows(ctx, s.src, sink, &amlpool.BatchOptions{
+	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
 		Input:            s.cfg.Input,
 		Output:           s.cfg.Output,
 		GlobalParameters: s.cfg.GlobalParameters,

@@ -14,7 +14,10 @@ import (
 
 // BenchmarkAcquireRelease measures the pool's hot path — pick an endpoint,
 // take its slot, give it back — beside a bare x/sync semaphore doing only
-// Acquire+Release, in the same run:
+// Acquire+Release, in the same run. The tiers=2 cases put every other
+// endpoint in tier 1 (which never gets a call here: tier 0 has room) and
+// give each call a priority, for the cost of tiers and priorities in use.
+// Besides ns/op, each reports cpu-ns/op (cpuMeter):
 //
 //	go test -run '^$' -bench 'AcquireRelease' -benchmem -count 5 ./internal/pool
 func BenchmarkAcquireRelease(b *testing.B) {
@@ -23,6 +26,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("semaphore/endpoints=%d/serial", n), func(b *testing.B) {
 			s := semaphore.NewWeighted(int64(20 * n))
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				_ = s.Acquire(ctx, 1)
 				s.Release(1)
@@ -31,6 +35,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("pool/endpoints=%d/serial", n), func(b *testing.B) {
 			p, r := benchPool(b, n)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			for b.Loop() {
 				var x Exclusion
 				slot, _ := p.Acquire(ctx, &x, -1)
@@ -40,6 +45,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("semaphore/endpoints=%d/parallel", n), func(b *testing.B) {
 			s := semaphore.NewWeighted(int64(20 * n))
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					_ = s.Acquire(ctx, 1)
@@ -50,6 +56,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Run(fmt.Sprintf("pool/endpoints=%d/parallel", n), func(b *testing.B) {
 			p, r := benchPool(b, n)
 			b.ReportAllocs()
+			defer cpuMeter(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					var x Exclusion
@@ -58,6 +65,55 @@ func BenchmarkAcquireRelease(b *testing.B) {
 				}
 			})
 		})
+	}
+	for _, n := range []int{10, 100} {
+		b.Run(fmt.Sprintf("pool/endpoints=%d/tiers=2/serial", n), func(b *testing.B) {
+			p, r := tieredBenchPool(b, n)
+			ctx := WithPriority(ctx, High)
+			b.ReportAllocs()
+			defer cpuMeter(b)()
+			for b.Loop() {
+				var x Exclusion
+				slot, _ := p.Acquire(ctx, &x, -1)
+				p.Release(slot, r)
+			}
+		})
+		b.Run(fmt.Sprintf("pool/endpoints=%d/tiers=2/parallel", n), func(b *testing.B) {
+			p, r := tieredBenchPool(b, n)
+			ctx := WithPriority(ctx, High)
+			b.ReportAllocs()
+			defer cpuMeter(b)()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var x Exclusion
+					slot, _ := p.Acquire(ctx, &x, -1)
+					p.Release(slot, r)
+				}
+			})
+		})
+	}
+}
+
+// tieredBenchPool is benchPool with every other endpoint in tier 1.
+func tieredBenchPool(b *testing.B, n int) (*Pool, *Report) {
+	p, r := benchPool(b, n)
+	specs := testSpecs(equalCaps(n, 20)...)
+	for i := range specs {
+		specs[i].Tier = i % 2
+	}
+	p.Update(specs)
+	return p, r
+}
+
+// cpuMeter starts counting the process's CPU time; the func it returns
+// reports it per op as cpu-ns/op, which a shared, loaded machine disturbs
+// far less than the wall time of ns/op.
+func cpuMeter(b *testing.B) func() {
+	cpu0, ok := cpuTime()
+	return func() {
+		if cpu1, _ := cpuTime(); ok {
+			b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
+		}
 	}
 }
 
@@ -118,4 +174,54 @@ func pickSet(b *testing.B, n int, mostlyFull bool) *Set {
 		e.lat.observe(p.Nanotime(), float64(20+r.IntN(80))*1e6, false)
 	}
 	return s
+}
+
+// BenchmarkLine measures calls that wait: four goroutines per P take turns
+// on two slots, so most calls join the line and are handed a slot by a
+// release:
+//
+//	go test -run '^$' -bench 'Line|Grant' -benchmem -count 5 ./internal/pool
+func BenchmarkLine(b *testing.B) {
+	p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(2))
+	r := &Report{Result: OK, Start: time.Now(), Latency: time.Millisecond}
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	defer cpuMeter(b)()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			var x Exclusion
+			slot, _ := p.Acquire(context.Background(), &x, -1)
+			p.Release(slot, r)
+		}
+	})
+}
+
+// BenchmarkGrant measures one pass of the line that finds no free slot,
+// the work a release does while calls wait, with three calls waiting: of
+// one priority (as when none is set), or one of each, when the pass ranks
+// the fronts of three queues and reads the clock for their ages.
+func BenchmarkGrant(b *testing.B) {
+	for name, pris := range map[string][]int8{"one priority": {Normal, Normal, Normal}, "three priorities": {Low, Normal, High}} {
+		b.Run(name, func(b *testing.B) {
+			p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(1))
+			held, ok := p.TryAcquire(&Exclusion{})
+			if !ok {
+				b.Fatal("no slot")
+			}
+			defer p.Release(held, &Report{Result: Unsent})
+			p.mu.Lock()
+			for _, pri := range pris {
+				p.arrivals++
+				p.pushLocked(&waiter{ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: p.Nanotime()})
+			}
+			p.mu.Unlock()
+			b.ReportAllocs()
+			defer cpuMeter(b)()
+			for b.Loop() {
+				p.mu.Lock()
+				p.grantLocked()
+				p.mu.Unlock()
+			}
+		})
+	}
 }

@@ -9,7 +9,12 @@
 // The live endpoints form a Set, an immutable snapshot that Update replaces
 // atomically, as grpc-go swaps its picker: a pick loads the Set without a
 // lock and never sees half a change. An endpoint that Update removes leaves
-// the Set at once and drains outside it until its last call ends.
+// the Set at once and drains outside it until its last call ends. A Set
+// whose endpoints are in several tiers holds a Set per tier, and a call
+// takes a slot on the lowest tier with one free (tier.go).
+//
+// Calls that find no free slot wait in one line per Pool, which serves the
+// highest priority first, with aging, and may be bounded (priority.go).
 //
 // One attempt goes through the Pool in three steps:
 //

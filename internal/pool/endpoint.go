@@ -24,6 +24,7 @@ type Endpoint struct {
 	ext  any      // the caller's data for this endpoint (Spec.Ext), fixed
 
 	max      atomic.Int32 // the configured cap
+	tier     atomic.Int32 // the configured tier; the Set places the endpoint by it when built
 	limit    atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
 	inFlight atomic.Int32 // slots held now
 	removed  atomic.Bool  // no longer in the Set: takes no new attempt
@@ -49,6 +50,7 @@ type Spec struct {
 	Name string
 	URL  *url.URL // parsed and checked; its String is the endpoint's identity
 	Max  int      // the cap, ≥ 1
+	Tier int      // 0 first; higher tiers take only the overflow (tier.go)
 	Auth *Auth
 	Ext  any // kept by a new endpoint (Endpoint.Ext); ignored for a kept one
 }
@@ -57,6 +59,7 @@ func newEndpoint(s *Spec) *Endpoint {
 	e := &Endpoint{name: s.Name, url: s.URL.String(), u: s.URL, host: strings.TrimSuffix(s.URL.Host, ":"), ext: s.Ext}
 	e.max.Store(int32(s.Max))
 	e.limit.Store(int32(s.Max))
+	e.tier.Store(int32(s.Tier))
 	e.aimd.cur = float64(s.Max)
 	e.auth.Store(s.Auth)
 	return e
@@ -79,6 +82,10 @@ func (e *Endpoint) Ext() any { return e.ext }
 
 // Max returns the configured cap.
 func (e *Endpoint) Max() int { return int(e.max.Load()) }
+
+// Tier returns the configured tier. A change by Update applies to picks
+// from the Set that Update stores.
+func (e *Endpoint) Tier() int { return int(e.tier.Load()) }
 
 // Limit returns the cap in force.
 func (e *Endpoint) Limit() int { return int(e.limit.Load()) }

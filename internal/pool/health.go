@@ -67,9 +67,9 @@ func (s *Set) admits(e *Endpoint) bool {
 	case st&phaseMask == phaseProbeReady:
 		return true
 	case st&faultBit != 0:
-		return s.allFaulted()
+		return s.whole.allFaulted()
 	default:
-		return s.panicking()
+		return s.whole.panicking() // over every tier
 	}
 }
 

@@ -5,10 +5,11 @@ import (
 	"time"
 )
 
-// The line of calls waiting for a slot: one FIFO per Pool, served by
-// releases. Taking a slot is lock-free (a CAS on the endpoint's in-flight
-// count) while no call waits. Once one waits, new calls queue behind it (no
-// barging) and every release hands its slot on under the lock.
+// The line of calls waiting for a slot, served by releases: a FIFO per
+// priority, the highest first with aging (priority.go). Taking a slot is
+// lock-free (a CAS on the endpoint's in-flight count) while no call waits.
+// Once one waits, new calls queue behind it (no barging) and every release
+// hands its slot on under the lock.
 
 // Slot is a slot held on an endpoint: the right to send it one request.
 type Slot struct {
@@ -20,33 +21,52 @@ type Slot struct {
 
 type waiter struct {
 	x     Exclusion
-	ready chan struct{} // closed once slot is set
+	ready chan struct{} // closed once slot is set, or once shed
 	slot  Slot
+	shed  bool   // taken out of the line for a call of higher priority (errOutranked)
+	pri   int8   // its queue: priority − Low
+	seq   uint64 // its arrival: the order of ties
+	since int64  // pool time it joined the line
 	prev  *waiter
 	next  *waiter
 }
 
+// err returns the error of a waiter whose ready channel is closed: nil
+// when it was granted a slot.
+func (w *waiter) err() error {
+	if w.shed {
+		return errOutranked
+	}
+	return nil
+}
+
 // TryAcquire takes a slot on an endpoint the Picker picks for an attempt
-// with exclusion x, or reports false when no usable endpoint has one free.
+// with exclusion x, on the lowest tier with one free, or reports false when
+// no usable endpoint has one free.
 func (p *Pool) TryAcquire(x *Exclusion) (Slot, bool) {
 	s := p.set.Load()
-	for range 4 {
-		i := p.pick(s, x)
-		if i < 0 || i >= len(s.Eps) {
-			return Slot{}, false
-		}
-		// This package's pickers pick usable endpoints by construction.
-		if e := s.Eps[i]; p.cfg.Balance != Custom || s.usable(x, e) {
-			if slot, ok := p.takeOn(s, e); ok {
-				return slot, true
+	// A Set of one tier is its own only tier: one turn of this loop, and
+	// no call more than before tiers.
+tiers:
+	for _, t := range s.tiers {
+		for range 4 {
+			i := p.pick(t, x)
+			if i < 0 || i >= len(t.Eps) {
+				continue tiers
+			}
+			// This package's pickers pick usable endpoints by construction.
+			if e := t.Eps[i]; p.cfg.Balance != Custom || t.usable(x, e) {
+				if slot, ok := p.takeOn(s, e); ok {
+					return slot, true
+				}
 			}
 		}
-	}
-	// The picks kept losing races for the slots they saw: take any.
-	for _, e := range s.Eps {
-		if s.usable(x, e) {
-			if slot, ok := p.takeOn(s, e); ok {
-				return slot, true
+		// The picks kept losing races for the slots they saw: take any.
+		for _, e := range t.Eps {
+			if t.usable(x, e) {
+				if slot, ok := p.takeOn(s, e); ok {
+					return slot, true
+				}
 			}
 		}
 	}
@@ -86,10 +106,11 @@ func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
 	return Slot{Ep: e, Probe: probe}, true
 }
 
-// Acquire takes a slot for an attempt with exclusion x, waiting in line
-// when none is free. maxWait < 0 means wait as long as ctx allows; 0 means
-// do not wait. It returns ctx's error, ErrNoCapacity when maxWait passes,
-// or ErrClosed.
+// Acquire takes a slot for an attempt with exclusion x, waiting in line at
+// ctx's priority (WithPriority) when none is free. maxWait < 0 means wait
+// as long as ctx allows; 0 means do not wait. It returns ctx's error,
+// ErrNoCapacity when maxWait passes, an error matching ErrShed when the
+// line is full (Config.MaxWaiting), or ErrClosed.
 func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration) (Slot, error) {
 	if err := ctx.Err(); err != nil {
 		return Slot{}, err
@@ -103,7 +124,7 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 		}
 	}
 
-	w, err := p.enqueue(x)
+	w, err := p.enqueue(x, PriorityOf(ctx))
 	if err != nil {
 		return Slot{}, err
 	}
@@ -119,7 +140,7 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 	}
 	select {
 	case <-w.ready:
-		return w.slot, nil
+		return w.slot, w.err()
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timeout:
@@ -131,9 +152,13 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 	p.mu.Lock()
 	select {
 	case <-w.ready:
-		// Granted while giving up. A late grant still serves a call whose
-		// only problem was the max wait; otherwise hand the slot on.
+		// Granted, or shed, while giving up. A late grant still serves a
+		// call whose only problem was the max wait; otherwise hand the
+		// slot on.
 		p.mu.Unlock()
+		if w.shed {
+			return Slot{}, errOutranked
+		}
 		if err == ErrNoCapacity {
 			return w.slot, nil
 		}
@@ -146,17 +171,21 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 	return Slot{}, err
 }
 
-// enqueue puts a call at the end of the line and serves the line, which
-// serves the call at once if a slot it may use is free and no one ahead
-// wants it. The lock is released even if a Picker panics; the call then
-// leaves the line (with any slot it was granted) before the panic goes on.
-func (p *Pool) enqueue(x *Exclusion) (w *waiter, err error) {
+// enqueue puts a call of priority pri at the end of its queue and serves
+// the line, which serves the call at once if a slot it may use is free and
+// no one ahead wants it. A line over MaxWaiting then sheds a call: one of
+// lower priority, or this one (ErrShed). The lock is released even if a
+// Picker panics; the call then leaves the line (with any slot it was
+// granted) before the panic goes on.
+func (p *Pool) enqueue(x *Exclusion, pri int8) (w *waiter, err error) {
+	since := p.Nanotime()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, ErrClosed
 	}
-	w = &waiter{x: *x, ready: make(chan struct{})}
+	p.arrivals++
+	w = &waiter{x: *x, ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: since}
 	p.pushLocked(w)
 	defer func() {
 		if r := recover(); r != nil {
@@ -170,39 +199,64 @@ func (p *Pool) enqueue(x *Exclusion) (w *waiter, err error) {
 		}
 	}()
 	p.grantLocked()
+	if n := p.cfg.MaxWaiting; n > 0 && int(p.nwait.Load()) > n {
+		if err := p.shedLocked(w); err != nil {
+			return nil, err
+		}
+	}
 	return w, nil
 }
 
 func (p *Pool) pushLocked(w *waiter) {
 	p.nwait.Add(1)
-	if p.tail == nil {
-		p.head, p.tail = w, w
+	q := &p.queues[w.pri]
+	if q.tail == nil {
+		q.head, q.tail = w, w
 		return
 	}
-	w.prev, p.tail.next, p.tail = p.tail, w, w
+	w.prev, q.tail.next, q.tail = q.tail, w, w
 }
 
 func (p *Pool) removeLocked(w *waiter) {
-	p.nwait.Add(-1)
+	if p.nwait.Add(-1) == 0 {
+		p.shedding = false
+	}
+	q := &p.queues[w.pri]
 	if w.prev == nil {
-		p.head = w.next
+		q.head = w.next
 	} else {
 		w.prev.next = w.next
 	}
 	if w.next == nil {
-		p.tail = w.prev
+		q.tail = w.prev
 	} else {
 		w.next.prev = w.prev
 	}
 	w.prev, w.next = nil, nil
 }
 
-// grantLocked gives free slots to waiting calls, oldest first. A waiter that
-// may use every endpoint and finds none free ends the pass: nobody behind it
-// can be served either.
+// grantLocked gives free slots to waiting calls in the line's order: the
+// highest rank first, first come first served within a rank (first). A
+// waiter that may use every endpoint and finds none free ends the pass:
+// nobody behind it can be served either.
 func (p *Pool) grantLocked() {
-	for w := p.head; w != nil; {
-		next := w.next
+	var cur [numPriorities]*waiter
+	fronts := 0
+	for i := range p.queues {
+		if cur[i] = p.queues[i].head; cur[i] != nil {
+			fronts++
+		}
+	}
+	var now int64
+	if fronts > 1 {
+		now = p.Nanotime() // ranks matter only between queues
+	}
+	for {
+		w := p.first(&cur, now)
+		if w == nil {
+			return
+		}
+		cur[w.pri] = w.next
 		if slot, ok := p.TryAcquire(&w.x); ok {
 			w.slot = slot
 			p.removeLocked(w)
@@ -210,7 +264,6 @@ func (p *Pool) grantLocked() {
 		} else if !w.x.On {
 			return
 		}
-		w = next
 	}
 }
 

@@ -35,6 +35,13 @@ type Config struct {
 	// PickLatency and a custom Picker's Set.Latency read. Without it the
 	// estimate stays zero and a release does not pay for it.
 	TrackLatency bool
+	// MaxWaiting bounds the line: at most this many calls wait, and a call
+	// that finds it full sheds one of lower priority or fails with ErrShed
+	// (priority.go). 0: no bound.
+	MaxWaiting int
+	// Aging is how long a waiting call waits before it ranks one priority
+	// higher (priority.go). 0 means DefaultAging.
+	Aging time.Duration
 }
 
 // Pool is the live endpoints, those draining, and the line of calls
@@ -52,10 +59,16 @@ type Pool struct {
 	// releaser sees the caller (both are sequentially consistent atomics).
 	nwait atomic.Int32
 
-	// mu guards the line (head, tail and the waiters' links) and closed.
-	mu         sync.Mutex
-	head, tail *waiter // oldest first
-	closed     bool
+	// mu guards the line (its queues, the waiters' links and arrivals),
+	// closed and shedding.
+	mu       sync.Mutex
+	queues   [numPriorities]queue // a FIFO per priority, lowest first
+	arrivals uint64               // calls that joined the line: the order of ties
+	closed   bool
+	shedding bool // calls were shed since the line was last empty
+
+	shed   [numPriorities]atomic.Int64 // calls shed, by priority
+	spells atomic.Uint64               // spells of shedding so far
 
 	// smu guards what spans endpoints or fields: every endpoint's health
 	// record and phase changes with the current Set's counts, Set swaps,
@@ -74,6 +87,9 @@ type Pool struct {
 func New(cfg Config, specs []Spec) *Pool {
 	if cfg.Balance == Custom && cfg.Pick == nil {
 		cfg.Balance = Random
+	}
+	if cfg.Aging <= 0 {
+		cfg.Aging = DefaultAging
 	}
 	p := &Pool{cfg: cfg, epoch: cfg.Clock.Now(), done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	eps := make([]*Endpoint, len(specs))
@@ -114,6 +130,9 @@ type Change struct {
 	Kind   ChangeKind
 	OldMax int // for Recapped
 	NewMax int
+	// OldTier and NewTier are the endpoint's tiers, for Retiered; NewTier
+	// also for Added.
+	OldTier, NewTier int
 }
 
 // ChangeKind is the kind of a Change.
@@ -124,12 +143,13 @@ const (
 	Removed
 	Recapped // a new cap
 	Rekeyed  // new keys
+	Retiered // a new tier
 )
 
 // Update replaces the live endpoints with those specs describes, as one
 // atomic change, and returns what changed. Endpoints are matched by name: a
 // kept endpoint (same name, same URL) keeps its state, calls in flight
-// included, and takes its new cap and keys; a name with another URL is a
+// included, and takes its new cap, keys and tier; a name with another URL is a
 // new endpoint, and the old one drains. A removed endpoint takes no new
 // attempt once Update has returned; its calls in flight finish, and it
 // stays in Endpoints until the last one has. Calls waiting in line see the
@@ -151,7 +171,7 @@ func (p *Pool) Update(specs []Spec) []Change {
 				e = newEndpoint(sp)
 			}
 			eps[i] = e
-			changes = append(changes, Change{Name: sp.Name, Kind: Added, NewMax: sp.Max})
+			changes = append(changes, Change{Name: sp.Name, Kind: Added, NewMax: sp.Max, NewTier: sp.Tier})
 			continue
 		}
 		delete(byName, sp.Name)
@@ -166,6 +186,12 @@ func (p *Pool) Update(specs []Spec) []Change {
 		if a := e.auth.Swap(sp.Auth); !a.sameKeys(sp.Auth) {
 			p.forgiveLocked(e)
 			changes = append(changes, Change{Name: sp.Name, Kind: Rekeyed})
+		}
+		// Picks go by the tiers of the Set stored below: a kept endpoint
+		// changes tier with it.
+		if old := e.Tier(); old != sp.Tier {
+			e.tier.Store(int32(sp.Tier))
+			changes = append(changes, Change{Name: sp.Name, Kind: Retiered, OldTier: old, NewTier: sp.Tier})
 		}
 	}
 	for _, e := range old.Eps {
@@ -199,6 +225,7 @@ func (p *Pool) reviveLocked(sp *Spec) *Endpoint {
 	e := p.draining[i]
 	p.draining = slices.Delete(p.draining, i, i+1)
 	e.removed.Store(false)
+	e.tier.Store(int32(sp.Tier))
 	if e.Max() != sp.Max {
 		e.setMax(int32(sp.Max), p.cfg.Adaptive)
 	}

@@ -8,15 +8,22 @@ import (
 // Set is the live endpoints at one moment: an immutable snapshot that Update
 // replaces as a whole. Picks read it without a lock. Only its counts of
 // endpoints out of rotation change, and only for the current Set.
+//
+// When its endpoints are in more than one tier, the Set also holds a Set
+// of each tier's endpoints (tier.go): picks go to those, lowest tier first.
 type Set struct {
-	// Eps are the endpoints in the order given to Update. Callers must not
-	// modify the slice.
+	// Eps are the endpoints in the order given to Update (of one tier, in
+	// a tier's Set). Callers must not modify the slice.
 	Eps []*Endpoint
 
 	p     *Pool
 	cum   []int32  // cum[i]: sum of Eps[:i+1] caps, for drawing a slot by cap
-	slots []uint32 // slots[s]: endpoint<<slotBits | offset of slot s in it; nil for huge sets
+	slots []uint32 // slots[s]: endpoint<<slotBits | offset of slot s in it; nil for huge sets or unpicked ones
 	total int32    // cum[len-1]
+
+	tier  int    // the tier of Eps: every endpoint's, in a tier's Set or a Set of one tier
+	tiers []*Set // the Set of each tier, lowest first; just this Set when its endpoints share a tier
+	whole *Set   // the Set this is a tier of, whose counts below hold for it; itself for a whole Set
 
 	out     atomic.Int32 // endpoints ejected for failures: half or more means panic
 	faulted atomic.Int32 // endpoints ejected for a fault
@@ -33,21 +40,32 @@ const (
 )
 
 func (p *Pool) newSet(eps []*Endpoint) *Set {
-	s := &Set{Eps: eps, p: p, cum: make([]int32, len(eps))}
-	for i, e := range eps {
-		s.total += e.max.Load()
-		s.cum[i] = s.total
+	s := &Set{Eps: eps, p: p}
+	s.whole = s
+	for _, e := range eps {
 		s.count(e.health.state.Load())
 	}
-	if s.total <= maxSlotTable && len(eps) <= math.MaxUint32>>slotBits {
+	s.tiers = p.tiersOf(s)
+	// The slot table only where picks go: this Set, or each of its tiers.
+	s.index(len(s.tiers) == 1)
+	return s
+}
+
+// index fills cum and total and, with table, the slot table.
+func (s *Set) index(table bool) {
+	s.cum = make([]int32, len(s.Eps))
+	for i, e := range s.Eps {
+		s.total += e.max.Load()
+		s.cum[i] = s.total
+	}
+	if table && s.total <= maxSlotTable && len(s.Eps) <= math.MaxUint32>>slotBits {
 		s.slots = make([]uint32, 0, s.total)
-		for i, e := range eps {
+		for i, e := range s.Eps {
 			for off := range uint32(e.max.Load()) {
 				s.slots = append(s.slots, uint32(i)<<slotBits|off)
 			}
 		}
 	}
-	return s
 }
 
 // Total returns the sum of the endpoints' caps.

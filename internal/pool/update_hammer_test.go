@@ -28,8 +28,9 @@ type hammer struct {
 	done  chan struct{} // closed when the Updates are over
 }
 
-// TestUpdateHammer runs Updates that add, remove, re-cap, re-key and
-// re-point endpoints while calls take slots every way there is, and checks
+// TestUpdateHammer runs Updates that add, remove, re-cap, re-key, re-tier
+// and re-point endpoints while calls of every priority take slots every way
+// there is, and checks
 // that no endpoint ever has more calls than its cap, and that no take that
 // starts after an Update has returned gets an endpoint that Update removed.
 func TestUpdateHammer(t *testing.T) {
@@ -52,6 +53,8 @@ func TestUpdateHammer(t *testing.T) {
 			raw := fmt.Sprintf("https://h%d/workspaces/w/services/%s/execute", r.IntN(2), name)
 			sp := testSpecAt(name, raw, capOf(n, round), fmt.Sprint("k", r.IntN(2)), "second")
 			sp.Ext = &tracker{top: int32(max(capOf(n, 0), capOf(n, 1)))}
+			sp.Tier = r.IntN(2) // a kept endpoint may change tier
+
 			specs = append(specs, sp)
 		}
 		return specs
@@ -149,7 +152,7 @@ func (h *hammer) call(t *testing.T, r *rand.Rand) {
 			}
 			start = h.epoch.Load()
 			var err error
-			slot, err = p.Acquire(context.Background(), &Exclusion{}, -1)
+			slot, err = p.Acquire(WithPriority(context.Background(), int8(r.IntN(3))-1), &Exclusion{}, -1)
 			ok = assert.NoError(t, err)
 		case 1:
 			start = h.epoch.Load()
