@@ -110,7 +110,10 @@ func TestOnlineCap(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	_, err := srv.WaitFor(ctx, func(s amltest.Stats) bool { return s.InFlight == 3 })
+	// Admitted, not only in the handler: a call counted in InFlight may not
+	// have passed the cap check yet, and the probe below would take its
+	// slot and wait for the release that comes after it (a hang).
+	_, err := srv.WaitFor(ctx, func(s amltest.Stats) bool { return s.PeakAdmitted == 3 })
 	require.NoError(t, err)
 	r := send(t, srv, ep.URL, ep.APIKey, mlflowBody)
 	assert.Equal(t, http.StatusTooManyRequests, r.status)
