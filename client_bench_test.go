@@ -30,18 +30,7 @@ var seedDuration = flag.Duration("seed.duration", 8*time.Second, "how long each 
 //	go test -run '^$' -bench SeedWorkload -benchtime 1x .
 func BenchmarkSeedWorkload(b *testing.B) {
 	const endpoints, mcc, latency = 5, 20, 50 * time.Millisecond
-	servers := make([]*amltest.Server, endpoints)
-	eps := make([]amlpool.Endpoint, endpoints)
-	for i := range servers {
-		servers[i] = amltest.NewServer(amltest.Config{MaxConcurrentCalls: mcc, Latency: latency})
-		defer servers[i].Close()
-		eps[i] = servers[i].Endpoint()
-	}
-	c, err := amlpool.New(eps)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	servers, eps, c := seedPool(b, endpoints, mcc, latency)
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: mcc}}
 	defer hc.CloseIdleConnections()
 
@@ -135,18 +124,7 @@ func closedLoop(d time.Duration, callers int, f func(ctx context.Context, caller
 //	go test -run '^$' -bench SetEndpointsUnderLoad -benchtime 1x .
 func BenchmarkSetEndpointsUnderLoad(b *testing.B) {
 	const endpoints, mcc, latency = 5, 20, 50 * time.Millisecond
-	servers := make([]*amltest.Server, endpoints)
-	eps := make([]amlpool.Endpoint, endpoints)
-	for i := range servers {
-		servers[i] = amltest.NewServer(amltest.Config{MaxConcurrentCalls: mcc, Latency: latency})
-		defer servers[i].Close()
-		eps[i] = servers[i].Endpoint()
-	}
-	c, err := amlpool.New(eps)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	servers, eps, c := seedPool(b, endpoints, mcc, latency)
 	var failed atomic.Int64
 	call := func(ctx context.Context, _ int) error {
 		_, err := c.Do(ctx, []byte(body))
@@ -205,4 +183,22 @@ func BenchmarkSetEndpointsUnderLoad(b *testing.B) {
 	b.ReportMetric(float64(changes), "changes")
 	b.ReportMetric(float64(failed.Load()), "failed")
 	b.ReportMetric(float64(throttles), "throttles")
+}
+
+// seedPool starts n fake endpoints of mcc slots at latency and a Client
+// over their endpoints, all closed when b ends.
+func seedPool(b *testing.B, n, mcc int, latency time.Duration) ([]*amltest.Server, []amlpool.Endpoint, *amlpool.Client) {
+	servers := make([]*amltest.Server, n)
+	eps := make([]amlpool.Endpoint, n)
+	for i := range servers {
+		servers[i] = amltest.NewServer(amltest.Config{MaxConcurrentCalls: mcc, Latency: latency})
+		b.Cleanup(servers[i].Close)
+		eps[i] = servers[i].Endpoint()
+	}
+	c, err := amlpool.New(eps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return servers, eps, c
 }

@@ -70,11 +70,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := bench(ctx, o, stdout); err != nil {
-		fmt.Fprintln(stderr, "amlpool bench:", err)
-		if errors.As(err, new(usageError)) {
-			return 2
-		}
-		return 1
+		return failed(stderr, "bench", err)
 	}
 	return 0
 }

@@ -89,11 +89,7 @@ func runFake(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := fake(ctx, o, stdout); err != nil {
-		fmt.Fprintln(stderr, "amlpool fake:", err)
-		if errors.As(err, new(usageError)) {
-			return 2
-		}
-		return 1
+		return failed(stderr, "fake", err)
 	}
 	return 0
 }

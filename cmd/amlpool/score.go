@@ -151,14 +151,20 @@ type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
 
+// failed prints err as command's and returns the exit status: 2 for a
+// usage error, 1 for any other.
+func failed(stderr io.Writer, command string, err error) int {
+	fmt.Fprintln(stderr, "amlpool "+command+":", err)
+	if errors.As(err, new(usageError)) {
+		return 2
+	}
+	return 1
+}
+
 func score(ctx context.Context, o scoreOptions, stderr io.Writer) int {
 	s, err := prepare(o)
 	if err != nil {
-		fmt.Fprintln(stderr, "amlpool score:", err)
-		if errors.As(err, new(usageError)) {
-			return 2
-		}
-		return 1
+		return failed(stderr, "score", err)
 	}
 	defer s.closeFiles()
 	return s.run(ctx, o, stderr)
