@@ -68,7 +68,7 @@ func (e *Endpoint) adapt(r Result, start time.Time, latency time.Duration) int32
 		// least half of it in use, this attempt's slot included, as
 		// Netflix's AIMD does); otherwise an idle Client would creep back to
 		// the cap and throttle when busy.
-		if 2*e.inFlight.Load() < e.limit.Load() {
+		if 2*e.held() < e.limit.Load() {
 			return 0
 		}
 		a.mu.Lock()

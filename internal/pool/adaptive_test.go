@@ -31,7 +31,7 @@ func (f *aimdFixture) done(i int, start time.Time, throttled bool) Effects {
 	if throttled {
 		r = Full
 	}
-	e.inFlight.Add(1)
+	e.addHeld(1)
 	return f.p.Release(Slot{Ep: e}, &Report{Result: r, Start: start, Latency: f.clk.Now().Sub(start)})
 }
 
@@ -76,7 +76,7 @@ func TestAdaptiveOffKeepsTheCap(t *testing.T) {
 	t.Parallel()
 	p, clk := newTestPool(t, Config{}, testSpecs(20))
 	e := p.Set().Eps[0]
-	e.inFlight.Add(1)
+	e.addHeld(1)
 	start := clk.Now()
 	clk.Advance(time.Millisecond)
 	fx := p.Release(Slot{Ep: e}, &Report{Result: Full, Start: start, Latency: time.Millisecond})
@@ -101,7 +101,7 @@ func TestAdaptiveGrowsOnlyWhileInUse(t *testing.T) {
 	// Busy: 8 in use with this one, half of 16. One slot per
 	// 1/adaptiveIncrease successes.
 	e := f.p.Set().Eps[0]
-	e.inFlight.Store(7)
+	e.storeHeld(7)
 	perSlot := int(1 / adaptiveIncrease)
 	var raised []int32
 	for range 2 * perSlot {
@@ -113,7 +113,7 @@ func TestAdaptiveGrowsOnlyWhileInUse(t *testing.T) {
 	assert.Equal(t, 16, f.limit(0))
 
 	// Never above the configured cap.
-	e.inFlight.Store(19)
+	e.storeHeld(19)
 	for range 20 * perSlot {
 		f.done(0, f.clk.Now(), false)
 	}
@@ -174,7 +174,7 @@ func TestAdaptiveNewCap(t *testing.T) {
 			p, clk := newTestPool(t, Config{Adaptive: tt.adaptive}, []Spec{testSpec("e", 20)})
 			e := p.Set().Eps[0]
 			if tt.cut {
-				e.inFlight.Add(1)
+				e.addHeld(1)
 				p.Release(Slot{Ep: e}, &Report{Result: Full, Start: clk.Now()})
 				require.Equal(t, 14, e.Limit())
 			}

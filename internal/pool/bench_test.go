@@ -167,9 +167,9 @@ func pickSet(b *testing.B, n int, mostlyFull bool) *Set {
 	p, _ := newTestPool(b, Config{Clock: clock.Real, Rand: rand.Uint64}, testSpecs(equalCaps(n, 20)...))
 	s := p.Set()
 	for i, e := range s.Eps {
-		e.inFlight.Store(r.Int32N(20))
+		e.storeHeld(r.Int32N(20))
 		if mostlyFull && i%10 != 0 {
-			e.inFlight.Store(20)
+			e.storeHeld(20)
 		}
 		e.lat.observe(p.Nanotime(), float64(20+r.IntN(80))*1e6, false)
 	}

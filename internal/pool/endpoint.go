@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -23,18 +24,22 @@ type Endpoint struct {
 	host string   // u.Host without an empty port, the requests' Host
 	ext  any      // the caller's data for this endpoint (Spec.Ext), fixed
 
-	max      atomic.Int32 // the configured cap
-	tier     atomic.Int32 // the configured tier; the Set places the endpoint by it when built
-	limit    atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
-	inFlight atomic.Int32 // slots held now
-	removed  atomic.Bool  // no longer in the Set: takes no new attempt
+	max   atomic.Int32 // the configured cap
+	tier  atomic.Int32 // the configured tier; the Set places the endpoint by it when built
+	limit atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
+	// slots holds the slots held now (the low heldBits) and, above them,
+	// the attempts started (wrapping): a take adds one to both in one CAS,
+	// and a release takes one from the first, so the attempts that ended
+	// are the difference, with no counter of their own to update.
+	slots   atomic.Uint64
+	removed atomic.Bool // no longer in the Set: takes no new attempt
 
 	auth atomic.Pointer[Auth]
 	// keys holds the index of the key in use (bit 0) and, in bits 1 and 2, a
 	// mark for each key that got a 401 since it last worked.
 	keys atomic.Uint32
 
-	calls     atomic.Int64 // attempts that ended
+	ended     ended        // attempts that ended: read from slots
 	failures  atomic.Int64 // attempts that did not succeed, throttles included, cancelled ones not
 	cancelled atomic.Int64 // attempts whose call's ctx ended first
 	throttles atomic.Int64 // attempts answered as full
@@ -91,10 +96,10 @@ func (e *Endpoint) Tier() int { return int(e.tier.Load()) }
 func (e *Endpoint) Limit() int { return int(e.limit.Load()) }
 
 // InFlight returns the slots held now.
-func (e *Endpoint) InFlight() int { return int(e.inFlight.Load()) }
+func (e *Endpoint) InFlight() int { return int(e.held()) }
 
 // Free returns how many more slots could be taken now.
-func (e *Endpoint) Free() int { return max(int(e.limit.Load()-e.inFlight.Load()), 0) }
+func (e *Endpoint) Free() int { return max(int(e.limit.Load()-e.held()), 0) }
 
 // Removed reports whether Update took the endpoint out of the Set.
 func (e *Endpoint) Removed() bool { return e.removed.Load() }
@@ -107,7 +112,7 @@ type Counters struct {
 // Counters returns the endpoint's counters, read one after another.
 func (e *Endpoint) Counters() Counters {
 	return Counters{
-		Calls:     e.calls.Load(),
+		Calls:     e.ended.read(e.slots.Load()),
 		Failures:  e.failures.Load(),
 		Cancelled: e.cancelled.Load(),
 		Throttles: e.throttles.Load(),
@@ -128,19 +133,49 @@ func (e *Endpoint) Format(f fmt.State, verb rune) {
 // returns the slots held with it.
 func (e *Endpoint) take() (int32, bool) {
 	for {
-		n := e.inFlight.Load()
+		v := e.slots.Load()
+		n := int32(v & heldMask)
 		if n >= e.limit.Load() {
 			return n, false
 		}
-		if e.inFlight.CompareAndSwap(n, n+1) {
+		if e.slots.CompareAndSwap(v, v+oneTake) {
 			return n + 1, true
 		}
 	}
 }
 
+// held returns the slots held now.
+func (e *Endpoint) held() int32 { return int32(e.slots.Load() & heldMask) }
+
+const (
+	heldBits = 24 // caps are at most 10,000
+	heldMask = 1<<heldBits - 1
+	oneTake  = 1<<heldBits | 1 // one slot more held, one attempt more started
+	endedMod = 1 << (64 - heldBits)
+)
+
+// ended turns the attempts started and the slots held, packed in slots,
+// into a count of the attempts that ended that does not wrap: the packed
+// count wraps after 2⁴⁰ attempts, and a reader sees the wraps as long as
+// it reads at least once in 2⁴⁰ attempts.
+type ended struct {
+	mu         sync.Mutex
+	last, base uint64
+}
+
+func (c *ended) read(slots uint64) int64 {
+	n := (slots>>heldBits - slots&heldMask) % endedMod
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n < c.last {
+		c.base += endedMod
+	}
+	c.last = n
+	return int64(c.base + n)
+}
+
 // count adds an attempt's result to the counters.
 func (e *Endpoint) count(r Result) {
-	e.calls.Add(1)
 	switch r {
 	case OK, Abandoned:
 	case Cancelled:

@@ -19,7 +19,7 @@ func TestTakeStopsAtTheLimit(t *testing.T) {
 	assert.True(t, took())
 	assert.True(t, took())
 	assert.False(t, took(), "a third slot of two")
-	assert.EqualValues(t, 2, e.inFlight.Load())
+	assert.EqualValues(t, 2, e.held())
 	e.limit.Store(1) // an adaptive limit came down
 	assert.False(t, took())
 }
@@ -69,11 +69,31 @@ func TestEndpointsBeyondTheInlineArray(t *testing.T) {
 
 func TestEndpointCountsResults(t *testing.T) {
 	t.Parallel()
-	var e Endpoint
-	for _, r := range []Result{OK, Rejected, Full, Failed, Fault, KeyRejected, Cancelled, Abandoned} {
-		e.count(r)
+	p, _ := newTestPool(t, Config{}, testSpecs(equalCaps(1, 4)...))
+	e := p.Set().Eps[0]
+	for _, r := range []Result{OK, Rejected, Full, Failed, Fault, KeyRejected, Cancelled, Abandoned, Unsent} {
+		slot, ok := p.TryAcquire(&Exclusion{})
+		require.True(t, ok)
+		p.Release(slot, &Report{Result: r})
 	}
-	assert.Equal(t, Counters{Calls: 8, Failures: 5, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters())
+	slot, ok := p.TryAcquire(&Exclusion{})
+	require.True(t, ok)
+	assert.Equal(t, Counters{Calls: 8, Failures: 5, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters(),
+		"an attempt never sent, or in flight, is no call yet")
+	p.Release(slot, &Report{Result: OK})
+	assert.EqualValues(t, 9, e.Counters().Calls)
+}
+
+// TestEndedCountDoesNotWrap: the packed count of attempts ended wraps
+// after 2⁴⁰; the count read does not, as long as it is read once a wrap.
+func TestEndedCountDoesNotWrap(t *testing.T) {
+	t.Parallel()
+	var c ended
+	pack := func(started, held uint64) uint64 { return started<<heldBits | held }
+	assert.EqualValues(t, 5, c.read(pack(7, 2)))
+	assert.EqualValues(t, endedMod-1, c.read(pack(endedMod+1, 2)), "started wrapped, ended not yet")
+	assert.EqualValues(t, endedMod+3, c.read(pack(5, 2)), "ended wrapped too")
+	assert.EqualValues(t, endedMod+3, c.read(pack(6, 3)), "a take changes nothing")
 }
 
 func TestUnauthorizedWithOneKey(t *testing.T) {
@@ -202,3 +222,14 @@ func TestUpdateWithTheSameKeys(t *testing.T) {
 		})
 	}
 }
+
+// storeHeld sets the slots e holds to n, as if n attempts had just
+// started, keeping the count of those that ended.
+func (e *Endpoint) storeHeld(n int32) {
+	v := e.slots.Load()
+	ended := v>>heldBits - v&heldMask
+	e.slots.Store((ended+uint64(n))<<heldBits | uint64(n))
+}
+
+// addHeld takes d more slots of e, whatever its limit.
+func (e *Endpoint) addHeld(d int32) { e.slots.Add(uint64(d) * oneTake) }

@@ -33,7 +33,7 @@ func report(p *Pool, i int, r Result, probe bool) Effects {
 // endpoint back for cool.
 func reportCool(p *Pool, i int, r Result, probe bool, cool time.Duration) Effects {
 	e := p.Set().Eps[i]
-	e.inFlight.Add(1) // the attempt's slot
+	e.addHeld(1) // the attempt's slot
 	return p.Release(Slot{Ep: e, Probe: probe}, &Report{Result: r, Start: p.cfg.Clock.Now(), CoolDown: cool})
 }
 

@@ -95,12 +95,12 @@ func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
 	// cap, before it returns, so a take that comes after that sees the
 	// mark or the cap here, even one that read the old cap before its swap.
 	if e.removed.Load() || n > e.limit.Load() {
-		p.giveBack(e)
+		p.untake(e)
 		return Slot{}, false
 	}
 	probe, ok := p.claim(s, e)
 	if !ok {
-		p.giveBack(e)
+		p.untake(e)
 		return Slot{}, false
 	}
 	return Slot{Ep: e, Probe: probe}, true

@@ -35,7 +35,7 @@ func TestPoolReleaseMoreThanHeldPanics(t *testing.T) {
 	e := p.Set().Eps[0]
 	for _, r := range []Result{OK, Unsent} {
 		assert.PanicsWithValue(t, "amlpool: released more than held", func() { p.Release(Slot{Ep: e}, &Report{Result: r}) }, "%v", r)
-		e.inFlight.Store(0)
+		e.storeHeld(0)
 	}
 }
 

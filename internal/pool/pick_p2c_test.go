@@ -26,7 +26,7 @@ func TestLeastLoadedPicksLowerShareOfLimit(t *testing.T) {
 			t.Parallel()
 			p, _ := balancerPool(t, tt.caps...)
 			for i, n := range tt.inFlight {
-				p.Set().Eps[i].inFlight.Store(int32(n))
+				p.Set().Eps[i].storeHeld(int32(n))
 			}
 			// With two endpoints both are always drawn: P2C is exact.
 			got := picks(p, PickLeastLoaded, &Exclusion{}, 100)
@@ -43,9 +43,9 @@ func TestLeastLoadedEvensLoad(t *testing.T) {
 	share := map[string]int{}
 	for _, name := range []string{"Random", "LeastLoaded"} {
 		p, _ := balancerPool(t, equalCaps(5, 20)...)
-		p.Set().Eps[0].inFlight.Store(10)
+		p.Set().Eps[0].storeHeld(10)
 		for _, e := range p.Set().Eps[1:] {
-			e.inFlight.Store(2)
+			e.storeHeld(2)
 		}
 		share[name] = picks(p, pickers[name], &Exclusion{}, draws)[0]
 	}
@@ -78,7 +78,7 @@ func TestLatencyAwarePicksLowerCost(t *testing.T) {
 				if tt.latency[i] > 0 {
 					e.lat.observe(p.Nanotime(), tt.latency[i], false)
 				}
-				e.inFlight.Store(int32(tt.inFlight[i]))
+				e.storeHeld(int32(tt.inFlight[i]))
 			}
 			got := picks(p, PickLatency, &Exclusion{}, 100)
 			assert.Equal(t, 100, got[tt.want], "picks: %v", got)
@@ -136,7 +136,7 @@ func TestPickNoAllocs(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p, _ := balancerPool(t, equalCaps(100, 20)...)
 			for i, e := range p.Set().Eps {
-				e.inFlight.Store(int32(i % 21))
+				e.storeHeld(int32(i % 21))
 				e.lat.observe(p.Nanotime(), float64(i+1)*1e6, false)
 			}
 			s, x := p.Set(), Exclusion{}

@@ -175,7 +175,7 @@ func TestPickerNoUsableEndpoint(t *testing.T) {
 					p, _ := balancerPool(t, tt.caps...)
 					for _, i := range tt.full {
 						e := p.Set().Eps[i]
-						e.inFlight.Store(e.limit.Load())
+						e.storeHeld(e.limit.Load())
 					}
 					got := picks(p, pick, excluding(p, tt.excl...), 200)
 					assert.Equal(t, 200, got[len(got)-1], "picks: %v", got)
@@ -204,11 +204,11 @@ func TestPickerNeverFullOrExcluded(t *testing.T) {
 					x := &Exclusion{On: r.IntN(2) == 0}
 					usable := 0
 					for _, e := range s.Eps {
-						e.inFlight.Store(r.Int32N(e.max.Load() + 1))
+						e.storeHeld(r.Int32N(e.max.Load() + 1))
 						if r.IntN(4) == 0 {
 							x.Tried.Add(e)
 						}
-						if !x.Excludes(e) && e.inFlight.Load() < e.limit.Load() {
+						if !x.Excludes(e) && e.held() < e.limit.Load() {
 							usable++
 						}
 						if r.IntN(3) == 0 {
@@ -223,7 +223,7 @@ func TestPickerNeverFullOrExcluded(t *testing.T) {
 					require.GreaterOrEqual(t, got, 0, "n=%d: %d usable, none picked", n, usable)
 					e := s.Eps[got]
 					require.False(t, x.Excludes(e), "n=%d: picked excluded %d", n, got)
-					require.Less(t, e.inFlight.Load(), e.limit.Load(), "n=%d: picked full %d", n, got)
+					require.Less(t, e.held(), e.limit.Load(), "n=%d: picked full %d", n, got)
 				}
 			}
 		})
@@ -247,9 +247,9 @@ func TestPickerEqualShares(t *testing.T) {
 
 			p, _ = balancerPool(t, equalCaps(1000, 20)...)
 			for _, e := range p.Set().Eps {
-				e.inFlight.Store(20)
+				e.storeHeld(20)
 			}
-			p.Set().Eps[737].inFlight.Store(19)
+			p.Set().Eps[737].storeHeld(19)
 			got = picks(p, pick, &Exclusion{}, 100)
 			assert.Equal(t, 100, got[737], "the one free endpoint of 1000")
 		})
@@ -263,8 +263,8 @@ func TestPickerSharesAmongUsable(t *testing.T) {
 			t.Parallel()
 			const draws = 30000
 			p, _ := balancerPool(t, equalCaps(6, 20)...)
-			p.Set().Eps[1].inFlight.Store(20)
-			p.Set().Eps[4].inFlight.Store(20)
+			p.Set().Eps[1].storeHeld(20)
+			p.Set().Eps[4].storeHeld(20)
 			got := picks(p, pick, excluding(p, 2), draws)
 			assert.Zero(t, got[1]+got[2]+got[4]+got[6], "full, excluded or none: %v", got)
 			for _, i := range []int{0, 3, 5} {

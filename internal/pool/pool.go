@@ -201,7 +201,7 @@ func (p *Pool) Update(specs []Spec) []Change {
 		e.removed.Store(true)
 		// After the mark: a release that brings in-flight to zero and
 		// sees the mark takes the endpoint out of draining, under smu.
-		if e.inFlight.Load() > 0 {
+		if e.held() > 0 {
 			p.draining = append(p.draining, e)
 		}
 		changes = append(changes, Change{Name: e.name, Kind: Removed, OldMax: e.Max()})
@@ -333,14 +333,21 @@ func (p *Pool) unsend(slot Slot) {
 		}
 		p.smu.Unlock()
 	}
-	p.giveBack(slot.Ep)
+	p.untake(slot.Ep)
 }
 
 // giveBack returns a slot of e. It does not serve waiting calls: its
 // callers do, or hold the line's lock already.
-func (p *Pool) giveBack(e *Endpoint) {
-	n := e.inFlight.Add(-1)
-	if n < 0 {
+func (p *Pool) giveBack(e *Endpoint) { p.putBack(e, ^uint64(0)) }
+
+// untake gives back a slot of e that no attempt used (an attempt never
+// sent, a take undone): it counts as no attempt. Like giveBack, it does
+// not serve waiting calls.
+func (p *Pool) untake(e *Endpoint) { p.putBack(e, ^uint64(oneTake-1)) }
+
+func (p *Pool) putBack(e *Endpoint, delta uint64) {
+	n := e.slots.Add(delta) & heldMask
+	if n == heldMask {
 		panic("amlpool: released more than held")
 	}
 	if n == 0 && e.removed.Load() {

@@ -195,7 +195,7 @@ func PickRandom(s *Set, x *Exclusion) int {
 	// uniform over free slots.
 	for range rejectionDraws {
 		i, off := s.slot(Bounded(s.p.cfg.Rand(), uint32(s.total)))
-		if e := s.Eps[i]; off < e.limit.Load()-e.inFlight.Load() && s.usable(x, e) {
+		if e := s.Eps[i]; off < e.limit.Load()-e.held() && s.usable(x, e) {
 			return i
 		}
 	}
@@ -329,7 +329,7 @@ func pickP2C(s *Set, x *Exclusion, better func(s *Set, a, b int) bool) int {
 // b: inFlight_a / limit_a < inFlight_b / limit_b, cross-multiplied.
 func lessLoaded(s *Set, a, b int) bool {
 	ea, eb := s.Eps[a], s.Eps[b]
-	return int64(ea.inFlight.Load())*int64(eb.limit.Load()) < int64(eb.inFlight.Load())*int64(ea.limit.Load())
+	return int64(ea.held())*int64(eb.limit.Load()) < int64(eb.held())*int64(ea.limit.Load())
 }
 
 // lessCostly reports whether a call is expected to finish sooner on a than on
@@ -348,7 +348,7 @@ func lessCostly(s *Set, a, b int) bool {
 // first call, and costs the most while that call is out, so it does not get
 // a hundred.
 func latencyCost(e *Endpoint, now int64) float64 {
-	lat, n := e.lat.at(now), e.inFlight.Load()
+	lat, n := e.lat.at(now), e.held()
 	if lat == 0 {
 		if n == 0 {
 			return 0
