@@ -190,6 +190,13 @@ const rejectionDraws = 8
 // attempt may use, so an endpoint's chance is proportional to its free
 // slots.
 func PickRandom(s *Set, x *Exclusion) int {
+	if len(s.Eps) == 1 {
+		// One endpoint: no draw can choose otherwise.
+		if s.Free(x, 0) > 0 {
+			return 0
+		}
+		return -1
+	}
 	// Draw a slot uniformly among all configured slots; treat the first
 	// free(i) slots of endpoint i as the free ones. Accepted draws are then
 	// uniform over free slots.
