@@ -1,7 +1,6 @@
 package redislimit
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
@@ -23,27 +22,9 @@ import (
 // the fallback engages and disengages by itself, leases are re-registered,
 // nothing is left behind.
 
-// logBuffer collects a Limiter's log for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func realLimiter(t *testing.T, rdb *redis.Client, opts ...Option) (*Limiter, *logBuffer) {
+func realLimiter(t *testing.T, rdb *redis.Client, opts ...Option) (*Limiter, *redistest.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &redistest.LogBuffer{}
 	opts = append([]Option{WithPool("faults"), WithLogger(slog.New(slog.NewTextHandler(logs, nil))),
 		WithTTL(2 * time.Second), WithProbeInterval(100 * time.Millisecond)}, opts...)
 	l, err := New(rdb, opts...)

@@ -49,23 +49,24 @@ type Server struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has exited
-	log    *logBuffer
+	log    *LogBuffer
 }
 
-// logBuffer is a process's output, written by exec's copying goroutine
-// while a test may read it.
-type logBuffer struct {
+// LogBuffer is output written by one goroutine (exec's copying one, a
+// logger's) while a test may read it.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *logBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *logBuffer) String() string {
+// String returns what was written so far.
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
@@ -155,7 +156,7 @@ func (s *Server) start() error {
 		args = append(args, s.extra...)
 	}
 	cmd := exec.Command(s.bin, args...)
-	log := new(logBuffer)
+	log := new(LogBuffer)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
