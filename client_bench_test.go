@@ -54,16 +54,24 @@ func BenchmarkSeedWorkload(b *testing.B) {
 		_, err := c.Do(ctx, []byte(body))
 		return err
 	}
+	throttles := perfectVsPool(b, servers, endpoints*mcc, perfectCall, poolCall)
+	b.ReportMetric(float64(throttles), "throttles")
+}
+
+// perfectVsPool runs perfectCall from one goroutine per slot and poolCall
+// from *seedCallers as many, in alternating 2 s turns, so that other load
+// on the machine weighs on both alike; it reports both rates and their
+// ratio, and returns the throttles the servers saw in the pool's turns.
+func perfectVsPool(b *testing.B, servers []*amltest.Server, slots int, perfectCall, poolCall func(context.Context, int) error) (throttles int64) {
 	const turn = 2 * time.Second
 	var perfectOK, poolOK int64
 	var perfectTime, poolTime time.Duration
-	var throttles int64
 	for b.Loop() {
 		for range max(1, int(*seedDuration/turn)) {
-			n, d := closedLoop(turn, endpoints*mcc, perfectCall)
+			n, d := closedLoop(turn, slots, perfectCall)
 			perfectOK, perfectTime = perfectOK+n, perfectTime+d
 			drain(b, servers) // calls cut short at the turn's end leave the servers first
-			n, d = closedLoop(turn, *seedCallers*endpoints*mcc, poolCall)
+			n, d = closedLoop(turn, *seedCallers*slots, poolCall)
 			poolOK, poolTime = poolOK+n, poolTime+d
 			for _, s := range servers {
 				throttles += s.Stats().Throttled
@@ -76,7 +84,7 @@ func BenchmarkSeedWorkload(b *testing.B) {
 	b.ReportMetric(perfect, "perfect-calls/s")
 	b.ReportMetric(pooled, "pool-calls/s")
 	b.ReportMetric(pooled/perfect, "pool/perfect")
-	b.ReportMetric(float64(throttles), "throttles")
+	return throttles
 }
 
 // drain waits until no call is in any server, then zeroes their counters.

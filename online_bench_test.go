@@ -74,27 +74,7 @@ func seedWorkloadOnline(b *testing.B, token bool) {
 		_, err := c.Do(ctx, body)
 		return err
 	}
-	const turn = 2 * time.Second
-	var perfectOK, poolOK, throttles int64
-	var perfectTime, poolTime time.Duration
-	for b.Loop() {
-		for range max(1, int(*seedDuration/turn)) {
-			n, d := closedLoop(turn, endpoints*mcc, perfectCall)
-			perfectOK, perfectTime = perfectOK+n, perfectTime+d
-			drain(b, servers)
-			n, d = closedLoop(turn, *seedCallers*endpoints*mcc, poolCall)
-			poolOK, poolTime = poolOK+n, poolTime+d
-			for _, s := range servers {
-				throttles += s.Stats().Throttled
-			}
-			drain(b, servers)
-		}
-	}
-	perfect := float64(perfectOK) / perfectTime.Seconds()
-	pooled := float64(poolOK) / poolTime.Seconds()
-	b.ReportMetric(perfect, "perfect-calls/s")
-	b.ReportMetric(pooled, "pool-calls/s")
-	b.ReportMetric(pooled/perfect, "pool/perfect")
+	throttles := perfectVsPool(b, servers, endpoints*mcc, perfectCall, poolCall)
 	b.ReportMetric(float64(throttles), "429s")
 }
 
