@@ -66,7 +66,7 @@ func TestBalancerNeverFullOrExcluded(t *testing.T) {
 			b := newBal()
 			p := balancerPool(t, b, 1, 4, 7, 10, 13, 16, 19, 1, 4, 7)
 			s := p.Set()
-			p.Release(take(t, p, s.Eps[9]), &pool.Report{Result: pool.Failed}) // ejected
+			p.Release(take(t, p, s.Eps[9]), &pool.Report{Result: pool.Failed}, nil) // ejected
 			r := rand.New(rand.NewPCG(3, 7))
 			for range 2000 {
 				x := pool.Exclusion{On: r.IntN(2) == 0}
@@ -93,7 +93,7 @@ func TestBalancerNeverFullOrExcluded(t *testing.T) {
 					require.Positive(t, s.Eps[got].Free(), "picked full %d", got)
 				}
 				for _, slot := range held {
-					p.Release(slot, &pool.Report{Result: pool.Unsent})
+					p.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 				}
 			}
 		})
@@ -115,7 +115,7 @@ func TestCandidates(t *testing.T) {
 	s := p.Set()
 	clk := clock.NewFake()
 	held := []pool.Slot{take(t, p, s.Eps[0]), take(t, p, s.Eps[1]), take(t, p, s.Eps[1]), take(t, p, s.Eps[1])}
-	p.Release(take(t, p, s.Eps[2]), &pool.Report{Result: pool.Failed, Start: clk.Now(), Latency: 40 * time.Millisecond}) // ejected
+	p.Release(take(t, p, s.Eps[2]), &pool.Report{Result: pool.Failed, Start: clk.Now(), Latency: 40 * time.Millisecond}, nil) // ejected
 	x := pool.Exclusion{On: true}
 	x.Tried.Add(s.Eps[3])
 	c := Candidates{s: s, x: x}
@@ -136,7 +136,7 @@ func TestCandidates(t *testing.T) {
 	assert.Positive(t, c.Latency(2), "a failure's latency is a lower bound")
 	assert.NotEqual(t, c.Rand(), c.Rand())
 	for _, slot := range held {
-		p.Release(slot, &pool.Report{Result: pool.Unsent})
+		p.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 	}
 }
 
@@ -153,7 +153,7 @@ func TestBalancerPicksAreChecked(t *testing.T) {
 	p := balancerPool(t, wrongBalancer{&i}, 1, 1, 1, 1)
 	s := p.Set()
 	held := take(t, p, s.Eps[0])
-	p.Release(take(t, p, s.Eps[1]), &pool.Report{Result: pool.Failed}) // ejected
+	p.Release(take(t, p, s.Eps[1]), &pool.Report{Result: pool.Failed}, nil) // ejected
 	x := pool.Exclusion{On: true}
 	x.Tried.Add(s.Eps[2])
 	for _, tt := range []struct {
@@ -168,10 +168,10 @@ func TestBalancerPicksAreChecked(t *testing.T) {
 		slot, ok := p.TryAcquire(&x)
 		if assert.Equal(t, tt.ok, ok, tt.name) && ok {
 			assert.Same(t, s.Eps[3], slot.Ep, tt.name)
-			p.Release(slot, &pool.Report{Result: pool.Unsent})
+			p.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		}
 	}
-	p.Release(held, &pool.Report{Result: pool.Unsent})
+	p.Release(held, &pool.Report{Result: pool.Unsent}, nil)
 }
 
 type panicky struct{ armed *atomic.Bool }
@@ -211,14 +211,14 @@ func TestPoolSurvivesAPanickingBalancer(t *testing.T) {
 
 	// A release that serves the line while it panics frees its slot and
 	// the lock; the waiting call is served at the next chance.
-	assert.PanicsWithValue(t, "balancer bug", func() { p.Release(held[0], &pool.Report{Result: pool.OK}) })
+	assert.PanicsWithValue(t, "balancer bug", func() { p.Release(held[0], &pool.Report{Result: pool.OK}, nil) })
 	assert.Equal(t, 1, e.InFlight())
 	assert.Equal(t, 1, p.Waiting())
 	armed.Store(false)
-	p.Release(held[1], &pool.Report{Result: pool.OK}) // the next chance
+	p.Release(held[1], &pool.Report{Result: pool.OK}, nil) // the next chance
 	slot := <-got
 	assert.Same(t, e, slot.Ep)
-	p.Release(slot, &pool.Report{Result: pool.OK})
+	p.Release(slot, &pool.Report{Result: pool.OK}, nil)
 	assert.Zero(t, e.InFlight())
 }
 

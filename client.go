@@ -377,12 +377,12 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	defer done()
 	lease, err := acquire(wctx, cands)
 	if err != nil {
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return staleWait(ctx, wctx, err)
 	}
 	if i := lease.Index(); i > 0 && i < len(eps) {
 		if other, ok := c.pool.TryTake(eps[i]); ok {
-			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 			a.slot, a.lease = other, lease
 			return nil
 		}
@@ -392,14 +392,14 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 		// for the Limiter's slot on it instead.
 		lease.Release()
 		if lease, err = acquire(wctx, cands[:1]); err != nil {
-			c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 			return staleWait(ctx, wctx, err)
 		}
 	}
 	if slot.Ep.Removed() {
 		// Removed while the call waited: no attempt starts there now.
 		lease.Release()
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return errEndpointsChanged
 	}
 	a.slot, a.lease = slot, lease
@@ -444,7 +444,7 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 	if a.lease != nil {
 		a.lease.Release()
 	}
-	a.fx = c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter})
+	c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter}, &a.fx)
 	if c.health != nil {
 		c.reportHealth(a)
 	}

@@ -118,7 +118,7 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 	if c.budget != nil && !c.budget.withdraw() {
 		// Hedges and retries share the budget, so together they add at
 		// most its share of extra load.
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return nil
 	}
 	h := &attempt{n: a.n, hedge: true}

@@ -180,7 +180,7 @@ func TestHedgeNotSent(t *testing.T) {
 		{"other endpoint full", nil, func(t *testing.T, c *Client, other *pool.Endpoint) func() {
 			slot, ok := c.pool.TryTake(other)
 			require.True(t, ok)
-			return func() { c.pool.Release(slot, &pool.Report{Result: pool.Unsent}) }
+			return func() { c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil) }
 		}},
 		{"calls waiting for slots", nil, func(t *testing.T, c *Client, other *pool.Endpoint) func() {
 			// A call that may not use the other endpoint waits for the
@@ -194,7 +194,7 @@ func TestHedgeNotSent(t *testing.T) {
 				x := pool.Exclusion{On: true}
 				x.Tried.Add(other)
 				if slot, err := c.pool.Acquire(ctx, &x, -1); err == nil {
-					c.pool.Release(slot, &pool.Report{Result: pool.Unsent})
+					c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 				}
 			}()
 			<-queued

@@ -32,7 +32,7 @@ func (f *aimdFixture) done(i int, start time.Time, throttled bool) Effects {
 		r = Full
 	}
 	e.addHeld(1)
-	return f.p.Release(Slot{Ep: e}, &Report{Result: r, Start: start, Latency: f.clk.Now().Sub(start)})
+	return released(f.p, Slot{Ep: e}, &Report{Result: r, Start: start, Latency: f.clk.Now().Sub(start)})
 }
 
 func (f *aimdFixture) limit(i int) int { return f.p.Set().Eps[i].Limit() }
@@ -79,7 +79,7 @@ func TestAdaptiveOffKeepsTheCap(t *testing.T) {
 	e.addHeld(1)
 	start := clk.Now()
 	clk.Advance(time.Millisecond)
-	fx := p.Release(Slot{Ep: e}, &Report{Result: Full, Start: start, Latency: time.Millisecond})
+	fx := released(p, Slot{Ep: e}, &Report{Result: Full, Start: start, Latency: time.Millisecond})
 	assert.Zero(t, fx.Limit)
 	assert.Equal(t, 20, e.Limit())
 }
@@ -175,7 +175,7 @@ func TestAdaptiveNewCap(t *testing.T) {
 			e := p.Set().Eps[0]
 			if tt.cut {
 				e.addHeld(1)
-				p.Release(Slot{Ep: e}, &Report{Result: Full, Start: clk.Now()})
+				p.Release(Slot{Ep: e}, &Report{Result: Full, Start: clk.Now()}, nil)
 				require.Equal(t, 14, e.Limit())
 			}
 			p.Update([]Spec{testSpec("e", tt.newMax)})

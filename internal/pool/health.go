@@ -56,12 +56,16 @@ func (s *Set) usable(x *Exclusion, e *Endpoint) bool {
 	return !x.Excludes(e) && s.admits(e)
 }
 
-// admits reports whether e may take calls now, as far as health goes.
+// admits reports whether e may take calls now, as far as health goes. The
+// healthy case is small enough to inline into every pick.
 func (s *Set) admits(e *Endpoint) bool {
 	st := e.health.state.Load()
+	return st == phaseHealthy || s.admitsOut(st)
+}
+
+// admitsOut is admits for an endpoint not plainly healthy, in state st.
+func (s *Set) admitsOut(st uint32) bool {
 	switch {
-	case st == phaseHealthy:
-		return true
 	case st&coolingBit != 0:
 		return false
 	case st&phaseMask == phaseProbeReady:
@@ -88,11 +92,9 @@ func (s *Set) allFaulted() bool { return int(s.faulted.Load()) == len(s.Eps) }
 
 // claim is called once a call holds a slot on e. It reports whether the
 // call may go there, and whether it is the endpoint's probe: the first call
-// to take an endpoint whose ejection has ended.
+// to take an endpoint whose ejection has ended. takeOn calls it only for an
+// endpoint not plainly healthy.
 func (p *Pool) claim(s *Set, e *Endpoint) (probe, ok bool) {
-	if e.health.state.Load() == phaseHealthy {
-		return false, true
-	}
 	p.smu.Lock()
 	defer p.smu.Unlock()
 	st := e.health.state.Load()
@@ -115,6 +117,9 @@ func (p *Pool) claim(s *Set, e *Endpoint) (probe, ok bool) {
 // cancelled, abandoned or key-rejected attempts count neither way. The
 // probe's outcome ends or renews the ejection. It reports whether the line
 // must be served again.
+//
+// Release does not call it for the usual attempt, which changes nothing: a
+// plain success on an endpoint with no failures counted.
 func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bool) {
 	if e.removed.Load() {
 		return false // draining: its health no longer matters
@@ -128,7 +133,7 @@ func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bo
 	failed := r.Result == Failed || r.Result == Fault
 	alive := r.Result == OK || r.Result == Rejected
 	if !probe && !failed && (!alive || e.health.fails.Load() == 0) {
-		return false // the usual case: nothing changes, no lock
+		return false // nothing changes, no lock
 	}
 	p.smu.Lock()
 	defer p.smu.Unlock()

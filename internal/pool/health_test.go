@@ -34,7 +34,7 @@ func report(p *Pool, i int, r Result, probe bool) Effects {
 func reportCool(p *Pool, i int, r Result, probe bool, cool time.Duration) Effects {
 	e := p.Set().Eps[i]
 	e.addHeld(1) // the attempt's slot
-	return p.Release(Slot{Ep: e, Probe: probe}, &Report{Result: r, Start: p.cfg.Clock.Now(), CoolDown: cool})
+	return released(p, Slot{Ep: e, Probe: probe}, &Report{Result: r, Start: p.cfg.Clock.Now(), CoolDown: cool})
 }
 
 func fail(p *Pool, i, n int) {
@@ -168,12 +168,12 @@ func TestHealthProbeThatTellsNothingLetsAnotherProbe(t *testing.T) {
 			slot, ok := p.TryTake(e)
 			require.True(t, ok && slot.Probe)
 			require.False(t, admits(p, 0), "the probe is out")
-			fx := p.Release(slot, &Report{Result: r, Start: clk.Now()})
+			fx := released(p, slot, &Report{Result: r, Start: clk.Now()})
 			assert.Equal(t, Effects{}, fx, "neither readmitted nor ejected")
 			assert.True(t, admits(p, 0))
 			slot, ok = p.TryTake(e)
 			assert.True(t, ok && slot.Probe, "the next call probes")
-			assert.True(t, p.Release(slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
+			assert.True(t, released(p, slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
 		})
 	}
 }

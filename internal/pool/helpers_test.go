@@ -130,7 +130,7 @@ func acquire(t testing.TB, p *Pool) Slot {
 
 // release gives slot back after a successful attempt that took no time.
 func release(p *Pool, slot Slot) Effects {
-	return p.Release(slot, &Report{Result: OK, Start: p.cfg.Clock.Now()})
+	return released(p, slot, &Report{Result: OK, Start: p.cfg.Clock.Now()})
 }
 
 // excluding returns an exclusion that avoids the endpoints of p's Set at
@@ -171,4 +171,11 @@ func queueN(t *testing.T, p *Pool, ctxs []context.Context) (order chan int, errs
 func took(e *Endpoint) bool {
 	_, ok := e.take()
 	return ok
+}
+
+// released releases slot as r says and returns the Effects.
+func released(p *Pool, slot Slot, r *Report) Effects {
+	var fx Effects
+	p.Release(slot, r, &fx)
+	return fx
 }

@@ -98,6 +98,9 @@ func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
 		p.untake(e)
 		return Slot{}, false
 	}
+	if e.health.state.Load() == phaseHealthy {
+		return Slot{Ep: e}, true // the usual case: no lock
+	}
 	probe, ok := p.claim(s, e)
 	if !ok {
 		p.untake(e)
@@ -162,7 +165,7 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 		if err == ErrNoCapacity {
 			return w.slot, nil
 		}
-		p.Release(w.slot, &Report{Result: Unsent})
+		p.Release(w.slot, &Report{Result: Unsent}, nil)
 		return Slot{}, err
 	default:
 	}

@@ -88,7 +88,7 @@ func TestLineHammer(t *testing.T) {
 					}
 					held[slot.Ep].Add(-1)
 					result := []Result{OK, Unsent, Cancelled}[r.IntN(3)]
-					p.Release(slot, &Report{Result: result, Start: time.Now()})
+					p.Release(slot, &Report{Result: result, Start: time.Now()}, nil)
 				case errors.Is(err, ErrShed):
 					shed.Add(1)
 				case errors.Is(err, ErrNoCapacity), errors.Is(err, context.Canceled):

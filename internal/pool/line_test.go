@@ -34,7 +34,7 @@ func TestPoolReleaseMoreThanHeldPanics(t *testing.T) {
 	p := testPool(t, 1)
 	e := p.Set().Eps[0]
 	for _, r := range []Result{OK, Unsent} {
-		assert.PanicsWithValue(t, "amlpool: released more than held", func() { p.Release(Slot{Ep: e}, &Report{Result: r}) }, "%v", r)
+		assert.PanicsWithValue(t, "amlpool: released more than held", func() { p.Release(Slot{Ep: e}, &Report{Result: r}, nil) }, "%v", r)
 		e.storeHeld(0)
 	}
 }
@@ -275,7 +275,7 @@ func TestAcquireReleaseNoAllocs(t *testing.T) {
 				var x Exclusion
 				slot, err := p.Acquire(context.Background(), &x, -1)
 				if err == nil {
-					p.Release(slot, r)
+					p.Release(slot, r, nil)
 				}
 			})
 			assert.Zero(t, allocs)

@@ -79,7 +79,7 @@ func TestRandomSharesFollowFreeSlots(t *testing.T) {
 	x := chiSquare(counts, []float64{2, 10, 10})
 	assert.Less(t, x, chi001[2], "counts %v", counts)
 	for _, slot := range held {
-		p.Release(slot, &Report{Result: Unsent})
+		p.Release(slot, &Report{Result: Unsent}, nil)
 	}
 }
 

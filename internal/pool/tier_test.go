@@ -135,7 +135,7 @@ func TestTierFailover(t *testing.T) {
 	slot := acquire(t, p)
 	require.Equal(t, "e0", slot.Ep.Name())
 	require.True(t, slot.Probe)
-	p.Release(slot, &Report{Result: OK, Start: clk.Now()})
+	p.Release(slot, &Report{Result: OK, Start: clk.Now()}, nil)
 	assert.Equal(t, 0, tierOf())
 
 	// A cool-down (a Retry-After) spills the same way.

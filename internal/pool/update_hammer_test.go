@@ -185,5 +185,5 @@ func (h *hammer) give(r *rand.Rand, slot Slot) {
 		slot.Ep.Authorized(a, k)
 	}
 	track(slot.Ep).held.Add(-1)
-	h.p.Release(slot, &Report{Result: hammerResults[r.IntN(len(hammerResults))]})
+	h.p.Release(slot, &Report{Result: hammerResults[r.IntN(len(hammerResults))]}, nil)
 }

@@ -34,7 +34,7 @@ func TestUpdateKeepsAnEndpointsState(t *testing.T) {
 	p, _ := newTestPool(t, Config{EjectAfter: 5, EjectFor: time.Minute}, testSpecs(3, 3))
 	e := p.Set().Eps[0]
 	release(p, acquireOn(t, p, e))
-	p.Release(acquireOn(t, p, e), &Report{Result: Failed})
+	p.Release(acquireOn(t, p, e), &Report{Result: Failed}, nil)
 	held := acquireOn(t, p, e)
 	before := e.Counters()
 
@@ -128,7 +128,7 @@ func TestUpdateNewKeys(t *testing.T) {
 	slot, ok := p.TryTake(e0)
 	require.True(t, ok)
 	assert.True(t, slot.Probe)
-	assert.True(t, p.Release(slot, &Report{Result: OK}).Readmitted)
+	assert.True(t, released(p, slot, &Report{Result: OK}).Readmitted)
 }
 
 // An added endpoint serves a call already waiting, before Update returns.
@@ -169,7 +169,7 @@ func TestUpdateRemovedEndpointDrains(t *testing.T) {
 	assert.Equal(t, Counters{Calls: 100}, p.Set().Eps[0].Counters(), "all on the kept one")
 
 	// Its reply still counts, and its health no longer matters.
-	fx := p.Release(held, &Report{Result: Fault})
+	fx := released(p, held, &Report{Result: Fault})
 	assert.Equal(t, Effects{}, fx)
 	assert.Equal(t, Counters{Calls: 1, Failures: 1, Faults: 1}, gone.Counters())
 	assert.Zero(t, gone.InFlight())
