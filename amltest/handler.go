@@ -24,7 +24,16 @@ type call struct {
 	stop     <-chan struct{} // closed when the server stops (Close, Restart)
 	admitted bool            // counted in s.admitted
 	left     bool
+	// start is when the call's service time began: its admission, plus
+	// any Fault.Delay. The model's latency counts from it, so the time
+	// the server spends reading and decoding the body is part of it.
+	start time.Time
 }
+
+// serve waits until the call's service time of d has passed since start,
+// and reports false when the call's client went away or its server
+// stopped first.
+func (c *call) serve(d time.Duration) bool { return c.wait(d - time.Since(c.start)) }
 
 func (c *call) leave() {
 	if c.left {
@@ -100,7 +109,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 
 	// The cap: count the call, then check the count it got, so that of two
 	// calls racing for the last slot exactly one wins.
-	c.admitted = true
+	c.admitted, c.start = true, time.Now()
 	n, limit := s.admitted.Add(1), s.mcc.Load()
 	if n > limit {
 		s.bump(&s.throttled)
@@ -128,6 +137,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	if !c.wait(f.Delay) {
 		c.abort()
 	}
+	c.start = c.start.Add(f.Delay)
 	if f.Hang {
 		select {
 		case <-r.Context().Done():
@@ -209,7 +219,7 @@ func (s *Server) scoreCall(c *call, body []byte) (int, []byte, *apiError) {
 	if s.latencyFunc != nil {
 		d = s.latencyFunc()
 	}
-	if !c.wait(d) {
+	if !c.serve(d) {
 		c.abort()
 	}
 	resp, err := s.score(req)

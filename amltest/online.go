@@ -151,7 +151,7 @@ func (s *Server) onlineScore(c *call, body []byte) (int, []byte, *Fault) {
 	if s.latencyFunc != nil {
 		wait = s.latencyFunc()
 	}
-	if !c.wait(wait) {
+	if !c.serve(wait) {
 		c.abort()
 	}
 	preds, err := s.predict(d.Columns, d.Data)

@@ -51,7 +51,10 @@ type Config struct {
 	// many admitted calls are in flight gets 503 RequestThrottled. Zero or
 	// less means DefaultMaxConcurrentCalls (20).
 	MaxConcurrentCalls int
-	// Latency is the service time of each scored call. Default: none.
+	// Latency is the service time of each scored call, counted from its
+	// admission: reading and decoding its body take part of it, not more
+	// (unless they take longer), so a call's reply is ready Latency after
+	// it arrived, as a real service's would be. Default: none.
 	Latency time.Duration
 	// LatencyFunc, when set, is called once per scored call instead of using
 	// Latency, e.g. to draw from a distribution. It is called from many

@@ -28,7 +28,7 @@ type runCost struct {
 }
 
 // scoreOnce runs the command bin on in and returns what it cost.
-func scoreOnce(b *testing.B, p *fakePool, bin, in, dir string) runCost {
+func scoreOnce(b testing.TB, p *fakePool, bin, in, dir string) runCost {
 	out := filepath.Join(dir, "scored.csv")
 	os.Remove(out)
 	cmd := exec.Command(bin, "score", "--config", p.config, "--in", in, "--out", out, "--progress", "none")
