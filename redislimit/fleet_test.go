@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -67,7 +68,7 @@ type workerEndpoint struct {
 // workerResult is a worker's last line on stdout.
 type workerResult struct {
 	Calls, Errors int64
-	Window        int64 // calls that ended after Measure
+	Window        int64 // calls that ended after Warmup and before Run
 	FirstError    string
 	Limiter       Stats
 	Client        amlpool.Stats
@@ -148,8 +149,16 @@ func work(cfg workerConfig) error {
 		return fmt.Errorf("no go from the parent: %w", err)
 	}
 	start := time.Unix(0, startNs)
+	// ctx ends the run: no call starts after it. The calls themselves run
+	// on callCtx, so that those in flight then end as the server answers.
+	// Were they cancelled, their slots would go back at once while the
+	// server still counted them for a moment, and a process whose clock
+	// fired a little later could fill them meanwhile: an over-cap made by
+	// the test's own end, not by the fleet's sharing.
 	ctx, cancel := context.WithDeadline(context.Background(), start.Add(cfg.Run))
 	defer cancel()
+	callCtx, callCancel := context.WithTimeout(context.Background(), cfg.Run+time.Minute)
+	defer callCancel()
 	measure := start.Add(cfg.Warmup)
 	time.Sleep(time.Until(start))
 	var res workerResult
@@ -174,15 +183,15 @@ func work(cfg workerConfig) error {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				_, err := c.Do(ctx, body)
+				_, err := c.Do(callCtx, body)
 				mu.Lock()
 				switch {
 				case err == nil:
 					res.Calls++
-					if time.Now().After(measure) {
+					if now := time.Now(); now.After(measure) && now.Before(start.Add(cfg.Run)) {
 						res.Window++
 					}
-				case ctx.Err() == nil:
+				default:
 					res.Errors++
 					if res.FirstError == "" {
 						res.FirstError = err.Error()
@@ -345,7 +354,7 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 	t.Logf("utilization %.1f%% of %d slots (%d samples)", 100*util, capacity, samples)
 	assert.GreaterOrEqual(t, util, 0.90, "the fleet left slots idle")
 	for i, r := range results {
-		t.Logf("process %d: %d calls, limiter %+v", i, r.Calls, r.Limiter)
+		t.Logf("process %d: %d calls, limiter %+v, client %s", i, r.Calls, r.Limiter, attemptCounts(r.Client))
 		assert.Positive(t, r.Calls, "process %d starved", i)
 		assert.Zero(t, r.Errors, "process %d: %s", i, r.FirstError)
 		assert.Zero(t, r.Limiter.Lost, "process %d lost leases", i)
@@ -356,6 +365,16 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 	keys, err := rs.Client(t).Keys(context.Background(), "amlpool:*").Result()
 	require.NoError(t, err)
 	assert.Empty(t, keys, "keys left after every process closed")
+}
+
+// attemptCounts sums up a process's attempts per endpoint, for a failure's
+// log: which process drew a throttle, and whether any attempt was cut short.
+func attemptCounts(st amlpool.Stats) string {
+	var b strings.Builder
+	for _, e := range st.Endpoints {
+		fmt.Fprintf(&b, "[%s: %d attempts, %d errors, %d throttles, %d cancelled] ", e.Name, e.Calls, e.Errors, e.Throttles, e.Cancelled)
+	}
+	return b.String()
 }
 
 // TestFleetKilledProcessSlotsReturnWithinTTL: a process killed with SIGKILL
