@@ -93,7 +93,7 @@ func (c *CSVReader) Next() ([]any, error) { return c.next(true) }
 func (c *CSVReader) next(build bool) ([]any, error) {
 	for {
 		rec, err := c.r.Read()
-		var pe *csv.ParseError
+		pe, _ := errors.AsType[*csv.ParseError](err) // not errors.As: its target would escape, an allocation per row
 		switch {
 		case err == nil:
 			line, _ := c.r.FieldPos(0)
@@ -105,13 +105,13 @@ func (c *CSVReader) next(build bool) ([]any, error) {
 			return c.row(rec)
 		case err == io.EOF:
 			return nil, io.EOF
-		case errors.As(err, &pe) && pe.Line == pe.StartLine:
+		case pe != nil && pe.Line == pe.StartLine:
 			// A bad row on one line: csv has read that line and no more.
 			c.line = c.seg + pe.StartLine
 			text, _ := c.rec.lineText(c.line)
 			c.rec.forget(c.segOff + c.r.InputOffset())
 			return nil, &amlpool.RowError{Line: c.line, Row: lazyCells(text), Text: text, Err: pe.Err}
-		case errors.As(err, &pe):
+		case pe != nil:
 			// A quoted field opened on StartLine ran over later lines and
 			// broke there, or the input ended inside it. Taking the whole
 			// run as one bad row would swallow every row after a forgotten
@@ -229,7 +229,8 @@ var errRecordTooLong = errors.New("rows: record too long")
 type recorder struct {
 	src    *bufio.Reader
 	replay []byte // bytes handed out before, to hand out again before src's
-	kept   []byte // bytes handed out since offset base
+	kept   []byte // bytes handed out since offset base, in buf
+	buf    []byte // the array kept is in, reused (compact)
 	base   int64  // input offset of kept[0], always the start of a line
 	line   int    // input line number of the line at base
 }
@@ -251,8 +252,22 @@ func (r *recorder) Read(p []byte) (int, error) {
 	} else {
 		n, err = r.src.Read(p)
 	}
+	if len(r.kept)+n > cap(r.kept) {
+		r.compact(n)
+	}
 	r.kept = append(r.kept, p[:n]...)
 	return n, err
+}
+
+// compact moves the bytes kept to the front of buf, so that one array
+// serves the whole input rather than a new one every few records. buf
+// grows when they and more bytes would fill over half of it, and shrinks
+// again after a long record.
+func (r *recorder) compact(more int) {
+	if need := len(r.kept) + more; 2*need > cap(r.buf) || cap(r.buf) > 256<<10 && 8*need < cap(r.buf) {
+		r.buf = make([]byte, 0, max(2*need, 16<<10))
+	}
+	r.kept = append(r.buf[:0], r.kept...) // copy allows the overlap
 }
 
 // forget drops the bytes before input offset off, the end of a record.
@@ -265,9 +280,8 @@ func (r *recorder) forget(off int64) {
 // rewind makes the next bytes handed out those from input offset off, the
 // start of line line, which must lie between base and what was handed out.
 func (r *recorder) rewind(off int64, line int) {
-	tail := r.kept[off-r.base:]
-	r.replay = append(tail[:len(tail):len(tail)], r.replay...)
-	r.kept, r.base, r.line = nil, off, line
+	r.replay = slices.Concat(r.kept[off-r.base:], r.replay) // not in buf, which kept reuses
+	r.kept, r.base, r.line = r.buf[:0], off, line
 }
 
 // lineStart returns the input offset where line starts, if the bytes kept
@@ -327,7 +341,7 @@ func (r *recorder) firstFilled() int {
 // reading on until its end; base moves to the start of the next line.
 func (r *recorder) skipLine() error {
 	r.base += int64(len(r.kept))
-	r.kept = nil
+	r.kept = r.buf[:0]
 	if i := bytes.IndexByte(r.replay, '\n'); i >= 0 {
 		r.base += int64(i + 1)
 		r.replay = r.replay[i+1:]

@@ -227,8 +227,7 @@ func rejectColumns(format rows.Format, inCols []string) []string {
 // error is the cause without the row numbers ScoreRows counts (which start
 // again at 1 in a resumed run).
 func (w *writer) reject(ch *amlpool.Chunk) error {
-	var rowErr *amlpool.RowError
-	isRowErr := errors.As(ch.Err, &rowErr)
+	rowErr, isRowErr := errors.AsType[*amlpool.RowError](ch.Err)
 	cause := ch.Err
 	if ce, ok := errors.AsType[*amlpool.ChunkError](ch.Err); ok {
 		cause = ce.Err
@@ -360,8 +359,7 @@ func (s *countingSource) Columns() []string { return s.r.Columns() }
 
 func (s *countingSource) Next() ([]any, error) {
 	row, err := s.r.Next()
-	var re *amlpool.RowError
-	if err == nil || errors.As(err, &re) {
+	if _, bad := errors.AsType[*amlpool.RowError](err); err == nil || bad {
 		s.lines.note(s.next, s.r.Line())
 		s.next++
 	}
