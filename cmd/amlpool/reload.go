@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,7 +72,8 @@ func (r *reloader) reload() {
 
 // describeChanges says what a new set of endpoints changes, by name (the
 // URL for an endpoint without one): added, removed, re-capped, re-keyed,
-// moved to another URL or to another tier. It never shows a key.
+// moved to another URL or to another tier, or given other header values
+// (by name). It never shows a key or a header's value.
 func describeChanges(old, next []amlpool.Endpoint) string {
 	id := func(e amlpool.Endpoint) string { return cmpOr(e.Name, e.URL) }
 	before := make(map[string]amlpool.Endpoint, len(old))
@@ -101,6 +104,11 @@ func describeChanges(old, next []amlpool.Endpoint) string {
 		if o.APIKey != e.APIKey || o.SecondaryKey != e.SecondaryKey {
 			parts = append(parts, id(e)+": new key")
 		}
+		if names := changedHeaders(o.Header, e.Header); len(names) == 1 {
+			parts = append(parts, id(e)+": header "+names[0])
+		} else if len(names) > 1 {
+			parts = append(parts, id(e)+": headers "+strings.Join(names, ", "))
+		}
 	}
 	for _, e := range old {
 		if _, gone := before[id(e)]; gone {
@@ -111,6 +119,24 @@ func describeChanges(old, next []amlpool.Endpoint) string {
 		return "no change to the endpoints"
 	}
 	return strings.Join(parts, "; ")
+}
+
+// changedHeaders returns, sorted, the names of the headers that old or
+// next has and the other lacks or holds other values for.
+func changedHeaders(old, next http.Header) []string {
+	var names []string
+	for name, v := range next {
+		if !slices.Equal(old[name], v) {
+			names = append(names, name)
+		}
+	}
+	for name := range old {
+		if _, kept := next[name]; !kept {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // capOf describes an endpoint's cap as the Client reads it.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -152,6 +153,10 @@ func TestDescribeChanges(t *testing.T) {
 		{"added in a tier", []amlpool.Endpoint{a}, []amlpool.Endpoint{a, with(b, func(e *amlpool.Endpoint) { e.Tier = 1 })}, "added b (20 slots, tier 1)"},
 		{"retiered", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Tier = 2 })}, "a: tier 0 → 2"},
 		{"moved", []amlpool.Endpoint{a}, []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.URL = "https://a2" })}, "a: another URL"},
+		{"new header value", []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"Azureml-Model-Deployment": {"blue"}} })},
+			[]amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"Azureml-Model-Deployment": {"green"}} })}, "a: header Azureml-Model-Deployment"},
+		{"headers added and dropped", []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-B": {"1"}, "X-Same": {"s"}} })},
+			[]amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-A": {"2"}, "X-Same": {"s"}} })}, "a: headers X-A, X-B"},
 		{"unnamed, by URL", []amlpool.Endpoint{{URL: "https://u", APIKey: "k"}}, nil, "removed https://u"},
 	}
 	for _, tt := range tests {
