@@ -11,6 +11,9 @@ import (
 // TestMain removes the binary the end-to-end tests built and checks that no
 // goroutine outlives the tests.
 func TestMain(m *testing.M) {
+	if spec, ok := os.LookupEnv(perfectEnv); ok {
+		os.Exit(runPerfectProcess(spec)) // BenchmarkScoreFile's yardstick
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

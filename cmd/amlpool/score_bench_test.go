@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -130,8 +131,10 @@ func eachBinary(b *testing.B, f func(b *testing.B, bin string)) {
 // command's rate over a perfect client's for the same calls on the same
 // fakes in the same run (command/perfect: 1 when the command is as fast;
 // the formula counts none of the fakes' own time per call, a perfect
-// client does). The whole command counts: start-up, reading, scoring,
-// writing. (The fake servers run
+// client does), and over the same perfect client started as a process of
+// its own (command/perfect-process: what is left is the command's own
+// work, not its start-up or its being another process). The whole command
+// counts: start-up, reading, scoring, writing. (The fake servers run
 // in the benchmark process, on the same cores as the command: at lower
 // latencies their JSON work, not the pool, sets the pace on a small
 // machine.)
@@ -154,7 +157,7 @@ func BenchmarkScoreFile(b *testing.B) {
 	writeIDs(b, in, n)
 	ceiling := float64(eps*mcc) * float64(time.Second) / float64(latency) * chunk
 	eachBinary(b, func(b *testing.B, bin string) {
-		var wall, cpu, perfect time.Duration
+		var wall, cpu, perfect, process time.Duration
 		var peak int64
 		b.ResetTimer()
 		for b.Loop() {
@@ -163,12 +166,15 @@ func BenchmarkScoreFile(b *testing.B) {
 			cpu += r.cpu
 			peak = max(peak, r.rss)
 			perfect += perfectClient(b, p, n/chunk, chunk)
+			process += perfectProcess(b, p, n/chunk, chunk)
 		}
 		rate := float64(n) * float64(b.N) / wall.Seconds()
 		b.ReportMetric(rate, "rows/s")
 		b.ReportMetric(ceiling, "ceiling-rows/s")
 		b.ReportMetric(100*rate/ceiling, "%-of-ceiling")
 		b.ReportMetric(perfect.Seconds()/wall.Seconds(), "command/perfect")
+		b.ReportMetric(process.Seconds()/wall.Seconds(), "command/perfect-process")
+		b.ReportMetric(100*float64(n)*float64(b.N)/process.Seconds()/ceiling, "perfect-process-%-of-ceiling")
 		b.ReportMetric(float64(cpu.Microseconds())/float64(n*b.N), "cpu-µs/row")
 		b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
 	})
@@ -181,6 +187,74 @@ func BenchmarkScoreFile(b *testing.B) {
 // the command's figure to be read against (its formula ceiling counts none
 // of the fakes' own time per call).
 func perfectClient(b *testing.B, p *fakePool, calls, rows int) time.Duration {
+	start := time.Now()
+	if err := perfectCalls(perfectEndpoints(p), calls, rows); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// perfectProcess is perfectClient as a process of its own, this test binary
+// started again (TestMain), timed as the command is, from its start to its
+// exit: the same start-up and the same hops between processes as the
+// command, with none of its work.
+func perfectProcess(b *testing.B, p *fakePool, calls, rows int) time.Duration {
+	spec, err := json.Marshal(perfectSpec{Endpoints: perfectEndpoints(p), Calls: calls, Rows: rows})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), perfectEnv+"="+string(spec))
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("perfect client process: %v: %s", err, out)
+	}
+	return time.Since(start)
+}
+
+// perfectEnv, set in a test binary's environment, makes it the perfect
+// client process (TestMain) for the perfectSpec it holds, as JSON.
+const perfectEnv = "AMLPOOL_PERFECT_CLIENT"
+
+type perfectSpec struct {
+	Endpoints   []perfectEndpoint
+	Calls, Rows int
+}
+
+// perfectEndpoint is what the perfect client needs of an endpoint. (Not an
+// amlpool.Endpoint: its JSON redacts the key.)
+type perfectEndpoint struct {
+	URL, Key string
+	Slots    int
+}
+
+func perfectEndpoints(p *fakePool) []perfectEndpoint {
+	var eps []perfectEndpoint
+	for _, s := range p.servers {
+		e := s.Endpoint()
+		eps = append(eps, perfectEndpoint{URL: e.URL, Key: e.APIKey, Slots: e.MaxConcurrentCalls})
+	}
+	return eps
+}
+
+// runPerfectProcess is the perfect client process's main.
+func runPerfectProcess(spec string) int {
+	var ps perfectSpec
+	dec := json.NewDecoder(strings.NewReader(spec))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ps); err != nil {
+		fmt.Fprintln(os.Stderr, perfectEnv+":", err)
+		return 2
+	}
+	if err := perfectCalls(ps.Endpoints, ps.Calls, ps.Rows); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// perfectCalls is the perfect client's work: calls requests of rows rows.
+func perfectCalls(eps []perfectEndpoint, calls, rows int) error {
 	var body strings.Builder
 	body.WriteString(`{"Inputs":{"input1":{"ColumnNames":["id","name"],"Values":[`)
 	for i := range rows {
@@ -195,24 +269,16 @@ func perfectClient(b *testing.B, p *fakePool, calls, rows int) time.Duration {
 	var left atomic.Int64
 	left.Store(int64(calls))
 	var wg sync.WaitGroup
-	start := time.Now()
-	for _, s := range p.servers {
-		e := s.Endpoint()
-		for range e.MaxConcurrentCalls {
+	errs := make(chan error, 1)
+	for _, e := range eps {
+		for range e.Slots {
 			wg.Go(func() {
 				for left.Add(-1) >= 0 {
-					req, _ := http.NewRequest(http.MethodPost, e.URL, strings.NewReader(body.String()))
-					req.Header.Set("Authorization", "Bearer "+e.APIKey)
-					req.Header.Set("Content-Type", "application/json")
-					resp, err := hc.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						b.Errorf("perfect client: %s", resp.Status)
+					if err := perfectCall(hc, e, body.String()); err != nil {
+						select {
+						case errs <- err:
+						default:
+						}
 						return
 					}
 				}
@@ -220,7 +286,31 @@ func perfectClient(b *testing.B, p *fakePool, calls, rows int) time.Duration {
 		}
 	}
 	wg.Wait()
-	return time.Since(start)
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+func perfectCall(hc *http.Client, e perfectEndpoint, body string) error {
+	req, err := http.NewRequest(http.MethodPost, e.URL, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+e.Key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("perfect client: %s", resp.Status)
+	}
+	return nil
 }
 
 // BenchmarkScorePeakMemory scores files of 100,000 and 1,000,000 rows on a
