@@ -101,8 +101,8 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // startHedge sends the second copy of attempt a in a goroutine that reports
 // to copies, and returns it; nil when it sends none. The copy goes to an
 // endpoint the call has not tried with a free slot; it is not sent while
-// calls wait for slots (they come first) or when the retry budget is spent.
-// With a Limiter, the copy waits for the fleet's slot until ctx ends, that
+// calls wait for slots (they come first), when the retry budget is spent,
+// or when the call's ctx has ended. With a Limiter, the copy waits for the fleet's slot until ctx ends, that
 // is until the first copy answers; a copy that gets no slot in the end
 // reports with no endpoint.
 func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
@@ -113,6 +113,14 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 	hx.Tried.Add(a.slot.Ep)
 	slot, ok := c.pool.TryAcquire(&hx)
 	if !ok {
+		return nil
+	}
+	if ctx.Err() != nil {
+		// The call ended while its timer fired: a copy would be cancelled
+		// at once. (Checked after Waiting: a waiting call that took the
+		// slot the first copy freed as it ended leaves the line after
+		// that end, and so after ctx's.)
+		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return nil
 	}
 	if c.budget != nil && !c.budget.withdraw() {

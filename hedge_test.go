@@ -233,6 +233,25 @@ func TestHedgeNotSent(t *testing.T) {
 	}
 }
 
+// A call whose ctx ended as its hedge timer fired gets no copy, though an
+// endpoint has a free slot for one: the copy would be cancelled at once, an
+// attempt (and a withdrawal from the retry budget) for nothing.
+func TestHedgeNotStartedForEndedCall(t *testing.T) {
+	rig := newHedgeRig(t, 1, hangFirst(make(chan string, 1)), WithHedging(100*time.Millisecond))
+	eps := rig.c.pool.Set().Eps
+	first, ok := rig.c.pool.TryTake(eps[0])
+	require.True(t, ok)
+	defer rig.c.pool.Release(first, &pool.Report{Result: pool.Unsent}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	cl := &call{ex: pool.Exclusion{On: true}}
+	copies := make(chan *attempt, 1)
+	assert.Nil(t, rig.c.startHedge(ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies))
+	assert.Equal(t, 1, eps[1].Free(), "the other endpoint's slot is given back")
+	assert.Empty(t, copies)
+	assert.Empty(t, rig.arrived)
+}
+
 // After both copies fail, the retry goes to the endpoint neither tried.
 func TestHedgeEndpointCountsAsTried(t *testing.T) {
 	var n atomic.Int32
