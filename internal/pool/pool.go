@@ -358,7 +358,8 @@ func (p *Pool) giveBack(e *Endpoint) {
 
 // untake gives back a slot of e that no attempt used (an attempt never
 // sent, a take undone): it counts as no attempt. Like giveBack, it does
-// not serve waiting calls.
+// not serve waiting calls. (The two differ in their delta only; one
+// helper for both costs 81 of the inliner's budget of 80.)
 func (p *Pool) untake(e *Endpoint) {
 	if (e.slots.Add(^uint64(oneTake-1))+1)&heldMask <= 1 {
 		p.emptied(e)
