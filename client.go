@@ -573,7 +573,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 			c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
 		}
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.roundTrip(req)
 	if err != nil {
 		if ctx.Err() == nil && actx.Err() != nil {
 			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.Name(), c.cfg.attemptTimeout, timedOut(err))

@@ -1,8 +1,10 @@
 package amlpool
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -47,6 +49,27 @@ func newTransport() *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: 1 * time.Second,
 	}
+}
+
+// roundTrip sends req, a POST: through the user's client, or through our
+// own straight to its transport. Our own client has no Jar, no Timeout and
+// follows no redirects, so all its Do would add is a copy of the headers
+// on every call (kept for redirects it never follows). The error is what
+// Do would return: an *url.Error of Op "Post" (Classify reads it), naming
+// the URL without its password, with Do's word for an https:// URL whose
+// server speaks plain HTTP.
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
+	if !c.ownsHTTP {
+		return c.http.Do(req)
+	}
+	resp, err := c.http.Transport.RoundTrip(req)
+	if err != nil {
+		if rh, ok := err.(tls.RecordHeaderError); ok && string(rh.RecordHeader[:]) == "HTTP/" {
+			err = http.ErrSchemeMismatch
+		}
+		return nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
+	}
+	return resp, nil
 }
 
 // noRedirects keeps a key from following a redirect to another URL. The 3xx

@@ -2,8 +2,12 @@ package amlpool
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,4 +116,47 @@ func TestUserClientKeepsItsWrapper(t *testing.T) {
 	_, err = c.Do(t.Context(), []byte(`{}`))
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), wrapped.trips.Load())
+}
+
+// TestOwnClientErrors: a call our own client cannot make fails as
+// http.Client.Do would have it fail, though it goes straight to the
+// transport: an *url.Error of Op "Post" naming the endpoint's URL (which
+// Classify retries), and for an https:// URL whose server speaks plain HTTP,
+// http.ErrSchemeMismatch.
+func TestOwnClientErrors(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := "http://" + l.Addr().String() + "/score"
+	require.NoError(t, l.Close())
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(plain.Close)
+	mismatched := strings.Replace(plain.URL, "http://", "https://", 1) + "/score"
+
+	dialed := func(t *testing.T, err error) {
+		operr, ok := errors.AsType[*net.OpError](err)
+		require.True(t, ok, "%T: %v", err, err)
+		assert.Equal(t, "dial", operr.Op)
+	}
+	for _, tt := range []struct {
+		name, url string
+		check     func(*testing.T, error)
+	}{
+		{"connection refused", refused, dialed},
+		{"https to a plain HTTP server", mismatched, func(t *testing.T, err error) { assert.ErrorIs(t, err, http.ErrSchemeMismatch) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := New([]Endpoint{{Name: "e", URL: tt.url, APIKey: "k"}}, WithMaxAttempts(1))
+			require.NoError(t, err)
+			defer c.Close()
+			require.True(t, c.ownsHTTP)
+			_, err = c.Do(t.Context(), []byte(`{}`))
+			require.Error(t, err)
+			uerr, ok := errors.AsType[*url.Error](err)
+			require.True(t, ok, "%T: %v", err, err)
+			assert.Equal(t, "Post", uerr.Op)
+			assert.Equal(t, tt.url, uerr.URL)
+			tt.check(t, err)
+			assert.Equal(t, VerdictRetry, Classify(uerr))
+		})
+	}
 }
