@@ -46,9 +46,9 @@ which calls of higher priority on the same Client pass in line.
 
 SIGHUP reloads the config's endpoints while the run goes on: added ones
 take calls at once, removed ones finish their calls in flight, new caps,
-keys, headers and tiers apply to the next call (a key named by "apiKeyFile" is read
-again). The change is printed; a config that fails to load or check is
-reported and the endpoints in use go on.
+keys, headers and tiers apply to the next call (a key named by
+"apiKeyFile" is read again). The change is printed; a config that fails to
+load or check is reported and the endpoints in use go on.
 
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
