@@ -135,11 +135,15 @@ func (l *Limiter) tick() {
 		if ls.released {
 			// Released while the tick ran. Handed on, or kept and taken
 			// again: the same lease, now another call's. Being released:
-			// that round trip decides. Else the tick may have added it
+			// the tick may have added it back after the release's script
+			// deleted it, and that round trip decides whether it stays
+			// (kept) or goes again (marked). Else the tick may have added it
 			// back: delete it.
 			cur := ls.ep.held[ls.id]
 			if cur == nil {
-				if !l.releasing[ls.id] {
+				if _, ok := l.releasing[ls.id]; ok {
+					l.releasing[ls.id] = true
+				} else {
 					stale = append(stale, removal{ls.ep.key, ls.id})
 				}
 				continue
@@ -168,9 +172,13 @@ func (l *Limiter) tick() {
 			}
 		}
 	}
+	// Redis answers: the leases whose deletion failed, or whose acquire's
+	// reply was lost, go now, not when they expire. One failed round trip
+	// does not put the Limiter in fallback, and its lease would otherwise
+	// hold a slot of the fleet's, unused, for a whole TTL.
+	stale = append(stale, l.pending...)
+	l.pending = nil
 	if recovering {
-		stale = append(stale, l.pending...)
-		l.pending = nil
 		l.fallback = false
 	}
 	l.mu.Unlock()

@@ -69,6 +69,9 @@ type Limiter struct {
 	seen  map[string]time.Time // ids of leases granted to us, when heard of: each is taken once
 	// releasing holds the ids of leases whose release round trip is under
 	// way: a tick must not delete them, since the release may keep them.
+	// True marks one that a tick may have added back to Redis after the
+	// release deleted it there (the tick's script saw it missing): unless
+	// the release kept it, the release deletes it again.
 	releasing map[string]bool
 	waiters   []*waiter          // oldest first
 	hints     map[*endpoint]bool // endpoints that may have room since the pump's last pass
@@ -76,7 +79,7 @@ type Limiter struct {
 	held      int
 	fallback  bool
 	replicas  int       // last seen in Redis; 0 until then
-	pending   []removal // leases to delete from Redis once it is back
+	pending   []removal // leases to delete from Redis at the next tick that reaches it
 	closed    bool
 }
 
@@ -479,7 +482,7 @@ func (ls *lease) Release() {
 	}
 	if remote {
 		l.wg.Add(1) // under mu, so never after Close began waiting
-		l.releasing[ls.id] = true
+		l.releasing[ls.id] = false
 	}
 	l.mu.Unlock()
 	if !remote {
@@ -493,6 +496,7 @@ func (ls *lease) Release() {
 			l.cfg.onReleased()
 		}
 		l.mu.Lock()
+		readded := l.releasing[ls.id]
 		if err != nil || outcome != kept {
 			delete(l.releasing, ls.id) // else adopt does, as it takes the lease
 		}
@@ -511,6 +515,11 @@ func (ls *lease) Release() {
 		if err == nil && outcome == kept {
 			l.adopt(ls.ep, ls.id, false)
 			return
+		}
+		if err == nil && readded {
+			// A tick renewing it ran in Redis after this release: it is
+			// there again, with no call on it.
+			l.removeAll(l.bg, []removal{{ls.ep.key, ls.id}})
 		}
 		l.kick(ls.ep)
 	}()

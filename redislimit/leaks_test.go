@@ -1,0 +1,142 @@
+package redislimit
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// A slot of the fleet's must not stay taken in Redis, by a lease no call
+// holds, for the rest of a TTL while Redis answers. Each test here leaves
+// one such lease behind in a way a healthy Redis allows, on an endpoint of
+// cap 1, and checks that the next tick, or the release, deletes it.
+
+// scriptHook acts on the next run of one script, once armed: before lets
+// the test hold it before it is sent; lost makes its reply go missing, as
+// when the caller's ctx ends while the reply is on its way.
+type scriptHook struct {
+	sha    string
+	armed  atomic.Bool
+	before func()
+	lost   func()
+}
+
+func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmd)
+		}
+		if h.before != nil {
+			h.before()
+		}
+		err := next(ctx, cmd)
+		if err == nil && h.lost != nil {
+			h.lost()
+			cmd.SetErr(context.Canceled)
+			return context.Canceled
+		}
+		return err
+	}
+}
+
+// hookedClient is a client of the fixture's Redis that runs h.
+func (f *fixture) hookedClient(t *testing.T, h *scriptHook, s *redis.Script) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	require.NoError(t, s.Load(testCtx(t), f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
+	rdb.AddHook(h)
+	return rdb
+}
+
+// An acquire whose reply is lost (its caller gave up) may have taken a
+// lease in Redis: the next tick deletes it, though one failure does not
+// make a fallback.
+func TestLostAcquireReplyFreedAtNextTick(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cctx, cancel := context.WithCancel(ctx)
+	h := &scriptHook{sha: acquireScript.Hash(), lost: cancel}
+	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	other := f.limiter(t)
+	f.settle(t, 2)
+
+	h.armed.Store(true)
+	_, err = l.TryAcquire(cctx, eps(1))
+	require.ErrorIs(t, err, context.Canceled)
+	require.Len(t, f.leases(t, "a"), 1, "the script ran: the lease is in Redis")
+	require.False(t, l.Stats().Fallback)
+
+	f.advance(l.cfg.renew)
+	f.settle(t, 2)
+	require.Empty(t, f.leases(t, "a"), "the lease of the lost reply outlived a tick")
+	ls, err := other.TryAcquire(ctx, eps(1))
+	require.NoError(t, err)
+	require.NotNil(t, ls, "the endpoint's only slot is still taken")
+	ls.Release()
+}
+
+// A release whose script runs between a tick's taking the lease in its
+// batch and the tick's script, which adds the lease back as missing: when
+// the tick's reply is used first, the release deletes the lease again.
+func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: tickScript.Hash(), before: func() { close(reached); <-open }}
+	released, hold := make(chan struct{}), make(chan struct{})
+	var armRelease atomic.Bool
+	ticked := make(chan struct{}, 1)
+	l, err := New(f.hookedClient(t, h, tickScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9),
+		WithOnReleased(func() {
+			if armRelease.Load() {
+				close(released)
+				<-hold
+			}
+		}),
+		WithOnTick(func(done bool) {
+			if done {
+				select {
+				case ticked <- struct{}{}:
+				default:
+				}
+			}
+		}))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	other := f.limiter(t)
+	f.settle(t, 2)
+	<-ticked // the first tick's
+
+	a, err := l.Acquire(ctx, eps(1))
+	require.NoError(t, err)
+	h.armed.Store(true)
+	f.advance(l.cfg.renew) // the tick takes a in its batch and waits
+	<-reached
+	armRelease.Store(true)
+	a.Release() // the release's script deletes a in Redis
+	<-released
+	require.Empty(t, f.leases(t, "a"))
+	close(open) // the tick's script adds a back, missing
+	<-ticked    // and its reply is used before the release's
+	close(hold)
+
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"a released lease stayed in Redis, with no call on it")
+	f.settle(t, 2)
+	ls, err := other.TryAcquire(ctx, eps(1))
+	require.NoError(t, err)
+	require.NotNil(t, ls, "the endpoint's only slot is still taken")
+	ls.Release()
+}
