@@ -78,16 +78,16 @@
 //     endpoint, replicas as last counted in Redis and at least
 //     WithExpectedReplicas. The fleet stays within cap + replicas − 1 once the
 //     calls admitted before the outage have ended, when the replicas lose Redis
-//     together (Redis down or failing over). A replica cut off alone, while the
-//     others still reach Redis, uses its share on top of their whole cap for as
-//     long as it is cut off; and as Redis comes back each replica returns at its
-//     own probe, so for up to one probe interval the first ones back may fill
-//     the cap beside the shares of those still in fallback. Either way the
-//     excess is at most the shares of the replicas out of touch. A process that
-//     has never reached Redis does not know the fleet's size: without
-//     WithExpectedReplicas it takes no share, and its calls wait until Redis
-//     answers, since any share, taken by enough replicas, could overload an
-//     endpoint.
+//     together (Redis down or failing over). As Redis comes back each replica
+//     returns at its own probe, and the others still hold their shares outside
+//     Redis: so a replica keeps to its share for two probe intervals after its
+//     return (for a fleet that shares one WithProbeInterval, long enough for
+//     every other replica's probe). A replica cut off alone, while the others
+//     still reach Redis, uses its share on top of their whole cap for as long as
+//     it is cut off. A process that has never reached Redis does not know the
+//     fleet's size: without WithExpectedReplicas it takes no share, and its
+//     calls wait until Redis answers, since any share, taken by enough replicas,
+//     could overload an endpoint.
 //   - FailOpen: each process uses the whole cap, as without a Limiter.
 //   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.
 //

@@ -121,6 +121,7 @@ func (l *Limiter) tick() {
 	var stale []removal
 	var mismatches []string
 	l.mu.Lock()
+	before := l.replicas
 	l.replicas = max(1, replicas)
 	l.forgetSeenLocked(now)
 	// An endpoint with more leases than its cap (leases written back after
@@ -180,6 +181,11 @@ func (l *Limiter) tick() {
 	l.pending = nil
 	if recovering {
 		l.fallback = false
+		if l.cfg.mode == FailStatic {
+			// The others come back at their own probes: until then their
+			// shares are outside Redis (rejoinLimitsLocked).
+			l.rejoin, l.rejoinReplicas = now.Add(2*l.cfg.probe), before
+		}
 	}
 	l.mu.Unlock()
 

@@ -2,6 +2,7 @@ package redislimit
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
 )
 
 // A slot of the fleet's must not stay taken in Redis, by a lease no call
@@ -139,4 +142,110 @@ func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, ls, "the endpoint's only slot is still taken")
 	ls.Release()
+}
+
+// cutHook fails every command while down: one process's link to Redis is
+// cut, the others' is not.
+type cutHook struct{ down atomic.Bool }
+
+var errCut = errors.New("dial tcp: i/o timeout")
+
+func (h *cutHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *cutHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.down.Load() {
+			return errCut
+		}
+		return next(ctx, cmds)
+	}
+}
+func (h *cutHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.down.Load() {
+			cmd.SetErr(errCut)
+			return errCut
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// After an outage each replica comes back at its own probe. The first one
+// back keeps to its FailStatic share until the others have had their
+// probes, for those still in fallback hold their shares outside Redis:
+// the fleet stays within cap + replicas − 1 through the return, and the
+// first one back gets the whole cap again once the window has passed.
+func TestFailStaticRejoinKeepsToShare(t *testing.T) {
+	const capacity = 4 // a share of 2 for each of 2 replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	var cuts [2]*cutHook
+	var lims [2]*Limiter
+	for i := range lims {
+		cuts[i] = &cutHook{}
+		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { _ = rdb.Close() })
+		rdb.AddHook(cuts[i])
+		l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		lims[i] = l
+	}
+	a, b := lims[0], lims[1]
+	f.settle(t, 2)
+	f.advance(DefaultTTL / 3) // both heartbeats seen
+	f.settle(t, 2)
+	require.Equal(t, 2, a.Stats().Replicas)
+
+	var held [2][]amlpool.Lease
+	take := func(i int) int {
+		n := 0
+		for {
+			ls, err := lims[i].TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			if ls == nil {
+				return n
+			}
+			held[i] = append(held[i], ls)
+			n++
+		}
+	}
+	release := func(i int) {
+		for _, ls := range held[i] {
+			ls.Release()
+		}
+		held[i] = nil
+	}
+	cuts[0].down.Store(true)
+	cuts[1].down.Store(true)
+	require.Eventually(t, func() bool {
+		f.advance(DefaultTTL / 3)
+		return a.Stats().Fallback && b.Stats().Fallback
+	}, testTimeout, time.Millisecond)
+	inFlight := take(0) + take(1)
+	require.Equal(t, capacity, inFlight, "each replica's share in fallback")
+
+	cuts[0].down.Store(false) // a's probe will reach Redis; b's link is still cut
+	require.Eventually(t, func() bool {
+		f.advance(DefaultProbeInterval / 10)
+		return !a.Stats().Fallback
+	}, testTimeout, time.Millisecond)
+	require.True(t, b.Stats().Fallback)
+	inFlight += take(0)
+	require.LessOrEqual(t, inFlight, capacity+2-1, "a back on Redis while b holds its share outside it")
+
+	// b comes back and writes its leases to Redis; once the window is over
+	// and b's calls have ended, a gets the whole cap again.
+	cuts[1].down.Store(false)
+	require.Eventually(t, func() bool {
+		f.advance(DefaultProbeInterval / 10)
+		return !b.Stats().Fallback
+	}, testTimeout, time.Millisecond)
+	release(1)
+	release(0)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"the released leases are deleted from Redis")
+	f.advance(2 * DefaultProbeInterval)
+	f.settle(t, 2)
+	require.Equal(t, capacity, take(0))
+	release(0)
 }

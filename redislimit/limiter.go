@@ -78,9 +78,15 @@ type Limiter struct {
 	hintAll   bool               // every waiter is worth a try
 	held      int
 	fallback  bool
-	replicas  int       // last seen in Redis; 0 until then
-	pending   []removal // leases to delete from Redis at the next tick that reaches it
-	closed    bool
+	replicas  int // last seen in Redis; 0 until then
+	// rejoin: after an outage, until then, FailStatic keeps this process
+	// to its share of each cap, with replicas at least rejoinReplicas (the
+	// count before the outage): the other replicas come back at their own
+	// probes, and until each does, it holds its share outside Redis.
+	rejoin         time.Time
+	rejoinReplicas int
+	pending        []removal // leases to delete from Redis at the next tick that reaches it
+	closed         bool
 }
 
 // endpoint is what the Limiter knows of one endpoint.
@@ -321,9 +327,13 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
 	l.mu.Lock()
 	fallback := l.fallback
+	var limits []int64
+	if !fallback && l.cfg.clock.Now().Before(l.rejoin) {
+		limits = l.rejoinLimitsLocked(cands)
+	}
 	l.mu.Unlock()
 	if !fallback {
-		ls, err := l.tryRedis(ctx, cands, wait)
+		ls, err := l.tryRedis(ctx, cands, wait, limits)
 		if err == nil {
 			return ls, nil
 		}
@@ -340,21 +350,42 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease
 	return l.tryLocal(cands)
 }
 
-// tryRedis runs the acquire script once.
-func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
+// rejoinLimitsLocked returns, for each of cands, the limit an acquire may
+// use while the Limiter rejoins the fleet after an outage: the cap, or 0
+// (no room) when this process already holds its share of it.
+func (l *Limiter) rejoinLimitsLocked(cands []*endpoint) []int64 {
+	limits := make([]int64, len(cands))
+	k := max(l.replicas, l.cfg.replicas, l.rejoinReplicas, 1)
+	for i, ep := range cands {
+		limit := ep.limit.Load()
+		if share := (int(limit) + k - 1) / k; len(ep.held) < share {
+			limits[i] = limit
+		}
+	}
+	return limits
+}
+
+// tryRedis runs the acquire script once, with limits, when not nil, in
+// place of the candidates' caps (rejoinLimitsLocked).
+func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, limits []int64) (*lease, error) {
 	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
 	keys := make([]string, 2*len(cands)+1)
 	args := make([]any, 0, 4+len(cands))
 	args = append(args, id, l.cfg.ttl.Milliseconds())
 	for i, ep := range cands {
 		keys[i], keys[len(cands)+i] = ep.key, ep.want
-		args = append(args, ep.limit.Load())
+		if limits != nil {
+			args = append(args, limits[i])
+		} else {
+			args = append(args, ep.limit.Load())
+		}
 	}
 	keys[2*len(cands)] = l.keys.members
 	wantTTL := int64(0)
-	if wait && l.subscribed.Load() {
+	if wait && limits == nil && l.subscribed.Load() {
 		// Only once a grant can reach us: one sent earlier would hold its
-		// slot unused until the next tick.
+		// slot unused until the next tick. Not while rejoining: a grant
+		// would take this process past its share.
 		wantTTL = l.wantTTL().Milliseconds()
 	}
 	args = append(args, l.proc, wantTTL)
