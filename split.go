@@ -39,11 +39,27 @@ func inputFault(err error) bool {
 // column the model lacks, say) rather than single rows: splitting stops for
 // the rest of the batch, so that such an input costs a bounded number of
 // extra requests, not several per row.
+//
+// Until a split request has succeeded, chunks are searched one at a time
+// (turn); the others wait for their turn or for that first success. Chunks
+// searched side by side would count each other's failures before any of
+// their successes came back: with a few bad rows in every chunk, each
+// search fails a few times before its first success, so 8 chunks searched
+// at once reached the limit on an input with 2 % of bad rows, and rejected
+// thousands of good rows, a different set each run. One at a time, the
+// failures counted are those of whole searches, as in a batch of
+// Parallelism 1: the verdict depends on the rows of the chunks searched,
+// not on timing (the search is stopped only by a chunk whose first rows
+// are bad, three of them), and an input at fault as a whole costs exactly
+// limit split requests, whatever the parallelism. Other chunks that fail
+// meanwhile wait a few requests' time, once per batch.
 type splitState struct {
-	off      bool         // BatchOptions.NoSplit
-	limit    int64        // failed split requests, none succeeding, that stop the search
-	ok, fail atomic.Int64 // split requests that succeeded and failed
-	requests atomic.Int64 // split requests sent
+	off      bool          // BatchOptions.NoSplit
+	limit    int64         // failed split requests, none succeeding, that stop the search
+	ok, fail atomic.Int64  // split requests that succeeded and failed
+	requests atomic.Int64  // split requests sent
+	turn     chan struct{} // held by the chunk being searched while none has succeeded
+	found    chan struct{} // closed when the first split request succeeds
 }
 
 func (s *splitState) init(o BatchOptions) {
@@ -51,6 +67,27 @@ func (s *splitState) init(o BatchOptions) {
 	// Enough for one chunk whose first three rows are bad: each search
 	// fails about log2(rows)+1 times before a request succeeds.
 	s.limit = 3 * int64(bits.Len(uint(o.ChunkRows))+1)
+	s.turn = make(chan struct{}, 1)
+	s.found = make(chan struct{})
+}
+
+// start waits until a chunk may be searched: at once when a split request
+// has succeeded, else when no other chunk is being searched. It returns the
+// func that ends the search, or ctx's error.
+func (s *splitState) start(ctx context.Context) (end func(), err error) {
+	select {
+	case <-s.found:
+		return func() {}, nil
+	default:
+	}
+	select {
+	case <-s.found:
+		return func() {}, nil
+	case s.turn <- struct{}{}:
+		return func() { <-s.turn }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // stopped returns why no more split requests should be sent, or nil.
@@ -67,10 +104,10 @@ func (s *splitState) stopped(ctx context.Context) error {
 // note counts one split request.
 func (s *splitState) note(ch *Chunk) {
 	s.requests.Add(1)
-	if ch.Err == nil {
-		s.ok.Add(1)
-	} else {
+	if ch.Err != nil {
 		s.fail.Add(1)
+	} else if s.ok.Add(1) == 1 {
+		close(s.found)
 	}
 }
 
@@ -79,6 +116,11 @@ func (s *splitState) note(ch *Chunk) {
 // the bad rows each alone with the error of their own request, the good
 // rows scored.
 func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*Chunk {
+	end, err := b.split.start(ctx)
+	if err != nil {
+		return append(parts, b.unsplit(failed, failed.Start, failed.Input, err))
+	}
+	defer end()
 	for failed != nil {
 		seq, start, rows := failed.Seq, failed.Start, failed.Input
 		// rows[:lo] are settled; rows[lo:hi] hold a bad row, as the

@@ -2,14 +2,19 @@ package amlpool_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -142,22 +147,27 @@ func TestScoreTableNoSplit(t *testing.T) {
 
 // TestScoreTableStopsSplittingAWrongInput: when the input is wrong as a
 // whole, every row fails alone too; splitting stops after its first failed
-// requests instead of spending several requests on every row.
+// requests instead of spending several requests on every row. Chunks are
+// searched one at a time until a split request succeeds, so the cost is
+// the limit exactly, however many chunks fail at once.
 func TestScoreTableStopsSplittingAWrongInput(t *testing.T) {
 	model := func(req *amlpool.Request) (*amlpool.Response, error) {
 		return nil, errors.New("column income is missing")
 	}
-	c, srv := poolOf(t, amltest.Config{MaxConcurrentCalls: 2, Score: model})
-	res, err := c.ScoreTable(context.Background(), ids(10_000), &amlpool.BatchOptions{ChunkRows: 100})
-	require.NoError(t, err)
-	assert.Zero(t, res.Stats.Scored)
-	assert.Equal(t, 10_000, res.Stats.Failed)
-	limit := 3 * (bits.Len(100) + 1)
-	// Two chunks in flight may each make one more request past the limit.
-	assert.LessOrEqual(t, res.Stats.SplitRequests, limit+2, "a bounded cost, not one per row")
-	assert.EqualValues(t, 100+res.Stats.SplitRequests, srv.Stats().Requests)
-	last := res.Failures[len(res.Failures)-1]
-	assert.ErrorContains(t, last, "column income is missing (not split further: the first 24 requests that split failed chunks all failed too")
+	for _, mcc := range []int{2, 16} {
+		t.Run(strconv.Itoa(mcc), func(t *testing.T) {
+			c, srv := poolOf(t, amltest.Config{MaxConcurrentCalls: mcc, Score: model})
+			res, err := c.ScoreTable(context.Background(), ids(10_000), &amlpool.BatchOptions{ChunkRows: 100})
+			require.NoError(t, err)
+			assert.Zero(t, res.Stats.Scored)
+			assert.Equal(t, 10_000, res.Stats.Failed)
+			limit := 3 * (bits.Len(100) + 1)
+			assert.Equal(t, limit, res.Stats.SplitRequests, "a bounded cost, not one per row")
+			assert.EqualValues(t, 100+res.Stats.SplitRequests, srv.Stats().Requests)
+			last := res.Failures[len(res.Failures)-1]
+			assert.ErrorContains(t, last, "column income is missing (not split further: the first 24 requests that split failed chunks all failed too")
+		})
+	}
 }
 
 // TestScoreTableRowThatPassesAlone: when the fault comes from rows together,
@@ -195,4 +205,143 @@ func TestScoreTableSplitsOnlyTheInputsFault(t *testing.T) {
 	assert.Zero(t, res.Stats.SplitRequests)
 	assert.Equal(t, 1, res.Stats.Requests, "one request, whose attempts the Client retried")
 	assert.Positive(t, calls.Load())
+}
+
+// heldModel is an in-memory Classic endpoint, for synctest bubbles: a
+// request that holds a bad id is answered at once with the 400 of a model
+// that cannot score it; any other request waits for release and is then
+// echoed. Successes held back while failures flow is the order in which
+// chunks searched side by side, on a busy service, hear back.
+type heldModel struct {
+	bad func(id int) bool
+
+	mu       sync.Mutex
+	gate     chan struct{} // what held requests wait on; release closes it
+	held     int           // requests waiting on gate
+	failures int           // requests answered 400 before the first success
+	answered bool          // a request has succeeded
+}
+
+func (m *heldModel) RoundTrip(r *http.Request) (*http.Response, error) {
+	var req struct {
+		Inputs map[string]struct {
+			ColumnNames []string
+			Values      [][]string
+		}
+	}
+	err := json.NewDecoder(r.Body).Decode(&req)
+	r.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	in := req.Inputs["input1"]
+	for i, row := range in.Values {
+		if id, _ := strconv.Atoi(row[0]); m.bad(id) {
+			m.mu.Lock()
+			if !m.answered {
+				m.failures++
+			}
+			m.mu.Unlock()
+			return reply(r, http.StatusBadRequest, fmt.Sprintf(`{"error":{"code":"LibraryExecutionError","message":"Module execution encountered an internal library error.",`+
+				`"details":[{"code":"FailedToEvaluateRScript","target":"Score","message":"row %d of the request: id %d cannot be scored"}]}}`, i+1, id))
+		}
+	}
+	m.mu.Lock()
+	gate := m.gate
+	m.held++
+	m.mu.Unlock()
+	select {
+	case <-gate:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+	m.mu.Lock()
+	m.answered = true
+	m.mu.Unlock()
+	out, err := json.Marshal(map[string]any{"Results": map[string]any{"output1": map[string]any{
+		"type": "table", "value": map[string]any{"ColumnNames": in.ColumnNames, "Values": in.Values}}}})
+	if err != nil {
+		return nil, err
+	}
+	return reply(r, http.StatusOK, string(out))
+}
+
+// release lets the requests held so far through and returns how many.
+func (m *heldModel) release() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	close(m.gate)
+	m.gate = make(chan struct{})
+	n := m.held
+	m.held = 0
+	return n
+}
+
+func reply(r *http.Request, status int, body string) (*http.Response, error) {
+	return &http.Response{StatusCode: status, Status: http.StatusText(status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)), Request: r}, nil
+}
+
+// scoreHeld scores ids(n) in chunks of 100 on parallelism workers against a
+// heldModel, in a synctest bubble: whenever nothing else can move, the
+// successes held so far are let through. It returns the result and the
+// failures answered before the first success.
+func scoreHeld(t *testing.T, n, parallelism int, bad func(int) bool) (res *amlpool.TableResult, failuresFirst int) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &heldModel{bad: bad, gate: make(chan struct{})}
+		c, err := amlpool.New([]amlpool.Endpoint{{Name: "ep", APIKey: "k", MaxConcurrentCalls: parallelism,
+			URL: "https://ep.test/workspaces/w/services/ep/execute?api-version=2.0&details=true"}},
+			amlpool.WithHTTPClient(&http.Client{Transport: m}))
+		require.NoError(t, err)
+		defer c.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			res, err = c.ScoreTable(t.Context(), ids(n), &amlpool.BatchOptions{ChunkRows: 100, Parallelism: parallelism})
+		}()
+		for {
+			synctest.Wait()
+			if m.release() == 0 {
+				break // done, or stuck: then synctest reports the deadlock here
+			}
+		}
+		<-done
+		require.NoError(t, err)
+		failuresFirst = m.failures
+	})
+	return res, failuresFirst
+}
+
+// TestScoreRowsSplitsChunksSideBySide: with two bad rows in every chunk and
+// every chunk failing at once, chunks searched side by side must not count
+// each other's failures as the input's fault. Their successes come back
+// only when nothing else can move, so a batch counting the failures of all
+// searches reached the limit before any success and rejected chunks whole;
+// the rows' fate must be the one a batch of Parallelism 1 reaches: every bad
+// row alone, every other row scored, for the same split requests.
+func TestScoreRowsSplitsChunksSideBySide(t *testing.T) {
+	const n = 1600 // 16 chunks, two bad rows in each
+	bad := func(id int) bool { return id%50 == 7 }
+	serial, _ := scoreHeld(t, n, 1, bad)
+	res, failuresFirst := scoreHeld(t, n, 16, bad)
+	assert.GreaterOrEqual(t, failuresFirst, 16, "every chunk failed before any request succeeded")
+	for name, r := range map[string]*amlpool.TableResult{"parallel": res, "serial": serial} {
+		var got []int
+		for _, f := range r.Failures {
+			require.Equal(t, f.FirstRow, f.LastRow, "%s: one row per failure, not %v", name, f)
+			require.ErrorContains(t, f, fmt.Sprintf("id %d cannot be scored", f.FirstRow-1), name)
+			got = append(got, f.FirstRow-1)
+		}
+		var want []int
+		for id := range n {
+			if bad(id) {
+				want = append(want, id)
+			}
+		}
+		assert.Equal(t, want, got, "%s: the bad rows, alone", name)
+		assert.Equal(t, n-len(want), r.Stats.Scored, name)
+	}
+	assert.Equal(t, serial.Stats, res.Stats, "the split requests of a serial batch")
+	assert.Equal(t, serial.Output, res.Output)
 }

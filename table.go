@@ -64,9 +64,11 @@ type BatchOptions struct {
 	// with one bad row costs at most ⌈log2 ChunkRows⌉ + 2 extra requests,
 	// which go through the pool like any call (slots, retries, retry
 	// budget, the ctx's priority). Splitting stops for the rest of the batch
-	// when its first split requests all fail: the input is then wrong as a
-	// whole (a column the model lacks, say), not single rows. With NoSplit,
-	// such a chunk fails whole.
+	// when its first split requests all fail, 3 × (⌊log2 ChunkRows⌋ + 2) of
+	// them: the input is then wrong as a whole (a column the model lacks,
+	// say), not single rows. Until a split request has succeeded, chunks are
+	// searched one at a time, so that verdict and its cost do not depend on
+	// Parallelism. With NoSplit, such a chunk fails whole.
 	NoSplit bool
 	// TotalRows is how many rows the source holds, when known, for
 	// Progress. Default: unknown until the source ends.
