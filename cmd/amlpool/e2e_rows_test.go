@@ -137,6 +137,47 @@ func TestScorePoisonRow(t *testing.T) {
 	}
 }
 
+// TestScoreIsolatesTwoPercentBadRows: two bad rows in every chunk of 100,
+// and all 16 slots of the pool busy searching. Chunks searched side by side
+// once counted each other's failures as the input's, gave up splitting and
+// rejected thousands of good rows, a different number each run; now every
+// bad row is rejected alone and every other row scored, for the same split
+// requests as with --parallelism 1.
+func TestScoreIsolatesTwoPercentBadRows(t *testing.T) {
+	model := func(req *amlpool.Request) (*amlpool.Response, error) {
+		for i, row := range req.Inputs["input1"].Values {
+			if id, _ := strconv.Atoi(fmt.Sprint(row[0])); id%50 == 7 {
+				return nil, fmt.Errorf("row %d of the request: id %d has an unknown category", i+1, id)
+			}
+		}
+		return amltest.Echo(req)
+	}
+	const n = 10_000
+	split := make(map[string]int)
+	for _, par := range []string{"0", "1"} { // 0: the pool's 16 slots
+		t.Run("parallelism "+par, func(t *testing.T) {
+			dir := t.TempDir()
+			p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 8, Score: model}, {MaxConcurrentCalls: 8, Score: model}}, "")
+			in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+			writeIDs(t, in, n)
+			code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--progress", "none", "--parallelism", par))
+			assert.Equal(t, 1, code, stderr)
+			rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+			scored, rejected := checkOnce(t, readCSV(t, out), rej, n)
+			assert.Equal(t, [2]int{n - n/50, n / 50}, [2]int{scored, rejected})
+			for _, rec := range rej[1:] {
+				id, _ := strconv.Atoi(rec[3])
+				require.Equal(t, 7, id%50, "only bad rows rejected, not id %d: %s", id, rec[2])
+				require.Regexp(t, `^amlpool: endpoint ep\d: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: row 1 of the request: id \d+ has an unknown category$`, rec[2])
+			}
+			st, err := readStats(filepath.Join(dir, "scored.stats.json"))
+			require.NoError(t, err)
+			split[par] = st.SplitRequests
+		})
+	}
+	assert.Equal(t, split["1"], split["0"], "the split requests of a serial run")
+}
+
 // TestScoreJSONLinesSettlesEveryLine: a JSON Lines file with lines of every
 // kind of fault; every line that is not blank is one record, in the output
 // or the rejects, and a rejected line keeps its text.
