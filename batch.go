@@ -254,6 +254,9 @@ func (b *batch) output(resp *Response) (*Table, error) {
 	if out.Value.isRows() {
 		return nil, fmt.Errorf("output %q is in the swagger form (row objects); batch scoring needs a URL without format=swagger", name)
 	}
+	if err := out.Value.checkUnnamedWidths(); err != nil {
+		return nil, &malformedError{fmt.Errorf("amlpool: decode response: output %q: %w", name, err)}
+	}
 	return &out.Value, nil
 }
 

@@ -319,14 +319,18 @@ func decodeResultsStd(body []byte) (*Response, error) {
 }
 
 // shapeError reports a classic row whose cell count differs from the number
-// of column names.
+// of column names or, in a table without them, from the first row's.
 type shapeError struct {
-	Row   int // index in Values
-	Cells int // cells in that row
-	Want  int // len(ColumnNames)
+	Row     int  // index in Values
+	Cells   int  // cells in that row
+	Want    int  // len(ColumnNames), or without them len(Values[0])
+	Unnamed bool // the table has no ColumnNames
 }
 
 func (e *shapeError) Error() string {
+	if e.Unnamed {
+		return fmt.Sprintf("row %d (Values[%d]) has %d cells, want %d (as many as row 1: the table names no columns)", e.Row+1, e.Row, e.Cells, e.Want)
+	}
 	return fmt.Sprintf("row %d (Values[%d]) has %d cells, want %d (one per column name)", e.Row+1, e.Row, e.Cells, e.Want)
 }
 
@@ -342,6 +346,22 @@ func (t *Table) checkShape() error {
 	for i, row := range t.Values {
 		if len(row) != len(t.ColumnNames) {
 			return &shapeError{Row: i, Cells: len(row), Want: len(t.ColumnNames)}
+		}
+	}
+	return nil
+}
+
+// checkUnnamedWidths returns a *shapeError when t has no ColumnNames and
+// a row of Values is not as wide as the first. checkShape lets such a
+// table pass (a reply without details=true names no columns, and Score
+// hands it over as it came), but batch scoring reads its cells by place.
+func (t *Table) checkUnnamedWidths() error {
+	if t.ColumnNames != nil || len(t.Values) == 0 {
+		return nil
+	}
+	for i, row := range t.Values {
+		if len(row) != len(t.Values[0]) {
+			return &shapeError{Row: i, Cells: len(row), Want: len(t.Values[0]), Unnamed: true}
 		}
 	}
 	return nil

@@ -215,6 +215,38 @@ func TestDecodeResponseRaggedRow(t *testing.T) {
 	}
 }
 
+// Batch scoring reads a reply's cells by place, so a table without column
+// names must have rows of one width, the first row's; decodeResponse keeps
+// such a table as it came (TestDecodeResponseTolerant).
+func TestCheckUnnamedWidths(t *testing.T) {
+	tests := []struct {
+		name string
+		t    Table
+		want *shapeError
+	}{
+		{"rows of one width", Table{Values: [][]any{{"1", "2"}, {"3", "4"}}}, nil},
+		{"no rows", Table{Values: [][]any{}}, nil},
+		{"named: checkShape's business", Table{ColumnNames: []string{"a"}, Values: [][]any{{"1"}, {"1", "2"}}}, nil},
+		{"short row", Table{Values: [][]any{{"1", "2"}, {"3", "4"}, {"5"}}}, &shapeError{Row: 2, Cells: 1, Want: 2, Unnamed: true}},
+		{"long row", Table{Values: [][]any{{"1"}, {"2", "3"}}}, &shapeError{Row: 1, Cells: 2, Want: 1, Unnamed: true}},
+		{"null row", Table{Values: [][]any{{"1"}, nil}}, &shapeError{Row: 1, Cells: 0, Want: 1, Unnamed: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.t.checkUnnamedWidths()
+			if tt.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			var se *shapeError
+			require.ErrorAs(t, err, &se)
+			assert.Equal(t, tt.want, se)
+		})
+	}
+	assert.EqualError(t, &shapeError{Row: 2, Cells: 1, Want: 2, Unnamed: true},
+		"row 3 (Values[2]) has 1 cells, want 2 (as many as row 1: the table names no columns)")
+}
+
 func TestDecodeResponseInvalidJSON(t *testing.T) {
 	verbatim := rrsFixture(t, "response_doc2016_verbatim.json")
 	tests := []struct {

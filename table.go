@@ -86,8 +86,10 @@ type Chunk struct {
 	Seq   int     // chunk number, from 0; the parts of a chunk split to fit MaxChunkBytes or to isolate bad rows share it
 	Start int     // index of the chunk's first row in the input, from 0
 	Input [][]any // the input rows
-	// Output is the reply's table: one row per input row, in the same order.
-	// It is nil when Err is set.
+	// Output is the reply's table: one row per input row, in the same order,
+	// each with one cell per column name or, in a reply without names
+	// (no details=true), as many cells as the first. It is nil when Err is
+	// set.
 	Output *Table
 	// Endpoint is the name of the endpoint that answered; "" for a chunk
 	// that got no reply.
@@ -96,7 +98,8 @@ type Chunk struct {
 	// the reply, retries included; 0 for rows never sent.
 	Elapsed time.Duration
 	// Err is a *ChunkError when these rows were not scored: the call failed
-	// after retries, the reply did not fit the request, the service blamed
+	// after retries, the reply did not fit the request (a row short, or
+	// rows of several widths: ErrMalformedResponse), the service blamed
 	// these rows (a bad row isolated, see BatchOptions.NoSplit), or
 	// (wrapping a *RowError) the source could not read the row.
 	Err error

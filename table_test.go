@@ -159,6 +159,40 @@ func TestScoreTablePartialFailure(t *testing.T) {
 	}
 }
 
+// A reply without column names (no details=true) whose rows differ in
+// width cannot be read cell by cell: its chunk fails, as malformed, and
+// the other chunks are scored.
+func TestScoreTableRaggedReplyWithoutNames(t *testing.T) {
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		vals := make([][]any, len(ids))
+		for i, id := range ids {
+			vals[i] = []any{strconv.Itoa(id), strconv.Itoa(id * 2)}
+		}
+		if ids[0] == 20 {
+			vals[3] = vals[3][:1] // row 24 lacks its score
+		}
+		json.NewEncoder(w).Encode(map[string]any{"Results": map[string]any{"output1": map[string]any{
+			"type": "table", "value": map[string]any{"Values": vals}}}})
+		return true
+	})
+	c := s.client(t, 2)
+	res, err := c.ScoreTable(context.Background(), idTable(50), &amlpool.BatchOptions{ChunkRows: 10})
+	require.NoError(t, err)
+	assert.Equal(t, amlpool.BatchStats{Rows: 50, Scored: 40, Failed: 10, Requests: 5}, res.Stats)
+	require.Len(t, res.Failures, 1)
+	f := res.Failures[0]
+	assert.Equal(t, [2]int{21, 30}, [2]int{f.FirstRow, f.LastRow})
+	assert.ErrorIs(t, f, amlpool.ErrMalformedResponse)
+	assert.ErrorContains(t, f, `output "output1": row 4 (Values[3]) has 1 cells, want 2 (as many as row 1: the table names no columns)`)
+	for i, row := range res.Output.Values {
+		if i >= 20 && i < 30 {
+			assert.Nil(t, row, "row %d of the failed chunk", i)
+		} else {
+			assert.Equal(t, []any{strconv.Itoa(i), strconv.Itoa(2 * i)}, row, "row %d", i)
+		}
+	}
+}
+
 func TestScoreRowsSplitsToFitTheLimit(t *testing.T) {
 	s := newScorer(t, nil)
 	c := s.client(t, 4)

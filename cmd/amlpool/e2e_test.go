@@ -298,17 +298,26 @@ func TestScoreJSONLines(t *testing.T) {
 
 func TestScoreBadInput(t *testing.T) {
 	// The service rejects a header it does not know; and one endpoint
-	// replies with a row too few for chunks starting at row 1.
+	// replies with a row too few for chunks starting at row 1, or, for
+	// chunks starting at row "ragged", without column names (no
+	// details=true) and with its second row a cell short.
 	strict := func(req *amlpool.Request) (*amlpool.Response, error) {
 		if req.Inputs["input1"].Column("id") < 0 {
 			return nil, fmt.Errorf("column id is missing")
 		}
 		resp, err := amltest.Echo(req)
-		if err == nil && req.Inputs["input1"].Values[0][0] == "short" {
-			v := &resp.Results["output1"].Value
-			v.Values = v.Values[1:]
+		if err != nil {
+			return nil, err
 		}
-		return resp, err
+		v := &resp.Results["output1"].Value
+		switch req.Inputs["input1"].Values[0][0] {
+		case "short":
+			v.Values = v.Values[1:]
+		case "ragged":
+			v.ColumnNames, v.ColumnTypes = nil, nil
+			v.Values[1] = v.Values[1][:1]
+		}
+		return resp, nil
 	}
 	tests := []struct {
 		name   string
@@ -329,6 +338,8 @@ func TestScoreBadInput(t *testing.T) {
 			[]string{"amlpool: endpoint ep1: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: column id is missing"}},
 		{"reply with a row too few", "id,name\nshort,a\n2,b\n", "", 1, "0 scored",
 			[]string{"the reply has 1 output rows for 2 input rows"}},
+		{"reply without column names whose rows differ in width", "id,name\nragged,a\n2,b\n3,c\n", "", 1, "0 scored",
+			[]string{`amlpool: decode response: output "output1": row 2 (Values[1]) has 1 cells, want 3 (as many as row 1: the table names no columns)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
