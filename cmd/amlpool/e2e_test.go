@@ -455,3 +455,50 @@ func TestHelpForEveryCommand(t *testing.T) {
 		assert.Contains(t, errOut.String(), "Examples:\n  amlpool "+c.name, c.name)
 	}
 }
+
+// A run never writes over its input, nor two of its files to one: the
+// output, rejects or stats file that is the input (spelled otherwise, or
+// through a symlink) is refused before any file is opened, with or without
+// --resume.
+func TestScoreRefusesToWriteOverItsInput(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "rows.csv")
+	const input = "id,name\n1,a\n2,b" // no newline after the last line: --resume would cut it
+	require.NoError(t, os.WriteFile(in, []byte(input), 0o644))
+	link := filepath.Join(dir, "link.csv")
+	require.NoError(t, os.Symlink(in, link))
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env { // run in this process: the config is valid
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	cfg := p.config
+	other := filepath.Join(dir, "scored.csv")
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"out is in", []string{"--out", in}, "--out " + in + " is the same file as --in " + in + ": the run would write over its input; give --out another file"},
+		{"out is in, spelled otherwise", []string{"--out", filepath.Join(dir, ".", "sub", "..", "rows.csv")}, "is the same file as --in " + in + ": the run would write over its input"},
+		{"out is in through a symlink", []string{"--out", link}, "--out " + link + " is the same file as --in " + in},
+		{"out is in, resumed", []string{"--out", in, "--resume"}, "--out " + in + " is the same file as --in"},
+		{"rejects is in", []string{"--out", other, "--rejects", link, "--resume"}, "--rejects " + link + " is the same file as --in " + in + ": the run would write over its input; give --rejects another file"},
+		{"stats is in", []string{"--out", other, "--stats", in}, "--stats " + in + " is the same file as --in " + in},
+		{"rejects is out", []string{"--out", other, "--rejects", other}, "--rejects " + other + " is the same file as --out " + other + ": the run would write both to it; give --rejects another file"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(in, []byte(input), 0o644))
+			var stdout, stderr bytes.Buffer
+			code := run(append([]string{"score", "--config", cfg, "--in", in}, tt.args...), &stdout, &stderr)
+			assert.Equal(t, 2, code, stderr.String())
+			assert.Contains(t, stderr.String(), tt.want)
+			assert.NotContains(t, stderr.String(), "remove it")
+			got, err := os.ReadFile(in)
+			require.NoError(t, err)
+			assert.Equal(t, input, string(got), "the input is untouched")
+			assert.NoFileExists(t, other)
+			assert.NoFileExists(t, filepath.Join(dir, "scored.stats.json"))
+		})
+	}
+}

@@ -30,6 +30,8 @@ chunk over the service's 4 MB limit is split).
 
 Files are CSV with a header line, or JSON Lines (one object per line) when
 the name ends in .jsonl or .ndjson (--format overrides this for the input).
+The output, reject and statistics files must each be another file than
+the input and than each other (a symlink to it counts as the same file).
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
 number and the error; nothing is dropped. A quote left open in a CSV is
@@ -141,9 +143,45 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	if o.stats == "" {
 		o.stats = strings.TrimSuffix(o.out, ext) + ".stats.json"
 	}
+	if err := distinctFiles(o); err != nil {
+		return failed(stderr, "score", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return score(ctx, o, stderr)
+}
+
+// distinctFiles refuses a run that would write over its input, or write
+// two of its files to one: --out, --rejects and --stats must each be
+// another file than --in and than each other. Paths name the same file
+// when they are spelled alike (once made absolute and clean), or when both
+// exist as regular files and are the same file (another spelling, a
+// symlink, a hard link). It runs before any file is opened.
+func distinctFiles(o scoreOptions) error {
+	files := []struct{ flag, path string }{{"--in", o.in}, {"--out", o.out}, {"--rejects", o.rejects}, {"--stats", o.stats}}
+	for i, a := range files {
+		for _, b := range files[i+1:] {
+			if sameFile(a.path, b.path) {
+				why := "the run would write both to it"
+				if a.flag == "--in" {
+					why = "the run would write over its input"
+				}
+				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; give %s another file", b.flag, b.path, a.flag, a.path, why, b.flag)}
+			}
+		}
+	}
+	return nil
+}
+
+func sameFile(a, b string) bool {
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return sa.Mode().IsRegular() && sb.Mode().IsRegular() && os.SameFile(sa, sb)
+	}
+	absA, errA := filepath.Abs(a)
+	absB, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && absA == absB
 }
 
 // usageError marks errors found before anything is sent: exit status 2.
