@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -56,4 +57,82 @@ func TestScoreOnline(t *testing.T) {
 	assert.Equal(t, []string{"blue"}, blue.Stats().HeadersSeen.Values(amltest.DeploymentHeader))
 	assert.Equal(t, []string{"command-token"}, green.Stats().KeysSeen)
 	assert.Empty(t, green.Stats().HeadersSeen.Values(amltest.DeploymentHeader), "blue's header went to blue only")
+}
+
+// An online model whose predictions are objects may add a key in a later
+// reply, or leave one out. The output keeps the first reply's columns (a
+// CSV header cannot grow; JSON Lines keeps the same keys): a later key is
+// not written, which the command says once, naming it and the config's
+// outputColumns, and a key left out is an empty cell (JSON Lines: null).
+// No row is rejected for it.
+func TestScoreOnlineLaterReplyAddsAKey(t *testing.T) {
+	predict := func(cols []string, rows [][]any) ([]any, error) {
+		out := make([]any, len(rows))
+		for i, r := range rows {
+			id, _ := strconv.Atoi(fmt.Sprint(r[0]))
+			m := map[string]any{"label": "x" + strconv.Itoa(id)}
+			if id%100 != 30 {
+				m["score"] = id
+			}
+			if id%100 == 50 {
+				m["warning"] = "low confidence"
+			}
+			if id == 777 {
+				m["note"] = "n"
+			}
+			out[i] = m
+		}
+		return out, nil
+	}
+	srv := amltest.NewServer(amltest.Config{Name: "blue", Kind: amlpool.Online, MaxConcurrentCalls: 4, Predict: predict})
+	t.Cleanup(srv.Close)
+	e := srv.Endpoint()
+	for _, format := range []string{"csv", "jsonl"} {
+		t.Run(format, func(t *testing.T) {
+			dir := t.TempDir()
+			config := filepath.Join(dir, "pool.json")
+			require.NoError(t, os.WriteFile(config, []byte(`{"endpoints":[{"name":"blue","url":"`+e.URL+`","kind":"online","maxConcurrentCalls":4,"apiKeyEnv":"K"}]}`), 0o644))
+			in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored."+format)
+			const n = 1000
+			writeIDs(t, in, n)
+			cmd := (&fakePool{env: []string{"K=" + e.APIKey}}).command(t, "score", "--config", config, "--in", in, "--out", out, "--chunk-rows", "10", "--progress", "none")
+			code, stderr := runCmd(t, cmd)
+			require.Equal(t, 0, code, stderr)
+			assert.Equal(t, 1, strings.Count(stderr, `the replies have column "warning", which the first reply had not: not written`), stderr)
+			assert.Contains(t, stderr, `amlpool score: from row 51 on, the replies have column "warning"`)
+			assert.Contains(t, stderr, `amlpool score: from row 771 on, the replies have column "note", which the first reply had not: not written, `+
+				`as the output keeps the first reply's columns; to choose the columns, list them in the config's "outputColumns"`)
+			assert.Equal(t, 2, strings.Count(stderr, "which the first reply had not"), stderr)
+			assert.NoFileExists(t, filepath.Join(dir, "scored.rejects."+format))
+
+			var recs [][]string
+			if format == "csv" {
+				recs = readCSV(t, out)
+			} else {
+				recs = [][]string{{"id", "name", "label", "score"}}
+				for _, obj := range readJSONL(t, out) {
+					require.Len(t, obj, 4, "the same keys in every line: %v", obj)
+					rec := []string{}
+					for _, k := range recs[0] {
+						v, ok := obj[k]
+						require.True(t, ok, "key %s in %v", k, obj)
+						if v == nil {
+							v = ""
+						}
+						rec = append(rec, fmt.Sprint(v))
+					}
+					recs = append(recs, rec)
+				}
+			}
+			require.Len(t, recs, n+1)
+			assert.Equal(t, []string{"id", "name", "label", "score"}, recs[0])
+			for i, rec := range recs[1:] {
+				score := strconv.Itoa(i)
+				if i%100 == 30 {
+					score = "" // a key left out: an empty cell
+				}
+				require.Equal(t, []string{strconv.Itoa(i), "name " + strconv.Itoa(i), "x" + strconv.Itoa(i), score}, rec, "row %d", i)
+			}
+		})
+	}
 }

@@ -76,6 +76,12 @@ tier takes only the overflow. "inputColumns", when given, is checked against
 the input's header before anything is sent; "outputColumns" keeps only those
 of the service's columns.
 
+The first reply fixes the output's columns. An online model whose
+predictions are objects may add a key in a later reply: it is not written,
+and the run says so once per key (list the columns you want in
+"outputColumns"); a key a prediction leaves out is an empty cell (null in
+JSON Lines).
+
 Examples:
   amlpool score --config pool.json --in rows.csv --out scored.csv
   amlpool score --config pool.json --in rows.jsonl --out scored.jsonl --chunk-rows 500
@@ -265,10 +271,11 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	// The prefix of an output column that clashes with an input column:
 	// the Classic output port, or for an online endpoint (no ports) "output".
 	port := cmpOr(cfg.Output, "output1")
-	if len(eps) > 0 && eps[0].Kind == amlpool.Online {
+	online := len(eps) > 0 && eps[0].Kind == amlpool.Online
+	if online {
 		port = cmpOr(cfg.Output, "output")
 	}
-	w := &writer{inCols: r.Columns(), port: port, keep: cfg.OutputColumns, lines: &lineLog{}}
+	w := &writer{inCols: r.Columns(), port: port, keep: cfg.OutputColumns, byName: online, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
 	}
@@ -391,6 +398,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 	p := newProgress(stderr, o.progress, o.every, s.base, &s.total, time.Now)
 	lat := newLatencies(100_000)
 	w := s.w
+	w.say = p.say
 	sink := func(ch *amlpool.Chunk) error {
 		if ch.Endpoint != "" {
 			lat.add(ch.Elapsed)

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/amlpool/amlpool"
@@ -111,14 +112,23 @@ type writer struct {
 	inCols   []string
 	port     string   // output port, for naming clashing columns
 	keep     []string // service columns to keep; nil keeps all
+	byName   bool     // online: later replies' columns are found by name (see columns)
 	lines    *lineLog
-	base     int // rows an earlier run settled: row numbers count them too
+	base     int          // rows an earlier run settled: row numbers count them too
+	say      func(string) // prints a line of its own; nil says nothing
 
 	outCols []string // output columns, set by the first scored chunk
-	pick    []int    // index in the reply of each kept column
+	pick    []int    // index in the first reply of each kept column
 	width   int      // columns of the first reply
+	names   []string // the first reply's column names
 	last    *outFile // the file written last
 	first   *firstFailure
+
+	// byName: the columns of the reply last seen, where the output's are in
+	// them (-1 for none), and the later columns left out so far.
+	lastNames []string
+	lastPick  []int
+	left      []string
 }
 
 // switchTo flushes the file written last when the next record goes to the
@@ -134,8 +144,10 @@ func (w *writer) switchTo(o *outFile) error {
 }
 
 func (w *writer) sink(ch *amlpool.Chunk) error {
+	var pick []int
 	if ch.Err == nil {
-		if err := w.columns(ch.Output); err != nil {
+		var err error
+		if pick, err = w.columns(ch); err != nil {
 			ch.Err = &amlpool.ChunkError{Seq: ch.Seq, FirstRow: ch.Start + 1, LastRow: ch.Start + len(ch.Input), Endpoint: ch.Endpoint, Err: err}
 		}
 	}
@@ -148,11 +160,15 @@ func (w *writer) sink(ch *amlpool.Chunk) error {
 	if err := w.out.start(append(slices.Clip(w.inCols), w.outCols...)); err != nil {
 		return err
 	}
-	rec := make([]any, 0, len(w.inCols)+len(w.pick))
+	rec := make([]any, 0, len(w.inCols)+len(pick))
 	for i, in := range ch.Input {
 		rec = append(rec[:0], in...)
-		for _, j := range w.pick {
-			rec = append(rec, ch.Output.Values[i][j])
+		for _, j := range pick {
+			var v any // empty: a key this prediction lacks
+			if j >= 0 {
+				v = ch.Output.Values[i][j]
+			}
+			rec = append(rec, v)
 		}
 		if err := w.out.w.Write(rec); err != nil {
 			return err
@@ -163,9 +179,15 @@ func (w *writer) sink(ch *amlpool.Chunk) error {
 	return nil
 }
 
-// columns works out the output columns from the first reply and checks
-// later replies against them.
-func (w *writer) columns(t *amlpool.Table) error {
+// columns works out the output columns from the first reply, and returns
+// where each is in ch's reply. The first reply fixes them, as a CSV header
+// cannot grow. A later Classic reply must have as many columns. A later
+// online reply (byName) may have others, from predictions that are objects
+// with keys of their own: the output's columns are found in it by name, a
+// column it lacks is left empty (-1), and one the first reply had not is
+// left out, which is said once per column.
+func (w *writer) columns(ch *amlpool.Chunk) ([]int, error) {
+	t := ch.Output
 	width := len(t.ColumnNames)
 	if t.ColumnNames == nil && len(t.Values) > 0 {
 		width = len(t.Values[0])
@@ -181,7 +203,7 @@ func (w *writer) columns(t *amlpool.Table) error {
 			for _, k := range w.keep {
 				j := slices.Index(names, k)
 				if j < 0 {
-					return fmt.Errorf("the reply has no column %q (config outputColumns); it has %q", k, names)
+					return nil, fmt.Errorf("the reply has no column %q (config outputColumns); it has %q", k, names)
 				}
 				w.pick = append(w.pick, j)
 			}
@@ -197,12 +219,56 @@ func (w *writer) columns(t *amlpool.Table) error {
 			}
 			w.outCols = append(w.outCols, name)
 		}
-		w.width = width
+		w.width, w.names = width, t.ColumnNames
+	}
+	if w.byName && t.ColumnNames != nil && !slices.Equal(t.ColumnNames, w.names) {
+		return w.repick(ch), nil
 	}
 	if width != w.width {
-		return fmt.Errorf("the reply has %d columns, earlier replies had %d", width, w.width)
+		return nil, fmt.Errorf("the reply has %d columns, earlier replies had %d", width, w.width)
 	}
-	return nil
+	return w.pick, nil
+}
+
+// repick finds the output's columns by name in an online reply whose
+// columns differ from the first reply's.
+func (w *writer) repick(ch *amlpool.Chunk) []int {
+	names := ch.Output.ColumnNames
+	if slices.Equal(names, w.lastNames) {
+		return w.lastPick
+	}
+	pick := make([]int, len(w.pick))
+	for i, j := range w.pick {
+		pick[i] = slices.Index(names, w.names[j])
+	}
+	w.lastNames, w.lastPick = names, pick
+	if w.keep != nil {
+		return pick // the config chose the columns
+	}
+	var added []string
+	for _, name := range names {
+		if !slices.Contains(w.names, name) && !slices.Contains(w.left, name) {
+			added = append(added, name)
+		}
+	}
+	if added != nil && w.say != nil {
+		quoted := make([]string, len(added))
+		for i, name := range added {
+			quoted[i] = strconv.Quote(name)
+		}
+		w.say(fmt.Sprintf("amlpool score: from row %d on, the replies have %s %s, which the first reply had not: not written, "+
+			"as the output keeps the first reply's columns; to choose the columns, list them in the config's \"outputColumns\"",
+			w.base+ch.Start+1, plural(len(added), "column", "columns"), strings.Join(quoted, ", ")))
+	}
+	w.left = append(w.left, added...)
+	return pick
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // rejectColumns returns the reject file's columns: line, row and error (and,
