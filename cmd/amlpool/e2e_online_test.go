@@ -136,3 +136,39 @@ func TestScoreOnlineLaterReplyAddsAKey(t *testing.T) {
 		})
 	}
 }
+
+// outputColumns names a key the first reply lacks: that chunk is rejected
+// with the reason, and the output's columns are set, once, by the first
+// reply that has them all.
+func TestScoreOutputColumnsMissingFromTheFirstReply(t *testing.T) {
+	dir := t.TempDir()
+	predict := func(cols []string, rows [][]any) ([]any, error) {
+		out := make([]any, len(rows))
+		for i, r := range rows {
+			m := map[string]any{"label": "x", "score": 0.5}
+			if r[0] != "0" && r[0] != "1" {
+				m["warning"] = "w"
+			}
+			out[i] = m
+		}
+		return out, nil
+	}
+	srv := amltest.NewServer(amltest.Config{Name: "blue", Kind: amlpool.Online, MaxConcurrentCalls: 2, Predict: predict})
+	t.Cleanup(srv.Close)
+	e := srv.Endpoint()
+	config := filepath.Join(dir, "pool.json")
+	require.NoError(t, os.WriteFile(config, []byte(`{"endpoints":[{"name":"blue","url":"`+e.URL+`","kind":"online","maxConcurrentCalls":2,"apiKeyEnv":"K"}],"outputColumns":["label","warning"]}`), 0o644))
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	code, stderr := runCmd(t, (&fakePool{env: []string{"K=" + e.APIKey}}).command(t, "score", "--config", config, "--in", in, "--out", out, "--chunk-rows", "2"))
+	assert.Equal(t, 1, code, stderr)
+	recs := readCSV(t, out)
+	assert.Equal(t, []string{"id", "name", "label", "warning"}, recs[0])
+	for _, rec := range recs[1:] {
+		assert.Equal(t, []string{"x", "w"}, rec[2:], "row %s", rec[0])
+	}
+	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+	scored, rejected := checkOnce(t, recs, rej, 10)
+	assert.Equal(t, [2]int{8, 2}, [2]int{scored, rejected})
+	assert.Equal(t, `the reply has no column "warning" (config outputColumns); it has ["label" "score"]`, rej[1][2])
+}

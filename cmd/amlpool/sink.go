@@ -193,33 +193,38 @@ func (w *writer) columns(ch *amlpool.Chunk) ([]int, error) {
 		width = len(t.Values[0])
 	}
 	if w.outCols == nil {
+		// Nothing is kept until the columns are known: a reply that lacks
+		// one of outputColumns fails its chunk, and the next one starts
+		// afresh.
 		names := t.ColumnNames
 		if names == nil { // a reply without details=true names no columns
 			for i := range width {
 				names = append(names, w.port+"."+strconv.Itoa(i+1))
 			}
 		}
+		var pick []int
 		if w.keep != nil {
 			for _, k := range w.keep {
 				j := slices.Index(names, k)
 				if j < 0 {
 					return nil, fmt.Errorf("the reply has no column %q (config outputColumns); it has %q", k, names)
 				}
-				w.pick = append(w.pick, j)
+				pick = append(pick, j)
 			}
 		} else {
 			for j := range names {
-				w.pick = append(w.pick, j)
+				pick = append(pick, j)
 			}
 		}
-		for _, j := range w.pick {
+		outCols := make([]string, 0, len(pick)) // not nil: set, even with no column
+		for _, j := range pick {
 			name := names[j]
 			if slices.Contains(w.inCols, name) {
 				name = w.port + "." + name // the service echoes an input column
 			}
-			w.outCols = append(w.outCols, name)
+			outCols = append(outCols, name)
 		}
-		w.width, w.names = width, t.ColumnNames
+		w.pick, w.outCols, w.width, w.names = pick, outCols, width, t.ColumnNames
 	}
 	if w.byName && t.ColumnNames != nil && !slices.Equal(t.ColumnNames, w.names) {
 		return w.repick(ch), nil

@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/rows"
 )
 
@@ -48,4 +49,29 @@ func TestLineLog(t *testing.T) {
 		}
 	}
 	assert.Less(t, len(l.runs), 10, "runs kept")
+}
+
+// A reply that lacks a column of outputColumns fails its chunk and leaves
+// nothing behind: the next reply that has them all sets the columns once.
+func TestWriterColumnsAfterAMissingColumn(t *testing.T) {
+	for _, byName := range []bool{false, true} {
+		w := &writer{inCols: []string{"id", "name"}, port: "output", keep: []string{"label", "warning"}, byName: byName}
+		reply := func(names ...string) *amlpool.Chunk {
+			return &amlpool.Chunk{Output: &amlpool.Table{ColumnNames: names, Values: [][]any{make([]any, len(names))}}}
+		}
+		for range 2 {
+			_, err := w.columns(reply("label", "score"))
+			require.EqualError(t, err, `the reply has no column "warning" (config outputColumns); it has ["label" "score"]`)
+			assert.Nil(t, w.outCols)
+			assert.Nil(t, w.pick)
+		}
+		pick, err := w.columns(reply("label", "score", "warning"))
+		require.NoError(t, err)
+		assert.Equal(t, []int{0, 2}, pick)
+		assert.Equal(t, []string{"label", "warning"}, w.outCols)
+		pick, err = w.columns(reply("label", "score", "warning"))
+		require.NoError(t, err)
+		assert.Equal(t, []int{0, 2}, pick)
+		assert.Equal(t, []string{"label", "warning"}, w.outCols, "set once")
+	}
 }
