@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
@@ -29,25 +30,70 @@ type reloader struct {
 	eps []amlpool.Endpoint // its endpoints, keys resolved
 }
 
-// watch reloads on every SIGHUP until stop is closed, and returns once it
-// has stopped listening.
-func (r *reloader) watch(stop <-chan struct{}) (done <-chan struct{}) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	d := make(chan struct{})
+// hupHandler handles SIGHUP for the whole life of a score command, so that
+// the signal never kills it. While rows are scored a SIGHUP reloads the
+// config (reloader.reload). One that comes before (while the input's
+// header is read from a pipe, say) is kept and applied when the scoring
+// starts; one that comes after is ignored. Each is said on stderr.
+type hupHandler struct {
+	on   chan func()   // what a SIGHUP does from now on
+	ack  chan struct{} // the handler took what on sent
+	done chan struct{}
+}
+
+// handleHUP starts handling SIGHUP, until stop. stderr must be safe for
+// concurrent use.
+func handleHUP(stderr io.Writer) *hupHandler {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	h := &hupHandler{on: make(chan func()), ack: make(chan struct{}), done: make(chan struct{})}
 	go func() {
-		defer close(d)
-		defer signal.Stop(hup)
+		defer close(h.done)
+		defer signal.Stop(sig)
+		pending := false
+		act := func() {
+			if !pending {
+				fmt.Fprintln(stderr, "amlpool score: SIGHUP: the config is read again when the scoring starts")
+			}
+			pending = true
+		}
 		for {
 			select {
-			case <-stop:
-				return
-			case <-hup:
-				r.reload()
+			case f, ok := <-h.on:
+				if !ok {
+					return
+				}
+				if pending {
+					pending = false
+					f()
+				}
+				act = f
+				h.ack <- struct{}{}
+			case <-sig:
+				act()
 			}
 		}
 	}()
-	return d
+	return h
+}
+
+// scoring makes a SIGHUP run reload from now on. A SIGHUP that came before
+// is applied before it returns.
+func (h *hupHandler) scoring(reload func()) {
+	h.on <- reload
+	<-h.ack
+}
+
+// over ignores a SIGHUP from now on. Once it returns, no reload runs.
+func (h *hupHandler) over(stderr io.Writer) {
+	h.on <- func() { fmt.Fprintln(stderr, "amlpool score: SIGHUP: ignored: the scoring is over") }
+	<-h.ack
+}
+
+// stop ends the handling.
+func (h *hupHandler) stop() {
+	close(h.on)
+	<-h.done
 }
 
 // reload reads the config again and gives its endpoints to the Client. A

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -43,33 +45,8 @@ func TestScoreReloadsItsConfigOnSIGHUP(t *testing.T) {
 	const n = 20_000
 	writeIDs(t, in, n)
 	cmd := p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5", "--progress", "none")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	lines := make(chan string, 100)
-	var said []string
-	go func() {
-		defer close(lines)
-		for sc := bufio.NewScanner(stderr); sc.Scan(); {
-			lines <- sc.Text()
-		}
-	}()
-	// expect waits for the command to say a line holding every part.
-	expect := func(parts ...string) {
-		t.Helper()
-		timeout := time.After(time.Minute) // a bound, not a timing
-		for {
-			select {
-			case line, ok := <-lines:
-				require.True(t, ok, "the command ended without saying %q; it said %q", parts, said)
-				said = append(said, line)
-				if all(line, parts) {
-					return
-				}
-			case <-timeout:
-				require.Failf(t, "not said", "%q; said %q", parts, said)
-			}
-		}
-	}
+	stderr := watchStderr(t, cmd)
+	expect := stderr.expect
 	hup := func() { t.Helper(); require.NoError(t, cmd.Process.Signal(syscall.SIGHUP)) }
 
 	startUntil(t, p, cmd, 50)
@@ -103,8 +80,7 @@ func TestScoreReloadsItsConfigOnSIGHUP(t *testing.T) {
 	assert.LessOrEqual(t, ep1.Stats().Requests, seen+2, "requests to ep1 after its removal")
 
 	require.NoError(t, cmd.Wait())
-	for range lines {
-	}
+	said := stderr.rest()
 	checkOnce(t, readCSV(t, out), nil, n)
 	for _, s := range p.servers {
 		assert.Zero(t, s.Stats().Throttled)
@@ -116,6 +92,152 @@ func TestScoreReloadsItsConfigOnSIGHUP(t *testing.T) {
 			}
 		}
 	}
+}
+
+// stderrLines reads a command's stderr line by line as it runs.
+type stderrLines struct {
+	t     *testing.T
+	lines chan string
+	said  []string
+}
+
+// watchStderr reads cmd's stderr; call before cmd.Start.
+func watchStderr(t *testing.T, cmd *exec.Cmd) *stderrLines {
+	r, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	s := &stderrLines{t: t, lines: make(chan string, 100)}
+	go func() {
+		defer close(s.lines)
+		for sc := bufio.NewScanner(r); sc.Scan(); {
+			s.lines <- sc.Text()
+		}
+	}()
+	return s
+}
+
+// expect waits for the command to say a line holding every part.
+func (s *stderrLines) expect(parts ...string) {
+	s.t.Helper()
+	timeout := time.After(time.Minute) // a bound, not a timing
+	for {
+		select {
+		case line, ok := <-s.lines:
+			require.True(s.t, ok, "the command ended without saying %q; it said %q", parts, s.said)
+			s.said = append(s.said, line)
+			if all(line, parts) {
+				return
+			}
+		case <-timeout:
+			require.Failf(s.t, "not said", "%q; said %q", parts, s.said)
+		}
+	}
+}
+
+// rest reads to the end, once the command has ended, and returns every
+// line it said.
+func (s *stderrLines) rest() []string {
+	for line := range s.lines {
+		s.said = append(s.said, line)
+	}
+	return s.said
+}
+
+// killOnFailure ends cmd, started, if the test stops before it has.
+func killOnFailure(t *testing.T, cmd *exec.Cmd) {
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+}
+
+// A SIGHUP sent before the scoring starts, while the command waits for
+// the input's header on a pipe, does not kill it: it is kept, and applied
+// when the scoring starts.
+func TestScoreSIGHUPBeforeTheScoring(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}, {MaxConcurrentCalls: 4}}, "")
+	ep1, ep2 := p.servers[0], p.servers[1]
+	e1 := fmt.Sprintf(`{"name":"ep1","url":%q,"apiKeyEnv":"AMLPOOL_TEST_KEY_1","maxConcurrentCalls":2}`, ep1.URL())
+	e2 := fmt.Sprintf(`{"name":"ep2","url":%q,"apiKeyEnv":"AMLPOOL_TEST_KEY_2","maxConcurrentCalls":4}`, ep2.URL())
+	require.NoError(t, os.WriteFile(p.config, []byte(`{"endpoints":[`+e1+`]}`), 0o644))
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	require.NoError(t, syscall.Mkfifo(in, 0o600))
+	cmd := p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5", "--progress", "none")
+	stderr := watchStderr(t, cmd)
+	require.NoError(t, cmd.Start())
+	killOnFailure(t, cmd)
+
+	// Opening the pipe's end returns once the command has opened the
+	// other: it has read its config and waits for the header.
+	opened := make(chan *os.File, 1)
+	go func() {
+		f, err := os.OpenFile(in, os.O_WRONLY, 0)
+		assert.NoError(t, err)
+		opened <- f
+	}()
+	var pipe *os.File
+	select {
+	case pipe = <-opened:
+	case <-time.After(time.Minute): // a bound, not a timing
+		if f, err := os.OpenFile(in, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil { // lets the opening above end
+			defer f.Close()
+			if f := <-opened; f != nil {
+				f.Close()
+			}
+		}
+		require.FailNow(t, "the command did not open its input")
+	}
+	defer pipe.Close()
+
+	require.NoError(t, os.WriteFile(p.config, []byte(`{"endpoints":[`+e1+`,`+e2+`]}`), 0o644))
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	stderr.expect("amlpool score: SIGHUP: the config is read again when the scoring starts")
+
+	const n = 2000
+	w := bufio.NewWriter(pipe)
+	w.WriteString("id,name\n")
+	for i := range n {
+		fmt.Fprintf(w, "%d,name %d\n", i, i)
+	}
+	require.NoError(t, w.Flush())
+	require.NoError(t, pipe.Close())
+	stderr.expect("amlpool score: SIGHUP: " + p.config + ": added ep2 (4 slots)")
+	require.NoError(t, cmd.Wait(), "%q", stderr.rest())
+	checkOnce(t, readCSV(t, out), nil, n)
+	assert.Positive(t, ep2.Stats().Scored, "ep2, added when the scoring started, took calls")
+}
+
+// A SIGHUP sent after the scoring has ended, while the command writes its
+// statistics, does not kill it either: it is ignored, and said so.
+func TestScoreSIGHUPAfterTheScoring(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	in, out, stats := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv"), filepath.Join(dir, "stats.json")
+	const n = 100
+	writeIDs(t, in, n)
+	// The statistics go to a pipe: the command waits there, after the
+	// scoring, until the test reads them.
+	require.NoError(t, syscall.Mkfifo(stats, 0o600))
+	cmd := p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--stats", stats, "--progress", "bar")
+	stderr := watchStderr(t, cmd)
+	require.NoError(t, cmd.Start())
+	killOnFailure(t, cmd)
+
+	// The bar ends its line once the scoring is over.
+	stderr.expect(fmt.Sprintf("%d/%d rows (100.0%%)", n, n))
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	stderr.expect("amlpool score: SIGHUP: ignored: the scoring is over")
+
+	f, err := os.Open(stats)
+	require.NoError(t, err)
+	st, err := io.ReadAll(f)
+	f.Close()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Wait(), "%q", stderr.rest())
+	assert.Contains(t, string(st), `"scored": 100`)
+	checkOnce(t, readCSV(t, out), nil, n)
 }
 
 func all(s string, parts []string) bool {

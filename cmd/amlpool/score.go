@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -50,7 +51,10 @@ SIGHUP reloads the config's endpoints while the run goes on: added ones
 take calls at once, removed ones finish their calls in flight, new caps,
 keys, headers and tiers apply to the next call (a key named by
 "apiKeyFile" is read again). The change is printed; a config that fails to
-load or check is reported and the endpoints in use go on.
+load or check is reported and the endpoints in use go on. A SIGHUP never
+stops the command: one sent before the scoring starts (while the input's
+header is read from a pipe, say) is applied when it starts, and one sent
+after the scoring ends is ignored; both are said.
 
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
@@ -100,6 +104,9 @@ type scoreOptions struct {
 }
 
 func runScore(args []string, stdout, stderr io.Writer) int {
+	stderr = &syncWriter{w: stderr}
+	hup := handleHUP(stderr)
+	defer hup.stop()
 	fs := flag.NewFlagSet("score", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), scoreHelp); fs.PrintDefaults() }
@@ -154,7 +161,20 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return score(ctx, o, stderr)
+	return score(ctx, o, stderr, hup)
+}
+
+// syncWriter makes a writer safe for concurrent use: the SIGHUP handler
+// writes to stderr beside the run.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
 }
 
 // distinctFiles refuses a run that would write over its input, or write
@@ -205,13 +225,13 @@ func failed(stderr io.Writer, command string, err error) int {
 	return 1
 }
 
-func score(ctx context.Context, o scoreOptions, stderr io.Writer) int {
+func score(ctx context.Context, o scoreOptions, stderr io.Writer, hup *hupHandler) int {
 	s, err := prepare(o)
 	if err != nil {
 		return failed(stderr, "score", err)
 	}
 	defer s.closeFiles()
-	return s.run(ctx, o, stderr)
+	return s.run(ctx, o, stderr, hup)
 }
 
 // scoreRun is a prepared run: files open, input positioned after what an
@@ -394,7 +414,7 @@ func (s *scoreRun) closeFiles() {
 	}
 }
 
-func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) int {
+func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hup *hupHandler) int {
 	p := newProgress(stderr, o.progress, o.every, s.base, &s.total, time.Now)
 	lat := newLatencies(100_000)
 	w := s.w
@@ -406,9 +426,8 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		return w.sink(ch)
 	}
 	// SIGHUP gives the run the config's endpoints as they are now.
-	stopReload := make(chan struct{})
 	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps}
-	reloadDone := r.watch(stopReload)
+	hup.scoring(r.reload)
 	start := time.Now()
 	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
 		Input:            s.cfg.Input,
@@ -420,8 +439,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer) in
 		Progress:         p.update,
 	})
 	elapsed := time.Since(start)
-	close(stopReload)
-	<-reloadDone
+	hup.over(stderr)
 	p.finish()
 	outPath, rejPath, scored, rejected := w.out.path, w.rej.path, w.out.rows, w.rej.rows
 	firstFail := w.first
