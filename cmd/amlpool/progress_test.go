@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/rows"
 )
 
 // fakeClock is a clock the test moves by hand.
@@ -85,4 +90,49 @@ func TestProgressUnknownTotalAndQuiet(t *testing.T) {
 	q.update(5, -1)
 	q.finish()
 	assert.Empty(t, out.String())
+}
+
+// The count of the input's rows, for the progress figures, stops at its
+// next read once the run ends, rather than read a large file to the end
+// first (closeFiles waits for it).
+func TestCountRowsStops(t *testing.T) {
+	in := filepath.Join(t.TempDir(), "rows.csv")
+	writeIDs(t, in, 1000)
+	n, err := countRows(in, rows.CSV, make(chan struct{}))
+	require.NoError(t, err)
+	assert.Equal(t, 1000, n)
+
+	stop := make(chan struct{})
+	close(stop)
+	_, err = countRows(in, rows.CSV, stop)
+	assert.ErrorIs(t, err, errCountStopped)
+
+	// An input as good as endless: the count stops where it is.
+	stop = make(chan struct{})
+	_, err = rows.Count(rows.CSV, stopReader{&endlessRows{stopAt: 100, stop: stop}, stop})
+	assert.ErrorIs(t, err, errCountStopped)
+}
+
+// endlessRows is a CSV of rows "1,a"; it closes stop at its stopAt-th
+// read, and ends only at its 100·stopAt-th (so that a count that does not
+// stop ends too).
+type endlessRows struct {
+	reads, stopAt int
+	stop          chan struct{}
+}
+
+func (e *endlessRows) Read(b []byte) (int, error) {
+	if e.reads++; e.reads == e.stopAt {
+		close(e.stop)
+	} else if e.reads >= 100*e.stopAt {
+		return 0, io.EOF
+	}
+	if e.reads == 1 {
+		return copy(b, "id,name\n"), nil
+	}
+	n := 0
+	for n+4 <= len(b) {
+		n += copy(b[n:], "1,a\n")
+	}
+	return n, nil
 }

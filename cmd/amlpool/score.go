@@ -245,6 +245,7 @@ type scoreRun struct {
 	w        *writer
 	total    atomic.Int64  // rows in the input, -1 until counted
 	counted  chan struct{} // closed once total is known (or cannot be)
+	endCount chan struct{} // closed to stop the count when the run ends
 	base     int           // rows settled by earlier runs
 	filesErr error
 }
@@ -277,11 +278,11 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	// rather than before it: counting a large file takes a while. Only a
 	// regular file can be read a second time: opening a pipe again would
 	// take rows away from the scoring.
-	s.counted = make(chan struct{})
+	s.counted, s.endCount = make(chan struct{}), make(chan struct{})
 	if st, err := in.Stat(); err == nil && st.Mode().IsRegular() {
 		go func() {
 			defer close(s.counted)
-			if n, err := countRows(o.in, inFormat); err == nil {
+			if n, err := countRows(o.in, inFormat, s.endCount); err == nil {
 				s.total.Store(int64(n))
 			}
 		}()
@@ -350,18 +351,37 @@ func openInput(path string, f rows.Format) (rows.Reader, *os.File, error) {
 }
 
 // countRows reads the input once to know its length, for the progress bar
-// and ETA. Malformed rows count: they go to the reject file.
-func countRows(path string, f rows.Format) (int, error) {
+// and ETA. Malformed rows count: they go to the reject file. It stops, with
+// errCountStopped, at its next read once stop is closed: a run that ends
+// early (Ctrl-C, a usage error) does not wait for a large file's count.
+func countRows(path string, f rows.Format, stop <-chan struct{}) (int, error) {
 	in, err := os.Open(path)
 	if err != nil {
 		return -1, err
 	}
 	defer in.Close()
-	n, err := rows.Count(f, in)
+	n, err := rows.Count(f, stopReader{in, stop})
 	if err != nil {
 		return -1, fmt.Errorf("%s: %w", path, err)
 	}
 	return n, nil
+}
+
+var errCountStopped = errors.New("the count was stopped")
+
+// stopReader reads r until stop is closed.
+type stopReader struct {
+	r    io.Reader
+	stop <-chan struct{}
+}
+
+func (s stopReader) Read(b []byte) (int, error) {
+	select {
+	case <-s.stop:
+		return 0, errCountStopped
+	default:
+		return s.r.Read(b)
+	}
 }
 
 // matchColumns checks a header against the service's input columns, in any
@@ -393,7 +413,8 @@ func matchColumns(header, want []string) error {
 
 func (s *scoreRun) closeFiles() {
 	if s.counted != nil {
-		<-s.counted
+		close(s.endCount)
+		<-s.counted // at its next read: a large file is not read to the end
 		s.counted = nil
 	}
 	if s.client != nil {
