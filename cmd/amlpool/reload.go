@@ -28,6 +28,8 @@ type reloader struct {
 
 	cfg *poolConfig        // the config in force
 	eps []amlpool.Endpoint // its endpoints, keys resolved
+
+	tally *endpointTally // the endpoints' counters, for the run's statistics
 }
 
 // hupHandler handles SIGHUP for the whole life of a score command, so that
@@ -102,7 +104,11 @@ func (h *hupHandler) stop() {
 func (r *reloader) reload() {
 	cfg, eps, err := loadConfig(r.path, r.keys)
 	if err == nil {
+		// Before and after: an endpoint removed without calls in flight
+		// leaves the Client's Stats at once, one with calls once they end.
+		r.tally.note(r.client.Stats())
 		err = fileError(r.path, cfg, r.client.SetEndpoints(eps))
+		r.tally.note(r.client.Stats())
 	}
 	if err != nil {
 		r.say(fmt.Sprintf("amlpool score: SIGHUP: %v; the endpoints in use go on", err))

@@ -94,6 +94,39 @@ func TestScoreReloadsItsConfigOnSIGHUP(t *testing.T) {
 	}
 }
 
+// The statistics of a run keep an endpoint a SIGHUP removed: its calls,
+// those in flight at the removal included, and every endpoint's calls sum
+// to the requests (none is retried here).
+func TestScoreStatsKeepARemovedEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{
+		{MaxConcurrentCalls: 2, Latency: time.Millisecond},
+		{MaxConcurrentCalls: 4, Latency: time.Millisecond},
+	}, "")
+	ep1, ep2 := p.servers[0], p.servers[1]
+	e2 := fmt.Sprintf(`{"name":"ep2","url":%q,"apiKeyEnv":"AMLPOOL_TEST_KEY_2","maxConcurrentCalls":4}`, ep2.URL())
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 20_000
+	writeIDs(t, in, n)
+	cmd := p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5", "--progress", "none")
+	stderr := watchStderr(t, cmd)
+	startUntil(t, p, cmd, 200)
+	killOnFailure(t, cmd)
+	require.NoError(t, os.WriteFile(p.config, []byte(`{"endpoints":[`+e2+`]}`), 0o644))
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	stderr.expect("SIGHUP", "removed ep1")
+	require.NoError(t, cmd.Wait(), "%q", stderr.rest())
+
+	st, err := readStats(filepath.Join(dir, "scored.stats.json"))
+	require.NoError(t, err)
+	require.Len(t, st.Endpoints, 2, "ep1 served calls in this run: %+v", st.Endpoints)
+	assert.Equal(t, "ep1", st.Endpoints[0].Name)
+	assert.Equal(t, ep1.Stats().Requests, st.Endpoints[0].Calls, "ep1's calls, those in flight at its removal included")
+	assert.Equal(t, ep2.Stats().Requests, st.Endpoints[1].Calls)
+	assert.Equal(t, int64(st.Requests), st.Endpoints[0].Calls+st.Endpoints[1].Calls)
+	assert.Equal(t, n/5, st.Requests)
+}
+
 // stderrLines reads a command's stderr line by line as it runs.
 type stderrLines struct {
 	t     *testing.T

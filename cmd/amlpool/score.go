@@ -447,7 +447,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 		return w.sink(ch)
 	}
 	// SIGHUP gives the run the config's endpoints as they are now.
-	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps}
+	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps, tally: &endpointTally{}}
 	hup.scoring(r.reload)
 	start := time.Now()
 	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
@@ -464,7 +464,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	p.finish()
 	outPath, rejPath, scored, rejected := w.out.path, w.rej.path, w.out.rows, w.rej.rows
 	firstFail := w.first
-	rs := newRunStats(s.client, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
+	rs := newRunStats(s.client, r.tally, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
 	rs.Resumed, rs.Interrupted = s.base, ctx.Err() != nil
 	s.closeFiles()
 	if err == nil {
@@ -531,14 +531,56 @@ type endpointStats struct {
 	Throttles          int64  `json:"throttles"`
 }
 
-func newRunStats(c *amlpool.Client, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
+// newRunStats sums a run up. tally, when not nil, holds the endpoints seen
+// earlier in the run (those a SIGHUP removed); c's are added to it.
+func newRunStats(c *amlpool.Client, tally *endpointTally, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
 	rs := runStats{Rows: st.Rows, Scored: st.Scored, Failed: st.Failed, Seconds: elapsed.Seconds(),
 		RowsPerSecond: float64(st.Rows) / max(elapsed.Seconds(), 1e-9), ChunkRows: chunkRows,
 		Requests: st.Requests, SplitRequests: st.SplitRequests, LatencyMs: lat.summary()}
-	for _, e := range c.Stats().Endpoints {
-		rs.Endpoints = append(rs.Endpoints, endpointStats{e.Name, e.MaxConcurrentCalls, e.Calls, e.Errors, e.Throttles})
+	if tally == nil {
+		tally = &endpointTally{}
 	}
+	tally.note(c.Stats())
+	rs.Endpoints = tally.list()
 	return rs
+}
+
+// endpointTally keeps the counters of every endpoint a run used, for its
+// statistics: Client.Stats lists an endpoint only while it is in the pool
+// or has calls in flight, so one that a SIGHUP removed is gone by the end.
+// Each snapshot counts an endpoint's calls in flight as calls, which they
+// will be once they end; so a snapshot never counts more calls than the
+// endpoint ends with, and an endpoint's last snapshot, taken after the
+// run for a live endpoint and after its removal for a removed one (no call
+// starts on it then), counts them all. Its errors and throttles are those
+// of its last snapshot (a removed endpoint's calls in flight then that
+// fail are not counted). Snapshots are taken by one goroutine at a time.
+type endpointTally struct {
+	names []string // in the order first seen
+	by    map[string]endpointStats
+}
+
+func (t *endpointTally) note(st amlpool.Stats) {
+	if t.by == nil {
+		t.by = make(map[string]endpointStats)
+	}
+	for _, e := range st.Endpoints {
+		s := endpointStats{e.Name, e.MaxConcurrentCalls, e.Calls + int64(e.InFlight), e.Errors, e.Throttles}
+		if old, ok := t.by[e.Name]; ok {
+			s.Calls, s.Errors, s.Throttles = max(s.Calls, old.Calls), max(s.Errors, old.Errors), max(s.Throttles, old.Throttles)
+		} else {
+			t.names = append(t.names, e.Name)
+		}
+		t.by[e.Name] = s
+	}
+}
+
+func (t *endpointTally) list() []endpointStats {
+	eps := make([]endpointStats, len(t.names))
+	for i, name := range t.names {
+		eps[i] = t.by[name]
+	}
+	return eps
 }
 
 func writeJSON(path string, v any) error {
