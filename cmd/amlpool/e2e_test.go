@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -501,4 +502,41 @@ func TestScoreRefusesToWriteOverItsInput(t *testing.T) {
 			assert.NoFileExists(t, filepath.Join(dir, "scored.stats.json"))
 		})
 	}
+}
+
+// A write that fails (here a file size limit, as a full disk would) stops
+// the run, and the counts it gives, in the summary and the statistics,
+// are the rows the files hold, not those handed to them; --resume then
+// goes on from there.
+func TestScoreWriteFailureCountsWhatReachedTheFile(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 20_000
+	writeIDs(t, in, n)
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--progress", "none"}
+	// dash and bash in POSIX mode count ulimit -f in 512-byte blocks: 50 kB.
+	cmd := exec.Command("sh", append([]string{"-c", `ulimit -f 100 && exec "$0" "$@"`, binary(t)}, args...)...)
+	cmd.Env = append(os.Environ(), p.env...)
+	code, stderr := runCmd(t, cmd)
+	require.Equal(t, 1, code, stderr)
+	assert.Contains(t, stderr, "file too large")
+
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	held := bytes.Count(b, []byte("\n")) - 1 // complete records after the header
+	require.Positive(t, held)
+	require.Less(t, held, n)
+	// "of 20000" when the count of the input's rows ended first.
+	assert.Regexp(t, fmt.Sprintf(`stopped after %d( of %d)? rows \(%d scored in %s, 0 rejected; `, held, n, held, regexp.QuoteMeta(out))+
+		`a failed write kept the last \d+ rows from the files\); fix the cause`, stderr)
+	st, err := readStats(filepath.Join(dir, "scored.stats.json"))
+	require.NoError(t, err)
+	assert.Equal(t, [2]int{held, held}, [2]int{st.Rows, st.Scored}, "the statistics count the rows in the file")
+
+	code, stderr = runCmd(t, p.command(t, append(args, "--resume")...))
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stderr, fmt.Sprintf("%d scored in %s", n, out))
+	scored, _ := checkOnce(t, readCSV(t, out), nil, n)
+	assert.Equal(t, n, scored)
 }

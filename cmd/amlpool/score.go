@@ -462,7 +462,6 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	elapsed := time.Since(start)
 	hup.over(stderr)
 	p.finish()
-	outPath, rejPath, scored, rejected := w.out.path, w.rej.path, w.out.rows, w.rej.rows
 	firstFail := w.first
 	rs := newRunStats(s.client, r.tally, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
 	rs.Resumed, rs.Interrupted = s.base, ctx.Err() != nil
@@ -470,18 +469,29 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	if err == nil {
 		err = s.filesErr
 	}
+	// The counts are what the files hold: after a failed write, fewer rows
+	// than were handed to them (closeFiles counted them again).
+	scored, rejected := w.out.rows, w.rej.rows
+	lost := w.out.lost + w.rej.lost
+	rs.Scored -= w.out.lost
+	rs.Failed -= w.rej.lost
+	rs.Rows -= lost
+	rs.RowsPerSecond = float64(rs.Rows) / max(elapsed.Seconds(), 1e-9)
 	if serr := writeJSON(o.stats, rs); serr != nil {
 		fmt.Fprintln(stderr, "amlpool score: writing statistics:", serr)
 	}
 
-	settled := s.base + st.Rows
+	settled := scored + rejected // s.base + st.Rows, less what did not reach the files
 	of := ""
 	if n := s.total.Load(); n >= 0 {
 		of = fmt.Sprintf(" of %d", n)
 	}
-	where := fmt.Sprintf("%d scored in %s, %d rejected", scored, outPath, rejected)
+	where := fmt.Sprintf("%d scored in %s, %d rejected", scored, w.out.path, rejected)
 	if rejected > 0 {
-		where += " in " + rejPath
+		where += " in " + w.rej.path
+	}
+	if lost > 0 {
+		where += fmt.Sprintf("; a failed write kept the last %d rows from the files", lost)
 	}
 	switch {
 	case ctx.Err() != nil:

@@ -22,7 +22,8 @@ type outFile struct {
 	f      *os.File
 	w      rows.Writer
 	head   []string // the header on disk (CSV) or expected (JSONL); nil until written
-	rows   int      // complete records after the header
+	rows   int      // complete records after the header (handed to w until close)
+	lost   int      // records handed to w that a failed write kept from the file
 }
 
 // openOut opens path for a run. Without resume the file must not hold
@@ -90,9 +91,19 @@ func (o *outFile) flush() error {
 }
 
 // close flushes and closes the file, removing it when it stayed empty (a
-// run without rejects leaves no reject file).
+// run without rejects leaves no reject file). After a failed write (a full
+// disk, a file size limit: a failure sticks, so the flush fails too) it
+// counts the complete records the file holds, as --resume will, so that
+// rows is what reached the file.
 func (o *outFile) close() error {
 	err := o.flush()
+	if err != nil {
+		if st, serr := o.f.Stat(); serr == nil {
+			if _, n, _, serr := rows.Scan(o.format, o.f, st.Size()); serr == nil {
+				o.lost, o.rows = o.rows-n, n
+			}
+		}
+	}
 	st, serr := o.f.Stat()
 	err = errors.Join(err, o.f.Close())
 	if serr == nil && st.Size() == 0 {
