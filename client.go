@@ -133,7 +133,10 @@ func (c *Client) addExt(specs []pool.Spec) {
 //   - a removed endpoint, or a kept Name with another URL, takes no new
 //     attempt once SetEndpoints has returned. Its calls in flight finish
 //     and their replies are returned; Stats lists it, as Removed, until the
-//     last one has.
+//     last one has;
+//   - a renamed endpoint (same URL, another Name) is a new endpoint, held
+//     back (its Limit is 0) until the old name's calls in flight have
+//     ended: one URL never has two sets of slots.
 //
 // Every attempt that takes its slot after SetEndpoints returns uses the new
 // set and keys. SetEndpoints is safe beside any number of calls; concurrent
@@ -693,7 +696,7 @@ type EndpointStats struct {
 	Name               string
 	Tier               int   // the configured tier (Endpoint.Tier)
 	MaxConcurrentCalls int   // the configured cap
-	Limit              int   // the cap in force now (lower under an adaptive limit)
+	Limit              int   // the cap in force now (lower under an adaptive limit; 0 while a rename waits for the old name's calls)
 	InFlight           int   // calls in flight now
 	Calls              int64 // attempts made, each counted once it ended
 	Errors             int64 // attempts that failed, throttles and faults included; not cancelled ones

@@ -132,8 +132,10 @@
 // estimate and counters, and takes its new cap and keys from its next
 // attempt. A removed endpoint takes no new attempt once SetEndpoints returns;
 // its calls in flight finish and return their replies. An added endpoint
-// serves calls at once, those already waiting included. A bad set is refused
-// whole and the old one goes on.
+// serves calls at once, those already waiting included; one that renames an
+// endpoint (same URL, another Name) waits until the old name's calls in
+// flight have ended, so that the URL never has two sets of slots. A bad set
+// is refused whole and the old one goes on.
 //
 // To rotate a key without a failed call, give each endpoint both of the
 // service's keys (APIKey and SecondaryKey): regenerate one in the portal,

@@ -269,6 +269,66 @@ func TestSetEndpointsServesWaitersAtOnce(t *testing.T) {
 	assert.EqualValues(t, 1, added.Stats().Scored)
 }
 
+// Renaming an endpoint (same URL, another Name) while calls run does not
+// give its URL a second set of slots: calls wait for the new name until
+// the old name's calls have ended, and the server never sees more than
+// its cap.
+func TestSetEndpointsRenameKeepsTheCap(t *testing.T) {
+	hold := make(chan struct{})
+	free := sync.OnceFunc(func() { close(hold) })
+	srv := amltest.NewServer(amltest.Config{Name: "s", MaxConcurrentCalls: 2, Score: func(in *amlpool.Request) (*amlpool.Response, error) {
+		<-hold
+		return amltest.Echo(in)
+	}})
+	t.Cleanup(srv.Close)
+	t.Cleanup(free) // before srv.Close, should the test fail first
+	ep := srv.Endpoint()
+	ep.Name = "old"
+	c := newClient(t, []amlpool.Endpoint{ep})
+	queued := make(chan struct{}, 2)
+	amlpool.SetQueueHook(c, func() { queued <- struct{}{} })
+
+	errs := make(chan error, 4)
+	do := func() { _, err := c.Do(context.Background(), []byte(body)); errs <- err }
+	for range 2 {
+		go do()
+	}
+	_, err := srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.InFlight == 2 })
+	require.NoError(t, err)
+
+	ep.Name = "new"
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{ep}))
+	// A request past the two in flight ends the wait below: the bug.
+	over := make(chan struct{})
+	go func() {
+		defer close(over)
+		_, _ = srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.Requests > 2 })
+	}()
+	for range 2 {
+		go do()
+	}
+	for range 2 {
+		select {
+		case <-queued:
+		case <-over:
+			st := srv.Stats()
+			t.Fatalf("a call went to the renamed endpoint while the old name held its cap: %d requests, %d throttled, peak in flight %d",
+				st.Requests, st.Throttled, st.PeakInFlight)
+		}
+	}
+	assert.Equal(t, 2, c.Stats().Waiting)
+
+	free()
+	for range 4 {
+		assert.NoError(t, <-errs)
+	}
+	st := srv.Stats()
+	assert.EqualValues(t, 2, st.PeakInFlight, "the cap")
+	assert.Zero(t, st.Throttled)
+	assert.EqualValues(t, 4, st.Scored)
+	assertClean(t, c, srv)
+}
+
 // Endpoints come and go, change caps and keys, every few milliseconds while
 // 40 callers run: no call fails, no server sees a call past its cap, no
 // request goes to a removed endpoint or with a replaced key once

@@ -90,7 +90,9 @@ func (e *Endpoint) adapt(r Result, start time.Time, latency time.Duration) int32
 // setMax gives e a new cap. Without an adaptive limit the limit is the cap.
 // With one, a limit that stood at the old cap moves to the new one, and a
 // limit cut below it keeps its value under the new cap: the cut says others
-// share the endpoint, which a new cap does not change.
+// share the endpoint, which a new cap does not change. An endpoint held
+// back keeps its limit of 0 until it is let in (letIn). The caller holds
+// Pool.smu.
 func (e *Endpoint) setMax(n int32, adaptive bool) {
 	a := &e.aimd
 	a.mu.Lock()
@@ -101,5 +103,16 @@ func (e *Endpoint) setMax(n int32, adaptive bool) {
 	} else {
 		a.cur = min(a.cur, float64(n))
 	}
+	if !e.heldBack {
+		e.limit.Store(int32(a.cur))
+	}
+}
+
+// letIn gives an endpoint held back its limit. The caller holds Pool.smu.
+func (e *Endpoint) letIn() {
+	a := &e.aimd
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e.heldBack = false
 	e.limit.Store(int32(a.cur))
 }

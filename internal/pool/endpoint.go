@@ -13,7 +13,8 @@ import (
 
 // Endpoint is everything known of one endpoint while it is live or
 // draining. Its identity (name and URL) never changes; its cap and keys may,
-// through Update, and the rest is state that only this package writes.
+// through Update, and the rest is state that only this package writes. At
+// most one endpoint of a URL holds slots at a time (Update, heldBack).
 //
 // Endpoint's Format prints its name whatever the verb, so no verb can
 // reach its keys.
@@ -53,6 +54,14 @@ type Endpoint struct {
 	cancelled atomic.Int64 // attempts whose call's ctx ended first
 	throttles atomic.Int64 // attempts answered as full
 	faults    atomic.Int64 // attempts answered with an endpoint fault (bad key, no access, gone)
+
+	// Guarded by Pool.smu: an endpoint renamed by Update (a new name for a
+	// URL whose old endpoint still has calls in flight) starts held back,
+	// with a limit of 0, and the old one, draining, names it its heir; the
+	// old one's last release lets it in (Pool.emptied). One URL thus never
+	// has two sets of slots.
+	heldBack bool
+	heir     *Endpoint
 
 	health health   // health.go
 	lat    peakEWMA // latency.go

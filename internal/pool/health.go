@@ -298,6 +298,9 @@ func (p *Pool) Run() {
 			}
 			return
 		case <-p.wake:
+			if p.admitted.Swap(false) {
+				p.kick()
+			}
 		case <-fire:
 		}
 		if timer != nil {

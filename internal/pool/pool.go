@@ -75,6 +75,7 @@ type Pool struct {
 	// and draining. When both are held, mu is taken first.
 	smu      sync.Mutex
 	draining []*Endpoint // removed endpoints with calls in flight
+	admitted atomic.Bool // an endpoint held back was let in: Run serves the line
 
 	// OnQueue, when set, is called each time a call joins the line (a test
 	// hook).
@@ -152,8 +153,10 @@ const (
 // included, and takes its new cap, keys and tier; a name with another URL is a
 // new endpoint, and the old one drains. A removed endpoint takes no new
 // attempt once Update has returned; its calls in flight finish, and it
-// stays in Endpoints until the last one has. Calls waiting in line see the
-// new Set at once. Concurrent Updates are serialised; the last one wins.
+// stays in Endpoints until the last one has. A new endpoint for the URL of
+// one draining under another name (a rename) is held back, with a limit of
+// 0, until that one's last call ends. Calls waiting in line see the new Set
+// at once. Concurrent Updates are serialised; the last one wins.
 func (p *Pool) Update(specs []Spec) []Change {
 	p.smu.Lock()
 	old := p.set.Load()
@@ -162,6 +165,7 @@ func (p *Pool) Update(specs []Spec) []Change {
 		byName[e.name] = e
 	}
 	var changes []Change
+	var fresh []*Endpoint
 	eps := make([]*Endpoint, len(specs))
 	for i := range specs {
 		sp := &specs[i]
@@ -169,6 +173,7 @@ func (p *Pool) Update(specs []Spec) []Change {
 		if e == nil || e.url != sp.URL.String() {
 			if e = p.reviveLocked(sp); e == nil {
 				e = newEndpoint(sp)
+				fresh = append(fresh, e)
 			}
 			eps[i] = e
 			changes = append(changes, Change{Name: sp.Name, Kind: Added, NewMax: sp.Max, NewTier: sp.Tier})
@@ -206,6 +211,16 @@ func (p *Pool) Update(specs []Spec) []Change {
 		}
 		changes = append(changes, Change{Name: e.name, Kind: Removed, OldMax: e.Max()})
 	}
+	// A new endpoint for the URL of one still draining under another name
+	// (a rename) waits for its calls to end: the server counts both
+	// together. Not yet in any Set, it takes no call before this.
+	for _, e := range fresh {
+		if i := slices.IndexFunc(p.draining, func(d *Endpoint) bool { return d.url == e.url }); i >= 0 {
+			p.draining[i].heir = e
+			e.heldBack = true
+			e.limit.Store(0)
+		}
+	}
 	p.set.Store(p.newSet(eps))
 	p.smu.Unlock()
 	p.signal() // a forgiven endpoint's probe, if any
@@ -224,6 +239,7 @@ func (p *Pool) reviveLocked(sp *Spec) *Endpoint {
 	}
 	e := p.draining[i]
 	p.draining = slices.Delete(p.draining, i, i+1)
+	e.heir = nil // removed by this Update if it waits: no other names the URL
 	e.removed.Store(false)
 	e.tier.Store(int32(sp.Tier))
 	if e.Max() != sp.Max {
@@ -378,7 +394,18 @@ func (p *Pool) emptied(e *Endpoint) {
 		if i := slices.Index(p.draining, e); i >= 0 {
 			p.draining = slices.Delete(p.draining, i, i+1)
 		}
+		heir := e.heir
+		if heir != nil {
+			e.heir = nil
+			heir.letIn()
+		}
 		p.smu.Unlock()
+		if heir != nil {
+			// Release serves the line next when calls wait; an untake may
+			// hold the line's lock, so Run serves it too.
+			p.admitted.Store(true)
+			p.signal()
+		}
 	}
 }
 

@@ -208,3 +208,86 @@ func TestUpdateSameNameOtherURL(t *testing.T) {
 	release(p, slot)
 	assert.Equal(t, []*Endpoint{e}, p.Endpoints())
 }
+
+// A new name for the URL of an endpoint with calls in flight (a rename)
+// takes no call until the old one's calls have ended: the server counts
+// both together, so the URL never has two sets of slots. Its cap may
+// change meanwhile; it applies once it is let in.
+func TestUpdateRenameWaitsForTheOldNamesCalls(t *testing.T) {
+	t.Parallel()
+	const url = "https://h/workspaces/w/services/s/execute"
+	p, _ := newTestPool(t, Config{}, []Spec{testSpecAt("old", url, 2)})
+	old := p.Set().Eps[0]
+	a, b := acquireOn(t, p, old), acquireOn(t, p, old)
+
+	p.Update([]Spec{testSpecAt("new", url, 2)})
+	renamed := p.Set().Eps[0]
+	require.NotSame(t, old, renamed)
+	_, ok := p.TryTake(renamed)
+	require.False(t, ok, "the old name still has both slots")
+	assert.Zero(t, renamed.Limit())
+	got := waitInLine(t, p)
+
+	p.Update([]Spec{testSpecAt("new", url, 3)}) // a new cap waits too
+	assert.Zero(t, renamed.Limit())
+	release(p, a)
+	assert.Equal(t, 1, p.Waiting(), "one old call still in flight")
+	assert.Zero(t, renamed.InFlight())
+
+	release(p, b) // the last: the new name takes over, and serves the line
+	slot := <-got
+	assert.Same(t, renamed, slot.Ep)
+	assert.Equal(t, 3, renamed.Limit())
+	assert.Equal(t, []*Endpoint{renamed}, p.Endpoints())
+	release(p, slot)
+}
+
+// An idle endpoint renamed has nothing to wait for; one renamed back while
+// it drains is revived with its calls; a rename of a rename waits for the
+// one with calls.
+func TestUpdateRenameCases(t *testing.T) {
+	t.Parallel()
+	const url = "https://h/workspaces/w/services/s/execute"
+	p, _ := newTestPool(t, Config{}, []Spec{testSpecAt("a", url, 1)})
+	p.Update([]Spec{testSpecAt("b", url, 1)})
+	b := p.Set().Eps[0]
+	assert.Equal(t, 1, b.Limit(), "nothing in flight under the old name")
+
+	held := acquireOn(t, p, b)
+	p.Update([]Spec{testSpecAt("c", url, 1)})
+	c := p.Set().Eps[0]
+	assert.Zero(t, c.Limit())
+	p.Update([]Spec{testSpecAt("d", url, 1)}) // c never took a call
+	d := p.Set().Eps[0]
+	assert.Zero(t, d.Limit())
+	assert.Equal(t, []*Endpoint{d, b}, p.Endpoints())
+	p.Update([]Spec{testSpecAt("b", url, 1)}) // back to the name with the call
+	assert.Same(t, b, p.Set().Eps[0])
+	assert.Equal(t, []*Endpoint{b}, p.Endpoints())
+	release(p, held)
+	assert.Zero(t, d.Limit(), "removed while held back: it stays out")
+	release(p, acquireOn(t, p, b))
+}
+
+// The old name's last slot may go back where the line's lock is held (a
+// take undone by a pick that lost the race with Update): Run then serves
+// the line.
+func TestUpdateRenameLetInServesTheLineThroughRun(t *testing.T) {
+	t.Parallel()
+	const url = "https://h/workspaces/w/services/s/execute"
+	p, _ := newTestPool(t, Config{}, []Spec{testSpecAt("old", url, 1)})
+	startRun(t, p)
+	old := p.Set().Eps[0]
+	held := acquireOn(t, p, old)
+	p.Update([]Spec{testSpecAt("new", url, 1)})
+	require.Zero(t, p.Set().Eps[0].Limit(), "held back")
+	got := waitInLine(t, p)
+
+	p.mu.Lock()
+	p.untake(held.Ep)
+	p.mu.Unlock()
+	require.Eventually(t, func() bool { return p.Waiting() == 0 }, 10*time.Second, time.Millisecond, "nothing served the line")
+	slot := <-got
+	assert.Equal(t, "new", slot.Ep.Name())
+	release(p, slot)
+}
