@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -626,10 +627,10 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 	}
 	n := int64(512)
 	if size >= 0 {
-		n = size + 1
+		n = plusOne(size)
 	}
 	buf := make([]byte, 0, n)
-	lr := io.LimitedReader{R: r, N: limit + 1}
+	lr := io.LimitedReader{R: r, N: plusOne(limit)}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)] // grow
@@ -647,6 +648,15 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 		return buf[:limit], fmt.Errorf("%w: over %d bytes", ErrResponseTooLarge, limit)
 	}
 	return buf, nil
+}
+
+// plusOne returns n + 1, or n when that would overflow: no body is
+// longer than math.MaxInt64 bytes anyway.
+func plusOne(n int64) int64 {
+	if n == math.MaxInt64 {
+		return n
+	}
+	return n + 1
 }
 
 // Score sends a typed classic request (see Request) and decodes the reply.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -71,6 +72,9 @@ func TestReadBody(t *testing.T) {
 		{name: "declared size over the limit", r: func() io.Reader { return strings.NewReader(body) }, size: 700, limit: 699, tooLong: true},
 		{name: "undeclared size over the limit", r: func() io.Reader { return strings.NewReader(body) }, size: -1, limit: 699, tooLong: true},
 		{name: "size understated", r: func() io.Reader { return strings.NewReader(body) }, size: 10, limit: 699, tooLong: true},
+		// The largest limit: limit + 1 must not wrap to a read of nothing.
+		{name: "no limit, known size", r: func() io.Reader { return strings.NewReader(body) }, size: 700, limit: math.MaxInt64, want: body},
+		{name: "no limit, unknown size", r: func() io.Reader { return strings.NewReader(body) }, size: -1, limit: math.MaxInt64, want: body},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

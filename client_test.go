@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -197,6 +198,20 @@ func TestReplyOverTheCapIsAnError(t *testing.T) {
 	_, err := c.Do(context.Background(), []byte(body))
 	assert.ErrorIs(t, err, amlpool.ErrResponseTooLarge)
 	assert.Zero(t, c.Stats().Endpoints[0].InFlight)
+}
+
+// The largest cap reads replies whole, as any other does.
+func TestReplyUnderTheLargestCap(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{})
+	defer srv.Close()
+	c := newClient(t, []amlpool.Endpoint{srv.Endpoint()}, amlpool.WithMaxResponseBytes(math.MaxInt64))
+	data, err := c.Do(context.Background(), []byte(body))
+	require.NoError(t, err)
+	assert.Contains(t, string(data), `"Results"`)
+	resp, err := c.Score(context.Background(), &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"x"}, Values: [][]any{{"1"}}}}})
+	require.NoError(t, err)
+	assert.NotNil(t, resp)
 }
 
 // A redirect is never followed: the key would go to another URL.
