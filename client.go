@@ -434,16 +434,7 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 	}
 	a.auth, a.key = a.slot.Ep.Key()
 	a.tok = ""
-	var credErr error
-	if cred := a.auth.Credential(); cred != nil {
-		credErr = a.token(ctx, cred)
-	}
-	a.start = c.cfg.clock.Now()
-	if credErr != nil {
-		a.data, a.err = nil, credErr // nothing sent
-	} else {
-		a.data, a.err = c.send(ctx, a, body)
-	}
+	a.data, a.err = c.send(ctx, a, body)
 	a.latency = c.cfg.clock.Now().Sub(a.start)
 	c.judge(ctx, a)
 	if a.lease != nil {
@@ -546,8 +537,11 @@ var jsonContentType = []string{"application/json"}
 // maxErrorBody bounds how much of a non-2xx reply is read.
 const maxErrorBody = 64 << 10
 
-// send makes one POST on a's slot with a's key and reads its reply. It
-// sets a.status and, for a reply with a delay hint, a.retryAfter.
+// send makes one POST on a's slot with a's key, or a token from its
+// Credential, and reads its reply. It sets a.start, when the request is
+// sent (after the token), a.status and, for a reply with a delay hint,
+// a.retryAfter. The attempt timeout bounds the token and the request
+// together.
 func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, error) {
 	ep := a.slot.Ep
 	actx := ctx
@@ -557,6 +551,18 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		a := c.attempts.start(ctx)
 		defer c.attempts.finish(a)
 		actx = a
+	}
+	if cred := a.auth.Credential(); cred != nil {
+		err := a.token(actx, cred)
+		a.start = c.cfg.clock.Now()
+		if err != nil {
+			if ctx.Err() == nil && actx.Err() != nil {
+				err.Err = fmt.Errorf("timed out after %v (WithAttemptTimeout) waiting for a token: %w", c.cfg.attemptTimeout, timedOut(err.Err))
+			}
+			return nil, err // nothing sent
+		}
+	} else {
+		a.start = c.cfg.clock.Now()
 	}
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {

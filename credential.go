@@ -14,12 +14,17 @@ import (
 //
 // Token is called once per attempt, on the attempt's path, so it should
 // return a cached token at once and fetch a new one only when that one is
-// about to expire. It must be safe for concurrent use. A token is a secret
+// about to expire. Its ctx is the attempt's: WithAttemptTimeout bounds the
+// token and the request together, and a Token that has not returned when
+// the attempt times out should return ctx's error. It must be safe for
+// concurrent use. A token is a secret
 // under every rule that holds for keys: it goes to its endpoint's host
 // only, and appears in no error, log, span, Stats or printed value.
 //
 // When Token fails, the attempt fails without sending anything, with a
-// *CredentialError wrapping Token's error. Classify retries it as
+// *CredentialError wrapping Token's error (which matches
+// context.DeadlineExceeded, and says the Token timed out, when the
+// attempt timeout ended it). Classify retries it as
 // VerdictRetry: after a backoff, on another endpoint when one is usable,
 // within WithMaxAttempts; an endpoint whose token fails on every attempt
 // is ejected as any failing endpoint is (WithEjection).
@@ -73,7 +78,7 @@ func (e *CredentialError) Format(f fmt.State, verb rune) {
 
 // token takes a's bearer token from its endpoint's Credential. The error
 // is a *CredentialError, the token's text in none of it.
-func (a *attempt) token(ctx context.Context, cred Credential) error {
+func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 	ep := a.slot.Ep
 	tok, err := cred.Token(ctx)
 	switch {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -140,6 +141,35 @@ func TestCredentialErrorSendsNothing(t *testing.T) {
 	assert.Len(t, clk.Waits(), amlpool.DefaultMaxAttempts-1, "backoff between attempts")
 	assert.Equal(t, []int64{0, 0}, requests(srvs), "nothing sent")
 	assert.Contains(t, err.Error(), "credential: AADSTS700016")
+}
+
+// TestCredentialBoundedByTheAttemptTimeout: a Token that hangs (a token
+// service that never answers) ends with its attempt, at the attempt
+// timeout, with an error that says so; the call then retries as after any
+// attempt timeout.
+func TestCredentialBoundedByTheAttemptTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int64
+		cred := amlpool.CredentialFunc(func(ctx context.Context) (string, error) {
+			calls.Add(1)
+			<-ctx.Done()
+			return "", ctx.Err()
+		})
+		// Nothing is sent: no server needed.
+		ep := amlpool.Endpoint{Name: "e", URL: "https://e.invalid/score", Credential: cred}
+		c, err := amlpool.New([]amlpool.Endpoint{ep}, amlpool.WithAttemptTimeout(time.Second), amlpool.WithMaxAttempts(2))
+		require.NoError(t, err)
+		defer c.Close()
+
+		start := time.Now()
+		_, err = c.Do(context.Background(), []byte(body)) // without the bound: a deadlock, which fails the test
+		var credErr *amlpool.CredentialError
+		require.ErrorAs(t, err, &credErr)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), "e: credential: timed out after 1s (WithAttemptTimeout) waiting for a token")
+		assert.EqualValues(t, 2, calls.Load(), "one Token per attempt")
+		assert.Less(t, time.Since(start), 3*time.Second, "two attempts of 1 s and a backoff") // the bubble's clock
+	})
 }
 
 // TestCredentialBadToken: a token that is empty or could split headers is

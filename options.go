@@ -207,7 +207,8 @@ type attemptTimeoutOption time.Duration
 func (o attemptTimeoutOption) apply(c *config) { c.attemptTimeout = time.Duration(o) }
 
 // WithAttemptTimeout bounds each attempt, separately from the call's ctx,
-// which bounds all of them. Default: DefaultAttemptTimeout (100 s).
+// which bounds all of them. An attempt's time includes its Credential's
+// Token, if any. Default: DefaultAttemptTimeout (100 s).
 func WithAttemptTimeout(d time.Duration) Option { return attemptTimeoutOption(d) }
 
 type insecureHTTPOption struct{}
