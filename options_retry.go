@@ -125,6 +125,10 @@ func WithRetryBudget(ratio float64, minPerSecond int) Option {
 // retries add.
 func WithoutRetryBudget() Option { return retryBudgetOption{on: false} }
 
+// maxEjectFor bounds WithEjection's base: the longest ejection, 10 × base
+// + 20 %, then fits a time.Duration many times over.
+const maxEjectFor = 24 * time.Hour
+
 type ejectionOption struct {
 	off   bool
 	after int
@@ -147,9 +151,9 @@ func (o ejectionOption) apply(c *config) {
 // endpoints are out, ejection is ignored and every endpoint takes calls (the
 // panic threshold); an endpoint out for a fault is not counted and stays
 // out, unless every endpoint is, when calls go to them and fail at once
-// with the endpoint's error. failures must be at least 1 and base positive. Default:
-// DefaultEjectAfter (5) and DefaultEjectFor (30 s: 30 s, 1 min, 2 min,
-// 4 min, 5 min, 5 min ...).
+// with the endpoint's error. failures must be at least 1 and base positive
+// and at most 24 h. Default: DefaultEjectAfter (5) and DefaultEjectFor
+// (30 s: 30 s, 1 min, 2 min, 4 min, 5 min, 5 min ...).
 func WithEjection(failures int, base time.Duration) Option {
 	return ejectionOption{after: failures, base: base}
 }
@@ -185,6 +189,8 @@ func (cfg *config) checkRetries() error {
 		return &ConfigError{Field: "WithEjection", Problem: fmt.Sprintf("failures %d; want at least 1 (WithoutEjection to turn it off)", cfg.ejectAfter)}
 	case cfg.ejectFor <= 0:
 		return &ConfigError{Field: "WithEjection", Problem: "base must be positive"}
+	case cfg.ejectFor > maxEjectFor:
+		return &ConfigError{Field: "WithEjection", Problem: fmt.Sprintf("base %v is over %v (ejections grow to 10 × base); to keep an endpoint out, remove it with SetEndpoints", cfg.ejectFor, maxEjectFor)}
 	}
 	if cfg.classifier == nil {
 		cfg.classifier = Classify

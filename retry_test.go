@@ -244,6 +244,8 @@ func TestRetryOptionsValidation(t *testing.T) {
 		{"negative budget floor", WithRetryBudget(0.2, -1), "WithRetryBudget"},
 		{"zero failures to eject", WithEjection(0, time.Second), "WithEjection"},
 		{"zero ejection time", WithEjection(5, 0), "WithEjection"},
+		{"ejection time over a day", WithEjection(5, 24*time.Hour+1), "WithEjection"},
+		{"ejection time whose 10 × overflows", WithEjection(5, 1e18), "WithEjection"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -272,6 +274,8 @@ func TestRetryOptionsApply(t *testing.T) {
 	assert.Equal(t, Backoff{Initial: 50 * time.Millisecond, Multiplier: 2, Max: 5 * time.Second, Jitter: 0.5}, cfg.backoff)
 	assert.False(t, cfg.budget)
 	assert.True(t, cfg.ejectOff)
+	_, err = buildConfig([]Option{WithEjection(1, 24*time.Hour)})
+	assert.NoError(t, err, "the longest base")
 	assert.Equal(t, VerdictFull, cfg.classifier(apiErr(503, "", "RequestThrottled")), "nil classifier means Classify")
 
 	cfg, err = buildConfig([]Option{WithMaxAttempts(3), WithRetryBudget(0.5, 1), WithEjection(2, time.Minute)})

@@ -227,6 +227,28 @@ func TestHealthEjectionIsJittered(t *testing.T) {
 	assert.InDelta(t, float64(36*time.Second), float64(ejectedFor(p, clk, 1)), float64(time.Millisecond))
 }
 
+// The longest base the root package allows (a day) grows to its ceiling,
+// and jittered up it still fits a Duration.
+func TestHealthEjectionOfTheLongestBase(t *testing.T) {
+	t.Parallel()
+	p, clk := testHealth(t, 5, func(c *Config) {
+		c.EjectFor = 24 * time.Hour
+		c.Rand = func() uint64 { return ^uint64(0) }
+	})
+	fail(p, 0, 5)
+	var d time.Duration
+	for range 6 {
+		d = ejectedFor(p, clk, 0)
+		require.Positive(t, d)
+		clk.Advance(d)
+		expire(p, clk)
+		probe, ok := claim(p, 0)
+		require.True(t, probe && ok)
+		report(p, 0, Failed, true)
+	}
+	assert.InDelta(t, float64(12*24*time.Hour), float64(d), float64(time.Second), "10 × base + 20 %")
+}
+
 func TestHealthPanicThreshold(t *testing.T) {
 	t.Parallel()
 	p, _ := testHealth(t, 5)

@@ -27,7 +27,8 @@ type Config struct {
 	// EjectAfter is how many failures in a row eject an endpoint; 0 turns
 	// ejection off (endpoint faults then eject nothing either).
 	EjectAfter int
-	// EjectFor is how long a first ejection lasts.
+	// EjectFor is how long a first ejection lasts; at most a day (the
+	// root package checks), so that 10 × EjectFor + 20 % fits a Duration.
 	EjectFor time.Duration
 	// Adaptive lets each endpoint's limit move between 1 and its cap (aimd).
 	Adaptive bool
