@@ -633,7 +633,11 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 	}
 	n := int64(512)
 	if size >= 0 {
-		n = plusOne(size)
+		// The declared size, up to maxPrealloc: past it the buffer grows
+		// as the bytes come, so a length a server claims but does not
+		// send costs nothing (under a large WithMaxResponseBytes, a
+		// claimed terabyte would fail the allocation).
+		n = min(plusOne(size), maxPrealloc)
 	}
 	buf := make([]byte, 0, n)
 	lr := io.LimitedReader{R: r, N: plusOne(limit)}
@@ -655,6 +659,10 @@ func readBody(r io.Reader, size, limit int64) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+// maxPrealloc bounds the buffer readBody makes for a body before reading
+// it.
+const maxPrealloc = 16 << 20
 
 // plusOne returns n + 1, or n when that would overflow: no body is
 // longer than math.MaxInt64 bytes anyway.

@@ -75,6 +75,9 @@ func TestReadBody(t *testing.T) {
 		// The largest limit: limit + 1 must not wrap to a read of nothing.
 		{name: "no limit, known size", r: func() io.Reader { return strings.NewReader(body) }, size: 700, limit: math.MaxInt64, want: body},
 		{name: "no limit, unknown size", r: func() io.Reader { return strings.NewReader(body) }, size: -1, limit: math.MaxInt64, want: body},
+		// A length claimed and not sent is not allocated up front: 1<<50
+		// bytes is past what make can give (a panic).
+		{name: "no limit, size overstated", r: func() io.Reader { return strings.NewReader(body) }, size: 1 << 50, limit: math.MaxInt64, want: body},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
