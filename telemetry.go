@@ -141,7 +141,7 @@ const (
 	kindClientError                       // another 3xx or 4xx reply
 	kindServerError                       // another 5xx reply
 	kindTransportError                    // no usable reply: refused, reset, timed out, body unreadable or too large
-	kindCancelled                         // the call's ctx ended before a reply came
+	kindCancelled                         // the call's ctx ended before a reply was read in full
 	kindAbandoned                         // a hedged copy cancelled because the other copy answered first
 	kindEndpointFault                     // the endpoint cannot serve anyone (401, 403, 404 by default)
 	numKinds
@@ -162,12 +162,14 @@ func kindOf(a *attempt) outcomeKind {
 		return kindThrottled
 	case a.result == pool.Fault:
 		return kindEndpointFault
+	case a.result == pool.Cancelled:
+		// Before the status: a call that gave up while an error reply was
+		// being read counts as cancelled, as Stats counts it.
+		return kindCancelled
 	case a.status >= 500:
 		return kindServerError
 	case a.status >= 300:
 		return kindClientError
-	case a.result == pool.Cancelled:
-		return kindCancelled
 	default:
 		return kindTransportError
 	}

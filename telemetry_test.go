@@ -609,3 +609,46 @@ func TestMetricsFollowSetEndpoints(t *testing.T) {
 	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.limit", keyEndpoint.String("c")))
 	assertStatsAgree(t, o)
 }
+
+// headersRead is a RoundTripper that says when a reply's headers are in,
+// its body not read yet.
+type headersRead struct {
+	rt  http.RoundTripper
+	got chan struct{}
+}
+
+func (h *headersRead) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.rt.RoundTrip(r)
+	if err == nil {
+		h.got <- struct{}{}
+	}
+	return resp, err
+}
+
+// A call that gives up while an error reply's body is being read is a
+// cancelled attempt for the metrics, as for Stats: not a server error.
+func TestMetricsCountACancelMidReplyAsCancelled(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, `{"error":`) // the rest never comes
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	defer tr.CloseIdleConnections()
+	rt := &headersRead{rt: tr, got: make(chan struct{}, 1)}
+	o := newObserved(t, []Endpoint{{Name: "a", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}},
+		WithoutRetries(), WithHTTPClient(&http.Client{Transport: rt}))
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { <-rt.got; cancel() }()
+	_, err := o.Do(ctx, nil)
+	require.ErrorIs(t, err, context.Canceled)
+
+	rm := o.collect(t)
+	ep := keyEndpoint.String("a")
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("cancelled")))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("server_error")))
+	assertStatsAgree(t, o)
+}
