@@ -209,16 +209,28 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 	}
 }
 
-// refreshAt is when to fetch a token after at, fetched at now.
+// refreshAt is when to fetch a token after at, fetched at now: never
+// after expiryMargin before it expires, when it stops being handed out
+// (a RefreshOn that late, or the halfway point of a life under a minute,
+// would hand it out past that).
 func (c *Credential) refreshAt(at azcore.AccessToken, now time.Time) time.Time {
+	last := at.ExpiresOn.Add(-expiryMargin)
 	if !at.RefreshOn.IsZero() && at.RefreshOn.Before(at.ExpiresOn) {
-		return at.RefreshOn
+		return earlier(at.RefreshOn, last)
 	}
 	life := at.ExpiresOn.Sub(now)
 	if life < 2*c.before {
-		return now.Add(life / 2)
+		return earlier(now.Add(life/2), last)
 	}
-	return at.ExpiresOn.Add(-c.before)
+	return earlier(at.ExpiresOn.Add(-c.before), last)
+}
+
+// earlier returns the earlier of a and b.
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // Invalidate forgets tok when it is the cached token, so that the next

@@ -189,6 +189,30 @@ func TestExpiredWaits(t *testing.T) {
 	assert.Equal(t, "t2", <-got)
 }
 
+// TestNoTokenWithinTheMarginWhateverItsRefreshTime: a token is not handed
+// out within expiryMargin of its expiry even when its refresh time falls
+// later (a RefreshOn that late, or the halfway point of a life under a
+// minute): the caller gets a new one.
+func TestNoTokenWithinTheMarginWhateverItsRefreshTime(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		life      time.Duration
+		refreshOn time.Duration
+	}{
+		{name: "RefreshOn 10s before expiry", life: time.Hour, refreshOn: time.Hour - 10*time.Second},
+		{name: "50s life, halfway at 25s", life: 50 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, f, clock := newTest(t, tt.life)
+			f.set(func(f *fakeCred) { f.refreshOn = tt.refreshOn })
+			assert.Equal(t, "t1", tokenOf(t, c))
+			clock.Advance(tt.life - expiryMargin)
+			assert.Equal(t, "t2", tokenOf(t, c), "t1 expires within the margin")
+			assert.Equal(t, int64(2), f.calls.Load())
+		})
+	}
+}
+
 // TestManyCallersOneFetch: 200 callers without a token share one fetch.
 func TestManyCallersOneFetch(t *testing.T) {
 	c, f, _ := newTest(t, time.Hour)
