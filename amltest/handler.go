@@ -79,10 +79,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	if r.Method != http.MethodPost {
 		s.bump(&s.rejected)
 		w.Header().Set("Allow", http.MethodPost)
-		c.reply(http.StatusMethodNotAllowed, apiError{
-			status: http.StatusMethodNotAllowed, code: "MethodNotAllowed",
-			message: fmt.Sprintf("The requested resource does not support http method '%s'.", r.Method),
-		}.body(), Fault{})
+		msg := fmt.Sprintf("The requested resource does not support http method '%s'.", r.Method)
+		body := apiError{status: http.StatusMethodNotAllowed, code: "MethodNotAllowed", message: msg}.body()
+		if online {
+			body = onlineBody(msg + " Score with POST.")
+		}
+		c.reply(http.StatusMethodNotAllowed, body, Fault{})
 		return
 	}
 	key, isBearer := bearerKey(r.Header.Get("Authorization"))

@@ -18,6 +18,7 @@ import (
 //	errors    {"message": "…"} with the status:
 //	          401 a missing or wrong key or token
 //	          404 another path, or another deployment in azureml-model-deployment
+//	          405 a method other than POST
 //	          429 Too many pending requests      over MaxConcurrentCalls
 //	          424 the model failed; its status and reason in the
 //	              ms-azureml-model-error-statuscode and -reason headers

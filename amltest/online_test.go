@@ -61,7 +61,7 @@ func TestOnlineScores(t *testing.T) {
 }
 
 // TestOnlineRejects: the fake's own refusals, each with its status and a
-// {"message"} body: key, path, deployment, and a body the model cannot
+// {"message"} body: key, path, method, deployment, and a body the model cannot
 // take (424 with the model's 400 in the headers).
 func TestOnlineRejects(t *testing.T) {
 	srv := onlineServer(t, amltest.Config{Deployment: "blue", Predict: func(_ []string, rows [][]any) ([]any, error) {
@@ -78,6 +78,7 @@ func TestOnlineRejects(t *testing.T) {
 	}{
 		{"wrong key", ep.URL, "nope", mlflowBody, nil, 401, "", "Unauthorized"},
 		{"classic path", srv.URL() + "/execute", ep.APIKey, mlflowBody, nil, 404, "", "/score"},
+		{"GET", ep.URL, ep.APIKey, mlflowBody, []func(*http.Request){setMethod(http.MethodGet)}, 405, "", "POST"},
 		{"another deployment", ep.URL, ep.APIKey, mlflowBody, []func(*http.Request){setHeader(amltest.DeploymentHeader, "green")}, 404, "", `No deployment "green"`},
 		{"the model's error", ep.URL, ep.APIKey, mlflowBody, nil, 424, "400", "The model failed"},
 		{"no input_data", ep.URL, ep.APIKey, `{"Inputs": {}}`, nil, 424, "400", "The model failed"},
