@@ -67,8 +67,8 @@ type Config struct {
 	Score func(in *amlpool.Request) (*amlpool.Response, error)
 	// Fault, when set, decides a fault for the n-th admitted call (1-based,
 	// counted from the server's start; ResetStats does not reset it). Calls
-	// answered with 401, 404, 405 or the throttle 503 are not admitted and do
-	// not count. Faults queued by Script go first: while one is queued, Fault
+	// answered with 401, 404, 405, 400 BadVersionCall or the throttle 503
+	// are not admitted and do not count. Faults queued by Script go first: while one is queued, Fault
 	// is not called for that call, though n still counts it. A zero Fault
 	// means a normal reply. It is called from many goroutines at once and
 	// must be safe for that.
