@@ -264,8 +264,9 @@ func (s *Server) stopLocked() {
 // faults, TLS included. Stats and the n of Config.Fault carry on across the
 // restart; InFlight is zero when the server listens again. Restart blocks
 // until the server listens again, or until Close, after which the server
-// stays closed; a Restart after Close returns at once. It panics, as httptest does, when the address cannot be
-// listened on again within a second (another process took the port).
+// stays closed; a Restart after Close returns at once. It panics, as
+// httptest does, when the address cannot be listened on again within a
+// second (another process took the port).
 func (s *Server) Restart(down time.Duration) {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
