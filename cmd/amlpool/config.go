@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -111,6 +112,14 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 	if cfg.ChunkRows < 0 {
 		return nil, nil, fmt.Errorf(`"chunkRows": %d is negative`, cfg.ChunkRows)
 	}
+	for _, f := range []struct {
+		name string
+		cols []string
+	}{{"inputColumns", cfg.InputColumns}, {"outputColumns", cfg.OutputColumns}} {
+		if err := checkColumnList(f.cols); err != nil {
+			return nil, nil, fmt.Errorf("%q: %w", f.name, err)
+		}
+	}
 	eps := make([]amlpool.Endpoint, len(cfg.Endpoints))
 	for i, e := range cfg.Endpoints {
 		label := epLabel(i, e.Name)
@@ -169,6 +178,21 @@ func (s keySource) resolve(field, env, file string, required bool) (string, erro
 		return "", fmt.Errorf(`"%sEnv": missing; name the environment variable (or with "%sFile", the file) that holds this endpoint's key`, field, field)
 	}
 	return "", nil
+}
+
+// checkColumnList refuses a blank or repeated column name: a row file
+// cannot have two columns of one name (the output written would not read
+// back, nor resume).
+func checkColumnList(cols []string) error {
+	for i, c := range cols {
+		if strings.TrimSpace(c) == "" {
+			return fmt.Errorf("column %d has no name", i+1)
+		}
+		if j := slices.Index(cols[:i], c); j >= 0 {
+			return fmt.Errorf("columns %d and %d are both %q", j+1, i+1, c)
+		}
+	}
+	return nil
 }
 
 func epLabel(i int, name string) string {

@@ -429,6 +429,24 @@ func TestConfigTier(t *testing.T) {
 	assert.Equal(t, []int{0, 2}, []int{eps[0].Tier, eps[1].Tier})
 }
 
+// inputColumns and outputColumns name each column once: an output with two
+// columns of one name would not read back, nor resume.
+func TestConfigColumnLists(t *testing.T) {
+	keys := keySource{getenv: func(string) string { return "k" }}
+	for _, tt := range []struct{ extra, want string }{
+		{`"outputColumns":["Scored Labels","Scored Labels"]`, `"outputColumns": columns 1 and 2 are both "Scored Labels"`},
+		{`"inputColumns":["id"," "]`, `"inputColumns": column 2 has no name`},
+		{`"inputColumns":["id","name","id"]`, `"inputColumns": columns 1 and 3 are both "id"`},
+	} {
+		_, _, err := parseConfig([]byte(`{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"K"}],`+tt.extra+`}`), keys)
+		assert.EqualError(t, err, tt.want, tt.extra)
+	}
+	cfg, _, err := parseConfig([]byte(`{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"K"}],`+
+		`"inputColumns":["id","name"],"outputColumns":["Scored Labels"]}`), keys)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"Scored Labels"}, cfg.OutputColumns)
+}
+
 // score takes --priority by name, low by default, and refuses others
 // before reading anything.
 func TestScorePriorityFlag(t *testing.T) {
