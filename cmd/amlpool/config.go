@@ -226,7 +226,7 @@ func jsonError(data []byte, err error) error {
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
 		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
-			"per endpoint: name, url, kind, maxConcurrentCalls, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header)",
+			"per endpoint: name, url, kind, maxConcurrentCalls, tier, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header)",
 			strings.TrimPrefix(msg, "json: unknown field "))
 	}
 	if off < 0 {

@@ -427,6 +427,11 @@ func TestConfigTier(t *testing.T) {
 		`{"name":"b","url":"https://x/services/b/execute","apiKeyEnv":"K","tier":2}]}`), keySource{getenv: func(string) string { return "k" }})
 	require.NoError(t, err)
 	assert.Equal(t, []int{0, 2}, []int{eps[0].Tier, eps[1].Tier})
+
+	// A misspelt field's error lists the known ones, tier among them.
+	_, _, err = parseConfig([]byte(`{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"K","teir":1}]}`), keySource{getenv: func(string) string { return "k" }})
+	require.ErrorContains(t, err, `unknown field "teir"`)
+	assert.Contains(t, err.Error(), "maxConcurrentCalls, tier,")
 }
 
 // inputColumns and outputColumns name each column once: an output with two
