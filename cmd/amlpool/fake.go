@@ -153,7 +153,7 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	if err := os.WriteFile(filepath.Join(o.dir, "pool.json"), b.Bytes(), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(o.dir, "keys.env"), []byte(keys.String()), 0o600); err != nil {
+	if err := writePrivate(filepath.Join(o.dir, "keys.env"), []byte(keys.String())); err != nil {
 		return err
 	}
 	if o.sampleRows > 0 {
@@ -170,6 +170,25 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), filepath.Join(o.dir, "rows.csv"))
 	<-ctx.Done()
 	return nil
+}
+
+// writePrivate writes a file only its owner may read, also when it was
+// there already with looser permissions (which os.WriteFile keeps): the
+// keys are written only once the file is the owner's alone.
+func writePrivate(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // poisonModel is amltest's Echo model, failing a request that holds a cell

@@ -109,3 +109,21 @@ func TestFakeBadFlags(t *testing.T) {
 		assert.Contains(t, errOut.String(), tt.msg, tt.args)
 	}
 }
+
+// keys.env is its owner's alone, also when an earlier file of that name
+// could be read by others. (fake returns once the files are written when
+// its ctx is done already.)
+func TestFakeKeysFileIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.env")
+	require.NoError(t, os.WriteFile(keys, []byte("old\n"), 0o644))
+	require.NoError(t, os.Chmod(keys, 0o644)) // whatever the umask
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	o := fakeOptions{dir: dir, endpoints: 1, mcc: 1, sampleRows: 0, poison: "poison"}
+	require.NoError(t, fake(ctx, o, io.Discard))
+	fi, err := os.Stat(keys)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	assert.Contains(t, string(mustRead(t, keys)), "export AMLPOOL_FAKE_KEY_1=")
+}
