@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -227,16 +228,19 @@ func poisonPredict(poison string) func([]string, [][]any) ([]any, error) {
 	}
 }
 
-// sampleRows is a CSV of n rows; the middle one holds poison.
+// sampleRows is a CSV of n rows; the middle one holds poison, quoted as
+// CSV needs it (a comma or a quote in it).
 func sampleRows(n int, poison string) []byte {
-	var b strings.Builder
-	b.WriteString("id,age,income\n")
+	var b bytes.Buffer
+	w := csv.NewWriter(&b)
+	w.Write([]string{"id", "age", "income"})
 	for i := range n {
 		age := fmt.Sprint(18 + i*7%60)
 		if i == n/2 {
 			age = poison
 		}
-		fmt.Fprintf(&b, "%d,%s,%d\n", i+1, age, 20000+i*37%80000)
+		w.Write([]string{fmt.Sprint(i + 1), age, fmt.Sprint(20000 + i*37%80000)})
 	}
-	return []byte(b.String())
+	w.Flush() // into a bytes.Buffer: no error
+	return b.Bytes()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/rows"
 )
 
 // TestFakeCommand is the quick start: amlpool fake, then score its sample
@@ -126,4 +127,24 @@ func TestFakeKeysFileIsPrivate(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 	assert.Contains(t, string(mustRead(t, keys)), "export AMLPOOL_FAKE_KEY_1=")
+}
+
+// The sample's poison row holds --poison as one cell, whatever it holds:
+// a comma, a quote or a line break must not make it another row or a bad
+// line.
+func TestFakeSampleRowsQuotePoison(t *testing.T) {
+	for _, poison := range []string{"poison", "a,b", `say "x"`, "two\nlines"} {
+		r, err := rows.NewCSVReader(bytes.NewReader(sampleRows(5, poison)))
+		require.NoError(t, err, poison)
+		var ages []any
+		for {
+			row, err := r.Next()
+			if err == io.EOF {
+				break
+			}
+			require.NoError(t, err, poison)
+			ages = append(ages, row[1])
+		}
+		assert.Equal(t, []any{"18", "25", poison, "39", "46"}, ages, poison)
+	}
 }
