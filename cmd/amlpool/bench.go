@@ -67,6 +67,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
+		fmt.Fprintf(stderr, "amlpool bench: unexpected argument %q (see amlpool bench --help)\n", fs.Arg(0))
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := bench(ctx, o, stdout); err != nil {

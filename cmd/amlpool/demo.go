@@ -62,6 +62,10 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
+		fmt.Fprintf(stderr, "amlpool demo: unexpected argument %q (see amlpool demo --help)\n", fs.Arg(0))
+		return 2
+	}
 	if err := demo(context.Background(), cfg, stdout); err != nil {
 		fmt.Fprintln(stderr, "amlpool demo:", err)
 		return 1

@@ -472,6 +472,19 @@ func TestScorePriorityFlag(t *testing.T) {
 	assert.Contains(t, scoreHelp, "--priority, low by default")
 }
 
+// A command refuses an argument that is not a flag: flag parsing stops at
+// it, so the flags after it would silently go unused (bench --fake 2 x
+// --duration 1s would run for the default 30s). (score refuses it with
+// its required flags.)
+func TestCommandsRefuseStrayArguments(t *testing.T) {
+	for _, name := range []string{"demo", "plan", "bench", "fake"} {
+		var out, errOut bytes.Buffer
+		args := []string{name, "stray", "--duration", "1ms"}
+		assert.Equal(t, 2, run(args, &out, &errOut), name)
+		assert.Contains(t, errOut.String(), "amlpool "+name+`: unexpected argument "stray"`, name)
+	}
+}
+
 func TestHelpForEveryCommand(t *testing.T) {
 	for _, c := range commands {
 		var out, errOut bytes.Buffer

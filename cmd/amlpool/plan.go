@@ -56,6 +56,10 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
+		fmt.Fprintf(stderr, "amlpool plan: unexpected argument %q (see amlpool plan --help)\n", fs.Arg(0))
+		return 2
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	fail := func(msg string) int { fmt.Fprintln(stderr, "amlpool plan:", msg); return 2 }
