@@ -48,7 +48,8 @@ func newScannerOwned(b []byte) *scanner {
 // declined (encoding/json takes up to 10,000 levels).
 const maxScanDepth = 100
 
-// ws skips white space and returns the next byte, or 0 at the end.
+// ws skips white space and returns the next byte, or 0 at the end (or at a
+// NUL byte, which no JSON value starts with).
 func (s *scanner) ws() byte {
 	for s.i < len(s.b) {
 		switch c := s.b[s.i]; c {
@@ -61,8 +62,12 @@ func (s *scanner) ws() byte {
 	return 0
 }
 
-// end reports whether only white space is left.
-func (s *scanner) end() bool { return s.ws() == 0 }
+// end reports whether only white space is left. It checks the offset, not
+// ws's 0, which a NUL byte gives too.
+func (s *scanner) end() bool {
+	s.ws()
+	return s.i == len(s.b)
+}
 
 // consume skips white space and then c, reporting whether c was there.
 func (s *scanner) consume(c byte) bool {

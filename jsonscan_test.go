@@ -33,6 +33,8 @@ var fastResponseSeeds = []string{
 	`{"Results":{"o":{"type":"table","value":{"Values":[[1.]]}}}}`,
 	`{"Results":{"o":{"type":"table","value":{"Values":[[tru]]}}}}`,
 	`{"Results":{"o":{"type":"table","value":{"Values":[[1]]}}}} x`,
+	"{\"Results\":{}}\x00", // a NUL after the value: not white space
+	"{\"Results\":{}} \x00 ",
 	`{"Results":{"o":{"type":"table","value":{"Values":[[1]],}}}}`,
 	`{"Results":{"o":5}}`,
 	`{"Results":[]}`,
@@ -102,6 +104,8 @@ func TestDecodeResponseFastTakes(t *testing.T) {
 		`{"Results":{"o":{"type":"table","value":{"ColumnNames":["a"],"Values":[["\xff"]]}}}}`,
 		`{"Results":{"o":{"type":"table","value":{"ColumnNames":["a"],"Values":[["\ud800"]]}}}}`,
 		`{"Results":{"o":{"type":"table","value":{"ColumnNames":["a"],"Values":[[1]]}}}} x`,
+		"{\"Results\":{}}\x00",
+		"{\"Results\":{}} \x00",
 		`{"Results":null}`,
 		`{"Results":{"o":{"type":"table","value":{"Values":[[` + strings.Repeat("[", maxScanDepth) + strings.Repeat("]", maxScanDepth) + `]]}}}}`,
 	} {
