@@ -167,7 +167,20 @@ func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, resu
 func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts []*Chunk) []*Chunk {
 	body, err := b.encode(start, rows)
 	if err != nil {
-		return append(parts, b.failed(seq, start, rows, "", err))
+		// A cell that does not encode (a NaN, say) fails its row alone,
+		// naming its column; the rows around it are scored.
+		i, cellErr := badCell(b.cols, rows)
+		if cellErr == nil {
+			return append(parts, b.failed(seq, start, rows, "", err))
+		}
+		if i > 0 {
+			parts = b.score(ctx, seq, start, rows[:i], parts)
+		}
+		parts = append(parts, b.failed(seq, start+i, rows[i:i+1], "", cellErr))
+		if i+1 < len(rows) {
+			return b.score(ctx, seq, start+i+1, rows[i+1:], parts)
+		}
+		return parts
 	}
 	if len(body) > b.o.MaxChunkBytes {
 		if len(rows) == 1 {
@@ -182,6 +195,30 @@ func (b *batch) score(ctx context.Context, seq, start int, rows [][]any, parts [
 		return b.isolate(ctx, ch, parts)
 	}
 	return append(parts, ch)
+}
+
+// badCell returns the index of the first of rows with a cell that
+// encoding/json cannot encode, and an error naming its column and why.
+func badCell(cols []string, rows [][]any) (int, error) {
+	var buf []byte
+	for i, row := range rows {
+		for j, v := range row {
+			var ok bool
+			if buf, ok = appendCell(buf[:0], v); ok {
+				continue
+			}
+			_, err := marshalNoEscape(v)
+			if err == nil { // cannot happen: appendCell fails only where encoding/json does
+				err = errors.New("does not encode as JSON")
+			}
+			col := fmt.Sprintf("column %d", j+1)
+			if j < len(cols) {
+				col = fmt.Sprintf("column %q", cols[j])
+			}
+			return i, fmt.Errorf("amlpool: encode request: %s: %w", col, err)
+		}
+	}
+	return 0, nil
 }
 
 // encode returns the request of rows, from input index start on: the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/bits"
 	"net/http"
 	"slices"
@@ -53,6 +54,52 @@ func ids(n int) *amlpool.Table {
 		t.Values[i] = []any{strconv.Itoa(i)}
 	}
 	return t
+}
+
+// TestScoreTableUnencodableCell: a cell that encoding/json cannot encode
+// (NaN, an infinity, a channel) fails its row alone, with an error naming
+// the column, and the rows around it are scored, on both kinds of
+// endpoint.
+func TestScoreTableUnencodableCell(t *testing.T) {
+	for _, online := range []bool{false, true} {
+		t.Run(fmt.Sprint("online=", online), func(t *testing.T) {
+			var c *amlpool.Client
+			if online {
+				c = newClient(t, endpoints(onlineServers(t, 1, 2)))
+			} else {
+				c, _ = poolOf(t, amltest.Config{MaxConcurrentCalls: 2})
+			}
+			in := &amlpool.Table{ColumnNames: []string{"id", "x"}, Values: make([][]any, 10)}
+			for i := range in.Values {
+				in.Values[i] = []any{strconv.Itoa(i), 1.5}
+			}
+			in.Values[2][1] = math.NaN()
+			in.Values[4][1] = math.Inf(-1) // the last row of its chunk
+			in.Values[7][0] = make(chan int)
+			res, err := c.ScoreTable(context.Background(), in, &amlpool.BatchOptions{ChunkRows: 5, Parallelism: 1})
+			require.NoError(t, err)
+			assert.Equal(t, 7, res.Stats.Scored)
+			require.Len(t, res.Failures, 3)
+			for k, want := range []struct {
+				row  int
+				text string
+			}{
+				{3, `amlpool: row 3: amlpool: encode request: column "x": json: unsupported value: NaN`},
+				{5, `amlpool: row 5: amlpool: encode request: column "x": json: unsupported value: -Inf`},
+				{8, `amlpool: row 8: amlpool: encode request: column "id": json: unsupported type: chan int`},
+			} {
+				f := res.Failures[k]
+				assert.Equal(t, [2]int{want.row, want.row}, [2]int{f.FirstRow, f.LastRow}, "the bad row alone")
+				assert.EqualError(t, f, want.text)
+				assert.Nil(t, res.Output.Values[want.row-1])
+			}
+			for i, row := range res.Output.Values {
+				if i != 2 && i != 4 && i != 7 {
+					assert.NotNil(t, row, "row %d", i+1)
+				}
+			}
+		})
+	}
 }
 
 // maxExtra is the promised cost of isolating one bad row in a chunk of n

@@ -100,8 +100,10 @@ type Chunk struct {
 	// Err is a *ChunkError when these rows were not scored: the call failed
 	// after retries, the reply did not fit the request (a row short, or
 	// rows of several widths: ErrMalformedResponse), the service blamed
-	// these rows (a bad row isolated, see BatchOptions.NoSplit), or
-	// (wrapping a *RowError) the source could not read the row.
+	// these rows (a bad row isolated, see BatchOptions.NoSplit), a cell
+	// of the row does not encode as JSON (a NaN, say: the row fails alone,
+	// its column named, and the rows around it are scored), or (wrapping a
+	// *RowError) the source could not read the row.
 	Err error
 }
 
