@@ -45,6 +45,13 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	case o.Parallelism < 0:
 		return nil, &ConfigError{Field: "BatchOptions.Parallelism", Problem: "negative"}
 	}
+	if c.kind == Classic && o.GlobalParameters != nil {
+		// Checked once here: otherwise every chunk would fail to encode,
+		// with an error that does not say why.
+		if _, err := marshalNoEscape(o.GlobalParameters); err != nil {
+			return nil, &ConfigError{Field: "BatchOptions.GlobalParameters", Problem: "does not encode as JSON: " + err.Error()}
+		}
+	}
 	if o.Input == "" {
 		o.Input = "input1"
 	}

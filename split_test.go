@@ -102,6 +102,20 @@ func TestScoreTableUnencodableCell(t *testing.T) {
 	}
 }
 
+// TestScoreTableUnencodableGlobalParameters: GlobalParameters that do not
+// encode as JSON are a *ConfigError naming them, before anything is sent,
+// rather than every chunk failing to encode with an error that does not
+// say why.
+func TestScoreTableUnencodableGlobalParameters(t *testing.T) {
+	c, srv := poolOf(t, amltest.Config{MaxConcurrentCalls: 2})
+	res, err := c.ScoreTable(context.Background(), ids(10), &amlpool.BatchOptions{GlobalParameters: map[string]any{"seed": math.NaN()}})
+	require.ErrorIs(t, err, amlpool.ErrInvalidConfig)
+	assert.EqualError(t, err, "amlpool: invalid config: BatchOptions.GlobalParameters: does not encode as JSON: json: unsupported value: NaN")
+	assert.Empty(t, res.Failures)
+	assert.Zero(t, res.Stats.Rows)
+	assert.Zero(t, srv.Stats().Requests)
+}
+
 // maxExtra is the promised cost of isolating one bad row in a chunk of n
 // rows: ⌈log2 n⌉ + 2 requests.
 func maxExtra(n int) int { return bits.Len(uint(n-1)) + 2 }

@@ -44,7 +44,10 @@ type BatchOptions struct {
 	// Output is the output port whose table holds the scores. Default: the
 	// reply's only port; "output1" when the reply has several.
 	Output string
-	// GlobalParameters go with every request. Default: none ({}).
+	// GlobalParameters go with every request. Default: none ({}). A value
+	// that does not encode as JSON (a NaN, say) is a *ConfigError.
+	// Input, Output and GlobalParameters are the Classic form's: an online
+	// Client's MLflow requests have no ports or parameters, and ignore them.
 	GlobalParameters map[string]any
 	// ChunkRows is how many rows go in one request. Default:
 	// DefaultChunkRows.
