@@ -474,15 +474,20 @@ func TestScorePriorityFlag(t *testing.T) {
 
 // A command refuses an argument that is not a flag: flag parsing stops at
 // it, so the flags after it would silently go unused (bench --fake 2 x
-// --duration 1s would run for the default 30s). (score refuses it with
-// its required flags.)
+// --duration 1s would run for the default 30s). score once answered one
+// with "need --config, --in, --out" although they were given after it, or
+// with "need " and no flag named when it came after them.
 func TestCommandsRefuseStrayArguments(t *testing.T) {
-	for _, name := range []string{"demo", "plan", "bench", "fake"} {
+	for _, name := range []string{"demo", "plan", "bench", "fake", "score"} {
 		var out, errOut bytes.Buffer
 		args := []string{name, "stray", "--duration", "1ms"}
 		assert.Equal(t, 2, run(args, &out, &errOut), name)
 		assert.Contains(t, errOut.String(), "amlpool "+name+`: unexpected argument "stray"`, name)
 	}
+	var out, errOut bytes.Buffer
+	args := []string{"score", "--config", "pool.json", "--in", "rows.csv", "--out", "scored.csv", "stray"}
+	assert.Equal(t, 2, run(args, &out, &errOut))
+	assert.Contains(t, errOut.String(), `amlpool score: unexpected argument "stray"`)
 }
 
 func TestHelpForEveryCommand(t *testing.T) {

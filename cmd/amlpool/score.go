@@ -130,13 +130,17 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
+		fmt.Fprintf(stderr, "amlpool score: unexpected argument %q (see amlpool score --help)\n", fs.Arg(0))
+		return 2
+	}
 	var missing []string
 	for _, f := range []struct{ name, v string }{{"--config", o.config}, {"--in", o.in}, {"--out", o.out}} {
 		if f.v == "" {
 			missing = append(missing, f.name)
 		}
 	}
-	if len(missing) > 0 || fs.NArg() > 0 {
+	if len(missing) > 0 {
 		fmt.Fprintf(stderr, "amlpool score: need %s (see amlpool score --help)\n", strings.Join(missing, ", "))
 		return 2
 	}
