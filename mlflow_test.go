@@ -134,7 +134,7 @@ func FuzzOnlineAPIError(f *testing.F) {
 		h.Set("ms-azureml-model-error-statuscode", modelStatus)
 		h.Set("ms-azureml-model-error-reason", reason)
 		e := parseAPIError("e", status, body, []string{token})
-		parseOnlineError(e, h, []string{token})
+		parseOnlineError(e, h, body, []string{token})
 		require.NotContains(t, e.Error(), token)
 		require.NotContains(t, e.Reason(), token)
 		require.LessOrEqual(t, len(e.ModelReason), maxModelReason)

@@ -112,8 +112,10 @@ func modelReason(v string, secrets []string) string {
 
 // parseOnlineError fills e, the error of an online endpoint's non-2xx
 // reply, from what the Classic parse left: the model's status and reason
-// of a 424, and the message of a {"message": "…"} body.
-func parseOnlineError(e *APIError, h http.Header, secrets []string) {
+// of a 424, and the message of a {"message": "…"} body. body is the whole
+// reply as read, not e.Body, which is cut at 512 bytes: a longer message
+// would not parse from it.
+func parseOnlineError(e *APIError, h http.Header, body []byte, secrets []string) {
 	e.Kind = Online
 	if e.StatusCode == http.StatusFailedDependency {
 		e.ModelStatusCode = parseModelStatus(h.Get(modelStatusHeader))
@@ -125,7 +127,7 @@ func parseOnlineError(e *APIError, h http.Header, secrets []string) {
 	var wire struct {
 		Message string `json:"message"`
 	}
-	if json.Unmarshal([]byte(e.Body), &wire) == nil && wire.Message != "" {
+	if json.Unmarshal(body, &wire) == nil && wire.Message != "" {
 		e.Message = scrubString(wire.Message, secrets)
 	}
 }

@@ -19,7 +19,7 @@ func TestClassifyOnline(t *testing.T) {
 		if model != "" {
 			h.Set("ms-azureml-model-error-statuscode", model)
 		}
-		parseOnlineError(e, h, nil)
+		parseOnlineError(e, h, []byte(body), nil)
 		return e
 	}
 	for _, tt := range []struct {

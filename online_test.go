@@ -139,6 +139,22 @@ func TestOnlineModelError(t *testing.T) {
 	assert.Equal(t, "amlpool: endpoint o0: HTTP 424 (model HTTP 400): column 'age' is missing", err.Error())
 }
 
+// TestOnlineLongMessage: an online error body's message longer than the
+// 512 bytes APIError.Body keeps still reaches Message and the error's
+// text (a model's traceback often is that long).
+func TestOnlineLongMessage(t *testing.T) {
+	srv := onlineServers(t, 1, 4)[0]
+	msg := "Traceback (most recent call last): " + strings.Repeat("frame ", 100) + "ValueError: bad input"
+	srv.Script(amltest.Fault{Status: 502, Body: []byte(`{"message":"` + msg + `"}`)})
+	c := newClient(t, endpoints([]*amltest.Server{srv}), amlpool.WithMaxAttempts(1))
+	_, err := c.Do(t.Context(), onlineBody)
+	var apiErr *amlpool.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, msg, apiErr.Message)
+	assert.Equal(t, msg, apiErr.Reason())
+	assert.Equal(t, "amlpool: endpoint o0: HTTP 502: "+msg, err.Error())
+}
+
 // TestOnlineRateLimitCoolsDown: a 429 Rate-limited with Retry-After holds
 // its endpoint back for that long: the next calls go elsewhere.
 func TestOnlineRateLimitCoolsDown(t *testing.T) {
