@@ -94,8 +94,9 @@ func parseModelStatus(v string) int {
 }
 
 // modelReason cleans the model's reason header for an APIError: valid
-// UTF-8, no control characters, at most maxModelReason bytes, secrets
-// scrubbed.
+// UTF-8, no control characters, secrets scrubbed, at most maxModelReason
+// bytes. It scrubs before it cuts: a secret the cut went through would be
+// left in part, out of the scrub's reach.
 func modelReason(v string, secrets []string) string {
 	v = strings.ToValidUTF8(strings.TrimSpace(v), "\uFFFD")
 	v = strings.Map(func(r rune) rune {
@@ -104,10 +105,11 @@ func modelReason(v string, secrets []string) string {
 		}
 		return r
 	}, v)
+	v = scrubString(v, secrets)
 	if len(v) > maxModelReason {
 		v = strings.ToValidUTF8(v[:maxModelReason], "")
 	}
-	return scrubString(v, secrets)
+	return v
 }
 
 // parseOnlineError fills e, the error of an online endpoint's non-2xx

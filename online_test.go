@@ -155,6 +155,23 @@ func TestOnlineLongMessage(t *testing.T) {
 	assert.Equal(t, "amlpool: endpoint o0: HTTP 502: "+msg, err.Error())
 }
 
+// TestOnlineModelReasonCutKey: a model's reason that quotes the key
+// across the 512 bytes ModelReason keeps is scrubbed before it is cut: no
+// part of the key is left in ModelReason or the error.
+func TestOnlineModelReasonCutKey(t *testing.T) {
+	srv := onlineServers(t, 1, 4)[0]
+	ep := srv.Endpoint()
+	half := ep.APIKey[:len(ep.APIKey)/2]
+	srv.Script(amltest.ModelFailure(400, strings.Repeat("x", 512-len(half))+ep.APIKey)) // the cut leaves half the key
+	c := newClient(t, []amlpool.Endpoint{ep}, amlpool.WithMaxAttempts(1))
+	_, err := c.Do(t.Context(), onlineBody)
+	var apiErr *amlpool.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.NotContains(t, apiErr.ModelReason, half)
+	assert.NotContains(t, err.Error(), half)
+	assert.LessOrEqual(t, len(apiErr.ModelReason), 512)
+}
+
 // TestOnlineRateLimitCoolsDown: a 429 Rate-limited with Retry-After holds
 // its endpoint back for that long: the next calls go elsewhere.
 func TestOnlineRateLimitCoolsDown(t *testing.T) {
