@@ -324,7 +324,14 @@ func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
 // usableOutside reports whether an endpoint outside set may take calls now,
 // as far as health and cool-downs go.
 func (c *Client) usableOutside(set *pool.Endpoints) bool {
-	return c.pool.Set().UsableOutside(set)
+	s := c.pool.Set()
+	x := pool.Exclusion{}
+	for _, e := range s.Eps {
+		if !set.Has(e) && s.Usable(&x, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // deadlineError says a call stopped because its next wait would pass the

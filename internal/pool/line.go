@@ -240,10 +240,8 @@ func (p *Pool) removeLocked(w *waiter) {
 
 // grantLocked gives free slots to waiting calls in the line's order: the
 // highest rank first, first come first served within a rank (first). A
-// waiter's exclusion holds only while an endpoint outside it may take
-// calls: one whose untried endpoints all left rotation since it joined the
-// line may use those it tried. A waiter that may use every endpoint and
-// finds none free ends the pass: nobody behind it can be served either.
+// waiter that may use every endpoint and finds none free ends the pass:
+// nobody behind it can be served either.
 func (p *Pool) grantLocked() {
 	var cur [numPriorities]*waiter
 	fronts := 0
@@ -262,21 +260,11 @@ func (p *Pool) grantLocked() {
 			return
 		}
 		cur[w.pri] = w.next
-		x := &w.x
-		slot, ok := p.TryAcquire(x)
-		if !ok && x.On && !p.set.Load().UsableOutside(&x.Tried) {
-			// Every endpoint the call has not tried left rotation (or the
-			// Set) since it joined the line: it may use those it tried.
-			all := *x
-			all.On = false
-			x = &all
-			slot, ok = p.TryAcquire(x)
-		}
-		if ok {
+		if slot, ok := p.TryAcquire(&w.x); ok {
 			w.slot = slot
 			p.removeLocked(w)
 			close(w.ready)
-		} else if !x.On {
+		} else if !w.x.On {
 			return
 		}
 	}
