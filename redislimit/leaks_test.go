@@ -1,14 +1,18 @@
 package redislimit
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool"
@@ -248,4 +252,85 @@ func TestFailStaticRejoinKeepsToShare(t *testing.T) {
 	f.settle(t, 2)
 	require.Equal(t, capacity, take(0))
 	release(0)
+}
+
+// replyCut drops the connection that carries the next run of one script
+// after Redis has run it and answered, before go-redis reads the answer: as
+// a connection reset is to go-redis, which sends the same command again on
+// a new connection (MaxRetries). ran is called between the two runs.
+type replyCut struct {
+	sha   []byte
+	armed atomic.Bool
+	ran   func()
+}
+
+func (h *replyCut) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &cutConn{Conn: c, h: h}, nil
+	}
+}
+func (h *replyCut) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *replyCut) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+type cutConn struct {
+	net.Conn
+	h   *replyCut
+	cut atomic.Bool
+}
+
+func (c *cutConn) Write(b []byte) (int, error) {
+	if bytes.Contains(b, c.h.sha) && c.h.armed.CompareAndSwap(true, false) {
+		c.cut.Store(true)
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *cutConn) Read(b []byte) (int, error) {
+	if !c.cut.Load() {
+		return c.Conn.Read(b)
+	}
+	if _, err := c.Conn.Read(b); err != nil { // Redis answered: the script ran
+		return 0, err
+	}
+	c.h.ran()
+	_ = c.Conn.Close()
+	return 0, io.EOF
+}
+
+// go-redis sends an acquire again when its connection breaks after Redis
+// ran it (the recommended client retries once). If a candidate before the
+// one the first run took has room by then, the second run must not take
+// it as well: the first run's lease, which no call would hold, would block
+// its slot fleet-wide for a TTL.
+func TestRetriedAcquireTakesOneLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	keyA := "amlpool:{t}:ep:a"
+	require.NoError(t, f.rdb.ZAdd(ctx, keyA, redisZ(f.clk.Now().Add(time.Minute).UnixMilli(), "other:1")).Err())
+	h := &replyCut{sha: []byte(acquireScript.Hash()), ran: func() {
+		f.rdb.ZRem(ctx, keyA, "other:1") // a frees between the two runs
+	}}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(h)
+	require.NoError(t, acquireScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+
+	h.armed.Store(true)
+	ls, err := l.TryAcquire(ctx, eps(1, 1)) // a is full: the first run takes b
+	require.NoError(t, err)
+	require.NotNil(t, ls)
+	require.False(t, h.armed.Load(), "the script's connection was not cut")
+	assert.Len(t, append(f.leases(t, "a"), f.leases(t, "b")...), 1, "one call, two leases in Redis")
+	ls.Release()
+	require.Eventually(t, func() bool { return len(f.leases(t, "a"))+len(f.leases(t, "b")) == 0 },
+		testTimeout, time.Millisecond, "a lease no call holds stayed in Redis")
 }

@@ -88,9 +88,11 @@ end
 // live replicas (members, and this process if its heartbeat is not in yet),
 // so that every acquire keeps the count fresh.
 //
-// A lease id already in a set is a retry of the same acquire (go-redis
-// retries on some errors): it is refreshed and granted again, never counted
-// twice.
+// A lease id already in a set, on any candidate, is a retry of the same
+// acquire whose first run's reply was lost (go-redis sends a command again
+// when its connection breaks): it is refreshed and granted again, never
+// counted twice, and never joined by a second lease on an earlier candidate
+// that has room since, which no call would hold.
 var acquireScript = redis.NewScript(scriptNow + `
 local n = (#KEYS - 1) / 2
 local id, ttl = ARGV[1], tonumber(ARGV[2])
@@ -99,15 +101,20 @@ local replicas = redis.call('ZCOUNT', KEYS[#KEYS], now, '+inf')
 local beat = redis.call('ZSCORE', KEYS[#KEYS], proc)
 if not beat or tonumber(beat) < now then replicas = replicas + 1 end -- itself, before its first heartbeat
 for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZSCORE', KEYS[i], id) then -- a retry
+    redis.call('ZADD', KEYS[i], now + ttl, id)
+    extend(KEYS[i], ttl)
+    return {i, redis.call('ZCARD', KEYS[i]), replicas}
+  end
+end
+for i = 1, n do
   local k, limit = KEYS[i], tonumber(ARGV[2 + i])
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   local c = redis.call('ZCARD', k)
-  local held = redis.call('ZSCORE', k, id)
-  if held or c < limit then
+  if c < limit then
     redis.call('ZADD', k, now + ttl, id)
     extend(k, ttl)
-    if not held then c = c + 1 end
-    return {i, c, replicas}
+    return {i, c + 1, replicas}
   end
 end
 if wttl > 0 then

@@ -134,6 +134,11 @@ func TestAcquireScriptIsIdempotentPerLeaseID(t *testing.T) {
 		// again without taking a second slot, even at the limit.
 		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:1", time.Minute, k, 1))
 		assert.EqualValues(t, 1, b.rdb.ZCard(context.Background(), k[0]).Val())
+		// Also when a candidate before the one it holds has room: the retry
+		// keeps its lease and takes none there.
+		ks := []string{"amlpool:{t}:ep:b", k[0]}
+		assert.Equal(t, []int64{2, 1}, acquire(t, b, "p:1", time.Minute, ks, 1, 1))
+		assert.EqualValues(t, 0, b.rdb.Exists(context.Background(), ks[0]).Val())
 	})
 }
 
