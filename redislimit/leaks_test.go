@@ -29,7 +29,7 @@ import (
 type scriptHook struct {
 	sha    string
 	armed  atomic.Bool
-	before func()
+	before func(ctx context.Context)
 	lost   func()
 }
 
@@ -43,7 +43,7 @@ func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			return next(ctx, cmd)
 		}
 		if h.before != nil {
-			h.before()
+			h.before(ctx)
 		}
 		err := next(ctx, cmd)
 		if err == nil && h.lost != nil {
@@ -101,7 +101,7 @@ func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
 	reached, open := make(chan struct{}), make(chan struct{})
-	h := &scriptHook{sha: tickScript.Hash(), before: func() { close(reached); <-open }}
+	h := &scriptHook{sha: tickScript.Hash(), before: func(context.Context) { close(reached); <-open }}
 	released, hold := make(chan struct{}), make(chan struct{})
 	var armRelease atomic.Bool
 	ticked := make(chan struct{}, 1)
@@ -333,4 +333,39 @@ func TestRetriedAcquireTakesOneLease(t *testing.T) {
 	ls.Release()
 	require.Eventually(t, func() bool { return len(f.leases(t, "a"))+len(f.leases(t, "b")) == 0 },
 		testTimeout, time.Millisecond, "a lease no call holds stayed in Redis")
+}
+
+// An acquire whose script is on its way to Redis as the Limiter closes
+// returns ErrClosed and leaves no lease behind: not one taken after Close
+// said goodbye to Redis, nor one in the caller's hands that Close never
+// saw.
+func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: acquireScript.Hash(), before: func(ctx context.Context) {
+		close(reached)
+		select { // Close may end the round trip; else the test lets it go on
+		case <-open:
+		case <-ctx.Done():
+		}
+	}}
+	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	f.settle(t, 1) // the first heartbeat is in
+
+	h.armed.Store(true)
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l.Acquire(ctx, eps(1))
+		if ls != nil {
+			ls.Release()
+		}
+		got <- err
+	}()
+	<-reached
+	require.NoError(t, l.Close())
+	close(open)
+	assert.ErrorIs(t, <-got, amlpool.ErrClosed)
+	assert.Empty(t, f.m.Keys(), "keys left after Close")
 }

@@ -368,6 +368,21 @@ func (l *Limiter) rejoinLimitsLocked(cands []*endpoint) []int64 {
 // tryRedis runs the acquire script once, with limits, when not nil, in
 // place of the candidates' caps (rejoinLimitsLocked).
 func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, limits []int64) (*lease, error) {
+	// Close cuts the script short, waits for it, and only then says goodbye
+	// to Redis, which deletes any lease the script took: one taken after the
+	// goodbye would block its slot fleet-wide for a TTL.
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, amlpool.ErrClosed
+	}
+	l.wg.Add(1) // under mu and not closed: never after Close began waiting
+	l.mu.Unlock()
+	defer l.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(l.bg, cancel)()
+
 	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
 	keys := make([]string, 2*len(cands)+1)
 	args := make([]any, 0, 4+len(cands))
@@ -390,6 +405,9 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	}
 	args = append(args, l.proc, wantTTL)
 	res, err := l.eval(ctx, acquireScript, keys, args)
+	if l.bg.Err() != nil {
+		return nil, amlpool.ErrClosed
+	}
 	if err != nil {
 		// The script may have run with its reply lost: delete the lease
 		// once Redis answers again, or let it expire.
