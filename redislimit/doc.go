@@ -82,7 +82,10 @@
 //     returns at its own probe, and the others still hold their shares outside
 //     Redis: so a replica keeps to its share for two probe intervals after its
 //     return (for a fleet that shares one WithProbeInterval, long enough for
-//     every other replica's probe). A replica cut off alone, while the others
+//     every other replica's probe). Redis's count misses the replicas not
+//     back yet, so the count before the outage stands until Redis counts
+//     again after those two intervals, also for a fallback that begins
+//     meanwhile (Redis gone again). A replica cut off alone, while the others
 //     still reach Redis, uses its share on top of their whole cap for as long as
 //     it is cut off. A process that has never reached Redis does not know the
 //     fleet's size: without WithExpectedReplicas it takes no share, and its

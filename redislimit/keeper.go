@@ -183,9 +183,12 @@ func (l *Limiter) tick() {
 		l.fallback = false
 		if l.cfg.mode == FailStatic {
 			// The others come back at their own probes: until then their
-			// shares are outside Redis (rejoinLimitsLocked).
-			l.rejoin, l.rejoinReplicas = now.Add(2*l.cfg.probe), before
+			// shares are outside Redis (rejoinLimitsLocked). After a return
+			// cut short, the count before that outage still stands.
+			l.rejoin, l.rejoinReplicas = now.Add(2*l.cfg.probe), max(before, l.rejoinReplicas)
 		}
+	} else if !now.Before(l.rejoin) {
+		l.rejoinReplicas = 0 // counted after the rejoin window
 	}
 	l.mu.Unlock()
 

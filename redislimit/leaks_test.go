@@ -369,3 +369,117 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 	assert.ErrorIs(t, <-got, amlpool.ErrClosed)
 	assert.Empty(t, f.m.Keys(), "keys left after Close")
 }
+
+// Redis flaps right after a long outage: back long enough for one replica's
+// probe, gone again before the other's. The count the first one back read
+// misses the other, whose heartbeat expired in the outage and which still
+// holds its share outside Redis: FailStatic must go on dividing by the
+// count before the outage, in the second fallback and in the window after
+// the next return, or the fleet goes past cap + replicas − 1. Releases made
+// in the second fallback are deleted from Redis at the next return.
+func TestFailStaticFlapKeepsToShare(t *testing.T) {
+	const capacity = 4 // a share of 2 for each of 2 replicas
+	const probe = 10 * time.Second
+	const timeout = 5 * time.Second // a fallback takes 3 failures over 2 timeouts: within the rejoin window
+	f := newFixture(t)
+	ctx := testCtx(t)
+	var cuts [2]*cutHook
+	var lims [2]*Limiter
+	for i := range lims {
+		cuts[i] = &cutHook{}
+		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { _ = rdb.Close() })
+		rdb.AddHook(cuts[i])
+		l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithProbeInterval(probe))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		lims[i] = l
+	}
+	a, b := lims[0], lims[1]
+	f.settle(t, 2)
+	f.advance(DefaultTTL / 3) // both heartbeats seen
+	f.settle(t, 2)
+	require.Equal(t, 2, a.Stats().Replicas)
+
+	var held [2][]amlpool.Lease
+	take := func(i int) int {
+		n := 0
+		for {
+			ls, err := lims[i].TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			if ls == nil {
+				return n
+			}
+			held[i] = append(held[i], ls)
+			n++
+		}
+	}
+	release := func(i int) {
+		for _, ls := range held[i] {
+			ls.Release()
+		}
+		held[i] = nil
+	}
+	back := func(l *Limiter) {
+		require.Eventually(t, func() bool {
+			f.advance(probe / 10)
+			return !l.Stats().Fallback
+		}, testTimeout, time.Millisecond)
+	}
+
+	// A long outage: both in fallback, their heartbeats expire in Redis.
+	cuts[0].down.Store(true)
+	cuts[1].down.Store(true)
+	require.Eventually(t, func() bool {
+		f.advance(DefaultTTL / 3)
+		return a.Stats().Fallback && b.Stats().Fallback
+	}, testTimeout, time.Millisecond)
+	f.advance(2 * a.memberTTL())
+	inFlight := take(0) + take(1)
+	require.Equal(t, capacity, inFlight, "each replica's share in fallback")
+
+	// Redis back for a's probe only; b's heartbeat is gone: a counts 1.
+	cuts[0].down.Store(false)
+	back(a)
+	require.True(t, b.Stats().Fallback)
+	require.Equal(t, 1, a.Stats().Replicas)
+	inFlight += take(0)
+	require.LessOrEqual(t, inFlight, capacity+2-1, "a back on Redis while b holds its share outside it")
+
+	// Gone again, before b's probe: a falls back a second time.
+	cuts[0].down.Store(true)
+	for !a.Stats().Fallback {
+		inFlight += take(0)
+		f.advance(timeout)
+	}
+	inFlight += take(0)
+	require.LessOrEqual(t, inFlight, capacity+2-1, "a in its second fallback while b holds its share")
+	f.advance(2 * probe) // past the rejoin window, still in fallback
+	inFlight += take(0)
+	require.LessOrEqual(t, inFlight, capacity+2-1, "a in fallback past the rejoin window while b holds its share")
+
+	// a's calls end in fallback; their leases, written back at its return,
+	// are deleted at the next.
+	inFlight -= len(held[0])
+	release(0)
+	cuts[0].down.Store(false)
+	back(a)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"leases released in fallback stayed in Redis")
+	inFlight += take(0)
+	require.LessOrEqual(t, inFlight, capacity+2-1, "a back again while b holds its share outside Redis")
+
+	// b returns; once both have, and the window is over, a counts 2 again
+	// and, with b's calls ended, gets the whole cap.
+	cuts[1].down.Store(false)
+	back(b)
+	release(1)
+	release(0)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"the released leases are deleted from Redis")
+	f.advance(2 * probe)
+	f.settle(t, 2)
+	require.Equal(t, capacity, take(0))
+	require.Equal(t, 2, a.Stats().Replicas)
+	release(0)
+}

@@ -82,7 +82,10 @@ type Limiter struct {
 	// rejoin: after an outage, until then, FailStatic keeps this process
 	// to its share of each cap, with replicas at least rejoinReplicas (the
 	// count before the outage): the other replicas come back at their own
-	// probes, and until each does, it holds its share outside Redis.
+	// probes, and until each does, it holds its share outside Redis. The
+	// count Redis gives meanwhile misses them, so rejoinReplicas also
+	// floors the shares of a fallback (Redis gone again before they
+	// returned) until Redis has counted the replicas after the window.
 	rejoin         time.Time
 	rejoinReplicas int
 	pending        []removal // leases to delete from Redis at the next tick that reaches it
@@ -404,6 +407,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 		wantTTL = l.wantTTL().Milliseconds()
 	}
 	args = append(args, l.proc, wantTTL)
+	sent := l.cfg.clock.Now()
 	res, err := l.eval(ctx, acquireScript, keys, args)
 	if l.bg.Err() != nil {
 		return nil, amlpool.ErrClosed
@@ -433,6 +437,9 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 		// Every acquire refreshes the count, not only the tick: replicas
 		// that start together see each other within a round trip.
 		l.replicas = int(replicas)
+		if !sent.Before(l.rejoin) {
+			l.rejoinReplicas = 0 // counted after the rejoin window
+		}
 	}
 	if i == 0 {
 		return nil, nil
@@ -470,7 +477,7 @@ func (l *Limiter) shareLocked(ep *endpoint) int {
 	if l.cfg.mode == FailOpen {
 		return int(ep.limit.Load())
 	}
-	k := max(l.replicas, l.cfg.replicas)
+	k := max(l.replicas, l.cfg.replicas, l.rejoinReplicas)
 	if k == 0 {
 		// The fleet's size was never seen (Redis unreachable since New) and
 		// WithExpectedReplicas was not given: any share could overload an
