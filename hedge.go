@@ -102,7 +102,8 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // to copies, and returns it; nil when it sends none. The copy goes to an
 // endpoint the call has not tried with a free slot; it is not sent while
 // calls wait for slots (they come first), when the retry budget is spent,
-// or when the call's ctx has ended. With a Limiter, the copy waits for the
+// when the first copy has answered (copies holds it: the timer fired as it
+// came) or when the call's ctx has ended. With a Limiter, the copy waits for the
 // fleet's slot until ctx ends, that is until the first copy answers; a copy
 // that gets no slot in the end reports with no endpoint.
 func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
@@ -115,11 +116,13 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 	if !ok {
 		return nil
 	}
-	if ctx.Err() != nil {
-		// The call ended while its timer fired: a copy would be cancelled
-		// at once. (Checked after Waiting: a waiting call that took the
-		// slot the first copy freed as it ended leaves the line after
-		// that end, and so after ctx's.)
+	if ctx.Err() != nil || len(copies) > 0 {
+		// The call ended, or the first copy answered (it is in copies),
+		// while its timer fired: a copy would be abandoned at once, an
+		// attempt and a withdrawal from the budget for nothing. (Checked
+		// after Waiting: a waiting call that took the slot the first copy
+		// freed as it ended leaves the line after that end, and so after
+		// ctx's and the reply's.)
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return nil
 	}

@@ -252,6 +252,44 @@ func TestHedgeNotStartedForEndedCall(t *testing.T) {
 	assert.Empty(t, rig.arrived)
 }
 
+// A hedge timer that fires as the first copy answers (select picks either
+// of two ready cases) sends no copy: it would be abandoned at once, or be a
+// retry without backoff, and it would spend the retry budget.
+func TestHedgeNotStartedAfterFirstAnswered(t *testing.T) {
+	rig := newHedgeRig(t, 1, hangFirst(make(chan string, 1)), WithHedging(100*time.Millisecond))
+	eps := rig.c.pool.Set().Eps
+	first, ok := rig.c.pool.TryTake(eps[0])
+	require.True(t, ok)
+	defer rig.c.pool.Release(first, &pool.Report{Result: pool.Unsent}, nil)
+	a := &attempt{n: 1, slot: first}
+	copies := make(chan *attempt, 2)
+	copies <- a // the first copy's reply, in before the hedge is weighed
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cl := &call{ex: pool.Exclusion{On: true}}
+	if h := rig.c.startHedge(ctx, cl, a, []byte(`{}`), copies); h != nil {
+		cancel()
+		<-copies
+		<-copies
+		t.Fatal("a hedge was sent after the first copy had answered")
+	}
+	assert.Equal(t, 1, eps[1].Free(), "the other endpoint's slot is given back")
+	assert.Len(t, copies, 1, "only the first copy")
+	assert.Zero(t, budgetRetries(rig.c.budget), "nothing withdrawn from the retry budget")
+	assert.Empty(t, rig.arrived)
+}
+
+// budgetRetries returns the retries withdrawn from b over its window.
+func budgetRetries(b *retryBudget) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for i := range b.slots {
+		n += b.slots[i].retries
+	}
+	return n
+}
+
 // After both copies fail, the retry goes to the endpoint neither tried.
 func TestHedgeEndpointCountsAsTried(t *testing.T) {
 	var n atomic.Int32
