@@ -130,6 +130,9 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 		// Hedges and retries share the budget, so together they add at
 		// most its share of extra load.
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
+		if c.tel != nil {
+			c.tel.hedgeRefused()
+		}
 		return nil
 	}
 	h := &attempt{n: a.n, hedge: true}

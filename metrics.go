@@ -44,7 +44,7 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	amlpool.retries                   counter       attempts after a call's first, by
 //	                                                amlpool.retry.reason (what the previous came to)
 //	amlpool.hedges                    counter       extra attempts raced against a slow one
-//	amlpool.retry_budget.rejections   counter       retries the retry budget refused
+//	amlpool.retry_budget.rejections   counter       retries and hedges the retry budget refused
 //
 // The counters agree with Stats: per endpoint, the sum of
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
@@ -149,7 +149,7 @@ func newMetrics(m metric.Meter, p *pool.Pool) (*metrics, error) {
 		metric.WithDescription("Extra attempts raced against a slow one."))
 	check(err)
 	x.budget, err = m.Int64Counter("amlpool.retry_budget.rejections", metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries the retry budget refused."))
+		metric.WithDescription("Retries and hedges the retry budget refused."))
 	check(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -223,6 +223,10 @@ func (x *metrics) attemptDone(a *attempt) {
 		x.budget.Add(ctx, 1)
 	}
 }
+
+// hedgeRefused records a hedge the retry budget refused: no attempt
+// carries it, so attemptDone cannot.
+func (x *metrics) hedgeRefused() { x.budget.Add(context.Background(), 1) }
 
 // waited records a wait for a slot that ended with err (nil: a slot).
 func (x *metrics) waited(d time.Duration, err error) {

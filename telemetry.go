@@ -23,8 +23,9 @@ import (
 //
 // The Client calls it at a few points: around the wait for a slot (waited),
 // at the start of an attempt (startAttempt), once an attempt is concluded
-// (attemptDone), around the whole call (startCall, endCall), and for each
-// change SetEndpoints makes (changed). It only reads: everything it learns
+// (attemptDone), around the whole call (startCall, endCall), for a hedge
+// the retry budget refused (hedgeRefused), and for each change
+// SetEndpoints makes (changed). It only reads: everything it learns
 // of an attempt is in the attempt's value, the effects of its release
 // (attempt.fx: an ejection, a readmission, a new limit) and the call's
 // decision (attempt.stop) included. The warn line for an exhausted retry
@@ -202,6 +203,14 @@ func retryReason(a *attempt) string {
 func (t *telemetry) waited(d time.Duration, err error) {
 	if t.metrics != nil {
 		t.metrics.waited(d, err)
+	}
+}
+
+// hedgeRefused records a hedge the retry budget refused (the budget logs
+// its own warning).
+func (t *telemetry) hedgeRefused() {
+	if t.metrics != nil {
+		t.metrics.hedgeRefused()
 	}
 }
 

@@ -421,6 +421,40 @@ func TestMetricsAndSpansOfAHedge(t *testing.T) {
 	assert.Equal(t, 1, hedgeLines)
 }
 
+// A hedge the retry budget refuses counts in amlpool.retry_budget.rejections,
+// as a refused retry does: hedges spend the same budget.
+func TestMetricsOfAHedgeTheBudgetRefused(t *testing.T) {
+	slowArrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slowArrived <- struct{}{}
+		<-release
+		io.WriteString(w, `{}`)
+	}))
+	defer slow.Close()
+	fast := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		fast.endpoint("fast", 1)}, WithHedging(time.Second), WithRetryBudget(0, 0))
+	done := make(chan error)
+	go func() { _, err := o.Do(t.Context(), []byte(`{}`)); done <- err }()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	o.clock.Advance(time.Second)
+	refused := func() bool {
+		return intValue(t, o.collect(t), "amlpool.retry_budget.rejections") == 1
+	}
+	assert.Eventually(t, refused, 10*time.Second, time.Millisecond, "the refused hedge is counted")
+	close(release)
+	require.NoError(t, <-done)
+
+	rm := o.collect(t)
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.retry_budget.rejections"))
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.hedges"), "no hedge was sent")
+	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.endpoint.calls", keyEndpoint.String("fast")))
+	assertStatsAgree(t, o)
+}
+
 func spanAttrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
 	m := map[attribute.Key]attribute.Value{}
 	for _, kv := range s.Attributes() {
