@@ -92,7 +92,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 		c.budget = newRetryBudget(&c.cfg)
 	}
 	if h := cfg.hedge; h != nil {
-		c.hedge = newHedger(h)
+		c.hedge = newHedger(h, c.pool.Nanotime)
 	}
 	c.http, c.ownsHTTP = newHTTPClient(cfg.httpClient, c.pool.Set().Total())
 	if c.limiter != nil {

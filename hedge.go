@@ -17,11 +17,12 @@ var errAbandoned = errors.New("amlpool: abandoned: the other copy answered first
 type hedger struct {
 	delay  time.Duration  // fixed delay, when window is nil
 	window *latencyWindow // the pool's latency quantile, when the delay follows it
+	now    func() int64   // pool time (the Client's clock), for window
 }
 
-func newHedger(o *hedgingOption) *hedger {
+func newHedger(o *hedgingOption, now func() int64) *hedger {
 	if o.byQuantile {
-		return &hedger{window: newLatencyWindow(o.q)}
+		return &hedger{window: newLatencyWindow(o.q), now: now}
 	}
 	return &hedger{delay: o.delay}
 }
@@ -32,7 +33,7 @@ func (h *hedger) after() (time.Duration, bool) {
 	if h.window == nil {
 		return h.delay, true
 	}
-	d := h.window.quantile()
+	d := h.window.quantile(h.now())
 	return d, d > 0
 }
 

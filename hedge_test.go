@@ -279,6 +279,24 @@ func TestHedgeNotStartedAfterFirstAnswered(t *testing.T) {
 	assert.Empty(t, rig.arrived)
 }
 
+// WithHedgingQuantile's delay follows the last 10 to 20 seconds: after a
+// quiet spell longer than that, the samples from before it no longer count,
+// and no attempt is hedged until enough new ones are in.
+func TestHedgeQuantileForgetsAfterQuietSpell(t *testing.T) {
+	rig := newHedgeRig(t, 1, hangFirst(make(chan string, 1)), WithHedgingQuantile(0.5))
+	h, p := rig.c.hedge, rig.c.pool
+	for range 100 {
+		h.window.add(p.Nanotime(), int64(50*time.Millisecond))
+	}
+	d, ok := h.after()
+	require.True(t, ok, "the quantile is known")
+	assert.InDelta(t, float64(50*time.Millisecond), float64(d), float64(5*time.Millisecond))
+
+	rig.clk.Advance(25 * time.Second) // no attempt ends meanwhile
+	d, ok = h.after()
+	assert.False(t, ok, "no hedge on samples from 25 s ago: the delay would be %v", d)
+}
+
 // budgetRetries returns the retries withdrawn from b over its window.
 func budgetRetries(b *retryBudget) int64 {
 	b.mu.Lock()

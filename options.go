@@ -291,5 +291,6 @@ func WithHedging(delay time.Duration) Option { return hedgingOption{delay: delay
 // WithHedgingQuantile is WithHedging with a delay that follows the q-quantile
 // (0 < q < 1; 0.95 is a good start) of the latencies of the pool's successful
 // attempts over the last 10 to 20 seconds. No attempt is hedged until the
-// window holds 10 / (1 − q) replies (200 for 0.95).
+// window holds 10 / (1 − q) replies (200 for 0.95), so after a quiet spell
+// of 20 seconds or more hedging waits for that many again.
 func WithHedgingQuantile(q float64) Option { return hedgingOption{byQuantile: true, q: q} }

@@ -11,20 +11,23 @@ import (
 // latencyWindow tracks the latency of recent successful attempts across the
 // pool, to answer "what is the q-quantile?" for hedging. Samples go into
 // log-spaced buckets, 8 per power of two (about 9 % wide), of two
-// generations: the current one and the one before, each hedgeWindow long, so
-// the quantile covers the last one to two windows.
+// generations: the current one and the one before, each hedgeWindow long
+// and aligned to multiples of it in pool time, so the quantile covers the
+// last one to two windows. The generations move on with time, not only with
+// samples: after a quiet spell the old samples are forgotten when the
+// quantile is next asked for.
 type latencyWindow struct {
 	q       float64
 	minimum int64 // samples needed before quantile means something
 
-	// mu guards the buckets and the generation's start.
+	// mu guards the buckets, the generation's number and since.
 	mu       sync.Mutex
 	cur, old [histBuckets]int64
 	ncur     int64
 	nold     int64
-	curStart int64 // pool time the current generation began
-	since    int   // samples since value was last computed
+	since    int // samples since value was last computed
 
+	gen   atomic.Int64 // the current generation: pool time / hedgeWindow; written under mu
 	value atomic.Int64 // the quantile in nanoseconds; 0 until known
 }
 
@@ -58,18 +61,12 @@ func bucketTop(b int) int64 {
 	return (histSub + s + 1) << o >> 3 << 10
 }
 
-// add records a successful attempt of rtt nanoseconds that ended at now (any
-// monotonic nanosecond time).
+// add records a successful attempt of rtt nanoseconds that ended at now (in
+// pool time).
 func (w *latencyWindow) add(now, rtt int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if age := now - w.curStart; age >= int64(hedgeWindow) {
-		w.old, w.nold = w.cur, w.ncur
-		if age >= 2*int64(hedgeWindow) {
-			w.old, w.nold = [histBuckets]int64{}, 0 // the current one is stale too
-		}
-		w.cur, w.ncur = [histBuckets]int64{}, 0
-		w.curStart = now
+	if w.rotateLocked(now / int64(hedgeWindow)) {
 		w.since = histRefresh - 1 // recompute with this sample
 	}
 	w.cur[bucket(rtt)]++
@@ -78,6 +75,22 @@ func (w *latencyWindow) add(now, rtt int64) {
 		w.since = 0
 		w.value.Store(w.quantileLocked())
 	}
+}
+
+// rotateLocked moves the generations on to generation g, when that is
+// later than the current one, and reports whether it did.
+func (w *latencyWindow) rotateLocked(g int64) bool {
+	cur := w.gen.Load()
+	if g <= cur {
+		return false
+	}
+	w.old, w.nold = w.cur, w.ncur
+	if g > cur+1 {
+		w.old, w.nold = [histBuckets]int64{}, 0 // the current one is stale too
+	}
+	w.cur, w.ncur = [histBuckets]int64{}, 0
+	w.gen.Store(g)
+	return true
 }
 
 func (w *latencyWindow) quantileLocked() int64 {
@@ -94,5 +107,17 @@ func (w *latencyWindow) quantileLocked() int64 {
 	return bucketTop(histBuckets - 1)
 }
 
-// quantile returns the tracked quantile, or 0 while too few samples are in.
-func (w *latencyWindow) quantile() time.Duration { return time.Duration(w.value.Load()) }
+// quantile returns the tracked quantile at now (pool time), or 0 while too
+// few samples are in. It costs two atomic loads unless a generation has
+// ended since the last sample or call.
+func (w *latencyWindow) quantile(now int64) time.Duration {
+	if g := now / int64(hedgeWindow); g > w.gen.Load() {
+		w.mu.Lock()
+		if w.rotateLocked(g) {
+			w.since = 0
+			w.value.Store(w.quantileLocked())
+		}
+		w.mu.Unlock()
+	}
+	return time.Duration(w.value.Load())
+}
