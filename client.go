@@ -107,11 +107,23 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// addExt gives each spec the Client's data for its endpoint.
+// addExt gives each spec the Client's data for its endpoint. A spec that
+// bears the Name of an endpoint the Client has, live or draining, counts
+// its attempts by outcome with that endpoint's counts: the metrics' series
+// are the Name's, and a counter's must not go back when the Name is given
+// another URL.
 func (c *Client) addExt(specs []pool.Spec) {
+	var kinds map[string]*outcomeCounts
+	if c.pool != nil {
+		eps := c.pool.Endpoints()
+		kinds = make(map[string]*outcomeCounts, len(eps))
+		for _, e := range eps {
+			kinds[e.Name()] = extOf(e).tel.m.kinds
+		}
+	}
 	for i := range specs {
 		s := &specs[i]
-		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL)}
+		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds[s.Name])}
 	}
 }
 

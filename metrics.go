@@ -51,7 +51,12 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // Throttles, its endpoint_fault part Faults, and all but its success,
 // abandoned and cancelled parts Errors; amlpool.slot.shed is Stats.Shed.
 // The per-endpoint series follow the live endpoints: after SetEndpoints, an
-// added endpoint's appear and a removed one's stop.
+// added endpoint's appear and a removed one's stop. The series are the
+// Name's: when SetEndpoints gives a Name another URL, or an endpoint takes
+// the Name of one still draining, amlpool.endpoint.calls goes on from
+// where it was (a counter never goes back) and counts the old endpoint's
+// last attempts too, while Stats lists the new endpoint with its own counts
+// from 0.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
@@ -84,15 +89,25 @@ type metrics struct {
 // epMetrics is one endpoint's part of the metrics: its counts by outcome
 // and the attribute sets of its common measurements.
 type epMetrics struct {
-	kinds  [numKinds]atomic.Int64         // attempts by outcome kind
+	// kinds counts attempts by outcome kind. Endpoints that bear one Name
+	// share it, so that the Name's series never goes back (addExt).
+	kinds  *outcomeCounts
 	calls  [numKinds]metric.ObserveOption // amlpool.endpoint, amlpool.outcome=kind
 	ok     []metric.RecordOption          // request attributes with status 200
 	only   []metric.AddOption             // amlpool.endpoint alone
 	gauges metric.ObserveOption           // amlpool.endpoint alone
 }
 
-// init builds the attribute sets of t's endpoint.
-func (e *epMetrics) init(t *epTelemetry) {
+// outcomeCounts counts an endpoint's attempts by outcome kind.
+type outcomeCounts [numKinds]atomic.Int64
+
+// init builds the attribute sets of t's endpoint. kinds are the counts it
+// goes on with, or nil for new ones.
+func (e *epMetrics) init(t *epTelemetry, kinds *outcomeCounts) {
+	if kinds == nil {
+		kinds = new(outcomeCounts)
+	}
+	e.kinds = kinds
 	name := keyEndpoint.String(t.name)
 	for k := kindSuccess; k < numKinds; k++ {
 		e.calls[k] = metric.WithAttributeSet(attribute.NewSet(name, keyOutcome.String(k.String())))

@@ -104,11 +104,11 @@ func (t *telemetry) start(p *pool.Pool) error {
 }
 
 // newEpTelemetry returns what telemetry keeps of the endpoint named name at
-// u. The attributes are built once here, so that recording allocates
-// nothing.
-func newEpTelemetry(name string, u *url.URL) *epTelemetry {
+// u, counting its attempts in kinds (nil: counts of its own). The
+// attributes are built once here, so that recording allocates nothing.
+func newEpTelemetry(name string, u *url.URL, kinds *outcomeCounts) *epTelemetry {
 	t := &epTelemetry{name: name, attrs: endpointAttrs(name, u)}
-	t.m.init(t)
+	t.m.init(t, kinds)
 	return t
 }
 

@@ -644,6 +644,32 @@ func TestMetricsFollowSetEndpoints(t *testing.T) {
 	assertStatsAgree(t, o)
 }
 
+// A Name that SetEndpoints gives another URL keeps its series: its
+// amlpool.endpoint.calls goes on from where it was, since a counter's
+// series never goes back, while Stats lists the new endpoint from 0.
+func TestMetricsOfANameGivenANewURL(t *testing.T) {
+	before, after := newFakeAML(t, always(200)), newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{before.endpoint("a", 1)})
+	for range 3 {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	ep := keyEndpoint.String("a")
+	assert.EqualValues(t, 3, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")))
+
+	require.NoError(t, o.SetEndpoints([]Endpoint{after.endpoint("a", 1)}))
+	assert.EqualValues(t, 3, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")),
+		"the series does not go back")
+	for range 2 {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	assert.EqualValues(t, 5, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")))
+	st := o.Stats()
+	require.Len(t, st.Endpoints, 1)
+	assert.EqualValues(t, 2, st.Endpoints[0].Calls, "Stats lists the new endpoint's own calls")
+}
+
 // headersRead is a RoundTripper that says when a reply's headers are in,
 // its body not read yet.
 type headersRead struct {
