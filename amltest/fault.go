@@ -93,8 +93,15 @@ func ModelError(message string) Fault {
 // WithRetryAfter returns f with a Retry-After header asking the client to
 // wait d, in whole seconds rounded up as the header's seconds form has it:
 // Throttle().WithRetryAfter(2*time.Second), or Fault{Status: 429}.WithRetryAfter(time.Second).
+// The header's seconds are never negative: a d of zero or less sends "0"
+// (retry at once), as a timer of such a d fires at once. To send a
+// malformed header on purpose, set RetryAfter itself.
 func (f Fault) WithRetryAfter(d time.Duration) Fault {
-	f.RetryAfter = strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10)
+	secs := max(d, 0) / time.Second
+	if max(d, 0)%time.Second != 0 {
+		secs++
+	}
+	f.RetryAfter = strconv.FormatInt(int64(secs), 10)
 	return f
 }
 

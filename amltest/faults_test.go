@@ -3,6 +3,7 @@ package amltest_test
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"testing"
 	"time"
@@ -41,7 +42,11 @@ func TestFaultHelpers(t *testing.T) {
 	for _, tt := range []struct {
 		d    time.Duration
 		want string
-	}{{0, "0"}, {time.Second, "1"}, {1500 * time.Millisecond, "2"}, {time.Minute, "60"}} {
+	}{{0, "0"}, {time.Second, "1"}, {1500 * time.Millisecond, "2"}, {time.Minute, "60"},
+		// Never negative: the header's seconds are a non-negative integer.
+		{-time.Nanosecond, "0"}, {-2 * time.Second, "0"}, {-time.Hour, "0"},
+		// Rounding up does not overflow.
+		{time.Duration(math.MaxInt64), "9223372037"}} {
 		t.Run("WithRetryAfter "+tt.d.String(), func(t *testing.T) {
 			srv := newServer(t, amltest.Config{})
 			srv.Script(amltest.Throttle().WithRetryAfter(tt.d))
