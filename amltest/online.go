@@ -129,7 +129,9 @@ func (s *Server) onlineScore(c *call, body []byte) (int, []byte, *Fault) {
 		f := ModelFailure(http.StatusBadRequest, msg)
 		return 0, nil, &f
 	}
-	if mt := strings.TrimSpace(strings.Split(c.r.Header.Get("Content-Type"), ";")[0]); mt != "application/json" {
+	// Media types are case-insensitive (RFC 9110, 8.3.1); the parameters
+	// are not checked.
+	if mt, _, _ := strings.Cut(c.r.Header.Get("Content-Type"), ";"); !strings.EqualFold(strings.TrimSpace(mt), "application/json") {
 		return modelErr(fmt.Sprintf("Content-Type must be application/json, not %q.", c.r.Header.Get("Content-Type")))
 	}
 	var in wireInput

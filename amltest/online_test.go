@@ -60,6 +60,18 @@ func TestOnlineScores(t *testing.T) {
 	assert.Equal(t, int64(1), obj.Stats().Scored)
 }
 
+// TestOnlineContentTypeAnyCase: a media type is case-insensitive, so
+// application/json in any case, with or without parameters, is JSON.
+func TestOnlineContentTypeAnyCase(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{})
+	ep := srv.Endpoint()
+	for _, ct := range []string{"application/json", "Application/JSON", "APPLICATION/JSON; charset=UTF-8", " application/Json ;charset=utf-8"} {
+		r := send(t, srv, ep.URL, ep.APIKey, mlflowBody, setHeader("Content-Type", ct))
+		assert.Equal(t, http.StatusOK, r.status, "Content-Type %q: %s", ct, r.body)
+	}
+	assert.Equal(t, int64(4), srv.Stats().Scored)
+}
+
 // TestOnlineRejects: the fake's own refusals, each with its status and a
 // {"message"} body: key, path, method, deployment, and a body the model cannot
 // take (424 with the model's 400 in the headers).
