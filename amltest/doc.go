@@ -50,8 +50,10 @@
 // predictions (Config.Predict, OnlineEcho by default; {"predictions": [...]}
 // with Config.PredictionsObject), answers the call over its cap with 429 Too
 // many pending requests, a request for another deployment than
-// Config.Deployment with 404, a method other than POST with 405 (each
-// with a {"message": "…"} body), and a model error with 424 carrying the
+// Config.Deployment with 404, a method other than POST with 405, a body
+// over MaxRequestBytes (4 MiB) with 413 Request Entity Too Large, as a
+// managed online endpoint refuses an oversized request (each with a
+// {"message": "…"} body), and a model error with 424 carrying the
 // model's status and reason in the ms-azureml-model-error-statuscode and
 // -reason headers. Pending, RateLimited and ModelFailure make its faults;
 // Fault.Status gives any other status with a {"message": "…"} body.

@@ -19,6 +19,7 @@ import (
 //	          401 a missing or wrong key or token
 //	          404 another path, or another deployment in azureml-model-deployment
 //	          405 a method other than POST
+//	          413 a body over MaxRequestBytes (4 MiB)
 //	          429 Too many pending requests      over MaxConcurrentCalls
 //	          424 the model failed; its status and reason in the
 //	              ms-azureml-model-error-statuscode and -reason headers
@@ -73,6 +74,7 @@ var onlineMessages = map[int]string{
 	403: "Forbidden.",
 	404: "No valid deployments to route to. Please check that the endpoint has at least one deployment with positive weight values or use a deployment specific header to route.",
 	408: "Request timed out: the model ran past request_timeout_ms.",
+	413: "Request entity too large.",
 	424: "The model failed to score the request.",
 	429: PendingMessage,
 	500: "Internal server error.",
@@ -122,8 +124,9 @@ type wireInput struct {
 }
 
 // onlineScore checks and decodes an online body, waits the service time,
-// runs Predict and encodes its predictions. A body the model cannot take,
-// or a Predict error, is the model's 400: a 424 with its headers.
+// runs Predict and encodes its predictions. A body over MaxRequestBytes is
+// a 413; a body the model cannot take, or a Predict error, is the model's
+// 400: a 424 with its headers.
 func (s *Server) onlineScore(c *call, body []byte) (int, []byte, *Fault) {
 	modelErr := func(msg string) (int, []byte, *Fault) {
 		f := ModelFailure(http.StatusBadRequest, msg)
@@ -131,6 +134,13 @@ func (s *Server) onlineScore(c *call, body []byte) (int, []byte, *Fault) {
 	}
 	// Media types are case-insensitive (RFC 9110, 8.3.1); the parameters
 	// are not checked.
+	if len(body) > MaxRequestBytes {
+		// Refused before the model sees it, as a managed online
+		// endpoint refuses an oversized request.
+		f := Fault{Status: http.StatusRequestEntityTooLarge,
+			Body: onlineBody(fmt.Sprintf("The request body is larger than the %d-byte limit.", MaxRequestBytes))}
+		return 0, nil, &f
+	}
 	if mt, _, _ := strings.Cut(c.r.Header.Get("Content-Type"), ";"); !strings.EqualFold(strings.TrimSpace(mt), "application/json") {
 		return modelErr(fmt.Sprintf("Content-Type must be application/json, not %q.", c.r.Header.Get("Content-Type")))
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -70,6 +71,37 @@ func TestOnlineContentTypeAnyCase(t *testing.T) {
 		assert.Equal(t, http.StatusOK, r.status, "Content-Type %q: %s", ct, r.body)
 	}
 	assert.Equal(t, int64(4), srv.Stats().Scored)
+}
+
+// TestOnlineBodyTooLarge: a body over MaxRequestBytes gets 413, as a
+// managed online endpoint answers an oversized request, not the model's 400;
+// a body of exactly MaxRequestBytes is scored.
+func TestOnlineBodyTooLarge(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{})
+	ep := srv.Endpoint()
+	fits := mlflowBody + strings.Repeat(" ", amltest.MaxRequestBytes-len(mlflowBody))
+	r := send(t, srv, ep.URL, ep.APIKey, fits)
+	assert.Equal(t, http.StatusOK, r.status, "a body of exactly MaxRequestBytes: %.200s", r.body)
+
+	for _, over := range []int{1, 1 << 20} {
+		r = send(t, srv, ep.URL, ep.APIKey, fits+strings.Repeat(" ", over))
+		assert.Equal(t, http.StatusRequestEntityTooLarge, r.status, "%d bytes over", over)
+		assert.Contains(t, message(t, r.body), "larger than the 4194304-byte limit")
+		assert.Empty(t, r.header.Get(amltest.ModelStatusHeader), "not the model's reply")
+	}
+	st := srv.Stats()
+	assert.Equal(t, int64(1), st.Scored)
+	assert.Equal(t, int64(2), st.Rejected)
+
+	// Through a Client: a 4xx of the request's own, not retried.
+	c, err := amlpool.New([]amlpool.Endpoint{ep, onlineServer(t, amltest.Config{}).Endpoint()})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(t.Context(), []byte(fits+" "))
+	var apiErr *amlpool.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, http.StatusRequestEntityTooLarge, apiErr.StatusCode)
+	assert.Equal(t, amlpool.VerdictGiveUp, amlpool.Classify(err))
 }
 
 // TestOnlineRejects: the fake's own refusals, each with its status and a

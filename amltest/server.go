@@ -25,7 +25,8 @@ const (
 	DefaultMaxConcurrentCalls = 20
 	// MaxRequestBytes is the largest request body a Server accepts (the
 	// service's 4 MB payload limit). A larger one gets 400 BadArgument /
-	// RequestBodyInvalid.
+	// RequestBodyInvalid; on a Server of Kind Online, 413 Request Entity
+	// Too Large with a {"message": "…"} body, before the model sees it.
 	MaxRequestBytes = 4 << 20
 	// maxKeysSeen bounds Stats.KeysSeen, so a test that sends many wrong keys
 	// cannot grow the server without end.
