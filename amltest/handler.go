@@ -109,19 +109,32 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 		return
 	}
 
-	// The cap: count the call, then check the count it got, so that of two
-	// calls racing for the last slot exactly one wins.
-	c.admitted, c.start = true, time.Now()
-	n, limit := s.admitted.Add(1), s.mcc.Load()
-	if n > limit {
-		s.bump(&s.throttled)
-		if online {
-			c.reply(http.StatusTooManyRequests, onlineBody(PendingMessage), Fault{})
+	// The cap: take a place only while one is free (compare and swap), so
+	// that of two calls racing for the last one exactly one wins, and a
+	// call turned away never counts against the cap, not even until its
+	// 503 is sent: it would turn away a call that finds a place free.
+	var n int64
+	for {
+		var limit int64
+		n, limit = s.admitted.Load(), s.mcc.Load()
+		if n >= limit {
+			if s.testHookThrottled != nil {
+				s.testHookThrottled()
+			}
+			s.bump(&s.throttled)
+			if online {
+				c.reply(http.StatusTooManyRequests, onlineBody(PendingMessage), Fault{})
+				return
+			}
+			c.reply(http.StatusServiceUnavailable, throttleError(limit).body(), Fault{})
 			return
 		}
-		c.reply(http.StatusServiceUnavailable, throttleError(limit).body(), Fault{})
-		return
+		if s.admitted.CompareAndSwap(n, n+1) {
+			n++
+			break
+		}
 	}
+	c.admitted, c.start = true, time.Now()
 	raise(&s.peakAdmitted, n)
 	s.notify()
 

@@ -139,6 +139,10 @@ type Server struct {
 	closed    chan struct{} // closed by Close; ends WaitFor and Restart
 	closeOnce sync.Once
 
+	// testHookThrottled, when set (by tests, before Start), is called by a
+	// call the cap turns away, before its reply.
+	testHookThrottled func()
+
 	mcc      atomic.Int64 // current cap
 	admitted atomic.Int64 // admitted calls in flight: what the cap is checked against
 	ordinal  atomic.Int64 // admitted calls since start: the n of Config.Fault
