@@ -150,6 +150,21 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 	return &cfg, eps, nil
 }
 
+// keyFiles are the files the config names for keys and tokens, each
+// named by its field, endpoint and the config's path.
+func (c *poolConfig) keyFiles(path string) []runFile {
+	var files []runFile
+	for i, e := range c.Endpoints {
+		for _, f := range []struct{ field, path, what string }{
+			{"apiKeyFile", e.APIKeyFile, "key file"}, {"secondaryKeyFile", e.SecondaryKeyFile, "key file"}, {"tokenFile", e.TokenFile, "token file"}} {
+			if f.path != "" {
+				files = append(files, runFile{fmt.Sprintf("the %q of %s in %s,", f.field, epLabel(i, e.Name), path), f.path, f.what})
+			}
+		}
+	}
+	return files
+}
+
 // resolve reads the key that an endpoint's "<field>Env" or "<field>File"
 // names; exactly one of them for a required key, at most one otherwise.
 // A key file holds the key alone; spaces and line breaks around it are

@@ -32,7 +32,8 @@ chunk over the service's 4 MB limit is split).
 Files are CSV with a header line, or JSON Lines (one object per line) when
 the name ends in .jsonl or .ndjson (--format overrides this for the input).
 The output, reject and statistics files must each be another file than
-the input and than each other (a symlink to it counts as the same file).
+the input, the config, the key and token files it names, and each other
+(a symlink to it counts as the same file).
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
 number and the error; nothing is dropped. A quote left open in a CSV is
@@ -181,22 +182,28 @@ func (s *syncWriter) Write(b []byte) (int, error) {
 	return s.w.Write(b)
 }
 
-// distinctFiles refuses a run that would write over its input, or write
-// two of its files to one: --out, --rejects and --stats must each be
-// another file than --in and than each other. Paths name the same file
+// runFile is a file a run reads, named as its user gave it: a flag, or a
+// config field.
+type runFile struct{ name, path, what string }
+
+// distinctFiles refuses a run that would write over a file it reads (its
+// input, its config, and read: the key and token files the config names)
+// or write two of its files to one: --out, --rejects and --stats must each
+// be another file than those and than each other. Paths name the same file
 // when they are spelled alike (once made absolute and clean), or when both
 // exist as regular files and are the same file (another spelling, a
-// symlink, a hard link). It runs before any file is opened.
-func distinctFiles(o scoreOptions) error {
-	files := []struct{ flag, path string }{{"--in", o.in}, {"--out", o.out}, {"--rejects", o.rejects}, {"--stats", o.stats}}
-	for i, a := range files {
-		for _, b := range files[i+1:] {
+// symlink, a hard link). It runs before any file is opened for writing.
+func distinctFiles(o scoreOptions, read ...runFile) error {
+	read = append([]runFile{{"--in", o.in, "input"}, {"--config", o.config, "config"}}, read...)
+	written := []runFile{{"--out", o.out, ""}, {"--rejects", o.rejects, ""}, {"--stats", o.stats, ""}}
+	for i, b := range written {
+		for _, a := range slices.Concat(read, written[:i]) {
 			if sameFile(a.path, b.path) {
 				why := "the run would write both to it"
-				if a.flag == "--in" {
-					why = "the run would write over its input"
+				if a.what != "" {
+					why = "the run would write over its " + a.what
 				}
-				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; give %s another file", b.flag, b.path, a.flag, a.path, why, b.flag)}
+				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; give %s another file", b.name, b.path, a.name, a.path, why, b.name)}
 			}
 		}
 	}
@@ -258,6 +265,9 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	cfg, eps, err := loadConfig(o.config, osKeys)
 	if err != nil {
 		return nil, usageError{err}
+	}
+	if err := distinctFiles(o, cfg.keyFiles(o.config)...); err != nil {
+		return nil, err
 	}
 	inFormat := rows.FormatOf(o.in)
 	if o.format != "" {

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// A run never writes over its config, nor over a key or token file the
+// config names: an output, rejects or stats file that is one of them
+// (spelled otherwise, or through a symlink) is refused before any file is
+// opened, with or without --resume.
+func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
+	dir := t.TempDir()
+	s := amltest.NewServer(amltest.Config{Name: "east", MaxConcurrentCalls: 2})
+	t.Cleanup(s.Close)
+	e := s.Endpoint()
+	key, key2, token := filepath.Join(dir, "key.txt"), filepath.Join(dir, "key2.txt"), filepath.Join(dir, "token.txt")
+	cfg := filepath.Join(dir, "pool.json")
+	config := fmt.Sprintf(`{"endpoints":[{"name":"east","url":%q,"apiKeyFile":%q,"secondaryKeyFile":%q,"maxConcurrentCalls":2}]}`, e.URL, key, key2)
+	online := filepath.Join(dir, "online.json")
+	onlineConfig := fmt.Sprintf(`{"endpoints":[{"url":"http://127.0.0.1:1/score","kind":"online","tokenFile":%q,"maxConcurrentCalls":2}]}`, token)
+	in := filepath.Join(dir, "rows.csv")
+	link := filepath.Join(dir, "link.json")
+	require.NoError(t, os.Symlink(cfg, link))
+	other := filepath.Join(dir, "scored.csv")
+	files := map[string]string{cfg: config, online: onlineConfig, key: e.APIKey + "\n", key2: e.APIKey + "\n", token: "a-token\n", in: "id,name\n1,a\n"}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"out is the config", []string{"--config", cfg, "--out", cfg}, "--out " + cfg + " is the same file as --config " + cfg + ": the run would write over its config; give --out another file"},
+		{"out is the config, resumed", []string{"--config", cfg, "--out", cfg, "--resume"}, "--out " + cfg + " is the same file as --config " + cfg + ": the run would write over its config"},
+		{"stats is the config", []string{"--config", cfg, "--out", other, "--stats", cfg}, "--stats " + cfg + " is the same file as --config " + cfg},
+		{"rejects is the config through a symlink", []string{"--config", cfg, "--out", other, "--rejects", link}, "--rejects " + link + " is the same file as --config " + cfg},
+		{"config through a symlink, spelled otherwise", []string{"--config", link, "--out", other, "--stats", dir + "/./pool.json"}, "--stats " + dir + "/./pool.json is the same file as --config " + link},
+		{"out is the key file", []string{"--config", cfg, "--out", key, "--resume"},
+			"--out " + key + ` is the same file as the "apiKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key + ": the run would write over its key file; give --out another file"},
+		{"stats is the second key file", []string{"--config", cfg, "--out", other, "--stats", key2},
+			"--stats " + key2 + ` is the same file as the "secondaryKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key2 + ": the run would write over its key file"},
+		{"stats is the token file", []string{"--config", online, "--out", other, "--stats", token},
+			"--stats " + token + ` is the same file as the "tokenFile" of endpoints[0] in ` + online + ", " + token + ": the run would write over its token file"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for path, data := range files {
+				require.NoError(t, os.WriteFile(path, []byte(data), 0o600))
+			}
+			t.Cleanup(func() { // what a run that was let through wrote
+				for _, f := range []string{"scored.csv", "scored.rejects.csv", "scored.stats.json"} {
+					os.Remove(filepath.Join(dir, f))
+				}
+			})
+			var stdout, stderr bytes.Buffer
+			code := run(append([]string{"score", "--in", in}, tt.args...), &stdout, &stderr)
+			assert.Equal(t, 2, code, stderr.String())
+			assert.Contains(t, stderr.String(), tt.want)
+			assert.NotContains(t, stderr.String(), e.APIKey)
+			for path, data := range files {
+				got, err := os.ReadFile(path)
+				require.NoError(t, err)
+				assert.Equal(t, data, string(got), "%s is untouched", path)
+			}
+			assert.NoFileExists(t, other)
+		})
+	}
+}
