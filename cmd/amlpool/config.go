@@ -43,6 +43,9 @@ import (
 //
 // Batch scoring of online endpoints sends the MLflow input_data form;
 // "input", "output" and "globalParameters" are then unused.
+//
+// A key given twice in one object is refused (duplicateKey), not taken
+// last-one-wins as encoding/json would.
 type poolConfig struct {
 	Endpoints        []endpointConfig `json:"endpoints"`
 	Input            string           `json:"input"`            // input port; default input1
@@ -97,6 +100,9 @@ func loadConfig(path string, keys keySource) (*poolConfig, []amlpool.Endpoint, e
 }
 
 func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, error) {
+	if err := duplicateKey(data); err != nil {
+		return nil, nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var cfg poolConfig
@@ -247,6 +253,11 @@ func jsonError(data []byte, err error) error {
 	if off < 0 {
 		return err
 	}
+	return fmt.Errorf("%s: %w", position(data, off), err)
+}
+
+// position is the line and column of the byte at off.
+func position(data []byte, off int64) string {
 	line, col := 1, 1
 	for _, b := range data[:min(int(off), len(data))] {
 		if b == '\n' {
@@ -255,5 +266,89 @@ func jsonError(data []byte, err error) error {
 			col++
 		}
 	}
-	return fmt.Errorf("line %d, column %d: %w", line, col, err)
+	return fmt.Sprintf("line %d, column %d", line, col)
+}
+
+// duplicateKey finds a key given twice in one object of the config, which
+// encoding/json takes silently, the last one winning. In the top-level
+// object and an endpoint's, whose keys encoding/json matches to fields in
+// any case, "url" and "URL" are one key. It reads the first JSON value
+// only, and leaves a malformed one to the decoder, which says where.
+func duplicateKey(data []byte) error {
+	type seen struct {
+		key string
+		off int64
+	}
+	type container struct {
+		path      string
+		keys      map[string]seen // an object's keys so far, folded in a struct's; nil in an array
+		fold      bool            // the object is the top level's or an endpoint's
+		key       string          // an object's last key
+		valueNext bool            // an object's next token is its last key's value
+		n         int             // an array's elements so far
+		endpoints bool            // the array is the top level's "endpoints"
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var stack []*container
+	for {
+		before := dec.InputOffset()
+		tok, err := dec.Token()
+		if err != nil {
+			return nil // malformed: the decoder says where
+		}
+		if tok == json.Delim('}') || tok == json.Delim(']') {
+			if stack = stack[:len(stack)-1]; len(stack) == 0 {
+				return nil
+			}
+			continue
+		}
+		var in *container
+		if len(stack) > 0 {
+			in = stack[len(stack)-1]
+		}
+		path := ""
+		switch {
+		case in == nil:
+		case in.keys != nil && !in.valueNext: // a key
+			k, _ := tok.(string)
+			id := k
+			if in.fold {
+				id = strings.ToUpper(strings.ToLower(k)) // as encoding/json folds field names
+			}
+			// The key starts after the space and the comma before it.
+			off := before + int64(len(data[before:])-len(bytes.TrimLeft(data[before:], " \t\r\n,")))
+			if first, dup := in.keys[id]; dup {
+				where, as := "the top-level object", ""
+				if in.path != "" {
+					where = in.path
+				}
+				if first.key != k {
+					as = fmt.Sprintf(" as %q (keys match in any case)", first.key)
+				}
+				return fmt.Errorf("%s: %q given twice in %s, first at %s%s; give it once", position(data, off), k, where, position(data, first.off), as)
+			}
+			in.keys[id] = seen{k, off}
+			in.key, in.valueNext = k, true
+			continue
+		case in.keys != nil: // its value
+			path, in.valueNext = in.key, false
+			if in.path != "" {
+				path = in.path + "." + in.key
+			}
+		default:
+			path = in.path + "[" + strconv.Itoa(in.n) + "]"
+			in.n++
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &container{path: path, keys: map[string]seen{}, fold: in == nil || in.endpoints})
+		case json.Delim('['):
+			endpoints := len(stack) == 1 && in.keys != nil && strings.EqualFold(in.key, "endpoints")
+			stack = append(stack, &container{path: path, endpoints: endpoints})
+		default:
+			if in == nil {
+				return nil
+			}
+		}
+	}
 }

@@ -38,6 +38,9 @@ func FuzzParseConfig(f *testing.F) {
 		`{"endpoints":[{"url":"https://e/score","token":"` + key + `"}]}`,
 		`{"endpoints":[{"url":"https://e/score","apiKeyEnv":"K","header":{"Authorization":"Bearer ` + key + `"}}]}`,
 		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"},{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","URL":"https://h/y"}],"chunkRows":1,"chunkRows":2}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","header":{"a":"1","a":""}}],"globalParameters":{"p":[{"x":1,"x":[]}]}}`,
+		`{"Endpoints":[],"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}]}`,
 	} {
 		f.Add([]byte(seed))
 	}

@@ -72,3 +72,57 @@ func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
 		})
 	}
 }
+
+// testKeys resolves the variable K, and nothing else.
+var testKeys = keySource{
+	getenv: func(name string) string {
+		if name == "K" {
+			return "the-key"
+		}
+		return ""
+	},
+	readFile: func(string) ([]byte, error) { return nil, os.ErrNotExist },
+}
+
+// A key given twice in one object of the config is an error naming the key,
+// the object and both places, not a silent last-one-wins; in an object that
+// stands for a struct ("url" and "URL" set one field), in any case.
+func TestConfigKeyGivenTwice(t *testing.T) {
+	for _, tt := range []struct {
+		name, config, want string
+	}{
+		{"top level", `{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"chunkRows":10,"chunkRows":20}`,
+			`line 1, column 69: "chunkRows" given twice in the top-level object, first at line 1, column 54; give it once`},
+		{"an endpoint's", "{\"endpoints\": [\n  {\"url\": \"https://h/x\", \"apiKeyEnv\": \"K\"},\n  {\"url\": \"https://h/y\",\n   \"apiKeyEnv\": \"K\", \"url\": \"https://h/z\"}]}",
+			`line 4, column 22: "url" given twice in endpoints[1], first at line 3, column 4; give it once`},
+		{"an endpoint's, in another case", `{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","URL":"https://h/y"}]}`,
+			`line 1, column 52: "URL" given twice in endpoints[0], first at line 1, column 16 as "url" (keys match in any case); give it once`},
+		{"the top level, in another case", `{"Endpoints":[],"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}]}`,
+			`"endpoints" given twice in the top-level object, first at line 1, column 2 as "Endpoints" (keys match in any case)`},
+		{"a header", `{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","header":{"x-a":"1", "x-a":"2"}}]}`,
+			`line 1, column 73: "x-a" given twice in endpoints[0].header, first at line 1, column 62; give it once`},
+		{"a global parameter, deep", `{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"globalParameters":{"p":[{"x":1},{"y":1,"y":2}]}}`,
+			`"y" given twice in globalParameters.p[1], first at line 1, column 88`},
+		{"escaped alike", `{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"input":"a","\u0069nput":"b"}`,
+			`"input" given twice in the top-level object`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := parseConfig([]byte(tt.config), testKeys)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+		})
+	}
+	for _, ok := range []string{
+		`{"endpoints":[{"name":"a","url":"https://h/x","apiKeyEnv":"K"},{"name":"b","url":"https://h/y","apiKeyEnv":"K"}]}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"globalParameters":{"p":1,"P":2,"q":{"p":1}}}`,
+		`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K"}],"inputColumns":["a","b"],"outputColumns":["a"]}`,
+	} {
+		_, _, err := parseConfig([]byte(ok), testKeys)
+		assert.NoError(t, err, ok)
+	}
+	// Header names that differ in case only are one header: still refused,
+	// by the check that was there.
+	_, _, err := parseConfig([]byte(`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","header":{"x-a":"1","X-A":"2"}}]}`), testKeys)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "X-A given twice, in different cases")
+}
