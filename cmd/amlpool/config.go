@@ -146,6 +146,9 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 			eps[i].Header = make(http.Header, len(e.Header))
 			for k, v := range e.Header {
 				canon := http.CanonicalHeaderKey(k)
+				if strings.TrimSpace(v) == "" {
+					return nil, nil, fmt.Errorf(`%s: "header": %q has an empty value; give its value, or leave the header out`, label, k)
+				}
 				if _, dup := eps[i].Header[canon]; dup {
 					return nil, nil, fmt.Errorf(`%s: "header": %s given twice, in different cases`, label, canon)
 				}

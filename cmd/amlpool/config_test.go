@@ -126,3 +126,17 @@ func TestConfigKeyGivenTwice(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "X-A given twice, in different cases")
 }
+
+// A header with an empty value (or spaces, or null) in the config is
+// refused, naming the endpoint and the header, not sent empty.
+func TestConfigHeaderEmptyValue(t *testing.T) {
+	for _, v := range []string{`""`, `"  "`, `null`} {
+		_, _, err := parseConfig([]byte(`{"endpoints":[{"name":"blue","url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"K",`+
+			`"header":{"azureml-model-deployment":`+v+`}}]}`), testKeys)
+		require.Error(t, err, v)
+		assert.Equal(t, `endpoints[0] (blue): "header": "azureml-model-deployment" has an empty value; give its value, or leave the header out`, err.Error(), v)
+	}
+	_, eps, err := parseConfig([]byte(`{"endpoints":[{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"K","header":{"azureml-model-deployment":"blue"}}]}`), testKeys)
+	require.NoError(t, err)
+	assert.Equal(t, "blue", eps[0].Header.Get("azureml-model-deployment"))
+}
