@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -32,6 +33,9 @@ With --config the requests go to real endpoints and carry the first
 --chunk-rows rows of --in; the ceiling uses the measured mean latency. With
 --fake N, N fake endpoints run in this process (--mcc slots, --latency each)
 and the ceiling uses --latency.
+
+Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
+--stats) the figures of the time it ran.
 
 Examples:
   amlpool bench --config pool.json --in rows.csv --duration 30s
@@ -71,7 +75,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "amlpool bench: unexpected argument %q (see amlpool bench --help)\n", fs.Arg(0))
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := bench(ctx, o, stdout); err != nil {
 		return failed(stderr, "bench", err)
@@ -129,6 +133,9 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	fmt.Fprintf(out, "amlpool bench: %d endpoints, %d slots, %d callers for %v\n", len(client.Stats().Endpoints), client.Capacity(), o.callers, o.duration)
 
 	r := drive(ctx, client, body, o.callers, o.duration)
+	if ctx.Err() != nil {
+		fmt.Fprintf(out, "interrupted after %v of %v\n", r.elapsed.Round(time.Millisecond), o.duration)
+	}
 	sum := r.lat.summary()
 	if ceilingLatency == 0 {
 		ceilingLatency = time.Duration(sum.Mean * float64(time.Millisecond))

@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -24,6 +27,8 @@ of the calls, the peak concurrency its server saw, its throttles, and the
 achieved rate beside the capacity formula's ceiling
 E x MCC x 1000 / latency_ms. While it runs it shows, every -every, each
 endpoint's calls in flight against its limit, calls per second and throttles.
+Ctrl-C (SIGINT) or SIGTERM ends it early, with the figures of the time it
+ran.
 
 Examples:
   amlpool demo
@@ -66,7 +71,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "amlpool demo: unexpected argument %q (see amlpool demo --help)\n", fs.Arg(0))
 		return 2
 	}
-	if err := demo(context.Background(), cfg, stdout); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := demo(ctx, cfg, stdout); err != nil {
 		fmt.Fprintln(stderr, "amlpool demo:", err)
 		return 1
 	}
@@ -151,6 +158,9 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	wg.Wait()
 	elapsed := time.Since(start)
 	stopLive()
+	if ctx.Err() != nil {
+		fmt.Fprintf(out, "interrupted after %v of %v\n", elapsed.Round(time.Millisecond), cfg.duration)
+	}
 
 	stats := client.Stats()
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
