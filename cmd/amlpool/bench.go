@@ -85,20 +85,27 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 
 func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	switch {
+	case o.fake < 0:
+		return usageError{fmt.Errorf("--fake %d: want at least 1 fake endpoint", o.fake)}
 	case (o.config == "") == (o.fake == 0):
 		return usageError{errors.New("give --config (with --in) or --fake N")}
 	case o.duration <= 0:
 		return usageError{fmt.Errorf("--duration %v: must be positive", o.duration)}
-	case o.fake < 0 || o.callers < 0 || o.chunk < 1:
-		return usageError{errors.New("--fake, --callers and --chunk-rows must be positive")}
+	case o.callers < 0:
+		return usageError{fmt.Errorf("--callers %d: must not be negative (0: the pool's total slots)", o.callers)}
+	case o.chunk < 1:
+		return usageError{fmt.Errorf("--chunk-rows %d: want at least 1", o.chunk)}
 	}
 	var client *amlpool.Client
 	var body []byte
 	var err error
 	ceilingLatency := time.Duration(0) // 0: use the measured mean
 	if o.fake > 0 {
-		if o.latency <= 0 || o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls {
-			return usageError{fmt.Errorf("--fake needs --latency > 0 and --mcc 1 to %d", amlpool.MaxMaxConcurrentCalls)}
+		switch {
+		case o.latency <= 0:
+			return usageError{fmt.Errorf("--latency %v: must be positive", o.latency)}
+		case o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls:
+			return usageError{fmt.Errorf("--mcc %d: want 1 to %d", o.mcc, amlpool.MaxMaxConcurrentCalls)}
 		}
 		eps := make([]amlpool.Endpoint, o.fake)
 		for i := range eps {

@@ -151,3 +151,23 @@ func TestBenchFake(t *testing.T) {
 	assert.Equal(t, 2, run([]string{"bench"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "give --config (with --in) or --fake N")
 }
+
+// bench's flag errors name the flag and the value given, each alone.
+func TestBenchBadFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--fake", "-1"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
+		{[]string{"--fake", "-1", "--config", "pool.json"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
+		{[]string{"--fake", "1", "--callers", "-2"}, "amlpool bench: --callers -2: must not be negative (0: the pool's total slots)\n"},
+		{[]string{"--fake", "1", "--chunk-rows", "0"}, "amlpool bench: --chunk-rows 0: want at least 1\n"},
+		{[]string{"--fake", "1", "--duration", "0s"}, "amlpool bench: --duration 0s: must be positive\n"},
+		{[]string{"--fake", "1", "--latency", "-1ms"}, "amlpool bench: --latency -1ms: must be positive\n"},
+		{[]string{"--fake", "1", "--mcc", "201"}, "amlpool bench: --mcc 201: want 1 to 200\n"},
+	} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, run(append([]string{"bench"}, tt.args...), &out, &errOut), tt.args)
+		assert.Equal(t, tt.msg, errOut.String(), tt.args)
+	}
+}
