@@ -28,7 +28,7 @@ without Azure. It writes, in --dir:
 
   pool.json  a config naming the endpoints, for --config
   keys.env   their keys as environment variables: run ". DIR/keys.env"
-  rows.csv   --sample-rows rows to score (id, age, income)
+  rows.csv   --sample-rows rows to score (id, age, income); none with 0
 
 The fakes behave like the service: each runs at most --mcc calls at once
 and throttles the next with 503 RequestThrottled, takes --latency per call,
@@ -102,8 +102,10 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 		return usageError{fmt.Errorf("--endpoints %d: want at least 1", o.endpoints)}
 	case o.mcc < 1 || o.mcc > maxMCC(o.kind):
 		return usageError{fmt.Errorf("--mcc %d: want 1 to %d for %s endpoints", o.mcc, maxMCC(o.kind), o.kind)}
-	case o.latency < 0 || o.sampleRows < 0:
-		return usageError{errors.New("--latency and --sample-rows must not be negative")}
+	case o.latency < 0:
+		return usageError{fmt.Errorf("--latency %v: must not be negative", o.latency)}
+	case o.sampleRows < 0:
+		return usageError{fmt.Errorf("--sample-rows %d: must not be negative (0: no rows.csv)", o.sampleRows)}
 	case o.poison == "":
 		return usageError{errors.New("--poison: want a cell value")}
 	}
@@ -167,8 +169,12 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	if o.sampleRows > 0 {
 		fmt.Fprintf(stdout, " and %s", filepath.Join(o.dir, "rows.csv"))
 	}
+	in := filepath.Join(o.dir, "rows.csv")
+	if o.sampleRows == 0 { // none written: any CSV will do, the fake model echoes its rows
+		in = "your-rows.csv"
+	}
 	fmt.Fprintf(stdout, "\namlpool fake: ready; in another shell:\n  . %s\n  amlpool score --config %s --in %s --out scored.csv\namlpool fake: serving until interrupted (Ctrl-C)\n",
-		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), filepath.Join(o.dir, "rows.csv"))
+		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), in)
 	<-ctx.Done()
 	return nil
 }

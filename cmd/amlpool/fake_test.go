@@ -101,7 +101,8 @@ func TestFakeBadFlags(t *testing.T) {
 	}{
 		{[]string{"--endpoints", "0"}, "--endpoints 0: want at least 1"},
 		{[]string{"--mcc", "201"}, "--mcc 201: want 1 to 200"},
-		{[]string{"--sample-rows", "-1"}, "must not be negative"},
+		{[]string{"--sample-rows", "-1"}, "--sample-rows -1: must not be negative (0: no rows.csv)"},
+		{[]string{"--latency", "-1ms"}, "--latency -1ms: must not be negative"},
 		{[]string{"--poison", ""}, "--poison: want a cell value"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
@@ -127,6 +128,29 @@ func TestFakeKeysFileIsPrivate(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 	assert.Contains(t, string(mustRead(t, keys)), "export AMLPOOL_FAKE_KEY_1=")
+}
+
+// --sample-rows 0 writes no rows.csv, and fake does not point at one: its
+// score line names a file of the user's. (fake returns once the files are
+// written when its ctx is done already.)
+func TestFakeNoSampleRows(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, n := range []int{0, 3} {
+		dir := t.TempDir()
+		var out bytes.Buffer
+		require.NoError(t, fake(ctx, fakeOptions{dir: dir, endpoints: 1, mcc: 1, sampleRows: n, poison: "poison"}, &out))
+		rowsCSV := filepath.Join(dir, "rows.csv")
+		if n == 0 {
+			assert.NoFileExists(t, rowsCSV)
+			assert.NotContains(t, out.String(), rowsCSV, "no file written, none named")
+			assert.Contains(t, out.String(), "amlpool score --config "+filepath.Join(dir, "pool.json")+" --in your-rows.csv --out scored.csv\n")
+		} else {
+			assert.FileExists(t, rowsCSV)
+			assert.Contains(t, out.String(), " and "+rowsCSV+"\n")
+			assert.Contains(t, out.String(), " --in "+rowsCSV+" --out scored.csv\n")
+		}
+	}
 }
 
 // The sample's poison row holds --poison as one cell, whatever it holds:
