@@ -29,6 +29,8 @@ latency spike turns into waiting.
 latency that "amlpool score" or "amlpool bench" wrote to its --stats file,
 for requests of that run's chunk size, which is then the rows per call;
 and the endpoints' MCC when they all share one and --mcc is not given.
+plan counts Classic endpoints (MCC 1 to 200): a run whose endpoints share
+a cap over 200 (online endpoints) needs --mcc.
 
 Examples:
   amlpool plan --rps 4000 --latency 50ms
@@ -81,6 +83,10 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 		p.latency = time.Duration(st.LatencyMs.Mean * float64(time.Millisecond))
 		p.latencySource = fmt.Sprintf("mean of %d requests measured in %s", st.Requests, *fromStats)
 		if m := commonMCC(st.Endpoints); m > 0 && !set["mcc"] {
+			if m > amlpool.MaxMaxConcurrentCalls { // online endpoints: plan counts Classic ones
+				return fail(fmt.Sprintf("%s: the run's endpoints share a cap of %d calls, over the %d a Classic endpoint takes at most; "+
+					"plan counts Classic endpoints: give --mcc (1 to %d) for the endpoints to plan", *fromStats, m, amlpool.MaxMaxConcurrentCalls, amlpool.MaxMaxConcurrentCalls))
+			}
 			p.mcc = m
 		}
 		if p.rows == 0 {

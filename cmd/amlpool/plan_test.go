@@ -82,6 +82,25 @@ func TestPlanFromStats(t *testing.T) {
 	assert.Contains(t, out.String(), "planning for rows: 4000 rows/s = 40 calls/s of 100 rows (amlpool score's default chunk size)")
 }
 
+// A run whose endpoints share a cap over 200 (online endpoints) does not
+// lend it to the plan, which counts Classic endpoints: the plan says so and
+// asks for --mcc, rather than blaming an --mcc that was not given; with
+// --mcc it plans.
+func TestPlanFromStatsOverClassicCap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "online.stats.json")
+	require.NoError(t, writeJSON(path, runStats{Requests: 400, ChunkRows: 10, LatencyMs: latencySummary{Mean: 50},
+		Endpoints: []endpointStats{{Name: "blue", MaxConcurrentCalls: 300}, {Name: "green", MaxConcurrentCalls: 300}}}))
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 2, run([]string{"plan", "--rps", "4000", "--from-stats", path}, &out, &errOut))
+	assert.Equal(t, "amlpool plan: "+path+": the run's endpoints share a cap of 300 calls, over the 200 a Classic endpoint takes at most; "+
+		"plan counts Classic endpoints: give --mcc (1 to 200) for the endpoints to plan\n", errOut.String())
+	assert.Empty(t, out.String())
+	out.Reset()
+	errOut.Reset()
+	require.Equal(t, 0, run([]string{"plan", "--rps", "4000", "--from-stats", path, "--mcc", "200"}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "endpoints needed: 2 at MCC 200")
+}
+
 func TestPlanBadFlags(t *testing.T) {
 	empty := filepath.Join(t.TempDir(), "empty.json")
 	require.NoError(t, os.WriteFile(empty, []byte(`{"requests":0}`), 0o644))
