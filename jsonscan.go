@@ -7,17 +7,18 @@ import (
 	"unsafe"
 )
 
-// This file is the fast path of the codec of rrs.go and mlflow.go: a strict
-// JSON scanner for the replies batch scoring reads most (a classic RRS
-// table, MLflow predictions), which builds the same values encoding/json
-// builds without its reflection. It takes only what it is sure of: a body it
-// is not sure of (broken JSON, a key that matches a field only in another
-// case, a key given twice, invalid UTF-8, a lone surrogate escape, very deep
-// nesting, a value of an unexpected type) is declined, and the caller then
-// decodes it with encoding/json as before, which also words any error. So
-// what the fast path accepts decodes to exactly what encoding/json would
-// make of it (FuzzDecodeResponseFast, FuzzDecodeOnlineFast), and whatever it
-// declines keeps encoding/json's behaviour and messages.
+// This file is the fast path of the codec of rrs.go: a strict JSON scanner
+// for the replies batch scoring reads most (a classic RRS table), which
+// builds the same values encoding/json builds without its reflection. It
+// takes only what it is sure of: a body it is not sure of (broken JSON, a
+// key that matches a field only in another case, a key given twice, invalid
+// UTF-8, a lone surrogate escape, very deep nesting, a value of an
+// unexpected type) is declined, and the caller then decodes it with
+// encoding/json as before, which also words any error. So what the fast
+// path accepts decodes to exactly what encoding/json would make of it
+// (FuzzDecodeResponseFast), and whatever it declines keeps encoding/json's
+// behaviour and messages. An online endpoint's MLflow predictions
+// (mlflow.go) have no fast path: encoding/json decodes them.
 
 // scanner reads one JSON text.
 type scanner struct {
