@@ -71,15 +71,21 @@ func decodePredictions(body []byte) (*Table, error) {
 		}
 	case '{':
 		var wire struct {
-			Predictions *[]json.RawMessage `json:"predictions"`
+			Predictions json.RawMessage `json:"predictions"` // null too: RawMessage keeps it
 		}
 		if err := json.Unmarshal(body, &wire); err != nil {
 			return nil, jsonProblem(err)
 		}
-		if wire.Predictions == nil {
+		switch c := firstByte(wire.Predictions); c {
+		case 0:
 			return nil, errors.New(`an object without "predictions" (want a JSON array of predictions, or {"predictions": [...]})`)
+		case '[':
+			if err := json.Unmarshal(wire.Predictions, &preds); err != nil {
+				return nil, jsonProblem(err)
+			}
+		default:
+			return nil, fmt.Errorf(`an object whose "predictions" is a JSON %s (want a JSON array of predictions: {"predictions": [...]})`, jsonKind(c))
 		}
-		preds = *wire.Predictions
 	case 0:
 		return nil, errors.New("an empty body (want a JSON array of predictions)")
 	default:
