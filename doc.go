@@ -145,12 +145,31 @@
 // # Errors
 //
 // An [*APIError] is a non-2xx reply, with the service's error code and
-// details; errors.Is(err, [ErrThrottled]) tells a throttle. Other errors are
-// transport errors, ctx's error, [ErrNoCapacity] or [ErrClosed]. A call that
+// details; errors.Is(err, [ErrThrottled]) tells a throttle. A call that
 // made several attempts, or stopped retrying early, returns a [*CallError]
 // naming the endpoints it tried; errors.Is and errors.As see through it to the
-// last attempt's error and to why the call stopped. Keys never appear in
-// errors, logs or [Stats].
+// last attempt's error and to why the call stopped. The other errors of a
+// call are transport errors, ctx's error, and:
+//
+//   - [ErrNoCapacity]: no endpoint had a free slot within the call's max
+//     wait; [ErrShed], which matches ErrNoCapacity too, when a full line of
+//     waiting calls turned the call away;
+//   - [ErrClosed]: the Client was closed before or while the call waited;
+//   - [ErrRetryBudgetExhausted]: the retry budget refused a retry (a
+//     [*CallError]'s Stop);
+//   - [ErrResponseTooLarge]: a reply longer than [WithMaxResponseBytes]
+//     allows;
+//   - [ErrMalformedResponse]: a 2xx reply that is not what the service sends;
+//   - [*CredentialError]: an endpoint's [Credential] gave no usable token,
+//     so nothing was sent.
+//
+// [New] and [Client.SetEndpoints] return a [*ConfigError], which matches
+// [ErrInvalidConfig], for an invalid endpoint, endpoint set or option. Batch
+// scoring ([Client.ScoreRows], [Client.ScoreTable]) reports the rows it
+// could not score in a [*ChunkError], which wraps the cause: the call's
+// error, a [*RowError] for a row the source could not read, or
+// [ErrRequestTooLarge] for a row too large for a request. Keys never appear
+// in errors, logs or [Stats].
 //
 // # Observability
 //
