@@ -27,6 +27,7 @@ type batch struct {
 	requests atomic.Int64 // requests sent
 	split    splitState   // isolating bad rows (split.go)
 	outCols  []string     // online: the output columns so far, in order (align)
+	shape    predShape    // online: the shape of the first scored chunk's predictions (align)
 }
 
 func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOptions) (*batch, error) {
@@ -249,11 +250,12 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 	elapsed := b.c.cfg.clock.Now().Sub(t0)
 	if err == nil {
 		var out *Table
-		if out, err = b.decode(data, len(rows)); err == nil {
+		var shape predShape
+		if out, shape, err = b.decode(data, len(rows)); err == nil {
 			if n := out.NumRows(); n != len(rows) {
 				err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
 			} else {
-				return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed}
+				return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed, shape: shape}
 			}
 		}
 	}
@@ -268,16 +270,18 @@ func (b *batch) failed(seq, start int, rows [][]any, endpoint string, err error)
 		Err: &ChunkError{Seq: seq, FirstRow: start + 1, LastRow: start + len(rows), Endpoint: endpoint, Err: err}}
 }
 
-// decode reads the scores' table from a reply to n rows.
-func (b *batch) decode(data []byte, n int) (*Table, error) {
+// decode reads the scores' table from a reply to n rows, and for an online
+// reply the shape of its predictions.
+func (b *batch) decode(data []byte, n int) (*Table, predShape, error) {
 	if b.c.kind == Online {
 		return decodeOnline(data)
 	}
 	resp, err := decodeBatchResponse(data, n)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return b.output(resp)
+	out, err := b.output(resp)
+	return out, 0, err
 }
 
 // output picks the scores' table from a reply.

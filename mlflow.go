@@ -52,55 +52,78 @@ const PredictionsColumn = "predictions"
 //   - objects: one column per key, in the order the first object has them,
 //     keys first seen in later objects after those; a missing key is null.
 //
-// Numbers decode as json.Number. Every error names what was wrong and
-// matches ErrMalformedResponse.
-func decodeOnline(body []byte) (*Table, error) {
-	t, err := decodePredictions(body)
+// Numbers decode as json.Number. It returns the predictions' shape too
+// (plain values for none). Every error names what was wrong and matches
+// ErrMalformedResponse.
+func decodeOnline(body []byte) (*Table, predShape, error) {
+	t, shape, err := decodePredictions(body)
 	if err != nil {
-		return nil, &malformedError{fmt.Errorf("amlpool: decode online reply: %w", err)}
+		return nil, 0, &malformedError{fmt.Errorf("amlpool: decode online reply: %w", err)}
 	}
-	return t, nil
+	return t, shape, nil
 }
 
-func decodePredictions(body []byte) (*Table, error) {
+// predShape is what an online reply's predictions are, which makes its
+// table's columns: a batch's replies must all be of one shape (align).
+type predShape byte
+
+const (
+	plainShape  predShape = iota + 1 // plain values: one column, PredictionsColumn
+	arrayShape                       // arrays: columns "0", "1", …
+	objectShape                      // objects: a column per key
+)
+
+func (s predShape) String() string {
+	switch s {
+	case plainShape:
+		return "plain values"
+	case arrayShape:
+		return "arrays"
+	case objectShape:
+		return "objects"
+	}
+	return "none"
+}
+
+func decodePredictions(body []byte) (*Table, predShape, error) {
 	var preds []json.RawMessage
 	switch firstByte(body) {
 	case '[':
 		if err := json.Unmarshal(body, &preds); err != nil {
-			return nil, jsonProblem(err)
+			return nil, 0, jsonProblem(err)
 		}
 	case '{':
 		var wire struct {
 			Predictions json.RawMessage `json:"predictions"` // null too: RawMessage keeps it
 		}
 		if err := json.Unmarshal(body, &wire); err != nil {
-			return nil, jsonProblem(err)
+			return nil, 0, jsonProblem(err)
 		}
 		switch c := firstByte(wire.Predictions); c {
 		case 0:
-			return nil, errors.New(`an object without "predictions" (want a JSON array of predictions, or {"predictions": [...]})`)
+			return nil, 0, errors.New(`an object without "predictions" (want a JSON array of predictions, or {"predictions": [...]})`)
 		case '[':
 			if err := json.Unmarshal(wire.Predictions, &preds); err != nil {
-				return nil, jsonProblem(err)
+				return nil, 0, jsonProblem(err)
 			}
 		default:
-			return nil, fmt.Errorf(`an object whose "predictions" is a JSON %s (want a JSON array of predictions: {"predictions": [...]})`, jsonKind(c))
+			return nil, 0, fmt.Errorf(`an object whose "predictions" is a JSON %s (want a JSON array of predictions: {"predictions": [...]})`, jsonKind(c))
 		}
 	case 0:
-		return nil, errors.New("an empty body (want a JSON array of predictions)")
+		return nil, 0, errors.New("an empty body (want a JSON array of predictions)")
 	default:
-		return nil, fmt.Errorf("a JSON %s (want an array of predictions, or {\"predictions\": [...]})", jsonKind(firstByte(body)))
+		return nil, 0, fmt.Errorf("a JSON %s (want an array of predictions, or {\"predictions\": [...]})", jsonKind(firstByte(body)))
 	}
 	t := &Table{Values: make([][]any, len(preds))}
 	if len(preds) == 0 {
 		t.ColumnNames = []string{PredictionsColumn}
-		return t, nil
+		return t, plainShape, nil
 	}
 	shape := firstByte(preds[0])
 	cols := map[string]int{}
 	for i, raw := range preds {
 		if s := firstByte(raw); (s == '[' || s == '{' || shape == '[' || shape == '{') && s != shape {
-			return nil, fmt.Errorf("prediction %d is a JSON %s, but prediction 0 is a JSON %s: the predictions must be of one shape", i, jsonKind(s), jsonKind(shape))
+			return nil, 0, fmt.Errorf("prediction %d is a JSON %s, but prediction 0 is a JSON %s: the predictions must be of one shape", i, jsonKind(s), jsonKind(shape))
 		}
 		var err error
 		switch shape {
@@ -121,10 +144,16 @@ func decodePredictions(body []byte) (*Table, error) {
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("prediction %d: %w", i, err)
+			return nil, 0, fmt.Errorf("prediction %d: %w", i, err)
 		}
 	}
-	if shape != '[' && shape != '{' {
+	kind := plainShape
+	switch shape {
+	case '[':
+		kind = arrayShape
+	case '{':
+		kind = objectShape
+	default:
 		t.ColumnNames = []string{PredictionsColumn}
 	}
 	for i, row := range t.Values {
@@ -133,7 +162,7 @@ func decodePredictions(body []byte) (*Table, error) {
 		}
 		t.Values[i] = row
 	}
-	return t, nil
+	return t, kind, nil
 }
 
 // decodeRecord reads one object prediction into a row, its keys' columns
@@ -200,15 +229,23 @@ func jsonKind(c byte) string {
 // order, so that every chunk's output has the same columns: the first
 // scored chunk's, then any column a later chunk adds (after the others,
 // from that chunk on). A model whose predictions are objects may leave out
-// keys or order them differently from one request to the next. It runs on
-// the emitter's goroutine only.
+// keys or order them differently from one request to the next. Predictions
+// of another shape than the first scored chunk's (objects after plain
+// values, say) have columns of another kind: merged, they would leave the
+// earlier columns empty and the sink could not tell, so the chunk fails
+// instead, naming both shapes. It runs on the emitter's goroutine only.
 func (b *batch) align(ch *Chunk) {
 	if b.c.kind != Online || ch.Output == nil {
 		return
 	}
 	out := ch.Output
 	if b.outCols == nil {
-		b.outCols = out.ColumnNames
+		b.outCols, b.shape = out.ColumnNames, ch.shape
+		return
+	}
+	if ch.shape != b.shape {
+		ch.Output, ch.Err = nil, &ChunkError{Seq: ch.Seq, FirstRow: ch.Start + 1, LastRow: ch.Start + len(ch.Input), Endpoint: ch.Endpoint,
+			Err: fmt.Errorf("endpoint %s: the predictions are %s, but those of the batch's first scored rows were %s: a batch's predictions must all be of one shape", ch.Endpoint, ch.shape, b.shape)}
 		return
 	}
 	if slices.Equal(out.ColumnNames, b.outCols) {

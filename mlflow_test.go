@@ -34,7 +34,7 @@ func TestDecodeOnline(t *testing.T) {
 			[][]any{{n("1"), "x", nil}, {nil, "y", map[string]any{"k": n("2")}}}},
 		{`[{"a": 1, "a": 2}]`, []string{"a"}, [][]any{{n("2")}}},
 	} {
-		got, err := decodeOnline([]byte(tt.body))
+		got, _, err := decodeOnline([]byte(tt.body))
 		require.NoError(t, err, tt.body)
 		assert.Equal(t, tt.cols, got.ColumnNames, tt.body)
 		assert.Equal(t, tt.values, got.Values, tt.body)
@@ -51,7 +51,7 @@ func TestDecodeOnline(t *testing.T) {
 		{`[{"a": 1}, 2]`, "prediction 1 is a JSON number, but prediction 0 is a JSON object"},
 		{`[1, {"a": 1}]`, "prediction 1 is a JSON object"},
 	} {
-		_, err := decodeOnline([]byte(tt.body))
+		_, _, err := decodeOnline([]byte(tt.body))
 		require.Error(t, err, tt.body)
 		assert.ErrorIs(t, err, ErrMalformedResponse, tt.body)
 		assert.Contains(t, err.Error(), tt.want, tt.body)
@@ -70,7 +70,7 @@ func FuzzDecodeOnline(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		tab, err := decodeOnline(body)
+		tab, _, err := decodeOnline(body)
 		if err != nil {
 			require.ErrorIs(t, err, ErrMalformedResponse)
 			return

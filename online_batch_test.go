@@ -172,6 +172,57 @@ func TestOnlineScoreTableShapes(t *testing.T) {
 	}
 }
 
+// TestOnlineScoreTableShapeChange: predictions of another shape than the
+// first scored chunk's (objects after plain values, plain values or arrays
+// after objects) fail their chunk, naming both shapes, instead of being
+// merged into columns that leave the other rows' empty.
+func TestOnlineScoreTableShapeChange(t *testing.T) {
+	in := &amlpool.Table{ColumnNames: []string{"id"}, Values: [][]any{{0}, {1}, {2}, {3}, {4}, {5}}}
+	for _, tt := range []struct {
+		name        string
+		first, then func(id any) any // the predictions of rows 0-1, and of the others
+		cols        []string
+		firstValues [][]any
+		shapes      string
+	}{
+		{"objects after plain values", func(id any) any { return id }, func(id any) any { return map[string]any{"label": id} },
+			[]string{amlpool.PredictionsColumn}, [][]any{{json.Number("0")}, {json.Number("1")}}, "objects, but those of the batch's first scored rows were plain values"},
+		{"plain values after objects", func(id any) any { return map[string]any{"label": id} }, func(id any) any { return id },
+			[]string{"label"}, [][]any{{json.Number("0")}, {json.Number("1")}}, "plain values, but those of the batch's first scored rows were objects"},
+		{"arrays after objects", func(id any) any { return map[string]any{"0": id} }, func(id any) any { return []any{id} },
+			[]string{"0"}, [][]any{{json.Number("0")}, {json.Number("1")}}, "arrays, but those of the batch's first scored rows were objects"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srvs := onlineServers(t, 1, 2, func(c *amltest.Config) {
+				c.Predict = func(_ []string, rows [][]any) ([]any, error) {
+					out := make([]any, len(rows))
+					for i, r := range rows {
+						if fmt.Sprint(r[0]) < "2" {
+							out[i] = tt.first(r[0])
+						} else {
+							out[i] = tt.then(r[0])
+						}
+					}
+					return out, nil
+				}
+			})
+			c := newClient(t, endpoints(srvs))
+			res, err := c.ScoreTable(t.Context(), in, &amlpool.BatchOptions{ChunkRows: 2, Parallelism: 1})
+			require.NoError(t, err)
+			assert.Equal(t, amlpool.BatchStats{Rows: 6, Scored: 2, Failed: 4, Requests: 3}, res.Stats)
+			require.Len(t, res.Failures, 2)
+			for k, f := range res.Failures {
+				assert.Equal(t, [2]int{3 + 2*k, 4 + 2*k}, [2]int{f.FirstRow, f.LastRow})
+				assert.EqualError(t, f, fmt.Sprintf("amlpool: rows %d-%d: endpoint o0: the predictions are %s: a batch's predictions must all be of one shape",
+					f.FirstRow, f.LastRow, tt.shapes))
+			}
+			assert.Equal(t, tt.cols, res.Output.ColumnNames, "the first scored chunk's columns, nothing merged")
+			assert.Equal(t, tt.firstValues, res.Output.Values[:2])
+			assert.Equal(t, [][]any{nil, nil, nil, nil}, res.Output.Values[2:])
+		})
+	}
+}
+
 // TestOnlineScoreRowsBadReply: a reply that is not predictions, or holds
 // too few, fails its chunk with a message naming the problem.
 func TestOnlineScoreRowsBadReply(t *testing.T) {

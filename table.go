@@ -102,12 +102,16 @@ type Chunk struct {
 	Elapsed time.Duration
 	// Err is a *ChunkError when these rows were not scored: the call failed
 	// after retries, the reply did not fit the request (a row short, or
-	// rows of several widths: ErrMalformedResponse), the service blamed
+	// rows of several widths: ErrMalformedResponse), an online reply's
+	// predictions are of another shape (plain values, arrays, objects) than
+	// those of the batch's first scored chunk, the service blamed
 	// these rows (a bad row isolated, see BatchOptions.NoSplit), a cell
 	// of the row does not encode as JSON (a NaN, say: the row fails alone,
 	// its column named, and the rows around it are scored), or (wrapping a
 	// *RowError) the source could not read the row.
 	Err error
+
+	shape predShape // online: the shape of Output's predictions
 }
 
 // BatchStats counts what a batch did with its rows, and the requests it

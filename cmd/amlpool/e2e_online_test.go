@@ -172,3 +172,47 @@ func TestScoreOutputColumnsMissingFromTheFirstReply(t *testing.T) {
 	assert.Equal(t, [2]int{8, 2}, [2]int{scored, rejected})
 	assert.Equal(t, `the reply has no column "warning" (config outputColumns); it has ["label" "score"]`, rej[1][2])
 }
+
+// An online model whose predictions change shape during a run (objects
+// after plain values: a new model version, say) cannot have its later
+// replies written under the first reply's columns: their rows are rejected,
+// the reason naming both shapes, and no row is lost or written with empty
+// scores.
+func TestScoreOnlinePredictionsChangeShape(t *testing.T) {
+	predict := func(cols []string, rows [][]any) ([]any, error) {
+		out := make([]any, len(rows))
+		for i, r := range rows {
+			id, _ := strconv.Atoi(fmt.Sprint(r[0]))
+			if id < 50 {
+				out[i] = id
+			} else {
+				out[i] = map[string]any{"label": id}
+			}
+		}
+		return out, nil
+	}
+	srv := amltest.NewServer(amltest.Config{Name: "blue", Kind: amlpool.Online, MaxConcurrentCalls: 4, Predict: predict})
+	t.Cleanup(srv.Close)
+	e := srv.Endpoint()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "pool.json")
+	require.NoError(t, os.WriteFile(config, []byte(`{"endpoints":[{"name":"blue","url":"`+e.URL+`","kind":"online","maxConcurrentCalls":4,"apiKeyEnv":"K"}]}`), 0o644))
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 100
+	writeIDs(t, in, n)
+	code, stderr := runCmd(t, (&fakePool{env: []string{"K=" + e.APIKey}}).command(t, "score", "--config", config, "--in", in, "--out", out, "--chunk-rows", "10", "--progress", "none"))
+	require.Equal(t, 1, code, stderr)
+	const why = "endpoint blue: the predictions are objects, but those of the batch's first scored rows were plain values: a batch's predictions must all be of one shape"
+	assert.Contains(t, stderr, "first failure: line 52 (row 51): "+why)
+	recs := readCSV(t, out)
+	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+	scored, rejected := checkOnce(t, recs, rej, n)
+	assert.Equal(t, [2]int{50, 50}, [2]int{scored, rejected})
+	assert.Equal(t, []string{"id", "name", amlpool.PredictionsColumn}, recs[0])
+	for _, rec := range recs[1:] {
+		assert.Equal(t, rec[0], rec[2], "a scored row has its prediction")
+	}
+	for _, rec := range rej[1:] {
+		assert.Equal(t, why, rec[2])
+	}
+}

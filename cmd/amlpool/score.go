@@ -85,7 +85,9 @@ The first reply fixes the output's columns. An online model whose
 predictions are objects may add a key in a later reply: it is not written,
 and the run says so once per key (list the columns you want in
 "outputColumns"); a key a prediction leaves out is an empty cell (null in
-JSON Lines).
+JSON Lines). A later online reply whose predictions are of another shape
+(plain values, arrays, objects) than the first's is rejected, the reason
+naming both shapes.
 
 Examples:
   amlpool score --config pool.json --in rows.csv --out scored.csv
