@@ -15,8 +15,9 @@ import (
 // fails with the input's fault is searched for the row to blame: halves of
 // the part known to hold it are sent until it stands alone, the good rows
 // before it are scored on the way, and the rows after it go together in one
-// request afterwards, which starts the search again if it fails too. A chunk
-// of n rows with one bad row costs at most ⌈log2 n⌉ + 2 extra requests.
+// request afterwards, which starts the search again if it fails too, at the
+// first of them alone. A chunk of n rows with one bad row costs at most
+// ⌈log2 n⌉ + 2 extra requests, and a run of bad rows two per row.
 //
 // The search assumes the fault is the rows' own: a part whose request
 // succeeded holds no bad row. When that is wrong (the fault is transient, or
@@ -50,9 +51,10 @@ func inputFault(err error) bool {
 // failures counted are those of whole searches, as in a batch of
 // Parallelism 1: the verdict depends on the rows of the chunks searched,
 // not on timing (the search is stopped only by a chunk whose first rows
-// are bad, three of them), and an input at fault as a whole costs exactly
-// limit split requests, whatever the parallelism. Other chunks that fail
-// meanwhile wait a few requests' time, once per batch.
+// are all bad, ten of them for chunks of 100), and an input at fault as a
+// whole costs exactly limit split requests, whatever the parallelism.
+// Other chunks that fail meanwhile wait a few requests' time, once per
+// batch.
 type splitState struct {
 	off      bool          // BatchOptions.NoSplit
 	limit    int64         // failed split requests, none succeeding, that stop the search
@@ -64,8 +66,9 @@ type splitState struct {
 
 func (s *splitState) init(o BatchOptions) {
 	s.off = o.NoSplit
-	// Enough for one chunk whose first three rows are bad: each search
-	// fails about log2(rows)+1 times before a request succeeds.
+	// Enough for one chunk whose first rows are bad, nine of them for
+	// chunks of 100: the search for the first fails about log2(rows)+1
+	// times, and each next one twice, before a request succeeds.
 	s.limit = 3 * int64(bits.Len(uint(o.ChunkRows))+1)
 	s.turn = make(chan struct{}, 1)
 	s.found = make(chan struct{})
@@ -121,6 +124,12 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 		return append(parts, b.unsplit(failed, failed.Start, failed.Input, err))
 	}
 	defer end()
+	// probe is set when rows[0] comes right after a bad row: bad rows come
+	// in runs (a stretch of the input written wrong), so the first row is
+	// sent alone first. In a run each bad row then costs two requests (the
+	// rows after the one before, and itself) instead of a search of
+	// log2(rows) + 1; a search for a bad row further on costs one more.
+	probe := false
 	for failed != nil {
 		seq, start, rows := failed.Seq, failed.Start, failed.Input
 		// rows[:lo] are settled; rows[lo:hi] hold a bad row, as the
@@ -132,6 +141,9 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 				return append(parts, b.unsplit(last, start+lo, rows[lo:], why))
 			}
 			mid := lo + (hi-lo)/2
+			if probe {
+				mid, probe = lo+1, false
+			}
 			ch := b.send(ctx, seq, start+lo, rows[lo:mid], nil)
 			b.split.note(ch)
 			switch {
@@ -159,7 +171,7 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 			ch := b.send(ctx, seq, start+lo+1, rest, nil)
 			b.split.note(ch)
 			if ch.Err != nil && len(rest) > 1 && inputFault(ch.Err) {
-				failed = ch
+				failed, probe = ch, true
 			} else {
 				parts = append(parts, ch)
 			}

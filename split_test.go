@@ -194,6 +194,28 @@ func TestScoreRowsIsolatesPoisonRowsFromACSV(t *testing.T) {
 	assert.LessOrEqual(t, st.SplitRequests, 4*maxExtra(100))
 }
 
+// TestScoreTableIsolatesARunOfBadRows: a run of bad rows, after rows that
+// were scored, costs about two requests per row (the rows after the last
+// bad one, then the first of them alone), not a search of log2(rows) + 1
+// for each; every bad row still fails alone with its own message.
+func TestScoreTableIsolatesARunOfBadRows(t *testing.T) {
+	var bad []string
+	for id := 120; id < 170; id++ {
+		bad = append(bad, strconv.Itoa(id))
+	}
+	c, srv := poolOf(t, amltest.Config{MaxConcurrentCalls: 4, Score: poisonModel(bad...)})
+	res, err := c.ScoreTable(context.Background(), ids(300), &amlpool.BatchOptions{ChunkRows: 100})
+	require.NoError(t, err)
+	assert.Equal(t, 250, res.Stats.Scored)
+	require.Len(t, res.Failures, 50)
+	for k, f := range res.Failures {
+		assert.Equal(t, [2]int{121 + k, 121 + k}, [2]int{f.FirstRow, f.LastRow}, "each bad row alone")
+		assert.ErrorContains(t, f, fmt.Sprintf("row 1 of the request: id %d cannot be scored", 120+k))
+	}
+	assert.EqualValues(t, 3+res.Stats.SplitRequests, srv.Stats().Requests)
+	assert.LessOrEqual(t, res.Stats.SplitRequests, 2*len(bad)+maxExtra(100), "two requests per bad row, and a search")
+}
+
 // TestScoreTableNoSplit keeps a blamed chunk whole.
 func TestScoreTableNoSplit(t *testing.T) {
 	c, srv := poolOf(t, amltest.Config{Score: poisonModel("150")})

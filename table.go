@@ -65,11 +65,12 @@ type BatchOptions struct {
 	// sent until each bad row stands alone: the good rows are scored, and
 	// each bad row fails alone with the service's message for it. A chunk
 	// with one bad row costs at most ⌈log2 ChunkRows⌉ + 2 extra requests,
-	// which go through the pool like any call (slots, retries, retry
-	// budget, the ctx's priority). Splitting stops for the rest of the batch
-	// when its first split requests all fail, 3 × (⌊log2 ChunkRows⌋ + 2) of
-	// them: the input is then wrong as a whole (a column the model lacks,
-	// say), not single rows. Until a split request has succeeded, chunks are
+	// and a run of bad rows about two per row; they go through the pool
+	// like any call (slots, retries, retry budget, the ctx's priority).
+	// Splitting stops for the rest of the batch when its first split
+	// requests all fail, 3 × (⌊log2 ChunkRows⌋ + 2) of them: the input is
+	// then wrong as a whole (a column the model lacks, say), not single
+	// rows. Until a split request has succeeded, chunks are
 	// searched one at a time, so that verdict and its cost do not depend on
 	// Parallelism. With NoSplit, such a chunk fails whole.
 	NoSplit bool
