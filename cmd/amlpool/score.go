@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -487,42 +488,65 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	}
 	// The counts are what the files hold: after a failed write, fewer rows
 	// than were handed to them (closeFiles counted them again).
-	scored, rejected := w.out.rows, w.rej.rows
-	lost := w.out.lost + w.rej.lost
 	rs.Scored -= w.out.lost
 	rs.Failed -= w.rej.lost
-	rs.Rows -= lost
+	rs.Rows -= w.out.lost + w.rej.lost
 	rs.RowsPerSecond = float64(rs.Rows) / max(elapsed.Seconds(), 1e-9)
+	rs.CountsUnknown = w.out.recount != nil || w.rej.recount != nil
 	if serr := writeJSON(o.stats, rs); serr != nil {
 		fmt.Fprintln(stderr, "amlpool score: writing statistics:", serr)
 	}
 
-	settled := scored + rejected // s.base + st.Rows, less what did not reach the files
+	settled, where := summary(w.out, w.rej) // settled: s.base + st.Rows, less what did not reach the files
 	of := ""
 	if n := s.total.Load(); n >= 0 {
 		of = fmt.Sprintf(" of %d", n)
 	}
-	where := fmt.Sprintf("%d scored in %s, %d rejected", scored, w.out.path, rejected)
-	if rejected > 0 {
-		where += " in " + w.rej.path
-	}
-	if lost > 0 {
-		where += fmt.Sprintf("; a failed write kept the last %d rows from the files", lost)
-	}
 	switch {
 	case ctx.Err() != nil:
-		fmt.Fprintf(stderr, "amlpool score: interrupted after %d%s rows (%s); run the same command with --resume to go on\n", settled, of, where)
+		fmt.Fprintf(stderr, "amlpool score: interrupted after %s%s rows (%s); run the same command with --resume to go on\n", settled, of, where)
 		return 130
 	case err != nil:
-		fmt.Fprintf(stderr, "amlpool score: %v\namlpool score: stopped after %d%s rows (%s); fix the cause and run the same command with --resume to go on\n", err, settled, of, where)
+		fmt.Fprintf(stderr, "amlpool score: %v\namlpool score: stopped after %s%s rows (%s); fix the cause and run the same command with --resume to go on\n", err, settled, of, where)
 		return 1
 	}
-	fmt.Fprintf(stderr, "amlpool score: %d rows in %v (%.0f rows/s): %s\n", settled, elapsed.Round(time.Millisecond), rs.RowsPerSecond, where)
+	fmt.Fprintf(stderr, "amlpool score: %s rows in %v (%.0f rows/s): %s\n", settled, elapsed.Round(time.Millisecond), rs.RowsPerSecond, where)
 	if firstFail != nil {
 		fmt.Fprintf(stderr, "amlpool score: first failure: %v\n", firstFail)
 		return 1
 	}
 	return 0
+}
+
+// summary says how many rows the run's files hold, and where: the rows
+// settled, and "N scored in OUT, M rejected in REJECTS". After a failed
+// write it says how many rows handed to the files did not reach them; when
+// a file could not be counted again, its count is only what was handed to
+// it ("at most N"), and it says why.
+func summary(out, rej *outFile) (settled, where string) {
+	count := func(o *outFile) string {
+		if o.recount != nil {
+			return "at most " + strconv.Itoa(o.rows)
+		}
+		return strconv.Itoa(o.rows)
+	}
+	settled = strconv.Itoa(out.rows + rej.rows)
+	if out.recount != nil || rej.recount != nil {
+		settled = "at most " + settled
+	}
+	where = fmt.Sprintf("%s scored in %s, %s rejected", count(out), out.path, count(rej))
+	if rej.rows > 0 {
+		where += " in " + rej.path
+	}
+	if lost := out.lost + rej.lost; lost > 0 {
+		where += fmt.Sprintf("; a failed write kept the last %d rows from the files", lost)
+	}
+	for _, o := range []*outFile{out, rej} {
+		if o.recount != nil {
+			where += fmt.Sprintf("; a failed write kept rows from %s, which could not be counted again: %v", o.path, o.recount)
+		}
+	}
+	return settled, where
 }
 
 func cmpInt(a, b int) int {
@@ -535,11 +559,15 @@ func cmpInt(a, b int) int {
 // runStats is what a score or bench run writes to its --stats file, and
 // what "amlpool plan --from-stats" reads (latencyMs.mean).
 type runStats struct {
-	Rows          int             `json:"rows"`    // rows settled by this run
-	Scored        int             `json:"scored"`  // of which scored
-	Failed        int             `json:"failed"`  // of which rejected
-	Resumed       int             `json:"resumed"` // rows settled by earlier runs
-	Interrupted   bool            `json:"interrupted"`
+	Rows        int  `json:"rows"`    // rows settled by this run
+	Scored      int  `json:"scored"`  // of which scored
+	Failed      int  `json:"failed"`  // of which rejected
+	Resumed     int  `json:"resumed"` // rows settled by earlier runs
+	Interrupted bool `json:"interrupted"`
+	// CountsUnknown: a failed write kept rows from the files, which could
+	// not be counted again; rows, scored and failed are those handed to
+	// them, and the files may hold fewer.
+	CountsUnknown bool            `json:"countsUnknown,omitempty"`
 	Seconds       float64         `json:"seconds"`
 	RowsPerSecond float64         `json:"rowsPerSecond"`
 	ChunkRows     int             `json:"chunkRows"`     // rows per request (fewer in a file's last chunk and in split chunks)

@@ -24,6 +24,10 @@ type outFile struct {
 	head   []string // the header on disk (CSV) or expected (JSONL); nil until written
 	rows   int      // complete records after the header (handed to w until close)
 	lost   int      // records handed to w that a failed write kept from the file
+	// recount is why, after a failed write, the file's records could not
+	// be counted: rows is then what was handed to w, more than the file
+	// may hold, and lost is unknown.
+	recount error
 }
 
 // openOut opens path for a run. Without resume the file must not hold
@@ -94,15 +98,18 @@ func (o *outFile) flush() error {
 // run without rejects leaves no reject file). After a failed write (a full
 // disk, a file size limit: a failure sticks, so the flush fails too) it
 // counts the complete records the file holds, as --resume will, so that
-// rows is what reached the file.
+// rows is what reached the file; when that count fails, recount says why.
 func (o *outFile) close() error {
 	err := o.flush()
 	if err != nil {
-		if st, serr := o.f.Stat(); serr == nil {
-			if _, n, _, serr := rows.Scan(o.format, o.f, st.Size()); serr == nil {
+		st, serr := o.f.Stat()
+		if serr == nil {
+			var n int
+			if _, n, _, serr = rows.Scan(o.format, o.f, st.Size()); serr == nil {
 				o.lost, o.rows = o.rows-n, n
 			}
 		}
+		o.recount = serr
 	}
 	st, serr := o.f.Stat()
 	err = errors.Join(err, o.f.Close())

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -74,4 +77,40 @@ func TestWriterColumnsAfterAMissingColumn(t *testing.T) {
 		assert.Equal(t, []int{0, 2}, pick)
 		assert.Equal(t, []string{"label", "warning"}, w.outCols, "set once")
 	}
+}
+
+// failingWriter fails every write, as a full disk does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// After a failed write, close counts the records the file holds; when that
+// count fails too (here the file cannot be read), the run does not give
+// the rows handed to the file as what it holds: the summary says "at most"
+// and why the file could not be counted.
+func TestSummaryWhenAFailedWriteCannotBeCounted(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "scored.csv")
+	require.NoError(t, os.WriteFile(path, []byte("id,label\n0,a\n"), 0o644))
+	f, err := os.OpenFile(path, os.O_WRONLY, 0) // write-only: the count cannot read it
+	require.NoError(t, err)
+	w, err := rows.NewWriter(rows.CSV, failingWriter{}, []string{"id", "label"}, false)
+	require.NoError(t, err)
+	out := &outFile{path: path, format: rows.CSV, f: f, w: w, head: []string{"id", "label"}, rows: 1}
+	for i := range 3 {
+		require.NoError(t, w.Write([]any{i + 1, "b"}))
+		out.rows++
+	}
+	require.Error(t, out.close())
+	assert.Error(t, out.recount, "the count of the file failed")
+
+	rej := &outFile{path: filepath.Join(dir, "scored.rejects.csv")}
+	settled, where := summary(out, rej)
+	assert.Equal(t, "at most 4", settled)
+	assert.Regexp(t, `^at most 4 scored in .*scored\.csv, 0 rejected; a failed write kept rows from .*scored\.csv, which could not be counted again: .+$`, where)
+
+	counted := &outFile{path: path, rows: 3, lost: 2}
+	settled, where = summary(counted, rej)
+	assert.Equal(t, "3", settled)
+	assert.Equal(t, "3 scored in "+path+", 0 rejected; a failed write kept the last 2 rows from the files", where)
 }
