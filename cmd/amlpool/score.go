@@ -607,8 +607,11 @@ func newRunStats(c *amlpool.Client, tally *endpointTally, st amlpool.BatchStats,
 // endpoint ends with, and an endpoint's last snapshot, taken after the
 // run for a live endpoint and after its removal for a removed one (no call
 // starts on it then), counts them all. Its errors and throttles are those
-// of its last snapshot (a removed endpoint's calls in flight then that
-// fail are not counted). Snapshots are taken by one goroutine at a time.
+// of its last snapshot: a removed endpoint's calls in flight then that
+// fail are not counted as errors. That cannot be helped here: Client.Stats
+// lists a removed endpoint only until its last call ends, and so do the
+// Client's metrics, so no snapshot is taken once those calls' outcomes are
+// known. Snapshots are taken by one goroutine at a time.
 type endpointTally struct {
 	names []string // in the order first seen
 	by    map[string]endpointStats
