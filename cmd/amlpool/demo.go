@@ -28,7 +28,7 @@ achieved rate beside the capacity formula's ceiling
 E x MCC x 1000 / latency_ms. While it runs it shows, every -every, each
 endpoint's calls in flight against its limit, calls per second and throttles.
 Ctrl-C (SIGINT) or SIGTERM ends it early, with the figures of the time it
-ran.
+ran. A bad flag or flag value exits with status 2.
 
 Examples:
   amlpool demo
@@ -74,8 +74,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := demo(ctx, cfg, stdout); err != nil {
-		fmt.Fprintln(stderr, "amlpool demo:", err)
-		return 1
+		return failed(stderr, "demo", err)
 	}
 	return 0
 }
@@ -83,15 +82,15 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	switch {
 	case cfg.endpoints < 1:
-		return fmt.Errorf("-endpoints %d: need at least 1", cfg.endpoints)
+		return usageError{fmt.Errorf("-endpoints %d: need at least 1", cfg.endpoints)}
 	case cfg.mcc < 1 || cfg.mcc > maxMCC(cfg.kind):
-		return fmt.Errorf("-mcc %d: want 1 to %d for %s endpoints", cfg.mcc, maxMCC(cfg.kind), cfg.kind)
+		return usageError{fmt.Errorf("-mcc %d: want 1 to %d for %s endpoints", cfg.mcc, maxMCC(cfg.kind), cfg.kind)}
 	case cfg.latency <= 0:
-		return fmt.Errorf("-latency %v: must be positive", cfg.latency)
+		return usageError{fmt.Errorf("-latency %v: must be positive", cfg.latency)}
 	case cfg.duration <= 0:
-		return fmt.Errorf("-duration %v: must be positive", cfg.duration)
+		return usageError{fmt.Errorf("-duration %v: must be positive", cfg.duration)}
 	case cfg.every < 0:
-		return fmt.Errorf("-every %v: must not be negative", cfg.every)
+		return usageError{fmt.Errorf("-every %v: must not be negative", cfg.every)}
 	}
 	slots := cfg.endpoints * cfg.mcc
 	if cfg.callers <= 0 {

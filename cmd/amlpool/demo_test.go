@@ -47,10 +47,10 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"demo", "-mcc", "201"}, 1, "-mcc 201"},
-		{[]string{"demo", "-endpoints", "0"}, 1, "-endpoints 0"},
-		{[]string{"demo", "-latency", "0s"}, 1, "-latency 0s"},
-		{[]string{"demo", "-every", "-1s"}, 1, "-every -1s"},
+		{[]string{"demo", "-mcc", "201"}, 2, "-mcc 201"},
+		{[]string{"demo", "-endpoints", "0"}, 2, "-endpoints 0"},
+		{[]string{"demo", "-latency", "0s"}, 2, "-latency 0s"},
+		{[]string{"demo", "-every", "-1s"}, 2, "-every -1s"},
 		{[]string{"demo", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{nil, 2, "Usage: amlpool"},
