@@ -69,7 +69,7 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 		return fail("give --rps (calls) or --rows-per-second (rows), not both")
 	}
 	if *chunk < 0 {
-		return fail(fmt.Sprintf("--chunk-rows %d: must be positive", *chunk))
+		return fail(fmt.Sprintf("--chunk-rows %d: must not be negative (0: the --from-stats run's, else %d)", *chunk, amlpool.DefaultChunkRows))
 	}
 	p := plan{rps: *rps, latency: *latency, mcc: *mcc, headroom: *headroom, rows: *chunk, latencySource: "--latency"}
 	if *fromStats != "" {

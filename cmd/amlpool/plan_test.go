@@ -110,7 +110,7 @@ func TestPlanBadFlags(t *testing.T) {
 	}{
 		{[]string{"--latency", "50ms"}, "--rps or --rows-per-second: need a target rate"},
 		{[]string{"--rps", "1", "--rows-per-second", "10", "--latency", "50ms"}, "not both"},
-		{[]string{"--rows-per-second", "10", "--latency", "50ms", "--chunk-rows", "-1"}, "--chunk-rows -1: must be positive"},
+		{[]string{"--rows-per-second", "10", "--latency", "50ms", "--chunk-rows", "-1"}, "--chunk-rows -1: must not be negative (0: the --from-stats run's, else 100)"},
 		{[]string{"--rps", "10"}, "--latency: need a latency"},
 		{[]string{"--rps", "10", "--latency", "1s", "--mcc", "0"}, "--mcc 0: want 1 to 200"},
 		{[]string{"--rps", "10", "--from-stats", empty}, "the run measured no request latency"},
