@@ -30,7 +30,8 @@ p50/p99, and the achieved rate beside the capacity formula's ceiling,
 sum(MCC) x 1000 / latency_ms.
 
 With --config the requests go to real endpoints and carry the first
---chunk-rows rows of --in; the ceiling uses the measured mean latency. With
+--chunk-rows rows of --in (which must not be the config, nor a key or
+token file it names); the ceiling uses the measured mean latency. With
 --fake N, N fake endpoints run in this process (--mcc slots, --latency each)
 and the ceiling uses --latency.
 
@@ -125,6 +126,9 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		cfg, eps, err := loadConfig(o.config, osKeys)
 		if err != nil {
 			return usageError{err}
+		}
+		if err := checkInput(o.in, append([]runFile{{"--config", o.config, "config"}}, cfg.keyFiles(o.config)...)); err != nil {
+			return err
 		}
 		if body, err = benchBody(o.in, o.chunk, cfg); err != nil {
 			return usageError{err}

@@ -16,7 +16,8 @@ import (
 // A run never writes over its config, nor over a key or token file the
 // config names: an output, rejects or stats file that is one of them
 // (spelled otherwise, or through a symlink) is refused before any file is
-// opened, with or without --resume.
+// opened, with or without --resume. Nor does it read one as its input,
+// which would send it as rows and copy it to the output or reject file.
 func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
 	dir := t.TempDir()
 	s := amltest.NewServer(amltest.Config{Name: "east", MaxConcurrentCalls: 2})
@@ -30,6 +31,8 @@ func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
 	in := filepath.Join(dir, "rows.csv")
 	link := filepath.Join(dir, "link.json")
 	require.NoError(t, os.Symlink(cfg, link))
+	keyLink := filepath.Join(dir, "key-link")
+	require.NoError(t, os.Symlink(key2, keyLink))
 	other := filepath.Join(dir, "scored.csv")
 	files := map[string]string{cfg: config, online: onlineConfig, key: e.APIKey + "\n", key2: e.APIKey + "\n", token: "a-token\n", in: "id,name\n1,a\n"}
 	for _, tt := range []struct {
@@ -48,6 +51,14 @@ func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
 			"--stats " + key2 + ` is the same file as the "secondaryKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key2 + ": the run would write over its key file"},
 		{"stats is the token file", []string{"--config", online, "--out", other, "--stats", token},
 			"--stats " + token + ` is the same file as the "tokenFile" of endpoints[0] in ` + online + ", " + token + ": the run would write over its token file"},
+		{"in is the key file", []string{"--config", cfg, "--out", other, "--in", key},
+			"--in " + key + ` is the same file as the "apiKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key + ": the run would send its key file as rows; give --in the file of rows to score"},
+		{"in is the second key file through a symlink", []string{"--config", cfg, "--out", other, "--in", keyLink},
+			"--in " + keyLink + ` is the same file as the "secondaryKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key2 + ": the run would send its key file as rows"},
+		{"in is the token file", []string{"--config", online, "--out", other, "--in", token},
+			"--in " + token + ` is the same file as the "tokenFile" of endpoints[0] in ` + online + ", " + token + ": the run would send its token file as rows"},
+		{"in is the config", []string{"--config", cfg, "--out", other, "--in", link},
+			"--in " + link + " is the same file as --config " + cfg + ": the run would send its config as rows"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for path, data := range files {
@@ -59,10 +70,11 @@ func TestScoreRefusesToWriteOverItsConfigOrKeys(t *testing.T) {
 				}
 			})
 			var stdout, stderr bytes.Buffer
-			code := run(append([]string{"score", "--in", in}, tt.args...), &stdout, &stderr)
+			code := run(append([]string{"score", "--in", in}, tt.args...), &stdout, &stderr) // a second --in wins
 			assert.Equal(t, 2, code, stderr.String())
 			assert.Contains(t, stderr.String(), tt.want)
 			assert.NotContains(t, stderr.String(), e.APIKey)
+			assert.NotContains(t, stderr.String(), "a-token")
 			for path, data := range files {
 				got, err := os.ReadFile(path)
 				require.NoError(t, err)
@@ -139,4 +151,21 @@ func TestConfigHeaderEmptyValue(t *testing.T) {
 	_, eps, err := parseConfig([]byte(`{"endpoints":[{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"K","header":{"azureml-model-deployment":"blue"}}]}`), testKeys)
 	require.NoError(t, err)
 	assert.Equal(t, "blue", eps[0].Header.Get("azureml-model-deployment"))
+}
+
+// bench, too, refuses to send its config or a key file as rows.
+func TestBenchRefusesToSendItsConfigOrKeys(t *testing.T) {
+	dir := t.TempDir()
+	key, cfg := filepath.Join(dir, "key.txt"), filepath.Join(dir, "pool.json")
+	require.NoError(t, os.WriteFile(key, []byte("the-secret-key\n"), 0o600))
+	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`{"endpoints":[{"name":"east","url":"http://127.0.0.1:1/execute","apiKeyFile":%q}]}`, key)), 0o600))
+	for _, tt := range []struct{ in, want string }{
+		{key, "--in " + key + ` is the same file as the "apiKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key + ": the run would send its key file as rows"},
+		{cfg, "--in " + cfg + " is the same file as --config " + cfg + ": the run would send its config as rows"},
+	} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, run([]string{"bench", "--config", cfg, "--in", tt.in, "--duration", "1s"}, &out, &errOut), tt.in)
+		assert.Contains(t, errOut.String(), tt.want)
+		assert.NotContains(t, errOut.String()+out.String(), "the-secret-key")
+	}
 }

@@ -34,7 +34,8 @@ Files are CSV with a header line, or JSON Lines (one object per line) when
 the name ends in .jsonl or .ndjson (--format overrides this for the input).
 The output, reject and statistics files must each be another file than
 the input, the config, the key and token files it names, and each other
-(a symlink to it counts as the same file).
+(a symlink to it counts as the same file); the input must not be the
+config or one of its key or token files, whose lines would be sent as rows.
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
 number and the error; nothing is dropped. A quote left open in a CSV is
@@ -192,12 +193,18 @@ type runFile struct{ name, path, what string }
 // distinctFiles refuses a run that would write over a file it reads (its
 // input, its config, and read: the key and token files the config names)
 // or write two of its files to one: --out, --rejects and --stats must each
-// be another file than those and than each other. Paths name the same file
-// when they are spelled alike (once made absolute and clean), or when both
-// exist as regular files and are the same file (another spelling, a
-// symlink, a hard link). It runs before any file is opened for writing.
+// be another file than those and than each other. It also refuses an input
+// that is the config or a key or token file (checkInput): its lines would
+// be sent as rows, and copied to the output or the reject file. Paths name the same
+// file when they are spelled alike (once made absolute and clean), or when
+// both exist as regular files and are the same file (another spelling, a
+// symlink, a hard link). It runs before any file is opened, and never
+// reads them.
 func distinctFiles(o scoreOptions, read ...runFile) error {
 	read = append([]runFile{{"--in", o.in, "input"}, {"--config", o.config, "config"}}, read...)
+	if err := checkInput(o.in, read[1:]); err != nil {
+		return err
+	}
 	written := []runFile{{"--out", o.out, ""}, {"--rejects", o.rejects, ""}, {"--stats", o.stats, ""}}
 	for i, b := range written {
 		for _, a := range slices.Concat(read, written[:i]) {
@@ -208,6 +215,18 @@ func distinctFiles(o scoreOptions, read ...runFile) error {
 				}
 				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; give %s another file", b.name, b.path, a.name, a.path, why, b.name)}
 			}
+		}
+	}
+	return nil
+}
+
+// checkInput refuses an input (--in) that is one of the files read
+// names, the config and its key and token files: its lines would be sent
+// as rows. The error names the files, never what they hold.
+func checkInput(in string, read []runFile) error {
+	for _, a := range read {
+		if sameFile(a.path, in) {
+			return usageError{fmt.Errorf("--in %s is the same file as %s %s: the run would send its %s as rows; give --in the file of rows to score", in, a.name, a.path, a.what)}
 		}
 	}
 	return nil
