@@ -71,12 +71,28 @@ func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
 
 // start makes the writer for records with cols, writing the header line if
 // the file has none yet. A resumed file must have been written with the
-// same columns.
-func (o *outFile) start(cols []string) error {
+// same columns. inCols are the input's columns, which cols hold.
+//
+// When the header differs, it is quoted only if it holds every input
+// column: then it is the header of a run on this input (with other output
+// columns, say). Otherwise the file is not one this run's input gave, and
+// its first line may be anything (a file given to --out by mistake, that
+// holds a secret): the error names only the input columns it lacks.
+func (o *outFile) start(cols, inCols []string) error {
 	if o.w != nil {
 		return nil
 	}
 	if o.head != nil && o.format == rows.CSV && !slices.Equal(o.head, cols) {
+		var lacks []string
+		for _, c := range inCols {
+			if !slices.Contains(o.head, c) {
+				lacks = append(lacks, c)
+			}
+		}
+		if len(lacks) > 0 {
+			return fmt.Errorf("%s: cannot resume: its first line is not the header of a run on this input: it lacks the input's columns %q "+
+				"(this run's header: %q); is it the file the run to resume wrote?", o.path, lacks, cols)
+		}
 		return fmt.Errorf("%s: cannot resume: its header %q differs from this run's %q", o.path, o.head, cols)
 	}
 	w, err := rows.NewWriter(o.format, o.f, cols, o.head == nil)
@@ -175,7 +191,7 @@ func (w *writer) sink(ch *amlpool.Chunk) error {
 	if err := w.switchTo(w.out); err != nil {
 		return err
 	}
-	if err := w.out.start(append(slices.Clip(w.inCols), w.outCols...)); err != nil {
+	if err := w.out.start(append(slices.Clip(w.inCols), w.outCols...), w.inCols); err != nil {
 		return err
 	}
 	rec := make([]any, 0, len(w.inCols)+len(pick))
@@ -335,7 +351,7 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 		return err
 	}
 	cols := rejectColumns(w.rej.format, w.inCols)
-	if err := w.rej.start(cols); err != nil {
+	if err := w.rej.start(cols, w.inCols); err != nil {
 		return err
 	}
 	for i, in := range ch.Input {

@@ -114,3 +114,38 @@ func TestSummaryWhenAFailedWriteCannotBeCounted(t *testing.T) {
 	assert.Equal(t, "3", settled)
 	assert.Equal(t, "3 scored in "+path+", 0 rejected; a failed write kept the last 2 rows from the files", where)
 }
+
+// A resumed file whose header differs is quoted only when it is the header
+// of a run on this input: the first line of a file given to --out by
+// mistake (a secret, say) is never printed.
+func TestResumeHeaderDiffers(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name, file string
+		want       []string
+		secret     string
+	}{
+		{"other output columns", "id,name,Scored Label\n1,a,x\n", []string{
+			`cannot resume: its header ["id" "name" "Scored Label"] differs from this run's ["id" "name" "Scored Labels"]`}, ""},
+		{"not a run on this input", "sk-the-secret-key\n", []string{
+			`cannot resume: its first line is not the header of a run on this input: it lacks the input's columns ["id" "name"] ` +
+				`(this run's header: ["id" "name" "Scored Labels"]); is it the file the run to resume wrote?`}, "sk-the-secret-key"},
+		{"one input column", "name,password=hunter2\n", []string{`it lacks the input's columns ["id"]`}, "hunter2"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, tt.name+".csv")
+			require.NoError(t, os.WriteFile(path, []byte(tt.file), 0o600))
+			o, err := openOut(path, rows.CSV, true)
+			require.NoError(t, err)
+			defer o.f.Close()
+			err = o.start([]string{"id", "name", "Scored Labels"}, []string{"id", "name"})
+			require.Error(t, err)
+			for _, w := range tt.want {
+				assert.Contains(t, err.Error(), w)
+			}
+			if tt.secret != "" {
+				assert.NotContains(t, err.Error(), tt.secret)
+			}
+		})
+	}
+}
