@@ -106,9 +106,14 @@ func (r *reloader) reload() {
 	if err == nil {
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.
-		r.tally.note(r.client.Stats())
-		err = fileError(r.path, cfg, r.client.SetEndpoints(eps))
-		r.tally.note(r.client.Stats())
+		r.tally.note(r.client.Stats(), r.eps)
+		err = r.client.SetEndpoints(eps)
+		inForce := eps
+		if err != nil {
+			inForce = r.eps
+		}
+		r.tally.note(r.client.Stats(), inForce)
+		err = fileError(r.path, cfg, err)
 	}
 	if err != nil {
 		r.say(fmt.Sprintf("amlpool score: SIGHUP: %v; the endpoints in use go on", err))

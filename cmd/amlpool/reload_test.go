@@ -329,3 +329,132 @@ func with(e amlpool.Endpoint, f func(*amlpool.Endpoint)) amlpool.Endpoint {
 	f(&e)
 	return e
 }
+
+// The stats file sums the lives of an endpoint name: a SIGHUP that removes
+// it and a later one that adds it back, or one that gives it another URL,
+// start a new endpoint at zero. Checked against the servers' counts with a
+// real Client, reloaded as a SIGHUP reloads it.
+func TestStatsSumAnEndpointsLives(t *testing.T) {
+	dir := t.TempDir()
+	var servers [3]*amltest.Server
+	keys := map[string]string{}
+	for i := range servers {
+		servers[i] = amltest.NewServer(amltest.Config{Name: fmt.Sprintf("s%d", i+1), MaxConcurrentCalls: 2})
+		t.Cleanup(servers[i].Close)
+		keys[fmt.Sprintf("K%d", i+1)] = servers[i].Endpoint().APIKey
+	}
+	ks := keySource{getenv: func(name string) string { return keys[name] }, readFile: os.ReadFile}
+	ep := func(name string, s int) string {
+		return fmt.Sprintf(`{"name":%q,"url":%q,"apiKeyEnv":"K%d","maxConcurrentCalls":2}`, name, servers[s-1].URL(), s)
+	}
+	path := filepath.Join(dir, "pool.json")
+	config := func(eps ...string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(path, []byte(`{"endpoints":[`+strings.Join(eps, ",")+`]}`), 0o644))
+	}
+	config(ep("a", 1), ep("b", 2))
+	cfg, eps, err := loadConfig(path, ks)
+	require.NoError(t, err)
+	client, err := newClient(path, cfg, eps)
+	require.NoError(t, err)
+	defer client.Close()
+	var said []string
+	r := &reloader{path: path, keys: ks, client: client, say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
+	// callUntil makes calls until s has answered n more.
+	callUntil := func(s *amltest.Server, n int64) {
+		t.Helper()
+		from := s.Stats().Requests
+		for range 10_000 {
+			if s.Stats().Requests >= from+n {
+				return
+			}
+			_, err := client.Do(context.Background(), sampleBody(amlpool.Classic))
+			require.NoError(t, err)
+		}
+		t.Fatalf("%s did not answer %d more calls", s.Endpoint().Name, n)
+	}
+
+	callUntil(servers[0], 5) // a's first life
+	config(ep("b", 2))
+	r.reload() // a removed: no call in flight, it leaves the Client at once
+	callUntil(servers[1], 5)
+	config(ep("a", 1), ep("b", 2))
+	r.reload() // a back: a new endpoint, counting from zero
+	callUntil(servers[0], 5)
+	config(ep("a", 3), ep("b", 2))
+	r.reload() // a's name to another URL: a new endpoint again
+	callUntil(servers[2], 5)
+	require.Len(t, said, 3)
+	assert.Contains(t, said[2], "a: another URL")
+
+	rs := newRunStats(client, r.tally, r.eps, amlpool.BatchStats{}, time.Second, 1, newLatencies(1))
+	require.Len(t, rs.Endpoints, 2, "%+v", rs.Endpoints)
+	assert.Equal(t, "a", rs.Endpoints[0].Name)
+	assert.Equal(t, servers[0].Stats().Requests+servers[2].Stats().Requests, rs.Endpoints[0].Calls, "a's three lives")
+	assert.Equal(t, "b", rs.Endpoints[1].Name)
+	assert.Equal(t, servers[1].Stats().Requests, rs.Endpoints[1].Calls)
+}
+
+// The tally tells an endpoint's lives apart from snapshots alone where a
+// real run cannot be timed: a removed endpoint with calls in flight is
+// listed after the live ones, and one that comes back while it drains is
+// the same endpoint.
+func TestEndpointTallyLives(t *testing.T) {
+	live := func(name string, calls int64, inFlight int) amlpool.EndpointStats {
+		return amlpool.EndpointStats{Name: name, MaxConcurrentCalls: 2, Calls: calls, InFlight: inFlight}
+	}
+	removed := func(name string, calls int64, inFlight int, errs int64) amlpool.EndpointStats {
+		e := live(name, calls, inFlight)
+		e.Removed, e.Errors = true, errs
+		return e
+	}
+	at := func(name, url string) amlpool.Endpoint { return amlpool.Endpoint{Name: name, URL: url} }
+	type snap struct {
+		eps   []amlpool.Endpoint
+		stats []amlpool.EndpointStats
+	}
+	for _, tt := range []struct {
+		name  string
+		snaps []snap
+		want  []endpointStats
+	}{
+		{"another URL, calls in flight", []snap{
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 2)}},
+			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 0, 1), removed("a", 11, 1, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 4, 0), removed("a", 12, 0, 1)}},
+			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 5, 0)}},
+		}, []endpointStats{{"a", 2, 12 + 5, 1, 0}}},
+		{"another URL, none in flight", []snap{
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u2#frag")}, []amlpool.EndpointStats{live("a", 0, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 5, 0)}},
+		}, []endpointStats{{"a", 2, 15, 0, 0}}},
+		{"kept", []snap{
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 1)}},
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 15, 0)}},
+		}, []endpointStats{{"a", 2, 15, 0, 0}}},
+		{"removed, then back after it drained", []snap{
+			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 10, 1), live("b", 3, 0)}},
+			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 3, 0), removed("a", 10, 1, 0)}},
+			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 4, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 0, 0), live("b", 4, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 6, 0), live("b", 9, 0)}},
+		}, []endpointStats{{"a", 2, 11 + 6, 0, 0}, {"b", 2, 9, 0, 0}}},
+		{"removed, then back while it drains", []snap{
+			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 2)}},
+			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 0, 0), removed("a", 10, 2, 0)}},
+			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 3, 0), removed("a", 11, 1, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 11, 1), live("b", 3, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 20, 0), live("b", 5, 0)}},
+		}, []endpointStats{{"a", 2, 20, 0, 0}, {"b", 2, 5, 0, 0}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var tally endpointTally
+			for _, s := range tt.snaps {
+				tally.note(amlpool.Stats{Endpoints: s.stats}, s.eps)
+			}
+			assert.Equal(t, tt.want, tally.list())
+		})
+	}
+}
