@@ -472,6 +472,26 @@ func TestScorePriorityFlag(t *testing.T) {
 	assert.Contains(t, scoreHelp, "--priority, low by default")
 }
 
+// A negative --chunk-rows or --parallelism is a bad flag (exit 2), refused
+// before any file is opened, not a failed run that advises --resume.
+func TestScoreRefusesNegativeCounts(t *testing.T) {
+	dir := t.TempDir()
+	in, cfg := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "pool.json")
+	require.NoError(t, os.WriteFile(in, []byte("id\n1\n"), 0o644))
+	require.NoError(t, os.WriteFile(cfg, []byte(`{"endpoints":[{"name":"a","url":"http://127.0.0.1:1/execute","apiKeyEnv":"AMLPOOL_TEST_NEG_KEY"}]}`), 0o644))
+	t.Setenv("AMLPOOL_TEST_NEG_KEY", "k")
+	for _, tt := range []struct{ flag, want string }{
+		{"--chunk-rows", "amlpool score: --chunk-rows -1: must not be negative (0: the config's chunkRows, else 100)\n"},
+		{"--parallelism", "amlpool score: --parallelism -1: must not be negative (0: the pool's total slots)\n"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run([]string{"score", "--config", cfg, "--in", in, "--out", filepath.Join(dir, "scored.csv"), "--progress", "none", tt.flag, "-1"}, &out, &errOut)
+		assert.Equal(t, 2, code, tt.flag)
+		assert.Equal(t, tt.want, errOut.String(), tt.flag)
+		assert.NoFileExists(t, filepath.Join(dir, "scored.stats.json"), tt.flag)
+	}
+}
+
 // A command refuses an argument that is not a flag: flag parsing stops at
 // it, so the flags after it would silently go unused (bench --fake 2 x
 // --duration 1s would run for the default 30s). score once answered one

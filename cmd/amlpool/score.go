@@ -159,6 +159,15 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "amlpool score: --priority %q: want low, normal or high\n", *priority)
 		return 2
 	}
+	for _, f := range []struct {
+		name, zero string
+		v          int
+	}{{"--chunk-rows", "the config's chunkRows, else 100", o.chunkRows}, {"--parallelism", "the pool's total slots", o.parallelism}} {
+		if f.v < 0 {
+			fmt.Fprintf(stderr, "amlpool score: %s %d: must not be negative (0: %s)\n", f.name, f.v, f.zero)
+			return 2
+		}
+	}
 	ext := filepath.Ext(o.out)
 	if o.rejects == "" {
 		o.rejects = strings.TrimSuffix(o.out, ext) + ".rejects" + ext
