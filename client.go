@@ -310,7 +310,8 @@ func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 // acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
 // fleet's. A call whose last attempt met a replaced key goes back to the
 // same endpoint if it has a free slot; otherwise an attempt avoids the
-// endpoints the call tried while an untried one may take calls.
+// endpoints the call tried while an untried one may take calls, which the
+// line checks again while the call waits.
 func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {

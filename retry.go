@@ -324,14 +324,7 @@ func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
 // usableOutside reports whether an endpoint outside set may take calls now,
 // as far as health and cool-downs go.
 func (c *Client) usableOutside(set *pool.Endpoints) bool {
-	s := c.pool.Set()
-	x := pool.Exclusion{}
-	for _, e := range s.Eps {
-		if !set.Has(e) && s.Usable(&x, e) {
-			return true
-		}
-	}
-	return false
+	return c.pool.Set().UsableOutside(set)
 }
 
 // deadlineError says a call stopped because its next wait would pass the

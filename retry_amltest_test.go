@@ -381,6 +381,65 @@ func TestRetryAfterEverywhereWaitsForTheHint(t *testing.T) {
 	assert.Equal(t, []int64{2}, requests(srvs))
 }
 
+// A retrying call waits in line for the one endpoint it has not tried
+// while that one is full; when it leaves rotation (a Retry-After cool-down)
+// or the Set (SetEndpoints), the call goes back to the endpoint it tried,
+// which is free, instead of waiting for one that takes no calls.
+func TestRetryWaitingForAnEndpointThatLeaves(t *testing.T) {
+	for _, leave := range []string{"cool-down", "removal"} {
+		t.Run(leave, func(t *testing.T) {
+			arrived, release := make(chan struct{}), make(chan struct{})
+			b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				close(arrived)
+				<-release
+				if leave == "cool-down" {
+					w.Header().Set("Retry-After", "20")
+					w.WriteHeader(http.StatusTooManyRequests)
+				}
+				_, _ = w.Write([]byte(`{}`))
+			}))
+			t.Cleanup(b.Close)
+			free := sync.OnceFunc(func() { close(release) })
+			t.Cleanup(free) // before b.Close, should the test fail first
+			var aHits atomic.Int64
+			a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if aHits.Add(1) == 1 {
+					w.WriteHeader(http.StatusInternalServerError)
+				}
+				_, _ = w.Write([]byte(`{}`))
+			}))
+			t.Cleanup(a.Close)
+			epB := amlpool.Endpoint{Name: "B", URL: b.URL + "/score", APIKey: "k", MaxConcurrentCalls: 1}
+			epA := amlpool.Endpoint{Name: "A", URL: a.URL + "/score", APIKey: "k", MaxConcurrentCalls: 1}
+			clk := newStepClock(2 * time.Second) // backoffs at once; the cool-down does not end
+			c := newClient(t, []amlpool.Endpoint{epB, epA}, amlpool.WithClock(clk), amlpool.WithRand(firstFree))
+			queued := make(chan struct{}, 2)
+			amlpool.SetQueueHook(c, func() { queued <- struct{}{} })
+
+			first := make(chan error, 1) // holds B's only slot
+			go func() { _, err := c.Do(context.Background(), scoreBody); first <- err }()
+			<-arrived
+			retrying := make(chan error, 1) // a 500 from A, then waits for B
+			go func() { _, err := c.Do(context.Background(), scoreBody); retrying <- err }()
+			<-queued
+
+			if leave == "removal" {
+				require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{epA}))
+				require.Zero(t, c.Stats().Waiting, "the call still waits for a removed endpoint")
+				free()
+			} else {
+				free() // B answers 429 with Retry-After: 20
+				require.NoError(t, <-first, "the 429, then A")
+				require.Zero(t, c.Stats().Waiting, "the call still waits for an endpoint cooling down")
+			}
+			assert.NoError(t, <-retrying)
+			if leave == "removal" {
+				assert.NoError(t, <-first)
+			}
+		})
+	}
+}
+
 // revivable is an endpoint on a loopback port that refuses connections
 // until Revive starts a server there.
 type revivable struct {

@@ -11,7 +11,9 @@ import (
 // an endpoint fault, one probe after each ejection, a panic threshold, and
 // cool-downs from Retry-After hints. All of it reaches picks through
 // Set.usable; whatever makes an endpoint usable again kicks the line so
-// that waiting calls see it.
+// that waiting calls see it. So does whatever takes one out of rotation
+// while calls wait (Release, and remote.go): a waiting call that avoids
+// the endpoints it tried may use them once no other is left.
 
 // Phases of an endpoint's health, in the low bits of health.state.
 const (

@@ -240,8 +240,10 @@ func (p *Pool) removeLocked(w *waiter) {
 
 // grantLocked gives free slots to waiting calls in the line's order: the
 // highest rank first, first come first served within a rank (first). A
-// waiter that may use every endpoint and finds none free ends the pass:
-// nobody behind it can be served either.
+// waiter's exclusion holds only while an endpoint outside it may take
+// calls: one whose untried endpoints all left rotation since it joined the
+// line may use those it tried. A waiter that may use every endpoint and
+// finds none free ends the pass: nobody behind it can be served either.
 func (p *Pool) grantLocked() {
 	var cur [numPriorities]*waiter
 	fronts := 0
@@ -260,11 +262,21 @@ func (p *Pool) grantLocked() {
 			return
 		}
 		cur[w.pri] = w.next
-		if slot, ok := p.TryAcquire(&w.x); ok {
+		x := &w.x
+		slot, ok := p.TryAcquire(x)
+		if !ok && x.On && !p.set.Load().UsableOutside(&x.Tried) {
+			// Every endpoint the call has not tried left rotation (or the
+			// Set) since it joined the line: it may use those it tried.
+			all := *x
+			all.On = false
+			x = &all
+			slot, ok = p.TryAcquire(x)
+		}
+		if ok {
 			w.slot = slot
 			p.removeLocked(w)
 			close(w.ready)
-		} else if !w.x.On {
+		} else if !x.On {
 			return
 		}
 	}

@@ -282,3 +282,62 @@ func TestAcquireReleaseNoAllocs(t *testing.T) {
 		})
 	}
 }
+
+// A waiting call avoids the endpoints it tried only while another may take
+// calls: once every untried one leaves rotation or the Set, it takes a free
+// slot on one it tried, at once. (While one is usable, it waits for it:
+// TestPoolRestrictedWaiterDoesNotBlockOthers.)
+func TestPoolWaiterExclusionLapsesWhenTheOthersLeaveRotation(t *testing.T) {
+	t.Parallel()
+	cases := map[string]func(p *Pool, held Slot){
+		"cool-down": func(p *Pool, held Slot) {
+			released(p, held, &Report{Result: Full, Start: p.cfg.Clock.Now(), CoolDown: time.Minute})
+		},
+		"ejection": func(p *Pool, held Slot) {
+			released(p, held, &Report{Result: Failed, Start: p.cfg.Clock.Now()})
+		},
+		"removal": func(p *Pool, held Slot) {
+			s := p.Set().Eps
+			p.Update([]Spec{testSpec(s[0].Name(), 1), testSpec(s[2].Name(), 1)})
+			release(p, held)
+		},
+		"remote cool-down": func(p *Pool, held Slot) {
+			p.CoolDown(held.Ep, time.Minute) // still full: only the cool-down wakes the line
+			t.Cleanup(func() { release(p, held) })
+		},
+		"remote ejection": func(p *Pool, held Slot) {
+			p.RemoteEject(held.Ep, time.Minute, false)
+			t.Cleanup(func() { release(p, held) })
+		},
+		"remote failures": func(p *Pool, held Slot) {
+			p.RemoteFailures(held.Ep, 1)
+			t.Cleanup(func() { release(p, held) })
+		},
+	}
+	for name, leave := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			// Three endpoints, so that one ejected starts no panic.
+			p, _ := newTestPool(t, Config{EjectAfter: 1, EjectFor: time.Minute}, testSpecs(1, 1, 1))
+			tried0, untried, tried2 := p.Set().Eps[0], p.Set().Eps[1], p.Set().Eps[2]
+			held, ok := p.TryTake(untried)
+			require.True(t, ok)
+			x := excluding(p, 0, 2)
+			queued := make(chan struct{}, 1)
+			p.OnQueue = func() { queued <- struct{}{} }
+			got := make(chan Slot, 1)
+			go func() {
+				slot, _ := p.Acquire(context.Background(), x, -1) // ErrClosed if never served
+				got <- slot
+			}()
+			<-queued
+			require.Equal(t, 1, p.Waiting(), "the call waits for the one endpoint it has not tried")
+
+			leave(p, held) // serves the line before it returns
+			require.Zero(t, p.Waiting(), "the call still waits for an endpoint out of rotation")
+			slot := <-got
+			assert.Contains(t, []*Endpoint{tried0, tried2}, slot.Ep)
+			release(p, slot)
+		})
+	}
+}

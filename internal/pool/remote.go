@@ -12,6 +12,10 @@ import "time"
 // round the fleet in a loop. The one exception is an ejection that
 // RemoteFailures causes: that is this replica's decision, reached on the
 // fleet's evidence, and the caller shares it as its own.
+//
+// Whatever takes an endpoint out of rotation serves waiting calls too,
+// when there are any: a call that avoids the endpoints it tried may use
+// them once no other is left (grantLocked).
 
 // CoolDown holds e back for d, as a delay hint (Retry-After) in one of its
 // replies would, or longer if an earlier hint says so.
@@ -20,6 +24,9 @@ func (p *Pool) CoolDown(e *Endpoint, d time.Duration) {
 		return
 	}
 	p.coolDown(e, d)
+	if p.nwait.Load() > 0 {
+		p.kick()
+	}
 }
 
 // RemoteFailures counts n failures of e seen elsewhere towards its
@@ -39,7 +46,7 @@ func (p *Pool) RemoteFailures(e *Endpoint, n int) Effects {
 	}
 	kick := false
 	if int(e.health.fails.Add(int32(n))) >= p.cfg.EjectAfter {
-		kick = p.ejectLocked(e, false, phaseHealthy, &fx)
+		kick = p.ejectLocked(e, false, phaseHealthy, &fx) || p.nwait.Load() > 0
 	}
 	p.smu.Unlock()
 	if kick {
@@ -111,8 +118,8 @@ func (p *Pool) RemoteEject(e *Endpoint, d time.Duration, fault bool) Effects {
 		if !wasPanicking && s.panicking() {
 			fx.Panic = true
 			fx.Out, fx.Of = int(s.out.Load()), len(s.Eps)
-			kick = true
 		}
+		kick = fx.Panic || p.nwait.Load() > 0
 	}
 	p.smu.Unlock()
 	if kick {

@@ -75,6 +75,17 @@ func (s *Set) Total() int { return int(s.total) }
 // far as exclusion and health go (not whether e has a free slot).
 func (s *Set) Usable(x *Exclusion, e *Endpoint) bool { return s.usable(x, e) }
 
+// UsableOutside reports whether an endpoint of s outside tried may take
+// calls now, as far as health goes (not whether it has a free slot).
+func (s *Set) UsableOutside(tried *Endpoints) bool {
+	for _, e := range s.Eps {
+		if !tried.Has(e) && s.admits(e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Free returns how many calls endpoint i could take now for an attempt
 // with exclusion x: zero when it is full or unusable.
 func (s *Set) Free(x *Exclusion, i int) int {
