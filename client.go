@@ -149,7 +149,10 @@ func (c *Client) addExt(specs []pool.Spec) {
 //     last one has;
 //   - a renamed endpoint (same URL, another Name) is a new endpoint, held
 //     back (its Limit is 0) until the old name's calls in flight have
-//     ended: one URL never has two sets of slots.
+//     ended: one URL never has two sets of slots. Until then it has no
+//     free slot, even while the old name has fewer calls than its cap in
+//     flight: a call that does not wait (WithMaxWait(0)) and finds no
+//     other endpoint free fails with ErrNoCapacity;
 //
 // Every attempt that takes its slot after SetEndpoints returns uses the new
 // set and keys. SetEndpoints is safe beside any number of calls; concurrent

@@ -226,6 +226,8 @@ func TestUpdateRenameWaitsForTheOldNamesCalls(t *testing.T) {
 	_, ok := p.TryTake(renamed)
 	require.False(t, ok, "the old name still has both slots")
 	assert.Zero(t, renamed.Limit())
+	_, err := p.Acquire(context.Background(), &Exclusion{}, 0)
+	assert.ErrorIs(t, err, ErrNoCapacity, "a call that does not wait")
 	got := waitInLine(t, p)
 
 	p.Update([]Spec{testSpecAt("new", url, 3)}) // a new cap waits too
@@ -233,6 +235,10 @@ func TestUpdateRenameWaitsForTheOldNamesCalls(t *testing.T) {
 	release(p, a)
 	assert.Equal(t, 1, p.Waiting(), "one old call still in flight")
 	assert.Zero(t, renamed.InFlight())
+	// The URL has a slot free now, but the new name takes none until the
+	// old name's last call ends: no waiting either way (documented).
+	_, err = p.Acquire(context.Background(), &Exclusion{}, 0)
+	assert.ErrorIs(t, err, ErrNoCapacity, "a call that does not wait, one old call in flight")
 
 	release(p, b) // the last: the new name takes over, and serves the line
 	slot := <-got
