@@ -285,6 +285,7 @@ type attempt struct {
 	retryAfter time.Duration // the reply's delay hint, capped; 0 when none or ignored
 	verdict    Verdict       // the classifier's verdict on err
 	result     pool.Result
+	rekeyed    bool         // a 401 for keys SetEndpoints replaced after the attempt took them (unauthorized)
 	kind       outcomeKind  // for telemetry (kindOf)
 	fx         pool.Effects // what the release changed: an ejection, a new limit
 
@@ -502,8 +503,13 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 // again). Failed: a fresh token, a new one, was refused too; a caching
 // Credential may have handed out one it held from before a revocation,
 // so the endpoint is not out at once, but a run of these ejects it.
+//
+// A 401 for keys, or a Credential, that SetEndpoints replaced after the
+// attempt took them is KeyRejected and marks a rekeyed: it is a key
+// rotation's, and does not count towards the call's max attempts.
 func (c *Client) unauthorized(a *attempt) pool.Result {
 	ep := a.slot.Ep
+	a.rekeyed = ep.Rekeyed(a.auth)
 	if a.tok == "" {
 		if ep.Unauthorized(a.auth, a.key) {
 			return pool.KeyRejected

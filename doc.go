@@ -103,11 +103,13 @@
 //   - Give up (400, 413, 501 and other 4xx, a done ctx): the request is at
 //     fault, and the error is returned.
 //
-// A call makes at most 4 attempts ([WithMaxAttempts], [WithoutRetries]) and
-// never starts a wait that would pass its ctx deadline. Retries may add at
-// most 20 % to the calls made over 10 s, plus 10 a second ([WithRetryBudget]):
-// past that, a failed call returns at once with an error matching
-// [ErrRetryBudgetExhausted] rather than pile load on a struggling service.
+// A call makes at most 4 attempts ([WithMaxAttempts], [WithoutRetries]),
+// not counting those that met a 401 for a key SetEndpoints replaced while
+// they were in flight, and never starts a wait that would pass its ctx
+// deadline. Retries may add at most 20 % to the calls made over 10 s, plus
+// 10 a second ([WithRetryBudget]): past that, a failed call returns at once
+// with an error matching [ErrRetryBudgetExhausted] rather than pile load on
+// a struggling service.
 // A Retry-After, retry-after-ms or x-ms-retry-after-ms hint holds its endpoint
 // back for that long (at most 30 s, [WithMaxRetryAfter]) while calls go to the
 // others. Each attempt is bounded by [WithAttemptTimeout] (100 s).

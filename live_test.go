@@ -2,6 +2,7 @@ package amlpool_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -209,6 +210,58 @@ func TestSetEndpointsRotatesAKey(t *testing.T) {
 	assert.LessOrEqual(t, srv.Stats().Unauthorized-before, held, "requests with the old key after SetEndpoints returned")
 	assert.Contains(t, srv.Stats().KeysSeen, "new-key")
 	assertClean(t, c, srv)
+}
+
+// A 401 for a key that SetEndpoints replaced while the attempt was in
+// flight does not use up the call's attempts: the call goes again with the
+// new key however many rotations it meets, one attempt each. A 401 for the
+// key in use still counts.
+func TestSetEndpointsRotationsDoNotUseUpAttempts(t *testing.T) {
+	const rotations = 3
+	var (
+		mu       sync.Mutex
+		cur      = "key-0"
+		rotated  int
+		requests int
+		c        *amlpool.Client
+		ep       amlpool.Endpoint
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		requests++
+		if rotated < rotations {
+			// The key is rotated while this attempt is in flight: the
+			// Client first, then the service, which drops the old key.
+			rotated++
+			ep.APIKey = fmt.Sprintf("key-%d", rotated)
+			assert.NoError(t, c.SetEndpoints([]amlpool.Endpoint{ep}))
+			cur = ep.APIKey
+		}
+		if r.Header.Get("Authorization") != "Bearer "+cur {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":{"code":"Unauthorized","message":"Authorization failed."}}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(srv.Close)
+	ep = amlpool.Endpoint{Name: "ep", URL: srv.URL + "/score", APIKey: cur, MaxConcurrentCalls: 1}
+	c = newClient(t, []amlpool.Endpoint{ep}, amlpool.WithMaxAttempts(2))
+
+	_, err := c.Do(context.Background(), []byte(body))
+	require.NoError(t, err, "a call failed over %d rotations", rotations)
+	assert.Equal(t, rotations+1, requests, "one attempt per rotation, then the new key")
+
+	// The key in use refused: a fault of the endpoint's, which counts.
+	mu.Lock()
+	cur = "another"
+	mu.Unlock()
+	_, err = c.Do(context.Background(), []byte(body))
+	apiErr, ok := errors.AsType[*amlpool.APIError](err)
+	require.True(t, ok, "%v", err)
+	assert.Equal(t, http.StatusUnauthorized, apiErr.StatusCode)
+	assert.Equal(t, rotations+2, requests, "one endpoint, tried once")
 }
 
 func TestSetEndpointsRefusesABadSetWhole(t *testing.T) {

@@ -15,11 +15,16 @@ func (o maxAttemptsOption) apply(c *config) { c.maxAttempts = int(o) }
 
 // WithMaxAttempts bounds the attempts of one call, the first included: 3
 // attempts are the first and 2 retries. Every request sent counts, failovers
-// after a throttle too. n must be at least 1. Default: DefaultMaxAttempts (4).
+// after a throttle too, but for one that met a 401 for a key (or Credential)
+// that SetEndpoints replaced while it was in flight: the call goes again
+// with the new key, and only another replacement can cost it another such
+// attempt. n must be at least 1. Default: DefaultMaxAttempts (4).
 func WithMaxAttempts(n int) Option { return maxAttemptsOption(n) }
 
 // WithoutRetries makes every call a single attempt: its error is returned as
-// it is, a throttle included. It is WithMaxAttempts(1).
+// it is, a throttle included. It is WithMaxAttempts(1), so an attempt that
+// met a 401 for a key SetEndpoints replaced while it was in flight is still
+// followed by one with the new key.
 func WithoutRetries() Option { return maxAttemptsOption(1) }
 
 type classifierOption func(error) Verdict

@@ -215,6 +215,7 @@ func parseDelay(v string, unit time.Duration) (time.Duration, bool) {
 // call is the state of one Do across its attempts.
 type call struct {
 	attempts  int
+	rekeyed   int                         // attempts that met a 401 for keys SetEndpoints replaced meanwhile: not counted towards the max
 	names     []string                    // the endpoint of each failed attempt, kept for the error
 	last      error                       // the last attempt's error
 	ex        pool.Exclusion              // what the next attempt avoids: the endpoints tried
@@ -240,6 +241,9 @@ func (c *call) failed(a *attempt) {
 		c.names = make([]string, 0, 4)
 	}
 	c.names = append(c.names, a.slot.Ep.Name())
+	if a.result == pool.KeyRejected && a.rekeyed {
+		c.rekeyed++
+	}
 	if a.verdict == VerdictFull {
 		c.throttled.Add(a.slot.Ep)
 	}
@@ -286,7 +290,9 @@ func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
 			a.stop = err
 		}
 		return
-	case cl.attempts >= c.cfg.maxAttempts:
+	case cl.attempts-cl.rekeyed >= c.cfg.maxAttempts:
+		// An attempt that met a key SetEndpoints replaced while it was in
+		// flight does not count: each needs a replacement of its own.
 		return
 	case c.closed.Load():
 		a.stop = ErrClosed

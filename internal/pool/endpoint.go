@@ -294,14 +294,18 @@ func (e *Endpoint) Key() (*Auth, int) {
 	return a, k
 }
 
+// Rekeyed reports whether Update has given e other keys, or another
+// Credential, since an attempt took a from it (Key).
+func (e *Endpoint) Rekeyed(a *Auth) bool { return !e.auth.Load().sameKeys(a) }
+
 // Unauthorized records that key k of a answered 401 and reports whether
 // the endpoint has a key worth trying at once instead: the other key, or
 // a key Update gave it since. It reports false when every key has failed:
 // the endpoint cannot serve calls until its keys change or one of them
 // works again. Concurrent 401s for one key switch keys once.
 func (e *Endpoint) Unauthorized(a *Auth, k int) bool {
-	if !e.auth.Load().sameKeys(a) {
-		return true // the keys changed since the attempt took them
+	if e.Rekeyed(a) {
+		return true
 	}
 	if len(a.keys) < 2 {
 		return false
@@ -347,5 +351,5 @@ func (e *Endpoint) Authorized(a *Auth, k int) {
 // refused together, from calls in flight together, each get their fresh
 // try, and one stale token of another call's proves nothing.
 func (e *Endpoint) TokenRejected(a *Auth, reasked bool) bool {
-	return !e.auth.Load().sameKeys(a) || !reasked
+	return e.Rekeyed(a) || !reasked
 }
