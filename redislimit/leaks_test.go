@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -482,4 +483,62 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 	require.Equal(t, capacity, take(0))
 	require.Equal(t, 2, a.Stats().Replicas)
 	release(0)
+}
+
+// blockedLog holds the goroutine that logs the switch to the failure mode
+// until open is closed, once reached is closed.
+type blockedLog struct {
+	reached, open chan struct{}
+	once          atomic.Bool
+}
+
+func (h *blockedLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *blockedLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *blockedLog) WithGroup(string) slog.Handler            { return h }
+func (h *blockedLog) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "Redis unavailable") && h.once.CompareAndSwap(false, true) {
+		close(h.reached)
+		<-h.open
+	}
+	return nil
+}
+
+// An Acquire whose failed round trip puts the Limiter in fallback, and
+// which Close overtakes before it takes a local lease from its share,
+// returns ErrClosed: no lease after Close, none in Stats.Held.
+func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cut := &cutHook{}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(cut)
+	logs := &blockedLog{reached: make(chan struct{}), open: make(chan struct{})}
+	const timeout = time.Second // three failures over two timeouts: within two ticks
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithLogger(slog.New(logs)))
+	require.NoError(t, err)
+	f.settle(t, 1) // the first tick counted the replicas: a share of the whole cap
+	require.Equal(t, 1, l.Stats().Replicas)
+
+	cut.down.Store(true)
+	for range 2 { // two ticks fail: not a fallback yet
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	require.False(t, l.Stats().Fallback)
+	var ls amlpool.Lease
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ls, err = l.Acquire(ctx, eps(1)) // the third failure: the Limiter falls back
+	}()
+	<-logs.reached
+	require.NoError(t, l.Close())
+	close(logs.open)
+	<-done
+	assert.ErrorIs(t, err, amlpool.ErrClosed)
+	assert.Zero(t, l.Stats().Held, "a lease held after Close")
+	if ls != nil {
+		ls.Release()
+	}
 }

@@ -452,10 +452,14 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 }
 
 // tryLocal grants a lease from this process's share of a cap, for use while
-// Redis is unreachable.
+// Redis is unreachable. Once Close has begun it grants none: Close forgets
+// the leases it finds, and one taken after that would be held after Close.
 func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return nil, amlpool.ErrClosed
+	}
 	if l.cfg.mode == FailClosed {
 		return nil, errUnavailable
 	}

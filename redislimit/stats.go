@@ -74,14 +74,15 @@ func (l *Limiter) Stats() Stats {
 	return s
 }
 
-// Close stops the Limiter: waiting Acquire calls, those whose round trip to
-// Redis is under way, and later ones return amlpool.ErrClosed, the
-// background goroutines end, and then, in one script, every lease of this
-// process is deleted from Redis (calls still running are no longer counted
-// fleet-wide; a lease Redis took from an acquire whose reply was lost goes
-// too) and the process leaves the replica count. Close waits for Redis at
-// most the Limiter's timeout, or the client's own timeouts when it ignores
-// contexts. The first Close returns nil; later ones return amlpool.ErrClosed.
+// Close stops the Limiter: waiting Acquire calls, those still taking a lease
+// (a round trip to Redis under way, or a local lease in fallback), and later
+// ones return amlpool.ErrClosed, the background goroutines end, and then, in
+// one script, every lease of this process is deleted from Redis (calls still
+// running are no longer counted fleet-wide; a lease Redis took from an
+// acquire whose reply was lost goes too) and the process leaves the replica
+// count. Close waits for Redis at most the Limiter's timeout, or the client's
+// own timeouts when it ignores contexts. The first Close returns nil; later
+// ones return amlpool.ErrClosed.
 func (l *Limiter) Close() error {
 	l.mu.Lock()
 	if l.closed {
