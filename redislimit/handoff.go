@@ -124,14 +124,14 @@ func (l *Limiter) nextWaiterLocked(ep *endpoint) (*waiter, int) {
 }
 
 // granted takes the lease id on the lease set key that another process
-// granted this one, once, however often it hears of it.
+// granted this one, once, however often it hears of it: every tick returns
+// the grant again while it lives in Redis, which is as long as the TTL of
+// the process that granted it, so each hearing keeps it in seen a TTL more.
 func (l *Limiter) granted(key, id string) {
 	l.mu.Lock()
 	ep := l.byKey[key]
 	_, dup := l.seen[id]
-	if !dup {
-		l.seen[id] = l.cfg.clock.Now()
-	}
+	l.seen[id] = l.cfg.clock.Now()
 	l.mu.Unlock()
 	if dup {
 		return
@@ -175,8 +175,9 @@ func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 // few of the longest waits between two tries of a waiting call.
 func (l *Limiter) wantTTL() time.Duration { return 4*l.cfg.maxBackoff + l.cfg.timeout }
 
-// forgetSeenLocked drops grants heard of longer ago than a lease lives:
-// their entries in Redis have expired, so they cannot come again.
+// forgetSeenLocked drops grants last heard of longer ago than a lease
+// lives: a tick that reached Redis since would have heard of them again had
+// their entries not expired, so they cannot come again.
 func (l *Limiter) forgetSeenLocked(now time.Time) {
 	for id, t := range l.seen {
 		if now.Sub(t) > l.cfg.ttl {

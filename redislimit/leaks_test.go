@@ -542,3 +542,63 @@ func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
 		ls.Release()
 	}
 }
+
+// A grant whose notice this process missed is taken at its next tick. If
+// that tick's reply is lost after Redis ran it (go-redis then sends it
+// again, or the round trip fails), the grant must still reach the process,
+// at the tick's second run or at the next tick: else the granted lease
+// holds its slot, unused, for a TTL while a call waits for it.
+func TestGrantOfATickWithItsReplyLost(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		retries int // go-redis's MaxRetries: the tick runs again, or fails
+	}{{"retried", 1}, {"failed", -1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			h := &replyCut{sha: []byte(tickScript.Hash()), ran: func() {}}
+			rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: tt.retries})
+			t.Cleanup(func() { _ = rdb.Close() })
+			rdb.AddHook(h)
+			require.NoError(t, tickScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
+			ticked := make(chan struct{}, 1)
+			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
+				WithOnTick(func(done bool) {
+					if done {
+						ticked <- struct{}{}
+					}
+				}))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = l.Close() })
+			<-ticked // the first, at New
+
+			// Another process holds the only slot; a call here waits for it.
+			key := "amlpool:{t}:ep:a"
+			require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(f.clk.Now().Add(time.Minute).UnixMilli(), "q:1")).Err())
+			got := f.waitFor(t, ctx, l, 2, eps(1))
+			// It releases the slot and grants it to this process, whose
+			// subscription misses the notice.
+			id := l.proc + ":gq.1"
+			exp := f.clk.Now().Add(DefaultTTL).UnixMilli()
+			require.NoError(t, f.rdb.ZRem(ctx, key, "q:1").Err())
+			require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, id)).Err())
+			require.NoError(t, f.rdb.ZAdd(ctx, "amlpool:{t}:grants", redisZ(exp, l.proc+"|"+key+"|"+id)).Err())
+
+			h.armed.Store(true)
+			f.advance(l.cfg.renew) // the tick that reads the grant, its reply cut
+			if tt.retries < 0 {
+				f.settle(t, 2) // it failed; the keeper and the pump sleep again
+				require.False(t, h.armed.Load(), "the tick's connection was not cut")
+				f.advance(l.cfg.renew) // the next tick
+			}
+			<-ticked
+			require.False(t, h.armed.Load(), "the tick's connection was not cut")
+			require.Zero(t, l.Stats().Waiting, "the granted lease is unused, a call waits for it")
+			ls := receive(t, got)
+			assert.Equal(t, []string{id}, f.leases(t, "a"))
+			assert.EqualValues(t, 1, l.Stats().Grants)
+			ls.Release()
+			require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
+		})
+	}
+}

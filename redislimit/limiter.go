@@ -66,7 +66,7 @@ type Limiter struct {
 	mu    sync.Mutex
 	eps   map[string]*endpoint // by LimitedEndpoint.ID
 	byKey map[string]*endpoint // by lease-set key, for grants
-	seen  map[string]time.Time // ids of leases granted to us, when heard of: each is taken once
+	seen  map[string]time.Time // ids of leases granted to us, when last heard of: each is taken once
 	// releasing holds the ids of leases whose release round trip is under
 	// way: a tick must not delete them, since the release may keep them.
 	// True marks one that a tick may have added back to Redis after the

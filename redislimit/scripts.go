@@ -224,9 +224,13 @@ return 0
 // Reply: {replicas, {live limit members}, {ids that were missing},
 // {"<lease set>|<lease id>" granted to the process}, {health records},
 // {leases in each lease set renewed, after the renewal}}. The grants
-// returned are taken out of the grants set. A health record is {endpoint
-// id, version, cool-down ms left, ejection ms left, fault, owner, last
-// kind}, for each hash that exists.
+// returned stay in the grants set until they expire, and every tick until
+// then returns them again: a tick whose reply is lost (go-redis may also
+// send it again after it ran) must not lose a grant whose notice the
+// process missed too, or its lease would hold a slot, unused, for a TTL.
+// The process takes each grant once (Limiter.seen). A health record is
+// {endpoint id, version, cool-down ms left, ejection ms left, fault, owner,
+// last kind}, for each hash that exists.
 //
 // A missing lease (expired, or lost with a Redis restart or failover) is
 // added back even past the limit: its call is still running, and counting it
@@ -264,7 +268,6 @@ local prefix = proc .. '|'
 for _, g in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   if string.sub(g, 1, #prefix) == prefix then
     granted[#granted + 1] = string.sub(g, #prefix + 1)
-    redis.call('ZREM', KEYS[3], g)
   end
 end
 

@@ -369,15 +369,18 @@ func TestTickScript(t *testing.T) {
 	})
 }
 
-// The tick hands a process the grants made to it, once, and reads its
-// endpoints' health hashes.
+// The tick hands a process the grants made to it, at every tick until they
+// expire (a tick's reply may be lost), and reads its endpoints' health
+// hashes.
 func TestTickScriptGrantsAndHealth(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		ctx := context.Background()
 		ks := newKeyspace("t")
-		for _, g := range []string{"p|k1|p:g1", "q|k1|q:g2", "p|k2|p:g3"} {
-			require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: g}).Err())
+		exp := float64(b.rdb.Time(ctx).Val().Add(time.Second).UnixMilli())
+		for _, g := range []string{"p|k1|p:g1", "p|k2|p:g3"} {
+			require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: exp, Member: g}).Err())
 		}
+		require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: "q|k1|q:g2"}).Err())
 		health(t, b, "q", wireEjected, "a", 30000, 1)
 		tick := func() ([]string, []any) {
 			keys := []string{ks.members, ks.limits, ks.grants, ks.endpointHealth("a"), ks.endpointHealth("b")}
@@ -396,7 +399,10 @@ func TestTickScriptGrantsAndHealth(t *testing.T) {
 		assert.InDelta(t, 30000, r[3].(int64), 1000, "ejection ms left")
 		assert.Equal(t, []any{int64(0), int64(1), "q", wireEjected}, []any{r[2], r[4], r[5], r[6]})
 		grants, _ = tick()
-		assert.Empty(t, grants, "taken once")
+		assert.ElementsMatch(t, []string{"k1|p:g1", "k2|p:g3"}, grants, "again, until they expire")
+		b.advance(1500 * time.Millisecond)
+		grants, _ = tick()
+		assert.Empty(t, grants, "expired")
 		assert.Equal(t, []string{"q|k1|q:g2"}, b.rdb.ZRange(ctx, ks.grants, 0, -1).Val())
 	})
 }
