@@ -602,3 +602,45 @@ func TestGrantOfATickWithItsReplyLost(t *testing.T) {
 		})
 	}
 }
+
+// go-redis sends a release again when its connection breaks after Redis ran
+// it. The second run must do nothing more: the lease it finds gone is not
+// lost, and the slot the first run granted to a waiting process, which that
+// process has used and released since and which it wants again, is not
+// granted to it a second time under the same id (a grant it would take for
+// the one it has heard of already, leaving the lease unused for a TTL).
+func TestRetriedReleaseActsOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	key, want := "amlpool:{t}:ep:a", "amlpool:{t}:want:a"
+	later := f.clk.Now().Add(time.Minute).UnixMilli()
+	h := &replyCut{sha: []byte(releaseScript.Hash())}
+	h.ran = func() { // q used its grant and released it, and wants another
+		ids := f.rdb.ZRange(ctx, key, 0, -1).Val()
+		assert.Len(t, ids, 1)
+		assert.True(t, strings.HasPrefix(ids[0], "q:g"), "granted to q: %v", ids)
+		f.rdb.Del(ctx, key)
+		f.rdb.ZAdd(ctx, want, redisZ(later, "q"))
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(h)
+	require.NoError(t, releaseScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
+	released := make(chan struct{}, 1)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
+		WithOnReleased(func() { released <- struct{}{} }))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+
+	ls, err := l.TryAcquire(ctx, eps(1))
+	require.NoError(t, err)
+	require.NotNil(t, ls)
+	require.NoError(t, f.rdb.ZAdd(ctx, want, redisZ(later, "q")).Err()) // another process waits
+	h.armed.Store(true)
+	ls.Release()
+	<-released
+	require.False(t, h.armed.Load(), "the script's connection was not cut")
+	assert.Empty(t, f.leases(t, "a"), "the slot granted again")
+	require.NoError(t, l.Close()) // waits for the release to be over
+	assert.Zero(t, l.Stats().Lost, "a lease released once counted lost")
+}

@@ -35,7 +35,7 @@ func (l *Limiter) remove(ls *lease, keep bool) (removed bool, outcome int64, err
 		grantArg = 1 // without the channel a grant would go unheard
 	}
 	gid := l.proc + "." + strconv.FormatUint(l.seq.Add(1), 36)
-	res, err := l.eval(l.bg, releaseScript, []string{ep.key, ep.want, l.keys.grants},
+	res, err := l.eval(l.bg, releaseScript, []string{ep.key, ep.want, l.keys.grants, l.keys.done(l.proc)},
 		[]any{ls.id, ep.limit.Load(), l.proc, l.cfg.ttl.Milliseconds(), keepArg, grantArg, l.keys.grant, gid})
 	if err != nil {
 		return false, freed, err

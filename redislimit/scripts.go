@@ -16,6 +16,7 @@ import (
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
 //	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
+//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases of a process
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
@@ -42,6 +43,14 @@ func (k keyspace) endpointHealth(id string) string { return k.prefix + "health:"
 func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
 
 func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
+
+// done is the key of the set in which a process's releases leave their
+// mark, so that go-redis's sending one again after it ran changes nothing:
+// a member per round trip, "<process id>.<n>", scored by its expiry (ms) ×
+// 8 plus what the round trip replied (0 to 7), so that expired marks go as
+// others do (ZREMRANGEBYSCORE to now × 8 + 7) and a retry reads the reply in
+// its mark's score (ZSCORE). Goodbye deletes it.
+func (k keyspace) done(proc string) string { return k.prefix + "done:" + proc }
 
 // limitMember is what one process writes to the limits set for one endpoint.
 func limitMember(epID string, limit int, proc string) string {
@@ -73,6 +82,18 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- longest lease, and one left without a TTL (-1) gets one.
 local function extend(k, d)
   if redis.call('PTTL', k) < d then redis.call('PEXPIRE', k, d) end
+end
+-- mark records in the done set ds that the round trip id replied code (0 to
+-- 7), for d ms; marked returns that code if it did already, else nil.
+local function mark(ds, id, code, d)
+  redis.call('ZREMRANGEBYSCORE', ds, '-inf', now * 8 + 7)
+  redis.call('ZADD', ds, (now + d) * 8 + code, id)
+  extend(ds, d)
+end
+local function marked(ds, id)
+  local s = redis.call('ZSCORE', ds, id)
+  if s then return tonumber(s) % 8 end
+  return nil
 end
 `
 
@@ -136,20 +157,36 @@ return {0, 0, replicas}
 // endpoint itself (keep) keeps the slot unless another holds fewer leases
 // than it does.
 //
-// KEYS: the lease set, its endpoint's want set, the grants set.
+// KEYS: the lease set, its endpoint's want set, the grants set, the
+// process's done set.
 // ARGV: lease id, the endpoint's limit, process id, TTL in ms, keep (0/1),
-// grant (0/1: 0 never grants), channel, a suffix unique to this release.
+// grant (0/1: 0 never grants), channel, a suffix unique to this release
+// ("<process id>.<n>").
 // Reply: {removed, outcome}: removed is 1 if the lease was there (0: it had
 // expired or been lost); outcome is 0 for a slot set free, 1 for one kept
 // (the same lease id, renewed), 2 for one granted to another process.
+//
+// The reply is kept for a TTL in the done set, under the suffix, and a
+// release that finds it there is a retry of one whose reply was lost
+// (go-redis sends a command again when its connection breaks): it returns
+// that reply and does nothing more. Run again, it would find its lease gone
+// (counted lost) and could grant the slot a second time, under the same id,
+// to the process it went to, which would take the grant for the one it has
+// heard of already.
 var releaseScript = redis.NewScript(scriptNow + `
-local k, want, grants = KEYS[1], KEYS[2], KEYS[3]
+local k, want, grants, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, limit, proc, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local keep, grant = ARGV[5] == '1', ARGV[6] == '1'
+local before = marked(done, ARGV[8])
+if before then return {math.floor(before / 4), before % 4} end
+local function reply(removed, outcome)
+  mark(done, ARGV[8], removed * 4 + outcome, ttl)
+  return {removed, outcome}
+end
 local removed = redis.call('ZREM', k, id)
 redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
 if redis.call('ZCARD', k) >= limit then
-  return {removed, 0} -- no room: the lease had expired and its slot was taken
+  return reply(removed, 0) -- no room: the lease had expired and its slot was taken
 end
 if grant then
   redis.call('ZREMRANGEBYSCORE', want, '-inf', now)
@@ -175,16 +212,16 @@ if grant then
       -- It must say again that it wants more: grants go round.
       redis.call('ZREM', want, best)
       redis.call('PUBLISH', ARGV[7], 'g|' .. best .. '|' .. k .. '|' .. gid)
-      return {removed, 2}
+      return reply(removed, 2)
     end
   end
 end
 if keep then
   redis.call('ZADD', k, now + ttl, id)
   extend(k, ttl)
-  return {removed, 1}
+  return reply(removed, 1)
 end
-return {removed, 0}
+return reply(removed, 0)
 `)
 
 // yieldScript tells a process that keeps handing a lease on whether it
@@ -344,16 +381,18 @@ return {v, left, owner}
 // goodbyeScript is a closing process's last round trip: it deletes every
 // lease of the process, the ones it knows it holds and any it does not (an
 // acquire or a tick that ran in Redis with its reply lost, a grant it never
-// heard of), its wish for more, and its limit announcements and membership.
+// heard of), its wish for more, its limit announcements and membership, and
+// its done set.
 //
 // KEYS: the lease sets of every endpoint the process has seen, then their
-// want sets, then the grants set, the limits set and the members set. (Its
-// health writes stay: they are the fleet's, not the process's.)
+// want sets, then the grants set, the limits set, the members set and the
+// process's done set. (Its health writes stay: they are the fleet's, not
+// the process's.)
 // ARGV: process id, then the process's limit members.
 // Lease ids are "<process id>:<suffix>", and process ids hold no ':'.
 var goodbyeScript = redis.NewScript(`
 local prefix = ARGV[1] .. ':'
-local n = (#KEYS - 3) / 2
+local n = (#KEYS - 4) / 2
 for k = 1, n do
   for _, id in ipairs(redis.call('ZRANGE', KEYS[k], 0, -1)) do
     if string.sub(id, 1, #prefix) == prefix then redis.call('ZREM', KEYS[k], id) end
@@ -361,10 +400,11 @@ for k = 1, n do
   redis.call('ZREM', KEYS[n + k], ARGV[1])
 end
 local gprefix = ARGV[1] .. '|'
-for _, g in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 2], 0, -1)) do
-  if string.sub(g, 1, #gprefix) == gprefix then redis.call('ZREM', KEYS[#KEYS - 2], g) end
+for _, g in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 3], 0, -1)) do
+  if string.sub(g, 1, #gprefix) == gprefix then redis.call('ZREM', KEYS[#KEYS - 3], g) end
 end
-for i = 2, #ARGV do redis.call('ZREM', KEYS[#KEYS - 1], ARGV[i]) end
-redis.call('ZREM', KEYS[#KEYS], ARGV[1])
+for i = 2, #ARGV do redis.call('ZREM', KEYS[#KEYS - 2], ARGV[i]) end
+redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
+redis.call('DEL', KEYS[#KEYS])
 return 1
 `)

@@ -211,8 +211,9 @@ func releaser(t *testing.T, b *backend, limit int) func(id string, keep bool) []
 		if keep {
 			k = 1
 		}
-		res, err := releaseScript.Run(context.Background(), b.rdb, []string{ks.endpoint("a"), ks.want("a"), ks.grants},
-			id, limit, proc, time.Minute.Milliseconds(), k, 1, ks.grant, proc+"."+strconv.Itoa(seq)).Int64Slice()
+		sfx := proc + "." + strconv.Itoa(seq)
+		res, err := releaseScript.Run(context.Background(), b.rdb, []string{ks.endpoint("a"), ks.want("a"), ks.grants, ks.done(proc)},
+			id, limit, proc, time.Minute.Milliseconds(), k, 1, ks.grant, sfx).Int64Slice()
 		require.NoError(t, err)
 		return res
 	}
@@ -229,6 +230,47 @@ func TestReleaseScriptFreesTheSlot(t *testing.T) {
 		assert.Equal(t, []int64{0, freed}, release("p:1", false), "a lease released twice is not there")
 		assert.Equal(t, []int64{1, kept}, release("p:2", true), "keep, and nobody else wants it")
 		assert.Equal(t, []string{"p:2"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val(), "kept, the same lease")
+	})
+}
+
+// A release run again with the same suffix (go-redis sending it again after
+// it ran) returns the first run's reply and changes nothing, however the
+// lease set and the wants changed meanwhile.
+func TestReleaseScriptIsIdempotentPerRelease(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		k := []string{ks.endpoint("a")}
+		run := func(id, sfx string, ttl time.Duration) []int64 {
+			t.Helper()
+			res, err := releaseScript.Run(ctx, b.rdb, []string{k[0], ks.want("a"), ks.grants, ks.done("p")},
+				id, 1, "p", ttl.Milliseconds(), 0, 1, ks.grant, sfx).Int64Slice()
+			require.NoError(t, err)
+			return res
+		}
+		acquire(t, b, "p:1", time.Minute, k, 1)
+		acquireWanting(t, b, "q:1", time.Minute, time.Minute, k, 1)
+		assert.Equal(t, []int64{1, granted}, run("p:1", "p.1", time.Minute))
+		assert.Equal(t, []string{"q:gp.1"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val())
+		// q uses the grant, releases it and wants another.
+		require.NoError(t, b.rdb.Del(ctx, k[0]).Err())
+		require.NoError(t, b.rdb.ZAdd(ctx, ks.want("a"), redis.Z{Score: 1e15, Member: "q"}).Err())
+		assert.Equal(t, []int64{1, granted}, run("p:1", "p.1", time.Minute), "the first run's reply")
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k[0]).Val(), "granted again")
+		pttl := b.rdb.PTTL(ctx, ks.done("p")).Val()
+		assert.Greater(t, pttl, 50*time.Second, "the reply is kept for the lease TTL")
+		assert.LessOrEqual(t, pttl, time.Minute)
+		// Another release of the same lease id (one kept is released again
+		// later) is no retry: it acts.
+		assert.Equal(t, []int64{0, granted}, run("p:1", "p.2", time.Minute))
+		assert.Equal(t, []string{"q:gp.2"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val())
+
+		// A release's mark goes once its TTL has passed.
+		require.NoError(t, b.rdb.Del(ctx, ks.done("p")).Err())
+		run("p:1", "p.3", 200*time.Millisecond)
+		b.advance(300 * time.Millisecond)
+		run("p:1", "p.4", time.Minute)
+		assert.Equal(t, []string{"p.4"}, b.rdb.ZRange(ctx, ks.done("p"), 0, -1).Val())
 	})
 }
 
@@ -522,7 +564,10 @@ func TestGoodbyeScript(t *testing.T) {
 			require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: p + "|" + a + "|" + p + ":gx.1"}).Err())
 		}
 
-		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.want("a"), ks.want("c"), ks.grants, ks.limits, ks.members},
+		for _, p := range []string{"p1", "p2"} {
+			require.NoError(t, b.rdb.ZAdd(ctx, ks.done(p), redis.Z{Score: 1e15, Member: p + ".1"}).Err())
+		}
+		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.want("a"), ks.want("c"), ks.grants, ks.limits, ks.members, ks.done("p1")},
 			"p1", limitMember("a", 10, "p1"), limitMember("c", 10, "p1")).Err()
 		require.NoError(t, err)
 		assert.ElementsMatch(t, []string{"p12:1", "p2:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val(), "p1's leases only")
@@ -531,6 +576,8 @@ func TestGoodbyeScript(t *testing.T) {
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
 		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.done("p1")).Val())
+		assert.EqualValues(t, 1, b.rdb.Exists(ctx, ks.done("p2")).Val())
 	})
 }
 

@@ -100,7 +100,7 @@ func (l *Limiter) Close() error {
 
 	l.mu.Lock()
 	l.pending = nil // the goodbye script deletes these with the rest
-	keys := make([]string, 0, 2*len(l.eps)+3)
+	keys := make([]string, 0, 2*len(l.eps)+4)
 	var wants []string
 	args := []any{l.proc}
 	for _, ep := range l.eps {
@@ -113,7 +113,7 @@ func (l *Limiter) Close() error {
 		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
 	}
 	l.held = 0
-	keys = append(append(keys, wants...), l.keys.grants, l.keys.limits, l.keys.members)
+	keys = append(append(keys, wants...), l.keys.grants, l.keys.limits, l.keys.members, l.keys.done(l.proc))
 	l.mu.Unlock()
 
 	// Nothing else runs now: say goodbye to Redis on this goroutine. Every
