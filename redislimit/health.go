@@ -218,8 +218,9 @@ func (l *Limiter) writeReport(r healthReport) {
 	if ev.Fault {
 		fault = 1
 	}
-	res, err := l.eval(l.bg, healthScript, []string{ep.health},
-		[]any{l.proc, kind, ep.id, ms, fault, l.keys.health, l.memberTTL().Milliseconds()})
+	rid := l.proc + "." + strconv.FormatUint(l.seq.Add(1), 36)
+	res, err := l.eval(l.bg, healthScript, []string{ep.health, l.keys.done(l.proc)},
+		[]any{l.proc, kind, ep.id, ms, fault, l.keys.health, l.memberTTL().Milliseconds(), rid})
 	if err != nil {
 		if l.bg.Err() == nil {
 			l.failed(err)

@@ -644,3 +644,32 @@ func TestRetriedReleaseActsOnce(t *testing.T) {
 	require.NoError(t, l.Close()) // waits for the release to be over
 	assert.Zero(t, l.Stats().Lost, "a lease released once counted lost")
 }
+
+// go-redis sends a health report again when its connection breaks after
+// Redis ran it. The failures it reports must count once across the fleet,
+// or the other replicas eject the endpoint after half the failures.
+func TestRetriedHealthReportCountsOnce(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	h := &replyCut{sha: []byte(healthScript.Hash()), ran: func() {}}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(h)
+	require.NoError(t, healthScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
+	l1, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l1.Close() })
+	l2 := f.limiter(t)
+	f.subscribed(t, l1.keys.health, 2)
+	r1, _ := link(t, l1)
+	_, c2 := link(t, l2)
+
+	h.armed.Store(true)
+	r1.Report(amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2})
+	assert.Equal(t, amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2}, c2.next(t))
+	// The next report is written after the first's round trip, retry
+	// included: its news comes after any the retry published.
+	r1.Report(amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered})
+	assert.Equal(t, amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered}, c2.next(t), "failures counted twice")
+	require.False(t, h.armed.Load(), "the script's connection was not cut")
+}

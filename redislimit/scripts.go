@@ -16,7 +16,7 @@ import (
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
 //	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
-//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases of a process
+//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
@@ -44,12 +44,12 @@ func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
 
 func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 
-// done is the key of the set in which a process's releases leave their
-// mark, so that go-redis's sending one again after it ran changes nothing:
-// a member per round trip, "<process id>.<n>", scored by its expiry (ms) ×
-// 8 plus what the round trip replied (0 to 7), so that expired marks go as
-// others do (ZREMRANGEBYSCORE to now × 8 + 7) and a retry reads the reply in
-// its mark's score (ZSCORE). Goodbye deletes it.
+// done is the key of the set in which a process's releases and failure
+// reports leave their mark, so that go-redis's sending one again after it
+// ran changes nothing: a member per round trip, "<process id>.<n>", scored
+// by its expiry (ms) × 8 plus what the round trip replied (0 to 7), so that
+// expired marks go as others do (ZREMRANGEBYSCORE to now × 8 + 7) and a
+// retry reads the reply in its mark's score (ZSCORE). Goodbye deletes it.
 func (k keyspace) done(proc string) string { return k.prefix + "done:" + proc }
 
 // limitMember is what one process writes to the limits set for one endpoint.
@@ -329,20 +329,31 @@ return {replicas, limits, missing, granted, health, counts}
 // healthScript writes what one process saw of an endpoint's health and
 // announces it on the health channel.
 //
-// KEYS[1]: the endpoint's health hash.
+// KEYS: the endpoint's health hash, the process's done set.
 // ARGV: process id, kind (f failed, r recovered, c cool-down, e ejected, a
 // readmitted), endpoint id, n (failures for f, ms for c and e), fault (0/1),
-// channel, how long the hash outlives its state (ms).
+// channel, how long the hash outlives its state (ms), a report id unique to
+// this report ("<process id>.<n>").
 // Reply: {version, ms left of the ejection, owner}; version 0 when nothing
 // was written. Failures and recoveries are announced, not written. An
 // ejection while another process's is still running is not written (that
 // one stands, and its owner probes), except to mark it a fault; the reply
 // names its owner.
+//
+// A failure or recovery is marked in the done set for as long as the hash
+// outlives its state, and one found marked there is a retry of a report
+// whose reply was lost (go-redis sends a command again when its connection
+// breaks): it is not announced again, or its failures would count twice
+// towards ejection across the fleet. The other kinds write a state, which a
+// retry writes again the same, give or take the time between the two runs.
 var healthScript = redis.NewScript(scriptNow + `
-local k = KEYS[1]
+local k, done = KEYS[1], KEYS[2]
 local proc, kind, id, n, fault, ch, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 if kind == 'f' or kind == 'r' then
-  redis.call('PUBLISH', ch, proc .. '|' .. kind .. '|' .. id .. '|' .. string.format('%d', n) .. '|0|0')
+  if not marked(done, ARGV[8]) then
+    redis.call('PUBLISH', ch, proc .. '|' .. kind .. '|' .. id .. '|' .. string.format('%d', n) .. '|0|0')
+    mark(done, ARGV[8], 0, keep)
+  end
   return {0, 0, ''}
 end
 local h = redis.call('HMGET', k, 'v', 'cool', 'ej', 'fault', 'owner')

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,16 +456,59 @@ func health(t *testing.T, b *backend, proc, kind, id string, n int64, fault int)
 	return healthKeep(t, b, 5*time.Second, proc, kind, id, n, fault)
 }
 
+// healthSeq makes each health report's done key its own.
+var healthSeq atomic.Int64
+
 // healthKeep is health with the hash kept keep past its state.
 func healthKeep(t *testing.T, b *backend, keep time.Duration, proc, kind, id string, n int64, fault int) (v, left int64, owner string) {
 	t.Helper()
 	ks := newKeyspace("t")
-	res, err := healthScript.Run(context.Background(), b.rdb, []string{ks.endpointHealth(id)},
-		proc, kind, id, n, fault, ks.health, keep.Milliseconds()).Result()
+	rid := proc + "." + strconv.FormatInt(healthSeq.Add(1), 10)
+	res, err := healthScript.Run(context.Background(), b.rdb, []string{ks.endpointHealth(id), ks.done(proc)},
+		proc, kind, id, n, fault, ks.health, keep.Milliseconds(), rid).Result()
 	require.NoError(t, err)
 	v, left, owner, ok := parseHealthReply(res)
 	require.True(t, ok, "%v", res)
 	return v, left, owner
+}
+
+// A failure or recovery report run again with the same report id (go-redis
+// sending it again after it ran) is not announced again: failures count
+// once. Another report is announced.
+func TestHealthScriptAnnouncesAReportOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		sub := b.rdb.Subscribe(ctx, ks.health)
+		defer sub.Close()
+		_, err := sub.Receive(ctx)
+		require.NoError(t, err)
+		next := func() string {
+			t.Helper()
+			msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+			require.NoError(t, err)
+			return msg.(*redis.Message).Payload
+		}
+		run := func(kind string, n int64, rid string) {
+			t.Helper()
+			res, err := healthScript.Run(ctx, b.rdb, []string{ks.endpointHealth("a"), ks.done("p")},
+				"p", kind, "a", n, 0, ks.health, 5000, rid).Slice()
+			require.NoError(t, err)
+			assert.Equal(t, []any{int64(0), int64(0), ""}, res)
+		}
+		run(wireFailed, 3, "p.1")
+		run(wireFailed, 3, "p.1")
+		run(wireRecovered, 0, "p.2")
+		run(wireRecovered, 0, "p.2")
+		run(wireFailed, 3, "p.3")
+		assert.Equal(t, "p|f|a|3|0|0", next())
+		assert.Equal(t, "p|r|a|0|0|0", next(), "announced twice")
+		assert.Equal(t, "p|f|a|3|0|0", next())
+		pttl := b.rdb.PTTL(ctx, ks.done("p")).Val()
+		assert.Greater(t, pttl, time.Duration(0))
+		assert.LessOrEqual(t, pttl, 5*time.Second, "kept as long as the hash outlives its state")
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.endpointHealth("a")).Val(), "nothing written")
+	})
 }
 
 func TestHealthScript(t *testing.T) {
