@@ -62,12 +62,13 @@ const (
 // refresh (at AccessToken.RefreshOn, else DefaultRefreshBefore before it
 // expires, or halfway through a shorter life), one caller fetches a new
 // token while the others go on with the cached one; should that fetch
-// fail, the next try is 30 seconds later. Once the token is about to
-// expire (30 seconds before ExpiresOn), or was rejected (Invalidate),
-// callers wait for one fetch, which they share; each stops waiting when its
-// own ctx ends. A fetch runs for at most a minute and is not cut short by
-// the ctx of the caller that started it, so that the callers waiting with
-// it still get its token.
+// fail, or give a token that is due already (a credential's own cache may
+// hand back the one it has), the next try is 30 seconds after it ended.
+// Once the token is about to expire (30 seconds before ExpiresOn), or was
+// rejected (Invalidate), callers wait for one fetch, which they share;
+// each stops waiting when its own ctx ends. A fetch runs for at most a
+// minute and is not cut short by the ctx of the caller that started it, so
+// that the callers waiting with it still get its token.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
@@ -78,7 +79,7 @@ type Credential struct {
 	fetch singleflight.Group
 
 	mu      sync.Mutex // guards nextTry
-	nextTry time.Time  // no early refresh before then, after one failed
+	nextTry time.Time  // no early refresh before then: one is in flight, or one ended without a token not yet due
 }
 
 // token is a fetched token and when to refresh it.
@@ -167,8 +168,9 @@ func (c *Credential) Token(ctx context.Context) (string, error) {
 	}
 }
 
-// tryEarly reports whether an early refresh may start now: none failed in
-// the last 30 seconds.
+// tryEarly reports whether an early refresh may start now: none is in
+// flight, and none ended in the last 30 seconds without a token that is
+// not yet due.
 func (c *Credential) tryEarly(now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -192,6 +194,15 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 		defer cancel()
 		at, err := c.cred.GetToken(fctx, c.opts)
 		now := c.now()
+		// No early refresh for 30 seconds after this fetch, unless it
+		// stores a token not yet due: after a failure, and after a token
+		// that came back due already (a credential's own cache, or a
+		// RefreshOn in the past), an early refresh at once would do no
+		// better. Counted from the fetch's end, which may be long after its
+		// start.
+		c.mu.Lock()
+		c.nextTry = now.Add(retryAfterFailure)
+		c.mu.Unlock()
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)
@@ -202,9 +213,11 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 		}
 		t := &token{AccessToken: at, refreshAt: c.refreshAt(at, now)}
 		c.cur.Store(t)
-		c.mu.Lock()
-		c.nextTry = time.Time{}
-		c.mu.Unlock()
+		if now.Before(t.refreshAt) {
+			c.mu.Lock()
+			c.nextTry = time.Time{}
+			c.mu.Unlock()
+		}
 		return t, nil
 	}
 }

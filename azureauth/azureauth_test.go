@@ -290,6 +290,57 @@ func TestEarlyRefreshFailure(t *testing.T) {
 	assert.Equal(t, "t3", tokenOf(t, c))
 }
 
+// TestEarlyRefreshFailureCountsFromItsEnd: a failed early refresh that
+// ran long is not tried again until 30 seconds after it ended.
+func TestEarlyRefreshFailureCountsFromItsEnd(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	clock.Advance(time.Hour - DefaultRefreshBefore)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate, f.err = gate, errors.New("AAD is slow, then down") })
+	assert.Equal(t, "t1", tokenOf(t, c)) // starts the early refresh
+	<-f.entered
+	<-f.entered
+	clock.Advance(time.Minute) // the fetch runs its full minute
+	close(gate)
+	settle(c)
+	f.set(func(f *fakeCred) { f.gate, f.err = nil, nil })
+	clock.Advance(retryAfterFailure - time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	assert.Equal(t, int64(2), f.calls.Load(), "no second try within 30 s of the failure")
+	clock.Advance(time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	assert.Equal(t, "t3", tokenOf(t, c))
+}
+
+// TestRefreshGivesATokenDueAlready: a fetch that gives a token due for
+// refresh already (an SDK credential's cache handing back the token it
+// has, its RefreshOn past) is not followed by another at once, on every
+// call, but 30 seconds later.
+func TestRefreshGivesATokenDueAlready(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	var calls atomic.Int64
+	c := New(credFunc(func() (azcore.AccessToken, error) {
+		calls.Add(1)
+		now := clock.Now()
+		return azcore.AccessToken{Token: "cached", ExpiresOn: now.Add(time.Hour), RefreshOn: now.Add(-time.Minute)}, nil
+	}))
+	c.now = clock.Now
+	for range 10 {
+		assert.Equal(t, "cached", tokenOf(t, c))
+		settle(c)
+	}
+	assert.Equal(t, int64(1), calls.Load(), "one fetch, then none for 30 s")
+	clock.Advance(retryAfterFailure)
+	for range 10 {
+		assert.Equal(t, "cached", tokenOf(t, c))
+		settle(c)
+	}
+	assert.Equal(t, int64(2), calls.Load(), "one early refresh after 30 s")
+}
+
 // TestCallerGivesUp: a caller whose ctx ends stops waiting; the fetch it
 // started goes on for the others.
 func TestCallerGivesUp(t *testing.T) {
