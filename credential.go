@@ -32,9 +32,12 @@ import (
 // When an endpoint answers 401 to a token, the call asks the Credential
 // once more and tries the same endpoint again at once (a token may expire
 // or be revoked while cached); a Credential that caches should implement
-// TokenInvalidator to learn of the rejection and fetch afresh. Only when
-// the token it gives after the rejection is refused too does the endpoint
-// leave rotation, as for a rejected key.
+// TokenInvalidator to learn of the rejection and fetch afresh. When it
+// gives the refused token again, the endpoint leaves rotation at once, as
+// for a rejected key. A different token refused too is a failure (a
+// caching Credential may hold more than one token from before a
+// revocation): the call goes on to another endpoint at once, and a run of
+// such failures ejects the endpoint (WithEjection).
 type Credential interface {
 	Token(ctx context.Context) (string, error)
 }
