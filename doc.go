@@ -203,8 +203,8 @@
 // instance_count (1 to 10,000), past which it answers 429 Too many pending
 // requests, which [Classify] takes as full; 429 Rate-limited, 408, 500, 502,
 // 503 and 504 are retried; a 424 carries the model's own status
-// ([APIError].ModelStatusCode): a 4xx is the input's fault and is not
-// retried, a 5xx is. [Endpoint].Header adds headers for one endpoint, such
+// ([APIError].ModelStatusCode): a 4xx other than 408 and 429 is the input's
+// fault and is not retried, a 5xx, 408 or 429 is. [Endpoint].Header adds headers for one endpoint, such
 // as azureml-model-deployment to pin a deployment, and [Endpoint].Credential
 // gives each attempt a token instead of a key (module
 // github.com/amlpool/amlpool/azureauth makes one from an Azure SDK
