@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +101,8 @@ type scopesOption []string
 
 func (o scopesOption) apply(c *Credential) { c.opts.Scopes = append([]string(nil), o...) }
 
-// WithScopes asks for tokens of these scopes instead of Scope.
+// WithScopes asks for tokens of these scopes instead of Scope. New panics
+// when it is given no scope, or a blank one: every fetch would fail.
 func WithScopes(scopes ...string) Option { return scopesOption(scopes) }
 
 type tenantOption string
@@ -121,7 +123,8 @@ func (o refreshBeforeOption) apply(c *Credential) { c.before = time.Duration(o) 
 func WithRefreshBefore(d time.Duration) Option { return refreshBeforeOption(d) }
 
 // New returns a Credential that takes tokens for Scope from cred. It
-// fetches nothing until the first Token. It panics if cred is nil.
+// fetches nothing until the first Token. It panics if cred is nil, or if
+// WithScopes gave no scope or a blank one.
 func New(cred azcore.TokenCredential, opts ...Option) *Credential {
 	if cred == nil {
 		panic("azureauth: New: nil TokenCredential")
@@ -129,6 +132,14 @@ func New(cred azcore.TokenCredential, opts ...Option) *Credential {
 	c := &Credential{cred: cred, opts: policy.TokenRequestOptions{Scopes: []string{Scope}}, before: DefaultRefreshBefore, now: time.Now}
 	for _, o := range opts {
 		o.apply(c)
+	}
+	if len(c.opts.Scopes) == 0 {
+		panic("azureauth: New: WithScopes gave no scope")
+	}
+	for _, s := range c.opts.Scopes {
+		if strings.TrimSpace(s) == "" {
+			panic(fmt.Sprintf("azureauth: New: WithScopes gave a blank scope in %q", c.opts.Scopes))
+		}
 	}
 	if c.before <= 0 {
 		c.before = DefaultRefreshBefore

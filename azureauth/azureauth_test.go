@@ -386,6 +386,9 @@ func TestOptions(t *testing.T) {
 	assert.Equal(t, "tenant", got.TenantID)
 	assert.Equal(t, "azureauth.Credential{Scopes:[api://x/.default]}", c.String())
 	assert.Panics(t, func() { New(nil) })
+	cred := optsCred(func(policy.TokenRequestOptions) {})
+	assert.PanicsWithValue(t, "azureauth: New: WithScopes gave no scope", func() { New(cred, WithScopes()) })
+	assert.Panics(t, func() { New(cred, WithScopes("api://x/.default", " ")) })
 }
 
 type optsCred func(policy.TokenRequestOptions)
