@@ -279,3 +279,33 @@ func TestScoreResumeProgress(t *testing.T) {
 	scored, _ := checkOnce(t, readCSV(t, out), nil, n)
 	assert.Equal(t, n, scored)
 }
+
+// TestScoreRejectsKeepRowsAcrossFormats checks that a bad row keeps its
+// content when the reject file's format is not the input's: a CSV row of
+// the wrong width in JSON Lines rejects (whose keys need a full row) keeps
+// its cells, in its columns where they fit and whole in "text"; a JSON Lines
+// line that could not be read as a row, in CSV rejects (no text column),
+// keeps its text under the first input column.
+func TestScoreRejectsKeepRowsAcrossFormats(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4}}, `,"outputColumns":["Scored Probabilities"]`)
+
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.jsonl")
+	require.NoError(t, os.WriteFile(in, []byte("id,name\n1,a\n2,b,\"x,y\"\n3\n4,d\n"), 0o644))
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	var got [][]any
+	for _, r := range readJSONL(t, filepath.Join(dir, "scored.rejects.jsonl")) {
+		got = append(got, []any{r["line"], r["text"], r["id"], r["name"]})
+	}
+	assert.Equal(t, [][]any{{3.0, `2,b,"x,y"`, "2", "b"}, {4.0, "3", "3", nil}}, got)
+
+	in, out = filepath.Join(dir, "rows.jsonl"), filepath.Join(dir, "scored.csv")
+	require.NoError(t, os.WriteFile(in, []byte(`{"id":"1","name":"a"}`+"\nnot json\n"+`{"id":"3","name":"c"}`+"\n"), 0o644))
+	code, stderr = runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+	require.Len(t, rej, 2, "%q", rej)
+	assert.Equal(t, []string{"2", "2"}, rej[1][:2])
+	assert.Equal(t, []string{"not json"}, rej[1][3:], "the line's text, in the first input column")
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"os"
@@ -361,15 +362,27 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 			line = rowErr.Line
 		}
 		rec := []any{line, w.base + idx + 1, msg}
+		var text string // the row as it stands, where its cells cannot hold it
+		if isRowErr {
+			text = rowErr.Text
+		}
 		if w.rej.format == rows.JSONL {
-			var text any // null unless the row could not be read
-			if isRowErr && rowErr.Text != "" {
-				text = rowErr.Text
-			}
-			rec = append(rec, text)
 			if len(in) != len(w.inCols) {
-				in = make([]any, len(w.inCols)) // JSON Lines keys need a full row
+				// JSON Lines keys need a full row: the cells that fit go
+				// under their columns, and all of them, as a CSV line,
+				// to text, so that none is lost.
+				if text == "" {
+					text = csvLine(in)
+				}
+				in = append(slices.Clip(in[:min(len(in), len(w.inCols))]), make([]any, max(0, len(w.inCols)-len(in)))...)
 			}
+			var t any // null unless the row could not be read as it stands
+			if text != "" {
+				t = text
+			}
+			rec = append(rec, t)
+		} else if len(in) == 0 && text != "" {
+			in = []any{text} // a line that could not be split into cells: kept whole, under the first input column
 		}
 		if err := w.rej.w.Write(append(rec, in...)); err != nil {
 			return err
@@ -381,6 +394,19 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 	}
 	w.lines.forget(ch.Start + len(ch.Input))
 	return nil
+}
+
+// csvLine returns cells as one CSV record without its line end.
+func csvLine(cells []any) string {
+	var b strings.Builder
+	cw := csv.NewWriter(&b)
+	rec := make([]string, len(cells))
+	for i, v := range cells {
+		rec[i] = rows.Text(v)
+	}
+	cw.Write(rec)
+	cw.Flush()
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // firstFailure is the first row rejected, for the run's summary.
