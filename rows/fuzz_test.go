@@ -74,17 +74,15 @@ func fuzzRead(t *testing.T, f rows.Format, data []byte) {
 
 // filledLines returns the lines of data after the header (CSV) or first
 // object (JSON Lines) that are not blank, as a reader of that format counts
-// them: CSV skips only empty lines, JSON Lines lines of spaces too.
+// them: CSV skips only empty lines, JSON Lines lines of JSON white space too.
 func filledLines(f rows.Format, data []byte) []int {
 	var lines []int
 	head := false
-	if f == rows.CSV {
-		data = bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF"))
-	}
+	data = bytes.TrimPrefix(data, []byte("\xEF\xBB\xBF"))
 	for i, l := range bytes.Split(data, []byte("\n")) {
 		blank := len(bytes.TrimSuffix(l, []byte("\r"))) == 0
 		if f == rows.JSONL {
-			blank = len(bytes.TrimSpace(l)) == 0
+			blank = len(bytes.Trim(l, " \t\r")) == 0
 		}
 		if i == len(bytes.Split(data, []byte("\n")))-1 && len(l) == 0 {
 			break // after the last line end

@@ -15,8 +15,8 @@ import (
 
 // JSONLReader reads JSON Lines rows. The first object's keys, in order,
 // are the columns; every later object must have the same keys, in any
-// order. Blank lines are skipped. Cells keep their JSON type (numbers as
-// json.Number).
+// order. Blank lines (empty, or of JSON white space only: spaces, tabs) are
+// skipped. Cells keep their JSON type (numbers as json.Number).
 //
 // Every line is a row of its own, so a bad line (not JSON, not an object,
 // keys unlike the columns', invalid UTF-8, longer than MaxRowBytes) is an
@@ -42,10 +42,13 @@ func NewJSONLReader(r io.Reader) (*JSONLReader, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", j.line, err)
 		}
-		if len(bytes.TrimSpace(b)) == 0 {
+		if j.line == 1 {
+			b = bytes.TrimPrefix(b, bom) // a byte-order mark starts the file only
+		}
+		if blank(b) {
 			continue
 		}
-		keys, vals, err := parseObject(bytes.TrimPrefix(b, bom))
+		keys, vals, err := parseObject(b)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: the first row, which names the columns: %w", j.line, err)
 		}
@@ -91,7 +94,7 @@ func (j *JSONLReader) next(build bool) ([]any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(bytes.TrimSpace(b)) == 0 {
+		if blank(b) {
 			continue
 		}
 		if !build {
@@ -125,6 +128,11 @@ func (j *JSONLReader) next(build bool) ([]any, error) {
 		return row, nil
 	}
 }
+
+// blank says whether a line holds JSON white space only: spaces, tabs
+// and CRs. Other white space (a vertical tab, a no-break space) is not JSON,
+// and its line is a bad row rather than one skipped without a word.
+func blank(b []byte) bool { return len(bytes.Trim(b, " \t\r")) == 0 }
 
 var errLongLine = fmt.Errorf("line longer than %d bytes", MaxRowBytes)
 

@@ -364,3 +364,28 @@ func TestCountWithoutQuotesBuildsNothing(t *testing.T) {
 	allocs := testing.AllocsPerRun(3, func() { _, _ = rows.Count(rows.CSV, strings.NewReader(data)) })
 	assert.Less(t, allocs, 100.0, "allocations counting 10,000 rows")
 }
+
+// TestJSONLBlankLines checks which lines a JSON Lines reader skips: empty
+// lines and lines of JSON whitespace (space, tab, CR) only. A line of other
+// white space (a vertical tab, a no-break space) is not JSON and is a bad
+// row, not skipped without a word; Count agrees. A byte-order mark starts
+// the file only: alone on the first line, that line is blank.
+func TestJSONLBlankLines(t *testing.T) {
+	in := "{\"a\":1}\n \t\r\n\v\n\u00a0\n\u0085\n{\"a\":2}\n"
+	good, bad := readAll(t, rows.JSONL, in)
+	assert.Equal(t, [][]any{{json.Number("1")}, {json.Number("2")}}, good)
+	assert.Equal(t, []string{
+		"line 3: not JSON: invalid character '\\v' looking for beginning of value",
+		`line 4: not JSON: invalid character '\u00a0' looking for beginning of value`,
+		`line 5: not JSON: invalid character '\u0085' looking for beginning of value`,
+	}, bad)
+	n, err := rows.Count(rows.JSONL, strings.NewReader(in))
+	require.NoError(t, err)
+	assert.Equal(t, 5, n)
+
+	good, bad = readAll(t, rows.JSONL, "\xEF\xBB\xBF\n{\"a\":1}\n{\"a\":2}\n")
+	assert.Equal(t, [][]any{{json.Number("1")}, {json.Number("2")}}, good)
+	assert.Empty(t, bad)
+	_, err = rows.NewJSONLReader(strings.NewReader("\n\xEF\xBB\xBF{\"a\":1}\n"))
+	assert.EqualError(t, err, "line 2: the first row, which names the columns: not JSON: invalid character '\\ufeff' looking for beginning of value")
+}
