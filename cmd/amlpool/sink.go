@@ -254,8 +254,11 @@ func (w *writer) columns(ch *amlpool.Chunk) ([]int, error) {
 		outCols := make([]string, 0, len(pick)) // not nil: set, even with no column
 		for _, j := range pick {
 			name := names[j]
-			if slices.Contains(w.inCols, name) {
-				name = w.port + "." + name // the service echoes an input column
+			for slices.Contains(w.inCols, name) || slices.Contains(outCols, name) {
+				// The service echoes an input column: prefixed until no
+				// other column has the name, as no column may appear twice
+				// (a JSON Lines object could not be read back, nor resumed).
+				name = w.port + "." + name
 			}
 			outCols = append(outCols, name)
 		}

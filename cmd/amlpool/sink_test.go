@@ -79,6 +79,16 @@ func TestWriterColumnsAfterAMissingColumn(t *testing.T) {
 	}
 }
 
+// A service column named like an input column gets the port's name before
+// it, and again while that name is taken too: no column is named twice.
+func TestWriterColumnsNeverTwice(t *testing.T) {
+	w := &writer{inCols: []string{"id", "output1.id"}, port: "output1"}
+	names := []string{"id", "output1.id", "score", "score"}
+	_, err := w.columns(&amlpool.Chunk{Output: &amlpool.Table{ColumnNames: names, Values: [][]any{make([]any, len(names))}}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"output1.output1.id", "output1.output1.output1.id", "score", "output1.score"}, w.outCols)
+}
+
 // failingWriter fails every write, as a full disk does.
 type failingWriter struct{}
 
