@@ -181,9 +181,10 @@ func TestScan(t *testing.T) {
 		{"csv cut before the line end", rows.CSV, csvFile[:len(csvFile)-1], []string{"a", "b"}, 1, 8},
 		{"csv cut in the header", rows.CSV, "a,", nil, 0, 0},
 		{"csv empty", rows.CSV, "", nil, 0, 0},
-		{"jsonl whole", rows.JSONL, jsonlFile, nil, 2, len(jsonlFile)},
-		{"jsonl cut", rows.JSONL, jsonlFile[:len(jsonlFile)-3], nil, 1, 8},
-		{"jsonl cut before the line end", rows.JSONL, jsonlFile[:len(jsonlFile)-1], nil, 1, 8},
+		{"jsonl whole", rows.JSONL, jsonlFile, []string{"a"}, 2, len(jsonlFile)},
+		{"jsonl cut", rows.JSONL, jsonlFile[:len(jsonlFile)-3], []string{"a"}, 1, 8},
+		{"jsonl cut before the line end", rows.JSONL, jsonlFile[:len(jsonlFile)-1], []string{"a"}, 1, 8},
+		{"jsonl cut in the first record", rows.JSONL, jsonlFile[:5], nil, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,15 +11,16 @@ import (
 
 // Scan reads a row file that a Writer wrote, possibly cut short by a kill,
 // and finds its complete records: those ending with a line end. It returns
-// the header (CSV only; nil when the file has no complete header line), the
-// number of complete records after it, and the offset where they end.
+// the header (CSV: nil when the file has no complete header line; JSON
+// Lines: the first complete record's keys, nil when there is none), the
+// number of complete records after the CSV header, and the offset where
+// they end.
 // Whatever lies past end is the start of a record that was never finished.
 // A malformed record followed by others means the file is not such a file:
 // Scan then fails, naming the line.
 func Scan(f Format, r io.ReaderAt, size int64) (head []string, n int, end int64, err error) {
 	if f == JSONL {
-		n, end, err = scanJSONL(io.NewSectionReader(r, 0, size))
-		return nil, n, end, err
+		return scanJSONL(io.NewSectionReader(r, 0, size))
 	}
 	return scanCSV(r, size)
 }
@@ -56,27 +57,32 @@ func scanCSV(r io.ReaderAt, size int64) ([]string, int, int64, error) {
 	}
 }
 
-func scanJSONL(r io.Reader) (int, int64, error) {
+func scanJSONL(r io.Reader) ([]string, int, int64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	n, line := 0, 0
+	var head []string
 	var end int64
 	for {
 		b, err := br.ReadBytes('\n')
 		if len(b) == 0 && err == io.EOF {
-			return n, end, nil
+			return head, n, end, nil
 		}
 		if err != nil && err != io.EOF {
-			return 0, 0, err
+			return nil, 0, 0, err
 		}
 		line++
 		if err == io.EOF {
-			return n, end, nil // the last line, without its end
+			return head, n, end, nil // the last line, without its end
 		}
-		if _, _, perr := parseObject(bytes.TrimSpace(b)); perr != nil {
+		keys, _, perr := parseObject(bytes.TrimSpace(b))
+		if perr != nil {
 			if _, err := br.Peek(1); errors.Is(err, io.EOF) {
-				return n, end, nil
+				return head, n, end, nil
 			}
-			return 0, 0, fmt.Errorf("line %d: %w", line, perr)
+			return nil, 0, 0, fmt.Errorf("line %d: %w", line, perr)
+		}
+		if head == nil {
+			head = append(make([]string, 0, len(keys)), keys...) // not nil, even with no key
 		}
 		n++
 		end += int64(len(b))

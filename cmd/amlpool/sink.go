@@ -63,16 +63,13 @@ func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
 		f.Close()
 		return nil, err
 	}
-	o.head, o.rows = head, n
-	if format == rows.JSONL && n > 0 {
-		o.head = []string{} // JSONL has no header line; the first record stands for it
-	}
+	o.head, o.rows = head, n // JSON Lines: the first record's keys stand for a header
 	return o, nil
 }
 
 // start makes the writer for records with cols, writing the header line if
 // the file has none yet. A resumed file must have been written with the
-// same columns. inCols are the input's columns, which cols hold.
+// same columns (JSON Lines: its first record has them as keys). inCols are the input's columns, which cols hold.
 //
 // When the header differs, it is quoted only if it holds every input
 // column: then it is the header of a run on this input (with other output
@@ -83,18 +80,22 @@ func (o *outFile) start(cols, inCols []string) error {
 	if o.w != nil {
 		return nil
 	}
-	if o.head != nil && o.format == rows.CSV && !slices.Equal(o.head, cols) {
+	if o.head != nil && !slices.Equal(o.head, cols) {
 		var lacks []string
 		for _, c := range inCols {
 			if !slices.Contains(o.head, c) {
 				lacks = append(lacks, c)
 			}
 		}
-		if len(lacks) > 0 {
-			return fmt.Errorf("%s: cannot resume: its first line is not the header of a run on this input: it lacks the input's columns %q "+
-				"(this run's header: %q); is it the file the run to resume wrote?", o.path, lacks, cols)
+		what, differ := "header", "differs"
+		if o.format == rows.JSONL { // the first record's keys stand for a header
+			what, differ = "keys", "differ"
 		}
-		return fmt.Errorf("%s: cannot resume: its header %q differs from this run's %q", o.path, o.head, cols)
+		if len(lacks) > 0 {
+			return fmt.Errorf("%s: cannot resume: its first line is not the %s of a run on this input: it lacks the input's columns %q "+
+				"(this run's %s: %q); is it the file the run to resume wrote?", o.path, what, lacks, what, cols)
+		}
+		return fmt.Errorf("%s: cannot resume: its %s %q %s from this run's %q", o.path, what, o.head, differ, cols)
 	}
 	w, err := rows.NewWriter(o.format, o.f, cols, o.head == nil)
 	if err != nil {

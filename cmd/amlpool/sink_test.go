@@ -159,3 +159,26 @@ func TestResumeHeaderDiffers(t *testing.T) {
 		})
 	}
 }
+
+// A resumed JSON Lines file is checked as a CSV one is: its first record's
+// keys must be this run's columns, so that a run on another input does not
+// append records with other keys to it.
+func TestResumeJSONLKeysDiffer(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "scored.jsonl")
+	require.NoError(t, os.WriteFile(path, []byte(`{"id":"1","name":"a","Scored Labels":"x"}`+"\n"), 0o600))
+	o, err := openOut(path, rows.JSONL, true)
+	require.NoError(t, err)
+	defer o.f.Close()
+	err = o.start([]string{"id", "text", "Scored Labels"}, []string{"id", "text"})
+	require.EqualError(t, err, path+`: cannot resume: its first line is not the keys of a run on this input: it lacks the input's columns ["text"] `+
+		`(this run's keys: ["id" "text" "Scored Labels"]); is it the file the run to resume wrote?`)
+	err = o.start([]string{"id", "name", "Scored Probabilities"}, []string{"id", "name"})
+	require.EqualError(t, err, path+`: cannot resume: its keys ["id" "name" "Scored Labels"] differ from this run's ["id" "name" "Scored Probabilities"]`)
+	require.NoError(t, o.start([]string{"id", "name", "Scored Labels"}, []string{"id", "name"}))
+	require.NoError(t, o.w.Write([]any{"2", "b", "y"}))
+	require.NoError(t, o.flush())
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, `{"id":"1","name":"a","Scored Labels":"x"}`+"\n"+`{"id":"2","name":"b","Scored Labels":"y"}`+"\n", string(b))
+}
