@@ -46,7 +46,8 @@ type CSVReader struct {
 
 // NewCSVReader reads the header line of r. It fails, naming the line, for
 // an empty input and a header that cannot be used: a parse error, a blank
-// or repeated column name, invalid UTF-8.
+// or repeated column name, invalid UTF-8, a carriage return in a name (lines
+// ended by CR alone, which would make the whole file its header).
 func NewCSVReader(r io.Reader) (*CSVReader, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	if b, err := br.Peek(3); err == nil && bytes.Equal(b, bom) {
@@ -67,6 +68,12 @@ func NewCSVReader(r io.Reader) (*CSVReader, error) {
 	for i, h := range head {
 		if !utf8.ValidString(h) {
 			return nil, fmt.Errorf("line %d: header: column %d is not valid UTF-8; the file must be UTF-8", line, i+1)
+		}
+		if strings.IndexByte(h, '\r') >= 0 {
+			// Lines ended by CR alone (an old Mac export) are one line to
+			// csv: the whole file would be the header, and no row read.
+			return nil, fmt.Errorf("line %d: header: column %d holds a carriage return: are the lines ended by CR alone? "+
+				"They must end with LF or CRLF", line, i+1)
 		}
 	}
 	if err := checkColumns(head); err != nil {

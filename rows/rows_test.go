@@ -390,3 +390,19 @@ func TestJSONLBlankLines(t *testing.T) {
 	_, err = rows.NewJSONLReader(strings.NewReader("\n\xEF\xBB\xBF{\"a\":1}\n"))
 	assert.EqualError(t, err, "line 2: the first row, which names the columns: not JSON: invalid character '\\ufeff' looking for beginning of value")
 }
+
+// TestCSVLinesEndedByCR checks that a CSV whose lines end with CR alone (an
+// old Mac export) is refused, naming the cause: csv reads it as one line,
+// so it would be all header and no row, every row lost without a word.
+// Count says the same.
+func TestCSVLinesEndedByCR(t *testing.T) {
+	const want = "line 1: header: column 2 holds a carriage return: are the lines ended by CR alone? They must end with LF or CRLF"
+	for _, in := range []string{"a,b\r1,2\r3,4\r", "a,b\r1,2\r3,4"} {
+		_, err := rows.NewCSVReader(strings.NewReader(in))
+		assert.EqualError(t, err, want, "%q", in)
+		_, err = rows.Count(rows.CSV, strings.NewReader(in))
+		assert.EqualError(t, err, want, "%q", in)
+	}
+	_, err := rows.NewCSVReader(strings.NewReader("a,\"b\r\nc\"\r\n1,2\r\n"))
+	assert.NoError(t, err, "a CRLF inside a quoted name is a line end in it, not a CR")
+}
