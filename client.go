@@ -791,9 +791,9 @@ func (c *Client) Stats() Stats {
 
 // Close stops the Client: calls waiting for a slot return ErrClosed at once,
 // later calls return ErrClosed, and calls already sending finish their
-// current attempt. Close waits for the Client's background goroutines and
-// closes its idle connections. The first Close returns nil; later ones
-// return ErrClosed.
+// current attempt, with no retry or hedge after it. Close waits for the
+// Client's background goroutines and closes its idle connections. The first
+// Close returns nil; later ones return ErrClosed.
 func (c *Client) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {

@@ -101,14 +101,15 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 
 // startHedge sends the second copy of attempt a in a goroutine that reports
 // to copies, and returns it; nil when it sends none. The copy goes to an
-// endpoint the call has not tried with a free slot; it is not sent while
-// calls wait for slots (they come first), when the retry budget is spent,
-// when the first copy has answered (copies holds it: the timer fired as it
-// came) or when the call's ctx has ended. With a Limiter, the copy waits for the
-// fleet's slot until ctx ends, that is until the first copy answers; a copy
-// that gets no slot in the end reports with no endpoint.
+// endpoint the call has not tried with a free slot; it is not sent once the
+// Client is closed, while calls wait for slots (they come first), when the
+// retry budget is spent, when the first copy has answered (copies holds it:
+// the timer fired as it came) or when the call's ctx has ended. With a
+// Limiter, the copy waits for the fleet's slot until ctx ends, that is until
+// the first copy answers; a copy that gets no slot in the end reports with no
+// endpoint.
 func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
-	if c.pool.Waiting() > 0 {
+	if c.closed.Load() || c.pool.Waiting() > 0 {
 		return nil
 	}
 	hx := pool.Exclusion{On: true, Tried: cl.ex.Tried.Clone()}

@@ -279,6 +279,30 @@ func TestHedgeNotStartedAfterFirstAnswered(t *testing.T) {
 	assert.Empty(t, rig.arrived)
 }
 
+// A hedge timer that fires after Close sends no copy: Close lets calls in
+// flight finish their attempt, and starts no new request (it has closed the
+// idle connections a copy would open again).
+func TestHedgeNotStartedAfterClose(t *testing.T) {
+	rig := newHedgeRig(t, 1, hangFirst(make(chan string, 1)), WithHedging(100*time.Millisecond))
+	eps := rig.c.pool.Set().Eps
+	first, ok := rig.c.pool.TryTake(eps[0])
+	require.True(t, ok)
+	defer rig.c.pool.Release(first, &pool.Report{Result: pool.Unsent}, nil)
+	require.NoError(t, rig.c.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cl := &call{ex: pool.Exclusion{On: true}}
+	copies := make(chan *attempt, 1)
+	if h := rig.c.startHedge(ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies); h != nil {
+		cancel()
+		<-copies
+		t.Fatal("a hedge was sent after Close")
+	}
+	assert.Equal(t, 1, eps[1].Free(), "the other endpoint's slot is free")
+	assert.Empty(t, copies)
+	assert.Empty(t, rig.arrived)
+}
+
 // WithHedgingQuantile's delay follows the last 10 to 20 seconds: after a
 // quiet spell longer than that, the samples from before it no longer count,
 // and no attempt is hedged until enough new ones are in.
