@@ -410,7 +410,9 @@ func (p *Pool) emptied(e *Endpoint) {
 	}
 }
 
-// Close fails every waiting and future Acquire with ErrClosed and stops Run.
+// Close fails every waiting Acquire with ErrClosed, and every later one that
+// finds no free slot (a free slot is still taken without a look at Close:
+// the Client refuses calls once closed), and stops Run.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
