@@ -174,6 +174,59 @@ func (h *cutHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
+// cutPair is two Limiters on f's Redis, each behind a cutHook, that have
+// counted each other, and the leases each holds of one endpoint's cap.
+type cutPair struct {
+	t        *testing.T
+	ctx      context.Context
+	capacity int
+	lims     [2]*Limiter
+	cuts     [2]*cutHook
+	held     [2][]amlpool.Lease
+}
+
+func newCutPair(t *testing.T, f *fixture, capacity int, opts ...Option) *cutPair {
+	p := &cutPair{t: t, ctx: testCtx(t), capacity: capacity}
+	for i := range p.lims {
+		p.cuts[i] = &cutHook{}
+		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { _ = rdb.Close() })
+		rdb.AddHook(p.cuts[i])
+		l, err := New(rdb, append([]Option{WithClock(f.clk), WithPool("t")}, opts...)...)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		p.lims[i] = l
+	}
+	f.settle(t, 2)
+	f.advance(DefaultTTL / 3) // both heartbeats seen
+	f.settle(t, 2)
+	require.Equal(t, 2, p.lims[0].Stats().Replicas)
+	return p
+}
+
+// take has replica i acquire until it gets no lease, and returns how many
+// it got.
+func (p *cutPair) take(i int) int {
+	n := 0
+	for {
+		ls, err := p.lims[i].TryAcquire(p.ctx, eps(p.capacity))
+		require.NoError(p.t, err)
+		if ls == nil {
+			return n
+		}
+		p.held[i] = append(p.held[i], ls)
+		n++
+	}
+}
+
+// release ends every lease replica i holds.
+func (p *cutPair) release(i int) {
+	for _, ls := range p.held[i] {
+		ls.Release()
+	}
+	p.held[i] = nil
+}
+
 // After an outage each replica comes back at its own probe. The first one
 // back keeps to its FailStatic share until the others have had their
 // probes, for those still in fallback hold their shares outside Redis:
@@ -182,44 +235,8 @@ func (h *cutHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func TestFailStaticRejoinKeepsToShare(t *testing.T) {
 	const capacity = 4 // a share of 2 for each of 2 replicas
 	f := newFixture(t)
-	ctx := testCtx(t)
-	var cuts [2]*cutHook
-	var lims [2]*Limiter
-	for i := range lims {
-		cuts[i] = &cutHook{}
-		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-		t.Cleanup(func() { _ = rdb.Close() })
-		rdb.AddHook(cuts[i])
-		l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = l.Close() })
-		lims[i] = l
-	}
-	a, b := lims[0], lims[1]
-	f.settle(t, 2)
-	f.advance(DefaultTTL / 3) // both heartbeats seen
-	f.settle(t, 2)
-	require.Equal(t, 2, a.Stats().Replicas)
-
-	var held [2][]amlpool.Lease
-	take := func(i int) int {
-		n := 0
-		for {
-			ls, err := lims[i].TryAcquire(ctx, eps(capacity))
-			require.NoError(t, err)
-			if ls == nil {
-				return n
-			}
-			held[i] = append(held[i], ls)
-			n++
-		}
-	}
-	release := func(i int) {
-		for _, ls := range held[i] {
-			ls.Release()
-		}
-		held[i] = nil
-	}
+	p := newCutPair(t, f, capacity, WithTimeout(5*time.Second))
+	a, b, cuts, take, release := p.lims[0], p.lims[1], p.cuts, p.take, p.release
 	cuts[0].down.Store(true)
 	cuts[1].down.Store(true)
 	require.Eventually(t, func() bool {
@@ -383,44 +400,8 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 	const probe = 10 * time.Second
 	const timeout = 5 * time.Second // a fallback takes 3 failures over 2 timeouts: within the rejoin window
 	f := newFixture(t)
-	ctx := testCtx(t)
-	var cuts [2]*cutHook
-	var lims [2]*Limiter
-	for i := range lims {
-		cuts[i] = &cutHook{}
-		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-		t.Cleanup(func() { _ = rdb.Close() })
-		rdb.AddHook(cuts[i])
-		l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithProbeInterval(probe))
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = l.Close() })
-		lims[i] = l
-	}
-	a, b := lims[0], lims[1]
-	f.settle(t, 2)
-	f.advance(DefaultTTL / 3) // both heartbeats seen
-	f.settle(t, 2)
-	require.Equal(t, 2, a.Stats().Replicas)
-
-	var held [2][]amlpool.Lease
-	take := func(i int) int {
-		n := 0
-		for {
-			ls, err := lims[i].TryAcquire(ctx, eps(capacity))
-			require.NoError(t, err)
-			if ls == nil {
-				return n
-			}
-			held[i] = append(held[i], ls)
-			n++
-		}
-	}
-	release := func(i int) {
-		for _, ls := range held[i] {
-			ls.Release()
-		}
-		held[i] = nil
-	}
+	p := newCutPair(t, f, capacity, WithTimeout(timeout), WithProbeInterval(probe))
+	a, b, cuts, take, release := p.lims[0], p.lims[1], p.cuts, p.take, p.release
 	back := func(l *Limiter) {
 		require.Eventually(t, func() bool {
 			f.advance(probe / 10)
@@ -461,7 +442,7 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 
 	// a's calls end in fallback; their leases, written back at its return,
 	// are deleted at the next.
-	inFlight -= len(held[0])
+	inFlight -= len(p.held[0])
 	release(0)
 	cuts[0].down.Store(false)
 	back(a)
