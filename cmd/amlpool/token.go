@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,10 +27,19 @@ import (
 //	"tokenCommand": ["az", "account", "get-access-token", "--resource",
 //	                 "https://ml.azure.com", "--query", "accessToken", "-o", "tsv"]
 //	                               a command printing the token, run again
-//	                               after "tokenTTL" (default 10m) or a 401
+//	                               after "tokenTTL" (default 10m) or a 401,
+//	                               or sooner: a minute before a JWT's "exp"
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
+
+// tokenExpiryMargin is how long before a JWT's expiry (its "exp" claim) a
+// command's token is replaced, and tokenMinLife how long one already that
+// close to it is used even so: the command is not run for every call.
+const (
+	tokenExpiryMargin = time.Minute
+	tokenMinLife      = 10 * time.Second
+)
 
 // staticToken is a token read once, from the environment.
 type staticToken string
@@ -78,7 +89,9 @@ func (f *fileToken) Invalidate(tok string) {
 }
 
 // commandToken runs a command for its token, one run for any number of
-// callers, and keeps the token for ttl or until a 401.
+// callers, and keeps the token for ttl or until a 401, or, when the token
+// is a JWT, until tokenExpiryMargin before it expires (jwtExpiry), if that
+// comes first.
 type commandToken struct {
 	argv []string
 	ttl  time.Duration
@@ -112,8 +125,14 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 		if tok == "" || strings.ContainsAny(tok, "\r\n") {
 			return nil, fmt.Errorf("token command %s: want one line holding the token, got %d lines", c.argv[0], strings.Count(tok, "\n")+min(len(tok), 1))
 		}
+		now := c.now()
+		expires := now.Add(c.ttl)
+		if exp, ok := jwtExpiry(tok); ok {
+			expires = minTime(expires, exp.Add(-tokenExpiryMargin))
+			expires = maxTime(expires, now.Add(tokenMinLife))
+		}
 		c.mu.Lock()
-		c.tok, c.expires = tok, c.now().Add(c.ttl)
+		c.tok, c.expires = tok, expires
 		c.mu.Unlock()
 		return tok, nil
 	})
@@ -126,6 +145,45 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+}
+
+// jwtExpiry returns the expiry of tok when it is a JWT with an "exp" claim
+// (Azure AD and aml_token tokens are): the claims are read, the signature
+// is not checked (the service does that); it only times the next run.
+func jwtExpiry(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp *json.Number `json:"exp"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || claims.Exp == nil {
+		return time.Time{}, false
+	}
+	exp, err := claims.Exp.Float64()
+	if err != nil || exp <= 0 || exp > 1<<40 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(exp), 0), true
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // Invalidate makes the next Token run the command again.

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,4 +150,80 @@ func TestParseConfigOnline(t *testing.T) {
 	eps[0].MaxConcurrentCalls = 4
 	_, err = newClient("pool.json", cfg, eps)
 	require.ErrorContains(t, err, `pool.json: endpoints[0] (blue): "header": Host cannot be set`)
+}
+
+// A command's token that is a JWT is replaced a minute before its "exp",
+// when that comes before tokenTTL; one already that close is used for
+// tokenMinLife, not run again on every call; a token that is not a JWT
+// (or has no exp) keeps tokenTTL.
+func TestCommandTokenJWTExpiry(t *testing.T) {
+	jwt := func(claims string) string {
+		enc := base64.RawURLEncoding.EncodeToString
+		return enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc([]byte(claims)) + ".c2ln"
+	}
+	start := time.Unix(1_800_000_000, 0)
+	for _, tc := range []struct {
+		name, tok string
+		life      time.Duration // how long it is used before the command runs again
+	}{
+		{"exp before the TTL", jwt(`{"exp":1800000300,"aud":"https://ml.azure.com"}`), 4 * time.Minute},
+		{"exp after the TTL", jwt(`{"exp":1800003600}`), 10 * time.Minute},
+		{"exp within the margin", jwt(`{"exp":1800000030}`), tokenMinLife},
+		{"no exp", jwt(`{"aud":"x"}`), 10 * time.Minute},
+		{"not a JWT", "opaque-token", 10 * time.Minute},
+		{"exp not a number", jwt(`{"exp":"soon"}`), 10 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			script := `n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo ` + tc.tok
+			var mu sync.Mutex
+			now := start
+			c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: defaultTokenTTL,
+				now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+			runs := func() string {
+				b, err := os.ReadFile(filepath.Join(dir, "count"))
+				require.NoError(t, err)
+				return strings.TrimSpace(string(b))
+			}
+			tok, err := c.Token(t.Context())
+			require.NoError(t, err)
+			assert.Equal(t, tc.tok, tok)
+			mu.Lock()
+			now = start.Add(tc.life - time.Second)
+			mu.Unlock()
+			_, err = c.Token(t.Context())
+			require.NoError(t, err)
+			assert.Equal(t, "1", runs(), "still in use")
+			mu.Lock()
+			now = start.Add(tc.life)
+			mu.Unlock()
+			_, err = c.Token(t.Context())
+			require.NoError(t, err)
+			assert.Equal(t, "2", runs(), "replaced")
+		})
+	}
+}
+
+// jwtExpiry never fails on any token: a token it cannot read keeps the
+// TTL; an "exp" it reads is the one a JWT was made with.
+func FuzzJWTExpiry(f *testing.F) {
+	enc := base64.RawURLEncoding.EncodeToString
+	f.Add("opaque", int64(0))
+	f.Add(enc([]byte(`{"typ":"JWT"}`))+"."+enc([]byte(`{"exp":1800000300}`))+".sig", int64(1_800_000_300))
+	f.Add("a.b.c", int64(-1))
+	f.Add("..", int64(1<<41))
+	f.Fuzz(func(t *testing.T, tok string, exp int64) {
+		if at, ok := jwtExpiry(tok); ok && (at.Unix() <= 0 || at.Unix() > 1<<40) {
+			t.Fatalf("jwtExpiry(%q) = %v: out of range", tok, at)
+		}
+		sub, err := json.Marshal(tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		made := enc([]byte(`{"typ":"JWT"}`)) + "." + enc(fmt.Appendf(nil, `{"exp":%d,"sub":%s}`, exp, sub)) + ".sig"
+		at, ok := jwtExpiry(made)
+		if want := exp > 0 && exp <= 1<<40; ok != want || (ok && at.Unix() != exp) {
+			t.Fatalf("exp %d: got %v, %v", exp, at, ok)
+		}
+	})
 }
