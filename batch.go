@@ -23,6 +23,7 @@ type batch struct {
 	enc    *chunkEncoder
 	window int          // chunks read but not yet handed to the sink, at most
 	total  atomic.Int64 // rows in the source; -1 until known
+	told   int          // the total of emit's last Progress call
 
 	requests atomic.Int64 // requests sent
 	split    splitState   // isolating bad rows (split.go)
@@ -104,6 +105,11 @@ func (b *batch) run(ctx context.Context) (BatchStats, error) {
 	close(results)
 	<-emitted
 	stats.Requests, stats.SplitRequests = int(b.requests.Load()), int(b.split.requests.Load())
+	if b.o.Progress != nil && b.told < 0 && sinkErr == nil && readErr == nil && ctx.Err() == nil {
+		// The last chunk reached the sink before the reader saw the
+		// source's end: say the total now.
+		b.o.Progress(stats.Rows, int(b.total.Load()))
+	}
 
 	switch {
 	case sinkErr != nil:
@@ -347,7 +353,8 @@ func (b *batch) emit(ctx context.Context, results <-chan []*Chunk, window <-chan
 			}
 			<-window
 			if b.o.Progress != nil && !stopped {
-				b.o.Progress(st.Rows, int(b.total.Load()))
+				b.told = int(b.total.Load())
+				b.o.Progress(st.Rows, b.told)
 			}
 		}
 	}

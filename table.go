@@ -79,7 +79,11 @@ type BatchOptions struct {
 	TotalRows int
 	// Progress, when set, is called after each chunk reaches the sink with
 	// the rows settled so far (scored or failed) and the total, or -1 while
-	// the total is unknown. It is called from one goroutine at a time.
+	// the total is unknown. When the last chunk reaches the sink before the
+	// source's end is seen (its last chunk was full, say), it is called once
+	// more at the end, with the same rows and the total, so that a batch that
+	// ends without an error always reports its total last. It is called from
+	// one goroutine at a time.
 	Progress func(done, total int)
 }
 

@@ -411,3 +411,38 @@ func TestScoreRowsBadOptions(t *testing.T) {
 	_, err = c.ScoreTable(context.Background(), &amlpool.Table{ColumnNames: []string{"a"}, Values: [][]any{{1, 2}}}, nil)
 	assert.ErrorContains(t, err, "row 1 (Values[0]) has 2 cells")
 }
+
+// eofAfter is a source of n id rows whose io.EOF waits for release: the
+// batch's last chunk reaches the sink before the source's end is seen.
+type eofAfter struct {
+	source
+	release chan struct{}
+}
+
+func (s *eofAfter) Next() ([]any, error) {
+	if s.next == s.n {
+		<-s.release
+	}
+	return s.source.Next()
+}
+
+// A batch that ends without an error reports its total last, even when the
+// total became known only after the last chunk reached the sink.
+func TestScoreRowsProgressEndsWithTheTotal(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 2)
+	src := &eofAfter{source: source{n: 20, fail: -1, short: -1}, release: make(chan struct{})}
+	var calls [][2]int
+	st, err := c.ScoreRows(context.Background(), src, func(*amlpool.Chunk) error { return nil }, &amlpool.BatchOptions{
+		ChunkRows: 10,
+		Progress: func(done, total int) {
+			calls = append(calls, [2]int{done, total})
+			if done == 20 && total < 0 {
+				close(src.release) // only now may the source end
+			}
+		},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 20, st.Rows)
+	assert.Equal(t, [][2]int{{10, -1}, {20, -1}, {20, 20}}, calls)
+}
