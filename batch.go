@@ -140,7 +140,10 @@ func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, resu
 			next, bad = next+1, nil
 			continue
 		}
-		rows := make([][]any, 0, b.o.ChunkRows)
+		// Room for a chunk of the default size up front, not ChunkRows:
+		// a large ChunkRows (a whole file per request, say) must not
+		// allocate for rows a short source never has.
+		rows := make([][]any, 0, min(b.o.ChunkRows, DefaultChunkRows))
 		var err error
 		for len(rows) < b.o.ChunkRows {
 			var row []any

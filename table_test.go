@@ -446,3 +446,14 @@ func TestScoreRowsProgressEndsWithTheTotal(t *testing.T) {
 	assert.Equal(t, 20, st.Rows)
 	assert.Equal(t, [][2]int{{10, -1}, {20, -1}, {20, 20}}, calls)
 }
+
+// A ChunkRows far above the source's length costs only the rows there
+// are: the reader does not allocate room for ChunkRows rows up front.
+func TestScoreTableHugeChunkRows(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 2)
+	res, err := c.ScoreTable(context.Background(), idTable(10), &amlpool.BatchOptions{ChunkRows: 1 << 40})
+	require.NoError(t, err)
+	assert.Equal(t, amlpool.BatchStats{Rows: 10, Scored: 10, Requests: 1}, res.Stats)
+	assert.Equal(t, []any{"9", "18"}, res.Output.Values[9])
+}
