@@ -122,7 +122,7 @@ type Chunk struct {
 // BatchStats counts what a batch did with its rows, and the requests it
 // made for them.
 type BatchStats struct {
-	Rows          int // rows handed to the sink: Scored + Failed
+	Rows          int // rows the sink took (its call returned nil): Scored + Failed
 	Scored        int // rows with an output row
 	Failed        int // rows in failed chunks
 	Requests      int // requests sent (each may have made several attempts), SplitRequests included
@@ -148,11 +148,12 @@ func (c *Client) Capacity() int { return c.pool.Set().Total() }
 // A chunk that fails does not stop the batch: sink receives it with a
 // *ChunkError naming its rows, and the other chunks go on. The batch stops
 // early when ctx ends, when src returns an error other than *RowError, or
-// when sink returns an error (which is then the error returned). After a
-// source error, chunks already sent still reach the sink; after ctx ends,
-// chunks that were cut short do not, nor does anything after them. So the
-// rows that reached the sink are always a prefix of the input, counted in
-// the returned BatchStats, and a later run can resume after them.
+// when sink returns an error (which is then the error returned; the rows
+// of the chunk it refused are not counted as taken). After a source error,
+// chunks already sent still reach the sink; after ctx ends, chunks that
+// were cut short do not, nor does anything after them. So the rows the
+// sink took are always a prefix of the input, counted in the returned
+// BatchStats, and a later run can resume after them.
 func (c *Client) ScoreRows(ctx context.Context, src RowSource, sink func(*Chunk) error, opts *BatchOptions) (BatchStats, error) {
 	b, err := c.newBatch(src, sink, opts)
 	if err != nil {

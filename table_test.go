@@ -308,7 +308,7 @@ func TestScoreRowsSinkErrorStops(t *testing.T) {
 		return nil
 	}, &amlpool.BatchOptions{ChunkRows: 10})
 	assert.ErrorIs(t, err, boom)
-	assert.Equal(t, 20, st.Rows)
+	assert.Equal(t, 20, st.Rows, "the rows of the two chunks the sink took, not those of the one it refused")
 	assert.Less(t, s.requests.Load(), int64(1000), "the batch stopped early")
 }
 
