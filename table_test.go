@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -456,4 +457,67 @@ func TestScoreTableHugeChunkRows(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, amlpool.BatchStats{Rows: 10, Scored: 10, Requests: 1}, res.Stats)
 	assert.Equal(t, []any{"9", "18"}, res.Output.Values[9])
+}
+
+// TestScoreRowsSinkSeesEveryRowOnce mixes what can befall rows (unreadable
+// ones, a short one, rows the service blames, chunks over MaxChunkBytes)
+// over random chunk sizes, limits and parallelism, and checks the sink's
+// side of it: never called concurrently, chunks in input order covering
+// every row once, each failed one a *ChunkError naming its rows, stats
+// that agree with what the sink saw, Progress counting up to the total,
+// and Parallelism and MaxChunkBytes held.
+func TestScoreRowsSinkSeesEveryRowOnce(t *testing.T) {
+	for seed := range int64(4) {
+		s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+			for _, id := range ids {
+				if id%37 == 5 {
+					w.WriteHeader(400)
+					w.Write([]byte(`{"error":{"code":"BadArgument","message":"bad row"}}`))
+					return true
+				}
+			}
+			return false
+		})
+		c := s.client(t, 3)
+		rng := rand.New(rand.NewSource(seed))
+		par, limit := 1+rng.Intn(5), 200+rng.Intn(600)
+		bad := map[int]bool{}
+		for range 40 {
+			bad[rng.Intn(1000)] = true
+		}
+		var in atomic.Int64
+		var seen amlpool.BatchStats
+		var progress [][2]int
+		st, err := c.ScoreRows(context.Background(), &source{n: 1000, fail: -1, short: 77, bad: bad}, func(ch *amlpool.Chunk) error {
+			require.EqualValues(t, 1, in.Add(1), "the sink is never called concurrently")
+			defer in.Add(-1)
+			require.Equal(t, seen.Rows, ch.Start, "in input order, none skipped")
+			seen.Rows += len(ch.Input)
+			if ch.Err != nil {
+				seen.Failed += len(ch.Input)
+				var ce *amlpool.ChunkError
+				require.ErrorAs(t, ch.Err, &ce)
+				require.Equal(t, [2]int{ch.Start + 1, ch.Start + len(ch.Input)}, [2]int{ce.FirstRow, ce.LastRow})
+				require.Nil(t, ch.Output)
+				return nil
+			}
+			seen.Scored += len(ch.Input)
+			require.Len(t, ch.Output.Values, len(ch.Input))
+			for i, row := range ch.Output.Values {
+				require.Equal(t, strconv.Itoa(ch.Start+i), row[0])
+			}
+			return nil
+		}, &amlpool.BatchOptions{ChunkRows: 1 + rng.Intn(40), MaxChunkBytes: limit, Parallelism: par,
+			Progress: func(done, total int) { progress = append(progress, [2]int{done, total}) }})
+		require.NoError(t, err)
+		assert.Equal(t, 1000, seen.Rows)
+		seen.Requests, seen.SplitRequests = int(s.requests.Load()), st.SplitRequests
+		assert.Equal(t, seen, st)
+		for i := 1; i < len(progress)-1; i++ {
+			assert.Less(t, progress[i-1][0], progress[i][0], "progress goes forward")
+		}
+		assert.Equal(t, [2]int{1000, 1000}, progress[len(progress)-1], "the last call has the total")
+		assert.LessOrEqual(t, s.peak.Load(), int64(par))
+		assert.LessOrEqual(t, s.maxBody.Load(), int64(limit))
+	}
 }
