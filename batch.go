@@ -46,6 +46,8 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 		return nil, &ConfigError{Field: "BatchOptions.MaxChunkBytes", Problem: "negative"}
 	case o.Parallelism < 0:
 		return nil, &ConfigError{Field: "BatchOptions.Parallelism", Problem: "negative"}
+	case o.Parallelism > MaxParallelism:
+		return nil, &ConfigError{Field: "BatchOptions.Parallelism", Problem: fmt.Sprintf("%d is over %d", o.Parallelism, MaxParallelism)}
 	}
 	if c.kind == Classic && o.GlobalParameters != nil {
 		// Checked once here: otherwise every chunk would fail to encode,
@@ -64,7 +66,7 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 		o.MaxChunkBytes = DefaultMaxChunkBytes
 	}
 	if o.Parallelism == 0 {
-		o.Parallelism = c.Capacity()
+		o.Parallelism = min(c.Capacity(), MaxParallelism)
 	}
 	cols := src.Columns()
 	if len(cols) == 0 {

@@ -21,6 +21,10 @@ const (
 	// service's 4 MB payload limit (docs/azureml.md), in decimal megabytes to
 	// stay on the safe side of either reading.
 	DefaultMaxChunkBytes = 4_000_000
+	// MaxParallelism is the largest BatchOptions.Parallelism: each request
+	// in flight holds a chunk and places in the batch's window, which is
+	// sized up front.
+	MaxParallelism = 1 << 16
 )
 
 // RowSource yields the rows of a batch, one at a time, in input order.
@@ -56,8 +60,9 @@ type BatchOptions struct {
 	// split in halves until each part fits; a single row that does not fit
 	// fails with ErrRequestTooLarge. Default: DefaultMaxChunkBytes.
 	MaxChunkBytes int
-	// Parallelism is how many requests are in flight at most. Default: the
-	// Client's Capacity, which keeps every slot busy and none oversubscribed.
+	// Parallelism is how many requests are in flight at most, up to
+	// MaxParallelism. Default: the Client's Capacity, which keeps every
+	// slot busy and none oversubscribed.
 	Parallelism int
 	// NoSplit turns off the isolation of bad rows. By default a chunk whose
 	// request fails with the input's fault (HTTP 400: one row the model

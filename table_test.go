@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
@@ -520,4 +521,21 @@ func TestScoreRowsSinkSeesEveryRowOnce(t *testing.T) {
 		assert.LessOrEqual(t, s.peak.Load(), int64(par))
 		assert.LessOrEqual(t, s.maxBody.Load(), int64(limit))
 	}
+}
+
+// A Parallelism over MaxParallelism is a ConfigError naming the option,
+// not a window sized for it (which ran out of memory, or overflowed).
+func TestScoreTableParallelismTooLarge(t *testing.T) {
+	s := newScorer(t, nil)
+	c := s.client(t, 2)
+	for _, p := range []int{amlpool.MaxParallelism + 1, 1 << 40, math.MaxInt} {
+		_, err := c.ScoreTable(context.Background(), idTable(10), &amlpool.BatchOptions{Parallelism: p})
+		var ce *amlpool.ConfigError
+		require.ErrorAs(t, err, &ce, "Parallelism %d", p)
+		assert.Equal(t, "BatchOptions.Parallelism", ce.Field)
+		assert.ErrorContains(t, err, fmt.Sprint(p))
+	}
+	res, err := c.ScoreTable(context.Background(), idTable(10), &amlpool.BatchOptions{Parallelism: amlpool.MaxParallelism})
+	require.NoError(t, err)
+	assert.Equal(t, 10, res.Stats.Scored)
 }

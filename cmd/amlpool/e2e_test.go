@@ -480,12 +480,13 @@ func TestScoreRefusesNegativeCounts(t *testing.T) {
 	require.NoError(t, os.WriteFile(in, []byte("id\n1\n"), 0o644))
 	require.NoError(t, os.WriteFile(cfg, []byte(`{"endpoints":[{"name":"a","url":"http://127.0.0.1:1/execute","apiKeyEnv":"AMLPOOL_TEST_NEG_KEY"}]}`), 0o644))
 	t.Setenv("AMLPOOL_TEST_NEG_KEY", "k")
-	for _, tt := range []struct{ flag, want string }{
-		{"--chunk-rows", "amlpool score: --chunk-rows -1: must not be negative (0: the config's chunkRows, else 100)\n"},
-		{"--parallelism", "amlpool score: --parallelism -1: must not be negative (0: the pool's total slots)\n"},
+	for _, tt := range []struct{ flag, value, want string }{
+		{"--chunk-rows", "-1", "amlpool score: --chunk-rows -1: must not be negative (0: the config's chunkRows, else 100)\n"},
+		{"--parallelism", "-1", "amlpool score: --parallelism -1: must not be negative (0: the pool's total slots)\n"},
+		{"--parallelism", "65537", "amlpool score: --parallelism 65537: must be at most 65536\n"},
 	} {
 		var out, errOut bytes.Buffer
-		code := run([]string{"score", "--config", cfg, "--in", in, "--out", filepath.Join(dir, "scored.csv"), "--progress", "none", tt.flag, "-1"}, &out, &errOut)
+		code := run([]string{"score", "--config", cfg, "--in", in, "--out", filepath.Join(dir, "scored.csv"), "--progress", "none", tt.flag, tt.value}, &out, &errOut)
 		assert.Equal(t, 2, code, tt.flag)
 		assert.Equal(t, tt.want, errOut.String(), tt.flag)
 		assert.NoFileExists(t, filepath.Join(dir, "scored.stats.json"), tt.flag)

@@ -124,7 +124,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.stats, "stats", "", "run statistics, JSON (default: the output's name with .stats.json for the extension)")
 	fs.StringVar(&o.format, "format", "", "input format, csv or jsonl (default: from the input's extension)")
 	fs.IntVar(&o.chunkRows, "chunk-rows", 0, "rows per request (default: the config's chunkRows, else 100)")
-	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most (default: the pool's total slots)")
+	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most, up to 65536 (default: the pool's total slots)")
 	fs.BoolVar(&o.resume, "resume", false, "continue the output and reject files of an interrupted run")
 	fs.BoolVar(&o.noSplit, "no-split", false, "reject a chunk the service blames (HTTP 400) whole, instead of splitting it to find its bad rows")
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
@@ -167,6 +167,10 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "amlpool score: %s %d: must not be negative (0: %s)\n", f.name, f.v, f.zero)
 			return 2
 		}
+	}
+	if o.parallelism > amlpool.MaxParallelism {
+		fmt.Fprintf(stderr, "amlpool score: --parallelism %d: must be at most %d\n", o.parallelism, amlpool.MaxParallelism)
+		return 2
 	}
 	ext := filepath.Ext(o.out)
 	if o.rejects == "" {
