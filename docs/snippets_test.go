@@ -78,7 +78,7 @@ func snippetScoreRows(ctx context.Context, c *amlpool.Client) {
 	}
 	stats, err := c.ScoreRows(ctx, src, func(ch *amlpool.Chunk) error {
 		if ch.Err != nil { // these rows were not scored; ch.Err is a *amlpool.ChunkError
-			log.Printf("rows %d-%d: %v", ch.Start+1, ch.Start+len(ch.Input), ch.Err)
+			log.Print(ch.Err) // it names them: "amlpool: rows 201-300: …"
 			return nil
 		}
 		for i, out := range ch.Output.Values { // one output row per input row
