@@ -2,6 +2,7 @@ package amlpool
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -415,17 +416,25 @@ func checkKey(key string) string {
 }
 
 // checkURL parses an endpoint URL and enforces https for non-loopback hosts.
-// Its errors never repeat the URL's password, if it has one.
+// Its errors never repeat the URL's user info or query, where a secret may
+// be (?code=, ?key=).
 func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("empty")
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("not a URL")
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL it quotes
+		}
+		return nil, fmt.Errorf("not a URL: %v", err)
 	}
-	if !u.IsAbs() || u.Host == "" {
-		return nil, fmt.Errorf("%q is not absolute; want https://host/…", redactURL(raw))
+	if !u.IsAbs() {
+		return nil, fmt.Errorf("%q is not absolute; want https://host/…", shownURL(u))
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("%q has no host; want https://host/…", shownURL(u))
 	}
 	if u.User != nil {
 		return nil, fmt.Errorf("has user info; put the key in APIKey instead")
@@ -434,13 +443,20 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	case "https":
 	case "http":
 		if !allowHTTP && !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("%q uses http to a non-loopback host; use https (or WithInsecureHTTP)", raw)
+			return nil, fmt.Errorf("%q uses http to a non-loopback host; use https (or WithInsecureHTTP)", shownURL(u))
 		}
 	default:
-		return nil, fmt.Errorf("%q: scheme %q is not http or https", raw, u.Scheme)
+		return nil, fmt.Errorf("%q: scheme %q is not http or https", shownURL(u), u.Scheme)
 	}
 	u.Fragment = ""
 	return u, nil
+}
+
+// shownURL is u for an error: without its user info, query or fragment.
+func shownURL(u *url.URL) string {
+	v := *u
+	v.User, v.RawQuery, v.ForceQuery, v.Fragment, v.RawFragment = nil, "", false, "", ""
+	return v.String()
 }
 
 // isControl reports whether r may not appear in a header value.

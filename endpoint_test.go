@@ -98,6 +98,26 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
+// TestBadURLErrorsHideTheQuery: a URL's query may carry a secret (?code=,
+// ?key=), and the ConfigError for a bad URL says what is wrong without it.
+func TestBadURLErrorsHideTheQuery(t *testing.T) {
+	for _, tt := range []struct{ url, problem string }{
+		{"http://example.com/x?code=" + secretKey, `"http://example.com/x" uses http to a non-loopback host`},
+		{"ftp://example.com/x?key=" + secretKey, `"ftp://example.com/x": scheme "ftp" is not http or https`},
+		{"/x?key=" + secretKey, `"/x" is not absolute`},
+		{"https://u:p@/x?key=" + secretKey, `"https:///x" has no host`},
+		{"https://:443/x?key=" + secretKey, `"https://:443/x" has no host`},
+		{"https://h/%zz?key=" + secretKey, `not a URL: invalid URL escape "%zz"`},
+	} {
+		_, err := New([]Endpoint{good(func(e *Endpoint) { e.URL = tt.url; e.APIKey = "other" })})
+		var ce *ConfigError
+		require.ErrorAs(t, err, &ce, tt.url)
+		assert.Equal(t, "URL", ce.Field, tt.url)
+		assert.Contains(t, ce.Problem, tt.problem, tt.url)
+		assert.NotContains(t, err.Error(), secretKey, tt.url)
+	}
+}
+
 func TestNewAcceptsGoodConfig(t *testing.T) {
 	tests := []struct {
 		name string
