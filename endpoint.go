@@ -34,7 +34,10 @@ type Endpoint struct {
 	// URL is the endpoint's Request URI, e.g.
 	// https://ussouthcentral.services.azureml.net/workspaces/{ws}/services/{id}/execute?api-version=2.0&details=true.
 	// It must be absolute and https, except for loopback hosts (so httptest and
-	// amltest servers work) or when WithInsecureHTTP is given.
+	// amltest servers work) or when WithInsecureHTTP is given. It is shown
+	// as it is, but for a password, in printed Endpoints, spans and
+	// transport errors: it may not hold user info, nor the key as a query
+	// parameter's value.
 	URL string
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
 	// only. Redirects are never followed, so the key goes nowhere else.
@@ -234,6 +237,10 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 			problem.Endpoint = label
 			return nil, problem
 		}
+		if name := keyInQuery(u, keys); name != "" {
+			return nil, &ConfigError{Endpoint: label, Field: "URL", Problem: fmt.Sprintf(
+				"its query parameter %q holds the key; the key goes in APIKey (or SecondaryKey) only: the URL is printed, logged and traced as it is", name)}
+		}
 		mcc, problem := endpointCap(c)
 		if problem != nil {
 			problem.Endpoint = label
@@ -298,6 +305,19 @@ func endpointKeys(c Endpoint) ([]string, *ConfigError) {
 		}
 	}
 	return keys, nil
+}
+
+// keyInQuery returns the name of a query parameter of u whose value is one
+// of keys, or "".
+func keyInQuery(u *url.URL, keys []string) string {
+	for name, vs := range u.Query() {
+		for _, v := range vs {
+			if slices.Contains(keys, v) {
+				return name
+			}
+		}
+	}
+	return ""
 }
 
 // endpointCap checks c's MaxConcurrentCalls and returns the cap in force.

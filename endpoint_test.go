@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,6 +118,29 @@ func TestBadURLErrorsHideTheQuery(t *testing.T) {
 		assert.Contains(t, ce.Problem, tt.problem, tt.url)
 		assert.NotContains(t, err.Error(), secretKey, tt.url)
 	}
+}
+
+// TestKeyInTheURLQueryIsRefused: a URL is printed, logged and traced as
+// it is, so one whose query holds the endpoint's key is refused.
+func TestKeyInTheURLQueryIsRefused(t *testing.T) {
+	for _, q := range []string{"&code=" + secretKey, "&key=" + secondaryKey, "&code=" + url.QueryEscape(secretKey+"+/=")} {
+		_, err := New([]Endpoint{good(func(e *Endpoint) {
+			e.URL += q
+			if strings.Contains(q, "%") {
+				e.APIKey = secretKey + "+/="
+			}
+		})})
+		var ce *ConfigError
+		require.ErrorAs(t, err, &ce, q)
+		assert.Equal(t, "URL", ce.Field, q)
+		assert.Equal(t, "east", ce.Endpoint, q)
+		assert.Contains(t, ce.Problem, "holds the key", q)
+		assert.NotContains(t, err.Error(), secretKey, q)
+		assert.NotContains(t, err.Error(), secondaryKey, q)
+	}
+	c, err := New([]Endpoint{good(func(e *Endpoint) { e.URL += "&code=another" })})
+	require.NoError(t, err, "a query value that is no key of the endpoint's")
+	c.Close()
 }
 
 func TestNewAcceptsGoodConfig(t *testing.T) {

@@ -113,8 +113,8 @@ func newEpTelemetry(name string, u *url.URL, kinds *outcomeCounts) *epTelemetry 
 }
 
 // endpointAttrs are the attributes of every request to the endpoint named
-// name at u. The URL carries no key (keys go in a header), so url.full is
-// safe to record.
+// name at u. The URL carries no key (keys go in a header, and New refuses
+// a URL whose query holds one), so url.full is safe to record.
 func endpointAttrs(name string, u *url.URL) []attribute.KeyValue {
 	port := u.Port()
 	if port == "" {
