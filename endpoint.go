@@ -37,7 +37,8 @@ type Endpoint struct {
 	// amltest servers work) or when WithInsecureHTTP is given. It is shown
 	// as it is, but for a password, in printed Endpoints, spans and
 	// transport errors: it may not hold user info, nor the key as a query
-	// parameter's value.
+	// parameter's value. No two endpoints may have one URL; host names are
+	// compared in any case, and a default port (443, 80) counts as none.
 	URL string
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
 	// only. Redirects are never followed, so the key goes nowhere else.
@@ -435,7 +436,8 @@ func checkKey(key string) string {
 	return ""
 }
 
-// checkURL parses an endpoint URL and enforces https for non-loopback hosts.
+// checkURL parses an endpoint URL, enforces https for non-loopback hosts
+// and returns the URL in canonical form.
 // Its errors never repeat the URL's user info or query, where a secret may
 // be (?code=, ?key=).
 func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
@@ -458,6 +460,12 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	}
 	if u.User != nil {
 		return nil, fmt.Errorf("has user info; put the key in APIKey instead")
+	}
+	// One spelling per URL, the URL being an endpoint's identity: host
+	// names are case-insensitive, and a default port is no port.
+	u.Host = strings.ToLower(u.Host)
+	if p := u.Port(); p == "" || u.Scheme == "https" && p == "443" || u.Scheme == "http" && p == "80" {
+		u.Host = strings.TrimSuffix(u.Host, ":"+p)
 	}
 	switch u.Scheme {
 	case "https":

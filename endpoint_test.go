@@ -60,6 +60,12 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "MCC over 200", endpoints: []Endpoint{good(func(e *Endpoint) { e.MaxConcurrentCalls = 201 })}, field: "MaxConcurrentCalls", endpoint: "east"},
 		{name: "unnamed endpoint is named by index", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) { e.Name = ""; e.APIKey = "" })}, field: "APIKey", endpoint: "endpoints[1]"},
 		{name: "same URL twice", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) { e.Name = "west" })}, field: "URL", endpoint: "west"},
+		{name: "same URL in another case", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) {
+			e.Name = "west"
+			e.URL = strings.Replace(e.URL, "ussouthcentral", "USSouthCentral", 1)
+		})}, field: "URL", endpoint: "west"},
+		{name: "same URL with its default port", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) { e.Name = "west"; e.URL = strings.Replace(e.URL, ".net/", ".net:443/", 1) })}, field: "URL", endpoint: "west"},
+		{name: "same http URL with its default port", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://127.0.0.1/x" }), good(func(e *Endpoint) { e.Name = "west"; e.URL = "http://127.0.0.1:80/x" })}, field: "URL", endpoint: "west"},
 		{name: "same name twice", endpoints: []Endpoint{good(nil), good(func(e *Endpoint) { e.URL += "&x=1" })}, field: "Name", endpoint: "east"},
 		{name: "negative max wait", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxWait(-time.Second)}, field: "WithMaxWait"},
 		{name: "zero response cap", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxResponseBytes(0)}, field: "WithMaxResponseBytes"},
@@ -165,6 +171,17 @@ func TestNewAcceptsGoodConfig(t *testing.T) {
 				{Name: "abc", MaxConcurrentCalls: 20, Limit: 20},
 				{Name: "127.0.0.1:9", MaxConcurrentCalls: 200, Limit: 200},
 				{Name: "abc#2", MaxConcurrentCalls: 1, Limit: 1},
+			},
+		},
+		{
+			name: "host names in any case, default ports dropped",
+			eps: []Endpoint{
+				good(func(e *Endpoint) { e.Name = ""; e.URL = "http://LocalHost:9/x" }),
+				good(func(e *Endpoint) { e.Name = ""; e.URL = "https://[::1]:443/x" }),
+			},
+			want: []EndpointStats{
+				{Name: "localhost:9", MaxConcurrentCalls: 20, Limit: 20},
+				{Name: "[::1]", MaxConcurrentCalls: 20, Limit: 20},
 			},
 		},
 		{
