@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/amlpool/amlpool/internal/pool"
 )
@@ -30,6 +31,7 @@ import (
 type Endpoint struct {
 	// Name labels the endpoint in logs, stats and errors. When empty it is
 	// derived from the URL: the endpoint id after "services/", or the host.
+	// It must be valid UTF-8 without control characters.
 	Name string
 	// URL is the endpoint's Request URI, e.g.
 	// https://ussouthcentral.services.azureml.net/workspaces/{ws}/services/{id}/execute?api-version=2.0&details=true.
@@ -221,6 +223,13 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		label := c.Name
 		if label == "" {
 			label = "endpoints[" + strconv.Itoa(i) + "]"
+		}
+		if j := strings.IndexFunc(c.Name, isControl); j >= 0 || !utf8.ValidString(c.Name) {
+			problem := fmt.Sprintf("%q has a control character at byte %d; a Name is printed in logs and errors", c.Name, j)
+			if j < 0 {
+				problem = fmt.Sprintf("%q is not valid UTF-8", c.Name)
+			}
+			return nil, &ConfigError{Endpoint: "endpoints[" + strconv.Itoa(i) + "]", Field: "Name", Problem: problem}
 		}
 		u, err := checkURL(c.URL, allowHTTP)
 		if err != nil {
