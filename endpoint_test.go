@@ -82,6 +82,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "zero max attempts", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxAttempts(0)}, field: "WithMaxAttempts"},
 		{name: "negative backoff", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Initial: -time.Second})}, field: "WithBackoff"},
 		{name: "backoff max below initial", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Initial: time.Second, Max: time.Millisecond})}, field: "WithBackoff"},
+		{name: "backoff max over a day", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Max: math.MaxInt64})}, field: "WithBackoff"},
 		{name: "backoff multiplier below 1", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Multiplier: 0.5})}, field: "WithBackoff"},
 		{name: "backoff jitter over 1", endpoints: []Endpoint{good(nil)}, opts: []Option{WithBackoff(Backoff{Jitter: 2})}, field: "WithBackoff"},
 		{name: "negative max retry-after", endpoints: []Endpoint{good(nil)}, opts: []Option{WithMaxRetryAfter(-time.Second)}, field: "WithMaxRetryAfter"},

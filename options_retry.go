@@ -63,7 +63,7 @@ func WithClassifier(f func(err error) Verdict) Option { return classifierOption(
 type Backoff struct {
 	Initial    time.Duration // the first wait, before jitter; > 0
 	Multiplier float64       // growth from one wait to the next; ≥ 1
-	Max        time.Duration // cap on a wait before jitter; ≥ Initial
+	Max        time.Duration // cap on a wait before jitter; ≥ Initial, ≤ 24 h
 	Jitter     float64       // spread of each wait, as a share of it; in (0, 1]
 }
 
@@ -130,6 +130,10 @@ func WithRetryBudget(ratio float64, minPerSecond int) Option {
 // retries add.
 func WithoutRetryBudget() Option { return retryBudgetOption{on: false} }
 
+// maxBackoff bounds Backoff.Max: a wait drawn from ±Jitter of a longer one
+// could overflow a time.Duration and come out negative, no wait at all.
+const maxBackoff = 24 * time.Hour
+
 // maxEjectFor bounds WithEjection's base: the longest ejection, 10 × base
 // + 20 %, then fits a time.Duration many times over.
 const maxEjectFor = 24 * time.Hour
@@ -180,6 +184,8 @@ func (cfg *config) checkRetries() error {
 		return &ConfigError{Field: "WithBackoff", Problem: "negative Initial"}
 	case b.Max < b.Initial:
 		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Max %v is below Initial %v", b.Max, b.Initial)}
+	case b.Max > maxBackoff:
+		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Max %v is over %v", b.Max, maxBackoff)}
 	case !(b.Multiplier >= 1) || math.IsInf(b.Multiplier, 0):
 		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Multiplier %v; want a finite number ≥ 1", b.Multiplier)}
 	case !(b.Jitter > 0 && b.Jitter <= 1):
