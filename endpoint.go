@@ -273,7 +273,12 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		if name == "" {
 			name = uniqueName(deriveName(u), names)
 		} else if names[name] {
-			return nil, &ConfigError{Endpoint: label, Field: "Name", Problem: "used by another endpoint"}
+			j := slices.IndexFunc(specs[:i], func(s pool.Spec) bool { return s.Name == name })
+			problem := fmt.Sprintf("endpoints[%d] has it too; endpoints[%d] is this one", j, i)
+			if cfgs[j].Name == "" {
+				problem = fmt.Sprintf("the Name derived from the URL of endpoints[%d]; endpoints[%d] is this one", j, i)
+			}
+			return nil, &ConfigError{Endpoint: label, Field: "Name", Problem: problem}
 		}
 		names[name] = true
 		urls[key] = name

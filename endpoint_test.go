@@ -153,6 +153,20 @@ func TestKeyInTheURLQueryIsRefused(t *testing.T) {
 	c.Close()
 }
 
+// TestDuplicateNameSaysWhichEndpoints: a Name given twice is refused
+// with the index of both endpoints, the first one's Name maybe derived.
+func TestDuplicateNameSaysWhichEndpoints(t *testing.T) {
+	west := good(func(e *Endpoint) { e.Name = "west"; e.URL += "&x=1" })
+	_, err := New([]Endpoint{good(nil), west, good(func(e *Endpoint) { e.URL += "&x=2" })})
+	var ce *ConfigError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, ConfigError{Endpoint: "east", Field: "Name", Problem: "endpoints[0] has it too; endpoints[2] is this one"}, *ce)
+
+	_, err = New([]Endpoint{good(func(e *Endpoint) { e.Name = "" }), good(func(e *Endpoint) { e.Name = "abc"; e.URL += "&x=1" })})
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, ConfigError{Endpoint: "abc", Field: "Name", Problem: "the Name derived from the URL of endpoints[0]; endpoints[1] is this one"}, *ce)
+}
+
 func TestNewAcceptsGoodConfig(t *testing.T) {
 	tests := []struct {
 		name string
