@@ -216,8 +216,10 @@ type insecureHTTPOption struct{}
 func (insecureHTTPOption) apply(c *config) { c.allowHTTP = true }
 
 // WithInsecureHTTP allows http:// endpoint URLs on non-loopback hosts, which
-// sends keys in clear text. Loopback hosts (127.0.0.1, ::1, localhost) are
-// allowed without it, for tests. Default: https required.
+// sends keys in clear text. Loopback hosts (an address in 127.0.0.0/8, ::1
+// or ::ffff:127.0.0.0/104, and the name localhost) are allowed without it,
+// for tests; a name that only starts so, such as 127.0.0.1.example.com, is
+// not. Default: https required.
 func WithInsecureHTTP() Option { return insecureHTTPOption{} }
 
 type loggerOption struct{ l *slog.Logger }
