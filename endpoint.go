@@ -65,7 +65,7 @@ type Endpoint struct {
 	Kind Kind `json:",omitzero"`
 	// Header holds extra request headers for this endpoint only, e.g.
 	// "azureml-model-deployment: blue" to pin an online endpoint's
-	// deployment. Authorization, Content-Type, Content-Length, Host,
+	// deployment. Authorization, Content-Type, Accept, Content-Length, Host,
 	// Connection and Transfer-Encoding cannot be set this way. Its values
 	// are not treated as secrets, but printed Endpoints show only its names.
 	Header http.Header
@@ -384,9 +384,9 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 }
 
 // reservedHeaders are the headers Endpoint.Header cannot set: amlpool's
-// own (the key or token, the body's type and length, the host the URL
-// names) and net/http's framing.
-var reservedHeaders = []string{"Authorization", "Content-Type", "Content-Length", "Host", "Connection", "Transfer-Encoding"}
+// own (the key or token, the body's type and length, the type of reply it
+// reads, the host the URL names) and net/http's framing.
+var reservedHeaders = []string{"Authorization", "Content-Type", "Accept", "Content-Length", "Host", "Connection", "Transfer-Encoding"}
 
 // checkHeader checks an Endpoint's Header and returns a copy of it with
 // canonical names, never aliasing the caller's map or slices.

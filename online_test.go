@@ -315,6 +315,7 @@ func TestOnlineHeaders(t *testing.T) {
 		{"content-type in lower case", http.Header{"content-type": {"text/plain"}}, "Content-Type cannot be set"},
 		{"Content-Length", http.Header{"Content-Length": {"1"}}, "Content-Length cannot be set"},
 		{"Host", http.Header{"Host": {"evil"}}, "Host cannot be set"},
+		{"Accept, which amlpool would overwrite", http.Header{"accept": {"text/csv"}}, "Accept cannot be set"},
 		{"a line break in a value", http.Header{"X-A": {"a\r\nX-Injected: b"}}, "line break"},
 		{"a NUL in a value", http.Header{"X-A": {"a\x00"}}, "control character"},
 		{"a space in a name", http.Header{"X A": {"a"}}, "cannot have"},
