@@ -107,7 +107,7 @@ func redact(secret string) string {
 // are shown only when set.
 func (e Endpoint) String() string {
 	s := fmt.Sprintf("{Name:%s URL:%s APIKey:%s SecondaryKey:%s MaxConcurrentCalls:%d",
-		e.Name, redactURL(e.URL), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
+		e.Name, e.shownURL(), redact(e.APIKey), redact(e.SecondaryKey), e.MaxConcurrentCalls)
 	if e.Kind != Classic {
 		s += " Kind:" + e.Kind.String()
 	}
@@ -156,7 +156,7 @@ func formatRedacted(f fmt.State, verb rune, s, goSyntax string) {
 func (e Endpoint) LogValue() slog.Value {
 	attrs := []slog.Attr{
 		slog.String("name", e.Name),
-		slog.String("url", redactURL(e.URL)),
+		slog.String("url", e.shownURL()),
 		slog.Int("max_concurrent_calls", e.MaxConcurrentCalls),
 	}
 	if e.Kind != Classic {
@@ -178,18 +178,51 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 		Credential string            `json:",omitempty"` // its type, never its value
 	}{plain: plain(e), Header: redactedHeader(e.Header), Credential: credentialName(e.Credential)}
 	p.APIKey, p.SecondaryKey = redact(p.APIKey), redact(p.SecondaryKey)
-	p.URL = redactURL(p.URL)
+	p.URL = e.shownURL()
 	p.plain.Header, p.plain.Credential = nil, nil
 	return json.Marshal(p)
 }
 
-// redactURL hides any password in a URL, keeping the rest readable.
-func redactURL(raw string) string {
+// shownURL is e.URL for String, LogValue and MarshalJSON: without a
+// password, even in a URL that does not parse, and with [REDACTED] for a
+// query parameter's value that is one of e's keys (New refuses such a URL,
+// but an Endpoint may be printed unchecked).
+func (e Endpoint) shownURL() string {
+	raw := e.URL
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err != nil {
+		// Hide whatever stands before an @ in the authority.
+		scheme, rest, ok := strings.Cut(raw, "://")
+		if !ok {
+			return raw
+		}
+		end := strings.IndexAny(rest, "/?#")
+		if end < 0 {
+			end = len(rest)
+		}
+		if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
+			return scheme + "://" + redacted + rest[at:]
+		}
 		return raw
 	}
-	return u.Redacted()
+	changed := false
+	if u.RawQuery != "" {
+		params := strings.Split(u.RawQuery, "&")
+		for i, p := range params {
+			name, v, _ := strings.Cut(p, "=")
+			if v, err := url.QueryUnescape(v); err == nil && v != "" && (v == e.APIKey || v == e.SecondaryKey) {
+				params[i], changed = name+"="+redacted, true
+			}
+		}
+		u.RawQuery = strings.Join(params, "&")
+	}
+	switch {
+	case u.User != nil:
+		return u.Redacted()
+	case changed:
+		return u.String()
+	}
+	return raw
 }
 
 // ConfigError reports an invalid Endpoint or option given to New, or an

@@ -241,6 +241,32 @@ func TestEndpointNeverShowsItsKey(t *testing.T) {
 	}
 }
 
+// TestUncheckedEndpointNeverShowsItsKey: an Endpoint New would refuse
+// may still be printed, logged or encoded (a config being reported), and
+// a password in a URL that does not parse, or the key as a query value,
+// stays hidden.
+func TestUncheckedEndpointNeverShowsItsKey(t *testing.T) {
+	for _, u := range []string{
+		"https://user:" + secretKey + "@h/%zz",
+		"https://" + secretKey + "@h:bad/x",
+		"https://h/x?api-version=2.0&code=" + secretKey,
+		"https://h/x?key=" + url.QueryEscape(secondaryKey),
+	} {
+		e := good(func(e *Endpoint) { e.URL = u })
+		var logged bytes.Buffer
+		slog.New(slog.NewJSONHandler(&logged, nil)).Info("endpoint", "ep", e)
+		js, err := json.Marshal(e)
+		require.NoError(t, err)
+		for name, s := range map[string]string{"%v": fmt.Sprintf("%v", e), "%#v": fmt.Sprintf("%#v", e), "json": string(js), "slog": logged.String()} {
+			assert.NotContains(t, s, secretKey, "%s of %s", name, u)
+			assert.NotContains(t, s, secondaryKey, "%s of %s", name, u)
+			assert.Contains(t, s, "h", "%s of %s", name, u)
+		}
+	}
+	assert.Contains(t, good(func(e *Endpoint) { e.URL = "https://h/x?api-version=2.0&code=" + secretKey }).String(),
+		"URL:https://h/x?api-version=2.0&code=[REDACTED] ")
+}
+
 func TestClientCloseIsIdempotent(t *testing.T) {
 	c, err := New([]Endpoint{good(nil)})
 	require.NoError(t, err)
