@@ -321,6 +321,20 @@ func (c *cutConn) Read(b []byte) (int, error) {
 	return 0, io.EOF
 }
 
+// replyCutLimiter returns a Limiter on f's Redis behind h, through a client
+// that sends a command once more when its connection breaks (MaxRetries 1),
+// with script loaded so that it goes as EVALSHA, whose sha h looks for.
+func (f *fixture) replyCutLimiter(t *testing.T, h *replyCut, script *redis.Script, opts ...Option) *Limiter {
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(h)
+	require.NoError(t, script.Load(testCtx(t), f.rdb).Err())
+	l, err := New(rdb, append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(5 * time.Second)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
 // go-redis sends an acquire again when its connection breaks after Redis
 // ran it (the recommended client retries once). If a candidate before the
 // one the first run took has room by then, the second run must not take
@@ -334,13 +348,7 @@ func TestRetriedAcquireTakesOneLease(t *testing.T) {
 	h := &replyCut{sha: []byte(acquireScript.Hash()), ran: func() {
 		f.rdb.ZRem(ctx, keyA, "other:1") // a frees between the two runs
 	}}
-	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	rdb.AddHook(h)
-	require.NoError(t, acquireScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.replyCutLimiter(t, h, acquireScript)
 
 	h.armed.Store(true)
 	ls, err := l.TryAcquire(ctx, eps(1, 1)) // a is full: the first run takes b
@@ -603,15 +611,8 @@ func TestRetriedReleaseActsOnce(t *testing.T) {
 		f.rdb.Del(ctx, key)
 		f.rdb.ZAdd(ctx, want, redisZ(later, "q"))
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	rdb.AddHook(h)
-	require.NoError(t, releaseScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
 	released := make(chan struct{}, 1)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
-		WithOnReleased(func() { released <- struct{}{} }))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.replyCutLimiter(t, h, releaseScript, WithOnReleased(func() { released <- struct{}{} }))
 
 	ls, err := l.TryAcquire(ctx, eps(1))
 	require.NoError(t, err)
@@ -631,15 +632,8 @@ func TestRetriedReleaseActsOnce(t *testing.T) {
 // or the other replicas eject the endpoint after half the failures.
 func TestRetriedHealthReportCountsOnce(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
 	h := &replyCut{sha: []byte(healthScript.Hash()), ran: func() {}}
-	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: 1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	rdb.AddHook(h)
-	require.NoError(t, healthScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
-	l1, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l1.Close() })
+	l1 := f.replyCutLimiter(t, h, healthScript)
 	l2 := f.limiter(t)
 	f.subscribed(t, l1.keys.health, 2)
 	r1, _ := link(t, l1)
