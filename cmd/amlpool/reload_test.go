@@ -429,6 +429,11 @@ func TestEndpointTallyLives(t *testing.T) {
 			{[]amlpool.Endpoint{at("a", "https://u2#frag")}, []amlpool.EndpointStats{live("a", 0, 0)}},
 			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 5, 0)}},
 		}, []endpointStats{{"a", 2, 15, 0, 0}}},
+		{"kept, its URL spelled another way", []snap{
+			{[]amlpool.Endpoint{at("a", "https://U1.example:443/x")}, []amlpool.EndpointStats{live("a", 10, 0)}},
+			{[]amlpool.Endpoint{at("a", "https://u1.example/x")}, []amlpool.EndpointStats{live("a", 10, 1)}},
+			{[]amlpool.Endpoint{at("a", "https://u1.example/x")}, []amlpool.EndpointStats{live("a", 15, 0)}},
+		}, []endpointStats{{"a", 2, 15, 0, 0}}},
 		{"kept", []snap{
 			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 0)}},
 			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 1)}},

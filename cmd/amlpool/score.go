@@ -787,11 +787,16 @@ func (t *endpointTally) list() []endpointStats {
 
 // sameURL returns the form of an endpoint URL that the Client compares to
 // tell a kept endpoint from one given another URL: parsed, without its
-// fragment.
+// fragment, its host name in lower case and without a default port (as
+// New and SetEndpoints check URLs; TestEndpointTallyLives pins it).
 func sameURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return raw
+	}
+	u.Host = strings.ToLower(u.Host)
+	if p := u.Port(); p == "" || u.Scheme == "https" && p == "443" || u.Scheme == "http" && p == "80" {
+		u.Host = strings.TrimSuffix(u.Host, ":"+p)
 	}
 	u.Fragment = ""
 	return u.String()
