@@ -29,6 +29,7 @@ type Endpoint struct {
 	tier    atomic.Int32 // the configured tier; the Set places the endpoint by it when built
 	limit   atomic.Int32 // the cap in force: max, unless an adaptive limit lowers it
 	removed atomic.Bool  // no longer in the Set: takes no new attempt
+	health  health       // health.go: its state, read by every pick, shares this line
 
 	// slots holds the slots held now (the low heldBits) and, above them,
 	// the attempts started (wrapping): a take adds one to both in one CAS,
@@ -63,9 +64,8 @@ type Endpoint struct {
 	heldBack bool
 	heir     *Endpoint
 
-	health health   // health.go
-	lat    peakEWMA // latency.go
-	aimd   aimd     // adaptive.go
+	lat  peakEWMA // latency.go
+	aimd aimd     // adaptive.go
 }
 
 // Spec describes an endpoint to New and Update.
