@@ -36,7 +36,9 @@ token file it names); the ceiling uses the measured mean latency. With
 and the ceiling uses --latency.
 
 Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
---stats) the figures of the time it ran.
+--stats) the figures of the time it ran, and exits with status 130, as
+"amlpool score" does. Otherwise the exit status is 0, 1 when the run
+failed, 2 for bad flags or config.
 
 Examples:
   amlpool bench --config pool.json --in rows.csv --duration 30s
@@ -78,10 +80,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := bench(ctx, o, stdout); err != nil {
-		return failed(stderr, "bench", err)
-	}
-	return 0
+	return exitStatus(stderr, "bench", bench(ctx, o, stdout))
 }
 
 func bench(ctx context.Context, o benchOptions, out io.Writer) error {
@@ -144,7 +143,8 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	fmt.Fprintf(out, "amlpool bench: %d endpoints, %d slots, %d callers for %v\n", len(client.Stats().Endpoints), client.Capacity(), o.callers, o.duration)
 
 	r := drive(ctx, client, body, o.callers, o.duration)
-	if ctx.Err() != nil {
+	interrupted := ctx.Err() != nil
+	if interrupted {
 		fmt.Fprintf(out, "interrupted after %v of %v\n", r.elapsed.Round(time.Millisecond), o.duration)
 	}
 	sum := r.lat.summary()
@@ -168,11 +168,32 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	}
 	if o.stats != "" {
 		rs := newRunStats(client, nil, nil, amlpool.BatchStats{Requests: int(r.ok + r.failed)}, r.elapsed, o.chunk, r.lat)
+		rs.Interrupted = interrupted
 		if err := writeJSON(o.stats, rs); err != nil {
 			return err
 		}
 	}
+	if interrupted {
+		return errInterrupted
+	}
 	return nil
+}
+
+// errInterrupted is what bench and demo return when a signal cut the run
+// short, after printing its figures: exit status 130, as score's.
+var errInterrupted = errors.New("interrupted")
+
+// exitStatus is the exit status of a bench or demo run that returned err:
+// 0 for none, 130 for errInterrupted (the run said so already), else as
+// failed says.
+func exitStatus(stderr io.Writer, command string, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errInterrupted):
+		return 130
+	}
+	return failed(stderr, command, err)
 }
 
 // benchTable is each endpoint's attempts, by outcome, and their sum. An

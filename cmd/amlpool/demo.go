@@ -28,7 +28,8 @@ achieved rate beside the capacity formula's ceiling
 E x MCC x 1000 / latency_ms. While it runs it shows, every -every, each
 endpoint's calls in flight against its limit, calls per second and throttles.
 Ctrl-C (SIGINT) or SIGTERM ends it early, with the figures of the time it
-ran. A bad flag or flag value exits with status 2.
+ran, and exit status 130, as "amlpool score" has when interrupted. A bad
+flag or flag value exits with status 2.
 
 Examples:
   amlpool demo
@@ -73,10 +74,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := demo(ctx, cfg, stdout); err != nil {
-		return failed(stderr, "demo", err)
-	}
-	return 0
+	return exitStatus(stderr, "demo", demo(ctx, cfg, stdout))
 }
 
 func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
@@ -157,7 +155,8 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	wg.Wait()
 	elapsed := time.Since(start)
 	stopLive()
-	if ctx.Err() != nil {
+	interrupted := ctx.Err() != nil
+	if interrupted {
 		fmt.Fprintf(out, "interrupted after %v of %v\n", elapsed.Round(time.Millisecond), cfg.duration)
 	}
 
@@ -179,6 +178,9 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		rate, 100*rate/ceiling, ok.Load(), failed.Load())
 	if err, _ := firstErr.Load().(error); err != nil {
 		fmt.Fprintln(out, "first error:", err)
+	}
+	if interrupted {
+		return errInterrupted
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 
 // bench and demo stop cleanly on SIGINT and on SIGTERM, long before their
 // --duration: they print what they measured, say they were interrupted,
-// and exit 0. The signal is sent once the command's first line is out: it
+// and exit 130, as score does when interrupted. The signal is sent once the command's first line is out: it
 // handles the signals from before it prints that line.
 func TestBenchAndDemoStopOnSignal(t *testing.T) {
 	bench := []string{"bench", "--fake", "1", "--mcc", "2", "--latency", "1ms", "--duration", "1h"}
@@ -51,7 +51,10 @@ func TestBenchAndDemoStopOnSignal(t *testing.T) {
 			require.NoError(t, cmd.Process.Signal(tt.sig))
 			rest, err := io.ReadAll(out)
 			require.NoError(t, err)
-			require.NoError(t, cmd.Wait(), "stderr: %s\nstdout: %s%s", stderr.String(), first, rest)
+			err = cmd.Wait()
+			var exit *exec.ExitError
+			require.ErrorAs(t, err, &exit, "stderr: %s\nstdout: %s%s", stderr.String(), first, rest)
+			assert.Equal(t, 130, exit.ExitCode(), "stderr: %s\nstdout: %s%s", stderr.String(), first, rest)
 			assert.Contains(t, string(rest), "interrupted after ")
 			assert.Contains(t, string(rest), " of 1h0m0s\n")
 			assert.Contains(t, string(rest), "achieved: ")
