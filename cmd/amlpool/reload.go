@@ -23,6 +23,7 @@ import (
 type reloader struct {
 	path   string
 	keys   keySource
+	opts   scoreOptions // the run's files, which the config's key and token files must not be (distinctFiles)
 	client *amlpool.Client
 	say    func(string) // prints a line of its own, even under a progress bar
 
@@ -100,9 +101,15 @@ func (h *hupHandler) stop() {
 
 // reload reads the config again and gives its endpoints to the Client. A
 // config that fails to load or check changes nothing: the endpoints in use
-// go on, and the error is said.
+// go on, and the error is said. The checks are the first load's
+// (prepare): a key or token file the config names must not be one the run
+// writes (--out, --rejects, --stats) nor its input, whose text would be
+// sent as a key.
 func (r *reloader) reload() {
 	cfg, eps, err := loadConfig(r.path, r.keys)
+	if err == nil {
+		err = distinctFiles(r.opts, cfg.keyFiles(r.path)...)
+	}
 	if err == nil {
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.

@@ -359,7 +359,9 @@ func TestStatsSumAnEndpointsLives(t *testing.T) {
 	require.NoError(t, err)
 	defer client.Close()
 	var said []string
-	r := &reloader{path: path, keys: ks, client: client, say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
+	opts := scoreOptions{config: path, in: filepath.Join(dir, "rows.csv"), out: filepath.Join(dir, "scored.csv"),
+		rejects: filepath.Join(dir, "scored.rejects.csv"), stats: filepath.Join(dir, "scored.stats.json")}
+	r := &reloader{path: path, keys: ks, opts: opts, client: client, say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
 	// callUntil makes calls until s has answered n more.
 	callUntil := func(s *amltest.Server, n int64) {
 		t.Helper()
@@ -393,6 +395,74 @@ func TestStatsSumAnEndpointsLives(t *testing.T) {
 	assert.Equal(t, servers[0].Stats().Requests+servers[2].Stats().Requests, rs.Endpoints[0].Calls, "a's three lives")
 	assert.Equal(t, "b", rs.Endpoints[1].Name)
 	assert.Equal(t, servers[1].Stats().Requests, rs.Endpoints[1].Calls)
+}
+
+// A SIGHUP applies the first load's file checks: a config that names one of
+// the run's files (--in, --out, --rejects, --stats) as a key or token file
+// is refused, naming both, and the endpoints in use go on, their keys
+// unchanged; the run's file's text is never sent as a key.
+func TestReloadChecksKeyFilesAsTheFirstLoad(t *testing.T) {
+	dir := t.TempDir()
+	s1 := amltest.NewServer(amltest.Config{Name: "s1", MaxConcurrentCalls: 2})
+	t.Cleanup(s1.Close)
+	s2 := amltest.NewServer(amltest.Config{Name: "s2", MaxConcurrentCalls: 2})
+	t.Cleanup(s2.Close)
+	ks := keySource{getenv: func(name string) string { return map[string]string{"K1": s1.Endpoint().APIKey}[name] }, readFile: os.ReadFile}
+	path := filepath.Join(dir, "pool.json")
+	config := func(eps ...string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(path, []byte(`{"endpoints":[`+strings.Join(eps, ",")+`]}`), 0o644))
+	}
+	e1 := fmt.Sprintf(`{"name":"a","url":%q,"apiKeyEnv":"K1","maxConcurrentCalls":2}`, s1.URL())
+	opts := scoreOptions{config: path, in: filepath.Join(dir, "rows.csv"), out: filepath.Join(dir, "scored.csv"),
+		rejects: filepath.Join(dir, "scored.rejects.csv"), stats: filepath.Join(dir, "scored.stats.json")}
+	for _, f := range []string{opts.in, opts.out, opts.rejects, opts.stats} {
+		require.NoError(t, os.WriteFile(f, []byte("secret-row\n"), 0o644)) // a resumed run's: there already
+	}
+	config(e1)
+	cfg, eps, err := loadConfig(path, ks)
+	require.NoError(t, err)
+	client, err := newClient(path, cfg, eps)
+	require.NoError(t, err)
+	defer client.Close()
+	var said []string
+	r := &reloader{path: path, keys: ks, opts: opts, client: client, say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
+
+	for _, tt := range []struct {
+		flag, file, field string
+	}{
+		{"--in", opts.in, "apiKeyFile"},
+		{"--out", opts.out, "apiKeyFile"},
+		{"--rejects", opts.rejects, "apiKeyFile"},
+		{"--stats", opts.stats, "apiKeyFile"},
+		{"--out", opts.out, "secondaryKeyFile"},
+	} {
+		said = nil
+		e2 := fmt.Sprintf(`{"name":"b","url":%q,"apiKeyEnv":"K1",%q:%q,"maxConcurrentCalls":2}`, s2.URL(), tt.field, tt.file)
+		if tt.field == "apiKeyFile" {
+			e2 = fmt.Sprintf(`{"name":"b","url":%q,%q:%q,"maxConcurrentCalls":2}`, s2.URL(), tt.field, tt.file)
+		}
+		config(e1, e2)
+		r.reload()
+		require.Len(t, said, 1, tt.flag)
+		assert.Contains(t, said[0], tt.flag+" "+tt.file+" is the same file as the \""+tt.field+"\" of endpoints[1] (b)", tt.flag)
+		assert.Contains(t, said[0], "the endpoints in use go on", tt.flag)
+		assert.NotContains(t, said[0], "secret-row")
+		st := client.Stats()
+		require.Len(t, st.Endpoints, 1, "%s: the bad config's endpoints were taken", tt.flag)
+		assert.Equal(t, "a", st.Endpoints[0].Name)
+	}
+	assert.Zero(t, s2.Stats().Requests)
+
+	// The same config with a key file of its own is taken.
+	said = nil
+	keyFile := filepath.Join(dir, "b.key")
+	require.NoError(t, os.WriteFile(keyFile, []byte(s2.Endpoint().APIKey+"\n"), 0o600))
+	config(e1, fmt.Sprintf(`{"name":"b","url":%q,"apiKeyFile":%q,"maxConcurrentCalls":2}`, s2.URL(), keyFile))
+	r.reload()
+	require.Len(t, said, 1)
+	assert.Contains(t, said[0], "added b (2 slots)")
+	assert.Len(t, client.Stats().Endpoints, 2)
 }
 
 // The tally tells an endpoint's lives apart from snapshots alone where a

@@ -55,10 +55,11 @@ SIGHUP reloads the config's endpoints while the run goes on: added ones
 take calls at once, removed ones finish their calls in flight, new caps,
 keys, headers and tiers apply to the next call (a key named by
 "apiKeyFile" is read again). The change is printed; a config that fails to
-load or check is reported and the endpoints in use go on. A SIGHUP never
-stops the command: one sent before the scoring starts (while the input's
-header is read from a pipe, say) is applied when it starts, and one sent
-after the scoring ends is ignored; both are said.
+load or check (the checks of the start: a key or token file it names must
+not be one of the run's files) is reported and the endpoints in use go on.
+A SIGHUP never stops the command: one sent before the scoring starts
+(while the input's header is read from a pipe, say) is applied when it
+starts, and one sent after the scoring ends is ignored; both are said.
 
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
@@ -497,7 +498,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 		return w.sink(ch)
 	}
 	// SIGHUP gives the run the config's endpoints as they are now.
-	r := &reloader{path: o.config, keys: osKeys, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps, tally: &endpointTally{}}
+	r := &reloader{path: o.config, keys: osKeys, opts: o, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps, tally: &endpointTally{}}
 	hup.scoring(r.reload)
 	start := time.Now()
 	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
