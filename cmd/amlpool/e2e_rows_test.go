@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -284,8 +285,9 @@ func TestScoreResumeProgress(t *testing.T) {
 // content when the reject file's format is not the input's: a CSV row of
 // the wrong width in JSON Lines rejects (whose keys need a full row) keeps
 // its cells, in its columns where they fit and whole in "text"; a JSON Lines
-// line that could not be read as a row, in CSV rejects (no text column),
-// keeps its text under the first input column.
+// line that could not be read as a row (not JSON, a key that is no column)
+// keeps its text in the CSV rejects' "text" column, which they have for a
+// JSON Lines input.
 func TestScoreRejectsKeepRowsAcrossFormats(t *testing.T) {
 	dir := t.TempDir()
 	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4}}, `,"outputColumns":["Scored Probabilities"]`)
@@ -301,11 +303,81 @@ func TestScoreRejectsKeepRowsAcrossFormats(t *testing.T) {
 	assert.Equal(t, [][]any{{3.0, `2,b,"x,y"`, "2", "b"}, {4.0, "3", "3", nil}}, got)
 
 	in, out = filepath.Join(dir, "rows.jsonl"), filepath.Join(dir, "scored.csv")
-	require.NoError(t, os.WriteFile(in, []byte(`{"id":"1","name":"a"}`+"\nnot json\n"+`{"id":"3","name":"c"}`+"\n"), 0o644))
+	input := []string{
+		`{"id":"1","name":"a"}`,
+		`not json`,
+		`{"id":"3","name":"c","extra":"kept, \"quoted\""}`,
+		`{"id":"4"}`,
+		`{"id":"5","name":"e"}`,
+	}
+	require.NoError(t, os.WriteFile(in, []byte(strings.Join(input, "\n")+"\n"), 0o644))
 	code, stderr = runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
 	require.Equal(t, 1, code, stderr)
 	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
-	require.Len(t, rej, 2, "%q", rej)
-	assert.Equal(t, []string{"2", "2"}, rej[1][:2])
-	assert.Equal(t, []string{"not json"}, rej[1][3:], "the line's text, in the first input column")
+	assert.Equal(t, [][]string{
+		{"line", "row", "error", "text", "id", "name"},
+		{"2", "2", "not JSON: invalid character 'o' in literal null (expecting 'u')", "not json", "", ""},
+		{"3", "3", `key "extra" is not a column (columns come from the first row)`, input[2], "3", "c"},
+		{"4", "4", `no key "name" (every row needs every column)`, input[3], "4", ""},
+	}, rej, "each bad line whole in text, its cells under their columns")
+}
+
+// TestScoreRejectsKeepBytesThatAreNotUTF8 checks that a row with bytes that
+// are not UTF-8 keeps them in the reject file: byte for byte in CSV, and in
+// JSON Lines, where a string cannot hold them, as {"base64": …}.
+func TestScoreRejectsKeepBytesThatAreNotUTF8(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4}}, `,"outputColumns":["Scored Probabilities"]`)
+	unbase := func(v any) string {
+		t.Helper()
+		m, ok := v.(map[string]any)
+		require.True(t, ok, "not an object: %#v", v)
+		require.Len(t, m, 1)
+		b, err := base64.StdEncoding.DecodeString(m["base64"].(string))
+		require.NoError(t, err)
+		return string(b)
+	}
+
+	// CSV in: a bad field; a bare quote on a line that is not UTF-8; a
+	// row of the wrong width that is not UTF-8.
+	csvIn := "id,name\n1,a\n2,b\xff\xfe\n3,x\"\xc3(\n4,d,\xe2\x82\n5,e\n"
+	in := filepath.Join(dir, "rows.csv")
+	require.NoError(t, os.WriteFile(in, []byte(csvIn), 0o644))
+	out := filepath.Join(dir, "scored.jsonl")
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	rej := readJSONL(t, filepath.Join(dir, "scored.rejects.jsonl"))
+	require.Len(t, rej, 3)
+	assert.Equal(t, "2", rej[0]["id"])
+	assert.Equal(t, "b\xff\xfe", unbase(rej[0]["name"]))
+	assert.Nil(t, rej[0]["text"])
+	assert.Equal(t, "3,x\"\xc3(", unbase(rej[1]["text"]), "the line as it stands")
+	assert.Equal(t, "3", rej[1]["id"])
+	assert.Equal(t, "x\"\xc3(", unbase(rej[1]["name"]), "its cells, read loosely")
+	assert.Equal(t, "4,d,\xe2\x82", unbase(rej[2]["text"]), "the row as a CSV line")
+	assert.Equal(t, "d", rej[2]["name"])
+	out = filepath.Join(dir, "scored.csv")
+	code, stderr = runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	b, err := os.ReadFile(filepath.Join(dir, "scored.rejects.csv"))
+	require.NoError(t, err)
+	assert.Contains(t, string(b), ",2,b\xff\xfe\n")
+	assert.Contains(t, string(b), ",4,d,\xe2\x82\n")
+
+	// JSON Lines in: a line that is not UTF-8, in both reject formats.
+	bad := "{\"id\":\"2\",\"name\":\"b\xff\"}"
+	in = filepath.Join(dir, "rows.jsonl")
+	require.NoError(t, os.WriteFile(in, []byte(`{"id":"1","name":"a"}`+"\n"+bad+"\n"), 0o644))
+	out = filepath.Join(dir, "scored2.jsonl")
+	code, stderr = runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	rej = readJSONL(t, filepath.Join(dir, "scored2.rejects.jsonl"))
+	require.Len(t, rej, 1)
+	assert.Equal(t, bad, unbase(rej[0]["text"]))
+	out = filepath.Join(dir, "scored2.csv")
+	code, stderr = runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out))
+	require.Equal(t, 1, code, stderr)
+	b, err = os.ReadFile(filepath.Join(dir, "scored2.rejects.csv"))
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `,"{""id"":""2"",""name"":""b`+"\xff"+`""}",,`+"\n", "the line byte for byte, in text")
 }

@@ -39,14 +39,17 @@ the input, the config, the key and token files it names, and each other
 config or one of its key or token files, whose lines would be sent as rows.
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
-number and the error; nothing is dropped. A quote left open in a CSV is
-the error of the line where it opens, and the lines after it are read as
-rows. When the service blames a chunk's input (HTTP 400), the chunk is
-split until each bad row stands alone: the other rows are scored, and each
-bad row is rejected with the service's message for it (--no-split turns
-this off). The exit status is 0 when every row was scored, 1 when some
-were rejected or the run failed, 2 for bad flags, config or input, 130 when
-interrupted.
+number and the error; nothing is dropped. A line that could not be read
+into cells keeps its text in the column "text" (JSON Lines rejects, and
+CSV rejects of a JSON Lines input); in JSON Lines rejects a text or cell
+that is not valid UTF-8 is written as {"base64": "..."}, so that its bytes
+survive. A quote left open in a CSV is the error of the line where it
+opens, and the lines after it are read as rows. When the service blames
+a chunk's input (HTTP 400), the chunk is split until each bad row stands
+alone: the other rows are scored, and each bad row is rejected with the
+service's message for it (--no-split turns this off). The exit status is
+0 when every row was scored, 1 when some were rejected or the run failed,
+2 for bad flags, config or input, 130 when interrupted.
 
 Requests wait for free slots at --priority, low by default: batch work,
 which calls of higher priority on the same Client pass in line.
@@ -347,7 +350,7 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if online {
 		port = cmpOr(cfg.Output, "output")
 	}
-	w := &writer{inCols: r.Columns(), port: port, keep: cfg.OutputColumns, byName: online, lines: &lineLog{}}
+	w := &writer{inCols: r.Columns(), inFormat: inFormat, port: port, keep: cfg.OutputColumns, byName: online, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
 	}

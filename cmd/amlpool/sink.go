@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/rows"
@@ -146,6 +148,7 @@ func (o *outFile) close() error {
 type writer struct {
 	out, rej *outFile
 	inCols   []string
+	inFormat rows.Format
 	port     string   // output port, for naming clashing columns
 	keep     []string // service columns to keep; nil keeps all
 	byName   bool     // online: later replies' columns are found by name (see columns)
@@ -315,12 +318,13 @@ func plural(n int, one, many string) string {
 	return many
 }
 
-// rejectColumns returns the reject file's columns: line, row and error (and,
-// in JSON Lines, the text of a line that could not be read as a row), then
-// the input's. A name the input uses already gets a leading underscore.
-func rejectColumns(format rows.Format, inCols []string) []string {
+// rejectColumns returns the reject file's columns: line, row and error,
+// then text (the text of a line that could not be read as a row) when text
+// is true, then the input's. A name the input uses already gets a leading
+// underscore.
+func rejectColumns(text bool, inCols []string) []string {
 	meta := []string{"line", "row", "error"}
-	if format == rows.JSONL {
+	if text {
 		meta = append(meta, "text")
 	}
 	for i, m := range meta {
@@ -330,6 +334,14 @@ func rejectColumns(format rows.Format, inCols []string) []string {
 		meta[i] = m
 	}
 	return append(meta, inCols...)
+}
+
+// rejectText says whether a reject file has a text column: JSON Lines
+// rejects always (their keys need a full row, so a row of the wrong width
+// goes there whole), and CSV rejects of a JSON Lines input, whose bad line
+// (not JSON, a key that is no column) fits no cells.
+func rejectText(rejFormat, inFormat rows.Format) bool {
+	return rejFormat == rows.JSONL || inFormat == rows.JSONL
 }
 
 // reject writes the rows of a failed chunk with their input line and row
@@ -355,7 +367,8 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 	if err := w.switchTo(w.rej); err != nil {
 		return err
 	}
-	cols := rejectColumns(w.rej.format, w.inCols)
+	hasText := rejectText(w.rej.format, w.inFormat)
+	cols := rejectColumns(hasText, w.inCols)
 	if err := w.rej.start(cols, w.inCols); err != nil {
 		return err
 	}
@@ -370,25 +383,32 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 		if isRowErr {
 			text = rowErr.Text
 		}
-		if w.rej.format == rows.JSONL {
-			if len(in) != len(w.inCols) {
-				// JSON Lines keys need a full row: the cells that fit go
-				// under their columns, and all of them, as a CSV line,
-				// to text, so that none is lost.
-				if text == "" {
-					text = csvLine(in)
-				}
-				in = append(slices.Clip(in[:min(len(in), len(w.inCols))]), make([]any, max(0, len(w.inCols)-len(in)))...)
+		if len(in) == 0 { // a line read into no cells (not JSON, too long): empty ones, under every column
+			in = make([]any, len(w.inCols))
+		}
+		if w.rej.format == rows.JSONL && len(in) != len(w.inCols) {
+			// JSON Lines keys need a full row: the cells that fit go
+			// under their columns, and all of them, as a CSV line, to
+			// text, so that none is lost.
+			if text == "" {
+				text = csvLine(in)
 			}
-			var t any // null unless the row could not be read as it stands
+			in = append(slices.Clip(in[:min(len(in), len(w.inCols))]), make([]any, max(0, len(w.inCols)-len(in)))...)
+		}
+		if hasText {
+			var t any // null (CSV: empty) unless the row could not be read as it stands
 			if text != "" {
 				t = text
 			}
 			rec = append(rec, t)
-		} else if len(in) == 0 && text != "" {
-			in = []any{text} // a line that could not be split into cells: kept whole, under the first input column
 		}
-		if err := w.rej.w.Write(append(rec, in...)); err != nil {
+		rec = append(rec, in...)
+		if w.rej.format == rows.JSONL {
+			for j := 3; j < len(rec); j++ { // text and cells: not valid UTF-8, they go so that they survive
+				rec[j] = jsonSafe(rec[j])
+			}
+		}
+		if err := w.rej.w.Write(rec); err != nil {
 			return err
 		}
 	}
@@ -398,6 +418,20 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 	}
 	w.lines.forget(ch.Start + len(ch.Input))
 	return nil
+}
+
+// jsonSafe returns a cell as a JSON Lines reject file writes it: a string
+// that is not valid UTF-8, which a JSON string cannot hold (an encoder
+// would put U+FFFD for its bad bytes), becomes {"base64": its bytes in
+// standard base64}; anything else is as it is. No such object can be taken
+// for a cell of the input: a CSV input's cells are strings, and a JSON
+// Lines input that is not valid UTF-8 is not read into cells at all (its
+// line is the text, a string otherwise).
+func jsonSafe(v any) any {
+	if s, ok := v.(string); ok && !utf8.ValidString(s) {
+		return map[string]string{"base64": base64.StdEncoding.EncodeToString([]byte(s))}
+	}
+	return v
 }
 
 // csvLine returns cells as one CSV record without its line end.

@@ -14,9 +14,13 @@ import (
 )
 
 func TestRejectColumnsAvoidTheInputs(t *testing.T) {
-	assert.Equal(t, []string{"line", "row", "error", "id"}, rejectColumns(rows.CSV, []string{"id"}))
+	assert.Equal(t, []string{"line", "row", "error", "id"}, rejectColumns(false, []string{"id"}))
 	assert.Equal(t, []string{"_line", "row", "__error", "text", "line", "error", "_error"},
-		rejectColumns(rows.JSONL, []string{"line", "error", "_error"}), "no name twice: a JSON Lines object could not be read back")
+		rejectColumns(true, []string{"line", "error", "_error"}), "no name twice: a JSON Lines object could not be read back")
+	assert.False(t, rejectText(rows.CSV, rows.CSV))
+	assert.True(t, rejectText(rows.JSONL, rows.CSV))
+	assert.True(t, rejectText(rows.CSV, rows.JSONL), "a JSON Lines line that is not a row fits no CSV cells")
+	assert.True(t, rejectText(rows.JSONL, rows.JSONL))
 }
 
 // TestLineLog notes rows on lines with gaps (blank lines, records over
