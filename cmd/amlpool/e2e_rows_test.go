@@ -381,3 +381,92 @@ func TestScoreRejectsKeepBytesThatAreNotUTF8(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(b), `,"{""id"":""2"",""name"":""b`+"\xff"+`""}",,`+"\n", "the line byte for byte, in text")
 }
+
+// TestScoreResumeRefusesAChangedInput: --resume checks the rows the files
+// hold against the input, as the output echoes each scored row's input
+// columns. An input of the same header and length whose scored row changed,
+// or cannot be read now, is refused (exit status 2), naming the row, its
+// line and the column, never a cell; the same input resumes, whatever its
+// cells hold (quotes, CR LF, JSON numbers, objects, null), in every pair of
+// formats.
+func TestScoreResumeRefusesAChangedInput(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Score: poison("6")}}, `,"outputColumns":["Scored Probabilities"]`)
+	inputs := map[string][]string{
+		"csv": {
+			"id,name",
+			`1,"a, ""b""` + "\r\n" + `c"`,
+			"2, lead",
+			`3,\.`,
+			"4,é ü",
+			`5,"<&>"`,
+			"6,x", // the model cannot score it
+			"7",   // the wrong width
+			"8,last",
+		},
+		"jsonl": {
+			`{"id":"1","name":"a\r\nb <&> é"}`,
+			`{"id":"2","name":1.50}`,
+			`{"name":{"b":1,"a":[1,2.0]},"id":"3"}`,
+			`{"id":"4","name":null}`,
+			`{"id":"5","name":true}`,
+			`{"id":"6","name":"x"}`,
+			`not json`,
+			`{"id":"8","name":"last"}`,
+		},
+	}
+	for _, inFormat := range []string{"csv", "jsonl"} {
+		for _, outFormat := range []string{"csv", "jsonl"} {
+			t.Run(inFormat+" to "+outFormat, func(t *testing.T) {
+				lines := inputs[inFormat]
+				in := filepath.Join(dir, inFormat+outFormat+".in."+inFormat)
+				out := filepath.Join(dir, inFormat+outFormat+".out."+outFormat)
+				rej := strings.TrimSuffix(out, "."+outFormat) + ".rejects." + outFormat
+				write := func(lines []string) {
+					t.Helper()
+					require.NoError(t, os.WriteFile(in, []byte(strings.Join(lines, "\n")+"\n"), 0o644))
+				}
+				args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--progress", "none"}
+				write(lines)
+				code, stderr := runCmd(t, p.command(t, args...))
+				require.Equal(t, 1, code, stderr)
+				wantOut, err := os.ReadFile(out)
+				require.NoError(t, err)
+				wantRej, err := os.ReadFile(rej)
+				require.NoError(t, err)
+
+				code, stderr = runCmd(t, p.command(t, append(args, "--resume")...))
+				require.Equal(t, 0, code, "the same input resumes: %s", stderr)
+
+				line := func(row int) int { // CSV: the header, and row 1 over two lines
+					return map[string]int{"csv": row + 2, "jsonl": row}[inFormat]
+				}
+				last := len(lines) - 1 // row 8, scored after both rejects
+				changed := slices.Clone(lines)
+				changed[last] = strings.Replace(changed[last], "last", "lust", 1) // the same length
+				write(changed)
+				code, stderr = runCmd(t, p.command(t, append(args, "--resume")...))
+				assert.Equal(t, 2, code, stderr)
+				assert.Contains(t, stderr, fmt.Sprintf("cannot resume: row 8 (line %d) of %s is not the row %s holds scored for it: column \"name\" differs: "+
+					"has the input changed since the run to resume?", line(8), in, out))
+				assert.NotContains(t, stderr, "lust")
+				assert.NotContains(t, stderr, "last")
+
+				bad := slices.Clone(lines)
+				bad[last-3] = map[string]string{"csv": `5,"<&>",x`, "jsonl": `{"id":"5"}`}[inFormat] // row 5, scored
+				write(bad)
+				code, stderr = runCmd(t, p.command(t, append(args, "--resume")...))
+				assert.Equal(t, 2, code, stderr)
+				assert.Contains(t, stderr, fmt.Sprintf("cannot resume: row 5 (line %d) of %s cannot be read now (", line(5), in))
+				assert.Contains(t, stderr, "), but "+out+" holds it scored: has the input changed")
+
+				gotOut, err := os.ReadFile(out)
+				require.NoError(t, err)
+				gotRej, err := os.ReadFile(rej)
+				require.NoError(t, err)
+				assert.Equal(t, string(wantOut), string(gotOut), "a refused resume leaves the files as they were")
+				assert.Equal(t, string(wantRej), string(gotRej))
+			})
+		}
+	}
+}

@@ -67,7 +67,9 @@ starts, and one sent after the scoring ends is ignored; both are said.
 Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
 --resume goes on from there without scoring a row twice; so does a run
-killed outright.
+killed outright. It first checks that the input is the one the files were
+written from: a row the output holds scored that the input now holds
+otherwise, or cannot read, is refused, naming the row, line and column.
 
 Each run writes statistics (rows, rate, request latency, per-endpoint calls)
 as JSON to --stats, for "amlpool plan --from-stats".
@@ -360,12 +362,8 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	}
 	s.base = w.out.rows + w.rej.rows
 	w.base = s.base
-	for i := range s.base {
-		if _, err := r.Next(); err == io.EOF {
-			return fail(usageError{fmt.Errorf("cannot resume: %s and %s hold %d rows, but %s has only %d: not the same input?", o.out, o.rejects, s.base, o.in, i)})
-		} else if err != nil && !errors.As(err, new(*amlpool.RowError)) {
-			return fail(fmt.Errorf("%s: %w", o.in, err))
-		}
+	if err := skipSettled(r, o.in, w.out, w.rej, w.inCols, rejectText(outFormat, inFormat)); err != nil {
+		return fail(err)
 	}
 	s.src = &countingSource{r: r, lines: w.lines}
 	if s.client, err = newClient(o.config, cfg, eps); err != nil {
