@@ -172,10 +172,10 @@ func TestCredentialBoundedByTheAttemptTimeout(t *testing.T) {
 	})
 }
 
-// TestCredentialBadToken: a token that is empty or could split headers is
-// refused before sending, and never quoted.
+// TestCredentialBadToken: a token that is empty, could split headers or
+// has white space around it is refused before sending, and never quoted.
 func TestCredentialBadToken(t *testing.T) {
-	for _, tok := range []string{"", "s3cr3t-tok\r\nX-Injected: 1", "s3cr3t-tok\x00"} {
+	for _, tok := range []string{"", "s3cr3t-tok\r\nX-Injected: 1", "s3cr3t-tok\x00", "s3cr3t-tok ", " s3cr3t-tok", "  "} {
 		srvs := onlineServers(t, 1, 4)
 		c := newClient(t, tokenEndpoints(srvs, amlpool.CredentialFunc(func(context.Context) (string, error) { return tok, nil })),
 			amlpool.WithoutRetries())

@@ -43,7 +43,8 @@ type Endpoint struct {
 	// compared in any case, and a default port (443, 80) counts as none.
 	URL string
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
-	// only. Redirects are never followed, so the key goes nowhere else.
+	// only. Redirects are never followed, so the key goes nowhere else. It
+	// may not begin or end with white space, nor hold a control character.
 	APIKey string
 	// MaxConcurrentCalls is the endpoint's cap on calls in flight. Classic:
 	// 1 to 200, zero meaning DefaultMaxConcurrentCalls (20), the service's
@@ -471,7 +472,7 @@ func checkHeaderName(name string) string {
 	return ""
 }
 
-// checkKey returns what is wrong with a key, or "".
+// checkKey returns what is wrong with a key or token, or "".
 func checkKey(key string) string {
 	if strings.ContainsAny(key, "\r\n") {
 		return "contains a line break"
@@ -479,6 +480,14 @@ func checkKey(key string) string {
 	if i := strings.IndexFunc(key, isControl); i >= 0 {
 		// net/http would refuse it on every call; say so once, here.
 		return fmt.Sprintf("contains a control character at byte %d", i)
+	}
+	if strings.TrimSpace(key) != key {
+		// No key or token has any (keys are base64, tokens JWTs): it came
+		// with the key from a file or a paste. The service would get
+		// another key than the one given (net/http trims a header value's
+		// end; a start makes "Bearer  key"), or none for a key of spaces,
+		// and a reply echoing the key it got would escape the scrubbing.
+		return "begins or ends with white space, which no key or token has (read with its line end?)"
 	}
 	return ""
 }

@@ -281,6 +281,15 @@ func TestSetEndpointsRefusesABadSetWhole(t *testing.T) {
 	require.Len(t, c.Stats().Endpoints, 1)
 	assert.Equal(t, "ep0", c.Stats().Endpoints[0].Name)
 
+	// A rotated key pasted with a space around it names the endpoint
+	// and its field, never the key.
+	rotated := eps[0]
+	rotated.APIKey = " " + eps[0].APIKey
+	err = c.SetEndpoints([]amlpool.Endpoint{rotated})
+	require.ErrorAs(t, err, &cfgErr)
+	assert.Equal(t, amlpool.ConfigError{Endpoint: "ep0", Field: "APIKey",
+		Problem: "begins or ends with white space, which no key or token has (read with its line end?)"}, *cfgErr)
+
 	assert.ErrorIs(t, c.SetEndpoints(nil), amlpool.ErrInvalidConfig)
 	dup := []amlpool.Endpoint{eps[0], eps[0]}
 	assert.ErrorIs(t, c.SetEndpoints(dup), amlpool.ErrInvalidConfig)
