@@ -176,18 +176,14 @@ func (c *poolConfig) keyFiles(path string) []runFile {
 
 // resolve reads the key that an endpoint's "<field>Env" or "<field>File"
 // names; exactly one of them for a required key, at most one otherwise.
-// A key file holds the key alone; spaces and line breaks around it are
-// dropped. Errors never show a key.
+// A key file or variable holds the key alone; spaces and line breaks
+// around it are dropped. Errors never show a key.
 func (s keySource) resolve(field, env, file string, required bool) (string, error) {
 	switch {
 	case env != "" && file != "":
 		return "", fmt.Errorf(`"%sEnv" and "%sFile": give one, not both`, field, field)
 	case env != "":
-		k := s.getenv(env)
-		if k == "" {
-			return "", fmt.Errorf(`"%sEnv": environment variable %s is not set or empty`, field, env)
-		}
-		return k, nil
+		return s.fromEnv(field+"Env", env)
 	case file != "":
 		b, err := s.readFile(file)
 		if err != nil {
@@ -202,6 +198,22 @@ func (s keySource) resolve(field, env, file string, required bool) (string, erro
 		return "", fmt.Errorf(`"%sEnv": missing; name the environment variable (or with "%sFile", the file) that holds this endpoint's key`, field, field)
 	}
 	return "", nil
+}
+
+// fromEnv reads the key or token in the environment variable name, which
+// the config's field names, without the spaces and line breaks around it,
+// as a key file loses them: a variable set from a file (a Kubernetes
+// secret made from one) may keep the file's last line break.
+func (s keySource) fromEnv(field, name string) (string, error) {
+	v := s.getenv(name)
+	k := strings.TrimSpace(v)
+	switch {
+	case v == "":
+		return "", fmt.Errorf(`"%s": environment variable %s is not set or empty`, field, name)
+	case k == "":
+		return "", fmt.Errorf(`"%s": environment variable %s holds only white space`, field, name)
+	}
+	return k, nil
 }
 
 // checkColumnList refuses a blank or repeated column name: a row file

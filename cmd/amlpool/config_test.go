@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
 )
 
@@ -167,5 +168,45 @@ func TestBenchRefusesToSendItsConfigOrKeys(t *testing.T) {
 		assert.Equal(t, 2, run([]string{"bench", "--config", cfg, "--in", tt.in, "--duration", "1s"}, &out, &errOut), tt.in)
 		assert.Contains(t, errOut.String(), tt.want)
 		assert.NotContains(t, errOut.String()+out.String(), "the-secret-key")
+	}
+}
+
+// A key or token loses the spaces and line breaks around it, from a
+// variable (a Kubernetes secret made from a file keeps its line end) as
+// from a file, which the Client would refuse; one of white space only is
+// an error naming the variable, never its value.
+func TestConfigKeysLoseTheWhiteSpaceAroundThem(t *testing.T) {
+	dir := t.TempDir()
+	keyFile, tokFile := filepath.Join(dir, "key"), filepath.Join(dir, "tok")
+	require.NoError(t, os.WriteFile(keyFile, []byte("file-key\n"), 0o600))
+	require.NoError(t, os.WriteFile(tokFile, []byte("file-token\r\n"), 0o600))
+	env := map[string]string{"K": "env-key\n", "K2": " env-key-2\t", "T": "env-token\n", "BLANK": " \n"}
+	keys := keySource{getenv: func(name string) string { return env[name] }, readFile: os.ReadFile}
+	_, eps, err := parseConfig([]byte(`{"endpoints":[
+		{"name":"a","url":"https://a/x","apiKeyEnv":"K","secondaryKeyEnv":"K2"},
+		{"name":"b","url":"https://b/x","apiKeyFile":"`+keyFile+`","secondaryKeyEnv":"K"},
+		{"name":"c","url":"https://c/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"T"},
+		{"name":"d","url":"https://d/score","kind":"online","maxConcurrentCalls":4,"tokenFile":"`+tokFile+`"}]}`), keys)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"env-key", "env-key-2"}, []string{eps[0].APIKey, eps[0].SecondaryKey})
+	assert.Equal(t, []string{"file-key", "env-key"}, []string{eps[1].APIKey, eps[1].SecondaryKey})
+	for i, want := range map[int]string{2: "env-token", 3: "file-token"} {
+		tok, err := eps[i].Credential.Token(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, want, tok)
+	}
+	c, err := amlpool.New(eps[:2])
+	require.NoError(t, err, "the Client takes the keys")
+	require.NoError(t, c.Close())
+
+	for _, tt := range []struct{ file, want string }{
+		{`{"endpoints":[{"name":"a","url":"https://a/x","apiKeyEnv":"BLANK"}]}`, `endpoints[0] (a): "apiKeyEnv": environment variable BLANK holds only white space`},
+		{`{"endpoints":[{"url":"https://a/x","apiKeyEnv":"K","secondaryKeyEnv":"BLANK"}]}`, `endpoints[0]: "secondaryKeyEnv": environment variable BLANK holds only white space`},
+		{`{"endpoints":[{"url":"https://c/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"BLANK"}]}`, `endpoints[0]: "tokenEnv": environment variable BLANK holds only white space`},
+		{`{"endpoints":[{"url":"https://c/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"NONE"}]}`, `endpoints[0]: "tokenEnv": environment variable NONE is not set or empty`},
+	} {
+		_, _, err := parseConfig([]byte(tt.file), keys)
+		require.Error(t, err, tt.file)
+		assert.Equal(t, tt.want, err.Error())
 	}
 }

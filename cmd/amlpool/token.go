@@ -243,9 +243,9 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 	case !token:
 		return nil, nil
 	case e.TokenEnv != "":
-		tok := keys.getenv(e.TokenEnv)
-		if tok == "" {
-			return nil, fmt.Errorf(`%s: "tokenEnv": environment variable %s is not set or empty`, label, e.TokenEnv)
+		tok, err := keys.fromEnv("tokenEnv", e.TokenEnv)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
 		}
 		return staticToken(tok), nil
 	case e.TokenFile != "":
