@@ -66,9 +66,11 @@ type Endpoint struct {
 	Kind Kind `json:",omitzero"`
 	// Header holds extra request headers for this endpoint only, e.g.
 	// "azureml-model-deployment: blue" to pin an online endpoint's
-	// deployment. Authorization, Content-Type, Accept, Content-Length, Host,
-	// Connection and Transfer-Encoding cannot be set this way. Its values
-	// are not treated as secrets, but printed Endpoints show only its names.
+	// deployment. Authorization, Content-Type, Content-Encoding, Accept,
+	// Accept-Encoding (net/http asks for gzip and decodes it), Content-Length,
+	// Host, Connection and Transfer-Encoding cannot be set this way. Its
+	// values are not treated as secrets, but printed Endpoints show only its
+	// names.
 	Header http.Header
 	// Credential, when set instead of APIKey, gives each attempt's bearer
 	// token (see Credential). A token is a secret under every rule that
@@ -418,9 +420,26 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 }
 
 // reservedHeaders are the headers Endpoint.Header cannot set: amlpool's
-// own (the key or token, the body's type and length, the type of reply it
-// reads, the host the URL names) and net/http's framing.
-var reservedHeaders = []string{"Authorization", "Content-Type", "Accept", "Content-Length", "Host", "Connection", "Transfer-Encoding"}
+// own (the key or token, the body's type, encoding and length, the type of
+// reply it reads, the host the URL names) and net/http's framing and
+// compression.
+var reservedHeaders = []string{"Authorization", "Content-Type", "Content-Encoding", "Accept", "Accept-Encoding",
+	"Content-Length", "Host", "Connection", "Transfer-Encoding"}
+
+// reservedProblem says why Header cannot set the reserved header name.
+func reservedProblem(name string) string {
+	switch name {
+	case "Accept-Encoding":
+		// Set by hand, it turns net/http's transparent decoding off: a
+		// gzip reply would reach the JSON decoder compressed.
+		return "Accept-Encoding cannot be set through Header: net/http asks for gzip and decodes the reply itself, " +
+			"and hands on undecoded a reply it did not ask for; to have replies sent uncompressed, give WithHTTPClient " +
+			"a client whose Transport has DisableCompression"
+	case "Content-Encoding":
+		return "Content-Encoding cannot be set through Header: amlpool sends its JSON body uncompressed"
+	}
+	return name + " cannot be set through Header (amlpool sets it)"
+}
 
 // checkHeader checks an Endpoint's Header and returns a copy of it with
 // canonical names, never aliasing the caller's map or slices.
@@ -435,7 +454,7 @@ func checkHeader(h http.Header) (http.Header, *ConfigError) {
 		}
 		canon := http.CanonicalHeaderKey(name)
 		if slices.Contains(reservedHeaders, canon) {
-			return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("%s cannot be set through Header (amlpool sets it)", canon)}
+			return nil, &ConfigError{Field: "Header", Problem: reservedProblem(canon)}
 		}
 		if _, dup := out[canon]; dup {
 			return nil, &ConfigError{Field: "Header", Problem: fmt.Sprintf("%s given twice, in different cases", canon)}

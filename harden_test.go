@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,6 +215,57 @@ func (k *keyRecorder) keys() map[string]map[string]bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.seen
+}
+
+// TestGzipRepliesAreDecoded: net/http asks for gzip and decodes the reply
+// itself, but only when Accept-Encoding is its own: an Accept-Encoding
+// given through Endpoint.Header would hand the JSON decoder a compressed
+// reply (ErrMalformedResponse on every call), so New refuses it, in any
+// case, and so does SetEndpoints. A client that wants replies
+// uncompressed disables compression on its Transport.
+func TestGzipRepliesAreDecoded(t *testing.T) {
+	const reply = `{"Results": {"output1": {"type": "table", "value": {"ColumnNames": ["a"], "Values": [["1"]]}}}}`
+	var gzipped atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+			io.WriteString(w, reply)
+			return
+		}
+		gzipped.Add(1)
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, reply)
+		zw.Close()
+	}))
+	defer srv.Close()
+	ep := amlpool.Endpoint{URL: srv.URL + "/x", APIKey: "k"}
+
+	c := newClient(t, []amlpool.Endpoint{ep}, amlpool.WithoutRetries())
+	got, err := c.Do(t.Context(), []byte(body))
+	require.NoError(t, err)
+	assert.JSONEq(t, reply, string(got))
+	assert.EqualValues(t, 1, gzipped.Load(), "the reply came gzipped")
+
+	for _, h := range []http.Header{{"Accept-Encoding": {"gzip"}}, {"accept-encoding": {"identity"}}} {
+		e := ep
+		e.Header = h
+		_, err := amlpool.New([]amlpool.Endpoint{e})
+		var ce *amlpool.ConfigError
+		require.ErrorAs(t, err, &ce, "%v", h)
+		assert.Equal(t, "Header", ce.Field)
+		assert.Contains(t, ce.Problem, "Accept-Encoding cannot be set through Header")
+		assert.Contains(t, ce.Problem, "DisableCompression")
+		require.ErrorAs(t, c.SetEndpoints([]amlpool.Endpoint{e}), &ce, "%v", h)
+	}
+
+	plain := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer plain.CloseIdleConnections()
+	c = newClient(t, []amlpool.Endpoint{ep}, amlpool.WithHTTPClient(plain), amlpool.WithoutRetries())
+	got, err = c.Do(t.Context(), []byte(body))
+	require.NoError(t, err)
+	assert.JSONEq(t, reply, string(got))
+	assert.EqualValues(t, 1, gzipped.Load(), "the reply came uncompressed")
 }
 
 // Two endpoints on one host, different paths: each path gets its own key

@@ -316,6 +316,7 @@ func TestOnlineHeaders(t *testing.T) {
 		{"Content-Length", http.Header{"Content-Length": {"1"}}, "Content-Length cannot be set"},
 		{"Host", http.Header{"Host": {"evil"}}, "Host cannot be set"},
 		{"Accept, which amlpool would overwrite", http.Header{"accept": {"text/csv"}}, "Accept cannot be set"},
+		{"Content-Encoding, which would mislabel the body", http.Header{"Content-Encoding": {"gzip"}}, "Content-Encoding cannot be set"},
 		{"a line break in a value", http.Header{"X-A": {"a\r\nX-Injected: b"}}, "line break"},
 		{"a NUL in a value", http.Header{"X-A": {"a\x00"}}, "control character"},
 		{"a space in a name", http.Header{"X A": {"a"}}, "cannot have"},
