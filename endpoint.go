@@ -36,11 +36,15 @@ type Endpoint struct {
 	// URL is the endpoint's Request URI, e.g.
 	// https://ussouthcentral.services.azureml.net/workspaces/{ws}/services/{id}/execute?api-version=2.0&details=true.
 	// It must be absolute and https, except for loopback hosts (so httptest and
-	// amltest servers work) or when WithInsecureHTTP is given. It is shown
-	// as it is, but for a password, in printed Endpoints, spans and
-	// transport errors: it may not hold user info, nor the key as a query
-	// parameter's value. No two endpoints may have one URL; host names are
-	// compared in any case, and a default port (443, 80) counts as none.
+	// amltest servers work) or when WithInsecureHTTP is given. It may not
+	// hold user info, nor the key as a query parameter's value. It is sent
+	// as it is, but printed Endpoints, spans (url.full) and transport
+	// errors show its query's values as [REDACTED], but for the service's
+	// own api-version, details and format: another value may be a secret
+	// (an Azure SAS sig=). No two endpoints may have one URL; host names
+	// are compared in any case, and a default port (443, 80) counts as
+	// none. Two URLs that differ only in a redacted value print alike:
+	// their Names tell them apart.
 	URL string
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
 	// only. Redirects are never followed, so the key goes nowhere else. It
@@ -187,14 +191,15 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 }
 
 // shownURL is e.URL for String, LogValue and MarshalJSON: without a
-// password, even in a URL that does not parse, and with [REDACTED] for a
-// query parameter's value that is one of e's keys (New refuses such a URL,
-// but an Endpoint may be printed unchecked).
+// password, even in a URL that does not parse, and with its query's values
+// redacted (redactQuery), the keys among them, which New refuses there but
+// an Endpoint may be printed unchecked.
 func (e Endpoint) shownURL() string {
 	raw := e.URL
 	u, err := url.Parse(raw)
 	if err != nil {
-		// Hide whatever stands before an @ in the authority.
+		// Hide whatever stands before an @ in the authority, and the
+		// query's values.
 		scheme, rest, ok := strings.Cut(raw, "://")
 		if !ok {
 			return raw
@@ -203,29 +208,74 @@ func (e Endpoint) shownURL() string {
 		if end < 0 {
 			end = len(rest)
 		}
-		if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
-			return scheme + "://" + redacted + rest[at:]
+		authority, path, frag := rest[:end], rest[end:], ""
+		if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+			authority = redacted + authority[at:]
 		}
-		return raw
-	}
-	changed := false
-	if u.RawQuery != "" {
-		params := strings.Split(u.RawQuery, "&")
-		for i, p := range params {
-			name, v, _ := strings.Cut(p, "=")
-			if v, err := url.QueryUnescape(v); err == nil && v != "" && (v == e.APIKey || v == e.SecondaryKey) {
-				params[i], changed = name+"="+redacted, true
-			}
+		if h := strings.IndexByte(path, '#'); h >= 0 {
+			path, frag = path[:h], path[h:]
 		}
-		u.RawQuery = strings.Join(params, "&")
+		if p, q, ok := strings.Cut(path, "?"); ok {
+			path = p + "?" + redactQuery(q, e.APIKey, e.SecondaryKey)
+		}
+		return scheme + "://" + authority + path + frag
 	}
+	q := redactQuery(u.RawQuery, e.APIKey, e.SecondaryKey)
 	switch {
 	case u.User != nil:
+		u.RawQuery = q
 		return u.Redacted()
-	case changed:
+	case q != u.RawQuery:
+		u.RawQuery = q
 		return u.String()
 	}
 	return raw
+}
+
+// shownParams are the query parameters whose values a printed URL shows:
+// the service's own (docs/azureml.md), which say how it answers. Any other
+// value may be a secret that is no key of the endpoint's (an Azure SAS
+// sig=, a function's code=), and is shown as [REDACTED].
+var shownParams = []string{"api-version", "details", "format"}
+
+// redactQuery returns the raw query q with [REDACTED] for the value of
+// every parameter but shownParams', and for a value that is one of keys;
+// a parameter without "=" is its own value. The names stay, and the
+// request still carries the query as it is: only printing redacts.
+func redactQuery(q string, keys ...string) string {
+	if q == "" {
+		return ""
+	}
+	params := strings.Split(q, "&")
+	for i, p := range params {
+		name, v, ok := strings.Cut(p, "=")
+		shown := slices.ContainsFunc(shownParams, func(s string) bool { return strings.EqualFold(s, name) })
+		switch {
+		case !ok && !shown:
+			params[i] = redacted
+		case !ok || v == "":
+		case !shown || isKey(v, keys):
+			params[i] = name + "=" + redacted
+		}
+	}
+	return strings.Join(params, "&")
+}
+
+// isKey reports whether the query value v, escaped or not, is one of keys.
+func isKey(v string, keys []string) bool {
+	if uv, err := url.QueryUnescape(v); err == nil {
+		v = uv
+	}
+	return slices.ContainsFunc(keys, func(k string) bool { return k != "" && k == v })
+}
+
+// redactedURL is the checked URL u as spans and transport errors show it:
+// its query's values redacted (redactQuery), and its password, which New
+// refuses.
+func redactedURL(u *url.URL) string {
+	v := *u
+	v.RawQuery = redactQuery(u.RawQuery)
+	return v.Redacted()
 }
 
 // ConfigError reports an invalid Endpoint or option given to New, or an

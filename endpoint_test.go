@@ -272,6 +272,34 @@ func TestUncheckedEndpointNeverShowsItsKey(t *testing.T) {
 		"URL:https://h/x?api-version=2.0&code=[REDACTED] ")
 }
 
+// TestPrintedURLsHideQueryValues: a printed Endpoint shows its URL's
+// query values as [REDACTED], for a value may be a secret that is no key
+// (an Azure SAS sig=), but for the service's own parameters; unparsable
+// URLs too.
+func TestPrintedURLsHideQueryValues(t *testing.T) {
+	for _, tt := range []struct{ url, want string }{
+		{"https://h/x?api-version=2.0&details=true&format=swagger", "https://h/x?api-version=2.0&details=true&format=swagger"},
+		{"https://h/x?api-version=2.0&sig=abc%2B&se=2026-01-01", "https://h/x?api-version=2.0&sig=[REDACTED]&se=[REDACTED]"},
+		{"https://h/x?API-Version=2.0&bare-token&details", "https://h/x?API-Version=2.0&[REDACTED]&details"},
+		{"https://h/x?sig=&code", "https://h/x?sig=&[REDACTED]"},
+		{"https://h/x?api-version=" + secretKey, "https://h/x?api-version=[REDACTED]"},
+		{"https://h/x?details=" + url.QueryEscape(secondaryKey), "https://h/x?details=[REDACTED]"},
+		{"https://user:pw@h/x?sig=abc", "https://user:xxxxx@h/x?sig=[REDACTED]"},
+		{"https://h/x", "https://h/x"},
+		{"https://h/%zz?api-version=2.0&sig=abc#f?sig=x", "https://h/%zz?api-version=2.0&sig=[REDACTED]#f?sig=x"},
+		{"https://u:p@h:bad/x?sig=abc", "https://[REDACTED]@h:bad/x?sig=[REDACTED]"},
+		{"https://h:bad", "https://h:bad"},
+	} {
+		e := good(func(e *Endpoint) { e.URL = tt.url })
+		assert.Contains(t, e.String(), "URL:"+tt.want+" ", tt.url)
+		var logged bytes.Buffer
+		slog.New(slog.NewJSONHandler(&logged, nil)).Info("endpoint", "ep", e)
+		var line struct{ Ep struct{ URL string } }
+		require.NoError(t, json.Unmarshal(logged.Bytes(), &line))
+		assert.Equal(t, tt.want, line.Ep.URL, tt.url)
+	}
+}
+
 func TestClientCloseIsIdempotent(t *testing.T) {
 	c, err := New([]Endpoint{good(nil)})
 	require.NoError(t, err)

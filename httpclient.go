@@ -55,19 +55,24 @@ func newTransport() *http.Transport {
 // own straight to its transport. Our own client has no Jar, no Timeout and
 // follows no redirects, so all its Do would add is a copy of the headers
 // on every call (kept for redirects it never follows). The error is what
-// Do would return: an *url.Error of Op "Post" (Classify reads it), naming
-// the URL without its password, with Do's word for an https:// URL whose
-// server speaks plain HTTP.
+// Do would return: an *url.Error of Op "Post" (Classify reads it), with
+// Do's word for an https:// URL whose server speaks plain HTTP; but it
+// names the URL as spans show it (redactedURL), its query's values
+// redacted, with the user's client too.
 func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
 	if !c.ownsHTTP {
-		return c.http.Do(req)
+		resp, err := c.http.Do(req)
+		if ue, ok := err.(*url.Error); ok {
+			ue.URL = redactedURL(req.URL)
+		}
+		return resp, err
 	}
 	resp, err := c.http.Transport.RoundTrip(req)
 	if err != nil {
 		if rh, ok := err.(tls.RecordHeaderError); ok && string(rh.RecordHeader[:]) == "HTTP/" {
 			err = http.ErrSchemeMismatch
 		}
-		return nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
+		return nil, &url.Error{Op: "Post", URL: redactedURL(req.URL), Err: err}
 	}
 	return resp, nil
 }

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync/atomic"
 	"testing"
 
@@ -124,6 +126,56 @@ func TestNoTokenOrHeaderInAnyOutput(t *testing.T) {
 	assert.Contains(t, fmt.Sprint(eps[0]), "X-Tenant:[REDACTED]", "header names are shown")
 	for _, err := range []error{callErr, deniedErr, credErr} {
 		assert.Contains(t, err.Error(), redacted, "the echoed token is scrubbed, not dropped: %v", err)
+	}
+}
+
+// TestNoURLSecretInAnyOutput: a secret in an endpoint URL's query that is
+// no key of the endpoint's (an Azure SAS sig=, a code=) goes to the
+// endpoint as it is, but printed Endpoints, spans, log lines and errors,
+// transport errors through our own client or the user's included, show
+// [REDACTED] for it; the service's own api-version stays.
+func TestNoURLSecretInAnyOutput(t *testing.T) {
+	const sig, code = "s3cr3t-sig%2Bv", "s3cr3t-code"
+	const query = "?api-version=2.0&sig=" + sig + "&code=" + code
+	const shown = "?api-version=2.0&sig=[REDACTED]&code=[REDACTED]"
+	queries := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		queries <- r.URL.RawQuery
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `{"error":{"code":"BadArgument","message":"bad input"}}`)
+	}))
+	t.Cleanup(srv.Close)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := "http://" + l.Addr().String() + "/x"
+	require.NoError(t, l.Close())
+
+	bad := Endpoint{Name: "bad", URL: srv.URL + "/x" + query, APIKey: secretKey}
+	o := newObserved(t, []Endpoint{bad}, WithoutRetries())
+	_, apiErr := o.Do(t.Context(), []byte(`{}`))
+	require.ErrorAs(t, apiErr, new(*APIError))
+	assert.Equal(t, query[1:], <-queries, "the query is sent as it is")
+	assert.Contains(t, fmt.Sprint(bad), "URL:"+srv.URL+"/x"+shown+" ")
+	var urls []string
+	for _, s := range o.spans.Ended() {
+		for _, kv := range s.Attributes() {
+			if kv.Key == "url.full" {
+				urls = append(urls, kv.Value.AsString())
+			}
+		}
+	}
+	assert.Equal(t, []string{srv.URL + "/x" + shown}, urls, "url.full")
+	assertNoSecret(t, o, map[string]any{"Endpoint": bad, "*APIError": apiErr, "Stats": o.Stats()}, []string{"s3cr3t"})
+
+	for _, hc := range []*http.Client{nil, {}} {
+		down := Endpoint{Name: "down", URL: refused + query, APIKey: secretKey}
+		o := newObserved(t, []Endpoint{down}, WithoutRetries(), WithHTTPClient(hc))
+		_, netErr := o.Do(t.Context(), []byte(`{}`))
+		uerr, ok := errors.AsType[*url.Error](netErr)
+		require.True(t, ok, "%T: %v", netErr, netErr)
+		assert.Equal(t, refused+shown, uerr.URL, "own client: %t", hc == nil)
+		assertNoSecret(t, o, map[string]any{"Endpoint": down, "error": netErr, "Stats": o.Stats()}, []string{"s3cr3t"})
 	}
 }
 

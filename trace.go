@@ -19,7 +19,8 @@ func (o tracerProviderOption) apply(c *config) { c.tracerProvider = o.tp }
 // amlpool.endpoint that answered last) and, under it, one per attempt. An
 // attempt's span follows the conventions for HTTP client spans (name
 // "POST", kind client, http.request.method, server.address, server.port,
-// url.full, http.response.status_code, error.type,
+// url.full (its query's values redacted but for api-version, details and
+// format: see Endpoint.URL), http.response.status_code, error.type,
 // http.request.resend_count on retries) and adds amlpool.endpoint,
 // amlpool.outcome, amlpool.retry.reason (what the previous attempt came
 // to), amlpool.hedge and amlpool.slot.wait (seconds waited for the slot).
@@ -70,7 +71,7 @@ func (t *telemetry) startAttempt(ctx context.Context, a *attempt) context.Contex
 	e := extOf(a.slot.Ep).tel
 	attrs := make([]attribute.KeyValue, 0, len(e.attrs)+5)
 	attrs = append(attrs, e.attrs...)
-	attrs = append(attrs, keyURL.String(a.slot.Ep.RawURL()))
+	attrs = append(attrs, keyURL.String(e.url))
 	if a.n > 1 {
 		attrs = append(attrs, keyResendCount.Int(a.n-1))
 	}

@@ -135,11 +135,13 @@ func (r *reloader) reload() {
 }
 
 // describeChanges says what a new set of endpoints changes, by name (the
-// URL for an endpoint without one): added, removed, re-capped, re-keyed,
-// moved to another URL or to another tier, or given other header values
-// (by name). It never shows a key or a header's value.
+// URL for an endpoint without one, as amlpool prints it: shownURL): added,
+// removed, re-capped, re-keyed, moved to another URL or to another tier,
+// or given other header values (by name). It never shows a key, a
+// header's value or a URL's query values.
 func describeChanges(old, next []amlpool.Endpoint) string {
 	id := func(e amlpool.Endpoint) string { return cmpOr(e.Name, e.URL) }
+	label := func(e amlpool.Endpoint) string { return cmpOr(e.Name, shownURL(e)) }
 	before := make(map[string]amlpool.Endpoint, len(old))
 	for _, e := range old {
 		before[id(e)] = e
@@ -150,39 +152,51 @@ func describeChanges(old, next []amlpool.Endpoint) string {
 		delete(before, id(e))
 		switch {
 		case !ok:
-			added := "added " + id(e) + " (" + capOf(e)
+			added := "added " + label(e) + " (" + capOf(e)
 			if e.Tier != 0 {
 				added += ", tier " + strconv.Itoa(e.Tier)
 			}
 			parts = append(parts, added+")")
 			continue
 		case o.URL != e.URL:
-			parts = append(parts, id(e)+": another URL")
+			parts = append(parts, label(e)+": another URL")
 		}
 		if capOf(o) != capOf(e) {
-			parts = append(parts, id(e)+": cap "+capOf(o)+" → "+capOf(e))
+			parts = append(parts, label(e)+": cap "+capOf(o)+" → "+capOf(e))
 		}
 		if o.Tier != e.Tier {
-			parts = append(parts, id(e)+": tier "+strconv.Itoa(o.Tier)+" → "+strconv.Itoa(e.Tier))
+			parts = append(parts, label(e)+": tier "+strconv.Itoa(o.Tier)+" → "+strconv.Itoa(e.Tier))
 		}
 		if o.APIKey != e.APIKey || o.SecondaryKey != e.SecondaryKey {
-			parts = append(parts, id(e)+": new key")
+			parts = append(parts, label(e)+": new key")
 		}
 		if names := changedHeaders(o.Header, e.Header); len(names) == 1 {
-			parts = append(parts, id(e)+": header "+names[0])
+			parts = append(parts, label(e)+": header "+names[0])
 		} else if len(names) > 1 {
-			parts = append(parts, id(e)+": headers "+strings.Join(names, ", "))
+			parts = append(parts, label(e)+": headers "+strings.Join(names, ", "))
 		}
 	}
 	for _, e := range old {
 		if _, gone := before[id(e)]; gone {
-			parts = append(parts, "removed "+id(e))
+			parts = append(parts, "removed "+label(e))
 		}
 	}
 	if len(parts) == 0 {
 		return "no change to the endpoints"
 	}
 	return strings.Join(parts, "; ")
+}
+
+// shownURL is e's URL as amlpool prints it (Endpoint.LogValue): without a
+// password, and with its query's values redacted but for the service's own
+// parameters: another may hold a secret (an Azure SAS sig=).
+func shownURL(e amlpool.Endpoint) string {
+	for _, a := range e.LogValue().Group() {
+		if a.Key == "url" {
+			return a.Value.String()
+		}
+	}
+	return "an endpoint without a name" // not reached: TestDescribeChanges
 }
 
 // changedHeaders returns, sorted, the names of the headers that old or

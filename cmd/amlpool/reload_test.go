@@ -313,6 +313,9 @@ func TestDescribeChanges(t *testing.T) {
 		{"headers added and dropped", []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-B": {"1"}, "X-Same": {"s"}} })},
 			[]amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-A": {"2"}, "X-Same": {"s"}} })}, "a: headers X-A, X-B"},
 		{"unnamed, by URL", []amlpool.Endpoint{{URL: "https://u", APIKey: "k"}}, nil, "removed https://u"},
+		{"unnamed, by URL without its query's values", []amlpool.Endpoint{{URL: "https://u/x?api-version=2.0&sig=s3cr3t-sig", APIKey: "k"}},
+			[]amlpool.Endpoint{{URL: "https://u/x?api-version=2.0&sig=s3cr3t-sig", APIKey: "k", MaxConcurrentCalls: 4}},
+			"https://u/x?api-version=2.0&sig=[REDACTED]: cap 20 slots → 4 slots"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -321,6 +324,7 @@ func TestDescribeChanges(t *testing.T) {
 			for _, e := range append(tt.old, tt.next...) {
 				assert.NotContains(t, got, e.APIKey)
 			}
+			assert.NotContains(t, got, "s3cr3t")
 		})
 	}
 }
