@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -615,12 +615,17 @@ func shownURL(u *url.URL) string {
 // isControl reports whether r may not appear in a header value.
 func isControl(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }
 
+// isLoopback reports whether host, a URL's Hostname, is "localhost" or a
+// loopback address, with a zone or without: the zone of ::1 names an
+// interface, but the address is this host's all the same. "localhost."
+// is not: Go's resolver does not find it in /etc/hosts and asks DNS, which
+// may answer with any address.
 func isLoopback(host string) bool {
 	if host == "localhost" {
 		return true
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // deriveName labels an endpoint by the id after "services/" in its path (the

@@ -82,6 +82,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{name: "negative attempt timeout", endpoints: []Endpoint{good(nil)}, opts: []Option{WithAttemptTimeout(-time.Second)}, field: "WithAttemptTimeout"},
 		{name: "http to a loopback look-alike", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://localhost.example.com/x" })}, field: "URL", endpoint: "east"},
 		{name: "http to a name that starts as a loopback address", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://127.0.0.1.example.com/x" })}, field: "URL", endpoint: "east"},
+		{name: "http to localhost., which DNS resolves", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://localhost.:9/x" })}, field: "URL", endpoint: "east"},
+		{name: "http to a link-local address with a zone", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://[fe80::1%25lo]:9/x" })}, field: "URL", endpoint: "east"},
 		{name: "http to 0.0.0.0", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://0.0.0.0:80/x" })}, field: "URL", endpoint: "east"},
 		{name: "http with loopback user info", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "http://127.0.0.1@example.com/x" })}, field: "URL", endpoint: "east"},
 		{name: "scheme-relative URL", endpoints: []Endpoint{good(func(e *Endpoint) { e.URL = "//example.com/x" })}, field: "URL", endpoint: "east"},
@@ -204,12 +206,14 @@ func TestNewAcceptsGoodConfig(t *testing.T) {
 				good(func(e *Endpoint) { e.Name = ""; e.URL = "https://[::1]:443/x" }),
 				good(func(e *Endpoint) { e.Name = ""; e.URL = "http://127.1.2.3:9/x" }),
 				good(func(e *Endpoint) { e.Name = ""; e.URL = "http://[::ffff:127.0.0.1]:9/x" }),
+				good(func(e *Endpoint) { e.Name = ""; e.URL = "http://[::1%25lo]:9/x" }),
 			},
 			want: []EndpointStats{
 				{Name: "localhost:9", MaxConcurrentCalls: 20, Limit: 20},
 				{Name: "[::1]", MaxConcurrentCalls: 20, Limit: 20},
 				{Name: "127.1.2.3:9", MaxConcurrentCalls: 20, Limit: 20},
 				{Name: "[::ffff:127.0.0.1]:9", MaxConcurrentCalls: 20, Limit: 20},
+				{Name: "[::1%lo]:9", MaxConcurrentCalls: 20, Limit: 20},
 			},
 		},
 		{

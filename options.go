@@ -217,9 +217,11 @@ func (insecureHTTPOption) apply(c *config) { c.allowHTTP = true }
 
 // WithInsecureHTTP allows http:// endpoint URLs on non-loopback hosts, which
 // sends keys in clear text. Loopback hosts (an address in 127.0.0.0/8, ::1
-// or ::ffff:127.0.0.0/104, and the name localhost) are allowed without it,
-// for tests; a name that only starts so, such as 127.0.0.1.example.com, is
-// not. Default: https required.
+// or ::ffff:127.0.0.0/104, with a zone or without, and the name localhost)
+// are allowed without it, for tests; a name that only starts so, such as
+// 127.0.0.1.example.com, is not, and neither is "localhost." with a
+// trailing dot, which Go's resolver does not find in /etc/hosts and asks
+// DNS for. Default: https required.
 func WithInsecureHTTP() Option { return insecureHTTPOption{} }
 
 type loggerOption struct{ l *slog.Logger }
