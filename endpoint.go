@@ -190,8 +190,8 @@ func (e Endpoint) MarshalJSON() ([]byte, error) {
 	return json.Marshal(p)
 }
 
-// shownURL is e.URL for String, LogValue and MarshalJSON: without a
-// password, even in a URL that does not parse, and with its query's values
+// shownURL is e.URL for String, LogValue and MarshalJSON: without its user
+// info, even in a URL that does not parse, and with its query's values
 // redacted (redactQuery), the keys among them, which New refuses there but
 // an Endpoint may be printed unchecked.
 func (e Endpoint) shownURL() string {
@@ -223,8 +223,11 @@ func (e Endpoint) shownURL() string {
 	q := redactQuery(u.RawQuery, e.APIKey, e.SecondaryKey)
 	switch {
 	case u.User != nil:
-		u.RawQuery = q
-		return u.Redacted()
+		// All of it: a user name without a password may be the key
+		// (https://<key>@host), which url.URL.Redacted would show.
+		u.RawQuery, u.User = q, nil
+		scheme, rest, _ := strings.Cut(u.String(), "://")
+		return scheme + "://" + redacted + "@" + rest
 	case q != u.RawQuery:
 		u.RawQuery = q
 		return u.String()
@@ -270,12 +273,12 @@ func isKey(v string, keys []string) bool {
 }
 
 // redactedURL is the checked URL u as spans and transport errors show it:
-// its query's values redacted (redactQuery), and its password, which New
-// refuses.
+// its query's values redacted (redactQuery), and without user info, which
+// New refuses.
 func redactedURL(u *url.URL) string {
 	v := *u
-	v.RawQuery = redactQuery(u.RawQuery)
-	return v.Redacted()
+	v.RawQuery, v.User = redactQuery(u.RawQuery), nil
+	return v.String()
 }
 
 // ConfigError reports an invalid Endpoint or option given to New, or an

@@ -252,12 +252,14 @@ func TestEndpointNeverShowsItsKey(t *testing.T) {
 
 // TestUncheckedEndpointNeverShowsItsKey: an Endpoint New would refuse
 // may still be printed, logged or encoded (a config being reported), and
-// a password in a URL that does not parse, or the key as a query value,
-// stays hidden.
+// the key in a URL's user info (a password, or a user name alone), in a
+// URL that parses or not, or as a query value, stays hidden.
 func TestUncheckedEndpointNeverShowsItsKey(t *testing.T) {
 	for _, u := range []string{
 		"https://user:" + secretKey + "@h/%zz",
 		"https://" + secretKey + "@h:bad/x",
+		"https://" + secretKey + "@h/x",
+		"http://" + url.PathEscape(secondaryKey) + ":@h/x",
 		"https://h/x?api-version=2.0&code=" + secretKey,
 		"https://h/x?key=" + url.QueryEscape(secondaryKey),
 	} {
@@ -288,7 +290,7 @@ func TestPrintedURLsHideQueryValues(t *testing.T) {
 		{"https://h/x?sig=&code", "https://h/x?sig=&[REDACTED]"},
 		{"https://h/x?api-version=" + secretKey, "https://h/x?api-version=[REDACTED]"},
 		{"https://h/x?details=" + url.QueryEscape(secondaryKey), "https://h/x?details=[REDACTED]"},
-		{"https://user:pw@h/x?sig=abc", "https://user:xxxxx@h/x?sig=[REDACTED]"},
+		{"https://user:pw@h/x?sig=abc", "https://[REDACTED]@h/x?sig=[REDACTED]"},
 		{"https://h/x", "https://h/x"},
 		{"https://h/%zz?api-version=2.0&sig=abc#f?sig=x", "https://h/%zz?api-version=2.0&sig=[REDACTED]#f?sig=x"},
 		{"https://u:p@h:bad/x?sig=abc", "https://[REDACTED]@h:bad/x?sig=[REDACTED]"},
