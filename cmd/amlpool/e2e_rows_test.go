@@ -71,7 +71,7 @@ func TestScoreUnclosedQuoteLosesNoRow(t *testing.T) {
 			assert.Equal(t, [2]int{4999, 1}, [2]int{scored, rejected})
 			assert.Equal(t, []string{"22", "21"}, rej[1][:2], "line and row")
 			assert.Contains(t, rej[1][2], "a quoted field opens on this line and is never closed: the input ends inside it; the line is rejected alone and reading goes on with line 23")
-			assert.Equal(t, []string{"20", "name 20"}, rej[1][3:], "the line's cells")
+			assert.Equal(t, []string{`20,"name 20`, "20", "name 20"}, rej[1][3:], "the line as it stands, and its cells")
 		})
 	}
 }
@@ -167,7 +167,7 @@ func TestScoreIsolatesTwoPercentBadRows(t *testing.T) {
 			scored, rejected := checkOnce(t, readCSV(t, out), rej, n)
 			assert.Equal(t, [2]int{n - n/50, n / 50}, [2]int{scored, rejected})
 			for _, rec := range rej[1:] {
-				id, _ := strconv.Atoi(rec[3])
+				id, _ := strconv.Atoi(rec[4])
 				require.Equal(t, 7, id%50, "only bad rows rejected, not id %d: %s", id, rec[2])
 				require.Regexp(t, `^amlpool: endpoint ep\d: HTTP 400 LibraryExecutionError/FailedToEvaluateRScript: row 1 of the request: id \d+ has an unknown category$`, rec[2])
 			}
@@ -363,6 +363,7 @@ func TestScoreRejectsKeepBytesThatAreNotUTF8(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(b), ",2,b\xff\xfe\n")
 	assert.Contains(t, string(b), ",4,d,\xe2\x82\n")
+	assert.Contains(t, string(b), `,"3,x""`+"\xc3"+`(",3,"x""`+"\xc3"+`("`+"\n", "the line byte for byte, in text; its cells")
 
 	// JSON Lines in: a line that is not UTF-8, in both reject formats.
 	bad := "{\"id\":\"2\",\"name\":\"b\xff\"}"

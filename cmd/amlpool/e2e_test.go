@@ -120,7 +120,7 @@ func readCSV(t testing.TB, path string) [][]string {
 }
 
 // checkOnce checks that out (scored, id in column 0) and rej (rejects, id
-// in column 3) together hold ids 0..n-1 exactly once, out in order.
+// in column 4) together hold ids 0..n-1 exactly once, out in order.
 func checkOnce(t *testing.T, out, rej [][]string, n int) (scored, rejected int) {
 	t.Helper()
 	seen := make([]int, n)
@@ -133,9 +133,9 @@ func checkOnce(t *testing.T, out, rej [][]string, n int) (scored, rejected int) 
 		seen[id]++
 	}
 	if len(rej) > 0 {
-		require.Equal(t, []string{"line", "row", "error", "id", "name"}, rej[0])
+		require.Equal(t, []string{"line", "row", "error", "text", "id", "name"}, rej[0])
 		for _, rec := range rej[1:] {
-			id, err := strconv.Atoi(rec[3])
+			id, err := strconv.Atoi(rec[4])
 			require.NoError(t, err)
 			assert.Equal(t, strconv.Itoa(id+2), rec[0], "line of id %d", id)
 			assert.Equal(t, strconv.Itoa(id+1), rec[1], "row number of id %d", id)

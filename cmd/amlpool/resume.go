@@ -33,12 +33,10 @@ import (
 // input's (start reports that) or a file does not read back as the
 // writers write it. Rows after those settled are not checked: nothing
 // records them.
-//
-// text says whether the reject file has a text column (rejectText).
-func skipSettled(r rows.Reader, inPath string, out, rej *outFile, inCols []string, text bool) error {
+func skipSettled(r rows.Reader, inPath string, out, rej *outFile, inCols []string) error {
 	n := out.rows + rej.rows
 	scored := settledRows(out, inCols)
-	rejected := rejectedRows(rej, rejectColumns(text, inCols)[1])
+	rejected := rejectedRows(rej, rejectColumns(inCols)[1])
 	check := scored != nil && rejected != nil
 	nextRej := 0 // the next rejected row's number; 0: none
 	if check {

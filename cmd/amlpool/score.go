@@ -40,9 +40,9 @@ config or one of its key or token files, whose lines would be sent as rows.
 Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
 number and the error; nothing is dropped. A line that could not be read
-into cells keeps its text in the column "text" (JSON Lines rejects, and
-CSV rejects of a JSON Lines input); in JSON Lines rejects a text or cell
-that is not valid UTF-8 is written as {"base64": "..."}, so that its bytes
+as a row keeps its text, as the input has it, in the column "text"
+(empty for a row read fine); in JSON Lines rejects a text or cell that is
+not valid UTF-8 is written as {"base64": "..."}, so that its bytes
 survive. A quote left open in a CSV is the error of the line where it
 opens, and the lines after it are read as rows. When the service blames
 a chunk's input (HTTP 400), the chunk is split until each bad row stands
@@ -362,7 +362,7 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	}
 	s.base = w.out.rows + w.rej.rows
 	w.base = s.base
-	if err := skipSettled(r, o.in, w.out, w.rej, w.inCols, rejectText(outFormat, inFormat)); err != nil {
+	if err := skipSettled(r, o.in, w.out, w.rej, w.inCols); err != nil {
 		return fail(err)
 	}
 	s.src = &countingSource{r: r, lines: w.lines}

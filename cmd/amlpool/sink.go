@@ -318,15 +318,12 @@ func plural(n int, one, many string) string {
 	return many
 }
 
-// rejectColumns returns the reject file's columns: line, row and error,
-// then text (the text of a line that could not be read as a row) when text
-// is true, then the input's. A name the input uses already gets a leading
-// underscore.
-func rejectColumns(text bool, inCols []string) []string {
-	meta := []string{"line", "row", "error"}
-	if text {
-		meta = append(meta, "text")
-	}
+// rejectColumns returns the reject file's columns: line, row, error and
+// text (the text of a line that could not be read as a row, which its
+// cells, split loosely or not at all, cannot give back), then the input's.
+// A name the input uses already gets a leading underscore.
+func rejectColumns(inCols []string) []string {
+	meta := []string{"line", "row", "error", "text"}
 	for i, m := range meta {
 		for slices.Contains(inCols, m) {
 			m = "_" + m
@@ -336,12 +333,25 @@ func rejectColumns(text bool, inCols []string) []string {
 	return append(meta, inCols...)
 }
 
-// rejectText says whether a reject file has a text column: JSON Lines
-// rejects always (their keys need a full row, so a row of the wrong width
-// goes there whole), and CSV rejects of a JSON Lines input, whose bad line
-// (not JSON, a key that is no column) fits no cells.
-func rejectText(rejFormat, inFormat rows.Format) bool {
-	return rejFormat == rows.JSONL || inFormat == rows.JSONL
+// startRejects starts the reject file. A CSV reject file of a CSV input
+// written before CSV rejects had a text column, resumed, goes on in its
+// own columns, rather than stopping a run that may have scored much: it
+// holds every row given to it still, a bad line with its cells split
+// loosely, as then; the run says so. (A JSON Lines line that is not a row
+// has no cells: without text it would be lost, so such a file is refused.)
+func (w *writer) startRejects() error {
+	if w.rej.w != nil {
+		return nil
+	}
+	cols := rejectColumns(w.inCols)
+	if old := slices.Delete(slices.Clone(cols), 3, 4); w.rej.format == rows.CSV && w.inFormat == rows.CSV && slices.Equal(w.rej.head, old) {
+		if w.say != nil {
+			w.say(fmt.Sprintf("amlpool score: %s has no %q column (an earlier amlpool wrote it): rejects go on in its columns, "+
+				"where a line that cannot be split into cells keeps only its cells, split loosely", w.rej.path, cols[3]))
+		}
+		cols = old
+	}
+	return w.rej.start(cols, w.inCols)
 }
 
 // reject writes the rows of a failed chunk with their input line and row
@@ -367,11 +377,10 @@ func (w *writer) reject(ch *amlpool.Chunk) error {
 	if err := w.switchTo(w.rej); err != nil {
 		return err
 	}
-	hasText := rejectText(w.rej.format, w.inFormat)
-	cols := rejectColumns(hasText, w.inCols)
-	if err := w.rej.start(cols, w.inCols); err != nil {
+	if err := w.startRejects(); err != nil {
 		return err
 	}
+	hasText := len(w.rej.head) > len(w.inCols)+3 // false only in a reject file an earlier amlpool wrote (startRejects)
 	for i, in := range ch.Input {
 		idx := ch.Start + i
 		line := w.lines.line(idx)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -14,13 +16,9 @@ import (
 )
 
 func TestRejectColumnsAvoidTheInputs(t *testing.T) {
-	assert.Equal(t, []string{"line", "row", "error", "id"}, rejectColumns(false, []string{"id"}))
-	assert.Equal(t, []string{"_line", "row", "__error", "text", "line", "error", "_error"},
-		rejectColumns(true, []string{"line", "error", "_error"}), "no name twice: a JSON Lines object could not be read back")
-	assert.False(t, rejectText(rows.CSV, rows.CSV))
-	assert.True(t, rejectText(rows.JSONL, rows.CSV))
-	assert.True(t, rejectText(rows.CSV, rows.JSONL), "a JSON Lines line that is not a row fits no CSV cells")
-	assert.True(t, rejectText(rows.JSONL, rows.JSONL))
+	assert.Equal(t, []string{"line", "row", "error", "text", "id"}, rejectColumns([]string{"id"}))
+	assert.Equal(t, []string{"_line", "row", "__error", "_text", "line", "error", "_error", "text"},
+		rejectColumns([]string{"line", "error", "_error", "text"}), "no name twice: a JSON Lines object could not be read back")
 }
 
 // TestLineLog notes rows on lines with gaps (blank lines, records over
@@ -185,4 +183,112 @@ func TestResumeJSONLKeysDiffer(t *testing.T) {
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	assert.Equal(t, `{"id":"1","name":"a","Scored Labels":"x"}`+"\n"+`{"id":"2","name":"b","Scored Labels":"y"}`+"\n", string(b))
+}
+
+// sinkAll hands each row r has left to w as score does: bad rows, and
+// rows whose first cell is fail, rejected; then closes w's files.
+func sinkAll(t *testing.T, r rows.Reader, w *writer, fail string) {
+	t.Helper()
+	w.lines = &lineLog{}
+	src := &countingSource{r: r, lines: w.lines}
+	for idx := 0; ; idx++ {
+		row, err := src.Next()
+		if err == io.EOF {
+			break
+		}
+		ch := &amlpool.Chunk{Seq: idx, Start: idx, Input: [][]any{row}}
+		switch rowErr, bad := errors.AsType[*amlpool.RowError](err); {
+		case bad:
+			ch.Input[0], ch.Err = rowErr.Row, rowErr
+		case err != nil:
+			t.Fatal(err)
+		case row[0] == fail:
+			ch.Err = &amlpool.ChunkError{Seq: idx, FirstRow: idx + 1, LastRow: idx + 1, Err: errors.New("the model says no")}
+		default:
+			ch.Output = &amlpool.Table{ColumnNames: []string{"score"}, Values: [][]any{{"0.5"}}}
+		}
+		require.NoError(t, w.sink(ch))
+	}
+	require.NoError(t, w.out.close())
+	require.NoError(t, w.rej.close())
+}
+
+// A CSV line that cannot be split into cells (a quote left open, a bare
+// quote) keeps its text byte for byte in CSV rejects, as in JSON Lines
+// ones: its cells, split loosely, cannot give it back. A row read into
+// cells fine (failed by the service, or of the wrong width, whose cells CSV
+// holds all) has an empty text.
+func TestCSVRejectsKeepABadLineWhole(t *testing.T) {
+	dir := t.TempDir()
+	input := "id,name\r\n1,a\r\n2,\"a\"b,c\r\n3,x\"y\r\n4,d\r\n5,e,f\r\n6,\"open\r\n7,g\r\n"
+	out, err := openOut(filepath.Join(dir, "scored.csv"), rows.CSV, false)
+	require.NoError(t, err)
+	rej, err := openOut(filepath.Join(dir, "scored.rejects.csv"), rows.CSV, false)
+	require.NoError(t, err)
+	r, err := rows.NewReader(rows.CSV, strings.NewReader(input))
+	require.NoError(t, err)
+	sinkAll(t, r, &writer{inCols: r.Columns(), inFormat: rows.CSV, port: "output1", out: out, rej: rej}, "4")
+	got := readCSV(t, rej.path)
+	require.Len(t, got, 6)
+	assert.Equal(t, []string{"line", "row", "error", "text", "id", "name"}, got[0])
+	var texts [][]string
+	for _, rec := range got[1:] {
+		texts = append(texts, []string{rec[0], rec[3]})
+	}
+	assert.Equal(t, [][]string{{"3", `2,"a"b,c`}, {"4", `3,x"y`}, {"5", ""}, {"6", ""}, {"7", `6,"open`}}, texts,
+		"each bad line as the input has it; rows read fine have none")
+	assert.Equal(t, []string{"5", "e", "f"}, got[4][4:], "a row of the wrong width keeps all its cells")
+}
+
+// A CSV reject file written before CSV rejects had a text column resumes
+// in its own columns, and the run says that a bad line keeps only its
+// cells there; the rows it holds are found by its row column.
+func TestResumeRejectsWithoutText(t *testing.T) {
+	dir := t.TempDir()
+	input := "id,name\n1,a\n2,\"open\n3,c\n4,x\"y\n5,e\n"
+	outPath, rejPath := filepath.Join(dir, "scored.csv"), filepath.Join(dir, "scored.rejects.csv")
+	require.NoError(t, os.WriteFile(outPath, []byte("id,name,score\n1,a,0.5\n"), 0o644))
+	oldRej := "line,row,error,id,name\n3,2,a quoted field opens on this line,2,open\n"
+	require.NoError(t, os.WriteFile(rejPath, []byte(oldRej), 0o644))
+
+	r, err := rows.NewReader(rows.CSV, strings.NewReader(input))
+	require.NoError(t, err)
+	out, err := openOut(outPath, rows.CSV, true)
+	require.NoError(t, err)
+	rej, err := openOut(rejPath, rows.CSV, true)
+	require.NoError(t, err)
+	require.NoError(t, skipSettled(r, "in", out, rej, r.Columns()))
+	var said []string
+	w := &writer{inCols: r.Columns(), inFormat: rows.CSV, port: "output1", out: out, rej: rej, base: 2, say: func(s string) { said = append(said, s) }}
+	sinkAll(t, r, w, "")
+	b, err := os.ReadFile(rejPath)
+	require.NoError(t, err)
+	assert.Equal(t, oldRej+`5,4,"bare "" in non-quoted-field",4,"x""y"`+"\n", string(b), "the earlier run's columns")
+	assert.Equal(t, []string{"amlpool score: " + rejPath + ` has no "text" column (an earlier amlpool wrote it): rejects go on in its columns, ` +
+		"where a line that cannot be split into cells keeps only its cells, split loosely"}, said)
+	b, err = os.ReadFile(outPath)
+	require.NoError(t, err)
+	assert.Equal(t, "id,name,score\n1,a,0.5\n3,c,0.5\n5,e,0.5\n", string(b))
+
+	// The files as they are now resume on the same input, rows 1 to 5 settled.
+	r, err = rows.NewReader(rows.CSV, strings.NewReader(input))
+	require.NoError(t, err)
+	out, err = openOut(outPath, rows.CSV, true)
+	require.NoError(t, err)
+	defer out.f.Close()
+	rej, err = openOut(rejPath, rows.CSV, true)
+	require.NoError(t, err)
+	defer rej.f.Close()
+	require.Equal(t, 5, out.rows+rej.rows)
+	require.NoError(t, skipSettled(r, "in", out, rej, r.Columns()))
+
+	// A JSON Lines line that is not a row has no cells: without text it
+	// would be lost, so a JSON Lines input's reject file must have it.
+	jsonRej := filepath.Join(dir, "json.rejects.csv")
+	require.NoError(t, os.WriteFile(jsonRej, []byte("line,row,error,id,name\n2,2,not JSON,,\n"), 0o644))
+	rej, err = openOut(jsonRej, rows.CSV, true)
+	require.NoError(t, err)
+	defer rej.f.Close()
+	w = &writer{inCols: []string{"id", "name"}, inFormat: rows.JSONL, rej: rej}
+	require.EqualError(t, w.startRejects(), jsonRej+`: cannot resume: its header ["line" "row" "error" "id" "name"] differs from this run's ["line" "row" "error" "text" "id" "name"]`)
 }
