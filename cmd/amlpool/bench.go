@@ -126,7 +126,7 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		if err != nil {
 			return usageError{err}
 		}
-		if err := checkInput(o.in, append([]runFile{{"--config", o.config, "config"}}, cfg.keyFiles(o.config)...)); err != nil {
+		if err := checkInput(o.in, append([]runFile{{"--config", o.config, "config"}}, cfg.keyFiles(o.config)...), false); err != nil {
 			return err
 		}
 		if body, err = benchBody(o.in, o.chunk, cfg); err != nil {

@@ -104,11 +104,12 @@ func (h *hupHandler) stop() {
 // go on, and the error is said. The checks are the first load's
 // (prepare): a key or token file the config names must not be one the run
 // writes (--out, --rejects, --stats) nor its input, whose text would be
-// sent as a key.
+// sent as a key; the advice is then to fix the config, as the run keeps
+// its files.
 func (r *reloader) reload() {
 	cfg, eps, err := loadConfig(r.path, r.keys)
 	if err == nil {
-		err = distinctFiles(r.opts, cfg.keyFiles(r.path)...)
+		err = distinctFiles(r.opts, true, cfg.keyFiles(r.path)...)
 	}
 	if err == nil {
 		// Before and after: an endpoint removed without calls in flight

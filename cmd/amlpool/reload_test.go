@@ -404,7 +404,9 @@ func TestStatsSumAnEndpointsLives(t *testing.T) {
 // A SIGHUP applies the first load's file checks: a config that names one of
 // the run's files (--in, --out, --rejects, --stats) as a key or token file
 // is refused, naming both, and the endpoints in use go on, their keys
-// unchanged; the run's file's text is never sent as a key.
+// unchanged; the run's file's text is never sent as a key. The advice is to
+// fix the config, not the first load's to give the flag another file: the
+// run keeps its files.
 func TestReloadChecksKeyFilesAsTheFirstLoad(t *testing.T) {
 	dir := t.TempDir()
 	s1 := amltest.NewServer(amltest.Config{Name: "s1", MaxConcurrentCalls: 2})
@@ -433,13 +435,13 @@ func TestReloadChecksKeyFilesAsTheFirstLoad(t *testing.T) {
 	r := &reloader{path: path, keys: ks, opts: opts, client: client, say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
 
 	for _, tt := range []struct {
-		flag, file, field string
+		flag, file, field, why string
 	}{
-		{"--in", opts.in, "apiKeyFile"},
-		{"--out", opts.out, "apiKeyFile"},
-		{"--rejects", opts.rejects, "apiKeyFile"},
-		{"--stats", opts.stats, "apiKeyFile"},
-		{"--out", opts.out, "secondaryKeyFile"},
+		{"--in", opts.in, "apiKeyFile", "the run would send its input as a key"},
+		{"--out", opts.out, "apiKeyFile", "the run would write over its key file"},
+		{"--rejects", opts.rejects, "apiKeyFile", "the run would write over its key file"},
+		{"--stats", opts.stats, "apiKeyFile", "the run would write over its key file"},
+		{"--out", opts.out, "secondaryKeyFile", "the run would write over its key file"},
 	} {
 		said = nil
 		e2 := fmt.Sprintf(`{"name":"b","url":%q,"apiKeyEnv":"K1",%q:%q,"maxConcurrentCalls":2}`, s2.URL(), tt.field, tt.file)
@@ -450,7 +452,7 @@ func TestReloadChecksKeyFilesAsTheFirstLoad(t *testing.T) {
 		r.reload()
 		require.Len(t, said, 1, tt.flag)
 		assert.Contains(t, said[0], tt.flag+" "+tt.file+" is the same file as the \""+tt.field+"\" of endpoints[1] (b)", tt.flag)
-		assert.Contains(t, said[0], "the endpoints in use go on", tt.flag)
+		assert.True(t, strings.HasSuffix(said[0], ": "+tt.why+"; name another file in the config and send SIGHUP again; the endpoints in use go on"), "%s: %s", tt.flag, said[0])
 		assert.NotContains(t, said[0], "secret-row")
 		st := client.Stats()
 		require.Len(t, st.Endpoints, 1, "%s: the bad config's endpoints were taken", tt.flag)

@@ -59,7 +59,8 @@ take calls at once, removed ones finish their calls in flight, new caps,
 keys, headers and tiers apply to the next call (a key named by
 "apiKeyFile" is read again). The change is printed; a config that fails to
 load or check (the checks of the start: a key or token file it names must
-not be one of the run's files) is reported and the endpoints in use go on.
+not be one of the run's files) is reported and the endpoints in use go on,
+until the config is fixed and SIGHUP sent again.
 A SIGHUP never stops the command: one sent before the scoring starts
 (while the input's header is read from a pipe, say) is applied when it
 starts, and one sent after the scoring ends is ignored; both are said.
@@ -185,7 +186,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	if o.stats == "" {
 		o.stats = strings.TrimSuffix(o.out, ext) + ".stats.json"
 	}
-	if err := distinctFiles(o); err != nil {
+	if err := distinctFiles(o, false); err != nil {
 		return failed(stderr, "score", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -220,9 +221,13 @@ type runFile struct{ name, path, what string }
 // both exist as regular files and are the same file (another spelling, a
 // symlink, a hard link). It runs before any file is opened, and never
 // reads them.
-func distinctFiles(o scoreOptions, read ...runFile) error {
+//
+// reload says that the run is going on (a SIGHUP reload of the config):
+// its files stay as they are, so the advice is to fix the config rather
+// than to give a flag another file.
+func distinctFiles(o scoreOptions, reload bool, read ...runFile) error {
 	read = append([]runFile{{"--in", o.in, "input"}, {"--config", o.config, "config"}}, read...)
-	if err := checkInput(o.in, read[1:]); err != nil {
+	if err := checkInput(o.in, read[1:], reload); err != nil {
 		return err
 	}
 	written := []runFile{{"--out", o.out, ""}, {"--rejects", o.rejects, ""}, {"--stats", o.stats, ""}}
@@ -233,19 +238,32 @@ func distinctFiles(o scoreOptions, read ...runFile) error {
 				if a.what != "" {
 					why = "the run would write over its " + a.what
 				}
-				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; give %s another file", b.name, b.path, a.name, a.path, why, b.name)}
+				fix := "give " + b.name + " another file"
+				if reload {
+					fix = reloadFix
+				}
+				return usageError{fmt.Errorf("%s %s is the same file as %s %s: %s; %s", b.name, b.path, a.name, a.path, why, fix)}
 			}
 		}
 	}
 	return nil
 }
 
+// reloadFix is the advice when a reloaded config names one of the run's
+// files: the run keeps its files, and its endpoints, until it is fixed.
+const reloadFix = "name another file in the config and send SIGHUP again"
+
 // checkInput refuses an input (--in) that is one of the files read
 // names, the config and its key and token files: its lines would be sent
-// as rows. The error names the files, never what they hold.
-func checkInput(in string, read []runFile) error {
+// as rows (reload: a key file the reloaded config names, whose text, the
+// input's, would be sent as a key). The error names the files, never what
+// they hold.
+func checkInput(in string, read []runFile, reload bool) error {
 	for _, a := range read {
 		if sameFile(a.path, in) {
+			if reload {
+				return usageError{fmt.Errorf("--in %s is the same file as %s %s: the run would send its input as a %s; %s", in, a.name, a.path, strings.TrimSuffix(a.what, " file"), reloadFix)}
+			}
 			return usageError{fmt.Errorf("--in %s is the same file as %s %s: the run would send its %s as rows; give --in the file of rows to score", in, a.name, a.path, a.what)}
 		}
 	}
@@ -308,7 +326,7 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	if err := distinctFiles(o, cfg.keyFiles(o.config)...); err != nil {
+	if err := distinctFiles(o, false, cfg.keyFiles(o.config)...); err != nil {
 		return nil, err
 	}
 	inFormat := rows.FormatOf(o.in)
