@@ -82,15 +82,24 @@
 //     returns at its own probe, and the others still hold their shares outside
 //     Redis: so a replica keeps to its share for two probe intervals after its
 //     return (for a fleet that shares one WithProbeInterval, long enough for
-//     every other replica's probe). Redis's count misses the replicas not
-//     back yet, so the count before the outage stands until Redis counts
-//     again after those two intervals, also for a fallback that begins
-//     meanwhile (Redis gone again). A replica cut off alone, while the others
-//     still reach Redis, uses its share on top of their whole cap for as long as
-//     it is cut off. A process that has never reached Redis does not know the
-//     fleet's size: without WithExpectedReplicas it takes no share, and its
-//     calls wait until Redis answers, since any share, taken by enough replicas,
-//     could overload an endpoint.
+//     every other replica's probe). A replica that had no calls through the
+//     outage does not fall back, but keeps to its share the same way once it
+//     reaches Redis after a failed round trip of its own (its tick) or finds
+//     that Redis lost its heartbeat (restarted or failed over); any failed
+//     round trip does that, at the cost of the share for two probe intervals.
+//     Redis's count misses the replicas not back yet, so the count before
+//     the outage stands until Redis counts again after those two intervals,
+//     also for a fallback that begins meanwhile (Redis gone again). Not
+//     bounded: a replica cut off alone, while the others still reach Redis,
+//     uses its share on top of their whole cap for as long as it is cut off;
+//     and one that made no round trip while Redis, its data kept, was out of
+//     reach (a pause or a partition between two of its ticks) cannot tell
+//     that it was, and until the others' probes takes what Redis shows free,
+//     their shares outside it not counted. A process that has
+//     never reached Redis does not know the fleet's size: without
+//     WithExpectedReplicas it takes no share, and its calls wait until Redis
+//     answers, since any share, taken by enough replicas, could overload an
+//     endpoint.
 //   - FailOpen: each process uses the whole cap, as without a Limiter.
 //   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.
 //

@@ -122,6 +122,12 @@ func (l *Limiter) tick() {
 	var mismatches []string
 	l.mu.Lock()
 	before := l.replicas
+	if reply.gone && l.ticked {
+		// Redis lost this process's heartbeat: it restarted, or failed
+		// over, however few round trips of ours failed meanwhile.
+		l.rejoinLocked(now, before)
+	}
+	l.ticked = true
 	l.replicas = max(1, replicas)
 	l.forgetSeenLocked(now)
 	// An endpoint with more leases than its cap (leases written back after
@@ -181,12 +187,10 @@ func (l *Limiter) tick() {
 	l.pending = nil
 	if recovering {
 		l.fallback = false
-		if l.cfg.mode == FailStatic {
-			// The others come back at their own probes: until then their
-			// shares are outside Redis (rejoinLimitsLocked). After a return
-			// cut short, the count before that outage still stands.
-			l.rejoin, l.rejoinReplicas = now.Add(2*l.cfg.probe), max(before, l.rejoinReplicas)
-		}
+		// The others come back at their own probes: until then their
+		// shares are outside Redis (rejoinLimitsLocked). After a return
+		// cut short, the count before that outage still stands.
+		l.rejoinLocked(now, before)
 	} else if !now.Before(l.rejoin) {
 		l.rejoinReplicas = 0 // counted after the rejoin window
 	}
@@ -264,12 +268,13 @@ type tickReply struct {
 	grants   []string
 	health   []any
 	counts   []int64 // leases in each lease set renewed, in the order sent
+	gone     bool    // the process's heartbeat was not in Redis (expired or lost)
 }
 
 func parseTick(res any) (tickReply, error) {
 	var t tickReply
 	r, ok := res.([]any)
-	if !ok || len(r) != 6 {
+	if !ok || len(r) != 7 {
 		return t, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
 	n, ok1 := r[0].(int64)
@@ -278,10 +283,11 @@ func parseTick(res any) (tickReply, error) {
 	gs, ok4 := r[3].([]any)
 	health, ok5 := r[4].([]any)
 	cs, ok6 := r[5].([]any)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 {
+	gone, ok7 := r[6].(int64)
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 || !ok7 {
 		return t, fmt.Errorf("redislimit: tick script: unexpected reply %v", res)
 	}
-	t.replicas, t.health = int(n), health
+	t.replicas, t.health, t.gone = int(n), health, gone == 1
 	for _, v := range cs {
 		c, _ := v.(int64)
 		t.counts = append(t.counts, c)

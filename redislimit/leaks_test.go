@@ -272,6 +272,51 @@ func TestFailStaticRejoinKeepsToShare(t *testing.T) {
 	release(0)
 }
 
+// A replica with no calls through an outage has no reason to fall back,
+// but the others do, and hold their shares outside Redis until their
+// probes: as Redis comes back before those, it keeps to its share too, or
+// the fleet goes past cap + replicas − 1. It may learn of the outage from
+// its tick, which failed in it, or, when no round trip of its fell in it,
+// from Redis, which restarted empty and lost its heartbeat.
+func TestFailStaticIdleReplicaKeepsToShare(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration // a falls back after 2 of them: past b's next tick, or before it
+		empty   bool          // Redis comes back empty
+	}{
+		{"its tick failed", 2 * time.Second, false},
+		{"Redis restarted empty", time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const capacity = 4 // a share of 2 for each of 2 replicas
+			f := newFixture(t)
+			p := newCutPair(t, f, capacity, WithTimeout(tc.timeout))
+			a, b := p.lims[0], p.lims[1]
+			p.cuts[0].down.Store(true)
+			p.cuts[1].down.Store(true)
+			for p.take(0) == 0 { // a has calls: they fail until it falls back
+				f.advance(tc.timeout)
+			}
+			f.settle(t, 2)
+			require.True(t, a.Stats().Fallback)
+			require.False(t, b.Stats().Fallback, "b has no calls: it does not fall back")
+			require.Equal(t, !tc.empty, b.Stats().Errors > 0, "b's tick failed in the outage")
+			inFlight := len(p.held[0])
+			require.Equal(t, 2, inFlight, "a's share in fallback")
+
+			if tc.empty {
+				f.m.FlushAll()
+			}
+			p.cuts[0].down.Store(false) // Redis is back, before a's probe
+			p.cuts[1].down.Store(false)
+			inFlight += p.take(1)
+			require.LessOrEqual(t, inFlight, capacity+2-1, "b back on Redis while a holds its share outside it")
+			p.release(0)
+			p.release(1)
+		})
+	}
+}
+
 // replyCut drops the connection that carries the next run of one script
 // after Redis has run it and answered, before go-redis reads the answer: as
 // a connection reset is to go-redis, which sends the same command again on
@@ -411,10 +456,14 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 	p := newCutPair(t, f, capacity, WithTimeout(timeout), WithProbeInterval(probe))
 	a, b, cuts, take, release := p.lims[0], p.lims[1], p.cuts, p.take, p.release
 	back := func(l *Limiter) {
-		require.Eventually(t, func() bool {
+		// A tick at a time, as the other replica's ticks keep up: a
+		// heartbeat that expires between two of its ticks would be an
+		// outage to it.
+		for i := 0; l.Stats().Fallback; i++ {
+			require.Less(t, i, 20, "no probe came back")
 			f.advance(probe / 10)
-			return !l.Stats().Fallback
-		}, testTimeout, time.Millisecond)
+			f.settle(t, 2)
+		}
 	}
 
 	// A long outage: both in fallback, their heartbeats expire in Redis.
@@ -467,8 +516,12 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 	release(0)
 	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
 		"the released leases are deleted from Redis")
-	f.advance(2 * probe)
-	f.settle(t, 2)
+	for end := f.clk.Now().Add(2 * probe); f.clk.Now().Before(end); {
+		// A tick at a time: a heartbeat that expires between two ticks
+		// would be an outage.
+		f.advance(DefaultTTL / 3)
+		f.settle(t, 2)
+	}
 	require.Equal(t, capacity, take(0))
 	require.Equal(t, 2, a.Stats().Replicas)
 	release(0)

@@ -86,8 +86,11 @@ type Limiter struct {
 	// count Redis gives meanwhile misses them, so rejoinReplicas also
 	// floors the shares of a fallback (Redis gone again before they
 	// returned) until Redis has counted the replicas after the window.
+	// A process that was not in fallback rejoins too when it learns of an
+	// outage (rejoinLocked).
 	rejoin         time.Time
 	rejoinReplicas int
+	ticked         bool      // a tick has reached Redis: it holds this process's heartbeat
 	pending        []removal // leases to delete from Redis at the next tick that reaches it
 	closed         bool
 }
@@ -331,7 +334,9 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease
 	l.mu.Lock()
 	fallback := l.fallback
 	var limits []int64
-	if !fallback && l.cfg.clock.Now().Before(l.rejoin) {
+	// Also while round trips fail: if this one succeeds, Redis is back
+	// from what may have been an outage (exec).
+	if !fallback && l.cfg.mode == FailStatic && (l.cfg.clock.Now().Before(l.rejoin) || l.failingSince.Load() != 0) {
 		limits = l.rejoinLimitsLocked(cands)
 	}
 	l.mu.Unlock()
@@ -351,6 +356,24 @@ func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease
 		}
 	}
 	return l.tryLocal(cands)
+}
+
+// rejoinLocked starts, or lengthens, a rejoin window at now, when this
+// process learns that Redis was out (before is the replica count it saw
+// before): back from fallback, or not in fallback but with round trips
+// failed since the last success, or with its heartbeat gone from Redis (a
+// restart or a failover lost it). Other replicas may be in fallback,
+// holding their shares outside Redis until their probes, however few calls
+// this process made meanwhile; for a fleet that shares one
+// WithProbeInterval every one of them has probed within two intervals.
+func (l *Limiter) rejoinLocked(now time.Time, before int) {
+	if l.cfg.mode != FailStatic {
+		return
+	}
+	if end := now.Add(2 * l.cfg.probe); end.After(l.rejoin) {
+		l.rejoin = end
+	}
+	l.rejoinReplicas = max(before, l.rejoinReplicas)
 }
 
 // rejoinLimitsLocked returns, for each of cands, the limit an acquire may
@@ -423,16 +446,20 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 		return nil, err
 	}
 	reply, ok := res.([]any)
-	if !ok || len(reply) != 3 {
+	if !ok || len(reply) != 4 {
 		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
 	}
 	i, ok1 := reply[0].(int64)
 	replicas, ok2 := reply[2].(int64)
-	if !ok1 || !ok2 || i < 0 || int(i) > len(cands) {
+	gone, ok3 := reply[3].(int64)
+	if !ok1 || !ok2 || !ok3 || i < 0 || int(i) > len(cands) {
 		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if gone == 1 && l.ticked {
+		l.rejoinLocked(l.cfg.clock.Now(), l.replicas)
+	}
 	if replicas > 0 {
 		// Every acquire refreshes the count, not only the tick: replicas
 		// that start together see each other within a round trip.

@@ -76,8 +76,15 @@ func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error
 		return nil, err
 	}
 	l.streak.Store(0)
-	l.failingSince.Store(0)
-	d := int64(l.cfg.clock.Now().Sub(start))
+	now := l.cfg.clock.Now()
+	if l.failingSince.Swap(0) != 0 {
+		// Round trips failed since the last success, which no call of this
+		// process may have needed: other replicas may have fallen back.
+		l.mu.Lock()
+		l.rejoinLocked(now, l.replicas)
+		l.mu.Unlock()
+	}
+	d := int64(now.Sub(start))
 	for {
 		old := l.rtt.Load()
 		next := d

@@ -104,10 +104,11 @@ end
 // the n want sets of the same endpoints; then the members set.
 // ARGV: lease id, TTL in ms, n limits, process id, want TTL in ms (0: the
 // process will not wait, do not record it).
-// Reply: {i, c, r}: the lease is on KEYS[i] (1-based), which now holds c
+// Reply: {i, c, r, g}: the lease is on KEYS[i] (1-based), which now holds c
 // leases; i and c are 0 when every candidate is full. r is the number of
 // live replicas (members, and this process if its heartbeat is not in yet),
-// so that every acquire keeps the count fresh.
+// so that every acquire keeps the count fresh. g is 1 when the process's
+// heartbeat is not in (not yet, or expired, or lost with a restart), else 0.
 //
 // A lease id already in a set, on any candidate, is a retry of the same
 // acquire whose first run's reply was lost (go-redis sends a command again
@@ -120,13 +121,16 @@ local id, ttl = ARGV[1], tonumber(ARGV[2])
 local proc, wttl = ARGV[3 + n], tonumber(ARGV[4 + n])
 local replicas = redis.call('ZCOUNT', KEYS[#KEYS], now, '+inf')
 local beat = redis.call('ZSCORE', KEYS[#KEYS], proc)
-if not beat or tonumber(beat) < now then replicas = replicas + 1 end -- itself, before its first heartbeat
+local gone = 0
+if not beat or tonumber(beat) < now then -- itself, before its first heartbeat
+  replicas, gone = replicas + 1, 1
+end
 for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('ZSCORE', KEYS[i], id) then -- a retry
     redis.call('ZADD', KEYS[i], now + ttl, id)
     extend(KEYS[i], ttl)
-    return {i, redis.call('ZCARD', KEYS[i]), replicas}
+    return {i, redis.call('ZCARD', KEYS[i]), replicas, gone}
   end
 end
 for i = 1, n do
@@ -135,7 +139,7 @@ for i = 1, n do
   if c < limit then
     redis.call('ZADD', k, now + ttl, id)
     extend(k, ttl)
-    return {i, c + 1, replicas}
+    return {i, c + 1, replicas, gone}
   end
 end
 if wttl > 0 then
@@ -145,7 +149,7 @@ if wttl > 0 then
     extend(KEYS[i], wttl)
   end
 end
-return {0, 0, replicas}
+return {0, 0, replicas, gone}
 `)
 
 // releaseScript ends one lease and, when another process wants a slot on
@@ -260,7 +264,9 @@ return 0
 // count M, M lease ids.
 // Reply: {replicas, {live limit members}, {ids that were missing},
 // {"<lease set>|<lease id>" granted to the process}, {health records},
-// {leases in each lease set renewed, after the renewal}}. The grants
+// {leases in each lease set renewed, after the renewal}, g}: g is 1 when
+// the process's heartbeat was not in before this one (its first, or
+// expired, or lost with a restart), else 0. The grants
 // returned stay in the grants set until they expire, and every tick until
 // then returns them again: a tick whose reply is lost (go-redis may also
 // send it again after it ran) must not lose a grant whose notice the
@@ -274,6 +280,9 @@ return 0
 // keeps new acquires out until the real number drains.
 var tickScript = redis.NewScript(scriptNow + `
 local proc, ttl, mttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local beat = redis.call('ZSCORE', KEYS[1], proc)
+local gone = 0
+if not beat or tonumber(beat) < now then gone = 1 end
 redis.call('ZADD', KEYS[1], now + mttl, proc)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 extend(KEYS[1], mttl)
@@ -323,7 +332,7 @@ for k = 4 + nh, #KEYS do
   extend(key, ttl)
   counts[#counts + 1] = redis.call('ZCARD', key)
 end
-return {replicas, limits, missing, granted, health, counts}
+return {replicas, limits, missing, granted, health, counts, gone}
 `)
 
 // healthScript writes what one process saw of an endpoint's health and

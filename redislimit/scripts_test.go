@@ -54,8 +54,14 @@ func acquire(t *testing.T, b *backend, id string, ttl time.Duration, keys []stri
 }
 
 // acquireWanting is acquire recording, when every candidate is full, that
-// the process wants one for wttl; it returns the whole reply.
+// the process wants one for wttl; it returns {i, c, r}.
 func acquireWanting(t *testing.T, b *backend, id string, wttl, ttl time.Duration, keys []string, limits ...int) []int64 {
+	t.Helper()
+	return acquireReply(t, b, id, wttl, ttl, keys, limits...)[:3]
+}
+
+// acquireReply is acquireWanting's whole reply.
+func acquireReply(t *testing.T, b *backend, id string, wttl, ttl time.Duration, keys []string, limits ...int) []int64 {
 	t.Helper()
 	proc, _, _ := strings.Cut(id, ":")
 	args := []any{id, ttl.Milliseconds()}
@@ -70,7 +76,7 @@ func acquireWanting(t *testing.T, b *backend, id string, wttl, ttl time.Duration
 	all = append(all, "amlpool:{t}:members")
 	res, err := acquireScript.Run(context.Background(), b.rdb, all, args...).Int64Slice()
 	require.NoError(t, err)
-	require.Len(t, res, 3)
+	require.Len(t, res, 4)
 	return res
 }
 
@@ -86,6 +92,9 @@ func TestAcquireScriptCountsReplicas(t *testing.T) {
 			"two live replicas, itself one; the one whose heartbeat expired not counted")
 		assert.Equal(t, []int64{0, 0, 3}, acquireWanting(t, b, "r:1", 0, time.Minute, k, 1), "full, and still the count, r included")
 		assert.Equal(t, []int64{0, 0, 3}, acquireWanting(t, b, "gone:1", 0, time.Minute, k, 1), "one whose heartbeat expired counts itself")
+		assert.Equal(t, int64(0), acquireReply(t, b, "p:2", 0, time.Minute, k, 1)[3], "p's heartbeat is in")
+		assert.Equal(t, int64(1), acquireReply(t, b, "gone:2", 0, time.Minute, k, 1)[3], "gone's has expired")
+		assert.Equal(t, int64(1), acquireReply(t, b, "new:1", 0, time.Minute, k, 1)[3], "new has none")
 	})
 }
 
@@ -357,6 +366,7 @@ func TestTickScript(t *testing.T) {
 		ks := newKeyspace("t")
 		ep := ks.endpoint("a")
 		ttl, mttl := time.Second, 3*time.Second
+		var gone bool // the last tick's process had no heartbeat in
 		tick := func(proc string, limits []string, ids ...string) (int, []string, map[string]bool) {
 			keys := []string{ks.members, ks.limits, ks.grants}
 			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), 0, len(limits)}
@@ -378,11 +388,15 @@ func TestTickScript(t *testing.T) {
 				require.Len(t, r.counts, 1)
 				assert.Equal(t, b.rdb.ZCard(ctx, ep).Val(), r.counts[0], "the count after the renewal")
 			}
+			gone = r.gone
 			return r.replicas, r.limits, r.missing
 		}
 
 		n, _, _ := tick("p1", []string{limitMember("a", 2, "p1")})
 		assert.Equal(t, 1, n)
+		assert.True(t, gone, "p1's first heartbeat")
+		tick("p1", []string{limitMember("a", 2, "p1")})
+		assert.False(t, gone, "p1's heartbeat is in")
 		n, lim, _ := tick("p2", []string{limitMember("a", 3, "p2")})
 		assert.Equal(t, 2, n, "two processes heard from")
 		assert.Equal(t, map[string][]int{"a": {2, 3}}, limitsByEndpoint(lim), "disagreeing limits")
@@ -405,6 +419,7 @@ func TestTickScript(t *testing.T) {
 		b.advance(mttl)
 		n, lim, _ = tick("p1", []string{limitMember("a", 2, "p1")})
 		assert.Equal(t, 1, n)
+		assert.True(t, gone, "p1's heartbeat had expired")
 		assert.Equal(t, map[string][]int{"a": {2}}, limitsByEndpoint(lim))
 		for _, k := range []string{ks.members, ks.limits} {
 			assert.Greater(t, b.rdb.PTTL(ctx, k).Val(), time.Duration(0), "%s has no TTL", k)
