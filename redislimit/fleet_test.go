@@ -361,10 +361,16 @@ func TestFleetSharesCapsAcrossProcesses(t *testing.T) {
 		assert.Zero(t, r.Limiter.Fallbacks, "process %d fell back: %s", i, ws[i].stderr.String())
 		assert.Equal(t, procs, r.MaxReplicas)
 	}
-	// Every process closed its Limiter: nothing is left in Redis.
-	keys, err := rs.Client(t).Keys(context.Background(), "amlpool:*").Result()
+	// Every process closed its Limiter: nothing is left in Redis but their
+	// goodbyes, each of which expires.
+	rdb := rs.Client(t)
+	keys, err := rdb.Keys(context.Background(), "amlpool:*").Result()
 	require.NoError(t, err)
-	assert.Empty(t, keys, "keys left after every process closed")
+	for _, k := range keys {
+		assert.Contains(t, k, ":done:", "a key left after every process closed")
+		assert.Equal(t, []string{"bye"}, rdb.ZRange(context.Background(), k, 0, -1).Val())
+		assert.Positive(t, rdb.PTTL(context.Background(), k).Val())
+	}
 }
 
 // attemptCounts sums up a process's attempts per endpoint, for a failure's
@@ -440,7 +446,8 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 	}
 	require.NoError(t, lim.Close())
 	// What the dead process wrote besides leases (its heartbeat and limits)
-	// expires too: every key has a TTL, and all are gone within three ticks.
+	// expires too, and so does lim's goodbye: every key has a TTL, and all
+	// are gone within three ticks.
 	require.Eventually(t, func() bool {
 		keys := rdb.Keys(ctx, "amlpool:*").Val()
 		for _, k := range keys {
@@ -449,7 +456,7 @@ func TestFleetKilledProcessSlotsReturnWithinTTL(t *testing.T) {
 			}
 		}
 		return len(keys) == 0
-	}, ttl+time.Second, 10*time.Millisecond, "keys left after every process closed or died")
+	}, ttl+ttl/2+time.Second, 10*time.Millisecond, "keys left after every process closed or died")
 }
 
 // endpointID is amlpool's LimitedEndpoint.ID for url, as documented there.

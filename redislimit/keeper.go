@@ -52,7 +52,7 @@ func (l *Limiter) inFallback() bool {
 // tick runs the tick script once and applies its reply.
 func (l *Limiter) tick() {
 	now := l.cfg.clock.Now()
-	keys := []string{l.keys.members, l.keys.limits, l.keys.grants}
+	keys := []string{l.keys.members, l.keys.limits, l.keys.grants, l.keys.done(l.proc)}
 	args := []any{l.proc, l.cfg.ttl.Milliseconds(), l.memberTTL().Milliseconds()}
 
 	l.mu.Lock()
@@ -259,6 +259,11 @@ func (l *Limiter) unregistered() bool {
 
 // memberTTL is how long a heartbeat counts: three ticks.
 func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
+
+// byeTTL is how long Redis keeps this process's goodbye after Close: a
+// script of the process that Redis runs within a TTL of its sending (the
+// latest was sent before the goodbye) finds it there.
+func (l *Limiter) byeTTL() time.Duration { return l.cfg.ttl + l.cfg.timeout }
 
 // tickReply is what the tick script answered.
 type tickReply struct {

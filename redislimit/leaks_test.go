@@ -438,7 +438,84 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 	require.NoError(t, l.Close())
 	close(open)
 	assert.ErrorIs(t, <-got, amlpool.ErrClosed)
-	assert.Empty(t, f.m.Keys(), "keys left after Close")
+	assert.Equal(t, []string{l.keys.done(l.proc)}, f.m.Keys(), "keys left after Close, its goodbye aside")
+}
+
+// lateHook holds the next run of one script, once armed, until its
+// caller's ctx ends, and keeps what it would have sent: a command already
+// on its way to Redis when Close cut its round trip short, on another
+// connection than the goodbye's, which Redis may run after the goodbye.
+type lateHook struct {
+	sha     string
+	armed   atomic.Bool
+	reached chan struct{}
+	args    []any
+}
+
+func (h *lateHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *lateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmd)
+		}
+		h.args = cmd.Args()
+		close(h.reached)
+		<-ctx.Done()
+		cmd.SetErr(ctx.Err())
+		return ctx.Err()
+	}
+}
+
+// A tick or an acquire that Close cuts short may be on its way to Redis
+// already, and run there after the goodbye: it must not put back what the
+// goodbye deleted, or a lease no call holds would block its slot for a
+// TTL, and a heartbeat count a process that is gone.
+func TestScriptRunAfterGoodbyeChangesNothing(t *testing.T) {
+	for _, script := range []*redis.Script{tickScript, acquireScript} {
+		name := map[*redis.Script]string{tickScript: "tick", acquireScript: "acquire"}[script]
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			h := &lateHook{sha: script.Hash(), reached: make(chan struct{})}
+			rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+			t.Cleanup(func() { _ = rdb.Close() })
+			require.NoError(t, script.Load(ctx, f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
+			rdb.AddHook(h)
+			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+			require.NoError(t, err)
+			f.settle(t, 1) // the first heartbeat is in
+			held, err := l.Acquire(ctx, eps(2))
+			require.NoError(t, err)
+
+			h.armed.Store(true)
+			got := make(chan error, 1)
+			if script == tickScript {
+				f.advance(l.cfg.renew) // the tick, which renews held
+			} else {
+				go func() {
+					_, err := l.TryAcquire(ctx, eps(2))
+					got <- err
+				}()
+			}
+			<-h.reached
+			require.NoError(t, l.Close())
+			if script == acquireScript {
+				require.ErrorIs(t, <-got, amlpool.ErrClosed)
+			}
+			held.Release()
+			require.NoError(t, f.rdb.Do(ctx, h.args...).Err(), "Redis runs it after the goodbye")
+			assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+			for _, k := range []string{"amlpool:{t}:members", "amlpool:{t}:limits", "amlpool:{t}:want:a"} {
+				members, err := f.m.ZMembers(k)
+				if err == nil {
+					assert.Empty(t, members, "%s of the closed process", k)
+				}
+			}
+		})
+	}
 }
 
 // Redis flaps right after a long outage: back long enough for one replica's

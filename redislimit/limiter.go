@@ -396,7 +396,9 @@ func (l *Limiter) rejoinLimitsLocked(cands []*endpoint) []int64 {
 func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, limits []int64) (*lease, error) {
 	// Close cuts the script short, waits for it, and only then says goodbye
 	// to Redis, which deletes any lease the script took: one taken after the
-	// goodbye would block its slot fleet-wide for a TTL.
+	// goodbye would block its slot fleet-wide for a TTL. A script already
+	// sent may still run after the goodbye: it finds the goodbye there and
+	// takes nothing (goodbyeScript).
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -410,7 +412,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	defer context.AfterFunc(l.bg, cancel)()
 
 	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
-	keys := make([]string, 2*len(cands)+1)
+	keys := make([]string, 2*len(cands)+2)
 	args := make([]any, 0, 4+len(cands))
 	args = append(args, id, l.cfg.ttl.Milliseconds())
 	for i, ep := range cands {
@@ -421,7 +423,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 			args = append(args, ep.limit.Load())
 		}
 	}
-	keys[2*len(cands)] = l.keys.members
+	keys[2*len(cands)], keys[2*len(cands)+1] = l.keys.members, l.keys.done(l.proc)
 	wantTTL := int64(0)
 	if wait && limits == nil && l.subscribed.Load() {
 		// Only once a grant can reach us: one sent earlier would hold its

@@ -16,7 +16,7 @@ import (
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
 //	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
-//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process
+//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process; "bye" once it closed
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
@@ -49,7 +49,10 @@ func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 // ran changes nothing: a member per round trip, "<process id>.<n>", scored
 // by its expiry (ms) × 8 plus what the round trip replied (0 to 7), so that
 // expired marks go as others do (ZREMRANGEBYSCORE to now × 8 + 7) and a
-// retry reads the reply in its mark's score (ZSCORE). Goodbye deletes it.
+// retry reads the reply in its mark's score (ZSCORE). Goodbye replaces the
+// marks with one member, "bye": a script of the process that Redis runs
+// after the goodbye (sent before it, on another connection) finds it and
+// changes nothing.
 func (k keyspace) done(proc string) string { return k.prefix + "done:" + proc }
 
 // limitMember is what one process writes to the limits set for one endpoint.
@@ -101,7 +104,8 @@ end
 // every candidate is full, records that the process wants one.
 //
 // KEYS: n lease sets, one per candidate endpoint, most preferred first; then
-// the n want sets of the same endpoints; then the members set.
+// the n want sets of the same endpoints; then the members set and the
+// process's done set (a process that said goodbye takes nothing).
 // ARGV: lease id, TTL in ms, n limits, process id, want TTL in ms (0: the
 // process will not wait, do not record it).
 // Reply: {i, c, r, g}: the lease is on KEYS[i] (1-based), which now holds c
@@ -116,11 +120,13 @@ end
 // counted twice, and never joined by a second lease on an earlier candidate
 // that has room since, which no call would hold.
 var acquireScript = redis.NewScript(scriptNow + `
-local n = (#KEYS - 1) / 2
+if redis.call('ZSCORE', KEYS[#KEYS], 'bye') then return {0, 0, 0, 0} end
+local n = (#KEYS - 2) / 2
 local id, ttl = ARGV[1], tonumber(ARGV[2])
 local proc, wttl = ARGV[3 + n], tonumber(ARGV[4 + n])
-local replicas = redis.call('ZCOUNT', KEYS[#KEYS], now, '+inf')
-local beat = redis.call('ZSCORE', KEYS[#KEYS], proc)
+local members = KEYS[#KEYS - 1]
+local replicas = redis.call('ZCOUNT', members, now, '+inf')
+local beat = redis.call('ZSCORE', members, proc)
 local gone = 0
 if not beat or tonumber(beat) < now then -- itself, before its first heartbeat
   replicas, gone = replicas + 1, 1
@@ -162,7 +168,7 @@ return {0, 0, replicas, gone}
 // than it does.
 //
 // KEYS: the lease set, its endpoint's want set, the grants set, the
-// process's done set.
+// process's done set (a process that said goodbye does nothing).
 // ARGV: lease id, the endpoint's limit, process id, TTL in ms, keep (0/1),
 // grant (0/1: 0 never grants), channel, a suffix unique to this release
 // ("<process id>.<n>").
@@ -181,6 +187,7 @@ var releaseScript = redis.NewScript(scriptNow + `
 local k, want, grants, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, limit, proc, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local keep, grant = ARGV[5] == '1', ARGV[6] == '1'
+if redis.call('ZSCORE', done, 'bye') then return {0, 0} end
 local before = marked(done, ARGV[8])
 if before then return {math.floor(before / 4), before % 4} end
 local function reply(removed, outcome)
@@ -257,8 +264,9 @@ return 0
 // it may have missed, and its endpoints' shared health. After an outage it
 // also re-registers every lease still in flight.
 //
-// KEYS: members set, limits set, grants set, H health hashes, then the lease
-// sets that have leases to renew.
+// KEYS: members set, limits set, grants set, the process's done set (a
+// process that said goodbye writes nothing), H health hashes, then the
+// lease sets that have leases to renew.
 // ARGV: process id, lease TTL ms, member TTL ms, H, the H endpoint ids of
 // the health hashes, count L, L limit members, then for each lease set:
 // count M, M lease ids.
@@ -280,6 +288,7 @@ return 0
 // keeps new acquires out until the real number drains.
 var tickScript = redis.NewScript(scriptNow + `
 local proc, ttl, mttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[4], 'bye') then return {0, {}, {}, {}, {}, {}, 0} end
 local beat = redis.call('ZSCORE', KEYS[1], proc)
 local gone = 0
 if not beat or tonumber(beat) < now then gone = 1 end
@@ -291,7 +300,7 @@ local replicas = redis.call('ZCARD', KEYS[1])
 local nh = tonumber(ARGV[4])
 local health = {}
 for i = 1, nh do
-  local h = redis.call('HMGET', KEYS[3 + i], 'v', 'cool', 'ej', 'fault', 'owner', 'last')
+  local h = redis.call('HMGET', KEYS[4 + i], 'v', 'cool', 'ej', 'fault', 'owner', 'last')
   if h[1] then
     health[#health + 1] = {ARGV[4 + i], tonumber(h[1]), math.max(0, (tonumber(h[2]) or 0) - now),
       math.max(0, (tonumber(h[3]) or 0) - now), tonumber(h[4]) or 0, h[5] or '', h[6] or ''}
@@ -318,7 +327,7 @@ for _, g in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
 end
 
 local missing, counts = {}, {}
-for k = 4 + nh, #KEYS do
+for k = 5 + nh, #KEYS do
   local key = KEYS[k]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local m = tonumber(ARGV[a])
@@ -402,15 +411,19 @@ return {v, left, owner}
 // lease of the process, the ones it knows it holds and any it does not (an
 // acquire or a tick that ran in Redis with its reply lost, a grant it never
 // heard of), its wish for more, its limit announcements and membership, and
-// its done set.
+// its done set's marks, in whose place it leaves "bye" for a while: an
+// acquire, tick or release of the process that Redis runs after this (sent
+// before Close gave up on it, on another connection) finds it and writes
+// nothing.
 //
 // KEYS: the lease sets of every endpoint the process has seen, then their
 // want sets, then the grants set, the limits set, the members set and the
 // process's done set. (Its health writes stay: they are the fleet's, not
 // the process's.)
-// ARGV: process id, then the process's limit members.
+// ARGV: process id, how long "bye" stays (ms), then the process's limit
+// members.
 // Lease ids are "<process id>:<suffix>", and process ids hold no ':'.
-var goodbyeScript = redis.NewScript(`
+var goodbyeScript = redis.NewScript(scriptNow + `
 local prefix = ARGV[1] .. ':'
 local n = (#KEYS - 4) / 2
 for k = 1, n do
@@ -423,8 +436,11 @@ local gprefix = ARGV[1] .. '|'
 for _, g in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 3], 0, -1)) do
   if string.sub(g, 1, #gprefix) == gprefix then redis.call('ZREM', KEYS[#KEYS - 3], g) end
 end
-for i = 2, #ARGV do redis.call('ZREM', KEYS[#KEYS - 2], ARGV[i]) end
+for i = 3, #ARGV do redis.call('ZREM', KEYS[#KEYS - 2], ARGV[i]) end
 redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
 redis.call('DEL', KEYS[#KEYS])
+local keep = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[#KEYS], (now + keep) * 8, 'bye')
+redis.call('PEXPIRE', KEYS[#KEYS], keep)
 return 1
 `)

@@ -73,7 +73,7 @@ func acquireReply(t *testing.T, b *backend, id string, wttl, ttl time.Duration, 
 	for _, k := range keys {
 		all = append(all, strings.Replace(k, ":ep:", ":want:", 1))
 	}
-	all = append(all, "amlpool:{t}:members")
+	all = append(all, "amlpool:{t}:members", newKeyspace("t").done(proc))
 	res, err := acquireScript.Run(context.Background(), b.rdb, all, args...).Int64Slice()
 	require.NoError(t, err)
 	require.Len(t, res, 4)
@@ -368,7 +368,7 @@ func TestTickScript(t *testing.T) {
 		ttl, mttl := time.Second, 3*time.Second
 		var gone bool // the last tick's process had no heartbeat in
 		tick := func(proc string, limits []string, ids ...string) (int, []string, map[string]bool) {
-			keys := []string{ks.members, ks.limits, ks.grants}
+			keys := []string{ks.members, ks.limits, ks.grants, ks.done(proc)}
 			args := []any{proc, ttl.Milliseconds(), mttl.Milliseconds(), 0, len(limits)}
 			for _, l := range limits {
 				args = append(args, l)
@@ -441,7 +441,7 @@ func TestTickScriptGrantsAndHealth(t *testing.T) {
 		require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: "q|k1|q:g2"}).Err())
 		health(t, b, "q", wireEjected, "a", 30000, 1)
 		tick := func() ([]string, []any) {
-			keys := []string{ks.members, ks.limits, ks.grants, ks.endpointHealth("a"), ks.endpointHealth("b")}
+			keys := []string{ks.members, ks.limits, ks.grants, ks.done("p"), ks.endpointHealth("a"), ks.endpointHealth("b")}
 			res, err := tickScript.Run(ctx, b.rdb, keys, "p", 1000, 3000, 2, "a", "b", 0).Result()
 			require.NoError(t, err)
 			r, err := parseTick(res)
@@ -627,7 +627,7 @@ func TestGoodbyeScript(t *testing.T) {
 			require.NoError(t, b.rdb.ZAdd(ctx, ks.done(p), redis.Z{Score: 1e15, Member: p + ".1"}).Err())
 		}
 		err := goodbyeScript.Run(ctx, b.rdb, []string{a, c, ks.want("a"), ks.want("c"), ks.grants, ks.limits, ks.members, ks.done("p1")},
-			"p1", limitMember("a", 10, "p1"), limitMember("c", 10, "p1")).Err()
+			"p1", 2000, limitMember("a", 10, "p1"), limitMember("c", 10, "p1")).Err()
 		require.NoError(t, err)
 		assert.ElementsMatch(t, []string{"p12:1", "p2:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val(), "p1's leases only")
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val())
@@ -635,8 +635,28 @@ func TestGoodbyeScript(t *testing.T) {
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
 		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
-		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.done("p1")).Val())
+		assert.Equal(t, []string{"bye"}, b.rdb.ZRange(ctx, ks.done("p1"), 0, -1).Val(), "p1's marks, replaced by its goodbye")
+		assert.InDelta(t, 2000, b.rdb.PTTL(ctx, ks.done("p1")).Val().Milliseconds(), 500)
 		assert.EqualValues(t, 1, b.rdb.Exists(ctx, ks.done("p2")).Val())
+
+		// Scripts of p1 that Redis runs after its goodbye write nothing.
+		assert.Equal(t, []int64{0, 0, 0, 0}, acquireReply(t, b, "p1:4", time.Minute, time.Minute, []string{a}, 10))
+		res, err := tickScript.Run(ctx, b.rdb, []string{ks.members, ks.limits, ks.grants, ks.done("p1"), a},
+			"p1", 1000, 3000, 0, 1, limitMember("a", 10, "p1"), 1, "p1:1").Result()
+		require.NoError(t, err)
+		_, err = parseTick(res)
+		require.NoError(t, err)
+		res, err = releaseScript.Run(ctx, b.rdb, []string{a, ks.want("a"), ks.grants, ks.done("p1")},
+			"p1:1", 10, "p1", 60000, 1, 1, ks.grant, "p1.9").Result()
+		require.NoError(t, err)
+		assert.Equal(t, []any{int64(0), int64(0)}, res)
+		assert.ElementsMatch(t, []string{"p12:1", "p2:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val())
+		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val())
+		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
+		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
+		assert.Equal(t, []string{"bye"}, b.rdb.ZRange(ctx, ks.done("p1"), 0, -1).Val())
+		b.advance(2500 * time.Millisecond)
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.done("p1")).Val(), "the goodbye expires")
 	})
 }
 

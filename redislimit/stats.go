@@ -80,9 +80,13 @@ func (l *Limiter) Stats() Stats {
 // one script, every lease of this process is deleted from Redis (calls still
 // running are no longer counted fleet-wide; a lease Redis took from an
 // acquire whose reply was lost goes too) and the process leaves the replica
-// count. Close waits for Redis at most the Limiter's timeout, or the client's
-// own timeouts when it ignores contexts. The first Close returns nil; later
-// ones return amlpool.ErrClosed.
+// count. A round trip that Close cut short may have been sent already, and
+// Redis may run it after the goodbye: for a TTL plus WithTimeout Redis
+// keeps a record of the goodbye (one small key, the process's done set),
+// and such a script finds it and changes nothing. Close waits for Redis at
+// most the Limiter's timeout, or the client's own timeouts when it ignores
+// contexts. The first Close returns nil; later ones return
+// amlpool.ErrClosed.
 func (l *Limiter) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -102,7 +106,7 @@ func (l *Limiter) Close() error {
 	l.pending = nil // the goodbye script deletes these with the rest
 	keys := make([]string, 0, 2*len(l.eps)+4)
 	var wants []string
-	args := []any{l.proc}
+	args := []any{l.proc, l.byeTTL().Milliseconds()}
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
 			ls.released = true
@@ -119,7 +123,9 @@ func (l *Limiter) Close() error {
 	// Nothing else runs now: say goodbye to Redis on this goroutine. Every
 	// lease of this process goes, also one Redis holds without our knowing
 	// (an acquire or a tick that ran there with its reply lost), so its
-	// slots come back now, not a TTL later.
+	// slots come back now, not a TTL later. A round trip given up on above
+	// may still reach Redis after this, on another connection: the goodbye
+	// stays in Redis, and stops it.
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
 	defer cancel()
 	_ = goodbyeScript.Run(ctx, l.rdb, keys, args...).Err()
