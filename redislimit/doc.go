@@ -146,4 +146,14 @@
 // ContextTimeoutEnabled false a timed-out call is only abandoned: its
 // goroutine and connection stay busy until the client's own ReadTimeout.
 // Use the settings above.
+//
+// A client that retries (MaxRetries) may send a script again after Redis
+// ran it, when the connection breaks before the reply: go-redis does so
+// within the round trip's deadline, WithTimeout after the first send. A
+// release or a health report leaves a mark in Redis for a TTL plus
+// WithTimeout, so that a copy Redis runs within a TTL of its sending
+// changes nothing; an acquire or a tick sent again finds what its first
+// run wrote and does not count it twice.
+// Likewise a round trip that Close gave up on may reach Redis after Close's
+// last script: for a TTL plus WithTimeout it changes nothing either.
 package redislimit

@@ -220,7 +220,8 @@ func (l *Limiter) writeReport(r healthReport) {
 	}
 	rid := l.proc + "." + strconv.FormatUint(l.seq.Add(1), 36)
 	res, err := l.eval(l.bg, healthScript, []string{ep.health, l.keys.done(l.proc)},
-		[]any{l.proc, kind, ep.id, ms, fault, l.keys.health, l.memberTTL().Milliseconds(), rid})
+		[]any{l.proc, kind, ep.id, ms, fault, l.keys.health, l.memberTTL().Milliseconds(), rid,
+			l.doneTTL().Milliseconds()})
 	if err != nil {
 		if l.bg.Err() == nil {
 			l.failed(err)

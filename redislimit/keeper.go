@@ -260,10 +260,14 @@ func (l *Limiter) unregistered() bool {
 // memberTTL is how long a heartbeat counts: three ticks.
 func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
 
-// byeTTL is how long Redis keeps this process's goodbye after Close: a
-// script of the process that Redis runs within a TTL of its sending (the
-// latest was sent before the goodbye) finds it there.
-func (l *Limiter) byeTTL() time.Duration { return l.cfg.ttl + l.cfg.timeout }
+// doneTTL is how long Redis keeps a mark of a release or health report in
+// this process's done set, and its goodbye after Close. go-redis sends a
+// command again only within the round trip's deadline, WithTimeout after
+// the first send (it sleeps its backoff, and takes a connection, under the
+// context): a copy that Redis runs within a TTL of its sending finds the
+// mark of the first run. A script sent before the goodbye, and run after
+// it within a TTL of its sending, finds the goodbye.
+func (l *Limiter) doneTTL() time.Duration { return l.cfg.ttl + l.cfg.timeout }
 
 // tickReply is what the tick script answered.
 type tickReply struct {

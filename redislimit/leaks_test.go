@@ -729,52 +729,83 @@ func TestGrantOfATickWithItsReplyLost(t *testing.T) {
 // granted to it a second time under the same id (a grant it would take for
 // the one it has heard of already, leaving the lease unused for a TTL).
 func TestRetriedReleaseActsOnce(t *testing.T) {
-	f := newFixture(t)
-	ctx := testCtx(t)
-	key, want := "amlpool:{t}:ep:a", "amlpool:{t}:want:a"
-	later := f.clk.Now().Add(time.Minute).UnixMilli()
-	h := &replyCut{sha: []byte(releaseScript.Hash())}
-	h.ran = func() { // q used its grant and released it, and wants another
-		ids := f.rdb.ZRange(ctx, key, 0, -1).Val()
-		assert.Len(t, ids, 1)
-		assert.True(t, strings.HasPrefix(ids[0], "q:g"), "granted to q: %v", ids)
-		f.rdb.Del(ctx, key)
-		f.rdb.ZAdd(ctx, want, redisZ(later, "q"))
-	}
-	released := make(chan struct{}, 1)
-	l := f.replyCutLimiter(t, h, releaseScript, WithOnReleased(func() { released <- struct{}{} }))
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // between the two runs, on Redis's clock
+	}{
+		{"at once", 0},
+		// Sent 1 s after the first (within the timeout), run almost a TTL
+		// after its sending.
+		{"a TTL later", DefaultTTL + time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			key, want := "amlpool:{t}:ep:a", "amlpool:{t}:want:a"
+			later := f.clk.Now().Add(time.Minute).UnixMilli()
+			h := &replyCut{sha: []byte(releaseScript.Hash())}
+			h.ran = func() { // q used its grant and released it, and wants another
+				ids := f.rdb.ZRange(ctx, key, 0, -1).Val()
+				assert.Len(t, ids, 1)
+				assert.True(t, strings.HasPrefix(ids[0], "q:g"), "granted to q: %v", ids)
+				f.rdb.Del(ctx, key)
+				f.rdb.ZAdd(ctx, want, redisZ(later, "q"))
+				f.m.SetTime(f.clk.Now().Add(tc.gap)) // Redis's clock only: no tick is due
+				f.m.FastForward(tc.gap)
+			}
+			released := make(chan struct{}, 1)
+			l := f.replyCutLimiter(t, h, releaseScript, WithOnReleased(func() { released <- struct{}{} }))
 
-	ls, err := l.TryAcquire(ctx, eps(1))
-	require.NoError(t, err)
-	require.NotNil(t, ls)
-	require.NoError(t, f.rdb.ZAdd(ctx, want, redisZ(later, "q")).Err()) // another process waits
-	h.armed.Store(true)
-	ls.Release()
-	<-released
-	require.False(t, h.armed.Load(), "the script's connection was not cut")
-	assert.Empty(t, f.leases(t, "a"), "the slot granted again")
-	require.NoError(t, l.Close()) // waits for the release to be over
-	assert.Zero(t, l.Stats().Lost, "a lease released once counted lost")
+			ls, err := l.TryAcquire(ctx, eps(1))
+			require.NoError(t, err)
+			require.NotNil(t, ls)
+			require.NoError(t, f.rdb.ZAdd(ctx, want, redisZ(later, "q")).Err()) // another process waits
+			h.armed.Store(true)
+			ls.Release()
+			<-released
+			require.False(t, h.armed.Load(), "the script's connection was not cut")
+			assert.Empty(t, f.leases(t, "a"), "the slot granted again")
+			require.NoError(t, l.Close()) // waits for the release to be over
+			assert.Zero(t, l.Stats().Lost, "a lease released once counted lost")
+		})
+	}
 }
 
 // go-redis sends a health report again when its connection breaks after
 // Redis ran it. The failures it reports must count once across the fleet,
-// or the other replicas eject the endpoint after half the failures.
+// or the other replicas eject the endpoint after half the failures. The
+// copy may be sent as late as WithTimeout after the first (go-redis's
+// backoff; every round trip's deadline is WithTimeout), which may be longer
+// than the three ticks a heartbeat lives.
 func TestRetriedHealthReportCountsOnce(t *testing.T) {
-	f := newFixture(t)
-	h := &replyCut{sha: []byte(healthScript.Hash()), ran: func() {}}
-	l1 := f.replyCutLimiter(t, h, healthScript)
-	l2 := f.limiter(t)
-	f.subscribed(t, l1.keys.health, 2)
-	r1, _ := link(t, l1)
-	_, c2 := link(t, l2)
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // between the two runs, on Redis's clock
+	}{
+		{"at once", 0},
+		{"past three ticks, within the timeout", 4 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			h := &replyCut{sha: []byte(healthScript.Hash()), ran: func() {
+				f.m.SetTime(f.clk.Now().Add(tc.gap)) // Redis's clock only: no tick is due
+				f.m.FastForward(tc.gap)
+			}}
+			// Ticks of 1 s: a heartbeat lives 3 s, round trips 5 s.
+			l1 := f.replyCutLimiter(t, h, healthScript, WithRenewInterval(time.Second))
+			l2 := f.limiter(t)
+			f.subscribed(t, l1.keys.health, 2)
+			r1, _ := link(t, l1)
+			_, c2 := link(t, l2)
 
-	h.armed.Store(true)
-	r1.Report(amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2})
-	assert.Equal(t, amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2}, c2.next(t))
-	// The next report is written after the first's round trip, retry
-	// included: its news comes after any the retry published.
-	r1.Report(amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered})
-	assert.Equal(t, amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered}, c2.next(t), "failures counted twice")
-	require.False(t, h.armed.Load(), "the script's connection was not cut")
+			h.armed.Store(true)
+			r1.Report(amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2})
+			assert.Equal(t, amlpool.HealthEvent{ID: "a", Kind: amlpool.HealthFailed, Failures: 2}, c2.next(t))
+			// The next report is written after the first's round trip, retry
+			// included: its news comes after any the retry published.
+			r1.Report(amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered})
+			assert.Equal(t, amlpool.HealthEvent{ID: "b", Kind: amlpool.HealthRecovered}, c2.next(t), "failures counted twice")
+			require.False(t, h.armed.Load(), "the script's connection was not cut")
+		})
+	}
 }

@@ -36,7 +36,8 @@ func (l *Limiter) remove(ls *lease, keep bool) (removed bool, outcome int64, err
 	}
 	gid := l.proc + "." + strconv.FormatUint(l.seq.Add(1), 36)
 	res, err := l.eval(l.bg, releaseScript, []string{ep.key, ep.want, l.keys.grants, l.keys.done(l.proc)},
-		[]any{ls.id, ep.limit.Load(), l.proc, l.cfg.ttl.Milliseconds(), keepArg, grantArg, l.keys.grant, gid})
+		[]any{ls.id, ep.limit.Load(), l.proc, l.cfg.ttl.Milliseconds(), keepArg, grantArg, l.keys.grant, gid,
+			l.doneTTL().Milliseconds()})
 	if err != nil {
 		return false, freed, err
 	}

@@ -171,13 +171,13 @@ return {0, 0, replicas, gone}
 // process's done set (a process that said goodbye does nothing).
 // ARGV: lease id, the endpoint's limit, process id, TTL in ms, keep (0/1),
 // grant (0/1: 0 never grants), channel, a suffix unique to this release
-// ("<process id>.<n>").
+// ("<process id>.<n>"), how long its mark stays (ms).
 // Reply: {removed, outcome}: removed is 1 if the lease was there (0: it had
 // expired or been lost); outcome is 0 for a slot set free, 1 for one kept
 // (the same lease id, renewed), 2 for one granted to another process.
 //
-// The reply is kept for a TTL in the done set, under the suffix, and a
-// release that finds it there is a retry of one whose reply was lost
+// The reply is kept in the done set, under the suffix (Limiter.doneTTL),
+// and a release that finds it there is a retry of one whose reply was lost
 // (go-redis sends a command again when its connection breaks): it returns
 // that reply and does nothing more. Run again, it would find its lease gone
 // (counted lost) and could grant the slot a second time, under the same id,
@@ -191,7 +191,7 @@ if redis.call('ZSCORE', done, 'bye') then return {0, 0} end
 local before = marked(done, ARGV[8])
 if before then return {math.floor(before / 4), before % 4} end
 local function reply(removed, outcome)
-  mark(done, ARGV[8], removed * 4 + outcome, ttl)
+  mark(done, ARGV[8], removed * 4 + outcome, tonumber(ARGV[9]))
   return {removed, outcome}
 end
 local removed = redis.call('ZREM', k, id)
@@ -351,15 +351,15 @@ return {replicas, limits, missing, granted, health, counts, gone}
 // ARGV: process id, kind (f failed, r recovered, c cool-down, e ejected, a
 // readmitted), endpoint id, n (failures for f, ms for c and e), fault (0/1),
 // channel, how long the hash outlives its state (ms), a report id unique to
-// this report ("<process id>.<n>").
+// this report ("<process id>.<n>"), how long its mark stays (ms).
 // Reply: {version, ms left of the ejection, owner}; version 0 when nothing
 // was written. Failures and recoveries are announced, not written. An
 // ejection while another process's is still running is not written (that
 // one stands, and its owner probes), except to mark it a fault; the reply
 // names its owner.
 //
-// A failure or recovery is marked in the done set for as long as the hash
-// outlives its state, and one found marked there is a retry of a report
+// A failure or recovery is marked in the done set (Limiter.doneTTL), and
+// one found marked there is a retry of a report
 // whose reply was lost (go-redis sends a command again when its connection
 // breaks): it is not announced again, or its failures would count twice
 // towards ejection across the fleet. The other kinds write a state, which a
@@ -370,7 +370,7 @@ local proc, kind, id, n, fault, ch, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(A
 if kind == 'f' or kind == 'r' then
   if not marked(done, ARGV[8]) then
     redis.call('PUBLISH', ch, proc .. '|' .. kind .. '|' .. id .. '|' .. string.format('%d', n) .. '|0|0')
-    mark(done, ARGV[8], 0, keep)
+    mark(done, ARGV[8], 0, tonumber(ARGV[9]))
   end
   return {0, 0, ''}
 end

@@ -223,7 +223,7 @@ func releaser(t *testing.T, b *backend, limit int) func(id string, keep bool) []
 		}
 		sfx := proc + "." + strconv.Itoa(seq)
 		res, err := releaseScript.Run(context.Background(), b.rdb, []string{ks.endpoint("a"), ks.want("a"), ks.grants, ks.done(proc)},
-			id, limit, proc, time.Minute.Milliseconds(), k, 1, ks.grant, sfx).Int64Slice()
+			id, limit, proc, time.Minute.Milliseconds(), k, 1, ks.grant, sfx, time.Minute.Milliseconds()).Int64Slice()
 		require.NoError(t, err)
 		return res
 	}
@@ -251,10 +251,10 @@ func TestReleaseScriptIsIdempotentPerRelease(t *testing.T) {
 		ctx := context.Background()
 		ks := newKeyspace("t")
 		k := []string{ks.endpoint("a")}
-		run := func(id, sfx string, ttl time.Duration) []int64 {
+		run := func(id, sfx string, keep time.Duration) []int64 { // keep: how long the mark stays
 			t.Helper()
 			res, err := releaseScript.Run(ctx, b.rdb, []string{k[0], ks.want("a"), ks.grants, ks.done("p")},
-				id, 1, "p", ttl.Milliseconds(), 0, 1, ks.grant, sfx).Int64Slice()
+				id, 1, "p", time.Minute.Milliseconds(), 0, 1, ks.grant, sfx, keep.Milliseconds()).Int64Slice()
 			require.NoError(t, err)
 			return res
 		}
@@ -268,14 +268,14 @@ func TestReleaseScriptIsIdempotentPerRelease(t *testing.T) {
 		assert.Equal(t, []int64{1, granted}, run("p:1", "p.1", time.Minute), "the first run's reply")
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k[0]).Val(), "granted again")
 		pttl := b.rdb.PTTL(ctx, ks.done("p")).Val()
-		assert.Greater(t, pttl, 50*time.Second, "the reply is kept for the lease TTL")
+		assert.Greater(t, pttl, 50*time.Second, "the reply is kept as long as asked")
 		assert.LessOrEqual(t, pttl, time.Minute)
 		// Another release of the same lease id (one kept is released again
 		// later) is no retry: it acts.
 		assert.Equal(t, []int64{0, granted}, run("p:1", "p.2", time.Minute))
 		assert.Equal(t, []string{"q:gp.2"}, b.rdb.ZRange(ctx, k[0], 0, -1).Val())
 
-		// A release's mark goes once its TTL has passed.
+		// A release's mark goes once its time has passed.
 		require.NoError(t, b.rdb.Del(ctx, ks.done("p")).Err())
 		run("p:1", "p.3", 200*time.Millisecond)
 		b.advance(300 * time.Millisecond)
@@ -480,7 +480,7 @@ func healthKeep(t *testing.T, b *backend, keep time.Duration, proc, kind, id str
 	ks := newKeyspace("t")
 	rid := proc + "." + strconv.FormatInt(healthSeq.Add(1), 10)
 	res, err := healthScript.Run(context.Background(), b.rdb, []string{ks.endpointHealth(id), ks.done(proc)},
-		proc, kind, id, n, fault, ks.health, keep.Milliseconds(), rid).Result()
+		proc, kind, id, n, fault, ks.health, keep.Milliseconds(), rid, keep.Milliseconds()).Result()
 	require.NoError(t, err)
 	v, left, owner, ok := parseHealthReply(res)
 	require.True(t, ok, "%v", res)
@@ -507,7 +507,7 @@ func TestHealthScriptAnnouncesAReportOnce(t *testing.T) {
 		run := func(kind string, n int64, rid string) {
 			t.Helper()
 			res, err := healthScript.Run(ctx, b.rdb, []string{ks.endpointHealth("a"), ks.done("p")},
-				"p", kind, "a", n, 0, ks.health, 5000, rid).Slice()
+				"p", kind, "a", n, 0, ks.health, 60000, rid, 5000).Slice()
 			require.NoError(t, err)
 			assert.Equal(t, []any{int64(0), int64(0), ""}, res)
 		}
@@ -521,7 +521,7 @@ func TestHealthScriptAnnouncesAReportOnce(t *testing.T) {
 		assert.Equal(t, "p|f|a|3|0|0", next())
 		pttl := b.rdb.PTTL(ctx, ks.done("p")).Val()
 		assert.Greater(t, pttl, time.Duration(0))
-		assert.LessOrEqual(t, pttl, 5*time.Second, "kept as long as the hash outlives its state")
+		assert.LessOrEqual(t, pttl, 5*time.Second, "kept as long as asked")
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, ks.endpointHealth("a")).Val(), "nothing written")
 	})
 }

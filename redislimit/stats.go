@@ -106,7 +106,7 @@ func (l *Limiter) Close() error {
 	l.pending = nil // the goodbye script deletes these with the rest
 	keys := make([]string, 0, 2*len(l.eps)+4)
 	var wants []string
-	args := []any{l.proc, l.byeTTL().Milliseconds()}
+	args := []any{l.proc, l.doneTTL().Milliseconds()}
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
 			ls.released = true
