@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/amlpool/amlpool/internal/clock"
 	"io"
 	"log/slog"
 	"net"
@@ -808,4 +809,72 @@ func TestRetriedHealthReportCountsOnce(t *testing.T) {
 			require.False(t, h.armed.Load(), "the script's connection was not cut")
 		})
 	}
+}
+
+// orderHook runs the first acquire script before the first tick's, and
+// hands the acquire its reply only once the tick's has been taken in: the
+// order a starting process's first call and first tick may take.
+type orderHook struct {
+	clk      *clock.Fake
+	acquired chan struct{}
+	done     <-chan struct{}
+	tick     atomic.Bool
+	acq      atomic.Bool
+}
+
+func (h *orderHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *orderHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *orderHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !strings.EqualFold(cmd.Name(), "evalsha") {
+			return next(ctx, cmd)
+		}
+		switch cmd.Args()[1] {
+		case tickScript.Hash():
+			if h.tick.CompareAndSwap(false, true) {
+				select {
+				case <-h.acquired:
+				case <-h.done:
+				}
+			}
+		case acquireScript.Hash():
+			if h.acq.CompareAndSwap(false, true) {
+				err := next(ctx, cmd)
+				close(h.acquired)
+				h.clk.WaitTimers(1, h.done) // the keeper sleeps: the tick's reply is in
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// A process's first acquire may run in Redis before its first tick has
+// written the heartbeat, and its reply come after the tick's: the missing
+// heartbeat is no outage then, and must not hold the process to its share
+// of the caps (a rejoin window that, on a quiet fleet, keeps a call
+// waiting with a slot free).
+func TestFirstAcquireBeforeFirstHeartbeatIsNoOutage(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	h := &orderHook{clk: f.clk, acquired: make(chan struct{}), done: ctx.Done()}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for _, s := range []*redis.Script{tickScript, acquireScript} {
+		require.NoError(t, s.Load(ctx, f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
+	}
+	rdb.AddHook(h)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	ls, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	defer ls.Release()
+	require.True(t, h.tick.Load(), "the first tick did not wait for the acquire")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	assert.True(t, l.ticked)
+	assert.Zero(t, l.rejoin, "a rejoin window opened at start-up")
 }

@@ -405,6 +405,10 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 		return nil, amlpool.ErrClosed
 	}
 	l.wg.Add(1) // under mu and not closed: never after Close began waiting
+	// A heartbeat missing from Redis means an outage only once a tick has
+	// written it before this script runs: a tick under way now may write
+	// it after, and its reply come before this one's.
+	ticked := l.ticked
 	l.mu.Unlock()
 	defer l.wg.Done()
 	ctx, cancel := context.WithCancel(ctx)
@@ -459,7 +463,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if gone == 1 && l.ticked {
+	if gone == 1 && ticked {
 		l.rejoinLocked(l.cfg.clock.Now(), l.replicas)
 	}
 	if replicas > 0 {
