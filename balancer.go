@@ -15,6 +15,16 @@ import (
 //
 // Pick must not block or do I/O, and must be safe for concurrent use. It
 // returns an index into the Candidates, or -1 when none has a free slot.
+//
+// A Pick that panics panics the call it was picking for, with the same
+// value, in the goroutine that made the call (that of Do or Score; for
+// ScoreRows, the worker sending the chunk, so the program ends), and no
+// other. For a call waiting in line, the pick may
+// run in the goroutine of another call whose release freed a slot: that
+// call goes on as usual, the freed slot goes to the next call in line, and
+// the waiting call panics once it wakes (its stack trace then shows the
+// wait, not Pick). The Client stays usable: no slot stays held and no call
+// stays in line for the panic.
 type Balancer interface {
 	Pick(s Candidates) int
 }

@@ -174,51 +174,59 @@ func TestBalancerPicksAreChecked(t *testing.T) {
 	p.Release(held, &pool.Report{Result: pool.Unsent}, nil)
 }
 
+// panicky is a Balancer that panics once each time it is armed.
 type panicky struct{ armed *atomic.Bool }
 
 func (b panicky) Pick(s Candidates) int {
-	if b.armed.Load() {
+	if b.armed.Swap(false) {
 		panic("balancer bug")
 	}
 	return Random().Pick(s)
 }
 
-// A Balancer that panics must not leave the line locked or a slot held:
-// once it behaves again, calls go through.
+// A Balancer that panics picking for a call makes that call panic, and no
+// other: a release that serves the line hands its slot to the next
+// waiting call, and nothing is left locked, held or in line.
 func TestPoolSurvivesAPanickingBalancer(t *testing.T) {
 	t.Parallel()
 	var armed atomic.Bool
-	p := balancerPool(t, panicky{&armed}, 2)
+	p := balancerPool(t, panicky{&armed}, 1)
 	e := p.Set().Eps[0]
-	held := []pool.Slot{take(t, p, e), take(t, p, e)}
+	held := take(t, p, e)
 	queued := make(chan struct{})
-	p.OnQueue = func() { close(queued) }
-	got := make(chan pool.Slot)
-	go func() {
-		slot, err := p.Acquire(context.Background(), &pool.Exclusion{}, -1)
-		assert.NoError(t, err)
-		got <- slot
-	}()
-	<-queued
-
-	// A call that panics looking for a free slot, at once or joining the
-	// line behind the waiting one, leaves the line.
-	armed.Store(true)
-	for _, maxWait := range []time.Duration{0, -1} {
-		assert.PanicsWithValue(t, "balancer bug", func() { _, _ = p.Acquire(context.Background(), &pool.Exclusion{}, maxWait) })
-		assert.Equal(t, 1, p.Waiting(), "the call waiting before")
+	p.OnQueue = func() { queued <- struct{}{} }
+	type end struct {
+		slot     pool.Slot
+		err      error
+		panicked any
+	}
+	ends := make([]chan end, 2)
+	for i := range ends {
+		ends[i] = make(chan end, 1)
+		go func() {
+			var got end
+			defer func() {
+				got.panicked = recover()
+				ends[i] <- got
+			}()
+			got.slot, got.err = p.Acquire(context.Background(), &pool.Exclusion{}, -1)
+		}()
+		<-queued
 	}
 
-	// A release that serves the line while it panics frees its slot and
-	// the lock; the waiting call is served at the next chance.
-	assert.PanicsWithValue(t, "balancer bug", func() { p.Release(held[0], &pool.Report{Result: pool.OK}, nil) })
-	assert.Equal(t, 1, e.InFlight())
-	assert.Equal(t, 1, p.Waiting())
-	armed.Store(false)
-	p.Release(held[1], &pool.Report{Result: pool.OK}, nil) // the next chance
-	slot := <-got
-	assert.Same(t, e, slot.Ep)
-	p.Release(slot, &pool.Report{Result: pool.OK}, nil)
+	armed.Store(true)
+	require.NotPanics(t, func() { p.Release(held, &pool.Report{Result: pool.OK}, nil) })
+	assert.Equal(t, "balancer bug", (<-ends[0]).panicked, "the call picked for")
+	second := <-ends[1]
+	require.Nil(t, second.panicked)
+	require.NoError(t, second.err)
+	assert.Same(t, e, second.slot.Ep, "the next call in line, served by the same release")
+	assert.Zero(t, p.Waiting())
+
+	// A call that panics picking for itself holds nothing.
+	armed.Store(true)
+	assert.PanicsWithValue(t, "balancer bug", func() { _, _ = p.Acquire(context.Background(), &pool.Exclusion{}, 0) })
+	p.Release(second.slot, &pool.Report{Result: pool.OK}, nil)
 	assert.Zero(t, e.InFlight())
 }
 

@@ -21,19 +21,27 @@ type Slot struct {
 
 type waiter struct {
 	x     Exclusion
-	ready chan struct{} // closed once slot is set, or once shed
+	ready chan struct{} // closed once slot is set, once shed, or once the Picker panicked for it
 	slot  Slot
-	shed  bool   // taken out of the line for a call of higher priority (errOutranked)
-	pri   int8   // its queue: priority − Low
-	seq   uint64 // its arrival: the order of ties
-	since int64  // pool time it joined the line
-	prev  *waiter
-	next  *waiter
+	shed  bool // taken out of the line for a call of higher priority (errOutranked)
+	// panicked holds what the Picker panicked with while picking for this
+	// call, in whatever goroutine served the line: the call panics with it
+	// in its own (Acquire).
+	panicked any
+	pri      int8   // its queue: priority − Low
+	seq      uint64 // its arrival: the order of ties
+	since    int64  // pool time it joined the line
+	prev     *waiter
+	next     *waiter
 }
 
 // err returns the error of a waiter whose ready channel is closed: nil
-// when it was granted a slot.
+// when it was granted a slot. It panics, in the waiting call's goroutine,
+// when the Picker panicked picking for the call.
 func (w *waiter) err() error {
+	if w.panicked != nil {
+		panic(w.panicked)
+	}
 	if w.shed {
 		return errOutranked
 	}
@@ -155,12 +163,12 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 	p.mu.Lock()
 	select {
 	case <-w.ready:
-		// Granted, or shed, while giving up. A late grant still serves a
-		// call whose only problem was the max wait; otherwise hand the
-		// slot on.
+		// Granted, shed, or its pick panicked, while giving up. A late
+		// grant still serves a call whose only problem was the max wait;
+		// otherwise hand the slot on.
 		p.mu.Unlock()
-		if w.shed {
-			return Slot{}, errOutranked
+		if werr := w.err(); werr != nil {
+			return Slot{}, werr
 		}
 		if err == ErrNoCapacity {
 			return w.slot, nil
@@ -177,10 +185,8 @@ func (p *Pool) Acquire(ctx context.Context, x *Exclusion, maxWait time.Duration)
 // enqueue puts a call of priority pri at the end of its queue and serves
 // the line, which serves the call at once if a slot it may use is free and
 // no one ahead wants it. A line over MaxWaiting then sheds a call: one of
-// lower priority, or this one (ErrShed). The lock is released even if a
-// Picker panics; the call then leaves the line (with any slot it was
-// granted) before the panic goes on.
-func (p *Pool) enqueue(x *Exclusion, pri int8) (w *waiter, err error) {
+// lower priority, or this one (ErrShed).
+func (p *Pool) enqueue(x *Exclusion, pri int8) (*waiter, error) {
 	since := p.Nanotime()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -188,19 +194,8 @@ func (p *Pool) enqueue(x *Exclusion, pri int8) (w *waiter, err error) {
 		return nil, ErrClosed
 	}
 	p.arrivals++
-	w = &waiter{x: *x, ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: since}
+	w := &waiter{x: *x, ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: since}
 	p.pushLocked(w)
-	defer func() {
-		if r := recover(); r != nil {
-			select {
-			case <-w.ready:
-				p.unsend(w.slot)
-			default:
-				p.removeLocked(w)
-			}
-			panic(r)
-		}
-	}()
 	p.grantLocked()
 	if n := p.cfg.MaxWaiting; n > 0 && int(p.nwait.Load()) > n {
 		if err := p.shedLocked(w); err != nil {
@@ -244,6 +239,13 @@ func (p *Pool) removeLocked(w *waiter) {
 // calls: one whose untried endpoints all left rotation since it joined the
 // line may use those it tried. A waiter that may use every endpoint and
 // finds none free ends the pass: nobody behind it can be served either.
+//
+// A Picker that panics picking for a waiter ends that waiter's wait: it
+// leaves the line and panics with the same value in its own goroutine
+// (Acquire), as it would have had it picked itself; the pass goes on with
+// the others. So the panic reaches the caller whose call it was, and never
+// the goroutine that serves the line (a release of another call, Update,
+// Run), and a freed slot is not left unserved.
 func (p *Pool) grantLocked() {
 	var cur [numPriorities]*waiter
 	fronts := 0
@@ -262,31 +264,47 @@ func (p *Pool) grantLocked() {
 			return
 		}
 		cur[w.pri] = w.next
-		x := &w.x
-		slot, ok := p.TryAcquire(x)
-		if !ok && x.On && !p.set.Load().UsableOutside(&x.Tried) {
-			// Every endpoint the call has not tried left rotation (or the
-			// Set) since it joined the line: it may use those it tried.
-			all := *x
-			all.On = false
-			x = &all
-			slot, ok = p.TryAcquire(x)
-		}
-		if ok {
+		slot, ok, wide := p.serve(w)
+		switch {
+		case ok || w.panicked != nil:
 			w.slot = slot
 			p.removeLocked(w)
 			close(w.ready)
-		} else if !x.On {
+		case wide:
 			return
 		}
 	}
+}
+
+// serve looks for a free slot for w. wide reports whether w's pick could
+// use every endpoint (its exclusion was off or had lapsed). A Picker's
+// panic is kept in w.panicked, with no slot taken (a pick takes none).
+func (p *Pool) serve(w *waiter) (slot Slot, ok, wide bool) {
+	if p.cfg.Balance == Custom {
+		defer func() {
+			if r := recover(); r != nil {
+				w.panicked, slot, ok = r, Slot{}, false
+			}
+		}()
+	}
+	x := &w.x
+	slot, ok = p.TryAcquire(x)
+	if !ok && x.On && !p.set.Load().UsableOutside(&x.Tried) {
+		// Every endpoint the call has not tried left rotation (or the
+		// Set) since it joined the line: it may use those it tried.
+		all := *x
+		all.On = false
+		x = &all
+		slot, ok = p.TryAcquire(x)
+	}
+	return slot, ok, !x.On
 }
 
 // kick serves waiting calls; call it whenever slots may have become usable
 // (a release, a higher limit, an endpoint back from ejection, a new Set).
 func (p *Pool) kick() {
 	p.mu.Lock()
-	defer p.mu.Unlock() // also when a Picker panics
+	defer p.mu.Unlock()
 	p.grantLocked()
 }
 

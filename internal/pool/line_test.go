@@ -224,42 +224,72 @@ func TestPoolLateGrantServesAMaxWait(t *testing.T) {
 	assert.Equal(t, []int{0}, inFlight(p))
 }
 
-// panicky is a Picker that panics while armed.
+// panicky is a Picker that panics once each time it is armed.
 func panicky(armed *atomic.Bool) Picker {
 	return func(s *Set, x Exclusion) int {
-		if armed.Load() {
+		if armed.Swap(false) {
 			panic("picker bug")
 		}
 		return PickRandom(s, &x)
 	}
 }
 
-// A Picker that panics must not leave the line locked or a slot held: once
-// it behaves again, calls go through. (The root package runs the same
-// through a Balancer.)
-func TestPoolSurvivesAPanickingPicker(t *testing.T) {
+// recovered runs f and returns what it panicked with, or nil.
+func recovered(f func()) (r any) {
+	defer func() { r = recover() }()
+	f()
+	return nil
+}
+
+// A Picker that panics picking for a call makes that call panic, in its
+// own goroutine, and no other: not the release that served the line,
+// whose freed slot goes on to the next waiting call at once, nor the
+// calls behind. Nothing is left held or in line.
+func TestPoolPickerPanicReachesItsCallOnly(t *testing.T) {
 	t.Parallel()
 	var armed atomic.Bool
 	p, _ := newTestPool(t, Config{Balance: Custom, Pick: panicky(&armed)}, testSpecs(1))
 	held := acquire(t, p)
-	got, _ := queueN(t, p, []context.Context{context.Background()})
-
-	// A call that panics looking for a free slot, at once or joining the
-	// line behind the waiting one, leaves the line.
-	armed.Store(true)
-	for _, maxWait := range []time.Duration{0, -1} {
-		assert.PanicsWithValue(t, "picker bug", func() { _, _ = p.Acquire(context.Background(), &Exclusion{}, maxWait) })
-		assert.Equal(t, 1, p.Waiting(), "the call waiting before")
+	queued := make(chan struct{})
+	p.OnQueue = func() { queued <- struct{}{} }
+	type end struct {
+		slot     Slot
+		err      error
+		panicked any
+	}
+	ends := make([]chan end, 2)
+	for i := range ends {
+		ends[i] = make(chan end, 1)
+		go func() {
+			var e end
+			e.panicked = recovered(func() { e.slot, e.err = p.Acquire(context.Background(), &Exclusion{}, -1) })
+			ends[i] <- e
+		}()
+		<-queued
 	}
 
-	// A release that serves the line while it panics frees its slot and
-	// the lock; the waiting call is served at the next chance.
-	assert.PanicsWithValue(t, "picker bug", func() { release(p, held) })
+	// The release's pass picks for the first waiting call, which panics;
+	// the second takes the slot.
+	armed.Store(true)
+	require.Nil(t, recovered(func() { release(p, held) }), "the release does not panic")
+	first := <-ends[0]
+	assert.Equal(t, "picker bug", first.panicked)
+	second := <-ends[1]
+	require.Nil(t, second.panicked)
+	require.NoError(t, second.err)
+	assert.Equal(t, 0, p.Waiting())
+	assert.Equal(t, []int{1}, inFlight(p))
+
+	// A call that panics picking for itself holds nothing and leaves
+	// nothing in line.
+	for _, maxWait := range []time.Duration{0, -1} {
+		armed.Store(true)
+		assert.Equal(t, "picker bug", recovered(func() { _, _ = p.Acquire(context.Background(), &Exclusion{}, maxWait) }))
+		assert.Equal(t, 0, p.Waiting())
+		assert.Equal(t, []int{1}, inFlight(p))
+	}
+	release(p, second.slot)
 	assert.Equal(t, []int{0}, inFlight(p))
-	assert.Equal(t, 1, p.Waiting())
-	armed.Store(false)
-	p.kick()
-	assert.Equal(t, 0, <-got)
 }
 
 // A call's Exclusion stays where its caller keeps it (a Client keeps it in
