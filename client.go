@@ -296,17 +296,19 @@ type attempt struct {
 }
 
 // acquire takes a slot for the call's next attempt, a, and, with
-// telemetry, records how long that took.
+// telemetry, records how long that took, and logs a spell of shedding that
+// the call's shed started.
 func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	if c.tel == nil {
-		return c.takeSlot(ctx, cl, a)
+		_, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
+		return err
 	}
 	start := c.cfg.clock.Now()
-	err := c.takeSlot(ctx, cl, a)
+	spell, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
-	if err != nil && errors.Is(err, ErrShed) {
-		c.tel.shed(Priority(pool.PriorityOf(ctx)), c.pool.ShedSpells(), c.cfg.maxWaiting)
+	if spell {
+		c.tel.shed(Priority(pool.PriorityOf(ctx)), c.cfg.maxWaiting)
 	}
 	return err
 }

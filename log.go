@@ -83,20 +83,9 @@ func (t *telemetry) changed(ch pool.Change) {
 	t.warn.LogAttrs(context.Background(), slog.LevelInfo, msg, attrs...)
 }
 
-// shed writes a Warn line when a call of priority pri was shed from a
-// full line of at most max waiting calls, once per spell of shedding: the
-// first shed call of spell (the pool's count of spells) that gets here
-// writes it.
-func (t *telemetry) shed(pri Priority, spell uint64, max int) {
-	for {
-		last := t.shedSpell.Load()
-		if spell <= last {
-			return
-		}
-		if t.shedSpell.CompareAndSwap(last, spell) {
-			break
-		}
-	}
+// shed writes a Warn line for a spell of shedding: its first shed call, of
+// priority pri, from a full line of at most max waiting calls.
+func (t *telemetry) shed(pri Priority, max int) {
 	t.warn.Warn("amlpool: the line of waiting calls is full; shedding calls until it empties",
 		slog.Int("max_waiting", max), slog.String("priority", pri.String()))
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -131,5 +132,80 @@ func TestMetricsShowTiers(t *testing.T) {
 	rm := o.collect(t)
 	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.endpoint.tier", keyEndpoint.String("near")))
 	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.tier", keyEndpoint.String("far")))
+	assertStatsAgree(t, o)
+}
+
+// gatedCtx is a context whose Value waits, once armed, until open is
+// closed: it holds its call back at the first look it takes at its ctx.
+type gatedCtx struct {
+	context.Context
+	armed atomic.Bool
+	open  chan struct{}
+}
+
+func (g *gatedCtx) Value(key any) any {
+	if g.armed.Load() {
+		<-g.open
+	}
+	return g.Context.Value(key)
+}
+
+// Each spell of shedding gets its Warn line, even when the call shed first
+// in it is slow to get back (here, held back until a second spell has
+// begun and been logged): the spells are told apart where calls are shed,
+// not by counting them afterwards.
+func TestShedSpellsAreLoggedApart(t *testing.T) {
+	srv, arrived, step := stepServer(t)
+	o := newObserved(t, []Endpoint{{Name: "one", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}}, WithMaxWaiting(1))
+	queued := make(chan struct{}, 10)
+	SetQueueHook(o.Client, func() { queued <- struct{}{} })
+	type end struct {
+		id  string
+		err error
+	}
+	ends := make(chan end, 10)
+	call := func(id string, ctx context.Context) {
+		go func() {
+			_, err := o.Do(ctx, []byte(`{}`))
+			ends <- end{id, err}
+		}()
+	}
+	const warn = "amlpool: the line of waiting calls is full; shedding calls until it empties"
+
+	call("first", context.Background())
+	<-arrived
+	slow := &gatedCtx{Context: WithPriority(context.Background(), PriorityLow), open: make(chan struct{})}
+	call("slow", slow)
+	<-queued
+	slow.armed.Store(true)
+	call("high", WithPriority(context.Background(), PriorityHigh)) // sheds slow: spell 1
+	<-queued
+	step <- struct{}{} // first ends; high takes its slot: the line is empty
+	<-arrived
+	assert.Equal(t, "first", (<-ends).id)
+	require.Equal(t, 0, o.Stats().Waiting)
+	call("waits", context.Background())
+	<-queued
+	call("refused", context.Background()) // spell 2
+	got := <-ends
+	require.Equal(t, "refused", got.id)
+	assert.ErrorIs(t, got.err, ErrShed)
+	assert.Len(t, o.logLines(t, warn), 1, "spell 2's")
+
+	close(slow.open)
+	got = <-ends
+	require.Equal(t, "slow", got.id)
+	assert.ErrorIs(t, got.err, ErrShed)
+	lines := o.logLines(t, warn)
+	if assert.Len(t, lines, 2, "spell 1's too") {
+		assert.Equal(t, "normal", lines[0]["priority"])
+		assert.Equal(t, "low", lines[1]["priority"])
+	}
+	step <- struct{}{} // high ends; waits takes its slot
+	<-arrived
+	step <- struct{}{}
+	for range 2 {
+		assert.NoError(t, (<-ends).err)
+	}
 	assertStatsAgree(t, o)
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -36,8 +35,6 @@ type telemetry struct {
 	metrics *metrics     // nil: no MeterProvider
 	tracer  trace.Tracer // nil: no TracerProvider
 	meter   metric.Meter // nil: no MeterProvider
-
-	shedSpell atomic.Uint64 // the last spell of shedding logged (log.go)
 }
 
 // epTelemetry is what telemetry knows of one endpoint.

@@ -23,7 +23,7 @@ type waiter struct {
 	x     Exclusion
 	ready chan struct{} // closed once slot is set, once shed, or once the Picker panicked for it
 	slot  Slot
-	shed  bool // taken out of the line for a call of higher priority (errOutranked)
+	shed  error // errOutranked when taken out of the line for a call of higher priority (shedLocked)
 	// panicked holds what the Picker panicked with while picking for this
 	// call, in whatever goroutine served the line: the call panics with it
 	// in its own (Acquire).
@@ -42,8 +42,8 @@ func (w *waiter) err() error {
 	if w.panicked != nil {
 		panic(w.panicked)
 	}
-	if w.shed {
-		return errOutranked
+	if w.shed != nil {
+		return w.shed
 	}
 	return nil
 }

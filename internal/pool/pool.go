@@ -68,8 +68,7 @@ type Pool struct {
 	closed   bool
 	shedding bool // calls were shed since the line was last empty
 
-	shed   [numPriorities]atomic.Int64 // calls shed, by priority
-	spells atomic.Uint64               // spells of shedding so far
+	shed [numPriorities]atomic.Int64 // calls shed, by priority
 
 	// smu guards what spans endpoints or fields: every endpoint's health
 	// record and phase changes with the current Set's counts, Set swaps,

@@ -42,16 +42,30 @@ const DefaultAging = time.Second
 // ErrShed is the error of a call turned away because the line was full:
 // on arrival, or from the line to make room for a call of higher priority
 // (errOutranked, which wraps it). errors.Is(err, ErrNoCapacity) holds too.
-var ErrShed error = &shedError{"amlpool: shed: no slot is free and the line of waiting calls is full"}
+var ErrShed error = &shedError{msg: "amlpool: shed: no slot is free and the line of waiting calls is full"}
 
-var errOutranked = &shedError{ErrShed.Error() + "; a call of higher priority took this one's place"}
+var errOutranked = &shedError{msg: ErrShed.Error() + "; a call of higher priority took this one's place"}
 
-type shedError struct{ msg string }
+// The errors of the call shed first in a spell of shedding: they read and
+// match as ErrShed and errOutranked, and StartedSpell turns them into those.
+var (
+	errShedFirst      = &shedError{msg: ErrShed.Error(), first: true}
+	errOutrankedFirst = &shedError{msg: errOutranked.Error(), first: true}
+)
+
+type shedError struct {
+	msg   string
+	first bool // the call's shed started a spell of shedding
+}
 
 func (e *shedError) Error() string { return e.msg }
 
-// Is makes a shed call match ErrNoCapacity, and errOutranked ErrShed.
-func (e *shedError) Is(target error) bool { return target == ErrNoCapacity || target == ErrShed }
+// Is makes a shed call match ErrNoCapacity, errOutranked ErrShed, and a
+// first form (StartedSpell) the error it is the first form of.
+func (e *shedError) Is(target error) bool {
+	t, ok := target.(*shedError)
+	return target == ErrNoCapacity || target == ErrShed || ok && t.msg == e.msg
+}
 
 type priorityKey struct{}
 
@@ -106,6 +120,8 @@ func (p *Pool) rank(w *waiter, now int64) int {
 // out the newest waiter of the lowest priority waiting, w itself when none
 // has a lower priority than w, and counts it. A waiter other than w is
 // told through its ready channel and errOutranked; for w it returns ErrShed.
+// The call shed first in a spell of shedding gets the error's first form
+// (StartedSpell).
 func (p *Pool) shedLocked(w *waiter) error {
 	for i := range p.queues {
 		v := p.queues[i].tail
@@ -114,14 +130,18 @@ func (p *Pool) shedLocked(w *waiter) error {
 		}
 		p.removeLocked(v)
 		p.shed[i].Add(1)
-		if !p.shedding {
-			p.shedding = true // until the line is next empty (removeLocked)
-			p.spells.Add(1)
-		}
+		first := !p.shedding
+		p.shedding = true // until the line is next empty (removeLocked)
 		if v == w {
+			if first {
+				return errShedFirst
+			}
 			return ErrShed
 		}
-		v.shed = true
+		v.shed = errOutranked
+		if first {
+			v.shed = errOutrankedFirst
+		}
 		close(v.ready)
 		return nil
 	}
@@ -131,6 +151,17 @@ func (p *Pool) shedLocked(w *waiter) error {
 // Shed returns how many calls of priority pri were shed.
 func (p *Pool) Shed(pri int8) int64 { return p.shed[pri-Low].Load() }
 
-// ShedSpells returns how many spells of shedding there were: a spell
-// starts with a shed call and ends when the line is next empty.
-func (p *Pool) ShedSpells() uint64 { return p.spells.Load() }
+// StartedSpell reports whether err, an error of Acquire, is that of the
+// call shed first in a spell of shedding, which starts with a shed call
+// and ends when the line is next empty; and it returns err as callers are
+// to see it (ErrShed rather than its first form, and so on). Each spell
+// has exactly one such call, whatever order the calls shed in it return in.
+func StartedSpell(err error) (bool, error) {
+	switch err {
+	case errShedFirst:
+		return true, ErrShed
+	case errOutrankedFirst:
+		return true, errOutranked
+	}
+	return false, err
+}

@@ -40,7 +40,7 @@ func (l *liner) up(name string, pri int8) {
 	refused := make(chan struct{})
 	go func() {
 		slot, err := l.p.Acquire(ctx, &Exclusion{}, -1)
-		if err == ErrShed {
+		if errors.Is(err, ErrShed) && !errors.Is(err, errOutranked) {
 			close(refused) // on arrival: it never joined, OnQueue never ran
 		}
 		l.ends <- served{name, slot, err}
@@ -240,29 +240,43 @@ func TestLineMaxWaitingRefusesWhenFull(t *testing.T) {
 }
 
 // A spell of shedding starts with a shed call and ends when the line is
-// next empty.
+// next empty. The error of the call shed first in a spell, and of no other,
+// says so (StartedSpell), on arrival or from the line.
 func TestLineShedSpells(t *testing.T) {
 	t.Parallel()
 	p, _ := newTestPool(t, Config{MaxWaiting: 1}, testSpecs(1))
 	held := acquire(t, p)
 	l := newLiner(t, p)
-	assert.Equal(t, uint64(0), p.ShedSpells())
-	l.up("a", Normal)
-	for range 3 {
-		l.up("refused", Normal)
-		<-l.ends
+	shed := func(name string, started bool, want error) {
+		t.Helper()
+		s := <-l.ends
+		require.Equal(t, name, s.name)
+		got, err := StartedSpell(s.err)
+		assert.Equal(t, started, got, name)
+		assert.Same(t, want, err, name)
+		assert.ErrorIs(t, s.err, want, "the first form matches too")
 	}
-	assert.Equal(t, uint64(1), p.ShedSpells(), "one spell however many are shed")
+	l.up("a", Normal)
+	l.up("refused1", Normal)
+	shed("refused1", true, ErrShed)
+	for range 2 {
+		l.up("refused", Normal)
+		shed("refused", false, ErrShed)
+	}
 	l.up("high", High) // sheds "a": the line never emptied
-	assert.Equal(t, "a", (<-l.ends).name)
-	assert.Equal(t, uint64(1), p.ShedSpells())
+	shed("a", false, errOutranked)
 
 	s := l.next(held) // the line is empty: the spell ends
 	l.up("b", Normal)
+	l.up("high2", High) // sheds "b": a second spell
+	shed("b", true, errOutranked)
 	l.up("refused", Normal)
-	<-l.ends
-	assert.Equal(t, uint64(2), p.ShedSpells())
-	assert.Equal(t, []string{"b"}, l.drain(s.slot, 1))
+	shed("refused", false, ErrShed)
+	assert.Equal(t, []string{"high2"}, l.drain(s.slot, 1))
+
+	ok, err := StartedSpell(context.Canceled)
+	assert.False(t, ok)
+	assert.Same(t, context.Canceled, err)
 }
 
 // A call shed while it gives up (ctx, max wait) reports one or the other,
