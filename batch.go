@@ -25,7 +25,7 @@ type batch struct {
 	total  atomic.Int64 // rows in the source; -1 until known
 	told   int          // the total of emit's last Progress call
 
-	requests atomic.Int64 // requests sent
+	requests atomic.Int64 // requests sent: calls that made an attempt
 	split    splitState   // isolating bad rows (split.go)
 	outCols  []string     // online: the output columns so far, in order (align)
 	shape    predShape    // online: the shape of the first scored chunk's predictions (align)
@@ -256,9 +256,13 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 		}
 	}
 	t0 := b.c.cfg.clock.Now()
-	data, name, err := b.c.do(ctx, "amlpool.ScoreRows", body)
-	b.requests.Add(1)
+	var cl call
+	data, name, err := b.c.do(ctx, "amlpool.ScoreRows", body, &cl)
 	elapsed := b.c.cfg.clock.Now().Sub(t0)
+	sent := cl.attempts > 0 // not a call that never got a slot (its ctx ended first, say)
+	if sent {
+		b.requests.Add(1)
+	}
 	if err == nil {
 		var out *Table
 		var shape predShape
@@ -266,12 +270,12 @@ func (b *batch) send(ctx context.Context, seq, start int, rows [][]any, body []b
 			if n := out.NumRows(); n != len(rows) {
 				err = fmt.Errorf("the reply has %d output rows for %d input rows", n, len(rows))
 			} else {
-				return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed, shape: shape}
+				return &Chunk{Seq: seq, Start: start, Input: rows, Output: out, Endpoint: name, Elapsed: elapsed, shape: shape, sent: true}
 			}
 		}
 	}
 	ch := b.failed(seq, start, rows, name, err)
-	ch.Elapsed = elapsed
+	ch.Elapsed, ch.sent = elapsed, sent
 	return ch
 }
 

@@ -211,20 +211,21 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // otherwise. A call that made several attempts, or stopped retrying for a reason of its
 // own, returns a *CallError wrapping the last attempt's error and the reason.
 func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
-	data, _, err := c.do(ctx, "amlpool.Do", body)
+	var cl call
+	data, _, err := c.do(ctx, "amlpool.Do", body, &cl)
 	return data, err
 }
 
-// do is Do, also returning the name of the endpoint that answered. op names
-// the call's span.
-func (c *Client) do(ctx context.Context, op string, body []byte) ([]byte, string, error) {
-	var cl call
+// do is Do, also returning the name of the endpoint that answered; cl, a
+// zero call, is left as the call ended (its attempts, say). op names the
+// call's span.
+func (c *Client) do(ctx context.Context, op string, body []byte, cl *call) ([]byte, string, error) {
 	if c.tel == nil || c.tel.tracer == nil {
-		return c.run(ctx, &cl, body)
+		return c.run(ctx, cl, body)
 	}
 	ctx, span := c.tel.startCall(ctx, op)
-	data, name, err := c.run(ctx, &cl, body)
-	c.tel.endCall(span, &cl, name, err)
+	data, name, err := c.run(ctx, cl, body)
+	c.tel.endCall(span, cl, name, err)
 	return data, name, err
 }
 
@@ -714,7 +715,8 @@ func (c *Client) Score(ctx context.Context, req *Request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, name, err := c.do(ctx, "amlpool.Score", body)
+	var cl call
+	data, name, err := c.do(ctx, "amlpool.Score", body, &cl)
 	if err != nil {
 		return nil, err
 	}

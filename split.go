@@ -59,7 +59,7 @@ type splitState struct {
 	off      bool          // BatchOptions.NoSplit
 	limit    int64         // failed split requests, none succeeding, that stop the search
 	ok, fail atomic.Int64  // split requests that succeeded and failed
-	requests atomic.Int64  // split requests sent
+	requests atomic.Int64  // split requests sent (batch.send)
 	turn     chan struct{} // held by the chunk being searched while none has succeeded
 	found    chan struct{} // closed when the first split request succeeds
 }
@@ -104,9 +104,11 @@ func (s *splitState) stopped(ctx context.Context) error {
 	return nil
 }
 
-// note counts one split request.
+// note counts one split request, and it among those sent if it was.
 func (s *splitState) note(ch *Chunk) {
-	s.requests.Add(1)
+	if ch.sent {
+		s.requests.Add(1)
+	}
 	if ch.Err != nil {
 		s.fail.Add(1)
 	} else if s.ok.Add(1) == 1 {

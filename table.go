@@ -122,6 +122,7 @@ type Chunk struct {
 	Err error
 
 	shape predShape // online: the shape of Output's predictions
+	sent  bool      // its request was sent: its call made an attempt (batch.send)
 }
 
 // BatchStats counts what a batch did with its rows, and the requests it
@@ -130,7 +131,7 @@ type BatchStats struct {
 	Rows          int // rows the sink took (its call returned nil): Scored + Failed
 	Scored        int // rows with an output row
 	Failed        int // rows in failed chunks
-	Requests      int // requests sent (each may have made several attempts), SplitRequests included
+	Requests      int // requests sent (each may have made several attempts), SplitRequests included; not those whose ctx ended while they waited for a slot
 	SplitRequests int // requests sent to isolate bad rows (see BatchOptions.NoSplit)
 }
 

@@ -342,6 +342,35 @@ func TestScoreRowsCancelLeavesAPrefix(t *testing.T) {
 	assert.Empty(t, col.failed, "cancelled chunks are not failures: a later run scores them")
 }
 
+// BatchStats.Requests counts the requests sent: not the chunks whose ctx
+// ended while they waited for a slot.
+func TestScoreRowsCountsRequestsSentOnly(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		arrived <- struct{}{}
+		<-r.Context().Done()
+		return true
+	})
+	c := s.client(t, 1)
+	queued := make(chan struct{}, 16)
+	amlpool.SetQueueHook(c, func() { queued <- struct{}{} })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-arrived
+		for range 11 {
+			<-queued
+		}
+		cancel() // one request sent, eleven chunks waiting for the slot
+	}()
+	st, err := c.ScoreRows(ctx, &source{n: 12, fail: -1, short: -1}, func(*amlpool.Chunk) error { return nil },
+		&amlpool.BatchOptions{ChunkRows: 1, Parallelism: 12})
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.EqualValues(t, 1, s.requests.Load())
+	assert.Equal(t, 1, st.Requests)
+	assert.Zero(t, st.SplitRequests)
+}
+
 func TestScoreRowsReadsAheadAWindowOnly(t *testing.T) {
 	const par, rowsPer = 4, 10
 	release := make(chan struct{})
