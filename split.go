@@ -133,6 +133,7 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 	// log2(rows) + 1; a search for a bad row further on costs one more.
 	probe := false
 	for failed != nil {
+		whole := failed
 		seq, start, rows := failed.Seq, failed.Start, failed.Input
 		// rows[:lo] are settled; rows[lo:hi] hold a bad row, as the
 		// request of last (or of a part of it, with the rest scored)
@@ -168,7 +169,8 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 		failed = nil
 		if rest := rows[lo+1:]; len(rest) > 0 {
 			if why := b.split.stopped(ctx); why != nil {
-				return append(parts, b.unsplit(last, start+lo+1, rest, why))
+				// Sent last with the rows of whole: last went alone.
+				return append(parts, b.unsplit(whole, start+lo+1, rest, why))
 			}
 			ch := b.send(ctx, seq, start+lo+1, rest, nil)
 			b.split.note(ch)
@@ -182,13 +184,16 @@ func (b *batch) isolate(ctx context.Context, failed *Chunk, parts []*Chunk) []*C
 	return parts
 }
 
-// unsplit fails rows together, with the error of last, the latest request
-// that failed for them, and why they were not split further.
+// unsplit fails rows together, with the error, endpoint and elapsed time
+// of last, the latest request that failed for them (not one handed to the
+// sink itself), and why they were not split further.
 func (b *batch) unsplit(last *Chunk, start int, rows [][]any, why error) *Chunk {
 	var ce *ChunkError
 	err := last.Err
 	if errors.As(err, &ce) {
 		err = ce.Err
 	}
-	return b.failed(last.Seq, start, rows, last.Endpoint, fmt.Errorf("%w (%v)", err, why))
+	ch := b.failed(last.Seq, start, rows, last.Endpoint, fmt.Errorf("%w (%v)", err, why))
+	ch.Elapsed = last.Elapsed
+	return ch
 }

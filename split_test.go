@@ -16,12 +16,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/internal/clock"
 	"github.com/amlpool/amlpool/rows"
 )
 
@@ -427,4 +429,62 @@ func TestScoreRowsSplitsChunksSideBySide(t *testing.T) {
 	}
 	assert.Equal(t, serial.Stats, res.Stats, "the split requests of a serial batch")
 	assert.Equal(t, serial.Output, res.Output)
+}
+
+// Rows failed together once the search stopped have the elapsed time (and
+// endpoint) of the last request that held them, not 0; that of a request
+// of theirs, not of a bad row's request sent alone and handed on itself.
+// Each request here takes as many (fake) seconds as it has rows.
+func TestScoreTableUnsplitRowsHaveTheirRequestsElapsed(t *testing.T) {
+	clk := clock.NewFake()
+	model := func(req *amlpool.Request) (*amlpool.Response, error) {
+		clk.Advance(time.Duration(len(req.Inputs["input1"].Values)) * time.Second)
+		return nil, errors.New("column income is missing")
+	}
+	srv := amltest.NewServer(amltest.Config{MaxConcurrentCalls: 1, Score: model})
+	t.Cleanup(srv.Close)
+	c, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()}, amlpool.WithClock(clk))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+
+	// Every row is bad. Chunk 0 (rows 0-7) is searched row by row: the
+	// limit of 3 × (4 + 1) failed split requests is reached by row 6's
+	// own, after [6 7] failed together, and row 7 is not sent alone.
+	// Chunk 1 (rows 8-15) is not searched at all.
+	var chunks []*amlpool.Chunk
+	st, err := c.ScoreRows(context.Background(), &tableRows{ids(16), 0}, func(ch *amlpool.Chunk) error {
+		chunks = append(chunks, ch)
+		return nil
+	}, &amlpool.BatchOptions{ChunkRows: 8, Parallelism: 1})
+	require.NoError(t, err)
+	require.Equal(t, 15, st.SplitRequests)
+	require.Len(t, chunks, 9)
+	for i, ch := range chunks[:7] {
+		assert.Equal(t, [2]int{i, 1}, [2]int{ch.Start, len(ch.Input)}, "a bad row alone")
+		assert.Equal(t, time.Second, ch.Elapsed)
+	}
+	rest, whole := chunks[7], chunks[8]
+	assert.Equal(t, [2]int{7, 1}, [2]int{rest.Start, len(rest.Input)})
+	assert.ErrorContains(t, rest.Err, "not split further")
+	assert.Equal(t, 2*time.Second, rest.Elapsed, "the request of rows 6 and 7")
+	assert.Equal(t, srv.Endpoint().Name, rest.Endpoint)
+	assert.Equal(t, [2]int{8, 8}, [2]int{whole.Start, len(whole.Input)})
+	assert.ErrorContains(t, whole.Err, "not split further")
+	assert.Equal(t, 8*time.Second, whole.Elapsed, "the chunk's own request")
+}
+
+// tableRows is a RowSource of a table's rows.
+type tableRows struct {
+	t    *amlpool.Table
+	next int
+}
+
+func (s *tableRows) Columns() []string { return s.t.ColumnNames }
+
+func (s *tableRows) Next() ([]any, error) {
+	if s.next == len(s.t.Values) {
+		return nil, io.EOF
+	}
+	s.next++
+	return s.t.Values[s.next-1], nil
 }

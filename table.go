@@ -108,7 +108,10 @@ type Chunk struct {
 	// that got no reply.
 	Endpoint string
 	// Elapsed is how long the call took, from asking for a slot to the end of
-	// the reply, retries included; 0 for rows never sent.
+	// the reply, retries included; 0 for rows never sent. Rows failed
+	// together once the isolation of bad rows stopped (BatchOptions.NoSplit)
+	// have the Endpoint, error and Elapsed of the last request that held
+	// them.
 	Elapsed time.Duration
 	// Err is a *ChunkError when these rows were not scored: the call failed
 	// after retries, the reply did not fit the request (a row short, or
