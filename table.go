@@ -175,7 +175,9 @@ func (c *Client) ScoreRows(ctx context.Context, src RowSource, sink func(*Chunk)
 type TableResult struct {
 	// Output has one row per input row, in input order: Output.Values[i]
 	// scores input row i, or is nil when row i is in a failed chunk. Its
-	// ColumnNames and ColumnTypes are those of the first reply that has them.
+	// ColumnNames and ColumnTypes are those of the first reply that has
+	// ColumnNames, or of a later one with more of them, both from the same
+	// reply; rows of replies with fewer columns get nil cells for the rest.
 	Output *Table
 	// Failures are the failed chunks, in input order. Their rows are
 	// numbered from 1: Output.Values[f.FirstRow-1 : f.LastRow] are nil.
@@ -219,8 +221,9 @@ func (c *Client) ScoreTable(ctx context.Context, in *Table, opts *BatchOptions) 
 		case res.Output.ColumnNames == nil:
 			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
 		case len(ch.Output.ColumnNames) > len(res.Output.ColumnNames):
-			// An online batch's later chunk added columns (align).
-			res.Output.ColumnNames = ch.Output.ColumnNames
+			// A later chunk added columns (an online batch's: align). The
+			// types go with the names they describe.
+			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
 		}
 		copy(res.Output.Values[ch.Start:], ch.Output.Values)
 		return nil

@@ -342,6 +342,31 @@ func TestScoreRowsCancelLeavesAPrefix(t *testing.T) {
 	assert.Empty(t, col.failed, "cancelled chunks are not failures: a later run scores them")
 }
 
+// A later reply with more columns brings its ColumnTypes with its
+// ColumnNames: the result's types describe its names.
+func TestScoreTableTypesFollowTheirNames(t *testing.T) {
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		names, types := []string{"id", "score"}, []string{"String", "Int32"}
+		if ids[0] >= 2 {
+			names, types = append(names, "p"), append(types, "Double")
+		}
+		vals := make([][]any, len(ids))
+		for i, id := range ids {
+			vals[i] = []any{strconv.Itoa(id), id * 2, 0.5}[:len(names)]
+		}
+		json.NewEncoder(w).Encode(map[string]any{"Results": map[string]any{"output1": map[string]any{
+			"type": "table", "value": map[string]any{"ColumnNames": names, "ColumnTypes": types, "Values": vals}}}})
+		return true
+	})
+	c := s.client(t, 1)
+	res, err := c.ScoreTable(context.Background(), idTable(4), &amlpool.BatchOptions{ChunkRows: 2, Parallelism: 1})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"id", "score", "p"}, res.Output.ColumnNames)
+	assert.Equal(t, []string{"String", "Int32", "Double"}, res.Output.ColumnTypes)
+	assert.Equal(t, []any{"0", json.Number("0"), nil}, res.Output.Values[0], "padded")
+	assert.Equal(t, []any{"3", json.Number("6"), json.Number("0.5")}, res.Output.Values[3])
+}
+
 // BatchStats.Requests counts the requests sent: not the chunks whose ctx
 // ended while they waited for a slot.
 func TestScoreRowsCountsRequestsSentOnly(t *testing.T) {
