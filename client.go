@@ -742,7 +742,16 @@ type Stats struct {
 
 // EndpointStats describes one endpoint at the moment Stats was called.
 type EndpointStats struct {
-	Name               string
+	Name string
+	// Since is when this endpoint, this life of its Name, was added: when
+	// New, or the SetEndpoints that added it, ran, by the Client's clock.
+	// Its counters count from then. A Name removed and added again later,
+	// or given another URL, is a new endpoint with a later Since, listed
+	// beside the old one while that drains; a kept endpoint, or one added
+	// back while it drains, keeps its Since. So Name and Since together
+	// tell the endpoints of a Client apart: no two share both. Since
+	// carries no monotonic clock reading and compares with ==.
+	Since              time.Time
 	Tier               int   // the configured tier (Endpoint.Tier)
 	MaxConcurrentCalls int   // the configured cap
 	Limit              int   // the cap in force now (lower under an adaptive limit; 0 while a rename waits for the old name's calls)
@@ -768,6 +777,7 @@ func (c *Client) Stats() Stats {
 		n := e.Counters()
 		s.Endpoints[i] = EndpointStats{
 			Name:               e.Name(),
+			Since:              e.Since(),
 			Tier:               e.Tier(),
 			MaxConcurrentCalls: e.Max(),
 			Limit:              e.Limit(),

@@ -183,7 +183,8 @@
 // client span per attempt; [WithTracePropagation] sends an attempt's trace
 // context to the service, which is not done otherwise. [WithLogger] gets a
 // Debug line per attempt. With none of them, a call does no telemetry work.
-// [Client.Stats] is the dependency-free snapshot of the same counters.
+// [Client.Stats] is the dependency-free snapshot of the same counters, each
+// endpoint's counted from its [EndpointStats.Since].
 //
 // # Sharing caps across replicas
 //

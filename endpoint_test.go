@@ -228,7 +228,12 @@ func TestNewAcceptsGoodConfig(t *testing.T) {
 			c, err := New(tt.eps, tt.opts...)
 			require.NoError(t, err)
 			defer c.Close()
-			assert.Equal(t, tt.want, c.Stats().Endpoints)
+			got := c.Stats().Endpoints
+			for i := range got {
+				assert.False(t, got[i].Since.IsZero(), "added by New")
+				got[i].Since = time.Time{}
+			}
+			assert.Equal(t, tt.want, got)
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
+	"github.com/amlpool/amlpool/internal/clock"
 )
 
 // traffic is callers goroutines calling a Client until stopped.
@@ -487,4 +488,31 @@ func TestSetEndpointsChurn(t *testing.T) {
 	}
 	assert.LessOrEqual(t, unauthorized, unauthorizedAllowed, "requests with a replaced key")
 	assertClean(t, c, srvs...)
+}
+
+// EndpointStats.Since is when the endpoint was added, by the Client's
+// clock: a kept endpoint keeps it, a Name given another URL is a new
+// endpoint with a later one.
+func TestStatsSinceTellsLivesApart(t *testing.T) {
+	clk := clock.NewFake()
+	at := func(name, host string) amlpool.Endpoint {
+		return amlpool.Endpoint{Name: name, URL: "https://" + host + "/workspaces/w/services/s/execute", APIKey: "k", MaxConcurrentCalls: 1}
+	}
+	c, err := amlpool.New([]amlpool.Endpoint{at("a", "h1"), at("b", "h2")}, amlpool.WithClock(clk))
+	require.NoError(t, err)
+	defer c.Close()
+	t0 := clk.Now()
+	since := func() map[string]time.Time {
+		m := make(map[string]time.Time)
+		for _, e := range c.Stats().Endpoints {
+			m[e.Name] = e.Since
+		}
+		return m
+	}
+	assert.Equal(t, map[string]time.Time{"a": t0, "b": t0}, since())
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("a", "h1"), at("b", "h3"), at("c", "h4")}))
+	t1 := clk.Now()
+	assert.Equal(t, map[string]time.Time{"a": t0, "b": t1, "c": t1}, since())
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Endpoint is everything known of one endpoint while it is live or
@@ -24,6 +25,9 @@ type Endpoint struct {
 	u    *url.URL // url parsed, shared by every request and never mutated
 	host string   // u.Host without an empty port, the requests' Host
 	ext  any      // the caller's data for this endpoint (Spec.Ext), fixed
+	// since is when New or the Update that made the endpoint ran, by the
+	// Pool's clock: unique among the endpoints of its name (Pool.stamp).
+	since time.Time
 
 	max     atomic.Int32 // the configured cap
 	tier    atomic.Int32 // the configured tier; the Set places the endpoint by it when built
@@ -78,8 +82,8 @@ type Spec struct {
 	Ext  any // kept by a new endpoint (Endpoint.Ext); ignored for a kept one
 }
 
-func newEndpoint(s *Spec) *Endpoint {
-	e := &Endpoint{name: s.Name, url: s.URL.String(), u: s.URL, host: strings.TrimSuffix(s.URL.Host, ":"), ext: s.Ext}
+func newEndpoint(s *Spec, since time.Time) *Endpoint {
+	e := &Endpoint{name: s.Name, url: s.URL.String(), u: s.URL, host: strings.TrimSuffix(s.URL.Host, ":"), ext: s.Ext, since: since}
 	e.max.Store(int32(s.Max))
 	e.limit.Store(int32(s.Max))
 	e.tier.Store(int32(s.Tier))
@@ -99,6 +103,11 @@ func (e *Endpoint) RawURL() string { return e.url }
 
 // Host returns the Host of requests to the endpoint.
 func (e *Endpoint) Host() string { return e.host }
+
+// Since returns when New, or the Update that made the endpoint, ran: its
+// counters count from then. No two endpoints of one name a Pool makes have
+// the same Since.
+func (e *Endpoint) Since() time.Time { return e.since }
 
 // Ext returns the caller's data given in the endpoint's first Spec.
 func (e *Endpoint) Ext() any { return e.ext }

@@ -75,6 +75,7 @@ type Pool struct {
 	// and draining. When both are held, mu is taken first.
 	smu      sync.Mutex
 	draining []*Endpoint // removed endpoints with calls in flight
+	stamped  time.Time   // the Since of the endpoints the last Update made (stamp)
 	admitted atomic.Bool // an endpoint held back was let in: Run serves the line
 
 	// OnQueue, when set, is called each time a call joins the line (a test
@@ -93,9 +94,10 @@ func New(cfg Config, specs []Spec) *Pool {
 		cfg.Aging = DefaultAging
 	}
 	p := &Pool{cfg: cfg, epoch: cfg.Clock.Now(), done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	p.stamped = p.epoch.Round(0)
 	eps := make([]*Endpoint, len(specs))
 	for i := range specs {
-		eps[i] = newEndpoint(&specs[i])
+		eps[i] = newEndpoint(&specs[i], p.stamped)
 	}
 	p.set.Store(p.newSet(eps))
 	return p
@@ -159,6 +161,7 @@ const (
 // at once. Concurrent Updates are serialised; the last one wins.
 func (p *Pool) Update(specs []Spec) []Change {
 	p.smu.Lock()
+	since := p.stampLocked()
 	old := p.set.Load()
 	byName := make(map[string]*Endpoint, len(old.Eps))
 	for _, e := range old.Eps {
@@ -172,7 +175,7 @@ func (p *Pool) Update(specs []Spec) []Change {
 		e := byName[sp.Name]
 		if e == nil || e.url != sp.URL.String() {
 			if e = p.reviveLocked(sp); e == nil {
-				e = newEndpoint(sp)
+				e = newEndpoint(sp, since)
 				fresh = append(fresh, e)
 			}
 			eps[i] = e
@@ -226,6 +229,21 @@ func (p *Pool) Update(specs []Spec) []Change {
 	p.signal() // a forgiven endpoint's probe, if any
 	p.kick()   // new endpoints and higher caps serve waiting calls at once
 	return changes
+}
+
+// stampLocked returns the Since of the endpoints an Update makes: now, by
+// the Pool's clock, or a nanosecond after the last one when the clock has
+// not moved on since (a coarse or fake clock, or a wall clock set back).
+// So no two endpoints of one name share a Since, and a Since tells the
+// lives of a name apart. Stamps carry no monotonic reading: they compare
+// with == too.
+func (p *Pool) stampLocked() time.Time {
+	t := p.cfg.Clock.Now().Round(0)
+	if !t.After(p.stamped) {
+		t = p.stamped.Add(time.Nanosecond)
+	}
+	p.stamped = t
+	return t
 }
 
 // reviveLocked returns the draining endpoint sp describes (same name, same

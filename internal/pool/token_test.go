@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -21,7 +22,7 @@ func (c *credPtr) Token(context.Context) (string, error) { return c.tok, nil }
 func TestTokenRejected(t *testing.T) {
 	t.Parallel()
 	a := NewTokenAuth(&credPtr{"t"}, http.Header{})
-	e := newEndpoint(&Spec{Name: "e", URL: testSpec("e", 1).URL, Max: 1, Auth: a})
+	e := newEndpoint(&Spec{Name: "e", URL: testSpec("e", 1).URL, Max: 1, Auth: a}, time.Time{})
 	got, k := e.Key()
 	assert.Same(t, a, got)
 	assert.Zero(t, k)

@@ -297,3 +297,40 @@ func TestUpdateRenameLetInServesTheLineThroughRun(t *testing.T) {
 	assert.Equal(t, "new", slot.Ep.Name())
 	release(p, slot)
 }
+
+// An endpoint's Since is when New or the Update that made it ran, by the
+// Pool's clock: kept and revived endpoints keep theirs, and a name's new
+// endpoint (another URL, or added back after it drained) gets a later one,
+// even when the clock has not moved.
+func TestUpdateStampsNewEndpoints(t *testing.T) {
+	t.Parallel()
+	p, clk := newTestPool(t, Config{}, testSpecs(1, 1, 1))
+	t0 := clk.Now()
+	e0, e1, e2 := p.Set().Eps[0], p.Set().Eps[1], p.Set().Eps[2]
+	for _, e := range p.Set().Eps {
+		assert.Equal(t, t0, e.Since(), e.Name())
+	}
+	held := acquireOn(t, p, e0)
+
+	clk.Advance(time.Minute)
+	t1 := clk.Now()
+	// e0 drains; e1 is kept; e2 gets another URL; e3 is new.
+	p.Update([]Spec{testSpec("e1", 1), testSpecAt("e2", "https://other/x", 1), testSpec("e3", 1)})
+	eps := p.Endpoints()
+	require.Len(t, eps, 4)
+	assert.Same(t, e1, eps[0])
+	assert.Equal(t, t0, e1.Since(), "kept")
+	assert.NotSame(t, e2, eps[1])
+	assert.Equal(t, t1, eps[1].Since(), "another URL: a new endpoint")
+	assert.Equal(t, t1, eps[2].Since(), "added")
+	assert.Same(t, e0, eps[3], "draining")
+
+	// The clock has not moved: a later Update still stamps later.
+	p.Update([]Spec{testSpec("e0", 1), testSpec("e2", 1)})
+	eps = p.Endpoints()
+	require.Len(t, eps, 2)
+	assert.Same(t, e0, eps[0], "added back while it drains: revived")
+	assert.Equal(t, t0, e0.Since())
+	assert.Equal(t, t1.Add(time.Nanosecond), eps[1].Since(), "e2 at its first URL again: a third endpoint of the name")
+	release(p, held)
+}
