@@ -167,7 +167,7 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		fmt.Fprintln(out, "first error:", r.firstErr)
 	}
 	if o.stats != "" {
-		rs := newRunStats(client, nil, nil, amlpool.BatchStats{Requests: int(r.ok + r.failed)}, r.elapsed, o.chunk, r.lat)
+		rs := newRunStats(client, nil, amlpool.BatchStats{Requests: int(r.ok + r.failed)}, r.elapsed, o.chunk, r.lat)
 		rs.Interrupted = interrupted
 		if err := writeJSON(o.stats, rs); err != nil {
 			return err

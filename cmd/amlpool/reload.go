@@ -114,13 +114,9 @@ func (r *reloader) reload() {
 	if err == nil {
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.
-		r.tally.note(r.client.Stats(), r.eps)
+		r.tally.note(r.client.Stats())
 		err = r.client.SetEndpoints(eps)
-		inForce := eps
-		if err != nil {
-			inForce = r.eps
-		}
-		r.tally.note(r.client.Stats(), inForce)
+		r.tally.note(r.client.Stats())
 		err = fileError(r.path, cfg, err)
 	}
 	if err != nil {

@@ -393,7 +393,7 @@ func TestStatsSumAnEndpointsLives(t *testing.T) {
 	require.Len(t, said, 3)
 	assert.Contains(t, said[2], "a: another URL")
 
-	rs := newRunStats(client, r.tally, r.eps, amlpool.BatchStats{}, time.Second, 1, newLatencies(1))
+	rs := newRunStats(client, r.tally, amlpool.BatchStats{}, time.Second, 1, newLatencies(1))
 	require.Len(t, rs.Endpoints, 2, "%+v", rs.Endpoints)
 	assert.Equal(t, "a", rs.Endpoints[0].Name)
 	assert.Equal(t, servers[0].Stats().Requests+servers[2].Stats().Requests, rs.Endpoints[0].Calls, "a's three lives")
@@ -471,69 +471,71 @@ func TestReloadChecksKeyFilesAsTheFirstLoad(t *testing.T) {
 	assert.Len(t, client.Stats().Endpoints, 2)
 }
 
-// The tally tells an endpoint's lives apart from snapshots alone where a
-// real run cannot be timed: a removed endpoint with calls in flight is
-// listed after the live ones, and one that comes back while it drains is
-// the same endpoint.
+// The tally tells an endpoint's lives apart by Name and Since, from
+// snapshots alone where a real run cannot be timed: a removed endpoint
+// with calls in flight is listed beside the live one of its name, and one
+// that comes back while it drains is the same endpoint (the same Since).
 func TestEndpointTallyLives(t *testing.T) {
-	live := func(name string, calls int64, inFlight int) amlpool.EndpointStats {
-		return amlpool.EndpointStats{Name: name, MaxConcurrentCalls: 2, Calls: calls, InFlight: inFlight}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	t1, t2 := t0.Add(time.Minute), t0.Add(2*time.Minute)
+	live := func(name string, since time.Time, calls int64, inFlight int) amlpool.EndpointStats {
+		return amlpool.EndpointStats{Name: name, Since: since, MaxConcurrentCalls: 2, Calls: calls, InFlight: inFlight}
 	}
-	removed := func(name string, calls int64, inFlight int, errs int64) amlpool.EndpointStats {
-		e := live(name, calls, inFlight)
+	removed := func(name string, since time.Time, calls int64, inFlight int, errs int64) amlpool.EndpointStats {
+		e := live(name, since, calls, inFlight)
 		e.Removed, e.Errors = true, errs
 		return e
 	}
-	at := func(name, url string) amlpool.Endpoint { return amlpool.Endpoint{Name: name, URL: url} }
-	type snap struct {
-		eps   []amlpool.Endpoint
-		stats []amlpool.EndpointStats
-	}
+	type snap []amlpool.EndpointStats
 	for _, tt := range []struct {
 		name  string
 		snaps []snap
 		want  []endpointStats
 	}{
 		{"another URL, calls in flight", []snap{
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 2)}},
-			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 0, 1), removed("a", 11, 1, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 4, 0), removed("a", 12, 0, 1)}},
-			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 5, 0)}},
+			{live("a", t0, 10, 2)},
+			{live("a", t1, 0, 1), removed("a", t0, 11, 1, 0)},
+			{live("a", t1, 4, 0), removed("a", t0, 12, 0, 1)},
+			{live("a", t1, 5, 0)},
 		}, []endpointStats{{"a", 2, 12 + 5, 1, 0}}},
 		{"another URL, none in flight", []snap{
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u2#frag")}, []amlpool.EndpointStats{live("a", 0, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u2")}, []amlpool.EndpointStats{live("a", 5, 0)}},
-		}, []endpointStats{{"a", 2, 15, 0, 0}}},
-		{"kept, its URL spelled another way", []snap{
-			{[]amlpool.Endpoint{at("a", "https://U1.example:443/x")}, []amlpool.EndpointStats{live("a", 10, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1.example/x")}, []amlpool.EndpointStats{live("a", 10, 1)}},
-			{[]amlpool.Endpoint{at("a", "https://u1.example/x")}, []amlpool.EndpointStats{live("a", 15, 0)}},
+			{live("a", t0, 10, 0)},
+			{live("a", t1, 0, 0)},
+			{live("a", t1, 5, 0)},
 		}, []endpointStats{{"a", 2, 15, 0, 0}}},
 		{"kept", []snap{
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 1)}},
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 15, 0)}},
+			{live("a", t0, 10, 0)},
+			{live("a", t0, 10, 1)},
+			{live("a", t0, 15, 0)},
 		}, []endpointStats{{"a", 2, 15, 0, 0}}},
 		{"removed, then back after it drained", []snap{
-			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 10, 1), live("b", 3, 0)}},
-			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 3, 0), removed("a", 10, 1, 0)}},
-			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 4, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 0, 0), live("b", 4, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 6, 0), live("b", 9, 0)}},
+			{live("a", t0, 10, 1), live("b", t0, 3, 0)},
+			{live("b", t0, 3, 0), removed("a", t0, 10, 1, 0)},
+			{live("b", t0, 4, 0)},
+			{live("a", t1, 0, 0), live("b", t0, 4, 0)},
+			{live("a", t1, 6, 0), live("b", t0, 9, 0)},
 		}, []endpointStats{{"a", 2, 11 + 6, 0, 0}, {"b", 2, 9, 0, 0}}},
 		{"removed, then back while it drains", []snap{
-			{[]amlpool.Endpoint{at("a", "https://u1")}, []amlpool.EndpointStats{live("a", 10, 2)}},
-			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 0, 0), removed("a", 10, 2, 0)}},
-			{[]amlpool.Endpoint{at("b", "https://u2")}, []amlpool.EndpointStats{live("b", 3, 0), removed("a", 11, 1, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 11, 1), live("b", 3, 0)}},
-			{[]amlpool.Endpoint{at("a", "https://u1"), at("b", "https://u2")}, []amlpool.EndpointStats{live("a", 20, 0), live("b", 5, 0)}},
+			{live("a", t0, 10, 2)},
+			{live("b", t1, 0, 0), removed("a", t0, 10, 2, 0)},
+			{live("b", t1, 3, 0), removed("a", t0, 11, 1, 0)},
+			{live("a", t0, 11, 1), live("b", t1, 3, 0)},
+			{live("a", t0, 20, 0), live("b", t1, 5, 0)},
 		}, []endpointStats{{"a", 2, 20, 0, 0}, {"b", 2, 5, 0, 0}}},
+		// Once guessed from URLs: two lives of a name draining at once,
+		// beside a third, live; the first ends between snapshots.
+		{"two lives draining at once", []snap{
+			{live("a", t0, 10, 2)},
+			{live("a", t1, 0, 1), removed("a", t0, 10, 2, 0)},
+			{live("a", t2, 0, 0), removed("a", t0, 11, 1, 0), removed("a", t1, 3, 1, 0)},
+			{live("a", t2, 2, 0), removed("a", t1, 4, 1, 1)},
+			{live("a", t2, 7, 0)},
+		}, []endpointStats{{"a", 2, 12 + 5 + 7, 1, 0}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var tally endpointTally
 			for _, s := range tt.snaps {
-				tally.note(amlpool.Stats{Endpoints: s.stats}, s.eps)
+				tally.note(amlpool.Stats{Endpoints: s})
 			}
 			assert.Equal(t, tt.want, tally.list())
 		})

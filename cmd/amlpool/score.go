@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -533,7 +532,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	hup.over(stderr)
 	p.finish()
 	firstFail := w.first
-	rs := newRunStats(s.client, r.tally, r.eps, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
+	rs := newRunStats(s.client, r.tally, st, elapsed, cmpInt(o.chunkRows, cmpInt(s.cfg.ChunkRows, amlpool.DefaultChunkRows)), lat)
 	rs.Resumed, rs.Interrupted = s.base, ctx.Err() != nil
 	s.closeFiles()
 	if err == nil {
@@ -639,16 +638,15 @@ type endpointStats struct {
 }
 
 // newRunStats sums a run up. tally, when not nil, holds the endpoints seen
-// earlier in the run (those a SIGHUP removed); c's are added to it. eps are
-// c's endpoints (nil: they never changed).
-func newRunStats(c *amlpool.Client, tally *endpointTally, eps []amlpool.Endpoint, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
+// earlier in the run (those a SIGHUP removed); c's are added to it.
+func newRunStats(c *amlpool.Client, tally *endpointTally, st amlpool.BatchStats, elapsed time.Duration, chunkRows int, lat *latencies) runStats {
 	rs := runStats{Rows: st.Rows, Scored: st.Scored, Failed: st.Failed, Seconds: elapsed.Seconds(),
 		RowsPerSecond: float64(st.Rows) / max(elapsed.Seconds(), 1e-9), ChunkRows: chunkRows,
 		Requests: st.Requests, SplitRequests: st.SplitRequests, LatencyMs: lat.summary()}
 	if tally == nil {
 		tally = &endpointTally{}
 	}
-	tally.note(c.Stats(), eps)
+	tally.note(c.Stats())
 	rs.Endpoints = tally.list()
 	return rs
 }
@@ -657,124 +655,44 @@ func newRunStats(c *amlpool.Client, tally *endpointTally, eps []amlpool.Endpoint
 // statistics: Client.Stats lists an endpoint only while it is in the pool
 // or has calls in flight, so one that a SIGHUP removed is gone by the end.
 //
-// An endpoint's counters are those of one life: from when SetEndpoints
-// (or New) made it to when it left the Client. A name may have several
-// lives in a run: a SIGHUP that removes it and a later one that adds it
-// back, or one that gives it another URL, start a new endpoint at zero,
-// and the stats file sums the lives of each name. Stats does not say
-// which life an entry is, so the tally tells them apart itself: a live
-// entry is the endpoint of eps at its index (Stats keeps their order),
-// known by name and URL; a live life that a snapshot lacks was taken out
-// by the SetEndpoints before it and drains; a draining life ends when a
-// snapshot lists no removed endpoint of its name, and a later endpoint of
-// its name and URL is then a new life. One still draining when its name
-// and URL come back is the same endpoint, live again with its counters
-// (the Client revives it). Snapshots are taken before and after each
-// SetEndpoints, so this is exact but in two cases, where the new endpoint
-// of a name and URL that come back is taken for the draining one, and the
-// two count as one life (the larger): the draining endpoint's last call
-// ended between the snapshot before that SetEndpoints and the
-// SetEndpoints; or another endpoint of its name (of a third URL) was
-// still draining then, so that the removed entries of the name do not say
-// which of the two had ended. Both need two SIGHUPs that change a name
-// within the time of one call.
+// An endpoint's counters are those of one life of its name: from when New,
+// or the SetEndpoints that added it, ran (EndpointStats.Since) to when it
+// left the Client. A name may have several lives in a run: a SIGHUP that
+// removes it and a later one that adds it back, or one that gives it
+// another URL, start a new endpoint at zero, and the stats file sums the
+// lives of each name. A Stats entry is its life's by Name and Since.
 //
 // Each snapshot counts an endpoint's calls in flight as calls, which they
 // will be once they end; so a snapshot never counts more calls than the
-// endpoint ends with. A live endpoint's last snapshot, taken after the
-// run, counts them all; so does that of a removed one taken right after
-// its removal (no call starts on it then), which it is read in when it is
-// the only removed endpoint of its name there; else its calls are those
-// the snapshot before its removal counted, without any that started
-// between that snapshot and the SetEndpoints. Its errors and throttles
-// are those of the same snapshot, or of a later one while it is the only
-// one of its name draining: its calls in flight that fail later are not
-// counted as errors. That cannot be helped here: Client.Stats lists a
-// removed endpoint only until its last call ends, and so do the Client's
-// metrics, so no snapshot is taken once those calls' outcomes are known.
-// Snapshots are taken by one goroutine at a time.
+// endpoint ends with, and a life's calls are the most a snapshot counted.
+// A live endpoint's last snapshot, taken after the run, counts them all; so
+// does that of a removed one taken right after its removal (no call starts
+// on it then). Its errors and throttles are those of its last snapshot: its
+// calls in flight then that fail later are not counted as errors. That
+// cannot be helped here: Client.Stats lists a removed endpoint only until
+// its last call ends, and so do the Client's metrics, so no snapshot is
+// taken once those calls' outcomes are known. Snapshots are taken by one
+// goroutine at a time.
 type endpointTally struct {
 	lives []*endpointLife // in the order first seen
 }
 
 // endpointLife is one endpoint of the Client, from its making to its end.
 type endpointLife struct {
-	url   string // as the Client compares them (sameURL); "" when not known
+	since time.Time // EndpointStats.Since
 	stats endpointStats
-	state lifeState
 }
 
-type lifeState uint8
-
-const (
-	lifeLive     lifeState = iota // in the Client's endpoints
-	lifeDraining                  // taken out; its calls in flight may still run
-	lifeEnded                     // gone from the Client
-)
-
-// note takes in a snapshot of the Client, whose endpoints are eps (those
-// given to New or to the last SetEndpoints that succeeded).
-func (t *endpointTally) note(st amlpool.Stats, eps []amlpool.Endpoint) {
-	seen := make(map[*endpointLife]bool)
-	removed := make(map[string][]amlpool.EndpointStats)
-	live := 0
+// note takes in a snapshot of the Client.
+func (t *endpointTally) note(st amlpool.Stats) {
 	for _, e := range st.Endpoints {
-		if e.Removed {
-			removed[e.Name] = append(removed[e.Name], e)
-			continue
+		i := slices.IndexFunc(t.lives, func(l *endpointLife) bool { return l.stats.Name == e.Name && l.since.Equal(e.Since) })
+		if i < 0 {
+			i = len(t.lives)
+			t.lives = append(t.lives, &endpointLife{since: e.Since})
 		}
-		u := ""
-		if live < len(eps) {
-			u = sameURL(eps[live].URL)
-		}
-		live++
-		l := t.find(e.Name, u, lifeLive)
-		if l == nil {
-			l = t.find(e.Name, u, lifeDraining) // revived
-		}
-		if l == nil {
-			l = &endpointLife{url: u}
-			t.lives = append(t.lives, l)
-		}
-		l.state = lifeLive
-		l.merge(e)
-		seen[l] = true
+		t.lives[i].merge(e)
 	}
-	// By name: the lives draining since an earlier snapshot, and whether
-	// one was taken out since the last (a name has one live endpoint).
-	draining, out := make(map[string]int), make(map[string]bool)
-	for _, l := range t.lives {
-		switch {
-		case l.state == lifeDraining:
-			draining[l.stats.Name]++
-		case l.state == lifeLive && !seen[l]:
-			out[l.stats.Name] = true
-		}
-	}
-	for _, l := range t.lives {
-		name, rs := l.stats.Name, removed[l.stats.Name]
-		switch {
-		case l.state == lifeLive && !seen[l]: // taken out just now
-			l.state = lifeDraining
-			if len(rs) == 1 && draining[name] == 0 { // listed, with its calls in flight
-				l.merge(rs[0])
-			}
-		case l.state == lifeDraining && len(rs) == 0:
-			l.state = lifeEnded
-		case l.state == lifeDraining && len(rs) == 1 && draining[name] == 1 && !out[name]:
-			l.merge(rs[0]) // the only one of its name that can be listed
-		}
-	}
-}
-
-// find returns the last life of name and url in state, or nil.
-func (t *endpointTally) find(name, url string, state lifeState) *endpointLife {
-	for i := len(t.lives) - 1; i >= 0; i-- {
-		if l := t.lives[i]; l.stats.Name == name && l.url == url && l.state == state {
-			return l
-		}
-	}
-	return nil
 }
 
 // merge takes in a snapshot of the life's endpoint: its counters never go
@@ -803,23 +721,6 @@ func (t *endpointTally) list() []endpointStats {
 		e.Throttles += l.stats.Throttles
 	}
 	return eps
-}
-
-// sameURL returns the form of an endpoint URL that the Client compares to
-// tell a kept endpoint from one given another URL: parsed, without its
-// fragment, its host name in lower case and without a default port (as
-// New and SetEndpoints check URLs; TestEndpointTallyLives pins it).
-func sameURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return raw
-	}
-	u.Host = strings.ToLower(u.Host)
-	if p := u.Port(); p == "" || u.Scheme == "https" && p == "443" || u.Scheme == "http" && p == "80" {
-		u.Host = strings.TrimSuffix(u.Host, ":"+p)
-	}
-	u.Fragment = ""
-	return u.String()
 }
 
 func writeJSON(path string, v any) error {
