@@ -634,9 +634,16 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		}
 		return data, nil
 	}
-	data, err := readBody(resp.Body, -1, maxErrorBody)
-	if err != nil && !errors.Is(err, ErrResponseTooLarge) {
-		return nil, fmt.Errorf("amlpool: endpoint %s: read HTTP %d reply: %w", ep.Name(), resp.StatusCode, err)
+	data, cut := readBody(resp.Body, -1, maxErrorBody)
+	if cut != nil && !errors.Is(cut, ErrResponseTooLarge) {
+		// The status and headers came whole, the body did not (a reset,
+		// the attempt timeout): the status still says what the reply was,
+		// so a 400 is not retried nor a 401 taken for a network fault. The
+		// part of the body that came is not quoted: a key it echoed may be
+		// cut in two, out of the scrub's reach.
+		data = nil
+	} else {
+		cut = nil
 	}
 	apiErr := parseAPIError(ep.Name(), resp.StatusCode, data, keys)
 	if c.kind == Online {
@@ -644,7 +651,13 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	}
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	a.retryAfter = min(apiErr.RetryAfter, c.cfg.maxRetryAfter)
-	return nil, apiErr
+	switch {
+	case cut == nil:
+		return nil, apiErr
+	case ctx.Err() == nil && actx.Err() != nil:
+		return nil, fmt.Errorf("%w (attempt timed out after %v reading its body: %w)", apiErr, c.cfg.attemptTimeout, timedOut(cut))
+	}
+	return nil, fmt.Errorf("%w (reading its body: %w)", apiErr, cut)
 }
 
 // readBody reads at most limit bytes; a longer body is ErrResponseTooLarge.

@@ -85,10 +85,12 @@ func (v Verdict) String() string {
 //	                                                 every other status
 //
 // For both kinds: a transport error (connection refused or reset, EOF
-// before the reply, the attempt timeout of WithAttemptTimeout, a reply cut
-// short), a 2xx reply that is not JSON or is an error body
+// before the reply, the attempt timeout of WithAttemptTimeout, a 2xx reply
+// cut short), a 2xx reply that is not JSON or is an error body
 // (ErrMalformedResponse), and a *CredentialError are VerdictRetry; TLS
-// trust errors and ErrResponseTooLarge are VerdictGiveUp.
+// trust errors and ErrResponseTooLarge are VerdictGiveUp. An error reply
+// whose body is cut short is judged by its status all the same: it is an
+// *APIError, wrapped with what ended the body.
 //
 // A call whose ctx is done never retries, whatever the classifier says, so a
 // classifier need not check for it. To change one entry, wrap Classify:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -174,6 +175,10 @@ func TestRetryClasses(t *testing.T) {
 			[3][]amltest.Fault{f(throttle()), f(retryAt(500, "", ""))}, nil,
 			want{requests: []int64{1, 1, 1}, waits: 1}},
 		{"400: never retried", [3][]amltest.Fault{f(retryAt(400, "", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 400}},
+		{"400 with its body cut short: never retried, the status says enough",
+			[3][]amltest.Fault{f(amltest.Fault{Status: 400, Truncate: true})}, nil, want{requests: []int64{1, 0, 0}, status: 400}},
+		{"401 with its body cut short: an endpoint fault, another endpoint at once",
+			[3][]amltest.Fault{f(amltest.Fault{Status: 401, Truncate: true})}, nil, want{requests: []int64{1, 1, 0}}},
 		{"400 LibraryExecutionError", [3][]amltest.Fault{f(retryAt(400, "LibraryExecutionError", ""))}, nil, want{requests: []int64{1, 0, 0}, status: 400}},
 		{"401: an endpoint fault, another endpoint at once", [3][]amltest.Fault{f(retryAt(401, "", ""))}, nil, want{requests: []int64{1, 1, 0}}},
 		{"403: an endpoint fault, another endpoint at once", [3][]amltest.Fault{f(retryAt(403, "", ""))}, nil, want{requests: []int64{1, 1, 0}}},
@@ -379,6 +384,47 @@ func TestRetryAfterEverywhereWaitsForTheHint(t *testing.T) {
 	clk.Advance(1500 * time.Millisecond)
 	require.NoError(t, <-errc)
 	assert.Equal(t, []int64{2}, requests(srvs))
+}
+
+// TestErrorReplyCutShort: an error reply whose body does not come whole is
+// still the reply its status and headers say: its Retry-After cools the
+// endpoint down, and its error is an *APIError that says what happened to
+// the body, without quoting the part that came.
+func TestErrorReplyCutShort(t *testing.T) {
+	t.Run("Retry-After", func(t *testing.T) {
+		srvs := servers(t, 2, 20)
+		srvs[0].Script(amltest.Fault{Status: 429, RetryAfter: "5", Truncate: true})
+		clk := newStepClock(2 * time.Second) // the backoff at once; the cool-down does not end
+		c := newClient(t, endpoints(srvs), amlpool.WithClock(clk), amlpool.WithRand(firstFree))
+		for range 11 {
+			_, err := c.Do(context.Background(), scoreBody)
+			require.NoError(t, err)
+		}
+		assert.Equal(t, []int64{1, 11}, requests(srvs), "s0, the first choice, is cooling down")
+	})
+	t.Run("error", func(t *testing.T) {
+		srvs := servers(t, 1, 20)
+		srvs[0].Script(amltest.Fault{Status: 400, Truncate: true})
+		c := newClient(t, endpoints(srvs))
+		_, err := c.Do(context.Background(), scoreBody)
+		var apiErr *amlpool.APIError
+		require.ErrorAs(t, err, &apiErr)
+		assert.Equal(t, 400, apiErr.StatusCode)
+		assert.Empty(t, apiErr.Body, "what came of the body is not quoted")
+		assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+		assert.Equal(t, "amlpool: endpoint s0: HTTP 400 (reading its body: unexpected EOF)", err.Error())
+	})
+	t.Run("attempt timeout", func(t *testing.T) {
+		srvs := servers(t, 1, 20)
+		srvs[0].Script(amltest.Fault{Status: 503, SlowBody: time.Hour})
+		c := newClient(t, endpoints(srvs), amlpool.WithAttemptTimeout(50*time.Millisecond), amlpool.WithoutRetries())
+		_, err := c.Do(context.Background(), scoreBody)
+		var apiErr *amlpool.APIError
+		require.ErrorAs(t, err, &apiErr)
+		assert.Equal(t, 503, apiErr.StatusCode)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), "HTTP 503 (attempt timed out after 50ms reading its body: ")
+	})
 }
 
 // A retrying call waits in line for the one endpoint it has not tried
