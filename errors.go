@@ -203,7 +203,7 @@ func parseAPIError(endpoint string, status int, body []byte, keys []string) *API
 // error) and Stop: errors.Is(err, ErrRetryBudgetExhausted) tells a call the
 // budget cut short.
 type CallError struct {
-	Attempts  int      // attempts made: requests sent
+	Attempts  int      // attempts made: requests sent, and any whose Credential gave no token
 	Endpoints []string // the endpoint of each attempt, in order
 	Err       error    // the last attempt's error
 	// Stop is why the call made no further attempt although Err was worth

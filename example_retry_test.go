@@ -36,10 +36,11 @@ func ExampleCallError() {
 	// last reply: 500 InternalError
 }
 
-// Azure ML online endpoints, the classic service's successor, answer 429
-// when full. A classifier that reads 429 as VerdictFull sends the call to
+// A gateway in front of classic endpoints may answer 429 when they are
+// full. A classifier that reads 429 as VerdictFull sends the call to
 // another endpoint at once, without backing off or counting the 429 against
-// the endpoint's health.
+// the endpoint's health. (Online endpoints need no such classifier:
+// Classify reads their 429 Too many pending requests as full.)
 func ExampleWithClassifier() {
 	busy := amltest.NewServer(amltest.Config{Name: "busy"})
 	defer busy.Close()

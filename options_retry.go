@@ -14,11 +14,20 @@ type maxAttemptsOption int
 func (o maxAttemptsOption) apply(c *config) { c.maxAttempts = int(o) }
 
 // WithMaxAttempts bounds the attempts of one call, the first included: 3
-// attempts are the first and 2 retries. Every request sent counts, failovers
-// after a throttle too, but for one that met a 401 for a key (or Credential)
-// that SetEndpoints replaced while it was in flight: the call goes again
-// with the new key, and only another replacement can cost it another such
-// attempt. n must be at least 1. Default: DefaultMaxAttempts (4).
+// attempts are the first and 2 retries. Every attempt counts (each request
+// sent, failovers after a throttle too, and an attempt whose Credential gave
+// no token, which sent nothing), but for one that met a 401 for a key (or
+// Credential) that SetEndpoints replaced while it was in flight: the call
+// goes again with the new key, and only another replacement can cost it
+// another such attempt. n must be at least 1. Default: DefaultMaxAttempts
+// (4).
+//
+// A retry sends the request again, and an attempt that timed out, lost its
+// connection after sending, or got a 5xx may have run on the service all the
+// same. Scoring is safe to repeat; for a deployment with side effects, use
+// WithoutRetries, or a classifier (WithClassifier) that retries only what
+// was refused before it ran: throttles, endpoint faults, a refused
+// connection (a *net.OpError whose Op is "dial").
 func WithMaxAttempts(n int) Option { return maxAttemptsOption(n) }
 
 // WithoutRetries makes every call a single attempt: its error is returned as
@@ -33,10 +42,12 @@ func (o classifierOption) apply(c *config) { c.classifier = o }
 
 // WithClassifier decides with f which failed attempts are retried and how
 // (see Verdict). f gets the attempt's error: an *APIError for a non-2xx
-// reply, a transport error otherwise; it is never called for a call whose
-// ctx is done. A Verdict other than the three constants means VerdictGiveUp.
-// f must be safe for concurrent use and should return fast. nil means
-// Classify. Default: Classify, the Azure ML Classic table.
+// reply (wrapped when its body was cut short: reach it with errors.As), a
+// *CredentialError when the endpoint's Credential gave no token, a
+// transport error otherwise; it is never called for a call whose ctx is
+// done. A Verdict other than the four constants means VerdictGiveUp. f must
+// be safe for concurrent use and should return fast. nil means Classify.
+// Default: Classify, the services' tables (classic and online).
 func WithClassifier(f func(err error) Verdict) Option { return classifierOption(f) }
 
 // Backoff is the schedule of waits before retries after a VerdictRetry
