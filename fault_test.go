@@ -17,7 +17,7 @@ import (
 )
 
 // An endpoint that cannot serve anyone — its key rejected, access denied,
-// the endpoint gone — is routed around: no call fails, and it gets only the
+// the endpoint gone, its certificate not trusted — is routed around: no call fails, and it gets only the
 // calls that were on their way before its first answer came back.
 func TestEndpointFaultIsRoutedAround(t *testing.T) {
 	tests := []struct {
@@ -33,6 +33,14 @@ func TestEndpointFaultIsRoutedAround(t *testing.T) {
 		}},
 		{"404: the endpoint is gone", http.StatusNotFound, func(ep *amlpool.Endpoint, _ *amltest.Server) {
 			ep.URL = strings.Replace(ep.URL, "/services/", "/services/deleted", 1)
+		}},
+		{"a TLS certificate the client does not trust", 0, func(ep *amlpool.Endpoint, _ *amltest.Server) {
+			untrusted := amltest.NewUnstartedServer(amltest.Config{MaxConcurrentCalls: 5})
+			untrusted.StartTLS()
+			t.Cleanup(untrusted.Close)
+			name := ep.Name
+			*ep = untrusted.Endpoint()
+			ep.Name = name
 		}},
 	}
 	for _, tt := range tests {

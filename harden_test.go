@@ -375,7 +375,8 @@ func TestEchoedKeyStaysOutOfErrorsAndLogs(t *testing.T) {
 
 // The TLS settings of a user's http.Client hold: its root CAs let calls
 // through to a TLS endpoint; the default client does not trust the test
-// certificate, and that failure is not retried.
+// certificate, and that failure is the endpoint's: it cannot serve this
+// client, and the call goes on to another endpoint, if there is one.
 func TestInjectedClientTLSSettingsAreUsed(t *testing.T) {
 	srv := amltest.NewUnstartedServer(amltest.Config{})
 	srv.StartTLS()
@@ -390,7 +391,7 @@ func TestInjectedClientTLSSettingsAreUsed(t *testing.T) {
 	var unknown x509.UnknownAuthorityError
 	var verify *tls.CertificateVerificationError
 	assert.True(t, assert.ErrorAs(t, err, &verify) || assert.ErrorAs(t, err, &unknown), "got %v", err)
-	assert.Equal(t, amlpool.VerdictGiveUp, amlpool.Classify(err), "a TLS trust error is not retried")
+	assert.Equal(t, amlpool.VerdictEndpointFault, amlpool.Classify(err), "a TLS trust error is the endpoint's fault")
 
 	// A client that demands TLS 1.3 of a server that stops at 1.2 fails.
 	old := amltest.NewUnstartedServer(amltest.Config{})

@@ -25,7 +25,8 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	                                             conventions' http.request.method, server.address,
 //	                                             server.port, http.response.status_code, error.type
 //	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
-//	                                             endpoint_fault (401, 403, 404), client_error,
+//	                                             endpoint_fault (401, 403, 404, an untrusted
+//	                                             TLS certificate), client_error,
 //	                                             server_error, transport_error, cancelled,
 //	                                             abandoned (a hedge's slower copy)
 //	amlpool.endpoint.in_flight    gauge          calls in flight now

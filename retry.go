@@ -27,8 +27,8 @@ import (
 type Verdict uint8
 
 const (
-	// VerdictGiveUp: the error is permanent (bad input, bad key, a redirect,
-	// a body over the limit). The call returns it. The zero Verdict.
+	// VerdictGiveUp: the error is permanent (bad input, a redirect, a body
+	// over the limit). The call returns it. The zero Verdict.
 	VerdictGiveUp Verdict = iota
 	// VerdictFull: the endpoint was at its cap, not broken. The call goes at
 	// once, with no backoff, to another endpoint with a free slot; it backs
@@ -40,8 +40,8 @@ const (
 	// counts towards the endpoint's ejection (WithEjection).
 	VerdictRetry
 	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
-	// regenerated or is wrong, access was revoked, it was deleted), not the
-	// request is bad. The endpoint leaves rotation at once (WithEjection's
+	// regenerated or is wrong, access was revoked, it was deleted, its TLS
+	// certificate is not trusted), not the request is bad. The endpoint leaves rotation at once (WithEjection's
 	// back-off and probe) and the call goes at once, with no backoff, to an
 	// endpoint it has not tried; when none is left, the call returns the
 	// error. After a 401, an endpoint with a second key (SecondaryKey) is
@@ -87,8 +87,9 @@ func (v Verdict) String() string {
 // For both kinds: a transport error (connection refused or reset, EOF
 // before the reply, the attempt timeout of WithAttemptTimeout, a 2xx reply
 // cut short), a 2xx reply that is not JSON or is an error body
-// (ErrMalformedResponse), and a *CredentialError are VerdictRetry; TLS
-// trust errors and ErrResponseTooLarge are VerdictGiveUp. An error reply
+// (ErrMalformedResponse), and a *CredentialError are VerdictRetry; a TLS
+// trust error (a certificate not trusted, expired, or for another host) is
+// VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
 // whose body is cut short is judged by its status all the same: it is an
 // *APIError, wrapped with what ended the body.
 //
@@ -120,7 +121,10 @@ func Classify(err error) Verdict {
 		return VerdictGiveUp
 	}
 	if isTLSTrustError(err) {
-		return VerdictGiveUp // TLS trust problems do not heal by retrying
+		// The endpoint's certificate will not be trusted on the next try
+		// either; another endpoint's may be. An endpoint that cannot serve
+		// anyone, as for a 401.
+		return VerdictEndpointFault
 	}
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) && urlErr.Op != "Post" {

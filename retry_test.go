@@ -68,10 +68,10 @@ func TestClassify(t *testing.T) {
 		{"attempt timeout", fmt.Errorf("attempt timed out: %w", postErr(context.DeadlineExceeded)), VerdictRetry},
 		{"short read", fmt.Errorf("read reply: %w", io.ErrUnexpectedEOF), VerdictRetry},
 		{"response too large", fmt.Errorf("%w: over 10 bytes", ErrResponseTooLarge), VerdictGiveUp},
-		{"unknown authority", postErr(x509.UnknownAuthorityError{}), VerdictGiveUp},
-		{"hostname", postErr(x509.HostnameError{Host: "h"}), VerdictGiveUp},
-		{"invalid certificate", postErr(x509.CertificateInvalidError{}), VerdictGiveUp},
-		{"tls verification", postErr(&tls.CertificateVerificationError{Err: errors.New("x")}), VerdictGiveUp},
+		{"unknown authority", postErr(x509.UnknownAuthorityError{}), VerdictEndpointFault},
+		{"hostname", postErr(x509.HostnameError{Host: "h"}), VerdictEndpointFault},
+		{"invalid certificate", postErr(x509.CertificateInvalidError{}), VerdictEndpointFault},
+		{"tls verification", postErr(&tls.CertificateVerificationError{Err: errors.New("x")}), VerdictEndpointFault},
 		{"bad URL", &url.Error{Op: "parse", URL: "::", Err: errors.New("missing scheme")}, VerdictGiveUp},
 	}
 	for _, tt := range tests {
