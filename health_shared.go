@@ -123,9 +123,13 @@ func (c *Client) shareHealth() {
 // release brought. An attempt whose Credential gave no token sent nothing:
 // it shows nothing of the endpoint, only of this replica's Credential, and
 // the fleet hears nothing of it, not even the ejection that such failures
-// bring here.
+// bring here. Nor does it of a certificate this replica does not trust:
+// this replica's trust store may be what is wrong.
 func (c *Client) reportHealth(a *attempt) {
 	if a.tok == "" && a.auth.Credential() != nil {
+		return
+	}
+	if a.status == 0 && a.result == pool.Fault && isTLSTrustError(a.err) {
 		return
 	}
 	id := extOf(a.slot.Ep).id

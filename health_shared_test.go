@@ -220,6 +220,22 @@ func TestACredentialErrorIsNotShared(t *testing.T) {
 	assert.Empty(t, lim.takeReports())
 }
 
+// A certificate this replica does not trust takes the endpoint out of
+// rotation here only: the replica's own trust store may be what is wrong,
+// and the fleet hears nothing of it.
+func TestAnUntrustedCertificateIsNotShared(t *testing.T) {
+	untrusted := amltest.NewUnstartedServer(amltest.Config{Name: "tls"})
+	untrusted.StartTLS()
+	t.Cleanup(untrusted.Close)
+	srvs := servers(t, 1, 2)
+	lim := newHealthStub()
+	c := newClient(t, []amlpool.Endpoint{untrusted.Endpoint(), srvs[0].Endpoint()}, amlpool.WithLimiter(lim),
+		amlpool.WithRand(firstFree), amlpool.WithEjection(5, time.Minute))
+	require.NoError(t, doOnce(t, c), "the other endpoint serves the call")
+	assert.True(t, c.Stats().Endpoints[0].Ejected, "out of rotation here")
+	assert.Empty(t, lim.takeReports())
+}
+
 // What other replicas report is applied, and none of it is reported back:
 // news does not go round the fleet.
 func TestClientAppliesTheFleetsHealth(t *testing.T) {
