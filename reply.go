@@ -93,8 +93,21 @@ func validJSON(data []byte) bool {
 // deployment returns, so such a body is not refused there (isErrorBody).
 type errorBodyError struct{ e *APIError }
 
+// Error names the error's class and specific cause, and gives its most
+// specific message (APIError.Reason), as APIError.Error does; the parts
+// the body lacks are left out.
 func (e *errorBodyError) Error() string {
-	return fmt.Sprintf("2xx reply is an error body: %s: %s", e.e.Code, e.e.Message)
+	msg, class := "2xx reply is an error body", e.e.Code
+	if d := e.e.Detail(); d != "" {
+		class = strings.TrimPrefix(class+"/"+d, "/")
+	}
+	if class != "" {
+		msg += ": " + class
+	}
+	if r := e.e.Reason(); r != "" {
+		msg += ": " + r
+	}
+	return msg
 }
 
 // isErrorBody reports whether checkReply's err is about an error body.
