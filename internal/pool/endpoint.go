@@ -98,9 +98,6 @@ func (e *Endpoint) Name() string { return e.name }
 // URL returns the endpoint's URL, shared: the caller must not modify it.
 func (e *Endpoint) URL() *url.URL { return e.u }
 
-// RawURL returns the endpoint's URL as text.
-func (e *Endpoint) RawURL() string { return e.url }
-
 // Host returns the Host of requests to the endpoint.
 func (e *Endpoint) Host() string { return e.host }
 

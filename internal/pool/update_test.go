@@ -199,7 +199,7 @@ func TestUpdateSameNameOtherURL(t *testing.T) {
 	assert.NotSame(t, old, e)
 	assert.True(t, old.Removed())
 	assert.False(t, e.Removed())
-	assert.Equal(t, "https://other/workspaces/w/services/e0/execute", e.RawURL())
+	assert.Equal(t, "https://other/workspaces/w/services/e0/execute", e.URL().String())
 	assert.Equal(t, Counters{}, e.Counters())
 	assert.Zero(t, e.health.fails.Load())
 	slot := acquireOn(t, p, e)
