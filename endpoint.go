@@ -42,8 +42,8 @@ type Endpoint struct {
 	// errors show its query's values as [REDACTED], but for the service's
 	// own api-version, details and format: another value may be a secret
 	// (an Azure SAS sig=). No two endpoints may have one URL; host names
-	// are compared in any case, and a default port (443, 80) counts as
-	// none. Two URLs that differ only in a redacted value print alike:
+	// are compared in any case (an IPv6 zone, an interface name, in its
+	// own), and a default port (443, 80) counts as none. Two URLs that differ only in a redacted value print alike:
 	// their Names tell them apart.
 	URL string
 	// APIKey is sent as "Authorization: Bearer <key>" to this endpoint's URL
@@ -591,7 +591,7 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	}
 	// One spelling per URL, the URL being an endpoint's identity: host
 	// names are case-insensitive, and a default port is no port.
-	u.Host = strings.ToLower(u.Host)
+	u.Host = lowerHost(u.Host)
 	if p := u.Port(); p == "" || u.Scheme == "https" && p == "443" || u.Scheme == "http" && p == "80" {
 		u.Host = strings.TrimSuffix(u.Host, ":"+p)
 	}
@@ -606,6 +606,18 @@ func checkURL(raw string, allowHTTP bool) (*url.URL, error) {
 	}
 	u.Fragment = ""
 	return u, nil
+}
+
+// lowerHost returns a URL's Host with its host name in lower case, but not
+// an IPv6 zone ("[fe80::1%Eth0]"): a zone names a network interface, and
+// interface names are case-sensitive (Linux may have eth0 and Eth0).
+func lowerHost(host string) string {
+	if strings.HasPrefix(host, "[") {
+		if i := strings.IndexByte(host, '%'); i >= 0 {
+			return strings.ToLower(host[:i]) + host[i:]
+		}
+	}
+	return strings.ToLower(host)
 }
 
 // shownURL is u for an error: without its user info, query or fragment.

@@ -283,6 +283,29 @@ func TestUncheckedEndpointNeverShowsItsKey(t *testing.T) {
 		"URL:https://h/x?api-version=2.0&code=[REDACTED] ")
 }
 
+// TestURLZoneKeepsItsCase: host names are compared in any case, but an
+// IPv6 zone names an interface, whose name is case-sensitive: the zone
+// keeps its case, and two zones that differ only in case are two URLs.
+func TestURLZoneKeepsItsCase(t *testing.T) {
+	for _, tt := range []struct{ url, want string }{
+		{"https://[FE80::1%25Eth0]:443/x", "https://[fe80::1%25Eth0]/x"},
+		{"http://[::1%25Lo]:9/x", "http://[::1%25Lo]:9/x"},
+		{"https://EXAMPLE.com:8443/x", "https://example.com:8443/x"},
+	} {
+		u, err := checkURL(tt.url, false)
+		require.NoError(t, err, tt.url)
+		assert.Equal(t, tt.want, u.String(), tt.url)
+	}
+	c, err := New([]Endpoint{
+		good(func(e *Endpoint) { e.Name = ""; e.URL = "https://[fe80::1%25eth0]/x" }),
+		good(func(e *Endpoint) { e.Name = ""; e.URL = "https://[FE80::1%25Eth0]/x" }),
+	})
+	require.NoError(t, err, "other zones, other URLs")
+	defer c.Close()
+	assert.Equal(t, []string{"[fe80::1%eth0]", "[fe80::1%Eth0]"},
+		[]string{c.Stats().Endpoints[0].Name, c.Stats().Endpoints[1].Name})
+}
+
 // TestPrintedURLsHideQueryValues: a printed Endpoint shows its URL's
 // query values as [REDACTED], for a value may be a secret that is no key
 // (an Azure SAS sig=), but for the service's own parameters; unparsable
