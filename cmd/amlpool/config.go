@@ -242,6 +242,31 @@ func epLabel(i int, name string) string {
 var fileField = map[string]string{"URL": "url", "APIKey": "apiKeyEnv", "SecondaryKey": "secondaryKeyEnv", "MaxConcurrentCalls": "maxConcurrentCalls", "Name": "name",
 	"Kind": "kind", "Header": "header", "Tier": "tier"}
 
+// keyField names the field of e that gave what amlpool.New calls field:
+// "apiKeyFile" rather than "apiKeyEnv" for an APIKey read from a file, the
+// token's source for an APIKey or a Credential; "" for another field, or
+// when e names no source for it.
+func (e *endpointConfig) keyField(field string) string {
+	type source struct {
+		given bool
+		name  string
+	}
+	var sources []source
+	switch field {
+	case "APIKey", "Credential":
+		sources = []source{{e.APIKeyEnv != "", "apiKeyEnv"}, {e.APIKeyFile != "", "apiKeyFile"},
+			{e.TokenEnv != "", "tokenEnv"}, {e.TokenFile != "", "tokenFile"}, {e.TokenCommand != nil, "tokenCommand"}}
+	case "SecondaryKey":
+		sources = []source{{e.SecondaryKeyEnv != "", "secondaryKeyEnv"}, {e.SecondaryKeyFile != "", "secondaryKeyFile"}}
+	}
+	for _, s := range sources {
+		if s.given {
+			return s.name
+		}
+	}
+	return ""
+}
+
 // newClient builds the Client, naming the file's fields in config errors.
 func newClient(path string, cfg *poolConfig, eps []amlpool.Endpoint) (*amlpool.Client, error) {
 	c, err := amlpool.New(eps)

@@ -210,3 +210,31 @@ func TestConfigKeysLoseTheWhiteSpaceAroundThem(t *testing.T) {
 		assert.Equal(t, tt.want, err.Error())
 	}
 }
+
+// A key the Client refuses is named by the field it came from: a key file
+// with two lines is "apiKeyFile"'s fault, not "apiKeyEnv"'s.
+func TestConfigErrorNamesTheKeysSource(t *testing.T) {
+	dir := t.TempDir()
+	twoLines := filepath.Join(dir, "two-lines")
+	require.NoError(t, os.WriteFile(twoLines, []byte("key-one\nkey-two\n"), 0o600))
+	env := map[string]string{"K": "env-key", "BAD": "env\x01key"}
+	keys := keySource{getenv: func(name string) string { return env[name] }, readFile: os.ReadFile}
+	for _, tt := range []struct{ endpoint, want string }{
+		{`"apiKeyFile":"` + twoLines + `"`, `"apiKeyFile": contains a line break`},
+		{`"apiKeyEnv":"BAD"`, `"apiKeyEnv": contains a control character at byte 3`},
+		{`"apiKeyEnv":"K","secondaryKeyFile":"` + twoLines + `"`, `"secondaryKeyFile": contains a line break`},
+		{`"apiKeyFile":"` + twoLines + `","secondaryKeyEnv":"BAD"`, `"apiKeyFile": contains a line break`},
+		{`"apiKeyEnv":"K","secondaryKeyEnv":"BAD"`, `"secondaryKeyEnv": contains a control character at byte 3`},
+	} {
+		cfg, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"a","url":"https://a/x",`+tt.endpoint+`}]}`), keys)
+		require.NoError(t, err, tt.endpoint)
+		_, err = newClient("cfg.json", cfg, eps)
+		require.Error(t, err, tt.endpoint)
+		assert.Equal(t, `cfg.json: endpoints[0] (a): `+tt.want, err.Error(), tt.endpoint)
+		assert.NotContains(t, err.Error(), "key-")
+	}
+	for e, want := range map[*endpointConfig]string{
+		{TokenFile: "t"}: "tokenFile", {TokenEnv: "T"}: "tokenEnv", {TokenCommand: []string{"az"}}: "tokenCommand"} {
+		assert.Equal(t, want, e.keyField("Credential"), "a token source")
+	}
+}

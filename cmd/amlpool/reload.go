@@ -238,15 +238,17 @@ func fileError(path string, cfg *poolConfig, err error) error {
 	if !errors.As(err, &ce) {
 		return err
 	}
-	label := ce.Endpoint
+	label, field := ce.Endpoint, ce.Field
+	if f, ok := fileField[field]; ok {
+		field = f
+	}
 	for i, e := range cfg.Endpoints {
 		if e.Name == ce.Endpoint || "endpoints["+strconv.Itoa(i)+"]" == ce.Endpoint {
 			label = epLabel(i, e.Name)
+			if f := e.keyField(ce.Field); f != "" {
+				field = f
+			}
 		}
-	}
-	field := ce.Field
-	if f, ok := fileField[field]; ok {
-		field = f
 	}
 	if label == "" {
 		return fmt.Errorf("%s: %q: %s", path, field, ce.Problem)
