@@ -50,6 +50,9 @@ type Client struct {
 type epExt struct {
 	id  string       // LimitedEndpoint.ID
 	tel *epTelemetry // its name and attributes, for metrics, spans and logs
+	// urlSecrets are its URL's query values scrubbed from replies and
+	// transport errors (querySecrets).
+	urlSecrets []string
 }
 
 // extOf returns the Client's data for e.
@@ -123,7 +126,7 @@ func (c *Client) addExt(specs []pool.Spec) {
 	}
 	for i := range specs {
 		s := &specs[i]
-		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds[s.Name])}
+		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds[s.Name]), urlSecrets: querySecrets(s.URL)}
 	}
 }
 
@@ -608,7 +611,9 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 			c.cfg.propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
 		}
 	}
-	resp, err := c.roundTrip(req)
+	var buf [6]string // keys on the stack while they fit
+	keys := a.secrets(buf[:0])
+	resp, err := c.roundTrip(req, keys)
 	if err != nil {
 		if ctx.Err() == nil && actx.Err() != nil {
 			return nil, fmt.Errorf("amlpool: endpoint %s: attempt timed out after %v: %w", ep.Name(), c.cfg.attemptTimeout, timedOut(err))
@@ -617,7 +622,6 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	}
 	defer resp.Body.Close()
 	a.status = resp.StatusCode
-	keys := a.secrets()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {

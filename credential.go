@@ -2,6 +2,7 @@ package amlpool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 )
@@ -118,13 +119,20 @@ func (a *attempt) header() http.Header {
 	return h
 }
 
-// secrets returns what must not leave a's reply: the endpoint's keys, or
-// the token sent.
-func (a *attempt) secrets() []string {
-	if a.tok == "" {
+// secrets returns what must not leave a's reply or transport error: the
+// endpoint's keys, or the token sent, then its URL's secret query values
+// (querySecrets), appended to buf unless they are the keys alone.
+func (a *attempt) secrets(buf []string) []string {
+	inURL := extOf(a.slot.Ep).urlSecrets
+	switch {
+	case a.tok != "":
+		buf = append(buf, a.tok)
+	case len(inURL) == 0:
 		return a.auth.Keys()
+	default:
+		buf = append(buf, a.auth.Keys()...)
 	}
-	return []string{a.tok}
+	return append(buf, inURL...)
 }
 
 // invalidate tells a Credential that implements TokenInvalidator that
@@ -144,6 +152,13 @@ type scrubbedError struct {
 
 func (e *scrubbedError) Error() string { return e.msg }
 func (e *scrubbedError) Unwrap() error { return e.err }
+
+// Timeout reports whether err is a timeout, so that an *url.Error around
+// e still says so (url.Error.Timeout asks its Err alone).
+func (e *scrubbedError) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.err, &t) && t.Timeout()
+}
 
 // Format prints Error whatever the verb.
 func (e *scrubbedError) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.msg, e.msg) }

@@ -41,7 +41,9 @@ type Endpoint struct {
 	// as it is, but printed Endpoints, spans (url.full) and transport
 	// errors show its query's values as [REDACTED], but for the service's
 	// own api-version, details and format: another value may be a secret
-	// (an Azure SAS sig=). No two endpoints may have one URL; host names
+	// (an Azure SAS sig=). Such a value of 16 characters or more is also
+	// scrubbed, as keys are, from replies an error quotes and from
+	// transport errors. No two endpoints may have one URL; host names
 	// are compared in any case (an IPv6 zone, an interface name, in its
 	// own), and a default port (443, 80) counts as none. Two URLs that differ only in a redacted value print alike:
 	// their Names tell them apart.
@@ -241,6 +243,12 @@ func (e Endpoint) shownURL() string {
 // sig=, a function's code=), and is shown as [REDACTED].
 var shownParams = []string{"api-version", "details", "format"}
 
+// isShownParam reports whether a printed URL shows the value of the query
+// parameter name (shownParams).
+func isShownParam(name string) bool {
+	return slices.ContainsFunc(shownParams, func(s string) bool { return strings.EqualFold(s, name) })
+}
+
 // redactQuery returns the raw query q with [REDACTED] for the value of
 // every parameter but shownParams', and for a value that is one of keys;
 // a parameter without "=" is its own value. The names stay, and the
@@ -252,7 +260,7 @@ func redactQuery(q string, keys ...string) string {
 	params := strings.Split(q, "&")
 	for i, p := range params {
 		name, v, ok := strings.Cut(p, "=")
-		shown := slices.ContainsFunc(shownParams, func(s string) bool { return strings.EqualFold(s, name) })
+		shown := isShownParam(name)
 		switch {
 		case !ok && !shown:
 			params[i] = redacted
@@ -270,6 +278,48 @@ func isKey(v string, keys []string) bool {
 		v = uv
 	}
 	return slices.ContainsFunc(keys, func(k string) bool { return k != "" && k == v })
+}
+
+// minQuerySecret is the length, decoded, from which a query value that
+// printed URLs redact is also scrubbed from quoted replies and transport
+// errors (querySecrets). A shorter one is no secret worth the name, and
+// is likely an ordinary word or number (a SAS's sp=r, spr=https or
+// sv=2021-06-08) that scrubbing would cut out of every message; a SAS
+// sig=, a gateway's subscription-key= or a function's code= is longer.
+const minQuerySecret = 16
+
+// querySecrets returns the values of the checked URL u's query that
+// printed URLs redact (redactQuery) and that are at least minQuerySecret
+// long: a reply or a transport error may quote them (a gateway's error
+// page, a RoundTripper's error quoting the URL). Each is given as the URL
+// spells it and, when that differs, decoded; the longest first, so that a
+// value that holds another is scrubbed whole. It is built once per
+// endpoint.
+func querySecrets(u *url.URL) []string {
+	var out []string
+	for _, p := range strings.Split(u.RawQuery, "&") {
+		name, v, ok := strings.Cut(p, "=")
+		switch {
+		case !ok:
+			v = name // its own value
+		case isShownParam(name):
+			continue
+		}
+		decoded := v
+		if d, err := url.QueryUnescape(v); err == nil {
+			decoded = d
+		}
+		if len(decoded) < minQuerySecret {
+			continue
+		}
+		for _, s := range [...]string{v, decoded} {
+			if !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // redactedURL is the checked URL u as spans and transport errors show it:

@@ -306,6 +306,18 @@ func TestURLZoneKeepsItsCase(t *testing.T) {
 		[]string{c.Stats().Endpoints[0].Name, c.Stats().Endpoints[1].Name})
 }
 
+// TestQuerySecrets: the values scrubbed from replies are those printed
+// URLs redact, of 16 characters or more decoded, as spelled and decoded,
+// the longest first; the service's own parameters are not among them.
+func TestQuerySecrets(t *testing.T) {
+	u, err := url.Parse("https://h/x?api-version=2.0-preview-0123456789&sp=r&se=2026-01-01&sig=abcdefghijklmn%2B%2F" +
+		"&code=0123456789abcdef&a-bare-token-of-some-length&sig2=abcdefghijklmn%2B%2F&empty=&details=true")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a-bare-token-of-some-length", "abcdefghijklmn%2B%2F", "abcdefghijklmn+/", "0123456789abcdef"}, querySecrets(u))
+	u.RawQuery = ""
+	assert.Empty(t, querySecrets(u))
+}
+
 // TestPrintedURLsHideQueryValues: a printed Endpoint shows its URL's
 // query values as [REDACTED], for a value may be a secret that is no key
 // (an Azure SAS sig=), but for the service's own parameters; unparsable

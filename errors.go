@@ -80,7 +80,7 @@ type APIError struct {
 	// (the ms-azureml-model-error-reason header), at most 512 bytes.
 	ModelReason string
 
-	quoted string // Body quoted for Error, key scrubbed; set by parseAPIError
+	quoted string // Body quoted for Error, secrets scrubbed; set by parseAPIError
 }
 
 // ErrorDetail is one entry of an Azure ML error body's details list.

@@ -179,6 +179,99 @@ func TestNoURLSecretInAnyOutput(t *testing.T) {
 	}
 }
 
+// TestURLSecretsScrubbedFromReplies: a reply that echoes the URL's query
+// (a gateway's error page, an APIM complaint about its subscription-key)
+// or a transport error that quotes the URL (a user's RoundTripper, a
+// malformed reply) has the query's secret values scrubbed, as the URL
+// spells them and decoded, in every error a call returns and every log
+// line; values too short to be secrets (sp=r, spr=https) are left.
+func TestURLSecretsScrubbedFromReplies(t *testing.T) {
+	const sigRaw, sig = "sv1gN4tuRe%2Bslash%2F0123456789", "sv1gN4tuRe+slash/0123456789"
+	const subKey = "apim0123456789abcdefsecretkey"
+	const query = "?api-version=2.0&sp=r&spr=https&sig=" + sigRaw + "&subscription-key=" + subKey
+	hidden := []string{"sv1gN4tuRe", "apim0123456789"}
+	replies := map[string]func(w http.ResponseWriter, r *http.Request){
+		"page": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+			fmt.Fprintf(w, "<html>no backend for %s (sig %s)</html>", r.URL.RequestURI(), r.URL.Query().Get("sig"))
+		},
+		"json": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			msg, _ := json.Marshal(fmt.Sprintf("subscription-key %s, sig %s: denied", r.URL.Query().Get("subscription-key"), r.URL.Query().Get("sig")))
+			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":%s}}`, bytes.ReplaceAll(msg, []byte("/"), []byte(`\/`)))
+		},
+		"2xx": func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "<html>%s</html>", r.URL.RawQuery)
+		},
+		"malformed": func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "HTTP/1.1 %s\r\n\r\n", r.URL.RawQuery)
+		},
+	}
+	for name, reply := range replies {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			reply(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		ep := Endpoint{Name: name, URL: srv.URL + "/x" + query, APIKey: secretKey}
+		o := newObserved(t, []Endpoint{ep}, WithoutRetries())
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.Error(t, err, name)
+		if name != "json" {
+			assert.Contains(t, err.Error(), "sp=r&spr=https", "%s: short values stay", name)
+		}
+		assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+	}
+
+	// A user's client whose RoundTripper quotes the URL, or goes through a
+	// client of its own whose *url.Error does.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := "http://" + l.Addr().String() + "/x"
+	require.NoError(t, l.Close())
+	for name, rt := range map[string]roundTripFunc{
+		"quotes the URL": func(r *http.Request) (*http.Response, error) {
+			return nil, fmt.Errorf("POST %s giving up after 3 attempts: %w", r.URL, timeoutErr{})
+		},
+		"quotes a value": func(r *http.Request) (*http.Response, error) {
+			return nil, fmt.Errorf("gateway refused sig %s: %w", r.URL.Query().Get("sig"), timeoutErr{})
+		},
+		"nested client": func(r *http.Request) (*http.Response, error) {
+			resp, err := (&http.Client{}).Do(r)
+			if err == nil {
+				resp.Body.Close()
+				err = errors.New("unexpected reply")
+			}
+			return nil, err
+		},
+	} {
+		o := newObserved(t, []Endpoint{{Name: "down", URL: refused + query, APIKey: secretKey}}, WithoutRetries(),
+			WithHTTPClient(&http.Client{Transport: rt}))
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		uerr, ok := errors.AsType[*url.Error](err)
+		require.True(t, ok, "%s: %T: %v", name, err, err)
+		assert.Contains(t, err.Error(), "sig=[REDACTED]", name)
+		if name != "nested client" {
+			assert.True(t, uerr.Timeout(), "%s: still a timeout", name)
+		}
+		assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string { return "timed out" }
+func (timeoutErr) Timeout() bool { return true }
+
 // assertNoSecret prints, encodes and logs each of values in every way a
 // user might, and reads back every span, log line and metric o produced:
 // none may contain any of secrets, nor its hex form.
