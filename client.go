@@ -197,7 +197,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // that answers 503 RequestThrottled (online: 429 Too many pending requests)
 // is full, not broken, and the call goes at once to another endpoint with a
 // free slot; an endpoint that cannot serve anyone (401, 403, 404, a TLS
-// certificate not trusted) leaves rotation and the call goes at once to
+// certificate not trusted, an https:// URL whose server speaks plain HTTP)
+// leaves rotation and the call goes at once to
 // another; a transient failure is retried after a backoff (WithBackoff) on an
 // endpoint the call has not tried. A call makes at most WithMaxAttempts
 // attempts, within the retry budget (WithRetryBudget), and never starts a
@@ -777,7 +778,7 @@ type EndpointStats struct {
 	Errors             int64 // attempts that failed, throttles and faults included; not cancelled ones
 	Cancelled          int64 // attempts cut short because the call's ctx ended
 	Throttles          int64 // attempts the endpoint answered as full (503 RequestThrottled by default)
-	Faults             int64 // attempts that found the endpoint unable to serve anyone (401, 403, 404, a TLS certificate not trusted, by default)
+	Faults             int64 // attempts that found the endpoint unable to serve anyone (401, 403, 404, a TLS certificate not trusted, a plain-HTTP server for an https:// URL, by default)
 	Ejected            bool  // out of rotation after failures in a row or a fault (WithEjection)
 	Ejections          int64 // times it was ejected
 	Removed            bool  // taken out by SetEndpoints; listed until its calls in flight end

@@ -42,6 +42,9 @@ func TestEndpointFaultIsRoutedAround(t *testing.T) {
 			*ep = untrusted.Endpoint()
 			ep.Name = name
 		}},
+		{"an https:// URL for a plain-HTTP server", 0, func(ep *amlpool.Endpoint, _ *amltest.Server) {
+			ep.URL = strings.Replace(ep.URL, "http://", "https://", 1)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -123,13 +123,19 @@ func (c *Client) shareHealth() {
 // release brought. An attempt whose Credential gave no token sent nothing:
 // it shows nothing of the endpoint, only of this replica's Credential, and
 // the fleet hears nothing of it, not even the ejection that such failures
-// bring here. Nor does it of a certificate this replica does not trust:
-// this replica's trust store may be what is wrong.
+// bring here. Nor does it of a TLS fault (isTLSFault): a certificate this
+// replica does not trust, as this replica's trust store may be what is
+// wrong, or a plain-HTTP answer to its TLS, which a middlebox on this
+// replica's path alone (a sidecar or an intercepting proxy that answers
+// port 443 in plain HTTP) can give for every endpoint: shared, one
+// replica's network would eject them all fleet-wide, while kept here each
+// replica finds a server that really speaks plain HTTP with one attempt of
+// its own, which fails over at once.
 func (c *Client) reportHealth(a *attempt) {
 	if a.tok == "" && a.auth.Credential() != nil {
 		return
 	}
-	if a.status == 0 && a.result == pool.Fault && isTLSTrustError(a.err) {
+	if a.status == 0 && a.result == pool.Fault && isTLSFault(a.err) {
 		return
 	}
 	id := extOf(a.slot.Ep).id

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -230,6 +231,20 @@ func TestAnUntrustedCertificateIsNotShared(t *testing.T) {
 	srvs := servers(t, 1, 2)
 	lim := newHealthStub()
 	c := newClient(t, []amlpool.Endpoint{untrusted.Endpoint(), srvs[0].Endpoint()}, amlpool.WithLimiter(lim),
+		amlpool.WithRand(firstFree), amlpool.WithEjection(5, time.Minute))
+	require.NoError(t, doOnce(t, c), "the other endpoint serves the call")
+	assert.True(t, c.Stats().Endpoints[0].Ejected, "out of rotation here")
+	assert.Empty(t, lim.takeReports())
+}
+
+// Nor is an https:// URL whose server answers in plain HTTP: a middlebox on
+// this replica's path may be what answers so.
+func TestASchemeMismatchIsNotShared(t *testing.T) {
+	srvs := servers(t, 2, 2)
+	plain := srvs[1].Endpoint()
+	plain.URL = strings.Replace(plain.URL, "http://", "https://", 1)
+	lim := newHealthStub()
+	c := newClient(t, []amlpool.Endpoint{plain, srvs[0].Endpoint()}, amlpool.WithLimiter(lim),
 		amlpool.WithRand(firstFree), amlpool.WithEjection(5, time.Minute))
 	require.NoError(t, doOnce(t, c), "the other endpoint serves the call")
 	assert.True(t, c.Stats().Endpoints[0].Ejected, "out of rotation here")

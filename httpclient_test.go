@@ -122,7 +122,7 @@ func TestUserClientKeepsItsWrapper(t *testing.T) {
 // http.Client.Do would have it fail, though it goes straight to the
 // transport: an *url.Error of Op "Post" naming the endpoint's URL (which
 // Classify retries), and for an https:// URL whose server speaks plain HTTP,
-// http.ErrSchemeMismatch.
+// http.ErrSchemeMismatch (an endpoint fault: that server serves no one).
 func TestOwnClientErrors(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -140,9 +140,10 @@ func TestOwnClientErrors(t *testing.T) {
 	for _, tt := range []struct {
 		name, url string
 		check     func(*testing.T, error)
+		verdict   Verdict
 	}{
-		{"connection refused", refused, dialed},
-		{"https to a plain HTTP server", mismatched, func(t *testing.T, err error) { assert.ErrorIs(t, err, http.ErrSchemeMismatch) }},
+		{"connection refused", refused, dialed, VerdictRetry},
+		{"https to a plain HTTP server", mismatched, func(t *testing.T, err error) { assert.ErrorIs(t, err, http.ErrSchemeMismatch) }, VerdictEndpointFault},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := New([]Endpoint{{Name: "e", URL: tt.url, APIKey: "k"}}, WithMaxAttempts(1))
@@ -156,7 +157,7 @@ func TestOwnClientErrors(t *testing.T) {
 			assert.Equal(t, "Post", uerr.Op)
 			assert.Equal(t, tt.url, uerr.URL)
 			tt.check(t, err)
-			assert.Equal(t, VerdictRetry, Classify(uerr))
+			assert.Equal(t, tt.verdict, Classify(uerr))
 		})
 	}
 }

@@ -41,7 +41,8 @@ const (
 	VerdictRetry
 	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
 	// regenerated or is wrong, access was revoked, it was deleted, its TLS
-	// certificate is not trusted), not the request is bad. The endpoint leaves rotation at once (WithEjection's
+	// certificate is not trusted, its https:// URL leads to a plain-HTTP
+	// server), not the request is bad. The endpoint leaves rotation at once (WithEjection's
 	// back-off and probe) and the call goes at once, with no backoff, to an
 	// endpoint it has not tried; when none is left, the call returns the
 	// error. After a 401, an endpoint with a second key (SecondaryKey) is
@@ -88,8 +89,9 @@ func (v Verdict) String() string {
 // before the reply, the attempt timeout of WithAttemptTimeout, a 2xx reply
 // cut short), a 2xx reply that is not JSON or is an error body
 // (ErrMalformedResponse), and a *CredentialError are VerdictRetry; a TLS
-// trust error (a certificate not trusted, expired, or for another host) is
-// VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
+// trust error (a certificate not trusted, expired, or for another host) and
+// a server that answers an https:// URL in plain HTTP
+// (http.ErrSchemeMismatch) are VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
 // whose body is cut short is judged by its status all the same: it is an
 // *APIError, wrapped with what ended the body.
 //
@@ -120,10 +122,11 @@ func Classify(err error) Verdict {
 	if errors.Is(err, ErrResponseTooLarge) {
 		return VerdictGiveUp
 	}
-	if isTLSTrustError(err) {
+	if isTLSFault(err) {
 		// The endpoint's certificate will not be trusted on the next try
-		// either; another endpoint's may be. An endpoint that cannot serve
-		// anyone, as for a 401.
+		// either, nor will a server that speaks plain HTTP start speaking
+		// TLS; another endpoint may serve the call. An endpoint that
+		// cannot serve anyone, as for a 401.
 		return VerdictEndpointFault
 	}
 	var urlErr *url.Error
@@ -157,7 +160,14 @@ func classifyStatus(e *APIError) Verdict {
 	}
 }
 
-func isTLSTrustError(err error) bool {
+// isTLSFault reports whether err says no TLS connection to the endpoint
+// can be made: its certificate is not trusted (unknown authority, expired,
+// for another host), or its server answered in plain HTTP
+// (http.ErrSchemeMismatch: an https:// URL for a plain-HTTP port).
+func isTLSFault(err error) bool {
+	if errors.Is(err, http.ErrSchemeMismatch) {
+		return true
+	}
 	var verifyErr *tls.CertificateVerificationError
 	var authErr x509.UnknownAuthorityError
 	var hostErr x509.HostnameError

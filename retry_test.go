@@ -72,6 +72,7 @@ func TestClassify(t *testing.T) {
 		{"hostname", postErr(x509.HostnameError{Host: "h"}), VerdictEndpointFault},
 		{"invalid certificate", postErr(x509.CertificateInvalidError{}), VerdictEndpointFault},
 		{"tls verification", postErr(&tls.CertificateVerificationError{Err: errors.New("x")}), VerdictEndpointFault},
+		{"https to a plain HTTP server", postErr(http.ErrSchemeMismatch), VerdictEndpointFault},
 		{"bad URL", &url.Error{Op: "parse", URL: "::", Err: errors.New("missing scheme")}, VerdictGiveUp},
 	}
 	for _, tt := range tests {
