@@ -85,6 +85,7 @@ type config struct {
 	maxAttempts        int
 	classifier         func(error) Verdict
 	backoff            Backoff
+	backoffSet         Backoff // the fields a WithBackoff set, for checkRetries' errors
 	maxRetryAfter      time.Duration
 	budget             bool
 	budgetRatio        float64

@@ -82,15 +82,15 @@ type backoffOption Backoff
 
 func (o backoffOption) apply(c *config) {
 	b := Backoff(o)
-	d := &c.backoff
+	d, set := &c.backoff, &c.backoffSet
 	if b.Initial != 0 {
-		d.Initial = b.Initial
+		d.Initial, set.Initial = b.Initial, b.Initial
 	}
 	if b.Multiplier != 0 {
 		d.Multiplier = b.Multiplier
 	}
 	if b.Max != 0 {
-		d.Max = b.Max
+		d.Max, set.Max = b.Max, b.Max
 	}
 	if b.Jitter != 0 {
 		d.Jitter = b.Jitter
@@ -98,7 +98,10 @@ func (o backoffOption) apply(c *config) {
 }
 
 // WithBackoff sets the backoff schedule; zero fields keep their defaults, so
-// WithBackoff(Backoff{Max: 5 * time.Second}) only raises the cap. A wait
+// WithBackoff(Backoff{Max: 5 * time.Second}) only raises the cap. Max must
+// not be below Initial, a default included: an Initial over 1 s needs a Max
+// too (WithBackoff(Backoff{Initial: 2 * time.Second, Max: 30 * time.Second}));
+// a Max under 50 ms, an Initial. A wait
 // that would pass the call's ctx deadline is not started: the call returns
 // its last error at once. Default: see Backoff.
 func WithBackoff(b Backoff) Option { return backoffOption(b) }
@@ -195,6 +198,10 @@ func (cfg *config) checkRetries() error {
 		return &ConfigError{Field: "WithMaxAttempts", Problem: fmt.Sprintf("%d; want at least 1 (WithoutRetries for a single attempt)", cfg.maxAttempts)}
 	case b.Initial < 0:
 		return &ConfigError{Field: "WithBackoff", Problem: "negative Initial"}
+	case b.Max < b.Initial && cfg.backoffSet.Max == 0:
+		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Initial %v is over Max, which defaults to %v (DefaultBackoffMax): set Max too, at least Initial", b.Initial, b.Max)}
+	case b.Max < b.Initial && cfg.backoffSet.Initial == 0:
+		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Max %v is below Initial, which defaults to %v (DefaultBackoffInitial): set Initial too, at most Max", b.Max, b.Initial)}
 	case b.Max < b.Initial:
 		return &ConfigError{Field: "WithBackoff", Problem: fmt.Sprintf("Max %v is below Initial %v", b.Max, b.Initial)}
 	case b.Max > maxBackoff:

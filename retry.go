@@ -354,7 +354,13 @@ func (c *Client) usableOutside(set *pool.Endpoints) bool {
 type deadlineError struct{ wait time.Duration }
 
 func (e *deadlineError) Error() string {
-	return fmt.Sprintf("amlpool: a retry after %v would pass the ctx deadline", e.wait)
+	// To the millisecond: a cool-down's remainder is 4.999991944s, a
+	// drawn backoff 73.412907ms, more digits than anyone needs.
+	wait := e.wait.Round(time.Millisecond)
+	if wait == 0 {
+		wait = e.wait.Round(time.Microsecond)
+	}
+	return fmt.Sprintf("amlpool: a retry after %v would pass the ctx deadline", wait)
 }
 
 func (e *deadlineError) Unwrap() error { return context.DeadlineExceeded }

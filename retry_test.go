@@ -233,7 +233,6 @@ func TestRetryOptionsValidation(t *testing.T) {
 	}{
 		{"zero attempts", WithMaxAttempts(0), "WithMaxAttempts"},
 		{"negative initial", WithBackoff(Backoff{Initial: -1}), "WithBackoff"},
-		{"max below initial", WithBackoff(Backoff{Initial: 2 * time.Second}), "WithBackoff"},
 		{"multiplier below 1", WithBackoff(Backoff{Multiplier: 0.5}), "WithBackoff"},
 		{"multiplier NaN", WithBackoff(Backoff{Multiplier: math.NaN()}), "WithBackoff"},
 		{"multiplier Inf", WithBackoff(Backoff{Multiplier: math.Inf(1)}), "WithBackoff"},
@@ -256,6 +255,48 @@ func TestRetryOptionsValidation(t *testing.T) {
 			assert.Equal(t, tt.field, ce.Field)
 			assert.ErrorIs(t, err, ErrInvalidConfig)
 		})
+	}
+}
+
+// Max below Initial: the error names the default the user did not set,
+// and says to set it, rather than blame a value the user never gave.
+func TestBackoffMaxBelowInitial(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		opts []Option
+		want string
+	}{
+		{"Initial alone, over the default Max", []Option{WithBackoff(Backoff{Initial: 2 * time.Second})},
+			"Initial 2s is over Max, which defaults to 1s (DefaultBackoffMax): set Max too, at least Initial"},
+		{"Max alone, under the default Initial", []Option{WithBackoff(Backoff{Max: 10 * time.Millisecond})},
+			"Max 10ms is below Initial, which defaults to 50ms (DefaultBackoffInitial): set Initial too, at most Max"},
+		{"both given", []Option{WithBackoff(Backoff{Initial: time.Second, Max: time.Millisecond})},
+			"Max 1ms is below Initial 1s"},
+		{"both given, in two options", []Option{WithBackoff(Backoff{Max: time.Millisecond}), WithBackoff(Backoff{Initial: time.Second})},
+			"Max 1ms is below Initial 1s"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := buildConfig(tt.opts)
+			var ce *ConfigError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, "WithBackoff", ce.Field)
+			assert.Equal(t, tt.want, ce.Problem)
+		})
+	}
+	_, err := buildConfig([]Option{WithBackoff(Backoff{Initial: 2 * time.Second, Max: 2 * time.Second})})
+	assert.NoError(t, err)
+}
+
+// The wait a deadline cut short is said to the millisecond (a microsecond
+// below that), not to the nanosecond.
+func TestDeadlineErrorRoundsTheWait(t *testing.T) {
+	for wait, want := range map[time.Duration]string{
+		4999991944 * time.Nanosecond: "5s",
+		73412907 * time.Nanosecond:   "73ms",
+		time.Second:                  "1s",
+		412345 * time.Nanosecond:     "412µs",
+	} {
+		assert.Equal(t, "amlpool: a retry after "+want+" would pass the ctx deadline", (&deadlineError{wait: wait}).Error())
 	}
 }
 
