@@ -220,7 +220,8 @@ func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
 	return data, err
 }
 
-// do is Do, also returning the name of the endpoint that answered; cl, a
+// do is Do, also returning the name of the endpoint of the last attempt
+// ("" when the call made none); cl, a
 // zero call, is left as the call ended (its attempts, say). op names the
 // call's span.
 func (c *Client) do(ctx context.Context, op string, body []byte, cl *call) ([]byte, string, error) {
@@ -241,11 +242,11 @@ func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string
 	}
 	for {
 		if cl.attempts > 0 && c.closed.Load() {
-			return nil, "", cl.result(ErrClosed)
+			return nil, cl.lastEndpoint(), cl.result(ErrClosed)
 		}
 		var next attempt // on the stack: an attempt costs no allocation of its own
 		if err := c.acquire(ctx, cl, &next); err != nil {
-			return nil, "", cl.result(err)
+			return nil, cl.lastEndpoint(), cl.result(err)
 		}
 		cl.started(&next)
 		a := c.attempt(ctx, cl, &next, body) // a hedge, maybe

@@ -252,7 +252,7 @@ type ChunkError struct {
 	Seq      int    // chunk number, from 0, as Chunk.Seq
 	FirstRow int    // number of the first row, from 1
 	LastRow  int    // number of the last row: the rows are FirstRow to LastRow, inclusive
-	Endpoint string // the endpoint that last answered for it; "" when none did
+	Endpoint string // the endpoint of its last attempt (Chunk.Endpoint); "" when it was never sent
 	Err      error
 }
 

@@ -265,6 +265,16 @@ func (c *call) failed(a *attempt) {
 	}
 }
 
+// lastEndpoint is the endpoint of the call's last failed attempt, "" when
+// it made none: a call that ends waiting for a later attempt's slot is
+// still one that went there (CallError.Endpoints ends with it).
+func (c *call) lastEndpoint() string {
+	if len(c.names) == 0 {
+		return ""
+	}
+	return c.names[len(c.names)-1]
+}
+
 // result is the call's error once it makes no further attempt. stop says
 // why, when the last attempt's error alone does not (see CallError.Stop).
 // A call that ends on its first attempt's own error returns that error

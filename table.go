@@ -104,8 +104,10 @@ type Chunk struct {
 	// (no details=true), as many cells as the first. It is nil when Err is
 	// set.
 	Output *Table
-	// Endpoint is the name of the endpoint that answered; "" for a chunk
-	// that got no reply.
+	// Endpoint is the name of the endpoint of the chunk's last attempt:
+	// the one that answered when it was scored, and when it failed the
+	// one its call last went to, though the call then ended waiting for a
+	// slot for its retry (WithMaxWait, say); "" for a chunk never sent.
 	Endpoint string
 	// Elapsed is how long the call took, from asking for a slot to the end of
 	// the reply, retries included; 0 for rows never sent. Rows failed

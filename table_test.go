@@ -396,6 +396,61 @@ func TestScoreRowsCountsRequestsSentOnly(t *testing.T) {
 	assert.Zero(t, st.SplitRequests)
 }
 
+// A chunk whose call made an attempt names its endpoint though the call
+// then ended waiting for a slot for its retry: its rows went there, and
+// the command counts its latency.
+func TestChunkNamesTheEndpointOfItsLastAttempt(t *testing.T) {
+	holding := make(chan struct{})
+	release := make(chan struct{})
+	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+		switch ids[0] {
+		case 99: // the call holding endpoint a's only slot
+			close(holding)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return false
+		default: // the chunk's first attempt, on b
+			w.WriteHeader(http.StatusInternalServerError)
+			return true
+		}
+	})
+	ep := func(name string) amlpool.Endpoint {
+		return amlpool.Endpoint{Name: name, URL: s.srv.URL + "/services/" + name + "/execute", APIKey: "k", MaxConcurrentCalls: 1}
+	}
+	// No wait for a slot: the retry, which avoids b, finds a busy and
+	// fails at once.
+	c, err := amlpool.New([]amlpool.Endpoint{ep("a"), ep("b")}, amlpool.WithRand(firstFree), amlpool.WithMaxWait(0))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	held := make(chan error, 1)
+	go func() {
+		_, err := c.Do(context.Background(), []byte(`{"Inputs":{"input1":{"ColumnNames":["id"],"Values":[["99"]]}},"GlobalParameters":{}}`))
+		held <- err
+	}()
+	<-holding
+
+	var got []*amlpool.Chunk
+	st, err := c.ScoreRows(context.Background(), &source{n: 1, fail: -1, short: -1}, func(ch *amlpool.Chunk) error {
+		got = append(got, ch)
+		return nil
+	}, &amlpool.BatchOptions{Parallelism: 1})
+	close(release)
+	require.NoError(t, <-held)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	ch := got[0]
+	require.ErrorIs(t, ch.Err, amlpool.ErrNoCapacity)
+	callErr, ok := errors.AsType[*amlpool.CallError](ch.Err)
+	require.True(t, ok, "%v", ch.Err)
+	assert.Equal(t, []string{"b"}, callErr.Endpoints)
+	assert.Equal(t, "b", ch.Endpoint, "the endpoint of its last attempt")
+	chunkErr, _ := errors.AsType[*amlpool.ChunkError](ch.Err)
+	assert.Equal(t, "b", chunkErr.Endpoint)
+	assert.Equal(t, 1, st.Requests)
+}
+
 func TestScoreRowsReadsAheadAWindowOnly(t *testing.T) {
 	const par, rowsPer = 4, 10
 	release := make(chan struct{})

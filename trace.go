@@ -16,7 +16,7 @@ func (o tracerProviderOption) apply(c *config) { c.tracerProvider = o.tp }
 // WithTracerProvider records OpenTelemetry spans through tp, on a Tracer
 // named "github.com/amlpool/amlpool": one span per call ("amlpool.Do" or
 // "amlpool.Score", kind internal, with amlpool.attempts and the
-// amlpool.endpoint that answered last) and, under it, one per attempt. An
+// amlpool.endpoint of the last attempt) and, under it, one per attempt. An
 // attempt's span follows the conventions for HTTP client spans (name
 // "POST", kind client, http.request.method, server.address, server.port,
 // url.full (its query's values redacted but for api-version, details and
