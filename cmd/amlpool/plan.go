@@ -81,7 +81,12 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 			return fail(err.Error())
 		}
 		p.latency = time.Duration(st.LatencyMs.Mean * float64(time.Millisecond))
-		p.latencySource = fmt.Sprintf("mean of %d requests measured in %s", st.Requests, *fromStats)
+		// The mean is over the requests measured, not all those sent: a
+		// chunk that never reached an endpoint has no latency.
+		p.latencySource = fmt.Sprintf("mean of %d requests measured in %s", st.LatencyMs.Count, *fromStats)
+		if st.LatencyMs.Count == 0 { // a stats file from before latencyMs.count
+			p.latencySource = "mean measured in " + *fromStats
+		}
 		if m := commonMCC(st.Endpoints); m > 0 && !set["mcc"] {
 			if m > amlpool.MaxMaxConcurrentCalls { // online endpoints: plan counts Classic ones
 				return fail(fmt.Sprintf("%s: the run's endpoints share a cap of %d calls, over the %d a Classic endpoint takes at most; "+

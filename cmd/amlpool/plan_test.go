@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -45,7 +46,9 @@ func TestPlan(t *testing.T) {
 // run's chunk size; a target in calls says what it means in rows.
 func TestPlanFromStats(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run.stats.json")
-	require.NoError(t, writeJSON(path, runStats{Requests: 400, ChunkRows: 10, LatencyMs: latencySummary{Mean: 50},
+	// 400 requests sent; 380 of them measured (the others never reached an
+	// endpoint): the mean is over those 380.
+	require.NoError(t, writeJSON(path, runStats{Requests: 400, ChunkRows: 10, LatencyMs: latencySummary{Count: 380, Mean: 50},
 		Endpoints: []endpointStats{{Name: "a", MaxConcurrentCalls: 20}, {Name: "b", MaxConcurrentCalls: 20}}}))
 	tests := []struct {
 		name string
@@ -54,7 +57,7 @@ func TestPlanFromStats(t *testing.T) {
 	}{
 		{"rows", []string{"--rows-per-second", "4000"}, []string{
 			"planning for rows: 4000 rows/s = 400 calls/s of 10 rows (the chunk size of " + path + ")",
-			"latency: 50 ms per call (mean of 400 requests measured in " + path + ")",
+			"latency: 50 ms per call (mean of 380 requests measured in " + path + ")",
 			"capacity per endpoint: 20 slots x 1000 / 50 ms = 400 calls/s (4000 rows/s)",
 			"target: 400 calls/s + 25% headroom = 500 calls/s",
 			"endpoints needed: 2 at MCC 20 (800 calls/s; 50% busy at the target)",
@@ -80,6 +83,22 @@ func TestPlanFromStats(t *testing.T) {
 	var out, errOut bytes.Buffer
 	require.Equal(t, 0, run([]string{"plan", "--rows-per-second", "4000", "--latency", "50ms"}, &out, &errOut))
 	assert.Contains(t, out.String(), "planning for rows: 4000 rows/s = 40 calls/s of 100 rows (amlpool score's default chunk size)")
+}
+
+// A stats file written before latencyMs.count says no number: the
+// requests it sent are not those its mean is over. latencies counts them.
+func TestPlanFromStatsWithoutCount(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.stats.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"requests": 400, "chunkRows": 10, "latencyMs": {"mean": 50, "p50": 50, "p99": 60}}`), 0o644))
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"plan", "--rps", "400", "--from-stats", path}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "latency: 50 ms per call (mean measured in "+path+")\n")
+
+	l := newLatencies(2)
+	for range 3 {
+		l.add(time.Millisecond)
+	}
+	assert.Equal(t, latencySummary{Count: 3, Mean: 1, P50: 1, P99: 1}, l.summary(), "over all 3, though it keeps a sample of 2")
 }
 
 // A run whose endpoints share a cap over 200 (online endpoints) does not

@@ -625,7 +625,7 @@ type runStats struct {
 	ChunkRows     int             `json:"chunkRows"`     // rows per request (fewer in a file's last chunk and in split chunks)
 	Requests      int             `json:"requests"`      // requests sent, split requests included
 	SplitRequests int             `json:"splitRequests"` // requests sent to isolate bad rows
-	LatencyMs     latencySummary  `json:"latencyMs"`     // per answered request: slot wait, retries and service time
+	LatencyMs     latencySummary  `json:"latencyMs"`     // per request that went to an endpoint (latencyMs.count of them, not all requests): slot wait, retries and service time
 	Endpoints     []endpointStats `json:"endpoints"`
 }
 
@@ -755,9 +755,10 @@ func (l *latencies) add(d time.Duration) {
 }
 
 type latencySummary struct {
-	Mean float64 `json:"mean"`
-	P50  float64 `json:"p50"`
-	P99  float64 `json:"p99"`
+	Count int     `json:"count"` // the requests measured: the figures are over these
+	Mean  float64 `json:"mean"`
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
 }
 
 func (l *latencies) summary() latencySummary {
@@ -768,5 +769,5 @@ func (l *latencies) summary() latencySummary {
 	slices.Sort(s)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	q := func(p float64) float64 { return ms(s[min(int(p*float64(len(s))), len(s)-1)]) }
-	return latencySummary{Mean: ms(l.sum) / float64(l.n), P50: q(0.50), P99: q(0.99)}
+	return latencySummary{Count: l.n, Mean: ms(l.sum) / float64(l.n), P50: q(0.50), P99: q(0.99)}
 }
