@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -27,8 +28,9 @@ type batch struct {
 
 	requests atomic.Int64 // requests sent: calls that made an attempt
 	split    splitState   // isolating bad rows (split.go)
-	outCols  []string     // online: the output columns so far, in order (align)
+	outCols  []string     // online: the output columns so far, in order (align); Classic: the first scored reply's that named them (sameColumns)
 	shape    predShape    // online: the shape of the first scored chunk's predictions (align)
+	width    int          // Classic: the first scored reply's number of columns, -1 before it (sameColumns)
 }
 
 func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOptions) (*batch, error) {
@@ -75,6 +77,7 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism,
 		enc: newChunkEncoder(c.kind == Online, o.Input, cols, o.GlobalParameters)}
 	b.split.init(o)
+	b.width = -1
 	b.total.Store(-1)
 	if o.TotalRows > 0 {
 		b.total.Store(int64(o.TotalRows))
@@ -368,6 +371,48 @@ func (b *batch) emit(ctx context.Context, results <-chan []*Chunk, window <-chan
 		}
 	}
 	return st, err
+}
+
+// sameColumns fails a scored chunk of a Classic batch whose reply has other
+// columns than the batch's first scored reply: other names, when both
+// replies name them (details=true), else another number of them. A Classic
+// service's output columns are fixed, so other columns come from an
+// endpoint of the pool that serves another model, or another version of
+// it: placed by position, its values would land under the first reply's
+// names, and placed by name, the batch's rows would mix the scores of two
+// models. It fails as an online chunk whose predictions change shape does
+// (align), naming both column lists. A reply that names no columns, after
+// one that did or before, is checked by number only. It runs on the
+// emitter's goroutine only.
+func (b *batch) sameColumns(ch *Chunk) {
+	out := ch.Output
+	width := len(out.ColumnNames)
+	if out.ColumnNames == nil && len(out.Values) > 0 {
+		width = len(out.Values[0])
+	}
+	if b.width < 0 {
+		b.outCols, b.width = out.ColumnNames, width
+		return
+	}
+	same := width == b.width
+	if out.ColumnNames != nil && b.outCols != nil {
+		same = slices.Equal(out.ColumnNames, b.outCols)
+	}
+	if same {
+		if b.outCols == nil {
+			b.outCols = out.ColumnNames // later replies are checked by name
+		}
+		return
+	}
+	cols := func(names []string, n int) string {
+		if names == nil {
+			return fmt.Sprintf("%d unnamed columns", n)
+		}
+		return fmt.Sprintf("%q", names)
+	}
+	ch.Output, ch.Err = nil, &ChunkError{Seq: ch.Seq, FirstRow: ch.Start + 1, LastRow: ch.Start + len(ch.Input), Endpoint: ch.Endpoint,
+		Err: fmt.Errorf("endpoint %s: the reply's columns are %s, but those of the batch's first scored rows were %s: a batch's replies must all have the same columns (do the pool's endpoints all serve one model?)",
+			ch.Endpoint, cols(out.ColumnNames, width), cols(b.outCols, b.width))}
 }
 
 func failed(parts []*Chunk) bool {

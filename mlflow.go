@@ -235,7 +235,11 @@ func jsonKind(c byte) string {
 // earlier columns empty and the sink could not tell, so the chunk fails
 // instead, naming both shapes. It runs on the emitter's goroutine only.
 func (b *batch) align(ch *Chunk) {
-	if b.c.kind != Online || ch.Output == nil {
+	if ch.Output == nil {
+		return
+	}
+	if b.c.kind != Online {
+		b.sameColumns(ch) // a Classic reply's columns are fixed: no aligning
 		return
 	}
 	out := ch.Output

@@ -119,7 +119,11 @@ type Chunk struct {
 	// after retries, the reply did not fit the request (a row short, or
 	// rows of several widths: ErrMalformedResponse), an online reply's
 	// predictions are of another shape (plain values, arrays, objects) than
-	// those of the batch's first scored chunk, the service blamed
+	// those of the batch's first scored chunk, a Classic reply's columns are
+	// not those of the batch's first scored chunk (other names, or when
+	// either reply names none, another number of them: the error names
+	// both; a service's columns are fixed, so such a reply comes from an
+	// endpoint serving another model), the service blamed
 	// these rows (a bad row isolated, see BatchOptions.NoSplit), a cell
 	// of the row does not encode as JSON (a NaN, say: the row fails alone,
 	// its column named, and the rows around it are scored), or (wrapping a
@@ -177,9 +181,12 @@ func (c *Client) ScoreRows(ctx context.Context, src RowSource, sink func(*Chunk)
 type TableResult struct {
 	// Output has one row per input row, in input order: Output.Values[i]
 	// scores input row i, or is nil when row i is in a failed chunk. Its
-	// ColumnNames and ColumnTypes are those of the first reply that has
-	// ColumnNames, or of a later one with more of them, both from the same
-	// reply; rows of replies with fewer columns get nil cells for the rest.
+	// ColumnNames and ColumnTypes are those of the first scored reply that
+	// has ColumnNames; every scored row has one cell per column. Classic
+	// replies all have those columns: a chunk whose reply has others fails
+	// (see Chunk.Err). An online batch's may grow, from predictions that
+	// are objects with keys of their own: its columns are then the first
+	// scored reply's and, after them, those later ones added, and rows without a column get nil cells there.
 	Output *Table
 	// Failures are the failed chunks, in input order. Their rows are
 	// numbered from 1: Output.Values[f.FirstRow-1 : f.LastRow] are nil.
@@ -223,8 +230,9 @@ func (c *Client) ScoreTable(ctx context.Context, in *Table, opts *BatchOptions) 
 		case res.Output.ColumnNames == nil:
 			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
 		case len(ch.Output.ColumnNames) > len(res.Output.ColumnNames):
-			// A later chunk added columns (an online batch's: align). The
-			// types go with the names they describe.
+			// A later chunk of an online batch added columns (align); a
+			// Classic one cannot (sameColumns). The types go with the
+			// names they describe.
 			res.Output.ColumnNames, res.Output.ColumnTypes = ch.Output.ColumnNames, ch.Output.ColumnTypes
 		}
 		copy(res.Output.Values[ch.Start:], ch.Output.Values)

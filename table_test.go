@@ -342,29 +342,66 @@ func TestScoreRowsCancelLeavesAPrefix(t *testing.T) {
 	assert.Empty(t, col.failed, "cancelled chunks are not failures: a later run scores them")
 }
 
-// A later reply with more columns brings its ColumnTypes with its
-// ColumnNames: the result's types describe its names.
-func TestScoreTableTypesFollowTheirNames(t *testing.T) {
-	s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
-		names, types := []string{"id", "score"}, []string{"String", "Int32"}
-		if ids[0] >= 2 {
-			names, types = append(names, "p"), append(types, "Double")
-		}
-		vals := make([][]any, len(ids))
-		for i, id := range ids {
-			vals[i] = []any{strconv.Itoa(id), id * 2, 0.5}[:len(names)]
-		}
-		json.NewEncoder(w).Encode(map[string]any{"Results": map[string]any{"output1": map[string]any{
-			"type": "table", "value": map[string]any{"ColumnNames": names, "ColumnTypes": types, "Values": vals}}}})
-		return true
-	})
-	c := s.client(t, 1)
-	res, err := c.ScoreTable(context.Background(), idTable(4), &amlpool.BatchOptions{ChunkRows: 2, Parallelism: 1})
-	require.NoError(t, err)
-	assert.Equal(t, []string{"id", "score", "p"}, res.Output.ColumnNames)
-	assert.Equal(t, []string{"String", "Int32", "Double"}, res.Output.ColumnTypes)
-	assert.Equal(t, []any{"0", json.Number("0"), nil}, res.Output.Values[0], "padded")
-	assert.Equal(t, []any{"3", json.Number("6"), json.Number("0.5")}, res.Output.Values[3])
+// A Classic reply whose columns are not the batch's first scored reply's
+// fails its chunk, naming both column lists: by name when both replies name
+// them, else by number. Placed by position, its values would land under
+// the first reply's names; placed by name, rows of two models would mix.
+func TestScoreTableClassicColumnsChange(t *testing.T) {
+	named := func(names ...string) []string { return names }
+	for _, tt := range []struct {
+		name   string
+		cols   [3][]string // the names of chunk k's reply (rows 2k, 2k+1); nil: none
+		widths [3]int      // its number of columns
+		failed string      // the error of the chunks that fail (chunk 1 on), or "" when none does
+		out    []string    // the result's ColumnNames
+	}{
+		{"other names, as many", [3][]string{named("id", "score"), named("id", "label"), named("id", "score")}, [3]int{2, 2, 2},
+			`amlpool: rows 3-4: endpoint fake: the reply's columns are ["id" "label"], but those of the batch's first scored rows were ["id" "score"]: ` +
+				"a batch's replies must all have the same columns (do the pool's endpoints all serve one model?)", named("id", "score")},
+		{"the same names in another order", [3][]string{named("id", "score"), named("score", "id"), named("id", "score")}, [3]int{2, 2, 2},
+			`amlpool: rows 3-4: endpoint fake: the reply's columns are ["score" "id"], but those of the batch's first scored rows were ["id" "score"]`, named("id", "score")},
+		{"more columns", [3][]string{named("id", "score"), named("id", "score", "p"), named("id", "score")}, [3]int{2, 3, 2},
+			`amlpool: rows 3-4: endpoint fake: the reply's columns are ["id" "score" "p"], but those of the batch's first scored rows were ["id" "score"]`, named("id", "score")},
+		{"unnamed, more columns", [3][]string{nil, nil, nil}, [3]int{2, 3, 2},
+			"amlpool: rows 3-4: endpoint fake: the reply's columns are 3 unnamed columns, but those of the batch's first scored rows were 2 unnamed columns", nil},
+		{"unnamed after named, as many", [3][]string{named("id", "score"), nil, named("id", "score")}, [3]int{2, 2, 2}, "", named("id", "score")},
+		{"named after unnamed: checked by name from then on", [3][]string{nil, named("id", "score"), named("id", "label")}, [3]int{2, 2, 2},
+			`amlpool: rows 5-6: endpoint fake: the reply's columns are ["id" "label"], but those of the batch's first scored rows were ["id" "score"]`, named("id", "score")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newScorer(t, func(ids []int, w http.ResponseWriter, r *http.Request) bool {
+				k := ids[0] / 2
+				vals := make([][]any, len(ids))
+				for i, id := range ids {
+					vals[i] = []any{strconv.Itoa(id), id * 2, 0.5}[:tt.widths[k]]
+				}
+				value := map[string]any{"Values": vals}
+				if tt.cols[k] != nil {
+					value["ColumnNames"] = tt.cols[k]
+				}
+				json.NewEncoder(w).Encode(map[string]any{"Results": map[string]any{"output1": map[string]any{"type": "table", "value": value}}})
+				return true
+			})
+			c := s.client(t, 1)
+			res, err := c.ScoreTable(context.Background(), idTable(6), &amlpool.BatchOptions{ChunkRows: 2, Parallelism: 1})
+			require.NoError(t, err)
+			assert.Equal(t, tt.out, res.Output.ColumnNames)
+			assert.Equal(t, []any{"0", json.Number("0")}, res.Output.Values[0], "the first chunk is scored")
+			if tt.failed == "" {
+				assert.Empty(t, res.Failures)
+				assert.Equal(t, 6, res.Stats.Scored)
+				return
+			}
+			require.NotEmpty(t, res.Failures)
+			f := res.Failures[0]
+			assert.Contains(t, f.Error(), tt.failed)
+			assert.Equal(t, "fake", f.Endpoint)
+			assert.Nil(t, res.Output.Values[f.FirstRow-1], "no values under the wrong names")
+			for _, f := range res.Failures {
+				assert.NotContains(t, f.Error(), "rows 1-2")
+			}
+		})
+	}
 }
 
 // BatchStats.Requests counts the requests sent: not the chunks whose ctx

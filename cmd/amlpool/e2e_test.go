@@ -279,6 +279,36 @@ func TestScoreInterruptThenResumeWithRejects(t *testing.T) {
 	assert.Contains(t, errText, "already exists and is not empty: add --resume")
 }
 
+// A reply whose columns are not the first reply's (an endpoint serving
+// another model: here, from row 51 on, the added column is named
+// otherwise) fails its chunk, whose rows go to the reject file with the
+// reason naming both column lists: no value is written under a name the
+// service did not give it.
+func TestScoreClassicColumnsChange(t *testing.T) {
+	dir := t.TempDir()
+	other := func(in *amlpool.Request) (*amlpool.Response, error) {
+		resp, err := amltest.Echo(in)
+		if err != nil {
+			return nil, err
+		}
+		if id, _ := strconv.Atoi(fmt.Sprint(in.Inputs["input1"].Values[0][0])); id >= 50 {
+			v := &resp.Results["output1"].Value
+			v.ColumnNames[len(v.ColumnNames)-1] = "Scored Labels"
+		}
+		return resp, nil
+	}
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 4, Score: other}}, "")
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 100)
+	code, stderr := runCmd(t, p.command(t, "score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "10", "--parallelism", "1"))
+	assert.Equal(t, 1, code, stderr)
+	rej := readCSV(t, filepath.Join(dir, "scored.rejects.csv"))
+	scored, rejected := checkOnce(t, readCSV(t, out), rej, 100)
+	assert.Equal(t, [2]int{50, 50}, [2]int{scored, rejected})
+	assert.Equal(t, `endpoint ep1: the reply's columns are ["id" "name" "Scored Labels"], but those of the batch's first scored rows were ["id" "name" "Scored Probabilities"]: `+
+		"a batch's replies must all have the same columns (do the pool's endpoints all serve one model?)", rej[1][2])
+}
+
 func TestScoreJSONLines(t *testing.T) {
 	dir := t.TempDir()
 	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 8}}, `,"outputColumns":["Scored Probabilities"]`)

@@ -96,7 +96,8 @@ and the run says so once per key (list the columns you want in
 "outputColumns"); a key a prediction leaves out is an empty cell (null in
 JSON Lines). A later online reply whose predictions are of another shape
 (plain values, arrays, objects) than the first's is rejected, the reason
-naming both shapes.
+naming both shapes; so is a later Classic reply with other columns (an
+endpoint serving another model), the reason naming both column lists.
 
 Examples:
   amlpool score --config pool.json --in rows.csv --out scored.csv

@@ -158,7 +158,6 @@ type writer struct {
 
 	outCols []string // output columns, set by the first scored chunk
 	pick    []int    // index in the first reply of each kept column
-	width   int      // columns of the first reply
 	names   []string // the first reply's column names
 	last    *outFile // the file written last
 	first   *firstFailure
@@ -220,7 +219,8 @@ func (w *writer) sink(ch *amlpool.Chunk) error {
 
 // columns works out the output columns from the first reply, and returns
 // where each is in ch's reply. The first reply fixes them, as a CSV header
-// cannot grow. A later Classic reply must have as many columns. A later
+// cannot grow. A later Classic reply has the same columns: ScoreRows fails
+// a chunk whose reply has others, naming both lists. A later
 // online reply (byName) may have others, from predictions that are objects
 // with keys of their own: the output's columns are found in it by name, a
 // column it lacks is left empty (-1), and one the first reply had not is
@@ -266,13 +266,10 @@ func (w *writer) columns(ch *amlpool.Chunk) ([]int, error) {
 			}
 			outCols = append(outCols, name)
 		}
-		w.pick, w.outCols, w.width, w.names = pick, outCols, width, t.ColumnNames
+		w.pick, w.outCols, w.names = pick, outCols, t.ColumnNames
 	}
 	if w.byName && t.ColumnNames != nil && !slices.Equal(t.ColumnNames, w.names) {
 		return w.repick(ch), nil
-	}
-	if width != w.width {
-		return nil, fmt.Errorf("the reply has %d columns, earlier replies had %d", width, w.width)
 	}
 	return w.pick, nil
 }
