@@ -223,15 +223,16 @@ func (c *Client) Do(ctx context.Context, body []byte) ([]byte, error) {
 // do is Do, also returning the name of the endpoint of the last attempt
 // ("" when the call made none); cl, a
 // zero call, is left as the call ended (its attempts, say). op names the
-// call's span.
-func (c *Client) do(ctx context.Context, op string, body []byte, cl *call) ([]byte, string, error) {
+// call's span, which ends however the call does: a call that panics (a
+// Balancer's Pick, say) ends it with errPanicked.
+func (c *Client) do(ctx context.Context, op string, body []byte, cl *call) (data []byte, name string, err error) {
 	if c.tel == nil || c.tel.tracer == nil {
 		return c.run(ctx, cl, body)
 	}
 	ctx, span := c.tel.startCall(ctx, op)
-	data, name, err := c.run(ctx, cl, body)
-	c.tel.endCall(span, cl, name, err)
-	return data, name, err
+	err = errPanicked // unless run returns
+	defer func() { c.tel.endCall(span, cl, name, err) }()
+	return c.run(ctx, cl, body)
 }
 
 // run makes the attempts of one call: acquire a slot, send, conclude, and

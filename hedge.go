@@ -70,7 +70,18 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	}
 	hedgeCtx, cancelHedge := context.WithCancelCause(ctx)
 	defer cancelHedge(nil)
+	picked := false
+	defer func() {
+		if !picked && c.tel != nil {
+			// startHedge panicked (a Balancer's Pick): the call panics on,
+			// and its first copy, cancelled, is still told to the telemetry
+			// as Stats counts it, its span ended.
+			cancelFirst(nil)
+			c.tel.attemptDone(<-copies)
+		}
+	}()
 	h := c.startHedge(hedgeCtx, cl, a, body, copies)
+	picked = true
 	if h == nil {
 		<-copies
 		c.conclude(ctx, cl, a)

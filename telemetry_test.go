@@ -521,6 +521,66 @@ func TestTraceOfAFailedScore(t *testing.T) {
 	assert.Equal(t, attribute.StringValue("client_error"), spanAttrs(spans[0])[keyOutcome])
 }
 
+// A call whose Balancer panics panics, and its span still ends, with an
+// error status: no span is left open.
+func TestTraceOfACallWhoseBalancerPanics(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	var armed atomic.Bool
+	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)}, WithBalancer(panicky{&armed}))
+	armed.Store(true)
+	assert.PanicsWithValue(t, "balancer bug", func() { _, _ = o.Do(t.Context(), []byte(`{}`)) })
+	require.Len(t, o.spans.Started(), 1)
+	spans := o.spans.Ended()
+	require.Len(t, spans, 1, "the call's span ended")
+	assert.Equal(t, "amlpool.Do", spans[0].Name())
+	assert.Equal(t, codes.Error, spans[0].Status().Code)
+	assert.Equal(t, attribute.IntValue(0), spanAttrs(spans[0])[keyAttempts])
+}
+
+// panickyFirstFree is firstFree, but for the pick it panics in each time
+// it is armed.
+type panickyFirstFree struct{ armed *atomic.Bool }
+
+func (b panickyFirstFree) Pick(s Candidates) int {
+	if b.armed.Swap(false) {
+		panic("balancer bug")
+	}
+	return firstFree{}.Pick(s)
+}
+
+// A Balancer that panics picking for a hedge panics the call; the first
+// copy, cancelled, is counted by the metrics as by Stats, and every span
+// of the call ends.
+func TestTelemetryOfAHedgeWhoseBalancerPanics(t *testing.T) {
+	slowArrived := make(chan struct{}, 1)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slowArrived <- struct{}{}
+		<-r.Context().Done()
+	}))
+	defer slow.Close()
+	fast := newFakeAML(t, always(200))
+	var armed atomic.Bool
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		fast.endpoint("fast", 1)}, WithHedging(time.Second), WithBalancer(panickyFirstFree{&armed}))
+	panicked := make(chan any)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = o.Do(t.Context(), []byte(`{}`))
+	}()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	armed.Store(true) // the hedge's pick panics
+	o.clock.Advance(time.Second)
+	require.Equal(t, "balancer bug", <-panicked)
+
+	assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+	require.Len(t, o.spans.Ended(), 2, "the first copy's and the call's")
+	assert.Equal(t, attribute.StringValue("cancelled"), spanAttrs(o.spans.Ended()[0])[keyOutcome])
+	assert.EqualValues(t, 1, intValue(t, o.collect(t), "amlpool.endpoint.calls", keyEndpoint.String("slow"), keyOutcome.String("cancelled")))
+	assertStatsAgree(t, o)
+}
+
 func TestTracePropagationOnlyWhenAsked(t *testing.T) {
 	srv := newFakeAML(t, always(200))
 	o := newObserved(t, []Endpoint{srv.endpoint("a", 1)}, WithTracePropagation(propagation.TraceContext{}))

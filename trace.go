@@ -2,6 +2,7 @@ package amlpool
 
 import (
 	"context"
+	"errors"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -43,6 +44,9 @@ func (o propagatorOption) apply(c *config) { c.propagator = o.p }
 // Default: none. Azure ML does not read these headers, and headers can tell
 // the service about the caller's traces, so none are sent unless asked for.
 func WithTracePropagation(p propagation.TextMapPropagator) Option { return propagatorOption{p} }
+
+// errPanicked is the error of a traced call that panicked, for its span.
+var errPanicked = errors.New("amlpool: the call panicked")
 
 // startCall starts the span of one call.
 func (t *telemetry) startCall(ctx context.Context, op string) (context.Context, trace.Span) {
