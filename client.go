@@ -35,6 +35,9 @@ type Client struct {
 	tel      *telemetry   // metrics, traces and logs; nil when none is configured
 	hedge    *hedger      // nil unless WithHedging or WithHedgingQuantile
 	attempts *deadlines   // ends attempts at WithAttemptTimeout
+	// kinds counts the attempts of every Name the Client was ever given,
+	// by outcome (addExt); New and SetEndpoints (under update) write it.
+	kinds map[string]*outcomeCounts
 
 	// With a Limiter (health_shared.go):
 	health HealthLink                 // its shared health; nil without any
@@ -111,22 +114,23 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 }
 
 // addExt gives each spec the Client's data for its endpoint. A spec that
-// bears the Name of an endpoint the Client has, live or draining, counts
-// its attempts by outcome with that endpoint's counts: the metrics' series
-// are the Name's, and a counter's must not go back when the Name is given
-// another URL.
+// bears a Name the Client was given before, live, draining or long
+// removed, counts its attempts by outcome with that Name's counts: the
+// metrics' series are the Name's, and a counter's must not go back when
+// the Name is given another URL, or comes back after it was removed. The
+// counts are kept for the Client's life, 72 bytes per Name.
 func (c *Client) addExt(specs []pool.Spec) {
-	var kinds map[string]*outcomeCounts
-	if c.pool != nil {
-		eps := c.pool.Endpoints()
-		kinds = make(map[string]*outcomeCounts, len(eps))
-		for _, e := range eps {
-			kinds[e.Name()] = extOf(e).tel.m.kinds
-		}
+	if c.kinds == nil {
+		c.kinds = make(map[string]*outcomeCounts, len(specs))
 	}
 	for i := range specs {
 		s := &specs[i]
-		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds[s.Name]), urlSecrets: querySecrets(s.URL)}
+		kinds := c.kinds[s.Name]
+		if kinds == nil {
+			kinds = new(outcomeCounts)
+			c.kinds[s.Name] = kinds
+		}
+		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds), urlSecrets: querySecrets(s.URL)}
 	}
 }
 

@@ -54,11 +54,11 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // abandoned and cancelled parts Errors; amlpool.slot.shed is Stats.Shed.
 // The per-endpoint series follow the live endpoints: after SetEndpoints, an
 // added endpoint's appear and a removed one's stop. The series are the
-// Name's: when SetEndpoints gives a Name another URL, or an endpoint takes
-// the Name of one still draining, amlpool.endpoint.calls goes on from
-// where it was (a counter never goes back) and counts the old endpoint's
-// last attempts too, while Stats lists the new endpoint with its own counts
-// from 0.
+// Name's: when SetEndpoints gives a Name another URL, an endpoint takes
+// the Name of one still draining, or a removed Name comes back,
+// amlpool.endpoint.calls goes on from where it was (a counter never goes
+// back) and counts the old endpoint's last attempts too, while Stats lists
+// the new endpoint with its own counts from 0.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.
@@ -91,8 +91,9 @@ type metrics struct {
 // epMetrics is one endpoint's part of the metrics: its counts by outcome
 // and the attribute sets of its common measurements.
 type epMetrics struct {
-	// kinds counts attempts by outcome kind. Endpoints that bear one Name
-	// share it, so that the Name's series never goes back (addExt).
+	// kinds counts attempts by outcome kind. Endpoints that bear one Name,
+	// at once or one after another, share it, so that the Name's series
+	// never goes back (addExt).
 	kinds  *outcomeCounts
 	calls  [numKinds]metric.ObserveOption // amlpool.endpoint, amlpool.outcome=kind
 	ok     []metric.RecordOption          // request attributes with status 200
@@ -103,12 +104,9 @@ type epMetrics struct {
 // outcomeCounts counts an endpoint's attempts by outcome kind.
 type outcomeCounts [numKinds]atomic.Int64
 
-// init builds the attribute sets of t's endpoint. kinds are the counts it
-// goes on with, or nil for new ones.
+// init builds the attribute sets of t's endpoint, which counts its
+// attempts in kinds.
 func (e *epMetrics) init(t *epTelemetry, kinds *outcomeCounts) {
-	if kinds == nil {
-		kinds = new(outcomeCounts)
-	}
 	e.kinds = kinds
 	name := keyEndpoint.String(t.name)
 	for k := kindSuccess; k < numKinds; k++ {

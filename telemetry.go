@@ -102,7 +102,7 @@ func (t *telemetry) start(p *pool.Pool) error {
 }
 
 // newEpTelemetry returns what telemetry keeps of the endpoint named name at
-// u, counting its attempts in kinds (nil: counts of its own). The
+// u, counting its attempts in kinds, its Name's. The
 // attributes are built once here, so that recording allocates nothing.
 func newEpTelemetry(name string, u *url.URL, kinds *outcomeCounts) *epTelemetry {
 	t := &epTelemetry{name: name, url: redactedURL(u), attrs: endpointAttrs(name, u)}

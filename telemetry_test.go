@@ -730,6 +730,31 @@ func TestMetricsOfANameGivenANewURL(t *testing.T) {
 	assert.EqualValues(t, 2, st.Endpoints[0].Calls, "Stats lists the new endpoint's own calls")
 }
 
+// A Name removed and, once drained, given again goes on with its series:
+// while it is out no point is reported, and when it is back its
+// amlpool.endpoint.calls goes on from where it was, never back to 0, while
+// Stats lists the new endpoint from 0.
+func TestMetricsOfANameRemovedAndAddedBack(t *testing.T) {
+	a, b := newFakeAML(t, always(200)), newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)})
+	for range 3 {
+		_, err := o.Do(t.Context(), []byte(`{}`)) // firstFree: to a
+		require.NoError(t, err)
+	}
+	ep := keyEndpoint.String("a")
+	assert.EqualValues(t, 3, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")))
+
+	require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1)}))
+	require.Len(t, o.Stats().Endpoints, 1, "a has no call in flight: gone at once")
+	require.NoError(t, o.SetEndpoints([]Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)}))
+	assert.EqualValues(t, 3, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")),
+		"the series does not go back")
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.NoError(t, err)
+	assert.EqualValues(t, 4, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")))
+	assert.EqualValues(t, 1, o.Stats().Endpoints[0].Calls, "Stats lists the new endpoint's own calls")
+}
+
 // headersRead is a RoundTripper that says when a reply's headers are in,
 // its body not read yet.
 type headersRead struct {
