@@ -183,9 +183,9 @@
 //
 // [WithMeterProvider] records OpenTelemetry metrics: per endpoint, request
 // durations (http.client.request.duration, after the HTTP client semantic
-// conventions), attempts by outcome, calls in flight, the limit in force and
-// ejections; per Client, slot waits, calls waiting, retries, hedges and
-// retry-budget refusals. [WithTracerProvider] makes a span per call and a
+// conventions), attempts by outcome, calls in flight, the limit in force,
+// the tier and ejections; per Client, slot waits, calls waiting, calls
+// shed, retries, hedges and retry-budget refusals. [WithTracerProvider] makes a span per call and a
 // client span per attempt; [WithTracePropagation] sends an attempt's trace
 // context to the service, which is not done otherwise. [WithLogger] gets a
 // Debug line per attempt. With none of them, a call does no telemetry work.

@@ -15,8 +15,9 @@ type tracerProviderOption struct{ tp trace.TracerProvider }
 func (o tracerProviderOption) apply(c *config) { c.tracerProvider = o.tp }
 
 // WithTracerProvider records OpenTelemetry spans through tp, on a Tracer
-// named "github.com/amlpool/amlpool": one span per call ("amlpool.Do" or
-// "amlpool.Score", kind internal, with amlpool.attempts and the
+// named "github.com/amlpool/amlpool": one span per call ("amlpool.Do",
+// "amlpool.Score", or "amlpool.ScoreRows" for each chunk ScoreRows or
+// ScoreTable sends; kind internal, with amlpool.attempts and the
 // amlpool.endpoint of the last attempt) and, under it, one per attempt. An
 // attempt's span follows the conventions for HTTP client spans (name
 // "POST", kind client, http.request.method, server.address, server.port,
