@@ -230,10 +230,11 @@ type loggerOption struct{ l *slog.Logger }
 func (o loggerOption) apply(c *config) { c.logger = o.l }
 
 // WithLogger logs through l: one Debug line per attempt ("amlpool: attempt",
-// with its endpoint, outcome, status, latency and wait), and Warn lines when
-// an endpoint is ejected or readmitted, when the retry budget runs out, and
-// when a full line starts shedding calls (WithMaxWaiting).
-// Keys are never logged. Default: no logging; a nil l means the default.
+// with its endpoint, outcome, status, latency and wait), Warn lines when
+// an endpoint is ejected or readmitted, when half or more of them are
+// ejected, when the retry budget runs out, and when a full line starts
+// shedding calls (WithMaxWaiting), and an Info line for each change
+// SetEndpoints makes. Keys are never logged. Default: no logging; a nil l means the default.
 func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 type limiterOption struct{ l Limiter }
