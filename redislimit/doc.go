@@ -153,7 +153,9 @@
 // release or a health report leaves a mark in Redis for a TTL plus
 // WithTimeout, so that a copy Redis runs within a TTL of its sending
 // changes nothing; an acquire or a tick sent again finds what its first
-// run wrote and does not count it twice.
+// run wrote and does not count it twice, and an acquire that Redis runs
+// within a TTL of its sending, after the lease it took has ended, takes
+// none.
 // Likewise a round trip that Close gave up on may reach Redis after Close's
 // last script: for a TTL plus WithTimeout it changes nothing either.
 package redislimit

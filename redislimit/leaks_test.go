@@ -33,6 +33,7 @@ type scriptHook struct {
 	armed  atomic.Bool
 	before func(ctx context.Context)
 	lost   func()
+	args   []any // the command it acted on, as sent
 }
 
 func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -44,6 +45,7 @@ func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.CompareAndSwap(true, false) {
 			return next(ctx, cmd)
 		}
+		h.args = cmd.Args()
 		if h.before != nil {
 			h.before(ctx)
 		}
@@ -94,6 +96,54 @@ func TestLostAcquireReplyFreedAtNextTick(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, ls, "the endpoint's only slot is still taken")
 	ls.Release()
+}
+
+// A copy of an acquire's script may reach Redis after the lease it took has
+// ended: a first send that a slow network delivers after go-redis's retry
+// on a new connection, and after the call released the retry's lease; or
+// one sent before the acquire gave up on its reply, after the next tick
+// deleted the lease it took. Run then, it must take nothing: no call would
+// hold its lease, which would block the slot for a TTL.
+func TestAcquireRunAfterItsLeaseEndedTakesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lost bool // the acquire's reply is lost; else the call holds its lease and releases it
+	}{{"released", false}, {"reply lost", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			h := &scriptHook{sha: acquireScript.Hash()}
+			if tc.lost {
+				h.lost = cancel
+			}
+			released := make(chan struct{}, 1)
+			l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"),
+				WithTimeout(5*time.Second), WithOnReleased(func() { released <- struct{}{} }))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = l.Close() })
+			f.settle(t, 1)
+
+			h.armed.Store(true)
+			ls, err := l.TryAcquire(cctx, eps(1))
+			if tc.lost {
+				require.ErrorIs(t, err, context.Canceled)
+				f.advance(l.cfg.renew) // the tick deletes the lease of the lost reply
+				f.settle(t, 1)
+			} else {
+				require.NoError(t, err)
+				require.NotNil(t, ls)
+				ls.Release()
+				<-released
+			}
+			require.Empty(t, f.leases(t, "a"))
+			require.NotNil(t, h.args)
+
+			require.NoError(t, f.rdb.Do(ctx, h.args...).Err(), "Redis runs a copy of the acquire")
+			assert.Empty(t, f.leases(t, "a"), "a lease no call holds")
+		})
+	}
 }
 
 // A release whose script runs between a tick's taking the lease in its

@@ -417,7 +417,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 
 	id := l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36)
 	keys := make([]string, 2*len(cands)+2)
-	args := make([]any, 0, 4+len(cands))
+	args := make([]any, 0, 5+len(cands))
 	args = append(args, id, l.cfg.ttl.Milliseconds())
 	for i, ep := range cands {
 		keys[i], keys[len(cands)+i] = ep.key, ep.want
@@ -435,7 +435,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 		// would take this process past its share.
 		wantTTL = l.wantTTL().Milliseconds()
 	}
-	args = append(args, l.proc, wantTTL)
+	args = append(args, l.proc, wantTTL, l.doneTTL().Milliseconds())
 	sent := l.cfg.clock.Now()
 	res, err := l.eval(ctx, acquireScript, keys, args)
 	if l.bg.Err() != nil {

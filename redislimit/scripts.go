@@ -16,7 +16,7 @@ import (
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
 //	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
-//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process; "bye" once it closed
+//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process, and the lease ids of its acquires; "bye" once it closed
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
@@ -44,9 +44,10 @@ func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
 
 func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 
-// done is the key of the set in which a process's releases and failure
-// reports leave their mark, so that go-redis's sending one again after it
-// ran changes nothing: a member per round trip, "<process id>.<n>", scored
+// done is the key of the set in which a process's releases, failure
+// reports and acquires leave their mark, so that go-redis's sending one
+// again after it ran changes nothing: a member per round trip, "<process
+// id>.<n>" (an acquire's is its lease id, "<process id>:<n>"), scored
 // by its expiry (ms) × 8 plus what the round trip replied (0 to 7), so that
 // expired marks go as others do (ZREMRANGEBYSCORE to now × 8 + 7) and a
 // retry reads the reply in its mark's score (ZSCORE). Goodbye replaces the
@@ -107,7 +108,7 @@ end
 // the n want sets of the same endpoints; then the members set and the
 // process's done set (a process that said goodbye takes nothing).
 // ARGV: lease id, TTL in ms, n limits, process id, want TTL in ms (0: the
-// process will not wait, do not record it).
+// process will not wait, do not record it), how long its mark stays (ms).
 // Reply: {i, c, r, g}: the lease is on KEYS[i] (1-based), which now holds c
 // leases; i and c are 0 when every candidate is full. r is the number of
 // live replicas (members, and this process if its heartbeat is not in yet),
@@ -118,12 +119,16 @@ end
 // acquire whose first run's reply was lost (go-redis sends a command again
 // when its connection breaks): it is refreshed and granted again, never
 // counted twice, and never joined by a second lease on an earlier candidate
-// that has room since, which no call would hold.
+// that has room since, which no call would hold. A run leaves the lease id
+// in the done set (Limiter.doneTTL), and a run that finds it there but not
+// the lease is a copy that Redis runs after the lease ended (released, or
+// deleted once the acquire's reply was lost): it takes nothing, or its
+// lease, which no call holds, would block a slot for a TTL.
 var acquireScript = redis.NewScript(scriptNow + `
 if redis.call('ZSCORE', KEYS[#KEYS], 'bye') then return {0, 0, 0, 0} end
 local n = (#KEYS - 2) / 2
 local id, ttl = ARGV[1], tonumber(ARGV[2])
-local proc, wttl = ARGV[3 + n], tonumber(ARGV[4 + n])
+local proc, wttl, dttl = ARGV[3 + n], tonumber(ARGV[4 + n]), tonumber(ARGV[5 + n])
 local members = KEYS[#KEYS - 1]
 local replicas = redis.call('ZCOUNT', members, now, '+inf')
 local beat = redis.call('ZSCORE', members, proc)
@@ -139,6 +144,8 @@ for i = 1, n do
     return {i, redis.call('ZCARD', KEYS[i]), replicas, gone}
   end
 end
+if marked(KEYS[#KEYS], id) then return {0, 0, replicas, gone} end -- its lease has ended
+mark(KEYS[#KEYS], id, 0, dttl)
 for i = 1, n do
   local k, limit = KEYS[i], tonumber(ARGV[2 + i])
   local c = redis.call('ZCARD', k)

@@ -68,7 +68,7 @@ func acquireReply(t *testing.T, b *backend, id string, wttl, ttl time.Duration, 
 	for _, n := range limits {
 		args = append(args, n)
 	}
-	args = append(args, proc, wttl.Milliseconds())
+	args = append(args, proc, wttl.Milliseconds(), ttl.Milliseconds()) // its mark lives a TTL
 	all := slices.Clone(keys)
 	for _, k := range keys {
 		all = append(all, strings.Replace(k, ":ep:", ":want:", 1))
@@ -178,7 +178,7 @@ func TestAcquireScriptExpiresLeasesAndKeys(t *testing.T) {
 		// Both leases expired: the key went with them, and a new lease finds
 		// the whole cap free.
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, k[0]).Val(), "lease set outlived its leases")
-		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:3", ttl, k, 2))
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:4", ttl, k, 2))
 	})
 }
 
@@ -676,7 +676,7 @@ func TestScriptErrorIsReturned(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: -1})
 	defer rdb.Close()
 	m.SetError("LOADING Redis is loading the dataset in memory")
-	err := acquireScript.Run(context.Background(), rdb, []string{"k", "w", "m"}, "p:1", 1000, 1, "p", 0).Err()
+	err := acquireScript.Run(context.Background(), rdb, []string{"k", "w", "m"}, "p:1", 1000, 1, "p", 0, 2000).Err()
 	assert.ErrorContains(t, err, "LOADING")
 }
 
