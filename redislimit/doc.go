@@ -70,8 +70,10 @@
 // # When Redis fails
 //
 // Every Redis round trip is bounded by WithTimeout (100 ms), even with a
-// client that ignores contexts. After three failed round trips spread over
-// at least two timeouts the Limiter switches to its failure mode
+// client that ignores contexts. After three failed round trips in a row
+// spread over at least two timeouts, each within two timeouts and the
+// longest backoff (WithBackoff) of the one before (a failure says nothing of
+// Redis long after it), the Limiter switches to its failure mode
 // (WithFailureMode) and logs it:
 //
 //   - FailStatic (default): each process may hold ⌈cap ÷ replicas⌉ of each

@@ -349,16 +349,27 @@ func cmpString(a, b string) int {
 }
 
 // The Limiter gives up on Redis when at least tripAfter round trips in a
-// row have failed over at least tripAfter-1 timeouts. One slow reply on a
+// row have failed over at least tripAfter-1 timeouts, each within two
+// timeouts and the longest backoff of the one before. One slow reply on a
 // loaded host is not an outage, nor is a burst of calls that all time out at
-// once while their connections are dialled; a real outage meets both bounds
-// within about three timeouts.
+// once while their connections are dialled, nor an old failure followed by a
+// blip: a failure tells nothing of Redis after it, and one further apart
+// than the waiting calls' retries (a backoff and a round trip, which may
+// overrun its timeout a little) starts the count again. A real outage meets
+// the bounds within about three timeouts.
 const tripAfter = 3
 
 // failed counts a failed Redis round trip and reports whether the Limiter
 // is in fallback now.
 func (l *Limiter) failed(err error) bool {
 	now := l.cfg.clock.Now().UnixNano()
+	if last := l.lastFailure.Swap(now); last != 0 && time.Duration(now-last) > 2*l.cfg.timeout+l.cfg.maxBackoff {
+		// Redis may have answered between the two: count from this one.
+		// (failingSince stays set: a round trip failed since the last
+		// success, which the next success must know, exec.)
+		l.streak.Store(0)
+		l.failingSince.Store(now)
+	}
 	l.failingSince.CompareAndSwap(0, now)
 	since := l.failingSince.Load()
 	if l.streak.Add(1) >= tripAfter && since != 0 && time.Duration(now-since) >= (tripAfter-1)*l.cfg.timeout {

@@ -368,6 +368,47 @@ func TestFailStaticIdleReplicaKeepsToShare(t *testing.T) {
 	}
 }
 
+// A failure tells nothing of Redis after it: one old failed round trip
+// followed, a while later, by two quick refusals (a blip) is no outage, and
+// must not switch to the failure mode, in which this replica's share would
+// come on top of the caps the others still share in Redis. The same three
+// failures close together are one.
+func TestOldFailureAndABlipAreNoOutage(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		gaps     [2]time.Duration // before each of the two failures after the first
+		fallback bool
+	}{
+		{"far apart", [2]time.Duration{3 * time.Second, 0}, false},
+		{"close together", [2]time.Duration{time.Second, time.Second}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const timeout = time.Second // a trip needs failures over 2 s, each within 2.05 s of the one before
+			f := newFixture(t)
+			ctx := testCtx(t)
+			cut := &cutHook{}
+			rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+			t.Cleanup(func() { _ = rdb.Close() })
+			rdb.AddHook(cut)
+			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = l.Close() })
+			f.settle(t, 1)
+
+			cut.down.Store(true)
+			f.advance(l.cfg.renew) // the tick fails
+			f.settle(t, 1)
+			require.EqualValues(t, 1, l.Stats().Errors)
+			for _, gap := range tc.gaps { // both before the next tick
+				f.advance(gap)
+				_, err := l.TryAcquire(ctx, eps(1))
+				require.NoError(t, err)
+			}
+			require.Equal(t, tc.fallback, l.Stats().Fallback)
+		})
+	}
+}
+
 // replyCut drops the connection that carries the next run of one script
 // after Redis has run it and answered, before go-redis reads the answer: as
 // a connection reset is to go-redis, which sends the same command again on
@@ -685,7 +726,9 @@ func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
 	rdb.AddHook(cut)
 	logs := &blockedLog{reached: make(chan struct{}), open: make(chan struct{})}
 	const timeout = time.Second // three failures over two timeouts: within two ticks
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithLogger(slog.New(logs)))
+	// Backoffs as long as a tick: failures a tick apart count as in a row.
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithBackoff(time.Millisecond, DefaultTTL/3),
+		WithLogger(slog.New(logs)))
 	require.NoError(t, err)
 	f.settle(t, 1) // the first tick counted the replicas: a share of the whole cap
 	require.Equal(t, 1, l.Stats().Replicas)

@@ -53,8 +53,9 @@ type Limiter struct {
 	roundTrips, handoffs, grants                              atomic.Int64
 	subscribed                                                atomic.Bool  // grants can reach this process
 	rtt                                                       atomic.Int64 // moving average, ns
-	streak                                                    atomic.Int64 // Redis failures since the last success
-	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none
+	streak                                                    atomic.Int64 // Redis failures in a row (failed)
+	failingSince                                              atomic.Int64 // unix ns of the first of them; 0 when none since the last success
+	lastFailure                                               atomic.Int64 // unix ns of the last failure; 0 before any
 
 	// hmu guards the Clients' health links and the reports waiting to be
 	// written (health.go). When both are held, mu is taken first.

@@ -187,8 +187,9 @@ type timeoutOption time.Duration
 func (o timeoutOption) apply(c *config) { c.timeout = time.Duration(o) }
 
 // WithTimeout bounds each Redis round trip, whatever the client's own
-// timeouts. Past it the operation has failed: the Limiter switches to its
-// failure mode until a probe succeeds. Default: DefaultTimeout (100 ms).
+// timeouts. Past it the operation has failed; three failures in a row over
+// at least two timeouts switch the Limiter to its failure mode until a probe
+// succeeds. Default: DefaultTimeout (100 ms).
 func WithTimeout(d time.Duration) Option { return timeoutOption(d) }
 
 type probeOption time.Duration
