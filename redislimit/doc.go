@@ -97,7 +97,12 @@
 //     and one that made no round trip while Redis, its data kept, was out of
 //     reach (a pause or a partition between two of its ticks) cannot tell
 //     that it was, and until the others' probes takes what Redis shows free,
-//     their shares outside it not counted. A process that has
+//     their shares outside it not counted; one that starts while the others
+//     are still in fallback is no part of the shares they counted, and
+//     takes what Redis shows free on top of them; and one that learns of
+//     the outage from a reply to an acquire keeps to its share from then on,
+//     after that acquire, and any already under way, took a lease each
+//     where Redis showed room. A process that has
 //     never reached Redis does not know the fleet's size: without
 //     WithExpectedReplicas it takes no share, and its calls wait until Redis
 //     answers, since any share, taken by enough replicas, could overload an
