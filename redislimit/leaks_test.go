@@ -25,10 +25,20 @@ import (
 // one such lease behind in a way a healthy Redis allows, on an endpoint of
 // cap 1, and checks that the next tick, or the release, deletes it.
 
+// processOnly is a go-redis hook's dialling and pipelines, passed on as
+// they are, for the hooks here that act on single commands only.
+type processOnly struct{}
+
+func (processOnly) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (processOnly) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 // scriptHook acts on the next run of one script, once armed: before lets
 // the test hold it before it is sent; lost makes its reply go missing, as
 // when the caller's ctx ends while the reply is on its way.
 type scriptHook struct {
+	processOnly
 	sha    string
 	armed  atomic.Bool
 	before func(ctx context.Context)
@@ -36,10 +46,6 @@ type scriptHook struct {
 	args   []any // the command it acted on, as sent
 }
 
-func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
 func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.CompareAndSwap(true, false) {
@@ -538,16 +544,13 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 // on its way to Redis when Close cut its round trip short, on another
 // connection than the goodbye's, which Redis may run after the goodbye.
 type lateHook struct {
+	processOnly
 	sha     string
 	armed   atomic.Bool
 	reached chan struct{}
 	args    []any
 }
 
-func (h *lateHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *lateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
 func (h *lateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.CompareAndSwap(true, false) {
@@ -918,6 +921,7 @@ func TestRetriedHealthReportCountsOnce(t *testing.T) {
 // hands the acquire its reply only once the tick's has been taken in: the
 // order a starting process's first call and first tick may take.
 type orderHook struct {
+	processOnly
 	clk      *clock.Fake
 	acquired chan struct{}
 	done     <-chan struct{}
@@ -925,10 +929,6 @@ type orderHook struct {
 	acq      atomic.Bool
 }
 
-func (h *orderHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *orderHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
 func (h *orderHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		if !strings.EqualFold(cmd.Name(), "evalsha") {
