@@ -65,12 +65,16 @@ func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-// hookedClient is a client of the fixture's Redis that runs h.
-func (f *fixture) hookedClient(t *testing.T, h *scriptHook, s *redis.Script) *redis.Client {
+// hookedClient is a client of the fixture's Redis, set up as its own is,
+// that runs h. The scripts h watches are loaded first: only EVALSHA, never
+// EVAL, reaches the hook.
+func (f *fixture) hookedClient(t *testing.T, h redis.Hook, scripts ...*redis.Script) *redis.Client {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	require.NoError(t, s.Load(testCtx(t), f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
+	for _, s := range scripts {
+		require.NoError(t, s.Load(testCtx(t), f.rdb).Err())
+	}
 	rdb.AddHook(h)
 	return rdb
 }
@@ -246,9 +250,7 @@ func newCutPair(t *testing.T, f *fixture, capacity int, opts ...Option) *cutPair
 	p := &cutPair{t: t, ctx: testCtx(t), capacity: capacity}
 	for i := range p.lims {
 		p.cuts[i] = &cutHook{}
-		rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-		t.Cleanup(func() { _ = rdb.Close() })
-		rdb.AddHook(p.cuts[i])
+		rdb := f.hookedClient(t, p.cuts[i])
 		l, err := New(rdb, append([]Option{WithClock(f.clk), WithPool("t")}, opts...)...)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = l.Close() })
@@ -393,9 +395,7 @@ func TestOldFailureAndABlipAreNoOutage(t *testing.T) {
 			f := newFixture(t)
 			ctx := testCtx(t)
 			cut := &cutHook{}
-			rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-			t.Cleanup(func() { _ = rdb.Close() })
-			rdb.AddHook(cut)
+			rdb := f.hookedClient(t, cut)
 			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout))
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = l.Close() })
@@ -575,10 +575,7 @@ func TestScriptRunAfterGoodbyeChangesNothing(t *testing.T) {
 			f := newFixture(t)
 			ctx := testCtx(t)
 			h := &lateHook{sha: script.Hash(), reached: make(chan struct{})}
-			rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-			t.Cleanup(func() { _ = rdb.Close() })
-			require.NoError(t, script.Load(ctx, f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
-			rdb.AddHook(h)
+			rdb := f.hookedClient(t, h, script)
 			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
 			require.NoError(t, err)
 			f.settle(t, 1) // the first heartbeat is in
@@ -734,9 +731,7 @@ func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
 	cut := &cutHook{}
-	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	rdb.AddHook(cut)
+	rdb := f.hookedClient(t, cut)
 	logs := &blockedLog{reached: make(chan struct{}), open: make(chan struct{})}
 	const timeout = time.Second // three failures over two timeouts: within two ticks
 	// Backoffs as long as a tick: failures a tick apart count as in a row.
@@ -963,12 +958,7 @@ func TestFirstAcquireBeforeFirstHeartbeatIsNoOutage(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
 	h := &orderHook{clk: f.clk, acquired: make(chan struct{}), done: ctx.Done()}
-	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { _ = rdb.Close() })
-	for _, s := range []*redis.Script{tickScript, acquireScript} {
-		require.NoError(t, s.Load(ctx, f.rdb).Err()) // EVALSHA, never EVAL, reaches the hook
-	}
-	rdb.AddHook(h)
+	rdb := f.hookedClient(t, h, tickScript, acquireScript)
 	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
