@@ -57,6 +57,17 @@ func (p *Pool) TryAcquire(x *Exclusion) (Slot, bool) {
 	// no call more than before tiers.
 tiers:
 	for _, t := range s.tiers {
+		if len(t.Eps) == 1 && p.cfg.Balance != Custom {
+			// Nothing to pick, and a take fails only when the endpoint is
+			// full. Not reading the slots word before the take's CAS saves
+			// fetching its cache line twice when other cores write it.
+			if e := t.Eps[0]; t.usable(x, e) {
+				if slot, ok := p.takeOn(s, e); ok {
+					return slot, true
+				}
+			}
+			continue
+		}
 		for range 4 {
 			i := p.pick(t, x)
 			if i < 0 || i >= len(t.Eps) {
