@@ -112,10 +112,11 @@ func (o maxRetryAfterOption) apply(c *config) { c.maxRetryAfter = time.Duration(
 
 // WithMaxRetryAfter caps the delay hints of failed replies: retry-after-ms,
 // x-ms-retry-after-ms and Retry-After (seconds or an HTTP date), read in that
-// order. A hint cools its endpoint down: no call is sent there until it
-// passes, while calls go on to other endpoints. A call waits for a hint only
-// when every endpoint is held back. Zero ignores hints. Default:
-// DefaultMaxRetryAfter (30 s).
+// order, as azcore reads them: a millisecond header that reads zero or
+// cannot be read gives way to the next. A hint cools its endpoint down: no
+// call is sent there until it passes, while calls go on to other endpoints.
+// A call waits for a hint only when every endpoint is held back. Zero
+// ignores hints. Default: DefaultMaxRetryAfter (30 s).
 func WithMaxRetryAfter(d time.Duration) Option { return maxRetryAfterOption(d) }
 
 type retryBudgetOption struct {

@@ -188,14 +188,16 @@ func (c *Client) classify(err error) Verdict {
 
 // retryAfter reads a reply's delay hint, in azcore's order: retry-after-ms,
 // x-ms-retry-after-ms, then Retry-After in whole seconds or as an HTTP date.
-// A header that cannot be read is skipped; a date in the past is no delay.
-// Huge values saturate instead of overflowing; the caller caps the result.
+// As in azcore, a millisecond header that cannot be read or reads zero is
+// skipped: the next header is read (retry-after-ms: 0 with Retry-After: 5
+// is a 5 s hint). A date in the past is no delay. Huge values saturate
+// instead of overflowing; the caller caps the result.
 func retryAfter(h http.Header, now time.Time) time.Duration {
 	if len(h) == 0 {
 		return 0
 	}
 	for _, name := range [...]string{"Retry-After-Ms", "X-Ms-Retry-After-Ms"} {
-		if d, ok := parseDelay(h.Get(name), time.Millisecond); ok {
+		if d, ok := parseDelay(h.Get(name), time.Millisecond); ok && d > 0 {
 			return d
 		}
 	}

@@ -13,8 +13,10 @@ import (
 )
 
 // FuzzRetryAfter feeds the three delay headers arbitrary values. The bar: no
-// panic, never a negative delay, and a Retry-After of plain digits alone
-// read as that many seconds (saturating).
+// panic, never a negative delay, and azcore's order: the first millisecond
+// header of plain digits that reads more than zero is the delay, in
+// milliseconds (saturating); with none such, a Retry-After of plain digits
+// is that many seconds (saturating).
 func FuzzRetryAfter(f *testing.F) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, seed := range [][3]string{
@@ -34,8 +36,25 @@ func FuzzRetryAfter(f *testing.F) {
 		{"", "40", "9"},
 		{"x", "-5", "2"},
 		{"1e3", "0x10", "\x00"},
+		{"0", "40", "9"},
+		{"0", "00", "9"},
+		{"", "0", "Fri, 02 Jan 2026 03:05:05 GMT"},
+		{"99999999999999999999", "40", "9"},
 	} {
 		f.Add(seed[0], seed[1], seed[2])
+	}
+	// digits reads v as the reference does: plain ASCII digits (spaces
+	// around them aside), saturating; ok is false for anything else.
+	digits := func(v string, unit time.Duration) (time.Duration, bool) {
+		v = strings.TrimSpace(v)
+		if v == "" || strings.Trim(v, "0123456789") != "" {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n > uint64((1<<63-1)/unit) {
+			return 1<<63 - 1, true
+		}
+		return time.Duration(n) * unit, true
 	}
 	f.Fuzz(func(t *testing.T, ms, xms, ra string) {
 		h := http.Header{}
@@ -46,18 +65,14 @@ func FuzzRetryAfter(f *testing.F) {
 		}
 		d := retryAfter(h, now)
 		require.GreaterOrEqual(t, d, time.Duration(0))
-		if ms != "" || xms != "" {
-			return
+		for _, v := range []string{ms, xms} {
+			if want, ok := digits(v, time.Millisecond); ok && want > 0 {
+				require.Equal(t, want, d, "the first millisecond hint above zero")
+				return
+			}
 		}
-		v := strings.TrimSpace(ra)
-		if v == "" || strings.Trim(v, "0123456789") != "" {
-			return
-		}
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err == nil && n <= uint64((1<<63-1)/time.Second) {
-			require.Equal(t, time.Duration(n)*time.Second, d)
-		} else {
-			require.Equal(t, time.Duration(1<<63-1), d, "saturated")
+		if want, ok := digits(ra, time.Second); ok {
+			require.Equal(t, want, d, "no millisecond hint above zero: Retry-After's seconds")
 		}
 	})
 }

@@ -154,6 +154,9 @@ func TestRetryAfter(t *testing.T) {
 		{"retry-after-ms first", h("Retry-After", "9", "x-ms-retry-after-ms", "40", "retry-after-ms", "250"), 250 * time.Millisecond},
 		{"x-ms before Retry-After", h("Retry-After", "9", "x-ms-retry-after-ms", "40"), 40 * time.Millisecond},
 		{"bad ms header falls through", h("retry-after-ms", "x", "Retry-After", "2"), 2 * time.Second},
+		{"zero ms header falls through", h("retry-after-ms", "0", "x-ms-retry-after-ms", "40"), 40 * time.Millisecond},
+		{"zero x-ms header falls through", h("x-ms-retry-after-ms", "000", "Retry-After", "2"), 2 * time.Second},
+		{"zero ms headers, no Retry-After", h("retry-after-ms", "0", "x-ms-retry-after-ms", "0"), 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
