@@ -201,9 +201,8 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // that answers 503 RequestThrottled (online: 429 Too many pending requests)
 // is full, not broken, and the call goes at once to another endpoint with a
 // free slot; an endpoint that cannot serve anyone (401, 403, 404, a TLS
-// certificate not trusted, an https:// URL whose server speaks plain HTTP)
-// leaves rotation and the call goes at once to
-// another; a transient failure is retried after a backoff (WithBackoff) on an
+// certificate not trusted, an https:// URL or proxy that does not speak
+// TLS) leaves rotation and the call goes at once to another; a transient failure is retried after a backoff (WithBackoff) on an
 // endpoint the call has not tried. A call makes at most WithMaxAttempts
 // attempts, within the retry budget (WithRetryBudget), and never starts a
 // wait that would pass ctx's deadline.
@@ -784,7 +783,7 @@ type EndpointStats struct {
 	Errors             int64 // attempts that failed, throttles and faults included; not cancelled ones
 	Cancelled          int64 // attempts cut short because the call's ctx ended
 	Throttles          int64 // attempts the endpoint answered as full (503 RequestThrottled by default)
-	Faults             int64 // attempts that found the endpoint unable to serve anyone (401, 403, 404, a TLS certificate not trusted, a plain-HTTP server for an https:// URL, by default)
+	Faults             int64 // attempts that found the endpoint unable to serve anyone (401, 403, 404, a TLS certificate not trusted, a plain-HTTP server or proxy for an https:// URL, by default)
 	Ejected            bool  // out of rotation after failures in a row or a fault (WithEjection)
 	Ejections          int64 // times it was ejected
 	Removed            bool  // taken out by SetEndpoints; listed until its calls in flight end

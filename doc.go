@@ -95,9 +95,10 @@
 //     connections, the attempt timeout): the call backs off ([Backoff]: 50 ms,
 //     doubling, at most 1 s, ±50 %), then tries an endpoint it has not tried.
 //   - Endpoint fault (401, 403, 404, a TLS certificate not trusted, an
-//     https:// URL whose server speaks plain HTTP): the endpoint cannot
+//     https:// URL or proxy that does not speak TLS): the endpoint cannot
 //     serve anyone — its key was regenerated or is wrong, access was
-//     revoked, it was deleted, its certificate or its URL is bad.
+//     revoked, it was deleted, its certificate, its URL or the proxy on
+//     the way is bad.
 //     It leaves rotation at once, and the call goes at once to an endpoint
 //     it has not tried; only when every endpoint answers so does the call
 //     return the error. After a 401, an endpoint with a second key

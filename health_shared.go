@@ -127,10 +127,11 @@ func (c *Client) shareHealth() {
 // replica does not trust, as this replica's trust store may be what is
 // wrong, or a plain-HTTP answer to its TLS, which a middlebox on this
 // replica's path alone (a sidecar or an intercepting proxy that answers
-// port 443 in plain HTTP) can give for every endpoint: shared, one
-// replica's network would eject them all fleet-wide, while kept here each
-// replica finds a server that really speaks plain HTTP with one attempt of
-// its own, which fails over at once.
+// port 443 in plain HTTP, an https:// proxy setting for a plain-HTTP
+// proxy) can give for every endpoint: shared, one replica's network would
+// eject them all fleet-wide, while kept here each replica finds a server
+// that really speaks plain HTTP with one attempt of its own, which fails
+// over at once.
 func (c *Client) reportHealth(a *attempt) {
 	if a.tok == "" && a.auth.Credential() != nil {
 		return

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -248,6 +251,32 @@ func TestASchemeMismatchIsNotShared(t *testing.T) {
 		amlpool.WithRand(firstFree), amlpool.WithEjection(5, time.Minute))
 	require.NoError(t, doOnce(t, c), "the other endpoint serves the call")
 	assert.True(t, c.Stats().Endpoints[0].Ejected, "out of rotation here")
+	assert.Empty(t, lim.takeReports())
+}
+
+// Nor is an https:// proxy that speaks plain HTTP: it is this replica's
+// way to the endpoint that is wrong.
+func TestAPlainHTTPProxyIsNotShared(t *testing.T) {
+	srvs := servers(t, 2, 2)
+	proxy := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(proxy.Close)
+	proxyURL, err := url.Parse(strings.Replace(proxy.URL, "http://", "https://", 1))
+	require.NoError(t, err)
+	proxied, err := url.Parse(srvs[1].Endpoint().URL)
+	require.NoError(t, err)
+	tr := &http.Transport{Proxy: func(r *http.Request) (*url.URL, error) {
+		if r.URL.Host == proxied.Host {
+			return proxyURL, nil
+		}
+		return nil, nil
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	lim := newHealthStub()
+	c := newClient(t, []amlpool.Endpoint{srvs[1].Endpoint(), srvs[0].Endpoint()}, amlpool.WithLimiter(lim),
+		amlpool.WithRand(firstFree), amlpool.WithEjection(5, time.Minute), amlpool.WithHTTPClient(&http.Client{Transport: tr}))
+	require.NoError(t, doOnce(t, c), "the other endpoint serves the call")
+	assert.True(t, c.Stats().Endpoints[0].Ejected, "out of rotation here")
+	assert.Zero(t, srvs[1].Stats().Requests, "nothing went through the proxy")
 	assert.Empty(t, lim.takeReports())
 }
 

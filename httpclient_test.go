@@ -118,6 +118,55 @@ func TestUserClientKeepsItsWrapper(t *testing.T) {
 	assert.Equal(t, int64(1), wrapped.trips.Load())
 }
 
+// TestAPlainHTTPProxyIsAnEndpointFault: an https:// proxy that speaks
+// plain HTTP fails every call through it, on our own client and on the
+// user's, with the tls "first record does not look like a TLS handshake"
+// error inside a "proxyconnect" *net.OpError (net/http says
+// http.ErrSchemeMismatch only for an unwrapped one): an endpoint fault, as
+// an https:// URL for a plain-HTTP server is, not a network error retried.
+func TestAPlainHTTPProxyIsAnEndpointFault(t *testing.T) {
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the proxy got a request: %s %s", r.Method, r.URL)
+	}))
+	t.Cleanup(proxy.Close)
+	proxyURL, err := url.Parse(strings.Replace(proxy.URL, "http://", "https://", 1))
+	require.NoError(t, err)
+	target := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the endpoint got a request: %s %s", r.Method, r.URL)
+	}))
+	t.Cleanup(target.Close)
+	ep := Endpoint{Name: "e", URL: target.URL + "/score", APIKey: "proxy-test-key"}
+
+	for _, own := range []bool{true, false} {
+		t.Run(map[bool]string{true: "own client", false: "user's client"}[own], func(t *testing.T) {
+			var opts []Option
+			if !own {
+				tr := target.Client().Transport.(*http.Transport).Clone()
+				tr.Proxy = http.ProxyURL(proxyURL)
+				opts = append(opts, WithHTTPClient(&http.Client{Transport: tr}))
+			}
+			c, err := New([]Endpoint{ep}, append(opts, WithMaxAttempts(1))...)
+			require.NoError(t, err)
+			defer c.Close()
+			require.Equal(t, own, c.ownsHTTP)
+			if own {
+				c.http.Transport.(*http.Transport).Proxy = http.ProxyURL(proxyURL)
+			}
+			_, err = c.Do(t.Context(), []byte(`{}`))
+			require.Error(t, err)
+			uerr, ok := errors.AsType[*url.Error](err)
+			require.True(t, ok, "%T: %v", err, err)
+			assert.Equal(t, "Post", uerr.Op)
+			operr, ok := errors.AsType[*net.OpError](err)
+			require.True(t, ok, "%T: %v", err, err)
+			assert.Equal(t, "proxyconnect", operr.Op)
+			assert.ErrorContains(t, err, "first record does not look like a TLS handshake")
+			assert.Equal(t, VerdictEndpointFault, Classify(err))
+			assert.Equal(t, int64(1), c.Stats().Endpoints[0].Faults)
+		})
+	}
+}
+
 // TestOwnClientErrors: a call our own client cannot make fails as
 // http.Client.Do would have it fail, though it goes straight to the
 // transport: an *url.Error of Op "Post" naming the endpoint's URL (which

@@ -26,8 +26,8 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	                                             server.port, http.response.status_code, error.type
 //	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
 //	                                             endpoint_fault (401, 403, 404, an untrusted
-//	                                             TLS certificate, a plain-HTTP server for
-//	                                             an https:// URL), client_error,
+//	                                             TLS certificate, a plain-HTTP server or
+//	                                             proxy for an https:// URL), client_error,
 //	                                             server_error, transport_error, cancelled,
 //	                                             abandoned (a hedge's slower copy)
 //	amlpool.endpoint.in_flight    gauge          calls in flight now

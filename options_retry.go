@@ -168,8 +168,7 @@ func (o ejectionOption) apply(c *config) {
 // connections; throttles and cancelled calls count neither way, any other
 // reply resets the count), and at once after an endpoint fault
 // (VerdictEndpointFault: 401, 403, 404, a TLS certificate not trusted, an
-// https:// URL whose server speaks plain HTTP),
-// which is logged at Warn with the endpoint's name and the status. The
+// https:// URL or proxy that does not speak TLS), which is logged at Warn with the endpoint's name and the status. The
 // first ejection lasts base, each one in a row twice the last, up to 10 ×
 // base, each ±20 %; then one call probes the endpoint and its outcome
 // readmits it or ejects it again. Calls waiting for

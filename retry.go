@@ -41,11 +41,11 @@ const (
 	VerdictRetry
 	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
 	// regenerated or is wrong, access was revoked, it was deleted, its TLS
-	// certificate is not trusted, its https:// URL leads to a plain-HTTP
-	// server), not the request is bad. The endpoint leaves rotation at once (WithEjection's
-	// back-off and probe) and the call goes at once, with no backoff, to an
-	// endpoint it has not tried; when none is left, the call returns the
-	// error. After a 401, an endpoint with a second key (SecondaryKey) is
+	// certificate is not trusted, its https:// URL or https:// proxy
+	// does not speak TLS), not the request is bad. The endpoint leaves
+	// rotation at once (WithEjection's back-off and probe) and the call goes
+	// at once, with no backoff, to an endpoint it has not tried; when none
+	// is left, the call returns the error. After a 401, an endpoint with a second key (SecondaryKey) is
 	// first tried again at once with the other key.
 	VerdictEndpointFault
 )
@@ -90,8 +90,10 @@ func (v Verdict) String() string {
 // cut short), a 2xx reply that is not JSON or is an error body
 // (ErrMalformedResponse), and a *CredentialError are VerdictRetry; a TLS
 // trust error (a certificate not trusted, expired, or for another host) and
-// a server that answers an https:// URL in plain HTTP
-// (http.ErrSchemeMismatch) are VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
+// a server or https:// proxy that does not speak TLS (a server that answers
+// an https:// URL in plain HTTP, http.ErrSchemeMismatch; a proxy's "tls:
+// first record does not look like a TLS handshake") are
+// VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
 // whose body is cut short is judged by its status all the same: it is an
 // *APIError, wrapped with what ended the body.
 //
@@ -124,8 +126,8 @@ func Classify(err error) Verdict {
 	}
 	if isTLSFault(err) {
 		// The endpoint's certificate will not be trusted on the next try
-		// either, nor will a server that speaks plain HTTP start speaking
-		// TLS; another endpoint may serve the call. An endpoint that
+		// either, nor will a server or proxy that speaks plain HTTP start
+		// speaking TLS; another endpoint may serve the call. An endpoint that
 		// cannot serve anyone, as for a 401.
 		return VerdictEndpointFault
 	}
@@ -161,11 +163,18 @@ func classifyStatus(e *APIError) Verdict {
 }
 
 // isTLSFault reports whether err says no TLS connection to the endpoint
-// can be made: its certificate is not trusted (unknown authority, expired,
-// for another host), or its server answered in plain HTTP
-// (http.ErrSchemeMismatch: an https:// URL for a plain-HTTP port).
+// can be made: its certificate, or that of the https:// proxy it goes
+// through, is not trusted (unknown authority, expired, for another host),
+// or the server or the https:// proxy does not speak TLS: its first record
+// is no TLS handshake (a tls.RecordHeaderError whose Conn is set, or whose
+// header is "HTTP/", a plain-HTTP answer). net/http turns the latter into
+// http.ErrSchemeMismatch only when it comes unwrapped, from the server; a
+// proxy's comes wrapped in a "proxyconnect" *net.OpError.
 func isTLSFault(err error) bool {
 	if errors.Is(err, http.ErrSchemeMismatch) {
+		return true
+	}
+	if rh, ok := errors.AsType[tls.RecordHeaderError](err); ok && (rh.Conn != nil || string(rh.RecordHeader[:]) == "HTTP/") {
 		return true
 	}
 	var verifyErr *tls.CertificateVerificationError

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"syscall"
@@ -73,6 +74,12 @@ func TestClassify(t *testing.T) {
 		{"invalid certificate", postErr(x509.CertificateInvalidError{}), VerdictEndpointFault},
 		{"tls verification", postErr(&tls.CertificateVerificationError{Err: errors.New("x")}), VerdictEndpointFault},
 		{"https to a plain HTTP server", postErr(http.ErrSchemeMismatch), VerdictEndpointFault},
+		{"https proxy speaking plain HTTP", postErr(&net.OpError{Op: "proxyconnect", Net: "tcp", Err: tls.RecordHeaderError{
+			Msg: "first record does not look like a TLS handshake", RecordHeader: [5]byte{'H', 'T', 'T', 'P', '/'}}}), VerdictEndpointFault},
+		{"https proxy speaking no TLS", postErr(&net.OpError{Op: "proxyconnect", Net: "tcp", Err: tls.RecordHeaderError{
+			Msg: "first record does not look like a TLS handshake", RecordHeader: [5]byte{'S', 'S', 'H', '-', '2'}, Conn: &net.TCPConn{}}}), VerdictEndpointFault},
+		{"damaged record after the handshake", postErr(tls.RecordHeaderError{
+			Msg: "received record with version 9 when expecting version 303", RecordHeader: [5]byte{23, 0, 9, 0, 1}}), VerdictRetry},
 		{"bad URL", &url.Error{Op: "parse", URL: "::", Err: errors.New("missing scheme")}, VerdictGiveUp},
 	}
 	for _, tt := range tests {

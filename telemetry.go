@@ -143,7 +143,7 @@ const (
 	kindTransportError                    // no usable reply: refused, reset, timed out, body unreadable or too large
 	kindCancelled                         // the call's ctx ended before a reply was read in full
 	kindAbandoned                         // a hedged copy cancelled because the other copy answered first
-	kindEndpointFault                     // the endpoint cannot serve anyone (401, 403, 404, an untrusted TLS certificate, a plain-HTTP server for an https:// URL, by default)
+	kindEndpointFault                     // the endpoint cannot serve anyone (401, 403, 404, an untrusted TLS certificate, a plain-HTTP server or proxy for an https:// URL, by default)
 	numKinds
 )
 
