@@ -277,7 +277,9 @@ type RowError struct {
 	// Text is the row as it stands in the input, without its line end, when
 	// the source could not split it into cells reliably (a quoting error, a
 	// JSON Lines line that is not an object with the columns' keys), so
-	// that a reject file can keep it; "" otherwise.
+	// that a reject file can keep it; "" otherwise, and for a line too long
+	// to copy (the rows readers' lines over rows.MaxRowBytes, whose Err
+	// gives their length).
 	Text string
 	Err  error
 }

@@ -29,7 +29,9 @@ var bom = []byte("\xEF\xBB\xBF")
 //     error of the line where it opens, alone; reading goes on with the
 //     next line, so the rows after a forgotten closing quote are read as
 //     rows. The same holds for a record still open after MaxRowBytes.
-//   - A line longer than MaxRowBytes is one bad row; reading goes on after it.
+//   - A line longer than MaxRowBytes is one bad row; reading goes on after
+//     it. It is too long to copy: its RowError has no Text, and its Err
+//     gives the line's length.
 //
 // The reader never reads its input twice: it keeps the bytes of the record
 // it is reading (at most MaxRowBytes, plus a few KiB read ahead) and reads
@@ -140,11 +142,12 @@ func (c *CSVReader) next(build bool) ([]any, error) {
 			if _, ok := c.rec.lineText(c.line); ok {
 				return nil, c.rejectOpening(fmt.Sprintf("is still open after %d bytes", MaxRowBytes))
 			}
+			start := c.rec.base
 			if err := c.rec.skipLine(); err != nil {
 				return nil, err
 			}
 			c.restart(c.rec.base, c.rec.line)
-			return nil, &amlpool.RowError{Line: c.line, Err: errLongLine}
+			return nil, &amlpool.RowError{Line: c.line, Err: &longLineError{bytes: c.rec.base - start}}
 		default:
 			return nil, err
 		}

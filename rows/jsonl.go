@@ -21,7 +21,8 @@ import (
 // Every line is a row of its own, so a bad line (not JSON, not an object,
 // keys unlike the columns', invalid UTF-8, longer than MaxRowBytes) is an
 // *amlpool.RowError naming its line, with the line's text, and reading goes
-// on with the next line.
+// on with the next line. A line longer than MaxRowBytes is too long to
+// copy: its RowError has no Text, and its Err gives the line's length.
 type JSONLReader struct {
 	r     *bufio.Reader
 	cols  []string
@@ -88,7 +89,7 @@ func (j *JSONLReader) next(build bool) ([]any, error) {
 			return nil, io.EOF
 		}
 		j.start = j.line
-		if errors.Is(err, errLongLine) {
+		if _, long := errors.AsType[*longLineError](err); long {
 			return nil, &amlpool.RowError{Line: j.line, Err: err} // too long to keep its text
 		}
 		if err != nil {
@@ -134,23 +135,34 @@ func (j *JSONLReader) next(build bool) ([]any, error) {
 // and its line is a bad row rather than one skipped without a word.
 func blank(b []byte) bool { return len(bytes.Trim(b, " \t\r")) == 0 }
 
-var errLongLine = fmt.Errorf("line longer than %d bytes", MaxRowBytes)
+// longLineError is the cause of a row over MaxRowBytes. Its text is not
+// kept: a line has no bound but the input's size, and keeping it would take
+// all of it in memory, while reading keeps a row at most.
+type longLineError struct {
+	bytes int64 // the line's length, line end included
+}
 
-// readLine returns the next line without its end, or errLongLine after
-// skipping a line that is too long.
+func (e *longLineError) Error() string {
+	return fmt.Sprintf("line of %d bytes (line end included), over the limit of %d bytes per row "+
+		"(rows.MaxRowBytes: a row must fit in a request to the service): too long to copy, so its text is not kept", e.bytes, MaxRowBytes)
+}
+
+// readLine returns the next line without its end, or a *longLineError
+// after skipping a line that is too long.
 func (j *JSONLReader) readLine() ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := j.r.ReadSlice('\n')
-		if len(line)+len(frag) > MaxRowBytes {
+		if n := int64(len(line) + len(frag)); n > MaxRowBytes {
 			for errors.Is(err, bufio.ErrBufferFull) {
-				_, err = j.r.ReadSlice('\n')
+				frag, err = j.r.ReadSlice('\n')
+				n += int64(len(frag))
 			}
 			j.line++
 			if err != nil && err != io.EOF {
 				return nil, err
 			}
-			return nil, errLongLine
+			return nil, &longLineError{bytes: n}
 		}
 		line = append(line, frag...)
 		if errors.Is(err, bufio.ErrBufferFull) {

@@ -10,10 +10,11 @@
 //
 // Readers are amlpool.RowSource values. A row that cannot be read comes back
 // as an *amlpool.RowError naming its line (and, where the row could not be
-// split into cells, holding its text), and reading goes on with the next
-// row, so that no row is dropped without a word and every line of the input
-// ends up in exactly one row. Readers read their input once, front to back:
-// a pipe works as well as a file.
+// split into cells, holding its text, unless the line is longer than
+// MaxRowBytes: too long to copy, its error gives its length), and reading
+// goes on with the next row, so that no row is dropped without a word and
+// every line of the input ends up in exactly one row. Readers read their
+// input once, front to back: a pipe works as well as a file.
 //
 // Writers write whole records only, and Scan finds where the complete
 // records of a file end, so that an interrupted run can resume after them.

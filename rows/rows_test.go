@@ -129,11 +129,47 @@ not json
 	}, bad)
 }
 
+// tooLong is the error of line, of n bytes with its line end, over
+// MaxRowBytes.
+func tooLong(line, n int) string {
+	return fmt.Sprintf("line %d: line of %d bytes (line end included), over the limit of 4000000 bytes per row "+
+		"(rows.MaxRowBytes: a row must fit in a request to the service): too long to copy, so its text is not kept", line, n)
+}
+
+// readLong reads every row of in, as readAll does, checking that no bad
+// row over MaxRowBytes keeps a text.
+func readLong(t *testing.T, r rows.Reader) (good [][]any, bad []string) {
+	t.Helper()
+	for {
+		row, err := r.Next()
+		if err == io.EOF {
+			return good, bad
+		}
+		if re, ok := errors.AsType[*amlpool.RowError](err); ok {
+			if strings.Contains(re.Error(), "too long to copy") {
+				assert.Empty(t, re.Text, "too long to copy")
+			}
+			bad = append(bad, re.Error())
+			continue
+		}
+		require.NoError(t, err)
+		good = append(good, row)
+	}
+}
+
+// TestJSONLLongLine: a line over MaxRowBytes is one bad row, without its
+// text (too long to copy), whose error gives its length; reading goes on.
 func TestJSONLLongLine(t *testing.T) {
 	long := `{"a":"` + strings.Repeat("x", rows.MaxRowBytes) + `"}`
-	good, bad := readAll(t, rows.JSONL, "{\"a\":1}\n"+long+"\n{\"a\":2}\n")
-	assert.Equal(t, [][]any{{json.Number("1")}, {json.Number("2")}}, good)
-	assert.Equal(t, []string{"line 2: line longer than 4000000 bytes"}, bad)
+	for name, rd := range readers {
+		t.Run(name, func(t *testing.T) {
+			r, err := rows.NewJSONLReader(rd("{\"a\":1}\n" + long + "\n{\"a\":2}\r\n" + long + "\r\n" + long))
+			require.NoError(t, err)
+			good, bad := readLong(t, r)
+			assert.Equal(t, [][]any{{json.Number("1")}, {json.Number("2")}}, good)
+			assert.Equal(t, []string{tooLong(2, len(long)+1), tooLong(4, len(long)+2), tooLong(5, len(long))}, bad)
+		})
+	}
 }
 
 func TestWriteReadRoundTrip(t *testing.T) {
@@ -289,19 +325,23 @@ func TestCSVRowLimits(t *testing.T) {
 	}{
 		{"open quote over the limit", "a,b\n1,\"x\n" + many + "9,9\n", lines + 1,
 			[]string{"line 2: a quoted field opens on this line and is still open after 4000000 bytes; the line is rejected alone and reading goes on with line 3"}},
-		{"line over the limit", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes) + "\n5,6\n", 2,
-			[]string{"line 3: line longer than 4000000 bytes"}},
+		{"line over the limit", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes) + "\r\n5,6\n", 2,
+			[]string{tooLong(3, rows.MaxRowBytes+4)}},
 		{"long last line without its end", "a,b\n1,2\n3," + strings.Repeat("x", rows.MaxRowBytes), 1,
-			[]string{"line 3: line longer than 4000000 bytes"}},
+			[]string{tooLong(3, rows.MaxRowBytes+2)}},
 		{"row of exactly the limit", "a,b\n" + "1," + strings.Repeat("x", rows.MaxRowBytes-3) + "\n2,3\n", 2, nil},
 		{"blank lines are not a row", "a,b\n" + strings.Repeat("\r\n", rows.MaxRowBytes) + "1,2\n", 1, nil},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			good, bad := readAll(t, rows.CSV, tt.in)
-			assert.Len(t, good, tt.good)
-			assert.Equal(t, tt.bad, bad)
-		})
+		for name, rd := range readers {
+			t.Run(tt.name+"/"+name, func(t *testing.T) {
+				r, err := rows.NewCSVReader(rd(tt.in))
+				require.NoError(t, err)
+				good, bad := readLong(t, r)
+				assert.Len(t, good, tt.good)
+				assert.Equal(t, tt.bad, bad)
+			})
+		}
 	}
 }
 

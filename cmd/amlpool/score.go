@@ -40,7 +40,8 @@ Rows that cannot be scored, because the input row is malformed or its
 chunk failed after retries, go to the reject file with their line, row
 number and the error; nothing is dropped. A line that could not be read
 as a row keeps its text, as the input has it, in the column "text"
-(empty for a row read fine); in JSON Lines rejects a text or cell that is
+(empty for a row read fine, and for a line over 4,000,000 bytes, too
+long to copy: its error gives its length); in JSON Lines rejects a text or cell that is
 not valid UTF-8 is written as {"base64": "..."}, so that its bytes
 survive. A quote left open in a CSV is the error of the line where it
 opens, and the lines after it are read as rows. When the service blames

@@ -2,9 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -291,4 +293,79 @@ func TestResumeRejectsWithoutText(t *testing.T) {
 	defer rej.f.Close()
 	w = &writer{inCols: []string{"id", "name"}, inFormat: rows.JSONL, rej: rej}
 	require.EqualError(t, w.startRejects(), jsonRej+`: cannot resume: its header ["line" "row" "error" "id" "name"] differs from this run's ["line" "row" "error" "text" "id" "name"]`)
+}
+
+// A line over rows.MaxRowBytes, too long to copy, is rejected with its line
+// and row, and an error that gives its length, names the limit and says its
+// text is not kept; its text and cells are empty. The files resume on the
+// same input, the row found by its number in the reject file, in every
+// pair of formats.
+func TestRejectsOfALineTooLongToCopy(t *testing.T) {
+	long := map[rows.Format]string{
+		rows.CSV:   "2," + strings.Repeat("x", rows.MaxRowBytes),
+		rows.JSONL: `{"id":"2","name":"` + strings.Repeat("x", rows.MaxRowBytes) + `"}`,
+	}
+	first := map[rows.Format]string{rows.CSV: "id,name\n1,a\n", rows.JSONL: `{"id":"1","name":"a"}` + "\n"}
+	last := map[rows.Format]string{rows.CSV: "3,c\n", rows.JSONL: `{"id":"3","name":"c"}` + "\n"}
+	for _, inFormat := range []rows.Format{rows.CSV, rows.JSONL} {
+		for _, rejFormat := range []rows.Format{rows.CSV, rows.JSONL} {
+			t.Run(inFormat.String()+" to "+rejFormat.String(), func(t *testing.T) {
+				dir := t.TempDir()
+				input := first[inFormat] + long[inFormat] + "\r\n" + last[inFormat]
+				want := fmt.Sprintf("line of %d bytes (line end included), over the limit of %d bytes per row "+
+					"(rows.MaxRowBytes: a row must fit in a request to the service): too long to copy, so its text is not kept",
+					len(long[inFormat])+2, rows.MaxRowBytes)
+				outPath := filepath.Join(dir, "scored."+rejFormat.String())
+				rejPath := filepath.Join(dir, "scored.rejects."+rejFormat.String())
+				files := func(resume bool) (*outFile, *outFile) {
+					out, err := openOut(outPath, rejFormat, resume)
+					require.NoError(t, err)
+					rej, err := openOut(rejPath, rejFormat, resume)
+					require.NoError(t, err)
+					return out, rej
+				}
+
+				// A run killed after the long row: row 1 scored, row 2 rejected.
+				r, err := rows.NewReader(inFormat, strings.NewReader(input))
+				require.NoError(t, err)
+				out, rej := files(false)
+				w := &writer{inCols: r.Columns(), inFormat: inFormat, port: "output1", out: out, rej: rej}
+				sinkAll(t, &stopAfter{Reader: r, n: 2}, w, "")
+				line := map[rows.Format]int{rows.CSV: 3, rows.JSONL: 2}[inFormat] // after a CSV header
+				switch rejFormat {
+				case rows.CSV:
+					assert.Equal(t, [][]string{{"line", "row", "error", "text", "id", "name"}, {strconv.Itoa(line), "2", want, "", "", ""}}, readCSV(t, rejPath))
+				case rows.JSONL:
+					assert.Equal(t, []map[string]any{{"line": float64(line), "row": 2.0, "error": want, "text": nil, "id": nil, "name": nil}}, readJSONL(t, rejPath))
+				}
+
+				// --resume: rows 1 and 2 settled, row 3 scored after them.
+				r, err = rows.NewReader(inFormat, strings.NewReader(input))
+				require.NoError(t, err)
+				out, rej = files(true)
+				require.Equal(t, 2, out.rows+rej.rows)
+				require.NoError(t, skipSettled(r, "in", out, rej, r.Columns()))
+				sinkAll(t, r, &writer{inCols: r.Columns(), inFormat: inFormat, port: "output1", out: out, rej: rej, base: 2}, "")
+				out, rej = files(true)
+				defer out.f.Close()
+				defer rej.f.Close()
+				assert.Equal(t, 2, out.rows)
+				assert.Equal(t, 1, rej.rows)
+			})
+		}
+	}
+}
+
+// stopAfter is a Reader that ends after n rows, as a killed run's input.
+type stopAfter struct {
+	rows.Reader
+	n int
+}
+
+func (s *stopAfter) Next() ([]any, error) {
+	if s.n == 0 {
+		return nil, io.EOF
+	}
+	s.n--
+	return s.Reader.Next()
 }
