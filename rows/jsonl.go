@@ -147,8 +147,8 @@ func (e *longLineError) Error() string {
 		"(rows.MaxRowBytes: a row must fit in a request to the service): too long to copy, so its text is not kept", e.bytes, MaxRowBytes)
 }
 
-// readLine returns the next line without its end, or a *longLineError
-// after skipping a line that is too long.
+// readLine returns the next line without its end (LF or CR LF), or a
+// *longLineError after skipping a line that is too long.
 func (j *JSONLReader) readLine() ([]byte, error) {
 	var line []byte
 	for {
@@ -175,7 +175,10 @@ func (j *JSONLReader) readLine() ([]byte, error) {
 			return nil, err
 		}
 		j.line++
-		return bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r")), nil
+		if b, ok := bytes.CutSuffix(line, []byte("\n")); ok {
+			return bytes.TrimSuffix(b, []byte("\r")), nil // LF or CR LF
+		}
+		return line, nil // the last line, without its end: a CR there is no line end, and stays in its text
 	}
 }
 

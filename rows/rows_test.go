@@ -129,6 +129,30 @@ not json
 	}, bad)
 }
 
+// TestJSONLTextIsTheLine: a bad line's Text is the line as the input has
+// it, without its line end, LF or CR LF; a CR that ends the input is no
+// line end, and stays (as the CSV reader keeps it).
+func TestJSONLTextIsTheLine(t *testing.T) {
+	for _, tt := range []struct{ in, text string }{
+		{"{\"a\":1}\nnot json\n", "not json"},
+		{"{\"a\":1}\nnot json\r\n", "not json"},
+		{"{\"a\":1}\nnot json\r\r\n", "not json\r"},
+		{"{\"a\":1}\nnot json", "not json"},
+		{"{\"a\":1}\nnot json\r", "not json\r"},
+	} {
+		r, err := rows.NewJSONLReader(strings.NewReader(tt.in))
+		require.NoError(t, err)
+		_, err = r.Next()
+		require.NoError(t, err)
+		_, err = r.Next()
+		re, ok := errors.AsType[*amlpool.RowError](err)
+		require.True(t, ok, "%q: %v", tt.in, err)
+		assert.Equal(t, tt.text, re.Text, "%q", tt.in)
+		_, err = r.Next()
+		assert.Equal(t, io.EOF, err)
+	}
+}
+
 // tooLong is the error of line, of n bytes with its line end, over
 // MaxRowBytes.
 func tooLong(line, n int) string {
