@@ -202,8 +202,9 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 // is full, not broken, and the call goes at once to another endpoint with a
 // free slot; an endpoint that cannot serve anyone (401, 403, 404, a TLS
 // certificate not trusted, an https:// URL or proxy that does not speak
-// TLS) leaves rotation and the call goes at once to another; a transient failure is retried after a backoff (WithBackoff) on an
-// endpoint the call has not tried. A call makes at most WithMaxAttempts
+// TLS) leaves rotation and the call goes at once to another; a transient
+// failure is retried after a backoff (WithBackoff) on an endpoint the call
+// has not tried. A call makes at most WithMaxAttempts
 // attempts, within the retry budget (WithRetryBudget), and never starts a
 // wait that would pass ctx's deadline.
 //

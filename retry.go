@@ -45,8 +45,9 @@ const (
 	// does not speak TLS), not the request is bad. The endpoint leaves
 	// rotation at once (WithEjection's back-off and probe) and the call goes
 	// at once, with no backoff, to an endpoint it has not tried; when none
-	// is left, the call returns the error. After a 401, an endpoint with a second key (SecondaryKey) is
-	// first tried again at once with the other key.
+	// is left, the call returns the error. After a 401, an endpoint with a
+	// second key (SecondaryKey) is first tried again at once with the other
+	// key.
 	VerdictEndpointFault
 )
 
