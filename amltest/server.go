@@ -239,8 +239,9 @@ func (s *Server) StartTLS() {
 }
 
 // Close ends every call in flight (hung and delayed calls give up at once,
-// and their clients see the connection close), shuts the server down and
-// waits for its handlers to return. Close is idempotent.
+// a reply being written is cut off, and their clients see the connection
+// close), shuts the server down and waits for its handlers to return. Close
+// is idempotent.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -253,12 +254,17 @@ func (s *Server) Close() {
 
 // stopLocked ends the current generation: its calls end at once, its
 // connections close and its handlers return. Idempotent.
+//
+// httptest's Close waits for the calls on active connections, so those are
+// closed first: a handler blocked writing a reply its client does not read
+// (a body left unread and unclosed) would otherwise hold Close for ever.
 func (s *Server) stopLocked() {
 	select {
 	case <-s.stop:
 	default:
 		close(s.stop)
 	}
+	s.ts.CloseClientConnections()
 	s.ts.Close()
 }
 

@@ -3,6 +3,8 @@ package amltest_test
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -14,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
 )
 
@@ -467,4 +470,43 @@ func TestRestartAfterClose(t *testing.T) {
 		}
 		require.Error(t, err, "a closed server stays closed after Restart")
 	}
+}
+
+// Close ends a call blocked writing a reply its client does not read (a
+// body left unread and unclosed): httptest's Close waits for the calls on
+// active connections, and without closing those first it waited for ever.
+// The client's receive buffer is small, so the 6 MB reply cannot fit in the
+// connection's buffers. The 10 s bound only turns a hang into a failure.
+func TestCloseWithUnreadReply(t *testing.T) {
+	big := strings.Repeat("x", 6<<20)
+	srv := amltest.NewServer(amltest.Config{Key: "k", Score: func(*amlpool.Request) (*amlpool.Response, error) {
+		return &amlpool.Response{Results: map[string]*amlpool.Output{
+			"output1": {Value: amlpool.Table{ColumnNames: []string{"a"}, Values: [][]any{{big}}}},
+		}}, nil
+	}})
+	u, err := url.Parse(srv.URL())
+	require.NoError(t, err)
+	conn, err := net.Dial("tcp", u.Host)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(4096))
+	_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer k\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		u.RequestURI(), u.Host, len(classicBody), classicBody)
+	require.NoError(t, err)
+	_, err = srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.Scored == 1 })
+	require.NoError(t, err)
+
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Error("Close waits for a reply its client does not read")
+		conn.Close() // lets the hung Close end, so the test does
+		<-closed
+	}
+	assert.Zero(t, srv.Stats().InFlight)
 }
