@@ -73,4 +73,20 @@
 //	}
 //
 // Every goroutine a Server's calls run on ends when Close returns.
+//
+// NewServer listens on the loopback network, which a test in a
+// testing/synctest bubble cannot use: its calls wait on sockets, so the
+// bubble's clock never moves and a call with any latency waits for ever.
+// NewTestServer serves the same endpoint on an in-memory network instead,
+// closed when the test ends; made inside the bubble, its latencies and
+// delays pass on the bubble's clock, exactly. Send its calls with its
+// Client, which reaches every in-memory server of the test:
+//
+//	synctest.Test(t, func(t *testing.T) {
+//		a := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 2, Latency: 100 * time.Millisecond})
+//		b := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 1, Latency: 100 * time.Millisecond})
+//		client, err := amlpool.New([]amlpool.Endpoint{a.Endpoint(), b.Endpoint()},
+//			amlpool.WithHTTPClient(a.Client()))
+//		// … six calls at once take 200 ms of the bubble's time, and no time at all …
+//	})
 package amltest

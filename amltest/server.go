@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/amlpool/amlpool"
@@ -110,7 +111,7 @@ type Config struct {
 //
 // Server is safe for concurrent use by multiple goroutines. Its methods may
 // be called while requests are in flight. The zero Server is not usable: make
-// one with NewServer or NewUnstartedServer.
+// one with NewServer, NewUnstartedServer or NewTestServer.
 type Server struct {
 	// genMu guards the current generation: ts, stop and tls. Restart
 	// replaces them; handlers hold their own generation's stop.
@@ -119,6 +120,12 @@ type Server struct {
 	stop  chan struct{}          // closed when this generation stops: ends its waits
 	tls   bool                   // started with StartTLS, so restarts too
 	base  atomic.Pointer[string] // ts.URL, the same across restarts
+
+	// Set by NewTestServer only: the test that panics in the server fail,
+	// the server's in-memory address and the client that dials it.
+	t         testing.TB
+	mem       *memSlot
+	memClient *http.Client
 
 	name      string
 	keys2     atomic.Pointer[[2]string] // the primary and secondary keys accepted now
@@ -217,13 +224,18 @@ func NewUnstartedServer(cfg Config) *Server {
 // handler serves one generation of the server: its waits end when stop
 // closes.
 func (s *Server) handler(stop chan struct{}) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveHTTP(w, r, stop) })
+	h := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveHTTP(w, r, stop) }))
+	if s.t != nil {
+		h = failPanics(s.t, h)
+	}
+	return h
 }
 
 // Start starts a server from NewUnstartedServer.
 func (s *Server) Start() {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
+	s.mustNotBeInMemory("Start")
 	s.ts.Start()
 	s.base.Store(&s.ts.URL)
 }
@@ -233,9 +245,18 @@ func (s *Server) Start() {
 func (s *Server) StartTLS() {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
+	s.mustNotBeInMemory("StartTLS")
 	s.tls = true
 	s.ts.StartTLS()
 	s.base.Store(&s.ts.URL)
+}
+
+// mustNotBeInMemory panics, naming the method, on a server from
+// NewTestServer: it is started already, on the in-memory network.
+func (s *Server) mustNotBeInMemory(method string) {
+	if s.mem != nil {
+		panic("amltest: " + method + " of a server from NewTestServer, which is started already on the in-memory network")
+	}
 }
 
 // Close ends every call in flight (hung and delayed calls give up at once,
@@ -250,6 +271,10 @@ func (s *Server) Close() {
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
 	s.stopLocked()
+	if s.mem != nil {
+		s.mem.release()
+		s.memClient.CloseIdleConnections()
+	}
 }
 
 // stopLocked ends the current generation: its calls end at once, its
@@ -298,7 +323,12 @@ func (s *Server) Restart(down time.Duration) {
 		return
 	default:
 	}
-	l := listenAgain(addr)
+	var l net.Listener
+	if s.mem != nil {
+		l = s.mem.listen()
+	} else {
+		l = listenAgain(addr)
+	}
 	s.stop = make(chan struct{})
 	s.ts = httptest.NewUnstartedServer(s.handler(s.stop))
 	_ = s.ts.Listener.Close() // the random port it was given
@@ -335,8 +365,13 @@ func (s *Server) CloseClientConnections() {
 }
 
 // Client returns an *http.Client set up to trust the server (for StartTLS).
-// It waits while a Restart is under way.
+// It waits while a Restart is under way. For a server from NewTestServer it
+// is the client of the in-memory network, which reaches every in-memory
+// server; it is the same client across restarts.
 func (s *Server) Client() *http.Client {
+	if s.memClient != nil {
+		return s.memClient
+	}
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
 	return s.ts.Client()

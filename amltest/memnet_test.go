@@ -1,0 +1,139 @@
+package amltest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"syscall"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
+)
+
+// TestTestServerInSynctest: in a synctest bubble, in-memory servers serve
+// an amlpool Client on the bubble's clock, so latencies are exact and a
+// second of traffic takes no time. A server on the loopback network hangs
+// there instead: its calls wait on sockets, so the bubble's clock never
+// moves. Two endpoints (caps 2 and 1) are reached through one http.Client.
+func TestTestServerInSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 2, Latency: 100 * time.Millisecond})
+		b := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 1, Latency: 100 * time.Millisecond})
+		require.NotEqual(t, a.URL(), b.URL())
+		client, err := amlpool.New([]amlpool.Endpoint{a.Endpoint(), b.Endpoint()}, amlpool.WithHTTPClient(a.Client()))
+		require.NoError(t, err)
+		defer client.Close()
+
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Go(func() {
+				_, err := client.Score(t.Context(), &amlpool.Request{Inputs: map[string]*amlpool.Table{
+					"input1": {ColumnNames: []string{"n"}, Values: [][]any{{fmt.Sprint(i)}}},
+				}})
+				assert.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		// 3 slots for 6 calls: two rounds of 100 ms, to the nanosecond.
+		assert.Equal(t, 200*time.Millisecond, time.Since(start))
+		sa, sb := a.Stats(), b.Stats()
+		assert.Equal(t, int64(6), sa.Scored+sb.Scored)
+		assert.Zero(t, sa.Throttled+sb.Throttled)
+		assert.Equal(t, int64(2), sa.PeakAdmitted)
+		assert.Equal(t, int64(1), sb.PeakAdmitted)
+	})
+}
+
+// TestTestServerFreesASlotAtOnce: in a bubble, a call whose client gives up
+// frees its slot at the instant it does, as on the real service.
+func TestTestServerFreesASlotAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := amltest.NewTestServer(t, amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 1})
+		srv.Script(amltest.Fault{Hang: true})
+		ep := srv.Endpoint()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := do(ctx, srv, ep.URL, ep.APIKey, mlflowBody)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		synctest.Wait()
+		assert.Equal(t, time.Second, time.Since(start))
+		assert.Zero(t, srv.Stats().InFlight, "the slot is free once the client has gone")
+		assert.Equal(t, http.StatusOK, send(t, srv, ep.URL, ep.APIKey, mlflowBody).status)
+	})
+}
+
+// TestTestServerOutsideABubble: an in-memory server serves any test, and
+// Restart, Close and a dial to an address nobody serves behave as on the
+// loopback network.
+func TestTestServerOutsideABubble(t *testing.T) {
+	srv := amltest.NewTestServer(t, amltest.Config{})
+	assert.Regexp(t, `^http://localhost:\d+/workspaces/`, srv.URL())
+	assert.Equal(t, http.StatusOK, score(t, srv).status)
+	assert.Panics(t, srv.Start, "it is started already")
+
+	url := srv.URL()
+	srv.Script(amltest.Fault{Hang: true})
+	hung := make(chan error, 1)
+	go func() {
+		resp, err := do(context.Background(), srv, url, srv.Endpoint().APIKey, classicBody)
+		if err == nil {
+			resp.Body.Close()
+		}
+		hung <- err
+	}()
+	_, err := srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.InFlight == 1 })
+	require.NoError(t, err)
+	srv.Restart(0)
+	require.Error(t, <-hung, "a hung call ends when its server restarts")
+	assert.Equal(t, url, srv.URL())
+	assert.Equal(t, http.StatusOK, score(t, srv).status)
+
+	srv.Close()
+	_, err = do(t.Context(), srv, url, srv.Endpoint().APIKey, classicBody)
+	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "a closed server's address is refused")
+}
+
+// tb records the failures of a server's test.
+type tb struct {
+	testing.TB
+	mu       sync.Mutex
+	errs     []string
+	cleanups []func()
+}
+
+func (t *tb) Errorf(format string, args ...any) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.errs = append(t.errs, fmt.Sprintf(format, args...))
+}
+
+func (t *tb) Cleanup(f func()) { t.cleanups = append(t.cleanups, f) }
+
+// TestTestServerPanicFailsTheTest: a panic in the model fails the server's
+// test, naming the panic; the client sees its connection close. The test's
+// Cleanup closes the server.
+func TestTestServerPanicFailsTheTest(t *testing.T) {
+	rec := &tb{TB: t}
+	srv := amltest.NewTestServer(rec, amltest.Config{Score: func(*amlpool.Request) (*amlpool.Response, error) {
+		panic("model on fire")
+	}})
+	ep := srv.Endpoint()
+	_, err := do(t.Context(), srv, ep.URL, ep.APIKey, classicBody)
+	assert.Error(t, err)
+	require.Len(t, rec.cleanups, 1)
+	rec.cleanups[0]()
+	require.Len(t, rec.errs, 1)
+	assert.Contains(t, rec.errs[0], "model on fire")
+	_, err = do(t.Context(), srv, ep.URL, ep.APIKey, classicBody)
+	assert.True(t, errors.Is(err, syscall.ECONNREFUSED), "closed by the test's cleanup: %v", err)
+}
