@@ -101,3 +101,33 @@ func ExampleServer_Script() {
 	// 200 application/json; charset=utf-8
 	// 2
 }
+
+// A fake online endpoint serving an MLflow model: its Endpoint carries the
+// Kind, the cap and the deployment header, so an amlpool Client scores
+// through it as through a managed online endpoint. Past its cap it answers
+// 429 Too many pending requests.
+func ExampleNewServer_online() {
+	srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 2, Deployment: "blue"})
+	defer srv.Close()
+
+	ep := srv.Endpoint()
+	fmt.Println(ep.Kind, ep.MaxConcurrentCalls, ep.Header.Get(amltest.DeploymentHeader))
+	client, err := amlpool.New([]amlpool.Endpoint{ep})
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+
+	reply, err := client.Do(context.Background(),
+		[]byte(`{"input_data": {"columns": ["age"], "index": [0], "data": [[39]]}}`))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(string(reply))
+	st := srv.Stats()
+	fmt.Println(st.Scored, st.Throttled)
+	// Output:
+	// online 2 blue
+	// [{"Scored Probabilities":0.340928262130898,"age":39}]
+	// 1 0
+}
