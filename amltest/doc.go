@@ -41,7 +41,9 @@
 // and starts it again on the same port. Stats counts what the
 // server saw; PeakInFlight is the server-side witness that a client never
 // exceeded the cap, and WaitFor lets a test wait for a state without
-// sleeping.
+// sleeping. A call whose client goes away stops and frees its place at
+// once; Config.FinishAbandoned serves it to its end instead, as a service
+// that cannot stop a running model would.
 //
 // With Config.Kind amlpool.Online a Server is an Azure ML online endpoint
 // serving an MLflow model instead: it answers POST /score with the key or a

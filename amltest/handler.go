@@ -32,8 +32,33 @@ type call struct {
 
 // serve waits until the call's service time of d has passed since start,
 // and reports false when the call's client went away or its server
-// stopped first.
-func (c *call) serve(d time.Duration) bool { return c.wait(d - time.Since(c.start)) }
+// stopped first. With Config.FinishAbandoned a call whose client went away
+// is served to its end all the same, and serve reports false only then,
+// when its reply would go.
+func (c *call) serve(d time.Duration) bool {
+	return c.hold(d-time.Since(c.start)) && (!c.s.finishAbandoned || c.r.Context().Err() == nil)
+}
+
+// hold waits d of the call's service time (a Fault.Delay, its latency), as
+// wait does; with Config.FinishAbandoned only the server's stop ends it
+// early, not the client's going away, so the call keeps its place under
+// the cap meanwhile.
+func (c *call) hold(d time.Duration) bool {
+	if !c.s.finishAbandoned {
+		return c.wait(d)
+	}
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.stop:
+		return false
+	}
+}
 
 func (c *call) leave() {
 	if c.left {
@@ -149,13 +174,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request, stop <-chan s
 	if !f.isZero() {
 		s.bump(&s.faults)
 	}
-	if !c.wait(f.Delay) {
+	if !c.hold(f.Delay) {
 		c.abort()
 	}
 	c.start = c.start.Add(f.Delay)
 	if f.Hang {
+		var gone <-chan struct{} // nil: a hung call served to the end ends with the server
+		if !s.finishAbandoned {
+			gone = r.Context().Done()
+		}
 		select {
-		case <-r.Context().Done():
+		case <-gone:
 		case <-c.stop:
 		}
 		c.abort()

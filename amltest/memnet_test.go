@@ -137,3 +137,57 @@ func TestTestServerPanicFailsTheTest(t *testing.T) {
 	_, err = do(t.Context(), srv, ep.URL, ep.APIKey, classicBody)
 	assert.True(t, errors.Is(err, syscall.ECONNREFUSED), "closed by the test's cleanup: %v", err)
 }
+
+// TestFinishAbandoned: with Config.FinishAbandoned a call whose client gave
+// up keeps its place under the cap until its service time has passed, so
+// the next call is throttled meanwhile (503 classic, 429 online), and gets
+// no reply; a hung one keeps it until the server closes. By default the
+// place frees at once.
+func TestFinishAbandoned(t *testing.T) {
+	for _, kind := range []amlpool.Kind{amlpool.Classic, amlpool.Online} {
+		for _, finish := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/finish=%v", kind, finish), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					srv := amltest.NewTestServer(t, amltest.Config{
+						Kind: kind, MaxConcurrentCalls: 1, Latency: time.Second, FinishAbandoned: finish,
+					})
+					ep := srv.Endpoint()
+					body, full := classicBody, http.StatusServiceUnavailable
+					if kind == amlpool.Online {
+						body, full = mlflowBody, http.StatusTooManyRequests
+					}
+					start := time.Now()
+					ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+					defer cancel()
+					_, err := do(ctx, srv, ep.URL, ep.APIKey, body)
+					require.ErrorIs(t, err, context.DeadlineExceeded)
+					synctest.Wait()
+					next := send(t, srv, ep.URL, ep.APIKey, body)
+					if !finish {
+						assert.Equal(t, http.StatusOK, next.status, "the place was free at once")
+						assert.Equal(t, 1100*time.Millisecond, time.Since(start))
+						return
+					}
+					assert.Equal(t, full, next.status, "the abandoned call still holds the only place")
+					assert.Equal(t, int64(1), srv.Stats().InFlight)
+
+					time.Sleep(time.Second - time.Since(start))
+					synctest.Wait()
+					st := srv.Stats()
+					assert.Zero(t, st.InFlight, "its service time is over")
+					assert.Zero(t, st.Scored, "nobody was there for its reply")
+					assert.Equal(t, http.StatusOK, send(t, srv, ep.URL, ep.APIKey, body).status)
+
+					srv.Script(amltest.Fault{Hang: true})
+					ctx, cancel = context.WithTimeout(t.Context(), time.Minute)
+					defer cancel()
+					_, err = do(ctx, srv, ep.URL, ep.APIKey, body)
+					require.ErrorIs(t, err, context.DeadlineExceeded)
+					time.Sleep(time.Hour)
+					synctest.Wait()
+					assert.Equal(t, int64(1), srv.Stats().InFlight, "a hung call holds its place until Close")
+				})
+			})
+		}
+	}
+}

@@ -100,6 +100,18 @@ type Config struct {
 	// RecordHeaders names request headers whose values Stats.HeadersSeen
 	// keeps, e.g. DeploymentHeader.
 	RecordHeaders []string
+
+	// FinishAbandoned makes the server work on a call whose client went
+	// away until the call's service time (Latency or LatencyFunc, plus any
+	// Fault.Delay) has passed, as a service that cannot stop a running
+	// model would: the call keeps its place under the cap, and counts in
+	// InFlight, until then, and a hung call (Fault.Hang) keeps it until the
+	// server closes or restarts. The call gets no reply. By default a call
+	// stops, and frees its place, as soon as its client goes away. Whether
+	// Azure ML stops such a call is not documented (docs/azureml.md): this
+	// tests a client against the other case, in which cancelling a call
+	// (a hedge's loser, a timeout) does not free the endpoint's slot.
+	FinishAbandoned bool
 }
 
 // Server is a fake Azure ML Classic scoring endpoint on an httptest.Server.
@@ -141,6 +153,7 @@ type Server struct {
 	predictionsObject bool
 	deployment        string
 	acceptToken       func(string) bool
+	finishAbandoned   bool
 	recorded          []string // Config.RecordHeaders, canonical
 
 	closed    chan struct{} // closed by Close; ends WaitFor and Restart
@@ -202,6 +215,7 @@ func NewUnstartedServer(cfg Config) *Server {
 		predictionsObject: cfg.PredictionsObject,
 		deployment:        cfg.Deployment,
 		acceptToken:       cfg.AcceptToken,
+		finishAbandoned:   cfg.FinishAbandoned,
 	}
 	for _, h := range cfg.RecordHeaders {
 		s.recorded = append(s.recorded, http.CanonicalHeaderKey(h))
@@ -478,7 +492,8 @@ type Stats struct {
 	// just before its reply is written, so a client that sends its next call
 	// only after reading a reply never meets a stale count. A hung call counts
 	// until the server notices that its client has gone, which can be a
-	// little after the client gave up.
+	// little after the client gave up (with Config.FinishAbandoned, until
+	// its service time is over, or for a hung call until Close).
 	PeakInFlight int64
 	// PeakAdmitted is the most calls admitted at once: routed, authorized
 	// and within the cap. It never exceeds the cap in force when each call
