@@ -40,7 +40,8 @@ import (
 type Fault struct {
 	// Status is the reply's HTTP status, with the matching Azure ML error
 	// body. A 2xx Status without Body sends the model's normal reply with
-	// that status. 0 means the normal status (200, or that of Body).
+	// that status. 0 means the normal status (200, or that of Body);
+	// otherwise 200 to 999 (Script panics on another).
 	Status int
 	// Code is error.code, the class; default from Status.
 	Code string
@@ -103,6 +104,16 @@ func (f Fault) WithRetryAfter(d time.Duration) Fault {
 	}
 	f.RetryAfter = strconv.FormatInt(int64(secs), 10)
 	return f
+}
+
+// problem says what makes f impossible to send, or "": a Status that is
+// not a final HTTP status (net/http refuses to write it, and a 1xx is no
+// reply).
+func (f *Fault) problem() string {
+	if f.Status != 0 && (f.Status < 200 || f.Status > 999) {
+		return fmt.Sprintf("Status %d is not a final HTTP status (200 to 999; 0 for the normal one)", f.Status)
+	}
+	return ""
 }
 
 func (f *Fault) isZero() bool {

@@ -191,3 +191,29 @@ func TestFinishAbandoned(t *testing.T) {
 		}
 	}
 }
+
+// TestBadConfigPanicsNamingIt: a configuration the fake cannot serve panics
+// with a message naming the mistake, where it was made when it can be: an
+// unknown Kind, a Fault Status that is no final HTTP status (net/http's own
+// panic, "invalid WriteHeader code", came from a handler, and the client
+// saw only EOF), a nil WaitFor cond.
+func TestBadConfigPanicsNamingIt(t *testing.T) {
+	assert.PanicsWithValue(t, "amltest: Config.Kind 7 is neither amlpool.Classic nor amlpool.Online",
+		func() { amltest.NewUnstartedServer(amltest.Config{Kind: 7}) })
+
+	srv := newServer(t, amltest.Config{})
+	assert.PanicsWithValue(t, "amltest: Script: fault 2 of 2: Status 99 is not a final HTTP status (200 to 999; 0 for the normal one)",
+		func() { srv.Script(amltest.Throttle(), amltest.Fault{Status: 99}) })
+	assert.Equal(t, http.StatusOK, score(t, srv).status, "none of the faults was queued")
+	assert.PanicsWithValue(t, "amltest: WaitFor with a nil cond", func() { _, _ = srv.WaitFor(t.Context(), nil) })
+
+	rec := &tb{TB: t}
+	bad := amltest.NewTestServer(rec, amltest.Config{Fault: func(int64) amltest.Fault { return amltest.Fault{Status: 103} }})
+	ep := bad.Endpoint()
+	_, err := do(t.Context(), bad, ep.URL, ep.APIKey, classicBody)
+	assert.Error(t, err, "the call's connection closes")
+	rec.cleanups[0]()
+	require.Len(t, rec.errs, 1)
+	assert.Contains(t, rec.errs[0], "amltest: Config.Fault(1): Status 103 is not a final HTTP status")
+	assert.Zero(t, bad.Stats().InFlight)
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -73,7 +74,10 @@ type Config struct {
 	// are not admitted and do not count. Faults queued by Script go first: while one is queued, Fault
 	// is not called for that call, though n still counts it. A zero Fault
 	// means a normal reply. It is called from many goroutines at once and
-	// must be safe for that.
+	// must be safe for that. A returned Status that is not a final HTTP
+	// status (200 to 999) panics that call's handler with a message naming
+	// it: its client sees the connection close, and a server from
+	// NewTestServer fails its test.
 	Fault func(n int64) Fault
 
 	// Kind amlpool.Online makes the server an online endpoint serving an
@@ -196,8 +200,13 @@ func NewServer(cfg Config) *Server {
 }
 
 // NewUnstartedServer returns a fake endpoint that is not yet listening.
-// Start or StartTLS it, then Close it.
+// Start or StartTLS it, then Close it. It panics (as NewServer and
+// NewTestServer do) when cfg.Kind is neither amlpool.Classic nor
+// amlpool.Online.
 func NewUnstartedServer(cfg Config) *Server {
+	if cfg.Kind != amlpool.Classic && cfg.Kind != amlpool.Online {
+		panic(fmt.Sprintf("amltest: Config.Kind %d is neither amlpool.Classic nor amlpool.Online", cfg.Kind))
+	}
 	s := &Server{
 		name:        cfg.Name,
 		workspace:   randomHex(16),
@@ -460,8 +469,14 @@ func randomKey() string {
 
 // Script queues faults: the next len(faults) admitted calls get them, in
 // order, before Config.Fault is consulted again. Calls to Script append to
-// the queue.
+// the queue. It panics, queueing none, when a fault's Status is not a final
+// HTTP status (200 to 999).
 func (s *Server) Script(faults ...Fault) {
+	for i := range faults {
+		if p := faults[i].problem(); p != "" {
+			panic(fmt.Sprintf("amltest: Script: fault %d of %d: %s", i+1, len(faults), p))
+		}
+	}
 	s.mu.Lock()
 	s.script = append(s.script, faults...)
 	s.mu.Unlock()
@@ -561,6 +576,9 @@ func (s *Server) ResetStats() {
 // again after every change, from WaitFor's goroutine only. Tests use it
 // instead of sleeping, e.g. to wait until n calls are in flight.
 func (s *Server) WaitFor(ctx context.Context, cond func(Stats) bool) (Stats, error) {
+	if cond == nil {
+		panic("amltest: WaitFor with a nil cond")
+	}
 	for {
 		ch := s.changes()
 		st := s.Stats()
@@ -624,7 +642,11 @@ func (s *Server) nextFault() Fault {
 	}
 	s.mu.Unlock()
 	if s.faultFunc != nil {
-		return s.faultFunc(n)
+		f := s.faultFunc(n)
+		if p := f.problem(); p != "" {
+			panic(fmt.Sprintf("amltest: Config.Fault(%d): %s", n, p))
+		}
+		return f
 	}
 	return Fault{}
 }
