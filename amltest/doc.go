@@ -82,13 +82,13 @@
 // NewTestServer serves the same endpoint on an in-memory network instead,
 // closed when the test ends; made inside the bubble, its latencies and
 // delays pass on the bubble's clock, exactly. Send its calls with its
-// Client, which reaches every in-memory server of the test:
+// Client, which reaches every in-memory server:
 //
 //	synctest.Test(t, func(t *testing.T) {
 //		a := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 2, Latency: 100 * time.Millisecond})
 //		b := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 1, Latency: 100 * time.Millisecond})
 //		client, err := amlpool.New([]amlpool.Endpoint{a.Endpoint(), b.Endpoint()},
 //			amlpool.WithHTTPClient(a.Client()))
-//		// … six calls at once take 200 ms of the bubble's time, and no time at all …
+//		// … six calls at once take 200 ms of the bubble's time, in no time at all …
 //	})
 package amltest

@@ -419,7 +419,9 @@ func (s *Server) URL() string {
 
 // Endpoint returns the amlpool.Endpoint for this server: its Name, URL,
 // keys, its current cap and its Kind. For an online server with a
-// Deployment, its Header pins that deployment.
+// Deployment, its Header pins that deployment. A server from NewTestServer
+// is reached only through its Client: give the amlpool Client
+// amlpool.WithHTTPClient(s.Client()).
 func (s *Server) Endpoint() amlpool.Endpoint {
 	keys := s.keys2.Load()
 	e := amlpool.Endpoint{
