@@ -510,3 +510,34 @@ func TestCloseWithUnreadReply(t *testing.T) {
 	}
 	assert.Zero(t, srv.Stats().InFlight)
 }
+
+// Close ends a call whose client stalls in the middle of its body: the
+// handler waits in the body's read, which only closing the connection
+// ends. The 10 s bound only turns a hang into a failure.
+func TestCloseWithStalledBody(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{Key: "k"})
+	u, err := url.Parse(srv.URL())
+	require.NoError(t, err)
+	conn, err := net.Dial("tcp", u.Host)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer k\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		u.RequestURI(), u.Host, len(classicBody), classicBody[:10])
+	require.NoError(t, err)
+	_, err = srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.PeakAdmitted == 1 })
+	require.NoError(t, err)
+
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Error("Close waits for a body its client does not send")
+		conn.Close() // lets the hung Close end, so the test does
+		<-closed
+	}
+	assert.Zero(t, srv.Stats().InFlight)
+}
