@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/amlpool/amlpool"
 	"github.com/amlpool/amlpool/amltest"
@@ -130,4 +132,49 @@ func ExampleNewServer_online() {
 	// online 2 blue
 	// [{"Scored Probabilities":0.340928262130898,"age":39}]
 	// 1 0
+}
+
+// WaitFor waits for a state of the server without sleeping: here until the
+// cap of 2 is taken by calls the model holds, so that the next call is
+// throttled as the service throttles it, with 503 RequestThrottled.
+func ExampleServer_WaitFor() {
+	release := make(chan struct{})
+	srv := amltest.NewServer(amltest.Config{Key: "secret", MaxConcurrentCalls: 2,
+		LatencyFunc: func() time.Duration { <-release; return 0 }})
+	defer srv.Close()
+
+	post := func() (int, string) {
+		req, err := http.NewRequest(http.MethodPost, srv.URL(), strings.NewReader(
+			`{"Inputs":{"input1":{"ColumnNames":["x"],"Values":[["1"]]}},"GlobalParameters":{}}`))
+		if err != nil {
+			panic(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer secret")
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			panic(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			panic(err)
+		}
+		return resp.StatusCode, string(body)
+	}
+	var held sync.WaitGroup
+	for range 2 {
+		held.Go(func() { post() })
+	}
+	if _, err := srv.WaitFor(context.Background(), func(st amltest.Stats) bool { return st.PeakAdmitted == 2 }); err != nil {
+		panic(err)
+	}
+	fmt.Println(post())
+	close(release)
+	held.Wait()
+	st := srv.Stats()
+	fmt.Println(st.Scored, st.Throttled, st.PeakAdmitted, st.PeakInFlight)
+	// Output:
+	// 503 {"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.","details":[{"code":"RequestThrottled","message":"Request was throttled for default endpoint. The maximum concurrency for the endpoint is 2."}]}}
+	// 2 1 2 3
 }
