@@ -71,7 +71,7 @@ type Config struct {
 	// Fault, when set, decides a fault for the n-th admitted call (1-based,
 	// counted from the server's start; ResetStats does not reset it). Calls
 	// answered with 401, 404, 405, 400 BadVersionCall or the throttle 503
-	// are not admitted and do not count. Faults queued by Script go first: while one is queued, Fault
+	// (online: 429) are not admitted and do not count. Faults queued by Script go first: while one is queued, Fault
 	// is not called for that call, though n still counts it. A zero Fault
 	// means a normal reply. It is called from many goroutines at once and
 	// must be safe for that. A returned Status that is not a final HTTP
@@ -500,7 +500,7 @@ type Stats struct {
 	Scored       int64 // 2xx replies from the model that began to be sent whole (not raw Fault bodies, not Truncate)
 	Throttled    int64 // 503 RequestThrottled (online: 429 Too many pending requests) replies because the cap was reached
 	Unauthorized int64 // 401 replies: missing or wrong key or token
-	Rejected     int64 // other error replies of the server's own: routing, method, api-version, body checks, Score errors (400) and malformed Score replies (500)
+	Rejected     int64 // other error replies of the server's own: routing, method, api-version, body checks, Score errors (400) and malformed Score replies (500); online: 404, 405, 413 and the 424 of a body the model cannot take or of a Predict error
 	Faults       int64 // calls that got a non-zero Fault
 	InFlight     int64 // calls in the handler now, whatever their reply will be
 	// PeakInFlight is the most calls in the handler at once, whatever their
