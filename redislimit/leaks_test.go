@@ -415,6 +415,89 @@ func TestOldFailureAndABlipAreNoOutage(t *testing.T) {
 	}
 }
 
+// gateHook holds the runs of one script, once armed, until n of them have
+// reached it: n round trips under way at once, whose replies all come
+// after every one of them was sent.
+type gateHook struct {
+	processOnly
+	sha     string
+	n       int
+	armed   atomic.Bool
+	arrived atomic.Int64
+	all     chan struct{} // closed once n have arrived
+}
+
+func (h *gateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !strings.EqualFold(cmd.Name(), "evalsha") || cmd.Args()[1] != h.sha || !h.armed.Load() {
+			return next(ctx, cmd)
+		}
+		if h.arrived.Add(1) == int64(h.n) {
+			close(h.all)
+		}
+		select {
+		case <-h.all:
+		case <-ctx.Done():
+			cmd.SetErr(ctx.Err())
+			return ctx.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// In a rejoin window each acquire may take a lease only while the process
+// holds less than its share. Acquires under way at once all find the same
+// leases held: each must count the others, or together they take the
+// process past its share, each with a lease that Redis shows room for.
+func TestFailStaticRejoinConcurrentAcquiresKeepToShare(t *testing.T) {
+	const capacity, share, calls = 4, 2, 4 // a share of 2 for each of 2 expected replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cut := &cutHook{}
+	gate := &gateHook{sha: acquireScript.Hash(), n: calls, all: make(chan struct{})}
+	rdb := f.hookedClient(t, cut, acquireScript)
+	rdb.AddHook(gate)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithExpectedReplicas(2))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1) // the first tick is in
+
+	cut.down.Store(true)
+	f.advance(l.cfg.renew) // the tick fails: no outage yet, but other replicas may have fallen back
+	f.settle(t, 1)
+	require.EqualValues(t, 1, l.Stats().Errors)
+	require.False(t, l.Stats().Fallback)
+	cut.down.Store(false)
+	first, err := l.TryAcquire(ctx, eps(capacity)) // Redis answers: the rejoin window opens
+	require.NoError(t, err)
+	require.NotNil(t, first)
+	held := []amlpool.Lease{first}
+	l.mu.Lock()
+	rejoining := f.clk.Now().Before(l.rejoin)
+	l.mu.Unlock()
+	require.True(t, rejoining, "no rejoin window")
+
+	gate.armed.Store(true)
+	got := make(chan amlpool.Lease, calls)
+	for range calls {
+		go func() {
+			ls, err := l.TryAcquire(ctx, eps(capacity))
+			assert.NoError(t, err)
+			got <- ls
+		}()
+	}
+	for range calls {
+		if ls := <-got; ls != nil {
+			held = append(held, ls)
+		}
+	}
+	assert.Equal(t, share, len(held), "leases held by a replica rejoining, with a share of %d of a cap of %d", share, capacity)
+	assert.Len(t, f.leases(t, "a"), len(held))
+	for _, ls := range held {
+		ls.Release()
+	}
+}
+
 // replyCut drops the connection that carries the next run of one script
 // after Redis has run it and answered, before go-redis reads the answer: as
 // a connection reset is to go-redis, which sends the same command again on

@@ -109,6 +109,7 @@ type endpoint struct {
 	owed   int
 	asking bool
 	over   bool              // more leases in Redis than the cap, at the last tick
+	trying int               // acquires under way with it among their candidates; guarded by Limiter.mu
 	limit  atomic.Int64      // as configured in this process
 	held   map[string]*lease // by lease id; guarded by Limiter.mu
 	seen   []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
@@ -334,15 +335,9 @@ func (l *Limiter) endpointsLocked(cands []amlpool.LimitedEndpoint) []*endpoint {
 func (l *Limiter) try(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
 	l.mu.Lock()
 	fallback := l.fallback
-	var limits []int64
-	// Also while round trips fail: if this one succeeds, Redis is back
-	// from what may have been an outage (exec).
-	if !fallback && l.cfg.mode == FailStatic && (l.cfg.clock.Now().Before(l.rejoin) || l.failingSince.Load() != 0) {
-		limits = l.rejoinLimitsLocked(cands)
-	}
 	l.mu.Unlock()
 	if !fallback {
-		ls, err := l.tryRedis(ctx, cands, wait, limits)
+		ls, err := l.tryRedis(ctx, cands, wait)
 		if err == nil {
 			return ls, nil
 		}
@@ -379,22 +374,25 @@ func (l *Limiter) rejoinLocked(now time.Time, before int) {
 
 // rejoinLimitsLocked returns, for each of cands, the limit an acquire may
 // use while the Limiter rejoins the fleet after an outage: the cap, or 0
-// (no room) when this process already holds its share of it.
+// (no room) when this process already holds its share of it, counting the
+// acquires under way there as held: each may take a lease.
 func (l *Limiter) rejoinLimitsLocked(cands []*endpoint) []int64 {
 	limits := make([]int64, len(cands))
 	k := max(l.replicas, l.cfg.replicas, l.rejoinReplicas, 1)
 	for i, ep := range cands {
 		limit := ep.limit.Load()
-		if share := (int(limit) + k - 1) / k; len(ep.held) < share {
+		if share := (int(limit) + k - 1) / k; len(ep.held)+ep.trying < share {
 			limits[i] = limit
 		}
 	}
 	return limits
 }
 
-// tryRedis runs the acquire script once, with limits, when not nil, in
-// place of the candidates' caps (rejoinLimitsLocked).
-func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, limits []int64) (*lease, error) {
+// tryRedis runs the acquire script once. While the Limiter rejoins the
+// fleet, or round trips fail (if this one succeeds, Redis is back from
+// what may have been an outage, exec), it passes rejoinLimitsLocked's
+// limits in place of the candidates' caps.
+func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*lease, error) {
 	// Close cuts the script short, waits for it, and only then says goodbye
 	// to Redis, which deletes any lease the script took: one taken after the
 	// goodbye would block its slot fleet-wide for a TTL. A script already
@@ -410,8 +408,25 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	// written it before this script runs: a tick under way now may write
 	// it after, and its reply come before this one's.
 	ticked := l.ticked
+	var limits []int64
+	if l.cfg.mode == FailStatic && (l.cfg.clock.Now().Before(l.rejoin) || l.failingSince.Load() != 0) {
+		limits = l.rejoinLimitsLocked(cands)
+	}
+	// Under way until its reply is in, when the lease it took, if any, is
+	// held: the limits of acquires that begin meanwhile count it.
+	for _, ep := range cands {
+		ep.trying++
+	}
+	trying := true
 	l.mu.Unlock()
 	defer l.wg.Done()
+	defer func() {
+		if trying { // no lease: it failed or closed
+			l.mu.Lock()
+			l.triedLocked(cands)
+			l.mu.Unlock()
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(l.bg, cancel)()
@@ -464,6 +479,8 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.triedLocked(cands)
+	trying = false
 	if gone == 1 && ticked {
 		l.rejoinLocked(l.cfg.clock.Now(), l.replicas)
 	}
@@ -483,6 +500,13 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool, li
 	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
 	l.addLocked(ls)
 	return ls, nil
+}
+
+// triedLocked ends the count of an acquire under way on cands.
+func (l *Limiter) triedLocked(cands []*endpoint) {
+	for _, ep := range cands {
+		ep.trying--
+	}
 }
 
 // tryLocal grants a lease from this process's share of a cap, for use while
