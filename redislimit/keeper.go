@@ -25,15 +25,23 @@ func (l *Limiter) keep() {
 	d := time.Duration(0) // first tick at once: learn the replica count
 	for {
 		t := l.cfg.clock.NewTimer(d)
-		select {
-		case <-l.done:
-			t.Stop()
-			return
-		case <-l.retry:
-			t.Stop()
-			d = l.cfg.probe
-			continue
-		case <-t.C():
+		for fired := false; !fired; {
+			select {
+			case <-l.done:
+				t.Stop()
+				return
+			case <-l.retry:
+				// A fallback began: probe from now on. Unless a tick has
+				// ended it already (the signal came while this goroutine
+				// was about to tick): the renew interval stands, or the
+				// heartbeat and leases could expire before the next tick.
+				// A timer that fired meanwhile ticks at once.
+				if l.inFallback() && t.Stop() {
+					t = l.cfg.clock.NewTimer(l.cfg.probe)
+				}
+			case <-t.C():
+				fired = true
+			}
 		}
 		l.tick()
 		d = l.cfg.renew

@@ -315,6 +315,37 @@ func TestRenewalKeepsLongCallsLeases(t *testing.T) {
 	ls.Release()
 }
 
+// A fallback tells the keeper to probe from then on. The word may come as
+// the keeper is about to tick (the renew timer has fired): its tick, a
+// probe then, may reach Redis and end the fallback before the keeper reads
+// the word. Read then, it is stale: the keeper must go on ticking every
+// renew interval, not wait a probe interval, or, with a probe interval
+// longer than the TTL, its leases and its heartbeat expire in Redis while
+// its calls run. The test leaves the word as that race does: unread, with
+// no fallback.
+func TestStaleFallbackSignalKeepsTheRenewInterval(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	l := f.limiter(t, WithProbeInterval(time.Minute))
+	ls, err := l.Acquire(ctx, eps(1))
+	require.NoError(t, err)
+	defer ls.Release()
+	f.settle(t, 1)
+
+	l.retry <- struct{}{}
+	require.Eventually(t, func() bool { return len(l.retry) == 0 }, testTimeout, time.Millisecond)
+	require.False(t, l.Stats().Fallback)
+	trips := l.Stats().RoundTrips
+	for range 4 { // past the TTL
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	assert.Equal(t, trips+4, l.Stats().RoundTrips, "a tick every renew interval")
+	other, err := f.limiter(t).TryAcquire(ctx, eps(1))
+	require.NoError(t, err)
+	assert.Nil(t, other, "the lease of a running call expired in Redis")
+}
+
 func TestExpiredLeaseCountsAsLost(t *testing.T) {
 	f := newFixture(t)
 	// A renew interval far past the TTL cannot be set; stop the keeper's
