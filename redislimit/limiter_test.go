@@ -69,8 +69,12 @@ func (f *fixture) limiter(t *testing.T, opts ...Option) *Limiter {
 	return l
 }
 
-// settle waits until n keepers sleep again, which each does only after its
-// tick. Tests that call it keep no call waiting, so no pump timer counts.
+// settle waits until n timers wait on the fake clock: one per keeper, which
+// arms its next only once its tick is over, and one per pump with calls
+// waiting, which arms its next only once its pass is over (tests with calls
+// waiting count those in n). A Limiter's only other timer, listen's, runs
+// while its subscription fails, which no test that calls settle makes
+// happen.
 func (f *fixture) settle(t *testing.T, n int) {
 	t.Helper()
 	require.True(t, f.clk.WaitTimers(n, testCtx(t).Done()), "keepers never went back to sleep")
