@@ -88,10 +88,12 @@
 //     outage does not fall back, but keeps to its share the same way once it
 //     reaches Redis after a failed round trip of its own (its tick) or finds
 //     that Redis lost its heartbeat (restarted or failed over); any failed
-//     round trip does that, at the cost of the share for two probe intervals.
-//     Redis's count misses the replicas not back yet, so the count before
-//     the outage stands until Redis counts again after those two intervals,
-//     also for a fallback that begins meanwhile (Redis gone again). Not
+//     round trip does that, at the cost of the share for two probe intervals;
+//     its acquires already under way then, sent with the whole cap, give
+//     back a lease that would take it past its share. Redis's count misses
+//     the replicas not back yet, so the count before the outage stands
+//     until Redis counts again after those two intervals, also for a
+//     fallback that begins meanwhile (Redis gone again). Not
 //     bounded: a replica cut off alone, while the others still reach Redis,
 //     uses its share on top of their whole cap for as long as it is cut off;
 //     and one that made no round trip while Redis, its data kept, was out of
@@ -99,14 +101,13 @@
 //     that it was, and until the others' probes takes what Redis shows free,
 //     their shares outside it not counted; one that starts while the others
 //     are still in fallback is no part of the shares they counted, and
-//     takes what Redis shows free on top of them; and one that learns of
-//     the outage from a reply to an acquire keeps to its share from then on,
-//     after that acquire, and any already under way, took a lease each
-//     where Redis showed room. A process that has
-//     never reached Redis does not know the fleet's size: without
-//     WithExpectedReplicas it takes no share, and its calls wait until Redis
-//     answers, since any share, taken by enough replicas, could overload an
-//     endpoint.
+//     takes what Redis shows free on top of them; and an acquire that Redis
+//     runs just after the tick that finds the heartbeat gone, and whose
+//     reply comes in before that tick's, keeps the lease it took where Redis
+//     showed room. A process that has never reached Redis does not know the
+//     fleet's size: without WithExpectedReplicas it takes no share, and its
+//     calls wait until Redis answers, since any share, taken by enough
+//     replicas, could overload an endpoint.
 //   - FailOpen: each process uses the whole cap, as without a Limiter.
 //   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.
 //

@@ -498,6 +498,49 @@ func TestFailStaticRejoinConcurrentAcquiresKeepToShare(t *testing.T) {
 	}
 }
 
+// Acquires under way when Redis restarts empty were sent with the cap,
+// before the process knew of the outage; Redis runs each with its heartbeat
+// gone, and each reply says so. The process keeps to its share from the
+// first of them on: the leases the others took past the share go back.
+func TestFailStaticAcquiresUnderWayAsTheHeartbeatIsFoundGoneKeepToShare(t *testing.T) {
+	const capacity, share, calls = 4, 2, 4 // a share of 2 for each of 2 expected replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	gate := &gateHook{sha: acquireScript.Hash(), n: calls, all: make(chan struct{})}
+	rdb := f.hookedClient(t, gate, acquireScript)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithExpectedReplicas(2))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1) // the first tick wrote the heartbeat
+
+	f.m.FlushAll() // Redis restarted empty: the heartbeat is gone
+	gate.armed.Store(true)
+	got := make(chan amlpool.Lease, calls)
+	for range calls {
+		go func() {
+			ls, err := l.TryAcquire(ctx, eps(capacity))
+			assert.NoError(t, err)
+			got <- ls
+		}()
+	}
+	var held []amlpool.Lease
+	for range calls {
+		if ls := <-got; ls != nil {
+			held = append(held, ls)
+		}
+	}
+	l.mu.Lock()
+	rejoining := f.clk.Now().Before(l.rejoin)
+	l.mu.Unlock()
+	require.True(t, rejoining, "no rejoin window")
+	assert.Equal(t, share, len(held), "leases held by a replica that found its heartbeat gone, with a share of %d of a cap of %d",
+		share, capacity)
+	assert.Len(t, f.leases(t, "a"), len(held), "leases given back stayed in Redis")
+	for _, ls := range held {
+		ls.Release()
+	}
+}
+
 // replyCut drops the connection that carries the next run of one script
 // after Redis has run it and answered, before go-redis reads the answer: as
 // a connection reset is to go-redis, which sends the same command again on

@@ -109,7 +109,7 @@ type endpoint struct {
 	owed   int
 	asking bool
 	over   bool              // more leases in Redis than the cap, at the last tick
-	trying int               // acquires under way with it among their candidates; guarded by Limiter.mu
+	trying int               // acquires under way that may take a lease on it; guarded by Limiter.mu
 	limit  atomic.Int64      // as configured in this process
 	held   map[string]*lease // by lease id; guarded by Limiter.mu
 	seen   []int             // limits the fleet announces, when they disagree; guarded by Limiter.mu
@@ -378,14 +378,19 @@ func (l *Limiter) rejoinLocked(now time.Time, before int) {
 // acquires under way there as held: each may take a lease.
 func (l *Limiter) rejoinLimitsLocked(cands []*endpoint) []int64 {
 	limits := make([]int64, len(cands))
-	k := max(l.replicas, l.cfg.replicas, l.rejoinReplicas, 1)
 	for i, ep := range cands {
-		limit := ep.limit.Load()
-		if share := (int(limit) + k - 1) / k; len(ep.held)+ep.trying < share {
-			limits[i] = limit
+		if len(ep.held)+ep.trying < l.rejoinShareLocked(ep) {
+			limits[i] = ep.limit.Load()
 		}
 	}
 	return limits
+}
+
+// rejoinShareLocked is what this process may hold of ep's cap while it
+// rejoins the fleet.
+func (l *Limiter) rejoinShareLocked(ep *endpoint) int {
+	k := max(l.replicas, l.cfg.replicas, l.rejoinReplicas, 1)
+	return (int(ep.limit.Load()) + k - 1) / k
 }
 
 // tryRedis runs the acquire script once. While the Limiter rejoins the
@@ -413,17 +418,21 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		limits = l.rejoinLimitsLocked(cands)
 	}
 	// Under way until its reply is in, when the lease it took, if any, is
-	// held: the limits of acquires that begin meanwhile count it.
-	for _, ep := range cands {
-		ep.trying++
+	// held: the limits of acquires that begin meanwhile count it, on each
+	// candidate it may take a lease on.
+	var counted []*endpoint
+	for i, ep := range cands {
+		if limits == nil || limits[i] > 0 {
+			ep.trying++
+			counted = append(counted, ep)
+		}
 	}
-	trying := true
 	l.mu.Unlock()
 	defer l.wg.Done()
 	defer func() {
-		if trying { // no lease: it failed or closed
+		if counted != nil { // no reply: it failed or closed
 			l.mu.Lock()
-			l.triedLocked(cands)
+			l.triedLocked(counted)
 			l.mu.Unlock()
 		}
 	}()
@@ -478,9 +487,8 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		return nil, fmt.Errorf("redislimit: acquire script: unexpected reply %v", res)
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.triedLocked(cands)
-	trying = false
+	l.triedLocked(counted)
+	counted = nil
 	if gone == 1 && ticked {
 		l.rejoinLocked(l.cfg.clock.Now(), l.replicas)
 	}
@@ -493,18 +501,29 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		}
 	}
 	if i == 0 {
+		l.mu.Unlock()
 		return nil, nil
 	}
 	ep := cands[i-1]
 	now := l.cfg.clock.Now()
+	if limits == nil && l.cfg.mode == FailStatic && now.Before(l.rejoin) &&
+		len(ep.held)+ep.trying >= l.rejoinShareLocked(ep) {
+		// Sent with the cap, before this process learnt of the outage
+		// (from this reply or another round trip's), it took a lease that
+		// would take the process past its share: the lease goes back.
+		l.mu.Unlock()
+		l.removeAll(l.bg, []removal{{ep.key, id}})
+		return nil, nil
+	}
 	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
 	l.addLocked(ls)
+	l.mu.Unlock()
 	return ls, nil
 }
 
-// triedLocked ends the count of an acquire under way on cands.
-func (l *Limiter) triedLocked(cands []*endpoint) {
-	for _, ep := range cands {
+// triedLocked ends the count of an acquire under way on eps.
+func (l *Limiter) triedLocked(eps []*endpoint) {
+	for _, ep := range eps {
 		ep.trying--
 	}
 }
