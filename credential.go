@@ -120,18 +120,18 @@ func (a *attempt) header() http.Header {
 }
 
 // secrets returns what must not leave a's reply or transport error: the
-// endpoint's keys, or the token sent, then its URL's secret query values
-// (querySecrets), appended to buf unless they are the keys alone.
+// endpoint's keys, or the token sent, and its headers' secret values
+// (headerSecrets), then its URL's secret query values (querySecrets),
+// appended to buf unless they are the Auth's alone.
 func (a *attempt) secrets(buf []string) []string {
 	inURL := extOf(a.slot.Ep).urlSecrets
 	switch {
 	case a.tok != "":
 		buf = append(buf, a.tok)
 	case len(inURL) == 0:
-		return a.auth.Keys()
-	default:
-		buf = append(buf, a.auth.Keys()...)
+		return a.auth.Secrets()
 	}
+	buf = append(buf, a.auth.Secrets()...)
 	return append(buf, inURL...)
 }
 

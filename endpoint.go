@@ -1,6 +1,7 @@
 package amlpool
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,9 +75,12 @@ type Endpoint struct {
 	// "azureml-model-deployment: blue" to pin an online endpoint's
 	// deployment. Authorization, Content-Type, Content-Encoding, Accept,
 	// Accept-Encoding (net/http asks for gzip and decodes it), Content-Length,
-	// Host, Connection and Transfer-Encoding cannot be set this way. Its
-	// values are not treated as secrets, but printed Endpoints show only its
-	// names.
+	// Host, Connection and Transfer-Encoding cannot be set this way.
+	// Printed Endpoints show only its names. A value may be a secret (an
+	// API Management Ocp-Apim-Subscription-Key): one of 16 characters or
+	// more is scrubbed, as keys are, from replies an error quotes and from
+	// transport errors, but Azureml-Model-Deployment's, a deployment's
+	// name.
 	Header http.Header
 	// Credential, when set instead of APIKey, gives each attempt's bearer
 	// token (see Credential). A token is a secret under every rule that
@@ -280,16 +284,17 @@ func isKey(v string, keys []string) bool {
 	return slices.ContainsFunc(keys, func(k string) bool { return k != "" && k == v })
 }
 
-// minQuerySecret is the length, decoded, from which a query value that
-// printed URLs redact is also scrubbed from quoted replies and transport
-// errors (querySecrets). A shorter one is no secret worth the name, and
+// minSecretLen is the length, decoded, from which a query value that
+// printed URLs redact, or a header's value (headerSecrets), is also
+// scrubbed from quoted replies and transport errors (querySecrets). A
+// shorter one is no secret worth the name, and
 // is likely an ordinary word or number (a SAS's sp=r, spr=https or
 // sv=2021-06-08) that scrubbing would cut out of every message; a SAS
 // sig=, a gateway's subscription-key= or a function's code= is longer.
-const minQuerySecret = 16
+const minSecretLen = 16
 
 // querySecrets returns the values of the checked URL u's query that
-// printed URLs redact (redactQuery) and that are at least minQuerySecret
+// printed URLs redact (redactQuery) and that are at least minSecretLen
 // long: a reply or a transport error may quote them (a gateway's error
 // page, a RoundTripper's error quoting the URL). Each is given as the URL
 // spells it and, when that differs, decoded; the longest first, so that a
@@ -309,7 +314,7 @@ func querySecrets(u *url.URL) []string {
 		if d, err := url.QueryUnescape(v); err == nil {
 			decoded = d
 		}
-		if len(decoded) < minQuerySecret {
+		if len(decoded) < minSecretLen {
 			continue
 		}
 		for _, s := range [...]string{v, decoded} {
@@ -503,6 +508,7 @@ func endpointCap(c Endpoint) (int, *ConfigError) {
 // shared by every request, with each key's Authorization, or without one
 // for a Credential's tokens.
 func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
+	hidden := headerSecrets(extra)
 	base := func() http.Header {
 		h := make(http.Header, len(extra)+3)
 		for k, v := range extra {
@@ -512,15 +518,44 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 		return h
 	}
 	if cred != nil {
-		return pool.NewTokenAuth(cred, base())
+		return pool.NewTokenAuth(cred, base(), hidden...)
 	}
 	headers := make([]http.Header, len(keys))
 	for k, key := range keys {
 		headers[k] = base()
 		headers[k]["Authorization"] = []string{"Bearer " + key}
 	}
-	return pool.NewAuth(keys, headers)
+	return pool.NewAuth(keys, headers, hidden...)
 }
+
+// headerSecrets returns the values of the checked header h that are
+// scrubbed, as keys are, from quoted replies and transport errors: a
+// gateway's subscription key (Ocp-Apim-Subscription-Key), a function's
+// x-functions-key, any header that carries a credential, which a reply
+// may echo. That is every value at least minSecretLen long, as net/http
+// sends it (trimmed), but Azureml-Model-Deployment's, a deployment's
+// name, which the service's own errors name. A shorter value is no
+// secret worth the name, and likely a word ("json", "blue") that
+// scrubbing would cut out of every message. It is built once per Auth.
+func headerSecrets(h http.Header) []string {
+	var out []string
+	for name, vs := range h {
+		if name == deploymentHeader {
+			continue
+		}
+		for _, v := range vs {
+			if v = strings.Trim(v, " \t"); len(v) >= minSecretLen && !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
+	return out
+}
+
+// deploymentHeader names the deployment an online endpoint's request goes
+// to; its value is no secret.
+const deploymentHeader = "Azureml-Model-Deployment"
 
 // reservedHeaders are the headers Endpoint.Header cannot set: amlpool's
 // own (the key or token, the body's type, encoding and length, the type of

@@ -343,3 +343,72 @@ func pointAttrs(d metricdata.Aggregation) []attribute.Set {
 	}
 	return out
 }
+
+// TestHeaderSecretsScrubbedFromReplies: an Endpoint.Header value of 16
+// characters or more (an API Management subscription key) is scrubbed,
+// as keys are, from every error and log line when a reply or a transport
+// error echoes it; a shorter value, and the deployment's name, stay.
+// After SetEndpoints, the new value is scrubbed.
+func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
+	const subKey, rotated = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+	const short, deployment = "short-value", "blue-deployment-3" // of 16 characters or more
+	hidden := []string{"0123456789abcdef", "fedcba9876543210"}
+	echo := func(r *http.Request) string {
+		return fmt.Sprintf("key %s tenant %s dep %s", r.Header.Get("Ocp-Apim-Subscription-Key"),
+			r.Header.Get("X-Tenant"), r.Header.Get("Azureml-Model-Deployment"))
+	}
+	replies := map[string]func(w http.ResponseWriter, r *http.Request){
+		"page": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+			fmt.Fprintf(w, "<html>%s</html>", echo(r))
+		},
+		"json": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":%q}}`, echo(r))
+		},
+		"2xx": func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "<html>%s</html>", echo(r))
+		},
+		"424": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("ms-azureml-model-error-statuscode", "500")
+			w.Header().Set("ms-azureml-model-error-reason", echo(r))
+			w.WriteHeader(http.StatusFailedDependency)
+		},
+	}
+	header := func(key string) http.Header {
+		return http.Header{"Ocp-Apim-Subscription-Key": {key}, "X-Tenant": {short}, "Azureml-Model-Deployment": {deployment}}
+	}
+	for name, reply := range replies {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			reply(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		ep := Endpoint{Name: name, URL: srv.URL + "/x", APIKey: secretKey, Header: header(subKey)}
+		if name == "424" {
+			ep.Kind, ep.MaxConcurrentCalls = Online, 1
+		}
+		o := newObserved(t, []Endpoint{ep}, WithoutRetries())
+		for _, key := range []string{subKey, rotated} {
+			ep.Header = header(key)
+			require.NoError(t, o.SetEndpoints([]Endpoint{ep}))
+			_, err := o.Do(t.Context(), []byte(`{}`))
+			require.Error(t, err, name)
+			assert.Contains(t, err.Error(), "key "+redacted, "%s: the key is scrubbed, not dropped", name)
+			assert.Contains(t, err.Error(), "tenant "+short, "%s: short values stay", name)
+			assert.Contains(t, err.Error(), "dep "+deployment, "%s: the deployment's name stays", name)
+			assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+		}
+	}
+
+	// A user's RoundTripper whose error quotes the request's headers.
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return nil, fmt.Errorf("gateway refused (%s): %w", echo(r), timeoutErr{})
+	})
+	o := newObserved(t, []Endpoint{{Name: "down", URL: "http://127.0.0.1:1/x", APIKey: secretKey, Header: header(subKey)}},
+		WithoutRetries(), WithHTTPClient(&http.Client{Transport: rt}))
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.ErrorAs(t, err, new(*url.Error))
+	assert.Contains(t, err.Error(), "key "+redacted+" tenant "+short+" dep "+deployment)
+	assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+}

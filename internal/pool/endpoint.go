@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -223,6 +224,7 @@ type Auth struct {
 	keys    []string
 	headers []http.Header
 	cred    Credential // nil for keys
+	secrets []string   // keys, then the headers' secret values (Secrets)
 }
 
 // Credential is a source of bearer tokens (the root package's Credential).
@@ -231,25 +233,36 @@ type Credential interface {
 }
 
 // NewAuth returns the Auth of keys (one or two), whose requests carry
-// headers[i] for keys[i].
-func NewAuth(keys []string, headers []http.Header) *Auth {
+// headers[i] for keys[i]. hidden are values of the headers that are
+// secrets beside the keys (Secrets).
+func NewAuth(keys []string, headers []http.Header, hidden ...string) *Auth {
 	if len(keys) == 0 || len(keys) > 2 || len(keys) != len(headers) {
 		panic("pool: NewAuth: want one or two keys, each with its headers")
 	}
-	return &Auth{keys: keys, headers: headers}
+	secrets := keys
+	if len(hidden) > 0 {
+		secrets = append(slices.Clip(keys), hidden...)
+	}
+	return &Auth{keys: keys, headers: headers, secrets: secrets}
 }
 
 // NewTokenAuth returns the Auth of an endpoint whose tokens come from cred:
 // its requests carry header plus, each, an Authorization of its own.
-func NewTokenAuth(cred Credential, header http.Header) *Auth {
+// hidden are values of header that are secrets (Secrets).
+func NewTokenAuth(cred Credential, header http.Header, hidden ...string) *Auth {
 	if cred == nil {
 		panic("pool: NewTokenAuth: nil Credential")
 	}
-	return &Auth{headers: []http.Header{header}, cred: cred}
+	return &Auth{headers: []http.Header{header}, cred: cred, secrets: hidden}
 }
 
-// Keys returns every key, for scrubbing replies; none for a token source.
+// Keys returns every key; none for a token source.
 func (a *Auth) Keys() []string { return a.keys }
+
+// Secrets returns what no reply or error may show, for scrubbing them:
+// every key (none for a token source), then the secret values of the
+// requests' headers that NewAuth or NewTokenAuth was given.
+func (a *Auth) Secrets() []string { return a.secrets }
 
 // Credential returns the token source, or nil for keys.
 func (a *Auth) Credential() Credential { return a.cred }
