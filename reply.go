@@ -126,34 +126,19 @@ func describeType(ct string) string {
 }
 
 // quote returns the start of a bad reply for an error message, keys scrubbed.
+// Only so much of the reply is scrubbed as holds every copy of a key that
+// begins in the quote, however escaped: a reply may be as long as
+// WithMaxResponseBytes.
 func quote(data []byte, keys []string) string {
+	more := false
+	if n := snippetLen + maxSpelled(keys); len(data) > n {
+		data, more = data[:n], true
+	}
 	data = scrubKey(data, keys)
-	if len(data) > snippetLen {
-		return fmt.Sprintf("%q…", strings.ToValidUTF8(string(data[:snippetLen]), "\uFFFD"))
+	if len(data) > snippetLen || more {
+		return fmt.Sprintf("%q…", strings.ToValidUTF8(string(data[:min(len(data), snippetLen)]), "\uFFFD"))
 	}
 	return fmt.Sprintf("%q", strings.ToValidUTF8(string(data), "\uFFFD"))
-}
-
-// scrubKey replaces every copy of each key in a reply with [REDACTED], so
-// that a server or proxy echoing the request's headers cannot put a key into
-// an error. It copies data only when a key is there.
-func scrubKey(data []byte, keys []string) []byte {
-	for _, key := range keys {
-		if key != "" && bytes.Contains(data, []byte(key)) {
-			data = bytes.ReplaceAll(data, []byte(key), []byte(redacted))
-		}
-	}
-	return data
-}
-
-// scrubString is scrubKey for text already decoded or formatted.
-func scrubString(s string, keys []string) string {
-	for _, key := range keys {
-		if key != "" {
-			s = strings.ReplaceAll(s, key, redacted)
-		}
-	}
-	return s
 }
 
 // isDecodeError reports whether reading a body failed in undoing its

@@ -29,6 +29,9 @@ func FuzzCheckReply(f *testing.F) {
 		{"\x7fuzz-key-0", "0"},
 		{" ", "text/plain"},
 		{`"` + strings.Repeat("x", 60) + key + `"x`, "application/problem+json"},
+		{everyByte(key, "%%%02x"), "text/html"},
+		{strings.Repeat("x", 60) + `&#102;uzz-key-0123456789`, "text/html"},
+		{`{"error":{"code":"X","message":"\u0066uzz-key-0123456789"}}`, "application/json"},
 	} {
 		f.Add([]byte(seed[0]), seed[1])
 	}
@@ -44,11 +47,20 @@ func FuzzCheckReply(f *testing.F) {
 		}
 		msg := err.Error()
 		require.NotContains(t, msg, key)
+		for name, spell := range spellings {
+			require.NotContains(t, msg, spell(key), "the key spelled %s", name)
+		}
 		// Half a key in the message must come from half a key in the reply
-		// (as the quote shows it: "\x7f" before "uzz…" spells "fuzz…"),
-		// never from a whole one cut by the quote.
+		// (as the quote shows it: "\x7f" before "uzz…" spells "fuzz…"; or
+		// escaped, as a JSON error body's message is decoded), never from
+		// a whole one cut by the quote.
 		rest := strings.ToValidUTF8(strings.ReplaceAll(string(data)+contentType, key, ""), "\uFFFD")
-		if !strings.Contains(rest, key[:10]) && !strings.Contains(strconv.Quote(rest), key[:10]) {
+		halfKey := strings.Contains(rest, key[:10]) || strings.Contains(strconv.Quote(rest), key[:10])
+		for _, enc := range []byte("%\\&") {
+			plain, _ := unescape(rest, enc)
+			halfKey = halfKey || strings.Contains(strings.ReplaceAll(plain, key, ""), key[:10])
+		}
+		if !halfKey {
 			require.NotContains(t, msg, key[:10], "a cut key")
 		}
 	})

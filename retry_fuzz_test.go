@@ -102,6 +102,9 @@ func FuzzParseAPIError(f *testing.F) {
 		{500, `{"error":{"details":[{"code":"\u0066uzz/key-0123456789","target":"fuzz/key-0123456789"}]}}`},
 		{502, "\x7fuzz/key-0123456789"},
 		{502, "<p>fuzz/key-0123456789</p>"},
+		{502, `<a href="/x?k=fuzz%2fkey-0123456789">`},
+		{502, `<p>&#102;uzz&#x2F;key-0123456789</p>`},
+		{500, `{"error":{"code":"E","message":"fuzz\u002Fkey%2D0123456789"}}`},
 	} {
 		f.Add(seed.status, []byte(seed.body))
 	}
@@ -119,6 +122,9 @@ func FuzzParseAPIError(f *testing.F) {
 		msg := e.Error()
 		require.True(t, strings.HasPrefix(msg, "amlpool: endpoint ep: HTTP "+strconv.Itoa(status)), msg)
 		require.NotContains(t, msg, key, "the key, from the body or a JSON escape")
+		for name, spell := range spellings {
+			require.NotContains(t, msg, spell(key), "the key spelled %s", name)
+		}
 		require.Equal(t, e.Throttled(), errors.Is(e, ErrThrottled))
 		if e.Throttled() {
 			require.Equal(t, 503, status)

@@ -1,0 +1,289 @@
+package amlpool
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+// This file keeps secrets (keys, tokens, the secret values of an
+// endpoint's URL and headers) out of the replies and transport errors an
+// error quotes. A server, a gateway or a proxy may echo what it was sent,
+// and not always as it was sent: a gateway's page may show the URL
+// percent-encoded ("%2B" for a key's '+'), a JSON body may escape it
+// ("\u002b", "\/", encoding/json's HTML-safe "\u003c"), an HTML page may
+// spell it in entities ("&#43;", "&amp;"). So a text is searched for each
+// secret as it is and, for each of the three encodings whose escapes it
+// holds ('%', '\\' or '&'), once more with those escapes undone
+// (unescape), each match being replaced, escapes and all, by [REDACTED].
+// Each encoding is undone alone: a text is one encoding's (a URL, a JSON
+// body, an HTML page), and a secret may hold what reads as another's
+// escape ("%2B" in a SAS), which its echo keeps as it is. Only the replies
+// and errors an error quotes are searched: a call that succeeds pays
+// nothing.
+//
+// A secret escaped twice over ("%252B", JSON of an HTML page) is not
+// found, nor one spelled in a form none of these encoders produces.
+
+// scrubKey replaces every copy of each secret in a reply with [REDACTED]
+// (scrubString), so that a server or proxy echoing the request's headers
+// cannot put a key into an error. It copies data only when a secret may be
+// there.
+func scrubKey(data []byte, secrets []string) []byte {
+	if !bytes.ContainsAny(data, "%\\&") && !slices.ContainsFunc(secrets, func(s string) bool {
+		return s != "" && bytes.Contains(data, []byte(s))
+	}) {
+		return data
+	}
+	return []byte(scrubString(string(data), secrets))
+}
+
+// scrubString returns s with every copy of each secret replaced by
+// [REDACTED]: as it is, and as percent-encoding (in either case), JSON or
+// HTML escaping spell it, whole or in part. A secret with a space is also
+// found with '+' for it, as a query encodes it. The order of secrets does
+// not matter: copies that overlap are replaced as one.
+func scrubString(s string, secrets []string) string {
+	var spans []span
+	for _, secret := range secrets {
+		spans = appendMatches(spans, s, secret, nil)
+	}
+	for _, enc := range [...]byte{'%', '\\', '&'} {
+		if strings.IndexByte(s, enc) < 0 {
+			continue
+		}
+		if text, from := unescape(s, enc); from != nil {
+			for _, secret := range secrets {
+				spans = appendMatches(spans, text, secret, from)
+			}
+		}
+	}
+	if len(spans) == 0 {
+		return s
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.start - b.start })
+	var b strings.Builder
+	last := 0
+	for i := 0; i < len(spans); {
+		start, end := spans[i].start, spans[i].end
+		for i++; i < len(spans) && spans[i].start <= end; i++ {
+			end = max(end, spans[i].end)
+		}
+		b.WriteString(s[last:start])
+		b.WriteString(redacted)
+		last = end
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// span is the part [start, end) of a text that holds a secret.
+type span struct{ start, end int }
+
+// appendMatches appends to spans where secret is in text, and its form
+// with '+' for each space. from is nil when text is the one scrubbed;
+// otherwise text is it unescaped, and from maps text back (unescape).
+func appendMatches(spans []span, text, secret string, from []int) []span {
+	if secret == "" {
+		return spans
+	}
+	for k := 0; k < 2; k++ {
+		if k == 1 {
+			if !strings.Contains(secret, " ") {
+				break
+			}
+			secret = strings.ReplaceAll(secret, " ", "+")
+		}
+		for i := 0; ; {
+			j := strings.Index(text[i:], secret)
+			if j < 0 {
+				break
+			}
+			start, end := i+j, i+j+len(secret)
+			i = end
+			if from != nil {
+				// From the escape that gave the first byte to the end of
+				// the one that gave the last: a rune's bytes share their
+				// escape, and from[len(text)] is past every escape.
+				next := end
+				for from[next] == from[end-1] {
+					next++
+				}
+				start, end = from[start], from[next]
+			}
+			spans = append(spans, span{start, end})
+		}
+	}
+	return spans
+}
+
+// unescape returns s with the escapes of one encoding undone, enc being
+// the byte they begin with: '%' for %XX (either case); '\\' for JSON's \"
+// \\ \/ \b \f \n \r \t and \uXXXX (a surrogate pair as one rune); '&' for
+// HTML's &#NNN; &#xHHH; and &amp; &lt; &gt; &quot; &apos; &plus; &sol;
+// &equals;. from[i] is the offset in s of the escape (or byte) that gave
+// text's byte i, and from[len(text)] is len(s). It returns a nil from when
+// s holds no such escape.
+func unescape(s string, enc byte) (text string, from []int) {
+	b := make([]byte, 0, len(s))
+	from = make([]int, 0, len(s)+1)
+	undone := false
+	for i := 0; i < len(s); {
+		n := 0
+		if s[i] == enc {
+			b, n = unescapeOne(b, s[i:])
+		}
+		if n > 0 {
+			undone = true
+		} else {
+			b, n = append(b, s[i]), 1
+		}
+		for len(from) < len(b) {
+			from = append(from, i)
+		}
+		i += n
+	}
+	if !undone {
+		return s, nil
+	}
+	return string(b), append(from, len(s))
+}
+
+// unescapeOne undoes the escape s begins with: it appends to b what the
+// escape stands for and returns the escape's length, or 0 when s begins
+// with none.
+func unescapeOne(b []byte, s string) ([]byte, int) {
+	if len(s) < 2 {
+		return b, 0
+	}
+	switch s[0] {
+	case '%':
+		if len(s) >= 3 {
+			if h, ok := hexValue(s[1:3]); ok {
+				return append(b, byte(h)), 3
+			}
+		}
+	case '\\':
+		switch c := s[1]; c {
+		case '"', '\\', '/':
+			return append(b, c), 2
+		case 'b':
+			return append(b, '\b'), 2
+		case 'f':
+			return append(b, '\f'), 2
+		case 'n':
+			return append(b, '\n'), 2
+		case 'r':
+			return append(b, '\r'), 2
+		case 't':
+			return append(b, '\t'), 2
+		case 'u':
+			if len(s) < 6 {
+				break
+			}
+			r, ok := hexValue(s[2:6])
+			if !ok {
+				break
+			}
+			if utf8.ValidRune(rune(r)) {
+				return utf8.AppendRune(b, rune(r)), 6
+			}
+			// A surrogate: the first half of a pair, or nothing to undo.
+			if r < 0xdc00 && len(s) >= 12 && s[6] == '\\' && s[7] == 'u' {
+				if lo, ok := hexValue(s[8:12]); ok && lo >= 0xdc00 && lo < 0xe000 {
+					return utf8.AppendRune(b, rune(0x10000+(r-0xd800)<<10+(lo-0xdc00))), 12
+				}
+			}
+		}
+	case '&':
+		if end := strings.IndexByte(s[:min(len(s), maxEntity)], ';'); end > 0 {
+			if r, ok := entityRune(s[1:end]); ok {
+				return utf8.AppendRune(b, r), end + 1
+			}
+		}
+	}
+	return b, 0
+}
+
+// maxEntity bounds the length of an HTML entity unescape undoes, its ';'
+// included: "&#x10FFFF;", "&#1114111;", "&equals;".
+const maxEntity = 10
+
+// entityRune returns the rune the HTML entity name (between '&' and ';')
+// stands for.
+func entityRune(name string) (rune, bool) {
+	switch name {
+	case "amp":
+		return '&', true
+	case "lt":
+		return '<', true
+	case "gt":
+		return '>', true
+	case "quot":
+		return '"', true
+	case "apos":
+		return '\'', true
+	case "plus":
+		return '+', true
+	case "sol":
+		return '/', true
+	case "equals":
+		return '=', true
+	}
+	if len(name) < 2 || name[0] != '#' {
+		return 0, false
+	}
+	var r int
+	if digits := name[1:]; digits[0] == 'x' || digits[0] == 'X' {
+		h, ok := hexValue(digits[1:])
+		if !ok {
+			return 0, false
+		}
+		r = h
+	} else {
+		for i := 0; i < len(digits); i++ {
+			if digits[i] < '0' || digits[i] > '9' {
+				return 0, false
+			}
+			r = r*10 + int(digits[i]-'0')
+		}
+	}
+	if !utf8.ValidRune(rune(r)) {
+		return 0, false
+	}
+	return rune(r), true
+}
+
+// hexValue returns the value of the hex digits s (1 to 6 of them).
+func hexValue(s string) (int, bool) {
+	if len(s) == 0 || len(s) > 6 {
+		return 0, false
+	}
+	v := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | int(c)
+	}
+	return v, true
+}
+
+// maxSpelled is how long a copy of the longest of secrets may be once
+// escaped: an escape is at most maxEntity bytes long, for a byte or more.
+func maxSpelled(secrets []string) int {
+	n := 0
+	for _, s := range secrets {
+		n = max(n, len(s))
+	}
+	return n * maxEntity
+}

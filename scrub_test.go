@@ -1,0 +1,199 @@
+package amlpool
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"html"
+	"html/template"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// spellings are the ways a server may echo a secret it was sent: as it
+// is, percent-encoded (either case, in part or every byte), JSON-escaped
+// (as encoding/json does, HTML-safe or not, with "\/" as some encoders
+// do, every rune as \u), HTML-escaped (html.EscapeString, html/template,
+// every rune as an entity).
+var spellings = map[string]func(string) string{
+	"raw":           func(s string) string { return s },
+	"query":         url.QueryEscape,
+	"query lower":   func(s string) string { return lowerEscapes(url.QueryEscape(s)) },
+	"path":          url.PathEscape,
+	"every byte %":  func(s string) string { return everyByte(s, "%%%02X") },
+	"every byte %x": func(s string) string { return everyByte(s, "%%%02x") },
+	"json": func(s string) string {
+		js, _ := json.Marshal(s)
+		return string(js[1 : len(js)-1])
+	},
+	"json not HTML-safe": func(s string) string {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		enc.Encode(s)
+		return strings.TrimSuffix(b.String(), "\n")[1 : b.Len()-2]
+	},
+	"json \\/": func(s string) string {
+		js, _ := json.Marshal(s)
+		return strings.ReplaceAll(string(js[1:len(js)-1]), "/", `\/`)
+	},
+	"every rune \\u": func(s string) string { return everyRune(s, `\u%04x`, true) },
+	"every rune \\U": func(s string) string { return everyRune(s, `\u%04X`, true) },
+	"html":           html.EscapeString,
+	"html/template":  template.HTMLEscapeString,
+	"every rune &#":  func(s string) string { return everyRune(s, "&#%d;", false) },
+	"every rune &#x": func(s string) string { return everyRune(s, "&#x%X;", false) },
+	"query in json": func(s string) string {
+		js, _ := json.Marshal(url.QueryEscape(s))
+		return string(js[1 : len(js)-1])
+	},
+}
+
+var escapeRE = regexp.MustCompile(`%[0-9A-F]{2}`)
+
+func lowerEscapes(s string) string { return escapeRE.ReplaceAllStringFunc(s, strings.ToLower) }
+
+func everyByte(s, format string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, format, s[i])
+	}
+	return b.String()
+}
+
+// everyRune spells each rune of s in format; utf16 spells a rune past
+// U+FFFF as a surrogate pair, as JSON does.
+func everyRune(s, format string, utf16 bool) string {
+	var b strings.Builder
+	for _, r := range s {
+		if utf16 && r > 0xffff {
+			r -= 0x10000
+			fmt.Fprintf(&b, format+format, 0xd800+r>>10, 0xdc00+r&0x3ff)
+			continue
+		}
+		fmt.Fprintf(&b, format, r)
+	}
+	return b.String()
+}
+
+// Each spelling of a secret is replaced whole by [REDACTED], and the text
+// around it stays.
+func TestScrubStringSpellings(t *testing.T) {
+	for _, secret := range []string{
+		"k3y+With/Slash=Eq==",
+		`a&b<c>d'e"f\g h%41i`,
+		"ünïcödé-kéy-😀-0123456789",
+	} {
+		for name, spell := range spellings {
+			s := spell(secret)
+			for _, text := range []string{s, "before " + s + " after", `{"m":"` + s + `"}`} {
+				want := strings.Replace(text, s, redacted, 1)
+				assert.Equal(t, want, scrubString(text, []string{secret}), "%s of %q", name, secret)
+				assert.Equal(t, want, string(scrubKey([]byte(text), []string{secret})), "%s of %q", name, secret)
+			}
+		}
+	}
+	// Text without a secret is left as it is, escapes and all, and not copied.
+	for _, text := range []string{"", "plain", "100% &amp; \\u0041 %zz &#xZZ; &#99999999; \\ud800", "%2B&#43;\\u002b"} {
+		assert.Equal(t, text, scrubString(text, []string{"s3cr3t-key-value"}))
+		data := []byte(text)
+		if out := scrubKey(data, []string{"s3cr3t-key-value"}); len(data) > 0 && !strings.ContainsAny(text, "%\\&") {
+			assert.Same(t, &data[0], &out[0], "copied")
+		}
+	}
+	// Copies of two secrets that overlap go as one, in any order.
+	for _, secrets := range [][]string{{"0123456789", "456789abcdef"}, {"456789abcdef", "0123456789"}} {
+		assert.Equal(t, "<[REDACTED]>", scrubString("<0123456789abcdef>", secrets))
+		assert.Equal(t, "<[REDACTED]>", scrubString("<0123%34%35%36789abcdef>", secrets))
+	}
+	assert.Equal(t, "q=[REDACTED]&x", scrubString("q=my+pass+phrase&x", []string{"my pass phrase"}), "a space as '+'")
+}
+
+// A server that echoes the key it was sent, encoded, gets it into no
+// error: a gateway's page that percent-encodes it, an error body that
+// JSON-escapes it, an HTML page that spells it in entities.
+func TestEncodedKeyScrubbedFromReplies(t *testing.T) {
+	const key = "Ab+Cd/Ef=Gh+Ij/Kl==" // base64, as the service's keys are
+	var hidden []string
+	for _, spell := range spellings {
+		hidden = append(hidden, spell(key))
+	}
+	bearer := func(r *http.Request) string { return strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ") }
+	replies := map[string]func(w http.ResponseWriter, r *http.Request){
+		"page": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+			fmt.Fprintf(w, "<html>no backend for /x?key=%s</html>", url.QueryEscape(bearer(r)))
+		},
+		"json": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":"key %s refused"}}`, everyRune(bearer(r), `\u%04x`, true))
+		},
+		"2xx": func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "<html>%s</html>", template.HTMLEscapeString(bearer(r)))
+		},
+	}
+	for name, reply := range replies {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			reply(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		o := newObserved(t, []Endpoint{{Name: name, URL: srv.URL + "/x", APIKey: key}}, WithoutRetries())
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), redacted, name)
+		assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+	}
+}
+
+// FuzzScrubString: a secret spelled in any of spellings, amid any text, is
+// gone from the scrubbed text, as it is and once its escapes are undone;
+// text the secret is not in is left as it is. A spelling other than the
+// raw one is set off by spaces: an escape the text before it begins
+// ("\\" before "\u0041") would make it mean something else.
+func FuzzScrubString(f *testing.F) {
+	f.Add("before ", "k3y+With/Slash=Eq==", " after", uint8(0))
+	f.Add("%4", "1bc", "&#", uint8(3))
+	f.Add(`\`, `"quoted"`, `\u00`, uint8(8))
+	f.Add("&amp", "ünïcödé-😀", ";", uint8(11))
+	f.Add("x", "h%41i&#43;\\u002b", "y", uint8(5))
+	f.Add("0", "&#0;\\b", "0", uint8(9))
+	names := slices.Sorted(maps.Keys(spellings))
+	f.Fuzz(func(t *testing.T, before, secret, after string, which uint8) {
+		if secret == "" || !utf8.ValidString(secret) || strings.IndexFunc(secret, isControl) >= 0 ||
+			strings.ContainsAny(secret, "[]") || strings.Contains(redacted, secret) {
+			// JSON cannot spell invalid UTF-8, nor html/template a NUL, and
+			// no key, token or header value has a control character;
+			// [REDACTED] may complete a secret it overlaps.
+			return
+		}
+		name := names[int(which)%len(names)]
+		spelled := spellings[name](secret)
+		text := before + spelled + after
+		if name != "raw" {
+			text = before + " " + spelled + " " + after
+		}
+		out := scrubString(text, []string{secret})
+		require.NotContains(t, out, secret, "%s: %q", name, text)
+		require.NotContains(t, out, spelled, "%s: %q", name, text)
+		nul := strings.Contains(before, "\x00")
+		for _, enc := range []byte("%\\&") {
+			undone, _ := unescape(out, enc)
+			require.NotContains(t, undone, secret, "%s: %q, %c undone", name, text, enc)
+			plain, _ := unescape(before, enc)
+			nul = nul || strings.Contains(plain, "\x00")
+		}
+		if !nul {
+			require.Equal(t, before, scrubString(before, []string{"\x00" + secret}), "a text without the secret changed")
+		}
+	})
+}
