@@ -2,7 +2,6 @@ package amlpool
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 )
@@ -61,7 +60,11 @@ func (f CredentialFunc) Token(ctx context.Context) (string, error) { return f(ct
 
 // CredentialError is the error of an attempt whose Credential gave no
 // usable token: nothing was sent. errors.Is and errors.As reach the
-// Credential's own error through it. Its text never holds a token.
+// Credential's own error through it. Neither its text nor that of any
+// error it wraps holds a token: a Credential's error that quotes the
+// token it also returned is a scrubbed copy, which errors.Is still sees
+// through, but in which errors.As finds by their type only the errors
+// whose text did not hold it.
 type CredentialError struct {
 	Endpoint string // the endpoint's Name
 	Err      error  // the Credential's error, or what was wrong with its token
@@ -89,7 +92,7 @@ func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 	case err != nil:
 		// The Credential's error might quote its token: scrub it anyway.
 		if tok != "" {
-			err = &scrubbedError{err: err, msg: scrubString(err.Error(), []string{tok})}
+			err = scrubTree(err, func(s string) string { return scrubString(s, []string{tok}) })
 		}
 		return &CredentialError{Endpoint: ep.Name(), Err: err}
 	case tok == "":
@@ -142,26 +145,6 @@ func invalidate(cred Credential, tok string) {
 		inv.Invalidate(tok)
 	}
 }
-
-// scrubbedError is an error whose text was scrubbed of a secret; errors.Is
-// and errors.As still reach it. It holds no secret of its own.
-type scrubbedError struct {
-	err error
-	msg string // err's text, scrubbed
-}
-
-func (e *scrubbedError) Error() string { return e.msg }
-func (e *scrubbedError) Unwrap() error { return e.err }
-
-// Timeout reports whether err is a timeout, so that an *url.Error around
-// e still says so (url.Error.Timeout asks its Err alone).
-func (e *scrubbedError) Timeout() bool {
-	var t interface{ Timeout() bool }
-	return errors.As(e.err, &t) && t.Timeout()
-}
-
-// Format prints Error whatever the verb.
-func (e *scrubbedError) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.msg, e.msg) }
 
 // credentialName describes a Credential for printed Endpoints: its type,
 // never its value (whose own String might show a token).

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 )
 
@@ -59,9 +58,11 @@ func newTransport() *http.Transport {
 // Do would return: an *url.Error of Op "Post" (Classify reads it), with
 // Do's word for an https:// URL whose server speaks plain HTTP; but it
 // names the URL as spans show it (redactedURL), its query's values
-// redacted, with the user's client too; and the error it wraps is
-// scrubbed of the URL (a user's RoundTripper may quote it) and of secrets
-// (a malformed reply's bytes may echo a key).
+// redacted, with the user's client too; and the errors it wraps, every
+// one errors.Unwrap reaches, are scrubbed of the URL (a user's
+// RoundTripper may quote it, or go through a client of its own whose
+// *url.Error names it) and of secrets (a malformed reply's bytes may echo
+// a key): scrubError.
 func (c *Client) roundTrip(req *http.Request, secrets []string) (*http.Response, error) {
 	if !c.ownsHTTP {
 		resp, err := c.http.Do(req)
@@ -78,24 +79,6 @@ func (c *Client) roundTrip(req *http.Request, secrets []string) (*http.Response,
 		return nil, &url.Error{Op: "Post", URL: redactedURL(req.URL), Err: scrubError(err, req.URL, secrets)}
 	}
 	return resp, nil
-}
-
-// scrubError returns err, or, when its text holds the URL u as sent or
-// one of secrets, a *scrubbedError that shows u as redactedURL does and
-// secrets as [REDACTED], errors.Is and errors.As still reaching err.
-func scrubError(err error, u *url.URL, secrets []string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	scrubbed := msg
-	if raw := u.String(); u.RawQuery != "" && strings.Contains(msg, raw) {
-		scrubbed = strings.ReplaceAll(msg, raw, redactedURL(u))
-	}
-	if scrubbed = scrubString(scrubbed, secrets); scrubbed == msg {
-		return err
-	}
-	return &scrubbedError{err: err, msg: scrubbed}
 }
 
 // noRedirects keeps a key from following a redirect to another URL. The 3xx

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -411,4 +412,116 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 	require.ErrorAs(t, err, new(*url.Error))
 	assert.Contains(t, err.Error(), "key "+redacted+" tenant "+short+" dep "+deployment)
 	assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+}
+
+// TestNoSecretInAnyWrappedError: every error a transport or Credential
+// error wraps, as errors.Unwrap walks them, is scrubbed too, not the top
+// one only: no error of the chain shows a secret in its text, and no
+// *url.Error in it (a user's RoundTripper going through a client of its
+// own, or wrapping one by hand) shows the raw URL; errors.Is and
+// errors.As still reach the causes (context.DeadlineExceeded, a timeout,
+// a *net.OpError, ECONNREFUSED).
+func TestNoSecretInAnyWrappedError(t *testing.T) {
+	const sig = "sv1gN4tuRe%2Bslash%2F0123456789"
+	const query = "?api-version=2.0&sp=r&sig=" + sig
+	hidden := []string{"sv1gN4tuRe", "sp=r"}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := "http://" + l.Addr().String() + "/x"
+	require.NoError(t, l.Close())
+	for name, tc := range map[string]struct {
+		rt    roundTripFunc
+		check func(t *testing.T, err error)
+	}{
+		"nested client": {
+			rt: func(r *http.Request) (*http.Response, error) {
+				resp, err := (&http.Client{}).Do(r)
+				if err == nil {
+					resp.Body.Close()
+					err = errors.New("unexpected reply")
+				}
+				return nil, err
+			},
+			check: func(t *testing.T, err error) {
+				assert.ErrorAs(t, err, new(*net.OpError))
+				assert.ErrorIs(t, err, syscall.ECONNREFUSED)
+			},
+		},
+		"wrapped by hand": {
+			rt: func(r *http.Request) (*http.Response, error) {
+				inner := &url.Error{Op: "Post", URL: r.URL.String(), Err: context.DeadlineExceeded}
+				return nil, fmt.Errorf("giving up on %s: %w", r.URL.Query().Get("sig"), inner)
+			},
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, context.DeadlineExceeded)
+				uerr, _ := errors.AsType[*url.Error](err)
+				assert.True(t, uerr.Timeout())
+			},
+		},
+		"joined": {
+			rt: func(r *http.Request) (*http.Response, error) {
+				return nil, errors.Join(&url.Error{Op: "Post", URL: r.URL.String(), Err: timeoutErr{}}, io.ErrUnexpectedEOF)
+			},
+			check: func(t *testing.T, err error) {
+				assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+				assert.ErrorAs(t, err, new(timeoutErr))
+			},
+		},
+	} {
+		o := newObserved(t, []Endpoint{{Name: "down", URL: refused + query, APIKey: secretKey}}, WithoutRetries(),
+			WithHTTPClient(&http.Client{Transport: tc.rt}))
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.Error(t, err, name)
+		var urlErrs int
+		walkErrors(err, func(e error) {
+			for _, s := range hidden {
+				assert.NotContains(t, e.Error(), s, "%s: %T in the chain", name, e)
+				assert.NotContains(t, fmt.Sprintf("%#v", e), s, "%s: %T in the chain, printed with %%#v", name, e)
+			}
+			if ue, ok := e.(*url.Error); ok {
+				urlErrs++
+				assert.Equal(t, refused+"?api-version=2.0&sp=[REDACTED]&sig=[REDACTED]", ue.URL, "%s: a *url.Error in the chain", name)
+			}
+		})
+		assert.Equal(t, 2, urlErrs, "%s: the client's *url.Error and the one it wraps", name)
+		// errors.As finds the innermost too, from the error that wraps it.
+		inner, ok := errors.AsType[*url.Error](errors.Unwrap(errors.Unwrap(err)))
+		require.True(t, ok, name)
+		assert.NotContains(t, inner.URL, "sv1gN4tuRe", name)
+		tc.check(t, err)
+		assertNoSecret(t, o, map[string]any{"error": err}, hidden[:1])
+	}
+
+	// A Credential's error that quotes its token in an *url.Error's URL.
+	const token = "eyJ0eXAi.s3cr3t-token"
+	cred := CredentialFunc(func(context.Context) (string, error) {
+		return token, fmt.Errorf("refresh: %w", &url.Error{Op: "Get", URL: "https://login.example/t?refresh=" + token, Err: context.DeadlineExceeded})
+	})
+	o := newObserved(t, []Endpoint{{Name: "cred", URL: refused, Kind: Online, MaxConcurrentCalls: 1, Credential: cred}}, WithoutRetries())
+	_, err = o.Do(t.Context(), []byte(`{}`))
+	require.ErrorAs(t, err, new(*CredentialError))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	walkErrors(err, func(e error) {
+		assert.NotContains(t, e.Error(), "s3cr3t", "%T in the chain", e)
+		if ue, ok := e.(*url.Error); ok {
+			assert.Equal(t, "https://login.example/t?refresh="+redacted, ue.URL)
+		}
+	})
+}
+
+// walkErrors calls f with err and every error it wraps, as errors.Is
+// walks them.
+func walkErrors(err error, f func(error)) {
+	if err == nil {
+		return
+	}
+	f(err)
+	switch w := err.(type) {
+	case interface{ Unwrap() error }:
+		walkErrors(w.Unwrap(), f)
+	case interface{ Unwrap() []error }:
+		for _, e := range w.Unwrap() {
+			walkErrors(e, f)
+		}
+	}
 }

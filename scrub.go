@@ -2,6 +2,9 @@ package amlpool
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -287,3 +290,123 @@ func maxSpelled(secrets []string) int {
 	}
 	return n * maxEntity
 }
+
+// scrubError returns err as it is, or, when its text holds the URL u as
+// sent or one of secrets, or an error it wraps does, a scrubbed copy
+// (scrubTree) that shows u as redactedURL does and secrets as [REDACTED].
+func scrubError(err error, u *url.URL, secrets []string) error {
+	raw, shown := u.String(), redactedURL(u)
+	return scrubTree(err, func(s string) string {
+		if u.RawQuery != "" {
+			s = strings.ReplaceAll(s, raw, shown)
+		}
+		return scrubString(s, secrets)
+	})
+}
+
+// scrubTree returns err as it is when scrub leaves its text, and the text
+// of every error it wraps, as they are; otherwise a copy of it whose every
+// error, as errors.Unwrap, errors.Is and errors.As walk them, is scrubbed:
+// an *url.Error a copy with its URL and Err scrubbed, another error that
+// changed a *scrubbedError. No error the copy reaches shows what scrub
+// took out, in its text or in an *url.Error's URL: a caller that prints
+// each error of the chain, or the URL of the one errors.As finds, sees
+// none of it. An error that wraps none that changed, and whose own text
+// scrub leaves, is kept as it is, so errors.As still finds it by its type
+// (a *net.OpError, a syscall.Errno) and errors.Is by its value
+// (context.DeadlineExceeded).
+func scrubTree(err error, scrub func(string) string) error {
+	out, _ := scrubNode(err, scrub)
+	return out
+}
+
+// scrubNode is scrubTree, reporting whether err changed.
+func scrubNode(err error, scrub func(string) string) (error, bool) {
+	if err == nil {
+		return nil, false
+	}
+	if ue, ok := err.(*url.Error); ok {
+		if ue == nil {
+			return err, false
+		}
+		inner, changed := scrubNode(ue.Err, scrub)
+		if shown := scrub(ue.URL); changed || shown != ue.URL {
+			return &url.Error{Op: ue.Op, URL: shown, Err: inner}, true
+		}
+		return err, false
+	}
+	var next []error
+	changed := false
+	switch w := err.(type) {
+	case interface{ Unwrap() error }:
+		if inner := w.Unwrap(); inner != nil {
+			inner, changed = scrubNode(inner, scrub)
+			next = []error{inner}
+		}
+	case interface{ Unwrap() []error }:
+		for _, inner := range w.Unwrap() {
+			inner, c := scrubNode(inner, scrub)
+			next, changed = append(next, inner), changed || c
+		}
+	}
+	msg := err.Error()
+	shown := scrub(msg)
+	if shown == msg && !changed {
+		return err, false
+	}
+	s := scrubbed{err: err, msg: shown}
+	if _, joined := err.(interface{ Unwrap() []error }); joined {
+		return &scrubbedErrors{s, next}, true
+	}
+	e := &scrubbedError{scrubbed: s}
+	if len(next) > 0 {
+		e.next = next[0]
+	}
+	return e, true
+}
+
+// scrubbed is what scrubTree keeps of an error it had to copy: its text,
+// scrubbed, and the error itself, never shown, to answer errors.Is and
+// Timeout as it would.
+type scrubbed struct {
+	err error
+	msg string
+}
+
+func (e *scrubbed) Error() string { return e.msg }
+
+// Is reports whether the error is target by its own Is method; errors.Is
+// goes on to what it wraps (Unwrap) by itself.
+func (e *scrubbed) Is(target error) bool {
+	is, ok := e.err.(interface{ Is(error) bool })
+	return ok && is.Is(target)
+}
+
+// Timeout reports whether the error, or one it wraps, is a timeout, so
+// that an *url.Error around it still says so (url.Error.Timeout asks its
+// Err alone).
+func (e *scrubbed) Timeout() bool {
+	var t interface{ Timeout() bool }
+	return errors.As(e.err, &t) && t.Timeout()
+}
+
+// Format prints Error whatever the verb.
+func (e *scrubbed) Format(f fmt.State, verb rune) { formatRedacted(f, verb, e.msg, e.msg) }
+
+// scrubbedError is scrubTree's copy of an error that wraps one error, or
+// none. It holds no secret of its own.
+type scrubbedError struct {
+	scrubbed
+	next error // what the error wraps, scrubbed
+}
+
+func (e *scrubbedError) Unwrap() error { return e.next }
+
+// scrubbedErrors is scrubTree's copy of an error that wraps several (an
+// errors.Join). It holds no secret of its own.
+type scrubbedErrors struct {
+	scrubbed
+	next []error // what the error wraps, scrubbed
+}
+
+func (e *scrubbedErrors) Unwrap() []error { return e.next }
