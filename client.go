@@ -632,6 +632,8 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		data, err := readBody(resp.Body, resp.ContentLength, c.cfg.maxResponseBytes)
 		if err != nil {
+			// A user's RoundTripper's body may fail quoting the URL.
+			err = scrubError(err, req.URL, keys)
 			if isDecodeError(err) {
 				err = &malformedError{err}
 			}
@@ -653,6 +655,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 		// part of the body that came is not quoted: a key it echoed may be
 		// cut in two, out of the scrub's reach.
 		data = nil
+		cut = scrubError(cut, req.URL, keys)
 	} else {
 		cut = nil
 	}

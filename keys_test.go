@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/iotest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -416,7 +418,7 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 
 // TestNoSecretInAnyWrappedError: every error a transport or Credential
 // error wraps, as errors.Unwrap walks them, is scrubbed too, not the top
-// one only: no error of the chain shows a secret in its text, and no
+// one only, and so is the error of a reply's body that failed to read: no error of the chain shows a secret in its text, and no
 // *url.Error in it (a user's RoundTripper going through a client of its
 // own, or wrapping one by hand) shows the raw URL; errors.Is and
 // errors.As still reach the causes (context.DeadlineExceeded, a timeout,
@@ -490,6 +492,27 @@ func TestNoSecretInAnyWrappedError(t *testing.T) {
 		assert.NotContains(t, inner.URL, "sv1gN4tuRe", name)
 		tc.check(t, err)
 		assertNoSecret(t, o, map[string]any{"error": err}, hidden[:1])
+	}
+
+	// A reply whose body fails, quoting the URL and the key, after a 2xx
+	// status or another.
+	for _, status := range []int{200, 500} {
+		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			body := io.MultiReader(strings.NewReader("{"), iotest.ErrReader(fmt.Errorf("stream of %s with %s broke: %w",
+				r.URL, r.Header.Get("Authorization"), io.ErrUnexpectedEOF)))
+			return &http.Response{StatusCode: status, Header: http.Header{}, Body: io.NopCloser(body), ContentLength: -1, Request: r}, nil
+		})
+		o := newObserved(t, []Endpoint{{Name: "cut", URL: refused + query, APIKey: secretKey}}, WithoutRetries(),
+			WithHTTPClient(&http.Client{Transport: rt}))
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF, status)
+		assert.Contains(t, err.Error(), "sig=[REDACTED] with Bearer [REDACTED] broke", status)
+		walkErrors(err, func(e error) {
+			for _, s := range append(hidden, secretKey) {
+				assert.NotContains(t, e.Error(), s, "%d: %T in the chain", status, e)
+			}
+		})
+		assertNoSecret(t, o, map[string]any{"error": err}, []string{hidden[0], secretKey})
 	}
 
 	// A Credential's error that quotes its token in an *url.Error's URL.
