@@ -394,8 +394,15 @@ func limited(e *pool.Endpoint) LimitedEndpoint {
 // acquireShared asks the Limiter, through acquire, for a slot on slot's
 // endpoint or, failing that, on another endpoint this process has a free
 // slot for; the local slot follows the Limiter's choice. It gives a the
-// slot and the lease it ends with.
+// slot and the lease it ends with. Unless it does, slot goes back, also
+// when the Limiter or its Lease panics.
 func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool.Slot, acquire func(context.Context, []LimitedEndpoint) (Lease, error), a *attempt) error {
+	kept := false
+	defer func() {
+		if !kept {
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
+		}
+	}()
 	cands := []LimitedEndpoint{limited(slot.Ep)}
 	eps := []*pool.Endpoint{slot.Ep}
 	set := c.pool.Set()
@@ -411,12 +418,10 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	defer done()
 	lease, err := acquire(wctx, cands)
 	if err != nil {
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return staleWait(ctx, wctx, err)
 	}
 	if i := lease.Index(); i > 0 && i < len(eps) {
 		if other, ok := c.pool.TryTake(eps[i]); ok {
-			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 			a.slot, a.lease = other, lease
 			return nil
 		}
@@ -426,17 +431,16 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 		// for the Limiter's slot on it instead.
 		lease.Release()
 		if lease, err = acquire(wctx, cands[:1]); err != nil {
-			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 			return staleWait(ctx, wctx, err)
 		}
 	}
 	if slot.Ep.Removed() {
 		// Removed while the call waited: no attempt starts there now.
 		lease.Release()
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return errEndpointsChanged
 	}
 	a.slot, a.lease = slot, lease
+	kept = true
 	return nil
 }
 
@@ -457,21 +461,65 @@ func (c *Client) attempt(ctx context.Context, cl *call, a *attempt, body []byte)
 // exchange is the part of an attempt that touches no call state, so that two
 // copies of one attempt can run it at once (hedge.go): it sends the request
 // on a's slot, judges what came back, and gives the slot back.
+//
+// A callback of the user's that panics on the way (a Credential, a
+// RoundTripper, a propagator, the classifier, a Lease, a HealthLink) panics
+// the call, but the slot goes back first (see unwind).
 func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 	if c.tel != nil {
 		ctx = c.tel.startAttempt(ctx, a)
 	}
+	stage := holding
+	defer func() {
+		if stage != exchanged {
+			c.unwind(a, stage)
+		}
+	}()
 	a.auth, a.key = a.slot.Ep.Key()
 	a.tok = ""
 	a.data, a.err = c.send(ctx, a, body)
 	a.latency = c.cfg.clock.Now().Sub(a.start)
 	c.judge(ctx, a)
 	if a.lease != nil {
+		stage = leaseBack
 		a.lease.Release()
 	}
+	stage = released
 	c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter}, &a.fx)
 	if c.health != nil {
 		c.reportHealth(a)
+	}
+	stage = exchanged
+}
+
+// exchangeStage is how far an exchange got: what it still holds.
+type exchangeStage uint8
+
+const (
+	holding   exchangeStage = iota // the slot and the lease
+	leaseBack                      // the slot; the lease's Release was called
+	released                       // nothing: the slot was given back with the attempt's result
+	exchanged                      // done
+)
+
+// unwind cleans up after an exchange that panicked at stage, as the panic
+// goes on to the call. A slot still held goes back unsent, after the
+// lease (unless the lease's own Release is what panicked), so the attempt
+// counts as none, in Stats as in the metrics, and tells nothing of the
+// endpoint; its span ends with errPanicked. An attempt that panicked once
+// its slot was back with its result (in a HealthLink's Report) is
+// concluded for the telemetry as Stats counts it.
+func (c *Client) unwind(a *attempt, stage exchangeStage) {
+	if stage == released {
+		c.done(a)
+		return
+	}
+	if a.span != nil {
+		defer endPanicked(a)
+	}
+	defer c.pool.Release(a.slot, &pool.Report{Result: pool.Unsent}, nil) // even if the lease's Release panics
+	if stage == holding && a.lease != nil {
+		a.lease.Release()
 	}
 }
 

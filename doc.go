@@ -180,6 +180,14 @@
 // [ErrRequestTooLarge] for a row too large for a request. Keys never appear
 // in errors, logs or [Stats].
 //
+// A function of yours that panics while a call runs it (a [Credential], the
+// RoundTripper of [WithHTTPClient], a propagator, a classifier, a
+// [Limiter], its [Lease] or HealthLink, a [Balancer]) panics that call with
+// the same value; it is not recovered. The Client stays as it was: the
+// call's slot and lease are given back and its spans end first. An attempt
+// that panicked before its slot went back counts as no attempt, in [Stats]
+// as in the metrics, and tells nothing of its endpoint's health.
+//
 // # Observability
 //
 // [WithMeterProvider] records OpenTelemetry metrics: per endpoint, request

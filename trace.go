@@ -46,7 +46,8 @@ func (o propagatorOption) apply(c *config) { c.propagator = o.p }
 // the service about the caller's traces, so none are sent unless asked for.
 func WithTracePropagation(p propagation.TextMapPropagator) Option { return propagatorOption{p} }
 
-// errPanicked is the error of a traced call that panicked, for its span.
+// errPanicked is the error of a traced call, or attempt, that panicked,
+// for its span.
 var errPanicked = errors.New("amlpool: the call panicked")
 
 // startCall starts the span of one call.
@@ -100,5 +101,13 @@ func endAttempt(a *attempt) {
 		a.span.SetAttributes(keyErrorType.String(errorType(a)))
 		a.span.SetStatus(codes.Error, a.err.Error())
 	}
+	a.span.End()
+}
+
+// endPanicked ends the span of attempt a, which panicked before it had an
+// outcome.
+func endPanicked(a *attempt) {
+	a.span.SetAttributes(keyWait.Float64(a.slotWait.Seconds()))
+	a.span.SetStatus(codes.Error, errPanicked.Error())
 	a.span.End()
 }

@@ -1,0 +1,181 @@
+package amlpool
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+)
+
+// armedRT is a RoundTripper that panics once each time it is armed, and
+// otherwise sends through http.DefaultTransport.
+type armedRT struct{ armed *atomic.Bool }
+
+func (rt armedRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	if rt.armed.Swap(false) {
+		panic("callback bug")
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// armedPropagator is a propagator whose Inject panics once each time it
+// is armed.
+type armedPropagator struct {
+	propagation.TraceContext
+	armed *atomic.Bool
+}
+
+func (p armedPropagator) Inject(ctx context.Context, c propagation.TextMapCarrier) {
+	if p.armed.Swap(false) {
+		panic("callback bug")
+	}
+	p.TraceContext.Inject(ctx, c)
+}
+
+// armedLimiter grants the first candidate's slot at once. Its Acquire, or
+// with onRelease its leases' Release, panics once each time it is armed.
+// It counts the leases it holds.
+type armedLimiter struct {
+	armed     *atomic.Bool
+	onRelease bool
+	held      atomic.Int64
+}
+
+func (l *armedLimiter) Acquire(ctx context.Context, cands []LimitedEndpoint) (Lease, error) {
+	if !l.onRelease && l.armed.Swap(false) {
+		panic("callback bug")
+	}
+	l.held.Add(1)
+	return armedLease{l}, nil
+}
+
+type armedLease struct{ l *armedLimiter }
+
+func (armedLease) Index() int { return 0 }
+func (a armedLease) Release() {
+	a.l.held.Add(-1)
+	if a.l.onRelease && a.l.armed.Swap(false) {
+		panic("callback bug")
+	}
+}
+
+// armedSharer is an armedLimiter that shares health through link.
+type armedSharer struct {
+	armedLimiter // never armed
+	link         armedLink
+}
+
+func (s *armedSharer) ShareHealth([]LimitedEndpoint, func(HealthEvent)) HealthLink { return s.link }
+
+// armedLink is a HealthLink whose Report panics once each time it is
+// armed.
+type armedLink struct{ armed *atomic.Bool }
+
+func (l armedLink) Report(HealthEvent) {
+	if l.armed.Swap(false) {
+		panic("callback bug")
+	}
+}
+func (armedLink) SetEndpoints([]LimitedEndpoint) {}
+func (armedLink) Close()                         {}
+
+// A callback of the user's that panics during an attempt (a RoundTripper,
+// a Credential, a propagator, the classifier, a Limiter, its Lease or its
+// HealthLink) panics the call with the same value, but leaves nothing
+// behind: the slot and the Limiter's lease are back, every span ended, the
+// metrics agree with Stats, and the next call goes through on the same
+// one slot. An attempt that panicked before its slot went back counts as
+// none.
+func TestAPanickingCallbackLeavesNothingHeld(t *testing.T) {
+	firstFails := func(n int64) int { // the classifier and the HealthLink hear of a failure
+		if n == 1 {
+			return 500
+		}
+		return 200
+	}
+	for _, tc := range []struct {
+		name  string
+		reply func(int64) int
+		opts  func(armed *atomic.Bool, ep *Endpoint) []Option
+		// counted: the attempt had its result when the callback panicked.
+		counted bool
+		lim     *armedLimiter // the Limiter whose leases must all be back
+	}{
+		{name: "RoundTripper", opts: func(armed *atomic.Bool, _ *Endpoint) []Option {
+			return []Option{WithHTTPClient(&http.Client{Transport: armedRT{armed}})}
+		}},
+		{name: "Credential", opts: func(armed *atomic.Bool, ep *Endpoint) []Option {
+			ep.APIKey, ep.SecondaryKey = "", ""
+			ep.Credential = CredentialFunc(func(context.Context) (string, error) {
+				if armed.Swap(false) {
+					panic("callback bug")
+				}
+				return "a-token-of-some-length", nil
+			})
+			return nil
+		}},
+		{name: "propagator", opts: func(armed *atomic.Bool, _ *Endpoint) []Option {
+			return []Option{WithTracePropagation(armedPropagator{armed: armed})}
+		}},
+		{name: "classifier", reply: firstFails, opts: func(armed *atomic.Bool, _ *Endpoint) []Option {
+			return []Option{WithClassifier(func(err error) Verdict {
+				if armed.Swap(false) {
+					panic("callback bug")
+				}
+				return Classify(err)
+			})}
+		}},
+		{name: "Limiter", lim: &armedLimiter{}},
+		{name: "Lease", lim: &armedLimiter{onRelease: true}},
+		{name: "HealthLink", reply: firstFails, counted: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var armed atomic.Bool
+			reply := tc.reply
+			if reply == nil {
+				reply = always(200)
+			}
+			srv := newFakeAML(t, reply)
+			ep := srv.endpoint("a", 1)
+			var opts []Option
+			switch {
+			case tc.opts != nil:
+				opts = tc.opts(&armed, &ep)
+			case tc.lim != nil:
+				tc.lim.armed = &armed
+				opts = []Option{WithLimiter(tc.lim)}
+			default: // HealthLink
+				opts = []Option{WithLimiter(&armedSharer{armedLimiter{armed: new(atomic.Bool)}, armedLink{&armed}})}
+			}
+			o := newObserved(t, []Endpoint{ep}, opts...)
+
+			armed.Store(true)
+			assert.PanicsWithValue(t, "callback bug", func() { _, _ = o.Do(t.Context(), []byte(`{}`)) })
+			require.False(t, armed.Load(), "the callback ran")
+			st := o.Stats().Endpoints[0]
+			require.Zero(t, st.InFlight, "the slot is back")
+			if tc.lim != nil {
+				require.Zero(t, tc.lim.held.Load(), "the lease is back")
+			}
+			calls := int64(0)
+			if tc.counted {
+				calls = 1
+			}
+			assert.Equal(t, calls, st.Calls)
+			assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+			for _, s := range o.spans.Ended() {
+				assert.Equal(t, codes.Error, s.Status().Code, "span %s", s.Name())
+			}
+			assertStatsAgree(t, o)
+
+			_, err := o.Do(t.Context(), []byte(`{}`))
+			require.NoError(t, err, "the one slot serves the next call")
+			assertStatsAgree(t, o)
+		})
+	}
+}
