@@ -307,17 +307,26 @@ type attempt struct {
 }
 
 // acquire takes a slot for the call's next attempt, a, and, with
-// telemetry, records how long that took, and logs a spell of shedding that
-// the call's shed started.
+// telemetry, records how long that took (also when a Balancer or a Limiter
+// panics), and logs a spell of shedding that the call's shed started.
 func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	if c.tel == nil {
 		_, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
 		return err
 	}
 	start := c.cfg.clock.Now()
+	recorded := false
+	defer func() {
+		if !recorded {
+			// A Balancer or a Limiter panicked: the wait is recorded like
+			// any other before the panic goes on.
+			c.tel.waited(c.cfg.clock.Now().Sub(start), errPanicked)
+		}
+	}()
 	spell, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
+	recorded = true
 	if spell {
 		c.tel.shed(Priority(pool.PriorityOf(ctx)), c.cfg.maxWaiting)
 	}

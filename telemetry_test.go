@@ -537,6 +537,50 @@ func TestTraceOfACallWhoseBalancerPanics(t *testing.T) {
 	assert.Equal(t, attribute.IntValue(0), spanAttrs(spans[0])[keyAttempts])
 }
 
+// A call waiting in line whose Balancer panics picking for it (in the
+// release of the call ahead) records its wait for a slot, like any call
+// that leaves the line, before it panics.
+func TestSlotWaitOfACallWhoseBalancerPanicsInLine(t *testing.T) {
+	arrived, reply := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-reply
+		io.WriteString(w, `{"Results":{}}`)
+	}))
+	defer srv.Close()
+	var armed atomic.Bool
+	o := newObserved(t, []Endpoint{{Name: "a", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}},
+		WithBalancer(panicky{&armed}))
+	queued := make(chan struct{}, 1)
+	o.pool.OnQueue = func() { queued <- struct{}{} }
+	first := make(chan error, 1)
+	go func() {
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		first <- err
+	}()
+	<-arrived
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = o.Do(t.Context(), []byte(`{}`))
+	}()
+	<-queued
+	o.clock.Advance(time.Second)
+	armed.Store(true) // the pick for the waiting call, in the first call's release
+	close(reply)
+	require.NoError(t, <-first)
+	require.Equal(t, "balancer bug", <-panicked)
+
+	rm := o.collect(t)
+	n, sum := histogram(t, rm, "amlpool.slot.wait.duration", keyErrorType.String("_OTHER"))
+	assert.EqualValues(t, 1, n, "the waiting call's wait")
+	assert.Equal(t, 1.0, sum)
+	n, _ = histogram(t, rm, "amlpool.slot.wait.duration")
+	assert.EqualValues(t, 2, n, "both calls' waits")
+	assertStatsAgree(t, o)
+}
+
 // panickyFirstFree is firstFree, but for the pick it panics in each time
 // it is armed.
 type panickyFirstFree struct{ armed *atomic.Bool }
