@@ -289,15 +289,17 @@ func (p *Pool) grantLocked() {
 
 // serve looks for a free slot for w. wide reports whether w's pick could
 // use every endpoint (its exclusion was off or had lapsed). A Picker's
-// panic is kept in w.panicked, with no slot taken (a pick takes none).
+// panic is kept in w.panicked, with no slot taken (a pick takes none):
+// a custom Picker's, and a built-in one's too, which only a bug of this
+// package's could cause, since the goroutine serving the line may be Run's,
+// where a panic ends the program. (The recover costs nothing measurable:
+// serve runs under the line's lock, once per waiter served.)
 func (p *Pool) serve(w *waiter) (slot Slot, ok, wide bool) {
-	if p.cfg.Balance == Custom {
-		defer func() {
-			if r := recover(); r != nil {
-				w.panicked, slot, ok = r, Slot{}, false
-			}
-		}()
-	}
+	defer func() {
+		if r := recover(); r != nil {
+			w.panicked, slot, ok = r, Slot{}, false
+		}
+	}()
 	x := &w.x
 	slot, ok = p.TryAcquire(x)
 	if !ok && x.On && !p.set.Load().UsableOutside(&x.Tried) {

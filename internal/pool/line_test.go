@@ -292,6 +292,37 @@ func TestPoolPickerPanicReachesItsCallOnly(t *testing.T) {
 	assert.Equal(t, []int{0}, inFlight(p))
 }
 
+// A built-in Picker that panics, which only a bug of this package's can
+// make it do (here, in its random source), panics the call it was picking
+// for, as a custom one does, and not the goroutine serving the line: a
+// release of another call, Update, or Run, where a panic ends the program.
+func TestPoolBuiltInPickerPanicReachesItsCallOnly(t *testing.T) {
+	t.Parallel()
+	var armed atomic.Bool
+	rnd := lockedRand(1, 2)
+	p, _ := newTestPool(t, Config{Balance: Random, Rand: func() uint64 {
+		if armed.Swap(false) {
+			panic("picker bug")
+		}
+		return rnd()
+	}}, testSpecs(1, 1))
+	a, b := acquire(t, p), acquire(t, p)
+	queued := make(chan struct{})
+	p.OnQueue = func() { close(queued) }
+	panicked := make(chan any, 1)
+	go func() {
+		panicked <- recovered(func() { _, _ = p.Acquire(context.Background(), &Exclusion{}, -1) })
+	}()
+	<-queued
+
+	armed.Store(true) // PickRandom draws for the waiting call in a's release
+	require.Nil(t, recovered(func() { release(p, a) }), "the release does not panic")
+	assert.Equal(t, "picker bug", <-panicked)
+	assert.Zero(t, p.Waiting())
+	release(p, b)
+	assert.Equal(t, []int{0, 0}, inFlight(p))
+}
+
 // A call's Exclusion stays where its caller keeps it (a Client keeps it in
 // the call, on the stack of Do): taking and giving back a slot allocates
 // nothing, whatever the Picker.
