@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +36,12 @@ type Client struct {
 	tel      *telemetry   // metrics, traces and logs; nil when none is configured
 	hedge    *hedger      // nil unless WithHedging or WithHedgingQuantile
 	attempts *deadlines   // ends attempts at WithAttemptTimeout
-	// kinds counts the attempts of every Name the Client was ever given,
-	// by outcome (addExt); New and SetEndpoints (under update) write it.
+	// kinds counts the attempts of every Name the Client has, and of the
+	// last keptRemovedNames it removed, by outcome (addExt); gone lists
+	// those removed, oldest first (forget). New and SetEndpoints (under
+	// update) write them.
 	kinds map[string]*outcomeCounts
+	gone  []string
 
 	// With a Limiter (health_shared.go):
 	health HealthLink                 // its shared health; nil without any
@@ -114,11 +118,12 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 }
 
 // addExt gives each spec the Client's data for its endpoint. A spec that
-// bears a Name the Client was given before, live, draining or long
-// removed, counts its attempts by outcome with that Name's counts: the
-// metrics' series are the Name's, and a counter's must not go back when
-// the Name is given another URL, or comes back after it was removed. The
-// counts are kept for the Client's life, 72 bytes per Name.
+// bears a Name the Client was given before, live, draining or removed,
+// counts its attempts by outcome with that Name's counts: the metrics'
+// series are the Name's, and a counter's must not go back when the Name
+// is given another URL, or comes back after it was removed. The counts of
+// a removed Name are kept until keptRemovedNames others have been removed
+// since (forget).
 func (c *Client) addExt(specs []pool.Spec) {
 	if c.kinds == nil {
 		c.kinds = make(map[string]*outcomeCounts, len(specs))
@@ -132,6 +137,59 @@ func (c *Client) addExt(specs []pool.Spec) {
 		}
 		s.Ext = &epExt{id: endpointID(s.URL.String()), tel: newEpTelemetry(s.Name, s.URL, kinds), urlSecrets: querySecrets(s.URL)}
 	}
+}
+
+// keptRemovedNames is how many removed Names the Client keeps the
+// outcome counts of, 72 bytes each, for when one comes back: a Client
+// given ever new Names (a pod's, say) keeps a bounded number, and one that
+// takes an endpoint out for a while and gives it back again (maintenance)
+// does not remove a thousand others meanwhile.
+const keptRemovedNames = 1000
+
+// forget follows an Update to the live endpoints specs that made changes:
+// it notes the Names it removed, and forgets the counts of the oldest
+// removed Names past keptRemovedNames, each once its endpoints have
+// drained (one still listed may be given back, with its counts, by a
+// later Update).
+func (c *Client) forget(specs []pool.Spec, changes []pool.Change) {
+	removed := false
+	for _, ch := range changes {
+		removed = removed || ch.Kind == pool.Removed
+	}
+	if !removed && len(c.gone) == 0 {
+		return
+	}
+	live := make(map[string]bool, len(specs))
+	for i := range specs {
+		live[specs[i].Name] = true
+	}
+	// A Name given back is live again; one given another URL was never
+	// gone (its old endpoint drains under it).
+	c.gone = slices.DeleteFunc(c.gone, func(name string) bool { return live[name] })
+	for _, ch := range changes {
+		if ch.Kind == pool.Removed && !live[ch.Name] {
+			c.gone = append(c.gone, ch.Name)
+		}
+	}
+	excess := len(c.gone) - keptRemovedNames
+	if excess <= 0 {
+		return
+	}
+	listed := make(map[string]bool)
+	for _, e := range c.pool.Endpoints() {
+		listed[e.Name()] = true
+	}
+	kept := c.gone[:0]
+	for _, name := range c.gone {
+		if excess > 0 && !listed[name] {
+			delete(c.kinds, name)
+			excess--
+			continue
+		}
+		kept = append(kept, name)
+	}
+	clear(c.gone[len(kept):])
+	c.gone = kept
 }
 
 // SetEndpoints replaces the Client's endpoints while calls run. The set is
@@ -179,9 +237,11 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 			Problem: fmt.Sprintf("%s, but the Client's endpoints are %s; SetEndpoints keeps the Kind given to New", k, c.kind)}
 	}
 	c.addExt(specs)
-	for _, ch := range c.pool.Update(specs) {
+	changes := c.pool.Update(specs)
+	for _, ch := range changes {
 		c.tel.changed(ch)
 	}
+	c.forget(specs, changes)
 	if c.limiter != nil {
 		c.nextGeneration() // calls waiting at the Limiter choose again
 		if c.health != nil {

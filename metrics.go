@@ -59,7 +59,10 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // the Name of one still draining, or a removed Name comes back,
 // amlpool.endpoint.calls goes on from where it was (a counter never goes
 // back) and counts the old endpoint's last attempts too, while Stats lists
-// the new endpoint with its own counts from 0.
+// the new endpoint with its own counts from 0. The Client keeps a removed
+// Name's counts until it has removed 1,000 other Names since, so that one
+// given ever new Names (a pod's, say) does not keep counts for each: a
+// Name that comes back after that starts again from 0.
 //
 // Two Clients on one MeterProvider report the same series for endpoints of
 // the same name; give them distinct names or distinct providers.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -797,6 +798,45 @@ func TestMetricsOfANameRemovedAndAddedBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 4, intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success")))
 	assert.EqualValues(t, 1, o.Stats().Endpoints[0].Calls, "Stats lists the new endpoint's own calls")
+}
+
+// A removed Name's counts are kept while fewer than keptRemovedNames other
+// Names were removed since: given back then, its calls counter goes on.
+// After that many, they are forgotten, so that a Client given ever new
+// Names (a pod's) keeps a bounded number, and the Name starts from 0.
+func TestMetricsForgetANameLongRemoved(t *testing.T) {
+	a, b, pods := newFakeAML(t, always(200)), newFakeAML(t, always(200)), newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)})
+	ep := keyEndpoint.String("a")
+	successes := func() int64 {
+		return intValue(t, o.collect(t), "amlpool.endpoint.calls", ep, keyOutcome.String("success"))
+	}
+	pod := 0
+	// churn removes a, then n other Names, one pod's at a time.
+	churn := func(n int) {
+		require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1)}))
+		for range n + 1 {
+			pod++
+			require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1), pods.endpoint(fmt.Sprint("pod-", pod), 1)}))
+		}
+	}
+	for range 3 {
+		_, err := o.Do(t.Context(), []byte(`{}`)) // firstFree: to a
+		require.NoError(t, err)
+	}
+
+	churn(keptRemovedNames - 1)
+	require.NoError(t, o.SetEndpoints([]Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)}))
+	assert.EqualValues(t, 3, successes(), "kept: the series goes on")
+
+	churn(keptRemovedNames)
+	assert.LessOrEqual(t, len(o.kinds), keptRemovedNames+2, "b's, the last pod's, and the removed ones kept")
+	require.NoError(t, o.SetEndpoints([]Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)}))
+	assert.EqualValues(t, 0, successes(), "forgotten")
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, successes())
+	assert.EqualValues(t, 1, o.Stats().Endpoints[0].Calls)
 }
 
 // headersRead is a RoundTripper that says when a reply's headers are in,
