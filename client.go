@@ -338,6 +338,9 @@ type attempt struct {
 	// slotWait is how long the attempt waited for its slot, with telemetry.
 	slotWait time.Duration
 	hedge    bool // an extra copy racing one still in flight, not a retry
+	// panicked is what the goroutine of a hedged copy panicked with
+	// (sendCopy); nil if it did not.
+	panicked any
 	// reason says, with telemetry, why this attempt is a retry: what the
 	// attempt before came to (retryReason).
 	reason string

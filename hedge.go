@@ -46,7 +46,9 @@ func (h *hedger) after() (time.Duration, bool) {
 // endpoint is marked tried so that a retry goes elsewhere. attemptHedged
 // returns only once both copies have ended, so no goroutine or slot
 // outlives the attempt; the telemetry hears of both then, from the calling
-// goroutine.
+// goroutine. A copy that panics (a callback of the user's: a RoundTripper,
+// a Credential, a Limiter) cancels the other and, once both have ended,
+// panics the call with the same value, in the call's goroutine.
 func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, body []byte, delay time.Duration) *attempt {
 	// The copies go to goroutines: they live on the heap, so that the
 	// caller's attempt need not.
@@ -56,14 +58,15 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	firstCtx, cancelFirst := context.WithCancelCause(ctx)
 	defer cancelFirst(nil)
 	go func() {
+		defer sendCopy(a, copies)
 		c.exchange(firstCtx, a, body)
-		copies <- a
 	}()
 
 	t := c.cfg.clock.NewTimer(delay)
 	select {
 	case <-copies:
 		t.Stop()
+		a.repanic()
 		c.conclude(ctx, cl, a)
 		return a
 	case <-t.C():
@@ -75,28 +78,48 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 		if !picked && c.tel != nil {
 			// startHedge panicked (a Balancer's Pick): the call panics on,
 			// and its first copy, cancelled, is still told to the telemetry
-			// as Stats counts it, its span ended.
+			// as Stats counts it, its span ended (unless it panicked too,
+			// and was told already).
 			cancelFirst(nil)
-			c.tel.attemptDone(<-copies)
+			if f := <-copies; f.panicked == nil {
+				c.tel.attemptDone(f)
+			}
 		}
 	}()
 	h := c.startHedge(hedgeCtx, cl, a, body, copies)
 	picked = true
 	if h == nil {
 		<-copies
+		a.repanic()
 		c.conclude(ctx, cl, a)
 		return a
 	}
 
-	var winner *attempt
+	var winner, panicked *attempt
 	for range 2 {
 		r := <-copies
-		if winner == nil && r.slot.Ep != nil && r.err == nil {
+		switch {
+		case r.panicked != nil:
+			// The call panics with it: the other copy is of no use.
+			panicked = r
+			cancelFirst(nil)
+			cancelHedge(nil)
+		case winner == nil && panicked == nil && r.slot.Ep != nil && r.err == nil:
 			// The first success wins: the other copy is abandoned.
 			winner = r
 			cancelFirst(errAbandoned)
 			cancelHedge(errAbandoned)
 		}
+	}
+	if panicked != nil {
+		// Once both copies are in: the one that did not panic, if it was
+		// sent, is told to the telemetry as Stats counts it.
+		for _, r := range [...]*attempt{a, h} {
+			if r.panicked == nil && r.slot.Ep != nil {
+				c.done(r)
+			}
+		}
+		panicked.repanic()
 	}
 	ret, other := a, h
 	if winner == h {
@@ -150,16 +173,33 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 	}
 	h := &attempt{n: a.n, hedge: true}
 	go func() {
+		defer sendCopy(h, copies)
 		got := attempt{slot: slot}
 		if c.limiter != nil {
 			if err := c.acquireShared(ctx, &hx, slot, c.limiter.Acquire, &got); err != nil {
-				copies <- h
 				return
 			}
 		}
 		h.slot, h.lease = got.slot, got.lease
 		c.exchange(ctx, h, body)
-		copies <- h
 	}()
 	return h
+}
+
+// sendCopy, deferred by the goroutine of a copy of an attempt, reports
+// the copy, a, to copies once the goroutine is done. A panic there (a
+// callback of the user's: exchange has cleaned up after it) is stopped
+// and kept in a.panicked, so that the call panics with it in its own
+// goroutine (repanic), where the caller may recover it, and not in this
+// one, where it would end the program.
+func sendCopy(a *attempt, copies chan<- *attempt) {
+	a.panicked = recover()
+	copies <- a
+}
+
+// repanic panics with what a's goroutine panicked with, if it did.
+func (a *attempt) repanic() {
+	if a.panicked != nil {
+		panic(a.panicked)
+	}
 }

@@ -2,9 +2,12 @@ package amlpool
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -179,3 +182,85 @@ func TestAPanickingCallbackLeavesNothingHeld(t *testing.T) {
 		})
 	}
 }
+
+// A callback that panics in a hedged copy, which runs in a goroutine of
+// its own, panics the call in the caller's goroutine, where it can be
+// recovered, not the program; the other copy is cancelled, and nothing
+// is left held or open. Either copy may be the one: the first (before or
+// after the hedge went), or the hedge.
+func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		which string // the endpoint whose request panics
+		hedge bool   // the hedge goes before the panic
+	}{
+		{name: "first copy, alone", which: "slow"},
+		{name: "first copy, hedged", which: "slow", hedge: true},
+		{name: "hedge", which: "fast", hedge: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			slowArrived, slowReply := make(chan struct{}, 1), make(chan struct{})
+			slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				slowArrived <- struct{}{}
+				select {
+				case <-r.Context().Done():
+				case <-slowReply:
+				}
+			}))
+			defer slow.Close()
+			fastArrived, fastReply := make(chan struct{}, 1), make(chan struct{})
+			fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				fastArrived <- struct{}{}
+				select {
+				case <-r.Context().Done():
+				case <-fastReply:
+				}
+			}))
+			defer fast.Close()
+			// The RoundTripper panics for which's request once it is back.
+			target := map[string]*httptest.Server{"slow": slow, "fast": fast}[tc.which].Listener.Addr().String()
+			var armed atomic.Bool
+			rt := rtFunc(func(r *http.Request) (*http.Response, error) {
+				resp, err := http.DefaultTransport.RoundTrip(r)
+				if r.URL.Host == target && armed.Swap(false) {
+					if resp != nil {
+						resp.Body.Close()
+					}
+					panic("callback bug")
+				}
+				return resp, err
+			})
+			o := newObserved(t, []Endpoint{
+				{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+				{Name: "fast", URL: fast.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+			}, WithHedging(time.Second), WithHTTPClient(&http.Client{Transport: rt}))
+			armed.Store(true)
+			panicked := make(chan any, 1)
+			go func() {
+				defer func() { panicked <- recover() }()
+				_, _ = o.Do(t.Context(), []byte(`{}`))
+			}()
+			<-slowArrived
+			if tc.hedge {
+				require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+				o.clock.Advance(time.Second)
+				<-fastArrived
+			}
+			close(map[string]chan struct{}{"slow": slowReply, "fast": fastReply}[tc.which])
+			require.Equal(t, "callback bug", <-panicked)
+			require.False(t, armed.Load(), "the RoundTripper panicked")
+
+			for _, e := range o.Stats().Endpoints {
+				assert.Zero(t, e.InFlight, "%s's slot is back", e.Name)
+			}
+			assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+			assertStatsAgree(t, o)
+		})
+	}
+}
+
+type rtFunc func(*http.Request) (*http.Response, error)
+
+func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
