@@ -839,6 +839,42 @@ func TestMetricsForgetANameLongRemoved(t *testing.T) {
 	assert.EqualValues(t, 1, o.Stats().Endpoints[0].Calls)
 }
 
+// A removed Name whose endpoint still drains is not forgotten, however many
+// Names were removed since: SetEndpoints may give it back, the draining
+// endpoint with its counts. Once drained, the next SetEndpoints forgets it.
+func TestMetricsKeepADrainingName(t *testing.T) {
+	arrived, reply := make(chan struct{}, 1), make(chan struct{})
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-reply
+		io.WriteString(w, `{"Results":{}}`)
+	}))
+	defer a.Close()
+	b, pods := newFakeAML(t, always(200)), newFakeAML(t, always(200))
+	epA := Endpoint{Name: "a", URL: a.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}
+	o := newObserved(t, []Endpoint{epA, b.endpoint("b", 1)})
+	done := make(chan error, 1)
+	go func() {
+		_, err := o.Do(t.Context(), []byte(`{}`)) // firstFree: to a
+		done <- err
+	}()
+	<-arrived
+	require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1)}))
+	for i := range keptRemovedNames + 1 {
+		require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1), pods.endpoint(fmt.Sprint("pod-", i), 1)}))
+	}
+	_, kept := o.kinds["a"]
+	assert.True(t, kept, "draining: kept")
+	close(reply)
+	require.NoError(t, <-done)
+
+	require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1)}))
+	_, kept = o.kinds["a"]
+	assert.False(t, kept, "drained: forgotten")
+	assert.Len(t, o.gone, keptRemovedNames)
+}
+
 // headersRead is a RoundTripper that says when a reply's headers are in,
 // its body not read yet.
 type headersRead struct {
