@@ -37,7 +37,10 @@ import (
 // for a rejected key. A different token refused too is a failure (a
 // caching Credential may hold more than one token from before a
 // revocation): the call goes on to another endpoint at once, and a run of
-// such failures ejects the endpoint (WithEjection).
+// such failures ejects the endpoint (WithEjection). Neither a token's
+// 401 or 403 nor what it brings is shared with other replicas through a
+// Limiter that shares health (HealthSharer): a token, and the identity
+// behind it, is this replica's.
 type Credential interface {
 	Token(ctx context.Context) (string, error)
 }

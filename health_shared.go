@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -123,7 +124,12 @@ func (c *Client) shareHealth() {
 // release brought. An attempt whose Credential gave no token sent nothing:
 // it shows nothing of the endpoint, only of this replica's Credential, and
 // the fleet hears nothing of it, not even the ejection that such failures
-// bring here. Nor does it of a TLS fault (isTLSFault): a certificate this
+// bring here. Nor does it of a 401 or 403 to a token: each replica's
+// Credential fetches tokens of its own, for an identity that may be its
+// own, so a token refused, or refused access, is this replica's (an
+// identity without the role on the endpoint, another tenant or audience, a
+// skewed clock), and shared it would take the endpoint out of every
+// replica, or all endpoints out of the fleet. Nor does it of a TLS fault (isTLSFault): a certificate this
 // replica does not trust, as this replica's trust store may be what is
 // wrong, or a plain-HTTP answer to its TLS, which a middlebox on this
 // replica's path alone (a sidecar or an intercepting proxy that answers
@@ -133,7 +139,7 @@ func (c *Client) shareHealth() {
 // that really speaks plain HTTP with one attempt of its own, which fails
 // over at once.
 func (c *Client) reportHealth(a *attempt) {
-	if a.tok == "" && a.auth.Credential() != nil {
+	if a.auth.Credential() != nil && (a.tok == "" || a.status == http.StatusUnauthorized || a.status == http.StatusForbidden) {
 		return
 	}
 	if a.status == 0 && a.result == pool.Fault && isTLSFault(a.err) {
