@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
+	"slices"
 )
 
 // Credential is a source of bearer tokens for an endpoint (Endpoint.
@@ -64,10 +66,12 @@ func (f CredentialFunc) Token(ctx context.Context) (string, error) { return f(ct
 // CredentialError is the error of an attempt whose Credential gave no
 // usable token: nothing was sent. errors.Is and errors.As reach the
 // Credential's own error through it. Neither its text nor that of any
-// error it wraps holds a token: a Credential's error that quotes the
-// token it also returned is a scrubbed copy, which errors.Is still sees
-// through, but in which errors.As finds by their type only the errors
-// whose text did not hold it.
+// error it wraps holds a token: the one Token returned, anything shaped
+// like a JWT, and the values of a token reply's or a token request's
+// secret fields (access_token, client_secret, …) are [REDACTED]. A
+// Credential's error that holds one is a scrubbed copy, which errors.Is
+// still sees through, but in which errors.As finds by their type only the
+// errors whose text did not hold one.
 type CredentialError struct {
 	Endpoint string // the endpoint's Name
 	Err      error  // the Credential's error, or what was wrong with its token
@@ -93,10 +97,10 @@ func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 	tok, err := cred.Token(ctx)
 	switch {
 	case err != nil:
-		// The Credential's error might quote its token: scrub it anyway.
-		if tok != "" {
-			err = scrubTree(err, func(s string) string { return scrubString(s, []string{tok}) })
-		}
+		// The Credential's error might quote its token, or one it never
+		// returned: MSAL's error for a token reply it could not decode
+		// quotes the reply, access_token and all. Scrub both.
+		err = scrubTree(err, func(s string) string { return scrubTokens(s, tok) })
 		return &CredentialError{Endpoint: ep.Name(), Err: err}
 	case tok == "":
 		return &CredentialError{Endpoint: ep.Name(), Err: errEmptyToken}
@@ -109,6 +113,38 @@ func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 }
 
 var errEmptyToken = fmt.Errorf("the token is empty")
+
+var (
+	// jwtText is what looks like a JWT (a JWS, or a JWE's first parts):
+	// base64url parts joined by dots, the first a JSON header, {" in
+	// base64. Azure AD tokens and aml_tokens are JWTs.
+	jwtText = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){1,4}`)
+	// tokenField is a JSON field of a token reply that holds a token, up
+	// to the start of its value.
+	tokenField = regexp.MustCompile(`(?i)"(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion)"\s*:\s*"`)
+	// tokenParam is the same in a form or a query: name=value.
+	tokenParam = regexp.MustCompile(`(?i)\b(access_token|refresh_token|id_token|client_secret|client_assertion|assertion)=[^&\s"']+`)
+)
+
+// scrubTokens returns s, a Credential's error text, with tok, anything
+// that looks like a JWT, and the string values of a token reply's token
+// fields (access_token, client_secret, …), in JSON or in a form, redacted.
+func scrubTokens(s, tok string) string {
+	s = scrubString(s, []string{tok})
+	s = jwtText.ReplaceAllLiteralString(s, redacted)
+	s = tokenParam.ReplaceAllString(s, "${1}="+redacted)
+	for _, loc := range slices.Backward(tokenField.FindAllStringIndex(s, -1)) {
+		end := loc[1]
+		for end < len(s) && s[end] != '"' {
+			if s[end] == '\\' && end+1 < len(s) {
+				end++
+			}
+			end++
+		}
+		s = s[:loc[1]] + redacted + s[end:]
+	}
+	return s
+}
 
 // header returns the headers of a's request: the endpoint's shared ones
 // for a key, or, for a token, a copy of them with its Authorization.

@@ -132,6 +132,32 @@ func TestNoTokenOrHeaderInAnyOutput(t *testing.T) {
 	}
 }
 
+// TestNoTokenFromACredentialsError: a Credential's error that quotes a
+// token it never returned, as MSAL's does for a token reply it could not
+// decode ("json message bytes were: {…"access_token": "eyJ…"…}"), or a
+// client secret or assertion in a form, shows none of them in the error,
+// its log lines, spans or Stats; errors.Is still reaches the error.
+func TestNoTokenFromACredentialsError(t *testing.T) {
+	const jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL21sLmF6dXJlLmNvbSJ9.c2lnbmF0dXJl"
+	const opaque, refresh, secret, assertion = "opaque-s3cr3t-access", "0.AXo-refresh-s3cr3t", "Xy8Q~client-s3cr3t", "assertion-s3cr3t"
+	msal := errors.New(`ClientSecretCredential authentication failed. json decode error: json: cannot unmarshal string into Go struct field .expires_in of type int
+json message bytes were: {"token_type":"Bearer","expires_in":"3599","access_token":"` + jwt + `","refresh_token": "` + refresh + `","id_token":"` + opaque + `\"x"}
+body: grant_type=client_credentials&client_secret=` + secret + `&client_assertion=` + assertion + `&scope=https://ml.azure.com/.default`)
+	cred := CredentialFunc(func(context.Context) (string, error) { return "", msal })
+	o := newObserved(t, []Endpoint{{Name: "e", URL: "https://e.invalid/score", Kind: Online, MaxConcurrentCalls: 1, Credential: cred}},
+		WithoutRetries())
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.ErrorIs(t, err, msal)
+	credErr, ok := errors.AsType[*CredentialError](err)
+	require.True(t, ok)
+	assertNoSecret(t, o, map[string]any{"error": err, "*CredentialError": credErr, "Stats": o.Stats()},
+		[]string{jwt, "eyJhdWQi", "c2lnbmF0dXJl", opaque, refresh, secret, assertion})
+	assert.Contains(t, err.Error(), `"access_token":"[REDACTED]"`)
+	assert.Contains(t, err.Error(), "client_secret=[REDACTED]&")
+	assert.Contains(t, err.Error(), "scope=https://ml.azure.com/.default", "what is no secret stays")
+	assert.Contains(t, err.Error(), "expires_in of type int")
+}
+
 // TestNoURLSecretInAnyOutput: a secret in an endpoint URL's query that is
 // no key of the endpoint's (an Azure SAS sig=, a code=) goes to the
 // endpoint as it is, but printed Endpoints, spans, log lines and errors,
