@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -28,10 +29,20 @@ import (
 //	                 "https://ml.azure.com", "--query", "accessToken", "-o", "tsv"]
 //	                               a command printing the token, run again
 //	                               after "tokenTTL" (default 10m) or a 401,
-//	                               or sooner: a minute before a JWT's "exp"
+//	                               or sooner: a minute before a JWT's "exp";
+//	                               killed after a minute
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
+
+// tokenCommandTimeout bounds one run of a token command, and
+// tokenCommandWaitDelay how long, once it is killed (or has exited), its
+// output is waited for: a child it started (az runs python) may hold the
+// output open after the command itself is gone.
+const (
+	tokenCommandTimeout   = time.Minute
+	tokenCommandWaitDelay = time.Second
+)
 
 // tokenExpiryMargin is how long before a JWT's expiry (its "exp" claim) a
 // command's token is replaced, and tokenMinLife how long one already that
@@ -93,10 +104,11 @@ func (f *fileToken) Invalidate(tok string) {
 // is a JWT, until tokenExpiryMargin before it expires (jwtExpiry), if that
 // comes first.
 type commandToken struct {
-	argv []string
-	ttl  time.Duration
-	now  func() time.Time
-	run  singleflight.Group
+	argv    []string
+	ttl     time.Duration
+	timeout time.Duration // of one run; 0: tokenCommandTimeout
+	now     func() time.Time
+	run     singleflight.Group
 
 	mu      sync.Mutex // guards tok and expires
 	tok     string
@@ -112,18 +124,28 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 	}
 	ch := c.run.DoChan("", func() (any, error) {
 		// Not cut short by the ctx of the caller that started it: others
-		// may wait for it too. A minute at most.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		// may wait for it too. A minute at most, the wait for the output
+		// of a child it left behind included: a run that never ended would
+		// hold every later Token.
+		timeout := cmp.Or(c.timeout, tokenCommandTimeout)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		defer cancel()
 		cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
+		cmd.WaitDelay = tokenCommandWaitDelay
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("token command %s: %w%s", c.argv[0], err, lastLine(stderr.String()))
+			if rctx.Err() != nil {
+				return nil, fmt.Errorf(`"tokenCommand" %s: no token after %v; killed%s`, c.argv[0], timeout, lastLine(stderr.String()))
+			}
+			return nil, fmt.Errorf(`"tokenCommand" %s: %w%s`, c.argv[0], err, lastLine(stderr.String()))
 		}
 		tok := strings.TrimSpace(stdout.String())
-		if tok == "" || strings.ContainsAny(tok, "\r\n") {
-			return nil, fmt.Errorf("token command %s: want one line holding the token, got %d lines", c.argv[0], strings.Count(tok, "\n")+min(len(tok), 1))
+		switch lines := len(strings.FieldsFunc(tok, func(r rune) bool { return r == '\r' || r == '\n' })); {
+		case tok == "":
+			return nil, fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)%s`, c.argv[0], lastLine(stderr.String()))
+		case strings.ContainsAny(tok, "\r\n"):
+			return nil, fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
 		}
 		now := c.now()
 		expires := now.Add(c.ttl)

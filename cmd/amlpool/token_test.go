@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -90,12 +91,51 @@ func TestCommandToken(t *testing.T) {
 
 	bad := &commandToken{argv: []string{"sh", "-c", "echo secret-partial; echo 'ERROR: Please run az login' >&2; exit 1"}, ttl: time.Minute, now: time.Now}
 	_, err := bad.Token(t.Context())
-	require.ErrorContains(t, err, "token command sh: exit status 1: ERROR: Please run az login")
+	require.ErrorContains(t, err, `"tokenCommand" sh: exit status 1: ERROR: Please run az login`)
 	assert.NotContains(t, err.Error(), "secret-partial")
-	two := &commandToken{argv: []string{"sh", "-c", "echo a; echo b"}, ttl: time.Minute, now: time.Now}
+	two := &commandToken{argv: []string{"sh", "-c", "echo secret-a; echo secret-b"}, ttl: time.Minute, now: time.Now}
 	_, err = two.Token(t.Context())
-	require.ErrorContains(t, err, "want one line")
-	assert.NotContains(t, err.Error(), "a\nb")
+	require.EqualError(t, err, `"tokenCommand" sh: printed 2 lines; want the token alone on one line (for az: --query accessToken -o tsv)`)
+}
+
+// TestCommandTokenPrintsNothing: a command that exits 0 and prints no
+// token (only white space) fails, naming the field and saying so, with the
+// last line of its stderr.
+func TestCommandTokenPrintsNothing(t *testing.T) {
+	c := &commandToken{argv: []string{"sh", "-c", "printf ' \\r\\n\\n'; echo 'WARNING: no subscription' >&2"}, ttl: time.Minute, now: time.Now}
+	_, err := c.Token(t.Context())
+	require.EqualError(t, err, `"tokenCommand" sh: printed no token (exit status 0): WARNING: no subscription`)
+}
+
+// TestCommandTokenTimeout: a run that passes its timeout is killed, and
+// ends even when a child it started still holds its output open (az's
+// python, a background job): the callers waiting for it get an error
+// saying it timed out, and the next call runs the command again instead of
+// waiting on the stuck run for ever.
+func TestCommandTokenTimeout(t *testing.T) {
+	dir := t.TempDir()
+	// The first run leaves a child that holds stdout for 30 s, and hangs;
+	// the second prints a token.
+	script := `if [ -e ran ]; then echo tok-2; exit 0; fi; touch ran; sleep 30 & echo $! > child; echo 'waiting for az login' >&2; wait`
+	t.Cleanup(func() { // the child, left behind by the killed run
+		if b, err := os.ReadFile(filepath.Join(dir, "child")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				if p, err := os.FindProcess(pid); err == nil {
+					_ = p.Kill()
+				}
+			}
+		}
+	})
+	c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: time.Minute,
+		timeout: 100 * time.Millisecond, now: time.Now}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := c.Token(ctx)
+	require.NotErrorIs(t, err, context.DeadlineExceeded, "the run never ended")
+	require.EqualError(t, err, `"tokenCommand" sh: no token after 100ms; killed: waiting for az login`)
+	tok, err := c.Token(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "tok-2", tok)
 }
 
 func TestParseConfigOnline(t *testing.T) {
