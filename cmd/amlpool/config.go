@@ -70,7 +70,7 @@ type endpointConfig struct {
 	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
 	TokenFile          string            `json:"tokenFile"`    // a token in this file, read again when it changes
 	TokenCommand       []string          `json:"tokenCommand"` // a command that prints a token
-	TokenTTL           string            `json:"tokenTTL"`     // how long a command's token is used at most; default 10m (a JWT's exp may cut it short)
+	TokenTTL           string            `json:"tokenTTL"`     // how long a command's token is used before the command runs again; default 10m (a JWT's exp may cut it short)
 	APIKey             any               `json:"apiKey"`       // refused: keys come from the environment or a file
 	Token              any               `json:"token"`        // refused: tokens too
 }

@@ -30,7 +30,10 @@ import (
 //	                               a command printing the token, run again
 //	                               after "tokenTTL" (default 10m) or a 401,
 //	                               or sooner: a minute before a JWT's "exp";
-//	                               killed after a minute
+//	                               killed after a minute. A JWT is used while
+//	                               the next run is under way, and after it
+//	                               failed (run again 30 s later), until 30 s
+//	                               before its "exp"
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
@@ -102,7 +105,10 @@ func (f *fileToken) Invalidate(tok string) {
 // commandToken runs a command for its token, one run for any number of
 // callers, and keeps the token for ttl or until a 401, or, when the token
 // is a JWT, until tokenExpiryMargin before it expires (jwtExpiry), if that
-// comes first.
+// comes first. A JWT still good then (up to tokenUsableMargin before it
+// expires) goes on being handed out while the next run is under way, and
+// for tokenRetryAfterFailure after a run that failed: no call waits for the
+// command, or fails with it, while the token it has works.
 type commandToken struct {
 	argv    []string
 	ttl     time.Duration
@@ -110,54 +116,51 @@ type commandToken struct {
 	now     func() time.Time
 	run     singleflight.Group
 
-	mu      sync.Mutex // guards tok and expires
+	mu      sync.Mutex // guards tok, expires and usable
 	tok     string
-	expires time.Time
+	expires time.Time // when to run the command again
+	usable  time.Time // until when tok may be handed out while a run is due: a JWT's expiry less tokenUsableMargin, else expires
 }
 
+// tokenUsableMargin is how long before a command's JWT expires it is no
+// longer handed out, and tokenRetryAfterFailure how long after a failed
+// run the command is run again while the token it has is still usable.
+const (
+	tokenUsableMargin      = 30 * time.Second
+	tokenRetryAfterFailure = 30 * time.Second
+)
+
 func (c *commandToken) Token(ctx context.Context) (string, error) {
+	now := c.now()
 	c.mu.Lock()
-	tok, fresh := c.tok, c.now().Before(c.expires)
+	tok, fresh, usable := c.tok, now.Before(c.expires), now.Before(c.usable)
 	c.mu.Unlock()
 	if tok != "" && fresh {
 		return tok, nil
 	}
 	ch := c.run.DoChan("", func() (any, error) {
-		// Not cut short by the ctx of the caller that started it: others
-		// may wait for it too. A minute at most, the wait for the output
-		// of a child it left behind included: a run that never ended would
-		// hold every later Token.
-		timeout := cmp.Or(c.timeout, tokenCommandTimeout)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-		defer cancel()
-		cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
-		cmd.WaitDelay = tokenCommandWaitDelay
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			if rctx.Err() != nil {
-				return nil, fmt.Errorf(`"tokenCommand" %s: no token after %v; killed%s`, c.argv[0], timeout, lastLine(stderr.String()))
-			}
-			return nil, fmt.Errorf(`"tokenCommand" %s: %w%s`, c.argv[0], err, lastLine(stderr.String()))
-		}
-		tok := strings.TrimSpace(stdout.String())
-		switch lines := len(strings.FieldsFunc(tok, func(r rune) bool { return r == '\r' || r == '\n' })); {
-		case tok == "":
-			return nil, fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)%s`, c.argv[0], lastLine(stderr.String()))
-		case strings.ContainsAny(tok, "\r\n"):
-			return nil, fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
-		}
+		tok, err := c.runCommand(ctx)
 		now := c.now()
-		expires := now.Add(c.ttl)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if err != nil {
+			if c.tok != "" && now.Before(c.usable) {
+				c.expires = minTime(now.Add(tokenRetryAfterFailure), c.usable) // not at once: no run per call
+			}
+			return nil, err
+		}
+		expires, usable := now.Add(c.ttl), time.Time{}
 		if exp, ok := jwtExpiry(tok); ok {
 			expires = minTime(expires, exp.Add(-tokenExpiryMargin))
 			expires = maxTime(expires, now.Add(tokenMinLife))
+			usable = exp.Add(-tokenUsableMargin)
 		}
-		c.mu.Lock()
-		c.tok, c.expires = tok, expires
-		c.mu.Unlock()
+		c.tok, c.expires, c.usable = tok, expires, maxTime(usable, expires)
 		return tok, nil
 	})
+	if tok != "" && usable {
+		return tok, nil // the run goes on behind
+	}
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -167,6 +170,35 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+}
+
+// runCommand runs the command once and returns the token it printed. The
+// run is not cut short by ctx, the ctx of the caller that started it:
+// others may wait for it too. It lasts c.timeout at most, the wait for the
+// output of a child it left behind included: a run that never ended would
+// hold every later Token.
+func (c *commandToken) runCommand(ctx context.Context) (string, error) {
+	timeout := cmp.Or(c.timeout, tokenCommandTimeout)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
+	cmd.WaitDelay = tokenCommandWaitDelay
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if rctx.Err() != nil {
+			return "", fmt.Errorf(`"tokenCommand" %s: no token after %v; killed%s`, c.argv[0], timeout, lastLine(stderr.String()))
+		}
+		return "", fmt.Errorf(`"tokenCommand" %s: %w%s`, c.argv[0], err, lastLine(stderr.String()))
+	}
+	tok := strings.TrimSpace(stdout.String())
+	switch lines := len(strings.FieldsFunc(tok, func(r rune) bool { return r == '\r' || r == '\n' })); {
+	case tok == "":
+		return "", fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)%s`, c.argv[0], lastLine(stderr.String()))
+	case strings.ContainsAny(tok, "\r\n"):
+		return "", fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
+	}
+	return tok, nil
 }
 
 // jwtExpiry returns the expiry of tok when it is a JWT with an "exp" claim

@@ -98,6 +98,11 @@ func TestCommandToken(t *testing.T) {
 	require.EqualError(t, err, `"tokenCommand" sh: printed 2 lines; want the token alone on one line (for az: --query accessToken -o tsv)`)
 }
 
+// settleRun waits for c's run in flight, if any, to end, its token stored.
+func settleRun(c *commandToken) {
+	<-c.run.DoChan("", func() (any, error) { return nil, nil })
+}
+
 // TestCommandTokenPrintsNothing: a command that exits 0 and prints no
 // token (only white space) fails, naming the field and saying so, with the
 // last line of its stderr.
@@ -239,8 +244,65 @@ func TestCommandTokenJWTExpiry(t *testing.T) {
 			mu.Unlock()
 			_, err = c.Token(t.Context())
 			require.NoError(t, err)
+			settleRun(c) // a JWT still usable is handed out while the run goes on
 			assert.Equal(t, "2", runs(), "replaced")
 		})
+	}
+}
+
+// TestCommandTokenKeepsAUsableJWT: once a JWT is due for replacement
+// (tokenTTL), calls go on with it, without waiting, while the command runs;
+// when the run fails, they go on with it still, and the command is run
+// again 30 s later, not on every call, until 30 s before the JWT expires:
+// from then on calls wait for the command and get its error. A token that
+// is not a JWT is not used past its TTL.
+func TestCommandTokenKeepsAUsableJWT(t *testing.T) {
+	enc := base64.RawURLEncoding.EncodeToString
+	start := time.Unix(1_800_000_000, 0)
+	jwt := enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc([]byte(`{"exp":1800003600}`)) + ".c2ln" // start + 1h
+	for _, tok := range []string{jwt, "opaque-token"} {
+		dir := t.TempDir()
+		script := `n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ` +
+			`if [ $n -gt 1 ]; then echo 'ERROR: AADSTS50173: the grant has expired' >&2; exit 1; fi; echo ` + tok
+		var mu sync.Mutex
+		now := start
+		set := func(d time.Duration) { mu.Lock(); now = start.Add(d); mu.Unlock() }
+		c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: defaultTokenTTL,
+			now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+		runs := func() string {
+			b, err := os.ReadFile(filepath.Join(dir, "count"))
+			require.NoError(t, err)
+			return strings.TrimSpace(string(b))
+		}
+		got, err := c.Token(t.Context())
+		require.NoError(t, err)
+		require.Equal(t, tok, got)
+		set(defaultTokenTTL)
+		got, err = c.Token(t.Context())
+		if tok != jwt {
+			require.ErrorContains(t, err, `"tokenCommand" sh: exit status 1: ERROR: AADSTS50173`, "not a JWT: not used past its TTL")
+			continue
+		}
+		require.NoError(t, err, "the JWT is good for 50 minutes more")
+		assert.Equal(t, jwt, got)
+		settleRun(c)
+		assert.Equal(t, "2", runs())
+		for range 10 {
+			got, err = c.Token(t.Context())
+			require.NoError(t, err)
+			assert.Equal(t, jwt, got)
+			settleRun(c)
+		}
+		assert.Equal(t, "2", runs(), "not run again within 30 s of the failure")
+		set(defaultTokenTTL + tokenRetryAfterFailure)
+		got, err = c.Token(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, jwt, got)
+		settleRun(c)
+		assert.Equal(t, "3", runs(), "run again 30 s after the failure")
+		set(time.Hour - tokenUsableMargin)
+		_, err = c.Token(t.Context())
+		require.ErrorContains(t, err, `"tokenCommand" sh: exit status 1: ERROR: AADSTS50173`, "too close to its expiry")
 	}
 }
 
