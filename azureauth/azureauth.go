@@ -69,7 +69,9 @@ const (
 // rejected (Invalidate), callers wait for one fetch, which they share;
 // each stops waiting when its own ctx ends. A fetch runs for at most a
 // minute and is not cut short by the ctx of the caller that started it, so
-// that the callers waiting with it still get its token.
+// that the callers waiting with it still get its token. A token without an
+// expiry (a zero ExpiresOn), or one that has expired or expires within 30
+// seconds, is an error, which says which.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
@@ -219,6 +221,10 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 			return nil, fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)
 		case at.Token == "":
 			return nil, errors.New("azureauth: the credential gave an empty token")
+		case at.ExpiresOn.IsZero():
+			return nil, errors.New("azureauth: the credential gave a token without an expiry (AccessToken.ExpiresOn is zero): it is needed to know when to fetch the next")
+		case !at.ExpiresOn.After(now):
+			return nil, fmt.Errorf("azureauth: the credential gave a token that expired at %v, %v ago", at.ExpiresOn.UTC(), now.Sub(at.ExpiresOn).Round(time.Second))
 		case !at.ExpiresOn.After(now.Add(expiryMargin)):
 			return nil, fmt.Errorf("azureauth: the credential gave a token that expires at %v, within %v", at.ExpiresOn.UTC(), expiryMargin)
 		}

@@ -262,6 +262,32 @@ func TestErrors(t *testing.T) {
 	require.ErrorContains(t, err, "empty token")
 }
 
+// TestTokenWithoutOrPastExpiry: a token whose ExpiresOn is zero (a
+// credential that wraps a static token and leaves it unset), or in the
+// past, is refused with an error saying which, and never handed out.
+func TestTokenWithoutOrPastExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		expires func(now time.Time) time.Time
+		want    string
+	}{
+		{"zero", func(time.Time) time.Time { return time.Time{} }, "azureauth: the credential gave a token without an expiry (AccessToken.ExpiresOn is zero)"},
+		{"past", func(now time.Time) time.Time { return now.Add(-time.Hour) }, "azureauth: the credential gave a token that expired at 2026-12-01 11:00:00 +0000 UTC, 1h0m0s ago"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{t: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+			c := New(credFunc(func() (azcore.AccessToken, error) {
+				return azcore.AccessToken{Token: "secret-tok", ExpiresOn: tc.expires(clock.Now())}, nil
+			}))
+			c.now = clock.Now
+			tok, err := c.Token(context.Background())
+			require.ErrorContains(t, err, tc.want)
+			assert.Empty(t, tok)
+			assert.NotContains(t, err.Error(), "secret-tok")
+		})
+	}
+}
+
 type credFunc func() (azcore.AccessToken, error)
 
 func (f credFunc) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
