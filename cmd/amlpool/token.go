@@ -24,7 +24,9 @@ import (
 //
 //	"tokenEnv": "AML_TOKEN"        an environment variable, read once
 //	"tokenFile": "/run/aml/token"  a file, read again whenever it changes
-//	                               (another process keeps it fresh)
+//	                               (another process keeps it fresh); while
+//	                               it is missing or empty, the token read
+//	                               before goes on (fileToken)
 //	"tokenCommand": ["az", "account", "get-access-token", "--resource",
 //	                 "https://ml.azure.com", "--query", "accessToken", "-o", "tsv"]
 //	                               a command printing the token, run again
@@ -61,9 +63,13 @@ type staticToken string
 func (t staticToken) Token(context.Context) (string, error) { return string(t), nil }
 
 // fileToken reads its token from a file, again whenever the file's size or
-// time changes, or after a 401.
+// time changes, or after a 401. While the file cannot be read or is empty
+// (another process rewriting it in place: truncated, then written), the
+// token read before goes on, unless a 401 refused it or it is a JWT that
+// expires within tokenUsableMargin.
 type fileToken struct {
 	path string
+	now  func() time.Time // nil: time.Now
 
 	mu    sync.Mutex // guards the fields below
 	tok   string
@@ -73,14 +79,29 @@ type fileToken struct {
 
 func (f *fileToken) Token(context.Context) (string, error) {
 	fi, err := os.Stat(f.path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.tok != "" && fi.ModTime().Equal(f.mtime) && fi.Size() == f.size {
+	if err == nil && f.tok != "" && fi.ModTime().Equal(f.mtime) && fi.Size() == f.size {
 		return f.tok, nil
 	}
+	tok := ""
+	if err != nil {
+		err = fmt.Errorf("token file: %w", err)
+	} else {
+		tok, err = f.read()
+	}
+	if err != nil {
+		if f.tok != "" && f.usable() {
+			return f.tok, nil
+		}
+		return "", err
+	}
+	f.tok, f.mtime, f.size = tok, fi.ModTime(), fi.Size()
+	return tok, nil
+}
+
+// read reads the file's token.
+func (f *fileToken) read() (string, error) {
 	data, err := os.ReadFile(f.path)
 	if err != nil {
 		return "", fmt.Errorf("token file: %w", err)
@@ -89,8 +110,21 @@ func (f *fileToken) Token(context.Context) (string, error) {
 	if tok == "" {
 		return "", fmt.Errorf("token file %s is empty", f.path)
 	}
-	f.tok, f.mtime, f.size = tok, fi.ModTime(), fi.Size()
 	return tok, nil
+}
+
+// usable reports whether f.tok may still be used when the file cannot be
+// read: it may, unless it is a JWT that expires within tokenUsableMargin.
+func (f *fileToken) usable() bool {
+	exp, ok := jwtExpiry(f.tok)
+	if !ok {
+		return true // nothing says it is not; a 401 would
+	}
+	now := time.Now
+	if f.now != nil {
+		now = f.now
+	}
+	return now().Before(exp.Add(-tokenUsableMargin))
 }
 
 // Invalidate makes the next Token read the file again.

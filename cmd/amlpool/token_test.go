@@ -46,12 +46,63 @@ func TestFileToken(t *testing.T) {
 	tok, _ = f.Token(t.Context())
 	assert.Equal(t, "tok-44", tok)
 
+	f.Invalidate("tok-44") // refused: not used again, whatever the file
 	require.NoError(t, os.WriteFile(path, []byte(" \n"), 0o600))
 	_, err = f.Token(t.Context())
 	require.ErrorContains(t, err, "is empty")
 	require.NoError(t, os.Remove(path))
 	_, err = f.Token(t.Context())
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestFileTokenBeingRewritten: while another process rewrites the file in
+// place (truncated, then written) or replaces it (removed, then created),
+// calls go on with the token read before rather than fail, and many at
+// once: under load, every endpoint reading the file would fail those
+// attempts together, and a run of such failures ejects them. A JWT that
+// expires within 30 s is not used so; nor is a token a 401 refused.
+func TestFileTokenBeingRewritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(path, []byte("tok-1\n"), 0o600))
+	f := &fileToken{path: path}
+	tok, err := f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-1", tok)
+
+	require.NoError(t, os.WriteFile(path, nil, 0o600)) // truncated
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			tok, err := f.Token(t.Context())
+			assert.NoError(t, err)
+			assert.Equal(t, "tok-1", tok)
+		})
+	}
+	wg.Wait()
+	require.NoError(t, os.Remove(path)) // replaced: not there for a moment
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-1", tok)
+	require.NoError(t, os.WriteFile(path, []byte("tok-2\n"), 0o600)) // written
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-2", tok)
+
+	enc := base64.RawURLEncoding.EncodeToString
+	jwt := enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc([]byte(`{"exp":1800003600}`)) + ".c2ln"
+	now := time.Unix(1_800_003_600, 0).Add(-tokenUsableMargin - time.Second)
+	f = &fileToken{path: path, now: func() time.Time { return now }}
+	require.NoError(t, os.WriteFile(path, []byte(jwt), 0o600))
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, jwt, tok)
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	tok, err = f.Token(t.Context())
+	require.NoError(t, err, "31 s before its exp")
+	assert.Equal(t, jwt, tok)
+	now = now.Add(time.Second)
+	_, err = f.Token(t.Context())
+	require.ErrorContains(t, err, "is empty", "30 s before its exp")
 }
 
 // TestCommandToken: one run for many callers, kept for its TTL, run again
