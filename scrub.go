@@ -375,12 +375,10 @@ type scrubbed struct {
 
 func (e *scrubbed) Error() string { return e.msg }
 
-// Is reports whether the error is target by its own Is method; errors.Is
-// goes on to what it wraps (Unwrap) by itself.
-func (e *scrubbed) Is(target error) bool {
-	is, ok := e.err.(interface{ Is(error) bool })
-	return ok && is.Is(target)
-}
+// Is reports whether the error it copies is target, or wraps it: a
+// caller holding a sentinel whose text has a secret (a Credential's own
+// error, say) finds it, and learns nothing it did not hold.
+func (e *scrubbed) Is(target error) bool { return errors.Is(e.err, target) }
 
 // Timeout reports whether the error, or one it wraps, is a timeout, so
 // that an *url.Error around it still says so (url.Error.Timeout asks its
