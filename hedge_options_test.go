@@ -61,14 +61,18 @@ func TestHedgeOptionsValidated(t *testing.T) {
 // fleetLimiter grants the first n acquisitions at once and blocks the rest
 // until their ctx ends; it counts leases held.
 type fleetLimiter struct {
-	n      atomic.Int32
-	grant  int32
-	held   atomic.Int32
-	denied chan struct{} // gets a value each time an acquisition gives up
+	n       atomic.Int32
+	grant   int32
+	held    atomic.Int32
+	waiting chan struct{} // if not nil, gets a value each time an acquisition starts to block
+	denied  chan struct{} // gets a value each time an acquisition gives up
 }
 
 func (l *fleetLimiter) Acquire(ctx context.Context, _ []LimitedEndpoint) (Lease, error) {
 	if l.n.Add(1) > l.grant {
+		if l.waiting != nil {
+			l.waiting <- struct{}{}
+		}
 		<-ctx.Done()
 		l.denied <- struct{}{}
 		return nil, ctx.Err()
@@ -99,7 +103,7 @@ func TestHedgeWithLimiter(t *testing.T) {
 		assert.Zero(t, lim.held.Load(), "leases released")
 	})
 	t.Run("fleet full", func(t *testing.T) {
-		lim := &fleetLimiter{grant: 1, denied: make(chan struct{}, 1)}
+		lim := &fleetLimiter{grant: 1, waiting: make(chan struct{}, 1), denied: make(chan struct{}, 1)}
 		release := make(chan struct{})
 		rig := newHedgeRig(t, 2, func(_ int32, name string, w http.ResponseWriter, _ *http.Request) {
 			<-release
@@ -109,7 +113,8 @@ func TestHedgeWithLimiter(t *testing.T) {
 		<-rig.arrived
 		require.True(t, rig.clk.WaitTimers(1, t.Context().Done()))
 		rig.clk.Advance(100 * time.Millisecond)
-		close(release) // the first copy answers while the hedge waits at the Limiter
+		<-lim.waiting  // the hedge waits at the Limiter
+		close(release) // the first copy answers meanwhile
 		require.NoError(t, (<-res).err)
 		<-lim.denied
 		assert.Empty(t, rig.arrived, "the hedge was never sent")
