@@ -73,6 +73,14 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	}
 	hedgeCtx, cancelHedge := context.WithCancelCause(ctx)
 	defer cancelHedge(nil)
+	// With a Limiter the copy may have to wait for the fleet's slot: only
+	// while the first copy is out. Once that has ended, failed or not, the
+	// attempt is over and the call goes on without its copy.
+	wait, endWait := hedgeCtx, context.CancelFunc(nil)
+	if c.limiter != nil {
+		wait, endWait = context.WithCancel(hedgeCtx)
+		defer endWait()
+	}
 	picked := false
 	defer func() {
 		if !picked && c.tel != nil {
@@ -86,7 +94,7 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 			}
 		}
 	}()
-	h := c.startHedge(hedgeCtx, cl, a, body, copies)
+	h := c.startHedge(hedgeCtx, wait, cl, a, body, copies)
 	picked = true
 	if h == nil {
 		<-copies
@@ -98,6 +106,9 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	var winner, panicked *attempt
 	for range 2 {
 		r := <-copies
+		if r == a && endWait != nil {
+			endWait()
+		}
 		switch {
 		case r.panicked != nil:
 			// The call panics with it: the other copy is of no use.
@@ -139,10 +150,11 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // Client is closed, while calls wait for slots (they come first), when the
 // retry budget is spent, when the first copy has answered (copies holds it:
 // the timer fired as it came) or when the call's ctx has ended. With a
-// Limiter, the copy waits for the fleet's slot until ctx ends, that is until
-// the first copy answers; a copy that gets no slot in the end reports with no
-// endpoint.
-func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
+// Limiter, the copy waits for the fleet's slot until wait (ctx, or one
+// shorter) ends, that is until the first copy ends, whatever it came to; a
+// copy that gets no slot in the end reports with no endpoint. It is sent
+// under ctx.
+func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
 	if c.closed.Load() || c.pool.Waiting() > 0 {
 		return nil
 	}
@@ -176,7 +188,7 @@ func (c *Client) startHedge(ctx context.Context, cl *call, a *attempt, body []by
 		defer sendCopy(h, copies)
 		got := attempt{slot: slot}
 		if c.limiter != nil {
-			if err := c.acquireShared(ctx, &hx, slot, c.limiter.Acquire, &got); err != nil {
+			if err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got); err != nil {
 				return
 			}
 		}

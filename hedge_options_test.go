@@ -2,11 +2,15 @@ package amlpool
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -120,6 +124,122 @@ func TestHedgeWithLimiter(t *testing.T) {
 		assert.Empty(t, rig.arrived, "the hedge was never sent")
 		assert.Zero(t, lim.held.Load(), "leases released")
 		for _, e := range rig.c.Stats().Endpoints {
+			assert.Zero(t, e.InFlight, e.Name)
+		}
+	})
+}
+
+// heldLimiter grants the first acquisition at once; the others wait, each
+// saying so on waiting, until open is closed or their ctx ends (denied
+// counts those). It counts leases held.
+type heldLimiter struct {
+	n, held, denied atomic.Int32
+	waiting         chan struct{}
+	open            chan struct{}
+}
+
+func newHeldLimiter() *heldLimiter {
+	return &heldLimiter{waiting: make(chan struct{}, 8), open: make(chan struct{})}
+}
+
+func (l *heldLimiter) Acquire(ctx context.Context, _ []LimitedEndpoint) (Lease, error) {
+	if l.n.Add(1) > 1 {
+		l.waiting <- struct{}{}
+		select {
+		case <-l.open:
+		case <-ctx.Done():
+			l.denied.Add(1)
+			return nil, ctx.Err()
+		}
+	}
+	l.held.Add(1)
+	return heldLease{l}, nil
+}
+
+type heldLease struct{ l *heldLimiter }
+
+func (heldLease) Index() int { return 0 }
+func (h heldLease) Release() { h.l.held.Add(-1) }
+
+// heldRequest is a request a heldTransport holds until the test answers it
+// with a status.
+type heldRequest struct {
+	host, body string
+	answer     chan int
+}
+
+// heldTransport holds every request, in memory, until the test answers it
+// (or the request's ctx ends, or quit is closed): it sends each on arrived.
+type heldTransport struct {
+	arrived chan heldRequest
+	quit    chan struct{}
+}
+
+func (h *heldTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	body, _ := io.ReadAll(r.Body)
+	req := heldRequest{host: r.URL.Host, body: string(body), answer: make(chan int, 1)}
+	h.arrived <- req
+	var status int
+	select {
+	case status = <-req.answer:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	case <-h.quit:
+		return nil, errors.New("test over")
+	}
+	reply := `{"Results":{}}`
+	if status != http.StatusOK {
+		reply = `{"error":{"code":"InternalError","message":"boom"}}`
+	}
+	return &http.Response{StatusCode: status, Status: http.StatusText(status), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(reply)),
+		ContentLength: int64(len(reply)), Request: r}, nil
+}
+
+// heldClient is, in a synctest bubble, a Client of two endpoints of one
+// slot each, a.test and b.test, on a heldTransport, hedging after 100 ms,
+// with lim for its Limiter.
+func heldClient(t *testing.T, lim Limiter, opts ...Option) (*Client, *heldTransport) {
+	rt := &heldTransport{arrived: make(chan heldRequest, 8), quit: make(chan struct{})}
+	var eps []Endpoint
+	for _, name := range []string{"a", "b"} {
+		eps = append(eps, Endpoint{Name: name, APIKey: "k", MaxConcurrentCalls: 1,
+			URL: "https://" + name + ".test/workspaces/w/services/" + name + "/execute?api-version=2.0&details=true"})
+	}
+	c, err := New(eps, append([]Option{WithHTTPClient(&http.Client{Transport: rt}),
+		WithHedging(100 * time.Millisecond), WithLimiter(lim)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		close(rt.quit) // first: a request left held ends
+		c.Close()
+	})
+	return c, rt
+}
+
+// A hedge waiting at the Limiter for the fleet's slot gives up once the
+// first copy has ended, failed as much as succeeded: the attempt is over,
+// and the call goes on at once (here, to its error) rather than waiting
+// for a fleet slot to send a copy of it.
+func TestHedgeWaitAtLimiterEndsWithTheFirstCopy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newHeldLimiter()
+		c, rt := heldClient(t, lim, WithoutRetries())
+		res := make(chan error, 1)
+		go func() {
+			_, err := c.Do(context.Background(), []byte(`{"id":"x"}`))
+			res <- err
+		}()
+		first := <-rt.arrived
+		<-lim.waiting // the hedge, after 100 ms, waits for the fleet's slot
+		first.answer <- http.StatusInternalServerError
+		err := <-res // without the fix: a deadlock, the call waiting on the hedge
+		var apiErr *APIError
+		require.ErrorAs(t, err, &apiErr)
+		assert.Equal(t, http.StatusInternalServerError, apiErr.StatusCode)
+		assert.EqualValues(t, 1, lim.denied.Load(), "the hedge's wait ended")
+		assert.Empty(t, rt.arrived, "no hedge sent")
+		assert.Zero(t, lim.held.Load(), "leases released")
+		for _, e := range c.Stats().Endpoints {
 			assert.Zero(t, e.InFlight, e.Name)
 		}
 	})

@@ -246,7 +246,7 @@ func TestHedgeNotStartedForEndedCall(t *testing.T) {
 	cancel()
 	cl := &call{ex: pool.Exclusion{On: true}}
 	copies := make(chan *attempt, 1)
-	assert.Nil(t, rig.c.startHedge(ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies))
+	assert.Nil(t, rig.c.startHedge(ctx, ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies))
 	assert.Equal(t, 1, eps[1].Free(), "the other endpoint's slot is given back")
 	assert.Empty(t, copies)
 	assert.Empty(t, rig.arrived)
@@ -267,7 +267,7 @@ func TestHedgeNotStartedAfterFirstAnswered(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cl := &call{ex: pool.Exclusion{On: true}}
-	if h := rig.c.startHedge(ctx, cl, a, []byte(`{}`), copies); h != nil {
+	if h := rig.c.startHedge(ctx, ctx, cl, a, []byte(`{}`), copies); h != nil {
 		cancel()
 		<-copies
 		<-copies
@@ -293,7 +293,7 @@ func TestHedgeNotStartedAfterClose(t *testing.T) {
 	defer cancel()
 	cl := &call{ex: pool.Exclusion{On: true}}
 	copies := make(chan *attempt, 1)
-	if h := rig.c.startHedge(ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies); h != nil {
+	if h := rig.c.startHedge(ctx, ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies); h != nil {
 		cancel()
 		<-copies
 		t.Fatal("a hedge was sent after Close")
