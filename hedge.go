@@ -151,9 +151,10 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // retry budget is spent, when the first copy has answered (copies holds it:
 // the timer fired as it came) or when the call's ctx has ended. With a
 // Limiter, the copy waits for the fleet's slot until wait (ctx, or one
-// shorter) ends, that is until the first copy ends, whatever it came to; a
-// copy that gets no slot in the end reports with no endpoint. It is sent
-// under ctx.
+// shorter) ends, that is until the first copy ends, whatever it came to, and
+// is not sent if calls have come to wait for slots meanwhile; a copy that
+// gets no slot in the end, or gives it up, reports with no endpoint. It is
+// sent under ctx.
 func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
 	if c.closed.Load() || c.pool.Waiting() > 0 {
 		return nil
@@ -189,6 +190,15 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		got := attempt{slot: slot}
 		if c.limiter != nil {
 			if err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got); err != nil {
+				return
+			}
+			if wait.Err() != nil || c.pool.Waiting() > 0 {
+				// The first copy ended, or calls came to wait for our
+				// slots, while this one waited for the fleet's: it is not
+				// sent, and its slot goes to the line.
+				got.lease.Release()
+				c.pool.Release(got.slot, &pool.Report{Result: pool.Unsent}, nil)
+				copies <- h
 				return
 			}
 		}

@@ -244,3 +244,41 @@ func TestHedgeWaitAtLimiterEndsWithTheFirstCopy(t *testing.T) {
 		}
 	})
 }
+
+// A hedge that gets the fleet's slot once calls wait for ours is not sent:
+// waiting calls come before hedges, with a Limiter too. Its slot goes to
+// the waiting call.
+func TestHedgeAtLimiterYieldsToWaitingCalls(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newHeldLimiter()
+		c, rt := heldClient(t, lim)
+		queued := make(chan struct{}, 1)
+		SetQueueHook(c, func() { queued <- struct{}{} })
+		res := make(chan error, 2)
+		do := func(body string) {
+			go func() {
+				_, err := c.Do(context.Background(), []byte(body))
+				res <- err
+			}()
+		}
+		do(`{"id":"x"}`)
+		first := <-rt.arrived
+		<-lim.waiting // x's hedge holds the other endpoint's slot, and waits at the Limiter
+		do(`{"id":"y"}`)
+		<-queued // y waits for a slot of ours
+		close(lim.open)
+		second := <-rt.arrived
+		assert.NotEqual(t, first.host, second.host)
+		assert.Equal(t, `{"id":"y"}`, second.body, "the hedge went before the waiting call")
+		second.answer <- http.StatusOK
+		first.answer <- http.StatusOK
+		for range 2 {
+			assert.NoError(t, <-res)
+		}
+		assert.Zero(t, lim.held.Load(), "leases released")
+		for _, e := range c.Stats().Endpoints {
+			assert.Zero(t, e.InFlight, e.Name)
+			assert.EqualValues(t, 1, e.Calls, e.Name)
+		}
+	})
+}
