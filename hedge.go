@@ -196,9 +196,8 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 				// The first copy ended, or calls came to wait for our
 				// slots, while this one waited for the fleet's: it is not
 				// sent, and its slot goes to the line.
+				defer c.pool.Release(got.slot, &pool.Report{Result: pool.Unsent}, nil) // even if the lease's Release panics
 				got.lease.Release()
-				c.pool.Release(got.slot, &pool.Report{Result: pool.Unsent}, nil)
-				copies <- h
 				return
 			}
 		}
