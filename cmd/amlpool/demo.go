@@ -89,9 +89,11 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		return usageError{fmt.Errorf("-duration %v: must be positive", cfg.duration)}
 	case cfg.every < 0:
 		return usageError{fmt.Errorf("-every %v: must not be negative", cfg.every)}
+	case cfg.callers < 0:
+		return usageError{fmt.Errorf("-callers %d: must not be negative (0: 3x the total slots)", cfg.callers)}
 	}
 	slots := cfg.endpoints * cfg.mcc
-	if cfg.callers <= 0 {
+	if cfg.callers == 0 {
 		cfg.callers = 3 * slots
 	}
 

@@ -51,6 +51,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{[]string{"demo", "-endpoints", "0"}, 2, "-endpoints 0"},
 		{[]string{"demo", "-latency", "0s"}, 2, "-latency 0s"},
 		{[]string{"demo", "-every", "-1s"}, 2, "-every -1s"},
+		{[]string{"demo", "-callers", "-1"}, 2, "-callers -1"},
 		{[]string{"demo", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{nil, 2, "Usage: amlpool"},
