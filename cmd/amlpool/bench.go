@@ -33,7 +33,7 @@ With --config the requests go to real endpoints and carry the first
 --chunk-rows rows of --in (which must not be the config, nor a key or
 token file it names); the ceiling uses the measured mean latency. With
 --fake N, N fake endpoints run in this process (--mcc slots, --latency each)
-and the ceiling uses --latency.
+and the ceiling uses --latency. A flag of the other mode is refused.
 
 Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
 --stats) the figures of the time it ran, and exits with status 130, as
@@ -52,6 +52,7 @@ type benchOptions struct {
 	fake, mcc         int
 	latency, duration time.Duration
 	callers, chunk    int
+	set               map[string]bool // the flags given
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -78,6 +79,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "amlpool bench: unexpected argument %q (see amlpool bench --help)\n", fs.Arg(0))
 		return 2
 	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return exitStatus(stderr, "bench", bench(ctx, o, stdout))
@@ -102,6 +105,8 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 	ceilingLatency := time.Duration(0) // 0: use the measured mean
 	if o.fake > 0 {
 		switch {
+		case o.set["in"] || o.set["chunk-rows"]:
+			return usageError{errors.New("--in and --chunk-rows go with --config: --fake sends a sample row")}
 		case o.latency <= 0:
 			return usageError{fmt.Errorf("--latency %v: must be positive", o.latency)}
 		case o.mcc < 1 || o.mcc > amlpool.MaxMaxConcurrentCalls:
@@ -119,7 +124,10 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		body = sampleBody(amlpool.Classic)
 		ceilingLatency = o.latency
 	} else {
-		if o.in == "" {
+		switch {
+		case o.set["mcc"] || o.set["latency"]:
+			return usageError{errors.New("--mcc and --latency go with --fake: with --config the caps are the config's, and the ceiling uses the measured latency")}
+		case o.in == "":
 			return usageError{errors.New("--config needs --in: rows the service accepts, to send")}
 		}
 		cfg, eps, err := loadConfig(o.config, osKeys)

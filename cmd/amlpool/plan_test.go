@@ -203,6 +203,11 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--fake", "1", "--duration", "0s"}, "amlpool bench: --duration 0s: must be positive\n"},
 		{[]string{"--fake", "1", "--latency", "-1ms"}, "amlpool bench: --latency -1ms: must be positive\n"},
 		{[]string{"--fake", "1", "--mcc", "201"}, "amlpool bench: --mcc 201: want 1 to 200\n"},
+		// A flag of the other mode would be ignored.
+		{[]string{"--fake", "1", "--in", "rows.csv"}, "amlpool bench: --in and --chunk-rows go with --config: --fake sends a sample row\n"},
+		{[]string{"--fake", "1", "--chunk-rows", "10"}, "amlpool bench: --in and --chunk-rows go with --config: --fake sends a sample row\n"},
+		{[]string{"--config", "pool.json", "--in", "rows.csv", "--mcc", "3"}, "amlpool bench: --mcc and --latency go with --fake: with --config the caps are the config's, and the ceiling uses the measured latency\n"},
+		{[]string{"--config", "pool.json", "--in", "rows.csv", "--latency", "5ms"}, "amlpool bench: --mcc and --latency go with --fake: with --config the caps are the config's, and the ceiling uses the measured latency\n"},
 	} {
 		var out, errOut bytes.Buffer
 		assert.Equal(t, 2, run(append([]string{"bench"}, tt.args...), &out, &errOut), tt.args)
