@@ -627,7 +627,7 @@ type runStats struct {
 	ChunkRows     int             `json:"chunkRows"`     // rows per request (fewer in a file's last chunk and in split chunks)
 	Requests      int             `json:"requests"`      // requests sent, split requests included
 	SplitRequests int             `json:"splitRequests"` // requests sent to isolate bad rows
-	LatencyMs     latencySummary  `json:"latencyMs"`     // per request that went to an endpoint (latencyMs.count of them, not all requests): slot wait, retries and service time
+	LatencyMs     latencySummary  `json:"latencyMs"`     // per request whose rows reached the files (latencyMs.count of them, not all requests: a request split to find bad rows is not one): slot wait, retries and service time
 	Endpoints     []endpointStats `json:"endpoints"`
 }
 
