@@ -26,6 +26,11 @@
 //	resp, err := c.Score(ctx, &amlpool.Request{Inputs: map[string]*amlpool.Table{
 //		"input1": {ColumnNames: []string{"age"}, Values: [][]any{{"39"}}},
 //	}})
+//	if err != nil {
+//		return err
+//	}
+//	fmt.Println(resp.Results["output1"].Value.Values)
+//	return nil
 //
 // [Client.Do] takes and returns raw JSON instead.
 //

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"go/ast"
+	"go/doc/comment"
 	"go/parser"
 	"go/token"
 	"io/fs"
@@ -93,6 +94,16 @@ func TestEverySnippetCompiles(t *testing.T) {
 		assert.NotRegexp(t, "(?m)^[ \\t]*```(golang|Go)\\b|^[ \\t]+```go", text, "%s: a Go block the check cannot see", path)
 	}
 	assert.Positive(t, blocks)
+	// The package documentation's code blocks, as go doc shows them.
+	for _, block := range packageDocCode(t) {
+		found := false
+		for name, body := range code {
+			if body == block {
+				used[name], found = true, true
+			}
+		}
+		assert.True(t, found, "../doc.go: a code block that is no snippet func's body in snippets_test.go:\n%s", block)
+	}
 	for name := range code {
 		assert.True(t, used[name], "%s in snippets_test.go is in no doc", name)
 	}
@@ -114,6 +125,10 @@ func TestSnippetsRun(t *testing.T) {
 		t.Setenv("AML_KEY_EAST", eps[0].APIKey)
 		t.Setenv("AML_KEY_WEST", eps[1].APIKey)
 		snippetQuickStart(t.Context(), eps[0].URL, eps[1].URL)
+	})
+	t.Run("package doc", func(t *testing.T) {
+		eps := pool(t, 2)
+		require.NoError(t, snippetPackageDoc(t.Context(), eps[0].URL, eps[0].APIKey, eps[1].URL, eps[1].APIKey))
 	})
 	t.Run("testing", snippetTesting)
 	t.Run("ScoreRows", func(t *testing.T) {
@@ -188,6 +203,24 @@ func TestSnippetsRun(t *testing.T) {
 		s := redistest.StartSentinel(t)
 		snippetFleetSentinel([]string{s.Sentinel.Addr})
 	})
+}
+
+// packageDocCode returns the code blocks of the root package's
+// documentation (doc.go), unindented, without their last line break.
+func packageDocCode(t *testing.T) []string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", "doc.go"), nil, parser.ParseComments|parser.PackageClauseOnly)
+	require.NoError(t, err)
+	require.NotNil(t, f.Doc, "../doc.go has a package comment")
+	var p comment.Parser
+	var out []string
+	for _, b := range p.Parse(f.Doc.Text()).Content {
+		if c, ok := b.(*comment.Code); ok {
+			out = append(out, strings.TrimSuffix(c.Text, "\n"))
+		}
+	}
+	require.NotEmpty(t, out, "../doc.go shows code")
+	return out
 }
 
 var (

@@ -22,9 +22,10 @@ import (
 )
 
 // The code of the docs. The body of every func named snippet… is a ```go
-// block of README.md or of a page in this directory, character for
-// character once unindented, and every such block is the body of one of
-// them (docs_test.go checks both). So every snippet compiles as it stands,
+// block of README.md or of a page in this directory, or a code block of the
+// package documentation (doc.go), character for character once unindented,
+// and every such block is the body of one of them (docs_test.go checks
+// both). So every snippet compiles as it stands,
 // with the func's parameters as the names it takes from its context; the
 // tests below also run each one against amltest endpoints.
 
@@ -44,6 +45,26 @@ func snippetQuickStart(ctx context.Context, eastURL, westURL string) {
 		log.Fatal(err) // an *APIError with the service's message, or a *CallError after several attempts
 	}
 	fmt.Println(resp.Results["output1"].Value.Values)
+}
+
+// The package documentation's (doc.go).
+func snippetPackageDoc(ctx context.Context, eastURL, eastKey, westURL, westKey string) error {
+	c, err := amlpool.New([]amlpool.Endpoint{
+		{Name: "east", URL: eastURL, APIKey: eastKey, MaxConcurrentCalls: 20},
+		{Name: "west", URL: westURL, APIKey: westKey, MaxConcurrentCalls: 20},
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	resp, err := c.Score(ctx, &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"age"}, Values: [][]any{{"39"}}},
+	}})
+	if err != nil {
+		return err
+	}
+	fmt.Println(resp.Results["output1"].Value.Values)
+	return nil
 }
 
 func snippetTesting(t *testing.T) {
