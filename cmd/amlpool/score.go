@@ -56,8 +56,9 @@ which calls of higher priority on the same Client pass in line.
 
 SIGHUP reloads the config's endpoints while the run goes on: added ones
 take calls at once, removed ones finish their calls in flight, new caps,
-keys, headers and tiers apply to the next call (a key named by
-"apiKeyFile" is read again). The change is printed; a config that fails to
+keys, headers and tiers apply to the next call (a key file, "apiKeyFile"
+or "secondaryKeyFile", is read again); the config's other settings apply
+to the next run. The change is printed; a config that fails to
 load or check (the checks of the start: a key or token file it names must
 not be one of the run's files) is reported and the endpoints in use go on,
 until the config is fixed and SIGHUP sent again.
