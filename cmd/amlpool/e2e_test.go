@@ -502,8 +502,9 @@ func TestScorePriorityFlag(t *testing.T) {
 	assert.Contains(t, scoreHelp, "--priority, low by default")
 }
 
-// A negative --chunk-rows or --parallelism is a bad flag (exit 2), refused
-// before any file is opened, not a failed run that advises --resume.
+// A negative --chunk-rows, --parallelism or --progress-every is a bad flag
+// (exit 2), refused before any file is opened, not a failed run that
+// advises --resume.
 func TestScoreRefusesNegativeCounts(t *testing.T) {
 	dir := t.TempDir()
 	in, cfg := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "pool.json")
@@ -514,6 +515,7 @@ func TestScoreRefusesNegativeCounts(t *testing.T) {
 		{"--chunk-rows", "-1", "amlpool score: --chunk-rows -1: must not be negative (0: the config's chunkRows, else 100)\n"},
 		{"--parallelism", "-1", "amlpool score: --parallelism -1: must not be negative (0: the pool's total slots)\n"},
 		{"--parallelism", "65537", "amlpool score: --parallelism 65537: must be at most 65536\n"},
+		{"--progress-every", "-1s", "amlpool score: --progress-every -1s: must not be negative (0: a line for every chunk)\n"},
 	} {
 		var out, errOut bytes.Buffer
 		code := run([]string{"score", "--config", cfg, "--in", in, "--out", filepath.Join(dir, "scored.csv"), "--progress", "none", tt.flag, tt.value}, &out, &errOut)

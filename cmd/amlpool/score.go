@@ -137,7 +137,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.resume, "resume", false, "continue the output and reject files of an interrupted run")
 	fs.BoolVar(&o.noSplit, "no-split", false, "reject a chunk the service blames (HTTP 400) whole, instead of splitting it to find its bad rows")
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
-	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal")
+	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal (0: for every chunk)")
 	priority := fs.String("priority", "low", "the priority at which requests wait for a free slot: low, normal or high")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -176,6 +176,10 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "amlpool score: %s %d: must not be negative (0: %s)\n", f.name, f.v, f.zero)
 			return 2
 		}
+	}
+	if o.every < 0 {
+		fmt.Fprintf(stderr, "amlpool score: --progress-every %v: must not be negative (0: a line for every chunk)\n", o.every)
+		return 2
 	}
 	if o.parallelism > amlpool.MaxParallelism {
 		fmt.Fprintf(stderr, "amlpool score: --parallelism %d: must be at most %d\n", o.parallelism, amlpool.MaxParallelism)
