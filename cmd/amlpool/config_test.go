@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -236,5 +238,47 @@ func TestConfigErrorNamesTheKeysSource(t *testing.T) {
 	for e, want := range map[*endpointConfig]string{
 		{TokenFile: "t"}: "tokenFile", {TokenEnv: "T"}: "tokenEnv", {TokenCommand: []string{"az"}}: "tokenCommand"} {
 		assert.Equal(t, want, e.keyField("Credential"), "a token source")
+	}
+}
+
+// The configs the docs show — score's help and docs/batch.md — are ones
+// the command loads, and their endpoints ones amlpool.New takes.
+func TestDocumentedConfigsLoad(t *testing.T) {
+	configs := map[string]string{}
+	// score -h: the block indented by two spaces after "The config file".
+	var help []string
+	in := false
+	for _, line := range strings.Split(scoreHelp, "\n") {
+		switch {
+		case strings.HasPrefix(line, `  {"endpoints"`):
+			in = true
+		case in && line == "":
+			in = false
+		}
+		if in {
+			help = append(help, strings.TrimPrefix(line, "  "))
+		}
+	}
+	configs["score -h"] = strings.Join(help, "\n")
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "batch.md"))
+	require.NoError(t, err)
+	for _, m := range regexp.MustCompile(`(?s)cat > (\S+) <<'JSON'\n(.*?)\nJSON\n`).FindAllStringSubmatch(string(doc), -1) {
+		configs["docs/batch.md "+m[1]] = m[2]
+	}
+	require.Len(t, configs, 3, "score -h's config, and batch.md's pool.json and online.json")
+	keys := keySource{
+		getenv:   func(string) string { return "the-key" },
+		readFile: func(string) ([]byte, error) { return []byte("the-key"), nil },
+	}
+	for where, text := range configs {
+		require.NotEmpty(t, text, where)
+		_, eps, err := parseConfig([]byte(text), keys)
+		if !assert.NoError(t, err, "%s:\n%s", where, text) {
+			continue
+		}
+		c, err := amlpool.New(eps)
+		if assert.NoError(t, err, where) {
+			c.Close()
+		}
 	}
 }
