@@ -118,9 +118,10 @@
 // 10 a second ([WithRetryBudget]): past that, a failed call returns at once
 // with an error matching [ErrRetryBudgetExhausted] rather than pile load on
 // a struggling service.
-// A Retry-After, retry-after-ms or x-ms-retry-after-ms hint (the first of
-// them above zero, in azcore's order) holds its endpoint back for that long
-// (at most 30 s, [WithMaxRetryAfter]) while calls go to the others. Each
+// A retry-after-ms, x-ms-retry-after-ms or Retry-After hint (the first of
+// them above zero, in that order, as azcore reads them) holds its endpoint
+// back for that long (at most 30 s, [WithMaxRetryAfter]) while calls go to
+// the others. Each
 // attempt is bounded by [WithAttemptTimeout] (100 s). A retry sends the
 // request again, after an attempt that may have run on the service all the
 // same (it timed out, lost its connection, got a 5xx): scoring is safe to
