@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -263,22 +264,8 @@ func hexValue(s string) (int, bool) {
 	if len(s) == 0 || len(s) > 6 {
 		return 0, false
 	}
-	v := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		v = v<<4 | int(c)
-	}
-	return v, true
+	v, err := strconv.ParseUint(s, 16, 32) // no sign, prefix or '_' with base 16
+	return int(v), err == nil
 }
 
 // maxSpelled is how long a copy of the longest of secrets may be once
