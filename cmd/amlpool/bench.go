@@ -188,10 +188,11 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 }
 
 // errInterrupted is what bench and demo return when a signal cut the run
-// short, after printing its figures: exit status 130, as score's.
+// short, after printing its figures, and fake when a signal stopped it:
+// exit status 130, as score's.
 var errInterrupted = errors.New("interrupted")
 
-// exitStatus is the exit status of a bench or demo run that returned err:
+// exitStatus is the exit status of a bench, demo or fake run that returned err:
 // 0 for none, 130 for errInterrupted (the run said so already), else as
 // failed says.
 func exitStatus(stderr io.Writer, command string, err error) int {

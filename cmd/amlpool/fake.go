@@ -24,7 +24,9 @@ const fakeHelp = `Usage: amlpool fake [flags]
 
 Serves fake Azure ML Classic endpoints on this machine (127.0.0.1) until
 interrupted, so that score, bench and your own programs can be tried
-without Azure. It writes, in --dir:
+without Azure. Ctrl-C (SIGINT) or SIGTERM stops it, with exit status 130,
+as "amlpool score" has when interrupted; the status is 2 for a bad flag or
+flag value, 1 when it cannot write its files. It writes, in --dir:
 
   pool.json  a config naming the endpoints, for --config
   keys.env   their keys as environment variables: run ". DIR/keys.env"
@@ -89,13 +91,11 @@ func runFake(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := fake(ctx, o, stdout); err != nil {
-		return failed(stderr, "fake", err)
-	}
-	return 0
+	return exitStatus(stderr, "fake", fake(ctx, o, stdout))
 }
 
-// fake starts the endpoints, writes the files and serves until ctx ends.
+// fake starts the endpoints, writes the files and serves until ctx ends:
+// then it says it was interrupted and returns errInterrupted.
 func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	switch {
 	case o.endpoints < 1:
@@ -176,7 +176,8 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "\namlpool fake: ready; in another shell:\n  . %s\n  amlpool score --config %s --in %s --out scored.csv\namlpool fake: serving until interrupted (Ctrl-C)\n",
 		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), in)
 	<-ctx.Done()
-	return nil
+	fmt.Fprintln(stdout, "amlpool fake: interrupted; stopping the endpoints")
+	return errInterrupted
 }
 
 // writePrivate writes a file only its owner may read, also when it was

@@ -79,7 +79,9 @@ func testFakeCommand(t *testing.T, args ...string) {
 	assert.Equal(t, []string{"id", "age", "income", amltest.ScoredProbabilities}, readCSV(t, out)[0])
 
 	require.NoError(t, fake.Process.Signal(syscall.SIGINT))
-	assert.NoError(t, fake.Wait(), "fake stops cleanly when interrupted")
+	var exit *exec.ExitError
+	require.ErrorAs(t, fake.Wait(), &exit)
+	assert.Equal(t, 130, exit.ExitCode(), "fake stops when interrupted, with the status of an interrupted run")
 	pool := string(mustRead(t, filepath.Join(dir, "pool.json")))
 	assert.NotContains(t, pool, "apiKey\"", "the config names variables, holds no key")
 	if slices.Contains(args, "online") {
@@ -113,8 +115,8 @@ func TestFakeBadFlags(t *testing.T) {
 }
 
 // keys.env is its owner's alone, also when an earlier file of that name
-// could be read by others. (fake returns once the files are written when
-// its ctx is done already.)
+// could be read by others. (fake returns errInterrupted once the files
+// are written when its ctx is done already.)
 func TestFakeKeysFileIsPrivate(t *testing.T) {
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.env")
@@ -123,7 +125,7 @@ func TestFakeKeysFileIsPrivate(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	o := fakeOptions{dir: dir, endpoints: 1, mcc: 1, sampleRows: 0, poison: "poison"}
-	require.NoError(t, fake(ctx, o, io.Discard))
+	require.ErrorIs(t, fake(ctx, o, io.Discard), errInterrupted)
 	fi, err := os.Stat(keys)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
@@ -131,15 +133,15 @@ func TestFakeKeysFileIsPrivate(t *testing.T) {
 }
 
 // --sample-rows 0 writes no rows.csv, and fake does not point at one: its
-// score line names a file of the user's. (fake returns once the files are
-// written when its ctx is done already.)
+// score line names a file of the user's. (fake returns errInterrupted once the files
+// are written when its ctx is done already.)
 func TestFakeNoSampleRows(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, n := range []int{0, 3} {
 		dir := t.TempDir()
 		var out bytes.Buffer
-		require.NoError(t, fake(ctx, fakeOptions{dir: dir, endpoints: 1, mcc: 1, sampleRows: n, poison: "poison"}, &out))
+		require.ErrorIs(t, fake(ctx, fakeOptions{dir: dir, endpoints: 1, mcc: 1, sampleRows: n, poison: "poison"}, &out), errInterrupted)
 		rowsCSV := filepath.Join(dir, "rows.csv")
 		if n == 0 {
 			assert.NoFileExists(t, rowsCSV)

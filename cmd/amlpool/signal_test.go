@@ -17,20 +17,27 @@ import (
 
 // bench and demo stop cleanly on SIGINT and on SIGTERM, long before their
 // --duration: they print what they measured, say they were interrupted,
-// and exit 130, as score does when interrupted. The signal is sent once the command's first line is out: it
-// handles the signals from before it prints that line.
-func TestBenchAndDemoStopOnSignal(t *testing.T) {
+// and exit 130, as score does when interrupted; fake, which serves until
+// a signal, says so and exits 130 too. The signal is sent once the
+// command's first line is out: it handles the signals from before it
+// prints that line.
+func TestBenchDemoAndFakeStopOnSignal(t *testing.T) {
 	bench := []string{"bench", "--fake", "1", "--mcc", "2", "--latency", "1ms", "--duration", "1h"}
 	demo := []string{"demo", "-endpoints", "1", "-mcc", "2", "-latency", "1ms", "-duration", "1h", "-every", "0"}
+	fake := []string{"fake", "--dir", t.TempDir(), "--endpoints", "1", "--sample-rows", "0"}
+	measured := []string{"interrupted after ", " of 1h0m0s\n", "achieved: "}
 	for _, tt := range []struct {
 		name string
 		args []string
 		sig  syscall.Signal
+		said []string // in what it prints after the signal
 	}{
-		{"bench SIGTERM", bench, syscall.SIGTERM},
-		{"bench SIGINT", bench, syscall.SIGINT},
-		{"demo SIGTERM", demo, syscall.SIGTERM},
-		{"demo SIGINT", demo, syscall.SIGINT},
+		{"bench SIGTERM", bench, syscall.SIGTERM, measured},
+		{"bench SIGINT", bench, syscall.SIGINT, measured},
+		{"demo SIGTERM", demo, syscall.SIGTERM, measured},
+		{"demo SIGINT", demo, syscall.SIGINT, measured},
+		{"fake SIGTERM", fake, syscall.SIGTERM, []string{"amlpool fake: interrupted"}},
+		{"fake SIGINT", fake, syscall.SIGINT, []string{"amlpool fake: interrupted"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a command that does not stop is killed
@@ -55,9 +62,9 @@ func TestBenchAndDemoStopOnSignal(t *testing.T) {
 			var exit *exec.ExitError
 			require.ErrorAs(t, err, &exit, "stderr: %s\nstdout: %s%s", stderr.String(), first, rest)
 			assert.Equal(t, 130, exit.ExitCode(), "stderr: %s\nstdout: %s%s", stderr.String(), first, rest)
-			assert.Contains(t, string(rest), "interrupted after ")
-			assert.Contains(t, string(rest), " of 1h0m0s\n")
-			assert.Contains(t, string(rest), "achieved: ")
+			for _, said := range tt.said {
+				assert.Contains(t, string(rest), said)
+			}
 		})
 	}
 }
