@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -549,6 +550,27 @@ func TestHelpForEveryCommand(t *testing.T) {
 		assert.Equal(t, 0, run([]string{c.name, "--help"}, &out, &errOut), c.name)
 		assert.Contains(t, errOut.String(), "Examples:\n  amlpool "+c.name, c.name)
 	}
+}
+
+// "amlpool help <command>" prints what "amlpool <command> -h" does (on
+// stdout, as "amlpool help" prints the usage); help of an unknown command
+// names it and exits 2. It once printed the general usage for any command.
+func TestHelpCommand(t *testing.T) {
+	for _, c := range commands {
+		var want, out, errOut bytes.Buffer
+		require.Equal(t, 0, run([]string{c.name, "-h"}, io.Discard, &want), c.name)
+		assert.Equal(t, 0, run([]string{"help", c.name}, &out, &errOut), c.name)
+		assert.Equal(t, want.String(), out.String(), c.name)
+		assert.Empty(t, errOut.String(), c.name)
+	}
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 2, run([]string{"help", "foo"}, &out, &errOut))
+	assert.Contains(t, errOut.String(), `amlpool help: unknown command "foo"`)
+	assert.Empty(t, out.String())
+	errOut.Reset()
+	assert.Equal(t, 2, run([]string{"help", "score", "plan"}, &out, &errOut))
+	assert.Contains(t, errOut.String(), "amlpool help: want one command")
+	assert.Empty(t, out.String())
 }
 
 // A run never writes over its input, nor two of its files to one: the

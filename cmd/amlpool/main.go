@@ -6,7 +6,8 @@
 //	amlpool bench    drive load at the pool's endpoints and compare with the formula
 //	amlpool fake     serve fake endpoints on loopback, with a config to try the others on
 //
-// Run "amlpool <command> -h" for a command's flags.
+// Run "amlpool <command> -h" or "amlpool help <command>" for a command's
+// flags.
 package main
 
 import (
@@ -48,7 +49,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "-h", "-help", "--help", "help":
+	case "help":
+		if len(args) > 1 {
+			return help(args[1:], stdout, stderr)
+		}
+		usage(stdout)
+		return 0
+	case "-h", "-help", "--help":
 		usage(stdout)
 		return 0
 	}
@@ -62,10 +69,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// help runs "amlpool help <command>": that command's -h, on stdout, as
+// "amlpool help" prints the usage there.
+func help(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		fmt.Fprintf(stderr, "amlpool help: want one command, got %d: %q\n", len(args), args)
+		return 2
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run([]string{"-h"}, stdout, stdout)
+		}
+	}
+	fmt.Fprintf(stderr, "amlpool help: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: amlpool <command> [flags]\n\nCommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'amlpool <command> -h' for a command's flags and examples.")
+	fmt.Fprintln(w, "\nRun 'amlpool <command> -h' or 'amlpool help <command>' for a command's flags and examples.")
 }
