@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,7 +36,8 @@ import (
 //	                               killed after a minute. A JWT is used while
 //	                               the next run is under way, and after it
 //	                               failed (run again 30 s later), until 30 s
-//	                               before its "exp"
+//	                               before its "exp". A run printing more
+//	                               than 1 MiB is killed and fails
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
@@ -48,6 +50,11 @@ const (
 	tokenCommandTimeout   = time.Minute
 	tokenCommandWaitDelay = time.Second
 )
+
+// tokenCommandMaxOutput caps what a token command may print on stdout, far
+// above any token (a JWT is a few KB): a run that prints more is killed
+// and fails, so that a runaway command cannot fill the memory.
+const tokenCommandMaxOutput = 1 << 20
 
 // tokenExpiryMargin is how long before a JWT's expiry (its "exp" claim) a
 // command's token is replaced, and tokenMinLife how long one already that
@@ -217,15 +224,19 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
 	cmd.WaitDelay = tokenCommandWaitDelay
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var stderr bytes.Buffer
+	stdout := &cappedBuffer{max: tokenCommandMaxOutput, over: cancel}
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if stdout.exceeded { // its output is not quoted: it may hold a token
+			return "", fmt.Errorf(`"tokenCommand" %s: printed more than %d MiB; want the token alone on one line; killed`, c.argv[0], tokenCommandMaxOutput>>20)
+		}
 		if rctx.Err() != nil {
 			return "", fmt.Errorf(`"tokenCommand" %s: no token after %v; killed%s`, c.argv[0], timeout, lastLine(stderr.String()))
 		}
 		return "", fmt.Errorf(`"tokenCommand" %s: %w%s`, c.argv[0], err, lastLine(stderr.String()))
 	}
-	tok := strings.TrimSpace(stdout.String())
+	tok := strings.TrimSpace(stdout.buf.String())
 	switch lines := len(strings.FieldsFunc(tok, func(r rune) bool { return r == '\r' || r == '\n' })); {
 	case tok == "":
 		return "", fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)%s`, c.argv[0], lastLine(stderr.String()))
@@ -233,6 +244,27 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 		return "", fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
 	}
 	return tok, nil
+}
+
+// cappedBuffer holds max bytes at most: a write past them fails, and the
+// first such calls over, once. Its buffer is not embedded: io.Copy would
+// call the buffer's ReadFrom, which no cap bounds.
+type cappedBuffer struct {
+	buf      bytes.Buffer
+	max      int
+	over     func()
+	exceeded bool
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if b.buf.Len()+len(p) > b.max {
+		if !b.exceeded {
+			b.exceeded = true
+			b.over()
+		}
+		return 0, errors.New("output over its cap")
+	}
+	return b.buf.Write(p)
 }
 
 // jwtExpiry returns the expiry of tok when it is a JWT with an "exp" claim

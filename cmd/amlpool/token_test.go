@@ -163,6 +163,24 @@ func TestCommandTokenPrintsNothing(t *testing.T) {
 	require.EqualError(t, err, `"tokenCommand" sh: printed no token (exit status 0): WARNING: no subscription`)
 }
 
+// TestCommandTokenOutputCap: a command that prints more than
+// tokenCommandMaxOutput, on one line or on many, fails with an error that
+// names the field and the cap and quotes none of the output; what it
+// printed is not kept past the cap.
+func TestCommandTokenOutputCap(t *testing.T) {
+	for _, script := range []string{
+		"head -c 2097152 /dev/zero | tr '\\0' s", // one 2 MiB line of s
+		"yes secret | head -c 2097152",           // 2 MiB of lines
+	} {
+		t.Run(script, func(t *testing.T) {
+			c := &commandToken{argv: []string{"sh", "-c", script}, ttl: time.Minute, now: time.Now}
+			tok, err := c.Token(t.Context())
+			require.EqualError(t, err, `"tokenCommand" sh: printed more than 1 MiB; want the token alone on one line; killed`)
+			assert.Empty(t, tok)
+		})
+	}
+}
+
 // TestCommandTokenTimeout: a run that passes its timeout is killed, and
 // ends even when a child it started still holds its output open (az's
 // python, a background job): the callers waiting for it get an error
