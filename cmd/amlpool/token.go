@@ -224,7 +224,7 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(rctx, c.argv[0], c.argv[1:]...)
 	cmd.WaitDelay = tokenCommandWaitDelay
-	var stderr bytes.Buffer
+	var stderr tailBuffer // only its last line is shown
 	stdout := &cappedBuffer{max: tokenCommandMaxOutput, over: cancel}
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -266,6 +266,27 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 	}
 	return b.buf.Write(p)
 }
+
+// tailBuffer keeps the last tailKept bytes written to it, at most twice
+// that in memory: a command that writes without end to stderr, of which an
+// error shows the last line, cannot fill memory.
+type tailBuffer struct{ b []byte }
+
+const tailKept = 4 << 10
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	if len(p) > tailKept {
+		t.b = append(t.b[:0], p[len(p)-tailKept:]...)
+		return len(p), nil
+	}
+	if len(t.b)+len(p) > 2*tailKept {
+		t.b = append(t.b[:0], t.b[len(t.b)-(tailKept-len(p)):]...)
+	}
+	t.b = append(t.b, p...)
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.b) }
 
 // jwtExpiry returns the expiry of tok when it is a JWT with an "exp" claim
 // (Azure AD and aml_token tokens are): the claims are read, the signature

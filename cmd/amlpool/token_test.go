@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -397,4 +398,18 @@ func FuzzJWTExpiry(f *testing.F) {
 			t.Fatalf("exp %d: got %v, %v", exp, at, ok)
 		}
 	})
+}
+
+func TestTailBufferKeepsTheEnd(t *testing.T) {
+	var tb tailBuffer
+	line := []byte(strings.Repeat("x", 99) + "\n")
+	for range 20000 { // 2 MB, in writes smaller and larger than what is kept
+		_, _ = tb.Write(line)
+	}
+	_, _ = tb.Write(bytes.Repeat([]byte("y"), 3*tailKept))
+	_, _ = tb.Write([]byte("\nlast words\n"))
+	require.LessOrEqual(t, len(tb.b), 2*tailKept, "kept")
+	require.LessOrEqual(t, cap(tb.b), 3*tailKept, "kept in memory")
+	require.True(t, strings.HasSuffix(tb.String(), "\nlast words\n"))
+	require.Equal(t, ": last words", lastLine(tb.String()))
 }
