@@ -165,13 +165,16 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 	if !ok {
 		return nil
 	}
-	if ctx.Err() != nil || len(copies) > 0 {
+	if ctx.Err() != nil || len(copies) > 0 || c.pool.Waiting() > 0 {
 		// The call ended, or the first copy answered (it is in copies),
 		// while its timer fired: a copy would be abandoned at once, an
 		// attempt and a withdrawal from the budget for nothing. (Checked
 		// after Waiting: a waiting call that took the slot the first copy
 		// freed as it ended leaves the line after that end, and so after
-		// ctx's and the reply's.)
+		// ctx's and the reply's.) Or a call joined the line since Waiting
+		// was read: the slot, taken without the line's lock, may be the
+		// one a release freed for it and had yet to hand on. Given back
+		// unsent, it serves the line (Release).
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return nil
 	}

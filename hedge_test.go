@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -301,6 +302,57 @@ func TestHedgeNotStartedAfterClose(t *testing.T) {
 	assert.Equal(t, 1, eps[1].Free(), "the other endpoint's slot is free")
 	assert.Empty(t, copies)
 	assert.Empty(t, rig.arrived)
+}
+
+// errHook is a context whose Err runs hook once, the first time it is
+// called: startHedge calls it first after taking the hedge's slot.
+type errHook struct {
+	context.Context
+	hook func()
+	once sync.Once
+}
+
+func (c *errHook) Err() error {
+	c.once.Do(c.hook)
+	return c.Context.Err()
+}
+
+// A call that joins the line after the hedge has read that none waits, and
+// finds no slot free because the hedge took the last one (without the
+// line's lock, as a release was about to hand it on), gets that slot: the
+// hedge gives it back unsent and is not sent. Calls waiting for slots come
+// before hedges.
+func TestHedgeYieldsToCallThatJoinedLineAsItTookSlot(t *testing.T) {
+	rig := newHedgeRig(t, 1, func(_ int32, name string, w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `{"from":%q}`, name)
+	}, WithHedging(100*time.Millisecond))
+	queued := make(chan struct{}, 1)
+	SetQueueHook(rig.c, func() { queued <- struct{}{} })
+	eps := rig.c.pool.Set().Eps
+	first, ok := rig.c.pool.TryTake(eps[0])
+	require.True(t, ok)
+	defer rig.c.pool.Release(first, &pool.Report{Result: pool.Unsent}, nil)
+	var waiting <-chan doResult
+	ctx := &errHook{Context: context.Background(), hook: func() {
+		// The hedge holds the other endpoint's slot: a call finds none
+		// free, and joins the line.
+		waiting = rig.do(context.Background())
+		<-queued
+	}}
+	cl := &call{ex: pool.Exclusion{On: true}}
+	copies := make(chan *attempt, 1)
+	if h := rig.c.startHedge(ctx, ctx, cl, &attempt{n: 1, slot: first}, []byte(`{}`), copies); h != nil {
+		<-copies
+		<-waiting
+		t.Fatal("the hedge was sent while a call waited for its slot")
+	}
+	require.NotNil(t, waiting, "the hook ran")
+	r := <-waiting
+	require.NoError(t, r.err)
+	assert.JSONEq(t, `{"from":"b"}`, string(r.data))
+	assert.Equal(t, "b", <-rig.arrived)
+	assert.Empty(t, rig.arrived, "no hedge sent")
+	assert.Empty(t, copies)
 }
 
 // WithHedgingQuantile's delay follows the last 10 to 20 seconds: after a
