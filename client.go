@@ -466,8 +466,8 @@ func limited(e *pool.Endpoint) LimitedEndpoint {
 // acquireShared asks the Limiter, through acquire, for a slot on slot's
 // endpoint or, failing that, on another endpoint this process has a free
 // slot for; the local slot follows the Limiter's choice. It gives a the
-// slot and the lease it ends with. Unless it does, slot goes back, also
-// when the Limiter or its Lease panics.
+// slot and the lease it ends with. Unless it does, slot and the lease go
+// back, also when the Limiter or its Lease panics.
 func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool.Slot, acquire func(context.Context, []LimitedEndpoint) (Lease, error), a *attempt) error {
 	kept := false
 	defer func() {
@@ -488,30 +488,42 @@ func (c *Client) acquireShared(ctx context.Context, x *pool.Exclusion, slot pool
 	}
 	wctx, done := c.untilEndpointsChange(ctx)
 	defer done()
+	// held is a lease not yet given to a nor released: it goes back on the
+	// way out, also when its Index panics, and before slot does (should
+	// its Release panic, slot still goes back).
+	var held Lease
+	defer func() {
+		if held != nil {
+			held.Release()
+		}
+	}()
 	lease, err := acquire(wctx, cands)
 	if err != nil {
 		return staleWait(ctx, wctx, err)
 	}
+	held = lease
 	if i := lease.Index(); i > 0 && i < len(eps) {
 		if other, ok := c.pool.TryTake(eps[i]); ok {
-			a.slot, a.lease = other, lease
+			a.slot, a.lease, held = other, lease, nil
 			return nil
 		}
 	}
 	if lease.Index() != 0 {
 		// Our own slot there went meanwhile: keep the one we hold and wait
 		// for the Limiter's slot on it instead.
+		held = nil
 		lease.Release()
 		if lease, err = acquire(wctx, cands[:1]); err != nil {
 			return staleWait(ctx, wctx, err)
 		}
+		held = lease
 	}
 	if slot.Ep.Removed() {
-		// Removed while the call waited: no attempt starts there now.
-		lease.Release()
+		// Removed while the call waited: no attempt starts there now (held
+		// goes back).
 		return errEndpointsChanged
 	}
-	a.slot, a.lease = slot, lease
+	a.slot, a.lease, held = slot, lease, nil
 	kept = true
 	return nil
 }

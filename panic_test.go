@@ -45,12 +45,13 @@ func (p armedPropagator) Inject(ctx context.Context, c propagation.TextMapCarrie
 // It counts the leases it holds.
 type armedLimiter struct {
 	armed     *atomic.Bool
-	onRelease bool
+	onRelease bool // its Lease's Release panics, not Acquire
+	onIndex   bool // its Lease's Index panics, not Acquire
 	held      atomic.Int64
 }
 
 func (l *armedLimiter) Acquire(ctx context.Context, cands []LimitedEndpoint) (Lease, error) {
-	if !l.onRelease && l.armed.Swap(false) {
+	if !l.onRelease && !l.onIndex && l.armed.Swap(false) {
 		panic("callback bug")
 	}
 	l.held.Add(1)
@@ -59,7 +60,12 @@ func (l *armedLimiter) Acquire(ctx context.Context, cands []LimitedEndpoint) (Le
 
 type armedLease struct{ l *armedLimiter }
 
-func (armedLease) Index() int { return 0 }
+func (a armedLease) Index() int {
+	if a.l.onIndex && a.l.armed.Swap(false) {
+		panic("callback bug")
+	}
+	return 0
+}
 func (a armedLease) Release() {
 	a.l.held.Add(-1)
 	if a.l.onRelease && a.l.armed.Swap(false) {
@@ -135,6 +141,7 @@ func TestAPanickingCallbackLeavesNothingHeld(t *testing.T) {
 		}},
 		{name: "Limiter", lim: &armedLimiter{}},
 		{name: "Lease", lim: &armedLimiter{onRelease: true}},
+		{name: "Lease's Index", lim: &armedLimiter{onIndex: true}},
 		{name: "HealthLink", reply: firstFails, counted: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,6 +188,52 @@ func TestAPanickingCallbackLeavesNothingHeld(t *testing.T) {
 			assertStatsAgree(t, o)
 		})
 	}
+}
+
+// twiceLimiter's leases panic in Index, once, and then in Release, once.
+type twiceLimiter struct {
+	index, release atomic.Bool // armed
+	held           atomic.Int64
+}
+
+func (l *twiceLimiter) Acquire(context.Context, []LimitedEndpoint) (Lease, error) {
+	l.held.Add(1)
+	return twiceLease{l}, nil
+}
+
+type twiceLease struct{ l *twiceLimiter }
+
+func (t twiceLease) Index() int {
+	if t.l.index.Swap(false) {
+		panic("index bug")
+	}
+	return 0
+}
+
+func (t twiceLease) Release() {
+	t.l.held.Add(-1)
+	if t.l.release.Swap(false) {
+		panic("release bug")
+	}
+}
+
+// A Lease whose Index panics, and whose Release then panics too as the
+// lease is given back, still leaves the slot back: the call panics (with
+// the later value), and the next call goes through on the same one slot.
+func TestALeasePanickingInIndexThenReleaseLeavesTheSlotBack(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	lim := &twiceLimiter{}
+	c, err := New([]Endpoint{srv.endpoint("a", 1)}, WithLimiter(lim))
+	require.NoError(t, err)
+	defer c.Close()
+	lim.index.Store(true)
+	lim.release.Store(true)
+	assert.PanicsWithValue(t, "release bug", func() { _, _ = c.Do(t.Context(), []byte(`{}`)) })
+	require.False(t, lim.index.Load() || lim.release.Load(), "both panicked")
+	assert.Zero(t, c.Stats().Endpoints[0].InFlight, "the slot is back")
+	assert.Zero(t, lim.held.Load(), "the lease is back")
+	_, err = c.Do(t.Context(), []byte(`{}`))
+	require.NoError(t, err, "the one slot serves the next call")
 }
 
 // A callback that panics in a hedged copy, which runs in a goroutine of
