@@ -129,10 +129,10 @@ func (c *Client) shareHealth() {
 // own, so a token refused, or refused access, is this replica's (an
 // identity without the role on the endpoint, another tenant or audience, a
 // skewed clock), and shared it would take the endpoint out of every
-// replica, or all endpoints out of the fleet. Nor does it of a TLS fault (isTLSFault): a certificate this
-// replica does not trust, as this replica's trust store may be what is
-// wrong, or a plain-HTTP answer to its TLS, which a middlebox on this
-// replica's path alone (a sidecar or an intercepting proxy that answers
+// replica, or all endpoints out of the fleet. Nor does it of a TLS fault
+// (isTLSFault): a certificate this replica does not trust, as this
+// replica's trust store may be what is wrong, or a plain-HTTP answer to
+// its TLS, which a middlebox on this replica's path alone (a sidecar or an intercepting proxy that answers
 // port 443 in plain HTTP, an https:// proxy setting for a plain-HTTP
 // proxy) can give for every endpoint: shared, one replica's network would
 // eject them all fleet-wide, while kept here each replica finds a server
