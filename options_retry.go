@@ -168,11 +168,11 @@ func (o ejectionOption) apply(c *config) {
 // connections; throttles and cancelled calls count neither way, any other
 // reply resets the count), and at once after an endpoint fault
 // (VerdictEndpointFault: 401, 403, 404, a TLS certificate not trusted, an
-// https:// URL or proxy that does not speak TLS), which is logged at Warn with the endpoint's name and the status. The
-// first ejection lasts base, each one in a row twice the last, up to 10 ×
-// base, each ±20 %; then one call probes the endpoint and its outcome
-// readmits it or ejects it again. Calls waiting for
-// a slot do not wait for an ejected endpoint's. When half or more of the
+// https:// URL or proxy that does not speak TLS), which is logged at Warn
+// with the endpoint's name and the status. The first ejection lasts base,
+// each one in a row twice the last, up to 10 × base, each ±20 %; then one
+// call probes the endpoint and its outcome readmits it or ejects it again.
+// Calls waiting for a slot do not wait for an ejected endpoint's. When half or more of the
 // endpoints are out, ejection is ignored and every endpoint takes calls (the
 // panic threshold); an endpoint out for a fault is not counted and stays
 // out, unless every endpoint is, when calls go to them and fail at once
