@@ -47,17 +47,7 @@ func (c *call) hold(d time.Duration) bool {
 	if !c.s.finishAbandoned {
 		return c.wait(d)
 	}
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-c.stop:
-		return false
-	}
+	return c.sleep(d, nil)
 }
 
 func (c *call) leave() {

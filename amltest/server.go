@@ -655,7 +655,11 @@ func (s *Server) nextFault() Fault {
 
 // wait waits d, and reports false when the call's client went away or its
 // server stopped first.
-func (c *call) wait(d time.Duration) bool {
+func (c *call) wait(d time.Duration) bool { return c.sleep(d, c.r.Context().Done()) }
+
+// sleep waits d, and reports false when gone (nil: never) is closed or the
+// call's server stopped first.
+func (c *call) sleep(d time.Duration, gone <-chan struct{}) bool {
 	if d <= 0 {
 		return true
 	}
@@ -664,7 +668,7 @@ func (c *call) wait(d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-c.r.Context().Done():
+	case <-gone:
 		return false
 	case <-c.stop:
 		return false
