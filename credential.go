@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"sync"
 )
 
 // Credential is a source of bearer tokens for an endpoint (Endpoint.
@@ -114,26 +115,31 @@ func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 
 var errEmptyToken = fmt.Errorf("the token is empty")
 
-var (
-	// jwtText is what looks like a JWT (a JWS, or a JWE's first parts):
+// tokenPatterns are compiled on first use, not at init: most programs
+// never scrub a Credential's error, and every one of them would pay for
+// the compiling at start-up.
+var tokenPatterns = sync.OnceValue(func() (p struct{ jwt, field, param *regexp.Regexp }) {
+	// jwt is what looks like a JWT (a JWS, or a JWE's first parts):
 	// base64url parts joined by dots, the first a JSON header, {" in
 	// base64. Azure AD tokens and aml_tokens are JWTs.
-	jwtText = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){1,4}`)
-	// tokenField is a JSON field of a token reply that holds a token, up
-	// to the start of its value.
-	tokenField = regexp.MustCompile(`(?i)"(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion)"\s*:\s*"`)
-	// tokenParam is the same in a form or a query: name=value.
-	tokenParam = regexp.MustCompile(`(?i)\b(access_token|refresh_token|id_token|client_secret|client_assertion|assertion)=[^&\s"']+`)
-)
+	p.jwt = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){1,4}`)
+	// field is a JSON field of a token reply that holds a token, up to
+	// the start of its value.
+	p.field = regexp.MustCompile(`(?i)"(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion)"\s*:\s*"`)
+	// param is the same in a form or a query: name=value.
+	p.param = regexp.MustCompile(`(?i)\b(access_token|refresh_token|id_token|client_secret|client_assertion|assertion)=[^&\s"']+`)
+	return p
+})
 
 // scrubTokens returns s, a Credential's error text, with tok, anything
 // that looks like a JWT, and the string values of a token reply's token
 // fields (access_token, client_secret, …), in JSON or in a form, redacted.
 func scrubTokens(s, tok string) string {
 	s = scrubString(s, []string{tok})
-	s = jwtText.ReplaceAllLiteralString(s, redacted)
-	s = tokenParam.ReplaceAllString(s, "${1}="+redacted)
-	for _, loc := range slices.Backward(tokenField.FindAllStringIndex(s, -1)) {
+	p := tokenPatterns()
+	s = p.jwt.ReplaceAllLiteralString(s, redacted)
+	s = p.param.ReplaceAllString(s, "${1}="+redacted)
+	for _, loc := range slices.Backward(p.field.FindAllStringIndex(s, -1)) {
 		end := loc[1]
 		for end < len(s) && s[end] != '"' {
 			if s[end] == '\\' && end+1 < len(s) {
