@@ -78,9 +78,10 @@ type Endpoint struct {
 	// Host, Connection and Transfer-Encoding cannot be set this way.
 	// Printed Endpoints show only its names. A value may be a secret (an
 	// API Management Ocp-Apim-Subscription-Key): one of 16 characters or
-	// more is scrubbed, as keys are, from replies an error quotes and from
-	// transport errors, but Azureml-Model-Deployment's, a deployment's
-	// name.
+	// more, and each part of it as long (the token of "Bearer <token>", a
+	// SAS's sig=), is scrubbed, as keys are, from replies an error quotes
+	// and from transport errors, but Azureml-Model-Deployment's, a
+	// deployment's name.
 	Header http.Header
 	// Credential, when set instead of APIKey, gives each attempt's bearer
 	// token (see Credential). A token is a secret under every rule that
@@ -533,24 +534,48 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 // gateway's subscription key (Ocp-Apim-Subscription-Key), a function's
 // x-functions-key, any header that carries a credential, which a reply
 // may echo. That is every value at least minSecretLen long, as net/http
-// sends it (trimmed), but Azureml-Model-Deployment's, a deployment's
-// name, which the service's own errors name. A shorter value is no
+// sends it (trimmed), and every part of it as long, which a reply may
+// echo alone: split at spaces, commas, semicolons and ampersands, and a
+// name=value part's value, as sent and percent-decoded (a SAS's sig=).
+// Azureml-Model-Deployment's value is none: it is a deployment's name,
+// which the service's own errors name. A shorter value is no
 // secret worth the name, and likely a word ("json", "blue") that
 // scrubbing would cut out of every message. It is built once per Auth.
 func headerSecrets(h http.Header) []string {
 	var out []string
+	add := func(s string) {
+		if len(s) >= minSecretLen && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
 	for name, vs := range h {
 		if name == deploymentHeader {
 			continue
 		}
 		for _, v := range vs {
-			if v = strings.Trim(v, " \t"); len(v) >= minSecretLen && !slices.Contains(out, v) {
-				out = append(out, v)
+			add(strings.Trim(v, " \t"))
+			// A reply may echo a part alone: the token of "Bearer <token>",
+			// the sig= of a SAS ("SharedAccessSignature sr=…&sig=…&se=…").
+			for part := range strings.FieldsFuncSeq(v, isHeaderSeparator) {
+				add(part)
+				if _, val, ok := strings.Cut(part, "="); ok {
+					add(val)
+					if dec, err := url.QueryUnescape(val); err == nil {
+						add(dec)
+					}
+				}
 			}
 		}
 	}
 	slices.SortFunc(out, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
 	return out
+}
+
+// isHeaderSeparator reports whether r separates the parts of a header
+// value that carries a credential: "Bearer <token>",
+// "SharedAccessSignature sr=…&sig=…", "k1=v1; k2=v2", "a, b".
+func isHeaderSeparator(r rune) bool {
+	return r == ' ' || r == '\t' || r == ',' || r == ';' || r == '&'
 }
 
 // deploymentHeader names the deployment an online endpoint's request goes

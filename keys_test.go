@@ -442,6 +442,33 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 	assertNoSecret(t, o, map[string]any{"error": err}, hidden)
 }
 
+// TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a
+// header value that carries a credential (the token of "Bearer <token>",
+// the sig= of a SAS, as sent or percent-decoded) has that part scrubbed;
+// short parts and the scheme's words stay.
+func TestHeaderSecretPartsScrubbed(t *testing.T) {
+	const token, sig = "tok3n0123456789abcdef", "c2lnbmF0dXJl%2Bc2lnbmF0dXJl%3D"
+	const sigDecoded = "c2lnbmF0dXJl+c2lnbmF0dXJl="
+	header := http.Header{
+		"X-Upstream-Auth": {"Bearer " + token},
+		"X-Sas":           {"SharedAccessSignature sr=queue&sig=" + sig + "&se=1700000000&skn=send"},
+	}
+	for _, echo := range []string{token, sig, sigDecoded} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":"Bearer realm, sr=queue, bad credential %s"}}`, echo)
+		}))
+		t.Cleanup(srv.Close)
+		o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
+		_, err := o.Do(t.Context(), []byte(`{}`))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "bad credential "+redacted, "%s is scrubbed", echo)
+		assert.Contains(t, err.Error(), "Bearer realm, sr=queue", "short parts stay")
+		assertNoSecret(t, o, map[string]any{"error": err}, []string{token, "c2lnbmF0dXJl"})
+	}
+}
+
 // TestNoSecretInAnyWrappedError: every error a transport or Credential
 // error wraps, as errors.Unwrap walks them, is scrubbed too, not the top
 // one only, and so is the error of a reply's body that failed to read: no error of the chain shows a secret in its text, and no
