@@ -557,6 +557,9 @@ func headerSecrets(h http.Header) []string {
 			// A reply may echo a part alone: the token of "Bearer <token>",
 			// the sig= of a SAS ("SharedAccessSignature sr=…&sig=…&se=…").
 			for part := range strings.FieldsFuncSeq(v, isHeaderSeparator) {
+				if isWord(part) {
+					continue // a scheme's name, "SharedAccessSignature"
+				}
 				add(part)
 				if _, val, ok := strings.Cut(part, "="); ok {
 					add(val)
@@ -576,6 +579,11 @@ func headerSecrets(h http.Header) []string {
 // "SharedAccessSignature sr=…&sig=…", "k1=v1; k2=v2", "a, b".
 func isHeaderSeparator(r rune) bool {
 	return r == ' ' || r == '\t' || r == ',' || r == ';' || r == '&'
+}
+
+// isWord reports whether s is letters only: a word, not a secret.
+func isWord(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') }) < 0
 }
 
 // deploymentHeader names the deployment an online endpoint's request goes

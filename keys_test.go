@@ -445,7 +445,7 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 // TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a
 // header value that carries a credential (the token of "Bearer <token>",
 // the sig= of a SAS, as sent or percent-decoded) has that part scrubbed;
-// short parts and the scheme's words stay.
+// short parts and a scheme's name ("SharedAccessSignature") stay.
 func TestHeaderSecretPartsScrubbed(t *testing.T) {
 	const token, sig = "tok3n0123456789abcdef", "c2lnbmF0dXJl%2Bc2lnbmF0dXJl%3D"
 	const sigDecoded = "c2lnbmF0dXJl+c2lnbmF0dXJl="
@@ -457,14 +457,14 @@ func TestHeaderSecretPartsScrubbed(t *testing.T) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
 			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":"Bearer realm, sr=queue, bad credential %s"}}`, echo)
+			fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":"SharedAccessSignature or Bearer realm, sr=queue, bad credential %s"}}`, echo)
 		}))
 		t.Cleanup(srv.Close)
 		o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
 		_, err := o.Do(t.Context(), []byte(`{}`))
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "bad credential "+redacted, "%s is scrubbed", echo)
-		assert.Contains(t, err.Error(), "Bearer realm, sr=queue", "short parts stay")
+		assert.Contains(t, err.Error(), "SharedAccessSignature or Bearer realm, sr=queue", "words and short parts stay")
 		assertNoSecret(t, o, map[string]any{"error": err}, []string{token, "c2lnbmF0dXJl"})
 	}
 }
