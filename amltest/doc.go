@@ -47,7 +47,9 @@
 //
 // With Config.Kind amlpool.Online a Server is an Azure ML online endpoint
 // serving an MLflow model instead: it answers POST /score with the key or a
-// token (Config.AcceptToken) as a bearer value, takes
+// token (Config.AcceptToken) as a bearer value, or with a token only
+// (Config.TokenOnly), as an endpoint in aad_token or aml_token auth mode
+// does, its keys refused with 401; it takes
 // {"input_data": {"columns", "index", "data"}}, replies with a JSON array of
 // predictions (Config.Predict, OnlineEcho by default; {"predictions": [...]}
 // with Config.PredictionsObject), answers the call over its cap with 429 Too

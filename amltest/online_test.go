@@ -219,3 +219,39 @@ func TestOnlineTokensAndHeaders(t *testing.T) {
 	srv.ResetStats()
 	assert.Empty(t, srv.Stats().HeadersSeen.Values("X-Tenant"))
 }
+
+// TestOnlineTokenOnly: a TokenOnly server, as an endpoint in aad_token
+// mode, refuses its keys with 401 and takes the tokens AcceptToken
+// accepts; its Endpoint carries no keys, so a Client needs a Credential.
+func TestOnlineTokenOnly(t *testing.T) {
+	srv := onlineServer(t, amltest.Config{Key: "primary", SecondaryKey: "secondary", TokenOnly: true,
+		AcceptToken: func(tok string) bool { return tok == "aad-token" }})
+	ep := srv.Endpoint()
+	assert.Empty(t, ep.APIKey)
+	assert.Empty(t, ep.SecondaryKey)
+	for _, key := range []string{"primary", "secondary"} {
+		r := send(t, srv, ep.URL, key, mlflowBody)
+		assert.Equal(t, http.StatusUnauthorized, r.status, "key %s: %s", key, r.body)
+	}
+	assert.Equal(t, http.StatusOK, send(t, srv, ep.URL, "aad-token", mlflowBody).status)
+	st := srv.Stats()
+	assert.Equal(t, int64(2), st.Unauthorized)
+	assert.Equal(t, int64(1), st.Scored)
+
+	_, err := amlpool.New([]amlpool.Endpoint{ep})
+	require.Error(t, err, "no key and no Credential")
+	ep.Credential = amlpool.CredentialFunc(func(context.Context) (string, error) { return "aad-token", nil })
+	c, err := amlpool.New([]amlpool.Endpoint{ep})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(t.Context(), []byte(mlflowBody))
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), srv.Stats().Scored)
+
+	assert.PanicsWithValue(t, "amltest: Config.TokenOnly on a classic server: Azure ML Classic endpoints take keys only; set Kind amlpool.Online",
+		func() {
+			amltest.NewUnstartedServer(amltest.Config{TokenOnly: true, AcceptToken: func(string) bool { return true }})
+		})
+	assert.PanicsWithValue(t, "amltest: Config.TokenOnly without Config.AcceptToken: the server would accept no call; set AcceptToken to say which tokens are valid",
+		func() { amltest.NewUnstartedServer(amltest.Config{Kind: amlpool.Online, TokenOnly: true}) })
+}

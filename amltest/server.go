@@ -44,8 +44,9 @@ type Config struct {
 	// Name is the endpoint id in the URL path (…/services/{Name}/execute).
 	// Default: a random 32-digit hex id, like the service's.
 	Name string
-	// Key is the API key the endpoint accepts as "Authorization: Bearer <key>".
-	// Default: a random 88-character base64 key, like the service's.
+	// Key is the API key the endpoint accepts as "Authorization: Bearer <key>"
+	// (a TokenOnly server refuses it). Default: a random 88-character
+	// base64 key, like the service's.
 	Key string
 	// SecondaryKey is a second key the endpoint accepts, as the service
 	// gives every endpoint two. Default: a random key like Key's.
@@ -97,10 +98,20 @@ type Config struct {
 	// azureml-model-deployment header names another gets 404. Default: any.
 	Deployment string
 	// AcceptToken, when set, decides whether a bearer value that is not
-	// one of the keys is a valid token (Azure AD or aml_token): tests of a
-	// Credential use it to expire and rotate tokens. It is called from many
-	// goroutines at once and must be safe for that.
+	// one of the keys (with TokenOnly: any bearer value) is a valid token
+	// (Azure AD or aml_token): tests of a Credential use it to expire and
+	// rotate tokens. It is called from many goroutines at once and must be
+	// safe for that.
 	AcceptToken func(token string) bool
+	// TokenOnly makes an online server refuse its keys with 401, as a
+	// managed online endpoint in a token auth mode (aad_token, aml_token)
+	// does: such an endpoint has no keys, and only a token AcceptToken
+	// accepts is valid. Endpoint then carries no keys: give it a
+	// Credential. NewServer panics when TokenOnly is set on a classic
+	// server (Azure ML Classic takes keys only) or without AcceptToken
+	// (the server would accept nothing). Default: keys and the tokens
+	// AcceptToken accepts are both valid.
+	TokenOnly bool
 	// RecordHeaders names request headers whose values Stats.HeadersSeen
 	// keeps, e.g. DeploymentHeader.
 	RecordHeaders []string
@@ -157,6 +168,7 @@ type Server struct {
 	predictionsObject bool
 	deployment        string
 	acceptToken       func(string) bool
+	tokenOnly         bool
 	finishAbandoned   bool
 	recorded          []string // Config.RecordHeaders, canonical
 
@@ -202,10 +214,17 @@ func NewServer(cfg Config) *Server {
 // NewUnstartedServer returns a fake endpoint that is not yet listening.
 // Start or StartTLS it, then Close it. It panics (as NewServer and
 // NewTestServer do) when cfg.Kind is neither amlpool.Classic nor
-// amlpool.Online.
+// amlpool.Online, and when cfg.TokenOnly is set on a classic server or
+// without cfg.AcceptToken.
 func NewUnstartedServer(cfg Config) *Server {
 	if cfg.Kind != amlpool.Classic && cfg.Kind != amlpool.Online {
 		panic(fmt.Sprintf("amltest: Config.Kind %d is neither amlpool.Classic nor amlpool.Online", cfg.Kind))
+	}
+	if cfg.TokenOnly && cfg.Kind != amlpool.Online {
+		panic("amltest: Config.TokenOnly on a classic server: Azure ML Classic endpoints take keys only; set Kind amlpool.Online")
+	}
+	if cfg.TokenOnly && cfg.AcceptToken == nil {
+		panic("amltest: Config.TokenOnly without Config.AcceptToken: the server would accept no call; set AcceptToken to say which tokens are valid")
 	}
 	s := &Server{
 		name:        cfg.Name,
@@ -224,6 +243,7 @@ func NewUnstartedServer(cfg Config) *Server {
 		predictionsObject: cfg.PredictionsObject,
 		deployment:        cfg.Deployment,
 		acceptToken:       cfg.AcceptToken,
+		tokenOnly:         cfg.TokenOnly,
 		finishAbandoned:   cfg.FinishAbandoned,
 	}
 	for _, h := range cfg.RecordHeaders {
@@ -419,18 +439,21 @@ func (s *Server) URL() string {
 
 // Endpoint returns the amlpool.Endpoint for this server: its Name, URL,
 // keys, its current cap and its Kind. For an online server with a
-// Deployment, its Header pins that deployment. A server from NewTestServer
+// Deployment, its Header pins that deployment. A TokenOnly server's has no
+// keys, as the service gives none in a token auth mode: set its
+// Credential. A server from NewTestServer
 // is reached only through its Client: give the amlpool Client
 // amlpool.WithHTTPClient(s.Client()).
 func (s *Server) Endpoint() amlpool.Endpoint {
-	keys := s.keys2.Load()
 	e := amlpool.Endpoint{
 		Name:               s.name,
 		URL:                s.URL(),
-		APIKey:             keys[0],
-		SecondaryKey:       keys[1],
 		MaxConcurrentCalls: int(s.mcc.Load()),
 		Kind:               s.kind,
+	}
+	if !s.tokenOnly {
+		keys := s.keys2.Load()
+		e.APIKey, e.SecondaryKey = keys[0], keys[1]
 	}
 	if s.kind == amlpool.Online && s.deployment != "" {
 		e.Header = http.Header{}
@@ -441,7 +464,8 @@ func (s *Server) Endpoint() amlpool.Endpoint {
 
 // SetKeys replaces the keys the endpoint accepts, as regenerating a key on
 // the service does: calls that present another key from now on get 401.
-// An empty key is replaced by a random one.
+// An empty key is replaced by a random one. A TokenOnly server refuses
+// its keys all the same.
 func (s *Server) SetKeys(primary, secondary string) {
 	if primary == "" {
 		primary = randomKey()
@@ -452,9 +476,12 @@ func (s *Server) SetKeys(primary, secondary string) {
 	s.keys2.Store(&[2]string{primary, secondary})
 }
 
-// accepts reports whether key is one of the endpoint's keys now, or a
-// token Config.AcceptToken accepts.
+// accepts reports whether key is one of the endpoint's keys now (unless
+// the server is TokenOnly), or a token Config.AcceptToken accepts.
 func (s *Server) accepts(key string) bool {
+	if s.tokenOnly {
+		return s.acceptToken(key)
+	}
 	keys := s.keys2.Load()
 	// Both compared, so that the time taken does not tell which matched.
 	a := subtle.ConstantTimeCompare([]byte(key), []byte(keys[0]))
@@ -499,7 +526,7 @@ type Stats struct {
 	Requests     int64 // calls that reached the handler, whatever the reply
 	Scored       int64 // 2xx replies from the model that began to be sent whole (not raw Fault bodies, not Truncate)
 	Throttled    int64 // 503 RequestThrottled (online: 429 Too many pending requests) replies because the cap was reached
-	Unauthorized int64 // 401 replies: missing or wrong key or token
+	Unauthorized int64 // 401 replies: missing or wrong key or token, or a key on a TokenOnly server
 	Rejected     int64 // other error replies of the server's own: routing, method, api-version, body checks, Score errors (400) and malformed Score replies (500); online: 404, 405, 413 and the 424 of a body the model cannot take or of a Predict error
 	Faults       int64 // calls that got a non-zero Fault
 	InFlight     int64 // calls in the handler now, whatever their reply will be
