@@ -76,7 +76,10 @@
 //		assert.LessOrEqual(t, srv.Stats().PeakInFlight, int64(4))
 //	}
 //
-// Every goroutine a Server's calls run on ends when Close returns.
+// Every goroutine a Server's calls run on ends when Close returns. Close
+// cannot stop a Config.Score (Predict, LatencyFunc, Fault, AcceptToken)
+// that does not return: it waits for it, and after 5 seconds says so in
+// the test's log (NewTestServer) or the standard logger.
 //
 // NewServer listens on the loopback network, which a test in a
 // testing/synctest bubble cannot use: its calls wait on sockets, so the

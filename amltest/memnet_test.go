@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net/http"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -103,12 +107,25 @@ func TestTestServerOutsideABubble(t *testing.T) {
 	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "a closed server's address is refused")
 }
 
-// tb records the failures of a server's test.
+// tb records the failures and logs of a server's test.
 type tb struct {
 	testing.TB
 	mu       sync.Mutex
 	errs     []string
+	logs     []string
 	cleanups []func()
+}
+
+func (t *tb) Logf(format string, args ...any) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.logs = append(t.logs, fmt.Sprintf(format, args...))
+}
+
+func (t *tb) logged() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.logs)
 }
 
 func (t *tb) Errorf(format string, args ...any) {
@@ -216,4 +233,63 @@ func TestBadConfigPanicsNamingIt(t *testing.T) {
 	require.Len(t, rec.errs, 1)
 	assert.Contains(t, rec.errs[0], "amltest: Config.Fault(1): Status 103 is not a final HTTP status")
 	assert.Zero(t, bad.Stats().InFlight)
+}
+
+// TestCloseSaysWhatItWaitsFor: Close cannot stop a Config.Score that does
+// not return, and waits for it; after 5 seconds (on the bubble's clock) it
+// says so through the test's Logf, naming the server and the call, and
+// goes on waiting until the Score returns. Restart does the same.
+func TestCloseSaysWhatItWaitsFor(t *testing.T) {
+	var std strings.Builder // httptest's own complaint, on the standard logger
+	log.SetOutput(&std)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	for _, op := range []string{"Close", "Restart"} {
+		t.Run(op, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rec := &tb{TB: t}
+				release := make(chan struct{})
+				srv := amltest.NewTestServer(rec, amltest.Config{Name: "stuck", Score: func(in *amlpool.Request) (*amlpool.Response, error) {
+					<-release
+					return amltest.Echo(in)
+				}})
+				ep := srv.Endpoint()
+				go func() {
+					if resp, err := do(context.Background(), srv, ep.URL, ep.APIKey, classicBody); err == nil {
+						resp.Body.Close()
+					}
+				}()
+				_, err := srv.WaitFor(t.Context(), func(st amltest.Stats) bool { return st.InFlight == 1 })
+				require.NoError(t, err)
+
+				done := make(chan struct{})
+				go func() {
+					if op == "Close" {
+						srv.Close()
+					} else {
+						srv.Restart(0)
+					}
+					close(done)
+				}()
+				time.Sleep(5*time.Second - time.Nanosecond)
+				synctest.Wait()
+				assert.Empty(t, rec.logged(), "nothing to say yet")
+				time.Sleep(time.Nanosecond)
+				synctest.Wait()
+				assert.Equal(t, []string{"amltest: " + op + " of server stuck has waited 5s for 1 call in the handler, and waits on: " +
+					"a Config.Score, Predict, LatencyFunc, Fault or AcceptToken that has not returned holds it until it returns"}, rec.logged())
+				select {
+				case <-done:
+					t.Error(op + " returned while the Score ran")
+				default:
+				}
+				close(release)
+				<-done
+				for _, f := range rec.cleanups {
+					f()
+				}
+				assert.Len(t, rec.logged(), 1, "said once")
+				assert.Empty(t, rec.errs)
+			})
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -174,6 +175,9 @@ type Server struct {
 
 	closed    chan struct{} // closed by Close; ends WaitFor and Restart
 	closeOnce sync.Once
+	// closeWarnAfter is how long Close and Restart wait for the handlers
+	// before they log what they wait for (tests shorten it).
+	closeWarnAfter time.Duration
 
 	// testHookThrottled, when set (by tests, before Start), is called by a
 	// call the cap turns away, before its reply.
@@ -227,16 +231,17 @@ func NewUnstartedServer(cfg Config) *Server {
 		panic("amltest: Config.TokenOnly without Config.AcceptToken: the server would accept no call; set AcceptToken to say which tokens are valid")
 	}
 	s := &Server{
-		name:        cfg.Name,
-		workspace:   randomHex(16),
-		latency:     cfg.Latency,
-		latencyFunc: cfg.LatencyFunc,
-		score:       cfg.Score,
-		faultFunc:   cfg.Fault,
-		closed:      make(chan struct{}),
-		stop:        make(chan struct{}),
-		keys:        make(map[string]struct{}),
-		headers:     make(map[string][]string),
+		name:           cfg.Name,
+		workspace:      randomHex(16),
+		latency:        cfg.Latency,
+		latencyFunc:    cfg.LatencyFunc,
+		score:          cfg.Score,
+		faultFunc:      cfg.Fault,
+		closed:         make(chan struct{}),
+		stop:           make(chan struct{}),
+		closeWarnAfter: 5 * time.Second,
+		keys:           make(map[string]struct{}),
+		headers:        make(map[string][]string),
 
 		kind:              cfg.Kind,
 		predict:           cfg.Predict,
@@ -306,6 +311,13 @@ func (s *Server) mustNotBeInMemory(method string) {
 // a reply being written is cut off, and their clients see the connection
 // close), shuts the server down and waits for its handlers to return. Close
 // is idempotent.
+//
+// A handler in a Config.Score, Predict, LatencyFunc, Fault or AcceptToken
+// cannot be stopped: Close waits until the function returns. When that
+// takes 5 seconds, Close says so, naming the server and the calls it waits
+// for, through the test's Logf for a server from NewTestServer, else
+// through the standard logger (as httptest.Server's Close does), and goes
+// on waiting. Restart waits, and says so, in the same way.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -313,7 +325,7 @@ func (s *Server) Close() {
 	})
 	s.genMu.Lock()
 	defer s.genMu.Unlock()
-	s.stopLocked()
+	s.stopLocked("Close")
 	if s.mem != nil {
 		s.mem.release()
 		s.memClient.CloseIdleConnections()
@@ -326,14 +338,46 @@ func (s *Server) Close() {
 // httptest's Close waits for the calls on active connections, so those are
 // closed first: a handler blocked writing a reply its client does not read
 // (a body left unread and unclosed) would otherwise hold Close for ever.
-func (s *Server) stopLocked() {
+// A handler in a function of the Config cannot be stopped so: after
+// closeWarnAfter, op (Close or Restart) logs what it waits for.
+func (s *Server) stopLocked(op string) {
 	select {
 	case <-s.stop:
 	default:
 		close(s.stop)
 	}
 	s.ts.CloseClientConnections()
+	done := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		t := time.NewTimer(s.closeWarnAfter)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			n := s.inFlight.Load()
+			calls := "calls"
+			if n == 1 {
+				calls = "call"
+			}
+			s.logf("amltest: %s of server %s has waited %v for %d %s in the handler, and waits on: "+
+				"a Config.Score, Predict, LatencyFunc, Fault or AcceptToken that has not returned holds it until it returns",
+				op, s.name, s.closeWarnAfter, n, calls)
+		}
+	})
 	s.ts.Close()
+	close(done)
+	watch.Wait() // nothing logged once op has returned
+}
+
+// logf logs through the test's Logf for a server from NewTestServer, else
+// through the standard logger.
+func (s *Server) logf(format string, args ...any) {
+	if s.t != nil {
+		s.t.Logf(format, args...)
+		return
+	}
+	log.Printf(format, args...)
 }
 
 // Restart stops the server as a process restart would and starts it again
@@ -343,7 +387,9 @@ func (s *Server) stopLocked() {
 // faults, TLS included. Stats and the n of Config.Fault carry on across the
 // restart; InFlight is zero when the server listens again. Restart blocks
 // until the server listens again, or until Close, after which the server
-// stays closed; a Restart after Close returns at once. It panics, as
+// stays closed; a Restart after Close returns at once. Like Close, it
+// waits for a handler in a function of the Config to return, and says so
+// after 5 seconds. It panics, as
 // httptest does, when the address cannot be listened on again within a
 // second (another process took the port).
 func (s *Server) Restart(down time.Duration) {
@@ -353,7 +399,7 @@ func (s *Server) Restart(down time.Duration) {
 		panic("amltest: Restart of a server that was never started")
 	}
 	addr := s.ts.Listener.Addr().String()
-	s.stopLocked()
+	s.stopLocked("Restart")
 	t := time.NewTimer(down)
 	defer t.Stop()
 	select {
