@@ -87,7 +87,8 @@
 // NewTestServer serves the same endpoint on an in-memory network instead,
 // closed when the test ends; made inside the bubble, its latencies and
 // delays pass on the bubble's clock, exactly. Send its calls with its
-// Client, which reaches every in-memory server:
+// Client, which reaches every in-memory server (or with a transport of the
+// test's own whose DialContext is the server's DialContext):
 //
 //	synctest.Test(t, func(t *testing.T) {
 //		a := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 2, Latency: 100 * time.Millisecond})

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/amlpool/amlpool"
@@ -177,4 +179,38 @@ func ExampleServer_WaitFor() {
 	// Output:
 	// 503 {"error":{"code":"ServiceUnavailable","message":"Service is temporarily unavailable.","details":[{"code":"RequestThrottled","message":"Request was throttled for default endpoint. The maximum concurrency for the endpoint is 2."}]}}
 	// 2 1 2 3
+}
+
+// countingTransport counts the calls it sends: a test's own RoundTripper.
+type countingTransport struct {
+	next  http.RoundTripper
+	calls atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.calls.Add(1)
+	return c.next.RoundTrip(r)
+}
+
+// A test that sends its calls through a transport of its own (sized for
+// the calls in flight, wrapped in a RoundTripper that counts them) reaches
+// a server from NewTestServer, on the in-memory network, by dialling with
+// the server's DialContext. (This example is compiled, not run: it needs a
+// test's t.)
+func ExampleServer_DialContext() {
+	var t *testing.T // the test's
+	srv := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 4})
+	rt := &countingTransport{next: &http.Transport{DialContext: srv.DialContext, MaxIdleConnsPerHost: 4}}
+	client, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()},
+		amlpool.WithHTTPClient(&http.Client{Transport: rt}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Score(t.Context(), &amlpool.Request{Inputs: map[string]*amlpool.Table{
+		"input1": {ColumnNames: []string{"age"}, Values: [][]any{{39}}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(rt.calls.Load(), srv.Stats().Scored) // 1 1
 }

@@ -146,9 +146,10 @@ func (a memAddr) String() string  { return string(a) }
 // in the bubble that uses it.
 //
 // Its URL is http://localhost:{port}/…, where nothing listens on the real
-// network: send calls with Client (amlpool.WithHTTPClient(srv.Client())).
-// The Client of any in-memory server reaches every in-memory server, each by
-// its own URL, so one client serves a test of several fakes. It is not
+// network: send calls with Client (amlpool.WithHTTPClient(srv.Client())),
+// or with a transport of the test's own that dials with DialContext. The
+// Client (and DialContext) of any in-memory server reaches every in-memory
+// server, each by its own URL, so one client serves a test of several fakes. It is not
 // started with Start or StartTLS (it serves plain HTTP); Restart and
 // CloseClientConnections work as on the loopback network.
 func NewTestServer(t testing.TB, cfg Config) *Server {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -292,4 +293,53 @@ func TestCloseSaysWhatItWaitsFor(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestTestServerDialContext: a transport of the test's own that dials with
+// an in-memory server's DialContext reaches that server and every other
+// in-memory one, in a bubble too; an address no open server has is
+// refused. A loopback server's DialContext dials the real network.
+func TestTestServerDialContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := amltest.NewTestServer(t, amltest.Config{Latency: time.Second})
+		b := amltest.NewTestServer(t, amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 1, Latency: time.Second})
+		tr := &http.Transport{DialContext: a.DialContext}
+		defer tr.CloseIdleConnections()
+		hc := &http.Client{Transport: tr}
+		start := time.Now()
+		for _, srv := range []*amltest.Server{a, b} {
+			body := classicBody
+			if srv.Endpoint().Kind == amlpool.Online {
+				body = mlflowBody
+			}
+			ep := srv.Endpoint()
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, ep.URL, strings.NewReader(body))
+			require.NoError(t, err)
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+ep.APIKey)
+			resp, err := hc.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.Equal(t, int64(1), srv.Stats().Scored)
+		}
+		assert.Equal(t, 2*time.Second, time.Since(start), "on the bubble's clock")
+
+		b.Close()
+		_, err := a.DialContext(t.Context(), "tcp", host(t, b.URL()))
+		assert.ErrorIs(t, err, syscall.ECONNREFUSED)
+	})
+
+	srv := newServer(t, amltest.Config{})
+	conn, err := srv.DialContext(t.Context(), "tcp", host(t, srv.URL()))
+	require.NoError(t, err)
+	conn.Close()
+}
+
+// host returns the host:port of a URL.
+func host(t *testing.T, rawURL string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	require.NoError(t, err)
+	return u.Host
 }

@@ -466,6 +466,25 @@ func (s *Server) Client() *http.Client {
 	return s.ts.Client()
 }
 
+// DialContext dials addr as the server's Client does, for a transport of
+// the test's own: one sized as amlpool.WithHTTPClient advises, say, or
+// wrapped in a RoundTripper of its own:
+//
+//	tr := &http.Transport{DialContext: srv.DialContext, MaxIdleConnsPerHost: 64}
+//
+// For a server from NewTestServer it dials over the in-memory network,
+// where it reaches every in-memory server by its address, as Client does
+// (an address no open in-memory server has is refused); for any other
+// server, over the real network. (A RoundTripper may also wrap
+// Client().Transport as it is.)
+func (s *Server) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if s.mem != nil {
+		return memDial(ctx, network, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
 // URL returns the endpoint's scoring URL, like the one on the service's API
 // help page: base + "/workspaces/{ws}/services/{Name}/execute?api-version=2.0&details=true";
 // for an online server, base + "/score".
@@ -487,9 +506,9 @@ func (s *Server) URL() string {
 // keys, its current cap and its Kind. For an online server with a
 // Deployment, its Header pins that deployment. A TokenOnly server's has no
 // keys, as the service gives none in a token auth mode: set its
-// Credential. A server from NewTestServer
-// is reached only through its Client: give the amlpool Client
-// amlpool.WithHTTPClient(s.Client()).
+// Credential. A server from NewTestServer is reached only over the
+// in-memory network: give the amlpool Client amlpool.WithHTTPClient(s.Client()),
+// or a client whose transport dials with s.DialContext.
 func (s *Server) Endpoint() amlpool.Endpoint {
 	e := amlpool.Endpoint{
 		Name:               s.name,
