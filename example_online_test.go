@@ -76,13 +76,14 @@ func ExampleAPIError_ModelInputFault() {
 
 // Tokens instead of a key: each attempt asks the Credential. A caching
 // Credential also implements TokenInvalidator, to hear of a 401. For Azure
-// AD tokens, see module github.com/amlpool/amlpool/azureauth.
+// AD tokens, see module github.com/amlpool/amlpool/azureauth. The fake
+// endpoint takes tokens only (TokenOnly), as one in aad_token mode does:
+// its Endpoint has no keys.
 func ExampleCredentialFunc() {
-	srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 4,
+	srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 4, TokenOnly: true,
 		AcceptToken: func(tok string) bool { return tok == "token-from-the-vault" }})
 	defer srv.Close()
 	ep := srv.Endpoint()
-	ep.APIKey, ep.SecondaryKey = "", ""
 	ep.Credential = amlpool.CredentialFunc(func(ctx context.Context) (string, error) {
 		return "token-from-the-vault", nil // e.g. read from a secret store, cached
 	})
