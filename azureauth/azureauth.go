@@ -17,7 +17,8 @@
 //
 // A Credential caches the token and hands it to every attempt without
 // asking Azure AD; it fetches a new one shortly before the old one
-// expires, once for any number of callers.
+// expires, once for any number of callers. While fetches fail, it tries
+// again after a back-off, not on every call.
 package azureauth
 
 import (
@@ -53,6 +54,11 @@ const (
 	retryAfterFailure = 30 * time.Second
 	// fetchTimeout bounds one GetToken.
 	fetchTimeout = time.Minute
+	// failureBackoff is how long after a failed fetch the callers that
+	// have no usable token get its error rather than a new fetch; it
+	// doubles with each failure in a row, up to maxFailureBackoff.
+	failureBackoff    = time.Second
+	maxFailureBackoff = 30 * time.Second
 )
 
 // Credential is an amlpool.Credential (and amlpool.TokenInvalidator) whose
@@ -72,6 +78,12 @@ const (
 // that the callers waiting with it still get its token. A token without an
 // expiry (a zero ExpiresOn), or one that has expired or expires within 30
 // seconds, is an error, which says which.
+//
+// A failed fetch is not followed by another at once, on every call,
+// while the identity endpoint is failing: for a second after it, the
+// callers that have no usable token get its error, at once and without a
+// new fetch; the back-off doubles with each failure in a row, up to 30
+// seconds, and ends with the first fetch that gives a token.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
@@ -81,8 +93,11 @@ type Credential struct {
 	cur   atomic.Pointer[token] // nil until the first fetch, or after Invalidate
 	fetch singleflight.Group
 
-	mu      sync.Mutex // guards nextTry
-	nextTry time.Time  // no early refresh before then: one is in flight, or one ended without a token not yet due
+	mu          sync.Mutex // guards the fields below
+	nextTry     time.Time  // no early refresh before then: one is in flight, or one ended without a token not yet due
+	failed      error      // the last fetch's error, nil once one gave a token
+	failures    int        // fetches failed in a row
+	failedUntil time.Time  // no fetch for a caller without a usable token before then: it gets failed
 }
 
 // token is a fetched token and when to refresh it.
@@ -169,6 +184,9 @@ func (c *Credential) Token(ctx context.Context) (string, error) {
 		}
 		return t.Token, nil
 	}
+	if err := c.backingOff(now); err != nil {
+		return "", err
+	}
 	ch := c.fetch.DoChan("token", c.get(ctx))
 	select {
 	case r := <-ch:
@@ -194,49 +212,80 @@ func (c *Credential) tryEarly(now time.Time) bool {
 	return true
 }
 
+// backingOff returns, while a failed fetch's back-off lasts, its error,
+// saying so: the error of a Token that found no usable token then.
+func (c *Credential) backingOff(now time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failed == nil || !now.Before(c.failedUntil) {
+		return nil
+	}
+	return fmt.Errorf("%w (fetches failed in a row: %d; no new one for %v)", c.failed, c.failures, c.failedUntil.Sub(now).Round(time.Millisecond))
+}
+
 // get returns the fetch that singleflight runs, on a goroutine of its own:
 // one GetToken, under ctx's values but not its end, for at most a minute.
 func (c *Credential) get(ctx context.Context) func() (any, error) {
 	return func() (any, error) {
 		// A caller that found no fresh token may join only after the fetch
-		// that made one ended: the token is here, fetch none.
+		// that made one ended: the token is here, fetch none. Nor after
+		// one that failed: its back-off holds.
 		if t := c.cur.Load(); t != nil && c.now().Before(t.refreshAt) {
 			return t, nil
+		}
+		if err := c.backingOff(c.now()); err != nil {
+			return nil, err
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		at, err := c.cred.GetToken(fctx, c.opts)
 		now := c.now()
+		if err != nil {
+			err = fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)
+		} else {
+			err = checkToken(at, now)
+		}
+		var t *token
+		if err == nil {
+			t = &token{AccessToken: at, refreshAt: c.refreshAt(at, now)}
+			c.cur.Store(t)
+		}
 		// No early refresh for 30 seconds after this fetch, unless it
 		// stores a token not yet due: after a failure, and after a token
 		// that came back due already (a credential's own cache, or a
 		// RefreshOn in the past), an early refresh at once would do no
 		// better. Counted from the fetch's end, which may be long after its
-		// start.
+		// start, as the back-off of a failure is.
 		c.mu.Lock()
+		defer c.mu.Unlock()
 		c.nextTry = now.Add(retryAfterFailure)
-		c.mu.Unlock()
-		switch {
-		case err != nil:
-			return nil, fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)
-		case at.Token == "":
-			return nil, errors.New("azureauth: the credential gave an empty token")
-		case at.ExpiresOn.IsZero():
-			return nil, errors.New("azureauth: the credential gave a token without an expiry (AccessToken.ExpiresOn is zero): it is needed to know when to fetch the next")
-		case !at.ExpiresOn.After(now):
-			return nil, fmt.Errorf("azureauth: the credential gave a token that expired at %v, %v ago", at.ExpiresOn.UTC(), now.Sub(at.ExpiresOn).Round(time.Second))
-		case !at.ExpiresOn.After(now.Add(expiryMargin)):
-			return nil, fmt.Errorf("azureauth: the credential gave a token that expires at %v, within %v", at.ExpiresOn.UTC(), expiryMargin)
+		if err != nil {
+			c.failed, c.failures = err, c.failures+1
+			c.failedUntil = now.Add(min(failureBackoff<<min(c.failures-1, 16), maxFailureBackoff))
+			return nil, err
 		}
-		t := &token{AccessToken: at, refreshAt: c.refreshAt(at, now)}
-		c.cur.Store(t)
+		c.failed, c.failures = nil, 0
 		if now.Before(t.refreshAt) {
-			c.mu.Lock()
 			c.nextTry = time.Time{}
-			c.mu.Unlock()
 		}
 		return t, nil
 	}
+}
+
+// checkToken returns what is wrong with a token the credential gave at
+// now, if anything.
+func checkToken(at azcore.AccessToken, now time.Time) error {
+	switch {
+	case at.Token == "":
+		return errors.New("azureauth: the credential gave an empty token")
+	case at.ExpiresOn.IsZero():
+		return errors.New("azureauth: the credential gave a token without an expiry (AccessToken.ExpiresOn is zero): it is needed to know when to fetch the next")
+	case !at.ExpiresOn.After(now):
+		return fmt.Errorf("azureauth: the credential gave a token that expired at %v, %v ago", at.ExpiresOn.UTC(), now.Sub(at.ExpiresOn).Round(time.Second))
+	case !at.ExpiresOn.After(now.Add(expiryMargin)):
+		return fmt.Errorf("azureauth: the credential gave a token that expires at %v, within %v", at.ExpiresOn.UTC(), expiryMargin)
+	}
+	return nil
 }
 
 // refreshAt is when to fetch a token after at, fetched at now: never

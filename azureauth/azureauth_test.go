@@ -3,6 +3,7 @@ package azureauth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -239,16 +240,17 @@ func TestManyCallersOneFetch(t *testing.T) {
 }
 
 // TestErrors: the credential's error reaches the caller, wrapped; an empty
-// or expired token is an error; a failed fetch is tried again by the next
-// caller.
+// or expired token is an error; a failed fetch is tried again by the first
+// caller after its back-off.
 func TestErrors(t *testing.T) {
 	errAAD := errors.New("AADSTS7000215: invalid client secret")
-	c, f, _ := newTest(t, time.Hour)
+	c, f, clock := newTest(t, time.Hour)
 	f.set(func(f *fakeCred) { f.err = errAAD })
 	_, err := c.Token(context.Background())
 	require.ErrorIs(t, err, errAAD)
 	assert.Contains(t, err.Error(), Scope)
 	f.set(func(f *fakeCred) { f.err = nil })
+	clock.Advance(time.Second) // failureBackoff
 	assert.Equal(t, "t2", tokenOf(t, c))
 
 	c, _, _ = newTest(t, 10*time.Second) // expires within the margin
@@ -286,6 +288,81 @@ func TestTokenWithoutOrPastExpiry(t *testing.T) {
 			assert.NotContains(t, err.Error(), "secret-tok")
 		})
 	}
+}
+
+// TestFailureBackoff: while the identity endpoint fails, callers without
+// a usable token do not each start a fetch: after a failure, those within
+// its back-off (1 s, doubling with each failure in a row, up to 30 s) get
+// its error, at once, saying so; the first caller after it fetches again.
+// A fetch that gives a token ends the back-off; the next failure's is 1 s
+// again.
+func TestFailureBackoff(t *testing.T) {
+	errAAD := errors.New("ManagedIdentityCredential: IMDS: 503 Service Unavailable")
+	c, f, clock := newTest(t, time.Hour)
+	f.set(func(f *fakeCred) { f.err = errAAD })
+	want := int64(0)
+	for _, backoff := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second} {
+		_, err := c.Token(context.Background())
+		require.ErrorIs(t, err, errAAD)
+		want++
+		require.Equal(t, want, f.calls.Load(), "a fetch once the back-off is over")
+		clock.Advance(backoff - time.Millisecond)
+		for range 100 {
+			_, err := c.Token(context.Background())
+			require.ErrorIs(t, err, errAAD, "the last fetch's error, within its back-off of %v", backoff)
+			assert.ErrorContains(t, err, "; no new one for 1ms)")
+		}
+		require.Equal(t, want, f.calls.Load(), "no fetch within the back-off of %v", backoff)
+		clock.Advance(time.Millisecond)
+	}
+
+	f.set(func(f *fakeCred) { f.err = nil })
+	assert.Equal(t, "t8", tokenOf(t, c))
+	c.Invalidate("t8")
+	f.set(func(f *fakeCred) { f.err = errAAD })
+	_, err := c.Token(context.Background())
+	require.ErrorIs(t, err, errAAD)
+	clock.Advance(time.Second - time.Millisecond)
+	_, err = c.Token(context.Background())
+	require.ErrorContains(t, err, "(fetches failed in a row: 1;", "the run of failures starts again after a token")
+	clock.Advance(time.Millisecond)
+	f.set(func(f *fakeCred) { f.err = nil })
+	assert.Equal(t, "t10", tokenOf(t, c))
+	assert.Equal(t, int64(10), f.calls.Load())
+}
+
+// TestFailureBackoffManyCallers: callers that arrive while a failing
+// fetch is under way share it; those that come after it ended, within its
+// back-off, start no other, however many: the identity endpoint sees one
+// fetch per back-off, not one per call.
+func TestFailureBackoffManyCallers(t *testing.T) {
+	errAAD := errors.New("AADSTS50058: silent sign-in failed")
+	c, f, clock := newTest(t, time.Hour)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.err, f.gate = errAAD, gate })
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			_, err := c.Token(context.Background())
+			assert.ErrorIs(t, err, errAAD)
+		})
+	}
+	<-f.entered
+	close(gate)
+	wg.Wait()
+	for range 50 {
+		wg.Go(func() {
+			_, err := c.Token(context.Background())
+			assert.ErrorIs(t, err, errAAD)
+		})
+	}
+	wg.Wait()
+	settle(c)
+	assert.Equal(t, int64(1), f.calls.Load())
+	clock.Advance(time.Second)
+	_, err := c.Token(context.Background())
+	require.ErrorIs(t, err, errAAD)
+	assert.Equal(t, int64(2), f.calls.Load())
 }
 
 type credFunc func() (azcore.AccessToken, error)
@@ -451,4 +528,31 @@ func TestWithAmlpool(t *testing.T) {
 	assert.Equal(t, int64(1), st.Unauthorized)
 	assert.Equal(t, []string{"t1", "t2"}, st.KeysSeen)
 	assert.Equal(t, int64(2), f.calls.Load())
+}
+
+// TestFailureBackoffScrubbed: the error a failed fetch left, which callers
+// get again through its back-off, reaches an amlpool call scrubbed of the
+// token reply it quotes, as the fetch's own does.
+func TestFailureBackoffScrubbed(t *testing.T) {
+	const secret = "secret-in-a-token-reply"
+	c, f, _ := newTest(t, time.Hour)
+	f.set(func(f *fakeCred) {
+		f.err = errors.New(`MSAL: could not decode the reply {"token_type":"Bearer","access_token":"` + secret + `"}`)
+	})
+	srv := amltest.NewServer(amltest.Config{Kind: amlpool.Online, MaxConcurrentCalls: 4, AcceptToken: func(string) bool { return true }})
+	t.Cleanup(srv.Close)
+	ep := srv.Endpoint()
+	ep.APIKey, ep.SecondaryKey, ep.Credential = "", "", c
+	client, err := amlpool.New([]amlpool.Endpoint{ep}, amlpool.WithoutRetries(), amlpool.WithoutEjection())
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	body := []byte(`{"input_data":{"columns":["a"],"data":[[1]]}}`)
+	for _, when := range []string{"the fetch", "its back-off"} {
+		_, err = client.Do(context.Background(), body)
+		var ce *amlpool.CredentialError
+		require.ErrorAs(t, err, &ce, when)
+		assert.NotContains(t, fmt.Sprintf("%v %+v %#v", err, err, err), secret, when)
+		assert.Contains(t, err.Error(), "access_token", when)
+	}
+	assert.Equal(t, int64(1), f.calls.Load(), "the second call came within the back-off")
 }
