@@ -112,6 +112,7 @@ func (r *reloader) reload() {
 		err = distinctFiles(r.opts, true, cfg.keyFiles(r.path)...)
 	}
 	if err == nil {
+		warnTokenFailures(eps, r.say)
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.
 		r.tally.note(r.client.Stats())

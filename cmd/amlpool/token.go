@@ -36,8 +36,10 @@ import (
 //	                               killed after a minute. A JWT is used while
 //	                               the next run is under way, and after it
 //	                               failed (run again 30 s later), until 30 s
-//	                               before its "exp". A run printing more
-//	                               than 1 MiB is killed and fails
+//	                               before its "exp"; such a failed run is
+//	                               said on stderr (warnTokenFailures). A
+//	                               run printing more than 1 MiB is killed
+//	                               and fails
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
@@ -149,13 +151,16 @@ func (f *fileToken) Invalidate(tok string) {
 // comes first. A JWT still good then (up to tokenUsableMargin before it
 // expires) goes on being handed out while the next run is under way, and
 // for tokenRetryAfterFailure after a run that failed: no call waits for the
-// command, or fails with it, while the token it has works.
+// command, or fails with it, while the token it has works. Such a failed
+// run fails no call, so it is told to warn.
 type commandToken struct {
 	argv    []string
 	ttl     time.Duration
 	timeout time.Duration // of one run; 0: tokenCommandTimeout
 	now     func() time.Time
 	run     singleflight.Group
+	label   string       // the endpoint's, for warn
+	warn    func(string) // hears of a failed run while the token in use goes on; nil: no one. Set before the first Token
 
 	mu      sync.Mutex // guards tok, expires and usable
 	tok     string
@@ -187,6 +192,7 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 		if err != nil {
 			if c.tok != "" && now.Before(c.usable) {
 				c.expires = minTime(now.Add(tokenRetryAfterFailure), c.usable) // not at once: no run per call
+				c.warnFailure(err, now)
 			}
 			return nil, err
 		}
@@ -213,6 +219,45 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 	}
 }
 
+// warnFailure tells c.warn, if any, of a run that failed at now while the
+// token in use goes on: no call fails of it, and without this no one would
+// know until the token was no longer usable. The message quotes none of
+// the command's output, stderr included (commandError), and no token. c.mu
+// is held.
+func (c *commandToken) warnFailure(err error, now time.Time) {
+	if c.warn == nil {
+		return
+	}
+	var ce *commandError
+	if errors.As(err, &ce) {
+		err = ce.err
+	}
+	c.warn(fmt.Sprintf("%s: refreshing the token: %v; the token in use goes on until %s, the command is run again in %v",
+		c.label, err, c.usable.UTC().Format("15:04:05 MST"), c.expires.Sub(now).Round(time.Second)))
+}
+
+// warnTokenFailures makes the token commands of eps say their failed runs
+// that fail no call (commandToken.warnFailure) through say, as the
+// command's other warnings are. It must be called before eps are used.
+func warnTokenFailures(eps []amlpool.Endpoint, say func(string)) {
+	for _, ep := range eps {
+		if c, ok := ep.Credential.(*commandToken); ok {
+			c.warn = func(msg string) { say("amlpool score: " + msg) }
+		}
+	}
+}
+
+// commandError is the error of a run that failed, and the last line of
+// the command's stderr (lastLine), which its text quotes and a warning
+// does not.
+type commandError struct {
+	err    error
+	stderr string
+}
+
+func (e *commandError) Error() string { return e.err.Error() + e.stderr }
+func (e *commandError) Unwrap() error { return e.err }
+
 // runCommand runs the command once and returns the token it printed. The
 // run is not cut short by ctx, the ctx of the caller that started it:
 // others may wait for it too. It lasts c.timeout at most, the wait for the
@@ -232,14 +277,14 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 			return "", fmt.Errorf(`"tokenCommand" %s: printed more than %d MiB; want the token alone on one line; killed`, c.argv[0], tokenCommandMaxOutput>>20)
 		}
 		if rctx.Err() != nil {
-			return "", fmt.Errorf(`"tokenCommand" %s: no token after %v; killed%s`, c.argv[0], timeout, lastLine(stderr.String()))
+			return "", &commandError{fmt.Errorf(`"tokenCommand" %s: no token after %v; killed`, c.argv[0], timeout), lastLine(stderr.String())}
 		}
-		return "", fmt.Errorf(`"tokenCommand" %s: %w%s`, c.argv[0], err, lastLine(stderr.String()))
+		return "", &commandError{fmt.Errorf(`"tokenCommand" %s: %w`, c.argv[0], err), lastLine(stderr.String())}
 	}
 	tok := strings.TrimSpace(stdout.buf.String())
 	switch lines := len(strings.FieldsFunc(tok, func(r rune) bool { return r == '\r' || r == '\n' })); {
 	case tok == "":
-		return "", fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)%s`, c.argv[0], lastLine(stderr.String()))
+		return "", &commandError{fmt.Errorf(`"tokenCommand" %s: printed no token (exit status 0)`, c.argv[0]), lastLine(stderr.String())}
 	case strings.ContainsAny(tok, "\r\n"):
 		return "", fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
 	}
@@ -406,5 +451,5 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 		}
 		ttl = d
 	}
-	return &commandToken{argv: append([]string(nil), e.TokenCommand...), ttl: ttl, now: time.Now}, nil
+	return &commandToken{argv: append([]string(nil), e.TokenCommand...), ttl: ttl, now: time.Now, label: label}, nil
 }

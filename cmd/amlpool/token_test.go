@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -412,4 +413,62 @@ func TestTailBufferKeepsTheEnd(t *testing.T) {
 	require.LessOrEqual(t, cap(tb.b), 3*tailKept, "kept in memory")
 	require.True(t, strings.HasSuffix(tb.String(), "\nlast words\n"))
 	require.Equal(t, ": last words", lastLine(tb.String()))
+}
+
+// TestCommandTokenWarnsOfAFailedBackgroundRun: a run that fails while the
+// JWT in use goes on fails no call, so it is said where the command's
+// warnings go (warnTokenFailures), naming the endpoint and the command,
+// once per failed run (run again 30 s later, not per call), without the
+// command's output, stderr included, or the token. A failed run that calls
+// wait for, which fails them, is not said.
+func TestCommandTokenWarnsOfAFailedBackgroundRun(t *testing.T) {
+	enc := base64.RawURLEncoding.EncodeToString
+	start := time.Unix(1_800_000_000, 0)
+	jwt := enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc([]byte(`{"exp":1800003600}`)) + ".c2ln" // start + 1h
+	dir := t.TempDir()
+	script := `cd ` + dir + ` && n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ` +
+		`if [ $n -gt 1 ]; then echo partial-stdout; echo 'ERROR: stderr-secret' >&2; exit 3; fi; echo ` + jwt
+	argv, err := json.Marshal([]string{"sh", "-c", script})
+	require.NoError(t, err)
+	_, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"blue","url":"https://e.westeurope.inference.ml.azure.com/score",`+
+		`"kind":"online","maxConcurrentCalls":4,"tokenCommand":`+string(argv)+`}]}`), keySource{getenv: func(string) string { return "" }, readFile: os.ReadFile})
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var said []string
+	warnTokenFailures(eps, func(msg string) { mu.Lock(); said = append(said, msg); mu.Unlock() })
+	c := eps[0].Credential.(*commandToken)
+	now := start
+	c.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	set := func(d time.Duration) { mu.Lock(); now = start.Add(d); mu.Unlock() }
+	saidNow := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(said) }
+
+	got, err := c.Token(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, jwt, got)
+	assert.Empty(t, saidNow())
+	set(defaultTokenTTL)
+	for range 10 {
+		got, err = c.Token(t.Context())
+		require.NoError(t, err)
+		assert.Equal(t, jwt, got)
+		settleRun(c)
+	}
+	want := `amlpool score: endpoints[0] (blue): refreshing the token: "tokenCommand" sh: exit status 3; ` +
+		`the token in use goes on until 08:59:30 UTC, the command is run again in 30s`
+	assert.Equal(t, []string{want}, saidNow(), "one failed run, one warning")
+	set(defaultTokenTTL + tokenRetryAfterFailure)
+	_, err = c.Token(t.Context())
+	require.NoError(t, err)
+	settleRun(c)
+	assert.Equal(t, []string{want, want}, saidNow(), "the next failed run, 30 s later")
+
+	set(time.Hour - tokenUsableMargin) // the JWT is no longer used: calls wait for the run and fail
+	_, err = c.Token(t.Context())
+	require.ErrorContains(t, err, "stderr-secret", "the calls' error quotes stderr")
+	assert.Len(t, saidNow(), 2, "a run that fails calls is not said")
+	for _, msg := range saidNow() {
+		for _, secret := range []string{"stderr-secret", "partial-stdout", jwt} {
+			assert.NotContains(t, msg, secret)
+		}
+	}
 }
