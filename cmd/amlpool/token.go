@@ -25,9 +25,11 @@ import (
 //
 //	"tokenEnv": "AML_TOKEN"        an environment variable, read once
 //	"tokenFile": "/run/aml/token"  a file, read again whenever it changes
-//	                               (another process keeps it fresh); while
-//	                               it is missing or empty, the token read
-//	                               before goes on (fileToken)
+//	                               (another process keeps it fresh); one
+//	                               missing or empty when the config is
+//	                               loaded is an error, and while it is so
+//	                               later, the token read before goes on
+//	                               (fileToken)
 //	"tokenCommand": ["az", "account", "get-access-token", "--resource",
 //	                 "https://ml.azure.com", "--query", "accessToken", "-o", "tsv"]
 //	                               a command printing the token, run again
@@ -435,8 +437,11 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 		}
 		return staticToken(tok), nil
 	case e.TokenFile != "":
-		if _, err := os.Stat(e.TokenFile); err != nil {
-			return nil, fmt.Errorf(`%s: "tokenFile": %w`, label, err)
+		// Read now, as a key file is: one that is empty or cannot be read
+		// is the config's error, not that of every call (while it runs,
+		// the token read before goes on instead: fileToken).
+		if _, err := keys.resolve("token", "", e.TokenFile, true); err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
 		}
 		return &fileToken{path: e.TokenFile}, nil
 	}

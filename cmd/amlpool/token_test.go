@@ -245,7 +245,7 @@ func TestParseConfigOnline(t *testing.T) {
 	for _, tt := range []struct{ file, want string }{
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","apiKeyEnv":"K","tokenEnv":"T"}]}`, `"apiKeyEnv" and "tokenEnv": give one of them`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"NONE"}]}`, `"tokenEnv": environment variable NONE is not set`},
-		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenFile":"/nonexistent/tok"}]}`, `"tokenFile": stat /nonexistent/tok`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenFile":"/nonexistent/tok"}]}`, `"tokenFile": open /nonexistent/tok`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenCommand":[]}]}`, `"tokenCommand": want the command`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenCommand":["az"],"tokenTTL":"soon"}]}`, `"tokenTTL": "soon" is not a positive duration`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"T","tokenTTL":"1m"}]}`, `"tokenTTL": only for "tokenCommand"`},
@@ -471,4 +471,39 @@ func TestCommandTokenWarnsOfAFailedBackgroundRun(t *testing.T) {
 			assert.NotContains(t, msg, secret)
 		}
 	}
+}
+
+// TestTokenFileReadAtLoad: a "tokenFile" is read when the config is
+// loaded (at the start, and at each SIGHUP reload), as a key file is: one
+// that is empty, holds only white space, or cannot be read is an error
+// naming the endpoint, the field and the file, not a run whose every call
+// fails. One holding a token is used, its line end dropped.
+func TestTokenFileReadAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, text string) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+		return path
+	}
+	load := func(path string) ([]amlpool.Endpoint, error) {
+		_, eps, err := parseConfig([]byte(`{"endpoints":[{"name":"blue","url":"https://e.westeurope.inference.ml.azure.com/score",`+
+			`"kind":"online","maxConcurrentCalls":4,"tokenFile":"`+path+`"}]}`), keySource{getenv: func(string) string { return "" }, readFile: os.ReadFile})
+		return eps, err
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"empty", file("empty", ""), `endpoints[0] (blue): "tokenFile": ` + filepath.Join(dir, "empty") + ` is empty`},
+		{"white space", file("blank", " \r\n"), `endpoints[0] (blue): "tokenFile": ` + filepath.Join(dir, "blank") + ` is empty`},
+		{"a directory", dir, `endpoints[0] (blue): "tokenFile": read ` + dir + `: is a directory`},
+		{"missing", filepath.Join(dir, "none"), `endpoints[0] (blue): "tokenFile": open ` + filepath.Join(dir, "none") + `: no such file or directory`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(tc.path)
+			require.EqualError(t, err, tc.want)
+		})
+	}
+	eps, err := load(file("tok", "tok-1\r\n"))
+	require.NoError(t, err)
+	tok, err := eps[0].Credential.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-1", tok)
 }
