@@ -21,7 +21,8 @@ import (
 
 // The token sources of a pool file's endpoint: where an online endpoint's
 // bearer token (an aml_token, or an Azure AD token for aad_token mode)
-// comes from. Never the file itself.
+// comes from. Never the file itself. Each loses the white space around
+// the token, and a leading "Bearer " (bearerless).
 //
 //	"tokenEnv": "AML_TOKEN"        an environment variable, read once
 //	"tokenFile": "/run/aml/token"  a file, read again whenever it changes
@@ -121,7 +122,19 @@ func (f *fileToken) read() (string, error) {
 	if tok == "" {
 		return "", fmt.Errorf("token file %s is empty", f.path)
 	}
-	return tok, nil
+	return bearerless(tok), nil
+}
+
+// bearerless returns tok, a token as a variable, a file or a command gives
+// it (the white space around it dropped already), without a leading
+// "Bearer " in any case (a value copied from an Authorization header, or
+// printed so): amlpool adds the scheme itself, and "Bearer Bearer …" would
+// meet a 401 that says nothing of why.
+func bearerless(tok string) string {
+	if f := strings.Fields(tok); len(f) > 1 && strings.EqualFold(f[0], "Bearer") && strings.HasPrefix(tok, f[0]) {
+		return strings.TrimSpace(tok[len(f[0]):])
+	}
+	return tok
 }
 
 // usable reports whether f.tok may still be used when the file cannot be
@@ -290,7 +303,7 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 	case strings.ContainsAny(tok, "\r\n"):
 		return "", fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
 	}
-	return tok, nil
+	return bearerless(tok), nil
 }
 
 // cappedBuffer holds max bytes at most: a write past them fails, and the
@@ -435,7 +448,7 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
-		return staticToken(tok), nil
+		return staticToken(bearerless(tok)), nil
 	case e.TokenFile != "":
 		// Read now, as a key file is: one that is empty or cannot be read
 		// is the config's error, not that of every call (while it runs,

@@ -507,3 +507,27 @@ func TestTokenFileReadAtLoad(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "tok-1", tok)
 }
+
+// TestTokenBearerPrefixDropped: a token given with its scheme, "Bearer "
+// in any case (a value copied from an Authorization header, or printed
+// so), loses it, from an environment variable, a file or a command:
+// amlpool adds its own, and "Bearer Bearer …" would meet a 401 that says
+// nothing of why.
+func TestTokenBearerPrefixDropped(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "tok")
+	require.NoError(t, os.WriteFile(tokFile, []byte("Bearer tok-file\r\n"), 0o600))
+	getenv := func(name string) string { return map[string]string{"T": "bearer  tok-env\n"}[name] }
+	_, eps, err := parseConfig([]byte(`{"endpoints":[
+		{"name":"env","url":"https://e.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"T"},
+		{"name":"file","url":"https://f.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":4,"tokenFile":"`+tokFile+`"},
+		{"name":"command","url":"https://g.westeurope.inference.ml.azure.com/score","kind":"online","maxConcurrentCalls":4,
+		 "tokenCommand":["sh","-c","printf 'BEARER\\ttok-command\\n'"]}]}`), keySource{getenv: getenv, readFile: os.ReadFile})
+	require.NoError(t, err)
+	for i, want := range []string{"tok-env", "tok-file", "tok-command"} {
+		tok, err := eps[i].Credential.Token(t.Context())
+		require.NoError(t, err, want)
+		assert.Equal(t, want, tok)
+	}
+	assert.Equal(t, "Bearerish-token", bearerless("Bearerish-token"), "a token that only starts like the scheme keeps it")
+}
