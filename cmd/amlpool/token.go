@@ -40,9 +40,13 @@ import (
 //	                               the next run is under way, and after it
 //	                               failed (run again 30 s later), until 30 s
 //	                               before its "exp"; such a failed run is
-//	                               said on stderr (warnTokenFailures). A
-//	                               run printing more than 1 MiB is killed
-//	                               and fails
+//	                               said on stderr (warnTokenFailures).
+//	                               Without a usable token, a failed run's
+//	                               error is every call's for 1 s after it,
+//	                               doubling with each failure in a row up
+//	                               to 30 s: no run per call. A run
+//	                               printing more than 1 MiB is killed and
+//	                               fails
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
@@ -167,7 +171,10 @@ func (f *fileToken) Invalidate(tok string) {
 // expires) goes on being handed out while the next run is under way, and
 // for tokenRetryAfterFailure after a run that failed: no call waits for the
 // command, or fails with it, while the token it has works. Such a failed
-// run fails no call, so it is told to warn.
+// run fails no call, so it is told to warn. A failed run is not followed by
+// another at once, on every call: for tokenFailureBackoff after it,
+// doubling with each failure in a row up to tokenMaxFailureBackoff, the
+// callers that have no usable token get its error without a run.
 type commandToken struct {
 	argv    []string
 	ttl     time.Duration
@@ -177,10 +184,13 @@ type commandToken struct {
 	label   string       // the endpoint's, for warn
 	warn    func(string) // hears of a failed run while the token in use goes on; nil: no one. Set before the first Token
 
-	mu      sync.Mutex // guards tok, expires and usable
-	tok     string
-	expires time.Time // when to run the command again
-	usable  time.Time // until when tok may be handed out while a run is due: a JWT's expiry less tokenUsableMargin, else expires
+	mu          sync.Mutex // guards the fields below
+	tok         string
+	expires     time.Time // when to run the command again
+	usable      time.Time // until when tok may be handed out while a run is due: a JWT's expiry less tokenUsableMargin, else expires
+	failed      error     // the last run's error, nil once one gave a token
+	failures    int       // runs failed in a row
+	failedUntil time.Time // no run for a caller without a usable token before then: it gets failed
 }
 
 // tokenUsableMargin is how long before a command's JWT expires it is no
@@ -191,26 +201,60 @@ const (
 	tokenRetryAfterFailure = 30 * time.Second
 )
 
+// tokenFailureBackoff is how long after a failed run the callers that have
+// no usable token get its error rather than a new run; it doubles with
+// each failure in a row, up to tokenMaxFailureBackoff.
+const (
+	tokenFailureBackoff    = time.Second
+	tokenMaxFailureBackoff = 30 * time.Second
+)
+
 func (c *commandToken) Token(ctx context.Context) (string, error) {
 	now := c.now()
 	c.mu.Lock()
 	tok, fresh, usable := c.tok, now.Before(c.expires), now.Before(c.usable)
-	c.mu.Unlock()
 	if tok != "" && fresh {
+		c.mu.Unlock()
 		return tok, nil
 	}
+	if tok == "" || !usable {
+		if err := c.backingOff(now); err != nil {
+			c.mu.Unlock()
+			return "", err
+		}
+	}
+	c.mu.Unlock()
 	ch := c.run.DoChan("", func() (any, error) {
-		tok, err := c.runCommand(ctx)
+		// A caller may join only after the run it saw due ended: its
+		// token, or its error while the back-off lasts, is the answer.
 		now := c.now()
+		c.mu.Lock()
+		if c.tok != "" && now.Before(c.expires) {
+			tok := c.tok
+			c.mu.Unlock()
+			return tok, nil
+		}
+		if c.tok == "" || !now.Before(c.usable) {
+			if err := c.backingOff(now); err != nil {
+				c.mu.Unlock()
+				return nil, err
+			}
+		}
+		c.mu.Unlock()
+		tok, err := c.runCommand(ctx)
+		now = c.now()
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if err != nil {
+			c.failed, c.failures = err, c.failures+1
+			c.failedUntil = now.Add(min(tokenFailureBackoff<<min(c.failures-1, 16), tokenMaxFailureBackoff))
 			if c.tok != "" && now.Before(c.usable) {
 				c.expires = minTime(now.Add(tokenRetryAfterFailure), c.usable) // not at once: no run per call
 				c.warnFailure(err, now)
 			}
 			return nil, err
 		}
+		c.failed, c.failures = nil, 0
 		expires, usable := now.Add(c.ttl), time.Time{}
 		if exp, ok := jwtExpiry(tok); ok {
 			expires = minTime(expires, exp.Add(-tokenExpiryMargin))
@@ -232,6 +276,16 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+}
+
+// backingOff returns, while a failed run's back-off lasts, its error,
+// saying so: the error of a Token that has no usable token then. c.mu is
+// held.
+func (c *commandToken) backingOff(now time.Time) error {
+	if c.failed == nil || !now.Before(c.failedUntil) {
+		return nil
+	}
+	return fmt.Errorf("%w (runs failed in a row: %d; no new one for %v)", c.failed, c.failures, c.failedUntil.Sub(now).Round(time.Millisecond))
 }
 
 // warnFailure tells c.warn, if any, of a run that failed at now while the

@@ -186,8 +186,8 @@ func TestCommandTokenOutputCap(t *testing.T) {
 // TestCommandTokenTimeout: a run that passes its timeout is killed, and
 // ends even when a child it started still holds its output open (az's
 // python, a background job): the callers waiting for it get an error
-// saying it timed out, and the next call runs the command again instead of
-// waiting on the stuck run for ever.
+// saying it timed out, and the next call (after the failure's back-off)
+// runs the command again instead of waiting on the stuck run for ever.
 func TestCommandTokenTimeout(t *testing.T) {
 	dir := t.TempDir()
 	// The first run leaves a child that holds stdout for 30 s, and hangs;
@@ -202,13 +202,18 @@ func TestCommandTokenTimeout(t *testing.T) {
 			}
 		}
 	})
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
 	c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: time.Minute,
-		timeout: 100 * time.Millisecond, now: time.Now}
+		timeout: 100 * time.Millisecond, now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	_, err := c.Token(ctx)
 	require.NotErrorIs(t, err, context.DeadlineExceeded, "the run never ended")
 	require.EqualError(t, err, `"tokenCommand" sh: no token after 100ms; killed: waiting for az login`)
+	mu.Lock()
+	now = now.Add(tokenFailureBackoff)
+	mu.Unlock()
 	tok, err := c.Token(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, "tok-2", tok)
@@ -530,4 +535,48 @@ func TestTokenBearerPrefixDropped(t *testing.T) {
 		assert.Equal(t, want, tok)
 	}
 	assert.Equal(t, "Bearerish-token", bearerless("Bearerish-token"), "a token that only starts like the scheme keeps it")
+}
+
+// TestCommandTokenFailureBackoff: while the command fails and there is no
+// usable token, calls do not each run it again: for 1 s after a failed run,
+// doubling with each failure in a row, callers get its error, saying so,
+// without a run; the first after it runs the command again, and a run
+// that prints a token ends the back-off.
+func TestCommandTokenFailureBackoff(t *testing.T) {
+	dir := t.TempDir()
+	script := `n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ` +
+		`if [ -e ok ]; then echo tok-$n; exit 0; fi; echo 'ERROR: Please run az login' >&2; exit 1`
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: time.Minute,
+		now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+	runs := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, "count"))
+		require.NoError(t, err)
+		return strings.TrimSpace(string(b))
+	}
+	for i, backoff := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		_, err := c.Token(t.Context())
+		require.EqualError(t, err, `"tokenCommand" sh: exit status 1: ERROR: Please run az login`)
+		advance(backoff - time.Millisecond)
+		for range 20 {
+			_, err := c.Token(t.Context())
+			require.EqualError(t, err, `"tokenCommand" sh: exit status 1: ERROR: Please run az login (runs failed in a row: `+strconv.Itoa(i+1)+`; no new one for 1ms)`)
+		}
+		assert.Equal(t, strconv.Itoa(i+1), runs(), "no run within the back-off of %v", backoff)
+		advance(time.Millisecond)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ok"), nil, 0o600))
+	tok, err := c.Token(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, "tok-4", tok)
+	require.NoError(t, os.Remove(filepath.Join(dir, "ok")))
+	c.Invalidate("tok-4")
+	_, err = c.Token(t.Context())
+	require.Error(t, err)
+	advance(time.Second)
+	_, err = c.Token(t.Context())
+	require.Error(t, err, "the run of failures starts again after a token: 1 s")
+	assert.Equal(t, "6", runs())
 }
