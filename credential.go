@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
+	"unicode"
 )
 
 // Credential is a source of bearer tokens for an endpoint (Endpoint.
@@ -24,13 +26,16 @@ import (
 // under every rule that holds for keys: it goes to its endpoint's host
 // only, and appears in no error, log, span, Stats or printed value.
 //
-// When Token fails, the attempt fails without sending anything, with a
-// *CredentialError wrapping Token's error (which matches
-// context.DeadlineExceeded, and says the Token timed out, when the
-// attempt timeout ended it). Classify retries it as
-// VerdictRetry: after a backoff, on another endpoint when one is usable,
-// within WithMaxAttempts; an endpoint whose token fails on every attempt
-// is ejected as any failing endpoint is (WithEjection).
+// Token returns the token alone, without its "Bearer " scheme, which
+// amlpool adds. When Token fails, or returns a token that is empty or
+// holds a control character or white space (as "Bearer <token>" does), the
+// attempt fails without sending anything, with a *CredentialError wrapping
+// Token's error (which matches context.DeadlineExceeded, and says the
+// Token timed out, when the attempt timeout ended it) or saying what is
+// wrong with the token. Classify retries it as VerdictRetry: after a
+// backoff, on another endpoint when one is usable, within
+// WithMaxAttempts; an endpoint whose token fails on every attempt is
+// ejected as any failing endpoint is (WithEjection).
 //
 // When an endpoint answers 401 to a token, the call asks the Credential
 // once more and tries the same endpoint again at once (a token may expire
@@ -106,11 +111,29 @@ func (a *attempt) token(ctx context.Context, cred Credential) *CredentialError {
 	case tok == "":
 		return &CredentialError{Endpoint: ep.Name(), Err: errEmptyToken}
 	}
-	if problem := checkKey(tok); problem != "" {
+	if problem := checkToken(tok); problem != "" {
 		return &CredentialError{Endpoint: ep.Name(), Err: fmt.Errorf("the token %s", problem)}
 	}
 	a.tok = tok
 	return nil
+}
+
+// checkToken is checkKey for a token, which has no white space inside
+// either: the header would be "Bearer <token>" whatever it holds, and a
+// token given with its scheme, a whole header value, would go as "Bearer
+// Bearer <token>" and meet a 401 that says nothing of why. It says what is
+// wrong, never quoting tok.
+func checkToken(tok string) string {
+	if problem := checkKey(tok); problem != "" {
+		return problem
+	}
+	if i := strings.IndexFunc(tok, unicode.IsSpace); i >= 0 {
+		if strings.EqualFold(tok[:i], "Bearer") {
+			return `begins with "Bearer ": give the token alone; amlpool adds the scheme`
+		}
+		return fmt.Sprintf("contains white space at byte %d, which no token has", i)
+	}
+	return ""
 }
 
 var errEmptyToken = fmt.Errorf("the token is empty")

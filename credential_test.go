@@ -173,9 +173,12 @@ func TestCredentialBoundedByTheAttemptTimeout(t *testing.T) {
 }
 
 // TestCredentialBadToken: a token that is empty, could split headers or
-// has white space around it is refused before sending, and never quoted.
+// has white space around or in it (no token has any: "Bearer s3cr3t", a
+// whole header value, would be sent as "Bearer Bearer s3cr3t" and meet a
+// 401 that says nothing of why) is refused before sending, and never
+// quoted.
 func TestCredentialBadToken(t *testing.T) {
-	for _, tok := range []string{"", "s3cr3t-tok\r\nX-Injected: 1", "s3cr3t-tok\x00", "s3cr3t-tok ", " s3cr3t-tok", "  "} {
+	for _, tok := range []string{"", "s3cr3t-tok\r\nX-Injected: 1", "s3cr3t-tok\x00", "s3cr3t-tok ", " s3cr3t-tok", "  ", "Bearer s3cr3t-tok", "s3cr3t tok"} {
 		srvs := onlineServers(t, 1, 4)
 		c := newClient(t, tokenEndpoints(srvs, amlpool.CredentialFunc(func(context.Context) (string, error) { return tok, nil })),
 			amlpool.WithoutRetries())
@@ -187,6 +190,11 @@ func TestCredentialBadToken(t *testing.T) {
 			assert.NotContains(t, err.Error(), "s3cr3t", "the token is not quoted")
 		}
 	}
+	srvs := onlineServers(t, 1, 4)
+	c := newClient(t, tokenEndpoints(srvs, amlpool.CredentialFunc(func(context.Context) (string, error) { return "Bearer s3cr3t-tok", nil })),
+		amlpool.WithoutRetries())
+	_, err := c.Do(t.Context(), onlineBody)
+	require.ErrorContains(t, err, `credential: the token begins with "Bearer ": give the token alone; amlpool adds the scheme`)
 }
 
 // TestCredentialRejectedTwice: a Credential whose fresh token is refused
