@@ -244,16 +244,21 @@ func (c *commandToken) Token(ctx context.Context) (string, error) {
 		tok, err := c.runCommand(ctx)
 		now = c.now()
 		c.mu.Lock()
-		defer c.mu.Unlock()
 		if err != nil {
 			c.failed, c.failures = err, c.failures+1
 			c.failedUntil = now.Add(min(tokenFailureBackoff<<min(c.failures-1, 16), tokenMaxFailureBackoff))
+			warning := ""
 			if c.tok != "" && now.Before(c.usable) {
 				c.expires = minTime(now.Add(tokenRetryAfterFailure), c.usable) // not at once: no run per call
-				c.warnFailure(err, now)
+				warning = c.failureWarning(err, now)
+			}
+			c.mu.Unlock()
+			if warning != "" && c.warn != nil {
+				c.warn(warning) // not under c.mu: calls go on while it writes
 			}
 			return nil, err
 		}
+		defer c.mu.Unlock()
 		c.failed, c.failures = nil, 0
 		expires, usable := now.Add(c.ttl), time.Time{}
 		if exp, ok := jwtExpiry(tok); ok {
@@ -288,25 +293,22 @@ func (c *commandToken) backingOff(now time.Time) error {
 	return fmt.Errorf("%w (runs failed in a row: %d; no new one for %v)", c.failed, c.failures, c.failedUntil.Sub(now).Round(time.Millisecond))
 }
 
-// warnFailure tells c.warn, if any, of a run that failed at now while the
-// token in use goes on: no call fails of it, and without this no one would
-// know until the token was no longer usable. The message quotes none of
-// the command's output, stderr included (commandError), and no token. c.mu
-// is held.
-func (c *commandToken) warnFailure(err error, now time.Time) {
-	if c.warn == nil {
-		return
-	}
+// failureWarning is what c.warn is told of a run that failed at now while
+// the token in use goes on: no call fails of it, and without this no one
+// would know until the token was no longer usable. It quotes none of the
+// command's output, stderr included (commandError), and no token. c.mu is
+// held.
+func (c *commandToken) failureWarning(err error, now time.Time) string {
 	var ce *commandError
 	if errors.As(err, &ce) {
 		err = ce.err
 	}
-	c.warn(fmt.Sprintf("%s: refreshing the token: %v; the token in use goes on until %s, the command is run again in %v",
-		c.label, err, c.usable.UTC().Format("15:04:05 MST"), c.expires.Sub(now).Round(time.Second)))
+	return fmt.Sprintf("%s: refreshing the token: %v; the token in use goes on until %s, the command is run again in %v",
+		c.label, err, c.usable.UTC().Format("15:04:05 MST"), c.expires.Sub(now).Round(time.Second))
 }
 
 // warnTokenFailures makes the token commands of eps say their failed runs
-// that fail no call (commandToken.warnFailure) through say, as the
+// that fail no call (commandToken.failureWarning) through say, as the
 // command's other warnings are. It must be called before eps are used.
 func warnTokenFailures(eps []amlpool.Endpoint, say func(string)) {
 	for _, ep := range eps {
