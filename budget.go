@@ -82,6 +82,13 @@ func (b *retryBudget) deposit(t time.Time) { b.current(b.epoch(t)).calls.Add(1) 
 
 // withdraw spends one retry if the budget has one and reports whether it did.
 func (b *retryBudget) withdraw() bool {
+	_, ok := b.spend()
+	return ok
+}
+
+// spend is withdraw, also returning the epoch the retry was spent in, for
+// refund.
+func (b *retryBudget) spend() (int64, bool) {
 	e := b.epoch(b.clock.Now())
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -99,11 +106,22 @@ func (b *retryBudget) withdraw() bool {
 			b.logger.Warn("amlpool: retry budget exhausted; failed calls return without retrying",
 				slog.Int64("calls", calls), slog.Int64("retries", retries), slog.Duration("window", RetryBudgetWindow))
 		}
-		return false
+		return e, false
 	}
 	b.exhausted = false
 	s := &b.slots[e%budgetSlots]
 	b.resetLocked(s, e)
 	s.retries++
-	return true
+	return e, true
+}
+
+// refund gives back a retry spent in epoch e that was never made: a hedge
+// that got no slot in the end. One spent in a slot the window has left
+// since counts no more: there is nothing to give back.
+func (b *retryBudget) refund(e int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s := &b.slots[e%budgetSlots]; s.epoch.Load() == e && s.retries > 0 {
+		s.retries--
+	}
 }

@@ -83,6 +83,24 @@ func TestRetryBudgetSlides(t *testing.T) {
 	assert.Equal(t, 1, withdrawAll(b))
 }
 
+// TestRetryBudgetRefund: a retry given back (a hedge never sent) is one
+// more to spend, while the slot it was spent in is in the window; after
+// that it counts no more, and there is nothing to give back.
+func TestRetryBudgetRefund(t *testing.T) {
+	b, clk, _ := testBudget(0, 1)
+	e, ok := b.spend()
+	assert.True(t, ok)
+	assert.Equal(t, 9, withdrawAll(b))
+	b.refund(e)
+	assert.Equal(t, 1, withdrawAll(b), "the retry given back")
+
+	// A window later, e's slot holds the retries of another time.
+	clk.Advance(RetryBudgetWindow)
+	assert.Equal(t, 10, withdrawAll(b))
+	b.refund(e)
+	assert.Zero(t, withdrawAll(b), "a retry that left the window is not given back from a later one")
+}
+
 func TestRetryBudgetBoundsRetriesOverTime(t *testing.T) {
 	b, clk, _ := testBudget(0.2, 1)
 	calls, retries := 0, 0

@@ -68,7 +68,7 @@
 // a call that has had no reply for a while to another endpoint with a free
 // slot, cutting the tail latency a stalling endpoint causes; the first
 // success wins and the other copy is cancelled. Hedges never exceed caps and
-// spend the retry budget.
+// spend the retry budget (a copy that is not sent in the end spends none).
 //
 // # When every slot is busy
 //

@@ -153,8 +153,8 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // Limiter, the copy waits for the fleet's slot until wait (ctx, or one
 // shorter) ends, that is until the first copy ends, whatever it came to, and
 // is not sent if calls have come to wait for slots meanwhile; a copy that
-// gets no slot in the end, or gives it up, reports with no endpoint. It is
-// sent under ctx.
+// gets no slot in the end, or gives it up, reports with no endpoint and
+// gives back the retry it took from the budget. It is sent under ctx.
 func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
 	if c.closed.Load() || c.pool.Waiting() > 0 {
 		return nil
@@ -178,18 +178,32 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 		return nil
 	}
-	if c.budget != nil && !c.budget.withdraw() {
+	var spent int64
+	if c.budget != nil {
 		// Hedges and retries share the budget, so together they add at
 		// most its share of extra load.
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
-		if c.tel != nil {
-			c.tel.hedgeRefused()
+		var ok bool
+		if spent, ok = c.budget.spend(); !ok {
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
+			if c.tel != nil {
+				c.tel.hedgeRefused()
+			}
+			return nil
 		}
-		return nil
 	}
 	h := &attempt{n: a.n, hedge: true}
 	go func() {
 		defer sendCopy(h, copies)
+		if c.budget != nil {
+			defer func() {
+				if h.slot.Ep == nil {
+					// Not sent: a hedge that gave up at the Limiter costs
+					// nothing. (Given back before the copy reports, so
+					// before the call goes on.)
+					c.budget.refund(spent)
+				}
+			}()
+		}
 		got := attempt{slot: slot}
 		if c.limiter != nil {
 			if err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got); err != nil {

@@ -238,6 +238,7 @@ func TestHedgeWaitAtLimiterEndsWithTheFirstCopy(t *testing.T) {
 		assert.Equal(t, http.StatusInternalServerError, apiErr.StatusCode)
 		assert.EqualValues(t, 1, lim.denied.Load(), "the hedge's wait ended")
 		assert.Empty(t, rt.arrived, "no hedge sent")
+		assert.Zero(t, budgetRetries(c.budget), "a hedge never sent spends no retry budget")
 		assert.Zero(t, lim.held.Load(), "leases released")
 		for _, e := range c.Stats().Endpoints {
 			assert.Zero(t, e.InFlight, e.Name)
@@ -275,6 +276,7 @@ func TestHedgeAtLimiterYieldsToWaitingCalls(t *testing.T) {
 		for range 2 {
 			assert.NoError(t, <-res)
 		}
+		assert.Zero(t, budgetRetries(c.budget), "a hedge never sent spends no retry budget")
 		assert.Zero(t, lim.held.Load(), "leases released")
 		for _, e := range c.Stats().Endpoints {
 			assert.Zero(t, e.InFlight, e.Name)

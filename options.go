@@ -286,7 +286,9 @@ func (o hedgingOption) apply(c *config) { c.hedge = &o }
 // delay to another endpoint, if one has a free slot and no call is waiting
 // for a slot. The first success wins; the other copy is cancelled and its slot
 // released at once. A call makes at most one copy per attempt, copies never
-// exceed an endpoint's limit, and they spend the retry budget as retries do.
+// exceed an endpoint's limit, and they spend the retry budget as retries do
+// (a copy that is not sent in the end, one that gave up waiting at a
+// Limiter, spends none).
 // Hedging cuts the tail latency that one stalling endpoint causes, at the
 // price of extra calls. Only hedge calls that are safe to run twice: scoring
 // is, unless the model has side effects.
