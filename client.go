@@ -398,9 +398,10 @@ func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 
 // acquireSlot takes a slot: one of ours, then, with a Limiter, one of the
 // fleet's. A call whose last attempt met a replaced key goes back to the
-// same endpoint if it has a free slot; otherwise an attempt avoids the
-// endpoints the call tried while an untried one may take calls, which the
-// line checks again while the call waits.
+// same endpoint if it has a free slot and no call waits for one (those come
+// first: the retry takes its turn in line, as any other does); otherwise an
+// attempt avoids the endpoints the call tried while an untried one may take
+// calls, which the line checks again while the call waits.
 func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 	maxWait := time.Duration(-1)
 	if c.cfg.maxWaitSet {
@@ -411,12 +412,19 @@ func (c *Client) acquireSlot(ctx context.Context, cl *call, a *attempt) error {
 		start = c.cfg.clock.Now()
 	}
 	slot, ok := pool.Slot{}, false
-	if cl.pin != nil {
-		slot, ok = c.pool.TryTake(cl.pin)
-		if ok {
-			a.refused = cl.refused
-		}
+	if pin := cl.pin; pin != nil {
+		refused := cl.refused
 		cl.pin, cl.refused = nil, ""
+		if c.pool.Waiting() == 0 {
+			slot, ok = c.pool.TryTake(pin)
+		}
+		// However the attempt gets back to pin (its turn in line, the
+		// Limiter's choice), the token pin refused goes with it.
+		defer func() {
+			if a.slot.Ep == pin {
+				a.refused = refused
+			}
+		}()
 	}
 	if !ok {
 		cl.ex.On = cl.ex.Tried.Len() > 0 && c.usableOutside(&cl.ex.Tried)
