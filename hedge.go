@@ -75,7 +75,9 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	defer cancelHedge(nil)
 	// With a Limiter the copy may have to wait for the fleet's slot: only
 	// while the first copy is out. Once that has ended, failed or not, the
-	// attempt is over and the call goes on without its copy.
+	// attempt is over and the call goes on without its copy. Nor does it
+	// wait once a call waits for our slots: it would not be sent (they
+	// come first), and holds one of ours meanwhile.
 	wait, endWait := hedgeCtx, context.CancelFunc(nil)
 	if c.limiter != nil {
 		wait, endWait = context.WithCancel(hedgeCtx)
@@ -103,9 +105,21 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 		return a
 	}
 
+	var queued <-chan struct{}
+	if endWait != nil {
+		queued = c.pool.Queued() // closed at once if a call has come to wait since startHedge looked
+	}
 	var winner, panicked *attempt
-	for range 2 {
-		r := <-copies
+	for left := 2; left > 0; {
+		var r *attempt
+		select {
+		case r = <-copies:
+			left--
+		case <-queued:
+			endWait()
+			queued = nil
+			continue
+		}
 		if r == a && endWait != nil {
 			endWait()
 		}
@@ -151,8 +165,9 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // retry budget is spent, when the first copy has answered (copies holds it:
 // the timer fired as it came) or when the call's ctx has ended. With a
 // Limiter, the copy waits for the fleet's slot until wait (ctx, or one
-// shorter) ends, that is until the first copy ends, whatever it came to, and
-// is not sent if calls have come to wait for slots meanwhile; a copy that
+// shorter) ends, that is until the first copy ends, whatever it came to, or
+// a call comes to wait for our slots, and is not sent if calls have come to
+// wait for slots meanwhile; a copy that
 // gets no slot in the end, or gives it up, reports with no endpoint and
 // gives back the retry it took from the budget. It is sent under ctx.
 func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {

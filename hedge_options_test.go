@@ -284,3 +284,54 @@ func TestHedgeAtLimiterYieldsToWaitingCalls(t *testing.T) {
 		}
 	})
 }
+
+// A hedge waiting at the Limiter gives up as soon as a call comes to wait
+// for our slots, rather than hold one of them until the first copy ends
+// or the fleet's slot comes: it would not be sent anyway (waiting calls
+// come first). The waiting call gets its slot at once, and a line bounded
+// by WithMaxWaiting sheds no call for want of the slot the hedge held.
+func TestHedgeAtLimiterGivesUpItsSlotToACallThatWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newHeldLimiter()
+		c, rt := heldClient(t, lim, WithMaxWaiting(1))
+		queued := make(chan struct{}, 4)
+		SetQueueHook(c, func() { queued <- struct{}{} })
+		res := make(chan error, 3)
+		do := func(body string) {
+			go func() {
+				_, err := c.Do(context.Background(), []byte(body))
+				res <- err
+			}()
+		}
+		do(`{"id":"x"}`)
+		first := <-rt.arrived
+		<-lim.waiting // x's hedge holds the other endpoint's slot, and waits at the Limiter
+		do(`{"id":"y"}`)
+		<-queued // y waits for a slot of ours
+		synctest.Wait()
+		assert.EqualValues(t, 1, lim.denied.Load(), "the hedge's wait at the Limiter ended")
+		assert.Zero(t, c.Stats().Waiting, "y still waits for the slot the hedge holds")
+		do(`{"id":"z"}`) // no slot of ours: z waits, alone in line
+		synctest.Wait()
+		st := c.Stats()
+		assert.Nil(t, st.Shed, "a call was shed")
+		assert.Equal(t, 1, st.Waiting)
+
+		close(lim.open)
+		first.answer <- http.StatusOK
+		for done := 0; done < 3; {
+			select {
+			case r := <-rt.arrived:
+				r.answer <- http.StatusOK
+			case err := <-res:
+				assert.NoError(t, err)
+				done++
+			}
+		}
+		assert.Zero(t, budgetRetries(c.budget), "the hedge was never sent")
+		assert.Zero(t, lim.held.Load(), "leases released")
+		for _, e := range c.Stats().Endpoints {
+			assert.Zero(t, e.InFlight, e.Name)
+		}
+	})
+}

@@ -208,12 +208,39 @@ func (p *Pool) enqueue(x *Exclusion, pri int8) (*waiter, error) {
 	w := &waiter{x: *x, ready: make(chan struct{}), pri: pri - Low, seq: p.arrivals, since: since}
 	p.pushLocked(w)
 	p.grantLocked()
+	if p.queued != nil && p.nwait.Load() > 0 {
+		close(p.queued)
+		p.queued = nil
+	}
 	if n := p.cfg.MaxWaiting; n > 0 && int(p.nwait.Load()) > n {
 		if err := p.shedLocked(w); err != nil {
 			return nil, err
 		}
 	}
 	return w, nil
+}
+
+// closedChan is a channel closed from the start.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
+
+// Queued returns a channel that is closed once a call waits in the line:
+// at once if one waits now, else when a call joins the line and is not
+// served at once. Something that holds a slot it does not need, and gives
+// it up to waiting calls (a hedge waiting for a Limiter's slot), watches it.
+func (p *Pool) Queued() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.nwait.Load() > 0 {
+		return closedChan
+	}
+	if p.queued == nil {
+		p.queued = make(chan struct{})
+	}
+	return p.queued
 }
 
 func (p *Pool) pushLocked(w *waiter) {

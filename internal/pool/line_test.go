@@ -402,3 +402,38 @@ func TestPoolWaiterExclusionLapsesWhenTheOthersLeaveRotation(t *testing.T) {
 		})
 	}
 }
+
+// Queued is closed once a call waits in the line: not for a call served at
+// once, at once while one waits.
+func TestPoolQueuedClosesWhenACallWaits(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 1)
+	q := p.Queued()
+	slot, err := p.Acquire(context.Background(), &Exclusion{}, -1) // a free slot: no wait
+	require.NoError(t, err)
+	select {
+	case <-q:
+		t.Fatal("closed for a call that did not wait")
+	default:
+	}
+	queued := make(chan struct{})
+	p.OnQueue = func() { close(queued) }
+	done := make(chan error, 1)
+	go func() {
+		s, err := p.Acquire(context.Background(), &Exclusion{}, -1)
+		if err == nil {
+			release(p, s)
+		}
+		done <- err
+	}()
+	<-queued
+	<-q          // closed: a call waits
+	<-p.Queued() // closed at once while one waits
+	release(p, slot)
+	require.NoError(t, <-done)
+	select {
+	case <-p.Queued():
+		t.Fatal("closed with no call waiting")
+	default:
+	}
+}

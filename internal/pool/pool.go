@@ -67,6 +67,9 @@ type Pool struct {
 	arrivals uint64               // calls that joined the line: the order of ties
 	closed   bool
 	shedding bool // calls were shed since the line was last empty
+	// queued, when not nil, is closed once a call is left waiting in the
+	// line (Queued).
+	queued chan struct{}
 
 	shed [numPriorities]atomic.Int64 // calls shed, by priority
 
