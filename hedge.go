@@ -166,8 +166,9 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 // the timer fired as it came) or when the call's ctx has ended. With a
 // Limiter, the copy waits for the fleet's slot until wait (ctx, or one
 // shorter) ends, that is until the first copy ends, whatever it came to, or
-// a call comes to wait for our slots, and is not sent if calls have come to
-// wait for slots meanwhile; a copy that
+// a call comes to wait for our slots (a wait SetEndpoints cuts short
+// chooses again among the new endpoints), and is not sent if calls have
+// come to wait for slots meanwhile; a copy that
 // gets no slot in the end, or gives it up, reports with no endpoint and
 // gives back the retry it took from the budget. It is sent under ctx.
 func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, body []byte, copies chan<- *attempt) *attempt {
@@ -221,8 +222,22 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		}
 		got := attempt{slot: slot}
 		if c.limiter != nil {
-			if err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got); err != nil {
-				return
+			for {
+				err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got)
+				if err == nil {
+					break
+				}
+				if err != errEndpointsChanged || wait.Err() != nil || c.closed.Load() || c.pool.Waiting() > 0 {
+					return
+				}
+				// SetEndpoints cut the wait short (the slot went back): the
+				// copy chooses again among the new endpoints, as a call does
+				// (takeSlot), if one has a free slot for it.
+				var ok bool
+				if slot, ok = c.pool.TryAcquire(&hx); !ok {
+					return
+				}
+				got = attempt{slot: slot}
 			}
 			if wait.Err() != nil || c.pool.Waiting() > 0 {
 				// The first copy ended, or calls came to wait for our

@@ -335,3 +335,46 @@ func TestHedgeAtLimiterGivesUpItsSlotToACallThatWaits(t *testing.T) {
 		}
 	})
 }
+
+// A hedge whose wait at the Limiter SetEndpoints cuts short chooses again
+// among the new endpoints, as a waiting call does, rather than give up.
+func TestHedgeAtLimiterChoosesAgainAfterSetEndpoints(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := newHeldLimiter()
+		c, rt := heldClient(t, lim)
+		res := make(chan error, 1)
+		go func() {
+			_, err := c.Do(context.Background(), []byte(`{"id":"x"}`))
+			res <- err
+		}()
+		first := <-rt.arrived
+		<-lim.waiting // the hedge waits at the Limiter
+		eps := []Endpoint{}
+		for _, name := range []string{"a", "b", "c"} {
+			eps = append(eps, Endpoint{Name: name, APIKey: "k", MaxConcurrentCalls: 1,
+				URL: "https://" + name + ".test/workspaces/w/services/" + name + "/execute?api-version=2.0&details=true"})
+		}
+		require.NoError(t, c.SetEndpoints(eps))
+		synctest.Wait()
+		assert.Len(t, lim.waiting, 1, "the hedge does not wait at the Limiter again")
+		close(lim.open)
+		synctest.Wait()
+		select {
+		case hedge := <-rt.arrived:
+			assert.NotEqual(t, first.host, hedge.host)
+			hedge.answer <- http.StatusOK
+		default:
+			t.Error("no hedge sent")
+		}
+		first.answer <- http.StatusOK
+		require.NoError(t, <-res)
+		synctest.Wait()
+		assert.Zero(t, lim.held.Load(), "leases released")
+		var calls int64
+		for _, e := range c.Stats().Endpoints {
+			assert.Zero(t, e.InFlight, e.Name)
+			calls += e.Calls
+		}
+		assert.EqualValues(t, 2, calls, "the first copy and its hedge")
+	})
+}
