@@ -111,6 +111,10 @@
 //   - FailOpen: each process uses the whole cap, as without a Limiter.
 //   - FailClosed: calls fail with an error wrapping amlpool.ErrNoCapacity.
 //
+// An acquire sent before the switch whose reply comes in after gives its
+// lease back if the process holds its share (the whole cap under FailOpen)
+// already.
+//
 // A probe every WithProbeInterval (1 s) tries Redis again. When one succeeds,
 // every lease still held, those taken in fallback included, is written back
 // to Redis, even past the cap, so that new calls wait until the real number

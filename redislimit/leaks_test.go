@@ -541,6 +541,92 @@ func TestFailStaticAcquiresUnderWayAsTheHeartbeatIsFoundGoneKeepToShare(t *testi
 	}
 }
 
+// An acquire sent before the Limiter falls back may come back after: slow,
+// while other round trips failed and their calls went on with local leases
+// from the share. Its lease must keep the process to its share, or the
+// process holds its share and one more: past FailStatic's bound, or past
+// the whole cap under FailOpen. (Sent after a failure, under FailStatic, it
+// went with window limits that counted it against the share; but local
+// leases count only the leases held.)
+func TestAcquireReplyAfterFallbackKeepsToShare(t *testing.T) {
+	for _, tc := range []struct {
+		mode  FailureMode
+		share int
+	}{
+		{FailStatic, 2}, // of a cap of 4, for each of 2 expected replicas
+		{FailOpen, 4},
+	} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			const capacity = 4
+			const timeout = 5 * time.Second
+			f := newFixture(t)
+			ctx := testCtx(t)
+			cut := &cutHook{}
+			reached, open := make(chan struct{}), make(chan struct{})
+			slow := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+			rdb := f.hookedClient(t, cut, acquireScript)
+			rdb.AddHook(slow) // after cut's: the slow acquire got through before the link was cut
+			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2),
+				WithFailureMode(tc.mode))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = l.Close() })
+			f.settle(t, 1)
+
+			cut.down.Store(true)
+			ls, err := l.TryAcquire(ctx, eps(capacity)) // a round trip fails: no fallback yet
+			require.NoError(t, err)
+			require.Nil(t, ls)
+			require.False(t, l.Stats().Fallback)
+			cut.down.Store(false)
+			slow.armed.Store(true)
+			late := make(chan amlpool.Lease, 1)
+			go func() {
+				ls, err := l.TryAcquire(ctx, eps(capacity))
+				assert.NoError(t, err)
+				late <- ls
+			}()
+			<-reached
+			cut.down.Store(true)
+			var held []amlpool.Lease
+			for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
+				for {
+					ls, err := l.TryAcquire(ctx, eps(capacity))
+					require.NoError(t, err)
+					if ls == nil {
+						break
+					}
+					held = append(held, ls)
+				}
+				if len(held) == 0 {
+					f.advance(timeout)
+				}
+			}
+			require.True(t, l.Stats().Fallback)
+			require.Len(t, held, tc.share)
+
+			close(open) // the slow acquire's reply comes in
+			if ls := <-late; ls != nil {
+				held = append(held, ls)
+			}
+			assert.Len(t, held, tc.share, "leases held in fallback, with a share of %d of a cap of %d", tc.share, capacity)
+			assert.Equal(t, tc.share, l.Stats().Held)
+
+			// Redis back: the lease given back is not left in Redis.
+			cut.down.Store(false)
+			require.Eventually(t, func() bool {
+				f.advance(l.cfg.probe / 10)
+				return !l.Stats().Fallback
+			}, testTimeout, time.Millisecond)
+			f.settle(t, 1)
+			assert.Len(t, f.leases(t, "a"), len(held), "leases in Redis")
+			for _, ls := range held {
+				ls.Release()
+			}
+			require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
+		})
+	}
+}
+
 // replyCut drops the connection that carries the next run of one script
 // after Redis has run it and answered, before go-redis reads the answer: as
 // a connection reset is to go-redis, which sends the same command again on

@@ -393,6 +393,24 @@ func (l *Limiter) rejoinShareLocked(ep *endpoint) int {
 	return (int(ep.limit.Load()) + k - 1) / k
 }
 
+// roomLocked reports whether this process may take one more lease on ep
+// from Redis now: any time but in fallback, where it holds at most its share,
+// or while it rejoins the fleet (FailStatic), where it holds at most its
+// share too. Every acquire's reply is checked as it comes, whatever the
+// limits it was sent with: so the process keeps to its share whatever was
+// under way when it fell back or began to rejoin. (The acquires under way
+// count only in the limits an acquire is sent with, rejoinLimitsLocked, so
+// that Redis takes few leases that go back.)
+func (l *Limiter) roomLocked(ep *endpoint) bool {
+	switch {
+	case l.fallback:
+		return len(ep.held) < l.shareLocked(ep)
+	case l.cfg.mode == FailStatic && l.cfg.clock.Now().Before(l.rejoin):
+		return len(ep.held) < l.rejoinShareLocked(ep)
+	}
+	return true
+}
+
 // tryRedis runs the acquire script once. While the Limiter rejoins the
 // fleet, or round trips fail (if this one succeeds, Redis is back from
 // what may have been an outage, exec), it passes rejoinLimitsLocked's
@@ -506,11 +524,13 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 	}
 	ep := cands[i-1]
 	now := l.cfg.clock.Now()
-	if limits == nil && l.cfg.mode == FailStatic && now.Before(l.rejoin) &&
-		len(ep.held)+ep.trying >= l.rejoinShareLocked(ep) {
-		// Sent with the cap, before this process learnt of the outage
-		// (from this reply or another round trip's), it took a lease that
-		// would take the process past its share: the lease goes back.
+	if !l.roomLocked(ep) {
+		// Sent with the cap before this process learnt of an outage (from
+		// this reply or another round trip's), or with window limits that
+		// leases taken since have overtaken (local ones, in a fallback that
+		// other round trips began while this one was under way), it took
+		// a lease that would take the process past its share: the lease
+		// goes back.
 		l.mu.Unlock()
 		l.removeAll(l.bg, []removal{{ep.key, id}})
 		return nil, nil
