@@ -146,12 +146,19 @@ func (l *Limiter) granted(key, id string) {
 
 // adopt takes a lease on ep that Redis holds in this process's name, kept
 // for it or granted to it, and gives it to the oldest waiting call that may
-// use ep, or releases it when none may any more.
+// use ep, or releases it when none may any more. One that would take the
+// process past its share (roomLocked: a grant it asked for before it fell
+// back or began to rejoin the fleet) goes back to Redis.
 func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	l.mu.Lock()
 	delete(l.releasing, id)
 	if l.closed || ep.held[id] != nil {
 		l.mu.Unlock() // Close deletes it from Redis
+		return
+	}
+	if !l.roomLocked(ep) {
+		l.mu.Unlock()
+		l.removeAll(l.bg, []removal{{ep.key, id}})
 		return
 	}
 	now := l.cfg.clock.Now()

@@ -541,6 +541,128 @@ func TestFailStaticAcquiresUnderWayAsTheHeartbeatIsFoundGoneKeepToShare(t *testi
 	}
 }
 
+// A call that waits for a full fleet says so in Redis, and a release
+// anywhere grants it a slot. A grant asked for before a rejoin window opened
+// may come in during the window: it must keep the process to its share, as
+// an acquire does, or the process takes a slot that another replica,
+// still in fallback, holds outside Redis.
+func TestFailStaticGrantAskedForBeforeRejoinKeepsToShare(t *testing.T) {
+	const capacity = 4 // a share of 2 for each of 2 replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	l, other := f.limiter(t), f.limiter(t)
+	f.subscribed(t, l.keys.grant, 2)
+	f.settle(t, 2)
+	f.advance(l.cfg.renew) // each counts both
+	f.settle(t, 2)
+	require.Equal(t, 2, l.Stats().Replicas)
+	var mine, others []amlpool.Lease
+	for range 2 {
+		for _, x := range []struct {
+			l    *Limiter
+			held *[]amlpool.Lease
+		}{{l, &mine}, {other, &others}} {
+			ls, err := x.l.TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			require.NotNil(t, ls)
+			*x.held = append(*x.held, ls)
+		}
+	}
+	got := f.waitFor(t, ctx, l, 3, eps(capacity)) // the fleet is full: l asks for a grant
+	require.Equal(t, []string{l.proc}, f.rdb.ZRange(ctx, "amlpool:{t}:want:a", 0, -1).Val(), "l asked for a grant")
+
+	// Redis failed over and lost l's heartbeat: l's next tick finds it gone
+	// and opens the window; l's wish, written before, is still there.
+	require.NoError(t, f.rdb.ZRem(ctx, "amlpool:{t}:members", l.proc).Err())
+	f.advance(l.cfg.renew)
+	f.settle(t, 3)
+	l.mu.Lock()
+	rejoining := f.clk.Now().Before(l.rejoin)
+	l.mu.Unlock()
+	require.True(t, rejoining, "no rejoin window")
+	require.Equal(t, []string{l.proc}, f.rdb.ZRange(ctx, "amlpool:{t}:want:a", 0, -1).Val(), "l's wish expired")
+
+	others[0].Release() // grants the slot to l, which holds its share already
+	require.Eventually(t, func() bool { return len(got) > 0 || len(f.leases(t, "a")) == 3 }, testTimeout, time.Millisecond,
+		"the grant was neither taken nor given back")
+	select {
+	case ls := <-got:
+		ls.Release()
+		t.Fatalf("a grant took the process past its share of %d while it rejoins", capacity/2)
+	default:
+	}
+	assert.Equal(t, 2, l.Stats().Held)
+	assert.Zero(t, l.Stats().Grants)
+
+	for _, ls := range append(mine, others[1:]...) {
+		ls.Release() // mine[0] goes to the waiting call
+	}
+	receive(t, got).Release()
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
+}
+
+// A grant asked for before the Limiter fell back may reach it in fallback
+// (its notice, or a tick that reads it, comes through while other round
+// trips fail): it must keep the process to its share, as a local lease does.
+func TestFailStaticGrantInFallbackKeepsToShare(t *testing.T) {
+	const capacity, share = 4, 2 // a share of 2 for each of 2 expected replicas
+	const timeout = 5 * time.Second
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cut := &cutHook{}
+	l, err := New(f.hookedClient(t, cut), WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	cut.down.Store(true)
+	var held []amlpool.Lease
+	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
+		for {
+			ls, err := l.TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			if ls == nil {
+				break
+			}
+			held = append(held, ls)
+		}
+		if len(held) == 0 {
+			f.advance(timeout)
+		}
+	}
+	require.True(t, l.Stats().Fallback)
+	require.Len(t, held, share)
+	got := f.waitFor(t, ctx, l, 2, eps(capacity))
+
+	// Another process grants l a slot.
+	key, id := "amlpool:{t}:ep:a", l.proc+":gother.1"
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(f.clk.Now().Add(time.Minute).UnixMilli(), id)).Err())
+	l.granted(key, id)
+	select {
+	case ls := <-got:
+		ls.Release()
+		t.Fatalf("a grant took the process past its share of %d in fallback", share)
+	default:
+	}
+	assert.Equal(t, share, l.Stats().Held)
+	assert.Zero(t, l.Stats().Grants)
+
+	// Redis back: the grant given back is not left in Redis.
+	cut.down.Store(false)
+	require.Eventually(t, func() bool {
+		f.advance(l.cfg.probe / 10)
+		return !l.Stats().Fallback
+	}, testTimeout, time.Millisecond)
+	held[0].Release() // goes to the waiting call
+	held[0] = receive(t, got)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == share }, testTimeout, time.Millisecond,
+		"leases in Redis")
+	for _, ls := range held {
+		ls.Release()
+	}
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
+}
+
 // An acquire sent before the Limiter falls back may come back after: slow,
 // while other round trips failed and their calls went on with local leases
 // from the share. Its lease must keep the process to its share, or the

@@ -396,11 +396,12 @@ func (l *Limiter) rejoinShareLocked(ep *endpoint) int {
 // roomLocked reports whether this process may take one more lease on ep
 // from Redis now: any time but in fallback, where it holds at most its share,
 // or while it rejoins the fleet (FailStatic), where it holds at most its
-// share too. Every acquire's reply is checked as it comes, whatever the
-// limits it was sent with: so the process keeps to its share whatever was
-// under way when it fell back or began to rejoin. (The acquires under way
-// count only in the limits an acquire is sent with, rejoinLimitsLocked, so
-// that Redis takes few leases that go back.)
+// share too. Every lease that comes from Redis is checked as it comes (an
+// acquire's reply, whatever the limits it was sent with; a grant; a lease
+// kept at its release): so the process keeps to its share whatever was
+// under way, or asked for, when it fell back or began to rejoin. (The
+// acquires under way count only in the limits an acquire is sent with,
+// rejoinLimitsLocked, so that Redis takes few leases that go back.)
 func (l *Limiter) roomLocked(ep *endpoint) bool {
 	switch {
 	case l.fallback:
