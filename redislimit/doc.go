@@ -89,12 +89,15 @@
 //     reaches Redis after a failed round trip of its own (its tick) or finds
 //     that Redis lost its heartbeat (restarted or failed over); any failed
 //     round trip does that, at the cost of the share for two probe intervals;
-//     its acquires already under way then, sent with the whole cap, and
-//     the grants it asked for before give back a lease that would take it
-//     past its share (a grant in fallback too). Redis's count misses the
-//     replicas not back yet, so the count before the outage stands until
-//     Redis counts again after those two intervals, also for a fallback
-//     that begins meanwhile (Redis gone again). Not
+//     its acquires already under way then, sent with the whole cap, and the
+//     grants it asked for before give back a lease that would take it past
+//     its share (a grant in fallback too), and a process that holds more than
+//     its share then, or in fallback, hands no lease on to its waiting calls:
+//     the leases past the share end with the calls admitted before the
+//     outage. Redis's count misses the replicas not back yet, so the count
+//     before the outage stands until Redis counts again after those two
+//     intervals, also for a fallback that begins meanwhile (Redis gone
+//     again). Not
 //     bounded: a replica cut off alone, while the others still reach Redis,
 //     uses its share on top of their whole cap for as long as it is cut off;
 //     and one that made no round trip while Redis, its data kept, was out of

@@ -45,6 +45,12 @@ func (l *Limiter) handoffLocked(ls *lease) bool {
 		// holds more leases than the cap: let Redis count again.
 		return false
 	}
+	if share, ok := l.shareNowLocked(ep); ok && len(ep.held) > share {
+		// In fallback or rejoining, this process holds more than its share
+		// (leases taken before the outage): handed on, they would outlast
+		// the calls that took them.
+		return false
+	}
 	w, idx := l.nextWaiterLocked(ep)
 	if w == nil {
 		return false

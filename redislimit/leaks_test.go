@@ -663,6 +663,73 @@ func TestFailStaticGrantInFallbackKeepsToShare(t *testing.T) {
 	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
 }
 
+// A lease freed while a call of the same process waits goes to that call
+// (handoff): the process holds as many as before. In fallback, a process
+// that holds more than its share (leases taken from Redis before the
+// outage) must not hand them on, or the calls admitted in the outage keep
+// those slots after the ones admitted before it ended, past FailStatic's
+// bound; the same holds in a rejoin window. It hands a lease on again once
+// it is down to its share.
+func TestFailStaticHandoffKeepsToShare(t *testing.T) {
+	const capacity, share = 4, 2 // a share of 2 for each of 2 expected replicas
+	const timeout = 5 * time.Second
+	for _, tc := range []struct {
+		name     string
+		fallback bool // else rejoining, right after the fallback
+	}{{"fallback", true}, {"rejoining", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			cut := &cutHook{}
+			l, err := New(f.hookedClient(t, cut), WithClock(f.clk), WithPool("t"), WithTimeout(timeout),
+				WithExpectedReplicas(2))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = l.Close() })
+			f.settle(t, 1)
+			var held []amlpool.Lease
+			for range capacity { // alone in Redis: the whole cap
+				ls, err := l.TryAcquire(ctx, eps(capacity))
+				require.NoError(t, err)
+				require.NotNil(t, ls)
+				held = append(held, ls)
+			}
+			got := f.waitFor(t, ctx, l, 2, eps(capacity))
+
+			cut.down.Store(true)
+			for !l.Stats().Fallback { // the pump's tries and the ticks fail
+				f.advance(timeout)
+				f.settle(t, 2)
+			}
+			if !tc.fallback {
+				cut.down.Store(false)
+				for l.Stats().Fallback {
+					f.advance(l.cfg.probe / 10)
+					f.settle(t, 2)
+				}
+				l.mu.Lock()
+				rejoining := f.clk.Now().Before(l.rejoin)
+				l.mu.Unlock()
+				require.True(t, rejoining, "no rejoin window")
+			}
+			for i := range capacity - share {
+				held[i].Release()
+				select {
+				case ls := <-got:
+					ls.Release()
+					t.Fatalf("a lease handed on while the process held %d, past its share of %d", capacity-i, share)
+				default:
+				}
+				assert.Equal(t, capacity-i-1, l.Stats().Held)
+			}
+			held[capacity-share].Release() // down to its share: handed on
+			held[capacity-share] = receive(t, got)
+			for _, ls := range held[capacity-share:] {
+				ls.Release()
+			}
+		})
+	}
+}
+
 // An acquire sent before the Limiter falls back may come back after: slow,
 // while other round trips failed and their calls went on with local leases
 // from the share. Its lease must keep the process to its share, or the

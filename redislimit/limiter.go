@@ -403,13 +403,21 @@ func (l *Limiter) rejoinShareLocked(ep *endpoint) int {
 // acquires under way count only in the limits an acquire is sent with,
 // rejoinLimitsLocked, so that Redis takes few leases that go back.)
 func (l *Limiter) roomLocked(ep *endpoint) bool {
+	share, ok := l.shareNowLocked(ep)
+	return !ok || len(ep.held) < share
+}
+
+// shareNowLocked returns what this process may hold of ep's cap now, and
+// whether that bounds it: in fallback and while it rejoins the fleet
+// (FailStatic), not otherwise, when Redis's count of the fleet's leases does.
+func (l *Limiter) shareNowLocked(ep *endpoint) (int, bool) {
 	switch {
 	case l.fallback:
-		return len(ep.held) < l.shareLocked(ep)
+		return l.shareLocked(ep), true
 	case l.cfg.mode == FailStatic && l.cfg.clock.Now().Before(l.rejoin):
-		return len(ep.held) < l.rejoinShareLocked(ep)
+		return l.rejoinShareLocked(ep), true
 	}
-	return true
+	return 0, false
 }
 
 // tryRedis runs the acquire script once. While the Limiter rejoins the
@@ -632,8 +640,9 @@ func (ls *lease) Release() {
 	}
 	// A lease not handed on while calls here want it (its endpoint's cap
 	// went down) goes back to Redis, which keeps it for them unless
-	// another process that wants the endpoint holds fewer of its leases.
-	keep := remote && l.cfg.handoff > 0 && l.cfg.notify && !l.closed && l.wantedLocked(ls.ep)
+	// another process that wants the endpoint holds fewer of its leases;
+	// not past this process's share (roomLocked: rejoining).
+	keep := remote && l.cfg.handoff > 0 && l.cfg.notify && !l.closed && l.wantedLocked(ls.ep) && l.roomLocked(ls.ep)
 	if ls.ep.owed > 0 {
 		ls.ep.owed-- // this one goes to a process that holds fewer
 		keep = false
