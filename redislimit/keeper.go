@@ -118,6 +118,15 @@ func (l *Limiter) tick() {
 	replicas, limits, missing := reply.replicas, reply.limits, reply.missing
 	// Health news this process may have missed.
 	l.caughtUp(reply.health)
+	l.mu.Lock()
+	before := l.replicas
+	if reply.gone && l.ticked {
+		// Redis lost this process's heartbeat: it restarted, or failed
+		// over, however few round trips of ours failed meanwhile. Before
+		// the grants below: they keep to the share from now on.
+		l.rejoinLocked(now, before)
+	}
+	l.mu.Unlock()
 	// Grants whose announcement this process missed (a dropped
 	// subscription): taken now, once.
 	for _, g := range reply.grants {
@@ -129,12 +138,6 @@ func (l *Limiter) tick() {
 	var stale []removal
 	var mismatches []string
 	l.mu.Lock()
-	before := l.replicas
-	if reply.gone && l.ticked {
-		// Redis lost this process's heartbeat: it restarted, or failed
-		// over, however few round trips of ours failed meanwhile.
-		l.rejoinLocked(now, before)
-	}
 	l.ticked = true
 	l.replicas = max(1, replicas)
 	l.forgetSeenLocked(now)

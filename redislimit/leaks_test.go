@@ -601,6 +601,53 @@ func TestFailStaticGrantAskedForBeforeRejoinKeepsToShare(t *testing.T) {
 	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
 }
 
+// A tick reads the grants whose notice this process missed, and may find
+// its heartbeat gone in the same reply: the window it opens applies to
+// those grants too, or one takes the process past its share.
+func TestFailStaticGrantReadByTheTickThatFindsTheHeartbeatGoneKeepsToShare(t *testing.T) {
+	const capacity, share = 4, 2 // a share of 2 for each of 2 expected replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	// Backoffs longer than a tick: the waiting call's next try, which would
+	// find the heartbeat gone first, comes after the tick.
+	l := f.limiter(t, WithExpectedReplicas(2), WithBackoff(2*DefaultTTL, 2*DefaultTTL))
+	f.settle(t, 1)
+	var held []amlpool.Lease
+	for range share {
+		ls, err := l.TryAcquire(ctx, eps(capacity))
+		require.NoError(t, err)
+		require.NotNil(t, ls)
+		held = append(held, ls)
+	}
+	key := "amlpool:{t}:ep:a"
+	exp := f.clk.Now().Add(time.Minute).UnixMilli()
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, "q:1"), redisZ(exp, "q:2")).Err()) // another process's
+	got := f.waitFor(t, ctx, l, 2, eps(capacity))
+
+	// q releases a slot and grants it to l, whose subscription misses the
+	// notice; and Redis fails over, losing l's heartbeat.
+	id := l.proc + ":gq.1"
+	require.NoError(t, f.rdb.ZRem(ctx, key, "q:1").Err())
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, id)).Err())
+	require.NoError(t, f.rdb.ZAdd(ctx, l.keys.grants, redisZ(exp, l.proc+"|"+key+"|"+id)).Err())
+	require.NoError(t, f.rdb.ZRem(ctx, l.keys.members, l.proc).Err())
+	f.advance(l.cfg.renew) // the tick reads both
+	require.Eventually(t, func() bool { return len(got) > 0 || len(f.leases(t, "a")) == 3 }, testTimeout, time.Millisecond,
+		"the grant was neither taken nor given back")
+	select {
+	case ls := <-got:
+		ls.Release()
+		t.Fatalf("a grant took the process past its share of %d as it learnt of the outage", share)
+	default:
+	}
+	assert.Equal(t, share, l.Stats().Held)
+	held[0].Release() // goes to the waiting call
+	held[0] = receive(t, got)
+	for _, ls := range held {
+		ls.Release()
+	}
+}
+
 // A grant asked for before the Limiter fell back may reach it in fallback
 // (its notice, or a tick that reads it, comes through while other round
 // trips fail): it must keep the process to its share, as a local lease does.
