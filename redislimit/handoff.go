@@ -60,7 +60,7 @@ func (l *Limiter) handoffLocked(ls *lease) bool {
 		since = now
 		l.askLocked(ep)
 	}
-	next := &lease{l: l, ep: ep, idx: idx, id: ls.id, remote: ls.remote, renewed: ls.renewed,
+	next := &lease{l: l, ep: ep, idx: idx, id: ls.id, remote: ls.remote, sent: ls.sent, renewed: ls.renewed,
 		lost: ls.lost, since: since, limit: ls.limit}
 	ep.held[ls.id] = next
 	l.serveLocked(w, next)

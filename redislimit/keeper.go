@@ -90,6 +90,7 @@ func (l *Limiter) tick() {
 			// within a tick.
 			ids = append(ids, ls.id)
 			batch = append(batch, ls)
+			ls.sent = true
 		}
 		if len(ids) > 0 {
 			keys = append(keys, ep.key)

@@ -777,6 +777,61 @@ func TestFailStaticHandoffKeepsToShare(t *testing.T) {
 	}
 }
 
+// A probe writes the local leases of the fallback to Redis. When its reply
+// is lost (Redis ran it, the round trip failed), the Limiter stays in
+// fallback and the leases stay local to it: their release must still
+// delete them from Redis once it answers, or each blocks a slot, with no
+// call on it, for a TTL.
+func TestLocalLeaseWrittenByAProbeWithItsReplyLostIsDeleted(t *testing.T) {
+	const capacity, share = 4, 2 // a share of 2 for each of 2 expected replicas
+	const timeout = 5 * time.Second
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cut := &cutHook{}
+	lost := &scriptHook{sha: tickScript.Hash(), lost: func() {}}
+	rdb := f.hookedClient(t, cut, tickScript)
+	rdb.AddHook(lost)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	cut.down.Store(true)
+	var held []amlpool.Lease
+	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
+		for {
+			ls, err := l.TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			if ls == nil {
+				break
+			}
+			held = append(held, ls)
+		}
+		if len(held) == 0 {
+			f.advance(timeout)
+		}
+	}
+	require.Len(t, held, share)
+	f.settle(t, 1)
+
+	cut.down.Store(false)
+	lost.armed.Store(true)
+	f.advance(l.cfg.probe) // the probe writes both, and its reply is lost
+	f.settle(t, 1)
+	require.False(t, lost.armed.Load(), "no probe ran")
+	require.True(t, l.Stats().Fallback)
+	require.Len(t, f.leases(t, "a"), share, "the probe wrote the local leases")
+	for _, ls := range held {
+		ls.Release()
+	}
+
+	f.advance(l.cfg.probe) // the next probe comes back
+	f.settle(t, 1)
+	require.False(t, l.Stats().Fallback)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"leases released in fallback stayed in Redis, with no call on them")
+}
+
 // An acquire sent before the Limiter falls back may come back after: slow,
 // while other round trips failed and their calls went on with local leases
 // from the share. Its lease must keep the process to its share, or the

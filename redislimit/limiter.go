@@ -124,6 +124,7 @@ type lease struct {
 
 	// Guarded by Limiter.mu.
 	remote   bool      // Redis has it, as far as we know
+	sent     bool      // in a tick's batch: Redis may have it even while not remote (the tick's reply lost)
 	renewed  time.Time // when Redis last got its expiry
 	lost     bool      // counted in Stats.Lost already
 	released bool
@@ -633,10 +634,15 @@ func (ls *lease) Release() {
 	delete(ls.ep.held, ls.id)
 	l.held--
 	remote := ls.remote
-	if remote && (l.fallback || l.closed) {
+	switch {
+	case remote && (l.fallback || l.closed):
 		// Deleted once Redis is back, or by Close.
 		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 		remote = false
+	case !remote && ls.sent:
+		// Taken in fallback and written to Redis by a probe whose reply
+		// was lost: deleted once Redis is back, or by Close.
+		l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 	}
 	// A lease not handed on while calls here want it (its endpoint's cap
 	// went down) goes back to Redis, which keeps it for them unless
