@@ -102,6 +102,14 @@ func (l *Limiter) tick() {
 
 	res, err := l.eval(l.bg, tickScript, keys, args)
 	if err != nil {
+		// Redis may have run it, its reply lost.
+		l.mu.Lock()
+		for _, ls := range batch {
+			if ls.released && ls.ep.held[ls.id] == nil {
+				l.readdedLocked(ls)
+			}
+		}
+		l.mu.Unlock()
 		if l.bg.Err() == nil {
 			l.failed(err)
 		}
@@ -153,18 +161,11 @@ func (l *Limiter) tick() {
 	for _, ls := range batch {
 		if ls.released {
 			// Released while the tick ran. Handed on, or kept and taken
-			// again: the same lease, now another call's. Being released:
-			// the tick may have added it back after the release's script
-			// deleted it, and that round trip decides whether it stays
-			// (kept) or goes again (marked). Else the tick may have added it
-			// back: delete it.
+			// again: the same lease, now another call's. Else the tick may
+			// have added it back (readdedLocked).
 			cur := ls.ep.held[ls.id]
 			if cur == nil {
-				if _, ok := l.releasing[ls.id]; ok {
-					l.releasing[ls.id] = true
-				} else {
-					stale = append(stale, removal{ls.ep.key, ls.id})
-				}
+				l.readdedLocked(ls)
 				continue
 			}
 			ls = cur
@@ -225,6 +226,19 @@ func (l *Limiter) tick() {
 		}
 		l.kickAll()
 	}
+}
+
+// readdedLocked deals with ls, in a tick's batch and released while the
+// tick ran: the tick may have added it back to Redis after the release's
+// script deleted it. Still being released, that round trip decides whether
+// it stays (kept) or goes again (marked); else it joins the deletions that
+// wait for Redis, done at once by a tick that reached it.
+func (l *Limiter) readdedLocked(ls *lease) {
+	if _, ok := l.releasing[ls.id]; ok {
+		l.releasing[ls.id] = true
+		return
+	}
+	l.pending = appendPending(l.pending, removal{ls.ep.key, ls.id})
 }
 
 // forgetLocked drops the endpoints this process no longer uses: no lease

@@ -210,6 +210,39 @@ func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
 	ls.Release()
 }
 
+// The same race with the tick's reply lost (Redis ran it, the round trip
+// failed): the tick added the released lease back, and nothing of its reply
+// says so. The lease must still go, at the latest at the next tick.
+func TestReleaseRacingATickWithItsReplyLostLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: tickScript.Hash(), before: func(context.Context) { close(reached); <-open }, lost: func() {}}
+	released := make(chan struct{}, 1)
+	l, err := New(f.hookedClient(t, h, tickScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9),
+		WithOnReleased(func() { released <- struct{}{} }))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	a, err := l.Acquire(ctx, eps(1))
+	require.NoError(t, err)
+	h.armed.Store(true)
+	f.advance(l.cfg.renew) // the tick takes a in its batch and waits
+	<-reached
+	a.Release() // the release's script deletes a in Redis
+	<-released
+	require.Empty(t, f.leases(t, "a"))
+	close(open) // the tick's script adds a back, and its reply is lost
+	f.settle(t, 1)
+	require.EqualValues(t, 1, l.Stats().Errors, "the tick failed")
+
+	f.advance(l.cfg.renew) // the next tick
+	f.settle(t, 1)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond,
+		"a released lease stayed in Redis, with no call on it")
+}
+
 // cutHook fails every command while down: one process's link to Redis is
 // cut, the others' is not.
 type cutHook struct{ down atomic.Bool }
