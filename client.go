@@ -680,8 +680,11 @@ func (c *Client) unauthorized(a *attempt) pool.Result {
 }
 
 // conclude records a failed attempt in its call, decides what the call does
-// next, and tells the telemetry.
+// next, and tells the telemetry: also when deciding panics (the logger, as
+// the retry budget runs out), so that the attempt, which Stats counts,
+// is in the metrics and its span ends.
 func (c *Client) conclude(ctx context.Context, cl *call, a *attempt) {
+	defer c.done(a)
 	if a.n == 1 && c.budget != nil {
 		c.budget.deposit(a.start) // each call counts once, when it first sends
 	}
@@ -692,7 +695,6 @@ func (c *Client) conclude(ctx context.Context, cl *call, a *attempt) {
 			cl.reason = retryReason(a)
 		}
 	}
-	c.done(a)
 }
 
 // done hears of every attempt sent, once it is concluded: the hedging

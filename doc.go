@@ -188,7 +188,8 @@
 //
 // A function of yours that panics while a call runs it (a [Credential], the
 // RoundTripper of [WithHTTPClient], a propagator, a classifier, a
-// [Limiter], its [Lease] or HealthLink, a [Balancer]) panics that call with
+// [Limiter], its [Lease] or HealthLink, a [Balancer], an instrument of the
+// MeterProvider's, the logger's handler) panics that call with
 // the same value, in the goroutine that made the call (for a hedged copy,
 // which runs in a goroutine of its own, once the other copy has ended):
 // the panic is never swallowed. The Client stays as it was: the call's

@@ -152,7 +152,9 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	}
 	if h.slot.Ep != nil {
 		cl.ex.Tried.Add(h.slot.Ep)
-		c.done(other)
+		// After ret, and whatever ret's telemetry does: a MeterProvider's
+		// instrument that panics for one copy leaves neither span open.
+		defer c.done(other)
 	}
 	c.conclude(ctx, cl, ret)
 	return ret

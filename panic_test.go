@@ -3,6 +3,7 @@ package amlpool
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -12,7 +13,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // armedRT is a RoundTripper that panics once each time it is armed, and
@@ -317,3 +320,171 @@ func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
 type rtFunc func(*http.Request) (*http.Response, error)
 
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// armedTelemetry is an Option, given after those it wraps, that makes the
+// Client's telemetry panic once each time armed is: its MeterProvider's
+// histogram named instrument as it records, its TracerProvider as it
+// starts a span named span, its logger as it handles a line whose message
+// is log.
+type armedTelemetry struct {
+	armed      *atomic.Bool
+	instrument string
+	span       string
+	log        string
+}
+
+func (o armedTelemetry) apply(c *config) {
+	if o.instrument != "" {
+		c.meterProvider = armedMeterProvider{c.meterProvider, o}
+	}
+	if o.span != "" {
+		c.tracerProvider = armedTracerProvider{c.tracerProvider, o}
+	}
+	if o.log != "" {
+		c.logger = slog.New(armedHandler{c.logger.Handler(), o})
+	}
+}
+
+type armedMeterProvider struct {
+	metric.MeterProvider
+	o armedTelemetry
+}
+
+func (p armedMeterProvider) Meter(name string, opts ...metric.MeterOption) metric.Meter {
+	return armedMeter{p.MeterProvider.Meter(name, opts...), p.o}
+}
+
+type armedMeter struct {
+	metric.Meter
+	o armedTelemetry
+}
+
+func (m armedMeter) Float64Histogram(name string, opts ...metric.Float64HistogramOption) (metric.Float64Histogram, error) {
+	h, err := m.Meter.Float64Histogram(name, opts...)
+	if name == m.o.instrument {
+		h = armedHistogram{h, m.o.armed}
+	}
+	return h, err
+}
+
+type armedHistogram struct {
+	metric.Float64Histogram
+	armed *atomic.Bool
+}
+
+func (h armedHistogram) Record(ctx context.Context, v float64, opts ...metric.RecordOption) {
+	if h.armed.Swap(false) {
+		panic("callback bug")
+	}
+	h.Float64Histogram.Record(ctx, v, opts...)
+}
+
+type armedTracerProvider struct {
+	trace.TracerProvider
+	o armedTelemetry
+}
+
+func (p armedTracerProvider) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return armedTracer{p.TracerProvider.Tracer(name, opts...), p.o}
+}
+
+type armedTracer struct {
+	trace.Tracer
+	o armedTelemetry
+}
+
+func (t armedTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	if name == t.o.span && t.o.armed.Swap(false) {
+		panic("callback bug")
+	}
+	return t.Tracer.Start(ctx, name, opts...)
+}
+
+type armedHandler struct {
+	slog.Handler
+	o armedTelemetry
+}
+
+func (h armedHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.o.log && h.o.armed.Swap(false) {
+		panic("callback bug")
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// A MeterProvider's instrument, or a logger, that panics as an attempt
+// ends panics the call with the same value, but the attempt's span ends
+// (as does the call's) and its slot is back: the next call goes through
+// on the same one slot.
+func TestAPanickingMeterOrLoggerEndsTheAttemptsSpan(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		arm   armedTelemetry
+		reply func(int64) int
+		opts  []Option
+	}{
+		{name: "meter", arm: armedTelemetry{instrument: "http.client.request.duration"}},
+		{name: "logger, as the retry budget runs out", reply: always(500), opts: []Option{WithRetryBudget(0, 0)},
+			arm: armedTelemetry{log: "amlpool: retry budget exhausted; failed calls return without retrying"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reply := tc.reply
+			if reply == nil {
+				reply = always(200)
+			}
+			srv := newFakeAML(t, reply)
+			var armed atomic.Bool
+			tc.arm.armed = &armed
+			o := newObserved(t, []Endpoint{srv.endpoint("a", 1)}, append(tc.opts, tc.arm)...)
+
+			armed.Store(true)
+			assert.PanicsWithValue(t, "callback bug", func() { _, _ = o.Do(t.Context(), []byte(`{}`)) })
+			require.False(t, armed.Load(), "the callback ran")
+			assert.Zero(t, o.Stats().Endpoints[0].InFlight, "the slot is back")
+			require.Len(t, o.spans.Started(), 2, "the call's and the attempt's")
+			assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+
+			_, err := o.Do(t.Context(), []byte(`{}`))
+			if tc.reply == nil {
+				require.NoError(t, err, "the one slot serves the next call")
+			} else {
+				require.Error(t, err) // the server's 500, this time without a retry
+			}
+			assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+		})
+	}
+}
+
+// A MeterProvider's instrument that panics as a hedged attempt ends, for
+// either copy, panics the call with the same value, but both copies' spans
+// end and both slots are back.
+func TestAPanickingMeterEndsBothCopiesSpans(t *testing.T) {
+	slowArrived := make(chan struct{}, 1)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slowArrived <- struct{}{}
+		<-r.Context().Done() // answers only by being abandoned
+	}))
+	defer slow.Close()
+	fast := newFakeAML(t, always(200))
+	var armed atomic.Bool
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		fast.endpoint("fast", 1)}, WithHedging(time.Second),
+		armedTelemetry{armed: &armed, instrument: "http.client.request.duration"})
+	armed.Store(true)
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = o.Do(t.Context(), []byte(`{}`))
+	}()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	o.clock.Advance(time.Second)
+	require.Equal(t, "callback bug", <-panicked)
+
+	for _, e := range o.Stats().Endpoints {
+		assert.Zero(t, e.InFlight, "%s's slot is back", e.Name)
+	}
+	require.Len(t, o.spans.Started(), 3, "the call's and the copies'")
+	assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+}

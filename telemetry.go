@@ -214,13 +214,15 @@ func (t *telemetry) hedgeRefused() {
 }
 
 // attemptDone records a concluded attempt: its metrics, the end of its
-// span, its debug line, and the warnings its effects call for.
+// span, its debug line, and the warnings its effects call for. The span
+// ends even if an instrument of the MeterProvider's, or the logger,
+// panics: the panic goes on to the call.
 func (t *telemetry) attemptDone(a *attempt) {
+	if a.span != nil {
+		defer endAttempt(a)
+	}
 	if t.metrics != nil {
 		t.metrics.attemptDone(a)
-	}
-	if a.span != nil {
-		endAttempt(a)
 	}
 	if t.log != nil {
 		t.logAttempt(a)
