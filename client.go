@@ -371,22 +371,32 @@ type attempt struct {
 
 // acquire takes a slot for the call's next attempt, a, and, with
 // telemetry, records how long that took (also when a Balancer or a Limiter
-// panics), and logs a spell of shedding that the call's shed started.
+// panics), and logs a spell of shedding that the call's shed started. A
+// MeterProvider's instrument that panics recording the wait panics the
+// call, but the slot and the lease go back first.
 func (c *Client) acquire(ctx context.Context, cl *call, a *attempt) error {
 	if c.tel == nil {
 		_, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
 		return err
 	}
 	start := c.cfg.clock.Now()
+	err := errPanicked // until takeSlot returns
 	recorded := false
 	defer func() {
-		if !recorded {
+		switch {
+		case recorded:
+		case err == errPanicked:
 			// A Balancer or a Limiter panicked: the wait is recorded like
 			// any other before the panic goes on.
 			c.tel.waited(c.cfg.clock.Now().Sub(start), errPanicked)
+		case err == nil:
+			// The instrument panicked recording the wait for the slot
+			// the attempt holds: the slot and the lease go back.
+			c.unwind(a, holding)
 		}
 	}()
-	spell, err := pool.StartedSpell(c.takeSlot(ctx, cl, a))
+	var spell bool
+	spell, err = pool.StartedSpell(c.takeSlot(ctx, cl, a))
 	a.slotWait = c.cfg.clock.Now().Sub(start)
 	c.tel.waited(a.slotWait, err)
 	recorded = true
@@ -554,19 +564,20 @@ func (c *Client) attempt(ctx context.Context, cl *call, a *attempt, body []byte)
 // copies of one attempt can run it at once (hedge.go): it sends the request
 // on a's slot, judges what came back, and gives the slot back.
 //
-// A callback of the user's that panics on the way (a Credential, a
-// RoundTripper, a propagator, the classifier, a Lease, a HealthLink) panics
-// the call, but the slot goes back first (see unwind).
+// A callback of the user's that panics on the way (a TracerProvider as
+// the attempt's span starts, a Credential, a RoundTripper, a propagator,
+// the classifier, a Lease, a HealthLink) panics the call, but the slot
+// goes back first (see unwind).
 func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
-	if c.tel != nil {
-		ctx = c.tel.startAttempt(ctx, a)
-	}
 	stage := holding
 	defer func() {
 		if stage != exchanged {
 			c.unwind(a, stage)
 		}
 	}()
+	if c.tel != nil {
+		ctx = c.tel.startAttempt(ctx, a)
+	}
 	a.auth, a.key = a.slot.Ep.Key()
 	a.tok = ""
 	a.data, a.err = c.send(ctx, a, body)

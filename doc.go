@@ -188,11 +188,11 @@
 //
 // A function of yours that panics while a call runs it (a [Credential], the
 // RoundTripper of [WithHTTPClient], a propagator, a classifier, a
-// [Limiter], its [Lease] or HealthLink, a [Balancer], an instrument of the
-// MeterProvider's, the logger's handler) panics that call with
-// the same value, in the goroutine that made the call (for a hedged copy,
-// which runs in a goroutine of its own, once the other copy has ended):
-// the panic is never swallowed. The Client stays as it was: the call's
+// [Limiter], its [Lease] or HealthLink, a [Balancer], the TracerProvider,
+// an instrument of the MeterProvider's, the logger's handler) panics that
+// call with the same value, in the goroutine that made the call (for a
+// hedged copy, which runs in a goroutine of its own, once the other copy
+// has ended): the panic is never swallowed. The Client stays as it was: the call's
 // slot and lease are given back and its spans end first. An attempt that
 // panicked before its slot went back counts as no attempt, in [Stats] as
 // in the metrics, and tells nothing of its endpoint's health.

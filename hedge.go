@@ -183,6 +183,14 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 	if !ok {
 		return nil
 	}
+	sent := false
+	defer func() {
+		if !sent {
+			// Given back unsent, it serves the line (Release): also when
+			// the logger panics as the retry budget refuses the copy.
+			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
+		}
+	}()
 	if ctx.Err() != nil || len(copies) > 0 || c.pool.Waiting() > 0 {
 		// The call ended, or the first copy answered (it is in copies),
 		// while its timer fired: a copy would be abandoned at once, an
@@ -191,18 +199,14 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		// freed as it ended leaves the line after that end, and so after
 		// ctx's and the reply's.) Or a call joined the line since Waiting
 		// was read: the slot, taken without the line's lock, may be the
-		// one a release freed for it and had yet to hand on. Given back
-		// unsent, it serves the line (Release).
-		c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
+		// one a release freed for it and had yet to hand on.
 		return nil
 	}
 	var spent int64
 	if c.budget != nil {
 		// Hedges and retries share the budget, so together they add at
 		// most its share of extra load.
-		var ok bool
 		if spent, ok = c.budget.spend(); !ok {
-			c.pool.Release(slot, &pool.Report{Result: pool.Unsent}, nil)
 			if c.tel != nil {
 				c.tel.hedgeRefused()
 			}
@@ -210,6 +214,7 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		}
 	}
 	h := &attempt{n: a.n, hedge: true}
+	sent = true // the copy's goroutine has the slot
 	go func() {
 		defer sendCopy(h, copies)
 		if c.budget != nil {

@@ -488,3 +488,68 @@ func TestAPanickingMeterEndsBothCopiesSpans(t *testing.T) {
 	require.Len(t, o.spans.Started(), 3, "the call's and the copies'")
 	assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
 }
+
+// A TracerProvider that panics starting an attempt's span, or a
+// MeterProvider's instrument that panics recording the wait for its slot,
+// panics the call, but the slot and the Limiter's lease, taken already,
+// are back, the attempt counts as none, and the next call goes through on
+// the same one slot.
+func TestAPanickingTelemetryLeavesTheSlotBack(t *testing.T) {
+	for _, arm := range []armedTelemetry{{span: "POST"}, {instrument: "amlpool.slot.wait.duration"}} {
+		t.Run(arm.span+arm.instrument, func(t *testing.T) {
+			srv := newFakeAML(t, always(200))
+			var armed atomic.Bool
+			arm.armed = &armed
+			lim := &armedLimiter{armed: new(atomic.Bool)} // never armed
+			o := newObserved(t, []Endpoint{srv.endpoint("a", 1)}, WithLimiter(lim), arm)
+
+			armed.Store(true)
+			assert.PanicsWithValue(t, "callback bug", func() { _, _ = o.Do(t.Context(), []byte(`{}`)) })
+			require.False(t, armed.Load(), "the callback ran")
+			st := o.Stats().Endpoints[0]
+			require.Zero(t, st.InFlight, "the slot is back")
+			require.Zero(t, lim.held.Load(), "the lease is back")
+			assert.Zero(t, st.Calls)
+			assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+			assertStatsAgree(t, o)
+
+			_, err := o.Do(t.Context(), []byte(`{}`))
+			require.NoError(t, err, "the one slot serves the next call")
+			assertStatsAgree(t, o)
+		})
+	}
+}
+
+// A logger that panics as the retry budget refuses a hedge panics the
+// call, but the slot taken for the hedge is back, as is the first copy's,
+// cancelled, and every span ended.
+func TestAPanickingLoggerAsTheBudgetRefusesAHedgeLeavesNothingHeld(t *testing.T) {
+	slowArrived := make(chan struct{}, 1)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slowArrived <- struct{}{}
+		<-r.Context().Done() // answers only by being cancelled
+	}))
+	defer slow.Close()
+	fast := newFakeAML(t, always(200))
+	var armed atomic.Bool
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		fast.endpoint("fast", 1)}, WithHedging(time.Second), WithRetryBudget(0, 0),
+		armedTelemetry{armed: &armed, log: "amlpool: retry budget exhausted; failed calls return without retrying"})
+	armed.Store(true)
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		_, _ = o.Do(t.Context(), []byte(`{}`))
+	}()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	o.clock.Advance(time.Second)
+	require.Equal(t, "callback bug", <-panicked)
+
+	for _, e := range o.Stats().Endpoints {
+		assert.Zero(t, e.InFlight, "%s's slot is back", e.Name)
+	}
+	assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
+	assertStatsAgree(t, o)
+}
