@@ -221,7 +221,10 @@ func (c *Client) forget(specs []pool.Spec, changes []pool.Change) {
 //
 // Every attempt that takes its slot after SetEndpoints returns uses the new
 // set and keys. SetEndpoints is safe beside any number of calls; concurrent
-// SetEndpoints are serialised and the last one wins.
+// SetEndpoints are serialised and the last one wins. A HealthLink, or the
+// logger's handler, that panics as SetEndpoints tells it of the change
+// panics SetEndpoints with the same value, once the new set is in force
+// in the Client, its calls waiting at the Limiter and the HealthLink.
 func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	c.update.Lock()
 	defer c.update.Unlock()
@@ -238,15 +241,21 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	}
 	c.addExt(specs)
 	changes := c.pool.Update(specs)
-	for _, ch := range changes {
-		c.tel.changed(ch)
-	}
 	c.forget(specs, changes)
 	if c.limiter != nil {
 		c.nextGeneration() // calls waiting at the Limiter choose again
-		if c.health != nil {
-			c.health.SetEndpoints(c.limitedAll())
+	}
+	// The user's hooks last, once the Client's own state is the new set
+	// throughout: one that panics (the HealthLink, the logger's handler)
+	// panics SetEndpoints, but leaves no part of the Client behind. The
+	// changes are logged even if the HealthLink panics.
+	defer func() {
+		for _, ch := range changes {
+			c.tel.changed(ch)
 		}
+	}()
+	if c.health != nil {
+		c.health.SetEndpoints(c.limitedAll())
 	}
 	return nil
 }

@@ -553,3 +553,82 @@ func TestAPanickingLoggerAsTheBudgetRefusesAHedgeLeavesNothingHeld(t *testing.T)
 	assert.Len(t, o.spans.Ended(), len(o.spans.Started()), "every span ended")
 	assertStatsAgree(t, o)
 }
+
+// endpointsSharer is a Limiter that shares health through a link that
+// keeps the endpoints it was last told of, and panics in SetEndpoints
+// once each time armed is.
+type endpointsSharer struct {
+	armedLimiter // never armed
+	link         endpointsLink
+}
+
+func (s *endpointsSharer) ShareHealth(eps []LimitedEndpoint, _ func(HealthEvent)) HealthLink {
+	s.link.last.Store(&eps)
+	return s.link
+}
+
+type endpointsLink struct {
+	last  *atomic.Pointer[[]LimitedEndpoint]
+	armed *atomic.Bool
+}
+
+func (endpointsLink) Report(HealthEvent) {}
+func (endpointsLink) Close()             {}
+func (l endpointsLink) SetEndpoints(eps []LimitedEndpoint) {
+	l.last.Store(&eps)
+	if l.armed.Swap(false) {
+		panic("callback bug")
+	}
+}
+
+// A logger, or a HealthLink, that panics as SetEndpoints tells it of the
+// new set panics SetEndpoints with the same value, but leaves no party
+// behind: the pool has the new set, calls waiting at the Limiter choose
+// again, the HealthLink has the new set, the changes are logged, and the
+// next SetEndpoints goes through.
+func TestAPanickingHookInSetEndpointsLeavesEveryPartyTold(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		logger bool // the logger panics, not the HealthLink
+	}{{"logger", true}, {"HealthLink", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newFakeAML(t, always(200)), newFakeAML(t, always(200))
+			var armed atomic.Bool
+			sh := &endpointsSharer{armedLimiter: armedLimiter{armed: new(atomic.Bool)},
+				link: endpointsLink{last: new(atomic.Pointer[[]LimitedEndpoint]), armed: new(atomic.Bool)}}
+			opts := []Option{WithLimiter(sh)}
+			if tc.logger {
+				opts = append(opts, armedTelemetry{armed: &armed, log: "amlpool: endpoint added"})
+			} else {
+				sh.link.armed = &armed
+			}
+			o := newObserved(t, []Endpoint{a.endpoint("a", 1)}, opts...)
+			gen := o.gen.Load()
+			names := func(eps []LimitedEndpoint) (out []string) {
+				for _, e := range eps {
+					out = append(out, e.Name)
+				}
+				return out
+			}
+
+			armed.Store(true)
+			assert.PanicsWithValue(t, "callback bug", func() {
+				_ = o.SetEndpoints([]Endpoint{a.endpoint("a", 1), b.endpoint("b", 1)})
+			})
+			require.False(t, armed.Load(), "the callback ran")
+			st := o.Stats()
+			require.Len(t, st.Endpoints, 2)
+			assert.Equal(t, "b", st.Endpoints[1].Name, "the pool has the new set")
+			assert.Error(t, gen.ctx.Err(), "calls waiting at the Limiter choose again")
+			assert.Equal(t, []string{"a", "b"}, names(*sh.link.last.Load()), "the HealthLink has the new set")
+			if !tc.logger {
+				assert.Len(t, o.logLines(t, "amlpool: endpoint added"), 1, "the change is logged")
+			}
+
+			require.NoError(t, o.SetEndpoints([]Endpoint{b.endpoint("b", 1)}))
+			assert.Equal(t, []string{"b"}, names(*sh.link.last.Load()))
+			_, err := o.Do(t.Context(), []byte(`{}`))
+			require.NoError(t, err)
+		})
+	}
+}
