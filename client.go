@@ -348,7 +348,7 @@ type attempt struct {
 	slotWait time.Duration
 	hedge    bool // an extra copy racing one still in flight, not a retry
 	// panicked is what the goroutine of a hedged copy panicked with
-	// (sendCopy); nil if it did not.
+	// (runCopy), goexit{} if it called runtime.Goexit; nil if neither.
 	panicked any
 	// reason says, with telemetry, why this attempt is a retry: what the
 	// attempt before came to (retryReason).

@@ -192,10 +192,13 @@
 // an instrument of the MeterProvider's, the logger's handler) panics that
 // call with the same value, in the goroutine that made the call (for a
 // hedged copy, which runs in a goroutine of its own, once the other copy
-// has ended): the panic is never swallowed. The Client stays as it was: the call's
-// slot and lease are given back and its spans end first. An attempt that
-// panicked before its slot went back counts as no attempt, in [Stats] as
-// in the metrics, and tells nothing of its endpoint's health.
+// has ended): the panic is never swallowed. One that calls
+// [runtime.Goexit] instead (t.FailNow in a test's RoundTripper, say) ends
+// that goroutine the same way, hedged copy or not: the call does not
+// return. The Client stays as it was: the call's slot and lease are given
+// back and its spans end first. An attempt that panicked before its slot
+// went back counts as no attempt, in [Stats] as in the metrics, and tells
+// nothing of its endpoint's health.
 //
 // # Observability
 //

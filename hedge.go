@@ -3,6 +3,7 @@ package amlpool
 import (
 	"context"
 	"errors"
+	"runtime"
 	"time"
 
 	"github.com/amlpool/amlpool/internal/pool"
@@ -48,7 +49,8 @@ func (h *hedger) after() (time.Duration, bool) {
 // outlives the attempt; the telemetry hears of both then, from the calling
 // goroutine. A copy that panics (a callback of the user's: a RoundTripper,
 // a Credential, a Limiter) cancels the other and, once both have ended,
-// panics the call with the same value, in the call's goroutine.
+// panics the call with the same value, in the call's goroutine; one whose
+// goroutine calls runtime.Goexit ends the call's goroutine so, likewise.
 func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, body []byte, delay time.Duration) *attempt {
 	// The copies go to goroutines: they live on the heap, so that the
 	// caller's attempt need not.
@@ -57,10 +59,7 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	copies := make(chan *attempt, 2)
 	firstCtx, cancelFirst := context.WithCancelCause(ctx)
 	defer cancelFirst(nil)
-	go func() {
-		defer sendCopy(a, copies)
-		c.exchange(firstCtx, a, body)
-	}()
+	go runCopy(a, copies, func() { c.exchange(firstCtx, a, body) })
 
 	t := c.cfg.clock.NewTimer(delay)
 	select {
@@ -215,8 +214,7 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 	}
 	h := &attempt{n: a.n, hedge: true}
 	sent = true // the copy's goroutine has the slot
-	go func() {
-		defer sendCopy(h, copies)
+	go runCopy(h, copies, func() {
 		if c.budget != nil {
 			defer func() {
 				if h.slot.Ep == nil {
@@ -257,24 +255,45 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		}
 		h.slot, h.lease = got.slot, got.lease
 		c.exchange(ctx, h, body)
-	}()
+	})
 	return h
 }
 
-// sendCopy, deferred by the goroutine of a copy of an attempt, reports
-// the copy, a, to copies once the goroutine is done. A panic there (a
+// runCopy runs send, the work of a copy of an attempt, a, in the copy's
+// goroutine, and reports a to copies however send ends. A panic there (a
 // callback of the user's: exchange has cleaned up after it) is stopped
 // and kept in a.panicked, so that the call panics with it in its own
 // goroutine (repanic), where the caller may recover it, and not in this
-// one, where it would end the program.
-func sendCopy(a *attempt, copies chan<- *attempt) {
-	a.panicked = recover()
-	copies <- a
+// one, where it would end the program. A runtime.Goexit there (a test's
+// RoundTripper calling t.FailNow, say) is kept as goexit{}: the call's
+// goroutine exits in turn, as it would have had the callback run in it,
+// rather than take the copy for one that ended with a reply.
+func runCopy(a *attempt, copies chan<- *attempt, send func()) {
+	returned := false
+	defer func() {
+		if v := recover(); v != nil {
+			a.panicked = v
+		} else if !returned {
+			a.panicked = goexit{}
+		}
+		copies <- a
+	}()
+	send()
+	returned = true
 }
 
-// repanic panics with what a's goroutine panicked with, if it did.
+// goexit is attempt.panicked for a copy whose goroutine called
+// runtime.Goexit.
+type goexit struct{}
+
+// repanic panics with what a's goroutine panicked with, if it did, or
+// calls runtime.Goexit if that goroutine did.
 func (a *attempt) repanic() {
-	if a.panicked != nil {
+	switch a.panicked.(type) {
+	case nil:
+	case goexit:
+		runtime.Goexit()
+	default:
 		panic(a.panicked)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -243,17 +244,30 @@ func TestALeasePanickingInIndexThenReleaseLeavesTheSlotBack(t *testing.T) {
 // its own, panics the call in the caller's goroutine, where it can be
 // recovered, not the program; the other copy is cancelled, and nothing
 // is left held or open. Either copy may be the one: the first (before or
-// after the hedge went), or the hedge.
+// after the hedge went), or the hedge. A callback that calls
+// runtime.Goexit there (as t.FailNow does) ends the caller's goroutine
+// likewise, as it would have unhedged: the call neither returns nor hangs.
 func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		which string // the endpoint whose request panics
-		hedge bool   // the hedge goes before the panic
-	}{
-		{name: "first copy, alone", which: "slow"},
-		{name: "first copy, hedged", which: "slow", hedge: true},
-		{name: "hedge", which: "fast", hedge: true},
-	} {
+	type testCase struct {
+		name   string
+		which  string // the endpoint whose request panics
+		hedge  bool   // the hedge goes before the panic
+		goexit bool   // runtime.Goexit, not a panic
+	}
+	var cases []testCase
+	for _, goexit := range []bool{false, true} {
+		for _, tc := range []testCase{
+			{name: "first copy, alone", which: "slow"},
+			{name: "first copy, hedged", which: "slow", hedge: true},
+			{name: "hedge", which: "fast", hedge: true},
+		} {
+			if tc.goexit = goexit; goexit {
+				tc.name = "Goexit, " + tc.name
+			}
+			cases = append(cases, tc)
+		}
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			slowArrived, slowReply := make(chan struct{}, 1), make(chan struct{})
 			slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -284,6 +298,9 @@ func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
 					if resp != nil {
 						resp.Body.Close()
 					}
+					if tc.goexit {
+						runtime.Goexit()
+					}
 					panic("callback bug")
 				}
 				return resp, err
@@ -293,10 +310,22 @@ func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
 				{Name: "fast", URL: fast.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
 			}, WithHedging(time.Second), WithHTTPClient(&http.Client{Transport: rt}))
 			armed.Store(true)
-			panicked := make(chan any, 1)
+			// How the call ended: "returned", "Goexit", or what it panicked with.
+			ended := make(chan any, 1)
 			go func() {
-				defer func() { panicked <- recover() }()
+				returned := false
+				defer func() {
+					switch v := recover(); {
+					case v != nil:
+						ended <- v
+					case returned:
+						ended <- "returned"
+					default:
+						ended <- "Goexit"
+					}
+				}()
 				_, _ = o.Do(t.Context(), []byte(`{}`))
+				returned = true
 			}()
 			<-slowArrived
 			if tc.hedge {
@@ -305,7 +334,11 @@ func TestAPanickingCallbackInAHedgedCopyPanicsTheCall(t *testing.T) {
 				<-fastArrived
 			}
 			close(map[string]chan struct{}{"slow": slowReply, "fast": fastReply}[tc.which])
-			require.Equal(t, "callback bug", <-panicked)
+			want := "callback bug"
+			if tc.goexit {
+				want = "Goexit"
+			}
+			require.Equal(t, want, <-ended)
 			require.False(t, armed.Load(), "the RoundTripper panicked")
 
 			for _, e := range o.Stats().Endpoints {
