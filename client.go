@@ -996,7 +996,9 @@ func (c *Client) Stats() Stats {
 // later calls return ErrClosed, and calls already sending finish their
 // current attempt, with no retry or hedge after it. Close waits for the
 // Client's background goroutines and closes its idle connections. The first
-// Close returns nil; later ones return ErrClosed.
+// Close returns nil; later ones return ErrClosed. A HealthLink whose Close
+// panics, or a MeterProvider whose Registration's Unregister does, panics
+// Close with the same value, once the Client is closed all the same.
 func (c *Client) Close() error {
 	err := ErrClosed
 	c.closeOnce.Do(func() {
@@ -1004,17 +1006,22 @@ func (c *Client) Close() error {
 		c.update.Lock()
 		c.closed.Store(true)
 		c.update.Unlock()
+		// In defers, in this order, whatever the user's hooks do.
+		defer func() {
+			if c.ownsHTTP {
+				c.http.CloseIdleConnections()
+			}
+		}()
+		defer c.tel.close()
+		defer func() {
+			c.pool.Close()
+			if c.limiter != nil {
+				c.nextGeneration() // calls waiting at the Limiter see ErrClosed
+			}
+			c.wg.Wait()
+		}()
 		if c.health != nil {
 			c.health.Close()
-		}
-		c.pool.Close()
-		if c.limiter != nil {
-			c.nextGeneration() // calls waiting at the Limiter see ErrClosed
-		}
-		c.wg.Wait()
-		c.tel.close()
-		if c.ownsHTTP {
-			c.http.CloseIdleConnections()
 		}
 	})
 	return err

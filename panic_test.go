@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -664,4 +665,58 @@ func TestAPanickingHookInSetEndpointsLeavesEveryPartyTold(t *testing.T) {
 			require.NoError(t, err)
 		})
 	}
+}
+
+// closePanickingSharer is a Limiter that shares health through a link
+// whose Close panics.
+type closePanickingSharer struct{ armedLimiter }
+
+func (*closePanickingSharer) ShareHealth([]LimitedEndpoint, func(HealthEvent)) HealthLink {
+	return closePanickingLink{}
+}
+
+type closePanickingLink struct{}
+
+func (closePanickingLink) Report(HealthEvent)             {}
+func (closePanickingLink) SetEndpoints([]LimitedEndpoint) {}
+func (closePanickingLink) Close()                         { panic("callback bug") }
+
+// A HealthLink whose Close panics panics Client.Close with the same
+// value, but the Client is closed all the same: a call waiting for a slot
+// returns ErrClosed at once, the call in flight finishes, and no goroutine
+// of the Client's is left (goleak, in TestMain).
+func TestAPanickingHealthLinkClosesTheClientAllTheSame(t *testing.T) {
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		arrived <- struct{}{}
+		<-release
+		io.WriteString(w, `{}`)
+	}))
+	defer srv.Close()
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce()
+	c, err := New([]Endpoint{{Name: "a", URL: srv.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1}},
+		WithLimiter(&closePanickingSharer{armedLimiter{armed: new(atomic.Bool)}}))
+	require.NoError(t, err)
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := c.Do(t.Context(), []byte(`{}`)); first <- err }()
+	<-arrived
+	go func() { _, err := c.Do(t.Context(), []byte(`{}`)); second <- err }()
+	require.Eventually(t, func() bool { return c.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
+
+	assert.PanicsWithValue(t, "callback bug", func() { _ = c.Close() })
+	var got error
+	require.Eventually(t, func() bool {
+		select {
+		case got = <-second:
+			return true
+		default:
+			return false
+		}
+	}, 10*time.Second, time.Millisecond, "the waiting call returns")
+	require.ErrorIs(t, got, ErrClosed)
+	releaseOnce()
+	require.NoError(t, <-first, "the call in flight finishes")
+	assert.ErrorIs(t, c.Close(), ErrClosed)
 }
