@@ -170,7 +170,7 @@ func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, resu
 		} else {
 			start := next
 			next += len(rows)
-			w.run(func() { results <- b.score(ctx, seq, start, rows, nil) })
+			w.run(func() { results <- b.scoreChunk(ctx, seq, start, rows, results) })
 		}
 		if err == io.EOF {
 			b.total.Store(int64(next))
@@ -181,6 +181,28 @@ func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, resu
 		}
 	}
 }
+
+// scoreChunk is score for a chunk read from the source, run by a worker.
+// A callback of the user's that calls runtime.Goexit in one of the
+// chunk's calls (t.FailNow in a test's RoundTripper, say) ends the
+// worker's goroutine, not the caller's, which Goexit was meant for: the
+// chunk then fails whole, with errGoexit, on its way out, so that its
+// rows are settled and the batch does not wait for them for ever.
+func (b *batch) scoreChunk(ctx context.Context, seq, start int, rows [][]any, results chan<- []*Chunk) []*Chunk {
+	returned := false
+	defer func() {
+		if !returned {
+			// Goexit (or a panic, which ends the program anyway).
+			results <- []*Chunk{b.failed(seq, start, rows, "", errGoexit)}
+		}
+	}()
+	parts := b.score(ctx, seq, start, rows, nil)
+	returned = true
+	return parts
+}
+
+// errGoexit fails a chunk one of whose calls ended its goroutine.
+var errGoexit = errors.New("amlpool: a callback called runtime.Goexit while a call for these rows ran")
 
 // score sends one chunk and checks the reply, splitting the chunk in halves
 // while its body is over MaxChunkBytes, and isolating its bad rows when the
@@ -445,15 +467,29 @@ func (w *workers) run(job func()) {
 	}
 	if w.started < w.limit {
 		w.started++
-		w.wg.Go(func() {
-			job()
-			for job := range w.jobs {
-				job()
-			}
-		})
+		w.wg.Go(func() { w.work(job) })
 		return
 	}
 	w.jobs <- job
+}
+
+// work runs job, if any, and then the jobs that come, until jobs is
+// closed. A job that ends the goroutine (runtime.Goexit) leaves another
+// worker in its place, so that there are always limit to take jobs.
+func (w *workers) work(job func()) {
+	done := false
+	defer func() {
+		if !done {
+			w.wg.Go(func() { w.work(nil) })
+		}
+	}()
+	if job != nil {
+		job()
+	}
+	for job := range w.jobs {
+		job()
+	}
+	done = true
 }
 
 // wait lets the workers finish their jobs and end.

@@ -195,7 +195,8 @@
 // has ended): the panic is never swallowed. One that calls
 // [runtime.Goexit] instead (t.FailNow in a test's RoundTripper, say) ends
 // that goroutine the same way, hedged copy or not: the call does not
-// return. The Client stays as it was: the call's slot and lease are given
+// return (in ScoreRows, whose calls run on workers of its own, the chunk
+// fails and the batch goes on). The Client stays as it was: the call's slot and lease are given
 // back and its spans end first. An attempt that panicked before its slot
 // went back counts as no attempt, in [Stats] as in the metrics, and tells
 // nothing of its endpoint's health.

@@ -161,7 +161,10 @@ func (c *Client) Capacity() int { return c.pool.Set().Total() }
 // Parallelism chunks, and a chunk leaves memory once sink returns.
 //
 // A chunk that fails does not stop the batch: sink receives it with a
-// *ChunkError naming its rows, and the other chunks go on. The batch stops
+// *ChunkError naming its rows, and the other chunks go on. So does a
+// chunk one of whose calls ran a callback of yours that called
+// runtime.Goexit (t.FailNow in a test's RoundTripper, say): it ends the
+// worker's goroutine, not the batch. The batch stops
 // early when ctx ends, when src returns an error other than *RowError, or
 // when sink returns an error (which is then the error returned; the rows
 // of the chunk it refused are not counted as taken). After a source error,

@@ -10,6 +10,7 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -685,3 +686,51 @@ func TestScoreTableParallelismTooLarge(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 10, res.Stats.Scored)
 }
+
+// A callback that calls runtime.Goexit in one of a batch's calls (t.FailNow
+// in a test's RoundTripper, say), hedged or not, ends the worker's
+// goroutine, not the batch: that chunk fails whole, naming Goexit, and the
+// others are scored, by the worker that takes its place.
+func TestScoreTableSurvivesAGoexitInACall(t *testing.T) {
+	for _, hedged := range []bool{false, true} {
+		t.Run(fmt.Sprint("hedged=", hedged), func(t *testing.T) {
+			s := newScorer(t, nil)
+			var armed atomic.Bool
+			armed.Store(true)
+			rt := goexitRT(func(r *http.Request) (*http.Response, error) {
+				if armed.Swap(false) {
+					runtime.Goexit()
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})
+			eps := []amlpool.Endpoint{{Name: "a", URL: s.srv.URL + "/services/a/execute", APIKey: "k", MaxConcurrentCalls: 2}}
+			opts := []amlpool.Option{amlpool.WithHTTPClient(&http.Client{Transport: rt})}
+			if hedged {
+				// The hedge never goes: the first copy, in a goroutine
+				// of its own, is the one that calls Goexit.
+				eps = append(eps, amlpool.Endpoint{Name: "b", URL: s.srv.URL + "/services/b/execute", APIKey: "k", MaxConcurrentCalls: 2})
+				opts = append(opts, amlpool.WithHedging(time.Hour))
+			}
+			c, err := amlpool.New(eps, opts...)
+			require.NoError(t, err)
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // so that a hang fails
+			defer cancel()
+
+			// One worker: the one that ends must have a successor.
+			res, err := c.ScoreTable(ctx, idTable(100), &amlpool.BatchOptions{ChunkRows: 10, Parallelism: 1})
+			require.NoError(t, err)
+			require.False(t, armed.Load(), "the RoundTripper called Goexit")
+			require.Len(t, res.Failures, 1)
+			assert.ErrorContains(t, res.Failures[0], "runtime.Goexit")
+			assert.Equal(t, [2]int{100, 90}, [2]int{res.Stats.Rows, res.Stats.Scored})
+			for _, e := range c.Stats().Endpoints {
+				assert.Zero(t, e.InFlight, "%s's slots are back", e.Name)
+			}
+		})
+	}
+}
+
+type goexitRT func(*http.Request) (*http.Response, error)
+
+func (f goexitRT) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
