@@ -60,8 +60,15 @@ func newProgress(w io.Writer, mode string, every time.Duration, base int, total 
 	return p
 }
 
-// update is the batch's Progress callback: done rows settled by this run.
-func (p *progress) update(done, _ int) {
+// update is the batch's Progress callback: done rows settled by this run,
+// of total in this run's input, or -1 while the batch has not seen its
+// end. A total from the batch stands in for the count of the input's rows
+// when that has not ended first (the scoring of a short file can outrun
+// it), so that the last line says the total.
+func (p *progress) update(done, total int) {
+	if total >= 0 {
+		p.total.CompareAndSwap(-1, int64(p.base+total))
+	}
 	p.mu.Lock()
 	p.done = done
 	p.mu.Unlock()

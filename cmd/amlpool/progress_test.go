@@ -76,6 +76,30 @@ func TestProgressBar(t *testing.T) {
 		"\ramlpool score: [############--------] 3000/5000 rows (60.0%), 750 rows/s, ETA 3s\x1b[K\n", out.String())
 }
 
+// TestProgressTotalFromTheBatch: when the scoring outruns the count of the
+// input's rows, the total the batch reports at its end stands in for it,
+// counting the rows of earlier runs (--resume) too; a count that came
+// first is kept.
+func TestProgressTotalFromTheBatch(t *testing.T) {
+	clk := newClock()
+	var out bytes.Buffer
+	p := newProgress(&out, "lines", time.Second, 20, total(-1), clk.now)
+	clk.add(time.Second)
+	p.update(50, -1)
+	clk.add(time.Second)
+	p.update(80, 80)
+	assert.Equal(t, []string{
+		"amlpool score: 70 rows, 50 rows/s",
+		"amlpool score: 100/100 rows (100.0%), 40 rows/s, ETA 0s",
+	}, lines(&out))
+
+	out.Reset()
+	q := newProgress(&out, "lines", time.Second, 0, total(120), clk.now)
+	clk.add(time.Second)
+	q.update(80, 80)
+	assert.Contains(t, out.String(), "80/120 rows", "the count came first")
+}
+
 func TestProgressUnknownTotalAndQuiet(t *testing.T) {
 	clk := newClock()
 	var out bytes.Buffer
