@@ -124,6 +124,11 @@ func (p *Pool) claim(s *Set, e *Endpoint) (probe, ok bool) {
 // plain success on an endpoint with no failures counted.
 func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bool) {
 	if e.removed.Load() {
+		if probe {
+			p.smu.Lock()
+			p.unprobeLocked(e)
+			p.smu.Unlock()
+		}
 		return false // draining: its health no longer matters
 	}
 	if r.CoolDown > 0 {
@@ -140,6 +145,9 @@ func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bo
 	p.smu.Lock()
 	defer p.smu.Unlock()
 	if e.removed.Load() {
+		if probe {
+			p.unprobeLocked(e)
+		}
 		return false
 	}
 	h := &e.health
@@ -152,7 +160,7 @@ func (p *Pool) observe(e *Endpoint, r *Report, probe bool, fx *Effects) (kick bo
 		return true
 	case probe:
 		// The probe told nothing: the next call probes instead.
-		p.setPhaseLocked(e, phaseProbeReady, h.state.Load()&faultBit != 0)
+		p.unprobeLocked(e)
 		return true
 	case phase != phaseHealthy:
 		// A call that went there before the ejection or in panic: the
@@ -206,6 +214,15 @@ func (p *Pool) ejectLocked(e *Endpoint, fault bool, phase uint32, fx *Effects) b
 		return true
 	}
 	return false
+}
+
+// unprobeLocked follows a probe of e that told nothing (cancelled, never
+// sent), or that e's health ignored because Update had removed e: the next
+// call to take e probes instead. A removed endpoint is left so too, not
+// probing: Update may add it back while it drains, and it must not then
+// wait for a probe that no one is sending.
+func (p *Pool) unprobeLocked(e *Endpoint) {
+	p.setPhaseLocked(e, phaseProbeReady, e.health.state.Load()&faultBit != 0)
 }
 
 // readmitLocked puts e back in rotation after a good probe.

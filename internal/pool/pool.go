@@ -370,14 +370,13 @@ func (p *Pool) Release(slot Slot, r *Report, fx *Effects) {
 }
 
 // unsend gives back a slot whose attempt was never sent. When it was the
-// endpoint's probe, the next call probes instead. Like giveBack, it does
+// endpoint's probe, the next call probes instead (also when the endpoint
+// was removed meanwhile: it may be added back). Like giveBack, it does
 // not serve waiting calls.
 func (p *Pool) unsend(slot Slot) {
-	if e := slot.Ep; slot.Probe {
+	if slot.Probe {
 		p.smu.Lock()
-		if !e.removed.Load() {
-			p.setPhaseLocked(e, phaseProbeReady, e.health.state.Load()&faultBit != 0)
-		}
+		p.unprobeLocked(slot.Ep)
 		p.smu.Unlock()
 	}
 	p.untake(slot.Ep)

@@ -334,3 +334,39 @@ func TestUpdateStampsNewEndpoints(t *testing.T) {
 	assert.Equal(t, t1.Add(time.Nanosecond), eps[1].Since(), "e2 at its first URL again: a third endpoint of the name")
 	release(p, held)
 }
+
+// An endpoint removed while its probe is in flight, whose probe ends while
+// it drains, and which is added back before its other calls have ended,
+// is probed again: the probe's end, which its health ignored while it was
+// removed, must not leave it waiting for a probe that no one will send.
+func TestUpdateRevivedAfterItsProbeEndedIsProbedAgain(t *testing.T) {
+	t.Parallel()
+	specs := []Spec{testSpec("e0", 2), testSpec("e1", 1), testSpec("e2", 1), testSpec("e3", 1)}
+	for _, r := range []Result{OK, Failed, Unsent} {
+		t.Run(resultName(r), func(t *testing.T) {
+			t.Parallel()
+			p, clk := newTestPool(t, Config{EjectAfter: 5, EjectFor: 30 * time.Second, Rand: func() uint64 { return 1 << 63 }}, specs)
+			e := p.Set().Eps[0]
+			long := acquireOn(t, p, e) // a call from before the ejection
+			fail(p, 0, 5)
+			require.False(t, admits(p, 0), "ejected")
+			clk.Advance(30 * time.Second)
+			expire(p, clk)
+			probe, ok := p.TryTake(e)
+			require.True(t, ok && probe.Probe)
+
+			p.Update(specs[1:])
+			released(p, probe, &Report{Result: r, Start: clk.Now()})
+			require.Equal(t, 1, e.InFlight(), "still draining")
+			p.Update(specs)
+			require.Same(t, e, p.Set().Eps[0], "revived")
+			release(p, long)
+
+			assert.True(t, admits(p, 0), "no probe in flight: the next call probes")
+			slot, ok := p.TryTake(e)
+			require.True(t, ok, "no call may go to it")
+			assert.True(t, slot.Probe)
+			assert.True(t, released(p, slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
+		})
+	}
+}
