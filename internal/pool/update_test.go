@@ -370,3 +370,46 @@ func TestUpdateRevivedAfterItsProbeEndedIsProbedAgain(t *testing.T) {
 		})
 	}
 }
+
+// Ejected endpoints that Update removes leave the count behind the panic
+// threshold with them; one added back while it drains comes back ejected
+// and counts again, and its ejection ends when due, though it ended while
+// the endpoint was out of the Set; one added back once drained is new and
+// in rotation.
+func TestUpdateEjectedEndpointsAndThePanicThreshold(t *testing.T) {
+	t.Parallel()
+	p, clk := testHealth(t, 4)
+	startRun(t, p)
+	specs := testSpecs(1, 1, 1, 1)
+	e0, e1 := p.Set().Eps[0], p.Set().Eps[1]
+	fail(p, 0, 5)
+	e1.addHeld(1) // a call from before its ejection
+	fail(p, 1, 5)
+	require.True(t, admits(p, 0) && admits(p, 1), "2 of 4 out: panic")
+
+	p.Update(specs[1:]) // e0 out, idle
+	assert.Equal(t, []*Endpoint{e1, p.Set().Eps[1], p.Set().Eps[2]}, p.Endpoints())
+	assert.False(t, admits(p, 0), "1 of 3 out: e1 is out again")
+	assert.EqualValues(t, 1, p.Set().out.Load())
+
+	p.Update(specs) // e0 back: a new endpoint
+	assert.NotSame(t, e0, p.Set().Eps[0])
+	assert.True(t, admits(p, 0), "new, in rotation")
+	assert.False(t, admits(p, 1))
+
+	p.Update(append([]Spec{specs[0]}, specs[2:]...)) // e1 out, draining
+	assert.Zero(t, p.Set().out.Load())
+	assert.Contains(t, p.Endpoints(), e1)
+	clk.Advance(30 * time.Second) // its ejection ends while it is out of the Set
+	p.Update(specs)               // and back, with its call still in flight
+	assert.Same(t, e1, p.Set().Eps[1])
+	require.Eventually(t, func() bool { return admits(p, 1) }, 10*time.Second, time.Millisecond, "its ejection never ended")
+	slot, ok := p.TryTake(e1)
+	require.False(t, ok, "its old call holds its one slot")
+	released(p, Slot{Ep: e1}, &Report{Result: OK, Start: clk.Now()})
+	slot, ok = p.TryTake(e1)
+	require.True(t, ok)
+	assert.True(t, slot.Probe)
+	assert.True(t, released(p, slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
+	assert.Zero(t, p.Set().out.Load())
+}
