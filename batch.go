@@ -22,9 +22,11 @@ type batch struct {
 	o      BatchOptions
 	cols   []string
 	enc    *chunkEncoder
-	window int          // chunks read but not yet handed to the sink, at most
-	total  atomic.Int64 // rows in the source; -1 until known
-	told   int          // the total of emit's last Progress call
+	window int           // chunks read but not yet handed to the sink, at most (when follow, at the start)
+	follow bool          // the Parallelism is the default, the Client's Capacity, and follows SetEndpoints (parallelism)
+	freed  chan struct{} // a chunk left the window (emit), for a reader that waits for room (room)
+	total  atomic.Int64  // rows in the source; -1 until known
+	told   int           // the total of emit's last Progress call
 
 	requests atomic.Int64 // requests sent: calls that made an attempt
 	split    splitState   // isolating bad rows (split.go)
@@ -67,14 +69,15 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 	if o.MaxChunkBytes == 0 {
 		o.MaxChunkBytes = DefaultMaxChunkBytes
 	}
-	if o.Parallelism == 0 {
+	follow := o.Parallelism == 0
+	if follow {
 		o.Parallelism = min(c.Capacity(), MaxParallelism)
 	}
 	cols := src.Columns()
 	if len(cols) == 0 {
 		return nil, errors.New("amlpool: ScoreRows: the source has no columns")
 	}
-	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism,
+	b := &batch{c: c, src: src, sink: sink, o: o, cols: cols, window: 2 * o.Parallelism, follow: follow, freed: make(chan struct{}, 1),
 		enc: newChunkEncoder(c.kind == Online, o.Input, cols, o.GlobalParameters)}
 	b.split.init(o)
 	b.width = -1
@@ -93,9 +96,21 @@ func (c *Client) newBatch(src RowSource, sink func(*Chunk) error, opts *BatchOpt
 func (b *batch) run(ctx context.Context) (BatchStats, error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	window := make(chan struct{}, b.window)
+	room := b.window
+	if b.follow {
+		// The window grows with the Capacity: a channel of empty structs
+		// costs no memory for its room. The reader keeps to twice the
+		// Parallelism (read). results keeps its start size: once the
+		// Capacity has grown past it, a worker may wait there while the
+		// sink runs.
+		room = 2 * MaxParallelism
+	}
+	window := make(chan struct{}, room)
 	results := make(chan []*Chunk, b.window)
-	w := &workers{limit: b.o.Parallelism, jobs: make(chan func())}
+	w := &workers{limit: b.parallelism, jobs: make(chan func()), ended: make(chan struct{}, 1)}
+	if b.follow {
+		w.resized = b.c.resized.wait
+	}
 
 	var stats BatchStats
 	var sinkErr error
@@ -138,6 +153,9 @@ func (b *batch) read(ctx context.Context, w *workers, window chan struct{}, resu
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():
+			return nil
+		}
+		if b.follow && !b.room(ctx, window) {
 			return nil
 		}
 		if bad != nil {
@@ -203,6 +221,34 @@ func (b *batch) scoreChunk(ctx context.Context, seq, start int, rows [][]any, re
 
 // errGoexit fails a chunk one of whose calls ended its goroutine.
 var errGoexit = errors.New("amlpool: a callback called runtime.Goexit while a call for these rows ran")
+
+// parallelism is how many requests the batch has in flight at most: its
+// Parallelism or, by default, the Client's Capacity as it is now, which
+// SetEndpoints changes.
+func (b *batch) parallelism() int {
+	if !b.follow {
+		return b.o.Parallelism
+	}
+	return min(b.c.Capacity(), MaxParallelism)
+}
+
+// room waits, for a batch whose Parallelism follows the Capacity, until the
+// window holds at most twice the Parallelism in chunks, the one just read
+// included. It reports false when ctx ends first.
+func (b *batch) room(ctx context.Context, window chan struct{}) bool {
+	for {
+		resized := b.c.resized.wait()
+		if len(window) <= 2*b.parallelism() {
+			return true
+		}
+		select {
+		case <-b.freed:
+		case <-resized:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
 
 // score sends one chunk and checks the reply, splitting the chunk in halves
 // while its body is over MaxChunkBytes, and isolating its bad rows when the
@@ -386,6 +432,10 @@ func (b *batch) emit(ctx context.Context, results <-chan []*Chunk, window <-chan
 				}
 			}
 			<-window
+			select {
+			case b.freed <- struct{}{}:
+			default:
+			}
 			if b.o.Progress != nil && !stopped {
 				b.told = int(b.total.Load())
 				b.o.Progress(st.Rows, b.told)
@@ -446,31 +496,63 @@ func failed(parts []*Chunk) bool {
 	return false
 }
 
-// workers runs jobs on at most limit goroutines, started as jobs come and
-// kept for the next jobs: a chunk's call goes deep enough to grow a fresh
-// goroutine's stack several times, which a kept goroutine has done once.
-// run and wait are called from one goroutine only.
+// workers runs jobs on goroutines started as jobs come and kept for the
+// next jobs: a chunk's call goes deep enough to grow a fresh goroutine's
+// stack several times, which a kept goroutine has done once. At most
+// limit() jobs run at once: a batch's Parallelism, which follows the
+// Client's Capacity by default, and resized (nil for a fixed limit) wakes
+// a wait for room when SetEndpoints may have raised it. run and wait are
+// called from one goroutine only.
 type workers struct {
-	limit   int
+	limit   func() int
+	resized func() <-chan struct{}
 	started int
+	busy    atomic.Int32  // jobs running
+	ended   chan struct{} // a job ended, for a run that waits for room
 	jobs    chan func()
 	wg      sync.WaitGroup
 }
 
-// run hands job to an idle worker, to a new one while there are fewer than
-// limit, or else waits for one to be idle.
+// run waits until fewer than limit jobs run, then hands job to an idle
+// worker, to a new one while there are fewer than limit, or else waits
+// for one to be idle: fewer jobs than workers run, so one soon is.
 func (w *workers) run(job func()) {
+	limit := 0
+	for {
+		var resized <-chan struct{}
+		if w.resized != nil {
+			resized = w.resized()
+		}
+		if limit = w.limit(); int(w.busy.Load()) < limit {
+			break
+		}
+		select {
+		case <-w.ended:
+		case <-resized:
+		}
+	}
+	w.busy.Add(1)
+	counted := func() {
+		defer func() {
+			w.busy.Add(-1)
+			select {
+			case w.ended <- struct{}{}:
+			default:
+			}
+		}()
+		job()
+	}
 	select {
-	case w.jobs <- job:
+	case w.jobs <- counted:
 		return
 	default:
 	}
-	if w.started < w.limit {
+	if w.started < limit {
 		w.started++
-		w.wg.Go(func() { w.work(job) })
+		w.wg.Go(func() { w.work(counted) })
 		return
 	}
-	w.jobs <- job
+	w.jobs <- counted
 }
 
 // work runs job, if any, and then the jobs that come, until jobs is
@@ -496,4 +578,31 @@ func (w *workers) work(job func()) {
 func (w *workers) wait() {
 	close(w.jobs)
 	w.wg.Wait()
+}
+
+// broadcast wakes every goroutine waiting on it at once: fire closes the
+// channel wait returned. Its zero value is ready for use.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// wait returns a channel that the next fire closes.
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+// fire closes the channel of those waiting, if any.
+func (b *broadcast) fire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch != nil {
+		close(b.ch)
+		b.ch = nil
+	}
 }

@@ -47,6 +47,10 @@ type Client struct {
 	health HealthLink                 // its shared health; nil without any
 	gen    atomic.Pointer[generation] // ended by SetEndpoints and Close
 
+	// resized is fired by each SetEndpoints: batches whose Parallelism
+	// follows the Capacity look at it again (batch.go).
+	resized broadcast
+
 	update    sync.Mutex // serialises SetEndpoints
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -242,6 +246,7 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	c.addExt(specs)
 	changes := c.pool.Update(specs)
 	c.forget(specs, changes)
+	c.resized.fire()
 	if c.limiter != nil {
 		c.nextGeneration() // calls waiting at the Limiter choose again
 	}

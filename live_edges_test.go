@@ -3,9 +3,11 @@ package amlpool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
 	"github.com/amlpool/amlpool/internal/clock"
 )
 
@@ -398,4 +401,92 @@ func TestSetEndpointsLastEndpointEjected(t *testing.T) {
 	require.True(t, errors.As(err, &apiErr), "out for a fault, the last endpoint answers with its own error: %v", err)
 	assert.Equal(t, http.StatusNotFound, apiErr.StatusCode)
 	assert.EqualValues(t, 2, statsOf(c, "a")[0].Faults)
+}
+
+// ScoreRows' default Parallelism, the Client's capacity, follows
+// SetEndpoints: the slots of endpoints added during a batch are all used
+// (every slot stays busy), even while the first endpoints' calls stall.
+func TestScoreRowsParallelismFollowsSetEndpoints(t *testing.T) {
+	stall := make(chan struct{})
+	free := sync.OnceFunc(func() { close(stall) })
+	stalled := func(in *amlpool.Request) (*amlpool.Response, error) {
+		<-stall
+		return amltest.Echo(in)
+	}
+	first := amltest.NewServer(amltest.Config{Name: "first", MaxConcurrentCalls: 1, Score: stalled})
+	added := amltest.NewServer(amltest.Config{Name: "added", MaxConcurrentCalls: 4, Score: stalled})
+	t.Cleanup(first.Close)
+	t.Cleanup(added.Close)
+	t.Cleanup(free)
+	c := newClient(t, []amlpool.Endpoint{first.Endpoint()})
+	const n = 50
+	in := &amlpool.Table{ColumnNames: []string{"x"}}
+	for i := range n {
+		in.Values = append(in.Values, []any{fmt.Sprint(i)})
+	}
+	type result struct {
+		res *amlpool.TableResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := c.ScoreTable(context.Background(), in, &amlpool.BatchOptions{ChunkRows: 1})
+		done <- result{res, err}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a bound, not a timing
+	defer cancel()
+	_, err := first.WaitFor(ctx, func(st amltest.Stats) bool { return st.InFlight == 1 })
+	require.NoError(t, err)
+
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{first.Endpoint(), added.Endpoint()}))
+	_, err = added.WaitFor(ctx, func(st amltest.Stats) bool { return st.InFlight == 4 })
+	require.NoError(t, err, "the added endpoint's slots were not all used: %+v", added.Stats())
+	free()
+	r := <-done
+	require.NoError(t, r.err)
+	assert.Equal(t, n, r.res.Stats.Scored)
+	assert.Zero(t, first.Stats().Throttled+added.Stats().Throttled)
+}
+
+// When SetEndpoints lowers the Capacity during a batch with the default
+// Parallelism, the batch keeps to the new one: none of its calls waits in
+// line for a slot (none oversubscribed).
+func TestScoreRowsParallelismFollowsALowerCapacity(t *testing.T) {
+	stall := make(chan struct{})
+	free := sync.OnceFunc(func() { close(stall) })
+	srv := amltest.NewServer(amltest.Config{Name: "s", MaxConcurrentCalls: 4, Score: func(in *amlpool.Request) (*amlpool.Response, error) {
+		<-stall
+		return amltest.Echo(in)
+	}})
+	t.Cleanup(srv.Close)
+	t.Cleanup(free)
+	ep := srv.Endpoint()
+	ep.MaxConcurrentCalls = 4
+	c := newClient(t, []amlpool.Endpoint{ep})
+	var queued atomic.Int64
+	amlpool.SetQueueHook(c, func() { queued.Add(1) })
+	const n = 40
+	in := &amlpool.Table{ColumnNames: []string{"x"}}
+	for i := range n {
+		in.Values = append(in.Values, []any{fmt.Sprint(i)})
+	}
+	done := make(chan error, 1)
+	go func() {
+		res, err := c.ScoreTable(context.Background(), in, &amlpool.BatchOptions{ChunkRows: 1})
+		if err == nil && res.Stats.Scored != n {
+			err = fmt.Errorf("%d rows scored of %d", res.Stats.Scored, n)
+		}
+		done <- err
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a bound, not a timing
+	defer cancel()
+	_, err := srv.WaitFor(ctx, func(st amltest.Stats) bool { return st.InFlight == 4 })
+	require.NoError(t, err)
+
+	ep.MaxConcurrentCalls = 1
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{ep}))
+	free()
+	require.NoError(t, <-done)
+	assert.Zero(t, queued.Load(), "calls of the batch waited in line: more in flight than the Capacity")
+	assert.EqualValues(t, 4, srv.Stats().PeakInFlight)
 }

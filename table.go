@@ -62,7 +62,9 @@ type BatchOptions struct {
 	MaxChunkBytes int
 	// Parallelism is how many requests are in flight at most, up to
 	// MaxParallelism. Default: the Client's Capacity, which keeps every
-	// slot busy and none oversubscribed.
+	// slot busy and none oversubscribed; it follows SetEndpoints while the
+	// batch runs, so that the slots of an endpoint added meanwhile are
+	// used too.
 	Parallelism int
 	// NoSplit turns off the isolation of bad rows. By default a chunk whose
 	// request fails with the input's fault (HTTP 400: one row the model

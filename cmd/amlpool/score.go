@@ -55,7 +55,8 @@ Requests wait for free slots at --priority, low by default: batch work,
 which calls of higher priority on the same Client pass in line.
 
 SIGHUP reloads the config's endpoints while the run goes on: added ones
-take calls at once, removed ones finish their calls in flight, new caps,
+take calls at once (the requests in flight follow the total slots, unless
+--parallelism is given), removed ones finish their calls in flight, new caps,
 keys, headers and tiers apply to the next call (a key file, "apiKeyFile"
 or "secondaryKeyFile", is read again); the config's other settings apply
 to the next run. The change is printed; a config that fails to
@@ -133,7 +134,7 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.stats, "stats", "", "run statistics, JSON (default: the output's name with .stats.json for the extension)")
 	fs.StringVar(&o.format, "format", "", "input format, csv or jsonl (default: from the input's extension)")
 	fs.IntVar(&o.chunkRows, "chunk-rows", 0, "rows per request (default: the config's chunkRows, else 100)")
-	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most, up to 65536 (default: the pool's total slots)")
+	fs.IntVar(&o.parallelism, "parallelism", 0, "requests in flight at most, up to 65536 (default: the pool's total slots, as SIGHUP changes them)")
 	fs.BoolVar(&o.resume, "resume", false, "continue the output and reject files of an interrupted run")
 	fs.BoolVar(&o.noSplit, "no-split", false, "reject a chunk the service blames (HTTP 400) whole, instead of splitting it to find its bad rows")
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
