@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -540,4 +541,61 @@ func TestEndpointTallyLives(t *testing.T) {
 			assert.Equal(t, tt.want, tally.list())
 		})
 	}
+}
+
+// A SIGHUP during a --resume run, after a run killed outright, swaps the
+// endpoints (one added, a bad config refused, the first removed) without
+// losing or repeating a row: the output is the one an uninterrupted run
+// writes.
+func TestScoreReloadDuringAResumedRun(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{
+		{MaxConcurrentCalls: 2, Latency: time.Millisecond},
+		{MaxConcurrentCalls: 4, Latency: time.Millisecond},
+	}, "")
+	ep1, ep2 := p.servers[0], p.servers[1]
+	e1 := fmt.Sprintf(`{"name":"ep1","url":%q,"apiKeyEnv":"AMLPOOL_TEST_KEY_1","maxConcurrentCalls":2}`, ep1.URL())
+	e2 := fmt.Sprintf(`{"name":"ep2","url":%q,"apiKeyEnv":"AMLPOOL_TEST_KEY_2","maxConcurrentCalls":4}`, ep2.URL())
+	config := func(eps ...string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(p.config, []byte(`{"endpoints":[`+strings.Join(eps, ",")+`]}`), 0o644))
+	}
+	config(e1)
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	const n = 20_000
+	writeIDs(t, in, n)
+	want := reference(t, p, in, dir, "--chunk-rows", "5")
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--chunk-rows", "5", "--progress", "none"}
+
+	cmd := p.command(t, args...)
+	startUntil(t, p, cmd, 500)
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	cut, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Less(t, len(cut), len(want), "killed mid-run")
+
+	cmd = p.command(t, append(args, "--resume")...)
+	stderr := watchStderr(t, cmd)
+	startUntil(t, p, cmd, 200)
+	killOnFailure(t, cmd)
+	hup := func() { t.Helper(); require.NoError(t, cmd.Process.Signal(syscall.SIGHUP)) }
+	config(e1, e2)
+	hup()
+	stderr.expect("SIGHUP", "added ep2 (4 slots)")
+	scored(t, ep2, 50)
+	config(e1, `{"name":"ep2"}`)
+	hup()
+	stderr.expect("SIGHUP", "the endpoints in use go on")
+	config(e2)
+	hup()
+	stderr.expect("SIGHUP", "removed ep1")
+	scored(t, ep2, 50)
+	require.NoError(t, cmd.Wait(), "%q", stderr.rest())
+
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	checkOnce(t, readCSV(t, out), nil, n)
+	assert.True(t, bytes.Equal(want, got), "the resumed output is the uninterrupted one (got %d bytes, want %d)", len(got), len(want))
+	assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
 }
