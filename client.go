@@ -211,7 +211,9 @@ func (c *Client) forget(specs []pool.Spec, changes []pool.Change) {
 //     waiting calls at once. New keys (or a new Credential) also end an
 //     ejection for an endpoint fault, such as the rejected key they
 //     replace: the next call probes it;
-//   - an added endpoint takes calls at once, waiting ones included;
+//   - an added endpoint takes calls at once, waiting ones included: in
+//     line, or before a retry until the other endpoints are back from a
+//     cool-down or an ejection (once their backoff is over);
 //   - a removed endpoint, or a kept Name with another URL, takes no new
 //     attempt once SetEndpoints has returned. Its calls in flight finish
 //     and their replies are returned; Stats lists it, as Removed, until the
@@ -336,7 +338,7 @@ func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string
 		if a.final {
 			return nil, name, cl.result(a.stop)
 		}
-		if err := c.sleep(ctx, a.wait); err != nil {
+		if err := c.sleep(ctx, a); err != nil {
 			return nil, name, cl.result(err)
 		}
 	}
@@ -381,6 +383,11 @@ type attempt struct {
 	final bool          // no further attempt
 	wait  time.Duration // the wait before the next attempt, when not final
 	stop  error         // why a retryable error ends the call (CallError.Stop)
+	// held is the end of wait that only holds the call until an endpoint
+	// may take it again (every one cooling down or ejected, Pool.ReadyIn):
+	// resized, closed by a SetEndpoints since, ends it (sleep).
+	held    time.Duration
+	resized <-chan struct{}
 }
 
 // acquire takes a slot for the call's next attempt, a, and, with

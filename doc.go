@@ -147,7 +147,9 @@
 // estimate and counters, and takes its new cap and keys from its next
 // attempt. A removed endpoint takes no new attempt once SetEndpoints returns;
 // its calls in flight finish and return their replies. An added endpoint
-// serves calls at once, those already waiting included; one that renames an
+// serves calls at once, those already waiting included (in line, or before
+// a retry until the other endpoints are back from a cool-down or an
+// ejection); one that renames an
 // endpoint (same URL, another Name) waits until the old name's calls in
 // flight have ended, so that the URL never has two sets of slots. A bad set
 // is refused whole and the old one goes on.

@@ -490,3 +490,47 @@ func TestScoreRowsParallelismFollowsALowerCapacity(t *testing.T) {
 	assert.Zero(t, queued.Load(), "calls of the batch waited in line: more in flight than the Capacity")
 	assert.EqualValues(t, 4, srv.Stats().PeakInFlight)
 }
+
+// A call that waits before its next attempt because every endpoint is
+// cooling down (a Retry-After hint) takes an endpoint SetEndpoints adds
+// meanwhile once its backoff is over, without waiting out the hint; a
+// SetEndpoints that adds none it may use leaves it waiting.
+func TestSetEndpointsEndsAWaitForACoolDown(t *testing.T) {
+	hinting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":{"code":"ServiceUnavailable","message":"busy"}}`))
+	}))
+	t.Cleanup(hinting.Close)
+	added := amltest.NewServer(amltest.Config{Name: "added"})
+	t.Cleanup(added.Close)
+	clk := clock.NewFake()
+	cooling := amlpool.Endpoint{Name: "cooling", URL: hinting.URL + "/workspaces/w/services/cooling/execute", APIKey: "k"}
+	// With no wait for a slot, a call let into the line too soon fails.
+	c := newClient(t, []amlpool.Endpoint{cooling}, amlpool.WithClock(clk), amlpool.WithMaxWait(0),
+		amlpool.WithBackoff(amlpool.Backoff{Initial: time.Millisecond, Max: time.Millisecond}))
+	done := calls(c, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // a bound, not a timing
+	defer cancel()
+	// The cool-down's end, in Run, and the call's wait.
+	require.True(t, clk.WaitTimers(2, ctx.Done()))
+
+	cooling.APIKey = "k2" // a change that makes no endpoint usable
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{cooling}))
+	clk.Advance(10 * time.Millisecond) // the backoff, not the hint
+	require.True(t, clk.WaitTimers(2, ctx.Done()), "the call no longer waits for the cool-down")
+	select {
+	case err := <-done:
+		require.FailNow(t, "the call ended before its endpoint was usable", "%v", err)
+	default:
+	}
+
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{cooling, added.Endpoint()}))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		require.FailNow(t, "the call waited out the cool-down of its only endpoint, though another was added")
+	}
+	assert.EqualValues(t, 1, added.Stats().Scored)
+}

@@ -350,8 +350,15 @@ func (c *Client) decide(ctx context.Context, cl *call, a *attempt) {
 	case !c.usableOutside(&cl.ex.Tried):
 		return // an endpoint fault, and no endpoint left to try
 	}
+	// Taken before ReadyIn: an endpoint that SetEndpoints adds from now on
+	// ends the wait for the others.
+	resized := c.resized.wait()
 	if d := c.pool.ReadyIn(); d > wait {
-		wait = d // nothing is usable before then: every endpoint is cooling down
+		// Nothing is usable before then: every endpoint is cooling down
+		// or ejected. Once the backoff is over, an endpoint added meanwhile
+		// takes the call.
+		a.held, a.resized = d-wait, resized
+		wait = d
 	}
 	if deadline, ok := ctx.Deadline(); ok && wait > 0 && time.Until(deadline) <= wait {
 		// ctx deadlines are on the wall clock, whatever clock we are given.
@@ -387,19 +394,41 @@ func (e *deadlineError) Error() string {
 
 func (e *deadlineError) Unwrap() error { return context.DeadlineExceeded }
 
-// sleep waits d before the call's next attempt, on the Client's clock.
-func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+// sleep waits a.wait before the call's next attempt, on the Client's
+// clock. A SetEndpoints meanwhile (a.resized is closed) ends a.held, the
+// end of the wait that only holds the call until an endpoint may take it
+// again (Pool.ReadyIn), when an endpoint of the new set may take it now,
+// and otherwise holds it until one of them may; the backoff before it is
+// waited out all the same.
+func (c *Client) sleep(ctx context.Context, a *attempt) error {
+	d := a.wait
 	if d <= 0 {
 		return nil
 	}
+	var resized <-chan struct{}
+	var start time.Time
+	if a.held > 0 {
+		resized, start = a.resized, c.cfg.clock.Now()
+	}
 	t := c.cfg.clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C():
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.pool.Done():
-		return ErrClosed
+	defer func() { t.Stop() }()
+	for {
+		select {
+		case <-t.C():
+			return nil
+		case <-resized:
+			resized = c.resized.wait()
+			now := c.cfg.clock.Now()
+			left := max(a.wait-a.held-now.Sub(start), c.pool.ReadyIn())
+			if left <= 0 {
+				return nil
+			}
+			t.Stop()
+			t = c.cfg.clock.NewTimer(left)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.pool.Done():
+			return ErrClosed
+		}
 	}
 }
