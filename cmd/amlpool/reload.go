@@ -112,6 +112,7 @@ func (r *reloader) reload() {
 		err = distinctFiles(r.opts, true, cfg.keyFiles(r.path)...)
 	}
 	if err == nil {
+		keepTokenSources(r.cfg, r.eps, cfg, eps)
 		warnTokenFailures(eps, r.say)
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.
@@ -130,6 +131,27 @@ func (r *reloader) reload() {
 	}
 	r.say(msg)
 	r.cfg, r.eps = cfg, eps
+}
+
+// keepTokenSources gives each endpoint of eps, read from cfg, whose token
+// file or command is configured as it was in old, whose endpoints oldEps
+// are in use, the token source in use. A new one would drop the token the
+// old one holds, to run the command again, and SetEndpoints would take it
+// for new keys, as of a key rotation (a fault's ejection ends at once, a
+// 401 in flight is not counted), though nothing changed.
+func keepTokenSources(old *poolConfig, oldEps []amlpool.Endpoint, cfg *poolConfig, eps []amlpool.Endpoint) {
+	for i, e := range cfg.Endpoints {
+		if e.TokenFile == "" && e.TokenCommand == nil {
+			continue // a key, or a token from the environment: the same value is the same source
+		}
+		for j, o := range old.Endpoints {
+			if o.Name == e.Name && o.URL == e.URL && o.TokenFile == e.TokenFile &&
+				slices.Equal(o.TokenCommand, e.TokenCommand) && o.TokenTTL == e.TokenTTL {
+				eps[i].Credential = oldEps[j].Credential
+				break
+			}
+		}
+	}
 }
 
 // describeChanges says what a new set of endpoints changes, by name (the

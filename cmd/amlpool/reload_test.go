@@ -599,3 +599,62 @@ func TestScoreReloadDuringAResumedRun(t *testing.T) {
 	assert.True(t, bytes.Equal(want, got), "the resumed output is the uninterrupted one (got %d bytes, want %d)", len(got), len(want))
 	assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
 }
+
+// A SIGHUP that leaves an endpoint's token command as it was keeps the
+// endpoint's token source: the token it holds is used on, not fetched
+// again, and the Client does not take the reload for new keys.
+func TestReloadKeepsAnUnchangedTokenSource(t *testing.T) {
+	dir := t.TempDir()
+	srv := amltest.NewServer(amltest.Config{Name: "s", Kind: amlpool.Online, MaxConcurrentCalls: 2,
+		AcceptToken: func(tok string) bool { return tok == "command-token" }})
+	t.Cleanup(srv.Close)
+	runs := filepath.Join(dir, "runs")
+	path := filepath.Join(dir, "pool.json")
+	ep := fmt.Sprintf(`{"name":"s","url":%q,"kind":"online","maxConcurrentCalls":2,"tokenCommand":["sh","-c","echo run >> %s; echo command-token"]}`, srv.URL(), runs)
+	config := func(eps ...string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(path, []byte(`{"endpoints":[`+strings.Join(eps, ",")+`]}`), 0o644))
+	}
+	config(ep)
+	cfg, eps, err := loadConfig(path, osKeys)
+	require.NoError(t, err)
+	client, err := newClient(path, cfg, eps)
+	require.NoError(t, err)
+	defer client.Close()
+	var said []string
+	opts := scoreOptions{config: path, in: filepath.Join(dir, "rows.csv"), out: filepath.Join(dir, "scored.csv"),
+		rejects: filepath.Join(dir, "scored.rejects.csv"), stats: filepath.Join(dir, "scored.stats.json")}
+	r := &reloader{path: path, keys: osKeys, opts: opts, client: client,
+		say: func(s string) { said = append(said, s) }, cfg: cfg, eps: eps, tally: &endpointTally{}}
+	call := func() {
+		t.Helper()
+		_, err := client.Do(t.Context(), []byte(`{"input_data":{"columns":["x"],"index":[0],"data":[[1]]}}`))
+		require.NoError(t, err)
+	}
+	ranTimes := func() int {
+		t.Helper()
+		b, err := os.ReadFile(runs)
+		require.NoError(t, err)
+		return strings.Count(string(b), "run\n")
+	}
+	call()
+	require.Equal(t, 1, ranTimes())
+
+	other := amltest.NewServer(amltest.Config{Name: "o", Kind: amlpool.Online, MaxConcurrentCalls: 2, AcceptToken: func(string) bool { return true }})
+	t.Cleanup(other.Close)
+	config(ep, fmt.Sprintf(`{"name":"o","url":%q,"kind":"online","maxConcurrentCalls":2,"tokenEnv":"PATH"}`, other.URL()))
+	r.reload()
+	require.Len(t, said, 1)
+	assert.Contains(t, said[0], "added o (2 slots)")
+	assert.Same(t, eps[0].Credential, r.eps[0].Credential, "the token source in use")
+	for range 4 {
+		call()
+	}
+	assert.Equal(t, 1, ranTimes(), "the token was fetched again after a reload that did not change its source")
+
+	// A changed command is a new source.
+	config(strings.Replace(ep, "echo command-token", "echo  command-token", 1))
+	r.reload()
+	require.Len(t, said, 2)
+	assert.NotSame(t, eps[0].Credential, r.eps[0].Credential)
+}
