@@ -156,7 +156,8 @@ func keepTokenSources(old *poolConfig, oldEps []amlpool.Endpoint, cfg *poolConfi
 
 // describeChanges says what a new set of endpoints changes, by name (the
 // URL for an endpoint without one, as amlpool prints it: shownURL): added,
-// removed, re-capped, re-keyed, moved to another URL or to another tier,
+// removed, re-capped, re-keyed, given another token source, moved to
+// another URL or to another tier,
 // or given other header values (by name). It never shows a key, a
 // header's value or a URL's query values.
 func describeChanges(old, next []amlpool.Endpoint) string {
@@ -189,6 +190,9 @@ func describeChanges(old, next []amlpool.Endpoint) string {
 		}
 		if o.APIKey != e.APIKey || o.SecondaryKey != e.SecondaryKey {
 			parts = append(parts, label(e)+": new key")
+		}
+		if o.Credential != e.Credential { // the command's own sources, all comparable (keepTokenSources keeps an unchanged one)
+			parts = append(parts, label(e)+": new token source")
 		}
 		if names := changedHeaders(o.Header, e.Header); len(names) == 1 {
 			parts = append(parts, label(e)+": header "+names[0])

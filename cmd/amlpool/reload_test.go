@@ -314,6 +314,12 @@ func TestDescribeChanges(t *testing.T) {
 		{"headers added and dropped", []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-B": {"1"}, "X-Same": {"s"}} })},
 			[]amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-A": {"2"}, "X-Same": {"s"}} })}, "a: headers X-A, X-B"},
 		{"unnamed, by URL", []amlpool.Endpoint{{URL: "https://u", APIKey: "k"}}, nil, "removed https://u"},
+		{"new token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}},
+			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t2")}}, "o: new token source"},
+		{"the same token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}},
+			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}}, "no change to the endpoints"},
+		{"another token file", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &fileToken{path: "f1"}}},
+			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &fileToken{path: "f2"}}}, "o: new token source"},
 		{"unnamed, by URL without its query's values", []amlpool.Endpoint{{URL: "https://u/x?api-version=2.0&sig=s3cr3t-sig", APIKey: "k"}},
 			[]amlpool.Endpoint{{URL: "https://u/x?api-version=2.0&sig=s3cr3t-sig", APIKey: "k", MaxConcurrentCalls: 4}},
 			"https://u/x?api-version=2.0&sig=[REDACTED]: cap 20 slots → 4 slots"},
@@ -323,8 +329,11 @@ func TestDescribeChanges(t *testing.T) {
 			got := describeChanges(tt.old, tt.next)
 			assert.Equal(t, tt.want, got)
 			for _, e := range append(tt.old, tt.next...) {
-				assert.NotContains(t, got, e.APIKey)
+				if e.APIKey != "" {
+					assert.NotContains(t, got, e.APIKey)
+				}
 			}
+			assert.NotContains(t, got, "t1")
 			assert.NotContains(t, got, "s3cr3t")
 		})
 	}
@@ -645,7 +654,7 @@ func TestReloadKeepsAnUnchangedTokenSource(t *testing.T) {
 	config(ep, fmt.Sprintf(`{"name":"o","url":%q,"kind":"online","maxConcurrentCalls":2,"tokenEnv":"PATH"}`, other.URL()))
 	r.reload()
 	require.Len(t, said, 1)
-	assert.Contains(t, said[0], "added o (2 slots)")
+	assert.Equal(t, "amlpool score: SIGHUP: "+path+": added o (2 slots)", said[0])
 	assert.Same(t, eps[0].Credential, r.eps[0].Credential, "the token source in use")
 	for range 4 {
 		call()
@@ -656,5 +665,6 @@ func TestReloadKeepsAnUnchangedTokenSource(t *testing.T) {
 	config(strings.Replace(ep, "echo command-token", "echo  command-token", 1))
 	r.reload()
 	require.Len(t, said, 2)
+	assert.Equal(t, "amlpool score: SIGHUP: "+path+": s: new token source; removed o", said[1])
 	assert.NotSame(t, eps[0].Credential, r.eps[0].Credential)
 }
