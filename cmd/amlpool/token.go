@@ -312,7 +312,9 @@ func (c *commandToken) failureWarning(err error, now time.Time) string {
 // command's other warnings are. It must be called before eps are used.
 func warnTokenFailures(eps []amlpool.Endpoint, say func(string)) {
 	for _, ep := range eps {
-		if c, ok := ep.Credential.(*commandToken); ok {
+		// A source a reload kept (keepTokenSources) has its warn already,
+		// and may be in use: it is not written again.
+		if c, ok := ep.Credential.(*commandToken); ok && c.warn == nil {
 			c.warn = func(msg string) { say("amlpool score: " + msg) }
 		}
 	}
