@@ -84,14 +84,21 @@ const (
 // callers that have no usable token get its error, at once and without a
 // new fetch; the back-off doubles with each failure in a row, up to 30
 // seconds, and ends with the first fetch that gives a token.
+//
+// A GetToken that panics panics, with the same value, every Token that
+// waits for that fetch, in its own goroutine, where it can be recovered;
+// a panic in an early refresh, which no one waits for, panics the next
+// Token that finds the token due. The panic is not a failure: it starts
+// no back-off, and the next Token that needs a token fetches one.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
 	before time.Duration
 	now    func() time.Time
 
-	cur   atomic.Pointer[token] // nil until the first fetch, or after Invalidate
-	fetch singleflight.Group
+	cur      atomic.Pointer[token] // nil until the first fetch, or after Invalidate
+	fetch    singleflight.Group
+	panicked atomic.Pointer[fetchPanic] // an early refresh's panic, for the next Token that finds the token due
 
 	mu          sync.Mutex // guards the fields below
 	nextTry     time.Time  // no early refresh before then: one is in flight, or one ended without a token not yet due
@@ -177,19 +184,25 @@ func (c *Credential) Token(ctx context.Context) (string, error) {
 	if t != nil && now.Before(t.refreshAt) {
 		return t.Token, nil // fresh: the path of nearly every call
 	}
+	if p := c.panicked.Swap(nil); p != nil {
+		panic(p.v)
+	}
 	if t != nil && now.Before(t.ExpiresOn.Add(-expiryMargin)) {
 		// Due for refresh, still good: one caller refreshes, no one waits.
 		if c.tryEarly(now) {
-			c.fetch.DoChan("token", c.get(ctx))
+			c.fetch.DoChan("token", c.get(ctx, true))
 		}
 		return t.Token, nil
 	}
 	if err := c.backingOff(now); err != nil {
 		return "", err
 	}
-	ch := c.fetch.DoChan("token", c.get(ctx))
+	ch := c.fetch.DoChan("token", c.get(ctx, false))
 	select {
 	case r := <-ch:
+		if p, ok := r.Err.(*fetchPanic); ok {
+			panic(p.v) // in this caller's goroutine, as in every other's waiting
+		}
 		if r.Err != nil {
 			return "", r.Err
 		}
@@ -223,9 +236,30 @@ func (c *Credential) backingOff(now time.Time) error {
 	return fmt.Errorf("%w (fetches failed in a row: %d; no new one for %v)", c.failed, c.failures, c.failedUntil.Sub(now).Round(time.Millisecond))
 }
 
+// fetchPanic is the error of a fetch whose GetToken panicked with v: the
+// callers waiting for it panic with v (singleflight would panic in a
+// goroutine of its own, which no one can recover).
+type fetchPanic struct{ v any }
+
+func (p *fetchPanic) Error() string {
+	return fmt.Sprintf("azureauth: the credential's GetToken panicked: %v", p.v)
+}
+
+// getToken is c.cred.GetToken, its panic made a *fetchPanic.
+func (c *Credential) getToken(ctx context.Context) (at azcore.AccessToken, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &fetchPanic{v}
+		}
+	}()
+	return c.cred.GetToken(ctx, c.opts)
+}
+
 // get returns the fetch that singleflight runs, on a goroutine of its own:
 // one GetToken, under ctx's values but not its end, for at most a minute.
-func (c *Credential) get(ctx context.Context) func() (any, error) {
+// A panic in an early one (early), which no one may wait for, is kept for
+// the next Token that finds the token due.
+func (c *Credential) get(ctx context.Context, early bool) func() (any, error) {
 	return func() (any, error) {
 		// A caller that found no fresh token may join only after the fetch
 		// that made one ended: the token is here, fetch none. Nor after
@@ -238,7 +272,15 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
-		at, err := c.cred.GetToken(fctx, c.opts)
+		at, err := c.getToken(fctx)
+		if p, ok := err.(*fetchPanic); ok {
+			// No failure, no back-off: what follows would be a guess.
+			// An early refresh's nextTry stands: no other for 30 seconds.
+			if early {
+				c.panicked.Store(p)
+			}
+			return nil, p
+		}
 		now := c.now()
 		if err != nil {
 			err = fmt.Errorf("azureauth: get a token for %v: %w", c.opts.Scopes, err)

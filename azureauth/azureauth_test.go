@@ -50,6 +50,7 @@ type fakeCred struct {
 	mu        sync.Mutex // guards the fields below
 	gate      chan struct{}
 	err       error
+	panicWith any           // when set, GetToken panics with it (after the gate)
 	refreshOn time.Duration // from issue; 0: none
 	scopes    []string
 
@@ -65,7 +66,7 @@ func (f *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions
 	n := f.calls.Add(1)
 	f.entered <- struct{}{}
 	f.mu.Lock()
-	gate, err, refreshOn := f.gate, f.err, f.refreshOn
+	gate, err, refreshOn, panicWith := f.gate, f.err, f.refreshOn, f.panicWith
 	f.scopes = opts.Scopes
 	f.mu.Unlock()
 	if gate != nil {
@@ -74,6 +75,9 @@ func (f *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions
 		case <-ctx.Done():
 			return azcore.AccessToken{}, ctx.Err()
 		}
+	}
+	if panicWith != nil {
+		panic(panicWith)
 	}
 	if err != nil {
 		return azcore.AccessToken{}, err
@@ -555,4 +559,56 @@ func TestFailureBackoffScrubbed(t *testing.T) {
 		assert.Contains(t, err.Error(), "access_token", when)
 	}
 	assert.Equal(t, int64(1), f.calls.Load(), "the second call came within the back-off")
+}
+
+// tokenPanic returns what c.Token panicked with, nil if it did not.
+func tokenPanic(c *Credential) (v any) {
+	defer func() { v = recover() }()
+	_, _ = c.Token(context.Background())
+	return nil
+}
+
+// TestGetTokenPanicReachesEveryWaiter: a GetToken that panics panics every
+// Token waiting for that fetch, in its own goroutine, with the same value
+// (not the program, from singleflight's goroutine); the Credential stays
+// usable and starts no back-off: the next Token fetches a token.
+func TestGetTokenPanicReachesEveryWaiter(t *testing.T) {
+	c, f, _ := newTest(t, time.Hour)
+	gate := make(chan struct{})
+	f.set(func(f *fakeCred) { f.gate, f.panicWith = gate, "boom" })
+	const waiters = 3
+	got := make(chan any, waiters)
+	go func() { got <- tokenPanic(c) }()
+	<-f.entered // the fetch runs, held by the gate
+	for range waiters - 1 {
+		go func() { got <- tokenPanic(c) }()
+	}
+	// The others join the flight while the gate holds it (or, should one
+	// come late, run a fetch of their own that panics as well).
+	close(gate)
+	for range waiters {
+		assert.Equal(t, "boom", <-got)
+	}
+	f.set(func(f *fakeCred) { f.gate, f.panicWith = nil, nil })
+	assert.Equal(t, "t"+strconv.FormatInt(f.calls.Load()+1, 10), tokenOf(t, c), "usable after the panic, with no back-off")
+}
+
+// TestEarlyRefreshPanic: a panic in an early refresh, which no caller
+// waits for, panics the next Token that finds the token due, once; the
+// cached token goes on meanwhile, and a later refresh works.
+func TestEarlyRefreshPanic(t *testing.T) {
+	c, f, clock := newTest(t, time.Hour)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	f.set(func(f *fakeCred) { f.panicWith = "early boom" })
+	clock.Advance(time.Hour - DefaultRefreshBefore + time.Second)
+	assert.Equal(t, "t1", tokenOf(t, c), "nobody waits for the refresh")
+	settle(c)
+	assert.Equal(t, "early boom", tokenPanic(c))
+	f.set(func(f *fakeCred) { f.panicWith = nil })
+	assert.Equal(t, "t1", tokenOf(t, c), "the panic is told once; the cached token goes on")
+	clock.Advance(retryAfterFailure)
+	assert.Equal(t, "t1", tokenOf(t, c))
+	settle(c)
+	assert.Equal(t, "t3", tokenOf(t, c))
 }
