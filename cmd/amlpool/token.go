@@ -22,7 +22,11 @@ import (
 // The token sources of a pool file's endpoint: where an online endpoint's
 // bearer token (an aml_token, or an Azure AD token for aad_token mode)
 // comes from. Never the file itself. Each loses the white space around
-// the token, and a leading "Bearer " (bearerless).
+// the token, and a leading "Bearer " (bearerless). Each refuses, rather
+// than sends, a JWT whose "exp" is more than 5 minutes past (the clock
+// skew Azure AD's validators allow: refuseExpired), with an error naming
+// the field and the expiry: for "tokenEnv" and "tokenFile" the config's
+// when it is loaded, then every call's; for "tokenCommand" a failed run.
 //
 //	"tokenEnv": "AML_TOKEN"        an environment variable, read once
 //	"tokenFile": "/run/aml/token"  a file, read again whenever it changes
@@ -73,22 +77,70 @@ const (
 	tokenMinLife      = 10 * time.Second
 )
 
-// staticToken is a token read once, from the environment.
-type staticToken string
+// tokenClockSkew is how long after a JWT's expiry (its "exp" claim) a
+// token source still hands it out: this host's clock and the service's
+// may differ, and Azure AD's token validators allow as much
+// (Microsoft.IdentityModel's default ClockSkew, 5 minutes). A JWT expired
+// for longer is refused here (refuseExpired), not sent to meet a 401 that
+// would take its endpoint out of rotation and say only that the token is
+// "missing, wrong or expired".
+const tokenClockSkew = 5 * time.Minute
 
-func (t staticToken) Token(context.Context) (string, error) { return string(t), nil }
+// refuseExpired returns the error of a token that is a JWT expiring at exp
+// (zero: not a JWT with an "exp"), handed out at now, when it expired more
+// than tokenClockSkew ago; nil otherwise. It names the expiry, never the
+// token: the caller names its source.
+func refuseExpired(exp, now time.Time) error {
+	if exp.IsZero() || !now.After(exp.Add(tokenClockSkew)) {
+		return nil
+	}
+	return fmt.Errorf(`the token is a JWT that expired at %s (its "exp"), %v ago; not sent`,
+		exp.UTC().Format(time.RFC3339), now.Sub(exp).Round(time.Second))
+}
+
+// expiryOf returns tok's JWT expiry, zero when it has none (jwtExpiry).
+func expiryOf(tok string) time.Time {
+	exp, _ := jwtExpiry(tok)
+	return exp
+}
+
+// nowOr returns now(), or time.Now() when now is nil.
+func nowOr(now func() time.Time) time.Time {
+	if now == nil {
+		return time.Now()
+	}
+	return now()
+}
+
+// staticToken is a token read once, from the environment variable env.
+// A JWT expired (refuseExpired) is refused: it is read once, so the
+// refusal lasts until the variable is set anew and the config loaded.
+type staticToken struct {
+	tok, env string
+	exp      time.Time        // the JWT's expiry; zero: none
+	now      func() time.Time // nil: time.Now
+}
+
+func (t *staticToken) Token(context.Context) (string, error) {
+	if err := refuseExpired(t.exp, nowOr(t.now)); err != nil {
+		return "", fmt.Errorf(`"tokenEnv" %s: %w`, t.env, err)
+	}
+	return t.tok, nil
+}
 
 // fileToken reads its token from a file, again whenever the file's size or
 // time changes, or after a 401. While the file cannot be read or is empty
 // (another process rewriting it in place: truncated, then written), the
 // token read before goes on, unless a 401 refused it or it is a JWT that
-// expires within tokenUsableMargin.
+// expires within tokenUsableMargin. A JWT expired (refuseExpired), the
+// file's as it is, is refused.
 type fileToken struct {
 	path string
 	now  func() time.Time // nil: time.Now
 
 	mu    sync.Mutex // guards the fields below
 	tok   string
+	exp   time.Time // tok's JWT expiry; zero: none
 	mtime time.Time
 	size  int64
 }
@@ -98,7 +150,7 @@ func (f *fileToken) Token(context.Context) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err == nil && f.tok != "" && fi.ModTime().Equal(f.mtime) && fi.Size() == f.size {
-		return f.tok, nil
+		return f.fresh()
 	}
 	tok := ""
 	if err != nil {
@@ -112,8 +164,17 @@ func (f *fileToken) Token(context.Context) (string, error) {
 		}
 		return "", err
 	}
-	f.tok, f.mtime, f.size = tok, fi.ModTime(), fi.Size()
-	return tok, nil
+	f.tok, f.exp, f.mtime, f.size = tok, expiryOf(tok), fi.ModTime(), fi.Size()
+	return f.fresh()
+}
+
+// fresh returns f.tok, the file's token as it is, unless it is a JWT
+// expired (refuseExpired). f.mu is held.
+func (f *fileToken) fresh() (string, error) {
+	if err := refuseExpired(f.exp, nowOr(f.now)); err != nil {
+		return "", fmt.Errorf(`"tokenFile" %s: %w`, f.path, err)
+	}
+	return f.tok, nil
 }
 
 // read reads the file's token.
@@ -148,11 +209,7 @@ func (f *fileToken) usable() bool {
 	if !ok {
 		return true // nothing says it is not; a 401 would
 	}
-	now := time.Now
-	if f.now != nil {
-		now = f.now
-	}
-	return now().Before(exp.Add(-tokenUsableMargin))
+	return nowOr(f.now).Before(exp.Add(-tokenUsableMargin))
 }
 
 // Invalidate makes the next Token read the file again.
@@ -361,7 +418,12 @@ func (c *commandToken) runCommand(ctx context.Context) (string, error) {
 	case strings.ContainsAny(tok, "\r\n"):
 		return "", fmt.Errorf(`"tokenCommand" %s: printed %d lines; want the token alone on one line (for az: --query accessToken -o tsv)`, c.argv[0], lines)
 	}
-	return bearerless(tok), nil
+	tok = bearerless(tok)
+	if err := refuseExpired(expiryOf(tok), c.now()); err != nil {
+		// A failed run: run again after the back-off (a stale cache, say).
+		return "", fmt.Errorf(`"tokenCommand" %s: printed a token that is stale: %w`, c.argv[0], err)
+	}
+	return tok, nil
 }
 
 // cappedBuffer holds max bytes at most: a write past them fails, and the
@@ -506,12 +568,25 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
-		return staticToken(bearerless(tok)), nil
+		tok = bearerless(tok)
+		st := &staticToken{tok: tok, env: e.TokenEnv, exp: expiryOf(tok)}
+		if _, err := st.Token(context.Background()); err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err) // read once: it stays expired
+		}
+		return st, nil
 	case e.TokenFile != "":
 		// Read now, as a key file is: one that is empty or cannot be read
 		// is the config's error, not that of every call (while it runs,
 		// the token read before goes on instead: fileToken).
-		if _, err := keys.resolve("token", "", e.TokenFile, true); err != nil {
+		// So is a JWT expired (refuseExpired): whatever keeps the file
+		// fresh is not doing so.
+		tok, err := keys.resolve("token", "", e.TokenFile, true)
+		if err == nil {
+			if err = refuseExpired(expiryOf(bearerless(tok)), time.Now()); err != nil {
+				err = fmt.Errorf(`"tokenFile" %s: %w`, e.TokenFile, err)
+			}
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
 		return &fileToken{path: e.TokenFile}, nil

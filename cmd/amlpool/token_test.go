@@ -580,3 +580,117 @@ func TestCommandTokenFailureBackoff(t *testing.T) {
 	require.Error(t, err, "the run of failures starts again after a token: 1 s")
 	assert.Equal(t, "6", runs())
 }
+
+// jwtExpiring returns a JWT (unsigned: only its claims are read) whose
+// "exp" is exp.
+func jwtExpiring(exp time.Time) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc(fmt.Appendf(nil, `{"exp":%d}`, exp.Unix())) + ".c2ln"
+}
+
+// TestExpiredJWTRefused: a token that is a JWT expired for longer than
+// tokenClockSkew is refused before it is sent, by every source, with an
+// error naming the source and the expiry and never the token; one expired
+// within the skew, and a token that is not a JWT, go as before. A
+// tokenEnv or tokenFile expired when the config is loaded is the config's
+// error.
+func TestExpiredJWTRefused(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	expired := jwtExpiring(start.Add(-tokenClockSkew - time.Second))
+	noError := func(t *testing.T, tok string, err error, want string) {
+		t.Helper()
+		require.NoError(t, err)
+		assert.Equal(t, want, tok)
+	}
+	refused := func(t *testing.T, err error, source string, exp time.Time) {
+		t.Helper()
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), source)
+		assert.Contains(t, err.Error(), `the token is a JWT that expired at `+exp.UTC().Format(time.RFC3339))
+		assert.NotContains(t, err.Error(), expired)
+		assert.NotContains(t, err.Error(), strings.Split(expired, ".")[1])
+	}
+
+	t.Run("tokenEnv", func(t *testing.T) {
+		now := start
+		st := &staticToken{tok: expired, env: "AML_TOKEN", exp: expiryOf(expired), now: func() time.Time { return now }}
+		_, err := st.Token(t.Context())
+		refused(t, err, `"tokenEnv" AML_TOKEN: `, start.Add(-tokenClockSkew-time.Second))
+		assert.Contains(t, err.Error(), "5m1s ago")
+		now = start.Add(-time.Second) // within the skew
+		tok, err := st.Token(t.Context())
+		noError(t, tok, err, expired)
+
+		stale := jwtExpiring(time.Now().Add(-time.Hour))
+		for tok, want := range map[string]string{stale: `endpoints[0]: "tokenEnv" AML_TOKEN: the token is a JWT that expired at `, "opaque": ""} {
+			_, eps, err := parseConfig([]byte(`{"endpoints":[{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenEnv":"AML_TOKEN"}]}`),
+				keySource{getenv: func(string) string { return tok }, readFile: os.ReadFile})
+			if want == "" {
+				require.NoError(t, err)
+				got, err := eps[0].Credential.Token(t.Context())
+				noError(t, got, err, tok)
+				continue
+			}
+			require.ErrorContains(t, err, want)
+			assert.NotContains(t, err.Error(), tok)
+		}
+	})
+
+	t.Run("tokenFile", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "token")
+		good := jwtExpiring(start.Add(time.Hour))
+		require.NoError(t, os.WriteFile(path, []byte(good), 0o600))
+		now := start
+		f := &fileToken{path: path, now: func() time.Time { return now }}
+		tok, err := f.Token(t.Context())
+		noError(t, tok, err, good)
+		require.NoError(t, os.WriteFile(path, []byte(expired+"\n"), 0o600)) // rewritten stale
+		_, err = f.Token(t.Context())
+		refused(t, err, `"tokenFile" `+path+`: `, start.Add(-tokenClockSkew-time.Second))
+		_, err = f.Token(t.Context()) // cached, refused as well
+		refused(t, err, `"tokenFile" `+path+`: `, start.Add(-tokenClockSkew-time.Second))
+
+		require.NoError(t, os.WriteFile(path, []byte(good), 0o600))
+		tok, err = f.Token(t.Context())
+		noError(t, tok, err, good)
+		now = start.Add(time.Hour + tokenClockSkew) // the file is no longer kept fresh: within the skew
+		tok, err = f.Token(t.Context())
+		noError(t, tok, err, good)
+		now = now.Add(time.Second) // past it
+		_, err = f.Token(t.Context())
+		refused(t, err, `"tokenFile" `+path+`: `, start.Add(time.Hour))
+
+		stale := jwtExpiring(time.Now().Add(-time.Hour))
+		require.NoError(t, os.WriteFile(path, []byte(stale), 0o600))
+		_, _, err = parseConfig([]byte(`{"endpoints":[{"url":"https://e/score","kind":"online","maxConcurrentCalls":4,"tokenFile":"`+path+`"}]}`),
+			keySource{getenv: func(string) string { return "" }, readFile: os.ReadFile})
+		require.ErrorContains(t, err, `endpoints[0]: "tokenFile" `+path+`: the token is a JWT that expired at `)
+		assert.NotContains(t, err.Error(), stale)
+	})
+
+	t.Run("tokenCommand", func(t *testing.T) {
+		// The first run prints a stale token (a cache not yet refreshed),
+		// the next a fresh one: it is run again after the back-off.
+		good := jwtExpiring(start.Add(time.Hour))
+		dir := t.TempDir()
+		script := `cd ` + dir + ` && n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ` +
+			`if [ $n -eq 1 ]; then echo ` + expired + `; else echo ` + good + `; fi`
+		var mu sync.Mutex
+		now := start
+		c := &commandToken{argv: []string{"sh", "-c", script}, ttl: defaultTokenTTL,
+			now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+		runs := func() string { b, _ := os.ReadFile(filepath.Join(dir, "count")); return strings.TrimSpace(string(b)) }
+		_, err := c.Token(t.Context())
+		refused(t, err, `"tokenCommand" sh: `, start.Add(-tokenClockSkew-time.Second))
+		_, err = c.Token(t.Context())
+		refused(t, err, `"tokenCommand" sh: `, start.Add(-tokenClockSkew-time.Second))
+		assert.Contains(t, err.Error(), "runs failed in a row: 1")
+		assert.Equal(t, "1", runs(), "no run per call during the back-off")
+		mu.Lock()
+		now = now.Add(tokenFailureBackoff)
+		mu.Unlock()
+		tok, err := c.Token(t.Context())
+		noError(t, tok, err, good)
+		assert.Equal(t, "2", runs())
+	})
+}
