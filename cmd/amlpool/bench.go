@@ -83,10 +83,10 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return exitStatus(stderr, "bench", bench(ctx, o, stdout))
+	return exitStatus(stderr, "bench", bench(ctx, o, stdout, stderr))
 }
 
-func bench(ctx context.Context, o benchOptions, out io.Writer) error {
+func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 	switch {
 	case o.fake < 0:
 		return usageError{fmt.Errorf("--fake %d: want at least 1 fake endpoint", o.fake)}
@@ -140,6 +140,8 @@ func bench(ctx context.Context, o benchOptions, out io.Writer) error {
 		if body, err = benchBody(o.in, o.chunk, cfg); err != nil {
 			return usageError{err}
 		}
+		var mu sync.Mutex // the token commands' runs may fail together
+		warnTokenFailures(eps, "bench", func(msg string) { mu.Lock(); defer mu.Unlock(); fmt.Fprintln(stderr, msg) })
 		if client, err = newClient(o.config, cfg, eps); err != nil {
 			return usageError{err}
 		}

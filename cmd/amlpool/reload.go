@@ -113,7 +113,7 @@ func (r *reloader) reload() {
 	}
 	if err == nil {
 		keepTokenSources(r.cfg, r.eps, cfg, eps)
-		warnTokenFailures(eps, r.say)
+		warnTokenFailures(eps, "score", r.say)
 		// Before and after: an endpoint removed without calls in flight
 		// leaves the Client's Stats at once, one with calls once they end.
 		r.tally.note(r.client.Stats())
@@ -141,17 +141,29 @@ func (r *reloader) reload() {
 // 401 in flight is not counted), though nothing changed.
 func keepTokenSources(old *poolConfig, oldEps []amlpool.Endpoint, cfg *poolConfig, eps []amlpool.Endpoint) {
 	for i, e := range cfg.Endpoints {
-		if e.TokenFile == "" && e.TokenCommand == nil {
-			continue // a key, or a token from the environment: the same value is the same source
+		if e.TokenFile == "" && e.TokenCommand == nil && e.TokenEnv == "" {
+			continue // a key: the same value is the same
 		}
 		for j, o := range old.Endpoints {
-			if o.Name == e.Name && o.URL == e.URL && o.TokenFile == e.TokenFile &&
-				slices.Equal(o.TokenCommand, e.TokenCommand) && o.TokenTTL == e.TokenTTL {
+			if o.Name == e.Name && o.URL == e.URL && o.TokenFile == e.TokenFile && o.TokenEnv == e.TokenEnv &&
+				slices.Equal(o.TokenCommand, e.TokenCommand) && o.TokenTTL == e.TokenTTL && sameEnvToken(oldEps[j].Credential, eps[i].Credential) {
 				eps[i].Credential = oldEps[j].Credential
 				break
 			}
 		}
 	}
+}
+
+// sameEnvToken reports whether a and b, the token sources of one endpoint
+// before and after a reload, do not differ by the token they took from the
+// environment (true for any other source).
+func sameEnvToken(a, b amlpool.Credential) bool {
+	x, ok := a.(*staticToken)
+	if !ok {
+		return true
+	}
+	y, ok := b.(*staticToken)
+	return ok && x.tok == y.tok
 }
 
 // describeChanges says what a new set of endpoints changes, by name (the

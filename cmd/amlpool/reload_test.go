@@ -296,6 +296,7 @@ func scored(t *testing.T, s *amltest.Server, n int64) {
 func TestDescribeChanges(t *testing.T) {
 	a := amlpool.Endpoint{Name: "a", URL: "https://a", APIKey: "ka", MaxConcurrentCalls: 20}
 	b := amlpool.Endpoint{Name: "b", URL: "https://b", APIKey: "kb"}
+	sameToken := &staticToken{tok: "t1"} // kept by keepTokenSources
 	tests := []struct {
 		name      string
 		old, next []amlpool.Endpoint
@@ -314,10 +315,10 @@ func TestDescribeChanges(t *testing.T) {
 		{"headers added and dropped", []amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-B": {"1"}, "X-Same": {"s"}} })},
 			[]amlpool.Endpoint{with(a, func(e *amlpool.Endpoint) { e.Header = http.Header{"X-A": {"2"}, "X-Same": {"s"}} })}, "a: headers X-A, X-B"},
 		{"unnamed, by URL", []amlpool.Endpoint{{URL: "https://u", APIKey: "k"}}, nil, "removed https://u"},
-		{"new token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}},
-			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t2")}}, "o: new token source"},
-		{"the same token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}},
-			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: staticToken("t1")}}, "no change to the endpoints"},
+		{"new token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &staticToken{tok: "t1"}}},
+			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &staticToken{tok: "t2"}}}, "o: new token source"},
+		{"the same token", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: sameToken}},
+			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: sameToken}}, "no change to the endpoints"},
 		{"another token file", []amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &fileToken{path: "f1"}}},
 			[]amlpool.Endpoint{{Name: "o", URL: "https://o", Credential: &fileToken{path: "f2"}}}, "o: new token source"},
 		{"unnamed, by URL without its query's values", []amlpool.Endpoint{{URL: "https://u/x?api-version=2.0&sig=s3cr3t-sig", APIKey: "k"}},
@@ -656,6 +657,12 @@ func TestReloadKeepsAnUnchangedTokenSource(t *testing.T) {
 	require.Len(t, said, 1)
 	assert.Equal(t, "amlpool score: SIGHUP: "+path+": added o (2 slots)", said[0])
 	assert.Same(t, eps[0].Credential, r.eps[0].Credential, "the token source in use")
+	envSource := r.eps[1].Credential
+	r.reload()
+	require.Len(t, said, 2)
+	assert.Equal(t, "amlpool score: SIGHUP: "+path+": no change to the endpoints", said[1])
+	assert.Same(t, envSource, r.eps[1].Credential, "a token from the environment, unchanged, is the same source")
+	said = said[:1]
 	for range 4 {
 		call()
 	}

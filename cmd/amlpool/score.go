@@ -517,7 +517,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	lat := newLatencies(100_000)
 	w := s.w
 	w.say = p.say
-	warnTokenFailures(s.eps, p.say)
+	warnTokenFailures(s.eps, "score", p.say)
 	sink := func(ch *amlpool.Chunk) error {
 		if ch.Endpoint != "" {
 			lat.add(ch.Elapsed)

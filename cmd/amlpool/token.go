@@ -44,13 +44,18 @@ import (
 //	                               the next run is under way, and after it
 //	                               failed (run again 30 s later), until 30 s
 //	                               before its "exp"; such a failed run is
-//	                               said on stderr (warnTokenFailures).
+//	                               said on stderr, by score and bench
+//	                               (warnTokenFailures).
 //	                               Without a usable token, a failed run's
 //	                               error is every call's for 1 s after it,
 //	                               doubling with each failure in a row up
 //	                               to 30 s: no run per call. A run
 //	                               printing more than 1 MiB is killed and
 //	                               fails
+
+// commandTokenNow is the clock of the token commands a config makes: a
+// test's may run faster.
+var commandTokenNow = time.Now
 
 // defaultTokenTTL is how long a token from a command is used.
 const defaultTokenTTL = 10 * time.Minute
@@ -366,13 +371,14 @@ func (c *commandToken) failureWarning(err error, now time.Time) string {
 
 // warnTokenFailures makes the token commands of eps say their failed runs
 // that fail no call (commandToken.failureWarning) through say, as the
-// command's other warnings are. It must be called before eps are used.
-func warnTokenFailures(eps []amlpool.Endpoint, say func(string)) {
+// warnings of command ("score", "bench") are, after its name. Every
+// command that loads a config's endpoints calls it before eps are used.
+func warnTokenFailures(eps []amlpool.Endpoint, command string, say func(string)) {
 	for _, ep := range eps {
 		// A source a reload kept (keepTokenSources) has its warn already,
 		// and may be in use: it is not written again.
 		if c, ok := ep.Credential.(*commandToken); ok && c.warn == nil {
-			c.warn = func(msg string) { say("amlpool score: " + msg) }
+			c.warn = func(msg string) { say("amlpool " + command + ": " + msg) }
 		}
 	}
 }
@@ -602,5 +608,5 @@ func (e *endpointConfig) credential(label string, keys keySource) (amlpool.Crede
 		}
 		ttl = d
 	}
-	return &commandToken{argv: append([]string(nil), e.TokenCommand...), ttl: ttl, now: time.Now, label: label}, nil
+	return &commandToken{argv: append([]string(nil), e.TokenCommand...), ttl: ttl, now: commandTokenNow, label: label}, nil
 }

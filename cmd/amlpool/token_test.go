@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
 )
 
 func TestFileToken(t *testing.T) {
@@ -440,7 +442,7 @@ func TestCommandTokenWarnsOfAFailedBackgroundRun(t *testing.T) {
 	require.NoError(t, err)
 	var mu sync.Mutex
 	var said []string
-	warnTokenFailures(eps, func(msg string) { mu.Lock(); said = append(said, msg); mu.Unlock() })
+	warnTokenFailures(eps, "score", func(msg string) { mu.Lock(); said = append(said, msg); mu.Unlock() })
 	c := eps[0].Credential.(*commandToken)
 	now := start
 	c.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -693,4 +695,65 @@ func TestExpiredJWTRefused(t *testing.T) {
 		noError(t, tok, err, good)
 		assert.Equal(t, "2", runs())
 	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestBenchWarnsOfAFailedBackgroundRun: bench says a token command's failed
+// run that fails no call on stderr, as score does (warnTokenFailures),
+// under its own name, quoting neither the command's output nor the token.
+func TestBenchWarnsOfAFailedBackgroundRun(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Unix(1_800_000_000, 0)
+	jwt := jwtExpiring(start.Add(time.Hour))
+	// The token commands' clock goes a second forward each time it is
+	// read: the JWT is due for a run (tokenMinLife) after a few calls.
+	var ticks atomic.Int64
+	defer func(now func() time.Time) { commandTokenNow = now }(commandTokenNow)
+	commandTokenNow = func() time.Time { return start.Add(time.Duration(ticks.Add(1)) * time.Second) }
+	srv := amltest.NewServer(amltest.Config{Name: "blue", Kind: amlpool.Online, MaxConcurrentCalls: 4,
+		AcceptToken: func(tok string) bool { return tok == jwt }})
+	t.Cleanup(srv.Close)
+	// The first run gives the JWT, the later ones fail.
+	script := `cd ` + dir + ` && n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; ` +
+		`if [ $n -gt 1 ]; then echo 'ERROR: stderr-secret' >&2; exit 3; fi; echo ` + jwt
+	argv, err := json.Marshal([]string{"sh", "-c", script})
+	require.NoError(t, err)
+	config, in := filepath.Join(dir, "pool.json"), filepath.Join(dir, "rows.csv")
+	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `{"endpoints": [{"name": "blue", "url": %q, "kind": "online",
+		"maxConcurrentCalls": 4, "tokenCommand": %s}]}`, srv.URL(), argv), 0o644))
+	writeIDs(t, in, 10)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out bytes.Buffer
+	var errOut lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- bench(ctx, benchOptions{config: config, in: in, chunk: 1, duration: time.Hour, set: map[string]bool{}}, &out, &errOut)
+	}()
+	want := `amlpool bench: endpoints[0] (blue): refreshing the token: "tokenCommand" sh: exit status 3; the token in use goes on until `
+	assert.Eventually(t, func() bool { return strings.Contains(errOut.String(), want) }, 30*time.Second, 10*time.Millisecond)
+	cancel()
+	assert.ErrorIs(t, <-done, errInterrupted)
+	assert.NotContains(t, errOut.String(), "stderr-secret")
+	assert.NotContains(t, errOut.String()+out.String(), jwt)
+	if t.Failed() {
+		t.Log(errOut.String(), out.String())
+	}
 }
