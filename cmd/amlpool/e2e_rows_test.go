@@ -258,13 +258,26 @@ func TestScoreResumeProgress(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	ceiling := float64(mcc*chunk) / latency.Seconds() // rows/s the endpoint can do: 4000
 	re := regexp.MustCompile(`^amlpool score: (\d+)/3000 rows \((\d+\.\d)%\), (\d+) rows/s, ETA (\S+)$`)
+	// The rows are counted beside the scoring: lines before the count
+	// ends have no total, and none comes after one that has.
+	early := regexp.MustCompile(`^amlpool score: (\d+) rows, (\d+) rows/s$`)
 	var settled []int
+	totals := 0
 	for _, l := range strings.Split(stderr, "\n") {
 		if !strings.HasPrefix(l, "amlpool score: ") || strings.Contains(l, " in ") {
 			continue // the summary
 		}
+		if m := early.FindStringSubmatch(l); m != nil && totals == 0 {
+			done, _ := strconv.Atoi(m[1])
+			rate, _ := strconv.ParseFloat(m[2], 64)
+			assert.Greater(t, done, base, "the earlier run's rows count from the first line: %q", l)
+			assert.LessOrEqual(t, rate, ceiling, "this run's rate cannot pass the endpoint's capacity: %q", l)
+			settled = append(settled, done)
+			continue
+		}
 		m := re.FindStringSubmatch(l)
 		require.NotNil(t, m, "progress line %q", l)
+		totals++
 		done, _ := strconv.Atoi(m[1])
 		rate, _ := strconv.ParseFloat(m[3], 64)
 		assert.Greater(t, done, base, "the earlier run's rows count from the first line: %q", l)
@@ -274,6 +287,7 @@ func TestScoreResumeProgress(t *testing.T) {
 		assert.NoError(t, err, "ETA: %q", l)
 		settled = append(settled, done)
 	}
+	assert.Positive(t, totals, "the last lines say the total: %s", stderr)
 	require.NotEmpty(t, settled, stderr)
 	assert.True(t, slices.IsSorted(settled), "progress goes forward: %v", settled)
 	assert.Contains(t, stderr, fmt.Sprintf("amlpool score: %d rows in ", n))
