@@ -227,22 +227,39 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		}
 		got := attempt{slot: slot}
 		if c.limiter != nil {
-			for {
-				err := c.acquireShared(wait, &hx, slot, c.limiter.Acquire, &got)
+			// The copy's wait for the fleet's slot is a wait for a slot, in
+			// amlpool.slot.wait.duration as a call's is (a Limiter that
+			// panics included). Without a Limiter a copy takes a free
+			// slot or is not sent: no wait.
+			start := c.cfg.clock.Now()
+			err := errPanicked // until the wait ends
+			if c.tel != nil {
+				defer func() {
+					if err == errPanicked {
+						c.tel.waited(c.cfg.clock.Now().Sub(start), err)
+					}
+				}()
+			}
+			err = c.hedgeFleetSlot(wait, &hx, &got)
+			if c.tel != nil {
+				h.slotWait = c.cfg.clock.Now().Sub(start)
 				if err == nil {
-					break
+					// An instrument that panics recording the wait: the
+					// slot and the lease the copy holds go back.
+					recorded := false
+					defer func() {
+						if !recorded {
+							c.unwind(&got, holding)
+						}
+					}()
+					c.tel.waited(h.slotWait, nil)
+					recorded = true
+				} else {
+					c.tel.waited(h.slotWait, err)
 				}
-				if err != errEndpointsChanged || wait.Err() != nil || c.closed.Load() || c.pool.Waiting() > 0 {
-					return
-				}
-				// SetEndpoints cut the wait short (the slot went back): the
-				// copy chooses again among the new endpoints, as a call does
-				// (takeSlot), if one has a free slot for it.
-				var ok bool
-				if slot, ok = c.pool.TryAcquire(&hx); !ok {
-					return
-				}
-				got = attempt{slot: slot}
+			}
+			if err != nil {
+				return
 			}
 			if wait.Err() != nil || c.pool.Waiting() > 0 {
 				// The first copy ended, or calls came to wait for our
@@ -257,6 +274,36 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 		c.exchange(ctx, h, body)
 	})
 	return h
+}
+
+// hedgeFleetSlot waits, for a hedged copy holding got's slot, for the
+// fleet's slot until wait ends (see startHedge), and leaves got holding
+// the slot and the lease it ends with. Unless it returns nil, it holds
+// neither: the error says why (ErrNoCapacity when SetEndpoints cut the
+// wait short and no new endpoint has a free slot, or calls came to wait
+// for ours).
+func (c *Client) hedgeFleetSlot(wait context.Context, hx *pool.Exclusion, got *attempt) error {
+	for {
+		err := c.acquireShared(wait, hx, got.slot, c.limiter.Acquire, got)
+		switch {
+		case err == nil:
+			return nil
+		case err != errEndpointsChanged || wait.Err() != nil:
+			return err
+		case c.closed.Load():
+			return ErrClosed
+		case c.pool.Waiting() > 0:
+			return ErrNoCapacity
+		}
+		// SetEndpoints cut the wait short (the slot went back): the copy
+		// chooses again among the new endpoints, as a call does
+		// (takeSlot), if one has a free slot for it.
+		slot, ok := c.pool.TryAcquire(hx)
+		if !ok {
+			return ErrNoCapacity
+		}
+		*got = attempt{slot: slot}
+	}
 }
 
 // runCopy runs send, the work of a copy of an attempt, a, in the copy's

@@ -13,6 +13,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -377,4 +380,48 @@ func TestHedgeAtLimiterChoosesAgainAfterSetEndpoints(t *testing.T) {
 		}
 		assert.EqualValues(t, 2, calls, "the first copy and its hedge")
 	})
+}
+
+// A hedged copy's wait for the fleet's slot is a wait for a slot, recorded
+// in amlpool.slot.wait.duration as a call's is: the time it got a slot
+// after, or, when the first copy ended meanwhile, as cancelled.
+func TestHedgeWaitAtLimiterIsRecorded(t *testing.T) {
+	for _, sent := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sent=%v", sent), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reader := sdkmetric.NewManualReader()
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+				defer mp.Shutdown(context.Background())
+				lim := newHeldLimiter()
+				c, rt := heldClient(t, lim, WithoutRetries(), WithMeterProvider(mp))
+				res := make(chan error, 1)
+				go func() {
+					_, err := c.Do(context.Background(), []byte(`{"id":"x"}`))
+					res <- err
+				}()
+				first := <-rt.arrived
+				<-lim.waiting               // the hedge, after 100 ms, waits for the fleet's slot
+				time.Sleep(2 * time.Second) // the bubble's clock: the hedge waits 2 s
+				if sent {
+					close(lim.open)
+					hedge := <-rt.arrived
+					hedge.answer <- http.StatusOK
+				} else {
+					first.answer <- http.StatusOK
+				}
+				require.NoError(t, <-res)
+				var rm metricdata.ResourceMetrics
+				require.NoError(t, reader.Collect(context.Background(), &rm))
+				n, sum := histogram(t, rm, "amlpool.slot.wait.duration")
+				assert.EqualValues(t, 2, n, "the first copy's wait and the hedge's")
+				assert.Equal(t, 2.0, sum, "the hedge waited 2 s at the Limiter, the first copy none")
+				n, _ = histogram(t, rm, "amlpool.slot.wait.duration", keyErrorType.String("cancelled"))
+				if sent {
+					assert.Zero(t, n)
+				} else {
+					assert.EqualValues(t, 1, n, "the hedge's wait ended with the first copy")
+				}
+			})
+		})
+	}
 }

@@ -37,10 +37,13 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //
 // Per Client:
 //
-//	amlpool.slot.wait.duration        histogram, s  time each attempt waited for a slot (error.type
-//	                                                no_capacity, shed, cancelled or closed when it
-//	                                                got none; _OTHER for a Limiter's error, or
-//	                                                when a Balancer or Limiter panicked)
+//	amlpool.slot.wait.duration        histogram, s  time each attempt waited for a slot, a hedged
+//	                                                copy's wait for a Limiter's slot included
+//	                                                (error.type no_capacity, shed, cancelled or
+//	                                                closed when it got none; a copy's wait that
+//	                                                the first copy's end cut short is cancelled;
+//	                                                _OTHER for a Limiter's error, or when a
+//	                                                Balancer or Limiter panicked)
 //	amlpool.slot.waiting              gauge         calls waiting for a slot now
 //	amlpool.slot.shed                 counter       calls turned away by a full line (WithMaxWaiting),
 //	                                                by amlpool.priority: low, normal, high
