@@ -836,6 +836,7 @@ func (c *Client) send(ctx context.Context, a *attempt, body []byte) ([]byte, err
 	apiErr := parseAPIError(ep.Name(), resp.StatusCode, data, keys)
 	if c.kind == Online {
 		parseOnlineError(apiErr, resp.Header, data, keys)
+		apiErr.phrase = reasonPhrase(resp.Status)
 	}
 	apiErr.RetryAfter = retryAfter(resp.Header, c.cfg.clock.Now())
 	a.retryAfter = min(apiErr.RetryAfter, c.cfg.maxRetryAfter)

@@ -81,6 +81,7 @@ type APIError struct {
 	ModelReason string
 
 	quoted string // Body quoted for Error, secrets scrubbed; set by parseAPIError
+	phrase string // an online reply's reason phrase ("Rate-limited"), read by rateLimited only
 }
 
 // ErrorDetail is one entry of an Azure ML error body's details list.

@@ -134,12 +134,21 @@ func parseOnlineError(e *APIError, h http.Header, body []byte, secrets []string)
 	}
 }
 
+// reasonPhrase is the reason phrase of a reply's status line, as
+// http.Response.Status holds it ("429 Rate-limited"): "" for HTTP/2.
+func reasonPhrase(status string) string {
+	_, phrase, _ := strings.Cut(status, " ")
+	return phrase
+}
+
 // rateLimited reports whether an online endpoint's 429 says it is over its
 // requests-per-second limit ("Rate-limited"), rather than that it has too
-// many requests pending (the cap). The reply's wording is the only sign
-// (docs/azureml.md); a 429 that names neither is taken as the cap.
+// many requests pending (the cap). The reply's wording, its status line's
+// reason phrase (the service documents the two 429s by theirs) and its
+// body, is the only sign (docs/azureml.md); a 429 that names neither is
+// taken as the cap.
 func (e *APIError) rateLimited() bool {
-	text := strings.ToLower(e.Code + " " + e.Message + " " + e.Body)
+	text := strings.ToLower(e.phrase + " " + e.Code + " " + e.Message + " " + e.Body)
 	if strings.Contains(text, "pending") {
 		return false
 	}

@@ -1,12 +1,16 @@
 package amlpool
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClassifyOnline is the online table of Classify, entry by entry, from
@@ -76,4 +80,36 @@ func TestClassifyOnline(t *testing.T) {
 	assert.Equal(t, VerdictRetry, Classify(&CredentialError{Endpoint: "e", Err: errors.New("AAD down")}))
 	assert.Equal(t, VerdictRetry, Classify(&CallError{Err: &CredentialError{Err: &APIError{StatusCode: 400}}}),
 		"a Credential's own HTTP error is no reply of the endpoint's")
+}
+
+// The service documents its two 429s by their reason phrases: a reply whose
+// status line says "Rate-limited" is the rate limit, retried after a
+// backoff, even when its body names neither; one that says "Too many
+// pending requests" is the cap.
+func TestClassifyOnline429ByReasonPhrase(t *testing.T) {
+	for _, tt := range []struct {
+		status, body string
+		want         Verdict
+	}{
+		{"429 Rate-limited", `{"message":"Too Many Requests"}`, VerdictRetry},
+		{"429 Rate-limited", ``, VerdictRetry},
+		{"429 Too many pending requests", ``, VerdictFull},
+		{"429 Too Many Requests", ``, VerdictFull},
+		{"429 Rate-limited", `{"message":"Too many pending requests"}`, VerdictFull},
+		{"429", `{"message":"Rate-limited"}`, VerdictRetry},
+	} {
+		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			return &http.Response{StatusCode: 429, Status: tt.status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+				Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tt.body)), ContentLength: int64(len(tt.body)), Request: r}, nil
+		})
+		c, err := New([]Endpoint{{Name: "e", URL: "https://e.test/score", Kind: Online, APIKey: "k", MaxConcurrentCalls: 1}},
+			WithHTTPClient(&http.Client{Transport: rt}), WithoutRetries())
+		require.NoError(t, err)
+		_, err = c.Do(context.Background(), []byte(`{}`))
+		c.Close()
+		require.Error(t, err)
+		name := fmt.Sprintf("%q %s", tt.status, tt.body)
+		assert.Equal(t, tt.want, Classify(err), name)
+		assert.Equal(t, tt.want == VerdictFull, errors.Is(err, ErrThrottled), name)
+	}
 }
