@@ -145,12 +145,17 @@ func (e *APIError) Throttled() bool {
 	if e.Kind == Online {
 		return e.StatusCode == 429 && !e.rateLimited()
 	}
-	if e.StatusCode != 503 {
-		return false
-	}
+	return e.StatusCode == 503 && e.hasDetail("RequestThrottled", "TooManyConcurrentRequests")
+}
+
+// hasDetail reports whether one of the reply's details has one of codes,
+// in any case.
+func (e *APIError) hasDetail(codes ...string) bool {
 	for _, d := range e.Details {
-		if strings.EqualFold(d.Code, "RequestThrottled") || strings.EqualFold(d.Code, "TooManyConcurrentRequests") {
-			return true
+		for _, c := range codes {
+			if strings.EqualFold(d.Code, c) {
+				return true
+			}
 		}
 	}
 	return false

@@ -144,7 +144,7 @@ func classifyStatus(e *APIError) Verdict {
 	case e.Throttled():
 		return VerdictFull
 	case e.StatusCode == http.StatusRequestTimeout:
-		if e.Detail() == "RequestCanceled" {
+		if e.hasDetail("RequestCanceled") { // in any detail, in any case, as a throttle's
 			return VerdictGiveUp // the service says the client cancelled
 		}
 		return VerdictRetry
