@@ -347,3 +347,55 @@ func TestRetryOptionsApply(t *testing.T) {
 	assert.Equal(t, 2, cfg.ejectAfter)
 	assert.Equal(t, time.Minute, cfg.ejectFor)
 }
+
+// What each failed attempt does to its endpoint's health (WithEjection):
+// a retryable failure counts towards ejection, an endpoint fault ejects at
+// once, a request's fault proves the endpoint alive, and a throttle, a
+// cancelled call and a hedge's slower copy (one slow reply the other copy
+// outran) count neither way.
+func TestJudgeFeedsEjection(t *testing.T) {
+	c := &Client{cfg: defaultConfig()}
+	c.cfg.classifier = Classify
+	ep := pool.New(pool.Config{Clock: clock.NewFake()}, testSpecs(t, 1)).Set().Eps[0]
+	online := func(status int, msg string) *APIError {
+		return &APIError{StatusCode: status, Kind: Online, Message: msg}
+	}
+	abandoned, abandon := context.WithCancelCause(context.Background())
+	abandon(errAbandoned)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tt := range []struct {
+		name   string
+		ctx    context.Context
+		err    error
+		status int
+		want   pool.Result
+	}{
+		{"500", nil, apiErr(500, "InternalError", ""), 500, pool.Failed},
+		{"502", nil, apiErr(502, "", ""), 502, pool.Failed},
+		{"504", nil, apiErr(504, "GatewayTimeout", "BackendScoreTimeout"), 504, pool.Failed},
+		{"503 other", nil, apiErr(503, "ServiceUnavailable", "NoMoreResources"), 503, pool.Failed},
+		{"503 throttle", nil, apiErr(503, "ServiceUnavailable", "RequestThrottled"), 503, pool.Full},
+		{"online 429 pending", nil, online(429, "Too many pending requests"), 429, pool.Full},
+		{"online 429 rate-limited", nil, online(429, "Rate-limited"), 429, pool.Failed},
+		{"online 424 model 500", nil, &APIError{StatusCode: 424, Kind: Online, ModelStatusCode: 500}, 424, pool.Failed},
+		{"online 424 model 400", nil, &APIError{StatusCode: 424, Kind: Online, ModelStatusCode: 400}, 424, pool.Rejected},
+		{"online 404 no deployment", nil, online(404, "No valid deployments to route to"), 404, pool.Fault},
+		{"403", nil, apiErr(403, "", ""), 403, pool.Fault},
+		{"400", nil, apiErr(400, "BadArgument", ""), 400, pool.Rejected},
+		{"attempt timeout", nil, fmt.Errorf("attempt timed out: %w", postErr(context.DeadlineExceeded)), 0, pool.Failed},
+		{"refused", nil, postErr(syscall.ECONNREFUSED), 0, pool.Failed},
+		{"untrusted certificate", nil, postErr(x509.UnknownAuthorityError{}), 0, pool.Fault},
+		{"slower hedged copy", abandoned, postErr(context.Canceled), 0, pool.Abandoned},
+		{"call cancelled", cancelled, postErr(context.Canceled), 0, pool.Cancelled},
+	} {
+		ctx := tt.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		a := &attempt{slot: pool.Slot{Ep: ep}, err: tt.err, status: tt.status}
+		a.auth, a.key = ep.Key()
+		c.judge(ctx, a)
+		assert.Equal(t, tt.want, a.result, tt.name)
+	}
+}
