@@ -24,6 +24,8 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 //	http.client.request.duration  histogram, s   each attempt's HTTP request, with the HTTP client
 //	                                             conventions' http.request.method, server.address,
 //	                                             server.port, http.response.status_code, error.type
+//	                                             (the status of a 4xx or 5xx reply, else
+//	                                             the amlpool.outcome of a failed attempt)
 //	amlpool.endpoint.calls        counter        attempts by amlpool.outcome: success, throttled,
 //	                                             endpoint_fault (401, 403, 404, an untrusted
 //	                                             TLS certificate, a plain-HTTP server or

@@ -176,9 +176,11 @@ func kindOf(a *attempt) outcomeKind {
 }
 
 // errorType is the error.type attribute of a failed attempt: the status code
-// when a reply came, as the conventions ask, else the outcome's kind.
+// when the reply's status is an error (4xx, 5xx), as the conventions ask,
+// else the outcome's kind (a 2xx whose body was too large or unreadable is
+// a transport_error, not a "200").
 func errorType(a *attempt) string {
-	if a.status != 0 {
+	if a.status >= 400 {
 		return strconv.Itoa(a.status)
 	}
 	return a.kind.String()

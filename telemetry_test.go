@@ -917,3 +917,29 @@ func TestMetricsCountACancelMidReplyAsCancelled(t *testing.T) {
 	assert.EqualValues(t, 0, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("server_error")))
 	assertStatsAgree(t, o)
 }
+
+// A reply whose status is no error but which fails the attempt (a 2xx
+// body over WithMaxResponseBytes) has an error.type that says what went
+// wrong, not its status: the conventions set error.type to the status only
+// when the status itself is an error (4xx, 5xx).
+func TestErrorTypeOfAFailedSuccessReply(t *testing.T) {
+	srv := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{srv.endpoint("big", 1)}, WithoutRetries(), WithMaxResponseBytes(4))
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.ErrorIs(t, err, ErrResponseTooLarge)
+
+	rm := o.collect(t)
+	ep := keyEndpoint.String("big")
+	n, _ := histogram(t, rm, "http.client.request.duration", ep, keyStatus.Int(200), keyErrorType.String("transport_error"))
+	assert.EqualValues(t, 1, n, "the request timed with its status and error.type transport_error")
+	assert.EqualValues(t, 1, intValue(t, rm, "amlpool.endpoint.calls", ep, keyOutcome.String("transport_error")))
+	var types []string
+	for _, s := range o.spans.Ended() {
+		if s.SpanKind() == trace.SpanKindClient {
+			types = append(types, spanAttrs(s)[keyErrorType].AsString())
+			assert.Equal(t, codes.Error, s.Status().Code)
+		}
+	}
+	assert.Equal(t, []string{"transport_error"}, types, "the attempt span's error.type")
+	assertStatsAgree(t, o)
+}
