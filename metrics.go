@@ -58,8 +58,14 @@ func (o meterProviderOption) apply(c *config) { c.meterProvider = o.mp }
 // amlpool.endpoint.calls is EndpointStats.Calls, its throttled part
 // Throttles, its endpoint_fault part Faults, and all but its success,
 // abandoned and cancelled parts Errors; amlpool.slot.shed is Stats.Shed.
-// The per-endpoint series follow the live endpoints: after SetEndpoints, an
-// added endpoint's appear and a removed one's stop. The series are the
+// The per-endpoint series read when the reader collects (amlpool.endpoint.calls
+// and the gauges) follow the live endpoints: after SetEndpoints, an added
+// endpoint's appear and a removed one's stop. http.client.request.duration
+// and amlpool.endpoint.ejections are recorded as attempts end, so the SDK
+// keeps a removed endpoint's series: a cumulative reader (Prometheus's)
+// reports them, unchanged, until the process ends; a delta one drops them.
+// For a Client given ever new Names, the SDK's cardinality limit (2,000
+// attribute sets per instrument by default) bounds them. The series are the
 // Name's: when SetEndpoints gives a Name another URL, an endpoint takes
 // the Name of one still draining, or a removed Name comes back,
 // amlpool.endpoint.calls goes on from where it was (a counter never goes

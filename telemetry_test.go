@@ -746,6 +746,8 @@ func TestMetricsFollowSetEndpoints(t *testing.T) {
 		assert.Contains(t, endpoints, "c", "%s of an added endpoint", name)
 	}
 	assert.EqualValues(t, 3, intValue(t, rm, "amlpool.endpoint.limit", keyEndpoint.String("c")))
+	n, _ := histogram(t, rm, "http.client.request.duration", keyEndpoint.String("b"))
+	assert.NotZero(t, n, "recorded as attempts end: the SDK keeps a removed endpoint's series, as documented")
 	assertStatsAgree(t, o)
 }
 
