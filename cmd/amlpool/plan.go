@@ -129,6 +129,10 @@ type plan struct {
 
 func (p plan) check() error {
 	switch {
+	case math.IsNaN(p.rps) || math.IsInf(p.rps, 0):
+		return fmt.Errorf("--rps or --rows-per-second: %v is not a rate; want a number above 0", p.rps)
+	case math.IsNaN(p.headroom) || math.IsInf(p.headroom, 0):
+		return fmt.Errorf("--headroom %v: want a fraction of the target, such as 0.25", p.headroom)
 	case p.rps <= 0:
 		return errors.New("--rps or --rows-per-second: need a target rate above 0")
 	case p.latency <= 0:
@@ -138,8 +142,16 @@ func (p plan) check() error {
 	case p.headroom < 0:
 		return fmt.Errorf("--headroom %v: must not be negative", p.headroom)
 	}
+	// A count beyond int's range would print as a negative number.
+	if need := p.rps * (1 + p.headroom) / p.perEndpoint(p.mcc); !(need <= maxPlanEndpoints) {
+		return fmt.Errorf("--rps or --rows-per-second: %s calls/s with %v%% headroom at %v needs over %d endpoints; check the target, --headroom and the latency",
+			num(p.rps), 100*p.headroom, p.latency, maxPlanEndpoints)
+	}
 	return nil
 }
+
+// maxPlanEndpoints is the most endpoints a plan counts.
+const maxPlanEndpoints = 1_000_000
 
 // perEndpoint is one endpoint's capacity in calls/s.
 func (p plan) perEndpoint(mcc int) float64 {

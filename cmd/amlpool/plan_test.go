@@ -214,3 +214,29 @@ func TestBenchBadFlags(t *testing.T) {
 		assert.Equal(t, tt.msg, errOut.String(), tt.args)
 	}
 }
+
+// A rate or headroom that is not a finite number, or a target that needs
+// more endpoints than an int holds, is refused with exit status 2 naming
+// the flag: plan once printed "-9223372036854775808 endpoints" for them.
+func TestPlanRefusesNonFiniteAndHugeTargets(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--rps", "NaN", "--latency", "50ms"}, "amlpool plan: --rps or --rows-per-second: NaN is not a rate; want a number above 0\n"},
+		{[]string{"--rps", "Inf", "--latency", "50ms"}, "amlpool plan: --rps or --rows-per-second: +Inf is not a rate"},
+		{[]string{"--rows-per-second", "NaN", "--latency", "50ms"}, "amlpool plan: --rps or --rows-per-second: NaN is not a rate"},
+		{[]string{"--rps", "100", "--latency", "50ms", "--headroom", "NaN"}, "amlpool plan: --headroom NaN: want a fraction of the target"},
+		{[]string{"--rps", "100", "--latency", "50ms", "--headroom", "Inf"}, "amlpool plan: --headroom +Inf: want a fraction of the target"},
+		{[]string{"--rps", "1e308", "--latency", "50ms"}, "needs over 1000000 endpoints; check the target, --headroom and the latency\n"},
+		{[]string{"--rps", "100", "--latency", "50ms", "--headroom", "1e308"}, "needs over 1000000 endpoints"},
+	} {
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, run(append([]string{"plan"}, tt.args...), &out, &errOut), tt.args)
+		assert.Contains(t, errOut.String(), tt.msg, tt.args)
+		assert.Empty(t, out.String(), tt.args)
+	}
+	var out, errOut bytes.Buffer // the most plan counts
+	require.Equal(t, 0, run([]string{"plan", "--rps", "400000000", "--latency", "50ms", "--headroom", "0"}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "endpoints needed: 1000000 at MCC 20 (400000000 calls/s; 100% busy at the target)")
+}
