@@ -37,8 +37,9 @@ and the ceiling uses --latency. A flag of the other mode is refused.
 
 Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
 --stats) the figures of the time it ran, and exits with status 130, as
-"amlpool score" does. Otherwise the exit status is 0, 1 when the run
-failed, 2 for bad flags or config.
+"amlpool score" does. Otherwise the exit status is 0, 1 when a call
+failed (after its retries) or the statistics could not be written, 2 for
+bad flags or config.
 
 Examples:
   amlpool bench --config pool.json --in rows.csv --duration 30s
@@ -185,6 +186,9 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 	}
 	if interrupted {
 		return errInterrupted
+	}
+	if r.failed > 0 {
+		return fmt.Errorf("%d of %d calls failed; the first: %w", r.failed, r.ok+r.failed, r.firstErr)
 	}
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/amlpool/amlpool/amltest"
 )
 
 func TestPlan(t *testing.T) {
@@ -239,4 +241,21 @@ func TestPlanRefusesNonFiniteAndHugeTargets(t *testing.T) {
 	var out, errOut bytes.Buffer // the most plan counts
 	require.Equal(t, 0, run([]string{"plan", "--rps", "400000000", "--latency", "50ms", "--headroom", "0"}, &out, &errOut), errOut.String())
 	assert.Contains(t, out.String(), "endpoints needed: 1000000 at MCC 20 (400000000 calls/s; 100% busy at the target)")
+}
+
+// A bench run whose calls fail (here every one: a wrong key) exits with
+// status 1 after its figures, saying how many failed; it once exited 0,
+// as if the pool had been measured.
+func TestBenchFailedCallsExitOne(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 1}}, "")
+	k, _, _ := strings.Cut(p.env[0], "=")
+	t.Setenv(k, "not-the-key")
+	in := filepath.Join(dir, "rows.csv")
+	writeIDs(t, in, 1)
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 1, run([]string{"bench", "--config", p.config, "--in", in, "--duration", "50ms"}, &out, &errOut))
+	assert.Contains(t, out.String(), "calls: 0 ok, ")
+	assert.Regexp(t, `^amlpool bench: (\d+) of (\d+) calls failed; the first: amlpool: endpoint ep1: HTTP 401 `, errOut.String())
+	assert.NotContains(t, errOut.String(), "not-the-key")
 }
