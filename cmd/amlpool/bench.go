@@ -138,7 +138,7 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 		if err := checkInput(o.in, append([]runFile{{"--config", o.config, "config"}}, cfg.keyFiles(o.config)...), false); err != nil {
 			return err
 		}
-		if body, err = benchBody(o.in, o.chunk, cfg); err != nil {
+		if body, err = benchBody(o.in, o.chunk, cfg, eps[0].Kind); err != nil {
 			return usageError{err}
 		}
 		var mu sync.Mutex // the token commands' runs may fail together
@@ -242,7 +242,7 @@ func benchTable(st amlpool.Stats, capacity int) string {
 }
 
 // benchBody builds one request from the first n rows of a file.
-func benchBody(path string, n int, cfg *poolConfig) ([]byte, error) {
+func benchBody(path string, n int, cfg *poolConfig, kind amlpool.Kind) ([]byte, error) {
 	r, f, err := openInput(path, rows.FormatOf(path))
 	if err != nil {
 		return nil, err
@@ -262,7 +262,7 @@ func benchBody(path string, n int, cfg *poolConfig) ([]byte, error) {
 	if len(t.Values) == 0 {
 		return nil, fmt.Errorf("%s: no rows to send", path)
 	}
-	if cfg.Endpoints[0].Kind == amlpool.Online { // the MLflow form
+	if kind == amlpool.Online { // the MLflow form
 		return json.Marshal(map[string]any{"input_data": map[string]any{"columns": t.ColumnNames, "data": t.Values}})
 	}
 	req := amlpool.Request{Inputs: map[string]*amlpool.Table{cmpOr(cfg.Input, "input1"): t}, GlobalParameters: cfg.GlobalParameters}

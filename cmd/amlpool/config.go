@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +67,7 @@ type endpointConfig struct {
 	SecondaryKeyFile   string            `json:"secondaryKeyFile"`
 	MaxConcurrentCalls int               `json:"maxConcurrentCalls"`
 	Tier               int               `json:"tier"`         // 0 first; higher tiers take only the overflow
-	Kind               amlpool.Kind      `json:"kind"`         // "classic" (default) or "online"
+	Kind               string            `json:"kind"`         // "classic" (default) or "online"; a string here, so that an error names the field
 	Header             map[string]string `json:"header"`       // extra request headers
 	TokenEnv           string            `json:"tokenEnv"`     // a token in this environment variable
 	TokenFile          string            `json:"tokenFile"`    // a token in this file, read again when it changes
@@ -129,11 +131,15 @@ func parseConfig(data []byte, keys keySource) (*poolConfig, []amlpool.Endpoint, 
 	eps := make([]amlpool.Endpoint, len(cfg.Endpoints))
 	for i, e := range cfg.Endpoints {
 		label := epLabel(i, e.Name)
+		var kind amlpool.Kind
+		if kind.UnmarshalText([]byte(e.Kind)) != nil {
+			return nil, nil, fmt.Errorf(`%s: "kind": %q: want "classic" or "online"`, label, e.Kind)
+		}
 		cred, err := e.credential(label, keys)
 		if err != nil {
 			return nil, nil, err
 		}
-		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: e.Kind, Credential: cred, Tier: e.Tier}
+		eps[i] = amlpool.Endpoint{Name: e.Name, URL: e.URL, MaxConcurrentCalls: e.MaxConcurrentCalls, Kind: kind, Credential: cred, Tier: e.Tier}
 		if cred == nil {
 			if eps[i].APIKey, err = keys.resolve("apiKey", e.APIKeyEnv, e.APIKeyFile, true); err != nil {
 				return nil, nil, fmt.Errorf("%s: %w", label, err)
@@ -283,7 +289,11 @@ func jsonError(data []byte, err error) error {
 		off = se.Offset - 1 // the offending byte is the last one read
 	case errors.As(err, &te):
 		off = te.Offset
-		err = fmt.Errorf("%q: want %v, not a JSON %s", te.Field, te.Type, te.Value)
+		err = fmt.Errorf("%s: want %s, not a JSON %s", fieldPath(te.Field), jsonKind(te.Type), te.Value)
+	case errors.Is(err, io.EOF):
+		return errors.New("no JSON in the file; want an object such as {\"endpoints\": [...]}")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%s: the JSON ends early; a bracket or quote is not closed", position(data, int64(len(data))))
 	}
 	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
 		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
@@ -294,6 +304,45 @@ func jsonError(data []byte, err error) error {
 		return err
 	}
 	return fmt.Errorf("%s: %w", position(data, off), err)
+}
+
+// fieldPath is encoding/json's path of a field, "endpoints.1.tier", as
+// the config's errors write it: endpoints[1].tier; the file itself for "".
+func fieldPath(field string) string {
+	if field == "" {
+		return "the file"
+	}
+	var b strings.Builder
+	for i, part := range strings.Split(field, ".") {
+		if _, err := strconv.Atoi(part); err == nil && i > 0 {
+			b.WriteString("[" + part + "]")
+			continue
+		}
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
+// jsonKind names the JSON a config field of type t takes.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list of " + strings.TrimPrefix(strings.TrimPrefix(jsonKind(t.Elem()), "a "), "an ") + "s"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "another value"
 }
 
 // position is the line and column of the byte at off.

@@ -282,3 +282,33 @@ func TestDocumentedConfigsLoad(t *testing.T) {
 		}
 	}
 }
+
+// A value of the wrong JSON type names its field by its path in the file,
+// endpoints[1].maxConcurrentCalls, and the JSON it wants, not Go's types
+// ("want []main.endpointConfig") nor encoding/json's "endpoints.1.…"; an
+// empty or cut-short file, and an unknown kind, say so and where.
+func TestConfigJSONErrorsNameTheField(t *testing.T) {
+	const ep = `{"url":"https://h/x","apiKeyEnv":"K"}`
+	for _, tt := range []struct{ config, want string }{
+		{`{"endpoints":[` + ep + `,{"url":"https://h/y","apiKeyEnv":"K","maxConcurrentCalls":"20"}]}`,
+			`line 1, column 115: endpoints[1].maxConcurrentCalls: want a whole number, not a JSON string`},
+		{`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","tier":1.5}]}`, `endpoints[0].tier: want a whole number, not a JSON number 1.5`},
+		{`{"endpoints":{"url":"https://h/x"}}`, `line 1, column 15: endpoints: want a list of objects, not a JSON object`},
+		{`{"endpoints":[` + ep + `],"inputColumns":[1]}`, `inputColumns[0]: want a string, not a JSON number`},
+		{`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","tokenCommand":"az"}]}`, `endpoints[0].tokenCommand: want a list of strings, not a JSON string`},
+		{`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","kind":1}]}`, `endpoints[0].kind: want a string, not a JSON number`},
+		{`{"endpoints":[{"url":"https://h/x","apiKeyEnv":"K","header":{"a":1}}]}`, `endpoints[0].header.a: want a string, not a JSON number`},
+		{`{"endpoints":[` + ep + `],"chunkRows":"100"}`, `chunkRows: want a whole number, not a JSON string`},
+		{`[` + ep + `]`, `line 1, column 2: the file: want an object, not a JSON array`},
+		{``, `no JSON in the file; want an object such as {"endpoints": [...]}`},
+		{" \n", `no JSON in the file; want an object such as {"endpoints": [...]}`},
+		{"{\"endpoints\": [\n" + ep, `line 2, column 38: the JSON ends early; a bracket or quote is not closed`},
+		{`{"endpoints":[` + ep + `,{"name":"b","url":"https://h/y","apiKeyEnv":"K","kind":"batch"}]}`, `endpoints[1] (b): "kind": "batch": want "classic" or "online"`},
+	} {
+		_, _, err := parseConfig([]byte(tt.config), testKeys)
+		require.Error(t, err, tt.config)
+		assert.Contains(t, err.Error(), tt.want, tt.config)
+		assert.NotContains(t, err.Error(), "main.", tt.config)
+		assert.NotContains(t, err.Error(), "endpoints.", tt.config)
+	}
+}

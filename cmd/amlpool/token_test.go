@@ -257,7 +257,7 @@ func TestParseConfigOnline(t *testing.T) {
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenCommand":["az"],"tokenTTL":"soon"}]}`, `"tokenTTL": "soon" is not a positive duration`},
 		{`{"endpoints":[{"url":"https://e/score","kind":"online","tokenEnv":"T","tokenTTL":"1m"}]}`, `"tokenTTL": only for "tokenCommand"`},
 		{`{"endpoints":[{"url":"https://e/score","token":"token-value"}]}`, `"token": tokens do not go in the file`},
-		{`{"endpoints":[{"url":"https://e/score","kind":"batch","apiKeyEnv":"K"}]}`, `unknown Kind "batch"; want classic or online`},
+		{`{"endpoints":[{"url":"https://e/score","kind":"batch","apiKeyEnv":"K"}]}`, `endpoints[0]: "kind": "batch": want "classic" or "online"`},
 		{`{"endpoints":[{"url":"https://e/score","apiKeyEnv":"K","header":{"x-a":"1","X-A":"2"}}]}`, `"header": X-A given twice`},
 	} {
 		_, _, err := parseConfig([]byte(tt.file), keySource{getenv: getenv, readFile: os.ReadFile})
