@@ -115,7 +115,10 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 		}
 		eps := make([]amlpool.Endpoint, o.fake)
 		for i := range eps {
-			s := amltest.NewServer(amltest.Config{Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency})
+			s, err := newFakeServer(amltest.Config{Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency}, "--fake", o.fake)
+			if err != nil {
+				return err
+			}
 			defer s.Close()
 			eps[i] = s.Endpoint()
 		}

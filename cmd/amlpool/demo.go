@@ -100,13 +100,17 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	servers := make([]*amltest.Server, cfg.endpoints)
 	endpoints := make([]amlpool.Endpoint, cfg.endpoints)
 	for i := range servers {
-		servers[i] = amltest.NewServer(amltest.Config{
+		s, err := newFakeServer(amltest.Config{
 			Name:               fmt.Sprintf("endpoint%d", i+1),
 			MaxConcurrentCalls: cfg.mcc,
 			Latency:            cfg.latency,
 			Kind:               cfg.kind,
-		})
-		defer servers[i].Close()
+		}, "-endpoints", cfg.endpoints)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		servers[i] = s
 		endpoints[i] = servers[i].Endpoint()
 	}
 	client, err := amlpool.New(endpoints)
@@ -185,6 +189,19 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		return errInterrupted
 	}
 	return nil
+}
+
+// newFakeServer starts the fake endpoint cfg, the count-th of count the
+// flag asked for. httptest panics when it cannot listen (no file
+// descriptor left: many endpoints under a low "ulimit -n"); that is
+// returned as an error naming the endpoint and the flag.
+func newFakeServer(cfg amltest.Config, flag string, count int) (s *amltest.Server, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("cannot start fake endpoint %s of the %d of %s: %v (raise the open-file limit, ulimit -n, or ask for fewer)", cfg.Name, count, flag, r)
+		}
+	}()
+	return amltest.NewServer(cfg), nil
 }
 
 // maxMCC is the highest cap an endpoint of kind may have.

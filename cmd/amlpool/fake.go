@@ -135,7 +135,10 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 		if o.kind == amlpool.Online {
 			sc.Kind, sc.Predict, sc.Deployment = amlpool.Online, poisonPredict(o.poison), "blue"
 		}
-		s := amltest.NewServer(sc)
+		s, err := newFakeServer(sc, "--endpoints", o.endpoints)
+		if err != nil {
+			return err
+		}
 		defer s.Close()
 		e := s.Endpoint()
 		env := fmt.Sprintf("AMLPOOL_FAKE_KEY_%d", i+1)

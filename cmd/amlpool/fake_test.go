@@ -174,3 +174,21 @@ func TestFakeSampleRowsQuotePoison(t *testing.T) {
 		assert.Equal(t, []any{"18", "25", poison, "39", "46"}, ages, poison)
 	}
 }
+
+// More fake endpoints than the open-file limit allows fail with exit
+// status 1 and a message naming the endpoint and the flag; httptest's
+// panic once came out as a Go panic and its stack trace.
+func TestFakesBeyondTheOpenFileLimit(t *testing.T) {
+	for _, args := range [][]string{
+		{"fake", "--endpoints", "100", "--sample-rows", "0", "--dir", t.TempDir()},
+		{"demo", "-endpoints", "100", "-duration", "1ms", "-every", "0"},
+		{"bench", "--fake", "100", "--duration", "1ms"},
+	} {
+		cmd := exec.Command("sh", append([]string{"-c", `ulimit -n 40 && exec "$0" "$@"`, binary(t)}, args...)...)
+		code, stderr := runCmd(t, cmd)
+		assert.Equal(t, 1, code, "%s: %s", args, stderr)
+		assert.Regexp(t, `amlpool `+args[0]+`: cannot start fake endpoint \w+ of the 100 of -?-(endpoints|fake): .*too many open files`, stderr, args)
+		assert.NotContains(t, stderr, "panic", args)
+		assert.NotContains(t, stderr, "goroutine ", args)
+	}
+}
