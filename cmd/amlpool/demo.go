@@ -122,7 +122,7 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	ceiling := float64(slots) * float64(time.Second) / float64(cfg.latency)
 	fmt.Fprintf(out, "amlpool demo: %d %s endpoints x %d slots, %v latency, %d callers for %v\n",
 		cfg.endpoints, cfg.kind, cfg.mcc, cfg.latency, cfg.callers, cfg.duration)
-	fmt.Fprintf(out, "ceiling: %d x %d x 1000 / %v = %.0f calls/s\n\n", cfg.endpoints, cfg.mcc, cfg.latency.Milliseconds(), ceiling)
+	fmt.Fprintf(out, "ceiling: %d x %d x 1000 / %.4g = %.0f calls/s\n\n", cfg.endpoints, cfg.mcc, float64(cfg.latency)/float64(time.Millisecond), ceiling)
 
 	body := sampleBody(cfg.kind)
 	runCtx, cancel := context.WithTimeout(ctx, cfg.duration)

@@ -70,3 +70,12 @@ func TestHelp(t *testing.T) {
 	assert.Equal(t, 0, run([]string{"help"}, &out, &errOut))
 	assert.Contains(t, out.String(), "demo")
 }
+
+// The ceiling's latency is in milliseconds with its fraction: 500µs once
+// printed as "/ 0" beside a ceiling of 4000 calls/s.
+func TestDemoCeilingSubMillisecondLatency(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run([]string{"demo", "-endpoints", "1", "-mcc", "2", "-latency", "500us", "-duration", "1ms", "-every", "0"}, &out, &errOut)
+	assert.Equal(t, 0, code, errOut.String())
+	assert.Contains(t, out.String(), "ceiling: 1 x 2 x 1000 / 0.5 = 4000 calls/s\n")
+}
