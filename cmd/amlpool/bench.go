@@ -68,7 +68,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.mcc, "mcc", amlpool.DefaultMaxConcurrentCalls, "with --fake: Max Concurrent Calls of each endpoint")
 	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "with --fake: service time of each call")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to drive load")
-	fs.IntVar(&o.callers, "callers", 0, "concurrent callers (default: the pool's total slots)")
+	fs.IntVar(&o.callers, "callers", 0, "concurrent callers, up to 65536 (default: the pool's total slots)")
 	fs.IntVar(&o.chunk, "chunk-rows", 1, "with --config: rows per request, from the start of --in")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,6 +97,8 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 		return usageError{fmt.Errorf("--duration %v: must be positive", o.duration)}
 	case o.callers < 0:
 		return usageError{fmt.Errorf("--callers %d: must not be negative (0: the pool's total slots)", o.callers)}
+	case o.callers > amlpool.MaxParallelism: // a goroutine each, started before the clock runs
+		return usageError{fmt.Errorf("--callers %d: must be at most %d", o.callers, amlpool.MaxParallelism)}
 	case o.chunk < 1:
 		return usageError{fmt.Errorf("--chunk-rows %d: want at least 1", o.chunk)}
 	}
@@ -152,7 +154,7 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 	}
 	defer client.Close()
 	if o.callers == 0 {
-		o.callers = client.Capacity()
+		o.callers = min(client.Capacity(), amlpool.MaxParallelism)
 	}
 	fmt.Fprintf(out, "amlpool bench: %d endpoints, %d slots, %d callers for %v\n", len(client.Stats().Endpoints), client.Capacity(), o.callers, o.duration)
 

@@ -60,7 +60,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.TextVar(&cfg.kind, "kind", amlpool.Classic, "kind of the fake endpoints: classic or online")
 	fs.DurationVar(&cfg.latency, "latency", 50*time.Millisecond, "service time of each call")
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long to drive load")
-	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers (default 3x the total slots)")
+	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers, up to 65536 (default 3x the total slots, at most 65536)")
 	fs.DurationVar(&cfg.every, "every", time.Second, "how often to show the live per-endpoint picture (0: never)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -91,10 +91,12 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 		return usageError{fmt.Errorf("-every %v: must not be negative", cfg.every)}
 	case cfg.callers < 0:
 		return usageError{fmt.Errorf("-callers %d: must not be negative (0: 3x the total slots)", cfg.callers)}
+	case cfg.callers > amlpool.MaxParallelism: // a goroutine each
+		return usageError{fmt.Errorf("-callers %d: must be at most %d", cfg.callers, amlpool.MaxParallelism)}
 	}
 	slots := cfg.endpoints * cfg.mcc
 	if cfg.callers == 0 {
-		cfg.callers = 3 * slots
+		cfg.callers = min(3*slots, amlpool.MaxParallelism)
 	}
 
 	servers := make([]*amltest.Server, cfg.endpoints)

@@ -52,6 +52,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{[]string{"demo", "-latency", "0s"}, 2, "-latency 0s"},
 		{[]string{"demo", "-every", "-1s"}, 2, "-every -1s"},
 		{[]string{"demo", "-callers", "-1"}, 2, "-callers -1"},
+		{[]string{"demo", "-callers", "65537"}, 2, "amlpool demo: -callers 65537: must be at most 65536\n"},
 		{[]string{"demo", "-nope"}, 2, "flag provided but not defined"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{nil, 2, "Usage: amlpool"},

@@ -201,6 +201,7 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--fake", "-1"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
 		{[]string{"--fake", "-1", "--config", "pool.json"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
 		{[]string{"--fake", "1", "--callers", "-2"}, "amlpool bench: --callers -2: must not be negative (0: the pool's total slots)\n"},
+		{[]string{"--fake", "1", "--callers", "65537"}, "amlpool bench: --callers 65537: must be at most 65536\n"},
 		{[]string{"--fake", "1", "--chunk-rows", "0"}, "amlpool bench: --chunk-rows 0: want at least 1\n"},
 		{[]string{"--fake", "1", "--duration", "0s"}, "amlpool bench: --duration 0s: must be positive\n"},
 		{[]string{"--fake", "1", "--latency", "-1ms"}, "amlpool bench: --latency -1ms: must be positive\n"},
