@@ -92,7 +92,7 @@ var osKeys = keySource{getenv: os.Getenv, readFile: os.ReadFile}
 func loadConfig(path string, keys keySource) (*poolConfig, []amlpool.Endpoint, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("--config: %w", err)
 	}
 	cfg, eps, err := parseConfig(data, keys)
 	if err != nil {

@@ -197,7 +197,7 @@ func num(f float64) string {
 func readStats(path string) (*runStats, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--from-stats: %w", err)
 	}
 	var st runStats
 	if err := json.Unmarshal(b, &st); err != nil {

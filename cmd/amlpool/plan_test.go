@@ -135,6 +135,7 @@ func TestPlanBadFlags(t *testing.T) {
 		{[]string{"--rps", "10"}, "--latency: need a latency"},
 		{[]string{"--rps", "10", "--latency", "1s", "--mcc", "0"}, "--mcc 0: want 1 to 200"},
 		{[]string{"--rps", "10", "--from-stats", empty}, "the run measured no request latency"},
+		{[]string{"--rps", "10", "--from-stats", "/nonexistent/run.stats.json"}, "amlpool plan: --from-stats: open /nonexistent/run.stats.json: no such file"},
 		{[]string{"--rps", "10", "--latency", "1s", "--from-stats", empty}, "not both"},
 	} {
 		var out, errOut bytes.Buffer
@@ -201,6 +202,7 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"--fake", "-1"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
 		{[]string{"--fake", "-1", "--config", "pool.json"}, "amlpool bench: --fake -1: want at least 1 fake endpoint\n"},
 		{[]string{"--fake", "1", "--callers", "-2"}, "amlpool bench: --callers -2: must not be negative (0: the pool's total slots)\n"},
+		{[]string{"--config", "/nonexistent/pool.json", "--in", "rows.csv"}, "amlpool bench: --config: open /nonexistent/pool.json: no such file or directory\n"},
 		{[]string{"--fake", "1", "--callers", "65537"}, "amlpool bench: --callers 65537: must be at most 65536\n"},
 		{[]string{"--fake", "1", "--chunk-rows", "0"}, "amlpool bench: --chunk-rows 0: want at least 1\n"},
 		{[]string{"--fake", "1", "--duration", "0s"}, "amlpool bench: --duration 0s: must be positive\n"},
