@@ -70,6 +70,9 @@ func TestHelp(t *testing.T) {
 	assert.Contains(t, errOut.String(), "Examples:")
 	assert.Equal(t, 0, run([]string{"help"}, &out, &errOut))
 	assert.Contains(t, out.String(), "demo")
+	// plan's help says nothing of it: the usage gives every command's.
+	assert.Contains(t, out.String(), "Exit status: 0 done; 1 the run failed")
+	assert.Contains(t, out.String(), "2 bad flags, config or input; 130 interrupted")
 }
 
 // The ceiling's latency is in milliseconds with its fraction: 500µs once
