@@ -295,10 +295,8 @@ func jsonError(data []byte, err error) error {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("%s: the JSON ends early; a bracket or quote is not closed", position(data, int64(len(data))))
 	}
-	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
-		return fmt.Errorf("unknown field %s (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows; "+
-			"per endpoint: name, url, kind, maxConcurrentCalls, tier, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header)",
-			strings.TrimPrefix(msg, "json: unknown field "))
+	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") { // duplicateKey finds them first, saying where
+		return fmt.Errorf("unknown field %s (known: %s; per endpoint: %s)", strings.TrimPrefix(msg, "json: unknown field "), topFields, endpointFields)
 	}
 	if off < 0 {
 		return err
@@ -345,6 +343,24 @@ func jsonKind(t reflect.Type) string {
 	return "another value"
 }
 
+// The fields of the config's top level and of an endpoint, as an unknown
+// field's error lists them.
+const (
+	topFields      = "endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows"
+	endpointFields = "name, url, kind, maxConcurrentCalls, tier, apiKeyEnv or apiKeyFile or tokenEnv or tokenFile or tokenCommand (with tokenTTL), secondaryKeyEnv or secondaryKeyFile, header"
+)
+
+// knownField says whether key names a field of the struct t, in any case,
+// as encoding/json matches them.
+func knownField(t reflect.Type, key string) bool {
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); strings.EqualFold(name, key) {
+			return true
+		}
+	}
+	return false
+}
+
 // position is the line and column of the byte at off.
 func position(data []byte, off int64) string {
 	line, col := 1, 1
@@ -359,7 +375,9 @@ func position(data []byte, off int64) string {
 }
 
 // duplicateKey finds a key given twice in one object of the config, which
-// encoding/json takes silently, the last one winning. In the top-level
+// encoding/json takes silently, the last one winning, and a key of the
+// top level or of an endpoint that names no field, saying where, which
+// encoding/json's error does not. In the top-level
 // object and an endpoint's, whose keys encoding/json matches to fields in
 // any case, "url" and "URL" are one key. It reads the first JSON value
 // only, and leaves a malformed one to the decoder, which says where.
@@ -372,6 +390,7 @@ func duplicateKey(data []byte) error {
 		path      string
 		keys      map[string]seen // an object's keys so far, folded in a struct's; nil in an array
 		fold      bool            // the object is the top level's or an endpoint's
+		known     reflect.Type    // the struct it fills, whose fields its keys must name; nil for another object
 		key       string          // an object's last key
 		valueNext bool            // an object's next token is its last key's value
 		n         int             // an array's elements so far
@@ -416,6 +435,13 @@ func duplicateKey(data []byte) error {
 				}
 				return fmt.Errorf("%s: %q given twice in %s, first at %s%s; give it once", position(data, off), k, where, position(data, first.off), as)
 			}
+			if in.known != nil && !knownField(in.known, k) {
+				where, known := "", topFields
+				if in.path != "" {
+					where, known = in.path+": ", endpointFields
+				}
+				return fmt.Errorf("%s: %sunknown field %q (known: %s)", position(data, off), where, k, known)
+			}
 			in.keys[id] = seen{k, off}
 			in.key, in.valueNext = k, true
 			continue
@@ -430,7 +456,14 @@ func duplicateKey(data []byte) error {
 		}
 		switch tok {
 		case json.Delim('{'):
-			stack = append(stack, &container{path: path, keys: map[string]seen{}, fold: in == nil || in.endpoints})
+			c := &container{path: path, keys: map[string]seen{}, fold: in == nil || in.endpoints}
+			switch {
+			case in == nil:
+				c.known = reflect.TypeFor[poolConfig]()
+			case in.endpoints:
+				c.known = reflect.TypeFor[endpointConfig]()
+			}
+			stack = append(stack, c)
 		case json.Delim('['):
 			endpoints := len(stack) == 1 && in.keys != nil && strings.EqualFold(in.key, "endpoints")
 			stack = append(stack, &container{path: path, endpoints: endpoints})

@@ -304,6 +304,10 @@ func TestConfigJSONErrorsNameTheField(t *testing.T) {
 		{" \n", `no JSON in the file; want an object such as {"endpoints": [...]}`},
 		{"{\"endpoints\": [\n" + ep, `line 2, column 38: the JSON ends early; a bracket or quote is not closed`},
 		{`{"endpoints":[` + ep + `,{"name":"b","url":"https://h/y","apiKeyEnv":"K","kind":"batch"}]}`, `endpoints[1] (b): "kind": "batch": want "classic" or "online"`},
+		// An unknown field says in which object, and lists that object's fields.
+		{"{\"endpoints\": [\n " + ep + ",\n {\"url\":\"https://h/y\",\"apiKeyEnv\":\"K\",\"maxConcurentCalls\":3}]}",
+			`line 3, column 39: endpoints[1]: unknown field "maxConcurentCalls" (known: name, url, kind, maxConcurrentCalls, tier, `},
+		{`{"endpoints":[` + ep + `],"chunks":5}`, `line 1, column 54: unknown field "chunks" (known: endpoints, input, output, inputColumns, outputColumns, globalParameters, chunkRows)`},
 	} {
 		_, _, err := parseConfig([]byte(tt.config), testKeys)
 		require.Error(t, err, tt.config)

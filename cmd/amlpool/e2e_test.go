@@ -433,7 +433,7 @@ func TestScoreConfigErrors(t *testing.T) {
 			`endpoints[0]: "maxConcurrentCalls": 500 is out of range`},
 		{"bad tier", `{"endpoints":[{"url":"https://x/services/a/execute","apiKeyEnv":"AMLPOOL_TEST_KEY","tier":-1}]}`,
 			`endpoints[0]: "tier": -1 is out of range`},
-		{"unknown field", `{"endpoints":[],"chunks":5}`, `unknown field "chunks"`},
+		{"unknown field", `{"endpoints":[],"chunks":5}`, `line 1, column 17: unknown field "chunks"`},
 		{"syntax", "{\"endpoints\":\n[}", "line 2, column 2: invalid character '}'"},
 		{"no endpoints", `{}`, `"endpoints": none given`},
 	}
