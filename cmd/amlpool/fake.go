@@ -127,7 +127,7 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	}
 	cfg.OutputColumns = []string{amltest.ScoredProbabilities}
 	var keys strings.Builder
-	keys.WriteString("# Keys of the endpoints of amlpool fake; read them with: . " + filepath.Join(o.dir, "keys.env") + "\n")
+	keys.WriteString("# Keys of the endpoints of amlpool fake; read them with: . " + shellQuote(filepath.Join(o.dir, "keys.env")) + "\n")
 	for i := range o.endpoints {
 		sc := amltest.Config{
 			Name: fmt.Sprintf("fake%d", i+1), MaxConcurrentCalls: o.mcc, Latency: o.latency, Score: model,
@@ -172,12 +172,12 @@ func fake(ctx context.Context, o fakeOptions, stdout io.Writer) error {
 	if o.sampleRows > 0 {
 		fmt.Fprintf(stdout, " and %s", filepath.Join(o.dir, "rows.csv"))
 	}
-	in := filepath.Join(o.dir, "rows.csv")
+	in := shellQuote(filepath.Join(o.dir, "rows.csv"))
 	if o.sampleRows == 0 { // none written: any CSV will do, the fake model echoes its rows
 		in = "your-rows.csv"
 	}
 	fmt.Fprintf(stdout, "\namlpool fake: ready; in another shell:\n  . %s\n  amlpool score --config %s --in %s --out scored.csv\namlpool fake: serving until interrupted (Ctrl-C)\n",
-		filepath.Join(o.dir, "keys.env"), filepath.Join(o.dir, "pool.json"), in)
+		shellQuote(filepath.Join(o.dir, "keys.env")), shellQuote(filepath.Join(o.dir, "pool.json")), in)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "amlpool fake: interrupted; stopping the endpoints")
 	return errInterrupted
@@ -253,4 +253,16 @@ func sampleRows(n int, poison string) []byte {
 	}
 	w.Flush() // into a bytes.Buffer: no error
 	return b.Bytes()
+}
+
+// shellQuote returns s as a POSIX shell word: as it is when it holds
+// nothing a shell would read otherwise, else in single quotes, so that the
+// commands fake prints run as shown whatever --dir holds (a space, a quote).
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("_@%+=:,./-", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -155,6 +155,35 @@ func TestFakeNoSampleRows(t *testing.T) {
 	}
 }
 
+// The commands fake prints run as shown in a shell whatever --dir holds:
+// a space, a quote.
+func TestFakePrintsCommandsAShellRuns(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := filepath.Join(t.TempDir(), "it's a dir")
+	var out bytes.Buffer
+	require.ErrorIs(t, fake(ctx, fakeOptions{dir: dir, endpoints: 2, mcc: 1, sampleRows: 3, poison: "poison"}, &out), errInterrupted)
+	var source, score string
+	for _, l := range strings.Split(out.String(), "\n") {
+		switch l = strings.TrimSpace(l); {
+		case strings.HasPrefix(l, ". "):
+			source = l
+		case strings.HasPrefix(l, "amlpool score "):
+			score = l
+		}
+	}
+	require.NotEmpty(t, source, out.String())
+	require.NotEmpty(t, score, out.String())
+	// The shell reads the keys and sees the score command's words as fake
+	// means them.
+	got, err := exec.Command("sh", "-c", source+` && printf '%s\n' "$AMLPOOL_FAKE_KEY_1" && set -- `+strings.TrimPrefix(score, "amlpool score ")+` && printf '%s\n' "$2" "$4"`).CombinedOutput()
+	require.NoError(t, err, "%s", got)
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	require.Len(t, lines, 3, "%s", got)
+	assert.NotEmpty(t, lines[0], "a key was read")
+	assert.Equal(t, []string{filepath.Join(dir, "pool.json"), filepath.Join(dir, "rows.csv")}, lines[1:])
+}
+
 // The sample's poison row holds --poison as one cell, whatever it holds:
 // a comma, a quote or a line break must not make it another row or a bad
 // line.
