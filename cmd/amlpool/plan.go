@@ -188,8 +188,11 @@ func (p plan) print(w io.Writer) {
 
 // num writes a rate: whole numbers as they are, others to one decimal.
 func num(f float64) string {
-	if f == math.Trunc(f) {
+	switch {
+	case f == math.Trunc(f):
 		return strconv.FormatFloat(f, 'f', 0, 64)
+	case math.Abs(f) < 1:
+		return strconv.FormatFloat(f, 'g', 2, 64) // a rate under one: 0.01, not 0.0
 	}
 	return strconv.FormatFloat(f, 'f', 1, 64)
 }

@@ -28,6 +28,10 @@ func TestPlan(t *testing.T) {
 			"endpoints needed: 13 at MCC 20 (5200 calls/s; 77% busy at the target)",
 			"or 2 at MCC 200 (8000 calls/s)",
 		}},
+		{"a rate under one call a second", []string{"--rows-per-second", "1", "--chunk-rows", "100", "--latency", "50ms"}, []string{
+			"planning for rows: 1 rows/s = 0.01 calls/s of 100 rows",
+			"target: 0.01 calls/s + 25% headroom = 0.013 calls/s",
+		}},
 		{"exact fit needs no extra endpoint", []string{"--rps", "4000", "--latency", "50ms", "--mcc", "200", "--headroom", "0"}, []string{
 			"endpoints needed: 1 at MCC 200 (4000 calls/s; 100% busy at the target)",
 		}},
