@@ -70,11 +70,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to drive load")
 	fs.IntVar(&o.callers, "callers", 0, "concurrent callers, up to 65536 (default: the pool's total slots)")
 	fs.IntVar(&o.chunk, "chunk-rows", 1, "with --config: rows per request, from the start of --in")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
 		fmt.Fprintf(stderr, "amlpool bench: unexpected argument %q (see amlpool bench --help)\n", fs.Arg(0))

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -62,11 +61,8 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "how long to drive load")
 	fs.IntVar(&cfg.callers, "callers", 0, "concurrent callers, up to 65536 (default 3x the total slots, at most 65536)")
 	fs.DurationVar(&cfg.every, "every", time.Second, "how often to show the live per-endpoint picture (0: never)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
 		fmt.Fprintf(stderr, "amlpool demo: unexpected argument %q (see amlpool demo --help)\n", fs.Arg(0))

@@ -552,6 +552,22 @@ func TestHelpForEveryCommand(t *testing.T) {
 	}
 }
 
+// A bad flag, for every command, prints flag's line of error and where the
+// help is (exit 2), not the whole help, under which the error once scrolled
+// away.
+func TestBadFlagSaysWhereTheHelpIs(t *testing.T) {
+	for _, c := range commands {
+		for _, args := range [][]string{{"--nope"}, {"--config"}} {
+			var out, errOut bytes.Buffer
+			assert.Equal(t, 2, run(append([]string{c.name}, args...), &out, &errOut), c.name)
+			lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
+			require.Len(t, lines, 2, "%s %q: %s", c.name, args, errOut.String())
+			assert.Equal(t, "Run 'amlpool help "+c.name+"' for its flags.", lines[1], c.name)
+			assert.NotContains(t, errOut.String(), "Examples:", c.name)
+		}
+	}
+}
+
 // "amlpool help <command>" prints what "amlpool <command> -h" does (on
 // stdout, as "amlpool help" prints the usage); help of an unknown command
 // names it and exits 2. It once printed the general usage for any command.

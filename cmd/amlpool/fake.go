@@ -79,11 +79,8 @@ func runFake(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "service time of each call")
 	fs.IntVar(&o.sampleRows, "sample-rows", 1000, "rows to write to rows.csv (0: none)")
 	fs.StringVar(&o.poison, "poison", "poison", "a cell the fake model cannot score")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "amlpool fake: unexpected argument %q (see amlpool fake --help)\n", fs.Arg(0))

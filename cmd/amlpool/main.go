@@ -11,6 +11,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -84,6 +86,26 @@ func help(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "amlpool help: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// parseFlags parses a command's args with fs, whose Usage prints the
+// command's help. -h prints that help (done, status 0); a bad flag prints
+// flag's one line of error and where the help is, not the help itself,
+// under which the error would scroll away (done, status 2).
+func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
+	help := fs.Usage
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.Usage = help
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, flag.ErrHelp):
+		help()
+		return 0, true
+	}
+	fmt.Fprintf(fs.Output(), "Run 'amlpool help %s' for its flags.\n", fs.Name())
+	return 2, true
 }
 
 func usage(w io.Writer) {

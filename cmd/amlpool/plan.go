@@ -52,11 +52,8 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 	mcc := fs.Int("mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200)")
 	headroom := fs.Float64("headroom", 0.25, "spare capacity to plan for, as a fraction of the target")
 	fromStats := fs.String("from-stats", "", "take the latency, rows per call (and MCC) from a run's --stats file")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
 		fmt.Fprintf(stderr, "amlpool plan: unexpected argument %q (see amlpool plan --help)\n", fs.Arg(0))

@@ -140,11 +140,8 @@ func runScore(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.progress, "progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
 	fs.DurationVar(&o.every, "progress-every", 10*time.Second, "how often to print a progress line when not on a terminal (0: for every chunk)")
 	priority := fs.String("priority", "low", "the priority at which requests wait for a free slot: low, normal or high")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 { // flag stops at it: the flags after it would go unread
 		fmt.Fprintf(stderr, "amlpool score: unexpected argument %q (see amlpool score --help)\n", fs.Arg(0))
