@@ -696,20 +696,7 @@ func TestFailStaticGrantInFallbackKeepsToShare(t *testing.T) {
 	f.settle(t, 1)
 
 	cut.down.Store(true)
-	var held []amlpool.Lease
-	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
-		for {
-			ls, err := l.TryAcquire(ctx, eps(capacity))
-			require.NoError(t, err)
-			if ls == nil {
-				break
-			}
-			held = append(held, ls)
-		}
-		if len(held) == 0 {
-			f.advance(timeout)
-		}
-	}
+	held := takeInFallback(t, f, l, ctx, capacity, timeout)
 	require.True(t, l.Stats().Fallback)
 	require.Len(t, held, share)
 	got := f.waitFor(t, ctx, l, 2, eps(capacity))
@@ -830,20 +817,7 @@ func TestLocalLeaseWrittenByAProbeWithItsReplyLostIsDeleted(t *testing.T) {
 	f.settle(t, 1)
 
 	cut.down.Store(true)
-	var held []amlpool.Lease
-	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
-		for {
-			ls, err := l.TryAcquire(ctx, eps(capacity))
-			require.NoError(t, err)
-			if ls == nil {
-				break
-			}
-			held = append(held, ls)
-		}
-		if len(held) == 0 {
-			f.advance(timeout)
-		}
-	}
+	held := takeInFallback(t, f, l, ctx, capacity, timeout)
 	require.Len(t, held, share)
 	f.settle(t, 1)
 
@@ -911,20 +885,7 @@ func TestAcquireReplyAfterFallbackKeepsToShare(t *testing.T) {
 			}()
 			<-reached
 			cut.down.Store(true)
-			var held []amlpool.Lease
-			for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
-				for {
-					ls, err := l.TryAcquire(ctx, eps(capacity))
-					require.NoError(t, err)
-					if ls == nil {
-						break
-					}
-					held = append(held, ls)
-				}
-				if len(held) == 0 {
-					f.advance(timeout)
-				}
-			}
+			held := takeInFallback(t, f, l, ctx, capacity, timeout)
 			require.True(t, l.Stats().Fallback)
 			require.Len(t, held, tc.share)
 
@@ -1496,4 +1457,26 @@ func TestFirstAcquireBeforeFirstHeartbeatIsNoOutage(t *testing.T) {
 	defer l.mu.Unlock()
 	assert.True(t, l.ticked)
 	assert.Zero(t, l.rejoin, "a rejoin window opened at start-up")
+}
+
+// takeInFallback takes leases on eps(capacity) from l, whose Redis is cut,
+// until it has fallen back and takes local ones, moving f's clock on by
+// timeout while calls still fail, and returns all it could take then.
+func takeInFallback(t *testing.T, f *fixture, l *Limiter, ctx context.Context, capacity int, timeout time.Duration) []amlpool.Lease {
+	t.Helper()
+	var held []amlpool.Lease
+	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
+		for {
+			ls, err := l.TryAcquire(ctx, eps(capacity))
+			require.NoError(t, err)
+			if ls == nil {
+				break
+			}
+			held = append(held, ls)
+		}
+		if len(held) == 0 {
+			f.advance(timeout)
+		}
+	}
+	return held
 }
