@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/amlpool/amlpool/amltest"
 	"github.com/amlpool/amlpool/rows"
 )
 
@@ -159,4 +160,26 @@ func (e *endlessRows) Read(b []byte) (int, error) {
 		n += copy(b[n:], "1,a\n")
 	}
 	return n, nil
+}
+
+// With --progress none nobody reads the progress figures, so the input is
+// not read a second time to count its rows; any other mode counts them.
+func TestScoreCountsRowsOnlyForProgress(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{}}, "")
+	for _, env := range p.env {
+		k, v, _ := strings.Cut(env, "=")
+		t.Setenv(k, v)
+	}
+	in := filepath.Join(dir, "rows.csv")
+	writeIDs(t, in, 1000)
+	for mode, want := range map[string]int64{"none": -1, "lines": 1000, "bar": 1000, "auto": 1000} {
+		out := filepath.Join(dir, mode+".csv")
+		s, err := prepare(scoreOptions{config: p.config, in: in, out: out, progress: mode,
+			rejects: filepath.Join(dir, mode+".rejects.csv"), stats: filepath.Join(dir, mode+".stats.json")})
+		require.NoError(t, err)
+		<-s.counted
+		assert.Equal(t, want, s.total.Load(), "--progress %s", mode)
+		s.closeFiles()
+	}
 }
