@@ -554,14 +554,23 @@ func TestHelpForEveryCommand(t *testing.T) {
 
 // A bad flag, for every command, prints flag's line of error and where the
 // help is (exit 2), not the whole help, under which the error once scrolled
-// away.
+// away. The error line starts "amlpool <command>: ", as the command's other
+// error lines do; it once was flag's bare line.
 func TestBadFlagSaysWhereTheHelpIs(t *testing.T) {
 	for _, c := range commands {
-		for _, args := range [][]string{{"--nope"}, {"--config"}} {
+		for _, tt := range []struct {
+			args []string
+			err  string
+		}{
+			{[]string{"--nope"}, "flag provided but not defined: -nope"},
+			{[]string{"--config"}, map[bool]string{true: "flag needs an argument: -config", false: "flag provided but not defined: -config"}[c.name == "score" || c.name == "bench"]},
+			{[]string{"--nope", "--config", "x"}, "flag provided but not defined: -nope"},
+		} {
 			var out, errOut bytes.Buffer
-			assert.Equal(t, 2, run(append([]string{c.name}, args...), &out, &errOut), c.name)
+			assert.Equal(t, 2, run(append([]string{c.name}, tt.args...), &out, &errOut), c.name)
 			lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
-			require.Len(t, lines, 2, "%s %q: %s", c.name, args, errOut.String())
+			require.Len(t, lines, 2, "%s %q: %s", c.name, tt.args, errOut.String())
+			assert.Equal(t, "amlpool "+c.name+": "+tt.err, lines[0], c.name)
 			assert.Equal(t, "Run 'amlpool help "+c.name+"' for its flags.", lines[1], c.name)
 			assert.NotContains(t, errOut.String(), "Examples:", c.name)
 		}

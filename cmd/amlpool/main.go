@@ -90,13 +90,17 @@ func help(args []string, stdout, stderr io.Writer) int {
 
 // parseFlags parses a command's args with fs, whose Usage prints the
 // command's help. -h prints that help (done, status 0); a bad flag prints
-// flag's one line of error and where the help is, not the help itself,
-// under which the error would scroll away (done, status 2).
+// flag's one line of error, as "amlpool <command>: " begins the command's
+// other error lines, and where the help is, not the help itself, under
+// which the error would scroll away (done, status 2). flag would print its
+// line bare: its output is muted while it parses.
 func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
-	help := fs.Usage
+	help, out := fs.Usage, fs.Output()
 	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	fs.Usage = help
+	fs.SetOutput(out)
 	switch {
 	case err == nil:
 		return 0, false
@@ -104,7 +108,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
 		help()
 		return 0, true
 	}
-	fmt.Fprintf(fs.Output(), "Run 'amlpool help %s' for its flags.\n", fs.Name())
+	fmt.Fprintf(out, "amlpool %s: %v\nRun 'amlpool help %s' for its flags.\n", fs.Name(), err, fs.Name())
 	return 2, true
 }
 
