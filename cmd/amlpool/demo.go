@@ -27,8 +27,12 @@ achieved rate beside the capacity formula's ceiling
 E x MCC x 1000 / latency_ms. While it runs it shows, every -every, each
 endpoint's calls in flight against its limit, calls per second and throttles.
 Ctrl-C (SIGINT) or SIGTERM ends it early, with the figures of the time it
-ran, and exit status 130, as "amlpool score" has when interrupted. A bad
-flag or flag value exits with status 2.
+ran.
+
+The exit status is 0 when every call succeeded; 1 when a call failed
+(after its retries), said after the figures with how many failed and the
+first error, as "amlpool bench" does; 2 for a bad flag or flag value; 130
+when interrupted, as "amlpool score" has.
 
 Examples:
   amlpool demo
@@ -47,6 +51,7 @@ type demoConfig struct {
 	callers   int
 	every     time.Duration // live picture interval; 0: none
 	kind      amlpool.Kind
+	fault     func(n int64) amltest.Fault // the fakes' faults, for tests; nil: none
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
@@ -103,6 +108,7 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 			MaxConcurrentCalls: cfg.mcc,
 			Latency:            cfg.latency,
 			Kind:               cfg.kind,
+			Fault:              cfg.fault,
 		}, "-endpoints", cfg.endpoints)
 		if err != nil {
 			return err
@@ -185,6 +191,9 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	}
 	if interrupted {
 		return errInterrupted
+	}
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d of %d calls failed; the first: %w", n, ok.Load()+n, firstErr.Load().(error))
 	}
 	return nil
 }

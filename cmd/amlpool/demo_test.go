@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/amlpool/amlpool"
+	"github.com/amlpool/amlpool/amltest"
 	"github.com/stretchr/testify/assert"
 	"go.uber.org/goleak"
 )
@@ -82,4 +85,24 @@ func TestDemoCeilingSubMillisecondLatency(t *testing.T) {
 	code := run([]string{"demo", "-endpoints", "1", "-mcc", "2", "-latency", "500us", "-duration", "1ms", "-every", "0"}, &out, &errOut)
 	assert.Equal(t, 0, code, errOut.String())
 	assert.Contains(t, out.String(), "ceiling: 1 x 2 x 1000 / 0.5 = 4000 calls/s\n")
+}
+
+// A demo in which calls failed exits with status 1, after its figures,
+// saying how many failed and the first error, as bench does; it once
+// exited 0 whatever failed.
+func TestDemoExitsOneWhenCallsFailed(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	cfg := demoConfig{endpoints: 2, mcc: 2, latency: time.Millisecond, duration: 200 * time.Millisecond, callers: 4, kind: amlpool.Classic,
+		fault: func(n int64) amltest.Fault {
+			if n%2 == 0 {
+				return amltest.Fault{Status: 400} // not retried: the call fails
+			}
+			return amltest.Fault{}
+		}}
+	var out, errOut bytes.Buffer
+	code := exitStatus(&errOut, "demo", demo(t.Context(), cfg, &out))
+	assert.Equal(t, 1, code, errOut.String())
+	assert.Contains(t, out.String(), "first error:")
+	assert.Regexp(t, `^amlpool demo: [1-9]\d* of [1-9]\d* calls failed; the first: .*400`, errOut.String())
+	assert.NotRegexp(t, `\(\d+ ok, 0 failed\)`, out.String())
 }

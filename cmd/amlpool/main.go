@@ -118,6 +118,6 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'amlpool <command> -h' or 'amlpool help <command>' for a command's flags and examples.")
-	fmt.Fprintln(w, "\nExit status: 0 done; 1 the run failed (score: rows rejected; bench: calls failed; a file not written);\n"+
+	fmt.Fprintln(w, "\nExit status: 0 done; 1 the run failed (score: rows rejected; bench, demo: calls failed; a file not written);\n"+
 		"2 bad flags, config or input; 130 interrupted (Ctrl-C or SIGTERM).")
 }
