@@ -39,7 +39,8 @@ Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
 --stats) the figures of the time it ran, and exits with status 130, as
 "amlpool score" does. Otherwise the exit status is 0, 1 when a call
 failed (after its retries) or the statistics could not be written, 2 for
-bad flags or config.
+bad flags or config. A --stats file it cannot write (its directory missing
+or read-only) is refused before any load is driven.
 
 Examples:
   amlpool bench --config pool.json --in rows.csv --duration 30s
@@ -150,6 +151,13 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 		}
 	}
 	defer client.Close()
+	if o.stats != "" {
+		// Nothing returns between here and the statistics' writing, so
+		// a file made for the check is always written.
+		if _, err := checkOutput("--stats", o.stats); err != nil {
+			return err
+		}
+	}
 	if o.callers == 0 {
 		o.callers = min(client.Capacity(), amlpool.MaxParallelism)
 	}

@@ -645,6 +645,96 @@ func TestScoreRefusesToWriteOverItsInput(t *testing.T) {
 	}
 }
 
+// A --stats file the run cannot write (its directory missing, a file where
+// its directory should be, a read-only directory) is refused before any
+// row is scored, with exit status 2 naming the flag and the path, as a bad
+// --out is; it was once found only at the end of the run, when the
+// statistics were written.
+func TestScoreRefusesAStatsFileItCannotWrite(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env { // run in this process: the config is valid
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	readOnly := filepath.Join(dir, "read-only")
+	require.NoError(t, os.Mkdir(readOnly, 0o555))
+	for _, tt := range []struct {
+		name, stats, err string
+	}{
+		{"missing directory", filepath.Join(dir, "missing", "run.json"), "no such file or directory"},
+		{"a file as its directory", filepath.Join(in, "run.json"), "not a directory"},
+		{"a directory", dir, "is a directory"},
+		{"read-only directory", filepath.Join(readOnly, "run.json"), "permission denied"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "read-only directory" && os.Geteuid() == 0 {
+				t.Skip("root writes to a read-only directory")
+			}
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"score", "--config", p.config, "--in", in, "--out", out, "--stats", tt.stats, "--progress", "none"}, &stdout, &stderr)
+			assert.Equal(t, 2, code, stderr.String())
+			assert.Equal(t, "amlpool score: --stats "+tt.stats+": cannot write it: "+tt.err+"\n", stderr.String())
+			assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
+			assert.NoFileExists(t, out)
+			assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
+		})
+	}
+}
+
+// A run whose statistics cannot be written at its end (here /dev/full: a
+// full disk) exits with status 1, as the usage says of a file not
+// written, though every row was scored; it once exited 0.
+func TestScoreStatsWriteFailureExitsOne(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full:", err)
+	}
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"score", "--config", p.config, "--in", in, "--out", out, "--stats", "/dev/full", "--progress", "none"}, &stdout, &stderr)
+	assert.Equal(t, 1, code, stderr.String())
+	assert.Contains(t, stderr.String(), "amlpool score: writing statistics: write /dev/full: no space left on device\n")
+	assert.Contains(t, stderr.String(), "10 scored in "+out)
+}
+
+// The --stats file is checked by creating it; a run that then fails before
+// it writes it (here --resume of an output the input does not match) takes
+// that empty file away again, and leaves one that was there as it was.
+func TestScoreLeavesNoEmptyStatsFile(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	require.NoError(t, os.WriteFile(out, []byte("id,name,Scored\nnot-an-id,x,1\n"), 0o644))
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	stats := filepath.Join(dir, "run.json")
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--stats", stats, "--resume", "--progress", "none"}
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "cannot resume")
+	assert.NoFileExists(t, stats, "the file made to check --stats is removed")
+
+	const old = `{"rows": 1}` + "\n"
+	require.NoError(t, os.WriteFile(stats, []byte(old), 0o644))
+	stderr.Reset()
+	require.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+	got, err := os.ReadFile(stats)
+	require.NoError(t, err)
+	assert.Equal(t, old, string(got), "a stats file that was there is left as it was")
+}
+
 // A write that fails (here a file size limit, as a full disk would) stops
 // the run, and the counts it gives, in the summary and the statistics,
 // are the rows the files hold, not those handed to them; --resume then

@@ -266,3 +266,14 @@ func TestBenchFailedCallsExitOne(t *testing.T) {
 	assert.Regexp(t, `^amlpool bench: (\d+) of (\d+) calls failed; the first: amlpool: endpoint ep1: HTTP 401 `, errOut.String())
 	assert.NotContains(t, errOut.String(), "not-the-key")
 }
+
+// A --stats file bench cannot write is refused before any load is driven,
+// with exit status 2 naming the flag and the path; it was once found only
+// after --duration, when the statistics were written (exit 1).
+func TestBenchRefusesAStatsFileItCannotWrite(t *testing.T) {
+	stats := filepath.Join(t.TempDir(), "missing", "bench.json")
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 2, run([]string{"bench", "--fake", "1", "--latency", "1ms", "--duration", "50ms", "--stats", stats}, &out, &errOut))
+	assert.Equal(t, "amlpool bench: --stats "+stats+": cannot write it: no such file or directory\n", errOut.String())
+	assert.Empty(t, out.String(), "no load was driven")
+}

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/signal"
@@ -48,8 +49,10 @@ opens, and the lines after it are read as rows. When the service blames
 a chunk's input (HTTP 400), the chunk is split until each bad row stands
 alone: the other rows are scored, and each bad row is rejected with the
 service's message for it (--no-split turns this off). The exit status is
-0 when every row was scored, 1 when some were rejected or the run failed,
-2 for bad flags, config or input, 130 when interrupted.
+0 when every row was scored, 1 when some were rejected, the run failed or
+its statistics could not be written, 2 for bad flags, config or input
+(an output, reject or statistics file it cannot write included), 130 when
+interrupted.
 
 Requests wait for free slots at --priority, low by default: batch work,
 which calls of higher priority on the same Client pass in line.
@@ -75,7 +78,10 @@ written from: a row the output holds scored that the input now holds
 otherwise, or cannot read, is refused, naming the row, line and column.
 
 Each run writes statistics (rows, rate, request latency, per-endpoint calls)
-as JSON to --stats, for "amlpool plan --from-stats".
+as JSON to --stats, for "amlpool plan --from-stats", when it ends. A --stats
+file the run cannot write (its directory missing or read-only) is refused
+at the start, before any row is sent, as a bad --out is: the check creates
+the file, and a run that stops before writing it removes it again.
 
 The config file (keys come from the environment variables or files it
 names):
@@ -312,17 +318,18 @@ func score(ctx context.Context, o scoreOptions, stderr io.Writer, hup *hupHandle
 // scoreRun is a prepared run: files open, input positioned after what an
 // earlier run settled.
 type scoreRun struct {
-	cfg      *poolConfig
-	eps      []amlpool.Endpoint // the config's endpoints, keys resolved
-	client   *amlpool.Client
-	in       *os.File
-	src      *countingSource
-	w        *writer
-	total    atomic.Int64  // rows in the input, -1 until counted
-	counted  chan struct{} // closed once total is known (or cannot be)
-	endCount chan struct{} // closed to stop the count when the run ends
-	base     int           // rows settled by earlier runs
-	filesErr error
+	cfg       *poolConfig
+	eps       []amlpool.Endpoint // the config's endpoints, keys resolved
+	client    *amlpool.Client
+	in        *os.File
+	src       *countingSource
+	w         *writer
+	total     atomic.Int64  // rows in the input, -1 until counted
+	counted   chan struct{} // closed once total is known (or cannot be)
+	endCount  chan struct{} // closed to stop the count when the run ends
+	base      int           // rows settled by earlier runs
+	filesErr  error
+	dropStats func() // removes the --stats file made to check it, for a run that ends before writing it
 }
 
 func prepare(o scoreOptions) (*scoreRun, error) {
@@ -344,9 +351,9 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	s := &scoreRun{cfg: cfg, eps: eps, in: in}
+	s := &scoreRun{cfg: cfg, eps: eps, in: in, dropStats: func() {}}
 	s.total.Store(-1)
-	fail := func(err error) (*scoreRun, error) { s.closeFiles(); return nil, err }
+	fail := func(err error) (*scoreRun, error) { s.closeFiles(); s.dropStats(); return nil, err }
 	if cfg.InputColumns != nil {
 		if err := matchColumns(r.Columns(), cfg.InputColumns); err != nil {
 			return fail(usageError{fmt.Errorf("%s: line 1: the header does not match the service's input columns (%s \"inputColumns\"): %v", o.in, o.config, err)})
@@ -382,6 +389,10 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	s.w = w
 	if w.rej, err = openOut(o.rejects, outFormat, o.resume); err != nil {
 		return fail(usageError{err})
+	}
+	if s.dropStats, err = checkOutput("--stats", o.stats); err != nil {
+		s.dropStats = func() {}
+		return fail(err)
 	}
 	s.base = w.out.rows + w.rej.rows
 	w.base = s.base
@@ -552,7 +563,11 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	rs.Rows -= w.out.lost + w.rej.lost
 	rs.RowsPerSecond = float64(rs.Rows) / max(elapsed.Seconds(), 1e-9)
 	rs.CountsUnknown = w.out.recount != nil || w.rej.recount != nil
-	if serr := writeJSON(o.stats, rs); serr != nil {
+	// checkOutput found the file writable before the run; a write that
+	// fails now (a full disk) is said, and fails a run that would have
+	// succeeded.
+	serr := writeJSON(o.stats, rs)
+	if serr != nil {
 		fmt.Fprintln(stderr, "amlpool score: writing statistics:", serr)
 	}
 
@@ -572,6 +587,9 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	fmt.Fprintf(stderr, "amlpool score: %s rows in %v (%.0f rows/s): %s\n", settled, elapsed.Round(time.Millisecond), rs.RowsPerSecond, where)
 	if firstFail != nil {
 		fmt.Fprintf(stderr, "amlpool score: first failure: %v\n", firstFail)
+		return 1
+	}
+	if serr != nil {
 		return 1
 	}
 	return 0
@@ -728,6 +746,38 @@ func (t *endpointTally) list() []endpointStats {
 		e.Throttles += l.stats.Throttles
 	}
 	return eps
+}
+
+// checkOutput makes sure that the run can write path, the file of flag,
+// which it writes only at its end: a path it cannot write (its directory
+// missing or read-only) is a usage error at once, not found after the
+// whole run, as --out's is. It opens the file for writing, creating it
+// when it is missing, and closes it; a file that is there keeps what it
+// holds until the run writes it. A file there that is not a regular file
+// (a FIFO, whose opening waits for a reader; a device) is not opened. The
+// returned drop removes the file when checkOutput made it, for a run that
+// ends before writing it, so that it leaves no empty file behind.
+func checkOutput(flag, path string) (drop func(), err error) {
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() && !st.IsDir() {
+		return func() {}, nil
+	}
+	made := true
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		made = false
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644) // a directory is refused here
+	}
+	if err != nil {
+		if pe := new(fs.PathError); errors.As(err, &pe) {
+			err = pe.Err // the path is in the message already
+		}
+		return nil, usageError{fmt.Errorf("%s %s: cannot write it: %w", flag, path, err)}
+	}
+	f.Close()
+	if !made {
+		return func() {}, nil
+	}
+	return func() { os.Remove(path) }, nil
 }
 
 func writeJSON(path string, v any) error {
