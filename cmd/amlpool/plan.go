@@ -32,11 +32,17 @@ and the endpoints' MCC when they all share one and --mcc is not given.
 plan counts Classic endpoints (MCC 1 to 200): a run whose endpoints share
 a cap over 200 (online endpoints) needs --mcc.
 
+--rows N adds how long N rows take on the endpoints planned, with every
+slot busy, as "amlpool score" keeps them: N rows make N / rows per call
+calls (rounded up), which the slots take in rounds of one latency each.
+Start-up, retries and a latency that grows under load come on top.
+
 Examples:
   amlpool plan --rps 4000 --latency 50ms
   amlpool plan --rps 4000 --latency 50ms --mcc 200
   amlpool plan --rows-per-second 40000 --chunk-rows 100 --latency 120ms
   amlpool plan --rows-per-second 4000 --from-stats scored.stats.json
+  amlpool plan --rows-per-second 4000 --from-stats scored.stats.json --rows 5000000
 
 Flags:
 `
@@ -47,11 +53,12 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(fs.Output(), planHelp); fs.PrintDefaults() }
 	rps := fs.Float64("rps", 0, "target calls (requests) per second")
 	rowsPS := fs.Float64("rows-per-second", 0, "target rows per second, instead of --rps")
-	chunk := fs.Int("chunk-rows", 0, "rows per call, for --rows-per-second (default: the --from-stats run's, else 100)")
+	chunk := fs.Int("chunk-rows", 0, "rows per call, for --rows-per-second and --rows (default: the --from-stats run's, else 100)")
 	latency := fs.Duration("latency", 0, "service latency of one call, e.g. 50ms")
 	mcc := fs.Int("mcc", amlpool.DefaultMaxConcurrentCalls, "Max Concurrent Calls of each endpoint (1-200)")
 	headroom := fs.Float64("headroom", 0.25, "spare capacity to plan for, as a fraction of the target")
 	fromStats := fs.String("from-stats", "", "take the latency, rows per call (and MCC) from a run's --stats file")
+	batch := fs.Int("rows", 0, "rows of a batch: add how long they take on the endpoints planned")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -65,10 +72,13 @@ func runPlan(args []string, stdout, stderr io.Writer) int {
 	if set["rps"] && set["rows-per-second"] {
 		return fail("give --rps (calls) or --rows-per-second (rows), not both")
 	}
+	if set["rows"] && *batch < 1 {
+		return fail(fmt.Sprintf("--rows %d: want at least 1 row to time", *batch))
+	}
 	if *chunk < 0 {
 		return fail(fmt.Sprintf("--chunk-rows %d: must not be negative (0: the --from-stats run's, else %d)", *chunk, amlpool.DefaultChunkRows))
 	}
-	p := plan{rps: *rps, latency: *latency, mcc: *mcc, headroom: *headroom, rows: *chunk, latencySource: "--latency"}
+	p := plan{rps: *rps, latency: *latency, mcc: *mcc, headroom: *headroom, rows: *chunk, batch: *batch, latencySource: "--latency"}
 	if *fromStats != "" {
 		if *latency != 0 {
 			return fail("give --latency or --from-stats, not both")
@@ -117,6 +127,7 @@ type plan struct {
 	rps           float64 // target calls/s
 	targetRows    float64 // target rows/s when the target was given in rows; 0 otherwise
 	rows          int     // rows per call
+	batch         int     // rows of a batch to time; 0: none
 	latency       time.Duration
 	mcc           int
 	headroom      float64
@@ -181,6 +192,38 @@ func (p plan) print(w io.Writer) {
 		fmt.Fprintf(w, "  or %d at MCC %d (%.0f calls/s), where the service allows it\n",
 			m, amlpool.MaxMaxConcurrentCalls, float64(m)*p.perEndpoint(amlpool.MaxMaxConcurrentCalls))
 	}
+	if p.batch > 0 {
+		calls := ceilDiv(p.batch, p.rows)
+		rounds := ceilDiv(calls, n*p.mcc)
+		fmt.Fprintf(w, "time for %d rows: %d calls of up to %d rows on %d x %d slots = %d rounds of %.4g ms = %s, every slot busy (as amlpool score keeps them)\n",
+			p.batch, calls, p.rows, n, p.mcc, rounds, ms, span(float64(rounds)*p.latency.Seconds()))
+	}
+}
+
+// ceilDiv is a / b rounded up, for a >= 0 and b > 0, without overflow.
+func ceilDiv(a, b int) int {
+	q := a / b
+	if a%b != 0 {
+		q++
+	}
+	return q
+}
+
+// span writes a time in seconds as a Duration does, to the millisecond
+// under a minute and to the second above; one too long for a Duration (292
+// years) in years.
+func span(secs float64) string {
+	if secs >= float64(math.MaxInt64)/float64(time.Second) {
+		return strconv.FormatFloat(secs/(365.25*24*3600), 'g', 3, 64) + " years"
+	}
+	d := time.Duration(secs * float64(time.Second))
+	switch {
+	case d < time.Second:
+		return d.Round(time.Microsecond).String()
+	case d < time.Minute:
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 // num writes a rate: whole numbers as they are, others to one decimal.

@@ -126,6 +126,48 @@ func TestPlanFromStatsOverClassicCap(t *testing.T) {
 	assert.Contains(t, out.String(), "endpoints needed: 2 at MCC 200")
 }
 
+// --rows N adds how long N rows take on the planned endpoints with every
+// slot busy, as "amlpool score" keeps them: ceil(N / rows per call) calls,
+// taken in rounds of one latency, as many at a time as there are slots.
+func TestPlanBatchTime(t *testing.T) {
+	stats := filepath.Join(t.TempDir(), "run.stats.json")
+	require.NoError(t, writeJSON(stats, runStats{Requests: 400, ChunkRows: 10, LatencyMs: latencySummary{Count: 400, Mean: 50},
+		Endpoints: []endpointStats{{Name: "a", MaxConcurrentCalls: 20}}}))
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		// 13 endpoints of 20 slots: 10000 calls / 260 = 38.5, so 39 rounds.
+		{"a million rows", []string{"--rps", "4000", "--latency", "50ms", "--rows", "1000000"},
+			"time for 1000000 rows: 10000 calls of up to 100 rows on 13 x 20 slots = 39 rounds of 50 ms = 1.95s, every slot busy (as amlpool score keeps them)\n"},
+		{"one row takes one call's latency", []string{"--rps", "4000", "--latency", "50ms", "--rows", "1"},
+			"time for 1 rows: 1 calls of up to 100 rows on 13 x 20 slots = 1 rounds of 50 ms = 50ms, every slot busy"},
+		{"the chunk size given", []string{"--rows-per-second", "4000", "--chunk-rows", "500", "--latency", "2s", "--rows", "10000000"},
+			"time for 10000000 rows: 20000 calls of up to 500 rows on 1 x 20 slots = 1000 rounds of 2000 ms = 33m20s, every slot busy"},
+		{"the chunk size of a run", []string{"--rps", "400", "--from-stats", stats, "--rows", "25"},
+			"time for 25 rows: 3 calls of up to 10 rows on 2 x 20 slots = 1 rounds of 50 ms = 50ms, every slot busy"},
+		{"beyond what a Duration holds", []string{"--rps", "1", "--latency", "1h", "--rows", "9000000000000000000"},
+			"time for 9000000000000000000 rows: 90000000000000000 calls of up to 100 rows on 225 x 20 slots = 20000000000000 rounds of 3.6e+06 ms = 2.28e+09 years, every slot busy"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			require.Equal(t, 0, run(append([]string{"plan"}, tt.args...), &out, &errOut), errOut.String())
+			assert.Contains(t, out.String(), tt.want)
+		})
+	}
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"plan", "--rps", "4000", "--latency", "50ms"}, &out, &errOut), errOut.String())
+	assert.NotContains(t, out.String(), "time for", "without --rows")
+	for _, n := range []string{"0", "-1"} {
+		out.Reset()
+		errOut.Reset()
+		assert.Equal(t, 2, run([]string{"plan", "--rps", "4000", "--latency", "50ms", "--rows", n}, &out, &errOut))
+		assert.Equal(t, "amlpool plan: --rows "+n+": want at least 1 row to time\n", errOut.String())
+		assert.Empty(t, out.String())
+	}
+}
+
 func TestPlanBadFlags(t *testing.T) {
 	empty := filepath.Join(t.TempDir(), "empty.json")
 	require.NoError(t, os.WriteFile(empty, []byte(`{"requests":0}`), 0o644))
