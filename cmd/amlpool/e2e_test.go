@@ -648,8 +648,8 @@ func TestScoreRefusesToWriteOverItsInput(t *testing.T) {
 // A --stats file the run cannot write (its directory missing, a file where
 // its directory should be, a read-only directory) is refused before any
 // row is scored, with exit status 2 naming the flag and the path, as a bad
-// --out is; it was once found only at the end of the run, when the
-// statistics were written.
+// --out or --rejects is; it was once found only at the end of the run,
+// when the statistics were written.
 func TestScoreRefusesAStatsFileItCannotWrite(t *testing.T) {
 	dir := t.TempDir()
 	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
@@ -673,13 +673,16 @@ func TestScoreRefusesAStatsFileItCannotWrite(t *testing.T) {
 			if tt.name == "read-only directory" && os.Geteuid() == 0 {
 				t.Skip("root writes to a read-only directory")
 			}
-			var stdout, stderr bytes.Buffer
-			code := run([]string{"score", "--config", p.config, "--in", in, "--out", out, "--stats", tt.stats, "--progress", "none"}, &stdout, &stderr)
-			assert.Equal(t, 2, code, stderr.String())
-			assert.Equal(t, "amlpool score: --stats "+tt.stats+": cannot write it: "+tt.err+"\n", stderr.String())
-			assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
-			assert.NoFileExists(t, out)
-			assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
+			for _, flag := range []string{"--stats", "--rejects", "--out"} {
+				args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--progress", "none", flag, tt.stats}
+				var stdout, stderr bytes.Buffer
+				assert.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+				assert.Equal(t, "amlpool score: "+flag+" "+tt.stats+": cannot write it: "+tt.err+"\n", stderr.String())
+				assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
+				assert.NoFileExists(t, out)
+				assert.NoFileExists(t, filepath.Join(dir, "scored.rejects.csv"))
+				assert.NoFileExists(t, filepath.Join(dir, "scored.stats.json"))
+			}
 		})
 	}
 }

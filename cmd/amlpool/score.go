@@ -384,11 +384,11 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	}
 	w := &writer{inCols: r.Columns(), inFormat: inFormat, port: port, keep: cfg.OutputColumns, byName: online, lines: &lineLog{}}
 	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
-		return fail(usageError{err})
+		return fail(usageError{cannotWrite("--out", o.out, err)})
 	}
 	s.w = w
 	if w.rej, err = openOut(o.rejects, outFormat, o.resume); err != nil {
-		return fail(usageError{err})
+		return fail(usageError{cannotWrite("--rejects", o.rejects, err)})
 	}
 	if s.dropStats, err = checkOutput("--stats", o.stats); err != nil {
 		s.dropStats = func() {}
@@ -768,16 +768,24 @@ func checkOutput(flag, path string) (drop func(), err error) {
 		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644) // a directory is refused here
 	}
 	if err != nil {
-		if pe := new(fs.PathError); errors.As(err, &pe) {
-			err = pe.Err // the path is in the message already
-		}
-		return nil, usageError{fmt.Errorf("%s %s: cannot write it: %w", flag, path, err)}
+		return nil, usageError{cannotWrite(flag, path, err)}
 	}
 	f.Close()
 	if !made {
 		return func() {}, nil
 	}
 	return func() { os.Remove(path) }, nil
+}
+
+// cannotWrite names the flag of an output file that could not be opened
+// or made ready for writing (an *fs.PathError: the file's directory
+// missing or read-only, say). Other errors, which name the file already,
+// are returned as they are.
+func cannotWrite(flag, path string, err error) error {
+	if pe, ok := err.(*fs.PathError); ok {
+		return fmt.Errorf("%s %s: cannot write it: %w", flag, path, pe.Err)
+	}
+	return err
 }
 
 func writeJSON(path string, v any) error {
