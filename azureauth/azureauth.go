@@ -86,19 +86,24 @@ const (
 // seconds, and ends with the first fetch that gives a token.
 //
 // A GetToken that panics panics, with the same value, every Token that
-// waits for that fetch, in its own goroutine, where it can be recovered;
-// a panic in an early refresh, which no one waits for, panics the next
-// Token that finds the token due. The panic is not a failure: it starts
-// no back-off, and the next Token that needs a token fetches one.
+// waits for that fetch, in its own goroutine, where it can be recovered.
+// An early refresh has no one waiting for it, as a rule (a Token joins it
+// only when the cached token is about to expire, or was rejected, while
+// it runs): its panic then panics no Token, as its error reaches none,
+// rather than one that comes later and never asked for it; the cached
+// token goes on, and the next early refresh is 30 seconds later, as after
+// a failure. A GetToken that keeps panicking thus panics the callers that
+// wait for it once the cached token is about to expire.
+// The panic is not a failure: it starts no back-off, and the next Token
+// that needs a token fetches one.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
 	before time.Duration
 	now    func() time.Time
 
-	cur      atomic.Pointer[token] // nil until the first fetch, or after Invalidate
-	fetch    singleflight.Group
-	panicked atomic.Pointer[fetchPanic] // an early refresh's panic, for the next Token that finds the token due
+	cur   atomic.Pointer[token] // nil until the first fetch, or after Invalidate
+	fetch singleflight.Group
 
 	mu          sync.Mutex // guards the fields below
 	nextTry     time.Time  // no early refresh before then: one is in flight, or one ended without a token not yet due
@@ -184,20 +189,17 @@ func (c *Credential) Token(ctx context.Context) (string, error) {
 	if t != nil && now.Before(t.refreshAt) {
 		return t.Token, nil // fresh: the path of nearly every call
 	}
-	if p := c.panicked.Swap(nil); p != nil {
-		panic(p.v)
-	}
 	if t != nil && now.Before(t.ExpiresOn.Add(-expiryMargin)) {
 		// Due for refresh, still good: one caller refreshes, no one waits.
 		if c.tryEarly(now) {
-			c.fetch.DoChan("token", c.get(ctx, true))
+			c.fetch.DoChan("token", c.get(ctx))
 		}
 		return t.Token, nil
 	}
 	if err := c.backingOff(now); err != nil {
 		return "", err
 	}
-	ch := c.fetch.DoChan("token", c.get(ctx, false))
+	ch := c.fetch.DoChan("token", c.get(ctx))
 	select {
 	case r := <-ch:
 		if p, ok := r.Err.(*fetchPanic); ok {
@@ -257,9 +259,7 @@ func (c *Credential) getToken(ctx context.Context) (at azcore.AccessToken, err e
 
 // get returns the fetch that singleflight runs, on a goroutine of its own:
 // one GetToken, under ctx's values but not its end, for at most a minute.
-// A panic in an early one (early), which no one may wait for, is kept for
-// the next Token that finds the token due.
-func (c *Credential) get(ctx context.Context, early bool) func() (any, error) {
+func (c *Credential) get(ctx context.Context) func() (any, error) {
 	return func() (any, error) {
 		// A caller that found no fresh token may join only after the fetch
 		// that made one ended: the token is here, fetch none. Nor after
@@ -273,13 +273,12 @@ func (c *Credential) get(ctx context.Context, early bool) func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		at, err := c.getToken(fctx)
-		if p, ok := err.(*fetchPanic); ok {
+		if _, ok := err.(*fetchPanic); ok {
 			// No failure, no back-off: what follows would be a guess.
 			// An early refresh's nextTry stands: no other for 30 seconds.
-			if early {
-				c.panicked.Store(p)
-			}
-			return nil, p
+			// A panic goes to the callers waiting for this fetch, if any,
+			// and to no one else (see Credential).
+			return nil, err
 		}
 		now := c.now()
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -594,8 +595,9 @@ func TestGetTokenPanicReachesEveryWaiter(t *testing.T) {
 }
 
 // TestEarlyRefreshPanic: a panic in an early refresh, which no caller
-// waits for, panics the next Token that finds the token due, once; the
-// cached token goes on meanwhile, and a later refresh works.
+// waits for, panics no Token, neither then nor later, as its error would
+// reach none: the cached token goes on, and the next early refresh, 30
+// seconds later as after a failure, works.
 func TestEarlyRefreshPanic(t *testing.T) {
 	c, f, clock := newTest(t, time.Hour)
 	assert.Equal(t, "t1", tokenOf(t, c))
@@ -604,11 +606,41 @@ func TestEarlyRefreshPanic(t *testing.T) {
 	clock.Advance(time.Hour - DefaultRefreshBefore + time.Second)
 	assert.Equal(t, "t1", tokenOf(t, c), "nobody waits for the refresh")
 	settle(c)
-	assert.Equal(t, "early boom", tokenPanic(c))
+	require.Equal(t, int64(2), f.calls.Load(), "the early refresh ran, and panicked")
+	for range 10 {
+		assert.Nil(t, tokenPanic(c), "a later Token is no place for the refresh's panic")
+	}
+	assert.Equal(t, "t1", tokenOf(t, c), "the cached token goes on")
+	settle(c)
+	assert.Equal(t, int64(2), f.calls.Load(), "no second refresh within 30 s")
 	f.set(func(f *fakeCred) { f.panicWith = nil })
-	assert.Equal(t, "t1", tokenOf(t, c), "the panic is told once; the cached token goes on")
 	clock.Advance(retryAfterFailure)
 	assert.Equal(t, "t1", tokenOf(t, c))
 	settle(c)
 	assert.Equal(t, "t3", tokenOf(t, c))
+}
+
+// TestEarlyRefreshPanicReachesWhoJoinedIt: a Token that joins an early
+// refresh, its cached token about to expire while the refresh runs, waits
+// for that fetch, and so panics with its GetToken's value, as any waiting
+// Token does; the Token that started the refresh had its token already.
+func TestEarlyRefreshPanicReachesWhoJoinedIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, f, clock := newTest(t, time.Hour)
+		assert.Equal(t, "t1", tokenOf(t, c))
+		settle(c)
+		gate := make(chan struct{})
+		f.set(func(f *fakeCred) { f.gate, f.panicWith = gate, "early boom" })
+		clock.Advance(time.Hour - DefaultRefreshBefore + time.Second)
+		assert.Equal(t, "t1", tokenOf(t, c), "starts the early refresh")
+		<-f.entered // t1's
+		<-f.entered // the early refresh's, held by the gate
+		clock.Advance(DefaultRefreshBefore - expiryMargin)
+		got := make(chan any, 1)
+		go func() { got <- tokenPanic(c) }()
+		synctest.Wait() // it waits in the early refresh's flight
+		close(gate)
+		assert.Equal(t, "early boom", <-got)
+		assert.Equal(t, int64(2), f.calls.Load(), "it joined the early refresh")
+	})
 }
