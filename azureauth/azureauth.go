@@ -94,8 +94,14 @@ const (
 // token goes on, and the next early refresh is 30 seconds later, as after
 // a failure. A GetToken that keeps panicking thus panics the callers that
 // wait for it once the cached token is about to expire.
-// The panic is not a failure: it starts no back-off, and the next Token
-// that needs a token fetches one.
+//
+// A GetToken that ends its goroutine without returning (runtime.Goexit,
+// as a test's t.FailNow does in a fake credential) ends that goroutine, as
+// Goexit must, and every Token that waits for that fetch gets an error, at
+// once, that says so.
+//
+// Neither a panic nor a Goexit is a failure: it starts no back-off, and
+// the next Token that needs a token fetches one.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
@@ -247,14 +253,34 @@ func (p *fetchPanic) Error() string {
 	return fmt.Sprintf("azureauth: the credential's GetToken panicked: %v", p.v)
 }
 
-// getToken is c.cred.GetToken, its panic made a *fetchPanic.
-func (c *Credential) getToken(ctx context.Context) (at azcore.AccessToken, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			err = &fetchPanic{v}
-		}
+// errGoexit is the error of a fetch whose GetToken ended its goroutine
+// without returning (runtime.Goexit).
+var errGoexit = errors.New("azureauth: the credential's GetToken exited without returning (runtime.Goexit, as t.FailNow does when a fake credential calls it)")
+
+// getToken is c.cred.GetToken, its panic made a *fetchPanic and its
+// runtime.Goexit errGoexit. It runs GetToken on a goroutine of its own,
+// which a Goexit ends as it must: one in singleflight's goroutine would
+// end that one, and singleflight would then tell no waiting caller, each
+// left waiting until its ctx ends.
+func (c *Credential) getToken(ctx context.Context) (azcore.AccessToken, error) {
+	type result struct {
+		at  azcore.AccessToken
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r := result{err: errGoexit}  // unless GetToken returns or panics
+		defer func() { done <- r }() // runs on a Goexit too
+		defer func() {
+			if v := recover(); v != nil {
+				r.err = &fetchPanic{v}
+			}
+		}()
+		at, err := c.cred.GetToken(ctx, c.opts)
+		r = result{at, err}
 	}()
-	return c.cred.GetToken(ctx, c.opts)
+	r := <-done
+	return r.at, r.err
 }
 
 // get returns the fetch that singleflight runs, on a goroutine of its own:
@@ -273,7 +299,7 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		at, err := c.getToken(fctx)
-		if _, ok := err.(*fetchPanic); ok {
+		if _, ok := err.(*fetchPanic); ok || err == errGoexit {
 			// No failure, no back-off: what follows would be a guess.
 			// An early refresh's nextTry stands: no other for 30 seconds.
 			// A panic goes to the callers waiting for this fetch, if any,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,7 @@ type fakeCred struct {
 	gate      chan struct{}
 	err       error
 	panicWith any           // when set, GetToken panics with it (after the gate)
+	goexit    bool          // when set, GetToken calls runtime.Goexit (after the gate), as t.FailNow does
 	refreshOn time.Duration // from issue; 0: none
 	scopes    []string
 
@@ -67,7 +69,7 @@ func (f *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions
 	n := f.calls.Add(1)
 	f.entered <- struct{}{}
 	f.mu.Lock()
-	gate, err, refreshOn, panicWith := f.gate, f.err, f.refreshOn, f.panicWith
+	gate, err, refreshOn, panicWith, goexit := f.gate, f.err, f.refreshOn, f.panicWith, f.goexit
 	f.scopes = opts.Scopes
 	f.mu.Unlock()
 	if gate != nil {
@@ -79,6 +81,9 @@ func (f *fakeCred) GetToken(ctx context.Context, opts policy.TokenRequestOptions
 	}
 	if panicWith != nil {
 		panic(panicWith)
+	}
+	if goexit {
+		runtime.Goexit()
 	}
 	if err != nil {
 		return azcore.AccessToken{}, err
@@ -642,5 +647,40 @@ func TestEarlyRefreshPanicReachesWhoJoinedIt(t *testing.T) {
 		close(gate)
 		assert.Equal(t, "early boom", <-got)
 		assert.Equal(t, int64(2), f.calls.Load(), "it joined the early refresh")
+	})
+}
+
+// TestGetTokenGoexit: a GetToken that ends its goroutine without
+// returning (runtime.Goexit, as t.FailNow in a fake credential does) ends
+// it, and every Token waiting for that fetch gets an error saying so at
+// once, not when its ctx ends; it is no failure: the next Token fetches.
+func TestGetTokenGoexit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, f, _ := newTest(t, time.Hour)
+		gate := make(chan struct{})
+		f.set(func(f *fakeCred) { f.gate, f.goexit = gate, true })
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		start := time.Now() // synctest's clock
+		const waiters = 3
+		errs := make(chan error, waiters)
+		for range waiters {
+			go func() {
+				_, err := c.Token(ctx)
+				errs <- err
+			}()
+		}
+		<-f.entered
+		synctest.Wait() // every waiter is in the flight
+		close(gate)
+		for range waiters {
+			err := <-errs
+			require.ErrorIs(t, err, errGoexit)
+			assert.ErrorContains(t, err, "azureauth: the credential's GetToken exited without returning (runtime.Goexit")
+		}
+		assert.Zero(t, time.Since(start), "at once, not when the ctx ends")
+		assert.Equal(t, int64(1), f.calls.Load(), "one fetch for the three")
+		f.set(func(f *fakeCred) { f.gate, f.goexit = nil, false })
+		assert.Equal(t, "t2", tokenOf(t, c), "usable after the Goexit, with no back-off")
 	})
 }
