@@ -665,6 +665,12 @@ func (c *Client) judge(ctx context.Context, a *attempt) {
 			a.result = pool.Full
 		case VerdictRetry:
 			a.result = pool.Failed
+			if a.status == http.StatusTooManyRequests {
+				// The endpoint's rate limit (online: 429 Rate-limited), not
+				// its health: the call backs off and its Retry-After cools
+				// the endpoint, but no run of them ejects it.
+				a.result = pool.Limited
+			}
 		case VerdictEndpointFault:
 			a.result = pool.Fault
 			if a.status == http.StatusUnauthorized {

@@ -130,7 +130,8 @@
 // # Endpoint health
 //
 // An endpoint that fails 5 attempts in a row with retryable errors (not
-// throttles, not cancelled calls), or once with an endpoint fault, is ejected
+// throttles, not a 429 for its rate limit, not cancelled calls), or once
+// with an endpoint fault, is ejected
 // for 30 s, then one call probes it: success readmits it, failure ejects it
 // again for twice as long, up to 5 min ([WithEjection], [WithoutEjection]).
 // Waiting calls do not count an ejected endpoint's slots. When half or more

@@ -187,6 +187,34 @@ func TestOnlineRateLimitCoolsDown(t *testing.T) {
 	assert.Contains(t, clk.Timers(), 30*time.Second, "the cool-down's timer")
 }
 
+// TestOnlineRateLimitDoesNotEject: a run of 429 Rate-limited, the
+// endpoint's requests-per-second limit, is no sign the endpoint is sick:
+// however long, it does not eject the endpoint, which answered each time
+// and keeps its place in rotation; each call that meets one fails over
+// after a backoff, as before.
+func TestOnlineRateLimitDoesNotEject(t *testing.T) {
+	srvs := onlineServers(t, 3, 4) // one out of three ejected is no panic: the others would take its calls
+	const run = 3 * amlpool.DefaultEjectAfter
+	for range run {
+		srvs[0].Script(amltest.RateLimited()) // no Retry-After: nothing cools it down
+	}
+	c := newClient(t, endpoints(srvs), amlpool.WithClock(newStepClock(time.Second)), amlpool.WithRand(firstFree),
+		amlpool.WithoutRetries(), amlpool.WithEjection(amlpool.DefaultEjectAfter, time.Minute))
+	for i := range run {
+		_, err := c.Do(t.Context(), onlineBody)
+		var apiErr *amlpool.APIError
+		require.ErrorAs(t, err, &apiErr, "call %d goes to o0, still in rotation", i)
+		require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+	}
+	st := c.Stats().Endpoints[0]
+	assert.False(t, st.Ejected, "rate-limited is not sick")
+	assert.Zero(t, st.Ejections)
+	assert.EqualValues(t, run, st.Errors, "each 429 is a failed attempt all the same")
+	_, err := c.Do(t.Context(), onlineBody)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{run + 1, 0, 0}, requests(srvs), "o0 serves once its limit lifts")
+}
+
 // TestOnlineCaps: an online endpoint's cap must be given, may pass 200 (up
 // to 10,000), and holds on the server side: 300 callers on a cap of 250
 // put 250 calls in flight at once, never more, and meet no 429.

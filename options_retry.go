@@ -165,8 +165,9 @@ func (o ejectionOption) apply(c *config) {
 
 // WithEjection takes an endpoint out of rotation after failures in a row
 // that are worth retrying (VerdictRetry: 5xx, timeouts, refused or dropped
-// connections; throttles and cancelled calls count neither way, any other
-// reply resets the count), and at once after an endpoint fault
+// connections; throttles, 429s for the endpoint's rate limit and cancelled
+// calls count neither way, any other reply resets the count), and at once
+// after an endpoint fault
 // (VerdictEndpointFault: 401, 403, 404, a TLS certificate not trusted, an
 // https:// URL or proxy that does not speak TLS), which is logged at Warn
 // with the endpoint's name and the status. The first ejection lasts base,

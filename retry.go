@@ -37,7 +37,10 @@ const (
 	VerdictFull
 	// VerdictRetry: a transient failure. The call waits out a backoff, then
 	// tries an endpoint it has not tried yet when one is usable. The attempt
-	// counts towards the endpoint's ejection (WithEjection).
+	// counts towards the endpoint's ejection (WithEjection), unless it was
+	// a 429 reply (Classic's 429, an online endpoint's 429 Rate-limited):
+	// the endpoint's rate limit, which its Retry-After, if any, enforces by
+	// holding it back, is no sign that it is sick.
 	VerdictRetry
 	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
 	// regenerated or is wrong, access was revoked, it was deleted, its TLS
@@ -97,6 +100,12 @@ func (v Verdict) String() string {
 // VerdictEndpointFault; ErrResponseTooLarge is VerdictGiveUp. An error reply
 // whose body is cut short is judged by its status all the same: it is an
 // *APIError, wrapped with what ended the body.
+//
+// A 429 reply given VerdictRetry (Classic's 429, an online endpoint's 429
+// Rate-limited), by Classify or by a classifier of your own, does not count
+// towards its endpoint's ejection: it is the endpoint's rate limit, not a
+// sign that it is sick. The call backs off all the same, and the reply's
+// Retry-After, if any, holds the endpoint back.
 //
 // A call whose ctx is done never retries, whatever the classifier says, so a
 // classifier need not check for it. To change one entry, wrap Classify:

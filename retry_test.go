@@ -350,9 +350,9 @@ func TestRetryOptionsApply(t *testing.T) {
 
 // What each failed attempt does to its endpoint's health (WithEjection):
 // a retryable failure counts towards ejection, an endpoint fault ejects at
-// once, a request's fault proves the endpoint alive, and a throttle, a
-// cancelled call and a hedge's slower copy (one slow reply the other copy
-// outran) count neither way.
+// once, a request's fault proves the endpoint alive, and a throttle, a 429
+// for the endpoint's rate limit, a cancelled call and a hedge's slower
+// copy (one slow reply the other copy outran) count neither way.
 func TestJudgeFeedsEjection(t *testing.T) {
 	c := &Client{cfg: defaultConfig()}
 	c.cfg.classifier = Classify
@@ -377,7 +377,9 @@ func TestJudgeFeedsEjection(t *testing.T) {
 		{"503 other", nil, apiErr(503, "ServiceUnavailable", "NoMoreResources"), 503, pool.Failed},
 		{"503 throttle", nil, apiErr(503, "ServiceUnavailable", "RequestThrottled"), 503, pool.Full},
 		{"online 429 pending", nil, online(429, "Too many pending requests"), 429, pool.Full},
-		{"online 429 rate-limited", nil, online(429, "Rate-limited"), 429, pool.Failed},
+		{"online 429 rate-limited", nil, online(429, "Rate-limited"), 429, pool.Limited},
+		{"classic 429", nil, apiErr(429, "", ""), 429, pool.Limited},
+		{"online 424 model 429", nil, &APIError{StatusCode: 424, Kind: Online, ModelStatusCode: 429}, 424, pool.Failed},
 		{"online 424 model 500", nil, &APIError{StatusCode: 424, Kind: Online, ModelStatusCode: 500}, 424, pool.Failed},
 		{"online 424 model 400", nil, &APIError{StatusCode: 424, Kind: Online, ModelStatusCode: 400}, 424, pool.Rejected},
 		{"online 404 no deployment", nil, online(404, "No valid deployments to route to"), 404, pool.Fault},

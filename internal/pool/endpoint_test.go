@@ -71,17 +71,17 @@ func TestEndpointCountsResults(t *testing.T) {
 	t.Parallel()
 	p, _ := newTestPool(t, Config{}, testSpecs(equalCaps(1, 4)...))
 	e := p.Set().Eps[0]
-	for _, r := range []Result{OK, Rejected, Full, Failed, Fault, KeyRejected, Cancelled, Abandoned, Unsent} {
+	for _, r := range []Result{OK, Rejected, Full, Limited, Failed, Fault, KeyRejected, Cancelled, Abandoned, Unsent} {
 		slot, ok := p.TryAcquire(&Exclusion{})
 		require.True(t, ok)
 		p.Release(slot, &Report{Result: r}, nil)
 	}
 	slot, ok := p.TryAcquire(&Exclusion{})
 	require.True(t, ok)
-	assert.Equal(t, Counters{Calls: 8, Failures: 5, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters(),
+	assert.Equal(t, Counters{Calls: 9, Failures: 6, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters(),
 		"an attempt never sent, or in flight, is no call yet")
 	p.Release(slot, &Report{Result: OK}, nil)
-	assert.EqualValues(t, 9, e.Counters().Calls)
+	assert.EqualValues(t, 10, e.Counters().Calls)
 }
 
 // TestEndedCountDoesNotWrap: the packed count of attempts ended wraps

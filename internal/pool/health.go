@@ -115,9 +115,10 @@ func (p *Pool) claim(s *Set, e *Endpoint) (probe, ok bool) {
 
 // observe updates e's health after an attempt: a cool-down holds it back;
 // a Failed attempt counts towards ejection and a Fault ejects at once; any
-// reply that proves the endpoint alive resets the count. Throttles and
-// cancelled, abandoned or key-rejected attempts count neither way. The
-// probe's outcome ends or renews the ejection. It reports whether the line
+// reply that proves the endpoint alive resets the count. Throttles, rate
+// limits (Limited) and cancelled, abandoned or key-rejected attempts count
+// neither way. The probe's outcome ends or renews the ejection; a probe
+// that tells nothing (Limited among them) leaves it to the next call. It reports whether the line
 // must be served again.
 //
 // Release does not call it for the usual attempt, which changes nothing: a

@@ -91,6 +91,7 @@ func TestHealthCountsOnlyRetryableFailures(t *testing.T) {
 		ejected bool   // after one more failure
 	}{
 		{"throttle does not count", Full, true},
+		{"a rate limit does not count", Limited, true},
 		{"cancellation does not count", Cancelled, true},
 		{"an abandoned copy does not count", Abandoned, true},
 		{"a replaced key does not count", KeyRejected, true},
@@ -153,11 +154,11 @@ func TestHealthThrottledProbeReadmits(t *testing.T) {
 }
 
 // A probe that tells nothing of the endpoint (cancelled, abandoned, sent
-// with a key since replaced, or never sent) leaves the probe to the next
-// call.
+// with a key since replaced, turned away for the endpoint's rate, or never
+// sent) leaves the probe to the next call.
 func TestHealthProbeThatTellsNothingLetsAnotherProbe(t *testing.T) {
 	t.Parallel()
-	for _, r := range []Result{Cancelled, Abandoned, KeyRejected, Unsent} {
+	for _, r := range []Result{Cancelled, Abandoned, KeyRejected, Limited, Unsent} {
 		t.Run(resultName(r), func(t *testing.T) {
 			t.Parallel()
 			p, clk := testHealth(t, 5)
@@ -179,7 +180,7 @@ func TestHealthProbeThatTellsNothingLetsAnotherProbe(t *testing.T) {
 }
 
 func resultName(r Result) string {
-	return [...]string{"OK", "Rejected", "Full", "Failed", "Fault", "KeyRejected", "Cancelled", "Abandoned", "Unsent"}[r]
+	return [...]string{"OK", "Rejected", "Full", "Limited", "Failed", "Fault", "KeyRejected", "Cancelled", "Abandoned", "Unsent"}[r]
 }
 
 // TestHealthEjectionGrows: 30 s, 1 min, 2 min, 4 min, then 5 min (10 × base)

@@ -284,6 +284,13 @@ const (
 	Rejected
 	// Full: the endpoint was at its cap (a throttle).
 	Full
+	// Limited: the endpoint turned the call away for its rate (a 429 that
+	// is not a throttle, such as an online endpoint's 429 Rate-limited):
+	// it answered, and is neither sick nor full. It counts neither way
+	// towards ejection, and a probe that meets it tells nothing; a delay
+	// hint it came with (Report.CoolDown) holds the endpoint back all the
+	// same.
+	Limited
 	// Failed: a transient failure, which counts towards ejection.
 	Failed
 	// Fault: the endpoint cannot serve anyone (a rejected key, no access,
