@@ -66,7 +66,14 @@ type APIError struct {
 	Code       string        // error.code: the class, e.g. "ServiceUnavailable"
 	Message    string        // error.message: the class's text, often generic
 	Details    []ErrorDetail // error.details: the specific causes
-	RetryAfter time.Duration // the reply's Retry-After hint; zero when absent
+	// RetryAfter is the reply's delay hint (retry-after-ms,
+	// x-ms-retry-after-ms or Retry-After, read in that order, as azcore
+	// reads them) as the reply gave it: not capped; zero when absent or
+	// unreadable. What amlpool waits is capped: it holds the endpoint back
+	// for the hint, but at most WithMaxRetryAfter (DefaultMaxRetryAfter,
+	// 30 s, by default), and not at all under WithMaxRetryAfter(0); a call
+	// waits for that only when every endpoint is held back.
+	RetryAfter time.Duration
 	// Body holds the start of a reply body that was not a service error body
 	// (at most 512 bytes), to help tell a proxy's error page from the service's.
 	Body string

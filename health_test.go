@@ -3,6 +3,7 @@ package amlpool
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -36,7 +37,8 @@ func hinting(t *testing.T, status int, retryAfter string) *httptest.Server {
 	return srv
 }
 
-// A Retry-After hint holds the endpoint back for at most WithMaxRetryAfter.
+// A Retry-After hint holds the endpoint back for at most WithMaxRetryAfter,
+// while APIError.RetryAfter holds the hint as the reply gave it.
 func TestClientCapsCoolDowns(t *testing.T) {
 	tests := []struct {
 		name string
@@ -48,6 +50,7 @@ func TestClientCapsCoolDowns(t *testing.T) {
 		{"under the cap", "2", 10 * time.Second, 2 * time.Second},
 		{"hints ignored", "3600", 0, 0},
 	}
+	hint := map[string]time.Duration{"3600": time.Hour, "2": 2 * time.Second}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := hinting(t, http.StatusServiceUnavailable, tt.hint)
@@ -58,6 +61,9 @@ func TestClientCapsCoolDowns(t *testing.T) {
 			_, err = c.Do(context.Background(), []byte(`{}`))
 			require.ErrorIs(t, err, ErrThrottled)
 			assert.Equal(t, tt.want, c.pool.ReadyIn())
+			apiErr, ok := errors.AsType[*APIError](err)
+			require.True(t, ok)
+			assert.Equal(t, hint[tt.hint], apiErr.RetryAfter, "the hint itself, not capped")
 		})
 	}
 }
