@@ -88,7 +88,11 @@
 // closed when the test ends; made inside the bubble, its latencies and
 // delays pass on the bubble's clock, exactly. Send its calls with its
 // Client, which reaches every in-memory server (or with a transport of the
-// test's own whose DialContext is the server's DialContext):
+// test's own whose DialContext is the server's DialContext). Its URL,
+// http://127.x.y.z:0/…, has port 0, which nothing on the real network can
+// listen on: a call sent with any other client by mistake fails at once,
+// instead of reaching whatever listens on the machine. Two fakes in a
+// bubble, through one client:
 //
 //	synctest.Test(t, func(t *testing.T) {
 //		a := amltest.NewTestServer(t, amltest.Config{MaxConcurrentCalls: 2, Latency: 100 * time.Millisecond})

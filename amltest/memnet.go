@@ -4,8 +4,8 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,16 +18,27 @@ import (
 // connection is a net.Pipe, whose every wait is on channels of the bubble
 // that dialled it, so time moves as soon as every goroutine waits.
 //
-// Each in-memory server has its own address, localhost and a port of its
-// own (nothing listens there on the real network); the dialer routes a
+// Each in-memory server has its own address, a loopback address of its
+// own with port 0 (127.0.0.1:0, 127.0.0.2:0, …); the dialer routes a
 // connection by that address, so one http.Client reaches every in-memory
 // server of the test, as one amlpool Client needs. The address is kept
 // until Close: while a Restart is down, dialling it is refused.
+//
+// Port 0 is what makes the address safe to get wrong. No listener on the
+// real network can have it (listening on port 0 gives a port of the
+// system's choice), and a dial to it fails at once (Linux refuses it, the
+// BSDs and Windows call the address unavailable); the host is an address,
+// not a name, so no resolver is asked either. A test that sends calls to
+// the URL with a client of the real network by mistake therefore fails
+// there and then, rather than reaching whatever listens on a port of the
+// machine (as "localhost:3" would) or sending its key to a name server's
+// idea of a made-up host. A loopback host is also one amlpool.New takes
+// with plain http, without WithInsecureHTTP.
 
 var (
 	memMu    sync.Mutex
 	memAddrs = map[string]*memSlot{} // the in-memory servers not closed, by address
-	memPort  int                     // the last port given out
+	memHost  uint32                  // the last host given out, its low 24 bits under 127/8
 )
 
 // memSlot is one in-memory server's address and the listener that serves
@@ -38,13 +49,15 @@ type memSlot struct {
 	l    *memListener
 }
 
-// newMemSlot reserves an address that no open in-memory server has.
+// newMemSlot reserves an address that no open in-memory server has: port
+// 0 of an address in 127.0.0.1 to 127.255.255.254.
 func newMemSlot() *memSlot {
 	memMu.Lock()
 	defer memMu.Unlock()
 	for {
-		memPort = memPort%65535 + 1
-		addr := "localhost:" + strconv.Itoa(memPort)
+		memHost = memHost%(1<<24-2) + 1
+		ip := netip.AddrFrom4([4]byte{127, byte(memHost >> 16), byte(memHost >> 8), byte(memHost)})
+		addr := netip.AddrPortFrom(ip, 0).String()
 		if memAddrs[addr] == nil {
 			m := &memSlot{addr: addr}
 			memAddrs[addr] = m
@@ -145,12 +158,15 @@ func (a memAddr) String() string  { return string(a) }
 // Fault delays then pass on the bubble's clock, at once and exactly. Make it
 // in the bubble that uses it.
 //
-// Its URL is http://localhost:{port}/…, where nothing listens on the real
-// network: send calls with Client (amlpool.WithHTTPClient(srv.Client())),
-// or with a transport of the test's own that dials with DialContext. The
-// Client (and DialContext) of any in-memory server reaches every in-memory
-// server, each by its own URL, so one client serves a test of several fakes. It is not
-// started with Start or StartTLS (it serves plain HTTP); Restart and
+// Its URL is http://127.x.y.z:0/…, a loopback address of its own with port
+// 0, which nothing on the real network can listen on: send calls with
+// Client (amlpool.WithHTTPClient(srv.Client())), or with a transport of the
+// test's own that dials with DialContext. A call sent with any other client
+// by mistake fails at once, its dial refused, instead of reaching a server
+// that happens to listen on the machine. The Client (and DialContext) of
+// any in-memory server reaches every in-memory server, each by its own
+// URL, so one client serves a test of several fakes. It is not started
+// with Start or StartTLS (it serves plain HTTP); Restart and
 // CloseClientConnections work as on the loopback network.
 func NewTestServer(t testing.TB, cfg Config) *Server {
 	t.Helper()

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -82,7 +84,7 @@ func TestTestServerFreesASlotAtOnce(t *testing.T) {
 // loopback network.
 func TestTestServerOutsideABubble(t *testing.T) {
 	srv := amltest.NewTestServer(t, amltest.Config{})
-	assert.Regexp(t, `^http://localhost:\d+/workspaces/`, srv.URL())
+	assert.Regexp(t, `^http://127\.\d+\.\d+\.\d+:0/workspaces/`, srv.URL())
 	assert.Equal(t, http.StatusOK, score(t, srv).status)
 	assert.Panics(t, srv.Start, "it is started already")
 
@@ -106,6 +108,49 @@ func TestTestServerOutsideABubble(t *testing.T) {
 	srv.Close()
 	_, err = do(t.Context(), srv, url, srv.Endpoint().APIKey, classicBody)
 	assert.ErrorIs(t, err, syscall.ECONNREFUSED, "a closed server's address is refused")
+}
+
+// TestTestServerURLReachesNothingReal: an in-memory server's URL is a
+// loopback address with port 0, which no listener on the real network can
+// have, so a test that forgets the in-memory client reaches nothing: its
+// call fails at once, even with a server listening on that host, and no
+// name is looked up. amlpool.New takes the URL as it is (plain http to a
+// loopback host), and the in-memory client reaches it.
+func TestTestServerURLReachesNothingReal(t *testing.T) {
+	srv := amltest.NewTestServer(t, amltest.Config{})
+	u, err := url.Parse(srv.URL())
+	require.NoError(t, err)
+	ip, err := netip.ParseAddr(u.Hostname())
+	assert.NoError(t, err, "an address, not a name a resolver is asked for")
+	assert.True(t, ip.IsLoopback(), u.Host)
+	assert.Equal(t, "0", u.Port(), "a port no listener can have")
+
+	// A server of the real network on the same host:port gets another port;
+	// a dial of the URL's address reaches neither it nor anything else.
+	// (Listening on an address of 127/8 other than 127.0.0.1 fails on some
+	// systems; the dial must fail all the same.)
+	if l, err := net.Listen("tcp", u.Host); err == nil {
+		defer l.Close()
+		assert.NotEqual(t, u.Host, l.Addr().String())
+	}
+	var d net.Dialer
+	if conn, err := d.DialContext(t.Context(), "tcp", u.Host); !assert.Error(t, err, "dialled %s on the real network", u.Host) {
+		conn.Close()
+	}
+
+	ep := srv.Endpoint()
+	forgot, err := amlpool.New([]amlpool.Endpoint{ep}, amlpool.WithoutRetries())
+	require.NoError(t, err, "plain http to a loopback host, without WithInsecureHTTP")
+	defer forgot.Close()
+	_, err = forgot.Do(t.Context(), []byte(classicBody))
+	assert.Error(t, err, "a client of the real network reaches nothing")
+	assert.Zero(t, srv.Stats().Requests)
+
+	c, err := amlpool.New([]amlpool.Endpoint{ep}, amlpool.WithHTTPClient(srv.Client()))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Do(t.Context(), []byte(classicBody))
+	assert.NoError(t, err)
 }
 
 // tb records the failures and logs of a server's test.
