@@ -77,11 +77,17 @@ type Endpoint struct {
 	// Accept-Encoding (net/http asks for gzip and decodes it), Content-Length,
 	// Host, Connection and Transfer-Encoding cannot be set this way.
 	// Printed Endpoints show only its names. A value may be a secret (an
-	// API Management Ocp-Apim-Subscription-Key): one of 16 characters or
-	// more, and each part of it as long (the token of "Bearer <token>", a
-	// SAS's sig=), is scrubbed, as keys are, from replies an error quotes
-	// and from transport errors, but Azureml-Model-Deployment's, a
-	// deployment's name.
+	// API Management Ocp-Apim-Subscription-Key), scrubbed, as keys are,
+	// from replies an error quotes and from transport errors: the whole
+	// value of a header whose name holds "key", "token", "secret", "auth",
+	// "signature", "password", "credential" or "cookie", in any case
+	// (Api-Key, X-Functions-Key), whatever its length; the value of any
+	// other header of 16 characters or more; and each part of a value as
+	// long (the token of "Bearer <token>", a SAS's sig=), which a reply may
+	// echo alone. A shorter part, or a shorter value of another header, is
+	// left: it is likely a word or a number that scrubbing would cut out of
+	// every message. Azureml-Model-Deployment's value, a deployment's name,
+	// is never scrubbed.
 	Header http.Header
 	// Credential, when set instead of APIKey, gives each attempt's bearer
 	// token (see Credential). A token is a secret under every rule that
@@ -286,8 +292,9 @@ func isKey(v string, keys []string) bool {
 }
 
 // minSecretLen is the length, decoded, from which a query value that
-// printed URLs redact, or a header's value (headerSecrets), is also
-// scrubbed from quoted replies and transport errors (querySecrets). A
+// printed URLs redact (querySecrets), or a header's value or a part of one
+// (headerSecrets; a credential header's whole value is scrubbed whatever
+// its length), is also scrubbed from quoted replies and transport errors. A
 // shorter one is no secret worth the name, and
 // is likely an ordinary word or number (a SAS's sp=r, spr=https or
 // sv=2021-06-08) that scrubbing would cut out of every message; a SAS
@@ -533,18 +540,23 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 // scrubbed, as keys are, from quoted replies and transport errors: a
 // gateway's subscription key (Ocp-Apim-Subscription-Key), a function's
 // x-functions-key, any header that carries a credential, which a reply
-// may echo. That is every value at least minSecretLen long, as net/http
-// sends it (trimmed), and every part of it as long, which a reply may
-// echo alone: split at spaces, commas, semicolons and ampersands, and a
-// name=value part's value, as sent and percent-decoded (a SAS's sig=).
-// Azureml-Model-Deployment's value is none: it is a deployment's name,
-// which the service's own errors name. A shorter value is no
-// secret worth the name, and likely a word ("json", "blue") that
-// scrubbing would cut out of every message. It is built once per Auth.
+// may echo. That is the whole value, as net/http sends it (trimmed), of a
+// header whose name says it carries a credential (isCredentialHeader),
+// whatever its length: a short key is a key all the same, and a reply that
+// echoes it whole must not show it. Of any other header it is a value at
+// least minSecretLen long. And it is every part of a value at least
+// minSecretLen long, which a reply may echo alone: split at spaces,
+// commas, semicolons and ampersands, and a name=value part's value, as
+// sent and percent-decoded (a SAS's sig=). A shorter part is left (a SAS's
+// se=1700000000, skn=send, "Bearer"), and so is a shorter value of another
+// header: each is likely a word or a number ("json", "blue", "2") that
+// scrubbing would cut out of every message. Azureml-Model-Deployment's
+// value is none: it is a deployment's name, which the service's own
+// errors name. It is built once per Auth.
 func headerSecrets(h http.Header) []string {
 	var out []string
-	add := func(s string) {
-		if len(s) >= minSecretLen && !slices.Contains(out, s) {
+	add := func(s string, minLen int) {
+		if s != "" && len(s) >= minLen && !slices.Contains(out, s) {
 			out = append(out, s)
 		}
 	}
@@ -552,19 +564,23 @@ func headerSecrets(h http.Header) []string {
 		if name == deploymentHeader {
 			continue
 		}
+		whole := minSecretLen
+		if isCredentialHeader(name) {
+			whole = 1
+		}
 		for _, v := range vs {
-			add(strings.Trim(v, " \t"))
+			add(strings.Trim(v, " \t"), whole)
 			// A reply may echo a part alone: the token of "Bearer <token>",
 			// the sig= of a SAS ("SharedAccessSignature sr=…&sig=…&se=…").
 			for part := range strings.FieldsFuncSeq(v, isHeaderSeparator) {
 				if isWord(part) {
 					continue // a scheme's name, "SharedAccessSignature"
 				}
-				add(part)
+				add(part, minSecretLen)
 				if _, val, ok := strings.Cut(part, "="); ok {
-					add(val)
+					add(val, minSecretLen)
 					if dec, err := url.QueryUnescape(val); err == nil {
-						add(dec)
+						add(dec, minSecretLen)
 					}
 				}
 			}
@@ -572,6 +588,19 @@ func headerSecrets(h http.Header) []string {
 	}
 	slices.SortFunc(out, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
 	return out
+}
+
+// credentialWords are what the name of a header that carries a credential
+// holds, in any case: Ocp-Apim-Subscription-Key, Api-Key, X-Api-Key,
+// X-Functions-Key, X-Auth-Token, Proxy-Authorization, Cookie and the like.
+var credentialWords = []string{"key", "token", "secret", "auth", "signature", "password", "credential", "cookie"}
+
+// isCredentialHeader reports whether the header named name (canonical)
+// carries a credential by its name, so that its whole value is a secret
+// whatever its length (headerSecrets).
+func isCredentialHeader(name string) bool {
+	lower := strings.ToLower(name)
+	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(lower, w) })
 }
 
 // isHeaderSeparator reports whether r separates the parts of a header

@@ -376,7 +376,8 @@ func pointAttrs(d metricdata.Aggregation) []attribute.Set {
 // TestHeaderSecretsScrubbedFromReplies: an Endpoint.Header value of 16
 // characters or more (an API Management subscription key) is scrubbed,
 // as keys are, from every error and log line when a reply or a transport
-// error echoes it; a shorter value, and the deployment's name, stay.
+// error echoes it; a shorter value of a header whose name says no
+// credential (X-Tenant), and the deployment's name, stay.
 // After SetEndpoints, the new value is scrubbed.
 func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 	const subKey, rotated = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
@@ -440,6 +441,45 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 	require.ErrorAs(t, err, new(*url.Error))
 	assert.Contains(t, err.Error(), "key "+redacted+" tenant "+short+" dep "+deployment)
 	assertNoSecret(t, o, map[string]any{"error": err}, hidden)
+}
+
+// TestShortCredentialHeaderValuesScrubbed: the whole value of a header
+// whose name says it carries a credential (an API Management subscription
+// key, Azure's api-key, a function key, an upstream Authorization) is a
+// secret whatever its length: a reply that echoes it, as it is or encoded,
+// gets it into no error. A short value of another header stays, and so
+// does a short part of a credential's value echoed alone (the token of
+// "Bearer <token>"), which the 16-character rule for parts leaves.
+func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
+	const apim, apiKey, fnKey, bearer, tenant = "apim-k3y-7", "k3y+9/Q", "fn-0", "Bearer t0k-42", "tenant-7"
+	header := http.Header{
+		"Ocp-Apim-Subscription-Key": {apim},
+		"Api-Key":                   {apiKey},
+		"X-Functions-Key":           {fnKey},
+		"X-Upstream-Auth":           {bearer},
+		"X-Tenant":                  {tenant},
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusUnauthorized)
+		msg := fmt.Sprintf("apim %s; api %s; api-q %s; fn %s; auth %s; token %s; tenant %s",
+			r.Header.Get("Ocp-Apim-Subscription-Key"), r.Header.Get("Api-Key"), url.QueryEscape(r.Header.Get("Api-Key")),
+			r.Header.Get("X-Functions-Key"), r.Header.Get("X-Upstream-Auth"),
+			strings.TrimPrefix(r.Header.Get("X-Upstream-Auth"), "Bearer "), r.Header.Get("X-Tenant"))
+		js, _ := json.Marshal(msg)
+		fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":%s}}`, js)
+	}))
+	t.Cleanup(srv.Close)
+	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.Error(t, err)
+	for _, want := range []string{"apim " + redacted + ";", "api " + redacted + ";", "api-q " + redacted + ";",
+		"fn " + redacted + ";", "auth " + redacted + ";"} {
+		assert.Contains(t, err.Error(), want, "a credential header's whole value is scrubbed")
+	}
+	assert.Contains(t, err.Error(), "token t0k-42;", "a short part echoed alone stays")
+	assert.Contains(t, err.Error(), "tenant "+tenant, "a short value of another header stays")
+	assertNoSecret(t, o, map[string]any{"error": err}, []string{apim, apiKey, url.QueryEscape(apiKey), fnKey, bearer})
 }
 
 // TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a
