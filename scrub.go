@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -27,8 +26,23 @@ import (
 // and errors an error quotes are searched: a call that succeeds pays
 // nothing.
 //
-// A secret escaped twice over ("%252B", JSON of an HTML page) is not
-// found, nor one spelled in a form none of these encoders produces.
+// A text encoded twice is searched with both encodings undone, the outer
+// first, when undoing the outer one gave an escape character of the inner
+// one ('%' from "%25", '\\' from "%5C", '&' from "\u0026"): a proxy that
+// percent-encodes a URL encoded already ("%252B"), a link or a form that
+// carries a JSON body percent-encoded ("%5Cu002b"), a JSON body that
+// quotes an HTML page with encoding/json's HTML-safe escapes
+// ("\u0026#43;"), an HTML page escaped twice ("&amp;#43;"). Each is one
+// encoder applied to another's output, as servers and proxies do. Mixed
+// text, whose inner escapes are there as they are rather than made by the
+// outer encoding, is not undone twice: every error body with a "\n" and a
+// "%20" would pay for it, and an echo needs it only when two encoders
+// escape different bytes of one secret in one text. Nor are three
+// encodings undone, which nothing plausible produces. So a text whose
+// escapes give no escape character, the common error reply, pays a byte
+// comparison per escape for this and nothing more; and a '%' or '&' that
+// begins no escape ("100%", "Q&A") costs no copy of the text at all.
+// A secret spelled in a form none of these encoders produces is not found.
 
 // scrubKey replaces every copy of each secret in a reply with [REDACTED]
 // (scrubString), so that a server or proxy echoing the request's headers
@@ -45,7 +59,7 @@ func scrubKey(data []byte, secrets []string) []byte {
 
 // scrubString returns s with every copy of each secret replaced by
 // [REDACTED]: as it is, and as percent-encoding (in either case), JSON or
-// HTML escaping spell it, whole or in part. A secret with a space is also
+// HTML escaping spell it, whole or in part, once or twice over. A secret with a space is also
 // found with '+' for it, as a query encodes it. The order of secrets does
 // not matter: copies that overlap are replaced as one.
 func scrubString(s string, secrets []string) string {
@@ -53,13 +67,32 @@ func scrubString(s string, secrets []string) string {
 	for _, secret := range secrets {
 		spans = appendMatches(spans, s, secret, nil)
 	}
-	for _, enc := range [...]byte{'%', '\\', '&'} {
+	for _, enc := range encodings {
 		if strings.IndexByte(s, enc) < 0 {
 			continue
 		}
-		if text, from := unescape(s, enc); from != nil {
+		text, from, made := unescape(s, enc)
+		if from == nil {
+			continue
+		}
+		for _, secret := range secrets {
+			spans = appendMatches(spans, text, secret, from)
+		}
+		// Encoded twice: undo the inner encoding too, its escapes mapped
+		// back through the outer ones to s.
+		for k, inner := range encodings {
+			if made&(1<<k) == 0 {
+				continue
+			}
+			text2, from2, _ := unescape(text, inner)
+			if from2 == nil {
+				continue
+			}
+			for i, j := range from2 {
+				from2[i] = from[j]
+			}
 			for _, secret := range secrets {
-				spans = appendMatches(spans, text, secret, from)
+				spans = appendMatches(spans, text2, secret, from2)
 			}
 		}
 	}
@@ -122,24 +155,35 @@ func appendMatches(spans []span, text, secret string, from []int) []span {
 	return spans
 }
 
+// encodings are the bytes the escapes of each encoding scrubString undoes
+// begin with: percent-encoding, JSON, HTML.
+var encodings = [...]byte{'%', '\\', '&'}
+
 // unescape returns s with the escapes of one encoding undone, enc being
 // the byte they begin with: '%' for %XX (either case); '\\' for JSON's \"
 // \\ \/ \b \f \n \r \t and \uXXXX (a surrogate pair as one rune); '&' for
 // HTML's &#NNN; &#xHHH; and &amp; &lt; &gt; &quot; &apos; &plus; &sol;
 // &equals;. from[i] is the offset in s of the escape (or byte) that gave
-// text's byte i, and from[len(text)] is len(s). It returns a nil from when
-// s holds no such escape.
-func unescape(s string, enc byte) (text string, from []int) {
+// text's byte i, and from[len(text)] is len(s). Bit k of made is set when
+// an escape gave encodings[k], the text being then maybe encoded twice.
+// It returns a nil from, and copies nothing, when s holds no such escape.
+func unescape(s string, enc byte) (text string, from []int, made uint8) {
+	if !hasEscape(s, enc) {
+		return s, nil, 0
+	}
 	b := make([]byte, 0, len(s))
 	from = make([]int, 0, len(s)+1)
-	undone := false
 	for i := 0; i < len(s); {
 		n := 0
 		if s[i] == enc {
 			b, n = unescapeOne(b, s[i:])
 		}
 		if n > 0 {
-			undone = true
+			// An escape character is one byte, the whole of what its
+			// escape gave.
+			if k := bytes.IndexByte(encodings[:], b[len(b)-1]); k >= 0 {
+				made |= 1 << k
+			}
 		} else {
 			b, n = append(b, s[i]), 1
 		}
@@ -148,10 +192,24 @@ func unescape(s string, enc byte) (text string, from []int) {
 		}
 		i += n
 	}
-	if !undone {
-		return s, nil
+	return string(b), append(from, len(s)), made
+}
+
+// hasEscape reports whether s holds an escape that unescape undoes, enc
+// being the byte it begins with: a "100%" or a "Q&A" alone is none, and
+// costs no copy of s.
+func hasEscape(s string, enc byte) bool {
+	var buf [utf8.UTFMax]byte // what one escape gives at most
+	for i := 0; ; i++ {
+		j := strings.IndexByte(s[i:], enc)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if _, n := unescapeOne(buf[:0], s[i:]); n > 0 {
+			return true
+		}
 	}
-	return string(b), append(from, len(s))
 }
 
 // unescapeOne undoes the escape s begins with: it appends to b what the
@@ -259,23 +317,39 @@ func entityRune(name string) (rune, bool) {
 	return rune(r), true
 }
 
-// hexValue returns the value of the hex digits s (1 to 6 of them).
+// hexValue returns the value of the hex digits s (1 to 6 of them). It
+// parses them itself: strconv's error for a text that is no escape ("100%
+// of") would cost two allocations each time, on replies that hold no
+// secret.
 func hexValue(s string) (int, bool) {
 	if len(s) == 0 || len(s) > 6 {
 		return 0, false
 	}
-	v, err := strconv.ParseUint(s, 16, 32) // no sign, prefix or '_' with base 16
-	return int(v), err == nil
+	v := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case '0' <= c && c <= '9':
+			v = v<<4 | int(c-'0')
+		case 'a' <= c && c <= 'f':
+			v = v<<4 | int(c-'a'+10)
+		case 'A' <= c && c <= 'F':
+			v = v<<4 | int(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
 }
 
 // maxSpelled is how long a copy of the longest of secrets may be once
-// escaped: an escape is at most maxEntity bytes long, for a byte or more.
+// escaped, twice over: an escape is at most maxEntity bytes long, for a
+// byte or more, and each byte of it may be an escape as long.
 func maxSpelled(secrets []string) int {
 	n := 0
 	for _, s := range secrets {
 		n = max(n, len(s))
 	}
-	return n * maxEntity
+	return n * maxEntity * maxEntity
 }
 
 // scrubError returns err as it is, or, when its text holds the URL u as

@@ -24,7 +24,10 @@ import (
 // is, percent-encoded (either case, in part or every byte), JSON-escaped
 // (as encoding/json does, HTML-safe or not, with "\/" as some encoders
 // do, every rune as \u), HTML-escaped (html.EscapeString, html/template,
-// every rune as an entity).
+// every rune as an entity), and encoded twice: percent-encoded again by a
+// proxy ("%252B"), JSON-escaped in a percent-encoded string ("%5Cu002b"),
+// HTML-escaped in a JSON string ("\u0026#43;"), HTML-escaped twice
+// ("&amp;#43;").
 var spellings = map[string]func(string) string{
 	"raw":           func(s string) string { return s },
 	"query":         url.QueryEscape,
@@ -57,6 +60,13 @@ var spellings = map[string]func(string) string{
 		js, _ := json.Marshal(url.QueryEscape(s))
 		return string(js[1 : len(js)-1])
 	},
+	"query twice":   func(s string) string { return url.QueryEscape(url.QueryEscape(s)) },
+	"json in query": func(s string) string { return url.QueryEscape(everyRune(s, `\u%04x`, true)) },
+	"html in json": func(s string) string {
+		js, _ := json.Marshal(everyRune(s, "&#%d;", false))
+		return string(js[1 : len(js)-1])
+	},
+	"html twice": func(s string) string { return html.EscapeString(everyRune(s, "&#x%X;", false)) },
 }
 
 var escapeRE = regexp.MustCompile(`%[0-9A-F]{2}`)
@@ -119,9 +129,31 @@ func TestScrubStringSpellings(t *testing.T) {
 	assert.Equal(t, "q=[REDACTED]&x", scrubString("q=my+pass+phrase&x", []string{"my pass phrase"}), "a space as '+'")
 }
 
+// A text without a secret, the common error reply, costs no more for
+// searching twice-encoded copies: nothing is copied when it holds no
+// escape (a "100%" or a "Q&A" is none), one unescaped copy per encoding
+// whose escapes it holds, and a second one only when undoing an escape
+// made a real escape of another (here "\u0026" makes "&b=2", none).
+func TestScrubTextWithoutASecretCost(t *testing.T) {
+	secrets := []string{"s3cr3t-key-value", "an0ther-s3cr3t"}
+	for _, c := range []struct {
+		text   string
+		allocs float64
+	}{
+		{`{"error":{"code":"BadArgument","message":"Input is not a number."}}`, 0},
+		{`{"error":{"code":"BadArgument","message":"100% full; see the Q&A"}}`, 0},
+		{`{"error":{"message":"column \"age\": see https://x/?a=1\u0026b=2"}}`, 3}, // the text, its bytes, from
+		{`<a href="/x?a=1&amp;b=2">100%</a>`, 3},
+	} {
+		assert.Equal(t, c.text, scrubString(c.text, secrets))
+		assert.Equal(t, c.allocs, testing.AllocsPerRun(100, func() { scrubString(c.text, secrets) }), c.text)
+	}
+}
+
 // A server that echoes the key it was sent, encoded, gets it into no
-// error: a gateway's page that percent-encodes it, an error body that
-// JSON-escapes it, an HTML page that spells it in entities.
+// error: a gateway's page that percent-encodes it, once or twice, an error
+// body that JSON-escapes it, an HTML page that spells it in entities or
+// carries it JSON-escaped in a percent-encoded query.
 func TestEncodedKeyScrubbedFromReplies(t *testing.T) {
 	const key = "Ab+Cd/Ef=Gh+Ij/Kl==" // base64, as the service's keys are
 	var hidden []string
@@ -140,6 +172,17 @@ func TestEncodedKeyScrubbedFromReplies(t *testing.T) {
 		},
 		"2xx": func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "<html>%s</html>", template.HTMLEscapeString(bearer(r)))
+		},
+		"proxy": func(w http.ResponseWriter, r *http.Request) {
+			// A proxy that percent-encodes the URL it was given, encoded already.
+			w.WriteHeader(http.StatusBadGateway)
+			fmt.Fprintf(w, "<html>no route for %s</html>", url.QueryEscape("/x?key="+url.QueryEscape(bearer(r))))
+		},
+		"json in query": func(w http.ResponseWriter, r *http.Request) {
+			// A page that carries the backend's JSON error in a link's query.
+			w.WriteHeader(http.StatusBadGateway)
+			js := `{"message":"key ` + everyRune(bearer(r), `\u%04x`, true) + ` refused"}`
+			fmt.Fprintf(w, `<html><a href="/report?error=%s">report</a></html>`, url.QueryEscape(js))
 		},
 	}
 	for name, reply := range replies {
@@ -187,10 +230,14 @@ func FuzzScrubString(f *testing.F) {
 		require.NotContains(t, out, spelled, "%s: %q", name, text)
 		nul := strings.Contains(before, "\x00")
 		for _, enc := range []byte("%\\&") {
-			undone, _ := unescape(out, enc)
+			undone, _, _ := unescape(out, enc)
 			require.NotContains(t, undone, secret, "%s: %q, %c undone", name, text, enc)
-			plain, _ := unescape(before, enc)
+			plain, _, _ := unescape(before, enc)
 			nul = nul || strings.Contains(plain, "\x00")
+			for _, inner := range []byte("%\\&") {
+				twice, _, _ := unescape(plain, inner)
+				nul = nul || strings.Contains(twice, "\x00")
+			}
 		}
 		if !nul {
 			require.Equal(t, before, scrubString(before, []string{"\x00" + secret}), "a text without the secret changed")
