@@ -447,7 +447,8 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 // whose name says it carries a credential (an API Management subscription
 // key, Azure's api-key, a function key, an upstream Authorization) is a
 // secret whatever its length: a reply that echoes it, as it is or encoded,
-// gets it into no error. A short value of another header stays, and so
+// gets it into no error, as the endpoint's own key in Authorization does,
+// short as it is. A short value of another header stays, and so
 // does a short part of a credential's value echoed alone (the token of
 // "Bearer <token>"), which the 16-character rule for parts leaves.
 func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
@@ -462,24 +463,25 @@ func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusUnauthorized)
-		msg := fmt.Sprintf("apim %s; api %s; api-q %s; fn %s; auth %s; token %s; tenant %s",
+		msg := fmt.Sprintf("apim %s; api %s; api-q %s; fn %s; auth %s; token %s; tenant %s; authz %s;",
 			r.Header.Get("Ocp-Apim-Subscription-Key"), r.Header.Get("Api-Key"), url.QueryEscape(r.Header.Get("Api-Key")),
 			r.Header.Get("X-Functions-Key"), r.Header.Get("X-Upstream-Auth"),
-			strings.TrimPrefix(r.Header.Get("X-Upstream-Auth"), "Bearer "), r.Header.Get("X-Tenant"))
+			strings.TrimPrefix(r.Header.Get("X-Upstream-Auth"), "Bearer "), r.Header.Get("X-Tenant"), r.Header.Get("Authorization"))
 		js, _ := json.Marshal(msg)
 		fmt.Fprintf(w, `{"error":{"code":"Unauthorized","message":%s}}`, js)
 	}))
 	t.Cleanup(srv.Close)
-	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
+	const shortKey = "k3y-5" // the endpoint's own key, short too: a key is a secret whatever its length
+	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: shortKey, Header: header}}, WithoutRetries())
 	_, err := o.Do(t.Context(), []byte(`{}`))
 	require.Error(t, err)
 	for _, want := range []string{"apim " + redacted + ";", "api " + redacted + ";", "api-q " + redacted + ";",
-		"fn " + redacted + ";", "auth " + redacted + ";"} {
+		"fn " + redacted + ";", "auth " + redacted + ";", "authz Bearer " + redacted + ";"} {
 		assert.Contains(t, err.Error(), want, "a credential header's whole value is scrubbed")
 	}
 	assert.Contains(t, err.Error(), "token t0k-42;", "a short part echoed alone stays")
 	assert.Contains(t, err.Error(), "tenant "+tenant, "a short value of another header stays")
-	assertNoSecret(t, o, map[string]any{"error": err}, []string{apim, apiKey, url.QueryEscape(apiKey), fnKey, bearer})
+	assertNoSecret(t, o, map[string]any{"error": err}, []string{apim, apiKey, url.QueryEscape(apiKey), fnKey, bearer, shortKey})
 }
 
 // TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a
