@@ -39,10 +39,11 @@ type Endpoint struct {
 	// It must be absolute and https, except for loopback hosts (so httptest and
 	// amltest servers work) or when WithInsecureHTTP is given. It may not
 	// hold user info, nor the key as a query parameter's value. It is sent
-	// as it is, but printed Endpoints, spans (url.full) and transport
-	// errors show its query's values as [REDACTED], but for the service's
-	// own api-version, details and format: another value may be a secret
-	// (an Azure SAS sig=). Such a value of 16 characters or more is also
+	// as it is, but printed Endpoints and transport errors show its
+	// query's values as [REDACTED], and spans (url.full) as REDACTED, the
+	// OpenTelemetry conventions' form, but for the service's own
+	// api-version, details and format: another value may be a secret (an
+	// Azure SAS sig=). Such a value of 16 characters or more is also
 	// scrubbed, as keys are, from replies an error quotes and from
 	// transport errors. No two endpoints may have one URL; host names
 	// are compared in any case (an IPv6 zone, an interface name, in its
@@ -264,7 +265,11 @@ func isShownParam(name string) bool {
 // every parameter but shownParams', and for a value that is one of keys;
 // a parameter without "=" is its own value. The names stay, and the
 // request still carries the query as it is: only printing redacts.
-func redactQuery(q string, keys ...string) string {
+func redactQuery(q string, keys ...string) string { return maskQuery(q, redacted, keys) }
+
+// maskQuery is redactQuery with mark for each value it hides: [REDACTED]
+// for what amlpool prints, spanRedacted for spans.
+func maskQuery(q, mark string, keys []string) string {
 	if q == "" {
 		return ""
 	}
@@ -274,10 +279,10 @@ func redactQuery(q string, keys ...string) string {
 		shown := isShownParam(name)
 		switch {
 		case !ok && !shown:
-			params[i] = redacted
+			params[i] = mark
 		case !ok || v == "":
 		case !shown || isKey(v, keys):
-			params[i] = name + "=" + redacted
+			params[i] = name + "=" + mark
 		}
 	}
 	return strings.Join(params, "&")
@@ -335,12 +340,26 @@ func querySecrets(u *url.URL) []string {
 	return out
 }
 
-// redactedURL is the checked URL u as spans and transport errors show it:
-// its query's values redacted (redactQuery), and without user info, which
-// New refuses.
-func redactedURL(u *url.URL) string {
+// redactedURL is the checked URL u as transport errors show it: its
+// query's values redacted (redactQuery), and without user info, which New
+// refuses.
+func redactedURL(u *url.URL) string { return maskedURL(u, redacted) }
+
+// spanRedacted stands for a hidden query value in a span's url.full: the
+// literal OpenTelemetry's semantic conventions for url.full and url.query
+// ask for ("REDACTED"), which tools that read spans may look for, where
+// errors and logs show amlpool's own [REDACTED].
+const spanRedacted = "REDACTED"
+
+// spanURL is the checked URL u as a span's url.full shows it: redactedURL
+// with spanRedacted for each hidden value.
+func spanURL(u *url.URL) string { return maskedURL(u, spanRedacted) }
+
+// maskedURL is u with mark for each query value redactQuery hides, and
+// without user info.
+func maskedURL(u *url.URL, mark string) string {
 	v := *u
-	v.RawQuery, v.User = redactQuery(u.RawQuery), nil
+	v.RawQuery, v.User = maskQuery(u.RawQuery, mark, nil), nil
 	return v.String()
 }
 

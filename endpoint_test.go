@@ -346,6 +346,30 @@ func TestPrintedURLsHideQueryValues(t *testing.T) {
 	}
 }
 
+// TestSpanURLsSayREDACTED: a span's url.full hides the same query values
+// as a printed URL, with the literal REDACTED the OpenTelemetry
+// conventions for url.full and url.query ask for; transport errors keep
+// [REDACTED], as every other text amlpool prints does.
+func TestSpanURLsSayREDACTED(t *testing.T) {
+	for _, tt := range []struct{ url, span, err string }{
+		{"https://h/x?api-version=2.0&details=true&format=swagger",
+			"https://h/x?api-version=2.0&details=true&format=swagger",
+			"https://h/x?api-version=2.0&details=true&format=swagger"},
+		{"https://h/x?api-version=2.0&sig=abc%2B&se=2026-01-01",
+			"https://h/x?api-version=2.0&sig=REDACTED&se=REDACTED",
+			"https://h/x?api-version=2.0&sig=[REDACTED]&se=[REDACTED]"},
+		{"https://h/x?API-Version=2.0&bare-token&details&sig=",
+			"https://h/x?API-Version=2.0&REDACTED&details&sig=",
+			"https://h/x?API-Version=2.0&[REDACTED]&details&sig="},
+		{"https://h/x", "https://h/x", "https://h/x"},
+	} {
+		u, err := url.Parse(tt.url)
+		require.NoError(t, err)
+		assert.Equal(t, tt.span, spanURL(u), tt.url)
+		assert.Equal(t, tt.err, redactedURL(u), tt.url)
+	}
+}
+
 func TestClientCloseIsIdempotent(t *testing.T) {
 	c, err := New([]Endpoint{good(nil)})
 	require.NoError(t, err)

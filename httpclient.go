@@ -57,7 +57,7 @@ func newTransport() *http.Transport {
 // on every call (kept for redirects it never follows). The error is what
 // Do would return: an *url.Error of Op "Post" (Classify reads it), with
 // Do's word for an https:// URL whose server speaks plain HTTP; but it
-// names the URL as spans show it (redactedURL), its query's values
+// names the URL as printed Endpoints show it (redactedURL), its query's values
 // redacted, with the user's client too; and the errors it wraps, every
 // one errors.Unwrap reaches, are scrubbed of the URL (a user's
 // RoundTripper may quote it, or go through a client of its own whose

@@ -162,11 +162,13 @@ body: grant_type=client_credentials&client_secret=` + secret + `&client_assertio
 // no key of the endpoint's (an Azure SAS sig=, a code=) goes to the
 // endpoint as it is, but printed Endpoints, spans, log lines and errors,
 // transport errors through our own client or the user's included, show
-// [REDACTED] for it; the service's own api-version stays.
+// [REDACTED] for it, and spans (url.full) REDACTED, the literal the
+// OpenTelemetry conventions ask for; the service's own api-version stays.
 func TestNoURLSecretInAnyOutput(t *testing.T) {
 	const sig, code = "s3cr3t-sig%2Bv", "s3cr3t-code"
 	const query = "?api-version=2.0&sig=" + sig + "&code=" + code
 	const shown = "?api-version=2.0&sig=[REDACTED]&code=[REDACTED]"
+	const traced = "?api-version=2.0&sig=REDACTED&code=REDACTED"
 	queries := make(chan string, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -194,7 +196,7 @@ func TestNoURLSecretInAnyOutput(t *testing.T) {
 			}
 		}
 	}
-	assert.Equal(t, []string{srv.URL + "/x" + shown}, urls, "url.full")
+	assert.Equal(t, []string{srv.URL + "/x" + traced}, urls, "url.full")
 	assertNoSecret(t, o, map[string]any{"Endpoint": bad, "*APIError": apiErr, "Stats": o.Stats()}, []string{"s3cr3t"})
 
 	for _, hc := range []*http.Client{nil, {}} {

@@ -40,7 +40,7 @@ type telemetry struct {
 // epTelemetry is what telemetry knows of one endpoint.
 type epTelemetry struct {
 	name  string
-	url   string               // its URL as spans show it (redactedURL)
+	url   string               // its URL as spans show it (spanURL)
 	attrs []attribute.KeyValue // semantic-convention attributes of every request to it
 	m     epMetrics            // its instruments' attributes and counts, with metrics
 }
@@ -105,7 +105,7 @@ func (t *telemetry) start(p *pool.Pool) error {
 // u, counting its attempts in kinds, its Name's. The
 // attributes are built once here, so that recording allocates nothing.
 func newEpTelemetry(name string, u *url.URL, kinds *outcomeCounts) *epTelemetry {
-	t := &epTelemetry{name: name, url: redactedURL(u), attrs: endpointAttrs(name, u)}
+	t := &epTelemetry{name: name, url: spanURL(u), attrs: endpointAttrs(name, u)}
 	t.m.init(t, kinds)
 	return t
 }
@@ -113,7 +113,7 @@ func newEpTelemetry(name string, u *url.URL, kinds *outcomeCounts) *epTelemetry 
 // endpointAttrs are the attributes of every request to the endpoint named
 // name at u. The URL carries no key (keys go in a header, and New refuses
 // a URL whose query holds one), and url.full shows its query's values
-// redacted (redactedURL), which may hold another secret.
+// redacted (spanURL), which may hold another secret.
 func endpointAttrs(name string, u *url.URL) []attribute.KeyValue {
 	port := u.Port()
 	if port == "" {

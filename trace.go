@@ -21,8 +21,9 @@ func (o tracerProviderOption) apply(c *config) { c.tracerProvider = o.tp }
 // amlpool.endpoint of the last attempt) and, under it, one per attempt. An
 // attempt's span follows the conventions for HTTP client spans (name
 // "POST", kind client, http.request.method, server.address, server.port,
-// url.full (its query's values redacted but for api-version, details and
-// format: see Endpoint.URL), http.response.status_code, error.type,
+// url.full (its query's values but api-version's, details' and format's
+// replaced by the literal REDACTED, as the conventions ask: see
+// Endpoint.URL), http.response.status_code, error.type,
 // http.request.resend_count on retries) and adds amlpool.endpoint,
 // amlpool.outcome, amlpool.retry.reason (what the previous attempt came
 // to), amlpool.hedge and amlpool.slot.wait (seconds waited for the slot).
