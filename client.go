@@ -348,9 +348,10 @@ func (c *Client) run(ctx context.Context, cl *call, body []byte) ([]byte, string
 // and what the call does next. Only the call's own path writes it; the
 // telemetry reads it once it is concluded.
 type attempt struct {
-	n     int       // 1 for a call's first attempt
-	slot  pool.Slot // the endpoint, and whether this attempt probes it
-	lease Lease     // the Limiter's slot, or nil
+	n       int       // 1 for a call's first attempt
+	resends int       // requests the call sent before this one, hedged copies included: its http.request.resend_count
+	slot    pool.Slot // the endpoint, and whether this attempt probes it
+	lease   Lease     // the Limiter's slot, or nil
 	// slotWait is how long the attempt waited for its slot, with telemetry.
 	slotWait time.Duration
 	hedge    bool // an extra copy racing one still in flight, not a retry

@@ -151,6 +151,7 @@ func (c *Client) attemptHedged(ctx context.Context, cl *call, first *attempt, bo
 	}
 	if h.slot.Ep != nil {
 		cl.ex.Tried.Add(h.slot.Ep)
+		cl.sent++ // a retry's resend count counts the copy too
 		// After ret, and whatever ret's telemetry does: a MeterProvider's
 		// instrument that panics for one copy leaves neither span open.
 		defer c.done(other)
@@ -212,7 +213,9 @@ func (c *Client) startHedge(ctx, wait context.Context, cl *call, a *attempt, bod
 			return nil
 		}
 	}
-	h := &attempt{n: a.n, hedge: true}
+	// The copy resends the attempt's request: it comes after every
+	// request the call sent, a's included (see call.sent).
+	h := &attempt{n: a.n, hedge: true, resends: cl.sent}
 	sent = true // the copy's goroutine has the slot
 	go runCopy(h, copies, func() {
 		if c.budget != nil {

@@ -252,6 +252,7 @@ func parseDelay(v string, unit time.Duration) (time.Duration, bool) {
 // call is the state of one Do across its attempts.
 type call struct {
 	attempts  int
+	sent      int                         // attempts and hedged copies sent: the next one's http.request.resend_count
 	rekeyed   int                         // attempts that met a 401 for keys SetEndpoints replaced meanwhile: not counted towards the max
 	names     []string                    // the endpoint of each failed attempt, kept for the error
 	last      error                       // the last attempt's error
@@ -267,7 +268,8 @@ type call struct {
 // started records that the call's next attempt, a, has its slot.
 func (c *call) started(a *attempt) {
 	c.attempts++
-	a.n, a.reason = c.attempts, c.reason
+	a.n, a.reason, a.resends = c.attempts, c.reason, c.sent
+	c.sent++
 	c.ex.Tried.Add(a.slot.Ep)
 }
 

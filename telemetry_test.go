@@ -413,6 +413,17 @@ func TestMetricsAndSpansOfAHedge(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, hedges, "one attempt span marked as the hedge")
+	for _, s := range o.spans.Ended() {
+		if s.SpanKind() != trace.SpanKindClient {
+			continue // the call's
+		}
+		switch a := spanAttrs(s); a[keyEndpoint] {
+		case attribute.StringValue("slow"):
+			assert.NotContains(t, a, keyResendCount, "the call's first request")
+		case attribute.StringValue("fast"):
+			assert.Equal(t, attribute.IntValue(1), a[keyResendCount], "the hedge resends the request")
+		}
+	}
 	var hedgeLines int
 	for _, l := range o.logLines(t, "amlpool: attempt") {
 		if l["hedge"] == true {
@@ -420,6 +431,48 @@ func TestMetricsAndSpansOfAHedge(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, hedgeLines)
+}
+
+// http.request.resend_count counts every request a call sent before, as
+// the conventions ask ("each time an HTTP request gets resent by the
+// client, regardless of ... the cause"): a hedged copy resends its
+// attempt's request, and a retry after a hedged attempt comes after both
+// copies.
+func TestResendCountCountsHedgedCopies(t *testing.T) {
+	slowArrived, answer := make(chan struct{}, 1), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slowArrived <- struct{}{}
+		<-answer
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, throttleBody)
+	}))
+	defer slow.Close()
+	busy := newFakeAML(t, always(503))
+	ok := newFakeAML(t, always(200))
+	o := newObserved(t, []Endpoint{{Name: "slow", URL: slow.URL + "/x", APIKey: secretKey, MaxConcurrentCalls: 1},
+		busy.endpoint("busy", 1), ok.endpoint("ok", 1)}, WithHedging(time.Second))
+	done := make(chan error)
+	go func() { _, err := o.Do(t.Context(), []byte(`{}`)); done <- err }()
+	<-slowArrived
+	require.True(t, o.clock.WaitTimers(1, t.Context().Done()), "the hedge delay is waiting")
+	o.clock.Advance(time.Second)
+	<-busy.parents // the hedged copy reached busy, which throttles it
+	close(answer)  // and so does slow: the retry goes to ok
+	require.NoError(t, <-done)
+
+	resends := map[string]attribute.Value{}
+	for _, s := range o.spans.Ended() {
+		if s.SpanKind() == trace.SpanKindClient {
+			a := spanAttrs(s)
+			resends[a[keyEndpoint].AsString()] = a[keyResendCount]
+		}
+	}
+	assert.Equal(t, map[string]attribute.Value{
+		"slow": {},                    // the first request: none
+		"busy": attribute.IntValue(1), // the hedged copy
+		"ok":   attribute.IntValue(2), // the retry, after both copies
+	}, resends)
 }
 
 // A hedge the retry budget refuses counts in amlpool.retry_budget.rejections,

@@ -23,8 +23,10 @@ func (o tracerProviderOption) apply(c *config) { c.tracerProvider = o.tp }
 // "POST", kind client, http.request.method, server.address, server.port,
 // url.full (its query's values but api-version's, details' and format's
 // replaced by the literal REDACTED, as the conventions ask: see
-// Endpoint.URL), http.response.status_code, error.type,
-// http.request.resend_count on retries) and adds amlpool.endpoint,
+// Endpoint.URL), http.response.status_code, error.type, and
+// http.request.resend_count on every request but the call's first: the
+// requests the call sent before it, retries and hedged copies alike, each
+// being a resend of the same request) and adds amlpool.endpoint,
 // amlpool.outcome, amlpool.retry.reason (what the previous attempt came
 // to), amlpool.hedge and amlpool.slot.wait (seconds waited for the slot).
 // Failed calls and attempts get an error status with the error's text,
@@ -79,8 +81,8 @@ func (t *telemetry) startAttempt(ctx context.Context, a *attempt) context.Contex
 	attrs := make([]attribute.KeyValue, 0, len(e.attrs)+5)
 	attrs = append(attrs, e.attrs...)
 	attrs = append(attrs, keyURL.String(e.url))
-	if a.n > 1 {
-		attrs = append(attrs, keyResendCount.Int(a.n-1))
+	if a.resends > 0 {
+		attrs = append(attrs, keyResendCount.Int(a.resends))
 	}
 	switch {
 	case a.hedge:
