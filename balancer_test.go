@@ -28,7 +28,7 @@ func balancerPool(t *testing.T, b Balancer, caps ...int) *pool.Pool {
 	for i, n := range caps {
 		eps[i] = Endpoint{URL: fmt.Sprintf("https://h/workspaces/w/services/e%d/execute", i), APIKey: "k", MaxConcurrentCalls: n}
 	}
-	specs, err := newSpecs(eps, false)
+	specs, err := newSpecs(eps, false, nil)
 	require.NoError(t, err)
 	balance, pick := picker(b)
 	r := rand.New(rand.NewPCG(1, 2))

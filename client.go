@@ -77,7 +77,7 @@ func New(endpoints []Endpoint, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	specs, err := newSpecs(endpoints, cfg.allowHTTP)
+	specs, err := newSpecs(endpoints, cfg.allowHTTP, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +202,12 @@ func (c *Client) forget(specs []pool.Spec, changes []pool.Change) {
 // go on unchanged. After Close it
 // returns ErrClosed.
 //
-// Endpoints are matched by Name (as New derives it when empty):
+// Endpoints are matched by Name (as New derives it when empty). An
+// endpoint without a Name whose URL is in use under a Name derived from
+// it keeps that Name, unless another endpoint of the set gives itself
+// that Name: two endpoints whose derived Names collide ("abc", "abc#2")
+// keep theirs when the set lists them in another order, or drops one, so
+// no derived Name moves to another URL:
 //
 //   - a kept endpoint (same Name, same URL) keeps its state: calls in
 //     flight, health, latency estimate, adaptive limit and counters. Its
@@ -237,7 +242,14 @@ func (c *Client) SetEndpoints(endpoints []Endpoint) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	specs, err := newSpecs(endpoints, c.cfg.allowHTTP)
+	// The endpoints in use, by URL: one without a Name keeps the Name
+	// derived for it (newSpecs).
+	live := c.pool.Set().Eps
+	inUse := make(map[string]string, len(live))
+	for _, e := range live {
+		inUse[e.URL().String()] = e.Name()
+	}
+	specs, err := newSpecs(endpoints, c.cfg.allowHTTP, inUse)
 	if err != nil {
 		return err
 	}

@@ -31,8 +31,11 @@ import (
 // (its type only), so an Endpoint can be printed or logged as it is.
 type Endpoint struct {
 	// Name labels the endpoint in logs, stats and errors. When empty it is
-	// derived from the URL: the endpoint id after "services/", or the host.
-	// It must be valid UTF-8 without control characters.
+	// derived from the URL: the endpoint id after "services/", or the host,
+	// with a suffix ("#2", "#3", …) when an endpoint before it in the set
+	// has that Name; SetEndpoints keeps the Name derived for a URL in use
+	// (see Client.SetEndpoints). It must be valid UTF-8 without control
+	// characters.
 	Name string
 	// URL is the endpoint's Request URI, e.g.
 	// https://ussouthcentral.services.azureml.net/workspaces/{ws}/services/{id}/execute?api-version=2.0&details=true.
@@ -383,13 +386,23 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 
 // newSpecs validates the configured endpoints, as New and SetEndpoints do,
 // and describes them to the pool. Ext is left for the Client to fill.
-func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
+//
+// An endpoint without a Name gets one derived from its URL, with a suffix
+// ("#2", "#3", …) when another endpoint has it already. inUse, from
+// SetEndpoints, maps the URLs of the endpoints in use (as a checked URL
+// spells them) to their Names: an endpoint whose URL is among them, and
+// whose Name there is one derived from it, keeps that Name (unless another
+// endpoint of cfgs has it for its own Name), so that a set given in
+// another order, or with a colliding endpoint removed, moves no derived
+// Name to another URL, and with it that endpoint's state.
+func newSpecs(cfgs []Endpoint, allowHTTP bool, inUse map[string]string) ([]pool.Spec, error) {
 	if len(cfgs) == 0 {
 		return nil, &ConfigError{Field: "endpoints", Problem: "none given; need at least one"}
 	}
 	specs := make([]pool.Spec, len(cfgs))
 	urls := make(map[string]string, len(cfgs))
 	names := make(map[string]bool, len(cfgs))
+	kept := keptNames(cfgs, allowHTTP, inUse)
 	for i, c := range cfgs {
 		label := c.Name
 		if label == "" {
@@ -442,7 +455,10 @@ func newSpecs(cfgs []Endpoint, allowHTTP bool) ([]pool.Spec, error) {
 		}
 		name := c.Name
 		if name == "" {
-			name = uniqueName(deriveName(u), names)
+			var ok bool
+			if name, ok = kept.byIndex[i]; !ok {
+				name = uniqueName(deriveName(u), func(n string) bool { return names[n] || kept.names[n] })
+			}
 		} else if names[name] {
 			j := slices.IndexFunc(specs[:i], func(s pool.Spec) bool { return s.Name == name })
 			problem := fmt.Sprintf("endpoints[%d] has it too; endpoints[%d] is this one", j, i)
@@ -821,10 +837,64 @@ func deriveName(u *url.URL) string {
 	return u.Host
 }
 
-func uniqueName(base string, taken map[string]bool) string {
+// uniqueName returns base, or the first of base#2, base#3, … that is not
+// taken.
+func uniqueName(base string, taken func(string) bool) string {
 	name := base
-	for n := 2; taken[name]; n++ {
+	for n := 2; taken(name); n++ {
 		name = base + "#" + strconv.Itoa(n)
 	}
 	return name
+}
+
+// isDerivedName reports whether name is one uniqueName may give an
+// endpoint at u: deriveName(u), or it with a suffix.
+func isDerivedName(name string, u *url.URL) bool {
+	base := deriveName(u)
+	if name == base {
+		return true
+	}
+	n, ok := strings.CutPrefix(name, base+"#")
+	if !ok || n == "" || n[0] == '0' {
+		return false
+	}
+	k, err := strconv.Atoi(n)
+	return err == nil && k >= 2 && strconv.Itoa(k) == n
+}
+
+// keptDerived is the derived Names that endpoints without a Name keep
+// from the set in use (newSpecs).
+type keptDerived struct {
+	byIndex map[int]string  // cfgs' index → the Name it keeps
+	names   map[string]bool // the Names kept, which no other derived Name takes
+}
+
+// keptNames finds, among cfgs without a Name, those whose URL is in use
+// (inUse) under a Name derived from it that no endpoint of cfgs gives
+// itself, and that no earlier one of them keeps: they keep it. A URL that
+// does not check keeps nothing (newSpecs refuses it).
+func keptNames(cfgs []Endpoint, allowHTTP bool, inUse map[string]string) keptDerived {
+	var k keptDerived
+	if len(inUse) == 0 {
+		return k
+	}
+	for i, c := range cfgs {
+		if c.Name != "" {
+			continue
+		}
+		u, err := checkURL(c.URL, allowHTTP)
+		if err != nil {
+			continue
+		}
+		name, ok := inUse[u.String()]
+		if !ok || !isDerivedName(name, u) || k.names[name] ||
+			slices.ContainsFunc(cfgs, func(o Endpoint) bool { return o.Name == name }) {
+			continue
+		}
+		if k.byIndex == nil {
+			k.byIndex, k.names = make(map[int]string), make(map[string]bool)
+		}
+		k.byIndex[i], k.names[name] = name, true
+	}
+	return k
 }

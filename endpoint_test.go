@@ -370,6 +370,19 @@ func TestSpanURLsSayREDACTED(t *testing.T) {
 	}
 }
 
+// TestIsDerivedName: the Names SetEndpoints lets an endpoint without a
+// Name keep are those New could have derived for its URL.
+func TestIsDerivedName(t *testing.T) {
+	u, err := url.Parse("https://h/workspaces/w/services/s/execute")
+	require.NoError(t, err)
+	for name, want := range map[string]bool{
+		"s": true, "s#2": true, "s#10": true,
+		"s#1": false, "s#02": false, "s#": false, "s#x": false, "s#-2": false, "s#+2": false, "t": false, "h": false, "east": false,
+	} {
+		assert.Equal(t, want, isDerivedName(name, u), name)
+	}
+}
+
 func TestClientCloseIsIdempotent(t *testing.T) {
 	c, err := New([]Endpoint{good(nil)})
 	require.NoError(t, err)

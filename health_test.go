@@ -96,7 +96,7 @@ func TestClientWithoutEjection(t *testing.T) {
 // The warn lines of an attempt's effects name the endpoint, never its key.
 func TestLogEffects(t *testing.T) {
 	p := pool.New(pool.Config{Clock: clock.NewFake()}, func() []pool.Spec {
-		specs, err := newSpecs([]Endpoint{good(nil)}, false)
+		specs, err := newSpecs([]Endpoint{good(nil)}, false, nil)
 		require.NoError(t, err)
 		return specs
 	}())

@@ -516,3 +516,56 @@ func TestStatsSinceTellsLivesApart(t *testing.T) {
 	t1 := clk.Now()
 	assert.Equal(t, map[string]time.Time{"a": t0, "b": t1, "c": t1}, since())
 }
+
+// Endpoints without a Name keep the Names derived for them across
+// SetEndpoints: two whose derived Names collide ("s", "s#2") keep theirs
+// when given in another order, or when one of them is gone, so that no
+// Name moves to another URL, taking the endpoint's state (its counters,
+// ejection, slots) with it. A Name derived anew goes to an endpoint new
+// to the Client, and a Name an endpoint gives itself comes first.
+func TestSetEndpointsKeepsDerivedNames(t *testing.T) {
+	clk := clock.NewFake()
+	at := func(host string) amlpool.Endpoint {
+		return amlpool.Endpoint{URL: "https://" + host + "/workspaces/w/services/s/execute", APIKey: "k", MaxConcurrentCalls: 1}
+	}
+	named := func(name, host string) amlpool.Endpoint { e := at(host); e.Name = name; return e }
+	c, err := amlpool.New([]amlpool.Endpoint{at("h1"), at("h2")}, amlpool.WithClock(clk))
+	require.NoError(t, err)
+	defer c.Close()
+	t0 := clk.Now()
+	// since lists the endpoints by Name, with their Since: a kept endpoint
+	// keeps its own, one new to its Name has the clock's time.
+	since := func() map[string]time.Time {
+		m := make(map[string]time.Time)
+		for _, e := range c.Stats().Endpoints {
+			assert.False(t, e.Removed, e.Name)
+			m[e.Name] = e.Since
+		}
+		return m
+	}
+	require.Equal(t, map[string]time.Time{"s": t0, "s#2": t0}, since())
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("h2"), at("h1")}))
+	assert.Equal(t, map[string]time.Time{"s": t0, "s#2": t0}, since(), "the same two, in another order")
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("h2")}))
+	assert.Equal(t, map[string]time.Time{"s#2": t0}, since(), "h2 alone keeps s#2")
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("h3"), at("h2")}))
+	t3 := clk.Now()
+	assert.Equal(t, map[string]time.Time{"s": t3, "s#2": t0}, since(), "h3, new, takes the first Name free")
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("h2"), named("s#2", "h4")}))
+	t4 := clk.Now()
+	assert.Equal(t, map[string]time.Time{"s": t4, "s#2": t4}, since(),
+		"a Name given for another URL comes first: h2 is derived a Name anew")
+
+	clk.Advance(time.Hour)
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{named("east", "h5")}))
+	require.NoError(t, c.SetEndpoints([]amlpool.Endpoint{at("h5")}))
+	assert.Contains(t, since(), "s", "a Name the endpoint gave itself is not kept once it gives none")
+}

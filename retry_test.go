@@ -126,7 +126,7 @@ func testSpecs(t *testing.T, n int) []pool.Spec {
 	for i := range eps {
 		eps[i] = Endpoint{URL: fmt.Sprintf("https://h/workspaces/w/services/e%d/execute", i), APIKey: "k", MaxConcurrentCalls: 1}
 	}
-	specs, err := newSpecs(eps, false)
+	specs, err := newSpecs(eps, false, nil)
 	require.NoError(t, err)
 	return specs
 }
