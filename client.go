@@ -976,7 +976,7 @@ type EndpointStats struct {
 	Tier               int   // the configured tier (Endpoint.Tier)
 	MaxConcurrentCalls int   // the configured cap
 	Limit              int   // the cap in force now (lower under an adaptive limit; 0 while a rename waits for the old name's calls)
-	InFlight           int   // calls in flight now
+	InFlight           int   // calls in flight now: those holding a slot (with a Limiter, also while they wait for the fleet's)
 	Calls              int64 // attempts made, each counted once it ended
 	Errors             int64 // attempts that failed, throttles and faults included; not cancelled ones
 	Cancelled          int64 // attempts cut short because the call's ctx ended
@@ -989,7 +989,9 @@ type EndpointStats struct {
 
 // Stats returns a snapshot of the counters. It never blocks on calls and
 // never contains keys. Counters of different endpoints are read one after
-// another, not atomically together.
+// another, not atomically together; an endpoint's InFlight and Calls are
+// read together, so an attempt that ends meanwhile counts in one of them,
+// never in neither or both.
 func (c *Client) Stats() Stats {
 	eps := c.pool.Endpoints()
 	s := Stats{Endpoints: make([]EndpointStats, len(eps)), Waiting: c.pool.Waiting()}
@@ -1002,7 +1004,7 @@ func (c *Client) Stats() Stats {
 			Tier:               e.Tier(),
 			MaxConcurrentCalls: e.Max(),
 			Limit:              e.Limit(),
-			InFlight:           e.InFlight(),
+			InFlight:           n.InFlight,
 			Calls:              n.Calls,
 			Errors:             n.Failures,
 			Cancelled:          n.Cancelled,

@@ -132,12 +132,21 @@ func (e *Endpoint) Removed() bool { return e.removed.Load() }
 // Counters is a snapshot of an endpoint's counters.
 type Counters struct {
 	Calls, Failures, Cancelled, Throttles, Faults int64
+	// InFlight is the slots held as Calls was read, from the same word,
+	// so that an attempt ending meanwhile counts in one of the two: read
+	// apart, it could count in neither, and Calls + InFlight, what the
+	// endpoint's attempts will have come to once those in flight end,
+	// would fall short by one.
+	InFlight int
 }
 
-// Counters returns the endpoint's counters, read one after another.
+// Counters returns the endpoint's counters, read one after another but
+// for Calls and InFlight, read together.
 func (e *Endpoint) Counters() Counters {
+	slots := e.slots.Load()
 	return Counters{
-		Calls:     e.ended.read(e.slots.Load()),
+		InFlight:  int(slots & heldMask),
+		Calls:     e.ended.read(slots),
 		Failures:  e.failures.Load(),
 		Cancelled: e.cancelled.Load(),
 		Throttles: e.throttles.Load(),

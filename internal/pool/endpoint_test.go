@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -78,10 +79,51 @@ func TestEndpointCountsResults(t *testing.T) {
 	}
 	slot, ok := p.TryAcquire(&Exclusion{})
 	require.True(t, ok)
-	assert.Equal(t, Counters{Calls: 9, Failures: 6, Cancelled: 1, Throttles: 1, Faults: 1}, e.Counters(),
+	assert.Equal(t, Counters{Calls: 9, Failures: 6, Cancelled: 1, Throttles: 1, Faults: 1, InFlight: 1}, e.Counters(),
 		"an attempt never sent, or in flight, is no call yet")
 	p.Release(slot, &Report{Result: OK}, nil)
 	assert.EqualValues(t, 10, e.Counters().Calls)
+}
+
+// TestCountersReadCallsAndInFlightTogether: Calls and InFlight come from
+// one read, so Calls + InFlight, the attempts started and not given back
+// unsent, never goes back while attempts start and end (none is given
+// back unsent here). Read apart, an attempt that ended between the two
+// reads counted in neither.
+func TestCountersReadCallsAndInFlightTogether(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 4)
+	e := p.Set().Eps[0]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var cycles atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if slot, ok := p.TryAcquire(&Exclusion{}); ok {
+					p.Release(slot, &Report{Result: OK}, nil)
+					cycles.Add(1)
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	// Reads go on until the attempts have started and ended many times
+	// beside them, however the goroutines are scheduled.
+	var last int64
+	for i := 0; cycles.Load() < 2_000_000; i++ {
+		n := e.Counters()
+		sum := n.Calls + int64(n.InFlight)
+		if sum < last {
+			t.Fatalf("read %d: Calls %d + InFlight %d = %d, after %d", i, n.Calls, n.InFlight, sum, last)
+		}
+		last = sum
+	}
 }
 
 // TestEndedCountDoesNotWrap: the packed count of attempts ended wraps

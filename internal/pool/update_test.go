@@ -43,7 +43,7 @@ func TestUpdateKeepsAnEndpointsState(t *testing.T) {
 	require.Len(t, p.Set().Eps, 2)
 	assert.Same(t, e, p.Set().Eps[1], "in the order given")
 	assert.Equal(t, before, e.Counters())
-	assert.Equal(t, Counters{Calls: 2, Failures: 1}, before)
+	assert.Equal(t, Counters{Calls: 2, Failures: 1, InFlight: 1}, before)
 	assert.Equal(t, 1, e.InFlight())
 	assert.EqualValues(t, 1, e.health.fails.Load(), "one failure in a row")
 	release(p, held)
