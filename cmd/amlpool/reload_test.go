@@ -533,6 +533,16 @@ func TestEndpointTallyLives(t *testing.T) {
 			{live("a", t0, 11, 1), live("b", t1, 3, 0)},
 			{live("a", t0, 20, 0), live("b", t1, 5, 0)},
 		}, []endpointStats{{"a", 2, 20, 0, 0}, {"b", 2, 5, 0, 0}}},
+		// A slot held as a snapshot was taken that went back unsent: the
+		// later snapshot's count is the life's, not the most counted.
+		{"a slot given back unsent", []snap{
+			{live("a", t0, 10, 1)},
+			{live("a", t0, 10, 0)},
+		}, []endpointStats{{"a", 2, 10, 0, 0}}},
+		{"a slot given back unsent, removed with calls in flight", []snap{
+			{live("a", t0, 10, 3), live("b", t0, 0, 0)},
+			{live("b", t0, 0, 0), removed("a", t0, 10, 2, 0)},
+		}, []endpointStats{{"a", 2, 12, 0, 0}, {"b", 2, 0, 0, 0}}},
 		// Once guessed from URLs: two lives of a name draining at once,
 		// beside a third, live; the first ends between snapshots.
 		{"two lives draining at once", []snap{
@@ -551,6 +561,42 @@ func TestEndpointTallyLives(t *testing.T) {
 			assert.Equal(t, tt.want, tally.list())
 		})
 	}
+}
+
+// The tally counts no call for a slot a real Client held as a snapshot was
+// taken, and gave back unsent: a call that held it while it waited at a
+// Limiter, and gave up. Stats counts such a slot in InFlight.
+func TestEndpointTallyCountsNoCallForAnUnsentSlot(t *testing.T) {
+	srv := amltest.NewServer(amltest.Config{Name: "s", MaxConcurrentCalls: 2})
+	t.Cleanup(srv.Close)
+	waiting := make(chan struct{})
+	client, err := amlpool.New([]amlpool.Endpoint{srv.Endpoint()}, amlpool.WithLimiter(blockingLimiter{waiting}))
+	require.NoError(t, err)
+	defer client.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { _, err := client.Do(ctx, sampleBody(amlpool.Classic)); done <- err }()
+	<-waiting
+
+	var tally endpointTally
+	st := client.Stats()
+	require.Equal(t, 1, st.Endpoints[0].InFlight, "the waiting call holds the endpoint's slot")
+	tally.note(st)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	tally.note(client.Stats())
+	assert.Equal(t, []endpointStats{{"s", 2, 0, 0, 0}}, tally.list())
+	assert.Zero(t, srv.Stats().Requests)
+}
+
+// blockingLimiter is a Limiter that never has a slot: Acquire says so on
+// waiting and returns once ctx ends.
+type blockingLimiter struct{ waiting chan<- struct{} }
+
+func (l blockingLimiter) Acquire(ctx context.Context, _ []amlpool.LimitedEndpoint) (amlpool.Lease, error) {
+	l.waiting <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
 }
 
 // A SIGHUP during a --resume run, after a run killed outright, swaps the

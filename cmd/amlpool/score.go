@@ -688,16 +688,22 @@ func newRunStats(c *amlpool.Client, tally *endpointTally, st amlpool.BatchStats,
 // lives of each name. A Stats entry is its life's by Name and Since.
 //
 // Each snapshot counts an endpoint's calls in flight as calls, which they
-// will be once they end; so a snapshot never counts more calls than the
-// endpoint ends with, and a life's calls are the most a snapshot counted.
-// A live endpoint's last snapshot, taken after the run, counts them all; so
-// does that of a removed one taken right after its removal (no call starts
-// on it then). Its errors and throttles are those of its last snapshot: its
-// calls in flight then that fail later are not counted as errors. That
-// cannot be helped here: Client.Stats lists a removed endpoint only until
-// its last call ends, and so do the Client's metrics, so no snapshot is
-// taken once those calls' outcomes are known. Snapshots are taken by one
-// goroutine at a time.
+// will be once they end (Client.Stats reads an endpoint's Calls and
+// InFlight together, so a call ending as it reads counts once), and a
+// life's counters are those of its latest snapshot. Not the most any
+// snapshot counted: a slot held as a snapshot is taken may go back unsent
+// (a call that gives up as the slot is handed to it, a take that finds the
+// endpoint just removed), and an earlier snapshot that counted it would
+// count one call too many for good. A live endpoint's last snapshot, taken
+// after the run, when no call is in flight, counts its calls exactly; a
+// removed one's is taken right after its removal (no call starts on it
+// then), and counts its calls in flight then as calls: one too many if a
+// take that raced the removal held a slot just then. Its errors and
+// throttles are those of its last snapshot: its calls in flight then that
+// fail later are not counted as errors. That cannot be helped here:
+// Client.Stats lists a removed endpoint only until its last call ends, so
+// no snapshot is taken once those calls' outcomes are known. Snapshots are
+// taken by one goroutine at a time, in order.
 type endpointTally struct {
 	lives []*endpointLife // in the order first seen
 }
@@ -720,11 +726,10 @@ func (t *endpointTally) note(st amlpool.Stats) {
 	}
 }
 
-// merge takes in a snapshot of the life's endpoint: its counters never go
-// back, and its cap is the latest.
+// merge takes in a snapshot of the life's endpoint, later than those
+// before: its counts and cap are the life's now (see endpointTally).
 func (l *endpointLife) merge(e amlpool.EndpointStats) {
-	old := l.stats
-	l.stats = endpointStats{e.Name, e.MaxConcurrentCalls, max(e.Calls+int64(e.InFlight), old.Calls), max(e.Errors, old.Errors), max(e.Throttles, old.Throttles)}
+	l.stats = endpointStats{e.Name, e.MaxConcurrentCalls, e.Calls + int64(e.InFlight), e.Errors, e.Throttles}
 }
 
 // list sums the lives of each name, in the order the names were first
