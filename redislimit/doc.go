@@ -170,8 +170,9 @@
 // WithTimeout, so that a copy Redis runs within a TTL of its sending
 // changes nothing; an acquire or a tick sent again finds what its first
 // run wrote and does not count it twice, and an acquire that Redis runs
-// within a TTL of its sending, after the lease it took has ended, takes
-// none.
+// within a TTL of its sending, after the lease it took has ended, or after
+// the deletion of the lease it had yet to take (its reply given up on, a
+// slow network delivering it late), takes none.
 // Likewise a round trip that Close gave up on may reach Redis after Close's
 // last script: for a TTL plus WithTimeout it changes nothing either.
 package redislimit

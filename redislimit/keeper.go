@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // The keeper is one goroutine per Limiter that runs a tick every renew
@@ -424,17 +422,21 @@ func (l *Limiter) trip(err error) {
 	l.kickAll()
 }
 
-// removeAll deletes leases from Redis in one pipeline, best effort: what
-// fails expires within the TTL.
+// removeAll deletes leases from Redis in one round trip (removeScript),
+// best effort: what fails is tried again at the next tick that reaches
+// Redis, or expires within the TTL. Each lease id stays marked for a TTL
+// plus the timeout, so that an acquire that took none yet and that Redis
+// runs after this takes none then either.
 func (l *Limiter) removeAll(ctx context.Context, rs []removal) {
-	_, err := l.exec(ctx, func(ctx context.Context) (any, error) {
-		return l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, r := range rs {
-				p.ZRem(ctx, r.key, r.id)
-			}
-			return nil
-		})
-	})
+	keys := make([]string, 1, 1+len(rs))
+	keys[0] = l.keys.done(l.proc)
+	args := make([]any, 1, 1+len(rs))
+	args[0] = l.doneTTL().Milliseconds()
+	for _, r := range rs {
+		keys = append(keys, r.key)
+		args = append(args, r.id)
+	}
+	_, err := l.eval(ctx, removeScript, keys, args)
 	if err != nil {
 		// Try again once Redis is back, or at Close.
 		l.mu.Lock()

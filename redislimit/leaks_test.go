@@ -156,6 +156,39 @@ func TestAcquireRunAfterItsLeaseEndedTakesNothing(t *testing.T) {
 	}
 }
 
+// An acquire's first and only run may reach Redis after the deletion its
+// failed round trip queued: sent, its caller gave up on the reply (or its
+// connection broke) before Redis ran it, and a slow network delivers it
+// after the next tick deleted the lease it had not yet taken. Run then, it
+// must take nothing: no call would hold its lease, which would block the
+// slot for a TTL.
+func TestAcquireRunAfterItsLeaseWasDeletedTakesNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cctx, cancel := context.WithCancel(ctx)
+	h := &lateHook{sha: acquireScript.Hash(), reached: make(chan struct{})}
+	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.TryAcquire(cctx, eps(1))
+		got <- err
+	}()
+	<-h.reached
+	cancel() // the caller gives up before Redis has run the script
+	require.ErrorIs(t, <-got, context.Canceled)
+	f.advance(l.cfg.renew) // the tick runs the deletion the failure queued
+	f.settle(t, 1)
+	require.Empty(t, f.leases(t, "a"))
+
+	require.NoError(t, f.rdb.Do(ctx, h.args...).Err(), "Redis runs the acquire late")
+	assert.Empty(t, f.leases(t, "a"), "a lease no call holds")
+}
+
 // A release whose script runs between a tick's taking the lease in its
 // batch and the tick's script, which adds the lease back as missing: when
 // the tick's reply is used first, the release deletes the lease again.

@@ -16,7 +16,7 @@ import (
 //	amlpool:{pool}:members    ZSET  process id -> expiry; its size is the replica count
 //	amlpool:{pool}:limits     ZSET  "<endpoint id>:<limit>:<process id>" -> expiry
 //	amlpool:{pool}:health:<id> HASH endpoint health: version, cool-down and ejection ends (ms), fault, owner, last kind
-//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process, and the lease ids of its acquires; "bye" once it closed
+//	amlpool:{pool}:done:<proc> ZSET  "<proc>.<n>" -> expiry × 8 + reply: the releases and failure reports of a process, and the lease ids of its acquires and deletions; "bye" once it closed
 //	amlpool:{pool}:grant      pub/sub channel: "g|<process id>|<lease set>|<lease id>", a lease granted
 //	amlpool:{pool}:health     pub/sub channel: "<process id>|<kind>|<endpoint id>|<n>|<fault>|<version>"
 //
@@ -47,7 +47,8 @@ func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 // done is the key of the set in which a process's releases, failure
 // reports and acquires leave their mark, so that go-redis's sending one
 // again after it ran changes nothing: a member per round trip, "<process
-// id>.<n>" (an acquire's is its lease id, "<process id>:<n>"), scored
+// id>.<n>" (an acquire's is its lease id, "<process id>:<n>", which the
+// deletion of a lease marks too: removeScript), scored
 // by its expiry (ms) × 8 plus what the round trip replied (0 to 7), so that
 // expired marks go as others do (ZREMRANGEBYSCORE to now × 8 + 7) and a
 // retry reads the reply in its mark's score (ZSCORE). Goodbye replaces the
@@ -123,7 +124,9 @@ end
 // in the done set (Limiter.doneTTL), and a run that finds it there but not
 // the lease is a copy that Redis runs after the lease ended (released, or
 // deleted once the acquire's reply was lost): it takes nothing, or its
-// lease, which no call holds, would block a slot for a TTL.
+// lease, which no call holds, would block a slot for a TTL. So does a first
+// run that finds the mark a deletion of its lease id left (removeScript):
+// the acquire's reply was given up on before Redis ran it.
 var acquireScript = redis.NewScript(scriptNow + `
 if redis.call('ZSCORE', KEYS[#KEYS], 'bye') then return {0, 0, 0, 0} end
 local n = (#KEYS - 2) / 2
@@ -240,6 +243,29 @@ if keep then
   return reply(removed, 1)
 end
 return reply(removed, 0)
+`)
+
+// removeScript deletes leases of the process that no call holds (a lease
+// whose release failed, the lease of an acquire whose reply was lost, a
+// lease that would take the process past its share) and marks each lease
+// id in the process's done set, as an acquire's own run does: a run of the
+// acquire that Redis makes after the deletion (sent before it, delivered
+// late) finds the mark and takes nothing, where it would otherwise take a
+// lease that no call holds, which nobody deletes, and which blocks its slot
+// for a TTL.
+//
+// KEYS: the process's done set, then one lease set per lease.
+// ARGV: how long the marks stay (ms), then the lease ids, in the order of
+// their lease sets.
+var removeScript = redis.NewScript(scriptNow + `
+local done, dttl = KEYS[1], tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', done, '-inf', now * 8 + 7)
+for i = 2, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[i])
+  redis.call('ZADD', done, (now + dttl) * 8, ARGV[i])
+end
+extend(done, dttl)
+return 1
 `)
 
 // yieldScript tells a process that keeps handing a lease on whether it

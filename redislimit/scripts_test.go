@@ -660,6 +660,32 @@ func TestGoodbyeScript(t *testing.T) {
 	})
 }
 
+// The remove script deletes the leases it is given, and no other, and
+// marks their ids: an acquire of one of them that Redis runs afterwards (its
+// reply given up on before Redis ran it) takes nothing.
+func TestRemoveScript(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		ks := newKeyspace("t")
+		a, c := ks.endpoint("a"), ks.endpoint("c")
+		acquire(t, b, "p:1", time.Minute, []string{a}, 10)
+		acquire(t, b, "q:1", time.Minute, []string{a}, 10)
+		require.NoError(t, removeScript.Run(ctx, b.rdb, []string{ks.done("p"), a, c}, 60000, "p:1", "p:2").Err())
+		assert.Equal(t, []string{"q:1"}, b.rdb.ZRange(ctx, a, 0, -1).Val(), "p:1 only")
+		for _, id := range []string{"p:1", "p:2"} {
+			score, err := b.rdb.ZScore(ctx, ks.done("p"), id).Result()
+			require.NoError(t, err, "%s unmarked", id)
+			now := b.rdb.Time(ctx).Val().UnixMilli()
+			assert.InDelta(t, now+60000, score/8, 1000, "%s's mark lives as long as asked", id)
+		}
+		assert.Greater(t, b.rdb.PTTL(ctx, ks.done("p")).Val(), 50*time.Second)
+
+		assert.Equal(t, []int64{0, 0}, acquire(t, b, "p:2", time.Minute, []string{c}, 10), "an acquire run after its lease was deleted")
+		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
+		assert.Equal(t, []int64{1, 1}, acquire(t, b, "p:3", time.Minute, []string{c}, 10), "another acquire")
+	})
+}
+
 func TestScriptsSurviveScriptFlush(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *backend) {
 		ctx := context.Background()
