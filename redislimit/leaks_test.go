@@ -189,6 +189,43 @@ func TestAcquireRunAfterItsLeaseWasDeletedTakesNothing(t *testing.T) {
 	assert.Empty(t, f.leases(t, "a"), "a lease no call holds")
 }
 
+// A deletion still queued at Close, of a lease on an endpoint the Limiter
+// has forgotten since (SetEndpoints removed it, or no call asked for it in
+// three ticks), is done by Close's goodbye: the lease must not block its
+// slot for the rest of a TTL after the process has gone.
+func TestCloseDeletesQueuedLeasesOfForgottenEndpoints(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	cctx, cancel := context.WithCancel(ctx)
+	h := &scriptHook{sha: acquireScript.Hash(), lost: cancel}
+	cut := &cutHook{}
+	rdb := f.hookedClient(t, h, acquireScript)
+	rdb.AddHook(cut)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithRenewInterval(time.Second))
+	require.NoError(t, err)
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	_, err = l.TryAcquire(cctx, eps(1))
+	require.ErrorIs(t, err, context.Canceled)
+	require.Len(t, f.leases(t, "a"), 1, "the script ran: the lease is in Redis, its deletion queued")
+	cut.down.Store(true) // the ticks that would delete it fail
+	for range 3 {        // and the third forgets the endpoint
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	l.mu.Lock()
+	forgotten, queued := len(l.eps) == 0, len(l.pending)
+	l.mu.Unlock()
+	require.True(t, forgotten, "the endpoint is still known")
+	require.Equal(t, 1, queued)
+	require.Len(t, f.leases(t, "a"), 1, "the lease lives on in Redis")
+
+	cut.down.Store(false)
+	require.NoError(t, l.Close())
+	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+}
+
 // A release whose script runs between a tick's taking the lease in its
 // batch and the tick's script, which adds the lease back as missing: when
 // the tick's reply is used first, the release deletes the lease again.

@@ -44,6 +44,9 @@ func (k keyspace) endpoint(id string) string { return k.prefix + "ep:" + id }
 
 func (k keyspace) want(id string) string { return k.prefix + "want:" + id }
 
+// wantOf is the key of the want set of the endpoint whose lease set is key.
+func (k keyspace) wantOf(key string) string { return k.want(strings.TrimPrefix(key, k.prefix+"ep:")) }
+
 // done is the key of the set in which a process's releases, failure
 // reports and acquires leave their mark, so that go-redis's sending one
 // again after it ran changes nothing: a member per round trip, "<process
@@ -449,8 +452,8 @@ return {v, left, owner}
 // before Close gave up on it, on another connection) finds it and writes
 // nothing.
 //
-// KEYS: the lease sets of every endpoint the process has seen, then their
-// want sets, then the grants set, the limits set, the members set and the
+// KEYS: the lease sets of every endpoint the process knows, and of those it
+// has forgotten with a lease deletion still queued, then their want sets, then the grants set, the limits set, the members set and the
 // process's done set. (Its health writes stay: they are the fleet's, not
 // the process's.)
 // ARGV: process id, how long "bye" stays (ms), then the process's limit

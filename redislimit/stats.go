@@ -79,8 +79,8 @@ func (l *Limiter) Stats() Stats {
 // ones return amlpool.ErrClosed, the background goroutines end, and then, in
 // one script, every lease of this process is deleted from Redis (calls still
 // running are no longer counted fleet-wide; a lease Redis took from an
-// acquire whose reply was lost goes too) and the process leaves the replica
-// count. A round trip that Close cut short may have been sent already, and
+// acquire whose reply was lost goes too, also on an endpoint that no Client
+// uses any more) and the process leaves the replica count. A round trip that Close cut short may have been sent already, and
 // Redis may run it after the goodbye: for a TTL plus WithTimeout Redis
 // keeps a record of the goodbye (one small key, the process's done set),
 // and such a script finds it and changes nothing. Close waits for Redis at
@@ -103,10 +103,10 @@ func (l *Limiter) Close() error {
 	l.wg.Wait()
 
 	l.mu.Lock()
-	l.pending = nil // the goodbye script deletes these with the rest
 	keys := make([]string, 0, 2*len(l.eps)+4)
 	var wants []string
 	args := []any{l.proc, l.doneTTL().Milliseconds()}
+	sets := make(map[string]bool, len(l.eps))
 	for _, ep := range l.eps {
 		for _, ls := range ep.held {
 			ls.released = true
@@ -115,7 +115,21 @@ func (l *Limiter) Close() error {
 		keys = append(keys, ep.key)
 		wants = append(wants, ep.want)
 		args = append(args, limitMember(ep.id, int(ep.limit.Load()), l.proc))
+		sets[ep.key] = true
 	}
+	// The leases whose deletion is still queued go with the goodbye too,
+	// those on endpoints this process has forgotten since included (a
+	// Client's SetEndpoints removed them, or no call asked for them): their
+	// lease sets join the others', or those leases would block their slots
+	// for the rest of a TTL.
+	for _, r := range l.pending {
+		if !sets[r.key] {
+			sets[r.key] = true
+			keys = append(keys, r.key)
+			wants = append(wants, l.keys.wantOf(r.key))
+		}
+	}
+	l.pending = nil
 	l.held = 0
 	keys = append(append(keys, wants...), l.keys.grants, l.keys.limits, l.keys.members, l.keys.done(l.proc))
 	l.mu.Unlock()
