@@ -91,7 +91,8 @@
 //     round trip does that, at the cost of the share for two probe intervals;
 //     its acquires already under way then, sent with the whole cap, and the
 //     grants it asked for before give back a lease that would take it past
-//     its share (a grant in fallback too), and a process that holds more than
+//     its share (a grant in fallback too; as a release does, it goes to a
+//     process that waits for the endpoint), and a process that holds more than
 //     its share then, or in fallback, hands no lease on to its waiting calls:
 //     the leases past the share end with the calls admitted before the
 //     outage. Redis's count misses the replicas not back yet, so the count

@@ -154,7 +154,7 @@ func (l *Limiter) granted(key, id string) {
 // for it or granted to it, and gives it to the oldest waiting call that may
 // use ep, or releases it when none may any more. One that would take the
 // process past its share (roomLocked: a grant it asked for before it fell
-// back or began to rejoin the fleet) goes back to Redis.
+// back or began to rejoin the fleet) goes back to Redis (giveBack).
 func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	l.mu.Lock()
 	delete(l.releasing, id)
@@ -164,7 +164,7 @@ func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	}
 	if !l.roomLocked(ep) {
 		l.mu.Unlock()
-		l.removeAll(l.bg, []removal{{ep.key, id}})
+		l.giveBack(ep, id)
 		return
 	}
 	now := l.cfg.clock.Now()
@@ -182,6 +182,23 @@ func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	}
 	l.mu.Unlock()
 	ls.Release() // its call gave up meanwhile
+}
+
+// giveBack ends a lease on ep that Redis holds in this process's name and
+// that would take the process past its share (roomLocked), as a release
+// does: Redis grants its slot at once to another process that waits for
+// the endpoint, if one does, in the same round trip. Deleted instead, the
+// slot would idle until that process's next try, up to a backoff later.
+// What fails is deleted once Redis answers again, or at Close.
+func (l *Limiter) giveBack(ep *endpoint, id string) {
+	if _, _, err := l.remove(&lease{l: l, ep: ep, id: id}, false); err != nil {
+		l.mu.Lock()
+		l.pending = appendPending(l.pending, removal{ep.key, id})
+		l.mu.Unlock()
+		if l.bg.Err() == nil {
+			l.failed(err)
+		}
+	}
 }
 
 // wantTTL is how long a failed try says that this process wants a slot: a

@@ -751,6 +751,57 @@ func TestFailStaticGrantReadByTheTickThatFindsTheHeartbeatGoneKeepsToShare(t *te
 	}
 }
 
+// A grant that a process gives back, past its share while it rejoins the
+// fleet, goes to another process that waits for the endpoint, as a
+// released lease does: in the same round trip, announced to it. Deleted
+// instead, the slot would idle until the waiting process's next try (the
+// fake clock never moves here, so it never comes).
+func TestGrantGivenBackGoesToAWaitingProcess(t *testing.T) {
+	const capacity, share = 4, 2 // a share of 2 for each of 2 replicas
+	f := newFixture(t)
+	ctx := testCtx(t)
+	l, w := f.limiter(t, WithExpectedReplicas(2)), f.limiter(t)
+	f.subscribed(t, l.keys.grant, 2)
+	f.settle(t, 2)
+	f.advance(l.cfg.renew) // each counts both
+	f.settle(t, 2)
+	var held []amlpool.Lease
+	for range share {
+		ls, err := l.TryAcquire(ctx, eps(capacity))
+		require.NoError(t, err)
+		require.NotNil(t, ls)
+		held = append(held, ls)
+	}
+	// Redis failed over and lost l's heartbeat: l's tick opens its window.
+	require.NoError(t, f.rdb.ZRem(ctx, l.keys.members, l.proc).Err())
+	f.advance(l.cfg.renew)
+	f.settle(t, 2)
+	l.mu.Lock()
+	rejoining := f.clk.Now().Before(l.rejoin)
+	l.mu.Unlock()
+	require.True(t, rejoining, "no rejoin window")
+
+	// Another process holds a slot, and has granted l one, asked for before
+	// the window: the endpoint is full, and w waits.
+	key, id := "amlpool:{t}:ep:a", l.proc+":gq.1"
+	exp := f.clk.Now().Add(time.Minute).UnixMilli()
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, "q:1"), redisZ(exp, id)).Err())
+	got := f.waitFor(t, ctx, w, 3, eps(capacity))
+	require.Equal(t, []string{w.proc}, f.rdb.ZRange(ctx, "amlpool:{t}:want:a", 0, -1).Val(), "w asked for a grant")
+
+	l.granted(key, id) // past l's share: given back
+	ls := receive(t, got)
+	assert.Equal(t, share, l.Stats().Held)
+	assert.Zero(t, l.Stats().Grants)
+	assert.EqualValues(t, 1, w.Stats().Grants)
+	assert.NotContains(t, f.leases(t, "a"), id)
+	assert.Len(t, f.leases(t, "a"), capacity)
+	ls.Release()
+	for _, ls := range held {
+		ls.Release()
+	}
+}
+
 // A grant asked for before the Limiter fell back may reach it in fallback
 // (its notice, or a tick that reads it, comes through while other round
 // trips fail): it must keep the process to its share, as a local lease does.

@@ -540,9 +540,9 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		// leases taken since have overtaken (local ones, in a fallback that
 		// other round trips began while this one was under way), it took
 		// a lease that would take the process past its share: the lease
-		// goes back.
+		// goes back, to a process that waits for it if one does.
 		l.mu.Unlock()
-		l.removeAll(l.bg, []removal{{ep.key, id}})
+		l.giveBack(ep, id)
 		return nil, nil
 	}
 	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
