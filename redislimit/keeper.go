@@ -243,7 +243,8 @@ func (l *Limiter) readdedLocked(ls *lease) {
 // held, no call waiting for one, no Client's live endpoint (SetEndpoints
 // removed it), not asked for in three ticks. Its limit is no longer
 // announced and its health no longer read; a call that asks for it again
-// brings it back.
+// brings it back, and so does a lease that an acquire under way since
+// before takes on it (liveLocked).
 func (l *Limiter) forgetLocked(now time.Time) {
 	l.hmu.Lock()
 	defer l.hmu.Unlock()

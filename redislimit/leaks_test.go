@@ -226,6 +226,87 @@ func TestCloseDeletesQueuedLeasesOfForgottenEndpoints(t *testing.T) {
 	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
 }
 
+// An acquire whose round trip lasts longer than three ticks (a timeout
+// longer than three renew intervals) must keep its endpoint known: else a
+// tick forgets it meanwhile, and the lease the reply brings is on an
+// endpoint that no tick renews, which expires in Redis while its call runs.
+func TestAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
+		WithRenewInterval(time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	got := make(chan amlpool.Lease, 1)
+	go func() {
+		ls, err := l.TryAcquire(ctx, eps(1))
+		assert.NoError(t, err)
+		got <- ls
+	}()
+	<-reached
+	for range 3 { // three ticks while the acquire waits for Redis
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	close(open)
+	ls := <-got
+	require.NotNil(t, ls)
+	for range 2 * l.cfg.ttl / l.cfg.renew { // the call runs for two TTLs
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	assert.Len(t, f.leases(t, "a"), 1, "the lease of a running call expired")
+	assert.Zero(t, l.Stats().Lost)
+	ls.Release()
+}
+
+// The same when that acquire fails and the Limiter, in fallback meanwhile,
+// takes a local lease: it goes on the endpoint the ticks know, and the
+// probe that finds Redis back writes it there.
+func TestFallbackAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+	cut := &cutHook{}
+	rdb := f.hookedClient(t, h, acquireScript)
+	rdb.AddHook(cut)
+	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(time.Second),
+		WithRenewInterval(200*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	got := make(chan amlpool.Lease, 1)
+	go func() {
+		ls, err := l.TryAcquire(ctx, eps(1))
+		assert.NoError(t, err)
+		got <- ls
+	}()
+	<-reached
+	cut.down.Store(true)
+	for !l.Stats().Fallback { // ticks fail, forget the endpoint, and trip the fallback
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	close(open) // the acquire fails too
+	ls := <-got
+	require.NotNil(t, ls, "a local lease")
+	cut.down.Store(false)
+	for l.Stats().Fallback {
+		f.advance(l.cfg.probe)
+		f.settle(t, 1)
+	}
+	assert.Len(t, f.leases(t, "a"), 1, "the local lease of a running call, not written back")
+	ls.Release()
+}
+
 // A release whose script runs between a tick's taking the lease in its
 // batch and the tick's script, which adds the lease back as missing: when
 // the tick's reply is used first, the release deletes the lease again.

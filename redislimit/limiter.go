@@ -532,7 +532,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		l.mu.Unlock()
 		return nil, nil
 	}
-	ep := cands[i-1]
+	ep := l.liveLocked(cands[i-1])
 	now := l.cfg.clock.Now()
 	if !l.roomLocked(ep) {
 		// Sent with the cap before this process learnt of an outage (from
@@ -571,6 +571,7 @@ func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
 		return nil, errUnavailable
 	}
 	for i, ep := range cands {
+		ep = l.liveLocked(ep)
 		if len(ep.held) < l.shareLocked(ep) {
 			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36),
 				since: l.cfg.clock.Now(), limit: ep.limit.Load()}
@@ -596,6 +597,21 @@ func (l *Limiter) shareLocked(ep *endpoint) int {
 		return 0
 	}
 	return (int(ep.limit.Load()) + k - 1) / k
+}
+
+// liveLocked returns the Limiter's record of ep's endpoint, which ep is
+// unless a tick forgot ep while an acquire on it was under way (a round
+// trip longer than three ticks, with a timeout longer than three renew
+// intervals): then the record a later call made, or ep put back. A lease
+// goes on the live record, whose leases every tick renews and Close
+// deletes.
+func (l *Limiter) liveLocked(ep *endpoint) *endpoint {
+	if cur := l.eps[ep.id]; cur != nil {
+		return cur
+	}
+	l.eps[ep.id] = ep
+	l.byKey[ep.key] = ep
+	return ep
 }
 
 func (l *Limiter) addLocked(ls *lease) {
