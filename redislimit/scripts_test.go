@@ -42,7 +42,14 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b *backend)) {
 	})
 	t.Run("redis-server", func(t *testing.T) {
 		s := redistest.Start(t)
-		f(t, &backend{rdb: s.Client(t), advance: func(d time.Duration) { time.Sleep(d) }})
+		// Long socket timeouts: the scripts run here without a Limiter's
+		// fallback, and on a loaded host a reply can take longer than the
+		// 100 ms a Limiter's client waits (a flake, not a finding).
+		opts := redistest.Options(s.Addr)
+		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+		rdb := redis.NewClient(opts)
+		t.Cleanup(func() { _ = rdb.Close() })
+		f(t, &backend{rdb: rdb, advance: func(d time.Duration) { time.Sleep(d) }})
 	})
 }
 
