@@ -250,7 +250,7 @@ return reply(removed, 0)
 
 // removeScript deletes leases of the process that no call holds (a lease
 // whose release failed, the lease of an acquire whose reply was lost, a
-// lease that would take the process past its share) and marks each lease
+// grant on an endpoint the process no longer uses) and marks each lease
 // id in the process's done set, as an acquire's own run does: a run of the
 // acquire that Redis makes after the deletion (sent before it, delivered
 // late) finds the mark and takes nothing, where it would otherwise take a
@@ -453,8 +453,9 @@ return {v, left, owner}
 // nothing.
 //
 // KEYS: the lease sets of every endpoint the process knows, and of those it
-// has forgotten with a lease deletion still queued, then their want sets, then the grants set, the limits set, the members set and the
-// process's done set. (Its health writes stay: they are the fleet's, not
+// has forgotten with a lease deletion still queued, then their want sets,
+// then the grants set, the limits set, the members set and the process's
+// done set. (Its health writes stay: they are the fleet's, not
 // the process's.)
 // ARGV: process id, how long "bye" stays (ms), then the process's limit
 // members.

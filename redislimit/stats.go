@@ -80,13 +80,13 @@ func (l *Limiter) Stats() Stats {
 // one script, every lease of this process is deleted from Redis (calls still
 // running are no longer counted fleet-wide; a lease Redis took from an
 // acquire whose reply was lost goes too, also on an endpoint that no Client
-// uses any more) and the process leaves the replica count. A round trip that Close cut short may have been sent already, and
-// Redis may run it after the goodbye: for a TTL plus WithTimeout Redis
-// keeps a record of the goodbye (one small key, the process's done set),
-// and such a script finds it and changes nothing. Close waits for Redis at
-// most the Limiter's timeout, or the client's own timeouts when it ignores
-// contexts. The first Close returns nil; later ones return
-// amlpool.ErrClosed.
+// uses any more) and the process leaves the replica count. A round trip
+// that Close cut short may have been sent already, and Redis may run it
+// after the goodbye: for a TTL plus WithTimeout Redis keeps a record of the
+// goodbye (one small key, the process's done set), and such a script finds
+// it and changes nothing. Close waits for Redis at most the Limiter's
+// timeout, or the client's own timeouts when it ignores contexts. The first
+// Close returns nil; later ones return amlpool.ErrClosed.
 func (l *Limiter) Close() error {
 	l.mu.Lock()
 	if l.closed {
