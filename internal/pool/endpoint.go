@@ -143,10 +143,10 @@ type Counters struct {
 // Counters returns the endpoint's counters, read one after another but
 // for Calls and InFlight, read together.
 func (e *Endpoint) Counters() Counters {
-	slots := e.slots.Load()
+	calls, slots := e.ended.read(&e.slots)
 	return Counters{
 		InFlight:  int(slots & heldMask),
-		Calls:     e.ended.read(slots),
+		Calls:     calls,
 		Failures:  e.failures.Load(),
 		Cancelled: e.cancelled.Load(),
 		Throttles: e.throttles.Load(),
@@ -197,10 +197,22 @@ type ended struct {
 	last, base uint64
 }
 
-func (c *ended) read(slots uint64) int64 {
-	n := (slots>>heldBits - slots&heldMask) % endedMod
+// read loads slots, the packed word, and returns the count of attempts
+// ended in it, and the word. The word is loaded under c's lock: readers
+// at once (Stats from two goroutines) then widen their words in the order
+// they read them, whereas one that read its word before another, and
+// widened it after, would take its smaller count for a wrap.
+func (c *ended) read(slots *atomic.Uint64) (int64, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	v := slots.Load()
+	return c.widen(v), v
+}
+
+// widen returns the count of attempts ended in slots, the packed word,
+// counting the wraps seen since the last word widened. c.mu is held.
+func (c *ended) widen(slots uint64) int64 {
+	n := (slots>>heldBits - slots&heldMask) % endedMod
 	if n < c.last {
 		c.base += endedMod
 	}

@@ -126,16 +126,69 @@ func TestCountersReadCallsAndInFlightTogether(t *testing.T) {
 	}
 }
 
+// TestCountersReadConcurrently: readers of an endpoint's counters at once
+// (Stats called from two goroutines) never see a wrap of the packed count
+// that did not happen. Each reads the word and widens the count in turn:
+// a reader that read the word before another, but widened it after,
+// took its older count for a wrap, and Calls jumped by 2⁴⁰.
+func TestCountersReadConcurrently(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 4)
+	e := p.Set().Eps[0]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var started, cycles atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if slot, ok := p.TryAcquire(&Exclusion{}); ok {
+					started.Add(1)
+					p.Release(slot, &Report{Result: OK}, nil)
+					cycles.Add(1)
+				}
+			}
+		})
+	}
+	var readers sync.WaitGroup
+	failed := make(chan string, 2)
+	for range 2 {
+		readers.Go(func() {
+			for cycles.Load() < 200_000 {
+				// An attempt counted in Calls has ended, so it started
+				// before this read: Calls is at most the attempts started
+				// as they are read after it.
+				n := e.Counters()
+				if made := started.Load(); n.Calls > made {
+					failed <- fmt.Sprintf("Calls %d, of %d attempts started", n.Calls, made)
+					return
+				}
+			}
+		})
+	}
+	readers.Wait()
+	close(stop)
+	wg.Wait()
+	close(failed)
+	for msg := range failed {
+		t.Error(msg)
+	}
+}
+
 // TestEndedCountDoesNotWrap: the packed count of attempts ended wraps
 // after 2⁴⁰; the count read does not, as long as it is read once a wrap.
 func TestEndedCountDoesNotWrap(t *testing.T) {
 	t.Parallel()
 	var c ended
 	pack := func(started, held uint64) uint64 { return started<<heldBits | held }
-	assert.EqualValues(t, 5, c.read(pack(7, 2)))
-	assert.EqualValues(t, endedMod-1, c.read(pack(endedMod+1, 2)), "started wrapped, ended not yet")
-	assert.EqualValues(t, endedMod+3, c.read(pack(5, 2)), "ended wrapped too")
-	assert.EqualValues(t, endedMod+3, c.read(pack(6, 3)), "a take changes nothing")
+	assert.EqualValues(t, 5, c.widen(pack(7, 2)))
+	assert.EqualValues(t, endedMod-1, c.widen(pack(endedMod+1, 2)), "started wrapped, ended not yet")
+	assert.EqualValues(t, endedMod+3, c.widen(pack(5, 2)), "ended wrapped too")
+	assert.EqualValues(t, endedMod+3, c.widen(pack(6, 3)), "a take changes nothing")
 }
 
 func TestUnauthorizedWithOneKey(t *testing.T) {
