@@ -65,8 +65,9 @@ type HealthKind uint8
 
 const (
 	// HealthFailed: attempts failed in a way that counts towards ejection
-	// (VerdictRetry). Failures in a row, wherever seen, eject the endpoint
-	// once they reach WithEjection's count.
+	// (VerdictRetry, but for a 429: an endpoint's rate limit is none).
+	// Failures in a row, wherever seen, eject the endpoint once they reach
+	// WithEjection's count.
 	HealthFailed HealthKind = iota + 1
 	// HealthRecovered: a reply proved the endpoint alive after failures; its
 	// count of failures in a row starts again.
