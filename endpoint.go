@@ -33,8 +33,9 @@ type Endpoint struct {
 	// Name labels the endpoint in logs, stats and errors. When empty it is
 	// derived from the URL: the endpoint id after "services/", or the host,
 	// with a suffix ("#2", "#3", …) when an endpoint before it in the set
-	// has that Name; SetEndpoints keeps the Name derived for a URL in use
-	// (see Client.SetEndpoints). It must be valid UTF-8 without control
+	// has that Name, or, in SetEndpoints, any endpoint of the set keeps it:
+	// SetEndpoints keeps the Name derived for a URL in use (see
+	// Client.SetEndpoints). It must be valid UTF-8 without control
 	// characters.
 	Name string
 	// URL is the endpoint's Request URI, e.g.
