@@ -167,9 +167,10 @@ func (p plan) perEndpoint(mcc int) float64 {
 }
 
 // endpoints is how many endpoints of mcc slots serve the target with its
-// headroom.
+// headroom: at least one, also for a target so small that the quotient
+// rounds to 0.
 func (p plan) endpoints(mcc int) int {
-	return int(math.Ceil(p.rps * (1 + p.headroom) / p.perEndpoint(mcc) * (1 - 1e-12)))
+	return max(1, int(math.Ceil(p.rps*(1+p.headroom)/p.perEndpoint(mcc)*(1-1e-12))))
 }
 
 func (p plan) print(w io.Writer) {

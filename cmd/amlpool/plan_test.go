@@ -168,6 +168,18 @@ func TestPlanBatchTime(t *testing.T) {
 	}
 }
 
+// A target so small that the endpoints it needs round to none (a rate in
+// the float's subnormal range) still needs one: plan once said 0, with
+// "+Inf% busy", and with --rows divided by the slots of no endpoint and
+// panicked.
+func TestPlanTinyTargetNeedsOneEndpoint(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"plan", "--rps", "1e-320", "--latency", "1ms", "--rows", "1"}, &out, &errOut), errOut.String())
+	assert.Contains(t, out.String(), "endpoints needed: 1 at MCC 20 (20000 calls/s; 0% busy at the target)\n")
+	assert.Contains(t, out.String(), "  or 1 at MCC 200 ")
+	assert.Contains(t, out.String(), "time for 1 rows: 1 calls of up to 100 rows on 1 x 20 slots = 1 rounds of 1 ms = 1ms, ")
+}
+
 func TestPlanBadFlags(t *testing.T) {
 	empty := filepath.Join(t.TempDir(), "empty.json")
 	require.NoError(t, os.WriteFile(empty, []byte(`{"requests":0}`), 0o644))
