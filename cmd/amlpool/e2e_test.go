@@ -645,6 +645,45 @@ func TestScoreRefusesToWriteOverItsInput(t *testing.T) {
 	}
 }
 
+// Two of a run's files that are one through a symlink to a file not made
+// yet (the output's, the reject file's) are one only once the run has made
+// it: distinctFiles, before any file is opened, cannot see it. They are
+// refused once the files are open, before any row is sent; the run once
+// scored every row and then wrote its statistics over its output, or two
+// files' rows into one.
+func TestScoreRefusesFilesThatASymlinkMakesOne(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	rejects := filepath.Join(dir, "scored.rejects.csv")
+	writeIDs(t, in, 10)
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	for _, tt := range []struct {
+		name, flag, target, want string
+	}{
+		{"stats to the output", "--stats", out, "is the same file as --out " + out + ": the run would write both to it; give --stats another file"},
+		{"stats to the reject file", "--stats", rejects, "is the same file as --rejects " + rejects + ": the run would write both to it; give --stats another file"},
+		{"rejects to the output", "--rejects", out, "is the same file as --out " + out + ": the run would write both to it; give --rejects another file"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			link := filepath.Join(t.TempDir(), "link")
+			require.NoError(t, os.Symlink(tt.target, link))
+			p.servers[0].ResetStats()
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"score", "--config", p.config, "--in", in, "--out", out, "--progress", "none", tt.flag, link}, &stdout, &stderr)
+			assert.Equal(t, 2, code, stderr.String())
+			assert.Equal(t, "amlpool score: "+tt.flag+" "+link+" "+tt.want+"\n", stderr.String())
+			assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
+			for _, f := range []string{out, rejects, filepath.Join(dir, "scored.stats.json")} {
+				assert.NoFileExists(t, f)
+			}
+		})
+	}
+}
+
 // A --stats file the run cannot write (its directory missing, a file where
 // its directory should be, a read-only directory) is refused before any
 // row is scored, with exit status 2 naming the flag and the path, as a bad

@@ -230,7 +230,8 @@ type runFile struct{ name, path, what string }
 // file when they are spelled alike (once made absolute and clean), or when
 // both exist as regular files and are the same file (another spelling, a
 // symlink, a hard link). It runs before any file is opened, and never
-// reads them.
+// reads them; prepare runs it again once it has made the files it writes,
+// which a symlink may name.
 //
 // reload says that the run is going on (a SIGHUP reload of the config):
 // its files stay as they are, so the advice is to fix the config rather
@@ -392,6 +393,13 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	}
 	if s.dropStats, err = checkOutput("--stats", o.stats); err != nil {
 		s.dropStats = func() {}
+		return fail(err)
+	}
+	// Once more now that the files are there: a symlink to a file the run
+	// has just made (its output, its reject file) is the same file only
+	// now, and the run would write two of its files into one (its
+	// statistics over its output, at the end).
+	if err := distinctFiles(o, false, cfg.keyFiles(o.config)...); err != nil {
 		return fail(err)
 	}
 	s.base = w.out.rows + w.rej.rows
