@@ -40,7 +40,8 @@ Ctrl-C (SIGINT) or SIGTERM ends the run early: it prints (and writes to
 "amlpool score" does. Otherwise the exit status is 0, 1 when a call
 failed (after its retries) or the statistics could not be written, 2 for
 bad flags or config. A --stats file it cannot write (its directory missing
-or read-only) is refused before any load is driven.
+or read-only), or that is --in, the config or a key or token file it names,
+is refused before any load is driven.
 
 Examples:
   amlpool bench --config pool.json --in rows.csv --duration 30s
@@ -138,8 +139,16 @@ func bench(ctx context.Context, o benchOptions, out, stderr io.Writer) error {
 		if err != nil {
 			return usageError{err}
 		}
-		if err := checkInput(o.in, append([]runFile{{"--config", o.config, "config"}}, cfg.keyFiles(o.config)...), false); err != nil {
+		read := append([]runFile{{"--in", o.in, "input"}, {"--config", o.config, "config"}}, cfg.keyFiles(o.config)...)
+		if err := checkInput(o.in, read[1:], false); err != nil {
 			return err
+		}
+		// The statistics, written at the end, must not go over a file the
+		// run reads, as score's must not.
+		for _, a := range read {
+			if o.stats != "" && sameFile(a.path, o.stats) {
+				return usageError{fmt.Errorf("--stats %s is the same file as %s %s: the run would write over its %s; give --stats another file", o.stats, a.name, a.path, a.what)}
+			}
 		}
 		if body, err = benchBody(o.in, o.chunk, cfg, eps[0].Kind); err != nil {
 			return usageError{err}

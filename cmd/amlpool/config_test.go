@@ -316,3 +316,34 @@ func TestConfigJSONErrorsNameTheField(t *testing.T) {
 		assert.NotContains(t, err.Error(), "endpoints.", tt.config)
 	}
 }
+
+// bench never writes its statistics over a file it reads: a --stats that
+// is its input, its config or a key file (through a symlink too) is
+// refused before any load is driven, as score's is. It once drove the
+// load and then wrote the statistics over that file.
+func TestBenchRefusesToWriteItsStatsOverWhatItReads(t *testing.T) {
+	dir := t.TempDir()
+	key, cfg, in := filepath.Join(dir, "key.txt"), filepath.Join(dir, "pool.json"), filepath.Join(dir, "rows.csv")
+	link := filepath.Join(dir, "link.json")
+	require.NoError(t, os.Symlink(cfg, link))
+	files := map[string]string{key: "the-secret-key\n", cfg: fmt.Sprintf(`{"endpoints":[{"name":"east","url":"http://127.0.0.1:1/execute","apiKeyFile":%q}]}`, key),
+		in: "id\n1\n"}
+	for _, tt := range []struct{ stats, want string }{
+		{in, "--stats " + in + " is the same file as --in " + in + ": the run would write over its input; give --stats another file"},
+		{link, "--stats " + link + " is the same file as --config " + cfg + ": the run would write over its config; give --stats another file"},
+		{key, "--stats " + key + ` is the same file as the "apiKeyFile" of endpoints[0] (east) in ` + cfg + ", " + key + ": the run would write over its key file; give --stats another file"},
+	} {
+		for path, text := range files {
+			require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
+		}
+		var out, errOut bytes.Buffer
+		assert.Equal(t, 2, run([]string{"bench", "--config", cfg, "--in", in, "--duration", "50ms", "--stats", tt.stats}, &out, &errOut), tt.stats)
+		assert.Equal(t, "amlpool bench: "+tt.want+"\n", errOut.String())
+		assert.Empty(t, out.String(), "no load was driven")
+		for path, text := range files {
+			got, err := os.ReadFile(path)
+			require.NoError(t, err)
+			assert.Equal(t, text, string(got), "%s is untouched", path)
+		}
+	}
+}
