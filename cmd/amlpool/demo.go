@@ -132,7 +132,7 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	runCtx, cancel := context.WithTimeout(ctx, cfg.duration)
 	defer cancel()
 	var ok, failed atomic.Int64
-	var firstErr atomic.Value
+	var firstErr atomic.Pointer[error] // not an atomic.Value, which panics when errors differ in type
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range cfg.callers {
@@ -148,7 +148,7 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 					return // the run is over; the call was cut short, not failed
 				default:
 					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.CompareAndSwap(nil, &err)
 				}
 			}
 		}()
@@ -186,14 +186,14 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) error {
 	rate := float64(ok.Load()) / elapsed.Seconds()
 	fmt.Fprintf(out, "\nachieved: %.0f calls/s = %.1f%% of the ceiling (%d ok, %d failed)\n",
 		rate, 100*rate/ceiling, ok.Load(), failed.Load())
-	if err, _ := firstErr.Load().(error); err != nil {
-		fmt.Fprintln(out, "first error:", err)
+	if err := firstErr.Load(); err != nil {
+		fmt.Fprintln(out, "first error:", *err)
 	}
 	if interrupted {
 		return errInterrupted
 	}
 	if n := failed.Load(); n > 0 {
-		return fmt.Errorf("%d of %d calls failed; the first: %w", n, ok.Load()+n, firstErr.Load().(error))
+		return fmt.Errorf("%d of %d calls failed; the first: %w", n, ok.Load()+n, *firstErr.Load())
 	}
 	return nil
 }

@@ -106,3 +106,23 @@ func TestDemoExitsOneWhenCallsFailed(t *testing.T) {
 	assert.Regexp(t, `^amlpool demo: [1-9]\d* of [1-9]\d* calls failed; the first: .*400`, errOut.String())
 	assert.NotRegexp(t, `\(\d+ ok, 0 failed\)`, out.String())
 }
+
+// Calls that fail with errors of different types (an *amlpool.APIError for
+// a 400, an *amlpool.CallError for a reply that is not JSON, after its
+// retries) are counted as the others are: the first error was once kept
+// in an atomic.Value, which panics when a second, of another type, is
+// offered to it.
+func TestDemoFailuresOfDifferentTypes(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	cfg := demoConfig{endpoints: 1, mcc: 4, latency: time.Millisecond, duration: 200 * time.Millisecond, callers: 4, kind: amlpool.Classic,
+		fault: func(n int64) amltest.Fault {
+			if n%2 == 0 {
+				return amltest.Fault{Status: 400}
+			}
+			return amltest.Fault{Body: []byte("{nope")}
+		}}
+	var out, errOut bytes.Buffer
+	code := exitStatus(&errOut, "demo", demo(t.Context(), cfg, &out))
+	assert.Equal(t, 1, code, errOut.String())
+	assert.Regexp(t, `^amlpool demo: [1-9]\d* of [1-9]\d* calls failed; the first: `, errOut.String())
+}
