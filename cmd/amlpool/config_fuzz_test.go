@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"os"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -11,11 +12,13 @@ import (
 )
 
 // FuzzParseConfig feeds the pool file parser arbitrary files. The bar: no
-// panic; no key or token in any error, the parser's or New's; every
+// panic; no key or token in any error, the parser's or New's (but where the
+// file itself has the key's text as a name, which an error may quote); every
 // endpoint it accepts carries the key of the variable or file it names, or
 // a token source.
 func FuzzParseConfig(f *testing.F) {
 	const key = "env-held-key-0123456789"
+	namesKey := regexp.MustCompile(`"` + key + `"\s*(:|$)`) // the key's text as an object's name
 	for _, seed := range []string{
 		`{"endpoints":[{"name":"east","url":"https://h/workspaces/w/services/e/execute?api-version=2.0","apiKeyEnv":"K","maxConcurrentCalls":20}]}`,
 		`{"endpoints":[{"url":"http://127.0.0.1:1/x","apiKeyEnv":"K"}],"chunkRows":-1}`,
@@ -61,7 +64,11 @@ func FuzzParseConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, eps, err := parseConfig(data, keys)
 		if err != nil {
-			require.NotContains(t, err.Error(), key)
+			// A name of the file's own may be the key's text (an
+			// unknown field named so); an error names it, as it must.
+			if !namesKey.Match(data) {
+				require.NotContains(t, err.Error(), key)
+			}
 			return
 		}
 		require.Len(t, eps, len(cfg.Endpoints))
