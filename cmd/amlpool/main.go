@@ -37,6 +37,9 @@ var commands = []command{
 var stopProfile func()
 
 func main() {
+	if !procsEnvSet(os.Getenv) {
+		fitProcsToWork = fitProcs
+	}
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
 	if stopProfile != nil {
 		stopProfile()

@@ -545,6 +545,10 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 	r := &reloader{path: o.config, keys: osKeys, opts: o, client: s.client, say: p.say, cfg: s.cfg, eps: s.eps, tally: &endpointTally{}}
 	hup.scoring(r.reload)
 	start := time.Now()
+	stopFitting := func() {}
+	if fitProcsToWork != nil {
+		stopFitting = fitProcsToWork()
+	}
 	st, err := s.client.ScoreRows(amlpool.WithPriority(ctx, o.priority), s.src, sink, &amlpool.BatchOptions{
 		Input:            s.cfg.Input,
 		Output:           s.cfg.Output,
@@ -554,6 +558,7 @@ func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hu
 		NoSplit:          o.noSplit,
 		Progress:         p.update,
 	})
+	stopFitting()
 	elapsed := time.Since(start)
 	hup.over(stderr)
 	p.finish()

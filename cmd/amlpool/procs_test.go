@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/amlpool/amlpool/amltest"
+)
+
+func TestWantProcs(t *testing.T) {
+	for _, c := range []struct {
+		cur, limit int
+		busy       float64
+		want       int
+	}{
+		{2, 2, 0.15, 1}, // a scoring run on slow endpoints: one P is plenty
+		{2, 2, 0.39, 1}, // still within one P's planned share
+		{2, 2, 0.5, 2},  // more than a P's planned share: keep both
+		{1, 1, 0.9, 1},  // never past the runtime's choice
+		{1, 2, 0.5, 1},  // busy, but not enough to add a P
+		{1, 2, 0.7, 2},  // past procsRaiseAt: one more
+		{1, 8, 1.0, 3},  // a wholly busy P: as many as its work asks, at least one more
+		{1, 8, 0.65, 2}, // just past procsRaiseAt: one more
+		{8, 8, 1.0, 3},  // a run that slowed down gives most back
+		{8, 8, 0, 1},    // an idle one all but one
+		{3, 8, 1.1, 3},  // steady: 1.1 over 3 Ps is under procsRaiseAt, and needs 3
+		{3, 8, 1.9, 5},  // past procsRaiseAt × 3
+		{4, 4, 3.9, 4},  // at the runtime's choice, however busy
+	} {
+		if got := wantProcs(c.cur, c.limit, c.busy); got != c.want {
+			t.Errorf("wantProcs(%d, %d, %.2f) = %d, want %d", c.cur, c.limit, c.busy, got, c.want)
+		}
+	}
+}
+
+// TestProcsFitterFitsTheWork drives a fitter with a CPU clock the test
+// moves: a light window takes GOMAXPROCS down to one, a busy one raises it
+// again, and stopping gives back what the runtime chose.
+func TestProcsFitterFitsTheWork(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var used atomic.Int64 // CPU time, ns
+		var sets []int
+		stop := procsFitter{
+			limit: 4,
+			cpu:   func() (time.Duration, bool) { return time.Duration(used.Load()), true },
+			set:   func(n int) { sets = append(sets, n) },
+		}.start()
+		window := func(cores float64) {
+			used.Add(int64(cores * float64(procsInterval)))
+			time.Sleep(procsInterval)
+			synctest.Wait()
+		}
+		window(0.1) // slow endpoints
+		window(0.1)
+		window(0.9) // a fast stretch: one P wholly busy
+		window(1.3) // still busy on 3 Ps: stays
+		window(0.3)
+		stop()
+		if want := []int{1, 3, 1, 4}; !slices.Equal(sets, want) {
+			t.Errorf("GOMAXPROCS set to %v, want %v", sets, want)
+		}
+	})
+}
+
+// TestProcsFitterLeavesAloneWhatItCannotFit: no goroutine and no change
+// where the process cannot read its CPU time, or has one P only.
+func TestProcsFitterLeavesAloneWhatItCannotFit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		for _, f := range []procsFitter{
+			{limit: 2, cpu: func() (time.Duration, bool) { return 0, false }},
+			{limit: 1, cpu: func() (time.Duration, bool) { return 0, true }},
+		} {
+			f.set = func(n int) { t.Errorf("limit %d: GOMAXPROCS set to %d", f.limit, n) }
+			stop := f.start()
+			time.Sleep(10 * procsInterval)
+			stop()
+		}
+	})
+}
+
+func TestProcsEnvSet(t *testing.T) {
+	env := map[string]string{}
+	if procsEnvSet(func(k string) string { return env[k] }) {
+		t.Error("no GOMAXPROCS in the environment, yet procsEnvSet")
+	}
+	env["GOMAXPROCS"] = "2"
+	if !procsEnvSet(func(k string) string { return env[k] }) {
+		t.Error("GOMAXPROCS=2 in the environment, yet not procsEnvSet")
+	}
+}
+
+// TestScoreFitsProcsWhileScoring: score starts the fitter main chose
+// before its first row is sent and stops it before it reports.
+func TestScoreFitsProcsWhileScoring(t *testing.T) {
+	dir := t.TempDir()
+	fp := newFakePool(t, dir, []amltest.Config{{}}, "")
+	for _, kv := range fp.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	in := filepath.Join(dir, "in.csv")
+	writeIDs(t, in, 10)
+	var started, stopped, callsAtStart atomic.Int32
+	saved := fitProcsToWork
+	t.Cleanup(func() { fitProcsToWork = saved })
+	fitProcsToWork = func() func() {
+		started.Add(1)
+		callsAtStart.Store(int32(fp.servers[0].Stats().Requests))
+		return func() { stopped.Add(1) }
+	}
+	var stdout, stderr bytes.Buffer
+	out := filepath.Join(dir, "out.csv")
+	if code := run([]string{"score", "--config", fp.config, "--in", in, "--out", out, "--progress", "none"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("score: exit %d: %s", code, &stderr)
+	}
+	if started.Load() != 1 || stopped.Load() != 1 {
+		t.Errorf("fitter started %d and stopped %d times, want once each", started.Load(), stopped.Load())
+	}
+	if n := callsAtStart.Load(); n != 0 {
+		t.Errorf("fitter started after %d calls, want before the first", n)
+	}
+	if got := len(readCSV(t, out)); got != 11 {
+		t.Errorf("out has %d records, want a header and 10 rows", got)
+	}
+}
