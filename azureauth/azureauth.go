@@ -91,9 +91,9 @@ const (
 // only when the cached token is about to expire, or was rejected, while
 // it runs): its panic then panics no Token, as its error reaches none,
 // rather than one that comes later and never asked for it; the cached
-// token goes on, and the next early refresh is 30 seconds later, as after
-// a failure. A GetToken that keeps panicking thus panics the callers that
-// wait for it once the cached token is about to expire.
+// token goes on, and the next early refresh is 30 seconds after it ended,
+// as after a failure. A GetToken that keeps panicking thus panics the
+// callers that wait for it once the cached token is about to expire.
 //
 // A GetToken that ends its goroutine without returning (runtime.Goexit,
 // as a test's t.FailNow does in a fake credential) ends that goroutine, as
@@ -101,7 +101,8 @@ const (
 // once, that says so.
 //
 // Neither a panic nor a Goexit is a failure: it starts no back-off, and
-// the next Token that needs a token fetches one.
+// the next Token that needs a token fetches one. Only the next early
+// refresh waits, after either, 30 seconds from the fetch's end.
 type Credential struct {
 	cred   azcore.TokenCredential
 	opts   policy.TokenRequestOptions
@@ -301,9 +302,16 @@ func (c *Credential) get(ctx context.Context) func() (any, error) {
 		at, err := c.getToken(fctx)
 		if _, ok := err.(*fetchPanic); ok || err == errGoexit {
 			// No failure, no back-off: what follows would be a guess.
-			// An early refresh's nextTry stands: no other for 30 seconds.
+			// But no early refresh for 30 seconds after this fetch's end,
+			// as after a failure: tryEarly counted them from its start,
+			// and a GetToken that ran long before it panicked would be
+			// tried again soon after. (Only an early refresh heeds
+			// nextTry, and the next fetch that gives a token resets it.)
 			// A panic goes to the callers waiting for this fetch, if any,
 			// and to no one else (see Credential).
+			c.mu.Lock()
+			c.nextTry = c.now().Add(retryAfterFailure)
+			c.mu.Unlock()
 			return nil, err
 		}
 		now := c.now()

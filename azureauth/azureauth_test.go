@@ -625,6 +625,43 @@ func TestEarlyRefreshPanic(t *testing.T) {
 	assert.Equal(t, "t3", tokenOf(t, c))
 }
 
+// TestEarlyRefreshPanicCountsFromItsEnd: an early refresh that ran long
+// and then panicked, or called runtime.Goexit, is not tried again until
+// 30 seconds after it ended, as after a failure, not 30 seconds after it
+// started.
+func TestEarlyRefreshPanicCountsFromItsEnd(t *testing.T) {
+	for _, goexit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "panic", true: "Goexit"}[goexit], func(t *testing.T) {
+			c, f, clock := newTest(t, time.Hour)
+			assert.Equal(t, "t1", tokenOf(t, c))
+			clock.Advance(time.Hour - DefaultRefreshBefore)
+			gate := make(chan struct{})
+			f.set(func(f *fakeCred) {
+				f.gate = gate
+				if f.goexit = goexit; !goexit {
+					f.panicWith = "early boom"
+				}
+			})
+			assert.Equal(t, "t1", tokenOf(t, c)) // starts the early refresh
+			<-f.entered
+			<-f.entered
+			clock.Advance(20 * time.Second) // the fetch runs long
+			close(gate)
+			settle(c)
+			require.Equal(t, int64(2), f.calls.Load(), "the early refresh ran")
+			f.set(func(f *fakeCred) { f.gate, f.panicWith, f.goexit = nil, nil, false })
+			clock.Advance(retryAfterFailure - time.Second)
+			assert.Equal(t, "t1", tokenOf(t, c))
+			settle(c)
+			assert.Equal(t, int64(2), f.calls.Load(), "no second try within 30 s of the refresh's end")
+			clock.Advance(time.Second)
+			assert.Equal(t, "t1", tokenOf(t, c))
+			settle(c)
+			assert.Equal(t, "t3", tokenOf(t, c))
+		})
+	}
+}
+
 // TestEarlyRefreshPanicReachesWhoJoinedIt: a Token that joins an early
 // refresh, its cached token about to expire while the refresh runs, waits
 // for that fetch, and so panics with its GetToken's value, as any waiting
