@@ -86,13 +86,16 @@ type Endpoint struct {
 	// from replies an error quotes and from transport errors: the whole
 	// value of a header whose name holds "key", "token", "secret", "auth",
 	// "signature", "password", "credential" or "cookie", in any case
-	// (Api-Key, X-Functions-Key), whatever its length; the value of any
+	// (Api-Key, X-Functions-Key), of 8 characters or more; the value of any
 	// other header of 16 characters or more; and each part of a value as
 	// long (the token of "Bearer <token>", a SAS's sig=), which a reply may
-	// echo alone. A shorter part, or a shorter value of another header, is
-	// left: it is likely a word or a number that scrubbing would cut out of
-	// every message. Azureml-Model-Deployment's value, a deployment's name,
-	// is never scrubbed.
+	// echo alone. A shorter value of a header whose name says it carries a
+	// credential is scrubbed only where it is shown as that header's value
+	// ("X-Api-Key: k3y", "x-api-key=k3y", {"X-Api-Key":"k3y"}); a shorter
+	// part, or a shorter value of another header, is left: it is likely a
+	// word or a number ("1", "on") that scrubbing would cut out of every
+	// message. Azureml-Model-Deployment's value, a deployment's name, is
+	// never scrubbed.
 	Header http.Header
 	// Credential, when set instead of APIKey, gives each attempt's bearer
 	// token (see Credential). A token is a secret under every rule that
@@ -302,13 +305,29 @@ func isKey(v string, keys []string) bool {
 
 // minSecretLen is the length, decoded, from which a query value that
 // printed URLs redact (querySecrets), or a header's value or a part of one
-// (headerSecrets; a credential header's whole value is scrubbed whatever
-// its length), is also scrubbed from quoted replies and transport errors. A
-// shorter one is no secret worth the name, and
+// (headerSecrets; a credential header's whole value from
+// minCredentialLen), is also scrubbed from quoted replies and transport
+// errors. A shorter one is no secret worth the name, and
 // is likely an ordinary word or number (a SAS's sp=r, spr=https or
 // sv=2021-06-08) that scrubbing would cut out of every message; a SAS
 // sig=, a gateway's subscription-key= or a function's code= is longer.
 const minSecretLen = 16
+
+// minCredentialLen is the length from which the whole value of a header
+// whose name says it carries a credential (Api-Key, X-Auth-Mode) is
+// scrubbed wherever a quoted reply or a transport error holds it
+// (headerSecrets). A shorter value is hidden only where a text shows it as
+// that header's value (fieldSecret). Below 8 characters a value is most
+// likely a flag, a mode or a word ("1", "on", "true", "basic", "none"),
+// whose text is in countless messages (an "on" in every "connection",
+// a "1" in every count): scrubbed everywhere, it would mangle them all.
+// No key a service issues is that short (API Management subscription
+// keys and Azure ML keys are 32 characters or more), and 8 is the shortest
+// password NIST SP 800-63B accepts at all; from 8 on, an unrelated message
+// holds the value by chance seldom enough that scrubbing it everywhere
+// costs little. It is lower than minSecretLen: the header's name says the
+// value is a secret.
+const minCredentialLen = 8
 
 // querySecrets returns the values of the checked URL u's query that
 // printed URLs redact (redactQuery) and that are at least minSecretLen
@@ -578,17 +597,20 @@ func newAuth(cred Credential, keys []string, extra http.Header) *pool.Auth {
 // x-functions-key, any header that carries a credential, which a reply
 // may echo. That is the whole value, as net/http sends it (trimmed), of a
 // header whose name says it carries a credential (isCredentialHeader),
-// whatever its length: a short key is a key all the same, and a reply that
-// echoes it whole must not show it. Of any other header it is a value at
-// least minSecretLen long. And it is every part of a value at least
-// minSecretLen long, which a reply may echo alone: split at spaces,
-// commas, semicolons and ampersands, and a name=value part's value, as
-// sent and percent-decoded (a SAS's sig=). A shorter part is left (a SAS's
-// se=1700000000, skn=send, "Bearer"), and so is a shorter value of another
-// header: each is likely a word or a number ("json", "blue", "2") that
-// scrubbing would cut out of every message. Azureml-Model-Deployment's
-// value is none: it is a deployment's name, which the service's own
-// errors name. It is built once per Auth.
+// from minCredentialLen characters on; a shorter one is a field secret
+// (fieldSecret), hidden only where a text shows it as that header's value
+// ("X-Auth-Mode: 1"): a short key is a key all the same, and a reply that
+// echoes the request's headers must not show it, but a "1" or an "on"
+// searched for everywhere would be cut out of every message. Of any other
+// header it is a value at least minSecretLen long. And it is every part
+// of a value at least minSecretLen long, which a reply may echo alone:
+// split at spaces, commas, semicolons and ampersands, and a name=value
+// part's value, as sent and percent-decoded (a SAS's sig=). A shorter
+// part is left (a SAS's se=1700000000, skn=send, "Bearer"), and so is a
+// shorter value of another header: each is likely a word or a number
+// ("json", "blue", "2") that scrubbing would cut out of every message.
+// Azureml-Model-Deployment's value is none: it is a deployment's name,
+// which the service's own errors name. It is built once per Auth.
 func headerSecrets(h http.Header) []string {
 	var out []string
 	add := func(s string, minLen int) {
@@ -600,12 +622,16 @@ func headerSecrets(h http.Header) []string {
 		if name == deploymentHeader {
 			continue
 		}
-		whole := minSecretLen
-		if isCredentialHeader(name) {
-			whole = 1
-		}
+		cred := isCredentialHeader(name)
 		for _, v := range vs {
-			add(strings.Trim(v, " \t"), whole)
+			switch whole := strings.Trim(v, " \t"); {
+			case !cred:
+				add(whole, minSecretLen)
+			case len(whole) >= minCredentialLen:
+				add(whole, 1)
+			case whole != "":
+				add(fieldSecret(name, whole), 1)
+			}
 			// A reply may echo a part alone: the token of "Bearer <token>",
 			// the sig= of a SAS ("SharedAccessSignature sr=…&sig=…&se=…").
 			for part := range strings.FieldsFuncSeq(v, isHeaderSeparator) {
@@ -633,7 +659,7 @@ var credentialWords = []string{"key", "token", "secret", "auth", "signature", "p
 
 // isCredentialHeader reports whether the header named name (canonical)
 // carries a credential by its name, so that its whole value is a secret
-// whatever its length (headerSecrets).
+// however short (headerSecrets).
 func isCredentialHeader(name string) bool {
 	lower := strings.ToLower(name)
 	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(lower, w) })

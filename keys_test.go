@@ -445,14 +445,18 @@ func TestHeaderSecretsScrubbedFromReplies(t *testing.T) {
 	assertNoSecret(t, o, map[string]any{"error": err}, hidden)
 }
 
-// TestShortCredentialHeaderValuesScrubbed: the whole value of a header
-// whose name says it carries a credential (an API Management subscription
-// key, Azure's api-key, a function key, an upstream Authorization) is a
-// secret whatever its length: a reply that echoes it, as it is or encoded,
-// gets it into no error, as the endpoint's own key in Authorization does,
-// short as it is. A short value of another header stays, and so
-// does a short part of a credential's value echoed alone (the token of
-// "Bearer <token>"), which the 16-character rule for parts leaves.
+// TestShortCredentialHeaderValuesScrubbed: the value of a header whose
+// name says it carries a credential (an API Management subscription key,
+// Azure's api-key, a function key, an upstream Authorization) is a secret
+// however short: a reply that echoes it, as it is or encoded, gets it
+// into no error, as the endpoint's own key in Authorization does, short
+// as it is. From 8 characters on it is scrubbed wherever the reply holds
+// it; a shorter one where the reply shows it as that header's value
+// ("Api-Key: …", "api-key=…", {"X-Functions-Key":"…"}), as a reply that
+// echoes the request's headers does. A short value of another header
+// stays, and so does a short part of a credential's value echoed alone
+// (the token of "Bearer <token>"), which the 16-character rule for parts
+// leaves.
 func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
 	const apim, apiKey, fnKey, bearer, tenant = "apim-k3y-7", "k3y+9/Q", "fn-0", "Bearer t0k-42", "tenant-7"
 	header := http.Header{
@@ -465,7 +469,7 @@ func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusUnauthorized)
-		msg := fmt.Sprintf("apim %s; api %s; api-q %s; fn %s; auth %s; token %s; tenant %s; authz %s;",
+		msg := fmt.Sprintf(`apim %s; Api-Key: %s; q /x?api-key=%s; {"X-Functions-Key":"%s"}; auth %s; token %s; tenant %s; authz %s;`,
 			r.Header.Get("Ocp-Apim-Subscription-Key"), r.Header.Get("Api-Key"), url.QueryEscape(r.Header.Get("Api-Key")),
 			r.Header.Get("X-Functions-Key"), r.Header.Get("X-Upstream-Auth"),
 			strings.TrimPrefix(r.Header.Get("X-Upstream-Auth"), "Bearer "), r.Header.Get("X-Tenant"), r.Header.Get("Authorization"))
@@ -477,13 +481,53 @@ func TestShortCredentialHeaderValuesScrubbed(t *testing.T) {
 	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: shortKey, Header: header}}, WithoutRetries())
 	_, err := o.Do(t.Context(), []byte(`{}`))
 	require.Error(t, err)
-	for _, want := range []string{"apim " + redacted + ";", "api " + redacted + ";", "api-q " + redacted + ";",
-		"fn " + redacted + ";", "auth " + redacted + ";", "authz Bearer " + redacted + ";"} {
-		assert.Contains(t, err.Error(), want, "a credential header's whole value is scrubbed")
+	for _, want := range []string{"apim " + redacted + ";", "Api-Key: " + redacted + ";", "q /x?api-key=" + redacted + ";",
+		`{"X-Functions-Key":"` + redacted + `"};`, "auth " + redacted + ";", "authz Bearer " + redacted + ";"} {
+		assert.Contains(t, err.Error(), want, "a credential header's value is scrubbed")
 	}
 	assert.Contains(t, err.Error(), "token t0k-42;", "a short part echoed alone stays")
 	assert.Contains(t, err.Error(), "tenant "+tenant, "a short value of another header stays")
 	assertNoSecret(t, o, map[string]any{"error": err}, []string{apim, apiKey, url.QueryEscape(apiKey), fnKey, bearer, shortKey})
+}
+
+// TestShortCredentialHeaderValuesCutNothingElse: a value under 8
+// characters of a header whose name says it carries a credential
+// (X-Auth-Mode: 1, Authorization-Scheme: on) is most likely a flag or a
+// word. It is hidden where a reply or a transport error shows it as that
+// header's value, in a JSON string or as Go prints an http.Header, but
+// every other "1" and "on" of the message stays as it was, in the error
+// and in the log lines.
+func TestShortCredentialHeaderValuesCutNothingElse(t *testing.T) {
+	header := http.Header{"X-Auth-Mode": {"1"}, "Authorization-Scheme": {"on"}}
+	const msg = "1 of 1 rows failed: column 1 is not a number; connection reset on retry 1"
+	shown := []string{"X-Auth-Mode: 1", "authorization-scheme=on", "X-Auth-Mode:[1]", "Authorization-Scheme:[on]"}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusBadRequest)
+		js, _ := json.Marshal(fmt.Sprintf("%s (X-Auth-Mode: %s, authorization-scheme=%s)",
+			msg, r.Header.Get("X-Auth-Mode"), r.Header.Get("Authorization-Scheme")))
+		fmt.Fprintf(w, `{"error":{"code":"BadArgument","message":%s}}`, js)
+	}))
+	t.Cleanup(srv.Close)
+	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), msg+" (X-Auth-Mode: "+redacted+", authorization-scheme="+redacted+")")
+	assert.Contains(t, o.logs.String(), msg, "the log lines keep the message whole")
+	assertNoSecret(t, o, map[string]any{"error": err}, shown)
+
+	// A user's RoundTripper whose error prints the request's headers.
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return nil, fmt.Errorf("proxy on port 1 refused after 1 try: %v", r.Header)
+	})
+	o = newObserved(t, []Endpoint{{Name: "gw", URL: "http://127.0.0.1:1/x", APIKey: secretKey, Header: header}},
+		WithoutRetries(), WithHTTPClient(&http.Client{Transport: rt}))
+	_, err = o.Do(t.Context(), []byte(`{}`))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "proxy on port 1 refused after 1 try: map[")
+	assert.Contains(t, err.Error(), "Authorization-Scheme:["+redacted+"]")
+	assert.Contains(t, err.Error(), "X-Auth-Mode:["+redacted+"]")
+	assertNoSecret(t, o, map[string]any{"error": err}, append(shown, secretKey))
 }
 
 // TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a

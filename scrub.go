@@ -50,6 +50,9 @@ import (
 // there.
 func scrubKey(data []byte, secrets []string) []byte {
 	if !bytes.ContainsAny(data, "%\\&") && !slices.ContainsFunc(secrets, func(s string) bool {
+		if _, v, ok := splitFieldSecret(s); ok {
+			s = v
+		}
 		return s != "" && bytes.Contains(data, []byte(s))
 	}) {
 		return data
@@ -60,8 +63,10 @@ func scrubKey(data []byte, secrets []string) []byte {
 // scrubString returns s with every copy of each secret replaced by
 // [REDACTED]: as it is, and as percent-encoding (in either case), JSON or
 // HTML escaping spell it, whole or in part, once or twice over. A secret with a space is also
-// found with '+' for it, as a query encodes it. The order of secrets does
-// not matter: copies that overlap are replaced as one.
+// found with '+' for it, as a query encodes it. A field secret
+// (fieldSecret) is replaced only where s shows it as its header's value.
+// The order of secrets does not matter: copies that overlap are replaced
+// as one.
 func scrubString(s string, secrets []string) string {
 	var spans []span
 	for _, secret := range secrets {
@@ -119,11 +124,20 @@ func scrubString(s string, secrets []string) string {
 type span struct{ start, end int }
 
 // appendMatches appends to spans where secret is in text, and its form
-// with '+' for each space. from is nil when text is the one scrubbed;
-// otherwise text is it unescaped, and from maps text back (unescape).
+// with '+' for each space; for a field secret, also where text shows its
+// value as its header's (appendFieldMatches). from is nil when text is
+// the one scrubbed; otherwise text is it unescaped, and from maps text
+// back (unescape).
 func appendMatches(spans []span, text, secret string, from []int) []span {
 	if secret == "" {
 		return spans
+	}
+	// A field secret is searched for as it is too, like any other: the
+	// text it is made of holds a NUL no text shows, and a key, a token or
+	// a query's value that only looks like one loses nothing of its
+	// scrubbing.
+	if name, value, ok := splitFieldSecret(secret); ok {
+		spans = appendFieldMatches(spans, text, name, value, from)
 	}
 	for k := 0; k < 2; k++ {
 		if k == 1 {
@@ -137,22 +151,95 @@ func appendMatches(spans []span, text, secret string, from []int) []span {
 			if j < 0 {
 				break
 			}
-			start, end := i+j, i+j+len(secret)
-			i = end
-			if from != nil {
-				// From the escape that gave the first byte to the end of
-				// the one that gave the last: a rune's bytes share their
-				// escape, and from[len(text)] is past every escape.
-				next := end
-				for from[next] == from[end-1] {
-					next++
-				}
-				start, end = from[start], from[next]
-			}
-			spans = append(spans, span{start, end})
+			i = i + j + len(secret)
+			spans = append(spans, mapSpan(i-len(secret), i, from))
 		}
 	}
 	return spans
+}
+
+// mapSpan returns the span of the scrubbed text that gave text's bytes
+// [start, end), from mapping text back to it (nil when text is it).
+func mapSpan(start, end int, from []int) span {
+	if from == nil {
+		return span{start, end}
+	}
+	// From the escape that gave the first byte to the end of the one that
+	// gave the last: a rune's bytes share their escape, and
+	// from[len(text)] is past every escape.
+	next := end
+	for from[next] == from[end-1] {
+		next++
+	}
+	return span{from[start], from[next]}
+}
+
+// A field secret is the value of a header whose name says it carries a
+// credential, too short to be searched for everywhere (headerSecrets): a
+// "1" or an "on" (X-Auth-Mode: 1) is in countless messages, and scrubbing
+// every copy of it would cut it out of them all. It is hidden only where
+// a text shows it as that header's value, as a reply or a RoundTripper's
+// error that echoes the request's headers does: "X-Auth-Mode: 1",
+// "x-auth-mode=1", {"X-Auth-Mode":"1"}, {'X-Auth-Mode': ['1']},
+// map[X-Auth-Mode:[1]], the name in any case, and in each spelling (a
+// percent-encoded query, a JSON string) scrubString undoes. It travels
+// among the other secrets as fieldMark, the header's name, fieldMark and
+// the value: a NUL is in no header's name or value (checkHeader), and one
+// that only looks like a field secret is searched for as it is as well.
+const fieldMark = "\x00"
+
+// fieldSecret returns the field secret of value, the header name's.
+func fieldSecret(name, value string) string { return fieldMark + name + fieldMark + value }
+
+// splitFieldSecret returns the header's name and value of the field
+// secret s, or false when s is none.
+func splitFieldSecret(s string) (name, value string, ok bool) {
+	rest, ok := strings.CutPrefix(s, fieldMark)
+	if !ok {
+		return "", "", false
+	}
+	name, value, ok = strings.Cut(rest, fieldMark)
+	return name, value, ok && name != "" && value != ""
+}
+
+// maxFieldSep bounds what appendFieldMatches takes for what separates a
+// header's name from its value: a ':' or '=' and, on either side, up to
+// as many spaces, tabs, quotes and (after it) brackets: `": ["`.
+const maxFieldSep = 4
+
+// appendFieldMatches appends to spans where text shows value as the value
+// of the header name: name, in any case, then a ':' or an '=' with
+// spaces, quotes or brackets about it, then value (or its form with '+'
+// for each space). Only value goes, the name stays. from is as for
+// appendMatches.
+func appendFieldMatches(spans []span, text, name, value string, from []int) []span {
+	plus := strings.ReplaceAll(value, " ", "+")
+	for i := 0; i+len(name) <= len(text); i++ {
+		if !strings.EqualFold(text[i:i+len(name)], name) {
+			continue
+		}
+		k := skipBytes(text, i+len(name), " \t\"'")
+		if k == len(text) || text[k] != ':' && text[k] != '=' {
+			continue
+		}
+		k = skipBytes(text, k+1, " \t\"'[")
+		for _, v := range [...]string{value, plus} {
+			if strings.HasPrefix(text[k:], v) {
+				spans = append(spans, mapSpan(k, k+len(v), from))
+				break
+			}
+		}
+	}
+	return spans
+}
+
+// skipBytes returns the offset in text of the first byte from i on that
+// is not in set, or i+maxFieldSep when so many are.
+func skipBytes(text string, i int, set string) int {
+	for n := 0; n < maxFieldSep && i < len(text) && strings.IndexByte(set, text[i]) >= 0; n++ {
+		i++
+	}
+	return i
 }
 
 // encodings are the bytes the escapes of each encoding scrubString undoes
@@ -347,6 +434,10 @@ func hexValue(s string) (int, bool) {
 func maxSpelled(secrets []string) int {
 	n := 0
 	for _, s := range secrets {
+		if name, value, ok := splitFieldSecret(s); ok {
+			// Its name and separator are to be in the text too.
+			n = max(n, len(name)+2*maxFieldSep+1+len(value))
+		}
 		n = max(n, len(s))
 	}
 	return n * maxEntity * maxEntity

@@ -244,3 +244,47 @@ func FuzzScrubString(f *testing.F) {
 		}
 	})
 }
+
+// A field secret, the short value of a header whose name says it carries
+// a credential, is replaced where a text shows it as that header's value,
+// the name in any case, in each spelling scrubString undoes; every other
+// copy of it stays. A secret that only looks like a field secret is still
+// replaced wherever it is.
+func TestScrubStringFieldSecret(t *testing.T) {
+	secrets := []string{fieldSecret("X-Auth-Mode", "1"), fieldSecret("Api-Key", "k y+/")}
+	for text, want := range map[string]string{
+		"1 of 1 failed":                                "1 of 1 failed",
+		"X-Auth-Mode: 1; 1 try":                        "X-Auth-Mode: [REDACTED]; 1 try",
+		"x-auth-mode=1&n=1":                            "x-auth-mode=[REDACTED]&n=1",
+		`{"X-Auth-Mode":"1","n":1}`:                    `{"X-Auth-Mode":"[REDACTED]","n":1}`,
+		`{\"x-auth-mode\": \"1\"}`:                     `{\"x-auth-mode\": \"[REDACTED]\"}`,
+		"{'X-Auth-Mode': ['1']}":                       "{'X-Auth-Mode': ['[REDACTED]']}",
+		"map[X-Auth-Mode:[1]] 1":                       "map[X-Auth-Mode:[[REDACTED]]] 1",
+		"/x?x-auth-mode%3D1%26n%3D1":                   "/x?x-auth-mode%3D[REDACTED]%26n%3D1",
+		"X-Auth-Mode 1, X-Auth-Mode-1":                 "X-Auth-Mode 1, X-Auth-Mode-1",
+		"Api-Key: k y+/ k y+/":                         "Api-Key: [REDACTED] k y+/",
+		"/x?api-key=k+y%2B%2F":                         "/x?api-key=[REDACTED]",
+		`{"Api-Key":"k y+\/"}`:                         `{"Api-Key":"[REDACTED]"}`,
+		"/x?q=%7B%22Api-Key%22%3A%22k%20y%2B%2F%22%7D": "/x?q=%7B%22Api-Key%22%3A%22[REDACTED]%22%7D",
+	} {
+		assert.Equal(t, want, scrubString(text, secrets), text)
+		assert.Equal(t, want, string(scrubKey([]byte(text), secrets)), text)
+	}
+	odd := fieldSecret("sig", "x") // a query's value, decoded, that looks like one
+	assert.Equal(t, "a [REDACTED] b, sig=[REDACTED]", scrubString("a "+odd+" b, sig=x", []string{odd}))
+}
+
+// headerSecrets: the whole value of a header whose name says it carries a
+// credential is searched for everywhere from 8 characters on, and is a
+// field secret below; another header's value only from 16 characters on.
+func TestHeaderSecretsShortCredentialValues(t *testing.T) {
+	got := headerSecrets(http.Header{
+		"X-Auth-Mode":      {"1"},
+		"Api-Key":          {"k3y-abcd"},
+		"X-Functions-Key":  {" fn-0 "},
+		"X-Tenant":         {"tenant-7"},
+		"X-Correlation-Id": {"0123456789abcdef"},
+	})
+	assert.ElementsMatch(t, []string{"0123456789abcdef", "k3y-abcd",
+		fieldSecret("X-Auth-Mode", "1"), fieldSecret("X-Functions-Key", "fn-0")}, got)
+}
