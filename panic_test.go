@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -719,4 +721,73 @@ func TestAPanickingHealthLinkClosesTheClientAllTheSame(t *testing.T) {
 	releaseOnce()
 	require.NoError(t, <-first, "the call in flight finishes")
 	assert.ErrorIs(t, c.Close(), ErrClosed)
+}
+
+// A Credential whose Token calls runtime.Goexit (t.FailNow in a fake
+// credential) ends the goroutine of the call that asked for the token, as
+// it would any other callback's, hedged copy or not: no call waits for a
+// token another call's Token was fetching (each attempt asks its
+// Credential itself), so none is left waiting, not even with a ctx that
+// never ends. The slot goes back, and the next call gets its token. In a
+// bubble, a call left waiting for ever would fail the test as a deadlock.
+func TestACredentialGoexitEndsTheCallNotOthers(t *testing.T) {
+	ok := func(r *http.Request) (*http.Response, error) {
+		if r.Host == "slow.invalid" {
+			<-r.Context().Done() // the first copy, while the hedge goes
+			return nil, r.Context().Err()
+		}
+		return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(`{"Results":{}}`)), Request: r}, nil
+	}
+	for _, hedged := range []bool{false, true} {
+		t.Run(map[bool]string{false: "unhedged", true: "hedge"}[hedged], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var exits atomic.Int64 // Token calls left that call Goexit
+				cred := CredentialFunc(func(context.Context) (string, error) {
+					if exits.Add(-1) >= 0 {
+						runtime.Goexit()
+					}
+					return "a-token-of-some-length", nil
+				})
+				const callers = 3
+				eps := []Endpoint{{Name: "fast", URL: "https://fast.invalid/x", Credential: cred, MaxConcurrentCalls: callers}}
+				opts := []Option{WithoutRetries(), WithHTTPClient(&http.Client{Transport: rtFunc(ok)})}
+				exits.Store(callers)
+				if hedged {
+					// Each call goes first to slow, the lower tier, and
+					// its hedge, a second later, to fast.
+					eps[0].Tier = 1
+					eps = append(eps, Endpoint{Name: "slow", URL: "https://slow.invalid/x", APIKey: secretKey, MaxConcurrentCalls: callers})
+					opts = append(opts, WithHedging(time.Second))
+				}
+				c, err := New(eps, opts...)
+				require.NoError(t, err)
+				defer c.Close()
+				ended := make(chan string, callers)
+				for range callers {
+					go func() {
+						returned := false
+						defer func() {
+							if !returned {
+								ended <- "Goexit"
+							}
+						}()
+						_, _ = c.Do(context.Background(), []byte(`{}`))
+						returned = true
+						ended <- "returned"
+					}()
+				}
+				for range callers {
+					assert.Equal(t, "Goexit", <-ended)
+				}
+				for _, e := range c.Stats().Endpoints {
+					assert.Zero(t, e.InFlight, "%s's slot is back", e.Name)
+				}
+				assert.EqualValues(t, -1, exits.Add(-1), "each call asked for its token")
+				exits.Store(0)
+				_, err = c.Do(context.Background(), []byte(`{}`))
+				require.NoError(t, err, "the next call gets its token")
+			})
+		})
+	}
 }
