@@ -684,6 +684,61 @@ func TestScoreRefusesFilesThatASymlinkMakesOne(t *testing.T) {
 	}
 }
 
+// When the second check refuses a run, two of its files that are one
+// through symlinks to a file that was missing, the run removes the files
+// it made, the one the links name included, and leaves the links as they
+// were. It once took the --out link away and left its file, empty, or took
+// a --rejects link to the output away.
+func TestScoreRefusedLinksLeaveNoFileBehind(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	target := filepath.Join(dir, "target.csv")
+	for _, tt := range []struct {
+		name  string
+		flags []string // flags whose value is a link to target
+	}{
+		{"out and stats", []string{"--out", "--stats"}},
+		{"out and rejects", []string{"--out", "--rejects"}},
+		{"out, rejects and stats", []string{"--out", "--rejects", "--stats"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			links := t.TempDir()
+			args := []string{"score", "--config", p.config, "--in", in, "--progress", "none"}
+			var made []string
+			for _, flag := range tt.flags {
+				link := filepath.Join(links, strings.TrimPrefix(flag, "--")+".csv")
+				require.NoError(t, os.Symlink(target, link))
+				args = append(args, flag, link)
+				made = append(made, link)
+			}
+			p.servers[0].ResetStats()
+			var stdout, stderr bytes.Buffer
+			assert.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+			assert.Contains(t, stderr.String(), "is the same file as --out "+made[0]+": the run would write both to it")
+			assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
+			for _, link := range made {
+				assertDangling(t, link, target)
+			}
+			entries, err := os.ReadDir(links)
+			require.NoError(t, err)
+			assert.Len(t, entries, len(made), "nothing but the links in their directory (no default rejects or stats file)")
+		})
+	}
+	// A --rejects link to the output the run makes: the output goes, the
+	// link stays.
+	link := filepath.Join(t.TempDir(), "rejects.csv")
+	require.NoError(t, os.Symlink(out, link))
+	var stdout, stderr bytes.Buffer
+	assert.Equal(t, 2, run([]string{"score", "--config", p.config, "--in", in, "--out", out, "--rejects", link, "--progress", "none"}, &stdout, &stderr), stderr.String())
+	assertDangling(t, link, out)
+}
+
 // A --stats file the run cannot write (its directory missing, a file where
 // its directory should be, a read-only directory) is refused before any
 // row is scored, with exit status 2 naming the flag and the path, as a bad
@@ -775,6 +830,56 @@ func TestScoreLeavesNoEmptyStatsFile(t *testing.T) {
 	got, err := os.ReadFile(stats)
 	require.NoError(t, err)
 	assert.Equal(t, old, string(got), "a stats file that was there is left as it was")
+}
+
+// A run that fails before it scores (here --resume of an output the input
+// does not match) leaves the file system as it found it where its files
+// are symlinks to files that are missing, too: it removes the files it
+// made through them, and leaves the links, dangling as they were. It once
+// left the --stats link's file behind, empty, and took the --rejects link
+// away instead of its file.
+func TestScoreEarlyFailureLeavesDanglingLinksAsTheyWere(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	require.NoError(t, os.WriteFile(out, []byte("id,name,Scored\nnot-an-id,x,1\n"), 0o644))
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	links := t.TempDir()
+	rejects, rejTarget := filepath.Join(links, "rejects.csv"), filepath.Join(dir, "missing.rejects.csv")
+	stats, statsTarget := filepath.Join(links, "stats.json"), filepath.Join(dir, "missing.stats.json")
+	require.NoError(t, os.Symlink(rejTarget, rejects))
+	require.NoError(t, os.Symlink(statsTarget, stats))
+	args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--rejects", rejects, "--stats", stats, "--resume", "--progress", "none"}
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "cannot resume")
+	assertDangling(t, rejects, rejTarget)
+	assertDangling(t, stats, statsTarget)
+
+	// An empty reject file that was there stays, as a statistics file that
+	// was there does: the run did not make it.
+	require.NoError(t, os.WriteFile(rejects+".found", nil, 0o644))
+	args = []string{"score", "--config", p.config, "--in", in, "--out", out, "--rejects", rejects + ".found", "--resume", "--progress", "none"}
+	stderr.Reset()
+	require.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+	assert.Contains(t, stderr.String(), "cannot resume")
+	assert.FileExists(t, rejects+".found")
+}
+
+// assertDangling says that link is a symlink to target still, and that
+// target is missing.
+func assertDangling(t *testing.T, link, target string) {
+	t.Helper()
+	got, err := os.Readlink(link)
+	if assert.NoError(t, err, "the link is there") {
+		assert.Equal(t, target, got)
+	}
+	_, err = os.Lstat(target)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the file the run made through %s is removed", link)
 }
 
 // A write that fails (here a file size limit, as a full disk would) stops

@@ -361,7 +361,7 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	}
 	s := &scoreRun{cfg: cfg, eps: eps, in: in, dropStats: func() {}}
 	s.total.Store(-1)
-	fail := func(err error) (*scoreRun, error) { s.closeFiles(); s.dropStats(); return nil, err }
+	fail := func(err error) (*scoreRun, error) { s.abandon(); return nil, err }
 	if cfg.InputColumns != nil {
 		if err := matchColumns(r.Columns(), cfg.InputColumns); err != nil {
 			return fail(usageError{fmt.Errorf("%s: line 1: the header does not match the service's input columns (%s \"inputColumns\"): %v", o.in, o.config, err)})
@@ -534,6 +534,22 @@ func (s *scoreRun) closeFiles() {
 		}
 		s.w = nil
 	}
+}
+
+// abandon closes the files of a run that stops before it scores (a usage
+// error found once its files are open), leaving the file system as the
+// run found it: the files it made go again, an output, reject or
+// statistics file it found stays, empty or not.
+func (s *scoreRun) abandon() {
+	if s.w != nil {
+		for _, f := range []*outFile{s.w.out, s.w.rej} {
+			if f != nil {
+				f.keepFound = true
+			}
+		}
+	}
+	s.closeFiles()
+	s.dropStats()
 }
 
 func (s *scoreRun) run(ctx context.Context, o scoreOptions, stderr io.Writer, hup *hupHandler) int {
@@ -780,26 +796,65 @@ func (t *endpointTally) list() []endpointStats {
 // when it is missing, and closes it; a file that is there keeps what it
 // holds until the run writes it. A file there that is not a regular file
 // (a FIFO, whose opening waits for a reader; a device) is not opened. The
-// returned drop removes the file when checkOutput made it, for a run that
-// ends before writing it, so that it leaves no empty file behind.
+// returned drop removes the file when checkOutput made it (through a
+// symlink to a missing file too), for a run that ends before writing it,
+// so that it leaves no empty file behind.
 func checkOutput(flag, path string) (drop func(), err error) {
 	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() && !st.IsDir() {
 		return func() {}, nil
 	}
-	made := true
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if errors.Is(err, fs.ErrExist) {
-		made = false
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644) // a directory is refused here
-	}
+	f, made, err := createFile(path, os.O_WRONLY) // a directory is refused here
 	if err != nil {
 		return nil, usageError{cannotWrite(flag, path, err)}
 	}
 	f.Close()
-	if !made {
-		return func() {}, nil
+	return made.remove, nil
+}
+
+// createFile opens path with flag (os.O_WRONLY or os.O_RDWR), creating the
+// file when it is missing, and says whether it made it: made is nil for a
+// file that was there. A symlink to a missing file makes its file, where
+// the link points; O_EXCL refuses such a link as it would a file, so it is
+// told apart by os.Stat, which follows it.
+func createFile(path string, flag int) (f *os.File, made *madeFile, err error) {
+	f, err = os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		_, serr := os.Stat(path)
+		if f, err = os.OpenFile(path, flag|os.O_CREATE, 0o644); err != nil || !errors.Is(serr, fs.ErrNotExist) {
+			return f, nil, err
+		}
+	} else if err != nil {
+		return nil, nil, err
 	}
-	return func() { os.Remove(path) }, nil
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		real = path // remove finds a link there, not the file made, and leaves it
+	}
+	return f, &madeFile{path: real, info: info}, nil
+}
+
+// madeFile is a file a run made, to remove it again when the run leaves it
+// empty. path is where the file is, with symlinks followed: removing a
+// link that named it would leave the file, and take away the user's link.
+type madeFile struct {
+	path string
+	info fs.FileInfo // the file made, to know it again
+}
+
+// remove removes the file made, if it is still there and empty. A nil
+// madeFile (no file made) removes nothing.
+func (m *madeFile) remove() {
+	if m == nil {
+		return
+	}
+	if st, err := os.Lstat(m.path); err == nil && os.SameFile(st, m.info) && st.Size() == 0 {
+		os.Remove(m.path)
+	}
 }
 
 // cannotWrite names the flag of an output file that could not be opened

@@ -31,6 +31,11 @@ type outFile struct {
 	// be counted: rows is then what was handed to w, more than the file
 	// may hold, and lost is unknown.
 	recount error
+	// made is the file when the run made it (nil when it was there), which
+	// close removes when it stays empty. keepFound keeps a file that was
+	// there, empty, which close removes otherwise (see close).
+	made      *madeFile
+	keepFound bool
 }
 
 // openOut opens path for a run. Without resume the file must not hold
@@ -38,32 +43,28 @@ type outFile struct {
 // resume, a record cut short by a kill is cut off, and the complete ones
 // are counted.
 func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, made, err := createFile(path, os.O_RDWR)
 	if err != nil {
 		return nil, err
 	}
-	o := &outFile{path: path, format: format, f: f}
+	o := &outFile{path: path, format: format, f: f, made: made}
+	fail := func(err error) (*outFile, error) { f.Close(); made.remove(); return nil, err }
 	st, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return nil, err
+		return fail(err)
 	}
 	if st.Size() > 0 && !resume {
-		f.Close()
-		return nil, fmt.Errorf("%s already exists and is not empty: add --resume to continue it, or remove it", path)
+		return fail(fmt.Errorf("%s already exists and is not empty: add --resume to continue it, or remove it", path))
 	}
 	head, n, end, err := rows.Scan(format, f, st.Size())
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: cannot resume: %w", path, err)
+		return fail(fmt.Errorf("%s: cannot resume: %w", path, err))
 	}
 	if err := f.Truncate(end); err != nil {
-		f.Close()
-		return nil, err
+		return fail(err)
 	}
 	if _, err := f.Seek(end, 0); err != nil {
-		f.Close()
-		return nil, err
+		return fail(err)
 	}
 	o.head, o.rows = head, n // JSON Lines: the first record's keys stand for a header
 	return o, nil
@@ -115,10 +116,14 @@ func (o *outFile) flush() error {
 }
 
 // close flushes and closes the file, removing it when it stayed empty (a
-// run without rejects leaves no reject file). After a failed write (a full
-// disk, a file size limit: a failure sticks, so the flush fails too) it
-// counts the complete records the file holds, as --resume will, so that
-// rows is what reached the file; when that count fails, recount says why.
+// run without rejects leaves no reject file): the file the run made, where
+// a symlink to a missing file made it too (the link stays, as it was), or
+// an empty file it found at the path itself, unless keepFound. A symlink
+// to a file that was there is left as it is, with its file. After a
+// failed write (a full disk, a file size limit: a failure sticks, so the
+// flush fails too) it counts the complete records the file holds, as
+// --resume will, so that rows is what reached the file; when that count
+// fails, recount says why.
 func (o *outFile) close() error {
 	err := o.flush()
 	if err != nil {
@@ -134,7 +139,11 @@ func (o *outFile) close() error {
 	st, serr := o.f.Stat()
 	err = errors.Join(err, o.f.Close())
 	if serr == nil && st.Size() == 0 {
-		os.Remove(o.path)
+		if o.made != nil {
+			o.made.remove()
+		} else if at, lerr := os.Lstat(o.path); lerr == nil && at.Mode().IsRegular() && os.SameFile(at, st) && !o.keepFound {
+			os.Remove(o.path)
+		}
 	}
 	return err
 }
