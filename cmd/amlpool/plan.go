@@ -212,9 +212,10 @@ func ceilDiv(a, b int) int {
 
 // span writes a time in seconds as a Duration does, to the millisecond
 // under a minute and to the second above; one too long for a Duration (292
-// years) in years.
+// years) in years. Too long is from the second that rounding takes past
+// the largest Duration, which Round would give, to the nanosecond.
 func span(secs float64) string {
-	if secs >= float64(math.MaxInt64)/float64(time.Second) {
+	if math.Round(secs) > float64(math.MaxInt64/int64(time.Second)) {
 		return strconv.FormatFloat(secs/(365.25*24*3600), 'g', 3, 64) + " years"
 	}
 	d := time.Duration(secs * float64(time.Second))
@@ -249,6 +250,9 @@ func readStats(path string) (*runStats, error) {
 	}
 	if st.Requests == 0 || st.LatencyMs.Mean <= 0 {
 		return nil, fmt.Errorf("%s: the run measured no request latency (requests: %d)", path, st.Requests)
+	}
+	if st.LatencyMs.Mean*float64(time.Millisecond) >= float64(math.MaxInt64) { // float64(math.MaxInt64) is 2^63
+		return nil, fmt.Errorf("%s: latencyMs.mean %v ms: more than the 292 years a latency can be", path, st.LatencyMs.Mean)
 	}
 	return &st, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -149,6 +150,10 @@ func TestPlanBatchTime(t *testing.T) {
 			"time for 25 rows: 3 calls of up to 10 rows on 2 x 20 slots = 1 rounds of 50 ms = 50ms, every slot busy"},
 		{"beyond what a Duration holds", []string{"--rps", "1", "--latency", "1h", "--rows", "9000000000000000000"},
 			"time for 9000000000000000000 rows: 90000000000000000 calls of up to 100 rows on 225 x 20 slots = 20000000000000 rounds of 3.6e+06 ms = 2.28e+09 years, every slot busy"},
+		// Under what a Duration holds, but not once rounded to the second:
+		// it once printed the largest Duration, to the nanosecond.
+		{"within a second of what a Duration holds", []string{"--rps", "1e-300", "--latency", "2562047h47m16.854773s", "--rows", "1"},
+			"time for 1 rows: 1 calls of up to 100 rows on 1 x 20 slots = 1 rounds of 9.223e+12 ms = 292 years, every slot busy"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -180,9 +185,35 @@ func TestPlanTinyTargetNeedsOneEndpoint(t *testing.T) {
 	assert.Contains(t, out.String(), "time for 1 rows: 1 calls of up to 100 rows on 1 x 20 slots = 1 rounds of 1 ms = 1ms, ")
 }
 
+// span writes a time of any length without a sign or a false precision:
+// to the second up to the largest Duration, in years from the second that
+// rounding would take past it.
+func TestSpanNearTheLargestDuration(t *testing.T) {
+	largest := float64(math.MaxInt64) / float64(time.Second)
+	for _, tt := range []struct {
+		secs float64
+		want string
+	}{
+		{9223372035.4, "2562047h47m15s"},
+		{9223372035.9, "2562047h47m16s"},
+		{9223372036, "2562047h47m16s"},
+		{9223372036.49, "2562047h47m16s"},
+		{9223372036.5, "292 years"},
+		{math.Nextafter(largest, 0), "292 years"},
+		{largest, "292 years"},
+		{1e300, "3.17e+292 years"},
+	} {
+		assert.Equal(t, tt.want, span(tt.secs), "%v s", tt.secs)
+	}
+}
+
 func TestPlanBadFlags(t *testing.T) {
 	empty := filepath.Join(t.TempDir(), "empty.json")
 	require.NoError(t, os.WriteFile(empty, []byte(`{"requests":0}`), 0o644))
+	// A mean latency a Duration cannot hold (here just under 2^63 ns as a
+	// float, which rounds up to it) was once taken as a latency under 0.
+	huge := filepath.Join(t.TempDir(), "huge.json")
+	require.NoError(t, os.WriteFile(huge, []byte(`{"requests":1,"latencyMs":{"count":1,"mean":9223372036854.775}}`), 0o644))
 	for _, tt := range []struct {
 		args []string
 		msg  string
@@ -193,6 +224,7 @@ func TestPlanBadFlags(t *testing.T) {
 		{[]string{"--rps", "10"}, "--latency: need a latency"},
 		{[]string{"--rps", "10", "--latency", "1s", "--mcc", "0"}, "--mcc 0: want 1 to 200"},
 		{[]string{"--rps", "10", "--from-stats", empty}, "the run measured no request latency"},
+		{[]string{"--rps", "10", "--from-stats", huge}, "amlpool plan: " + huge + ": latencyMs.mean 9.223372036854775e+12 ms: more than the 292 years a latency can be\n"},
 		{[]string{"--rps", "10", "--from-stats", "/nonexistent/run.stats.json"}, "amlpool plan: --from-stats: open /nonexistent/run.stats.json: no such file"},
 		{[]string{"--rps", "10", "--latency", "1s", "--from-stats", empty}, "not both"},
 	} {
