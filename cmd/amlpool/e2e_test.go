@@ -870,6 +870,46 @@ func TestScoreEarlyFailureLeavesDanglingLinksAsTheyWere(t *testing.T) {
 	assert.FileExists(t, rejects+".found")
 }
 
+// --resume of an output or reject file that no run on this input wrote (a
+// file given by mistake) is refused before any row is sent, and leaves the
+// file as it was: its last line, without a line end, is not cut as a
+// record a kill cut short. The run once cut it on opening the file, sent
+// a chunk, and found the file's header wrong only then.
+func TestScoreResumeOfAnotherFileLeavesItAsItWas(t *testing.T) {
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "rows.csv"), filepath.Join(dir, "scored.csv")
+	writeIDs(t, in, 10)
+	p := newFakePool(t, dir, []amltest.Config{{MaxConcurrentCalls: 2}}, "")
+	for _, kv := range p.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	const other = "date,amount\n2026-01-01,10\n2026-01-02,20" // no line end after the last line
+	for _, tt := range []struct{ flag, want string }{
+		{"--out", out + `: cannot resume: its first line is not the header of a run on this input: it lacks the input's columns ["id" "name"]; is it the file the run to resume wrote?`},
+		{"--rejects", filepath.Join(dir, "other.csv") + `: cannot resume: its first line is not the header of a run on this input: it lacks the input's columns ["id" "name"]; is it the file the run to resume wrote?`},
+	} {
+		t.Run(tt.flag, func(t *testing.T) {
+			path := out
+			args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--resume", "--progress", "none"}
+			if tt.flag != "--out" {
+				path = filepath.Join(dir, "other.csv")
+				args = append(args, tt.flag, path)
+			}
+			require.NoError(t, os.WriteFile(path, []byte(other), 0o644))
+			p.servers[0].ResetStats()
+			var stdout, stderr bytes.Buffer
+			assert.Equal(t, 2, run(args, &stdout, &stderr), stderr.String())
+			assert.Equal(t, "amlpool score: "+tt.want+"\n", stderr.String())
+			assert.Zero(t, p.servers[0].Stats().Requests, "no row was sent")
+			got, err := os.ReadFile(path)
+			require.NoError(t, err)
+			assert.Equal(t, other, string(got), "the file is as it was")
+			require.NoError(t, os.Remove(path))
+		})
+	}
+}
+
 // assertDangling says that link is a symlink to target still, and that
 // target is missing.
 func assertDangling(t *testing.T, link, target string) {

@@ -74,8 +74,10 @@ Ctrl-C stops cleanly: the output holds every row up to some point (in the
 output or the reject file) and nothing after it. The same command with
 --resume goes on from there without scoring a row twice; so does a run
 killed outright. It first checks that the input is the one the files were
-written from: a row the output holds scored that the input now holds
-otherwise, or cannot read, is refused, naming the row, line and column.
+written from: a file whose header lacks an input column, as no run on
+this input wrote it, is refused before any row is sent, and left as it
+is; so is a row the output holds scored that the input now holds
+otherwise, or cannot read, naming the row, line and column.
 
 Each run writes statistics (rows, rate, request latency, per-endpoint calls)
 as JSON to --stats, for "amlpool plan --from-stats", when it ends. A --stats
@@ -391,11 +393,13 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 		port = cmpOr(cfg.Output, "output")
 	}
 	w := &writer{inCols: r.Columns(), inFormat: inFormat, port: port, keep: cfg.OutputColumns, byName: online, lines: &lineLog{}}
-	if w.out, err = openOut(o.out, outFormat, o.resume); err != nil {
+	// The files are cut (a record a kill cut short) only once they are
+	// checked, at the end: a run refused leaves them as they were.
+	if w.out, err = openOutAsIs(o.out, outFormat, o.resume); err != nil {
 		return fail(usageError{cannotWrite("--out", o.out, err)})
 	}
 	s.w = w
-	if w.rej, err = openOut(o.rejects, outFormat, o.resume); err != nil {
+	if w.rej, err = openOutAsIs(o.rejects, outFormat, o.resume); err != nil {
 		return fail(usageError{cannotWrite("--rejects", o.rejects, err)})
 	}
 	if s.dropStats, err = checkOutput("--stats", o.stats); err != nil {
@@ -409,6 +413,14 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	if err := distinctFiles(o, false, cfg.keyFiles(o.config)...); err != nil {
 		return fail(err)
 	}
+	// A resumed file that no run on this input wrote (given by mistake)
+	// holds no rows of this input: its records would be taken for rows
+	// settled, skipped unscored.
+	for _, f := range []*outFile{w.out, w.rej} {
+		if err := f.checkInputColumns(w.inCols); err != nil {
+			return fail(usageError{err})
+		}
+	}
 	s.base = w.out.rows + w.rej.rows
 	w.base = s.base
 	if err := skipSettled(r, o.in, w.out, w.rej, w.inCols); err != nil {
@@ -417,6 +429,14 @@ func prepare(o scoreOptions) (*scoreRun, error) {
 	s.src = &countingSource{r: r, lines: w.lines}
 	if s.client, err = newClient(o.config, cfg, eps); err != nil {
 		return fail(usageError{err})
+	}
+	for _, f := range []struct {
+		flag string
+		o    *outFile
+	}{{"--out", w.out}, {"--rejects", w.rej}} {
+		if err := f.o.cut(); err != nil {
+			return fail(usageError{cannotWrite(f.flag, f.o.path, err)})
+		}
 	}
 	return s, nil
 }

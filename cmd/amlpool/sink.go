@@ -27,6 +27,7 @@ type outFile struct {
 	head   []string // the header on disk (CSV) or expected (JSONL); nil until written
 	rows   int      // complete records after the header (handed to w until close)
 	lost   int      // records handed to w that a failed write kept from the file
+	end    int64    // where the complete records end, which cut cuts the file to
 	// recount is why, after a failed write, the file's records could not
 	// be counted: rows is then what was handed to w, more than the file
 	// may hold, and lost is unknown.
@@ -43,6 +44,22 @@ type outFile struct {
 // resume, a record cut short by a kill is cut off, and the complete ones
 // are counted.
 func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
+	o, err := openOutAsIs(path, format, resume)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.cut(); err != nil {
+		o.f.Close()
+		o.made.remove()
+		return nil, err
+	}
+	return o, nil
+}
+
+// openOutAsIs is openOut without the cut: a run refused once its files
+// are open (one that no run on this input wrote, given to --resume by
+// mistake, whose last line has no line end) leaves them as they were.
+func openOutAsIs(path string, format rows.Format, resume bool) (*outFile, error) {
 	f, made, err := createFile(path, os.O_RDWR)
 	if err != nil {
 		return nil, err
@@ -60,14 +77,55 @@ func openOut(path string, format rows.Format, resume bool) (*outFile, error) {
 	if err != nil {
 		return fail(fmt.Errorf("%s: cannot resume: %w", path, err))
 	}
-	if err := f.Truncate(end); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Seek(end, 0); err != nil {
-		return fail(err)
-	}
-	o.head, o.rows = head, n // JSON Lines: the first record's keys stand for a header
+	o.head, o.rows, o.end = head, n, end // JSON Lines: the first record's keys stand for a header
 	return o, nil
+}
+
+// cut cuts off what follows the file's complete records (a record a kill
+// cut short), where the run goes on.
+func (o *outFile) cut() error {
+	if err := o.f.Truncate(o.end); err != nil {
+		return err
+	}
+	_, err := o.f.Seek(o.end, 0)
+	return err
+}
+
+// checkInputColumns refuses a resumed file whose header (JSON Lines: its
+// first record's keys) lacks one of the input's columns: no run on this
+// input wrote it, and its records are not rows of this input settled. It
+// names only the columns it lacks: the file's first line may be anything
+// (a file given to --out by mistake, that holds a secret).
+func (o *outFile) checkInputColumns(inCols []string) error {
+	if lacks := o.lacks(inCols); lacks != nil {
+		return fmt.Errorf("%s: cannot resume: its first line is not the %s of a run on this input: it lacks the input's columns %q; "+
+			"is it the file the run to resume wrote?", o.path, o.headName(), lacks)
+	}
+	return nil
+}
+
+// lacks returns the input columns that the file's header lacks; nil for a
+// file without one.
+func (o *outFile) lacks(inCols []string) []string {
+	if o.head == nil {
+		return nil
+	}
+	var lacks []string
+	for _, c := range inCols {
+		if !slices.Contains(o.head, c) {
+			lacks = append(lacks, c)
+		}
+	}
+	return lacks
+}
+
+// headName is what the file's header is called: JSON Lines has none, its
+// first record's keys stand for one.
+func (o *outFile) headName() string {
+	if o.format == rows.JSONL {
+		return "keys"
+	}
+	return "header"
 }
 
 // start makes the writer for records with cols, writing the header line if
@@ -84,15 +142,10 @@ func (o *outFile) start(cols, inCols []string) error {
 		return nil
 	}
 	if o.head != nil && !slices.Equal(o.head, cols) {
-		var lacks []string
-		for _, c := range inCols {
-			if !slices.Contains(o.head, c) {
-				lacks = append(lacks, c)
-			}
-		}
-		what, differ := "header", "differs"
-		if o.format == rows.JSONL { // the first record's keys stand for a header
-			what, differ = "keys", "differ"
+		lacks := o.lacks(inCols)
+		what, differ := o.headName(), "differs"
+		if o.format == rows.JSONL {
+			differ = "differ"
 		}
 		if len(lacks) > 0 {
 			return fmt.Errorf("%s: cannot resume: its first line is not the %s of a run on this input: it lacks the input's columns %q "+
