@@ -62,7 +62,8 @@
 // balancer chooses within a tier.
 //
 // [WithAdaptiveLimit] lets each endpoint's limit sink below its cap when it
-// throttles (another client shares it) and grow back on successes, so that
+// throttles (another client shares it) or answers a 429 for its rate limit,
+// and grow back on successes, so that
 // replicas sharing endpoints stop throttling each other without
 // coordination. [WithHedging] and [WithHedgingQuantile] send a second copy of
 // a call that has had no reply for a while to another endpoint with a free

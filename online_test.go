@@ -398,3 +398,38 @@ func TestOnlineTiers(t *testing.T) {
 	assert.Zero(t, st.Endpoints[1].Faults, "full, not broken")
 	assert.False(t, st.Endpoints[1].Ejected)
 }
+
+// TestOnlineRateLimitCutsAdaptiveLimit: with WithAdaptiveLimit, a 429
+// Rate-limited brings the endpoint's limit down as a throttle does, and
+// still ejects nothing; with a Retry-After it also holds the endpoint back,
+// as without the option.
+func TestOnlineRateLimitCutsAdaptiveLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		fault amltest.Fault
+	}{
+		{"no Retry-After", amltest.RateLimited()},
+		{"Retry-After", amltest.RateLimited().WithRetryAfter(30 * time.Second)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srvs := onlineServers(t, 2, 10)
+			srvs[0].Script(tt.fault)
+			clk := newStepClock(2 * time.Second)
+			c := newClient(t, endpoints(srvs), amlpool.WithClock(clk), amlpool.WithRand(firstFree), amlpool.WithAdaptiveLimit())
+			_, err := c.Do(t.Context(), onlineBody)
+			require.NoError(t, err, "o1 serves the retry")
+			st := c.Stats().Endpoints[0]
+			assert.Equal(t, 7, st.Limit, "10 × 0.7")
+			assert.EqualValues(t, 1, st.Errors)
+			assert.Zero(t, st.Throttles, "a rate limit is no throttle")
+			assert.False(t, st.Ejected)
+			if tt.fault.RetryAfter == "" {
+				return
+			}
+			_, err = c.Do(t.Context(), onlineBody)
+			require.NoError(t, err)
+			assert.Equal(t, []int64{1, 2}, requests(srvs), "o0 cools down for its Retry-After")
+			assert.Contains(t, clk.Timers(), 30*time.Second, "the cool-down's timer")
+		})
+	}
+}

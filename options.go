@@ -262,9 +262,12 @@ type adaptiveLimitOption struct{}
 func (adaptiveLimitOption) apply(c *config) { c.adaptive = true }
 
 // WithAdaptiveLimit lets each endpoint's limit move between 1 and its
-// MaxConcurrentCalls by AIMD: a 503 throttle cuts it by 30 % (at most once
-// per round trip), and each success while at least half of it is in use adds
-// 1/256 of a slot. Use it when other clients (replicas of your service, say)
+// MaxConcurrentCalls by AIMD: a throttle (VerdictFull: Classic's 503
+// RequestThrottled, an online endpoint's 429 Too many pending requests) or
+// a rate limit (a 429 given VerdictRetry, such as an online endpoint's 429
+// Rate-limited) cuts it by 30 % (at most once per round trip), and each
+// success while at least half of it is in use adds 1/256 of a slot. A rate
+// limit still counts neither way towards ejection. Use it when other clients (replicas of your service, say)
 // share the endpoints: each then settles on a share that keeps the endpoint
 // just under its cap, without coordination, and throttles become rare. In
 // simulation, 10 replicas sharing 5 endpoints of 20 slots went from 59 % of

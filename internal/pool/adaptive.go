@@ -19,7 +19,8 @@ import (
 // values, against 1.4 % and 90 % with (0.5, 1/64), and 3 % with Netflix's
 // 0.9 backoff.
 const (
-	// adaptiveBackoff multiplies an endpoint's limit on a throttle.
+	// adaptiveBackoff multiplies an endpoint's limit on a throttle or a
+	// rate limit.
 	adaptiveBackoff = 0.7
 	// adaptiveIncrease is added to an endpoint's limit on each success while
 	// its limit is in use (a power of two, so sums stay exact). Growth is
@@ -31,7 +32,9 @@ const (
 
 // aimd is one endpoint's adaptive limit (Config.Adaptive): between 1 and
 // its cap by AIMD. A throttle cuts it by 30 % (the endpoint was full
-// although this Client had a free slot there, so others share it); each
+// although this Client had a free slot there, so others share it), and so
+// does a rate limit (Limited: the endpoint took more requests than it
+// serves in a second, and fewer calls in flight send fewer a second); each
 // success while at least half the limit is in use adds 1/256 of a slot.
 // Clients sharing endpoints thus settle on shares whose sum sits just under
 // each endpoint's cap, without talking to each other. The endpoint's limit
@@ -48,13 +51,13 @@ type aimd struct {
 func (e *Endpoint) adapt(r Result, start time.Time, latency time.Duration) int32 {
 	a := &e.aimd
 	switch r {
-	case Full:
+	case Full, Limited:
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		// A throttle for an attempt sent before the last cut tells of the
-		// old limit, already dealt with: one cut per round trip, as TCP
-		// reacts once per window, or a burst of throttles would drive the
-		// limit to 1.
+		// A throttle or rate limit for an attempt sent before the last cut
+		// tells of the old limit, already dealt with: one cut per round
+		// trip, as TCP reacts once per window, or a burst of them would
+		// drive the limit to 1.
 		if start.Before(a.cut) {
 			return 0
 		}

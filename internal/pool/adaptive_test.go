@@ -184,3 +184,43 @@ func TestAdaptiveNewCap(t *testing.T) {
 		})
 	}
 }
+
+// A rate limit (Limited: an online endpoint's 429 Rate-limited) cuts the
+// limit as a throttle does, once per round trip, and still counts neither
+// way towards ejection nor as a throttle.
+func TestAdaptiveCutsOnRateLimit(t *testing.T) {
+	t.Parallel()
+	p, clk := newTestPool(t, Config{Adaptive: true, EjectAfter: 2, EjectFor: time.Minute}, testSpecs(20, 20))
+	e := p.Set().Eps[0]
+	limited := func(start time.Time) Effects {
+		e.addHeld(1)
+		return released(p, Slot{Ep: e}, &Report{Result: Limited, Start: start, Latency: clk.Now().Sub(start)})
+	}
+	sentEarly := clk.Now()
+	clk.Advance(time.Millisecond)
+	sentLater := clk.Now()
+	clk.Advance(time.Millisecond)
+
+	fx := limited(sentLater)
+	assert.Equal(t, 14, e.Limit(), "20 × 0.7")
+	assert.EqualValues(t, 14, fx.Limit)
+	fx = limited(sentEarly)
+	assert.Zero(t, fx.Limit, "sent before the cut: it tells of the old limit")
+	next := clk.Now()
+	clk.Advance(time.Millisecond)
+	limited(next)
+	assert.Equal(t, 9, e.Limit(), "14 × 0.7 = 9.8")
+
+	for range 5 {
+		next := clk.Now()
+		clk.Advance(time.Millisecond)
+		fx = limited(next)
+		assert.Zero(t, fx.Ejected)
+	}
+	out, ejections := p.Ejected(e)
+	assert.False(t, out, "a rate limit is no failure")
+	assert.Zero(t, ejections)
+	n := e.Counters()
+	assert.EqualValues(t, 8, n.Failures)
+	assert.Zero(t, n.Throttles, "a rate limit is no throttle")
+}

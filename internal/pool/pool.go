@@ -289,7 +289,7 @@ const (
 	// it answered, and is neither sick nor full. It counts neither way
 	// towards ejection, and a probe that meets it tells nothing; a delay
 	// hint it came with (Report.CoolDown) holds the endpoint back all the
-	// same.
+	// same, and an adaptive limit is cut as for a throttle (aimd).
 	Limited
 	// Failed: a transient failure, which counts towards ejection.
 	Failed
