@@ -69,6 +69,11 @@ type Endpoint struct {
 	heldBack bool
 	heir     *Endpoint
 
+	// countersRead, when set, is called by Counters once it has read
+	// Calls and InFlight, before it reads the rest (a test hook: an
+	// attempt that ends there must count in one of the two).
+	countersRead func()
+
 	lat  peakEWMA // latency.go
 	aimd aimd     // adaptive.go
 }
@@ -144,6 +149,9 @@ type Counters struct {
 // for Calls and InFlight, read together.
 func (e *Endpoint) Counters() Counters {
 	calls, slots := e.ended.read(&e.slots)
+	if e.countersRead != nil {
+		e.countersRead()
+	}
 	return Counters{
 		InFlight:  int(slots & heldMask),
 		Calls:     calls,
