@@ -748,13 +748,14 @@ func newRunStats(c *amlpool.Client, tally *endpointTally, st amlpool.BatchStats,
 // InFlight together, so a call ending as it reads counts once), and a
 // life's counters are those of its latest snapshot. Not the most any
 // snapshot counted: a slot held as a snapshot is taken may go back unsent
-// (a call that gives up as the slot is handed to it, a take that finds the
-// endpoint just removed), and an earlier snapshot that counted it would
-// count one call too many for good. A live endpoint's last snapshot, taken
+// (a call that gives up as the slot is handed to it, or that waited at a
+// Limiter), and an earlier snapshot that counted it would count one call
+// too many for good. A live endpoint's last snapshot, taken
 // after the run, when no call is in flight, counts its calls exactly; a
 // removed one's is taken right after its removal (no call starts on it
-// then), and counts its calls in flight then as calls: one too many if a
-// take that raced the removal held a slot just then. Its errors and
+// then), and counts its calls in flight then as calls (a take that races
+// the removal either comes before it, and is one of them, or holds no slot
+// there even for a moment). Its errors and
 // throttles are those of its last snapshot: its calls in flight then that
 // fail later are not counted as errors. That cannot be helped here:
 // Client.Stats lists a removed endpoint only until its last call ends, so

@@ -36,10 +36,14 @@ type Endpoint struct {
 	removed atomic.Bool  // no longer in the Set: takes no new attempt
 	health  health       // health.go: its state, read by every pick, shares this line
 
-	// slots holds the slots held now (the low heldBits) and, above them,
-	// the attempts started (wrapping): a take adds one to both in one CAS,
-	// and a release takes one from the first, so the attempts that ended
-	// are the difference, with no counter of their own to update.
+	// slots holds the slots held now (the low bits, heldMask) and, above
+	// them, the attempts started (wrapping): a take adds one to both in one
+	// CAS, and a release takes one from the first, so the attempts that
+	// ended are the difference, with no counter of their own to update.
+	// Between the two, goneBit marks the endpoint removed (Update), in the
+	// word every take swaps: a take either comes before the mark, and its
+	// slot counts in the held ones Update sees with it, or fails, and
+	// holds no slot there even for a moment.
 	//
 	// It is the one word every call writes twice, alone on its cache line:
 	// the fields every pick reads (limit, removed, health) then stay in
@@ -171,12 +175,13 @@ func (e *Endpoint) Format(f fmt.State, verb rune) {
 	fmt.Fprintf(f, fmt.FormatString(f, verb), e.name)
 }
 
-// take claims one slot if one is free under the limit in force, and
-// returns the slots held with it.
+// take claims one slot if one is free under the limit in force and the
+// endpoint is not removed, and returns the slots held with it.
 func (e *Endpoint) take() (int32, bool) {
 	for {
 		v := e.slots.Load()
-		n := int32(v & heldMask)
+		// With goneBit, n is past any limit: one test refuses both.
+		n := int32(v & (heldMask | goneBit))
 		if n >= e.limit.Load() {
 			return n, false
 		}
@@ -190,9 +195,10 @@ func (e *Endpoint) take() (int32, bool) {
 func (e *Endpoint) held() int32 { return int32(e.slots.Load() & heldMask) }
 
 const (
-	heldBits = 24 // caps are at most 10,000
-	heldMask = 1<<heldBits - 1
-	oneTake  = 1<<heldBits | 1 // one slot more held, one attempt more started
+	heldBits = 24                  // the slots held and goneBit; caps are at most 10,000
+	heldMask = 1<<(heldBits-1) - 1 // the slots held
+	goneBit  = 1 << (heldBits - 1) // removed by Update: no take succeeds
+	oneTake  = 1<<heldBits | 1     // one slot more held, one attempt more started
 	endedMod = 1 << (64 - heldBits)
 )
 

@@ -110,10 +110,12 @@ func (p *Pool) takeOn(s *Set, e *Endpoint) (Slot, bool) {
 	if !ok {
 		return Slot{}, false
 	}
-	// After the take: Update marks an endpoint removed, and stores a lower
-	// cap, before it returns, so a take that comes after that sees the
-	// mark or the cap here, even one that read the old cap before its swap.
-	if e.removed.Load() || n > e.limit.Load() {
+	// After the take: Update stores a lower cap before it returns, so a
+	// take that comes after that sees it here, even one that read the old
+	// cap before its swap. A removed endpoint's mark is in the word take
+	// swaps: a take after it fails, and one before it is an attempt that
+	// Update counted in flight there, which goes ahead.
+	if n > e.limit.Load() {
 		p.untake(e)
 		return Slot{}, false
 	}

@@ -210,9 +210,11 @@ func (p *Pool) Update(specs []Spec) []Change {
 			continue // kept
 		}
 		e.removed.Store(true)
-		// After the mark: a release that brings in-flight to zero and
-		// sees the mark takes the endpoint out of draining, under smu.
-		if e.held() > 0 {
+		// The mark in the slots word stops every take from here on, and
+		// reads the slots held, for good: no take adds to them. After
+		// the flag: a release that brings in-flight to zero and sees the
+		// flag takes the endpoint out of draining, under smu.
+		if e.slots.Or(goneBit)&heldMask > 0 {
 			p.draining = append(p.draining, e)
 		}
 		changes = append(changes, Change{Name: e.name, Kind: Removed, OldMax: e.Max()})
@@ -262,6 +264,7 @@ func (p *Pool) reviveLocked(sp *Spec) *Endpoint {
 	p.draining = slices.Delete(p.draining, i, i+1)
 	e.heir = nil // removed by this Update if it waits: no other names the URL
 	e.removed.Store(false)
+	e.slots.And(^uint64(goneBit))
 	e.tier.Store(int32(sp.Tier))
 	if e.Max() != sp.Max {
 		e.setMax(int32(sp.Max), p.cfg.Adaptive)

@@ -413,3 +413,30 @@ func TestUpdateEjectedEndpointsAndThePanicThreshold(t *testing.T) {
 	assert.True(t, released(p, slot, &Report{Result: OK, Start: clk.Now()}).Readmitted)
 	assert.Zero(t, p.Set().out.Load())
 }
+
+// A take that comes once Update has marked an endpoint removed, from a
+// pick in the Set before (or TryTake), holds no slot there, not even for
+// the moment before it sees the mark and gives it back: a snapshot of the
+// endpoint's counters then (Stats, right after SetEndpoints) counted it in
+// flight, one attempt too many that never came, and an endpoint with none
+// in flight was listed as draining.
+func TestUpdateRemovedEndpointTakesNoSlotForAMoment(t *testing.T) {
+	t.Parallel()
+	p := testPool(t, 2, 2, 2)
+	gone, idle := p.Set().Eps[1], p.Set().Eps[2]
+	held := acquireOn(t, p, gone)
+	p.Update(testSpecs(2))
+	assert.Equal(t, []*Endpoint{p.Set().Eps[0], gone}, p.Endpoints(), "one draining, the idle one gone")
+
+	_, ok := gone.take()
+	assert.False(t, ok, "a slot on a removed endpoint")
+	_, ok = idle.take()
+	assert.False(t, ok, "a slot on a removed endpoint")
+	assert.Equal(t, Counters{InFlight: 1}, gone.Counters(), "the attempt in flight at the removal, no more")
+	assert.Equal(t, Counters{}, idle.Counters())
+	assert.Equal(t, []*Endpoint{p.Set().Eps[0], gone}, p.Endpoints())
+
+	release(p, held)
+	assert.Equal(t, Counters{Calls: 1}, gone.Counters(), "what the snapshot after the removal said")
+	assert.Equal(t, []*Endpoint{p.Set().Eps[0]}, p.Endpoints(), "drained")
+}
