@@ -421,6 +421,14 @@ func (p *Pool) emptied(e *Endpoint) {
 	}
 	if e.removed.Load() {
 		p.smu.Lock()
+		// Still removed, with no slot held, under smu: Updates may have
+		// brought e back, given it calls and removed it again since the
+		// slot went back, and its last call is then still to end. Once
+		// removed, e takes no slot (goneBit) until an Update revives it.
+		if !e.removed.Load() || e.held() != 0 {
+			p.smu.Unlock()
+			return
+		}
 		if i := slices.Index(p.draining, e); i >= 0 {
 			p.draining = slices.Delete(p.draining, i, i+1)
 		}

@@ -440,3 +440,37 @@ func TestUpdateRemovedEndpointTakesNoSlotForAMoment(t *testing.T) {
 	assert.Equal(t, Counters{Calls: 1}, gone.Counters(), "what the snapshot after the removal said")
 	assert.Equal(t, []*Endpoint{p.Set().Eps[0]}, p.Endpoints(), "drained")
 }
+
+// The last release of a removed endpoint takes it out of draining under
+// smu, after it gave its slot back. If an Update meanwhile brought the
+// endpoint back, a call took a slot on it, and another Update removed it
+// again, renaming its URL, that release must leave it draining, and its
+// heir held back, until the new call ends: taken out, its call in flight
+// left Endpoints (and Stats), and the heir took slots on the URL beside it.
+// The release runs in its two steps, with the Updates between them.
+func TestUpdateStaleLastReleaseKeepsTheEndpointDraining(t *testing.T) {
+	t.Parallel()
+	const url = "https://h/workspaces/w/services/s/execute"
+	p, _ := newTestPool(t, Config{}, []Spec{testSpecAt("a", url, 2), testSpec("e", 1)})
+	a := p.Set().Eps[0]
+	acquireOn(t, p, a) // the first call
+	p.Update([]Spec{testSpec("e", 1)})
+	require.Equal(t, []*Endpoint{p.Set().Eps[0], a}, p.Endpoints(), "a drains")
+
+	a.count(OK)
+	a.slots.Add(^uint64(0)) // the first call's release gives its slot back, and stalls before emptied
+	p.Update([]Spec{testSpecAt("a", url, 2), testSpec("e", 1)})
+	require.Same(t, a, p.Set().Eps[0], "a revived")
+	second := acquireOn(t, p, a)
+	p.Update([]Spec{testSpecAt("b", url, 2), testSpec("e", 1)})
+	b := p.Set().Eps[0]
+	require.Zero(t, b.Limit(), "b waits for a's call")
+	p.emptied(a) // the first call's release goes on
+
+	assert.Equal(t, []*Endpoint{b, p.Set().Eps[1], a}, p.Endpoints(), "a still drains")
+	assert.Equal(t, 1, a.InFlight())
+	assert.Zero(t, b.Limit(), "b still waits")
+	release(p, second)
+	assert.Equal(t, []*Endpoint{b, p.Set().Eps[1]}, p.Endpoints(), "drained")
+	assert.Equal(t, 2, b.Limit(), "let in by a's last release")
+}
