@@ -622,11 +622,27 @@ func (c *Client) exchange(ctx context.Context, a *attempt, body []byte) {
 		a.lease.Release()
 	}
 	stage = released
-	c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.retryAfter}, &a.fx)
+	c.pool.Release(a.slot, &pool.Report{Result: a.result, Start: a.start, Latency: a.latency, CoolDown: a.coolDown(&c.cfg)}, &a.fx)
 	if c.health != nil {
 		c.reportHealth(a)
 	}
 	stage = exchanged
+}
+
+// coolDown is how long a's endpoint is held back after a: the reply's
+// delay hint, capped; or, for a rate limit (Limited: a 429 given
+// VerdictRetry) without one, the backoff's first wait before jitter
+// (Backoff.Initial). A 429 comes back fast, so the endpoint has free
+// slots and would draw the calls that start meanwhile, each to meet the
+// limit too; held back, they go to other endpoints, and the calls that
+// met it come back once their backoff is over. The fleet hears only of
+// the reply's own hint (reportHealth). With hints ignored
+// (WithMaxRetryAfter(0)), nothing is held back.
+func (a *attempt) coolDown(cfg *config) time.Duration {
+	if a.retryAfter == 0 && a.result == pool.Limited {
+		return min(cfg.backoff.Initial, cfg.maxRetryAfter)
+	}
+	return a.retryAfter
 }
 
 // exchangeStage is how far an exchange got: what it still holds.

@@ -122,7 +122,8 @@
 // A retry-after-ms, x-ms-retry-after-ms or Retry-After hint (the first of
 // them above zero, in that order, as azcore reads them) holds its endpoint
 // back for that long (at most 30 s, [WithMaxRetryAfter]) while calls go to
-// the others. Each
+// the others; a 429 for the endpoint's rate limit without one holds it
+// back for the backoff's first wait (50 ms). Each
 // attempt is bounded by [WithAttemptTimeout] (100 s). A retry sends the
 // request again, after an attempt that may have run on the service all the
 // same (it timed out, lost its connection, got a 5xx): scoring is safe to

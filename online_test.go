@@ -187,11 +187,53 @@ func TestOnlineRateLimitCoolsDown(t *testing.T) {
 	assert.Contains(t, clk.Timers(), 30*time.Second, "the cool-down's timer")
 }
 
+// TestOnlineRateLimitHoldsBackBriefly: a 429 Rate-limited without a
+// Retry-After holds its endpoint back for the backoff's first wait, as a
+// hint that long would: the calls that start meanwhile go to the other
+// endpoints instead of meeting the limit too (a 429 comes back fast, so
+// the endpoint had the most free slots and drew the most new calls).
+// Hints ignored (WithMaxRetryAfter(0)), it holds nothing back.
+func TestOnlineRateLimitHoldsBackBriefly(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		opts []amlpool.Option
+		want []int64 // requests per fake after two calls
+		hold time.Duration
+	}{
+		{"default", nil, []int64{1, 1}, amlpool.DefaultBackoffInitial},
+		{"backoff", []amlpool.Option{amlpool.WithBackoff(amlpool.Backoff{Initial: 200 * time.Millisecond})}, []int64{1, 1}, 200 * time.Millisecond},
+		{"hints ignored", []amlpool.Option{amlpool.WithMaxRetryAfter(0)}, []int64{2, 0}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srvs := onlineServers(t, 2, 4)
+			srvs[0].Script(amltest.RateLimited())
+			clk := newStepClock(0) // every timer waits for Advance, and is recorded
+			opts := append([]amlpool.Option{amlpool.WithClock(clk), amlpool.WithRand(firstFree), amlpool.WithoutRetries()}, tt.opts...)
+			c := newClient(t, endpoints(srvs), opts...)
+			_, err := c.Do(t.Context(), onlineBody)
+			var apiErr *amlpool.APIError
+			require.ErrorAs(t, err, &apiErr)
+			require.Equal(t, http.StatusTooManyRequests, apiErr.StatusCode)
+			_, err = c.Do(t.Context(), onlineBody)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, requests(srvs))
+			if tt.hold == 0 {
+				assert.Empty(t, clk.Timers())
+				return
+			}
+			require.True(t, clk.WaitTimers(1, t.Context().Done()))
+			assert.Contains(t, clk.Timers(), tt.hold, "the hold's timer")
+			assert.False(t, c.Stats().Endpoints[0].Ejected, "held back, not ejected")
+		})
+	}
+}
+
 // TestOnlineRateLimitDoesNotEject: a run of 429 Rate-limited, the
 // endpoint's requests-per-second limit, is no sign the endpoint is sick:
 // however long, it does not eject the endpoint, which answered each time
 // and keeps its place in rotation; each call that meets one fails over
-// after a backoff, as before.
+// after a backoff, as before. Hints are ignored, so that no hold-back
+// (TestOnlineRateLimitHoldsBackBriefly) sends the calls elsewhere.
 func TestOnlineRateLimitDoesNotEject(t *testing.T) {
 	srvs := onlineServers(t, 3, 4) // one out of three ejected is no panic: the others would take its calls
 	const run = 3 * amlpool.DefaultEjectAfter
@@ -199,7 +241,7 @@ func TestOnlineRateLimitDoesNotEject(t *testing.T) {
 		srvs[0].Script(amltest.RateLimited()) // no Retry-After: nothing cools it down
 	}
 	c := newClient(t, endpoints(srvs), amlpool.WithClock(newStepClock(time.Second)), amlpool.WithRand(firstFree),
-		amlpool.WithoutRetries(), amlpool.WithEjection(amlpool.DefaultEjectAfter, time.Minute))
+		amlpool.WithoutRetries(), amlpool.WithEjection(amlpool.DefaultEjectAfter, time.Minute), amlpool.WithMaxRetryAfter(0))
 	for i := range run {
 		_, err := c.Do(t.Context(), onlineBody)
 		var apiErr *amlpool.APIError

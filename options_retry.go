@@ -115,8 +115,10 @@ func (o maxRetryAfterOption) apply(c *config) { c.maxRetryAfter = time.Duration(
 // order, as azcore reads them: a millisecond header that reads zero or
 // cannot be read gives way to the next. A hint cools its endpoint down: no
 // call is sent there until it passes, while calls go on to other endpoints.
-// A call waits for a hint only when every endpoint is held back. Zero
-// ignores hints. Default: DefaultMaxRetryAfter (30 s).
+// A call waits for a hint only when every endpoint is held back. A 429
+// given VerdictRetry without a hint holds its endpoint back for the
+// backoff's first wait (Backoff.Initial), at most d. Zero ignores hints,
+// and holds nothing back. Default: DefaultMaxRetryAfter (30 s).
 func WithMaxRetryAfter(d time.Duration) Option { return maxRetryAfterOption(d) }
 
 type retryBudgetOption struct {

@@ -39,8 +39,9 @@ const (
 	// tries an endpoint it has not tried yet when one is usable. The attempt
 	// counts towards the endpoint's ejection (WithEjection), unless it was
 	// a 429 reply (Classic's 429, an online endpoint's 429 Rate-limited):
-	// the endpoint's rate limit, which its Retry-After, if any, enforces by
-	// holding it back, is no sign that it is sick.
+	// the endpoint's rate limit, which its Retry-After (or, without one,
+	// the backoff's first wait) enforces by holding it back, is no sign
+	// that it is sick.
 	VerdictRetry
 	// VerdictEndpointFault: the endpoint cannot serve anyone (its key was
 	// regenerated or is wrong, access was revoked, it was deleted, its TLS
@@ -80,8 +81,8 @@ func (v Verdict) String() string {
 //	                      503 TooManyConcurrent-     requests
 //	                      Requests
 //	VerdictRetry          408 (but RequestCanceled), 408, 429 Rate-limited
-//	                      429, 500, 502, 503, 504    (its Retry-After cools
-//	                                                 the endpoint), 424 with
+//	                      429, 500, 502, 503, 504    (it cools the
+//	                                                 endpoint), 424 with
 //	                                                 a model 5xx, 408 or 429,
 //	                                                 500, 502, 503, 504
 //	VerdictEndpointFault  401, 403, 404              401, 403, 404
@@ -105,7 +106,11 @@ func (v Verdict) String() string {
 // Rate-limited), by Classify or by a classifier of your own, does not count
 // towards its endpoint's ejection: it is the endpoint's rate limit, not a
 // sign that it is sick. The call backs off all the same, and the reply's
-// Retry-After, if any, holds the endpoint back.
+// Retry-After holds the endpoint back; without one, the endpoint is held
+// back for the backoff's first wait (Backoff.Initial, 50 ms by default),
+// so that the calls that start meanwhile go to other endpoints rather
+// than meet the limit too. With WithAdaptiveLimit, it also cuts the
+// endpoint's limit.
 //
 // A call whose ctx is done never retries, whatever the classifier says, so a
 // classifier need not check for it. To change one entry, wrap Classify:

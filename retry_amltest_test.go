@@ -28,10 +28,15 @@ var scoreBody = []byte(`{"Inputs":{"input1":{"ColumnNames":["a"],"Values":[["1"]
 
 // stepClock is a fake clock on which timers up to instant long fire at once
 // and are recorded: a call's backoff waits. Longer ones (ejections,
-// cool-downs) wait for the test to Advance the clock.
+// cool-downs) wait for the test to Advance the clock, and so do those of
+// exactly hold: the hold-back after a 429 without a delay hint, a
+// cool-down of the backoff's first wait before jitter (a backoff wait,
+// jittered, is never exactly that). Fired at once, a cool-down's timer
+// would find it still running, and be set again, and again.
 type stepClock struct {
 	*clock.Fake
 	instant time.Duration
+	hold    time.Duration
 
 	mu     sync.Mutex // guards waits and timers
 	waits  []time.Duration
@@ -39,14 +44,14 @@ type stepClock struct {
 }
 
 func newStepClock(instant time.Duration) *stepClock {
-	return &stepClock{Fake: clock.NewFake(), instant: instant}
+	return &stepClock{Fake: clock.NewFake(), instant: instant, hold: amlpool.DefaultBackoffInitial}
 }
 
 func (c *stepClock) NewTimer(d time.Duration) clock.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.timers = append(c.timers, d)
-	if d > c.instant {
+	if d > c.instant || d == c.hold {
 		return c.Fake.NewTimer(d)
 	}
 	c.waits = append(c.waits, d)
