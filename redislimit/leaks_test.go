@@ -226,6 +226,37 @@ func TestCloseDeletesQueuedLeasesOfForgottenEndpoints(t *testing.T) {
 	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
 }
 
+// A grant to this process on an endpoint it has forgotten (a Client's
+// SetEndpoints removed it), made as the process closes (its notice not
+// heard, no tick has read it since), is deleted by Close's goodbye: its
+// lease, which no call holds, must not block its slot for the rest of a
+// TTL after the process has gone.
+func TestCloseDeletesAGrantOnAForgottenEndpoint(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	l := f.limiter(t, WithRenewInterval(time.Second))
+	f.settle(t, 1)
+	hl := l.ShareHealth(eps(1), func(amlpool.HealthEvent) {})
+	defer hl.Close()
+	hl.SetEndpoints(nil) // the Client no longer uses it
+	for range 3 {        // and the third tick forgets it
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	require.Empty(t, l.Stats().Endpoints, "the endpoint is still known")
+
+	// Another process releases the endpoint's only slot and grants it to
+	// this one, which asked for it before.
+	key, id := "amlpool:{t}:ep:a", l.proc+":gq.1"
+	exp := f.clk.Now().Add(DefaultTTL).UnixMilli()
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, id)).Err())
+	require.NoError(t, f.rdb.ZAdd(ctx, l.keys.grants, redisZ(exp, l.proc+"|"+key+"|"+id)).Err())
+
+	require.NoError(t, l.Close())
+	assert.Empty(t, f.leases(t, "a"), "a lease granted to the closed process")
+	assert.Empty(t, f.rdb.ZRange(ctx, l.keys.grants, 0, -1).Val())
+}
+
 // An acquire whose round trip lasts longer than three ticks (a timeout
 // longer than three renew intervals) must keep its endpoint known: else a
 // tick forgets it meanwhile, and the lease the reply brings is on an

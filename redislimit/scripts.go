@@ -460,6 +460,15 @@ return {v, left, owner}
 // ARGV: process id, how long "bye" stays (ms), then the process's limit
 // members.
 // Lease ids are "<process id>:<suffix>", and process ids hold no ':'.
+//
+// A lease granted to the process goes with its entry in the grants set,
+// also on a lease set not among KEYS: one of an endpoint the process has
+// forgotten (SetEndpoints removed it, or no call asked for it in three
+// ticks) whose grant it has not heard of yet. Such a lease would otherwise
+// block its slot for the rest of a TTL after the process has gone. Its lease set's name comes from the
+// entry, "<process id>|<lease set>|<lease id>", and is used only when it is
+// one of the pool's lease sets: it shares the pool's hash tag, so it is in
+// the script's Cluster slot.
 var goodbyeScript = redis.NewScript(scriptNow + `
 local prefix = ARGV[1] .. ':'
 local n = (#KEYS - 4) / 2
@@ -469,9 +478,20 @@ for k = 1, n do
   end
   redis.call('ZREM', KEYS[n + k], ARGV[1])
 end
-local gprefix = ARGV[1] .. '|'
-for _, g in ipairs(redis.call('ZRANGE', KEYS[#KEYS - 3], 0, -1)) do
-  if string.sub(g, 1, #gprefix) == gprefix then redis.call('ZREM', KEYS[#KEYS - 3], g) end
+local grants, gprefix = KEYS[#KEYS - 3], ARGV[1] .. '|'
+local sets = string.sub(grants, 1, #grants - string.len('grants')) .. 'ep:'
+for _, g in ipairs(redis.call('ZRANGE', grants, 0, -1)) do
+  if string.sub(g, 1, #gprefix) == gprefix then
+    redis.call('ZREM', grants, g)
+    -- "<lease set>|<lease id>": the lease set may be one the process
+    -- forgot, or never knew of.
+    local rest = string.sub(g, #gprefix + 1)
+    local at = string.find(rest, '|[^|]*$')
+    if at then
+      local k = string.sub(rest, 1, at - 1)
+      if string.sub(k, 1, #sets) == sets then redis.call('ZREM', k, string.sub(rest, at + 1)) end
+    end
+  end
 end
 for i = 3, #ARGV do redis.call('ZREM', KEYS[#KEYS - 2], ARGV[i]) end
 redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])

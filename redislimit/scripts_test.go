@@ -621,6 +621,12 @@ func TestGoodbyeScript(t *testing.T) {
 			acquire(t, b, id, time.Minute, []string{a}, 10)
 		}
 		acquire(t, b, "p1:3", time.Minute, []string{c}, 10)
+		// A grant to p1 on an endpoint it forgot: its lease set is not
+		// among the keys it is given.
+		d := ks.endpoint("d")
+		acquire(t, b, "p1:gx.2", time.Minute, []string{d}, 10)
+		acquire(t, b, "p2:2", time.Minute, []string{d}, 10)
+		require.NoError(t, b.rdb.ZAdd(ctx, ks.grants, redis.Z{Score: 1e15, Member: "p1|" + d + "|p1:gx.2"}).Err())
 		require.NoError(t, b.rdb.ZAdd(ctx, ks.limits, redis.Z{Score: 1e15, Member: limitMember("a", 10, "p1")},
 			redis.Z{Score: 1e15, Member: limitMember("a", 10, "p2")}).Err())
 		require.NoError(t, b.rdb.ZAdd(ctx, ks.members, redis.Z{Score: 1e15, Member: "p1"}, redis.Z{Score: 1e15, Member: "p2"}).Err())
@@ -640,6 +646,7 @@ func TestGoodbyeScript(t *testing.T) {
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.want("a"), 0, -1).Val())
 		assert.Equal(t, []string{"p2|" + a + "|p2:gx.1"}, b.rdb.ZRange(ctx, ks.grants, 0, -1).Val())
 		assert.EqualValues(t, 0, b.rdb.Exists(ctx, c).Val())
+		assert.Equal(t, []string{"p2:2"}, b.rdb.ZRange(ctx, d, 0, -1).Val(), "the lease granted to p1 on an endpoint it forgot")
 		assert.Equal(t, []string{limitMember("a", 10, "p2")}, b.rdb.ZRange(ctx, ks.limits, 0, -1).Val())
 		assert.Equal(t, []string{"p2"}, b.rdb.ZRange(ctx, ks.members, 0, -1).Val())
 		assert.Equal(t, []string{"bye"}, b.rdb.ZRange(ctx, ks.done("p1"), 0, -1).Val(), "p1's marks, replaced by its goodbye")

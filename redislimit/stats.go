@@ -79,8 +79,9 @@ func (l *Limiter) Stats() Stats {
 // ones return amlpool.ErrClosed, the background goroutines end, and then, in
 // one script, every lease of this process is deleted from Redis (calls still
 // running are no longer counted fleet-wide; a lease Redis took from an
-// acquire whose reply was lost goes too, also on an endpoint that no Client
-// uses any more) and the process leaves the replica count. A round trip
+// acquire whose reply was lost, or another process granted this one
+// unheard of, goes too, also on an endpoint that no Client uses any more)
+// and the process leaves the replica count. A round trip
 // that Close cut short may have been sent already, and Redis may run it
 // after the goodbye: for a TTL plus WithTimeout Redis keeps a record of the
 // goodbye (one small key, the process's done set), and such a script finds
