@@ -79,6 +79,31 @@ func (f *fixture) hookedClient(t *testing.T, h redis.Hook, scripts ...*redis.Scr
 	return rdb
 }
 
+// limiterOn returns a Limiter on rdb, a client of f's Redis, with f's clock
+// and a long timeout (opts may set another), closed when the test ends.
+func (f *fixture) limiterOn(t *testing.T, rdb *redis.Client, opts ...Option) *Limiter {
+	t.Helper()
+	l, err := New(rdb, append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(5 * time.Second)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// maxSteps bounds stepUntil: far more steps than any condition here needs.
+const maxSteps = 1000
+
+// stepUntil moves f's clock on by step, and waits for n timers (settle),
+// until cond holds; it fails the test, naming what it waited for, when
+// cond does not hold after maxSteps steps.
+func (f *fixture) stepUntil(t *testing.T, step time.Duration, n int, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; !cond(); i++ {
+		require.Less(t, i, maxSteps, "no %s after %d steps of %v", what, maxSteps, step)
+		f.advance(step)
+		f.settle(t, n)
+	}
+}
+
 // An acquire whose reply is lost (its caller gave up) may have taken a
 // lease in Redis: the next tick deletes it, though one failure does not
 // make a fallback.
@@ -261,81 +286,113 @@ func TestCloseDeletesAGrantOnAForgottenEndpoint(t *testing.T) {
 // longer than three renew intervals) must keep its endpoint known: else a
 // tick forgets it meanwhile, and the lease the reply brings is on an
 // endpoint that no tick renews, which expires in Redis while its call runs.
-func TestAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
-	f := newFixture(t)
-	ctx := testCtx(t)
-	reached, open := make(chan struct{}), make(chan struct{})
-	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
-	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
-		WithRenewInterval(time.Second))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
-	f.settle(t, 1)
-
-	h.armed.Store(true)
-	got := make(chan amlpool.Lease, 1)
-	go func() {
-		ls, err := l.TryAcquire(ctx, eps(1))
-		assert.NoError(t, err)
-		got <- ls
-	}()
-	<-reached
-	for range 3 { // three ticks while the acquire waits for Redis
-		f.advance(l.cfg.renew)
-		f.settle(t, 1)
-	}
-	close(open)
-	ls := <-got
-	require.NotNil(t, ls)
-	for range 2 * l.cfg.ttl / l.cfg.renew { // the call runs for two TTLs
-		f.advance(l.cfg.renew)
-		f.settle(t, 1)
-	}
-	assert.Len(t, f.leases(t, "a"), 1, "the lease of a running call expired")
-	assert.Zero(t, l.Stats().Lost)
-	ls.Release()
-}
-
 // The same when that acquire fails and the Limiter, in fallback meanwhile,
 // takes a local lease: it goes on the endpoint the ticks know, and the
-// probe that finds Redis back writes it there.
-func TestFallbackAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
+// probe that finds Redis back writes it there. But a try that takes no
+// lease (no share in fallback: the fleet's size never seen) leaves the
+// endpoint forgotten.
+func TestAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		timeout  time.Duration
+		renew    time.Duration
+		fallback bool // the acquire fails, and the Limiter falls back meanwhile
+		never    bool // Redis is cut from the start: no share in fallback
+	}{
+		{"reply", 5 * time.Second, time.Second, false, false},
+		{"fallback", time.Second, 200 * time.Millisecond, true, false},
+		{"fallback without a share", time.Second, 200 * time.Millisecond, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			reached, open := make(chan struct{}), make(chan struct{})
+			h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+			cut := &cutHook{}
+			cut.down.Store(tc.never)
+			rdb := f.hookedClient(t, h, acquireScript)
+			rdb.AddHook(cut) // after h's: the held acquire fails once let go
+			l := f.limiterOn(t, rdb, WithTimeout(tc.timeout), WithRenewInterval(tc.renew))
+			f.settle(t, 1)
+
+			h.armed.Store(true)
+			got := make(chan amlpool.Lease, 1)
+			go func() {
+				ls, err := l.TryAcquire(ctx, eps(1))
+				assert.NoError(t, err)
+				got <- ls
+			}()
+			<-reached
+			if tc.fallback {
+				cut.down.Store(true)
+				// Ticks fail, forget the endpoint, and trip the fallback.
+				f.stepUntil(t, l.cfg.renew, 1, "a fallback", func() bool { return l.Stats().Fallback })
+			} else {
+				for range 3 { // three ticks while the acquire waits for Redis
+					f.advance(l.cfg.renew)
+					f.settle(t, 1)
+				}
+			}
+			close(open) // the acquire's reply comes, or it fails
+			ls := <-got
+			if tc.never {
+				require.Nil(t, ls, "a local lease with no share")
+				assert.Empty(t, l.Stats().Endpoints, "a try that took no lease put a forgotten endpoint back")
+				return
+			}
+			require.NotNil(t, ls)
+			cut.down.Store(false)
+			f.stepUntil(t, l.cfg.probe, 1, "a probe that comes back", func() bool { return !l.Stats().Fallback })
+			for range 2 * l.cfg.ttl / l.cfg.renew { // the call runs for two TTLs
+				f.advance(l.cfg.renew)
+				f.settle(t, 1)
+			}
+			assert.Len(t, f.leases(t, "a"), 1, "the lease of a running call expired, or was not written back")
+			assert.Zero(t, l.Stats().Lost)
+			ls.Release()
+		})
+	}
+}
+
+// A call whose first try outlasts three ticks and finds the endpoint full
+// waits for it: it keeps the endpoint known, so that a grant on it, or a
+// lease handed on, reaches the call, as it does for any waiting call.
+func TestAcquireWaitingAfterATryOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
 	reached, open := make(chan struct{}), make(chan struct{})
 	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
-	cut := &cutHook{}
-	rdb := f.hookedClient(t, h, acquireScript)
-	rdb.AddHook(cut)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(time.Second),
-		WithRenewInterval(200*time.Millisecond))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, f.hookedClient(t, h, acquireScript), WithRenewInterval(time.Second))
 	f.settle(t, 1)
+	key := "amlpool:{t}:ep:a"
+	exp := f.clk.Now().Add(time.Minute).UnixMilli()
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, "q:1")).Err()) // another process holds the only slot
 
 	h.armed.Store(true)
 	got := make(chan amlpool.Lease, 1)
 	go func() {
-		ls, err := l.TryAcquire(ctx, eps(1))
-		assert.NoError(t, err)
-		got <- ls
+		ls, err := l.Acquire(ctx, eps(1))
+		if assert.NoError(t, err) {
+			got <- ls
+		}
 	}()
 	<-reached
-	cut.down.Store(true)
-	for !l.Stats().Fallback { // ticks fail, forget the endpoint, and trip the fallback
+	for range 3 { // three ticks while the try waits for Redis
 		f.advance(l.cfg.renew)
 		f.settle(t, 1)
 	}
-	close(open) // the acquire fails too
-	ls := <-got
-	require.NotNil(t, ls, "a local lease")
-	cut.down.Store(false)
-	for l.Stats().Fallback {
-		f.advance(l.cfg.probe)
-		f.settle(t, 1)
-	}
-	assert.Len(t, f.leases(t, "a"), 1, "the local lease of a running call, not written back")
-	ls.Release()
+	close(open) // the endpoint is full: the call waits
+	require.Eventually(t, func() bool { return l.Stats().Waiting == 1 }, testTimeout, time.Millisecond)
+	f.settle(t, 2) // the keeper, and the pump with a call waiting
+	assert.Len(t, l.Stats().Endpoints, 1, "the endpoint a call waits for is forgotten")
+
+	// q releases the slot and grants it to l.
+	id := l.proc + ":gq.1"
+	require.NoError(t, f.rdb.ZRem(ctx, key, "q:1").Err())
+	require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, id)).Err())
+	l.granted(key, id) // adopted and served before it returns, or deleted
+	require.EqualValues(t, 1, l.Stats().Grants, "the grant did not reach the waiting call")
+	receive(t, got).Release()
 }
 
 // A release whose script runs between a tick's taking the lease in its

@@ -244,6 +244,12 @@ func (l *Limiter) Acquire(ctx context.Context, candidates []amlpool.LimitedEndpo
 		l.mu.Unlock()
 		return nil, amlpool.ErrClosed
 	}
+	for i, ep := range cands {
+		// A waiting call keeps its endpoints known, also one that a tick
+		// forgot while the try above was under way: handoffs, grants and
+		// the hints of releases find it by its live record.
+		cands[i] = l.liveLocked(ep)
+	}
 	l.waiters = append(l.waiters, w)
 	first := len(l.waiters) == 1
 	l.mu.Unlock()
@@ -532,7 +538,10 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		l.mu.Unlock()
 		return nil, nil
 	}
-	ep := l.liveLocked(cands[i-1])
+	ep := cands[i-1]
+	if cur := l.eps[ep.id]; cur != nil {
+		ep = cur
+	}
 	now := l.cfg.clock.Now()
 	if !l.roomLocked(ep) {
 		// Sent with the cap before this process learnt of an outage (from
@@ -545,6 +554,7 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 		l.giveBack(ep, id)
 		return nil, nil
 	}
+	ep = l.liveLocked(ep) // only now that it holds a lease: one given back leaves a forgotten endpoint forgotten
 	ls := &lease{l: l, ep: ep, idx: int(i - 1), id: id, remote: true, renewed: now, since: now, limit: ep.limit.Load()}
 	l.addLocked(ls)
 	l.mu.Unlock()
@@ -571,8 +581,11 @@ func (l *Limiter) tryLocal(cands []*endpoint) (*lease, error) {
 		return nil, errUnavailable
 	}
 	for i, ep := range cands {
-		ep = l.liveLocked(ep)
+		if cur := l.eps[ep.id]; cur != nil {
+			ep = cur // the live record, whose leases count against the share
+		}
 		if len(ep.held) < l.shareLocked(ep) {
+			ep = l.liveLocked(ep) // only now: a candidate forgotten meanwhile, with no lease, stays forgotten
 			ls := &lease{l: l, ep: ep, idx: i, id: l.proc + ":" + strconv.FormatUint(l.seq.Add(1), 36),
 				since: l.cfg.clock.Now(), limit: ep.limit.Load()}
 			l.addLocked(ls)
@@ -604,7 +617,8 @@ func (l *Limiter) shareLocked(ep *endpoint) int {
 // trip longer than three ticks, with a timeout longer than three renew
 // intervals): then the record a later call made, or ep put back. A lease
 // goes on the live record, whose leases every tick renews and Close
-// deletes.
+// deletes. Only a lease taken, or a call that waits, puts a forgotten
+// endpoint back: a try that takes no lease on it leaves it forgotten.
 func (l *Limiter) liveLocked(ep *endpoint) *endpoint {
 	if cur := l.eps[ep.id]; cur != nil {
 		return cur
