@@ -173,7 +173,10 @@
 // run wrote and does not count it twice, and an acquire that Redis runs
 // within a TTL of its sending, after the lease it took has ended, or after
 // the deletion of the lease it had yet to take (its reply given up on, a
-// slow network delivering it late), takes none.
+// slow network delivering it late), takes none. That deletion waits until
+// the client is done with the acquire: with ContextTimeoutEnabled false a
+// write under way at the deadline goes on for the client's WriteTimeout,
+// and so may send the acquire after the Limiter gave up on it.
 // Likewise a round trip that Close gave up on may reach Redis after Close's
 // last script: for a TTL plus WithTimeout it changes nothing either.
 package redislimit

@@ -291,7 +291,18 @@ func (l *Limiter) memberTTL() time.Duration { return 3 * l.cfg.renew }
 // the first send (it sleeps its backoff, and takes a connection, under the
 // context): a copy that Redis runs within a TTL of its sending finds the
 // mark of the first run. A script sent before the goodbye, and run after
-// it within a TTL of its sending, finds the goodbye.
+// it within a TTL of its sending, finds the goodbye: Close says goodbye
+// once every round trip of the Limiter's has returned, its client done
+// with it.
+//
+// The deletion of an acquire's lease id (removeScript) leaves the same
+// mark, so that a run of the acquire after the deletion takes nothing.
+// The deletion is queued only once the client is done with the acquire
+// (exec's failed): a client that ignores ctx deadlines may send it after
+// the Limiter gave up on it, for as long as its own timeouts let a write
+// under way go on, which no TTL chosen here could bound. Queued then,
+// the mark comes after every copy was sent, and outlives each copy's run
+// within a TTL of its sending.
 func (l *Limiter) doneTTL() time.Duration { return l.cfg.ttl + l.cfg.timeout }
 
 // tickReply is what the tick script answered.

@@ -214,6 +214,93 @@ func TestAcquireRunAfterItsLeaseWasDeletedTakesNothing(t *testing.T) {
 	assert.Empty(t, f.leases(t, "a"), "a lease no call holds")
 }
 
+// heldWrite holds the write that carries the next run of one script, once
+// armed, until open is closed: the write of a command under way as the
+// round trip's deadline passes, which a client that ignores ctx deadlines
+// (ContextTimeoutEnabled false) goes on with for its own WriteTimeout.
+type heldWrite struct {
+	sha           []byte
+	armed         atomic.Bool
+	reached, open chan struct{}
+}
+
+func (h *heldWrite) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *heldWrite) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *heldWrite) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &heldConn{Conn: c, h: h}, nil
+	}
+}
+
+type heldConn struct {
+	net.Conn
+	h *heldWrite
+}
+
+func (c *heldConn) Write(b []byte) (int, error) {
+	if bytes.Contains(b, c.h.sha) && c.h.armed.CompareAndSwap(true, false) {
+		close(c.h.reached)
+		<-c.h.open
+	}
+	return c.Conn.Write(b)
+}
+
+// A client that ignores ctx deadlines may send an acquire after the
+// Limiter gave up on it, and Redis run it more than a TTL plus WithTimeout
+// after the deletion its failure queued would have marked its lease id (at
+// the next tick): the deletion must come once the client is done with the
+// script, or that run takes a lease no call holds, which nobody deletes
+// and which blocks its slot for a TTL.
+func TestAcquireSentAfterItWasGivenUpOnLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	h := &heldWrite{sha: []byte(acquireScript.Hash()), reached: make(chan struct{}), open: make(chan struct{})}
+	rdb := redis.NewClient(&redis.Options{Addr: f.m.Addr(), MaxRetries: -1}) // ContextTimeoutEnabled false
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(h)
+	require.NoError(t, acquireScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
+	l := f.limiterOn(t, rdb)
+	require.False(t, l.ctxAware)
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.TryAcquire(cctx, eps(1))
+		got <- err
+	}()
+	<-h.reached
+	cancel() // the caller gives up as the write is under way
+	require.ErrorIs(t, <-got, context.Canceled)
+	f.advance(l.cfg.renew) // the next tick
+	f.settle(t, 1)
+
+	// The write ends, and Redis runs the script, past the mark's life.
+	late := l.doneTTL() + time.Second
+	f.m.SetTime(f.clk.Now().Add(late)) // Redis's clock only: no tick is due
+	f.m.FastForward(late)
+	close(h.open)
+	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 1 }, testTimeout, time.Millisecond,
+		"Redis did not run the acquire")
+	require.Eventually(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.pending) > 0
+	}, testTimeout, time.Millisecond, "the lease of the acquire given up on is not queued for deletion")
+	f.advance(l.cfg.renew) // the next tick deletes it
+	f.settle(t, 1)
+	assert.Empty(t, f.leases(t, "a"), "a lease no call holds")
+}
+
 // A deletion still queued at Close, of a lease on an endpoint the Limiter
 // has forgotten since (SetEndpoints removed it, or no call asked for it in
 // three ticks), is done by Close's goodbye: the lease must not block its

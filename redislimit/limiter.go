@@ -496,18 +496,24 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 	}
 	args = append(args, l.proc, wantTTL, l.doneTTL().Milliseconds())
 	sent := l.cfg.clock.Now()
-	res, err := l.eval(ctx, acquireScript, keys, args)
-	if l.bg.Err() != nil {
-		return nil, amlpool.ErrClosed
-	}
-	if err != nil {
+	res, err := l.evalThen(ctx, acquireScript, keys, args, func() {
 		// The script may have run with its reply lost: delete the lease
-		// once Redis answers again, or let it expire.
+		// once Redis answers again (or at Close), or let it expire. Not
+		// before the client is done with the script: the deletion marks
+		// the lease id for doneTTL, so that a run of the script that
+		// Redis makes after it takes nothing, and only a copy sent before
+		// the mark, which Redis runs within a TTL of its sending, is sure
+		// to find it there.
 		l.mu.Lock()
 		for _, ep := range cands {
 			l.pending = appendPending(l.pending, removal{ep.key, id})
 		}
 		l.mu.Unlock()
+	})
+	if l.bg.Err() != nil {
+		return nil, amlpool.ErrClosed
+	}
+	if err != nil {
 		return nil, err
 	}
 	reply, ok := res.([]any)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -52,15 +53,30 @@ func (l *Limiter) remove(ls *lease, keep bool) (removed bool, outcome int64, err
 
 // eval runs a script within the Limiter's timeout.
 func (l *Limiter) eval(ctx context.Context, s *redis.Script, keys []string, args []any) (any, error) {
+	return l.evalThen(ctx, s, keys, args, nil)
+}
+
+// evalThen is eval that, when the script fails, calls failed once the
+// client is done with it: once no copy of it can be sent any more (exec).
+func (l *Limiter) evalThen(ctx context.Context, s *redis.Script, keys []string, args []any, failed func()) (any, error) {
 	return l.exec(ctx, func(ctx context.Context) (any, error) {
 		return s.Run(ctx, l.rdb, keys, args...).Result()
-	})
+	}, failed)
 }
 
 // exec runs one Redis operation bounded by the Limiter's timeout. With a
 // client that ignores ctx deadlines on its sockets, the operation runs in
 // its own goroutine and is abandoned, not cancelled, on timeout.
-func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error)) (any, error) {
+//
+// When the operation fails, exec calls failed (if not nil) once the client
+// is done with it. With a client that honours ctx, that is before exec
+// returns. An abandoned operation goes on: go-redis starts no new attempt
+// once ctx has ended (it waits for a connection, dials, and sleeps between
+// retries under ctx), but one under way then (a write blocked on the
+// socket, a TLS dial, a connection's set-up) may still send the command,
+// for as long as the client's own timeouts allow; so failed waits for the
+// abandoned operation to return, and is called from its goroutine.
+func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error), failed func()) (any, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.timeout)
 	defer cancel()
 	l.roundTrips.Add(1)
@@ -69,8 +85,11 @@ func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error
 	var err error
 	if l.ctxAware {
 		res, err = op(ctx)
+		if err != nil && failed != nil {
+			failed()
+		}
 	} else {
-		res, err = l.detached(ctx, op)
+		res, err = l.detached(ctx, op, failed)
 	}
 	if err != nil {
 		l.failures.Add(1)
@@ -99,7 +118,11 @@ func (l *Limiter) exec(ctx context.Context, op func(context.Context) (any, error
 	return res, nil
 }
 
-func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, error)) (any, error) {
+// detached runs op in a goroutine of its own and waits for it until ctx
+// ends. When op fails, it calls failed once op has returned: at once, or,
+// for an op it gave up on, from op's goroutine when op returns, whatever
+// op's outcome (its caller has gone: a lease it took is no call's).
+func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, error), failed func()) (any, error) {
 	type result struct {
 		v   any
 		err error
@@ -112,17 +135,39 @@ func (l *Limiter) detached(ctx context.Context, op func(context.Context) (any, e
 	}
 	l.wg.Add(1)
 	l.mu.Unlock()
+	var (
+		mu           sync.Mutex
+		over, gaveUp bool // op has returned; its caller has gone
+	)
 	go func() {
 		defer l.wg.Done()
 		v, err := op(ctx)
+		mu.Lock()
+		over = true
+		late := gaveUp
+		mu.Unlock()
 		ch <- result{v, err}
+		if late && failed != nil {
+			failed()
+		}
 	}()
+	var r result
 	select {
-	case r := <-ch:
-		return r.v, r.err
+	case r = <-ch:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		mu.Lock()
+		if !over {
+			gaveUp = true
+			mu.Unlock()
+			return nil, ctx.Err()
+		}
+		mu.Unlock()
+		r = <-ch
 	}
+	if r.err != nil && failed != nil {
+		failed()
+	}
+	return r.v, r.err
 }
 
 // kick wakes the pump for the calls that may use ep, which may have room.
