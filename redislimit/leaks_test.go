@@ -104,6 +104,15 @@ func (f *fixture) stepUntil(t *testing.T, step time.Duration, n int, what string
 	}
 }
 
+// requireRejoining fails the test unless l is in a rejoin window now.
+func (f *fixture) requireRejoining(t *testing.T, l *Limiter) {
+	t.Helper()
+	l.mu.Lock()
+	rejoining := f.clk.Now().Before(l.rejoin)
+	l.mu.Unlock()
+	require.True(t, rejoining, "no rejoin window")
+}
+
 // An acquire whose reply is lost (its caller gave up) may have taken a
 // lease in Redis: the next tick deletes it, though one failure does not
 // make a fallback.
@@ -112,14 +121,12 @@ func TestLostAcquireReplyFreedAtNextTick(t *testing.T) {
 	ctx := testCtx(t)
 	cctx, cancel := context.WithCancel(ctx)
 	h := &scriptHook{sha: acquireScript.Hash(), lost: cancel}
-	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, f.hookedClient(t, h, acquireScript))
 	other := f.limiter(t)
 	f.settle(t, 2)
 
 	h.armed.Store(true)
-	_, err = l.TryAcquire(cctx, eps(1))
+	_, err := l.TryAcquire(cctx, eps(1))
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, f.leases(t, "a"), 1, "the script ran: the lease is in Redis")
 	require.False(t, l.Stats().Fallback)
@@ -154,10 +161,7 @@ func TestAcquireRunAfterItsLeaseEndedTakesNothing(t *testing.T) {
 				h.lost = cancel
 			}
 			released := make(chan struct{}, 1)
-			l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"),
-				WithTimeout(5*time.Second), WithOnReleased(func() { released <- struct{}{} }))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = l.Close() })
+			l := f.limiterOn(t, f.hookedClient(t, h, acquireScript), WithOnReleased(func() { released <- struct{}{} }))
 			f.settle(t, 1)
 
 			h.armed.Store(true)
@@ -192,9 +196,7 @@ func TestAcquireRunAfterItsLeaseWasDeletedTakesNothing(t *testing.T) {
 	ctx := testCtx(t)
 	cctx, cancel := context.WithCancel(ctx)
 	h := &lateHook{sha: acquireScript.Hash(), reached: make(chan struct{})}
-	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, f.hookedClient(t, h, acquireScript))
 	f.settle(t, 1)
 
 	h.armed.Store(true)
@@ -313,12 +315,11 @@ func TestCloseDeletesQueuedLeasesOfForgottenEndpoints(t *testing.T) {
 	cut := &cutHook{}
 	rdb := f.hookedClient(t, h, acquireScript)
 	rdb.AddHook(cut)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithRenewInterval(time.Second))
-	require.NoError(t, err)
+	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
 	f.settle(t, 1)
 
 	h.armed.Store(true)
-	_, err = l.TryAcquire(cctx, eps(1))
+	_, err := l.TryAcquire(cctx, eps(1))
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, f.leases(t, "a"), 1, "the script ran: the lease is in Redis, its deletion queued")
 	cut.down.Store(true) // the ticks that would delete it fail
@@ -413,7 +414,7 @@ func TestAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
 			if tc.fallback {
 				cut.down.Store(true)
 				// Ticks fail, forget the endpoint, and trip the fallback.
-				f.stepUntil(t, l.cfg.renew, 1, "a fallback", func() bool { return l.Stats().Fallback })
+				f.stepUntil(t, l.cfg.renew, 1, "fallback", func() bool { return l.Stats().Fallback })
 			} else {
 				for range 3 { // three ticks while the acquire waits for Redis
 					f.advance(l.cfg.renew)
@@ -429,7 +430,7 @@ func TestAcquireOutlastingThreeTicksKeepsItsEndpoint(t *testing.T) {
 			}
 			require.NotNil(t, ls)
 			cut.down.Store(false)
-			f.stepUntil(t, l.cfg.probe, 1, "a probe that comes back", func() bool { return !l.Stats().Fallback })
+			f.stepUntil(t, l.cfg.probe, 1, "probe that comes back", func() bool { return !l.Stats().Fallback })
 			for range 2 * l.cfg.ttl / l.cfg.renew { // the call runs for two TTLs
 				f.advance(l.cfg.renew)
 				f.settle(t, 1)
@@ -493,7 +494,7 @@ func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
 	released, hold := make(chan struct{}), make(chan struct{})
 	var armRelease atomic.Bool
 	ticked := make(chan struct{}, 1)
-	l, err := New(f.hookedClient(t, h, tickScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9),
+	l := f.limiterOn(t, f.hookedClient(t, h, tickScript),
 		WithOnReleased(func() {
 			if armRelease.Load() {
 				close(released)
@@ -508,8 +509,6 @@ func TestReleaseRacingTickLeavesNoLease(t *testing.T) {
 				}
 			}
 		}))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
 	other := f.limiter(t)
 	f.settle(t, 2)
 	<-ticked // the first tick's
@@ -545,10 +544,8 @@ func TestReleaseRacingATickWithItsReplyLostLeavesNoLease(t *testing.T) {
 	reached, open := make(chan struct{}), make(chan struct{})
 	h := &scriptHook{sha: tickScript.Hash(), before: func(context.Context) { close(reached); <-open }, lost: func() {}}
 	released := make(chan struct{}, 1)
-	l, err := New(f.hookedClient(t, h, tickScript), WithClock(f.clk), WithPool("t"), WithTimeout(5e9),
+	l := f.limiterOn(t, f.hookedClient(t, h, tickScript),
 		WithOnReleased(func() { released <- struct{}{} }))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
 	f.settle(t, 1)
 
 	a, err := l.Acquire(ctx, eps(1))
@@ -712,7 +709,8 @@ func TestFailStaticIdleReplicaKeepsToShare(t *testing.T) {
 			a, b := p.lims[0], p.lims[1]
 			p.cuts[0].down.Store(true)
 			p.cuts[1].down.Store(true)
-			for p.take(0) == 0 { // a has calls: they fail until it falls back
+			for i := 0; p.take(0) == 0; i++ { // a has calls: they fail until it falls back
+				require.Less(t, i, maxSteps, "a never fell back")
 				f.advance(tc.timeout)
 			}
 			f.settle(t, 2)
@@ -755,9 +753,7 @@ func TestOldFailureAndABlipAreNoOutage(t *testing.T) {
 			ctx := testCtx(t)
 			cut := &cutHook{}
 			rdb := f.hookedClient(t, cut)
-			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = l.Close() })
+			l := f.limiterOn(t, rdb, WithTimeout(timeout))
 			f.settle(t, 1)
 
 			cut.down.Store(true)
@@ -816,9 +812,7 @@ func TestFailStaticRejoinConcurrentAcquiresKeepToShare(t *testing.T) {
 	gate := &gateHook{sha: acquireScript.Hash(), n: calls, all: make(chan struct{})}
 	rdb := f.hookedClient(t, cut, acquireScript)
 	rdb.AddHook(gate)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithExpectedReplicas(2))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, rdb, WithExpectedReplicas(2))
 	f.settle(t, 1) // the first tick is in
 
 	cut.down.Store(true)
@@ -831,10 +825,7 @@ func TestFailStaticRejoinConcurrentAcquiresKeepToShare(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, first)
 	held := []amlpool.Lease{first}
-	l.mu.Lock()
-	rejoining := f.clk.Now().Before(l.rejoin)
-	l.mu.Unlock()
-	require.True(t, rejoining, "no rejoin window")
+	f.requireRejoining(t, l)
 
 	gate.armed.Store(true)
 	got := make(chan amlpool.Lease, calls)
@@ -867,9 +858,7 @@ func TestFailStaticAcquiresUnderWayAsTheHeartbeatIsFoundGoneKeepToShare(t *testi
 	ctx := testCtx(t)
 	gate := &gateHook{sha: acquireScript.Hash(), n: calls, all: make(chan struct{})}
 	rdb := f.hookedClient(t, gate, acquireScript)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second), WithExpectedReplicas(2))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, rdb, WithExpectedReplicas(2))
 	f.settle(t, 1) // the first tick wrote the heartbeat
 
 	f.m.FlushAll() // Redis restarted empty: the heartbeat is gone
@@ -888,10 +877,7 @@ func TestFailStaticAcquiresUnderWayAsTheHeartbeatIsFoundGoneKeepToShare(t *testi
 			held = append(held, ls)
 		}
 	}
-	l.mu.Lock()
-	rejoining := f.clk.Now().Before(l.rejoin)
-	l.mu.Unlock()
-	require.True(t, rejoining, "no rejoin window")
+	f.requireRejoining(t, l)
 	assert.Equal(t, share, len(held), "leases held by a replica that found its heartbeat gone, with a share of %d of a cap of %d",
 		share, capacity)
 	assert.Len(t, f.leases(t, "a"), len(held), "leases given back stayed in Redis")
@@ -935,10 +921,7 @@ func TestFailStaticGrantAskedForBeforeRejoinKeepsToShare(t *testing.T) {
 	require.NoError(t, f.rdb.ZRem(ctx, "amlpool:{t}:members", l.proc).Err())
 	f.advance(l.cfg.renew)
 	f.settle(t, 3)
-	l.mu.Lock()
-	rejoining := f.clk.Now().Before(l.rejoin)
-	l.mu.Unlock()
-	require.True(t, rejoining, "no rejoin window")
+	f.requireRejoining(t, l)
 	require.Equal(t, []string{l.proc}, f.rdb.ZRange(ctx, "amlpool:{t}:want:a", 0, -1).Val(), "l's wish expired")
 
 	others[0].Release() // grants the slot to l, which holds its share already
@@ -1032,10 +1015,7 @@ func TestGrantGivenBackGoesToAWaitingProcess(t *testing.T) {
 	require.NoError(t, f.rdb.ZRem(ctx, l.keys.members, l.proc).Err())
 	f.advance(l.cfg.renew)
 	f.settle(t, 2)
-	l.mu.Lock()
-	rejoining := f.clk.Now().Before(l.rejoin)
-	l.mu.Unlock()
-	require.True(t, rejoining, "no rejoin window")
+	f.requireRejoining(t, l)
 
 	// Another process holds a slot, and has granted l one, asked for before
 	// the window: the endpoint is full, and w waits.
@@ -1067,9 +1047,7 @@ func TestFailStaticGrantInFallbackKeepsToShare(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
 	cut := &cutHook{}
-	l, err := New(f.hookedClient(t, cut), WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, f.hookedClient(t, cut), WithTimeout(timeout), WithExpectedReplicas(2))
 	f.settle(t, 1)
 
 	cut.down.Store(true)
@@ -1125,10 +1103,8 @@ func TestFailStaticHandoffKeepsToShare(t *testing.T) {
 			f := newFixture(t)
 			ctx := testCtx(t)
 			cut := &cutHook{}
-			l, err := New(f.hookedClient(t, cut), WithClock(f.clk), WithPool("t"), WithTimeout(timeout),
+			l := f.limiterOn(t, f.hookedClient(t, cut), WithTimeout(timeout),
 				WithExpectedReplicas(2))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = l.Close() })
 			f.settle(t, 1)
 			var held []amlpool.Lease
 			for range capacity { // alone in Redis: the whole cap
@@ -1140,20 +1116,12 @@ func TestFailStaticHandoffKeepsToShare(t *testing.T) {
 			got := f.waitFor(t, ctx, l, 2, eps(capacity))
 
 			cut.down.Store(true)
-			for !l.Stats().Fallback { // the pump's tries and the ticks fail
-				f.advance(timeout)
-				f.settle(t, 2)
-			}
+			// The pump's tries and the ticks fail.
+			f.stepUntil(t, timeout, 2, "fallback", func() bool { return l.Stats().Fallback })
 			if !tc.fallback {
 				cut.down.Store(false)
-				for l.Stats().Fallback {
-					f.advance(l.cfg.probe / 10)
-					f.settle(t, 2)
-				}
-				l.mu.Lock()
-				rejoining := f.clk.Now().Before(l.rejoin)
-				l.mu.Unlock()
-				require.True(t, rejoining, "no rejoin window")
+				f.stepUntil(t, l.cfg.probe/10, 2, "probe that comes back", func() bool { return !l.Stats().Fallback })
+				f.requireRejoining(t, l)
 			}
 			for i := range capacity - share {
 				held[i].Release()
@@ -1188,9 +1156,7 @@ func TestLocalLeaseWrittenByAProbeWithItsReplyLostIsDeleted(t *testing.T) {
 	lost := &scriptHook{sha: tickScript.Hash(), lost: func() {}}
 	rdb := f.hookedClient(t, cut, tickScript)
 	rdb.AddHook(lost)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, rdb, WithTimeout(timeout), WithExpectedReplicas(2))
 	f.settle(t, 1)
 
 	cut.down.Store(true)
@@ -1241,10 +1207,8 @@ func TestAcquireReplyAfterFallbackKeepsToShare(t *testing.T) {
 			slow := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
 			rdb := f.hookedClient(t, cut, acquireScript)
 			rdb.AddHook(slow) // after cut's: the slow acquire got through before the link was cut
-			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithExpectedReplicas(2),
+			l := f.limiterOn(t, rdb, WithTimeout(timeout), WithExpectedReplicas(2),
 				WithFailureMode(tc.mode))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = l.Close() })
 			f.settle(t, 1)
 
 			cut.down.Store(true)
@@ -1346,10 +1310,7 @@ func (f *fixture) replyCutLimiter(t *testing.T, h *replyCut, script *redis.Scrip
 	t.Cleanup(func() { _ = rdb.Close() })
 	rdb.AddHook(h)
 	require.NoError(t, script.Load(testCtx(t), f.rdb).Err())
-	l, err := New(rdb, append([]Option{WithClock(f.clk), WithPool("t"), WithTimeout(5 * time.Second)}, opts...)...)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
-	return l
+	return f.limiterOn(t, rdb, opts...)
 }
 
 // go-redis sends an acquire again when its connection breaks after Redis
@@ -1393,8 +1354,7 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 		case <-ctx.Done():
 		}
 	}}
-	l, err := New(f.hookedClient(t, h, acquireScript), WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-	require.NoError(t, err)
+	l := f.limiterOn(t, f.hookedClient(t, h, acquireScript))
 	f.settle(t, 1) // the first heartbeat is in
 
 	h.armed.Store(true)
@@ -1450,8 +1410,7 @@ func TestScriptRunAfterGoodbyeChangesNothing(t *testing.T) {
 			ctx := testCtx(t)
 			h := &lateHook{sha: script.Hash(), reached: make(chan struct{})}
 			rdb := f.hookedClient(t, h, script)
-			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-			require.NoError(t, err)
+			l := f.limiterOn(t, rdb)
 			f.settle(t, 1) // the first heartbeat is in
 			held, err := l.Acquire(ctx, eps(2))
 			require.NoError(t, err)
@@ -1530,7 +1489,8 @@ func TestFailStaticFlapKeepsToShare(t *testing.T) {
 
 	// Gone again, before b's probe: a falls back a second time.
 	cuts[0].down.Store(true)
-	for !a.Stats().Fallback {
+	for i := 0; !a.Stats().Fallback; i++ {
+		require.Less(t, i, maxSteps, "a never fell back again")
 		inFlight += take(0)
 		f.advance(timeout)
 	}
@@ -1599,9 +1559,7 @@ func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
 	logs := &blockedLog{reached: make(chan struct{}), open: make(chan struct{})}
 	const timeout = time.Second // three failures over two timeouts: within two ticks
 	// Backoffs as long as a tick: failures a tick apart count as in a row.
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(timeout), WithBackoff(time.Millisecond, DefaultTTL/3),
-		WithLogger(slog.New(logs)))
-	require.NoError(t, err)
+	l := f.limiterOn(t, rdb, WithTimeout(timeout), WithBackoff(time.Millisecond, DefaultTTL/3), WithLogger(slog.New(logs)))
 	f.settle(t, 1) // the first tick counted the replicas: a share of the whole cap
 	require.Equal(t, 1, l.Stats().Replicas)
 
@@ -1612,6 +1570,7 @@ func TestFallbackAcquireRacingCloseTakesNoLocalLease(t *testing.T) {
 	}
 	require.False(t, l.Stats().Fallback)
 	var ls amlpool.Lease
+	var err error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -1647,14 +1606,12 @@ func TestGrantOfATickWithItsReplyLost(t *testing.T) {
 			rdb.AddHook(h)
 			require.NoError(t, tickScript.Load(ctx, f.rdb).Err()) // EVALSHA: the sha is on the wire
 			ticked := make(chan struct{}, 1)
-			l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second),
+			l := f.limiterOn(t, rdb,
 				WithOnTick(func(done bool) {
 					if done {
 						ticked <- struct{}{}
 					}
 				}))
-			require.NoError(t, err)
-			t.Cleanup(func() { _ = l.Close() })
 			<-ticked // the first, at New
 
 			// Another process holds the only slot; a call here waits for it.
@@ -1823,9 +1780,7 @@ func TestFirstAcquireBeforeFirstHeartbeatIsNoOutage(t *testing.T) {
 	ctx := testCtx(t)
 	h := &orderHook{clk: f.clk, acquired: make(chan struct{}), done: ctx.Done()}
 	rdb := f.hookedClient(t, h, tickScript, acquireScript)
-	l, err := New(rdb, WithClock(f.clk), WithPool("t"), WithTimeout(5*time.Second))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = l.Close() })
+	l := f.limiterOn(t, rdb)
 	ls, err := l.Acquire(ctx, eps(2))
 	require.NoError(t, err)
 	defer ls.Release()
@@ -1842,7 +1797,8 @@ func TestFirstAcquireBeforeFirstHeartbeatIsNoOutage(t *testing.T) {
 func takeInFallback(t *testing.T, f *fixture, l *Limiter, ctx context.Context, capacity int, timeout time.Duration) []amlpool.Lease {
 	t.Helper()
 	var held []amlpool.Lease
-	for len(held) == 0 { // calls fail until the Limiter falls back, then take local leases
+	for i := 0; len(held) == 0; i++ { // calls fail until the Limiter falls back, then take local leases
+		require.Less(t, i, maxSteps, "the Limiter never fell back")
 		for {
 			ls, err := l.TryAcquire(ctx, eps(capacity))
 			require.NoError(t, err)
