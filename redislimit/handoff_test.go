@@ -174,6 +174,47 @@ func TestGrantGoesToTheWaitingProcess(t *testing.T) {
 	require.Eventually(t, func() bool { return len(f.leases(t, "a")) == 0 }, testTimeout, time.Millisecond)
 }
 
+// A pool's name may hold a '|', with which grants' entries and notices also
+// separate their fields: a grant must still reach the process it is for,
+// from its notice or, missed, from the next tick.
+func TestGrantInAPoolWhoseNameHoldsABar(t *testing.T) {
+	for _, missed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "notice", true: "tick"}[missed], func(t *testing.T) {
+			f := newFixture(t)
+			ctx := testCtx(t)
+			l1 := f.limiter(t, WithPool("t|u"))
+			var l2 *Limiter
+			if missed {
+				l2 = f.limiter(t, WithPool("t|u"), WithoutReleaseNotify())
+			} else {
+				l2 = f.limiter(t, WithPool("t|u"))
+				f.subscribed(t, l1.keys.grant, 2)
+			}
+			key := "amlpool:{t|u}:ep:a"
+			a, err := l1.Acquire(ctx, eps(1))
+			require.NoError(t, err)
+			got := f.waitFor(t, ctx, l2, 3, eps(1))
+			if missed {
+				// Granted to l2 by another process; its notice never came.
+				id := l2.proc + ":gq.1"
+				exp := f.clk.Now().Add(time.Minute).UnixMilli()
+				require.NoError(t, f.rdb.ZAdd(ctx, key, redisZ(exp, id)).Err())
+				require.NoError(t, f.rdb.ZAdd(ctx, l2.keys.grants, redisZ(exp, l2.proc+"|"+key+"|"+id)).Err())
+				f.advance(l2.cfg.renew)
+			} else {
+				a.Release()
+			}
+			b := receive(t, got)
+			assert.EqualValues(t, 1, l2.Stats().Grants)
+			b.Release()
+			if missed {
+				a.Release()
+			}
+			require.Eventually(t, func() bool { return f.rdb.ZCard(ctx, key).Val() == 0 }, testTimeout, time.Millisecond)
+		})
+	}
+}
+
 // A grant whose announcement was lost is taken at the next tick; one heard
 // of twice is taken once, also when ticks return it for longer than this
 // process's TTL (the process that granted it has a longer one).

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -137,7 +136,7 @@ func (l *Limiter) tick() {
 	// Grants whose announcement this process missed (a dropped
 	// subscription): taken now, once.
 	for _, g := range reply.grants {
-		if key, id, ok := strings.Cut(g, "|"); ok {
+		if key, id, ok := splitGrant(g); ok {
 			l.granted(key, id)
 		}
 	}

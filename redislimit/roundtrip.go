@@ -230,7 +230,7 @@ func (l *Limiter) listen(ps *redis.PubSub) {
 			if !ok {
 				continue // another process's
 			}
-			if key, id, ok := strings.Cut(rest, "|"); ok {
+			if key, id, ok := splitGrant(rest); ok {
 				l.granted(key, id)
 			}
 		}

@@ -60,6 +60,17 @@ func (k keyspace) wantOf(key string) string { return k.want(strings.TrimPrefix(k
 // changes nothing.
 func (k keyspace) done(proc string) string { return k.prefix + "done:" + proc }
 
+// splitGrant splits a grant, "<lease set>|<lease id>", at its last '|':
+// a lease set's name holds the pool's, which may hold one too; lease ids,
+// made of process ids and counters, hold none.
+func splitGrant(g string) (key, id string, ok bool) {
+	i := strings.LastIndexByte(g, '|')
+	if i <= 0 || i == len(g)-1 {
+		return "", "", false
+	}
+	return g[:i], g[i+1:], true
+}
+
 // limitMember is what one process writes to the limits set for one endpoint.
 func limitMember(epID string, limit int, proc string) string {
 	return epID + ":" + strconv.Itoa(limit) + ":" + proc
