@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -483,5 +484,46 @@ func TestScoreResumeRefusesAChangedInput(t *testing.T) {
 				assert.Equal(t, string(wantRej), string(gotRej))
 			})
 		}
+	}
+}
+
+// TestScoreResumeChecksPastACutReject: a kill that cut a reject record
+// short leaves the rows scored after the last whole one checked against
+// the input all the same. The record cut short is no reject file's end to
+// read back (a CSV row without its row number, a JSON Lines line that is
+// not JSON): read, it once stopped the check there, and a changed row
+// after it was skipped as settled.
+func TestScoreResumeChecksPastACutReject(t *testing.T) {
+	dir := t.TempDir()
+	p := newFakePool(t, dir, []amltest.Config{{Score: poison("2")}}, `,"outputColumns":["Scored Probabilities"]`)
+	in := filepath.Join(dir, "in.csv")
+	write := func(last string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(in, []byte("id,name\n1,a\n2,b\n3,"+last+"\n"), 0o644))
+	}
+	for _, format := range []string{"csv", "jsonl"} {
+		t.Run(format, func(t *testing.T) {
+			out := filepath.Join(dir, "out."+format)
+			rej := filepath.Join(dir, "out.rejects."+format)
+			args := []string{"score", "--config", p.config, "--in", in, "--out", out, "--progress", "none"}
+			write("last")
+			code, stderr := runCmd(t, p.command(t, args...))
+			require.Equal(t, 1, code, stderr)
+			cut := map[string]string{"csv": `5`, "jsonl": `{"line":5,"ro`}[format] // row 4's record, cut short
+			f, err := os.OpenFile(rej, os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = f.WriteString(cut)
+			require.NoError(t, errors.Join(err, f.Close()))
+			held, err := os.ReadFile(rej)
+			require.NoError(t, err)
+
+			write("lust") // row 3, scored after the reject of row 2
+			code, stderr = runCmd(t, p.command(t, append(args, "--resume")...))
+			assert.Equal(t, 2, code, stderr)
+			assert.Contains(t, stderr, "cannot resume: row 3 (line 4) of "+in+" is not the row "+out+" holds scored for it: column \"name\" differs")
+			got, err := os.ReadFile(rej)
+			require.NoError(t, err)
+			assert.Equal(t, string(held), string(got), "a refused resume leaves the record cut short")
+		})
 	}
 }

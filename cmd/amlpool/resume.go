@@ -94,10 +94,7 @@ func settledRows(out *outFile, inCols []string) *settled {
 	if out.rows == 0 || len(out.head) < len(inCols) || !slices.Equal(out.head[:len(inCols)], inCols) {
 		return nil
 	}
-	src, ok := records(out)
-	if !ok {
-		return nil
-	}
+	src := records(out)
 	s := &settled{cols: inCols}
 	if out.format == rows.JSONL {
 		s.lines = bufio.NewReaderSize(src, 64<<10)
@@ -109,14 +106,12 @@ func settledRows(out *outFile, inCols []string) *settled {
 	return s
 }
 
-// records reads a file from its start; its offset stays at its end, where
-// the run appends.
-func records(o *outFile) (io.Reader, bool) {
-	st, err := o.f.Stat()
-	if err != nil {
-		return nil, false
-	}
-	return io.NewSectionReader(o.f, 0, st.Size()), true
+// records reads a file's complete records from its start, and not a
+// record a kill cut short after them, which is still there (the files are
+// cut once they are checked) and would read as no record of a run; its
+// offset stays where it is.
+func records(o *outFile) io.Reader {
+	return io.NewSectionReader(o.f, 0, o.end)
 }
 
 // csvRecords reads the records of a CSV file after its header; nil when
@@ -198,10 +193,7 @@ func rejectedRows(rej *outFile, rowCol string) *rejected {
 	if len(rej.head) < 2 || rej.head[1] != rowCol {
 		return nil
 	}
-	src, ok := records(rej)
-	if !ok {
-		return nil
-	}
+	src := records(rej)
 	if rej.format == rows.JSONL {
 		r.lines = bufio.NewReaderSize(src, 64<<10)
 		return r
