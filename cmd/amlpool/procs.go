@@ -109,6 +109,12 @@ func (f procsFitter) start() (stop func()) {
 			if !ok || !now.After(then) {
 				continue
 			}
+			if used < last {
+				// A CPU time gone back tells nothing of this window's
+				// work; the next is measured from it.
+				last, then = used, now
+				continue
+			}
 			busy := float64(used-last) / float64(now.Sub(then))
 			last, then = used, now
 			if n := wantProcs(cur, f.limit, busy); n != cur {

@@ -129,3 +129,33 @@ func TestScoreFitsProcsWhileScoring(t *testing.T) {
 		t.Errorf("out has %d records, want a header and 10 rows", got)
 	}
 }
+
+// TestProcsFitterSkipsAClockGoneBack: a CPU time that reads less than the
+// one before (a clock gone back) tells nothing of the window's work, and
+// changes nothing: it once read as less than no work, and took GOMAXPROCS
+// down to one. The next window is measured from it.
+func TestProcsFitterSkipsAClockGoneBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		used := new(atomic.Int64)
+		used.Store(int64(time.Hour))
+		var sets []int
+		stop := procsFitter{
+			limit: 4,
+			cpu:   func() (time.Duration, bool) { return time.Duration(used.Load()), true },
+			set:   func(n int) { sets = append(sets, n) },
+		}.start()
+		window := func(cores float64) {
+			used.Add(int64(cores * float64(procsInterval)))
+			time.Sleep(procsInterval)
+			synctest.Wait()
+		}
+		window(1.5)
+		used.Add(-int64(time.Minute)) // gone back
+		window(1.5)
+		window(1.5)
+		stop()
+		if len(sets) != 0 {
+			t.Errorf("GOMAXPROCS set to %v, want it left at 4 all along", sets)
+		}
+	})
+}
