@@ -72,14 +72,22 @@ func TestProcsFitterFitsTheWork(t *testing.T) {
 // where the process cannot read its CPU time, or has one P only.
 func TestProcsFitterLeavesAloneWhatItCannotFit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		for _, f := range []procsFitter{
-			{limit: 2, cpu: func() (time.Duration, bool) { return 0, false }},
-			{limit: 1, cpu: func() (time.Duration, bool) { return 0, true }},
-		} {
-			f.set = func(n int) { t.Errorf("limit %d: GOMAXPROCS set to %d", f.limit, n) }
-			stop := f.start()
+		for _, c := range []struct {
+			limit int
+			ok    bool
+		}{{2, false}, {1, true}} {
+			reads := 0
+			stop := procsFitter{
+				limit: c.limit,
+				cpu:   func() (time.Duration, bool) { reads++; return time.Duration(reads) * time.Second, c.ok },
+				set:   func(n int) { t.Errorf("limit %d: GOMAXPROCS set to %d", c.limit, n) },
+			}.start()
 			time.Sleep(10 * procsInterval)
+			synctest.Wait()
 			stop()
+			if reads != 1 {
+				t.Errorf("limit %d, CPU time read %v: read %d times, want once, at the start", c.limit, c.ok, reads)
+			}
 		}
 	})
 }
