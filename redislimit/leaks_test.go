@@ -1373,6 +1373,60 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 	assert.Equal(t, []string{l.keys.done(l.proc)}, f.m.Keys(), "keys left after Close, its goodbye aside")
 }
 
+// An acquire whose round trip outlasts three ticks (a timeout longer than
+// three renew intervals), on an endpoint the ticks forget meanwhile, and
+// whose reply comes in as the Limiter closes: the acquire returns ErrClosed,
+// and the lease Redis took for it, which no call holds, goes with Close's
+// goodbye, though no endpoint the Limiter knows has it.
+func TestAcquireReplyAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+	// The reply is on its way as Close cancels the round trip: it comes in.
+	late := processHook(func(next redis.ProcessHook) redis.ProcessHook {
+		return func(ctx context.Context, cmd redis.Cmder) error { return next(context.WithoutCancel(ctx), cmd) }
+	})
+	rdb := f.hookedClient(t, late, acquireScript)
+	rdb.AddHook(h)
+	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
+	f.settle(t, 1)
+
+	h.armed.Store(true)
+	got := make(chan error, 1)
+	go func() {
+		ls, err := l.TryAcquire(ctx, eps(1))
+		if ls != nil {
+			ls.Release()
+		}
+		got <- err
+	}()
+	<-reached
+	for range 3 { // three ticks while the acquire waits for Redis: the third forgets its endpoint
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	require.Empty(t, l.Stats().Endpoints, "the endpoint is still known")
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	<-l.bg.Done() // Close has begun
+	close(open)
+	require.ErrorIs(t, <-got, amlpool.ErrClosed)
+	require.NoError(t, <-closed)
+	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+}
+
+// processHook is a go-redis hook that acts on single commands only.
+type processHook func(next redis.ProcessHook) redis.ProcessHook
+
+func (h processHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h processHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return h(next)
+}
+func (h processHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 // lateHook holds the next run of one script, once armed, until its
 // caller's ctx ends, and keeps what it would have sent: a command already
 // on its way to Redis when Close cut its round trip short, on another

@@ -496,21 +496,28 @@ func (l *Limiter) tryRedis(ctx context.Context, cands []*endpoint, wait bool) (*
 	}
 	args = append(args, l.proc, wantTTL, l.doneTTL().Milliseconds())
 	sent := l.cfg.clock.Now()
-	res, err := l.evalThen(ctx, acquireScript, keys, args, func() {
-		// The script may have run with its reply lost: delete the lease
-		// once Redis answers again (or at Close), or let it expire. Not
-		// before the client is done with the script: the deletion marks
-		// the lease id for doneTTL, so that a run of the script that
-		// Redis makes after it takes nothing, and only a copy sent before
-		// the mark, which Redis runs within a TTL of its sending, is sure
-		// to find it there.
+	queueDeletion := func() {
 		l.mu.Lock()
 		for _, ep := range cands {
 			l.pending = appendPending(l.pending, removal{ep.key, id})
 		}
 		l.mu.Unlock()
-	})
+	}
+	// The script may have run with its reply lost: delete the lease once
+	// Redis answers again (or at Close), or let it expire. Not before the
+	// client is done with the script: the deletion marks the lease id for
+	// doneTTL, so that a run of the script that Redis makes after it takes
+	// nothing, and only a copy sent before the mark, which Redis runs
+	// within a TTL of its sending, is sure to find it there.
+	res, err := l.evalThen(ctx, acquireScript, keys, args, queueDeletion)
 	if l.bg.Err() != nil {
+		if err == nil {
+			// Its reply came as Close began: a lease it took is no call's.
+			// Close's goodbye deletes it, also on an endpoint a tick forgot
+			// while the script was under way, whose lease set only the
+			// queued deletion names.
+			queueDeletion()
+		}
 		return nil, amlpool.ErrClosed
 	}
 	if err != nil {
