@@ -158,8 +158,16 @@ func (l *Limiter) granted(key, id string) {
 func (l *Limiter) adopt(ep *endpoint, id string, grant bool) {
 	l.mu.Lock()
 	delete(l.releasing, id)
-	if l.closed || ep.held[id] != nil {
-		l.mu.Unlock() // Close deletes it from Redis
+	if l.closed {
+		// Close deletes it from Redis with its goodbye, which names its
+		// lease set: ep may be one a tick forgot while the round trip that
+		// brought the lease was under way.
+		l.pending = appendPending(l.pending, removal{ep.key, id})
+		l.mu.Unlock()
+		return
+	}
+	if ep.held[id] != nil {
+		l.mu.Unlock()
 		return
 	}
 	if !l.roomLocked(ep) {

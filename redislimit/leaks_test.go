@@ -1416,6 +1416,45 @@ func TestAcquireReplyAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T
 	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
 }
 
+// The same for a lease kept at its release for a call that waited for it,
+// and gave up meanwhile: the reply that says Redis kept it comes as the
+// Limiter closes, on an endpoint the ticks forgot while the release was
+// under way.
+func TestLeaseKeptAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	reached, open := make(chan struct{}), make(chan struct{})
+	h := &scriptHook{sha: releaseScript.Hash(), before: func(context.Context) { close(reached); <-open }}
+	late := processHook(func(next redis.ProcessHook) redis.ProcessHook {
+		return func(ctx context.Context, cmd redis.Cmder) error { return next(context.WithoutCancel(ctx), cmd) }
+	})
+	rdb := f.hookedClient(t, late, releaseScript)
+	rdb.AddHook(h)
+	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
+	f.settle(t, 1)
+
+	a, err := l.Acquire(ctx, eps(2))
+	require.NoError(t, err)
+	wctx, give := context.WithCancel(ctx)
+	waited := acquireWaiting(t, wctx, l, eps(1)) // the cap went down: the endpoint is full
+	h.armed.Store(true)
+	a.Release() // not handed on (the cap went down), kept in Redis for the call that waits
+	<-reached
+	give()
+	require.ErrorIs(t, <-waited, context.Canceled)
+	for range 3 { // three ticks while the release waits for Redis: the third forgets its endpoint
+		f.advance(l.cfg.renew)
+		f.settle(t, 1)
+	}
+	require.Empty(t, l.Stats().Endpoints, "the endpoint is still known")
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close() }()
+	<-l.bg.Done() // Close has begun
+	close(open)
+	require.NoError(t, <-closed)
+	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+}
+
 // processHook is a go-redis hook that acts on single commands only.
 type processHook func(next redis.ProcessHook) redis.ProcessHook
 
