@@ -476,10 +476,11 @@ return {v, left, owner}
 // also on a lease set not among KEYS: one of an endpoint the process has
 // forgotten (SetEndpoints removed it, or no call asked for it in three
 // ticks) whose grant it has not heard of yet. Such a lease would otherwise
-// block its slot for the rest of a TTL after the process has gone. Its lease set's name comes from the
-// entry, "<process id>|<lease set>|<lease id>", and is used only when it is
-// one of the pool's lease sets: it shares the pool's hash tag, so it is in
-// the script's Cluster slot.
+// block its slot for the rest of a TTL after the process has gone. Its
+// lease set's name comes from the entry, "<process id>|<lease set>|<lease
+// id>", and is used only when it is one of the pool's lease sets: it shares
+// the pool's hash tag, so it is in the script's Cluster slot (Redis lets a
+// script touch a key it was not given in that slot).
 var goodbyeScript = redis.NewScript(scriptNow + `
 local prefix = ARGV[1] .. ':'
 local n = (#KEYS - 4) / 2
