@@ -104,16 +104,32 @@ func FuzzResumeSameInput(f *testing.F) {
 		require.NoError(t, rej.close())
 		require.Equal(t, texts, rejectTexts(t, rejPath, outFormat, rejectColumns(r.Columns())), "the reject file's text column, by row")
 
+		// A kill cuts a record short: the files end in part of one more,
+		// which prepare cuts off only after the check, as the run below
+		// does.
+		for _, p := range []string{outPath, rejPath} {
+			if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+				require.NoError(t, err)
+				_, err = f.WriteString(`9,"cut sh`)
+				require.NoError(t, err)
+				require.NoError(t, f.Close())
+			}
+		}
 		r, err = rows.NewReader(inFormat, bytes.NewReader(data))
 		require.NoError(t, err)
-		out, err = openOut(outPath, outFormat, true)
+		out, err = openOutAsIs(outPath, outFormat, true)
 		require.NoError(t, err)
 		defer out.f.Close()
-		rej, err = openOut(rejPath, outFormat, true)
+		rej, err = openOutAsIs(rejPath, outFormat, true)
 		require.NoError(t, err)
 		defer rej.f.Close()
 		require.Equal(t, settled, out.rows+rej.rows)
+		require.NoError(t, out.checkInputColumns(r.Columns()))
+		require.NoError(t, rej.checkInputColumns(r.Columns()))
 		require.NoError(t, skipSettled(r, "in", out, rej, r.Columns()))
+		require.NoError(t, out.cut())
+		require.NoError(t, rej.cut())
 	})
 }
 
