@@ -53,7 +53,10 @@ func scrubKey(data []byte, secrets []string) []byte {
 		if _, v, ok := splitFieldSecret(s); ok {
 			s = v
 		}
-		return s != "" && bytes.Contains(data, []byte(s))
+		// As appendMatches looks for it: also with '+' for each space, as
+		// a query spells it with no escape at all ("api-key=ab+cd").
+		return s != "" && (bytes.Contains(data, []byte(s)) ||
+			strings.Contains(s, " ") && bytes.Contains(data, []byte(strings.ReplaceAll(s, " ", "+"))))
 	}) {
 		return data
 	}

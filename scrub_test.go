@@ -288,3 +288,18 @@ func TestHeaderSecretsShortCredentialValues(t *testing.T) {
 	assert.ElementsMatch(t, []string{"0123456789abcdef", "k3y-abcd",
 		fieldSecret("X-Auth-Mode", "1"), fieldSecret("X-Functions-Key", "fn-0")}, got)
 }
+
+// scrubKey finds a secret with a space where a query spells it with '+'
+// for the space and no escape at all, as scrubString does: its quick
+// check for a copy must look for that form too, or the reply is let
+// through as it is.
+func TestScrubKeyFindsPlusForSpace(t *testing.T) {
+	secrets := []string{"sk ab cd ef gh ij", fieldSecret("Api-Key", "ab cd")}
+	for text, want := range map[string]string{
+		"/x?q=sk+ab+cd+ef+gh+ij": "/x?q=[REDACTED]",
+		"/x?api-key=ab+cd&n=1":   "/x?api-key=[REDACTED]&n=1",
+	} {
+		assert.Equal(t, want, scrubString(text, secrets), text)
+		assert.Equal(t, want, string(scrubKey([]byte(text), secrets)), text)
+	}
+}
