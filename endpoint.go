@@ -622,7 +622,7 @@ func headerSecrets(h http.Header) []string {
 		if name == deploymentHeader {
 			continue
 		}
-		cred := isCredentialHeader(name)
+		cred, short := isCredentialHeader(name), false
 		for _, v := range vs {
 			switch whole := strings.Trim(v, " \t"); {
 			case !cred:
@@ -630,7 +630,7 @@ func headerSecrets(h http.Header) []string {
 			case len(whole) >= minCredentialLen:
 				add(whole, 1)
 			case whole != "":
-				add(fieldSecret(name, whole), 1)
+				short = true
 			}
 			// A reply may echo a part alone: the token of "Bearer <token>",
 			// the sig= of a SAS ("SharedAccessSignature sr=…&sig=…&se=…").
@@ -646,6 +646,17 @@ func headerSecrets(h http.Header) []string {
 					}
 				}
 			}
+		}
+		if short {
+			// With every value of the header, so that a list of them
+			// after its name ("[1 2]") is hidden whole.
+			var values []string
+			for _, v := range vs {
+				if whole := strings.Trim(v, " \t"); whole != "" {
+					values = append(values, whole)
+				}
+			}
+			add(fieldSecret(name, values...), 1)
 		}
 	}
 	slices.SortFunc(out, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })

@@ -530,6 +530,38 @@ func TestShortCredentialHeaderValuesCutNothingElse(t *testing.T) {
 	assertNoSecret(t, o, map[string]any{"error": err}, append(shown, secretKey))
 }
 
+// TestShortCredentialHeaderValueListsScrubbed: a header whose name says
+// it carries a credential, given more than one short value, shows them in
+// a list after its name where a reply or an error prints the request's
+// headers (Go's map[X-Auth-Mode:[a1 b2]], a JSON array, the values joined
+// by commas): each of them is hidden there, not only the first.
+func TestShortCredentialHeaderValueListsScrubbed(t *testing.T) {
+	header := http.Header{"X-Auth-Mode": {"a1", "b2"}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusBadRequest)
+		vs, _ := json.Marshal(r.Header["X-Auth-Mode"])
+		js, _ := json.Marshal(fmt.Sprintf(`got {"X-Auth-Mode": %s} and X-Auth-Mode: %s`, vs, strings.Join(r.Header["X-Auth-Mode"], ", ")))
+		fmt.Fprintf(w, `{"error":{"code":"BadArgument","message":%s}}`, js)
+	}))
+	t.Cleanup(srv.Close)
+	o := newObserved(t, []Endpoint{{Name: "gw", URL: srv.URL + "/x", APIKey: secretKey, Header: header}}, WithoutRetries())
+	_, err := o.Do(t.Context(), []byte(`{}`))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `got {"X-Auth-Mode": ["`+redacted+`","`+redacted+`"]} and X-Auth-Mode: `+redacted+", "+redacted)
+	assertNoSecret(t, o, map[string]any{"error": err}, []string{`"b2"`, ", b2"})
+
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return nil, fmt.Errorf("proxy refused: %v", r.Header)
+	})
+	o = newObserved(t, []Endpoint{{Name: "gw", URL: "http://127.0.0.1:1/x", APIKey: secretKey, Header: header}},
+		WithoutRetries(), WithHTTPClient(&http.Client{Transport: rt}))
+	_, err = o.Do(t.Context(), []byte(`{}`))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "X-Auth-Mode:["+redacted+" "+redacted+"]")
+	assertNoSecret(t, o, map[string]any{"error": err}, []string{"a1 b2", " b2]"})
+}
+
 // TestHeaderSecretPartsScrubbed: a reply that echoes only a part of a
 // header value that carries a credential (the token of "Bearer <token>",
 // the sig= of a SAS, as sent or percent-decoded) has that part scrubbed;

@@ -50,8 +50,13 @@ import (
 // there.
 func scrubKey(data []byte, secrets []string) []byte {
 	if !bytes.ContainsAny(data, "%\\&") && !slices.ContainsFunc(secrets, func(s string) bool {
-		if _, v, ok := splitFieldSecret(s); ok {
-			s = v
+		if _, values, ok := splitFieldSecret(s); ok {
+			for v := range strings.SplitSeq(values, fieldMark) {
+				if bytes.Contains(data, []byte(v)) || strings.Contains(v, " ") &&
+					bytes.Contains(data, []byte(strings.ReplaceAll(v, " ", "+"))) {
+					return true
+				}
+			}
 		}
 		// As appendMatches looks for it: also with '+' for each space, as
 		// a query spells it with no escape at all ("api-key=ab+cd").
@@ -139,8 +144,8 @@ func appendMatches(spans []span, text, secret string, from []int) []span {
 	// text it is made of holds a NUL no text shows, and a key, a token or
 	// a query's value that only looks like one loses nothing of its
 	// scrubbing.
-	if name, value, ok := splitFieldSecret(secret); ok {
-		spans = appendFieldMatches(spans, text, name, value, from)
+	if name, values, ok := splitFieldSecret(secret); ok {
+		spans = appendFieldMatches(spans, text, name, values, from)
 	}
 	for k := 0; k < 2; k++ {
 		if k == 1 {
@@ -185,24 +190,31 @@ func mapSpan(start, end int, from []int) span {
 // error that echoes the request's headers does: "X-Auth-Mode: 1",
 // "x-auth-mode=1", {"X-Auth-Mode":"1"}, {'X-Auth-Mode': ['1']},
 // map[X-Auth-Mode:[1]], the name in any case, and in each spelling (a
-// percent-encoded query, a JSON string) scrubString undoes. It travels
-// among the other secrets as fieldMark, the header's name, fieldMark and
-// the value: a NUL is in no header's name or value (checkHeader), and one
-// that only looks like a field secret is searched for as it is as well.
+// percent-encoded query, a JSON string) scrubString undoes. A header with
+// more than one value shows them in a list after its name (map[X-Auth-Mode:[1 2]],
+// {"X-Auth-Mode":["1","2"]}, "X-Auth-Mode: 1, 2" as a server that joins
+// them echoes it): each of them there is hidden too. It travels among the
+// other secrets as fieldMark, the header's name, then fieldMark and a
+// value for each of the header's values: a NUL is in no header's name or
+// value (checkHeader), and one that only looks like a field secret is
+// searched for as it is as well.
 const fieldMark = "\x00"
 
-// fieldSecret returns the field secret of value, the header name's.
-func fieldSecret(name, value string) string { return fieldMark + name + fieldMark + value }
+// fieldSecret returns the field secret of values, all the values of the
+// header name, none empty.
+func fieldSecret(name string, values ...string) string {
+	return fieldMark + name + fieldMark + strings.Join(values, fieldMark)
+}
 
-// splitFieldSecret returns the header's name and value of the field
-// secret s, or false when s is none.
-func splitFieldSecret(s string) (name, value string, ok bool) {
+// splitFieldSecret returns the header's name and values, fieldMark
+// between them, of the field secret s, or false when s is none.
+func splitFieldSecret(s string) (name, values string, ok bool) {
 	rest, ok := strings.CutPrefix(s, fieldMark)
 	if !ok {
 		return "", "", false
 	}
-	name, value, ok = strings.Cut(rest, fieldMark)
-	return name, value, ok && name != "" && value != ""
+	name, values, ok = strings.Cut(rest, fieldMark)
+	return name, values, ok && name != "" && values != ""
 }
 
 // maxFieldSep bounds what appendFieldMatches takes for what separates a
@@ -210,13 +222,14 @@ func splitFieldSecret(s string) (name, value string, ok bool) {
 // as many spaces, tabs, quotes and (after it) brackets: `": ["`.
 const maxFieldSep = 4
 
-// appendFieldMatches appends to spans where text shows value as the value
-// of the header name: name, in any case, then a ':' or an '=' with
-// spaces, quotes or brackets about it, then value (or its form with '+'
-// for each space). Only value goes, the name stays. from is as for
+// appendFieldMatches appends to spans where text shows the header name's
+// values (fieldMark between them) as its value: name, in any case, then a
+// ':' or an '=' with spaces, quotes or brackets about it, then one of the
+// values (or its form with '+' for each space), and then as many of the
+// others, each once, as follow it in a list, with spaces, commas or
+// quotes between them. Only the values go, the name stays. from is as for
 // appendMatches.
-func appendFieldMatches(spans []span, text, name, value string, from []int) []span {
-	plus := strings.ReplaceAll(value, " ", "+")
+func appendFieldMatches(spans []span, text, name, values string, from []int) []span {
 	for i := 0; i+len(name) <= len(text); i++ {
 		if !strings.EqualFold(text[i:i+len(name)], name) {
 			continue
@@ -226,14 +239,46 @@ func appendFieldMatches(spans []span, text, name, value string, from []int) []sp
 			continue
 		}
 		k = skipBytes(text, k+1, " \t\"'[")
-		for _, v := range [...]string{value, plus} {
-			if strings.HasPrefix(text[k:], v) {
-				spans = append(spans, mapSpan(k, k+len(v), from))
+		var shown uint64 // the values met in this list (the first 64)
+		for {
+			j, n := fieldValueAt(text[k:], values, shown)
+			if n == 0 {
 				break
 			}
+			shown |= 1 << j
+			spans = append(spans, mapSpan(k, k+n, from))
+			k = skipBytes(text, k+n, " \t\"',")
 		}
 	}
 	return spans
+}
+
+// fieldValueAt returns the index among values (fieldMark between them) of
+// the longest one not in shown that text begins with, as it is or with
+// '+' for each space, and its length; a length of 0 when none is.
+func fieldValueAt(text, values string, shown uint64) (int, int) {
+	best, n, j := 0, 0, 0
+	for v := range strings.SplitSeq(values, fieldMark) {
+		if shown&(1<<j) == 0 && len(v) > n && spelledAt(text, v) {
+			best, n = j, len(v)
+		}
+		j++
+	}
+	return best, n
+}
+
+// spelledAt reports whether text begins with v, each of v's spaces there
+// as it is or as a '+'.
+func spelledAt(text, v string) bool {
+	if len(text) < len(v) {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if text[i] != v[i] && (v[i] != ' ' || text[i] != '+') {
+			return false
+		}
+	}
+	return true
 }
 
 // skipBytes returns the offset in text of the first byte from i on that
@@ -437,9 +482,11 @@ func hexValue(s string) (int, bool) {
 func maxSpelled(secrets []string) int {
 	n := 0
 	for _, s := range secrets {
-		if name, value, ok := splitFieldSecret(s); ok {
-			// Its name and separator are to be in the text too.
-			n = max(n, len(name)+2*maxFieldSep+1+len(value))
+		if _, _, ok := splitFieldSecret(s); ok {
+			// Its name and what separates it from a value, and the values
+			// from each other, are to be in the text too: a fieldMark
+			// stands for each of those.
+			n = max(n, len(s)+(strings.Count(s, fieldMark)+1)*maxFieldSep)
 		}
 		n = max(n, len(s))
 	}

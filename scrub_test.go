@@ -251,7 +251,7 @@ func FuzzScrubString(f *testing.F) {
 // copy of it stays. A secret that only looks like a field secret is still
 // replaced wherever it is.
 func TestScrubStringFieldSecret(t *testing.T) {
-	secrets := []string{fieldSecret("X-Auth-Mode", "1"), fieldSecret("Api-Key", "k y+/")}
+	secrets := []string{fieldSecret("X-Auth-Mode", "1"), fieldSecret("Api-Key", "k y+/"), fieldSecret("Token", "1", "12", "2")}
 	for text, want := range map[string]string{
 		"1 of 1 failed":                                "1 of 1 failed",
 		"X-Auth-Mode: 1; 1 try":                        "X-Auth-Mode: [REDACTED]; 1 try",
@@ -266,6 +266,12 @@ func TestScrubStringFieldSecret(t *testing.T) {
 		"/x?api-key=k+y%2B%2F":                         "/x?api-key=[REDACTED]",
 		`{"Api-Key":"k y+\/"}`:                         `{"Api-Key":"[REDACTED]"}`,
 		"/x?q=%7B%22Api-Key%22%3A%22k%20y%2B%2F%22%7D": "/x?q=%7B%22Api-Key%22%3A%22[REDACTED]%22%7D",
+		// A header's values in a list, each once, the longest first.
+		"map[Token:[2 12 1] 2 1]": "map[Token:[[REDACTED] [REDACTED] [REDACTED]] 2 1]",
+		`{"token": ["12", "2"]}`:  `{"token": ["[REDACTED]", "[REDACTED]"]}`,
+		"Token: 1,12,2 1":         "Token: [REDACTED],[REDACTED],[REDACTED] 1",
+		"Token=2; Token=1 1":      "Token=[REDACTED]; Token=[REDACTED] 1",
+		"Token: 2 12 3 1":         "Token: [REDACTED] [REDACTED] 3 1",
 	} {
 		assert.Equal(t, want, scrubString(text, secrets), text)
 		assert.Equal(t, want, string(scrubKey([]byte(text), secrets)), text)
@@ -276,16 +282,18 @@ func TestScrubStringFieldSecret(t *testing.T) {
 
 // headerSecrets: the whole value of a header whose name says it carries a
 // credential is searched for everywhere from 8 characters on, and is a
-// field secret below; another header's value only from 16 characters on.
+// field secret below, with the header's other values, as a list of them
+// shows them; another header's value only from 16 characters on.
 func TestHeaderSecretsShortCredentialValues(t *testing.T) {
 	got := headerSecrets(http.Header{
 		"X-Auth-Mode":      {"1"},
 		"Api-Key":          {"k3y-abcd"},
 		"X-Functions-Key":  {" fn-0 "},
 		"X-Tenant":         {"tenant-7"},
+		"Token":            {"t1", "t0k-abcd", " "},
 		"X-Correlation-Id": {"0123456789abcdef"},
 	})
-	assert.ElementsMatch(t, []string{"0123456789abcdef", "k3y-abcd",
+	assert.ElementsMatch(t, []string{"0123456789abcdef", "k3y-abcd", "t0k-abcd", fieldSecret("Token", "t1", "t0k-abcd"),
 		fieldSecret("X-Auth-Mode", "1"), fieldSecret("X-Functions-Key", "fn-0")}, got)
 }
 
