@@ -218,27 +218,40 @@ func splitFieldSecret(s string) (name, values string, ok bool) {
 }
 
 // maxFieldSep bounds what appendFieldMatches takes for what separates a
-// header's name from its value: a ':' or '=' and, on either side, up to
-// as many spaces, tabs, quotes and (after it) brackets: `": ["`.
-const maxFieldSep = 4
+// header's name from its value: a ':', '=' or "=>" and, on either side,
+// up to as many spaces, tabs, quotes and brackets (`": ["`, `'] => '`,
+// "X-Auth-Mode:      1" in a table whose names are padded to one width),
+// and Go's "[]string{" (an http.Header printed with %#v).
+const maxFieldSep = 32
+
+// goSliceOpen is what opens a []string printed with %#v.
+const goSliceOpen = "[]string{"
 
 // appendFieldMatches appends to spans where text shows the header name's
-// values (fieldMark between them) as its value: name, in any case, then a
-// ':' or an '=' with spaces, quotes or brackets about it, then one of the
+// values (fieldMark between them) as its value: name, in any case and
+// with '_' for any '-', then a ':', an '=' or a "=>" with spaces, quotes
+// or brackets about it (or a %#v's goSliceOpen after it), then one of the
 // values (or its form with '+' for each space), and then as many of the
 // others, each once, as follow it in a list, with spaces, commas or
 // quotes between them. Only the values go, the name stays. from is as for
 // appendMatches.
 func appendFieldMatches(spans []span, text, name, values string, from []int) []span {
 	for i := 0; i+len(name) <= len(text); i++ {
-		if !strings.EqualFold(text[i:i+len(name)], name) {
+		if !isFieldName(text[i:i+len(name)], name) {
 			continue
 		}
-		k := skipBytes(text, i+len(name), " \t\"'")
+		k := skipBytes(text, i+len(name), " \t\"']")
 		if k == len(text) || text[k] != ':' && text[k] != '=' {
 			continue
 		}
-		k = skipBytes(text, k+1, " \t\"'[")
+		if strings.HasPrefix(text[k:], "=>") {
+			k++ // PHP's, Ruby's
+		}
+		k = skipBytes(text, k+1, " \t")
+		if strings.HasPrefix(text[k:], goSliceOpen) {
+			k += len(goSliceOpen)
+		}
+		k = skipBytes(text, k, " \t\"'[")
 		var shown uint64 // the values met in this list (the first 64)
 		for {
 			j, n := fieldValueAt(text[k:], values, shown)
@@ -265,6 +278,25 @@ func fieldValueAt(text, values string, shown uint64) (int, int) {
 		j++
 	}
 	return best, n
+}
+
+// isFieldName reports whether s is the header name name, in any case, and
+// with '_' for any '-' as a CGI or WSGI server names it (HTTP_X_AUTH_MODE).
+func isFieldName(s, name string) bool {
+	for i := 0; i < len(name); i++ {
+		if a, b := lowerASCII(s[i]), lowerASCII(name[i]); a != b && (a != '_' || b != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerASCII returns c in lower case when it is an ASCII letter.
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // spelledAt reports whether text begins with v, each of v's spaces there
@@ -483,10 +515,10 @@ func maxSpelled(secrets []string) int {
 	n := 0
 	for _, s := range secrets {
 		if _, _, ok := splitFieldSecret(s); ok {
-			// Its name and what separates it from a value, and the values
-			// from each other, are to be in the text too: a fieldMark
-			// stands for each of those.
-			n = max(n, len(s)+(strings.Count(s, fieldMark)+1)*maxFieldSep)
+			// Its name and what separates it from a value (up to three
+			// runs of maxFieldSep, "=>" and goSliceOpen), and the values
+			// from each other, are to be in the text too.
+			n = max(n, len(s)+(strings.Count(s, fieldMark)+3)*maxFieldSep+len(goSliceOpen))
 		}
 		n = max(n, len(s))
 	}

@@ -247,8 +247,8 @@ func FuzzScrubString(f *testing.F) {
 
 // A field secret, the short value of a header whose name says it carries
 // a credential, is replaced where a text shows it as that header's value,
-// the name in any case, in each spelling scrubString undoes; every other
-// copy of it stays. A secret that only looks like a field secret is still
+// the name in any case (and as CGI spells it, with '_'), in each spelling
+// scrubString undoes; every other copy of it stays. A secret that only looks like a field secret is still
 // replaced wherever it is.
 func TestScrubStringFieldSecret(t *testing.T) {
 	secrets := []string{fieldSecret("X-Auth-Mode", "1"), fieldSecret("Api-Key", "k y+/"), fieldSecret("Token", "1", "12", "2")}
@@ -266,6 +266,11 @@ func TestScrubStringFieldSecret(t *testing.T) {
 		"/x?api-key=k+y%2B%2F":                         "/x?api-key=[REDACTED]",
 		`{"Api-Key":"k y+\/"}`:                         `{"Api-Key":"[REDACTED]"}`,
 		"/x?q=%7B%22Api-Key%22%3A%22k%20y%2B%2F%22%7D": "/x?q=%7B%22Api-Key%22%3A%22[REDACTED]%22%7D",
+		// As CGI, PHP, Ruby, Go's %#v and a padded table show a header.
+		"HTTP_X_AUTH_MODE=1; X_AUTH-MODE: 1 1":             "HTTP_X_AUTH_MODE=[REDACTED]; X_AUTH-MODE: [REDACTED] 1",
+		"[X-Auth-Mode] => 1, \"x-auth-mode\" => \"1\" 1":   "[X-Auth-Mode] => [REDACTED], \"x-auth-mode\" => \"[REDACTED]\" 1",
+		`http.Header{"Token":[]string{"2", "1"}} 1`:        `http.Header{"Token":[]string{"[REDACTED]", "[REDACTED]"}} 1`,
+		"X-Auth-Mode:          1\nX-Auth-Mode-2:        1": "X-Auth-Mode:          [REDACTED]\nX-Auth-Mode-2:        1",
 		// A header's values in a list, each once, the longest first.
 		"map[Token:[2 12 1] 2 1]": "map[Token:[[REDACTED] [REDACTED] [REDACTED]] 2 1]",
 		`{"token": ["12", "2"]}`:  `{"token": ["[REDACTED]", "[REDACTED]"]}`,
