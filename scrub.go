@@ -190,8 +190,9 @@ func mapSpan(start, end int, from []int) span {
 // error that echoes the request's headers does: "X-Auth-Mode: 1",
 // "x-auth-mode=1", {"X-Auth-Mode":"1"}, {'X-Auth-Mode': ['1']},
 // map[X-Auth-Mode:[1]], the name in any case, and in each spelling (a
-// percent-encoded query, a JSON string) scrubString undoes. A header with
-// more than one value shows them in a list after its name (map[X-Auth-Mode:[1 2]],
+// percent-encoded query, a JSON string) scrubString undoes; and as CGI,
+// PHP or Go's %#v show it (appendFieldMatches). A header with more than
+// one value shows them in a list after its name (map[X-Auth-Mode:[1 2]],
 // {"X-Auth-Mode":["1","2"]}, "X-Auth-Mode: 1, 2" as a server that joins
 // them echoes it): each of them there is hidden too. It travels among the
 // other secrets as fieldMark, the header's name, then fieldMark and a
