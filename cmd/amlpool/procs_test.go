@@ -40,8 +40,9 @@ func TestWantProcs(t *testing.T) {
 }
 
 // TestProcsFitterFitsTheWork drives a fitter with a CPU clock the test
-// moves: a light window takes GOMAXPROCS down to one, a busy one raises it
-// again, and stopping gives back what the runtime chose.
+// moves: it starts on one P, which a moderate window keeps, a busy one
+// raises it, a light one takes it down again, and stopping gives back what
+// the runtime chose.
 func TestProcsFitterFitsTheWork(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var used atomic.Int64 // CPU time, ns
@@ -51,13 +52,16 @@ func TestProcsFitterFitsTheWork(t *testing.T) {
 			cpu:   func() (time.Duration, bool) { return time.Duration(used.Load()), true },
 			set:   func(n int) { sets = append(sets, n) },
 		}.start()
+		if !slices.Equal(sets, []int{1}) {
+			t.Fatalf("GOMAXPROCS set to %v as the fitter started, want [1]", sets)
+		}
 		window := func(cores float64) {
 			used.Add(int64(cores * float64(procsInterval)))
 			time.Sleep(procsInterval)
 			synctest.Wait()
 		}
+		window(0.5) // the first round: more than one P plans for, less than it can
 		window(0.1) // slow endpoints
-		window(0.1)
 		window(0.9) // a fast stretch: one P wholly busy
 		window(1.3) // still busy on 3 Ps: stays
 		window(0.3)
@@ -157,13 +161,13 @@ func TestProcsFitterSkipsAClockGoneBack(t *testing.T) {
 			time.Sleep(procsInterval)
 			synctest.Wait()
 		}
-		window(1.5)
+		window(1.5)                   // on the one P it starts with: all four at once
 		used.Add(-int64(time.Minute)) // gone back
 		window(1.5)
 		window(1.5)
 		stop()
-		if len(sets) != 0 {
-			t.Errorf("GOMAXPROCS set to %v, want it left at 4 all along", sets)
+		if want := []int{1, 4}; !slices.Equal(sets, want) {
+			t.Errorf("GOMAXPROCS set to %v, want %v: left at 4 once raised", sets, want)
 		}
 	})
 }

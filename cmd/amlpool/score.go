@@ -88,9 +88,9 @@ the file, and a run that stops before writing it removes it again.
 While it scores, the command keeps the Go scheduler to the cores its work
 needs: waiting on endpoints, one core is usually plenty, and a second one
 costs CPU (a thread woken with each reply that finds nothing to do) for no
-speed. Every 250 ms it reads the CPU it used and adds cores at once when
-its work grows, up to what Go chose for the machine. Setting GOMAXPROCS in
-the environment turns this off.
+speed. It starts on one, reads the CPU it used every 250 ms, and adds
+cores at once when its work grows, up to what Go chose for the machine.
+Setting GOMAXPROCS in the environment turns this off.
 
 The config file (keys come from the environment variables or files it
 names):
