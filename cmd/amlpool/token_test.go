@@ -207,12 +207,14 @@ func TestCommandTokenTimeout(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Unix(1_800_000_000, 0)
 	c := &commandToken{argv: []string{"sh", "-c", "cd " + dir + " && " + script}, ttl: time.Minute,
-		timeout: 100 * time.Millisecond, now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
+		// Long enough for sh to start and write its line on a loaded
+		// machine: the first run takes all of it, the second a moment.
+		timeout: 2 * time.Second, now: func() time.Time { mu.Lock(); defer mu.Unlock(); return now }}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	_, err := c.Token(ctx)
 	require.NotErrorIs(t, err, context.DeadlineExceeded, "the run never ended")
-	require.EqualError(t, err, `"tokenCommand" sh: no token after 100ms; killed: waiting for az login`)
+	require.EqualError(t, err, `"tokenCommand" sh: no token after 2s; killed: waiting for az login`)
 	mu.Lock()
 	now = now.Add(tokenFailureBackoff)
 	mu.Unlock()
