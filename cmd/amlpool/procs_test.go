@@ -45,29 +45,19 @@ func TestWantProcs(t *testing.T) {
 // the runtime chose.
 func TestProcsFitterFitsTheWork(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var used atomic.Int64 // CPU time, ns
-		var sets []int
-		stop := procsFitter{
-			limit: 4,
-			cpu:   func() (time.Duration, bool) { return time.Duration(used.Load()), true },
-			set:   func(n int) { sets = append(sets, n) },
-		}.start()
-		if !slices.Equal(sets, []int{1}) {
-			t.Fatalf("GOMAXPROCS set to %v as the fitter started, want [1]", sets)
+		f := startFitter(4)
+		if !slices.Equal(f.sets, []int{1}) {
+			t.Fatalf("GOMAXPROCS set to %v as the fitter started, want [1]", f.sets)
 		}
-		window := func(cores float64) {
-			used.Add(int64(cores * float64(procsInterval)))
-			time.Sleep(procsInterval)
-			synctest.Wait()
-		}
+		window := f.window
 		window(0.5) // the first round: more than one P plans for, less than it can
 		window(0.1) // slow endpoints
 		window(0.9) // a fast stretch: one P wholly busy
 		window(1.3) // still busy on 3 Ps: stays
 		window(0.3)
-		stop()
-		if want := []int{1, 3, 1, 4}; !slices.Equal(sets, want) {
-			t.Errorf("GOMAXPROCS set to %v, want %v", sets, want)
+		f.stop()
+		if want := []int{1, 3, 1, 4}; !slices.Equal(f.sets, want) {
+			t.Errorf("GOMAXPROCS set to %v, want %v", f.sets, want)
 		}
 	})
 }
@@ -148,26 +138,41 @@ func TestScoreFitsProcsWhileScoring(t *testing.T) {
 // down to one. The next window is measured from it.
 func TestProcsFitterSkipsAClockGoneBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		used := new(atomic.Int64)
-		used.Store(int64(time.Hour))
-		var sets []int
-		stop := procsFitter{
-			limit: 4,
-			cpu:   func() (time.Duration, bool) { return time.Duration(used.Load()), true },
-			set:   func(n int) { sets = append(sets, n) },
-		}.start()
-		window := func(cores float64) {
-			used.Add(int64(cores * float64(procsInterval)))
-			time.Sleep(procsInterval)
-			synctest.Wait()
-		}
-		window(1.5)                   // on the one P it starts with: all four at once
-		used.Add(-int64(time.Minute)) // gone back
-		window(1.5)
-		window(1.5)
-		stop()
-		if want := []int{1, 4}; !slices.Equal(sets, want) {
-			t.Errorf("GOMAXPROCS set to %v, want %v: left at 4 once raised", sets, want)
+		f := startFitter(4)
+		f.window(1.5)                   // on the one P it starts with: all four at once
+		f.used.Add(-int64(time.Minute)) // gone back
+		f.window(1.5)
+		f.window(1.5)
+		f.stop()
+		if want := []int{1, 4}; !slices.Equal(f.sets, want) {
+			t.Errorf("GOMAXPROCS set to %v, want %v: left at 4 once raised", f.sets, want)
 		}
 	})
+}
+
+// testFitter is a procsFitter started in a synctest bubble on a CPU clock
+// the test moves, recording what it sets GOMAXPROCS to.
+type testFitter struct {
+	used atomic.Int64 // CPU time, ns
+	sets []int
+	stop func()
+}
+
+func startFitter(limit int) *testFitter {
+	f := &testFitter{}
+	f.used.Store(int64(time.Hour))
+	f.stop = procsFitter{
+		limit: limit,
+		cpu:   func() (time.Duration, bool) { return time.Duration(f.used.Load()), true },
+		set:   func(n int) { f.sets = append(f.sets, n) },
+	}.start()
+	return f
+}
+
+// window spends cores' worth of CPU over one procsInterval, and lets the
+// fitter read it.
+func (f *testFitter) window(cores float64) {
+	f.used.Add(int64(cores * float64(procsInterval)))
+	time.Sleep(procsInterval)
+	synctest.Wait()
 }
