@@ -13,7 +13,9 @@ import (
 // each reply that wakes the process also wakes a second thread to look for
 // work (a "spinning" thread) that finds none, and on a virtual machine such
 // a wake costs tens of microseconds of CPU. Scoring 100,000 rows that way
-// costs about a fifth more CPU than on one P, for no gain in speed.
+// costs about a fifth more CPU than on one P, for next to no gain in speed
+// (a quarter of a point of the ceiling in the benchmark, whose fakes answer
+// each round of calls at once: docs/benchmarks.md).
 //
 // So while `amlpool score` runs as a process of its own, procsFitter sizes
 // GOMAXPROCS to the work. It starts the scoring on one P, as most runs

@@ -87,8 +87,8 @@ the file, and a run that stops before writing it removes it again.
 
 While it scores, the command keeps the Go scheduler to the cores its work
 needs: waiting on endpoints, one core is usually plenty, and a second one
-costs CPU (a thread woken with each reply that finds nothing to do) for no
-speed. It starts on one, reads the CPU it used every 250 ms, and adds
+costs CPU (a thread woken with each reply that finds nothing to do) for
+next to no speed. It starts on one, reads the CPU it used every 250 ms, and adds
 cores at once when its work grows, up to what Go chose for the machine.
 Setting GOMAXPROCS in the environment turns this off.
 
