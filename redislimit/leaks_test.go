@@ -1381,18 +1381,9 @@ func TestAcquireRacingCloseLeavesNoLease(t *testing.T) {
 func TestAcquireReplyAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
-	reached, open := make(chan struct{}), make(chan struct{})
-	h := &scriptHook{sha: acquireScript.Hash(), before: func(context.Context) { close(reached); <-open }}
-	// The reply is on its way as Close cancels the round trip: it comes in.
-	late := processHook(func(next redis.ProcessHook) redis.ProcessHook {
-		return func(ctx context.Context, cmd redis.Cmder) error { return next(context.WithoutCancel(ctx), cmd) }
-	})
-	rdb := f.hookedClient(t, late, acquireScript)
-	rdb.AddHook(h)
-	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
-	f.settle(t, 1)
+	l, st := f.stalledScript(t, acquireScript)
 
-	h.armed.Store(true)
+	st.h.armed.Store(true)
 	got := make(chan error, 1)
 	go func() {
 		ls, err := l.TryAcquire(ctx, eps(1))
@@ -1401,16 +1392,8 @@ func TestAcquireReplyAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T
 		}
 		got <- err
 	}()
-	<-reached
-	for range 3 { // three ticks while the acquire waits for Redis: the third forgets its endpoint
-		f.advance(l.cfg.renew)
-		f.settle(t, 1)
-	}
-	require.Empty(t, l.Stats().Endpoints, "the endpoint is still known")
-	closed := make(chan error, 1)
-	go func() { closed <- l.Close() }()
-	<-l.bg.Done() // Close has begun
-	close(open)
+	<-st.reached
+	closed := f.forgetThenClose(t, l, st)
 	require.ErrorIs(t, <-got, amlpool.ErrClosed)
 	require.NoError(t, <-closed)
 	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
@@ -1423,26 +1406,49 @@ func TestAcquireReplyAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T
 func TestLeaseKeptAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T) {
 	f := newFixture(t)
 	ctx := testCtx(t)
-	reached, open := make(chan struct{}), make(chan struct{})
-	h := &scriptHook{sha: releaseScript.Hash(), before: func(context.Context) { close(reached); <-open }}
-	late := processHook(func(next redis.ProcessHook) redis.ProcessHook {
-		return func(ctx context.Context, cmd redis.Cmder) error { return next(context.WithoutCancel(ctx), cmd) }
-	})
-	rdb := f.hookedClient(t, late, releaseScript)
-	rdb.AddHook(h)
-	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
-	f.settle(t, 1)
+	l, st := f.stalledScript(t, releaseScript)
 
 	a, err := l.Acquire(ctx, eps(2))
 	require.NoError(t, err)
 	wctx, give := context.WithCancel(ctx)
 	waited := acquireWaiting(t, wctx, l, eps(1)) // the cap went down: the endpoint is full
-	h.armed.Store(true)
+	st.h.armed.Store(true)
 	a.Release() // not handed on (the cap went down), kept in Redis for the call that waits
-	<-reached
+	<-st.reached
 	give()
 	require.ErrorIs(t, <-waited, context.Canceled)
-	for range 3 { // three ticks while the release waits for Redis: the third forgets its endpoint
+	require.NoError(t, <-f.forgetThenClose(t, l, st))
+	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+}
+
+// stalled is a script's run held, once h is armed, until open is closed:
+// reached is closed when it is held.
+type stalled struct {
+	h             *scriptHook
+	reached, open chan struct{}
+}
+
+// stalledScript returns a Limiter (renewing every second) whose next run
+// of script, once armed, waits for open; and whose reply, on its way as
+// Close cancels the round trip, comes in all the same.
+func (f *fixture) stalledScript(t *testing.T, script *redis.Script) (*Limiter, *stalled) {
+	st := &stalled{reached: make(chan struct{}), open: make(chan struct{})}
+	st.h = &scriptHook{sha: script.Hash(), before: func(context.Context) { close(st.reached); <-st.open }}
+	late := processHook(func(next redis.ProcessHook) redis.ProcessHook {
+		return func(ctx context.Context, cmd redis.Cmder) error { return next(context.WithoutCancel(ctx), cmd) }
+	})
+	rdb := f.hookedClient(t, late, script)
+	rdb.AddHook(st.h)
+	l := f.limiterOn(t, rdb, WithRenewInterval(time.Second))
+	f.settle(t, 1)
+	return l, st
+}
+
+// forgetThenClose runs three ticks while the stalled script waits for
+// Redis (the third forgets its endpoint), begins Close, and lets the
+// script's reply come in as it does. It returns what Close returns.
+func (f *fixture) forgetThenClose(t *testing.T, l *Limiter, st *stalled) <-chan error {
+	for range 3 {
 		f.advance(l.cfg.renew)
 		f.settle(t, 1)
 	}
@@ -1450,9 +1456,8 @@ func TestLeaseKeptAsCloseBeginsOnAForgottenEndpointLeavesNoLease(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- l.Close() }()
 	<-l.bg.Done() // Close has begun
-	close(open)
-	require.NoError(t, <-closed)
-	assert.Empty(t, f.leases(t, "a"), "a lease of the closed process")
+	close(st.open)
+	return closed
 }
 
 // processHook is a go-redis hook that acts on single commands only.
